@@ -1,0 +1,55 @@
+// What the addon runs on, and the knobs to change it.
+import { native, nativePath } from "./native.js";
+import { typeError } from "./errors.js";
+
+export interface CudaState {
+  available: boolean;
+  emulated: boolean;
+  reason?: string;
+  devices: string[];
+}
+
+function cudaState(): CudaState {
+  const f = native["cudaState"] as (() => CudaState) | undefined;
+  if (typeof f === "function") return f();
+  return { available: false, emulated: false, reason: "this build has no CUDA backend", devices: [] };
+}
+
+export const backend = {
+  /** Which build was loaded: "cmake-js" or "node-gyp". */
+  get build(): string {
+    return native.backendInfo().build;
+  },
+  get path(): string {
+    return nativePath;
+  },
+  get isa(): "avx512" | "avx2" | "scalar" {
+    return native.backendInfo().isa;
+  },
+  get features(): readonly string[] {
+    return Object.freeze(native.backendInfo().features);
+  },
+  get threads(): number {
+    return native.backendInfo().threads;
+  },
+  get caches(): { l1d: number; l2: number; l3: number } {
+    return native.backendInfo().caches;
+  },
+  setNumThreads(n: number): void {
+    if (typeof n !== "number") throw typeError("backend.setNumThreads: n must be a number");
+    native.setNumThreads(n);
+  },
+  /** Forces a kernel path (as NODE_PEFT_ISA does); a path the CPU lacks is a RangeError. */
+  setIsa(isa: "avx512" | "avx2" | "scalar"): void {
+    if (typeof isa !== "string") throw typeError("backend.setIsa: isa must be a string");
+    native.setIsa(isa);
+  },
+  /** Turns AMX tiles on or off (as NODE_PEFT_AMX does). */
+  setAmx(enabled: boolean): void {
+    if (typeof enabled !== "boolean") throw typeError("backend.setAmx: enabled must be a boolean");
+    native.setAmx(enabled);
+  },
+  get cuda(): CudaState {
+    return cudaState();
+  },
+};

@@ -1,0 +1,84 @@
+// Loads the native addon: the cmake-js build first, then the node-gyp one. `lib/` and `dist/` sit at the
+// same depth, so one relative path serves the TypeScript sources and the compiled package.
+import { createRequire } from "node:module";
+import { existsSync } from "node:fs";
+import { fileURLToPath } from "node:url";
+import { dirname, join } from "node:path";
+import { PeftError } from "./errors.js";
+
+/** The native tensor handle (a type-tagged object owned by the addon). */
+export interface NativeTensor {
+  shape(): number[];
+  dtype(): string;
+  device(): string;
+  disposed(): boolean;
+  dispose(): void;
+  toFloat32Array(): Float32Array;
+  toFloat64Array(): Float64Array;
+  view(): Float32Array | Int8Array | Uint8Array | Int32Array | BigInt64Array | Uint16Array;
+  bytes(writable?: boolean): Uint8Array;
+  reshape(shape: readonly number[]): NativeTensor;
+  copyFrom(src: NativeTensor): void;
+  to(target: string): NativeTensor;
+  version(): number;
+  sharesStorage(other: NativeTensor): boolean;
+}
+
+export interface BackendInfo {
+  build: string;
+  isa: "avx512" | "avx2" | "scalar";
+  features: string[];
+  threads: number;
+  caches: { l1d: number; l2: number; l3: number };
+}
+
+/** Everything the addon exports (kept in one place so the TS side is typed end to end). */
+export interface NativeAddon {
+  setErrorClass(ctor: typeof PeftError): void;
+  isTensorHandle(v: unknown): boolean;
+  zeros(shape: readonly number[], dtype: string, device: string): NativeTensor;
+  fromArray(data: ArrayBufferView, shape: readonly number[], dtype: string, device: string): NativeTensor;
+  fromBytes(data: ArrayBufferView, shape: readonly number[], dtype: string, device: string): NativeTensor;
+  randn(shape: readonly number[], dtype: string, device: string, seed: number, stream: number, mean: number, std: number): NativeTensor;
+  randUniform(shape: readonly number[], dtype: string, seed: number, stream: number, lo: number, hi: number): NativeTensor;
+  linear(x: NativeTensor, w: NativeTensor, b: NativeTensor | null): NativeTensor;
+  linearGradInput(dy: NativeTensor, w: NativeTensor): NativeTensor;
+  linearGradWeight(dy: NativeTensor, x: NativeTensor, dw: NativeTensor, accumulate: boolean): void;
+  matmul(a: NativeTensor, b: NativeTensor, transA: boolean, transB: boolean): NativeTensor;
+  backendInfo(): BackendInfo;
+  setNumThreads(n: number): void;
+  setIsa(isa: string): void;
+  setAmx(on: boolean): void;
+  [extra: string]: unknown;
+}
+
+const root = join(dirname(fileURLToPath(import.meta.url)), "..");
+const candidates: [string, string][] = [
+  ["cmake-js", join(root, "build-cmake", "Release", "node_peft.node")],
+  ["node-gyp", join(root, "build", "Release", "node_peft.node")],
+];
+
+function load(): { addon: NativeAddon; path: string } {
+  const require = createRequire(import.meta.url);
+  // NODE_PEFT_BUILD=node-gyp|cmake-js picks one build (tests of the node-gyp build use it).
+  const want = process.env.NODE_PEFT_BUILD;
+  const tried: string[] = [];
+  for (const [name, path] of candidates) {
+    if (want && want !== name) continue;
+    if (!existsSync(path)) {
+      tried.push(`${path} (not built)`);
+      continue;
+    }
+    return { addon: require(path) as NativeAddon, path };
+  }
+  throw new PeftError(
+    "ERR_NATIVE",
+    `node-peft: the native addon is not built. Tried:\n  ${tried.join("\n  ")}\n` +
+      "Run `npm rebuild node-peft` (needs a C++ compiler, make and cmake or python3).",
+  );
+}
+
+const loaded = load();
+export const native: NativeAddon = loaded.addon;
+export const nativePath: string = loaded.path;
+native.setErrorClass(PeftError);

@@ -1,0 +1,31 @@
+// Dense ops over tensors. Each wrapper checks argument types here; the addon checks dtypes, shapes and
+// devices and throws PeftError with the op's name.
+import { native } from "./native.js";
+import { Tensor, handleOf, optionalHandle } from "./tensor.js";
+import { typeError } from "./errors.js";
+
+/** y = x·Wᵀ + b with W stored (out, in); y in x's dtype. */
+export function linear(x: Tensor, weight: Tensor, bias?: Tensor | null): Tensor {
+  return new Tensor(native.linear(handleOf(x, "linear", "x"), handleOf(weight, "linear", "weight"), optionalHandle(bias, "linear", "bias")));
+}
+
+/** dx = dy·W for y = x·Wᵀ; dx in dy's dtype. */
+export function linearGradInput(dy: Tensor, weight: Tensor): Tensor {
+  return new Tensor(native.linearGradInput(handleOf(dy, "linearGradInput", "dy"), handleOf(weight, "linearGradInput", "weight")));
+}
+
+/** dW += dyᵀ·x (or = when accumulate is false), rounded once into dW's dtype. */
+export function linearGradWeight(dy: Tensor, x: Tensor, dW: Tensor, opts: { accumulate?: boolean } = {}): void {
+  native.linearGradWeight(
+    handleOf(dy, "linearGradWeight", "dy"),
+    handleOf(x, "linearGradWeight", "x"),
+    handleOf(dW, "linearGradWeight", "dW"),
+    opts.accumulate ?? true,
+  );
+}
+
+/** op(a)·op(b) for 2-D tensors; the result in a's dtype. */
+export function matmul(a: Tensor, b: Tensor, opts: { transA?: boolean; transB?: boolean } = {}): Tensor {
+  if (opts === null || typeof opts !== "object") throw typeError("matmul: opts must be an object");
+  return new Tensor(native.matmul(handleOf(a, "matmul", "a"), handleOf(b, "matmul", "b"), opts.transA === true, opts.transB === true));
+}

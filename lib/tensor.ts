@@ -1,0 +1,205 @@
+// Tensor: a thin class over the native handle. Shape/dtype/device are cached on the JS side; the data lives
+// in reference-counted native storage shared by handles, reshapes and typed-array views.
+import { native, type NativeTensor } from "./native.js";
+import { peftError, typeError } from "./errors.js";
+import { takeRng } from "./random.js";
+
+export type DType = "f32" | "f16" | "bf16" | "i8" | "u8" | "i32" | "i64";
+export type Device = "cpu" | "cuda";
+export const DTYPES: readonly DType[] = ["f32", "f16", "bf16", "i8", "u8", "i32", "i64"];
+export const DTYPE_SIZE: Readonly<Record<DType, number>> = { f32: 4, f16: 2, bf16: 2, i8: 1, u8: 1, i32: 4, i64: 8 };
+
+export function isDType(v: unknown): v is DType {
+  return typeof v === "string" && (DTYPES as readonly string[]).includes(v);
+}
+
+function checkDType(v: unknown, what: string): DType {
+  if (!isDType(v)) throw typeError(`${what}: dtype must be one of ${DTYPES.join(", ")}, got ${JSON.stringify(v)}`);
+  return v;
+}
+
+function checkDevice(v: unknown, what: string): Device {
+  if (v !== "cpu" && v !== "cuda") throw typeError(`${what}: device must be "cpu" or "cuda", got ${JSON.stringify(v)}`);
+  return v;
+}
+
+// Plain arrays become Float64Array (exact for every JS number); typed arrays go through as they are.
+function numericData(data: unknown, what: string): ArrayBufferView {
+  if (ArrayBuffer.isView(data) && !(data instanceof DataView)) {
+    if (data instanceof Uint16Array || data instanceof Int16Array || data instanceof Uint32Array ||
+        data instanceof Uint8ClampedArray || data instanceof BigUint64Array) {
+      return Float64Array.from(data as ArrayLike<number>, Number);
+    }
+    return data;
+  }
+  if (data === null || typeof data !== "object" || typeof (data as ArrayLike<number>).length !== "number")
+    throw typeError(`${what}: data must be an array of numbers`);
+  const a = data as ArrayLike<unknown>;
+  const out = new Float64Array(a.length);
+  for (let i = 0; i < a.length; i++) {
+    const v = a[i];
+    if (typeof v !== "number") throw typeError(`${what}: data[${i}] must be a number, got ${typeof v}`);
+    out[i] = v;
+  }
+  return out;
+}
+
+const handleKey = Symbol("node-peft.handle");
+
+export class Tensor implements Disposable {
+  readonly shape: readonly number[];
+  readonly dtype: DType;
+  readonly device: Device;
+  requiresGrad = false;
+  grad: Tensor | null = null;
+  private readonly [handleKey]: NativeTensor;
+
+  /** Wraps a native handle; users make tensors with the static factories. */
+  constructor(handle: NativeTensor) {
+    if (!native.isTensorHandle(handle)) throw typeError("Tensor: use Tensor.fromArray, Tensor.zeros or Tensor.randn");
+    this[handleKey] = handle;
+    this.shape = Object.freeze(handle.shape());
+    this.dtype = handle.dtype() as DType;
+    this.device = handle.device() as Device;
+  }
+
+  static fromArray(data: ArrayLike<number> | ArrayBufferView, shape: readonly number[], dtype: DType = "f32"): Tensor {
+    return new Tensor(native.fromArray(numericData(data, "Tensor.fromArray"), shape, checkDType(dtype, "Tensor.fromArray"), "cpu"));
+  }
+
+  /** Raw 16-bit floats (f16 or bf16 bit patterns), copied. */
+  static fromBits(bits: Uint16Array, shape: readonly number[], dtype: "f16" | "bf16"): Tensor {
+    if (!(bits instanceof Uint16Array)) throw typeError("Tensor.fromBits: bits must be a Uint16Array");
+    if (dtype !== "f16" && dtype !== "bf16") throw typeError(`Tensor.fromBits: dtype must be "f16" or "bf16", got ${JSON.stringify(dtype)}`);
+    return new Tensor(native.fromBytes(bits, shape, dtype, "cpu"));
+  }
+
+  /** Raw storage bytes of any dtype (little-endian), copied. */
+  static fromBytes(bytes: ArrayBufferView, shape: readonly number[], dtype: DType): Tensor {
+    if (!ArrayBuffer.isView(bytes)) throw typeError("Tensor.fromBytes: bytes must be a typed array or Buffer");
+    return new Tensor(native.fromBytes(bytes, shape, checkDType(dtype, "Tensor.fromBytes"), "cpu"));
+  }
+
+  static zeros(shape: readonly number[], opts: { dtype?: DType; device?: Device } = {}): Tensor {
+    const dtype = checkDType(opts.dtype ?? "f32", "Tensor.zeros");
+    return new Tensor(native.zeros(shape, dtype, checkDevice(opts.device ?? "cpu", "Tensor.zeros")));
+  }
+
+  /** Normal samples from the Philox generator; the same numbers for any thread count or device. */
+  static randn(shape: readonly number[], opts: { seed?: number; dtype?: DType; device?: Device; mean?: number; std?: number } = {}): Tensor {
+    const dtype = checkDType(opts.dtype ?? "f32", "Tensor.randn");
+    const device = checkDevice(opts.device ?? "cpu", "Tensor.randn");
+    const { seed, stream } = takeRng(opts.seed, "Tensor.randn");
+    return new Tensor(native.randn(shape, dtype, device, seed, stream, opts.mean ?? 0, opts.std ?? 1));
+  }
+
+  /** Uniform samples in [lo, hi) (weight init). */
+  static rand(shape: readonly number[], opts: { seed?: number; dtype?: DType; lo?: number; hi?: number } = {}): Tensor {
+    const dtype = checkDType(opts.dtype ?? "f32", "Tensor.rand");
+    const { seed, stream } = takeRng(opts.seed, "Tensor.rand");
+    return new Tensor(native.randUniform(shape, dtype, seed, stream, opts.lo ?? 0, opts.hi ?? 1));
+  }
+
+  get numel(): number {
+    return this.shape.reduce((a, b) => a * b, 1);
+  }
+
+  get disposed(): boolean {
+    return this[handleKey].disposed();
+  }
+
+  /** A copy as f32 (any dtype; ints convert exactly up to 2^24). */
+  toFloat32Array(): Float32Array {
+    return this[handleKey].toFloat32Array();
+  }
+
+  /** A copy as f64 (exact for every dtype but i64 beyond 2^53). */
+  toFloat64Array(): Float64Array {
+    return this[handleKey].toFloat64Array();
+  }
+
+  /** Plain nested-free number array (a copy). */
+  toArray(): number[] {
+    return Array.from(this.toFloat64Array());
+  }
+
+  /**
+   * A zero-copy typed array over the host storage (f16/bf16 as raw Uint16Array bits). It stays valid after
+   * dispose(). Writes through it change the tensor, so cached derived forms (packed weights) are dropped.
+   */
+  view(): Float32Array | Int8Array | Uint8Array | Int32Array | BigInt64Array | Uint16Array {
+    return this[handleKey].view();
+  }
+
+  /** A zero-copy byte view of the storage; `writable` marks the tensor as about to change. */
+  bytes(opts: { writable?: boolean } = {}): Uint8Array {
+    return this[handleKey].bytes(opts.writable === true);
+  }
+
+  /** A new tensor in another dtype or on another device. */
+  to(target: DType | Device): Tensor {
+    if (!isDType(target) && target !== "cpu" && target !== "cuda")
+      throw typeError(`Tensor.to: target must be a dtype or "cpu"/"cuda", got ${JSON.stringify(target)}`);
+    return new Tensor(this[handleKey].to(target));
+  }
+
+  /** Same storage, another shape (same element count). */
+  reshape(shape: readonly number[]): Tensor {
+    return new Tensor(this[handleKey].reshape(shape));
+  }
+
+  /** Copies src into this tensor in place (same shape; dtype converted). */
+  copyFrom(src: Tensor): void {
+    this[handleKey].copyFrom(handleOf(src, "copyFrom", "src"));
+  }
+
+  /** True when both tensors share storage (a reshape, a state-dict entry). */
+  sharesStorage(other: Tensor): boolean {
+    return other instanceof Tensor && this[handleKey].sharesStorage(other[handleKey]);
+  }
+
+  /** Storage version: bumped by every native write path. */
+  get version(): number {
+    return this[handleKey].version();
+  }
+
+  dispose(): void {
+    this[handleKey].dispose();
+  }
+
+  [Symbol.dispose](): void {
+    this.dispose();
+  }
+
+  toString(): string {
+    return `Tensor(${this.dtype}, [${this.shape.join(", ")}], ${this.device}${this.disposed ? ", disposed" : ""})`;
+  }
+
+  /** @internal */
+  static handle(t: Tensor): NativeTensor {
+    return t[handleKey];
+  }
+}
+
+/** The native handle of a Tensor argument, or a TypeError naming the op and argument. */
+export function handleOf(t: unknown, op: string, name: string): NativeTensor {
+  if (!(t instanceof Tensor)) throw typeError(`${op}: ${name} must be a Tensor, got ${describe(t)}`);
+  return Tensor.handle(t);
+}
+
+/** Like handleOf, but null/undefined pass through as null. */
+export function optionalHandle(t: unknown, op: string, name: string): NativeTensor | null {
+  return t === null || t === undefined ? null : handleOf(t, op, name);
+}
+
+export function describe(v: unknown): string {
+  if (v === null) return "null";
+  if (Array.isArray(v)) return "an array";
+  if (typeof v === "object") return (v as object).constructor?.name ?? "an object";
+  return typeof v;
+}
+
+export function assertShape(t: Tensor, shape: readonly number[], what: string): void {
+  if (t.shape.length !== shape.length || t.shape.some((d, i) => d !== shape[i]))
+    throw peftError("ERR_SHAPE", `${what}: expected shape [${shape.join(", ")}], got [${t.shape.join(", ")}]`);
+}

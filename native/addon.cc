@@ -1,0 +1,48 @@
+// Module init: per-environment state (the addon may load in several worker threads), the Tensor handle
+// class and every op family's bindings.
+#include <napi.h>
+
+#include "cpu/isa.h"
+#include "napi_util.h"
+#include "ops/ops.h"
+#include "tensor_handle.h"
+
+namespace peft {
+namespace {
+
+Napi::Value SetErrorClass(const Napi::CallbackInfo& info) {
+  if (!info[0].IsFunction()) fail_type("setErrorClass: expected the PeftError constructor");
+  addon_data(info.Env()).peft_error_ctor = Napi::Persistent(info[0].As<Napi::Function>());
+  return info.Env().Undefined();
+}
+
+Napi::Value IsTensorHandle(const Napi::CallbackInfo& info) {
+  return Napi::Boolean::New(info.Env(), info.Length() > 0 && TensorHandle::IsHandle(info[0]));
+}
+
+}  // namespace
+}  // namespace peft
+
+static Napi::Object Init(Napi::Env env, Napi::Object exports) {
+  using namespace peft;
+  auto* data = new AddonData();
+  env.SetInstanceData<AddonData>(data);
+  Napi::Function ctor = TensorHandle::Init(env);
+  data->tensor_ctor = Napi::Persistent(ctor);
+  exports.Set("TensorHandle", ctor);
+  exports.Set("setErrorClass", Napi::Function::New<guarded<SetErrorClass>>(env, "setErrorClass"));
+  exports.Set("isTensorHandle", Napi::Function::New(env, IsTensorHandle, "isTensorHandle"));
+  register_factories(env, exports);
+  register_linear_ops(env, exports);
+  register_backend_info(env, exports);
+  // NODE_PEFT_ISA / NODE_PEFT_AMX: a bad value fails the load with a RangeError rather than running the
+  // wrong kernels (or faulting on missing instructions).
+  try {
+    init_isa_from_env();
+  } catch (const PeftException& e) {
+    throw to_js_error(env, e);
+  }
+  return exports;
+}
+
+NODE_API_MODULE(node_peft, Init)

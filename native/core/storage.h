@@ -1,0 +1,66 @@
+// Reference-counted tensor storage. Handles, typed-array views, reshapes, saved activations and async
+// work each hold a std::shared_ptr<Storage>; the memory goes when the last holder lets go.
+#pragma once
+#include <atomic>
+#include <cstddef>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <mutex>
+
+namespace peft {
+
+enum class Device : int32_t { CPU = 0, CUDA = 1 };
+inline const char* device_name(Device d) { return d == Device::CPU ? "cpu" : "cuda"; }
+
+// Storage alignment: a full cache line and one AVX-512 register.
+constexpr size_t kAlign = 64;
+
+struct Storage {
+  void* data = nullptr;
+  size_t bytes = 0;
+  Device device = Device::CPU;
+  std::function<void(void*)> release;  // frees `data`; set by the allocator that made it
+
+  // Bumped by every native write path; derived forms (packed weights) remember the version they saw.
+  std::atomic<uint64_t> version{0};
+  // Count of async operations writing this storage; a sync op touching it throws ERR_TENSOR_BUSY.
+  std::atomic<int> busy_writers{0};
+
+  // One derived form cached with the storage (a GEMM-packed weight), valid while version matches.
+  std::mutex cache_mu;
+  std::shared_ptr<void> cached;
+  uint64_t cached_version = 0;
+  int cached_kind = 0;
+
+  Storage() = default;
+  Storage(const Storage&) = delete;
+  Storage& operator=(const Storage&) = delete;
+  ~Storage() {
+    if (data && release) release(data);
+  }
+
+  void bump_version() {
+    version.fetch_add(1, std::memory_order_acq_rel);
+    std::lock_guard<std::mutex> lk(cache_mu);
+    cached.reset();
+  }
+
+  // Returns the cached derived object of `kind` built for the current version, building it if needed.
+  template <typename T>
+  std::shared_ptr<T> derived(int kind, const std::function<std::shared_ptr<T>()>& build) {
+    std::lock_guard<std::mutex> lk(cache_mu);
+    uint64_t v = version.load(std::memory_order_acquire);
+    if (cached && cached_kind == kind && cached_version == v) return std::static_pointer_cast<T>(cached);
+    std::shared_ptr<T> obj = build();
+    cached = obj;
+    cached_kind = kind;
+    cached_version = v;
+    return obj;
+  }
+};
+
+// Zero-filled, 64-byte aligned host storage. Throws std::bad_alloc when memory runs out.
+std::shared_ptr<Storage> alloc_host(size_t bytes, bool zero = true);
+
+}  // namespace peft

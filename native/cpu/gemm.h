@@ -1,0 +1,41 @@
+// The CPU GEMM every dense product goes through (linear, matmul, LoRA, backward).
+// C[M,N] (=|+=) alpha * A[M,K]·B[K,N] (+ A2[M,R]·B2[R,N]) (+ bias[N]), f32 accumulation,
+// operands f32/bf16/f16 in any mix, C rounded once into its dtype.
+#pragma once
+#include <cstdint>
+
+#include "../core/dtype.h"
+#include "../core/storage.h"
+
+namespace peft {
+
+// A strided matrix view: element (i, j) lives at p + (i*rs + j*cs) elements of dt.
+struct GemmMat {
+  const void* p = nullptr;
+  DType dt = DType::F32;
+  int64_t rs = 0, cs = 0;
+};
+
+struct GemmArgs {
+  int64_t M = 0, N = 0, K = 0;
+  GemmMat A;  // M x K
+  GemmMat B;  // K x N
+  void* C = nullptr;
+  DType c_dt = DType::F32;
+  int64_t ldc = 0;  // C is row-major with row stride ldc
+  float alpha = 1.0f;
+  bool accumulate = false;       // C += result (C read in c_dt, the sum rounded once)
+  const void* bias = nullptr;    // length N, added once
+  DType bias_dt = DType::F32;
+  // Extra rank-R k-steps applied on the same output tile (fused LoRA: [A, A2]·[B; B2]).
+  int64_t R = 0;
+  GemmMat A2;  // M x R
+  GemmMat B2;  // R x N
+  // When B is a weight that is reused across calls, its packed form is cached on this storage
+  // (dropped when the storage's version changes). Null: pack per call.
+  Storage* b_cache = nullptr;
+};
+
+void gemm(const GemmArgs& args);
+
+}  // namespace peft

@@ -1,0 +1,178 @@
+// Process-wide thread pool: one job runs at a time (callers from several threads queue on a mutex),
+// the caller works as thread 0, workers spin briefly for the next job and then sleep.
+#include "parallel.h"
+
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
+#include <cstdlib>
+#include <exception>
+#include <mutex>
+#include <thread>
+#include <vector>
+
+#include "../core/errors.h"
+
+namespace peft {
+namespace {
+
+thread_local bool t_in_job = false;  // nested regions run inline
+
+class Pool {
+ public:
+  Pool() {
+    int n = static_cast<int>(std::thread::hardware_concurrency());
+    if (const char* env = std::getenv("NODE_PEFT_NUM_THREADS")) {
+      int v = std::atoi(env);
+      if (v >= 1) n = v;
+    }
+    nthreads_ = std::max(1, std::min(n, 256));
+  }
+
+  int size() const { return nthreads_.load(); }
+
+  void resize(int n) {
+    std::lock_guard<std::mutex> submit(submit_mu_);
+    stop_workers();
+    nthreads_ = n;
+  }
+
+  void run(int n, const std::function<void(int, int)>& fn) {
+    if (n <= 1 || t_in_job) {
+      for (int t = 0; t < n; t++) fn(t, n);
+      return;
+    }
+    std::lock_guard<std::mutex> submit(submit_mu_);
+    n = std::min(n, nthreads_.load());
+    if (n <= 1) {
+      fn(0, 1);
+      return;
+    }
+    ensure_workers(n - 1);
+    error_ = nullptr;
+    pending_.store(n - 1, std::memory_order_release);
+    {
+      // The job's parameters change only together with the generation, under mu_, so a worker that
+      // wakes late reads one consistent job.
+      std::lock_guard<std::mutex> lk(mu_);
+      fn_ = &fn;
+      job_threads_ = n;
+      generation_.fetch_add(1, std::memory_order_acq_rel);
+    }
+    cv_.notify_all();
+    run_part(&fn, 0, n);
+    // Wait for the workers: spin first (jobs are short), then yield.
+    auto start = std::chrono::steady_clock::now();
+    while (pending_.load(std::memory_order_acquire) != 0) {
+      if (std::chrono::steady_clock::now() - start > std::chrono::microseconds(200)) std::this_thread::yield();
+    }
+    if (error_) std::rethrow_exception(error_);
+  }
+
+ private:
+  void run_part(const std::function<void(int, int)>* fn, int tid, int n) {
+    t_in_job = true;
+    try {
+      (*fn)(tid, n);
+    } catch (...) {
+      std::lock_guard<std::mutex> lk(err_mu_);
+      if (!error_) error_ = std::current_exception();
+    }
+    t_in_job = false;
+  }
+
+  void worker(int index, uint64_t seen) {
+    for (;;) {
+      // Spin for the next job briefly (a training step issues ops back to back), then sleep.
+      auto start = std::chrono::steady_clock::now();
+      while (generation_.load(std::memory_order_acquire) == seen && !quit_.load()) {
+        if (std::chrono::steady_clock::now() - start > std::chrono::microseconds(100)) {
+          std::unique_lock<std::mutex> lk(mu_);
+          cv_.wait(lk, [&] { return generation_.load() != seen || quit_.load(); });
+          break;
+        }
+      }
+      if (quit_.load()) return;
+      const std::function<void(int, int)>* fn;
+      int nt;
+      {
+        std::lock_guard<std::mutex> lk(mu_);
+        seen = generation_.load(std::memory_order_acquire);
+        fn = fn_;
+        nt = job_threads_;
+      }
+      int tid = index + 1;
+      if (tid < nt) {
+        run_part(fn, tid, nt);
+        pending_.fetch_sub(1, std::memory_order_acq_rel);
+      }
+    }
+  }
+
+  void ensure_workers(int want) {
+    while (static_cast<int>(workers_.size()) < want) {
+      int idx = static_cast<int>(workers_.size());
+      uint64_t seen = generation_.load();
+      workers_.emplace_back([this, idx, seen] { worker(idx, seen); });
+    }
+  }
+
+  void stop_workers() {
+    {
+      std::lock_guard<std::mutex> lk(mu_);
+      quit_ = true;
+    }
+    cv_.notify_all();
+    for (auto& w : workers_) w.join();
+    workers_.clear();
+    quit_ = false;
+  }
+
+  std::mutex submit_mu_;  // one job at a time; other callers queue here
+  std::mutex mu_;
+  std::condition_variable cv_;
+  std::atomic<uint64_t> generation_{0};
+  std::atomic<int> pending_{0};
+  std::atomic<bool> quit_{false};
+  std::atomic<int> nthreads_{1};
+  int job_threads_ = 0;
+  const std::function<void(int, int)>* fn_ = nullptr;
+  std::mutex err_mu_;
+  std::exception_ptr error_;
+  std::vector<std::thread> workers_;
+};
+
+// Never destroyed: workers may be asleep on its condition variable when the process exits.
+Pool& pool() {
+  static Pool* p = new Pool();
+  return *p;
+}
+
+}  // namespace
+
+int num_threads() { return pool().size(); }
+
+void set_num_threads(int n) {
+  if (n < 1 || n > 256) fail_range(cat("setNumThreads: expected an integer in [1, 256], got ", n));
+  pool().resize(n);
+}
+
+void parallel_run(int nthreads, const std::function<void(int, int)>& fn) { pool().run(nthreads, fn); }
+
+void parallel_for(int64_t n, int64_t grain, const std::function<void(int64_t, int64_t)>& fn) {
+  if (n <= 0) return;
+  grain = std::max<int64_t>(grain, 1);
+  int64_t chunks = std::min<int64_t>((n + grain - 1) / grain, t_in_job ? 1 : num_threads());
+  if (chunks <= 1) {
+    fn(0, n);
+    return;
+  }
+  int nt = static_cast<int>(chunks);
+  pool().run(nt, [&](int tid, int parts) {
+    int64_t b = n * tid / parts, e = n * (tid + 1) / parts;
+    if (b < e) fn(b, e);
+  });
+}
+
+}  // namespace peft

@@ -1,0 +1,21 @@
+// The process-wide thread pool. One pool serves every Node environment (main thread and workers):
+// jobs from several threads queue; a parallel region started from inside a pool job runs inline.
+#pragma once
+#include <cstdint>
+#include <functional>
+
+namespace peft {
+
+// Calls fn(begin, end) over [0, n) split into contiguous chunks of at least `grain` items, on up to
+// num_threads() threads (the caller takes part). Returns when every chunk is done. Exceptions thrown by
+// fn are rethrown on the caller (the first one wins).
+void parallel_for(int64_t n, int64_t grain, const std::function<void(int64_t, int64_t)>& fn);
+
+// Runs fn(tid, nthreads) once on each of `nthreads` threads (nthreads <= num_threads()); for kernels that
+// partition work themselves (GEMM splits by M or N).
+void parallel_run(int nthreads, const std::function<void(int, int)>& fn);
+
+int num_threads();
+void set_num_threads(int n);  // n >= 1
+
+}  // namespace peft

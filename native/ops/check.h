@@ -1,0 +1,37 @@
+// Shared argument checks for ops: float dtypes, one device, shapes.
+#pragma once
+#include <initializer_list>
+
+#include "../core/errors.h"
+#include "../core/tensor.h"
+
+namespace peft {
+
+inline void require_float(const Tensor& t, const char* op, const char* name) {
+  if (!dtype_is_float(t.dtype))
+    fail("ERR_DTYPE", cat(op, ": ", name, " must be f32, f16 or bf16, got ", dtype_name(t.dtype)));
+}
+
+inline void require_ndim(const Tensor& t, int lo, int hi, const char* op, const char* name) {
+  if (t.ndim() < lo || t.ndim() > hi)
+    fail("ERR_SHAPE", cat(op, ": ", name, " must have ", lo == hi ? std::to_string(lo) : cat(lo, " to ", hi),
+                          " dimensions, got shape ", shape_str(t.shape)));
+}
+
+// Every operand on one device; returns it.
+inline Device same_device(const char* op, std::initializer_list<std::pair<const char*, const Tensor*>> ts) {
+  const Tensor* first = nullptr;
+  const char* first_name = nullptr;
+  for (auto& [name, t] : ts) {
+    if (!t) continue;
+    if (!first) {
+      first = t, first_name = name;
+    } else if (t->device() != first->device()) {
+      fail("ERR_DEVICE", cat(op, ": ", first_name, " is on ", device_name(first->device()), " but ", name, " is on ",
+                             device_name(t->device())));
+    }
+  }
+  return first ? first->device() : Device::CPU;
+}
+
+}  // namespace peft

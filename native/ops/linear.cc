@@ -1,0 +1,169 @@
+// Dense products: linear (y = x·Wᵀ + b), its two gradients, and matmul.
+#include "../napi_util.h"
+#include "../tensor_handle.h"
+#include "check.h"
+#include "op_table.h"
+#include "ops.h"
+
+namespace peft {
+namespace {
+
+// Rows of a tensor viewed as a matrix over its last dimension.
+int64_t leading(const Tensor& t) {
+  int64_t m = 1;
+  for (int i = 0; i < t.ndim() - 1; i++) m *= t.shape[i];
+  return m;
+}
+
+GemmMat rowmajor(const Tensor& t, int64_t cols) { return {t.data(), t.dtype, cols, 1}; }
+GemmMat transposed(const Tensor& t, int64_t cols) { return {t.data(), t.dtype, 1, cols}; }
+
+Tensor new_like(Device d, DType dt, const Shape& s, const char* op) {
+  int64_t n = checked_numel(s, dt, op);
+  Tensor t;
+  t.dtype = dt;
+  t.shape = s;
+  t.storage = ops_for(d, op).alloc(static_cast<size_t>(n) * dtype_size(dt));
+  return t;
+}
+
+// linear(x[..., K], W[N, K], bias[N] | null) -> y[..., N] in x's dtype
+Napi::Value Linear(const Napi::CallbackInfo& info) {
+  const char* op = "linear";
+  const Tensor& x = TensorHandle::From(info[0], op, "x");
+  const Tensor& w = TensorHandle::From(info[1], op, "weight");
+  const Tensor* b = info.Length() > 2 && !info[2].IsNull() && !info[2].IsUndefined() ? &TensorHandle::From(info[2], op, "bias") : nullptr;
+  require_float(x, op, "x");
+  require_float(w, op, "weight");
+  require_ndim(x, 1, 16, op, "x");
+  require_ndim(w, 2, 2, op, "weight");
+  int64_t K = x.dim(-1), N = w.dim(0);
+  if (w.dim(1) != K)
+    fail("ERR_SHAPE", cat(op, ": x has ", K, " features (shape ", shape_str(x.shape), ") but weight expects ", w.dim(1),
+                          " (shape ", shape_str(w.shape), ")"));
+  if (b) {
+    require_float(*b, op, "bias");
+    if (b->ndim() != 1 || b->dim(0) != N)
+      fail("ERR_SHAPE", cat(op, ": bias must have shape [", N, "], got ", shape_str(b->shape)));
+  }
+  Device d = same_device(op, {{"x", &x}, {"weight", &w}, {"bias", b}});
+  Shape ys = x.shape;
+  ys.back() = N;
+  Tensor y = new_like(d, x.dtype, ys, op);
+  GemmArgs g;
+  g.M = leading(x);
+  g.N = N;
+  g.K = K;
+  g.A = rowmajor(x, K);
+  g.B = transposed(w, K);  // B(k, n) = W(n, k)
+  g.C = y.data();
+  g.c_dt = y.dtype;
+  g.ldc = N;
+  if (b) g.bias = b->data(), g.bias_dt = b->dtype;
+  g.b_cache = w.storage.get();
+  ops_for(d, op).gemm(g);
+  return TensorHandle::Wrap(info.Env(), y);
+}
+
+// linearGradInput(dy[M, N], W[N, K]) -> dx[M, K] = dy·W in dy's dtype
+Napi::Value LinearGradInput(const Napi::CallbackInfo& info) {
+  const char* op = "linearGradInput";
+  const Tensor& dy = TensorHandle::From(info[0], op, "dy");
+  const Tensor& w = TensorHandle::From(info[1], op, "weight");
+  require_float(dy, op, "dy");
+  require_float(w, op, "weight");
+  require_ndim(dy, 1, 16, op, "dy");
+  require_ndim(w, 2, 2, op, "weight");
+  int64_t N = w.dim(0), K = w.dim(1);
+  if (dy.dim(-1) != N)
+    fail("ERR_SHAPE", cat(op, ": dy has ", dy.dim(-1), " features (shape ", shape_str(dy.shape), ") but weight has ", N,
+                          " outputs (shape ", shape_str(w.shape), ")"));
+  Device d = same_device(op, {{"dy", &dy}, {"weight", &w}});
+  Shape xs = dy.shape;
+  xs.back() = K;
+  Tensor dx = new_like(d, dy.dtype, xs, op);
+  GemmArgs g;
+  g.M = leading(dy);
+  g.N = K;
+  g.K = N;
+  g.A = rowmajor(dy, N);
+  g.B = rowmajor(w, K);
+  g.C = dx.data();
+  g.c_dt = dx.dtype;
+  g.ldc = K;
+  ops_for(d, op).gemm(g);
+  return TensorHandle::Wrap(info.Env(), dx);
+}
+
+// linearGradWeight(dy[M, N], x[M, K], dW[N, K], accumulate) : dW (+)= dyᵀ·x, rounded once into dW's dtype
+Napi::Value LinearGradWeight(const Napi::CallbackInfo& info) {
+  const char* op = "linearGradWeight";
+  const Tensor& dy = TensorHandle::From(info[0], op, "dy");
+  const Tensor& x = TensorHandle::From(info[1], op, "x");
+  const Tensor& dw = TensorHandle::From(info[2], op, "dW");
+  bool acc = arg_bool(info[3], op, "accumulate");
+  require_float(dy, op, "dy");
+  require_float(x, op, "x");
+  require_float(dw, op, "dW");
+  require_ndim(dy, 1, 16, op, "dy");
+  require_ndim(x, 1, 16, op, "x");
+  require_ndim(dw, 2, 2, op, "dW");
+  int64_t N = dw.dim(0), K = dw.dim(1);
+  if (dy.dim(-1) != N || x.dim(-1) != K || leading(dy) != leading(x))
+    fail("ERR_SHAPE", cat(op, ": dy ", shape_str(dy.shape), " and x ", shape_str(x.shape), " do not match dW ", shape_str(dw.shape)));
+  Device d = same_device(op, {{"dy", &dy}, {"x", &x}, {"dW", &dw}});
+  int64_t M = leading(dy);
+  GemmArgs g;
+  g.M = N;
+  g.N = K;
+  g.K = M;
+  g.A = transposed(dy, N);  // A(n, m) = dy(m, n)
+  g.B = rowmajor(x, K);
+  g.C = dw.data();
+  g.c_dt = dw.dtype;
+  g.ldc = K;
+  g.accumulate = acc;
+  ops_for(d, op).gemm(g);
+  dw.storage->bump_version();
+  return info.Env().Undefined();
+}
+
+// matmul(a, b, transA, transB): 2-D, result in a's dtype
+Napi::Value Matmul(const Napi::CallbackInfo& info) {
+  const char* op = "matmul";
+  const Tensor& a = TensorHandle::From(info[0], op, "a");
+  const Tensor& b = TensorHandle::From(info[1], op, "b");
+  bool ta = arg_bool(info[2], op, "transA"), tb = arg_bool(info[3], op, "transB");
+  require_float(a, op, "a");
+  require_float(b, op, "b");
+  require_ndim(a, 2, 2, op, "a");
+  require_ndim(b, 2, 2, op, "b");
+  int64_t M = ta ? a.dim(1) : a.dim(0), K = ta ? a.dim(0) : a.dim(1);
+  int64_t Kb = tb ? b.dim(1) : b.dim(0), N = tb ? b.dim(0) : b.dim(1);
+  if (K != Kb)
+    fail("ERR_SHAPE", cat(op, ": inner dimensions differ: a", ta ? "ᵀ" : "", " is ", M, "x", K, ", b", tb ? "ᵀ" : "", " is ", Kb, "x", N));
+  Device d = same_device(op, {{"a", &a}, {"b", &b}});
+  Tensor c = new_like(d, a.dtype, {M, N}, op);
+  GemmArgs g;
+  g.M = M;
+  g.N = N;
+  g.K = K;
+  g.A = ta ? transposed(a, a.dim(1)) : rowmajor(a, a.dim(1));
+  g.B = tb ? transposed(b, b.dim(1)) : rowmajor(b, b.dim(1));
+  g.C = c.data();
+  g.c_dt = c.dtype;
+  g.ldc = N;
+  ops_for(d, op).gemm(g);
+  return TensorHandle::Wrap(info.Env(), c);
+}
+
+}  // namespace
+
+void register_linear_ops(Napi::Env env, Napi::Object exports) {
+  exports.Set("linear", Napi::Function::New<guarded<Linear>>(env, "linear"));
+  exports.Set("linearGradInput", Napi::Function::New<guarded<LinearGradInput>>(env, "linearGradInput"));
+  exports.Set("linearGradWeight", Napi::Function::New<guarded<LinearGradWeight>>(env, "linearGradWeight"));
+  exports.Set("matmul", Napi::Function::New<guarded<Matmul>>(env, "matmul"));
+}
+
+}  // namespace peft

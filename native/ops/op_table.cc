@@ -1,0 +1,35 @@
+#include "op_table.h"
+
+#include <atomic>
+#include <cstring>
+
+#include "../core/errors.h"
+#include "../cpu/convert.h"
+
+namespace peft {
+namespace {
+
+void host_copy(void* dst, const void* src, size_t n) {
+  if (n) std::memcpy(dst, src, n);
+}
+std::shared_ptr<Storage> host_alloc(size_t bytes) { return alloc_host(bytes, true); }
+
+const OpTable kCpuOps = {
+    "cpu", host_alloc, host_copy, host_copy, convert_cpu, randn_cpu, gemm,
+};
+
+std::atomic<const OpTable*> g_tables[2] = {&kCpuOps, nullptr};
+
+}  // namespace
+
+void register_op_table(Device d, const OpTable* table) { g_tables[static_cast<int>(d)].store(table); }
+bool has_op_table(Device d) { return g_tables[static_cast<int>(d)].load() != nullptr; }
+
+const OpTable& ops_for(Device d, const char* op) {
+  const OpTable* t = g_tables[static_cast<int>(d)].load();
+  if (!t)
+    fail("ERR_NOT_ON_DEVICE", cat(op, ": no ", device_name(d), " device is available (set NODE_PEFT_CUDA=emu for the emulated one)"));
+  return *t;
+}
+
+}  // namespace peft

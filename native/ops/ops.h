@@ -1,0 +1,11 @@
+// Registration of each op family's JS bindings (one file per family under ops/).
+#pragma once
+#include <napi.h>
+
+namespace peft {
+
+void register_factories(Napi::Env env, Napi::Object exports);
+void register_linear_ops(Napi::Env env, Napi::Object exports);
+void register_backend_info(Napi::Env env, Napi::Object exports);
+
+}  // namespace peft

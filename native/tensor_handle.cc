@@ -1,0 +1,297 @@
+#include "tensor_handle.h"
+
+#include <cstring>
+#include <vector>
+
+#include "napi_util.h"
+#include "ops/op_table.h"
+
+namespace peft {
+namespace {
+
+const napi_type_tag kTensorTag = {0x6e6f6465ull ^ 0x9d1c2b3a4f5e6071ull, 0x70656674ull ^ 0x1a2b3c4d5e6f7081ull};
+
+// Keeps the storage alive for as long as an external ArrayBuffer points into it.
+void release_view(Napi::Env, void*, std::shared_ptr<Storage>* hold) { delete hold; }
+
+Napi::Value typed_array_over(Napi::Env env, Napi::ArrayBuffer buf, DType dt, size_t n) {
+  switch (dt) {
+    case DType::F32: return Napi::Float32Array::New(env, n, buf, 0);
+    case DType::F16:
+    case DType::BF16: return Napi::Uint16Array::New(env, n, buf, 0);
+    case DType::I8: return Napi::Int8Array::New(env, n, buf, 0);
+    case DType::U8: return Napi::Uint8Array::New(env, n, buf, 0);
+    case DType::I32: return Napi::Int32Array::New(env, n, buf, 0);
+    case DType::I64: return Napi::BigInt64Array::New(env, n, buf, 0);
+  }
+  return env.Undefined();
+}
+
+// A zero-copy ArrayBuffer over host storage; a copy where the embedder forbids external buffers.
+Napi::ArrayBuffer buffer_over(Napi::Env env, const std::shared_ptr<Storage>& st, size_t bytes) {
+  if (bytes == 0) return Napi::ArrayBuffer::New(env, 0);
+  napi_value out;
+  auto* hold = new std::shared_ptr<Storage>(st);
+  napi_status s = napi_create_external_arraybuffer(
+      env, st->data, bytes,
+      [](napi_env e, void* data, void* hint) { release_view(Napi::Env(e), data, static_cast<std::shared_ptr<Storage>*>(hint)); },
+      hold, &out);
+  if (s == napi_ok) return Napi::ArrayBuffer(env, out);
+  delete hold;
+  // Not zero-copy here: writes to this buffer will not reach the tensor.
+  Napi::ArrayBuffer copy = Napi::ArrayBuffer::New(env, bytes);
+  std::memcpy(copy.Data(), st->data, bytes);
+  return copy;
+}
+
+}  // namespace
+
+Napi::Function TensorHandle::Init(Napi::Env env) {
+  return DefineClass(env, "TensorHandle",
+                     {
+                         InstanceMethod<&TensorHandle::Shape>("shape"),
+                         InstanceMethod<&TensorHandle::DTypeName>("dtype"),
+                         InstanceMethod<&TensorHandle::DeviceName>("device"),
+                         InstanceMethod<&TensorHandle::Disposed>("disposed"),
+                         InstanceMethod<&TensorHandle::Dispose>("dispose"),
+                         InstanceMethod<&TensorHandle::ToFloat32Array>("toFloat32Array"),
+                         InstanceMethod<&TensorHandle::ToF64>("toFloat64Array"),
+                         InstanceMethod<&TensorHandle::View>("view"),
+                         InstanceMethod<&TensorHandle::Bytes>("bytes"),
+                         InstanceMethod<&TensorHandle::Reshape>("reshape"),
+                         InstanceMethod<&TensorHandle::CopyFrom>("copyFrom"),
+                         InstanceMethod<&TensorHandle::To>("to"),
+                         InstanceMethod<&TensorHandle::Version>("version"),
+                         InstanceMethod<&TensorHandle::SharesStorage>("sharesStorage"),
+                     });
+}
+
+TensorHandle::TensorHandle(const Napi::CallbackInfo& info) : Napi::ObjectWrap<TensorHandle>(info) {
+  Napi::Env env = info.Env();
+  if (info.Length() != 1 || !info[0].IsExternal()) {
+    disposed_ = true;
+    throw to_js_error(env, PeftException(ErrKind::Type, "ERR_INVALID_ARG_TYPE",
+                                         "TensorHandle: handles are made by node-peft's tensor factories"));
+  }
+  t_ = std::move(*info[0].As<Napi::External<Tensor>>().Data());
+  info.This().As<Napi::Object>().TypeTag(&kTensorTag);
+  reported_bytes_ = static_cast<int64_t>(t_.storage->bytes);
+  if (t_.device() == Device::CPU && reported_bytes_) Napi::MemoryManagement::AdjustExternalMemory(env, reported_bytes_);
+}
+
+TensorHandle::~TensorHandle() { Release(); }
+
+void TensorHandle::Release() {
+  if (reported_bytes_) {
+    Napi::MemoryManagement::AdjustExternalMemory(Env(), -reported_bytes_);
+    reported_bytes_ = 0;
+  }
+  t_.storage.reset();
+  disposed_ = true;
+}
+
+Napi::Object TensorHandle::Wrap(Napi::Env env, Tensor t) {
+  Napi::External<Tensor> ext = Napi::External<Tensor>::New(env, &t);
+  return addon_data(env).tensor_ctor.New({ext});
+}
+
+bool TensorHandle::IsHandle(const Napi::Value& v) {
+  return v.IsObject() && v.As<Napi::Object>().CheckTypeTag(&kTensorTag);
+}
+
+const Tensor& TensorHandle::From(const Napi::Value& v, const char* op, const char* name) {
+  if (!IsHandle(v)) fail_type(cat(op, ": ", name, " must be a Tensor"));
+  TensorHandle* h = Unwrap(v.As<Napi::Object>());
+  if (h->disposed_) fail("ERR_DISPOSED", cat(op, ": ", name, " has been disposed"));
+  if (h->t_.storage->busy_writers.load() > 0)
+    fail("ERR_TENSOR_BUSY", cat(op, ": ", name, " is being written by an asynchronous operation"));
+  return h->t_;
+}
+
+Napi::Value TensorHandle::Shape(const Napi::CallbackInfo& info) {
+  Napi::Array a = Napi::Array::New(info.Env(), t_.shape.size());
+  for (size_t i = 0; i < t_.shape.size(); i++) a.Set(i, Napi::Number::New(info.Env(), static_cast<double>(t_.shape[i])));
+  return a;
+}
+Napi::Value TensorHandle::DTypeName(const Napi::CallbackInfo& info) { return Napi::String::New(info.Env(), dtype_name(t_.dtype)); }
+Napi::Value TensorHandle::DeviceName(const Napi::CallbackInfo& info) {
+  return Napi::String::New(info.Env(), device_name(disposed_ ? Device::CPU : t_.device()));
+}
+Napi::Value TensorHandle::Disposed(const Napi::CallbackInfo& info) { return Napi::Boolean::New(info.Env(), disposed_); }
+
+Napi::Value TensorHandle::Dispose(const Napi::CallbackInfo& info) {
+  if (!disposed_) {
+    if (t_.storage->busy_writers.load() > 0)
+      throw to_js_error(info.Env(), PeftException(ErrKind::Peft, "ERR_TENSOR_BUSY", "dispose: the tensor is being written by an asynchronous operation"));
+    Release();
+  }
+  return info.Env().Undefined();
+}
+
+static Napi::Value host_copy_as(Napi::Env env, const Tensor& t, DType out_dt) {
+  size_t n = static_cast<size_t>(t.numel());
+  Tensor out = make_tensor(out_dt, t.shape, Device::CPU, false);
+  if (t.device() == Device::CPU) {
+    ops_for(Device::CPU, "convert").convert(t.data(), t.dtype, out.data(), out_dt, static_cast<int64_t>(n));
+  } else {
+    Tensor host = make_tensor(t.dtype, t.shape, Device::CPU, false);
+    ops_for(t.device(), "toHost").to_host(host.data(), t.data(), t.nbytes());
+    ops_for(Device::CPU, "convert").convert(host.data(), t.dtype, out.data(), out_dt, static_cast<int64_t>(n));
+  }
+  // The result owns a private copy: a plain (non-external) buffer is fine and simpler for the GC.
+  Napi::ArrayBuffer buf = Napi::ArrayBuffer::New(env, n * dtype_size(out_dt));
+  if (n) std::memcpy(buf.Data(), out.data(), n * dtype_size(out_dt));
+  if (out_dt == DType::F32) return Napi::Float32Array::New(env, n, buf, 0);
+  return Napi::Float64Array::New(env, n, buf, 0);
+}
+
+// f64 is not a tensor dtype; this reads any tensor as doubles (exact for every dtype but i64 > 2^53).
+Napi::Value TensorHandle::ToF64(const Napi::CallbackInfo& info) {
+  return run_guarded(info.Env(), [&]() -> Napi::Value {
+    const Napi::CallbackInfo& i = info;
+    TensorHandle* self = Unwrap(i.This().As<Napi::Object>());
+    const Tensor& t = From(self->Value(), "toFloat64Array", "tensor");
+    size_t n = static_cast<size_t>(t.numel());
+    Napi::Float64Array out = Napi::Float64Array::New(i.Env(), n);
+    Tensor host = t;
+    if (t.device() != Device::CPU) {
+      host = make_tensor(t.dtype, t.shape, Device::CPU, false);
+      ops_for(t.device(), "toHost").to_host(host.data(), t.data(), t.nbytes());
+    }
+    for (size_t k = 0; k < n; k++) {
+      switch (host.dtype) {
+        case DType::I32: out[k] = host.ptr<int32_t>()[k]; break;
+        case DType::I64: out[k] = static_cast<double>(host.ptr<int64_t>()[k]); break;
+        case DType::I8: out[k] = host.ptr<int8_t>()[k]; break;
+        case DType::U8: out[k] = host.ptr<uint8_t>()[k]; break;
+        case DType::F32: out[k] = host.ptr<float>()[k]; break;
+        case DType::F16: out[k] = f16_to_f32(host.ptr<uint16_t>()[k]); break;
+        case DType::BF16: out[k] = bf16_to_f32(host.ptr<uint16_t>()[k]); break;
+      }
+    }
+    return out;
+  });
+}
+
+Napi::Value TensorHandle::ToFloat32Array(const Napi::CallbackInfo& info) {
+  return run_guarded(info.Env(), [&]() -> Napi::Value {
+    const Napi::CallbackInfo& i = info;
+    TensorHandle* self = Unwrap(i.This().As<Napi::Object>());
+    const Tensor& t = From(self->Value(), "toFloat32Array", "tensor");
+    return host_copy_as(i.Env(), t, DType::F32);
+  });
+}
+
+Napi::Value TensorHandle::View(const Napi::CallbackInfo& info) {
+  return run_guarded(info.Env(), [&]() -> Napi::Value {
+    const Napi::CallbackInfo& i = info;
+    TensorHandle* self = Unwrap(i.This().As<Napi::Object>());
+    const Tensor& t = From(self->Value(), "view", "tensor");
+    if (t.device() != Device::CPU) fail("ERR_DEVICE", cat("view: the tensor is on ", device_name(t.device()), "; views are host only (use .to(\"cpu\"))"));
+    // The caller may write through the view: derived forms (packed weights) are stale from here on.
+    t.storage->bump_version();
+    return typed_array_over(i.Env(), buffer_over(i.Env(), t.storage, t.nbytes()), t.dtype, static_cast<size_t>(t.numel()));
+  });
+}
+
+Napi::Value TensorHandle::Bytes(const Napi::CallbackInfo& info) {
+  return run_guarded(info.Env(), [&]() -> Napi::Value {
+    const Napi::CallbackInfo& i = info;
+    TensorHandle* self = Unwrap(i.This().As<Napi::Object>());
+    const Tensor& t = From(self->Value(), "bytes", "tensor");
+    if (t.device() != Device::CPU) fail("ERR_DEVICE", "bytes: the tensor is not on the host");
+    bool writable = i.Length() > 0 && i[0].IsBoolean() && i[0].As<Napi::Boolean>().Value();
+    if (writable) t.storage->bump_version();
+    Napi::ArrayBuffer buf = buffer_over(i.Env(), t.storage, t.nbytes());
+    return Napi::Uint8Array::New(i.Env(), t.nbytes(), buf, 0);
+  });
+}
+
+Napi::Value TensorHandle::Reshape(const Napi::CallbackInfo& info) {
+  return run_guarded(info.Env(), [&]() -> Napi::Value {
+    const Napi::CallbackInfo& i = info;
+    TensorHandle* self = Unwrap(i.This().As<Napi::Object>());
+    const Tensor& t = From(self->Value(), "reshape", "tensor");
+    peft::Shape s = arg_shape(i[0], "reshape", "shape");
+    int64_t n = checked_numel(s, t.dtype, "reshape");
+    if (n != t.numel())
+      fail("ERR_SHAPE", cat("reshape: cannot view ", shape_str(t.shape), " (", t.numel(), " elements) as ", shape_str(s), " (", n, " elements)"));
+    Tensor out = t;
+    out.shape = s;
+    return Wrap(i.Env(), out);
+  });
+}
+
+Napi::Value TensorHandle::CopyFrom(const Napi::CallbackInfo& info) {
+  return run_guarded(info.Env(), [&]() -> Napi::Value {
+    const Napi::CallbackInfo& i = info;
+    TensorHandle* self = Unwrap(i.This().As<Napi::Object>());
+    const Tensor& dst = From(self->Value(), "copyFrom", "this");
+    const Tensor& src = From(i[0], "copyFrom", "src");
+    if (src.shape != dst.shape)
+      fail("ERR_SHAPE", cat("copyFrom: src has shape ", shape_str(src.shape), ", this tensor ", shape_str(dst.shape)));
+    int64_t n = dst.numel();
+    if (src.device() == dst.device()) {
+      if (src.storage.get() != dst.storage.get())
+        ops_for(dst.device(), "copyFrom").convert(src.data(), src.dtype, dst.data(), dst.dtype, n);
+    } else {
+      // Across devices: stage on the host in the source dtype, convert there, then upload.
+      Tensor host_src = make_tensor(src.dtype, src.shape, Device::CPU, false);
+      if (src.device() == Device::CPU) std::memcpy(host_src.data(), src.data(), src.nbytes());
+      else ops_for(src.device(), "copyFrom").to_host(host_src.data(), src.data(), src.nbytes());
+      Tensor host_dst = make_tensor(dst.dtype, dst.shape, Device::CPU, false);
+      ops_for(Device::CPU, "copyFrom").convert(host_src.data(), src.dtype, host_dst.data(), dst.dtype, n);
+      if (dst.device() == Device::CPU) std::memcpy(dst.data(), host_dst.data(), dst.nbytes());
+      else ops_for(dst.device(), "copyFrom").from_host(dst.data(), host_dst.data(), dst.nbytes());
+    }
+    dst.storage->bump_version();
+    return i.Env().Undefined();
+  });
+}
+
+Napi::Value TensorHandle::To(const Napi::CallbackInfo& info) {
+  return run_guarded(info.Env(), [&]() -> Napi::Value {
+    const Napi::CallbackInfo& i = info;
+    TensorHandle* self = Unwrap(i.This().As<Napi::Object>());
+    const Tensor& t = From(self->Value(), "to", "tensor");
+    std::string target = arg_string(i[0], "to", "target");
+    if (target == "cpu" || target == "cuda") {
+      Device d = target == "cpu" ? Device::CPU : Device::CUDA;
+      const OpTable& dst_ops = ops_for(d, "to");
+      Tensor out;
+      out.dtype = t.dtype;
+      out.shape = t.shape;
+      out.storage = dst_ops.alloc(t.nbytes());
+      if (t.device() == d) {
+        if (d == Device::CPU) std::memcpy(out.data(), t.data(), t.nbytes());
+        else dst_ops.convert(t.data(), t.dtype, out.data(), t.dtype, t.numel());
+      } else if (d == Device::CPU) {
+        ops_for(t.device(), "to").to_host(out.data(), t.data(), t.nbytes());
+      } else {
+        dst_ops.from_host(out.data(), t.data(), t.nbytes());
+      }
+      return Wrap(i.Env(), out);
+    }
+    DType dt = parse_dtype(target, "to", "target");
+    const OpTable& ops = ops_for(t.device(), "to");
+    Tensor out;
+    out.dtype = dt;
+    out.shape = t.shape;
+    out.storage = ops.alloc(static_cast<size_t>(t.numel()) * dtype_size(dt));
+    ops.convert(t.data(), t.dtype, out.data(), dt, t.numel());
+    return Wrap(i.Env(), out);
+  });
+}
+
+Napi::Value TensorHandle::Version(const Napi::CallbackInfo& info) {
+  if (disposed_) return Napi::Number::New(info.Env(), -1);
+  return Napi::Number::New(info.Env(), static_cast<double>(t_.storage->version.load()));
+}
+
+Napi::Value TensorHandle::SharesStorage(const Napi::CallbackInfo& info) {
+  if (disposed_ || info.Length() < 1 || !IsHandle(info[0])) return Napi::Boolean::New(info.Env(), false);
+  TensorHandle* other = Unwrap(info[0].As<Napi::Object>());
+  return Napi::Boolean::New(info.Env(), !other->disposed_ && other->t_.storage == t_.storage);
+}
+
+}  // namespace peft
