@@ -6,6 +6,7 @@
     "cflags_cc": ["-std=c++20", "-fexceptions", "-O3", "-fvisibility=hidden"],
     "include_dirs": ["<!(node -p \"require('node-addon-api').include_dir\")", "native"],
     "defines": ["NAPI_VERSION=8", "NODE_ADDON_API_CPP_EXCEPTIONS", "NODE_ADDON_API_CPP_EXCEPTIONS_ALL",
+                "NODE_API_SWALLOW_UNTHROWABLE_EXCEPTIONS",
                 "PEFT_BUILD_NAME=\"node-gyp\""]
   },
   "targets": [

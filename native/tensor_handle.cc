@@ -76,14 +76,22 @@ TensorHandle::TensorHandle(const Napi::CallbackInfo& info) : Napi::ObjectWrap<Te
   t_ = std::move(*info[0].As<Napi::External<Tensor>>().Data());
   info.This().As<Napi::Object>().TypeTag(&kTensorTag);
   reported_bytes_ = static_cast<int64_t>(t_.storage->bytes);
-  if (t_.device() == Device::CPU && reported_bytes_) Napi::MemoryManagement::AdjustExternalMemory(env, reported_bytes_);
+  if (t_.device() == Device::CPU && reported_bytes_) {
+    int64_t ignored;
+    napi_adjust_external_memory(env, reported_bytes_, &ignored);
+  } else {
+    reported_bytes_ = 0;
+  }
 }
 
 TensorHandle::~TensorHandle() { Release(); }
 
 void TensorHandle::Release() {
   if (reported_bytes_) {
-    Napi::MemoryManagement::AdjustExternalMemory(Env(), -reported_bytes_);
+    // Raw call, status ignored: this runs in the destructor (noexcept), also while a worker is being torn
+    // down, where the node-addon-api wrapper would throw.
+    int64_t ignored;
+    napi_adjust_external_memory(Env(), -reported_bytes_, &ignored);
     reported_bytes_ = 0;
   }
   t_.storage.reset();

@@ -4,6 +4,8 @@
 #include <cstring>
 #include <new>
 
+#include <sys/mman.h>
+
 #include "errors.h"
 
 namespace peft {
@@ -30,8 +32,19 @@ int64_t checked_numel(const Shape& s, DType dt, const char* what) {
   return n;
 }
 
+// Large blocks come straight from mmap: page-aligned, and zero pages cost nothing until touched.
+constexpr size_t kMmapThreshold = size_t(1) << 20;
+
 std::shared_ptr<Storage> alloc_host(size_t bytes, bool zero) {
   auto st = std::make_shared<Storage>();
+  if (bytes >= kMmapThreshold) {
+    void* p = mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (p == MAP_FAILED) throw std::bad_alloc();
+    st->data = p;
+    st->bytes = bytes;
+    st->release = [bytes](void* q) { munmap(q, bytes); };
+    return st;
+  }
   size_t rounded = (bytes + kAlign - 1) / kAlign * kAlign;
   if (rounded == 0) rounded = kAlign;  // a valid pointer even for empty tensors
   void* p = std::aligned_alloc(kAlign, rounded);
