@@ -41,9 +41,10 @@ export interface NativeAddon {
   fromBytes(data: ArrayBufferView, shape: readonly number[], dtype: string, device: string): NativeTensor;
   randn(shape: readonly number[], dtype: string, device: string, seed: number, stream: number, mean: number, std: number): NativeTensor;
   randUniform(shape: readonly number[], dtype: string, seed: number, stream: number, lo: number, hi: number): NativeTensor;
-  linear(x: NativeTensor, w: NativeTensor, b: NativeTensor | null): NativeTensor;
-  linearGradInput(dy: NativeTensor, w: NativeTensor): NativeTensor;
-  linearGradWeight(dy: NativeTensor, x: NativeTensor, dw: NativeTensor, accumulate: boolean): void;
+  // weightInOut: the weight is stored (in, out) as GPT-2's Conv1D keeps it; default (out, in).
+  linear(x: NativeTensor, w: NativeTensor, b: NativeTensor | null, weightInOut?: boolean): NativeTensor;
+  linearGradInput(dy: NativeTensor, w: NativeTensor, weightInOut?: boolean): NativeTensor;
+  linearGradWeight(dy: NativeTensor, x: NativeTensor, dw: NativeTensor, accumulate: boolean, weightInOut?: boolean): void;
   matmul(a: NativeTensor, b: NativeTensor, transA: boolean, transB: boolean): NativeTensor;
   backendInfo(): BackendInfo;
   setNumThreads(n: number): void;

@@ -4,23 +4,33 @@ import { native } from "./native.js";
 import { Tensor, handleOf, optionalHandle } from "./tensor.js";
 import { typeError } from "./errors.js";
 
-/** y = x·Wᵀ + b with W stored (out, in); y in x's dtype. */
-export function linear(x: Tensor, weight: Tensor, bias?: Tensor | null): Tensor {
-  return new Tensor(native.linear(handleOf(x, "linear", "x"), handleOf(weight, "linear", "weight"), optionalHandle(bias, "linear", "bias")));
+/** Where a weight keeps its dimensions: (out, in) as torch.nn.Linear, or (in, out) as GPT-2's Conv1D. */
+export interface WeightLayout {
+  weightInOut?: boolean;
+}
+
+/** y = x·Wᵀ + b with W stored (out, in) (or x·W + b with W stored (in, out)); y in x's dtype. */
+export function linear(x: Tensor, weight: Tensor, bias?: Tensor | null, opts: WeightLayout = {}): Tensor {
+  return new Tensor(
+    native.linear(handleOf(x, "linear", "x"), handleOf(weight, "linear", "weight"), optionalHandle(bias, "linear", "bias"), opts.weightInOut === true),
+  );
 }
 
 /** dx = dy·W for y = x·Wᵀ; dx in dy's dtype. */
-export function linearGradInput(dy: Tensor, weight: Tensor): Tensor {
-  return new Tensor(native.linearGradInput(handleOf(dy, "linearGradInput", "dy"), handleOf(weight, "linearGradInput", "weight")));
+export function linearGradInput(dy: Tensor, weight: Tensor, opts: WeightLayout = {}): Tensor {
+  return new Tensor(
+    native.linearGradInput(handleOf(dy, "linearGradInput", "dy"), handleOf(weight, "linearGradInput", "weight"), opts.weightInOut === true),
+  );
 }
 
 /** dW += dyᵀ·x (or = when accumulate is false), rounded once into dW's dtype. */
-export function linearGradWeight(dy: Tensor, x: Tensor, dW: Tensor, opts: { accumulate?: boolean } = {}): void {
+export function linearGradWeight(dy: Tensor, x: Tensor, dW: Tensor, opts: { accumulate?: boolean } & WeightLayout = {}): void {
   native.linearGradWeight(
     handleOf(dy, "linearGradWeight", "dy"),
     handleOf(x, "linearGradWeight", "x"),
     handleOf(dW, "linearGradWeight", "dW"),
     opts.accumulate ?? true,
+    opts.weightInOut === true,
   );
 }
 

@@ -27,7 +27,12 @@ Tensor new_like(Device d, DType dt, const Shape& s, const char* op) {
   return t;
 }
 
-// linear(x[..., K], W[N, K], bias[N] | null) -> y[..., N] in x's dtype
+// Optional trailing flag: the weight is stored (in, out) (GPT-2's Conv1D) instead of (out, in).
+bool weight_in_out(const Napi::CallbackInfo& info, size_t index, const char* op) {
+  return info.Length() > index && !info[index].IsUndefined() && arg_bool(info[index], op, "weightInOut");
+}
+
+// linear(x[..., K], W[N, K], bias[N] | null, weightInOut?) -> y[..., N] in x's dtype
 Napi::Value Linear(const Napi::CallbackInfo& info) {
   const char* op = "linear";
   const Tensor& x = TensorHandle::From(info[0], op, "x");
@@ -37,10 +42,11 @@ Napi::Value Linear(const Napi::CallbackInfo& info) {
   require_float(w, op, "weight");
   require_ndim(x, 1, 16, op, "x");
   require_ndim(w, 2, 2, op, "weight");
-  int64_t K = x.dim(-1), N = w.dim(0);
-  if (w.dim(1) != K)
-    fail("ERR_SHAPE", cat(op, ": x has ", K, " features (shape ", shape_str(x.shape), ") but weight expects ", w.dim(1),
-                          " (shape ", shape_str(w.shape), ")"));
+  bool in_out = weight_in_out(info, 3, op);
+  int64_t K = x.dim(-1), N = in_out ? w.dim(1) : w.dim(0), wK = in_out ? w.dim(0) : w.dim(1);
+  if (wK != K)
+    fail("ERR_SHAPE", cat(op, ": x has ", K, " features (shape ", shape_str(x.shape), ") but weight expects ", wK,
+                          " (shape ", shape_str(w.shape), in_out ? ", stored (in, out)" : "", ")"));
   if (b) {
     require_float(*b, op, "bias");
     if (b->ndim() != 1 || b->dim(0) != N)
@@ -55,7 +61,7 @@ Napi::Value Linear(const Napi::CallbackInfo& info) {
   g.N = N;
   g.K = K;
   g.A = rowmajor(x, K);
-  g.B = transposed(w, K);  // B(k, n) = W(n, k)
+  g.B = in_out ? rowmajor(w, N) : transposed(w, K);  // B(k, n) = W(n, k), or W(k, n) stored (in, out)
   g.C = y.data();
   g.c_dt = y.dtype;
   g.ldc = N;
@@ -65,7 +71,7 @@ Napi::Value Linear(const Napi::CallbackInfo& info) {
   return TensorHandle::Wrap(info.Env(), y);
 }
 
-// linearGradInput(dy[M, N], W[N, K]) -> dx[M, K] = dy·W in dy's dtype
+// linearGradInput(dy[M, N], W[N, K], weightInOut?) -> dx[M, K] = dy·W in dy's dtype
 Napi::Value LinearGradInput(const Napi::CallbackInfo& info) {
   const char* op = "linearGradInput";
   const Tensor& dy = TensorHandle::From(info[0], op, "dy");
@@ -74,7 +80,8 @@ Napi::Value LinearGradInput(const Napi::CallbackInfo& info) {
   require_float(w, op, "weight");
   require_ndim(dy, 1, 16, op, "dy");
   require_ndim(w, 2, 2, op, "weight");
-  int64_t N = w.dim(0), K = w.dim(1);
+  bool in_out = weight_in_out(info, 2, op);
+  int64_t N = in_out ? w.dim(1) : w.dim(0), K = in_out ? w.dim(0) : w.dim(1);
   if (dy.dim(-1) != N)
     fail("ERR_SHAPE", cat(op, ": dy has ", dy.dim(-1), " features (shape ", shape_str(dy.shape), ") but weight has ", N,
                           " outputs (shape ", shape_str(w.shape), ")"));
@@ -87,7 +94,7 @@ Napi::Value LinearGradInput(const Napi::CallbackInfo& info) {
   g.N = K;
   g.K = N;
   g.A = rowmajor(dy, N);
-  g.B = rowmajor(w, K);
+  g.B = in_out ? transposed(w, N) : rowmajor(w, K);
   g.C = dx.data();
   g.c_dt = dx.dtype;
   g.ldc = K;
@@ -95,7 +102,8 @@ Napi::Value LinearGradInput(const Napi::CallbackInfo& info) {
   return TensorHandle::Wrap(info.Env(), dx);
 }
 
-// linearGradWeight(dy[M, N], x[M, K], dW[N, K], accumulate) : dW (+)= dyᵀ·x, rounded once into dW's dtype
+// linearGradWeight(dy[M, N], x[M, K], dW[N, K], accumulate, weightInOut?) : dW (+)= dyᵀ·x (or xᵀ·dy for a
+// weight stored (in, out)), rounded once into dW's dtype
 Napi::Value LinearGradWeight(const Napi::CallbackInfo& info) {
   const char* op = "linearGradWeight";
   const Tensor& dy = TensorHandle::From(info[0], op, "dy");
@@ -108,20 +116,26 @@ Napi::Value LinearGradWeight(const Napi::CallbackInfo& info) {
   require_ndim(dy, 1, 16, op, "dy");
   require_ndim(x, 1, 16, op, "x");
   require_ndim(dw, 2, 2, op, "dW");
-  int64_t N = dw.dim(0), K = dw.dim(1);
+  bool in_out = weight_in_out(info, 4, op);
+  int64_t N = in_out ? dw.dim(1) : dw.dim(0), K = in_out ? dw.dim(0) : dw.dim(1);
   if (dy.dim(-1) != N || x.dim(-1) != K || leading(dy) != leading(x))
     fail("ERR_SHAPE", cat(op, ": dy ", shape_str(dy.shape), " and x ", shape_str(x.shape), " do not match dW ", shape_str(dw.shape)));
   Device d = same_device(op, {{"dy", &dy}, {"x", &x}, {"dW", &dw}});
   int64_t M = leading(dy);
   GemmArgs g;
-  g.M = N;
-  g.N = K;
-  g.K = M;
-  g.A = transposed(dy, N);  // A(n, m) = dy(m, n)
-  g.B = rowmajor(x, K);
+  if (in_out) {  // dW(k, n) = Σ_m x(m, k) dy(m, n)
+    g.M = K, g.N = N, g.K = M;
+    g.A = transposed(x, K);
+    g.B = rowmajor(dy, N);
+    g.ldc = N;
+  } else {  // dW(n, k) = Σ_m dy(m, n) x(m, k)
+    g.M = N, g.N = K, g.K = M;
+    g.A = transposed(dy, N);
+    g.B = rowmajor(x, K);
+    g.ldc = K;
+  }
   g.C = dw.data();
   g.c_dt = dw.dtype;
-  g.ldc = K;
   g.accumulate = acc;
   ops_for(d, op).gemm(g);
   dw.storage->bump_version();
