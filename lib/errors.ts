@@ -12,6 +12,7 @@ export type PeftErrorCode =
   | "ERR_CHECKPOINT"
   | "ERR_SAFETENSORS"
   | "ERR_TARGET_NOT_FOUND"
+  | "ERR_STATE" // an operation out of order: backward without a training forward, backward while merged
   | "ERR_NATIVE";
 
 export class PeftError extends Error {

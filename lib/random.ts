@@ -16,8 +16,11 @@ export function manualSeed(seed: number): void {
   nextStream = 0;
 }
 
-/** (seed, stream) for one random op: the explicit seed if given, else the next global stream. */
-export function takeRng(seed: number | undefined, what: string): { seed: number; stream: number } {
-  if (seed !== undefined) return { seed: checkSeed(seed, what), stream: 0 };
+/**
+ * (seed, stream) for one random op: the explicit seed (with stream `stream`, default 0) if given, else the next
+ * global stream.
+ */
+export function takeRng(seed: number | undefined, what: string, stream = 0): { seed: number; stream: number } {
+  if (seed !== undefined) return { seed: checkSeed(seed, what), stream: checkSeed(stream, what) };
   return { seed: globalSeed, stream: ++nextStream };
 }

@@ -86,17 +86,20 @@ export class Tensor implements Disposable {
   }
 
   /** Normal samples from the Philox generator; the same numbers for any thread count or device. */
-  static randn(shape: readonly number[], opts: { seed?: number; dtype?: DType; device?: Device; mean?: number; std?: number } = {}): Tensor {
+  static randn(
+    shape: readonly number[],
+    opts: { seed?: number; stream?: number; dtype?: DType; device?: Device; mean?: number; std?: number } = {},
+  ): Tensor {
     const dtype = checkDType(opts.dtype ?? "f32", "Tensor.randn");
     const device = checkDevice(opts.device ?? "cpu", "Tensor.randn");
-    const { seed, stream } = takeRng(opts.seed, "Tensor.randn");
+    const { seed, stream } = takeRng(opts.seed, "Tensor.randn", opts.stream);
     return new Tensor(native.randn(shape, dtype, device, seed, stream, opts.mean ?? 0, opts.std ?? 1));
   }
 
   /** Uniform samples in [lo, hi) (weight init). */
-  static rand(shape: readonly number[], opts: { seed?: number; dtype?: DType; lo?: number; hi?: number } = {}): Tensor {
+  static rand(shape: readonly number[], opts: { seed?: number; stream?: number; dtype?: DType; lo?: number; hi?: number } = {}): Tensor {
     const dtype = checkDType(opts.dtype ?? "f32", "Tensor.rand");
-    const { seed, stream } = takeRng(opts.seed, "Tensor.rand");
+    const { seed, stream } = takeRng(opts.seed, "Tensor.rand", opts.stream);
     return new Tensor(native.randUniform(shape, dtype, seed, stream, opts.lo ?? 0, opts.hi ?? 1));
   }
 
