@@ -10,3 +10,4 @@ export { configFromJSON, configFromPretrained, type PeftConfig } from "./tuners/
 export { configToJSONString, TASK_TYPES, type TaskType } from "./tuners/config.js";
 export { checkTargetModuleExists, findTargetModules, type MatchReport } from "./matching.js";
 export { defaultTargetModules, defaultFeedforwardModules } from "./mappings.js";
+export { loadSafetensors, loadSafetensorsSync, saveSafetensors, saveSafetensorsSync, openSafetensors, type SafetensorsFile, loadShardedSafetensors, openSharded, type ShardedSafetensors } from "./io/index.js";

@@ -1,0 +1,193 @@
+// Reading safetensors files: a lazy handle (openSafetensors) and whole-file loads (sync and async). Tensor data
+// goes from the file straight into each tensor's native storage with positioned reads, no staging copy.
+// There is no mmap: Node has none built in, and a mapping would tie tensors to the file's lifetime; an
+// opt-in mmap would need a native helper.
+import { closeSync, fstatSync, openSync } from "node:fs";
+import { open, type FileHandle } from "node:fs/promises";
+import { Tensor } from "../tensor.js";
+import { checkPath, readFully, readFullySync, runAsync, runSync, type IoPlan } from "./file-io.js";
+import {
+  checkHeaderLength, compareUtf8, define, formatError, parseLayout, type Layout, type TensorEntry,
+} from "./safetensors-format.js";
+
+/** A safetensors file open for lazy reads. Tensors it returns stay valid after close(). */
+export interface SafetensorsFile extends Disposable {
+  readonly path: string;
+  /** Tensor names, sorted. */
+  keys(): string[];
+  metadata(): Record<string, string>;
+  /** dtype as the file names it ("BF16", "F8_E4M3", ...). */
+  info(name: string): { dtype: string; shape: number[] };
+  get(name: string): Tensor;
+  /** The raw little-endian bytes of any tensor, whatever its dtype. */
+  getBytes(name: string): Buffer;
+  close(): void;
+}
+
+/** Reads and validates the header: the 8-byte length, then the JSON. Nothing else is allocated. */
+export function* headerPlan(fileSize: number, file: string): IoPlan<Layout> {
+  const prefix = new Uint8Array(Math.min(8, fileSize));
+  yield { buf: prefix, pos: 0 };
+  const header = new Uint8Array(checkHeaderLength(prefix, fileSize, file));
+  yield { buf: header, pos: 8 };
+  return parseLayout(header, fileSize, file);
+}
+
+function checkLoadable(e: TensorEntry, file: string): void {
+  if (e.tensorDType === null)
+    throw formatError(file, `dtype ${e.dtype} has no Tensor dtype; read its raw bytes with getBytes()`, e.name);
+}
+
+// A fresh tensor and the writable zero-copy view of its storage that the read fills.
+function allocFor(e: TensorEntry, file: string): { tensor: Tensor; target: Uint8Array } {
+  checkLoadable(e, file);
+  const tensor = Tensor.zeros(e.shape, { dtype: e.tensorDType! });
+  return { tensor, target: tensor.bytes({ writable: true }) };
+}
+
+/** Reads every tensor of a validated layout, in file order; keyed by name in sorted order. */
+export function* tensorsPlan(layout: Layout, file: string): IoPlan<Record<string, Tensor>> {
+  for (const e of layout.ordered) checkLoadable(e, file);
+  const made = new Map<string, Tensor>();
+  try {
+    for (const e of layout.ordered) {
+      const { tensor, target } = allocFor(e, file);
+      made.set(e.name, tensor);
+      if (target.length) yield { buf: target, pos: e.offset };
+    }
+  } catch (err) {
+    for (const t of made.values()) t.dispose();
+    throw err;
+  }
+  const out: Record<string, Tensor> = {};
+  for (const name of [...made.keys()].sort(compareUtf8)) define(out, name, made.get(name)!);
+  return out;
+}
+
+/** Opens a file and reads and validates its header; the file is closed again if that fails. */
+function openHeaderSync(file: string): { fd: number; layout: Layout } {
+  const fd = openSync(file, "r");
+  try {
+    const size = fstatSync(fd).size;
+    return { fd, layout: runSync(headerPlan(size, file), (r) => readFullySync(fd, r.buf, r.pos, file)) };
+  } catch (e) {
+    closeSync(fd);
+    throw e;
+  }
+}
+
+export async function readHeaderAsync(h: FileHandle, file: string): Promise<Layout> {
+  const size = (await h.stat()).size;
+  return runAsync(headerPlan(size, file), (r) => readFully(h, r.buf, r.pos, file));
+}
+
+export function readTensorsAsync(h: FileHandle, layout: Layout, file: string): Promise<Record<string, Tensor>> {
+  return runAsync(tensorsPlan(layout, file), (r) => readFully(h, r.buf, r.pos, file));
+}
+
+/** Loads every tensor of a file. */
+export function loadSafetensorsSync(path: string): Record<string, Tensor> {
+  const file = checkPath(path, "loadSafetensorsSync");
+  const { fd, layout } = openHeaderSync(file);
+  try {
+    return runSync(tensorsPlan(layout, file), (r) => readFullySync(fd, r.buf, r.pos, file));
+  } finally {
+    closeSync(fd);
+  }
+}
+
+/** Loads every tensor of a file with asynchronous positioned reads. */
+export async function loadSafetensors(path: string): Promise<Record<string, Tensor>> {
+  const file = checkPath(path, "loadSafetensors");
+  const h = await open(file, "r");
+  try {
+    return await readTensorsAsync(h, await readHeaderAsync(h, file), file);
+  } finally {
+    await h.close();
+  }
+}
+
+/** Opens a file lazily: only the header is read and validated now. */
+export function openSafetensors(path: string): SafetensorsFile {
+  const file = checkPath(path, "openSafetensors");
+  const { fd, layout } = openHeaderSync(file);
+  return new LazyFile(file, fd, layout);
+}
+
+class LazyFile implements SafetensorsFile {
+  #fd: number | null;
+  #names: string[] | undefined;
+
+  constructor(readonly path: string, fd: number, private readonly layout: Layout) {
+    this.#fd = fd;
+  }
+
+  private fd(): number {
+    if (this.#fd === null) throw formatError(this.path, "the file has been closed");
+    return this.#fd;
+  }
+
+  private entry(name: string): TensorEntry {
+    this.fd();
+    const e = typeof name === "string" ? this.layout.tensors.get(name) : undefined;
+    if (!e) throw formatError(this.path, `no tensor named ${JSON.stringify(name)}; ${available(this.keys(), String(name))}`);
+    return e;
+  }
+
+  keys(): string[] {
+    this.fd();
+    return [...(this.#names ??= [...this.layout.tensors.keys()].sort(compareUtf8))];
+  }
+
+  metadata(): Record<string, string> {
+    this.fd();
+    return Object.defineProperties({}, Object.getOwnPropertyDescriptors(this.layout.metadata));
+  }
+
+  info(name: string): { dtype: string; shape: number[] } {
+    const e = this.entry(name);
+    return { dtype: e.dtype, shape: [...e.shape] };
+  }
+
+  get(name: string): Tensor {
+    const e = this.entry(name);
+    const { tensor, target } = allocFor(e, this.path);
+    try {
+      readFullySync(this.fd(), target, e.offset, this.path);
+    } catch (err) {
+      tensor.dispose();
+      throw err;
+    }
+    return tensor;
+  }
+
+  getBytes(name: string): Buffer {
+    const e = this.entry(name);
+    const out = Buffer.allocUnsafe(e.byteLength);
+    readFullySync(this.fd(), out, e.offset, this.path);
+    return out;
+  }
+
+  close(): void {
+    if (this.#fd === null) return;
+    const fd = this.#fd;
+    this.#fd = null;
+    closeSync(fd);
+  }
+
+  [Symbol.dispose](): void {
+    this.close();
+  }
+}
+
+/** "N tensors, e.g. ..." with the names that share the longest prefix with `wanted` first. */
+export function available(names: string[], wanted: string): string {
+  if (names.length === 0) return "the file holds no tensors";
+  const common = (s: string) => {
+    let i = 0;
+    while (i < s.length && i < wanted.length && s[i] === wanted[i]) i++;
+    return i;
+  };
+  const pick = names.map((n) => [common(n), n] as const).sort((a, b) => b[0] - a[0]).slice(0, 5).map((p) => JSON.stringify(p[1]));
+  return `${names.length} available, e.g. ${pick.join(", ")}${names.length > 5 ? ", ..." : ""}`;
+}

@@ -1,0 +1,180 @@
+// Writing safetensors files the way Python's safetensors does (header layout, tensor order, 8-byte padding,
+// {"format": "pt"} metadata that transformers requires), atomically: the data goes to a temporary file in
+// the target's directory, is fsynced and renamed over the target, then the directory is fsynced. On any
+// error the temporary file is removed and an existing target is left as it was.
+import { randomBytes } from "node:crypto";
+import { closeSync, fsyncSync, openSync, renameSync, unlinkSync } from "node:fs";
+import { open, rename, unlink } from "node:fs/promises";
+import { basename, dirname, join } from "node:path";
+import { DTYPE_SIZE, Tensor, describe } from "../tensor.js";
+import { peftError, typeError } from "../errors.js";
+import { checkPath, runAsync, runSync, writeFully, writeFullySync, type IoPlan } from "./file-io.js";
+import { MAX_HEADER_SIZE, compareForWrite, define, fileDType, formatError } from "./safetensors-format.js";
+
+type TensorMap = Record<string, Tensor> | Map<string, Tensor>;
+
+interface Prepared {
+  /** Length prefix, JSON and padding. */
+  header: Buffer;
+  /** Tensor data in file order (zero-copy views of host storage). */
+  data: Uint8Array[];
+  /** Host copies made for device tensors, released after the write. */
+  copies: Tensor[];
+}
+
+// Lone surrogates cannot be encoded as UTF-8, so such a string would not survive a round trip.
+const LONE_SURROGATE = /\p{Cs}/u;
+
+function checkName(op: string, file: string, name: unknown): string {
+  if (typeof name !== "string") throw typeError(`${op}: tensor names must be strings, got ${describe(name)}`);
+  if (name === "") throw formatError(file, "tensor names must be non-empty");
+  if (name === "__metadata__") throw formatError(file, "__metadata__ is reserved for metadata and is not a valid tensor name");
+  if (LONE_SURROGATE.test(name)) throw formatError(file, "name contains a lone surrogate (not encodable as UTF-8)", name);
+  return name;
+}
+
+function mergedMetadata(op: string, file: string, metadata: unknown): Record<string, string> {
+  // "format" comes first and defaults to "pt"; the caller may set it (and anything else).
+  const out: Record<string, string> = { format: "pt" };
+  if (metadata === undefined || metadata === null) return out;
+  if (typeof metadata !== "object" || Array.isArray(metadata) || metadata instanceof Map)
+    throw typeError(`${op}: metadata must be an object of strings, got ${describe(metadata)}`);
+  for (const [k, v] of Object.entries(metadata)) {
+    if (typeof v !== "string") throw typeError(`${op}: metadata value for ${JSON.stringify(k)} must be a string, got ${describe(v)}`);
+    if (LONE_SURROGATE.test(k) || LONE_SURROGATE.test(v))
+      throw formatError(file, `metadata entry ${JSON.stringify(k)} contains a lone surrogate (not encodable as UTF-8)`);
+    define(out, k, v);
+  }
+  return out;
+}
+
+/** Validates everything and builds the header; nothing is written yet. */
+function prepare(op: string, file: string, tensors: unknown, metadata: unknown): Prepared {
+  if (tensors === null || typeof tensors !== "object" || Array.isArray(tensors))
+    throw typeError(`${op}: tensors must be an object or Map of name -> Tensor, got ${describe(tensors)}`);
+  const list = (tensors instanceof Map ? [...tensors] : Object.entries(tensors)).map(([k, t]) => {
+    const name = checkName(op, file, k);
+    if (!(t instanceof Tensor)) throw typeError(`${op}: tensor ${JSON.stringify(name)} must be a Tensor, got ${describe(t)}`);
+    if (t.disposed) throw peftError("ERR_DISPOSED", `${op}: tensor ${JSON.stringify(name)} has been disposed`);
+    return { name, tensor: t, dtype: fileDType(t.dtype) };
+  });
+  const meta = mergedMetadata(op, file, metadata);
+  list.sort(compareForWrite);
+
+  let offset = 0;
+  const parts = [`{"__metadata__":${JSON.stringify(meta)}`];
+  for (const { name, tensor, dtype } of list) {
+    const end = offset + tensor.numel * DTYPE_SIZE[tensor.dtype];
+    parts.push(`,${JSON.stringify(name)}:{"dtype":"${dtype}","shape":[${tensor.shape.join(",")}],"data_offsets":[${offset},${end}]}`);
+    offset = end;
+  }
+  parts.push("}");
+  const json = Buffer.from(parts.join(""), "utf8");
+  const padded = Math.ceil(json.length / 8) * 8;
+  if (padded > MAX_HEADER_SIZE) throw formatError(file, `header would be ${padded} bytes, over the ${MAX_HEADER_SIZE}-byte limit`);
+  const header = Buffer.alloc(8 + padded, 0x20);
+  header.writeBigUInt64LE(BigInt(padded), 0);
+  json.copy(header, 8);
+
+  const copies: Tensor[] = [];
+  const data = list.map(({ tensor }) => {
+    if (tensor.device === "cpu") return tensor.bytes();
+    const host = tensor.to("cpu");
+    copies.push(host);
+    return host.bytes();
+  });
+  return { header, data, copies };
+}
+
+// Small pieces (the header, biases, norms) are gathered into one buffer so a file of thousands of tensors
+// does not cost thousands of syscalls; large tensors are written straight from their storage.
+const STAGE = 1 << 20;
+
+function* writePlan(p: Prepared): IoPlan<void> {
+  const stage = Buffer.allocUnsafe(STAGE);
+  let used = 0;
+  let pos = 0;
+  for (const piece of [p.header, ...p.data]) {
+    if (used > 0 && (used + piece.length > STAGE || piece.length >= STAGE / 4)) {
+      yield { buf: stage.subarray(0, used), pos: pos - used };
+      used = 0;
+    }
+    if (piece.length >= STAGE / 4) yield { buf: piece, pos };
+    else {
+      stage.set(piece, used);
+      used += piece.length;
+    }
+    pos += piece.length;
+  }
+  if (used > 0) yield { buf: stage.subarray(0, used), pos: pos - used };
+}
+
+function tempPath(file: string): string {
+  return join(dirname(file), `.${basename(file)}.${process.pid}.${randomBytes(6).toString("hex")}.tmp`);
+}
+
+// Directory fsync makes the rename durable; some filesystems refuse it on directories, which is harmless.
+const DIR_SYNC_UNSUPPORTED = new Set(["EINVAL", "EISDIR", "EPERM", "EACCES", "ENOTSUP"]);
+function ignoreDirSyncRefusal(e: unknown): void {
+  if (!DIR_SYNC_UNSUPPORTED.has((e as { code?: string }).code ?? "")) throw e;
+}
+
+/** Writes `tensors` to `path` atomically. */
+export function saveSafetensorsSync(path: string, tensors: TensorMap, metadata?: Record<string, string>): void {
+  const file = checkPath(path, "saveSafetensorsSync");
+  const p = prepare("saveSafetensorsSync", file, tensors, metadata);
+  try {
+    const tmp = tempPath(file);
+    let fd = openSync(tmp, "wx");
+    try {
+      runSync(writePlan(p), (r) => writeFullySync(fd, r.buf, r.pos));
+      fsyncSync(fd);
+      const f = fd;
+      fd = -1;
+      closeSync(f);
+      renameSync(tmp, file);
+    } catch (e) {
+      if (fd >= 0) closeSync(fd);
+      try { unlinkSync(tmp); } catch { /* already gone */ }
+      throw e;
+    }
+    try {
+      const dir = openSync(dirname(file), "r");
+      try { fsyncSync(dir); } finally { closeSync(dir); }
+    } catch (e) {
+      ignoreDirSyncRefusal(e);
+    }
+  } finally {
+    for (const t of p.copies) t.dispose();
+  }
+}
+
+/** Writes `tensors` to `path` atomically, with asynchronous writes. */
+export async function saveSafetensors(path: string, tensors: TensorMap, metadata?: Record<string, string>): Promise<void> {
+  const file = checkPath(path, "saveSafetensors");
+  const p = prepare("saveSafetensors", file, tensors, metadata);
+  try {
+    const tmp = tempPath(file);
+    const h = await open(tmp, "wx");
+    let closed = false;
+    try {
+      await runAsync(writePlan(p), (r) => writeFully(h, r.buf, r.pos));
+      await h.sync();
+      closed = true;
+      await h.close();
+      await rename(tmp, file);
+    } catch (e) {
+      if (!closed) await h.close().catch(() => {});
+      await unlink(tmp).catch(() => {});
+      throw e;
+    }
+    try {
+      const dir = await open(dirname(file), "r");
+      try { await dir.sync(); } finally { await dir.close(); }
+    } catch (e) {
+      ignoreDirSyncRefusal(e);
+    }
+  } finally {
+    for (const t of p.copies) t.dispose();
+  }
+}
