@@ -1,7 +1,7 @@
 // safetensors reader and writer: round trips of every dtype, files written by hand from the spec, the lazy
 // handle, the writer's layout, the reference fixtures, sharded checkpoints, and atomic saves.
 import { spawn } from "node:child_process";
-import { existsSync, mkdirSync, readFileSync, readdirSync, statSync, unlinkSync, writeFileSync } from "node:fs";
+import { existsSync, mkdirSync, readFileSync, readdirSync, statSync, truncateSync, unlinkSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { afterAll, describe, expect, it } from "vitest";
@@ -82,6 +82,18 @@ describe("round trips", () => {
     // Both writers produce the same bytes.
     saveSafetensorsSync(tmp.file("all-sync2.safetensors"), src);
     expect(readFileSync(p).equals(readFileSync(tmp.file("all-sync2.safetensors")))).toBe(true);
+  });
+
+  it("reads tensors larger than one read piece (async reads them in parallel pieces)", async () => {
+    const p = tmp.file("large.safetensors");
+    // 5.2 MB and 9 MB tensors: not multiples of the 4 MiB piece size, and not of each other.
+    const a = Tensor.rand([1_300_001], { seed: 1 });
+    const b = Tensor.rand([3, 750_001], { seed: 2, dtype: "bf16" });
+    await saveSafetensors(p, { a, b });
+    for (const out of [await loadSafetensors(p), loadSafetensorsSync(p)]) {
+      expect(Buffer.from(out.a!.bytes()).equals(Buffer.from(a.bytes()))).toBe(true);
+      expect(Buffer.from(out.b!.bytes()).equals(Buffer.from(b.bytes()))).toBe(true);
+    }
   });
 
   it("keeps i64 extremes and 16-bit float bits exactly", () => {
@@ -231,6 +243,16 @@ describe("openSafetensors", () => {
     expect(e).toBeInstanceOf(PeftError);
     expect(e.message).toBe(`safetensors ${p}: no tensor named "layer.1.weight"; 2 available, e.g. "layer.1.w", "layer.1.b"`);
     expect(errorOf(() => f.info("nope")).code).toBe("ERR_SAFETENSORS");
+  });
+
+  it("reports a file truncated after it was opened", () => {
+    const q = tmp.file("shrinks.safetensors");
+    saveSafetensorsSync(q, { a: Tensor.zeros([64]), b: Tensor.zeros([64]) });
+    using f = openSafetensors(q);
+    truncateSync(q, statSync(q).size - 100);
+    const e = errorOf(() => f.get("b"));
+    expect(e.code).toBe("ERR_SAFETENSORS");
+    expect(e.message).toMatch(/file ended early at byte \d+ \(was it changed or truncated while open\?\)/);
   });
 
   it("rejects a non-string path with a TypeError", () => {
