@@ -2,9 +2,9 @@
 // beyond 2^53; in a file header either would let two readers see different tensors, so this parser rejects
 // both. It returns a tree that remembers each value's byte position, so callers can point at the culprit.
 
-/** A JSON value with its byte offset in the input. Objects keep their key order and the keys' positions. */
+/** A JSON value with its byte offset in the input. Objects keep their key order. */
 export type JsonNode =
-  | { kind: "object"; pos: number; entries: Map<string, JsonNode>; keyPos: Map<string, number> }
+  | { kind: "object"; pos: number; entries: Map<string, JsonNode> }
   | { kind: "array"; pos: number; items: JsonNode[] }
   | { kind: "string"; pos: number; value: string }
   | { kind: "number"; pos: number; value: number; integer: boolean }
@@ -115,23 +115,24 @@ class Parser {
     if (depth > MAX_DEPTH) this.fail(`nesting deeper than ${MAX_DEPTH}`);
     const pos = this.i++;
     const entries = new Map<string, JsonNode>();
-    const keyPos = new Map<string, number>();
+    // Key positions, in order, only to point at the first of two duplicate keys.
+    const keyPos: number[] = [];
     this.ws();
-    if (this.b[this.i] === 0x7d) { this.i++; return { kind: "object", pos, entries, keyPos }; }
+    if (this.b[this.i] === 0x7d) { this.i++; return { kind: "object", pos, entries }; }
     for (;;) {
       this.ws();
       const kp = this.i;
       if (this.b[kp] !== 0x22) this.fail(kp < this.b.length ? "expected a string key" : "unexpected end of input, expected a string key");
       const key = this.string();
-      const first = keyPos.get(key);
-      if (first !== undefined) this.fail(`duplicate key ${JSON.stringify(key)} (first at byte ${first})`, kp);
+      if (entries.has(key))
+        this.fail(`duplicate key ${JSON.stringify(key)} (first at byte ${keyPos[[...entries.keys()].indexOf(key)]})`, kp);
       this.expect(0x3a, "':'");
       entries.set(key, this.value(depth));
-      keyPos.set(key, kp);
+      keyPos.push(kp);
       this.ws();
       const c = this.b[this.i];
       if (c === 0x2c) { this.i++; continue; }
-      if (c === 0x7d) { this.i++; return { kind: "object", pos, entries, keyPos }; }
+      if (c === 0x7d) { this.i++; return { kind: "object", pos, entries }; }
       this.fail(c === undefined ? "unexpected end of input in an object" : "expected ',' or '}'");
     }
   }
@@ -234,6 +235,12 @@ class Parser {
       integer = false;
       if (b[this.i] === 0x2b || b[this.i] === 0x2d) this.i++;
       if (digits() === 0) this.fail("expected a digit in the exponent");
+    }
+    // Short integers (most of a header) are summed digit by digit; anything else goes through Number().
+    if (integer && this.i - intStart <= 15) {
+      let value = 0;
+      for (let k = intStart; k < this.i; k++) value = value * 10 + (b[k]! - 0x30);
+      return { kind: "number", pos, value: b[pos] === 0x2d ? -value : value, integer };
     }
     const raw = this.text.toString("latin1", pos, this.i);
     const value = Number(raw);

@@ -85,8 +85,6 @@ export interface TensorEntry {
 }
 
 export interface Layout {
-  /** Length of the JSON header (N). */
-  headerLength: number;
   metadata: Record<string, string>;
   /** By name. */
   tensors: Map<string, TensorEntry>;
@@ -133,7 +131,7 @@ export function parseLayout(header: Uint8Array, fileSize: number, file: string):
   }
   const ordered = [...tensors.values()].sort((a, b) => a.offset - b.offset || a.byteLength - b.byteLength);
   checkCoverage(ordered, dataStart, fileSize, file);
-  return { headerLength: header.length, metadata, tensors, ordered };
+  return { metadata, tensors, ordered };
 }
 
 function parseMetadata(node: JsonNode, file: string): Record<string, string> {
