@@ -46,6 +46,24 @@ export interface NativeAddon {
   linearGradInput(dy: NativeTensor, w: NativeTensor, weightInOut?: boolean): NativeTensor;
   linearGradWeight(dy: NativeTensor, x: NativeTensor, dw: NativeTensor, accumulate: boolean, weightInOut?: boolean): void;
   matmul(a: NativeTensor, b: NativeTensor, transA: boolean, transB: boolean): NativeTensor;
+  activation(kind: string, x: NativeTensor): NativeTensor;
+  activationBackward(kind: string, x: NativeTensor, dy: NativeTensor): NativeTensor;
+  logSoftmax(x: NativeTensor): NativeTensor;
+  logSoftmaxBackward(y: NativeTensor, dy: NativeTensor): NativeTensor;
+  dropout(x: NativeTensor, p: number, seed: number, stream: number): NativeTensor;
+  dropoutMask(shape: readonly number[], p: number, seed: number, stream: number): NativeTensor;
+  embedding(ids: NativeTensor, weight: NativeTensor): NativeTensor;
+  embeddingBackward(ids: NativeTensor, dy: NativeTensor, dw: NativeTensor): void;
+  sumRows(dy: NativeTensor, out: NativeTensor, accumulate: boolean): void;
+  addInPlace(a: NativeTensor, b: NativeTensor, alpha: number): void;
+  scaleInPlace(a: NativeTensor, alpha: number): void;
+  mul(a: NativeTensor, b: NativeTensor): NativeTensor;
+  fill(a: NativeTensor, value: number): void;
+  nllLoss(logProbs: NativeTensor, target: NativeTensor, ignoreIndex: number): { loss: number; grad: NativeTensor };
+  crossEntropy(logits: NativeTensor, target: NativeTensor, ignoreIndex: number, labelSmoothing: number): { loss: number; grad: NativeTensor };
+  mseLoss(y: NativeTensor, target: NativeTensor): { loss: number; grad: NativeTensor };
+  adamwStep(params: NativeTensor[], grads: (NativeTensor | null)[], expAvg: NativeTensor[], expAvgSq: NativeTensor[],
+    step: number, lr: number, beta1: number, beta2: number, eps: number, weightDecay: number): void;
   backendInfo(): BackendInfo;
   setNumThreads(n: number): void;
   setIsa(isa: string): void;

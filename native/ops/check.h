@@ -34,4 +34,27 @@ inline Device same_device(const char* op, std::initializer_list<std::pair<const 
   return first ? first->device() : Device::CPU;
 }
 
+inline void require_index(const Tensor& t, const char* op, const char* name) {
+  if (t.dtype != DType::I32 && t.dtype != DType::I64)
+    fail("ERR_DTYPE", cat(op, ": ", name, " must be i32 or i64, got ", dtype_name(t.dtype)));
+}
+
+inline void require_same_shape(const Tensor& a, const char* a_name, const Tensor& b, const char* b_name, const char* op) {
+  if (a.shape != b.shape)
+    fail("ERR_SHAPE", cat(op, ": ", b_name, " has shape ", shape_str(b.shape), " but ", a_name, " has shape ", shape_str(a.shape)));
+}
+
+// For ops that only have a CPU kernel: one device (ERR_DEVICE otherwise), and that device the host.
+inline void require_cpu(const char* op, std::initializer_list<std::pair<const char*, const Tensor*>> ts) {
+  Device d = same_device(op, ts);
+  if (d != Device::CPU) fail("ERR_NOT_ON_DEVICE", cat(op, ": no ", device_name(d), " kernel; move the operands to the cpu"));
+}
+
+// Rows of a tensor viewed as a matrix over its last dimension.
+inline int64_t leading_rows(const Tensor& t) {
+  int64_t m = 1;
+  for (int i = 0; i < t.ndim() - 1; i++) m *= t.shape[i];
+  return m;
+}
+
 }  // namespace peft

@@ -7,5 +7,8 @@ namespace peft {
 void register_factories(Napi::Env env, Napi::Object exports);
 void register_linear_ops(Napi::Env env, Napi::Object exports);
 void register_backend_info(Napi::Env env, Napi::Object exports);
+void register_nn_ops(Napi::Env env, Napi::Object exports);
+void register_loss_ops(Napi::Env env, Napi::Object exports);
+void register_optim_ops(Napi::Env env, Napi::Object exports);
 
 }  // namespace peft
