@@ -11,3 +11,11 @@ export { configToJSONString, TASK_TYPES, type TaskType } from "./tuners/config.j
 export { checkTargetModuleExists, findTargetModules, type MatchReport } from "./matching.js";
 export { defaultTargetModules, defaultFeedforwardModules } from "./mappings.js";
 export { loadSafetensors, loadSafetensorsSync, saveSafetensors, saveSafetensorsSync, openSafetensors, type SafetensorsFile, loadShardedSafetensors, openSharded, type ShardedSafetensors } from "./io/index.js";
+export { Module, Linear, Conv1D, Embedding, Sequential, ModuleList, ModuleDict, ReLU, GELU, SiLU, LogSoftmax, Dropout, type BackwardOptions } from "./nn/index.js";
+export { AdamW, type AdamWOptions } from "./optim/adamw.js";
+export { nllLoss, crossEntropy, mseLoss } from "./functional.js";
+export { LoraLayer, LoraLinear, type LoraLayerOptions, type MergeOptions } from "./tuners/lora/layer.js";
+export { PeftModel, getPeftModel, type GetPeftModelOptions } from "./peft-model.js";
+export { getPeftModelStateDict, setPeftModelStateDict } from "./tuners/state-dict.js";
+export { ModulesToSaveWrapper } from "./tuners/modules-to-save.js";
+export { LoraModel, LORA_DISPATCHERS, type LoraDispatcher } from "./tuners/lora/model.js";

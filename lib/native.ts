@@ -46,6 +46,10 @@ export interface NativeAddon {
   linearGradInput(dy: NativeTensor, w: NativeTensor, weightInOut?: boolean): NativeTensor;
   linearGradWeight(dy: NativeTensor, x: NativeTensor, dw: NativeTensor, accumulate: boolean, weightInOut?: boolean): void;
   matmul(a: NativeTensor, b: NativeTensor, transA: boolean, transB: boolean): NativeTensor;
+  // LoRA on a dense layer; adapters: {A, B, scale, p, seed, stream[, dA, dB]}.
+  loraForward(x: NativeTensor, w: NativeTensor, b: NativeTensor | null, weightInOut: boolean, adapters: object[]): [NativeTensor, NativeTensor];
+  loraBackward(dy: NativeTensor, x: NativeTensor, w: NativeTensor, b: null, weightInOut: boolean, adapters: object[], T: NativeTensor, wantDx: boolean): NativeTensor | null;
+  loraMerge(w: NativeTensor, weightInOut: boolean, adapters: object[], sign: number, safe: boolean): number;
   activation(kind: string, x: NativeTensor): NativeTensor;
   activationBackward(kind: string, x: NativeTensor, dy: NativeTensor): NativeTensor;
   logSoftmax(x: NativeTensor): NativeTensor;

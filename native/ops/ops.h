@@ -10,5 +10,6 @@ void register_backend_info(Napi::Env env, Napi::Object exports);
 void register_nn_ops(Napi::Env env, Napi::Object exports);
 void register_loss_ops(Napi::Env env, Napi::Object exports);
 void register_optim_ops(Napi::Env env, Napi::Object exports);
+void register_lora_ops(Napi::Env env, Napi::Object exports);
 
 }  // namespace peft

@@ -1,0 +1,33 @@
+// Trains a model on the synthetic set with AdamW and a progress bar; returns the final test accuracy.
+import cliProgress from "cli-progress";
+import { AdamW, nllLoss } from "../dist/index.js";
+import { accuracy, batch } from "./data.mjs";
+
+export function train(model, train, test, { epochs = 4, batchSize = 64, lr = 1e-3, label = "train" } = {}) {
+  const params = [...model.parameters()].filter((p) => p.requiresGrad);
+  const opt = new AdamW(params, { lr, weightDecay: 0 });
+  const stepsPerEpoch = Math.floor(train.labels.length / batchSize);
+  const bar = new cliProgress.SingleBar(
+    { format: `${label} [{bar}] {value}/{total} steps | loss {loss} | {rate} steps/s`, hideCursor: true, clearOnComplete: false },
+    cliProgress.Presets.shades_classic,
+  );
+  bar.start(epochs * stepsPerEpoch, 0, { loss: "-", rate: "-" });
+  const t0 = performance.now();
+  model.train();
+  for (let step = 0; step < epochs * stepsPerEpoch; step++) {
+    const b = batch(train, (step % stepsPerEpoch) * batchSize, batchSize);
+    const out = model.forward(b.x);
+    const { loss, grad } = nllLoss(out, b.y);
+    model.backward(grad, { inputGrad: false });
+    opt.step();
+    opt.zeroGrad();
+    for (const t of [b.x, b.y, out, grad]) t.dispose();
+    bar.update(step + 1, { loss: loss.toFixed(4), rate: ((step + 1) / ((performance.now() - t0) / 1000)).toFixed(1) });
+  }
+  bar.stop();
+  model.eval();
+  const out = model.forward(test.x);
+  const acc = accuracy(out, test.labels);
+  out.dispose();
+  return acc;
+}

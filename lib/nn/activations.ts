@@ -1,0 +1,124 @@
+// Parameter-free layers: activations, LogSoftmax, Dropout.
+import { Tensor } from "../tensor.js";
+import { activation, activationBackward, dropout, logSoftmax, logSoftmaxBackward, type Activation } from "../functional.js";
+import { peftError, typeError } from "../errors.js";
+import { takeRng } from "../random.js";
+import { Module, retain, type BackwardOptions } from "./module.js";
+
+/** An elementwise activation: saves its input, backward from it. */
+abstract class ActivationModule extends Module {
+  protected abstract readonly kind: Activation;
+
+  forward(x: Tensor): Tensor {
+    if (this.training) this.save(x);
+    else this.releaseSaved();
+    return activation(this.kind, x);
+  }
+
+  override backward(dy: Tensor, opts: BackwardOptions = {}): Tensor | null {
+    const [x] = this.saved();
+    const dx = opts.inputGrad === false ? null : activationBackward(this.kind, x, dy);
+    this.releaseSaved();
+    return dx;
+  }
+}
+
+export class ReLU extends ActivationModule {
+  protected readonly kind = "relu";
+  override clone(): ReLU {
+    return new ReLU();
+  }
+}
+
+export class SiLU extends ActivationModule {
+  protected readonly kind = "silu";
+  override clone(): SiLU {
+    return new SiLU();
+  }
+}
+
+export class GELU extends ActivationModule {
+  protected readonly kind: Activation;
+  /** approximate: "none" (the exact erf form, PyTorch's default) or "tanh". */
+  constructor(opts: { approximate?: "none" | "tanh" } = {}) {
+    super();
+    if (opts.approximate !== undefined && opts.approximate !== "none" && opts.approximate !== "tanh")
+      throw peftError("ERR_CONFIG", `GELU: approximate must be "none" or "tanh", got ${JSON.stringify(opts.approximate)}`);
+    this.kind = opts.approximate === "tanh" ? "gelu_tanh" : "gelu";
+  }
+  override clone(): GELU {
+    return new GELU({ approximate: this.kind === "gelu_tanh" ? "tanh" : "none" });
+  }
+
+  override extraRepr(): string {
+    return `approximate='${this.kind === "gelu_tanh" ? "tanh" : "none"}'`;
+  }
+}
+
+/** log-softmax over the last dimension; backward from its output. */
+export class LogSoftmax extends Module {
+  forward(x: Tensor): Tensor {
+    const y = logSoftmax(x);
+    if (this.training) this.save(y);
+    else this.releaseSaved();
+    return y;
+  }
+
+  override backward(dy: Tensor, opts: BackwardOptions = {}): Tensor | null {
+    const [y] = this.saved();
+    const dx = opts.inputGrad === false ? null : logSoftmaxBackward(y, dy);
+    this.releaseSaved();
+    return dx;
+  }
+
+  override clone(): LogSoftmax {
+    return new LogSoftmax();
+  }
+
+  override extraRepr(): string {
+    return "dim=-1";
+  }
+}
+
+/**
+ * Inverted dropout with counter-based masks: forward draws a fresh Philox stream and remembers only
+ * (seed, stream); backward regenerates the same mask instead of storing it.
+ */
+export class Dropout extends Module {
+  readonly p: number;
+  #rng: { seed: number; stream: number } | null = null;
+
+  constructor(p = 0.5) {
+    super();
+    if (typeof p !== "number") throw typeError("Dropout: p must be a number");
+    if (!(p >= 0 && p < 1)) throw peftError("ERR_CONFIG", `Dropout: p must be in [0, 1), got ${p}`);
+    this.p = p;
+  }
+
+  forward(x: Tensor): Tensor {
+    if (!this.training || this.p === 0) {
+      this.#rng = null;
+      return retain(x);
+    }
+    this.#rng = takeRng(undefined, "Dropout");
+    return dropout(x, this.p, this.#rng.seed, this.#rng.stream);
+  }
+
+  override backward(dy: Tensor, opts: BackwardOptions = {}): Tensor | null {
+    if (opts.inputGrad === false) return null;
+    if (!this.training) throw peftError("ERR_STATE", `${this.describe()}.backward: the module is in eval mode`);
+    if (this.p === 0) return retain(dy);
+    if (!this.#rng) throw peftError("ERR_STATE", `${this.describe()}.backward: call forward in training mode first`);
+    const dx = dropout(dy, this.p, this.#rng.seed, this.#rng.stream);
+    this.#rng = null;
+    return dx;
+  }
+
+  override clone(): Dropout {
+    return new Dropout(this.p);
+  }
+
+  override extraRepr(): string {
+    return `p=${this.p}`;
+  }
+}

@@ -1,0 +1,48 @@
+// Embedding: a lookup table (V, D) indexed by i32/i64 ids; backward scatters into the weight's gradient.
+import { Tensor, type DType } from "../tensor.js";
+import { embedding, embeddingBackward } from "../functional.js";
+import { peftError, typeError } from "../errors.js";
+import { Module, gradOf, type BackwardOptions } from "./module.js";
+
+export class Embedding extends Module {
+  weight: Tensor;
+  readonly numEmbeddings: number;
+  readonly embeddingDim: number;
+
+  /** PyTorch's init: N(0, 1). */
+  constructor(numEmbeddings: number, embeddingDim: number, opts: { dtype?: DType; seed?: number } = {}) {
+    super();
+    for (const [n, what] of [[numEmbeddings, "numEmbeddings"], [embeddingDim, "embeddingDim"]] as const) {
+      if (typeof n !== "number") throw typeError(`Embedding: ${what} must be a number`);
+      if (!Number.isSafeInteger(n) || n < 0) throw peftError("ERR_CONFIG", `Embedding: ${what} must be a non-negative integer, got ${n}`);
+    }
+    this.numEmbeddings = numEmbeddings;
+    this.embeddingDim = embeddingDim;
+    this.weight = this.registerParameter("weight", Tensor.randn([numEmbeddings, embeddingDim], { seed: opts.seed, dtype: opts.dtype ?? "f32" }));
+  }
+
+  forward(ids: Tensor): Tensor {
+    const y = embedding(ids, this.weight);
+    if (this.training && this.weight.requiresGrad) this.save(ids);
+    else this.releaseSaved();
+    return y;
+  }
+
+  /** Accumulates the weight gradient; there is no gradient for integer ids (returns null). */
+  override backward(dy: Tensor, _opts: BackwardOptions = {}): null {
+    if (this.weight.requiresGrad) {
+      const [ids] = this.saved();
+      embeddingBackward(ids, dy, gradOf(this.weight));
+    }
+    this.releaseSaved();
+    return null;
+  }
+
+  override clone(): Embedding {
+    return new Embedding(this.numEmbeddings, this.embeddingDim, { dtype: this.weight.dtype }).copyParametersFrom(this);
+  }
+
+  override extraRepr(): string {
+    return `${this.numEmbeddings}, ${this.embeddingDim}`;
+  }
+}

@@ -1,0 +1,5 @@
+export { Module, retain, gradOf, disposeDropped, type BackwardOptions } from "./module.js";
+export { Linear, Conv1D, DenseBase } from "./linear.js";
+export { Embedding } from "./embedding.js";
+export { Sequential, ModuleList, ModuleDict } from "./containers.js";
+export { ReLU, GELU, SiLU, LogSoftmax, Dropout } from "./activations.js";

@@ -1,0 +1,104 @@
+// Linear (torch.nn.Linear: weight (out, in)) and Conv1D (GPT-2: weight (in, out)); both y = x·W(ᵀ) + b.
+import { Tensor, type DType } from "../tensor.js";
+import { linear, linearGradInput, linearGradWeight } from "../ops.js";
+import { sumRows } from "../functional.js";
+import { peftError, typeError } from "../errors.js";
+import { Module, gradOf, type BackwardOptions } from "./module.js";
+import { takeRng } from "../random.js";
+
+function checkFeatures(n: unknown, what: string): number {
+  if (typeof n !== "number") throw typeError(`${what} must be a number`);
+  if (!Number.isSafeInteger(n) || n < 0) throw peftError("ERR_CONFIG", `${what} must be a non-negative integer, got ${n}`);
+  return n;
+}
+
+/** Shared forward/backward of a dense layer; subclasses say where the weight keeps its dimensions. */
+export abstract class DenseBase extends Module {
+  abstract weight: Tensor;
+  abstract bias: Tensor | null;
+  protected abstract readonly weightInOut: boolean;
+
+  forward(x: Tensor): Tensor {
+    const y = linear(x, this.weight, this.bias, { weightInOut: this.weightInOut });
+    // x is needed for dW only; a frozen weight needs nothing but itself.
+    if (this.training && (this.weight.requiresGrad || this.bias?.requiresGrad)) this.save(x);
+    else this.releaseSaved();
+    return y;
+  }
+
+  override backward(dy: Tensor, opts: BackwardOptions = {}): Tensor | null {
+    const layout = { weightInOut: this.weightInOut };
+    if (this.weight.requiresGrad) {
+      const [x] = this.saved();
+      linearGradWeight(dy, x, gradOf(this.weight), { accumulate: true, ...layout });
+    } else if (this.bias?.requiresGrad) {
+      this.saved();
+    }
+    if (this.bias?.requiresGrad) sumRows(dy, gradOf(this.bias), { accumulate: true });
+    this.releaseSaved();
+    return opts.inputGrad === false ? null : linearGradInput(dy, this.weight, layout);
+  }
+}
+
+export class Linear extends DenseBase {
+  weight: Tensor;
+  bias: Tensor | null;
+  readonly inFeatures: number;
+  readonly outFeatures: number;
+  protected readonly weightInOut = false;
+
+  /** PyTorch's init: kaiming_uniform(a=√5) for the weight, U(±1/√in) for the bias. */
+  constructor(inFeatures: number, outFeatures: number, opts: { bias?: boolean; dtype?: DType; seed?: number } = {}) {
+    super();
+    this.inFeatures = checkFeatures(inFeatures, "Linear: inFeatures");
+    this.outFeatures = checkFeatures(outFeatures, "Linear: outFeatures");
+    const bound = inFeatures > 0 ? 1 / Math.sqrt(inFeatures) : 0;
+    // Weight and bias draw from two streams of one seed, so a seeded layer is reproducible.
+    const rng = takeRng(opts.seed, "Linear");
+    const dtype = opts.dtype ?? "f32";
+    this.weight = this.registerParameter(
+      "weight",
+      Tensor.rand([outFeatures, inFeatures], { seed: rng.seed, stream: rng.stream * 2, lo: -bound, hi: bound, dtype }),
+    );
+    this.bias =
+      opts.bias === false
+        ? null
+        : this.registerParameter("bias", Tensor.rand([outFeatures], { seed: rng.seed, stream: rng.stream * 2 + 1, lo: -bound, hi: bound, dtype }));
+    if (opts.bias === false) this.registerParameter("bias", null);
+  }
+
+  override clone(): Linear {
+    const c = new Linear(this.inFeatures, this.outFeatures, { bias: this.bias !== null, dtype: this.weight.dtype });
+    return c.copyParametersFrom(this);
+  }
+
+  override extraRepr(): string {
+    return `in_features=${this.inFeatures}, out_features=${this.outFeatures}, bias=${this.bias ? "True" : "False"}`;
+  }
+}
+
+/** GPT-2's Conv1D: weight stored (in, out) = (nx, nf); init N(0, 0.02), bias zeros. */
+export class Conv1D extends DenseBase {
+  weight: Tensor;
+  bias: Tensor;
+  readonly nx: number;
+  readonly nf: number;
+  protected readonly weightInOut = true;
+
+  constructor(nx: number, nf: number, opts: { dtype?: DType; seed?: number } = {}) {
+    super();
+    this.nx = checkFeatures(nx, "Conv1D: nx");
+    this.nf = checkFeatures(nf, "Conv1D: nf");
+    const dtype = opts.dtype ?? "f32";
+    this.weight = this.registerParameter("weight", Tensor.randn([nx, nf], { seed: opts.seed, std: 0.02, dtype }));
+    this.bias = this.registerParameter("bias", Tensor.zeros([nf], { dtype }));
+  }
+
+  override clone(): Conv1D {
+    return new Conv1D(this.nx, this.nf, { dtype: this.weight.dtype }).copyParametersFrom(this);
+  }
+
+  override extraRepr(): string {
+    return `nf=${this.nf}, nx=${this.nx}`;
+  }
+}

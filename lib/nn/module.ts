@@ -1,0 +1,335 @@
+// Module: the tree every model is built from. Children and parameters are registered by name (dotted paths
+// as in PyTorch: "seq.0", "model.layers.3.mlp.up_proj"); forward keeps what backward needs while training.
+import { Tensor, describe, type DType, type Device, isDType } from "../tensor.js";
+import { PeftError, peftError, typeError } from "../errors.js";
+
+export interface BackwardOptions {
+  /** Whether the caller needs dx (false for a model's first layer: saves a whole GEMM). Default true. */
+  inputGrad?: boolean;
+}
+
+/** A handle of our own on a tensor's storage: the caller may dispose theirs. */
+export function retain(t: Tensor): Tensor {
+  return t.reshape(t.shape);
+}
+
+function checkName(name: unknown, what: string): string {
+  if (typeof name !== "string") throw typeError(`${what}: name must be a string, got ${describe(name)}`);
+  if (name === "" || name.includes(".")) throw peftError("ERR_CONFIG", `${what}: name "${name}" must be non-empty and contain no "."`);
+  return name;
+}
+
+export abstract class Module implements Disposable {
+  training = true;
+  readonly #modules = new Map<string, Module>();
+  readonly #params = new Map<string, Tensor | null>();
+  #saved: Tensor[] = [];
+
+  abstract forward(x: Tensor): Tensor;
+
+  /** Returns dx (null where there is none) and accumulates parameter gradients. */
+  backward(_dy: Tensor, _opts?: BackwardOptions): Tensor | null {
+    throw peftError("ERR_UNSUPPORTED", `${this.constructor.name}.backward is not implemented`);
+  }
+
+  registerModule<M extends Module>(name: string, m: M): M {
+    checkName(name, `${this.constructor.name}.registerModule`);
+    if (!(m instanceof Module)) throw typeError(`${this.constructor.name}.registerModule("${name}"): expected a Module, got ${describe(m)}`);
+    if (this.#params.has(name)) throw peftError("ERR_CONFIG", `${this.constructor.name}.registerModule: "${name}" is already a parameter`);
+    this.#modules.set(name, m);
+    return m;
+  }
+
+  /** Registers a parameter (trainable by default, like torch.nn.Parameter); null keeps the slot empty. */
+  registerParameter(name: string, t: Tensor | null): Tensor {
+    checkName(name, `${this.constructor.name}.registerParameter`);
+    if (t !== null && !(t instanceof Tensor))
+      throw typeError(`${this.constructor.name}.registerParameter("${name}"): expected a Tensor or null, got ${describe(t)}`);
+    if (this.#modules.has(name)) throw peftError("ERR_CONFIG", `${this.constructor.name}.registerParameter: "${name}" is already a module`);
+    if (t) t.requiresGrad = true;
+    this.#params.set(name, t);
+    return t as Tensor;
+  }
+
+  /** Removes a child from the registry (and from own properties pointing at it); returns it undisposed. */
+  protected unregisterModule(name: string): Module | undefined {
+    const m = this.#modules.get(name);
+    this.#modules.delete(name);
+    if (m) this.#replaceOwnRefs(m, undefined);
+    return m;
+  }
+
+  protected unregisterParameter(name: string): Tensor | null | undefined {
+    const t = this.#params.get(name);
+    this.#params.delete(name);
+    return t;
+  }
+
+  *namedChildren(): Iterable<[string, Module]> {
+    yield* this.#modules;
+  }
+
+  /** "" for this module, then every descendant by dotted path (each module once, as PyTorch). */
+  *namedModules(prefix = "", seen: Set<Module> = new Set()): Iterable<[string, Module]> {
+    if (seen.has(this)) return;
+    seen.add(this);
+    yield [prefix, this];
+    for (const [name, child] of this.#modules) yield* child.namedModules(prefix ? `${prefix}.${name}` : name, seen);
+  }
+
+  /** Parameters by dotted path (each tensor once). */
+  *namedParameters(prefix = "", opts: { recurse?: boolean } = {}): Iterable<[string, Tensor]> {
+    const seen = new Set<Tensor>();
+    const modules: Iterable<[string, Module]> = opts.recurse === false ? [[prefix, this]] : this.namedModules(prefix);
+    for (const [path, m] of modules) {
+      for (const [name, t] of m.#params) {
+        if (!t || seen.has(t)) continue;
+        seen.add(t);
+        yield [path ? `${path}.${name}` : name, t];
+      }
+    }
+  }
+
+  *parameters(): Iterable<Tensor> {
+    for (const [, t] of this.namedParameters()) yield t;
+  }
+
+  getSubmodule(path: string): Module {
+    if (typeof path !== "string") throw typeError(`getSubmodule: path must be a string, got ${describe(path)}`);
+    if (path === "") return this;
+    let m: Module = this;
+    const parts = path.split(".");
+    for (let i = 0; i < parts.length; i++) {
+      const next = m.#modules.get(parts[i]);
+      if (!next) {
+        const here = parts.slice(0, i).join(".") || "(root)";
+        const names = [...m.#modules.keys()];
+        throw peftError(
+          "ERR_TARGET_NOT_FOUND",
+          `getSubmodule("${path}"): ${here} (${m.constructor.name}) has no child "${parts[i]}"` +
+            (names.length ? `; its children: ${names.slice(0, 10).join(", ")}` : "; it has no children"),
+        );
+      }
+      m = next;
+    }
+    return m;
+  }
+
+  /**
+   * Replaces the child at `path` in the registry and in every own property of its parent that referred to
+   * the old child, so a custom model's forward (`this.fc.forward(x)`) calls the new module. What the old module
+   * held is disposed, except what the new one still reaches (an adapter wrapping its base layer, or a base
+   * layer taking its adapter's place), or nothing when `dispose` is false.
+   */
+  setSubmodule(path: string, m: Module, opts: { dispose?: boolean } = {}): void {
+    if (!(m instanceof Module)) throw typeError(`setSubmodule("${path}"): expected a Module, got ${describe(m)}`);
+    const cut = path.lastIndexOf(".");
+    const parent = this.getSubmodule(cut < 0 ? "" : path.slice(0, cut));
+    const name = path.slice(cut + 1);
+    const old = parent.#modules.get(name);
+    if (!old) throw peftError("ERR_TARGET_NOT_FOUND", `setSubmodule("${path}"): there is no module at this path to replace`);
+    parent.#modules.set(name, m);
+    parent.#replaceOwnRefs(old, m);
+    if (opts.dispose !== false) disposeDropped(old, m);
+  }
+
+  /**
+   * A deep copy with its own parameters (what modulesToSave trains). Layers override this; a module type
+   * without it cannot be saved as a trainable copy.
+   */
+  clone(): Module {
+    throw peftError("ERR_UNSUPPORTED", `${this.constructor.name} has no clone(): implement it to use this module in modulesToSave`);
+  }
+
+  /** Copies every parameter's values and requiresGrad flag from `src` (same structure) into this module. */
+  protected copyParametersFrom(src: Module): this {
+    const mine = new Map(this.namedParameters());
+    for (const [name, t] of src.namedParameters()) {
+      const dst = mine.get(name);
+      if (!dst) throw peftError("ERR_STATE", `${this.constructor.name}.clone: the copy has no parameter "${name}"`);
+      dst.copyFrom(t);
+      dst.requiresGrad = t.requiresGrad;
+    }
+    this.training = src.training;
+    return this;
+  }
+
+  /** True when `m` is this module or one of its descendants. */
+  contains(m: Module): boolean {
+    for (const [, x] of this.namedModules()) if (x === m) return true;
+    return false;
+  }
+
+  #replaceOwnRefs(old: unknown, next: unknown): void {
+    for (const key of Object.keys(this)) {
+      if ((this as Record<string, unknown>)[key] === old) (this as Record<string, unknown>)[key] = next;
+    }
+  }
+
+  /** Handles sharing the live storage, by dotted name; disposing them never frees the model's weights. */
+  stateDict(): Record<string, Tensor> {
+    const out: Record<string, Tensor> = {};
+    for (const [name, t] of this.namedParameters()) out[name] = retain(t);
+    return out;
+  }
+
+  /**
+   * Copies tensors into the parameters in place. Strict by default: missing and unexpected keys are an error
+   * (listing them with shapes) and nothing is copied unless every shape matches.
+   */
+  loadStateDict(sd: Record<string, Tensor>, opts: { strict?: boolean } = {}): { missingKeys: string[]; unexpectedKeys: string[] } {
+    if (sd === null || typeof sd !== "object") throw typeError(`loadStateDict: expected a record of tensors, got ${describe(sd)}`);
+    const own = new Map(this.namedParameters());
+    const missing = [...own.keys()].filter((k) => !(k in sd));
+    const unexpected = Object.keys(sd).filter((k) => !own.has(k));
+    const fmt = (k: string, t: Tensor | undefined) => `${k} ${t ? `[${t.shape.join(", ")}] ${t.dtype}` : ""}`.trim();
+    if (opts.strict !== false && (missing.length || unexpected.length)) {
+      const parts: string[] = [];
+      if (missing.length) parts.push(`missing keys: ${missing.slice(0, 10).map((k) => fmt(k, own.get(k))).join(", ")}${missing.length > 10 ? `, … (${missing.length})` : ""}`);
+      if (unexpected.length) parts.push(`unexpected keys: ${unexpected.slice(0, 10).map((k) => fmt(k, sd[k])).join(", ")}${unexpected.length > 10 ? `, … (${unexpected.length})` : ""}`);
+      throw peftError("ERR_CHECKPOINT", `loadStateDict (${this.constructor.name}): ${parts.join("; ")}`);
+    }
+    const pairs: [Tensor, Tensor][] = [];
+    for (const [k, dst] of own) {
+      if (!(k in sd)) continue;
+      const src = sd[k];
+      if (!(src instanceof Tensor)) throw typeError(`loadStateDict: "${k}" must be a Tensor, got ${describe(src)}`);
+      if (src.shape.length !== dst.shape.length || src.shape.some((d, i) => d !== dst.shape[i]))
+        throw peftError("ERR_SHAPE", `loadStateDict: "${k}" has shape [${src.shape.join(", ")}] in the state dict but [${dst.shape.join(", ")}] in the model`);
+      const isFloat = (d: DType) => d === "f32" || d === "f16" || d === "bf16";
+      if (isFloat(src.dtype) !== isFloat(dst.dtype))
+        throw peftError("ERR_DTYPE", `loadStateDict: "${k}" is ${src.dtype} in the state dict but ${dst.dtype} in the model`);
+      pairs.push([dst, src]);
+    }
+    for (const [dst, src] of pairs) dst.copyFrom(src);
+    return { missingKeys: missing, unexpectedKeys: unexpected };
+  }
+
+  train(mode = true): this {
+    for (const [, m] of this.namedModules()) m.training = mode;
+    return this;
+  }
+
+  eval(): this {
+    return this.train(false);
+  }
+
+  /** Converts floating-point parameters to a dtype, or moves every parameter to a device. */
+  to(target: DType | Device): this {
+    const isDevice = target === "cpu" || target === "cuda";
+    if (!isDevice && !isDType(target)) throw typeError(`Module.to: target must be a dtype or device, got ${JSON.stringify(target)}`);
+    for (const [, m] of this.namedModules()) {
+      for (const [name, t] of m.#params) {
+        if (!t) continue;
+        const floating = t.dtype === "f32" || t.dtype === "f16" || t.dtype === "bf16";
+        if ((isDevice && t.device === target) || (!isDevice && (!floating || t.dtype === target))) continue;
+        const next = t.to(target);
+        next.requiresGrad = t.requiresGrad;
+        m.#params.set(name, next);
+        m.#replaceOwnRefs(t, next);
+        t.grad?.dispose();
+        t.dispose();
+      }
+      m.releaseSaved();
+    }
+    return this;
+  }
+
+  /** Drops every gradient (they are reallocated on the next backward). */
+  zeroGrad(): void {
+    for (const t of this.parameters()) {
+      t.grad?.dispose();
+      t.grad = null;
+    }
+  }
+
+  /** Releases parameters, gradients and saved activations of the whole tree. */
+  dispose(): void {
+    for (const [, m] of this.namedModules()) {
+      m.releaseSaved();
+      for (const [, t] of m.#params) {
+        t?.grad?.dispose();
+        if (t) t.grad = null;
+        t?.dispose();
+      }
+    }
+  }
+
+  [Symbol.dispose](): void {
+    this.dispose();
+  }
+
+  // ---- saved activations (what backward needs) ----
+
+  /** Keeps our own handles on tensors for backward (released by backward or the next forward). */
+  protected save(...ts: Tensor[]): void {
+    this.releaseSaved();
+    this.#saved = ts.map(retain);
+  }
+
+  /** The saved tensors, or an ERR_STATE error naming the module when there was no training forward. */
+  protected saved(): Tensor[] {
+    if (!this.#saved.length)
+      throw peftError("ERR_STATE", `${this.describe()}.backward: nothing saved for backward; call forward in training mode first`);
+    return this.#saved;
+  }
+
+  protected hasSaved(): boolean {
+    return this.#saved.length > 0;
+  }
+
+  releaseSaved(): void {
+    for (const t of this.#saved) t.dispose();
+    this.#saved = [];
+  }
+
+  // ---- printing ----
+
+  /** One line of settings, as PyTorch's extra_repr. */
+  extraRepr(): string {
+    return "";
+  }
+
+  describe(): string {
+    return `${this.constructor.name}(${this.extraRepr()})`;
+  }
+
+  toString(): string {
+    const kids = [...this.#modules];
+    if (!kids.length) return this.describe();
+    const lines = kids.map(([name, m]) => `  (${name}): ${m.toString().split("\n").join("\n  ")}`);
+    const extra = this.extraRepr();
+    return `${this.constructor.name}(${extra ? `\n  ${extra}` : ""}\n${lines.join("\n")}\n)`;
+  }
+
+  /** The output head, for targetModules "all-linear" (models override). */
+  getOutputEmbeddings?(): Module;
+}
+
+/**
+ * Disposes what `dropped` holds that `kept` does not reach: replacing an adapter layer by its own base layer
+ * frees the adapter weights and keeps the base weights.
+ */
+export function disposeDropped(dropped: Module, kept: Module): void {
+  const keep = new Set<Module>();
+  for (const [, m] of kept.namedModules()) keep.add(m);
+  const keepParams = new Set(kept.parameters());
+  for (const [, m] of dropped.namedModules()) {
+    if (keep.has(m)) continue;
+    m.releaseSaved();
+    for (const [, t] of m.namedParameters("", { recurse: false })) {
+      if (keepParams.has(t)) continue;
+      t.grad?.dispose();
+      t.grad = null;
+      t.dispose();
+    }
+  }
+}
+
+/** Accumulates into a parameter's gradient, allocating it (zeros, the parameter's dtype) on first use. */
+export function gradOf(p: Tensor): Tensor {
+  if (!p.grad) p.grad = Tensor.zeros(p.shape, { dtype: p.dtype, device: p.device });
+  return p.grad;
+}
+
+export { PeftError };

@@ -1,0 +1,331 @@
+// LoRA layers (PEFT's tuners/lora/layer.py): LoraLayer holds adapters by name on a base layer; LoraLinear
+// runs base + adapters as one fused native forward, a fused backward, and merges in place.
+import { Tensor } from "../../tensor.js";
+import { native, type NativeTensor } from "../../native.js";
+import { linearGradWeight, matmul } from "../../ops.js";
+import { scaleInPlace, sumRows } from "../../functional.js";
+import { peftError, typeError } from "../../errors.js";
+import { takeRng } from "../../random.js";
+import { Module, ModuleDict, Linear, Conv1D, gradOf, type BackwardOptions } from "../../nn/index.js";
+
+export interface LoraLayerOptions {
+  adapterName?: string;
+  r: number;
+  loraAlpha?: number;
+  loraDropout?: number;
+  useRslora?: boolean;
+  initLoraWeights?: boolean | "gaussian";
+  fanInFanOut?: boolean;
+}
+
+export interface MergeOptions {
+  safeMerge?: boolean;
+  adapterNames?: string[];
+}
+
+const warned = new Set<string>();
+function warnOnce(code: string, msg: string): void {
+  if (warned.has(msg)) return;
+  warned.add(msg);
+  process.emitWarning(msg, { code });
+}
+
+/** The contract every LoRA layer follows (custom layers for user module types extend it too). */
+export abstract class LoraLayer extends Module {
+  baseLayer: Module;
+  readonly loraA: ModuleDict;
+  readonly loraB: ModuleDict;
+  readonly r: Record<string, number> = {};
+  readonly loraAlpha: Record<string, number> = {};
+  readonly scaling: Record<string, number> = {};
+  readonly loraDropout: Record<string, number> = {};
+  readonly mergedAdapters: string[] = [];
+  #active: string[] = [];
+  #disabled = false;
+
+  constructor(baseLayer: Module) {
+    super();
+    if (!(baseLayer instanceof Module)) throw typeError(`${new.target.name}: the base layer must be a Module`);
+    this.baseLayer = this.registerModule("base_layer", baseLayer);
+    this.loraA = this.registerModule("lora_A", new ModuleDict());
+    this.loraB = this.registerModule("lora_B", new ModuleDict());
+  }
+
+  /** (in, out) features of the base layer. */
+  protected abstract features(): [number, number];
+
+  get activeAdapters(): string[] {
+    return [...this.#active];
+  }
+
+  get merged(): boolean {
+    return this.mergedAdapters.length > 0;
+  }
+
+  get disabled(): boolean {
+    return this.#disabled;
+  }
+
+  get adapterNames(): string[] {
+    return this.loraA.keys();
+  }
+
+  /** Adds (or replaces) an adapter; the first one added becomes active. */
+  updateLayer(opts: LoraLayerOptions): void {
+    if (opts === null || typeof opts !== "object") throw typeError(`${this.constructor.name}.updateLayer: options must be an object`);
+    const name = opts.adapterName ?? "default";
+    if (typeof name !== "string" || !name || name.includes(".")) throw peftError("ERR_CONFIG", `LoRA: adapter name must be a non-empty string without ".", got ${JSON.stringify(name)}`);
+    const { r } = opts;
+    if (typeof r !== "number" || !Number.isSafeInteger(r) || r <= 0)
+      throw peftError("ERR_CONFIG", `LoRA adapter "${name}": r must be a positive integer, got ${r}`);
+    const alpha = opts.loraAlpha ?? 8;
+    if (typeof alpha !== "number" || !Number.isFinite(alpha) || alpha < 0)
+      throw peftError("ERR_CONFIG", `LoRA adapter "${name}": loraAlpha must be a finite number >= 0, got ${alpha}`);
+    const p = opts.loraDropout ?? 0;
+    if (typeof p !== "number" || !(p >= 0 && p < 1)) throw peftError("ERR_CONFIG", `LoRA adapter "${name}": loraDropout must be in [0, 1), got ${p}`);
+    const init = opts.initLoraWeights ?? true;
+    if (init !== true && init !== false && init !== "gaussian")
+      throw peftError("ERR_UNSUPPORTED", `LoRA adapter "${name}": initLoraWeights ${JSON.stringify(init)} is not supported (true, false or "gaussian")`);
+    const [inF, outF] = this.features();
+    if (this.adapterNames.includes(name)) this.#dropAdapter(name);
+    const A = new Linear(inF, r, { bias: false });
+    const B = new Linear(r, outF, { bias: false });
+    // PEFT's reset_lora_parameters: A kaiming-uniform (a=√5, what Linear does) and B zeros, or A ~ N(0, 1/r);
+    // false keeps both random so the adapter is not the identity.
+    if (init === "gaussian") A.weight.copyFrom(Tensor.randn(A.weight.shape, { std: 1 / r }));
+    if (init !== false) B.weight.copyFrom(Tensor.zeros(B.weight.shape));
+    this.loraA.set(name, A);
+    this.loraB.set(name, B);
+    this.r[name] = r;
+    this.loraAlpha[name] = alpha;
+    this.scaling[name] = opts.useRslora ? alpha / Math.sqrt(r) : alpha / r;
+    this.loraDropout[name] = p;
+    this.setAdapter(this.#active.length ? this.#active : [name], { allowMissing: true });
+  }
+
+  /**
+   * Activates adapters (trainable) and freezes the others, as PEFT's set_adapter. With `allowMissing` (the model
+   * sets its adapters on every layer) names this layer lacks are kept as active but have no effect here.
+   */
+  setAdapter(names: string | string[], opts: { allowMissing?: boolean } = {}): void {
+    const list = typeof names === "string" ? [names] : names;
+    if (!Array.isArray(list) || list.some((n) => typeof n !== "string")) throw typeError("setAdapter: expected an adapter name or an array of names");
+    if (!opts.allowMissing) for (const n of list) if (!this.adapterNames.includes(n)) throw this.#unknown(n);
+    for (const n of this.adapterNames) {
+      const on = list.includes(n);
+      this.#weights(n).forEach((w) => (w.requiresGrad = on));
+    }
+    this.#active = [...list];
+  }
+
+  /** false: the layer computes exactly its base output, adapters frozen; true: back to the active adapters. */
+  enableAdapters(enabled: boolean): void {
+    if (typeof enabled !== "boolean") throw typeError("enableAdapters: expected a boolean");
+    if (enabled) {
+      this.setAdapter(this.#active, { allowMissing: true });
+      this.#disabled = false;
+    } else {
+      for (const n of this.adapterNames) this.#weights(n).forEach((w) => (w.requiresGrad = false));
+      this.#disabled = true;
+    }
+  }
+
+  deleteAdapter(name: string): void {
+    if (!this.adapterNames.includes(name)) throw this.#unknown(name);
+    if (this.mergedAdapters.includes(name)) throw peftError("ERR_STATE", `deleteAdapter("${name}"): the adapter is merged; unmerge first`);
+    this.#dropAdapter(name);
+    this.#active = this.#active.filter((n) => n !== name);
+    if (!this.#active.length && this.adapterNames.length) this.setAdapter(this.adapterNames[0]);
+  }
+
+  #dropAdapter(name: string): void {
+    this.#weights(name).forEach((w) => {
+      w.grad?.dispose();
+      w.dispose();
+    });
+    this.loraA.delete(name);
+    this.loraB.delete(name);
+    delete this.r[name], delete this.loraAlpha[name], delete this.scaling[name], delete this.loraDropout[name];
+  }
+
+  protected loraWeights(name: string): { A: Tensor; B: Tensor } {
+    return { A: (this.loraA.get(name) as Linear).weight, B: (this.loraB.get(name) as Linear).weight };
+  }
+
+  #weights(name: string): Tensor[] {
+    const { A, B } = this.loraWeights(name);
+    return [A, B];
+  }
+
+  #unknown(name: string) {
+    return peftError("ERR_CONFIG", `LoRA: unknown adapter "${name}"; this layer has ${this.adapterNames.map((n) => `"${n}"`).join(", ") || "none"}`);
+  }
+
+  /** Adapters of `opts.adapterNames` (default: the active ones), checked. */
+  protected pickAdapters(names: string[] | undefined): string[] {
+    const list = names ?? this.#active;
+    if (!Array.isArray(list)) throw typeError("adapterNames must be an array of adapter names");
+    for (const n of list) if (!this.adapterNames.includes(n)) throw this.#unknown(n);
+    return list;
+  }
+
+  abstract merge(opts?: MergeOptions): void;
+  abstract unmerge(): void;
+  abstract getDeltaWeight(adapterName: string): Tensor;
+
+  override extraRepr(): string {
+    return "";
+  }
+
+  protected warnOnce = warnOnce;
+}
+
+/** The native adapter descriptor of one adapter. */
+interface NativeAdapter {
+  A: NativeTensor;
+  B: NativeTensor;
+  scale: number;
+  p: number;
+  seed: number;
+  stream: number;
+  dA?: NativeTensor | null;
+  dB?: NativeTensor | null;
+}
+
+type DenseLayer = Linear | Conv1D;
+
+/** LoRA on Linear (weight (out, in)) and GPT-2's Conv1D (weight (in, out), fan_in_fan_out). */
+export class LoraLinear extends LoraLayer {
+  declare baseLayer: DenseLayer;
+  readonly fanInFanOut: boolean;
+  // What forward drew for dropout (per adapter) and what backward needs.
+  #rng = new Map<string, { seed: number; stream: number }>();
+  #forwardAdapters: string[] = [];
+
+  constructor(base: DenseLayer, opts: LoraLayerOptions) {
+    if (!(base instanceof Linear) && !(base instanceof Conv1D))
+      throw typeError(`LoraLinear: the base layer must be a Linear or Conv1D, got ${(base as object)?.constructor?.name ?? typeof base}`);
+    super(base);
+    // PEFT forces fan_in_fan_out to match the weight layout, with a warning when the option disagreed.
+    const isConv1D = base instanceof Conv1D;
+    if (opts?.fanInFanOut === true && !isConv1D)
+      this.warnOnce("PEFT_FAN_IN_FAN_OUT", "fan_in_fan_out is set to True but the target module is `torch.nn.Linear`. Setting fan_in_fan_out to False.");
+    if (opts?.fanInFanOut === false && isConv1D)
+      this.warnOnce("PEFT_FAN_IN_FAN_OUT", "fan_in_fan_out is set to False but the target module is `Conv1D`. Setting fan_in_fan_out to True.");
+    this.fanInFanOut = isConv1D;
+    this.updateLayer(opts);
+  }
+
+  protected features(): [number, number] {
+    const b = this.baseLayer;
+    return b instanceof Conv1D ? [b.nx, b.nf] : [b.inFeatures, b.outFeatures];
+  }
+
+  #native(names: string[], training: boolean, grads: boolean): NativeAdapter[] {
+    return names.map((n) => {
+      const { A, B } = this.loraWeights(n);
+      const p = training ? this.loraDropout[n] : 0;
+      const rng = p > 0 ? (this.#rng.get(n) ?? { seed: 0, stream: 0 }) : { seed: 0, stream: 0 };
+      const out: NativeAdapter = { A: Tensor.handle(A), B: Tensor.handle(B), scale: this.scaling[n], p, seed: rng.seed, stream: rng.stream };
+      if (grads) {
+        out.dA = A.requiresGrad ? Tensor.handle(gradOf(A)) : null;
+        out.dB = B.requiresGrad ? Tensor.handle(gradOf(B)) : null;
+      }
+      return out;
+    });
+  }
+
+  forward(x: Tensor): Tensor {
+    if (!(x instanceof Tensor)) throw typeError(`LoraLinear.forward: x must be a Tensor`);
+    if (this.disabled && this.merged) this.unmerge();
+    const base = this.baseLayer;
+    const adapters = this.disabled || this.merged ? [] : this.activeAdapters.filter((n) => this.adapterNames.includes(n));
+    if (!adapters.length) {
+      this.releaseSaved();
+      this.#forwardAdapters = [];
+      return base.forward(x);
+    }
+    base.releaseSaved();
+    const training = this.training;
+    this.#rng.clear();
+    if (training) for (const n of adapters) if (this.loraDropout[n] > 0) this.#rng.set(n, takeRng(undefined, "LoRA dropout"));
+    const [y, T] = native.loraForward(
+      Tensor.handle(x),
+      Tensor.handle(base.weight),
+      base.bias ? Tensor.handle(base.bias) : null,
+      this.fanInFanOut,
+      this.#native(adapters, training, false),
+    ) as [NativeTensor, NativeTensor];
+    const t = new Tensor(T);
+    if (training) {
+      this.save(x, t);
+      this.#forwardAdapters = adapters;
+    } else {
+      this.releaseSaved();
+    }
+    t.dispose();
+    return new Tensor(y);
+  }
+
+  override backward(dy: Tensor, opts: BackwardOptions = {}): Tensor | null {
+    if (this.merged) throw peftError("ERR_STATE", `${this.describe()}.backward: adapters are merged; unmerge them before training (adapter gradients need unmerged weights)`);
+    if (!this.#forwardAdapters.length) return this.baseLayer.backward(dy, opts);
+    const [x, T] = this.saved();
+    const base = this.baseLayer;
+    const wantDx = opts.inputGrad !== false;
+    const dx = native.loraBackward(
+      Tensor.handle(dy),
+      Tensor.handle(x),
+      Tensor.handle(base.weight),
+      null,
+      this.fanInFanOut,
+      this.#native(this.#forwardAdapters, true, true),
+      Tensor.handle(T),
+      wantDx,
+    ) as NativeTensor | null;
+    // A trainable base (bias "all"/"lora_only", or full fine-tuning) gets its gradients here.
+    if (base.weight.requiresGrad) linearGradWeight(dy, x, gradOf(base.weight), { accumulate: true, weightInOut: this.fanInFanOut });
+    if (base.bias?.requiresGrad) sumRows(dy, gradOf(base.bias), { accumulate: true });
+    this.releaseSaved();
+    this.#forwardAdapters = [];
+    return dx ? new Tensor(dx) : null;
+  }
+
+  /** W += Σ scale·B·A in place, one pass over W; already merged adapters are skipped with a warning. */
+  merge(opts: MergeOptions = {}): void {
+    const names = this.pickAdapters(opts.adapterNames);
+    const already = names.filter((n) => this.mergedAdapters.includes(n));
+    if (already.length)
+      this.warnOnce("PEFT_ALREADY_MERGED", `Already following adapters were merged ${already.join(",")}. You are now additionally merging ${names.filter((n) => !already.includes(n)).join(",")}.`);
+    const todo = names.filter((n) => !already.includes(n));
+    if (!todo.length) return;
+    const bad = native.loraMerge(Tensor.handle(this.baseLayer.weight), this.fanInFanOut, this.#native(todo, false, false), 1, opts.safeMerge === true) as number;
+    if (bad >= 0) throw peftError("ERR_STATE", `NaNs detected in the merged weights. The adapter ${todo[bad]} seems to be broken`);
+    this.mergedAdapters.push(...todo);
+    this.releaseSaved();
+  }
+
+  /** W -= Σ scale·B·A for every merged adapter (latest first), one pass over W. */
+  unmerge(): void {
+    if (!this.merged) {
+      this.warnOnce("PEFT_NOT_MERGED", "Already unmerged. Nothing to do.");
+      return;
+    }
+    const names = [...this.mergedAdapters].reverse();
+    native.loraMerge(Tensor.handle(this.baseLayer.weight), this.fanInFanOut, this.#native(names, false, false), -1, false);
+    this.mergedAdapters.length = 0;
+  }
+
+  /** scale·B·A as (out, in), or (in, out) for a Conv1D base; f32. */
+  getDeltaWeight(adapterName: string): Tensor {
+    const [name] = this.pickAdapters([adapterName]);
+    const { A, B } = this.loraWeights(name);
+    const d = this.fanInFanOut ? matmul(A, B, { transA: true, transB: true }) : matmul(B, A);
+    scaleInPlace(d, this.scaling[name]);
+    return d;
+  }
+
+  override extraRepr(): string {
+    return `r=${JSON.stringify(this.r)}, scaling=${JSON.stringify(this.scaling)}, active=${JSON.stringify(this.activeAdapters)}${this.merged ? ", merged" : ""}`;
+  }
+}

@@ -1,0 +1,78 @@
+// Adapter state dicts with PEFT's file key names: `base_model.model.<path>.lora_A.weight` (adapter name
+// removed), a saved module's parameters as `<path>.<name>`, base-layer biases as `<path>.bias` for bias
+// "all" / "lora_only".
+import { Tensor } from "../tensor.js";
+import { peftError, typeError } from "../errors.js";
+import { LoraLayer } from "./lora/layer.js";
+import type { PeftModel } from "../peft-model.js";
+
+const PREFIX = "base_model.model.";
+
+/** File key -> live tensor for one adapter, and which of those keys a checkpoint must contain. */
+function adapterKeyMap(m: PeftModel, adapterName: string): { keys: Map<string, Tensor>; required: Set<string> } {
+  const config = m.peftConfig[adapterName];
+  if (!config) throw peftError("ERR_CONFIG", `Adapter ${adapterName} not found; this model has ${Object.keys(m.peftConfig).join(", ")}`);
+  const model = m.baseModel.model;
+  const keys = new Map<string, Tensor>();
+  const required = new Set<string>();
+  const add = (key: string, t: Tensor, must: boolean) => {
+    keys.set(PREFIX + key, t);
+    if (must) required.add(PREFIX + key);
+  };
+  const bias = (config as { bias?: string }).bias ?? "none";
+  const loraPaths = new Set<string>();
+  for (const [path, mod] of model.namedModules()) {
+    if (mod instanceof LoraLayer && mod.adapterNames.includes(adapterName)) {
+      loraPaths.add(path);
+      for (const [which, dict] of [["lora_A", mod.loraA], ["lora_B", mod.loraB]] as const)
+        for (const [n, t] of dict.get(adapterName).namedParameters()) add(`${path}.${which}.${n}`, t, true);
+      const b = [...mod.baseLayer.namedParameters("", { recurse: false })].find(([n]) => n === "bias")?.[1];
+      if (b && bias !== "none") add(`${path}.bias`, b, true);
+    }
+  }
+  for (const [path, w] of m.baseModel.savedModules()) {
+    if (!w.adapterNames.includes(adapterName)) continue;
+    for (const [n, t] of w.modulesToSave.get(adapterName).namedParameters()) add(`${path}.${n}`, t, true);
+  }
+  if (bias === "all") {
+    // Every other bias of the model (outside adapter layers and saved modules), as PEFT saves them.
+    for (const [name, t] of model.namedParameters()) {
+      if (!name.endsWith("bias") || /(^|\.)(lora_[AB]|modules_to_save|original_module|base_layer)\./.test(name)) continue;
+      add(name, t, true);
+    }
+  }
+  return { keys, required };
+}
+
+/** The adapter's tensors under PEFT's file key names (handles sharing the live storage). */
+export function getPeftModelStateDict(m: PeftModel, opts: { adapterName?: string } = {}): Record<string, Tensor> {
+  const name = opts.adapterName ?? m.activeAdapter;
+  const out: Record<string, Tensor> = {};
+  for (const [k, t] of adapterKeyMap(m, name).keys) out[k] = t.reshape(t.shape);
+  return out;
+}
+
+/**
+ * Loads file-keyed tensors into an adapter. Every key must be used and every expected key present, with
+ * matching shapes, or ERR_CHECKPOINT lists the first mismatches (nothing is copied then).
+ */
+export function setPeftModelStateDict(m: PeftModel, sd: Record<string, Tensor>, opts: { adapterName?: string } = {}): void {
+  if (sd === null || typeof sd !== "object") throw typeError("setPeftModelStateDict: expected a record of tensors");
+  const name = opts.adapterName ?? m.activeAdapter;
+  const { keys, required } = adapterKeyMap(m, name);
+  const shape = (t: Tensor | undefined) => (t ? `[${t.shape.join(", ")}]` : "");
+  const unexpected = Object.keys(sd).filter((k) => !keys.has(k));
+  const missing = [...required].filter((k) => !(k in sd));
+  const wrongShape = Object.keys(sd).filter((k) => keys.has(k) && sd[k] instanceof Tensor && sd[k].shape.join() !== keys.get(k)!.shape.join());
+  const notTensors = Object.keys(sd).filter((k) => !(sd[k] instanceof Tensor));
+  if (unexpected.length || missing.length || wrongShape.length || notTensors.length) {
+    const parts: string[] = [];
+    const list = (ks: string[], f: (k: string) => string) => ks.slice(0, 8).map(f).join(", ") + (ks.length > 8 ? `, … (${ks.length} in all)` : "");
+    if (missing.length) parts.push(`missing: ${list(missing, (k) => `${k} ${shape(keys.get(k))}`)}`);
+    if (unexpected.length) parts.push(`unexpected: ${list(unexpected, (k) => `${k} ${shape(sd[k])}`)}`);
+    if (wrongShape.length) parts.push(`shape mismatch: ${list(wrongShape, (k) => `${k} ${shape(sd[k])} vs model ${shape(keys.get(k))}`)}`);
+    if (notTensors.length) parts.push(`not tensors: ${list(notTensors, (k) => k)}`);
+    throw peftError("ERR_CHECKPOINT", `adapter "${name}": the checkpoint does not fit the model: ${parts.join("; ")}`);
+  }
+  for (const [k, t] of Object.entries(sd)) keys.get(k)!.copyFrom(t);
+}

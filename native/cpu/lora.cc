@@ -1,0 +1,232 @@
+#include "lora.h"
+
+#include <cmath>
+#include <cstring>
+#include <memory>
+
+#include "convert.h"
+#include "elem.h"
+#include "gemm.h"
+#include "nn_kernels.h"
+#include "parallel.h"
+
+namespace peft {
+namespace {
+
+// f32 scratch that is freed on every exit path.
+struct Scratch {
+  std::unique_ptr<float[]> p;
+  explicit Scratch(int64_t n) : p(new float[static_cast<size_t>(n > 0 ? n : 1)]) {}
+  float* get() const { return p.get(); }
+};
+
+GemmMat rows(const void* p, DType dt, int64_t ld) { return {p, dt, ld, 1}; }
+GemmMat cols(const void* p, DType dt, int64_t ld) { return {p, dt, 1, ld}; }  // the transpose of a row-major matrix
+
+// B(k, n) of the base product as a view of W.
+GemmMat weight_as_kn(const DenseView& d) { return d.w_in_out ? rows(d.W, d.w_dt, d.N) : cols(d.W, d.w_dt, d.K); }
+// B(n, k) (the product dy·W) as a view of W.
+GemmMat weight_as_nk(const DenseView& d) { return d.w_in_out ? cols(d.W, d.w_dt, d.N) : rows(d.W, d.w_dt, d.K); }
+
+// drop(x) for one adapter: x itself without dropout, else a masked f32 copy in `buf`.
+GemmMat dropped_x(const DenseView& d, const AdapterView& a, Scratch* buf) {
+  if (a.p <= 0) return rows(d.x, d.x_dt, d.K);
+  dropout_cpu(d.x, d.x_dt, buf->get(), DType::F32, d.M * d.K, a.p, a.seed, a.stream);
+  return rows(buf->get(), DType::F32, d.K);
+}
+
+// [s_1·B_1 | s_2·B_2 | …] as one (N, R) f32 matrix (signed for unmerge).
+void scaled_b_cat(const std::vector<AdapterView>& ad, int64_t N, int64_t R, float sign, float* out) {
+  int64_t off = 0;
+  for (const AdapterView& a : ad) {
+    for (int64_t n = 0; n < N; n++)
+      for (int64_t j = 0; j < a.r; j++) out[n * R + off + j] = sign * a.scale * load_f32(a.B, a.b_dt, n * a.r + j);
+    off += a.r;
+  }
+}
+
+// [A_1; A_2; …] as one (R, K) f32 matrix.
+void a_cat(const std::vector<AdapterView>& ad, int64_t K, float* out) {
+  int64_t row = 0;
+  for (const AdapterView& a : ad) {
+    for (int64_t j = 0; j < a.r; j++)
+      for (int64_t k = 0; k < K; k++) out[(row + j) * K + k] = load_f32(a.A, a.a_dt, j * K + k);
+    row += a.r;
+  }
+}
+
+}  // namespace
+
+int64_t total_rank(const std::vector<AdapterView>& ad) {
+  int64_t R = 0;
+  for (const AdapterView& a : ad) R += a.r;
+  return R;
+}
+
+void lora_forward_cpu(const DenseView& d, const std::vector<AdapterView>& ad, void* y, DType y_dt, float* T) {
+  const int64_t M = d.M, K = d.K, N = d.N, R = total_rank(ad);
+  if (M == 0 || N == 0) return;
+  // T = drop(x)·Aᵀ per adapter, side by side: cheap (R columns) and needed again by backward.
+  int64_t off = 0;
+  for (const AdapterView& a : ad) {
+    Scratch xd(a.p > 0 ? M * K : 0);
+    GemmArgs g;
+    g.M = M, g.N = a.r, g.K = K;
+    g.A = dropped_x(d, a, &xd);
+    g.B = cols(a.A, a.a_dt, K);
+    g.C = T + off, g.c_dt = DType::F32, g.ldc = R;
+    gemm(g);
+    off += a.r;
+  }
+  Scratch bs(N * R);
+  scaled_b_cat(ad, N, R, 1.0f, bs.get());
+  // y = x·Wᵀ + b + T·(sB)ᵀ: the adapters are R extra k-steps on the base GEMM's tile.
+  GemmArgs g;
+  g.M = M, g.N = N, g.K = K;
+  g.A = rows(d.x, d.x_dt, K);
+  g.B = weight_as_kn(d);
+  g.b_cache = d.w_cache;
+  g.C = y, g.c_dt = y_dt, g.ldc = N;
+  g.bias = d.bias, g.bias_dt = d.bias_dt;
+  g.R = R;
+  g.A2 = rows(T, DType::F32, R);
+  g.B2 = cols(bs.get(), DType::F32, R);
+  gemm(g);
+}
+
+void lora_backward_cpu(const DenseView& d, const std::vector<AdapterView>& ad, const void* dy, DType dy_dt, const float* T,
+                       void* dx, DType dx_dt) {
+  const int64_t M = d.M, K = d.K, N = d.N, R = total_rank(ad);
+  Scratch bs(N * R), G(M * R);
+  scaled_b_cat(ad, N, R, 1.0f, bs.get());
+  // G = dy·(sB): the gradient reaching T, all adapters in one product.
+  if (M > 0 && R > 0) {
+    GemmArgs g;
+    g.M = M, g.N = R, g.K = N;
+    g.A = rows(dy, dy_dt, N);
+    g.B = rows(bs.get(), DType::F32, R);
+    g.C = G.get(), g.c_dt = DType::F32, g.ldc = R;
+    gemm(g);
+  } else if (R > 0) {
+    std::memset(G.get(), 0, sizeof(float) * static_cast<size_t>(M * R));
+  }
+  bool any_dropout = false;
+  int64_t off = 0;
+  for (const AdapterView& a : ad) {
+    any_dropout |= a.p > 0;
+    if (a.dB) {  // dB += s·dyᵀ·T
+      GemmArgs g;
+      g.M = N, g.N = a.r, g.K = M;
+      g.A = cols(dy, dy_dt, N);
+      g.B = rows(T + off, DType::F32, R);
+      g.alpha = a.scale;
+      g.C = a.dB, g.c_dt = a.db_dt, g.ldc = a.r, g.accumulate = true;
+      gemm(g);
+    }
+    if (a.dA) {  // dA += Gᵀ·drop(x)
+      Scratch xd(a.p > 0 ? M * K : 0);
+      GemmArgs g;
+      g.M = a.r, g.N = K, g.K = M;
+      g.A = cols(G.get() + off, DType::F32, R);
+      g.B = dropped_x(d, a, &xd);
+      g.C = a.dA, g.c_dt = a.da_dt, g.ldc = K, g.accumulate = true;
+      gemm(g);
+    }
+    off += a.r;
+  }
+  if (!dx || M == 0 || K == 0) return;
+  // dx = dy·W + G·A. Without dropout the adapter part rides on the base GEMM as R extra k-steps; with
+  // dropout each adapter's part is masked, so it is added in f32 before the single rounding into dx.
+  Scratch acat(any_dropout ? 0 : R * K);
+  const bool staged = any_dropout && dx_dt != DType::F32;  // masked parts are summed in f32, rounded once
+  Scratch dx32(staged ? M * K : 0);
+  void* out = staged ? static_cast<void*>(dx32.get()) : dx;
+  DType out_dt = staged ? DType::F32 : dx_dt;
+  GemmArgs g;
+  g.M = M, g.N = K, g.K = N;
+  g.A = rows(dy, dy_dt, N);
+  g.B = weight_as_nk(d);
+  g.C = out, g.c_dt = out_dt, g.ldc = K;
+  if (!any_dropout && R > 0) {
+    a_cat(ad, K, acat.get());
+    g.R = R;
+    g.A2 = rows(G.get(), DType::F32, R);
+    g.B2 = rows(acat.get(), DType::F32, K);
+  }
+  gemm(g);
+  if (!any_dropout) return;
+  Scratch part(M * K);
+  off = 0;
+  for (const AdapterView& a : ad) {
+    GemmArgs p;
+    p.M = M, p.N = K, p.K = a.r;
+    p.A = rows(G.get() + off, DType::F32, R);
+    p.B = rows(a.A, a.a_dt, K);
+    p.C = part.get(), p.c_dt = DType::F32, p.ldc = K;
+    gemm(p);
+    if (a.p > 0) dropout_cpu(part.get(), DType::F32, part.get(), DType::F32, M * K, a.p, a.seed, a.stream);
+    axpy_cpu(out, out_dt, part.get(), DType::F32, 1.0f, M * K);
+    off += a.r;
+  }
+  if (staged) convert_cpu(dx32.get(), DType::F32, dx, dx_dt, M * K);
+}
+
+namespace {
+// C (rows, cols) (+)= sign·Σ s·B·A (or its transpose) as one GEMM of inner size R.
+void delta_gemm(void* C, DType c_dt, int64_t N, int64_t K, bool w_in_out, const std::vector<AdapterView>& ad, float sign,
+                bool accumulate) {
+  const int64_t R = total_rank(ad);
+  Scratch bs(N * R), acat(R * K);
+  scaled_b_cat(ad, N, R, sign, bs.get());
+  a_cat(ad, K, acat.get());
+  GemmArgs g;
+  if (!w_in_out) {  // W(n, k) += Σ_j sB(n, j) A(j, k)
+    g.M = N, g.N = K, g.K = R;
+    g.A = rows(bs.get(), DType::F32, R);
+    g.B = rows(acat.get(), DType::F32, K);
+    g.ldc = K;
+  } else {  // W(k, n) += Σ_j A(j, k) sB(n, j)
+    g.M = K, g.N = N, g.K = R;
+    g.A = cols(acat.get(), DType::F32, K);
+    g.B = cols(bs.get(), DType::F32, R);
+    g.ldc = N;
+  }
+  g.C = C, g.c_dt = c_dt, g.accumulate = accumulate;
+  gemm(g);
+}
+
+bool all_finite(const float* v, int64_t n) {
+  bool ok = true;
+  parallel_for(n, 1 << 16, [&](int64_t b, int64_t e) {
+    for (int64_t i = b; i < e && ok; i++)
+      if (!std::isfinite(v[i])) ok = false;
+  });
+  return ok;
+}
+}  // namespace
+
+int lora_merge_cpu(void* W, DType w_dt, int64_t N, int64_t K, bool w_in_out, const std::vector<AdapterView>& ad, float sign,
+                   bool safe) {
+  if (N == 0 || K == 0 || ad.empty()) return -1;
+  if (!safe) {
+    delta_gemm(W, w_dt, N, K, w_in_out, ad, sign, true);
+    return -1;
+  }
+  // Safe: W + Δ in f32 aside, checked, then copied back (rounded once). On failure, name the first adapter
+  // whose own delta is non-finite.
+  Scratch merged(N * K);
+  convert_cpu(W, w_dt, merged.get(), DType::F32, N * K);
+  delta_gemm(merged.get(), DType::F32, N, K, w_in_out, ad, sign, true);
+  if (!all_finite(merged.get(), N * K)) {
+    for (size_t i = 0; i < ad.size(); i++) {
+      convert_cpu(W, w_dt, merged.get(), DType::F32, N * K);
+      delta_gemm(merged.get(), DType::F32, N, K, w_in_out, {ad[i]}, sign, true);
+      if (!all_finite(merged.get(), N * K)) return static_cast<int>(i);
+    }
+    return 0;
+  }
+  convert_cpu(merged.get(), DType::F32, W, w_dt, N * K);
+  return -1;
+}
+
+}  // namespace peft

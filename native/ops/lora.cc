@@ -1,0 +1,179 @@
+// LoRA on dense layers: loraForward, loraBackward, loraMerge. Adapters come as an array of plain objects
+// {A, B, scale, p, seed, stream[, dA, dB]}; everything is validated before any kernel runs.
+#include "../cpu/lora.h"
+
+#include <cmath>
+#include <string>
+
+#include "../napi_util.h"
+#include "../tensor_handle.h"
+#include "check.h"
+#include "ops.h"
+
+namespace peft {
+namespace {
+
+int64_t rows_of(const Tensor& t) {
+  int64_t m = 1;
+  for (int i = 0; i < t.ndim() - 1; i++) m *= t.shape[i];
+  return m;
+}
+
+void require_cpu(const Tensor& t, const char* op, const char* name) {
+  if (t.device() != Device::CPU)
+    fail("ERR_NOT_ON_DEVICE", cat(op, ": ", name, " is on ", device_name(t.device()), "; this op has a CPU kernel only"));
+}
+
+void require_shape(const Tensor& t, const Shape& want, const char* op, const std::string& name) {
+  if (t.shape != want) fail("ERR_SHAPE", cat(op, ": ", name, " must have shape ", shape_str(want), ", got ", shape_str(t.shape)));
+}
+
+// The base layer: x (…, K), W (N, K) or (K, N), optional bias (N).
+DenseView dense_args(const Napi::CallbackInfo& info, const Tensor& x, int wi, const char* op) {
+  const Tensor& w = TensorHandle::From(info[wi], op, "weight");
+  const Tensor* b = info[wi + 1].IsNull() || info[wi + 1].IsUndefined() ? nullptr : &TensorHandle::From(info[wi + 1], op, "bias");
+  bool in_out = arg_bool(info[wi + 2], op, "weightInOut");
+  require_float(x, op, "x");
+  require_float(w, op, "weight");
+  require_ndim(x, 1, 16, op, "x");
+  require_ndim(w, 2, 2, op, "weight");
+  require_cpu(x, op, "x");
+  require_cpu(w, op, "weight");
+  DenseView d;
+  d.K = x.dim(-1);
+  d.M = rows_of(x);
+  d.N = in_out ? w.dim(1) : w.dim(0);
+  int64_t wk = in_out ? w.dim(0) : w.dim(1);
+  if (wk != d.K)
+    fail("ERR_SHAPE", cat(op, ": x has ", d.K, " features (shape ", shape_str(x.shape), ") but the weight expects ", wk, " (shape ",
+                          shape_str(w.shape), ")"));
+  if (b) {
+    require_float(*b, op, "bias");
+    require_cpu(*b, op, "bias");
+    require_shape(*b, {d.N}, op, "bias");
+    d.bias = b->data(), d.bias_dt = b->dtype;
+  }
+  d.x = x.data(), d.x_dt = x.dtype;
+  d.W = w.data(), d.w_dt = w.dtype, d.w_in_out = in_out, d.w_cache = w.storage.get();
+  return d;
+}
+
+// adapters[i] = {A (r, K), B (N, r), scale, p, seed, stream, dA?, dB?}
+std::vector<AdapterView> adapter_args(const Napi::Value& v, int64_t K, int64_t N, bool grads, const char* op) {
+  if (!v.IsArray()) fail_type(cat(op, ": adapters must be an array"));
+  Napi::Array arr = v.As<Napi::Array>();
+  std::vector<AdapterView> out;
+  for (uint32_t i = 0; i < arr.Length(); i++) {
+    std::string name = cat("adapters[", i, "]");
+    Napi::Value item = arr.Get(i);
+    if (!item.IsObject()) fail_type(cat(op, ": ", name, " must be an object"));
+    Napi::Object o = item.As<Napi::Object>();
+    const Tensor& A = TensorHandle::From(o.Get("A"), op, (name + ".A").c_str());
+    const Tensor& B = TensorHandle::From(o.Get("B"), op, (name + ".B").c_str());
+    require_float(A, op, "A");
+    require_float(B, op, "B");
+    require_cpu(A, op, "A");
+    require_cpu(B, op, "B");
+    require_ndim(A, 2, 2, op, "A");
+    int64_t r = A.dim(0);
+    require_shape(A, {r, K}, op, name + ".A");
+    require_shape(B, {N, r}, op, name + ".B");
+    AdapterView a;
+    a.r = r;
+    a.A = A.data(), a.a_dt = A.dtype;
+    a.B = B.data(), a.b_dt = B.dtype;
+    double s = arg_number(o.Get("scale"), op, "scale");
+    if (!std::isfinite(s)) fail_range(cat(op, ": ", name, ".scale must be finite, got ", s));
+    a.scale = static_cast<float>(s);
+    a.p = arg_number(o.Get("p"), op, "p");
+    if (!(a.p >= 0 && a.p < 1)) fail_range(cat(op, ": ", name, ".p (dropout) must be in [0, 1), got ", a.p));
+    a.seed = static_cast<uint64_t>(arg_int(o.Get("seed"), op, "seed", 0, 9007199254740991LL));
+    a.stream = static_cast<uint64_t>(arg_int(o.Get("stream"), op, "stream", 0, 9007199254740991LL));
+    if (grads) {
+      for (const char* key : {"dA", "dB"}) {
+        Napi::Value g = o.Get(key);
+        if (g.IsNull() || g.IsUndefined()) continue;
+        const Tensor& t = TensorHandle::From(g, op, (name + "." + key).c_str());
+        const Tensor& like = key[1] == 'A' ? A : B;
+        require_float(t, op, key);
+        require_cpu(t, op, key);
+        require_shape(t, like.shape, op, name + "." + key);
+        if (key[1] == 'A') a.dA = t.data(), a.da_dt = t.dtype;
+        else a.dB = t.data(), a.db_dt = t.dtype;
+        t.storage->bump_version();
+      }
+    }
+    out.push_back(a);
+  }
+  return out;
+}
+
+// loraForward(x, weight, bias, weightInOut, adapters) -> [y, T]
+Napi::Value LoraForward(const Napi::CallbackInfo& info) {
+  const char* op = "loraForward";
+  const Tensor& x = TensorHandle::From(info[0], op, "x");
+  DenseView d = dense_args(info, x, 1, op);
+  std::vector<AdapterView> ad = adapter_args(info[4], d.K, d.N, false, op);
+  Shape ys = x.shape;
+  ys.back() = d.N;
+  Tensor y = make_tensor(x.dtype, ys);
+  Tensor T = make_tensor(DType::F32, {d.M, total_rank(ad)});
+  lora_forward_cpu(d, ad, y.data(), y.dtype, T.ptr<float>());
+  Napi::Array out = Napi::Array::New(info.Env(), 2);
+  out.Set(0u, TensorHandle::Wrap(info.Env(), y));
+  out.Set(1u, TensorHandle::Wrap(info.Env(), T));
+  return out;
+}
+
+// loraBackward(dy, x, weight, bias(ignored), weightInOut, adapters (with dA/dB), T, wantDx) -> dx | null
+Napi::Value LoraBackward(const Napi::CallbackInfo& info) {
+  const char* op = "loraBackward";
+  const Tensor& dy = TensorHandle::From(info[0], op, "dy");
+  const Tensor& x = TensorHandle::From(info[1], op, "x");
+  DenseView d = dense_args(info, x, 2, op);
+  require_float(dy, op, "dy");
+  require_cpu(dy, op, "dy");
+  Shape ys = x.shape;
+  ys.back() = d.N;
+  require_shape(dy, ys, op, "dy");
+  const Tensor& T = TensorHandle::From(info[6], op, "T");
+  bool want_dx = arg_bool(info[7], op, "wantDx");
+  std::vector<AdapterView> ad = adapter_args(info[5], d.K, d.N, true, op);
+  if (T.dtype != DType::F32) fail("ERR_DTYPE", cat(op, ": T must be f32 (as loraForward made it), got ", dtype_name(T.dtype)));
+  require_shape(T, {d.M, total_rank(ad)}, op, "T");
+  if (!want_dx) {
+    lora_backward_cpu(d, ad, dy.data(), dy.dtype, T.ptr<float>(), nullptr, dy.dtype);
+    return info.Env().Null();
+  }
+  Tensor dx = make_tensor(dy.dtype, x.shape);
+  lora_backward_cpu(d, ad, dy.data(), dy.dtype, T.ptr<float>(), dx.data(), dx.dtype);
+  return TensorHandle::Wrap(info.Env(), dx);
+}
+
+// loraMerge(weight, weightInOut, adapters, sign, safe) -> index of the adapter that made W non-finite, or -1
+Napi::Value LoraMerge(const Napi::CallbackInfo& info) {
+  const char* op = "loraMerge";
+  const Tensor& w = TensorHandle::From(info[0], op, "weight");
+  require_float(w, op, "weight");
+  require_cpu(w, op, "weight");
+  require_ndim(w, 2, 2, op, "weight");
+  bool in_out = arg_bool(info[1], op, "weightInOut");
+  int64_t N = in_out ? w.dim(1) : w.dim(0), K = in_out ? w.dim(0) : w.dim(1);
+  std::vector<AdapterView> ad = adapter_args(info[2], K, N, false, op);
+  double sign = arg_number(info[3], op, "sign");
+  if (sign != 1 && sign != -1) fail_range(cat(op, ": sign must be 1 or -1, got ", sign));
+  bool safe = arg_bool(info[4], op, "safe");
+  int bad = lora_merge_cpu(w.data(), w.dtype, N, K, in_out, ad, static_cast<float>(sign), safe);
+  if (bad < 0) w.storage->bump_version();
+  return Napi::Number::New(info.Env(), bad);
+}
+
+}  // namespace
+
+void register_lora_ops(Napi::Env env, Napi::Object exports) {
+  exports.Set("loraForward", Napi::Function::New<guarded<LoraForward>>(env, "loraForward"));
+  exports.Set("loraBackward", Napi::Function::New<guarded<LoraBackward>>(env, "loraBackward"));
+  exports.Set("loraMerge", Napi::Function::New<guarded<LoraMerge>>(env, "loraMerge"));
+}
+
+}  // namespace peft
