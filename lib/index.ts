@@ -19,3 +19,6 @@ export { PeftModel, getPeftModel, type GetPeftModelOptions } from "./peft-model.
 export { getPeftModelStateDict, setPeftModelStateDict } from "./tuners/state-dict.js";
 export { ModulesToSaveWrapper } from "./tuners/modules-to-save.js";
 export { LoraModel, LORA_DISPATCHERS, type LoraDispatcher } from "./tuners/lora/model.js";
+export { loadModelWeights, buildModelFromCheckpoint, CheckpointModule } from "./io/base-model.js";
+export { openCheckpoint, type CheckpointSource } from "./io/checkpoint-source.js";
+export { readAdapterConfig, WEIGHTS_NAME } from "./io/peft-checkpoint.js";

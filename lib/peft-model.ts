@@ -9,6 +9,8 @@ import { LoraModel } from "./tuners/lora/model.js";
 import { LoraLayer, type MergeOptions } from "./tuners/lora/layer.js";
 import { ModulesToSaveWrapper } from "./tuners/modules-to-save.js";
 import type { PeftConfig } from "./tuners/peft-config.js";
+// Checkpoint I/O lives in io/; it is reached only from method bodies, after both modules have loaded.
+import * as checkpoint from "./io/peft-checkpoint.js";
 
 export interface GetPeftModelOptions {
   adapterName?: string;
@@ -164,6 +166,25 @@ export class PeftModel extends Module {
     }
     for (const p of model.parameters()) p.requiresGrad = true;
     return model;
+  }
+
+  /** Saves adapters (default: all) as PEFT does: adapter_config.json + adapter_model.safetensors per adapter. */
+  savePretrained(dir: string, opts: { adapterNames?: string[] } = {}): Promise<void> {
+    return checkpoint.savePretrained(this, dir, opts);
+  }
+
+  /** Wraps `model` with the adapter saved in `dir` (frozen and in eval mode unless isTrainable). */
+  static fromPretrained(
+    model: Module,
+    dir: string,
+    opts: { adapterName?: string; isTrainable?: boolean; config?: PeftConfig; modelType?: string } = {},
+  ): Promise<PeftModel> {
+    return checkpoint.fromPretrained(model, dir, opts);
+  }
+
+  /** Adds the adapter saved in `dir` as `adapterName` (inactive until setAdapter). */
+  loadAdapter(dir: string, adapterName: string, opts: { isTrainable?: boolean } = {}): Promise<void> {
+    return checkpoint.loadAdapter(this, dir, adapterName, opts);
   }
 
   /** [trainable, all] parameter counts (PEFT's get_nb_trainable_parameters). */

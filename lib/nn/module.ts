@@ -303,7 +303,7 @@ export abstract class Module implements Disposable {
   }
 
   /** The output head, for targetModules "all-linear" (models override). */
-  getOutputEmbeddings?(): Module;
+  getOutputEmbeddings?(): Module | undefined;
 }
 
 /**
