@@ -25,7 +25,7 @@ interface Prepared {
 // Lone surrogates cannot be encoded as UTF-8, so such a string would not survive a round trip.
 const LONE_SURROGATE = /\p{Cs}/u;
 
-function checkName(op: string, file: string, name: unknown): string {
+export function checkName(op: string, file: string, name: unknown): string {
   if (typeof name !== "string") throw typeError(`${op}: tensor names must be strings, got ${describe(name)}`);
   if (name === "") throw formatError(file, "tensor names must be non-empty");
   if (name === "__metadata__") throw formatError(file, "__metadata__ is reserved for metadata and is not a valid tensor name");
@@ -48,26 +48,34 @@ function mergedMetadata(op: string, file: string, metadata: unknown): Record<str
   return out;
 }
 
-/** Validates everything and builds the header; nothing is written yet. */
-function prepare(op: string, file: string, tensors: unknown, metadata: unknown): Prepared {
-  if (tensors === null || typeof tensors !== "object" || Array.isArray(tensors))
-    throw typeError(`${op}: tensors must be an object or Map of name -> Tensor, got ${describe(tensors)}`);
-  const list = (tensors instanceof Map ? [...tensors] : Object.entries(tensors)).map(([k, t]) => {
-    const name = checkName(op, file, k);
-    if (!(t instanceof Tensor)) throw typeError(`${op}: tensor ${JSON.stringify(name)} must be a Tensor, got ${describe(t)}`);
-    if (t.disposed) throw peftError("ERR_DISPOSED", `${op}: tensor ${JSON.stringify(name)} has been disposed`);
-    return { name, tensor: t, dtype: fileDType(t.dtype) };
-  });
-  const meta = mergedMetadata(op, file, metadata);
-  list.sort(compareForWrite);
+/** What the header says of one tensor. */
+export interface HeaderEntry {
+  name: string;
+  dtype: string; // the file's dtype name, e.g. "BF16"
+  shape: readonly number[];
+  nbytes: number;
+}
 
+/**
+ * The header bytes (length prefix, JSON, space padding to 8) for entries laid out in the reference's order,
+ * and each entry's data offset (from the end of the header).
+ */
+export function buildHeader(
+  op: string,
+  file: string,
+  entries: HeaderEntry[],
+  metadata: unknown,
+): { header: Buffer; order: (HeaderEntry & { offset: number })[] } {
+  const meta = mergedMetadata(op, file, metadata);
+  const sorted = [...entries].sort(compareForWrite);
   let offset = 0;
   const parts = [`{"__metadata__":${JSON.stringify(meta)}`];
-  for (const { name, tensor, dtype } of list) {
-    const end = offset + tensor.numel * DTYPE_SIZE[tensor.dtype];
-    parts.push(`,${JSON.stringify(name)}:{"dtype":"${dtype}","shape":[${tensor.shape.join(",")}],"data_offsets":[${offset},${end}]}`);
-    offset = end;
-  }
+  const order = sorted.map((e) => {
+    const at = offset;
+    offset += e.nbytes;
+    parts.push(`,${JSON.stringify(e.name)}:{"dtype":"${e.dtype}","shape":[${e.shape.join(",")}],"data_offsets":[${at},${offset}]}`);
+    return { ...e, offset: at };
+  });
   parts.push("}");
   const json = Buffer.from(parts.join(""), "utf8");
   const padded = Math.ceil(json.length / 8) * 8;
@@ -75,9 +83,25 @@ function prepare(op: string, file: string, tensors: unknown, metadata: unknown):
   const header = Buffer.alloc(8 + padded, 0x20);
   header.writeBigUInt64LE(BigInt(padded), 0);
   json.copy(header, 8);
+  return { header, order };
+}
 
+/** Validates everything and builds the header; nothing is written yet. */
+function prepare(op: string, file: string, tensors: unknown, metadata: unknown): Prepared {
+  if (tensors === null || typeof tensors !== "object" || Array.isArray(tensors))
+    throw typeError(`${op}: tensors must be an object or Map of name -> Tensor, got ${describe(tensors)}`);
+  const byName = new Map<string, Tensor>();
+  const entries = (tensors instanceof Map ? [...tensors] : Object.entries(tensors)).map(([k, t]) => {
+    const name = checkName(op, file, k);
+    if (!(t instanceof Tensor)) throw typeError(`${op}: tensor ${JSON.stringify(name)} must be a Tensor, got ${describe(t)}`);
+    if (t.disposed) throw peftError("ERR_DISPOSED", `${op}: tensor ${JSON.stringify(name)} has been disposed`);
+    byName.set(name, t);
+    return { name, dtype: fileDType(t.dtype), shape: t.shape, nbytes: t.numel * DTYPE_SIZE[t.dtype] };
+  });
+  const { header, order } = buildHeader(op, file, entries, metadata);
   const copies: Tensor[] = [];
-  const data = list.map(({ tensor }) => {
+  const data = order.map(({ name }) => {
+    const tensor = byName.get(name)!;
     if (tensor.device === "cpu") return tensor.bytes();
     const host = tensor.to("cpu");
     copies.push(host);
@@ -109,13 +133,13 @@ function* writePlan(p: Prepared): IoPlan<void> {
   if (used > 0) yield { buf: stage.subarray(0, used), pos: pos - used };
 }
 
-function tempPath(file: string): string {
+export function tempPath(file: string): string {
   return join(dirname(file), `.${basename(file)}.${process.pid}.${randomBytes(6).toString("hex")}.tmp`);
 }
 
 // Directory fsync makes the rename durable; some filesystems refuse it on directories, which is harmless.
 const DIR_SYNC_UNSUPPORTED = new Set(["EINVAL", "EISDIR", "EPERM", "EACCES", "ENOTSUP"]);
-function ignoreDirSyncRefusal(e: unknown): void {
+export function ignoreDirSyncRefusal(e: unknown): void {
   if (!DIR_SYNC_UNSUPPORTED.has((e as { code?: string }).code ?? "")) throw e;
 }
 

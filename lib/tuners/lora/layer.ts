@@ -6,6 +6,7 @@ import { linearGradWeight, matmul } from "../../ops.js";
 import { scaleInPlace, sumRows } from "../../functional.js";
 import { peftError, typeError } from "../../errors.js";
 import { takeRng } from "../../random.js";
+import { applyLoraDeltas, type LoraDelta } from "./delta.js";
 import { Module, ModuleDict, Linear, Conv1D, gradOf, type BackwardOptions } from "../../nn/index.js";
 
 export interface LoraLayerOptions {
@@ -235,6 +236,10 @@ export class LoraLinear extends LoraLayer {
     });
   }
 
+  #deltas(names: string[]): LoraDelta[] {
+    return names.map((n) => ({ ...this.loraWeights(n), scale: this.scaling[n] }));
+  }
+
   forward(x: Tensor): Tensor {
     if (!(x instanceof Tensor)) throw typeError(`LoraLinear.forward: x must be a Tensor`);
     if (this.disabled && this.merged) this.unmerge();
@@ -299,7 +304,7 @@ export class LoraLinear extends LoraLayer {
       this.warnOnce("PEFT_ALREADY_MERGED", `Already following adapters were merged ${already.join(",")}. You are now additionally merging ${names.filter((n) => !already.includes(n)).join(",")}.`);
     const todo = names.filter((n) => !already.includes(n));
     if (!todo.length) return;
-    const bad = native.loraMerge(Tensor.handle(this.baseLayer.weight), this.fanInFanOut, this.#native(todo, false, false), 1, opts.safeMerge === true) as number;
+    const bad = applyLoraDeltas(this.baseLayer.weight, this.#deltas(todo), { weightInOut: this.fanInFanOut, safe: opts.safeMerge === true });
     if (bad >= 0) throw peftError("ERR_STATE", `NaNs detected in the merged weights. The adapter ${todo[bad]} seems to be broken`);
     this.mergedAdapters.push(...todo);
     this.releaseSaved();
@@ -312,7 +317,7 @@ export class LoraLinear extends LoraLayer {
       return;
     }
     const names = [...this.mergedAdapters].reverse();
-    native.loraMerge(Tensor.handle(this.baseLayer.weight), this.fanInFanOut, this.#native(names, false, false), -1, false);
+    applyLoraDeltas(this.baseLayer.weight, this.#deltas(names), { weightInOut: this.fanInFanOut, sign: -1 });
     this.mergedAdapters.length = 0;
   }
 

@@ -1,0 +1,143 @@
+// Merging a PEFT LoRA adapter into a base checkpoint, tensor by tensor (memory bounded by the largest
+// tensor): W' = W + scale·B·A (transposed for fan_in_fan_out) for targeted weights, saved modules and
+// saved biases replace their base tensors, everything else is copied; the output is one safetensors file.
+import { existsSync } from "node:fs";
+import { join } from "node:path";
+import { peftError } from "../errors.js";
+import { Tensor, type DType } from "../tensor.js";
+import { LoraConfig } from "../tuners/lora/config.js";
+import { applyLoraDeltas } from "../tuners/lora/delta.js";
+import { openCheckpoint } from "./checkpoint-source.js";
+import { readAdapterConfig, WEIGHTS_NAME } from "./peft-checkpoint.js";
+import { loadSafetensorsSync } from "./index.js";
+import { SafetensorsStreamWriter, type TensorSpec } from "./safetensors-stream.js";
+
+const PREFIX = "base_model.model.";
+const FLOATS = new Set(["f32", "f16", "bf16"]);
+const FILE_TO_DTYPE: Record<string, DType> = { F32: "f32", F16: "f16", BF16: "bf16", I8: "i8", U8: "u8", I32: "i32", I64: "i64" };
+
+export interface MergeCheckpointOptions {
+  base: string; // a safetensors file or a model.safetensors.index.json
+  adapter: string; // a PEFT adapter directory
+  out: string;
+  dtype?: "f32" | "f16" | "bf16";
+  force?: boolean;
+  onProgress?: (done: number, total: number, name: string) => void;
+}
+
+export interface MergeSummary {
+  tensors: number;
+  merged: string[];
+  replaced: string[];
+}
+
+interface Plan {
+  lora: Map<string, { A: Tensor; B: Tensor; scale: number }>; // base weight key -> delta
+  replace: Map<string, Tensor>; // base key -> adapter tensor (saved modules, biases)
+}
+
+function planMerge(config: LoraConfig, adapterTensors: Record<string, Tensor>, adapterDir: string): Plan {
+  const lora = new Map<string, { A: Tensor; B: Tensor; scale: number }>();
+  const replace = new Map<string, Tensor>();
+  for (const [key, t] of Object.entries(adapterTensors)) {
+    if (!key.startsWith(PREFIX)) throw peftError("ERR_CHECKPOINT", `${adapterDir}: adapter key "${key}" does not start with "${PREFIX}"`);
+    const rest = key.slice(PREFIX.length);
+    const m = /^(.*)\.lora_([AB])\.weight$/.exec(rest);
+    if (!m) {
+      if (/\.lora_/.test(rest)) throw peftError("ERR_UNSUPPORTED", `${adapterDir}: adapter key "${key}" is a LoRA variant this merge does not support`);
+      replace.set(rest, t);
+      continue;
+    }
+    const [, path, which] = m;
+    if (lora.has(`${path}.weight`)) continue;
+    const A = adapterTensors[`${PREFIX}${path}.lora_A.weight`], B = adapterTensors[`${PREFIX}${path}.lora_B.weight`];
+    if (!A || !B) throw peftError("ERR_CHECKPOINT", `${adapterDir}: ${path} has lora_${which} but not lora_${which === "A" ? "B" : "A"}`);
+    const r = config.rankFor(path);
+    if (A.shape.length !== 2 || A.shape[0] !== r || B.shape.length !== 2 || B.shape[1] !== r)
+      throw peftError("ERR_CHECKPOINT", `${adapterDir}: ${path}: lora_A [${A.shape}] / lora_B [${B.shape}] do not have rank ${r} from the config`);
+    const alpha = config.alphaFor(path);
+    lora.set(`${path}.weight`, { A, B, scale: config.useRslora ? alpha / Math.sqrt(r) : alpha / r });
+  }
+  return { lora, replace };
+}
+
+/**
+ * Whether a base weight is stored (in, out) (GPT-2's Conv1D) rather than (out, in): read from the shapes,
+ * with the config's fan_in_fan_out deciding only for square weights (PEFT forces the flag per layer type).
+ */
+function storedInOut(key: string, shape: readonly number[], d: { A: Tensor; B: Tensor }, fanInFanOut: boolean): boolean {
+  const inF = d.A.shape[1], outF = d.B.shape[0];
+  const asOutIn = shape[0] === outF && shape[1] === inF, asInOut = shape[0] === inF && shape[1] === outF;
+  if (asOutIn && asInOut) return fanInFanOut;
+  if (asOutIn || asInOut) return asInOut;
+  throw peftError("ERR_SHAPE", `"${key}" has shape [${shape}] but the adapter maps ${inF} -> ${outF} features`);
+}
+
+/** Merges and writes `out` (refused when it exists, unless `force`); tensor work is synchronous and bounded. */
+export async function mergeCheckpoint(opts: MergeCheckpointOptions): Promise<MergeSummary> {
+  if (existsSync(opts.out) && !opts.force) throw peftError("ERR_CHECKPOINT", `${opts.out} exists; pass --force to overwrite it`);
+  const config = await readAdapterConfig(opts.adapter);
+  if (!(config instanceof LoraConfig))
+    throw peftError("ERR_UNSUPPORTED", `${opts.adapter}: peft_type ${(config as { peftType?: string }).peftType} cannot be merged by this command (LORA only)`);
+  const weightsPath = join(opts.adapter, WEIGHTS_NAME);
+  if (!existsSync(weightsPath)) throw peftError("ERR_CHECKPOINT", `${opts.adapter}: no ${WEIGHTS_NAME}`);
+  const adapterTensors = loadSafetensorsSync(weightsPath);
+  try {
+    return runMerge(opts, config, adapterTensors);
+  } finally {
+    for (const t of Object.values(adapterTensors)) t.dispose();
+  }
+}
+
+function runMerge(opts: MergeCheckpointOptions, config: LoraConfig, adapterTensors: Record<string, Tensor>): MergeSummary {
+  const plan = planMerge(config, adapterTensors, opts.adapter);
+  using src = openCheckpoint(opts.base);
+  const keys = src.keys();
+  const have = new Set(keys);
+  const unused = [...plan.lora.keys(), ...plan.replace.keys()].filter((k) => !have.has(k));
+  if (unused.length)
+    throw peftError("ERR_CHECKPOINT", `${opts.adapter}: ${unused.length} adapter tensors have no base tensor in ${opts.base}: ${unused.slice(0, 5).join(", ")}`);
+  const specs: TensorSpec[] = keys.map((k) => {
+    const info = src.info(k);
+    const dt = FILE_TO_DTYPE[info.dtype];
+    if (!dt) throw peftError("ERR_DTYPE", `${opts.base}: "${k}" is ${info.dtype}, which this merge cannot write`);
+    return { name: k, shape: info.shape, dtype: opts.dtype && FLOATS.has(dt) ? opts.dtype : dt };
+  });
+  for (const [k, t] of plan.replace)
+    if (t.shape.join() !== src.info(k).shape.join())
+      throw peftError("ERR_SHAPE", `${opts.adapter}: saved "${k}" has shape [${t.shape}] but the base has [${src.info(k).shape}]`);
+  const inOut = config.fanInFanOut;
+  const writer = new SafetensorsStreamWriter(opts.out, specs);
+  const summary: MergeSummary = { tensors: keys.length, merged: [], replaced: [] };
+  try {
+    specs.forEach((spec, i) => {
+      const k = spec.name;
+      using base = src.get(k);
+      let out: Tensor;
+      const delta = plan.lora.get(k);
+      if (delta) {
+        out = base.to("f32"); // merged in f32, rounded once into the output dtype
+        applyLoraDeltas(out, [delta], { weightInOut: storedInOut(k, base.shape, delta, inOut) });
+        summary.merged.push(k);
+      } else if (plan.replace.has(k)) {
+        out = plan.replace.get(k)!.to(spec.dtype);
+        summary.replaced.push(k);
+      } else {
+        out = base.dtype === spec.dtype ? base.reshape(base.shape) : base.to(spec.dtype);
+      }
+      if (out.dtype !== spec.dtype) {
+        const conv = out.to(spec.dtype);
+        out.dispose();
+        out = conv;
+      }
+      writer.write(k, out);
+      out.dispose();
+      opts.onProgress?.(i + 1, specs.length, k);
+    });
+    writer.close();
+  } catch (e) {
+    writer.abort();
+    throw e;
+  }
+  return summary;
+}

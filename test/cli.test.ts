@@ -1,0 +1,160 @@
+import { afterAll, describe, expect, it, vi } from "vitest";
+import { spawnSync } from "node:child_process";
+import { mkdtempSync, readFileSync, rmSync, writeFileSync, copyFileSync, mkdirSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { Conv1D, Linear, LoraConfig, Module, Tensor, getPeftModel, loadSafetensors, saveSafetensors, type BackwardOptions } from "../lib/index.js";
+import { root } from "./helpers/child.js";
+import { expectClose } from "./helpers/nn-reference.js";
+
+const FIXTURE = "/work/shared/fixtures/peft-lora-example";
+const tmp = mkdtempSync(join(tmpdir(), "node-peft-cli-"));
+afterAll(() => rmSync(tmp, { recursive: true, force: true }));
+
+function cli(...args: string[]) {
+  const r = spawnSync(process.execPath, [join(root, "dist", "cli.js"), ...args], { encoding: "utf8", timeout: 60_000 });
+  return { code: r.status, stdout: r.stdout, stderr: r.stderr };
+}
+
+class Block extends Module {
+  c_attn: Conv1D;
+  fc: Linear;
+  head: Linear;
+  constructor() {
+    super();
+    this.c_attn = this.registerModule("c_attn", new Conv1D(12, 36, { seed: 1 }));
+    this.fc = this.registerModule("fc", new Linear(36, 20, { seed: 2 }));
+    this.head = this.registerModule("head", new Linear(20, 3, { seed: 3 }));
+  }
+  override forward(x: Tensor): Tensor {
+    return this.head.forward(this.fc.forward(this.c_attn.forward(x)));
+  }
+  override backward(dy: Tensor, o?: BackwardOptions): Tensor | null {
+    return this.c_attn.backward(this.fc.backward(this.head.backward(dy)!)!, o);
+  }
+}
+
+describe("node-peft merge", () => {
+  it("reproduces the fixture's torch merge", async () => {
+    const out = join(tmp, "fixture-merged.safetensors");
+    const r = cli("merge", "--base", join(FIXTURE, "base_model.safetensors"), "--adapter", join(FIXTURE, "adapter"), "--out", out);
+    expect(r.stderr.includes("node-peft:")).toBe(false);
+    expect(r.code).toBe(0);
+    expect(r.stdout).toMatch(/21 tensors, 12 merged/);
+    const got = await loadSafetensors(out), want = await loadSafetensors(join(FIXTURE, "expected_merged_model.safetensors"));
+    expect(Object.keys(got)).toEqual(Object.keys(want));
+    for (const k of Object.keys(want)) {
+      const w = want[k].toFloat32Array();
+      expectClose(got[k].toFloat32Array(), w, (i) => 1e-5 + 1e-5 * Math.abs(w[i]), k);
+    }
+  });
+
+  it("honours rank/alpha patterns, rslora, fan_in_fan_out and modules_to_save (vs mergeAndUnload)", async () => {
+    vi.spyOn(process, "emitWarning").mockImplementation(() => {});
+    const base = new Block();
+    const basePath = join(tmp, "block.safetensors");
+    await saveSafetensors(basePath, base.stateDict());
+    const config = new LoraConfig({
+      targetModules: ["c_attn", "fc"], r: 4, loraAlpha: 8, useRslora: true, fanInFanOut: true,
+      rankPattern: { fc: 2 }, alphaPattern: { fc: 5 }, modulesToSave: ["head"],
+    });
+    const m = getPeftModel(new Block(), config);
+    for (const p of m.parameters()) if (p.requiresGrad) p.copyFrom(Tensor.randn(p.shape, { seed: p.numel + 1, std: 0.2 }));
+    const adapterDir = join(tmp, "block-adapter");
+    await m.savePretrained(adapterDir);
+    const out = join(tmp, "block-merged.safetensors");
+    const r = cli("merge", "--base", basePath, "--adapter", adapterDir, "--out", out);
+    expect(r.stderr).toBe("");
+    expect(r.code).toBe(0);
+    expect(r.stdout).toMatch(/6 tensors, 2 merged, 2 replaced/);
+    const merged = m.mergeAndUnload().stateDict();
+    const got = await loadSafetensors(out);
+    for (const [k, t] of Object.entries(merged)) {
+      const w = t.toFloat32Array();
+      expectClose(got[k].toFloat32Array(), w, (i) => 1e-6 + 1e-6 * Math.abs(w[i]), k);
+    }
+    const bf = join(tmp, "block-bf16.safetensors");
+    expect(cli("merge", "--base", basePath, "--adapter", adapterDir, "--out", bf, "--dtype", "bf16").code).toBe(0);
+    const b16 = await loadSafetensors(bf);
+    expect(b16["fc.weight"].dtype).toBe("bf16");
+    expectClose(b16["fc.weight"].toFloat32Array(), got["fc.weight"].toFloat32Array(), (i) => Math.abs(got["fc.weight"].toFloat32Array()[i]) * 2 ** -8 + 1e-30, "bf16");
+  });
+
+  it("computes W + (alpha/r)·B·A itself for the fixture", async () => {
+    const base = await loadSafetensors(join(FIXTURE, "base_model.safetensors"));
+    const ad = await loadSafetensors(join(FIXTURE, "adapter", "adapter_model.safetensors"));
+    const out = join(tmp, "fixture-merged.safetensors");
+    const got = await loadSafetensors(out);
+    const k = "model.layers.2.self_attn.v_proj";
+    const W = base[`${k}.weight`].toFloat64Array(), A = ad[`base_model.model.${k}.lora_A.weight`].toFloat64Array(), B = ad[`base_model.model.${k}.lora_B.weight`].toFloat64Array();
+    const want = new Float64Array(24 * 24);
+    for (let n = 0; n < 24; n++)
+      for (let c = 0; c < 24; c++) {
+        let s = 0;
+        for (let j = 0; j < 8; j++) s += B[n * 8 + j] * A[j * 24 + c];
+        want[n * 24 + c] = W[n * 24 + c] + 2 * s;
+      }
+    expectClose(got[`${k}.weight`].toFloat32Array(), want, (i) => 2 ** -22 * (Math.abs(want[i]) + 1), k);
+  });
+
+  it("refuses what it cannot do with exit code 1 and no stack trace", () => {
+    const out = join(tmp, "exists.safetensors");
+    writeFileSync(out, "old");
+    const r = cli("merge", "--base", join(FIXTURE, "base_model.safetensors"), "--adapter", join(FIXTURE, "adapter"), "--out", out);
+    expect(r.code).toBe(1);
+    expect(r.stderr).toMatch(/exists; pass --force/);
+    expect(readFileSync(out, "utf8")).toBe("old");
+    const ia3 = join(tmp, "ia3");
+    mkdirSync(ia3, { recursive: true });
+    writeFileSync(join(ia3, "adapter_config.json"), JSON.stringify({ peft_type: "PREFIX_TUNING" }));
+    const u = cli("merge", "--base", join(FIXTURE, "base_model.safetensors"), "--adapter", ia3, "--out", join(tmp, "o.safetensors"));
+    expect(u.code).toBe(1);
+    expect(u.stderr).toMatch(/PREFIX_TUNING/);
+    expect(u.stderr).not.toMatch(/\n\s+at /);
+    expect(cli("merge", "--base", "x").code).toBe(1);
+    expect(cli("merge", "--base", "a", "--adapter", "b", "--out", "c", "--dtype", "f64").stderr).toMatch(/--dtype must be f32, f16 or bf16/);
+    // an adapter whose targets are missing from the base
+    const other = join(tmp, "other-adapter");
+    mkdirSync(other, { recursive: true });
+    copyFileSync(join(FIXTURE, "adapter", "adapter_config.json"), join(other, "adapter_config.json"));
+    copyFileSync(join(FIXTURE, "adapter", "adapter_model.safetensors"), join(other, "adapter_model.safetensors"));
+    const lone = join(tmp, "lone.safetensors");
+    const m = cli("merge", "--base", join(tmp, "block.safetensors"), "--adapter", other, "--out", lone);
+    expect(m.code).toBe(1);
+    expect(m.stderr).toMatch(/have no base tensor/);
+  });
+});
+
+describe("node-peft inspect", () => {
+  it("lists tensors, metadata and the adapter config", () => {
+    const f = cli("inspect", join(FIXTURE, "base_model.safetensors"));
+    expect(f.code).toBe(0);
+    expect(f.stdout).toMatch(/model\.layers\.0\.mlp\.down_proj\.weight\s+F32\s+\[24, 40\]\s+3\.8 KiB/);
+    expect(f.stdout).toMatch(/21 tensors/);
+    expect(f.stdout).toMatch(/metadata: format=pt/);
+    const d = cli("inspect", join(FIXTURE, "adapter"));
+    expect(d.code).toBe(0);
+    expect(d.stdout).toMatch(/peft_type\s+LORA/);
+    expect(d.stdout).toMatch(/target_modules\s+\["q_proj","k_proj","v_proj","o_proj"\]/);
+  });
+
+  it("reports a broken file with the reader's error and exit code 1", () => {
+    const bad = join(tmp, "broken.safetensors");
+    writeFileSync(bad, Buffer.from([1, 2, 3, 4, 5, 6, 7]));
+    const r = cli("inspect", bad);
+    expect(r.code).toBe(1);
+    expect(r.stderr).toMatch(/broken\.safetensors/);
+    expect(r.stderr).not.toMatch(/\n\s+at /);
+    expect(cli("inspect", join(tmp, "missing")).code).toBe(1);
+    expect(cli("inspect").code).toBe(1);
+  });
+
+  it("--help, unknown commands and unknown flags", () => {
+    const h = cli("--help");
+    expect(h.code).toBe(0);
+    expect(h.stdout).toMatch(/Usage: node-peft <command>/);
+    expect(cli().code).toBe(2);
+    expect(cli("frobnicate").code).toBe(2);
+    expect(cli("inspect", "--what").code).toBe(2);
+  });
+});
