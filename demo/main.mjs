@@ -1,6 +1,11 @@
 // npm run demo: what the backend runs on, then PEFT's custom-model MLP trained on a synthetic task, fully
 // and with LoRA through getPeftModel.
-import { backend, manualSeed, getPeftModel, LoraConfig } from "../dist/index.js";
+import { spawnSync } from "node:child_process";
+import { mkdtempSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { fileURLToPath } from "node:url";
+import { backend, manualSeed, getPeftModel, LoraConfig, PeftModel, saveSafetensors } from "../dist/index.js";
 import { makeDataset } from "./data.mjs";
 import { MLP } from "./mlp.mjs";
 import { train } from "./train.mjs";
@@ -30,4 +35,31 @@ const model = getPeftModel(new MLP(), config);
 model.printTrainableParameters();
 const loraAcc = train(model, trainSet, testSet, { epochs: 5, lr: 1e-2, label: "LoRA r=8        " });
 console.log(`LoRA r=8: test accuracy ${(loraAcc * 100).toFixed(1)} % (full fine-tuning: ${(fullAcc * 100).toFixed(1)} %)`);
+
+// Save the adapter in PEFT's format, reload it into a fresh copy of the base model and compare outputs.
+const dir = mkdtempSync(join(tmpdir(), "node-peft-demo-"));
+try {
+  const adapterDir = join(dir, "adapter");
+  await model.savePretrained(adapterDir);
+  manualSeed(0); // the same seed as the trained model's base: the same base weights
+  const baseCopy = new MLP();
+  const reloaded = await PeftModel.fromPretrained(baseCopy, adapterDir);
+  const probe = testSet.x;
+  const a = model.forward(probe).toFloat32Array(), b = reloaded.forward(probe).toFloat32Array();
+  const maxDiff = a.reduce((m, v, i) => Math.max(m, Math.abs(v - b[i])), 0);
+  console.log(`\nsaved to ${adapterDir} and reloaded: max |Δ output| = ${maxDiff}`);
+
+  // Merge the adapter into the base weights, drop the adapter layers, save the plain model and inspect it.
+  const merged = reloaded.mergeAndUnload();
+  const mergedOut = merged.forward(probe).toFloat32Array();
+  const mergedDiff = a.reduce((m, v, i) => Math.max(m, Math.abs(v - mergedOut[i])), 0);
+  const mergedPath = join(dir, "merged.safetensors");
+  const sd = merged.stateDict();
+  await saveSafetensors(mergedPath, sd);
+  console.log(`merged and unloaded: max |Δ output| = ${mergedDiff.toExponential(2)}; saved ${mergedPath}\n`);
+  const cli = fileURLToPath(new URL("../dist/cli.js", import.meta.url));
+  spawnSync(process.execPath, [cli, "inspect", mergedPath], { stdio: "inherit" });
+} finally {
+  rmSync(dir, { recursive: true, force: true });
+}
 model.dispose();
