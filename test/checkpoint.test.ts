@@ -8,9 +8,9 @@ import {
 } from "../lib/index.js";
 import { MLP } from "./helpers/models.js";
 import { expectClose } from "./helpers/nn-reference.js";
+import { FIXTURE_DIR } from "./helpers/fixtures.js";
 
-const FIXTURE = "/work/shared/fixtures/peft-lora-example";
-const fixture = (p: string) => join(process.env.NODE_PEFT_FIXTURES ?? FIXTURE, p);
+const fixture = (p: string) => join(FIXTURE_DIR, p);
 const tmp = mkdtempSync(join(tmpdir(), "node-peft-ckpt-"));
 afterAll(() => rmSync(tmp, { recursive: true, force: true }));
 

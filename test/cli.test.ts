@@ -6,8 +6,9 @@ import { join } from "node:path";
 import { Conv1D, Linear, LoraConfig, Module, Tensor, getPeftModel, loadSafetensors, saveSafetensors, type BackwardOptions } from "../lib/index.js";
 import { root } from "./helpers/child.js";
 import { expectClose } from "./helpers/nn-reference.js";
+import { FIXTURE_DIR } from "./helpers/fixtures.js";
 
-const FIXTURE = "/work/shared/fixtures/peft-lora-example";
+const FIXTURE = FIXTURE_DIR;
 const tmp = mkdtempSync(join(tmpdir(), "node-peft-cli-"));
 afterAll(() => rmSync(tmp, { recursive: true, force: true }));
 

@@ -10,9 +10,10 @@ import { configToJSONString, PEFT_FORMAT_VERSION, camelToSnake, snakeToCamel, TA
 import { IA3Config } from "../lib/tuners/ia3/config.js";
 import { LoraConfig } from "../lib/tuners/lora/config.js";
 import { configFromJSON, configFromPretrained } from "../lib/tuners/peft-config.js";
+import { FIXTURE_DIR as FIXTURE_ROOT } from "./helpers/fixtures.js";
 
 // The reference adapter lives beside the project (../shared from the project root).
-const FIXTURE_DIR = fileURLToPath(new URL("../../shared/fixtures/peft-lora-example/adapter", import.meta.url));
+const FIXTURE_DIR = join(FIXTURE_ROOT, "adapter");
 const FIXTURE_TEXT = readFileSync(join(FIXTURE_DIR, "adapter_config.json"), "utf8");
 const fixture = () => JSON.parse(FIXTURE_TEXT) as Record<string, unknown>;
 

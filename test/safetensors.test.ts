@@ -11,11 +11,12 @@ import {
 } from "../lib/index.js";
 import { distIndex } from "./helpers/child.js";
 import { entry, stFile, tempDir } from "./helpers/safetensors-files.js";
+import { FIXTURE_DIR as FIXTURE_ROOT } from "./helpers/fixtures.js";
 
 const tmp = tempDir();
 afterAll(() => tmp.cleanup());
 
-const FIXTURES = fileURLToPath(new URL("../../shared/fixtures/peft-lora-example/", import.meta.url));
+const FIXTURES = FIXTURE_ROOT + "/";
 
 function errorOf(fn: () => unknown): { code?: string; message: string; name: string } {
   try {
