@@ -9,11 +9,6 @@ export interface CudaState {
   devices: string[];
 }
 
-function cudaState(): CudaState {
-  const f = native["cudaState"] as (() => CudaState) | undefined;
-  if (typeof f === "function") return f();
-  return { available: false, emulated: false, reason: "this build has no CUDA backend", devices: [] };
-}
 
 export const backend = {
   /** Which build was loaded: "cmake-js" or "node-gyp". */
@@ -49,7 +44,13 @@ export const backend = {
     if (typeof enabled !== "boolean") throw typeError("backend.setAmx: enabled must be a boolean");
     native.setAmx(enabled);
   },
+  /** Whether a cuda device exists (a GPU, or the CPU emulation with NODE_PEFT_CUDA=emu) and why not. */
   get cuda(): CudaState {
-    return cudaState();
+    return native.cudaState();
+  },
+  /** The emulated device's thread order: a correct kernel gives the same result in each. */
+  setCudaEmulationOrder(order: "forward" | "reverse" | "random"): void {
+    if (typeof order !== "string") throw typeError("backend.setCudaEmulationOrder: order must be a string");
+    native.setCudaEmulationOrder(order);
   },
 };

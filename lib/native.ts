@@ -69,6 +69,8 @@ export interface NativeAddon {
   adamwStep(params: NativeTensor[], grads: (NativeTensor | null)[], expAvg: NativeTensor[], expAvgSq: NativeTensor[],
     step: number, lr: number, beta1: number, beta2: number, eps: number, weightDecay: number): void;
   backendInfo(): BackendInfo;
+  cudaState(): { available: boolean; emulated: boolean; reason?: string; devices: string[] };
+  setCudaEmulationOrder(order: string): void;
   setNumThreads(n: number): void;
   setIsa(isa: string): void;
   setAmx(on: boolean): void;

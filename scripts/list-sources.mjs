@@ -8,7 +8,7 @@ import { fileURLToPath } from "node:url";
 const root = resolve(dirname(fileURLToPath(import.meta.url)), "..");
 const groups = ["avx2", "avx512bf16", "avx512", "amx"];
 // Folders whose .cc files are part of the addon (tests and CUDA-only code live elsewhere).
-const folders = ["native", "native/core", "native/cpu", "native/ops"];
+const folders = ["native", "native/core", "native/cpu", "native/ops", "native/cuda/emu"];
 
 export function groupOf(file) {
   const stem = file.replace(/\.cc$/, "");

@@ -2,6 +2,7 @@
 #include "../cpu/isa.h"
 #include "../cpu/parallel.h"
 #include "../napi_util.h"
+#include "cuda_state.h"
 #include "op_table.h"
 #include "ops.h"
 
@@ -31,6 +32,24 @@ Napi::Value BackendInfo(const Napi::CallbackInfo& info) {
   return o;
 }
 
+Napi::Value CudaStateInfo(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  const CudaState& s = cuda_state();
+  Napi::Object o = Napi::Object::New(env);
+  o.Set("available", s.available);
+  o.Set("emulated", s.emulated);
+  if (!s.reason.empty()) o.Set("reason", s.reason);
+  Napi::Array devs = Napi::Array::New(env);
+  if (s.available) devs.Set(0u, s.emulated ? "cuda:0 (emulated on the CPU)" : "cuda:0");
+  o.Set("devices", devs);
+  return o;
+}
+
+Napi::Value SetEmuOrder(const Napi::CallbackInfo& info) {
+  set_emu_order(arg_string(info[0], "setCudaEmulationOrder", "order"));
+  return info.Env().Undefined();
+}
+
 Napi::Value SetNumThreads(const Napi::CallbackInfo& info) {
   set_num_threads(static_cast<int>(arg_int(info[0], "setNumThreads", "n", 1, 256)));
   return info.Env().Undefined();
@@ -52,6 +71,8 @@ Napi::Value SetAmx(const Napi::CallbackInfo& info) {
 
 void register_backend_info(Napi::Env env, Napi::Object exports) {
   exports.Set("backendInfo", Napi::Function::New<guarded<BackendInfo>>(env, "backendInfo"));
+  exports.Set("cudaState", Napi::Function::New<guarded<CudaStateInfo>>(env, "cudaState"));
+  exports.Set("setCudaEmulationOrder", Napi::Function::New<guarded<SetEmuOrder>>(env, "setCudaEmulationOrder"));
   exports.Set("setNumThreads", Napi::Function::New<guarded<SetNumThreads>>(env, "setNumThreads"));
   exports.Set("setIsa", Napi::Function::New<guarded<SetIsa>>(env, "setIsa"));
   exports.Set("setAmx", Napi::Function::New<guarded<SetAmx>>(env, "setAmx"));

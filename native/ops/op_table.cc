@@ -5,6 +5,7 @@
 
 #include "../core/errors.h"
 #include "../cpu/convert.h"
+#include "cuda_state.h"
 
 namespace peft {
 namespace {
@@ -26,9 +27,10 @@ void register_op_table(Device d, const OpTable* table) { g_tables[static_cast<in
 bool has_op_table(Device d) { return g_tables[static_cast<int>(d)].load() != nullptr; }
 
 const OpTable& ops_for(Device d, const char* op) {
+  if (d == Device::CUDA) cuda_state();  // the cuda table is registered at first use
   const OpTable* t = g_tables[static_cast<int>(d)].load();
   if (!t)
-    fail("ERR_NOT_ON_DEVICE", cat(op, ": no ", device_name(d), " device is available (set NODE_PEFT_CUDA=emu for the emulated one)"));
+    fail("ERR_NOT_ON_DEVICE", cat(op, ": no ", device_name(d), " device is available (", cuda_state().reason, ")"));
   return *t;
 }
 

@@ -1,0 +1,52 @@
+#!/usr/bin/env bash
+# Compiles every native/cuda/*.cu with nvcc for sm_80 and sm_90 (plus compute_90 PTX for newer GPUs),
+# prints ptxas's registers, shared memory, stack and spills per kernel and architecture, and fails on a
+# compile error or any register spill. Without nvcc it says so and succeeds (CPU-only machines).
+set -uo pipefail
+cd "$(dirname "$0")/.."
+
+NVCC=${NVCC:-nvcc}
+if ! command -v "$NVCC" >/dev/null 2>&1; then
+  echo "cuda-check: nvcc not found; skipping the CUDA compile check"
+  exit 0
+fi
+FILT=$(command -v cu++filt || command -v c++filt || echo cat)
+GENCODE=(-gencode arch=compute_80,code=sm_80 -gencode arch=compute_90,code=sm_90 -gencode arch=compute_90,code=compute_90)
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
+
+status=0
+printf '%-16s %-48s %-6s %5s %7s %6s %7s %7s\n' file kernel arch regs smem stack spill_st spill_ld
+for src in native/cuda/*.cu; do
+  name=$(basename "$src")
+  log="$tmp/$name.log"
+  if ! nice -n 5 "$NVCC" -std=c++17 "${GENCODE[@]}" -Xptxas -v -c "$src" -o "$tmp/$name.o" >"$log" 2>&1; then
+    echo "cuda-check: $src failed to compile:"
+    cat "$log"
+    status=1
+    continue
+  fi
+  grep -i 'warning' "$log" | sed "s|^|cuda-check: $name: |" || true
+  # ptxas prints, per kernel and arch: "Compiling entry function '<mangled>' for 'sm_XX'", then
+  # "N bytes stack frame, S bytes spill stores, L bytes spill loads", then "Used R registers, ... B bytes smem".
+  rows=$(awk -v file="$name" '
+    /Compiling entry function/ { match($0, /function .[^'"'"']*/); fn = substr($0, RSTART + 10, RLENGTH - 10);
+                                 match($0, /for .sm_[0-9a-z]+/); arch = substr($0, RSTART + 5, RLENGTH - 5);
+                                 stack = 0; st = 0; ld = 0 }
+    /bytes stack frame/ { stack = $1; st = $5; ld = $9 }
+    /Used [0-9]+ registers/ { match($0, /Used [0-9]+/); regs = substr($0, RSTART + 5, RLENGTH - 5);
+                              smem = 0; if (match($0, /[0-9]+ bytes smem/)) smem = substr($0, RSTART, RLENGTH - 11);
+                              print file "\t" fn "\t" arch "\t" regs "\t" smem "\t" stack "\t" st "\t" ld }' "$log")
+  while IFS=$'\t' read -r f fn arch regs smem stack st ld; do
+    [ -z "$fn" ] && continue
+    # Demangle, drop the namespaces and the parameter list: "gemm_nt_kernel<__half>".
+    short=$(echo "$fn" | "$FILT" | sed -e 's/peft::cuda_gpu::(anonymous namespace):://g' -e 's/(.*$//' -e 's/^void //')
+    printf '%-16s %-48s %-6s %5s %7s %6s %7s %7s\n' "$f" "$short" "$arch" "$regs" "$smem" "$stack" "$st" "$ld"
+    if [ "$st" != 0 ] || [ "$ld" != 0 ]; then
+      echo "cuda-check: register spill in $short ($arch): $st bytes stored, $ld bytes loaded"
+      status=1
+    fi
+  done <<<"$rows"
+done
+[ $status -eq 0 ] && echo "cuda-check: ok (no spills)"
+exit $status
