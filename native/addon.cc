@@ -3,6 +3,7 @@
 #include <napi.h>
 
 #include "cpu/isa.h"
+#include "cpu/parallel.h"
 #include "napi_util.h"
 #include "ops/ops.h"
 #include "tensor_handle.h"
@@ -32,6 +33,8 @@ static Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("TensorHandle", ctor);
   exports.Set("setErrorClass", Napi::Function::New<guarded<SetErrorClass>>(env, "setErrorClass"));
   exports.Set("isTensorHandle", Napi::Function::New(env, IsTensorHandle, "isTensorHandle"));
+  // A worker's environment going away first lets any job in the shared pool finish.
+  napi_add_env_cleanup_hook(env, [](void*) { drain_pool(); }, nullptr);
   register_factories(env, exports);
   register_linear_ops(env, exports);
   register_backend_info(env, exports);

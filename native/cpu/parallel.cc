@@ -32,6 +32,8 @@ class Pool {
 
   int size() const { return nthreads_.load(); }
 
+  void drain() { std::lock_guard<std::mutex> submit(submit_mu_); }
+
   void resize(int n) {
     std::lock_guard<std::mutex> submit(submit_mu_);
     stop_workers();
@@ -152,6 +154,10 @@ Pool& pool() {
 }  // namespace
 
 int num_threads() { return pool().size(); }
+
+void drain_pool() {
+  if (!t_in_job) pool().drain();
+}
 
 void set_num_threads(int n) {
   if (n < 1 || n > 256) fail_range(cat("setNumThreads: expected an integer in [1, 256], got ", n));
