@@ -10,15 +10,9 @@ import { EPS, expectClose, values } from "./helpers/nn-reference.js";
 // Set before the addon decides what the cuda device is (at its first use).
 if (process.env.NODE_PEFT_CUDA === undefined && !process.env.NODE_PEFT_CUDA_REAL) process.env.NODE_PEFT_CUDA = "emu";
 const { Tensor, backend, linear, PeftError } = await import("../lib/index.js");
+import { errorCode } from "./helpers/errors.js";
 
-function code(fn: () => unknown): string | undefined {
-  try {
-    fn();
-  } catch (e) {
-    return (e as { code?: string }).code;
-  }
-  return undefined;
-}
+const code = errorCode;
 
 const ORDERS = ["forward", "reverse", "random"] as const;
 afterAll(() => {

@@ -1,15 +1,9 @@
 import { afterEach, describe, expect, it, vi } from "vitest";
 import { Conv1D, Linear, LoraLinear, Tensor, backend, manualSeed } from "../lib/index.js";
 import { EPS, expectClose, values } from "./helpers/nn-reference.js";
+import { errorCode } from "./helpers/errors.js";
 
-function code(fn: () => unknown): string | undefined {
-  try {
-    fn();
-  } catch (e) {
-    return (e as { code?: string }).code;
-  }
-  return undefined;
-}
+const code = errorCode;
 
 /** A LoRA layer with deterministic non-zero A and B (B is zero after PEFT's init). */
 function layer(K: number, N: number, opts: { r?: number; alpha?: number; seed?: number; rslora?: boolean; conv1d?: boolean; dropout?: number } = {}) {

@@ -1,15 +1,9 @@
 import { describe, expect, it } from "vitest";
 import { AdamW, Conv1D, Dropout, Embedding, LogSoftmax, Linear, Module, ModuleDict, ModuleList, PeftError, ReLU, Sequential, Tensor, backend } from "../lib/index.js";
-import { EPS, expectClose, finiteDiff, mat, refLinear, refLinearAbs, values } from "./helpers/nn-reference.js";
+import { EPS, expectClose, numericGrad, mat, refLinear, refLinearAbs, values } from "./helpers/nn-reference.js";
+import { errorCode } from "./helpers/errors.js";
 
-function code(fn: () => unknown): string | undefined {
-  try {
-    fn();
-  } catch (e) {
-    return (e as { code?: string }).code;
-  }
-  return undefined;
-}
+const code = errorCode;
 
 function fillLinear(l: Linear, seed: number) {
   l.weight.copyFrom(Tensor.fromArray(values(l.weight.numel, seed), l.weight.shape));
@@ -60,7 +54,7 @@ describe("Linear", () => {
       const y = refLinear({ data: xv, rows: M, cols: K }, { data: w, rows: N, cols: K }, bv);
       return y.reduce((s, v, i) => s + v * c[i], 0);
     };
-    expectClose(l.weight.grad!.toFloat32Array(), finiteDiff(wv, loss), () => 1e-5, "dW vs finite differences");
+    expectClose(l.weight.grad!.toFloat32Array(), numericGrad(loss, wv), () => 1e-5, "dW vs finite differences");
   });
 
   it("accumulates gradients over two backwards until zeroGrad", () => {

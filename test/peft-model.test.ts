@@ -5,15 +5,9 @@ import {
 } from "../lib/index.js";
 import { MLP } from "./helpers/models.js";
 import { expectClose } from "./helpers/nn-reference.js";
+import { errorCode } from "./helpers/errors.js";
 
-function code(fn: () => unknown): string | undefined {
-  try {
-    fn();
-  } catch (e) {
-    return (e as { code?: string }).code;
-  }
-  return undefined;
-}
+const code = errorCode;
 
 const quiet = () => vi.spyOn(process, "emitWarning").mockImplementation(() => {});
 

@@ -1,14 +1,8 @@
 import { describe, expect, it } from "vitest";
 import { PeftError, Tensor, linear } from "../lib/index.js";
+import { errorCode } from "./helpers/errors.js";
 
-function code(fn: () => unknown): string | undefined {
-  try {
-    fn();
-  } catch (e) {
-    return (e as { code?: string }).code;
-  }
-  return undefined;
-}
+const code = errorCode;
 
 describe("Tensor basics", () => {
   it("reports shape, dtype and device, and zero-fills", () => {

@@ -22,6 +22,12 @@ struct Tensor {
     for (int64_t d : shape) n *= d;
     return n;
   }
+  // Rows of the tensor viewed as a matrix over its last dimension (the product of the leading dims).
+  int64_t rows() const {
+    int64_t m = 1;
+    for (size_t i = 0; i + 1 < shape.size(); i++) m *= shape[i];
+    return m;
+  }
   size_t nbytes() const { return static_cast<size_t>(numel()) * dtype_size(dtype); }
   int64_t dim(int i) const { return shape[i < 0 ? shape.size() + i : i]; }
   int ndim() const { return static_cast<int>(shape.size()); }

@@ -8,13 +8,6 @@
 namespace peft {
 namespace {
 
-// Rows of a tensor viewed as a matrix over its last dimension.
-int64_t leading(const Tensor& t) {
-  int64_t m = 1;
-  for (int i = 0; i < t.ndim() - 1; i++) m *= t.shape[i];
-  return m;
-}
-
 GemmMat rowmajor(const Tensor& t, int64_t cols) { return {t.data(), t.dtype, cols, 1}; }
 GemmMat transposed(const Tensor& t, int64_t cols) { return {t.data(), t.dtype, 1, cols}; }
 
@@ -57,7 +50,7 @@ Napi::Value Linear(const Napi::CallbackInfo& info) {
   ys.back() = N;
   Tensor y = new_like(d, x.dtype, ys, op);
   GemmArgs g;
-  g.M = leading(x);
+  g.M = x.rows();
   g.N = N;
   g.K = K;
   g.A = rowmajor(x, K);
@@ -90,7 +83,7 @@ Napi::Value LinearGradInput(const Napi::CallbackInfo& info) {
   xs.back() = K;
   Tensor dx = new_like(d, dy.dtype, xs, op);
   GemmArgs g;
-  g.M = leading(dy);
+  g.M = dy.rows();
   g.N = K;
   g.K = N;
   g.A = rowmajor(dy, N);
@@ -118,10 +111,10 @@ Napi::Value LinearGradWeight(const Napi::CallbackInfo& info) {
   require_ndim(dw, 2, 2, op, "dW");
   bool in_out = weight_in_out(info, 4, op);
   int64_t N = in_out ? dw.dim(1) : dw.dim(0), K = in_out ? dw.dim(0) : dw.dim(1);
-  if (dy.dim(-1) != N || x.dim(-1) != K || leading(dy) != leading(x))
+  if (dy.dim(-1) != N || x.dim(-1) != K || dy.rows() != x.rows())
     fail("ERR_SHAPE", cat(op, ": dy ", shape_str(dy.shape), " and x ", shape_str(x.shape), " do not match dW ", shape_str(dw.shape)));
   Device d = same_device(op, {{"dy", &dy}, {"x", &x}, {"dW", &dw}});
-  int64_t M = leading(dy);
+  int64_t M = dy.rows();
   GemmArgs g;
   if (in_out) {  // dW(k, n) = Σ_m x(m, k) dy(m, n)
     g.M = K, g.N = N, g.K = M;

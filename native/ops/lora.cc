@@ -13,12 +13,6 @@
 namespace peft {
 namespace {
 
-int64_t rows_of(const Tensor& t) {
-  int64_t m = 1;
-  for (int i = 0; i < t.ndim() - 1; i++) m *= t.shape[i];
-  return m;
-}
-
 void require_cpu(const Tensor& t, const char* op, const char* name) {
   if (t.device() != Device::CPU)
     fail("ERR_NOT_ON_DEVICE", cat(op, ": ", name, " is on ", device_name(t.device()), "; this op has a CPU kernel only"));
@@ -41,7 +35,7 @@ DenseView dense_args(const Napi::CallbackInfo& info, const Tensor& x, int wi, co
   require_cpu(w, op, "weight");
   DenseView d;
   d.K = x.dim(-1);
-  d.M = rows_of(x);
+  d.M = x.rows();
   d.N = in_out ? w.dim(1) : w.dim(0);
   int64_t wk = in_out ? w.dim(0) : w.dim(1);
   if (wk != d.K)

@@ -1,5 +1,6 @@
-// Float64 references for layer tests: dense products, finite differences, comparisons with tolerances.
-import { expect } from "vitest";
+// Float64 references for layer tests: dense products and deterministic test values (tolerance and
+// finite-difference helpers are in numeric.ts).
+export { expectClose, UNIT as EPS, numericGrad } from "./numeric.js";
 import { Tensor } from "../../lib/index.js";
 
 export type Mat = { data: Float64Array; rows: number; cols: number };
@@ -27,35 +28,6 @@ export function refLinear(x: Mat, w: Mat, b: Float64Array | null, inOut = false)
 export function refLinearAbs(x: Mat, w: Mat, inOut = false): Float64Array {
   const abs = (m: Mat): Mat => ({ ...m, data: m.data.map(Math.abs) });
   return refLinear(abs(x), abs(w), null, inOut);
-}
-
-/**
- * |got - want| <= tol[i] elementwise, with a message naming the first offending index.
- * tol = K·2^-24·Σ|x||w| (f32 accumulation) + rounding of the output dtype.
- */
-export function expectClose(got: ArrayLike<number>, want: ArrayLike<number>, tol: (i: number) => number, what = "") {
-  expect(got.length, `${what} length`).toBe(want.length);
-  for (let i = 0; i < want.length; i++) {
-    const err = Math.abs(got[i] - want[i]);
-    if (!(err <= tol(i))) expect.fail(`${what}[${i}]: got ${got[i]}, want ${want[i]} (|err| ${err} > tol ${tol(i)})`);
-  }
-}
-
-export const EPS: Record<string, number> = { f32: 2 ** -24, bf16: 2 ** -8, f16: 2 ** -11 };
-
-/** Central finite differences of a scalar function f(p) over the entries of a float64 array. */
-export function finiteDiff(p: Float64Array, f: (p: Float64Array) => number, h = 1e-6): Float64Array {
-  const g = new Float64Array(p.length);
-  for (let i = 0; i < p.length; i++) {
-    const keep = p[i];
-    p[i] = keep + h;
-    const up = f(p);
-    p[i] = keep - h;
-    const down = f(p);
-    p[i] = keep;
-    g[i] = (up - down) / (2 * h);
-  }
-  return g;
 }
 
 /** Deterministic values in [-1, 1) (exactly representable in bf16 when `coarse`). */
