@@ -36,6 +36,9 @@ struct GemmArgs {
   Storage* b_cache = nullptr;
 };
 
+// Blocked, packed, multi-threaded; the kernel path follows active_isa() / amx_enabled() and the dtypes.
 void gemm(const GemmArgs& args);
+// The plain triple loop with the same semantics, kept for tests and for the K = 0 edge.
+void gemm_reference(const GemmArgs& args);
 
 }  // namespace peft

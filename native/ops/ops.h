@@ -7,6 +7,7 @@ namespace peft {
 void register_factories(Napi::Env env, Napi::Object exports);
 void register_linear_ops(Napi::Env env, Napi::Object exports);
 void register_backend_info(Napi::Env env, Napi::Object exports);
+void register_gemm_test_hook(Napi::Env env, Napi::Object exports);  // test-only
 void register_nn_ops(Napi::Env env, Napi::Object exports);
 void register_loss_ops(Napi::Env env, Napi::Object exports);
 void register_optim_ops(Napi::Env env, Napi::Object exports);

@@ -1,0 +1,110 @@
+// What the GEMM driver (gemm.cc) and the per-ISA micro-kernel files share: packed layouts, the
+// per-tile call, and the kernel sets each ISA file exports.
+//
+// Packed layouts (BLIS style):
+//  - B (K x N) is cut into panels of `nr` columns; a panel holds its Kp rows one after another, each
+//    row `nr` elements (zero beyond N). Panel j starts at j * Kp * nr elements, k-step k of it at
+//    k * nr. In the "pairs" layout two k-rows are interleaved per 32-bit lane, (B[2q][n], B[2q+1][n]),
+//    which is what vdpbf16ps and AMX tiles read; it is still k * nr elements from the panel start.
+//  - A (M x K) is cut into groups of up to `mr` rows; a group of m rows (m = mr, or fewer for the last
+//    one unless the set pads groups to mr) stores k-step k at k * m elements from its start, and group
+//    g starts at g * mr * Kp elements. The layouts of one set say how a k-step's m values are ordered.
+//  - Kp is K rounded up to the layout's k alignment; the padding is zeros in both operands.
+#pragma once
+#include <cstddef>
+#include <cstdint>
+
+#include "gemm.h"
+
+namespace peft {
+namespace gemm_detail {
+
+// How B is stored once packed.
+enum class BLayout : int { F32 = 0, F16 = 1, BF16 = 2, BF16Pairs = 3 };
+// How a group of A rows is stored once packed.
+enum class ALayout : int {
+  F32 = 0,        // k-major: at each k, the m rows' values
+  BF16Pairs = 1,  // k-pair major: at each pair q, for each row, (A[i][2q], A[i][2q+1]) in 32 bits
+  BF16Rows32 = 2  // AMX: per chunk of 32 k, the rows one after another, 32 values each (row stride 64 B)
+};
+
+size_t blayout_size(BLayout l);
+size_t alayout_size(ALayout l);
+int blayout_kalign(BLayout l);
+
+enum TileFlags : unsigned { kFirst = 1, kLast = 2, kAccumulate = 4 };
+
+// One micro-kernel call: an m x n block of C over `kc` packed k-steps, plus (last K block only)
+// `kr` extra k-steps from A2/B2 (f32; A2 laid out like an F32 group with row stride a2_stride, B2 like
+// an F32 panel of the set's nr columns).
+//
+// Result for each element: base + alpha*acc (+ extra + bias when kLast), where base is the
+// f32 partial p (not kFirst), or C read in c_dt (kFirst with kAccumulate), or 0. It is stored to C
+// rounded to c_dt when kLast, else to p as f32. p may alias C when C is f32.
+struct Tile {
+  int64_t kc = 0;
+  const void* a = nullptr;
+  const void* b = nullptr;
+  int64_t kr = 0;
+  const float* a2 = nullptr;
+  int64_t a2_stride = 0;
+  const float* b2 = nullptr;  // laid out like a B panel of the set's nr columns
+  void* c = nullptr;
+  int64_t ldc = 0;
+  DType c_dt = DType::F32;
+  float* p = nullptr;
+  int64_t ldp = 0;
+  const float* bias = nullptr;  // f32, this tile's first column
+  float alpha = 1.0f;
+  int m = 0, n = 0;  // valid rows and columns
+  unsigned flags = 0;
+};
+
+using KernelFn = void (*)(const Tile& t);
+using PackAFn = void (*)(ALayout l, const GemmMat& a, int64_t i0, int m, int ms, int64_t K, int64_t Kp, void* dst);
+
+constexpr int kMaxMr = 32;
+
+// Software prefetches as volatile asm: GCC treats a function holding only __builtin_prefetch calls as
+// pure and deletes calls to it, so the intrinsic silently vanished from the helpers that issue them.
+static inline void prefetch_l1(const void* p) { __asm__ volatile("prefetcht0 %0" : : "m"(*static_cast<const char*>(p))); }
+static inline void prefetch_l2(const void* p) { __asm__ volatile("prefetcht1 %0" : : "m"(*static_cast<const char*>(p))); }
+
+struct KernelSet {
+  const char* name;
+  int mr, nr;
+  BLayout b;
+  ALayout a;
+  bool pad_groups;          // partial row groups are zero-padded to mr (tile hardware wants full rows)
+  int kc_bytes_per_k;       // bytes of one B panel k-step (blocking uses it to size KC against L1)
+  int kc_align;             // KC blocks are multiples of this
+  // kernel[m-1][w]: m rows (1..mr), w = 0 for n <= nr/2 (half-width variant), 1 for the full panel.
+  KernelFn kernel[kMaxMr][2];
+  // Optional per-thread setup/teardown around a GEMM (AMX tile configuration).
+  void (*thread_begin)();
+  void (*thread_end)();
+  // A packer for this set's layout (same contract as pack_a_group); null: pack_a_group.
+  PackAFn pack_a;
+};
+
+// The kernel sets per ISA file. Each returns null when its layout does not fit the operands.
+const KernelSet* avx512_f32_kernels(DType b_dt);  // A widened to f32, B f32/f16/bf16-pairs
+const KernelSet* avx512_bf16_kernels();            // A and B bf16 pairs, vdpbf16ps
+const KernelSet* amx_bf16_kernels();               // A and B bf16, AMX tiles
+const KernelSet* avx2_f32_kernels(DType b_dt);     // A widened to f32, B f32/f16/bf16
+const KernelSet* scalar_f32_kernels();              // everything widened to f32
+
+// Packers (gemm_pack.cc). Rows/columns past the source's extent and k-steps past K are zeros.
+// One A group: rows [i0, i0+m) of `a`, k-steps [0, Kp), stored with row stride `ms` (>= m).
+void pack_a_group(ALayout l, const GemmMat& a, int64_t i0, int m, int ms, int64_t K, int64_t Kp, void* dst);
+// The same with AVX-512 transposes when rows are contiguous in k (falls back to pack_a_group otherwise).
+void pack_a_group_avx512(ALayout l, const GemmMat& a, int64_t i0, int m, int ms, int64_t K, int64_t Kp, void* dst);
+// B panels [p0, p1) of width nr, each Kp k-steps, into dst (panel p at (p - p0) * Kp * nr elements).
+void pack_b_panels(BLayout l, int nr, const GemmMat& b, int64_t K, int64_t N, int64_t Kp, int64_t p0, int64_t p1, void* dst);
+
+// The scalar tail every set may fall back on: applies Tile's result rule to an m x n block of f32
+// accumulators (row stride ld) held in memory; nr is the set's panel width (B2's row length).
+void finish_tile_scalar(const float* acc, int64_t ld, const Tile& t, int nr);
+
+}  // namespace gemm_detail
+}  // namespace peft
