@@ -4,7 +4,7 @@
 import { afterEach, describe, expect, it } from "vitest";
 import { PeftError, Tensor, backend } from "../lib/index.js";
 import { adamwStep, type AdamWStepOptions } from "../lib/functional.js";
-import { FLOATS, UNIT, expectClose, expectError, expectSameBits, roundTo, tensorOf, uniform, type FloatDType } from "./helpers/numeric.js";
+import { FLOATS, ISAS, UNIT, forEachIsa, expectClose, expectError, expectSameBits, roundTo, tensorOf, uniform, type FloatDType } from "./helpers/numeric.js";
 
 const E = UNIT.f32;
 const threads = backend.threads;
@@ -56,8 +56,8 @@ describe("adamwStep", () => {
 
   for (const dt of FLOATS)
     for (const h of [{ ...DEFAULTS, weightDecay: 0 }, { ...DEFAULTS, lr: 0.05, weightDecay: 0.5 }, { lr: 0.3, beta1: 0.3, beta2: 0.5, eps: 1e-3, weightDecay: 0.1 }])
-      it(`three steps match float64 AdamW step by step, ${dt} params, lr ${h.lr} wd ${h.weightDecay} betas ${h.beta1}/${h.beta2}`, () => {
-        const sizes = [1, 7, 17, 33, 127, 0];
+      it(`three steps match float64 AdamW step by step, ${dt} params, lr ${h.lr} wd ${h.weightDecay} betas ${h.beta1}/${h.beta2}, paths ${ISAS.join(", ")}`, () => forEachIsa((isa) => {
+        const sizes = [1, 7, 17, 33, 127, 0, 1000];
         const st = sizes.map((n, k) => state(n, dt, 10 + k));
         for (let step = 1; step <= 3; step++) {
           const grads = sizes.map((n, k) => tensorOf(uniform(n, -2, 2, 100 * step + k), [n], k % 2 ? "f32" : dt));
@@ -65,7 +65,7 @@ describe("adamwStep", () => {
           adamwStep(st.map((s) => s.p), grads.map((g) => g.t), st.map((s) => s.m), st.map((s) => s.v), { step, ...h });
           st.forEach((s, k) => {
             const b = before[k], r = refStep(b.p, grads[k].v, b.m, b.v, step, h);
-            const what = `${dt} n=${sizes[k]} step ${step}`;
+            const what = `${dt} n=${sizes[k]} step ${step} ${isa}`;
             expectClose(s.m.toFloat64Array(), r.m, (i) => 2 * E * r.mMag[i] + 1e-45, `m ${what}`);
             expectClose(s.v.toFloat64Array(), r.v, (i) => 4 * E * r.v[i] + 1e-45, `v ${what}`);
             // the update carries the moments' and denominator's roundings (~12 f32 ulps), p one rounding into dt
@@ -73,7 +73,7 @@ describe("adamwStep", () => {
             if (sizes[k]) expect(s.p.version).toBeGreaterThan(b.pv);
           });
         }
-      });
+      }));
 
   it("three steps track the float64 trajectory (bf16 parameters rounded after every step)", () => {
     for (const dt of ["f32", "bf16"] as const) {

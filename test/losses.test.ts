@@ -3,7 +3,7 @@
 import { afterEach, describe, expect, it } from "vitest";
 import { PeftError, Tensor, backend } from "../lib/index.js";
 import { crossEntropy, mseLoss, nllLoss } from "../lib/functional.js";
-import { FLOATS, UNIT, expectClose, expectError, expectSameBits, numericGrad, tensorOf, uniform, type FloatDType } from "./helpers/numeric.js";
+import { FLOATS, UNIT, forEachIsa, expectClose, expectError, expectSameBits, numericGrad, tensorOf, uniform, type FloatDType } from "./helpers/numeric.js";
 
 const E = UNIT.f32;
 const ABS: Record<FloatDType, number> = { f32: 2 ** -126, bf16: 2 ** -126, f16: 2 ** -24 };
@@ -106,7 +106,7 @@ describe("nllLoss", () => {
 
 describe("crossEntropy", () => {
   for (const dt of FLOATS)
-    it(`log-softmax + nll with ignoreIndex and label smoothing, against the reference and finite differences, ${dt}`, () => {
+    it(`log-softmax + nll with ignoreIndex and label smoothing, against the reference and finite differences, ${dt}, every kernel path`, () => forEachIsa((isa) => {
       for (const [M, C] of [[1, 1], [1, 7], [7, 17], [33, 7], [17, 127], [2, 1000]]) {
         for (const eps of [0, 0.1, 1]) {
           for (const every of [0, 3]) {
@@ -137,12 +137,12 @@ describe("crossEntropy", () => {
             expectClose(grad.toFloat64Array(), gwant, gtol, `grad ${dt} M=${M} C=${C} eps=${eps}`);
             if (M * C <= 300 && count > 0) {
               const fd = numericGrad((v) => crossEntropyRef(v, tv, C, -100, eps), xv);
-              expectClose(grad.toFloat64Array(), fd, (i) => gtol(i) + 1e-8, `FD ${dt} M=${M} C=${C} eps=${eps}`);
+              expectClose(grad.toFloat64Array(), fd, (i) => gtol(i) + 1e-8, `FD ${dt} M=${M} C=${C} eps=${eps} ${isa}`);
             }
           }
         }
       }
-    });
+    }));
 
   it("PyTorch's value for a hand-computed case, and (C) logits with a 0-d target", () => {
     // logits [[1, 2, 3], [4, 5, 6]], targets [0, 2], label_smoothing 0.1, worked out by hand

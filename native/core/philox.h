@@ -7,11 +7,14 @@
 
 namespace peft {
 
+// The functions are `static inline`: kernels built with AVX2/AVX-512 flags call them too, and an
+// out-of-line copy with external linkage could be shared by the linker with code that runs on any CPU.
+
 struct Philox4x32 {
   uint32_t v[4];
 };
 
-inline Philox4x32 philox4x32_10(uint64_t counter, uint32_t key0, uint32_t key1) {
+static inline Philox4x32 philox4x32_10(uint64_t counter, uint32_t key0, uint32_t key1) {
   constexpr uint32_t kM0 = 0xD2511F53u, kM1 = 0xCD9E8D57u, kW0 = 0x9E3779B9u, kW1 = 0xBB67AE85u;
   uint32_t c0 = static_cast<uint32_t>(counter), c1 = static_cast<uint32_t>(counter >> 32), c2 = 0, c3 = 0;
   uint32_t k0 = key0, k1 = key1;
@@ -31,17 +34,17 @@ inline Philox4x32 philox4x32_10(uint64_t counter, uint32_t key0, uint32_t key1) 
 struct RngKey {
   uint32_t k0, k1;
 };
-inline RngKey rng_key(uint64_t seed, uint64_t stream) {
+static inline RngKey rng_key(uint64_t seed, uint64_t stream) {
   uint64_t mixed = seed ^ (stream * 0x9E3779B97F4A7C15ull);
   // seed and stream both reach both key words
   return {static_cast<uint32_t>(mixed) ^ static_cast<uint32_t>(stream >> 32), static_cast<uint32_t>(mixed >> 32) ^ static_cast<uint32_t>(stream)};
 }
 
 // Uniform in (0, 1]: 24 random bits, never 0 (log is safe).
-inline float u32_to_unit(uint32_t x) { return (static_cast<float>(x >> 8) + 1.0f) * (1.0f / 16777216.0f); }
+static inline float u32_to_unit(uint32_t x) { return (static_cast<float>(x >> 8) + 1.0f) * (1.0f / 16777216.0f); }
 
 // Four standard normals for the block of elements [4*block, 4*block + 4): Box–Muller on two pairs.
-inline void normals4(RngKey key, uint64_t block, float out[4]) {
+static inline void normals4(RngKey key, uint64_t block, float out[4]) {
   Philox4x32 r = philox4x32_10(block, key.k0, key.k1);
   for (int p = 0; p < 2; p++) {
     float u1 = u32_to_unit(r.v[2 * p]), u2 = u32_to_unit(r.v[2 * p + 1]);
@@ -53,7 +56,7 @@ inline void normals4(RngKey key, uint64_t block, float out[4]) {
 }
 
 // Four uniforms in (0, 1] for elements [4*block, 4*block + 4) (dropout masks, uniform init).
-inline void uniforms4(RngKey key, uint64_t block, float out[4]) {
+static inline void uniforms4(RngKey key, uint64_t block, float out[4]) {
   Philox4x32 r = philox4x32_10(block, key.k0, key.k1);
   for (int i = 0; i < 4; i++) out[i] = u32_to_unit(r.v[i]);
 }

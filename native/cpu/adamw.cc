@@ -1,7 +1,6 @@
-// AdamW as in torch/optim (single-tensor path, amsgrad and maximize off), element by element in the
-// order PyTorch's tensor ops apply:
-//   param.mul_(1 - lr * wd); exp_avg.lerp_(grad, 1 - b1); exp_avg_sq.mul_(b2).addcmul_(grad, grad, value=1 - b2)
-//   denom = (exp_avg_sq.sqrt() / bc2_sqrt).add_(eps); param.addcdiv_(exp_avg, denom, value=-lr / bc1)
+// AdamW as in torch/optim (single-tensor path, amsgrad and maximize off): the step scalars in double as
+// the Python code computes them, the element update (vec_impl.h, adamw_impl) in f32 over blocks that
+// are spread across the pool.
 #include "adamw.h"
 
 #include <algorithm>
@@ -9,6 +8,7 @@
 
 #include "parallel.h"
 #include "stage.h"
+#include "vec_kernels.h"
 
 namespace peft {
 
@@ -26,25 +26,6 @@ AdamWScalars adamw_scalars(double lr, double beta1, double beta2, double eps, do
   return s;
 }
 
-namespace {
-
-// lerp as PyTorch computes it: from the nearer end, so weight 0 and 1 are exact.
-inline float lerp(float a, float b, float w) { return std::fabs(w) < 0.5f ? a + w * (b - a) : b - (b - a) * (1.0f - w); }
-
-void adamw_block(float* p, const float* g, float* m, float* v, int64_t n, const AdamWScalars& s) {
-  for (int64_t i = 0; i < n; i++) {
-    float gi = g[i];
-    float mi = lerp(m[i], gi, s.lerp_w);
-    float vi = v[i] * s.beta2 + s.sq_w * gi * gi;
-    float denom = std::sqrt(vi) / s.bc2_sqrt + s.eps;
-    m[i] = mi;
-    v[i] = vi;
-    p[i] = p[i] * s.decay + s.neg_step * mi / denom;
-  }
-}
-
-}  // namespace
-
 void adamw_cpu(const std::vector<AdamWParam>& params, const AdamWScalars& s) {
   // Work items are blocks that never straddle two parameters, so many small tensors (biases, LoRA
   // factors) and a few large ones share one dispatch.
@@ -56,6 +37,7 @@ void adamw_cpu(const std::vector<AdamWParam>& params, const AdamWScalars& s) {
   for (size_t k = 0; k < params.size(); k++)
     for (int64_t off = 0; off < params[k].n; off += kStageBlock)
       items.push_back({static_cast<int32_t>(k), off, std::min(kStageBlock, params[k].n - off)});
+  const VecKernels& vk = vec_kernels();
   parallel_for(static_cast<int64_t>(items.size()), 16, [&](int64_t b, int64_t e) {
     float bp[kStageBlock], bg[kStageBlock];
     for (int64_t it = b; it < e; it++) {
@@ -63,7 +45,7 @@ void adamw_cpu(const std::vector<AdamWParam>& params, const AdamWScalars& s) {
       const AdamWParam& a = params[item.param];
       float* ps = stage_inout(a.p, a.p_dt, item.off, item.len, bp);
       const float* gs = stage_in(a.g, a.g_dt, item.off, item.len, bg);
-      adamw_block(ps, gs, a.m + item.off, a.v + item.off, item.len, s);
+      vk.adamw(ps, gs, a.m + item.off, a.v + item.off, item.len, s);
       stage_out(a.p, a.p_dt, item.off, item.len, ps);
     }
   });

@@ -5,6 +5,7 @@
 #include <limits>
 #include <vector>
 
+#include "vec_kernels.h"
 #include "elem.h"
 #include "nn_kernels.h"
 #include "parallel.h"
@@ -63,6 +64,7 @@ double cross_entropy_cpu(const void* logits, DType ldt, const void* target, DTyp
   const float on_target = static_cast<float>(1.0 - smoothing);
   const float uniform = static_cast<float>(smoothing / static_cast<double>(classes));
   std::vector<double> nll(rows, 0.0), smooth(rows, 0.0);
+  const VecKernels& k = vec_kernels();
   parallel_for(rows, std::max<int64_t>(1, kGrain / std::max<int64_t>(classes, 1)), [&](int64_t rb, int64_t re) {
     float bx[kStageBlock], bg[kStageBlock];
     for (int64_t r = rb; r < re; r++) {
@@ -81,7 +83,7 @@ double cross_entropy_cpu(const void* logits, DType ldt, const void* target, DTyp
       for (int64_t o = 0; o < classes; o += kStageBlock) {
         int64_t len = std::min(kStageBlock, classes - o);
         const float* xs = stage_in(logits, ldt, base + o, len, bx);
-        for (int64_t i = 0; i < len; i++) bg[i] = std::exp(xs[i] - m);
+        k.exp_shift(xs, m, 0.0f, bg, len);
         se.add(bg, len);
         if (smoothing > 0) {
           for (int64_t i = 0; i < len; i++) bg[i] = m - xs[i];
@@ -95,10 +97,11 @@ double cross_entropy_cpu(const void* logits, DType ldt, const void* target, DTyp
         int64_t len = std::min(kStageBlock, classes - o);
         const float* xs = stage_in(logits, ldt, base + o, len, bx);
         float* gs = stage_dst(grad, gdt, base + o, bg);
-        for (int64_t i = 0; i < len; i++) {
-          float target_mass = o + i == t ? on_target : 0.0f;
-          gs[i] = (std::exp((xs[i] - m) - log_sum) - target_mass - uniform) * inv;
-        }
+        k.exp_shift(xs, m, log_sum, gs, len);  // softmax, then the gradient formed in place
+        bool has_t = t >= o && t < o + len;
+        float p_t = has_t ? gs[t - o] : 0.0f;
+        for (int64_t i = 0; i < len; i++) gs[i] = (gs[i] - uniform) * inv;
+        if (has_t) gs[t - o] = (p_t - on_target - uniform) * inv;
         stage_out(grad, gdt, base + o, len, gs);
       }
     }

@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "../core/philox.h"
+#include "vec_kernels.h"
 #include "convert.h"
 #include "parallel.h"
 #include "reduce.h"
@@ -18,110 +19,37 @@ namespace {
 // Elementwise ops hand a thread at least this many elements (smaller jobs cost more to dispatch than to run).
 constexpr int64_t kGrain = 1 << 14;
 
-constexpr float kSqrt1_2 = 0.70710678118654752440f;
-constexpr float kInvSqrt2Pi = 0.39894228040143267794f;
-constexpr float kSqrt2OverPi = 0.79788456080286535588f;
-constexpr float kKappa = 0.044715f;
-
-// sigmoid(z) and 1 - sigmoid(z), both from exp(-|z|) so neither cancels nor overflows in the tails.
-inline void sigmoid_pair(float z, float& s, float& c) {
-  float e = std::exp(-std::fabs(z));
-  float r = 1.0f / (1.0f + e);
-  float big = r, small = e * r;
-  s = z >= 0 ? big : small;
-  c = z >= 0 ? small : big;
-}
-
-// GELU through erfc: 0.5 * (1 + erf(x/√2)) equals 0.5 * erfc(-x/√2), which keeps full relative accuracy
-// for negative x where 1 + erf cancels.
-inline float gelu_cdf(float x) { return 0.5f * std::erfc(-x * kSqrt1_2); }
-
-// The tanh form: 0.5 * x * (1 + tanh(u)) = x * sigmoid(2u), again without 1 + tanh cancelling.
-inline float gelu_tanh_u(float x) { return kSqrt2OverPi * (x + kKappa * x * x * x); }
-
-void act_forward(Act a, const float* x, float* y, int64_t n) {
-  switch (a) {
-    case Act::Relu:
-      for (int64_t i = 0; i < n; i++) y[i] = x[i] < 0.0f ? 0.0f : x[i];  // NaN passes through, as in PyTorch
-      break;
-    case Act::Gelu:
-      for (int64_t i = 0; i < n; i++) y[i] = x[i] * gelu_cdf(x[i]);
-      break;
-    case Act::GeluTanh:
-      for (int64_t i = 0; i < n; i++) {
-        float s, c;
-        sigmoid_pair(2.0f * gelu_tanh_u(x[i]), s, c);
-        y[i] = x[i] * s;
-      }
-      break;
-    case Act::Silu:
-      for (int64_t i = 0; i < n; i++) {
-        float s, c;
-        sigmoid_pair(x[i], s, c);
-        y[i] = x[i] * s;
-      }
-      break;
-  }
-}
-
-void act_backward(Act a, const float* x, const float* dy, float* dx, int64_t n) {
-  switch (a) {
-    case Act::Relu:
-      for (int64_t i = 0; i < n; i++) dx[i] = x[i] > 0.0f ? dy[i] : 0.0f;
-      break;
-    case Act::Gelu:
-      for (int64_t i = 0; i < n; i++) {
-        float pdf = kInvSqrt2Pi * std::exp(-0.5f * x[i] * x[i]);
-        dx[i] = dy[i] * (gelu_cdf(x[i]) + x[i] * pdf);
-      }
-      break;
-    case Act::GeluTanh:
-      for (int64_t i = 0; i < n; i++) {
-        // d/dx [x * sigmoid(2u)] = s + 2x * s * (1 - s) * u'
-        float s, c, xi = x[i];
-        sigmoid_pair(2.0f * gelu_tanh_u(xi), s, c);
-        float du = kSqrt2OverPi * (1.0f + 3.0f * kKappa * xi * xi);
-        dx[i] = dy[i] * (s + 2.0f * xi * s * c * du);
-      }
-      break;
-    case Act::Silu:
-      for (int64_t i = 0; i < n; i++) {
-        float s, c;
-        sigmoid_pair(x[i], s, c);
-        dx[i] = dy[i] * (s * (1.0f + x[i] * c));
-      }
-      break;
-  }
-}
-
 // Rows handed to one thread: at least kGrain elements' worth.
 int64_t row_grain(int64_t cols) { return std::max<int64_t>(1, kGrain / std::max<int64_t>(cols, 1)); }
 
 }  // namespace
 
 void activation_cpu(Act a, const void* x, DType xdt, void* y, DType ydt, int64_t n) {
+  const VecKernels& k = vec_kernels();
   for_blocks(n, kGrain, [&](int64_t off, int64_t len) {
     float bx[kStageBlock], by[kStageBlock];
     const float* xs = stage_in(x, xdt, off, len, bx);
     float* ys = stage_dst(y, ydt, off, by);
-    act_forward(a, xs, ys, len);
+    k.act_forward(a, xs, ys, len);
     stage_out(y, ydt, off, len, ys);
   });
 }
 
 void activation_backward_cpu(Act a, const void* x, DType xdt, const void* dy, DType dydt, void* dx, DType dxdt, int64_t n) {
+  const VecKernels& k = vec_kernels();
   for_blocks(n, kGrain, [&](int64_t off, int64_t len) {
     float bx[kStageBlock], bdy[kStageBlock], bdx[kStageBlock];
     const float* xs = stage_in(x, xdt, off, len, bx);
     const float* dys = stage_in(dy, dydt, off, len, bdy);
     float* dxs = stage_dst(dx, dxdt, off, bdx);
-    act_backward(a, xs, dys, dxs, len);
+    k.act_backward(a, xs, dys, dxs, len);
     stage_out(dx, dxdt, off, len, dxs);
   });
 }
 
 void log_softmax_cpu(const void* x, DType xdt, void* y, DType ydt, int64_t rows, int64_t cols) {
   if (cols == 0) return;
+  const VecKernels& k = vec_kernels();
   parallel_for(rows, row_grain(cols), [&](int64_t rb, int64_t re) {
     float bx[kStageBlock], by[kStageBlock];
     for (int64_t r = rb; r < re; r++) {
@@ -135,8 +63,7 @@ void log_softmax_cpu(const void* x, DType xdt, void* y, DType ydt, int64_t rows,
       LaneSum se;
       for (int64_t o = 0; o < cols; o += kStageBlock) {
         int64_t len = std::min(kStageBlock, cols - o);
-        const float* xs = stage_in(x, xdt, base + o, len, bx);
-        for (int64_t i = 0; i < len; i++) by[i] = std::exp(xs[i] - m);
+        k.exp_shift(stage_in(x, xdt, base + o, len, bx), m, 0.0f, by, len);
         se.add(by, len);
       }
       float lse = std::log(se.total());
@@ -154,6 +81,7 @@ void log_softmax_cpu(const void* x, DType xdt, void* y, DType ydt, int64_t rows,
 void log_softmax_backward_cpu(const void* y, DType ydt, const void* dy, DType dydt, void* dx, DType dxdt, int64_t rows,
                               int64_t cols) {
   if (cols == 0) return;
+  const VecKernels& k = vec_kernels();
   parallel_for(rows, row_grain(cols), [&](int64_t rb, int64_t re) {
     float by[kStageBlock], bdy[kStageBlock], bdx[kStageBlock];
     for (int64_t r = rb; r < re; r++) {
@@ -169,7 +97,8 @@ void log_softmax_backward_cpu(const void* y, DType ydt, const void* dy, DType dy
         const float* ys = stage_in(y, ydt, base + o, len, by);
         const float* dys = stage_in(dy, dydt, base + o, len, bdy);
         float* dxs = stage_dst(dx, dxdt, base + o, bdx);
-        for (int64_t i = 0; i < len; i++) dxs[i] = dys[i] - std::exp(ys[i]) * s;
+        k.exp_shift(ys, 0.0f, 0.0f, dxs, len);  // e^y lands where dx goes, then dx is formed in place
+        for (int64_t i = 0; i < len; i++) dxs[i] = dys[i] - dxs[i] * s;
         stage_out(dx, dxdt, base + o, len, dxs);
       }
     }
@@ -181,14 +110,11 @@ void dropout_cpu(const void* x, DType xdt, void* y, DType ydt, int64_t n, double
   // u is a multiple of 2^-24, so u >= p exactly when u >= ceil(p * 2^24) / 2^24 (a float, exact).
   const float keep_from = static_cast<float>(std::ceil(p * 16777216.0) / 16777216.0);
   const float scale = static_cast<float>(1.0 / (1.0 - p));
+  const VecKernels& k = vec_kernels();
   for_blocks(n, kGrain / 4, [&](int64_t off, int64_t len) {
     float mask[kStageBlock], bx[kStageBlock], by[kStageBlock];
-    // off is a multiple of 4, so element off + i draws from block (off + i) / 4, lane i % 4.
-    for (int64_t i = 0; i < len; i += 4) {
-      float u[4];
-      uniforms4(key, static_cast<uint64_t>((off + i) / 4), u);
-      for (int j = 0; j < 4; j++) mask[i + j] = u[j] >= keep_from ? scale : 0.0f;
-    }
+    // off is a multiple of 4, so element off + i draws from Philox block (off + i) / 4, lane i % 4.
+    k.dropout_mask(key, static_cast<uint64_t>(off / 4), (len + 3) / 4, keep_from, scale, mask);
     float* ys = stage_dst(y, ydt, off, by);
     if (x) {
       // x * 0 (not 0) for dropped elements: NaN and inf propagate as in PyTorch's input * mask.

@@ -1,6 +1,6 @@
 // Float64 references and comparison helpers for the numeric kernel tests.
 import { expect } from "vitest";
-import { Tensor, type DType } from "../../lib/index.js";
+import { Tensor, backend, type DType } from "../../lib/index.js";
 
 /** Unit roundoff of each float dtype (half an ulp at 1): the relative error of one rounding. */
 export const UNIT: Record<"f32" | "bf16" | "f16", number> = { f32: 2 ** -24, bf16: 2 ** -8, f16: 2 ** -11 };
@@ -11,6 +11,24 @@ export type FloatDType = (typeof FLOATS)[number];
 
 /** Odd sizes that divide no tile or block size, and empty. */
 export const SIZES = [0, 1, 7, 17, 33, 127];
+
+/** Every kernel path this CPU can run (the baseline build always; AVX2 and AVX-512 where present). */
+export const ISAS = (["scalar", "avx2", "avx512"] as const).filter(
+  (isa) => isa === "scalar" || backend.features.includes(isa === "avx2" ? "avx2" : "avx512f"),
+);
+
+/** Runs fn once per kernel path, restoring the active one afterwards. */
+export function forEachIsa(fn: (isa: string) => void): void {
+  const was = backend.isa;
+  try {
+    for (const isa of ISAS) {
+      backend.setIsa(isa);
+      fn(isa);
+    }
+  } finally {
+    backend.setIsa(was);
+  }
+}
 
 /** A seeded generator (mulberry32), so failures reproduce. */
 export function rng(seed: number): () => number {
