@@ -5,19 +5,12 @@ import { PeftError, Tensor, backend } from "../lib/index.js";
 import * as F from "../lib/functional.js";
 import {
   FLOATS, ISAS, SIZES, UNIT, centralDiff, forEachIsa, expectClose, expectError, expectSameBits, normCdf, normPdf, numericGrad,
-  philoxUniforms, roundTo, tensorOf, uniform, type FloatDType,
+  philoxUniforms, roundTo, tensorOf, tolIn, uniform,
 } from "./helpers/numeric.js";
 
 const E = UNIT.f32;
-// Absolute floor of one rounding into each dtype (subnormal spacing, with margin).
-const ABS: Record<FloatDType, number> = { f32: 2 ** -126, bf16: 2 ** -126, f16: 2 ** -24 };
 const threads = backend.threads;
 afterEach(() => backend.setNumThreads(threads));
-
-/** Error bound of a value computed in f32 with relative error `rel` (w.r.t. `mag`) and rounded into dt. */
-function tolIn(dt: FloatDType, ref: number, rel: number, mag = Math.abs(ref)): number {
-  return rel * mag + UNIT[dt] * (Math.abs(ref) + rel * mag) + ABS[dt];
-}
 
 // ---- activation references in float64 ----
 const K = Math.sqrt(2 / Math.PI), KAPPA = 0.044715;

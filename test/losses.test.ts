@@ -3,16 +3,11 @@
 import { afterEach, describe, expect, it } from "vitest";
 import { PeftError, Tensor, backend } from "../lib/index.js";
 import { crossEntropy, mseLoss, nllLoss } from "../lib/functional.js";
-import { FLOATS, UNIT, forEachIsa, expectClose, expectError, expectSameBits, numericGrad, tensorOf, uniform, type FloatDType } from "./helpers/numeric.js";
+import { FLOATS, UNIT, forEachIsa, expectClose, expectError, expectSameBits, numericGrad, tensorOf, tolIn, uniform } from "./helpers/numeric.js";
 
 const E = UNIT.f32;
-const ABS: Record<FloatDType, number> = { f32: 2 ** -126, bf16: 2 ** -126, f16: 2 ** -24 };
 const threads = backend.threads;
 afterEach(() => backend.setNumThreads(threads));
-
-function tolIn(dt: FloatDType, ref: number, rel: number, mag = Math.abs(ref)): number {
-  return rel * mag + UNIT[dt] * (Math.abs(ref) + rel * mag) + ABS[dt];
-}
 
 /** Targets in [0, C) with every `every`-th one replaced by `ignore`. */
 function targets(M: number, C: number, seed: number, ignore = -100, every = 0): number[] {

@@ -7,6 +7,9 @@
 
 namespace peft {
 
+// 2^53 - 1: the largest integer a JS number holds exactly (seeds, streams, indices passed as numbers).
+constexpr int64_t kMaxSafeInt = 9007199254740991LL;
+
 inline void require_float(const Tensor& t, const char* op, const char* name) {
   if (!dtype_is_float(t.dtype))
     fail("ERR_DTYPE", cat(op, ": ", name, " must be f32, f16 or bf16, got ", dtype_name(t.dtype)));
@@ -48,13 +51,6 @@ inline void require_same_shape(const Tensor& a, const char* a_name, const Tensor
 inline void require_cpu(const char* op, std::initializer_list<std::pair<const char*, const Tensor*>> ts) {
   Device d = same_device(op, ts);
   if (d != Device::CPU) fail("ERR_NOT_ON_DEVICE", cat(op, ": no ", device_name(d), " kernel; move the operands to the cpu"));
-}
-
-// Rows of a tensor viewed as a matrix over its last dimension.
-inline int64_t leading_rows(const Tensor& t) {
-  int64_t m = 1;
-  for (int i = 0; i < t.ndim() - 1; i++) m *= t.shape[i];
-  return m;
 }
 
 }  // namespace peft

@@ -10,8 +10,6 @@
 namespace peft {
 namespace {
 
-constexpr int64_t kMaxSafeInt = 9007199254740991LL;
-
 Napi::Value loss_result(Napi::Env env, double loss, const Tensor& grad) {
   Napi::Object o = Napi::Object::New(env);
   o.Set("loss", Napi::Number::New(env, loss));

@@ -11,8 +11,6 @@
 namespace peft {
 namespace {
 
-constexpr int64_t kMaxSafeInt = 9007199254740991LL;  // 2^53 - 1: the largest integer a JS number holds exactly
-
 Act arg_act(const Napi::Value& v, const char* op) {
   std::string s = arg_string(v, op, "kind");
   if (s == "relu") return Act::Relu;
@@ -83,7 +81,7 @@ Napi::Value LogSoftmax(const Napi::CallbackInfo& info) {
   require_rows(x, op, "x");
   require_cpu(op, {{"x", &x}});
   Tensor y = make_tensor(x.dtype, x.shape, Device::CPU, false);
-  log_softmax_cpu(x.data(), x.dtype, y.data(), y.dtype, leading_rows(x), x.dim(-1));
+  log_softmax_cpu(x.data(), x.dtype, y.data(), y.dtype, x.rows(), x.dim(-1));
   return TensorHandle::Wrap(info.Env(), y);
 }
 
@@ -97,7 +95,7 @@ Napi::Value LogSoftmaxBackward(const Napi::CallbackInfo& info) {
   require_same_shape(y, "y", dy, "dy", op);
   require_cpu(op, {{"y", &y}, {"dy", &dy}});
   Tensor dx = make_tensor(dy.dtype, dy.shape, Device::CPU, false);
-  log_softmax_backward_cpu(y.data(), y.dtype, dy.data(), dy.dtype, dx.data(), dx.dtype, leading_rows(y), y.dim(-1));
+  log_softmax_backward_cpu(y.data(), y.dtype, dy.data(), dy.dtype, dx.data(), dx.dtype, y.rows(), y.dim(-1));
   return TensorHandle::Wrap(info.Env(), dx);
 }
 
@@ -178,7 +176,7 @@ Napi::Value SumRows(const Napi::CallbackInfo& info) {
     fail("ERR_SHAPE", cat(op, ": out must have shape [", dy.dim(-1), "] for dy of shape ", shape_str(dy.shape), ", got ",
                           shape_str(out.shape)));
   require_cpu(op, {{"dy", &dy}, {"out", &out}});
-  sum_rows_cpu(dy.data(), dy.dtype, leading_rows(dy), dy.dim(-1), out.data(), out.dtype, acc);
+  sum_rows_cpu(dy.data(), dy.dtype, dy.rows(), dy.dim(-1), out.data(), out.dtype, acc);
   out.storage->bump_version();
   return info.Env().Undefined();
 }

@@ -15,8 +15,6 @@
 namespace peft {
 namespace {
 
-constexpr int64_t kMaxSafeInt = 9007199254740991LL;
-
 Napi::Array arg_array(const Napi::Value& v, const char* op, const char* name) {
   if (!v.IsArray()) fail_type(cat(op, ": ", name, " must be an array of Tensors"));
   return v.As<Napi::Array>();

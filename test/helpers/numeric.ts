@@ -4,10 +4,18 @@ import { Tensor, backend, type DType } from "../../lib/index.js";
 
 /** Unit roundoff of each float dtype (half an ulp at 1): the relative error of one rounding. */
 export const UNIT: Record<"f32" | "bf16" | "f16", number> = { f32: 2 ** -24, bf16: 2 ** -8, f16: 2 ** -11 };
-/** Smallest positive normal of each float dtype: below it roundings are absolute, not relative. */
-export const TINY: Record<"f32" | "bf16" | "f16", number> = { f32: 2 ** -126, bf16: 2 ** -126, f16: 2 ** -14 };
 export const FLOATS = ["f32", "bf16", "f16"] as const;
 export type FloatDType = (typeof FLOATS)[number];
+/** Absolute floor of one rounding into each dtype (subnormal spacing, with margin). */
+export const ABS: Record<FloatDType, number> = { f32: 2 ** -126, bf16: 2 ** -126, f16: 2 ** -24 };
+
+/**
+ * Error bound of a value computed in f32 with relative error `rel` (relative to `mag`, the magnitude the
+ * roundings act on; |ref| by default) and then rounded once into `dt`.
+ */
+export function tolIn(dt: FloatDType, ref: number, rel: number, mag = Math.abs(ref)): number {
+  return rel * mag + UNIT[dt] * (Math.abs(ref) + rel * mag) + ABS[dt];
+}
 
 /** Odd sizes that divide no tile or block size, and empty. */
 export const SIZES = [0, 1, 7, 17, 33, 127];
