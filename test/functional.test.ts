@@ -8,6 +8,10 @@ import {
   philoxUniforms, roundTo, tensorOf, tolIn, uniform,
 } from "./helpers/numeric.js";
 
+// The device checks need a cuda device: the emulated one unless a real GPU is asked for. The addon decides
+// what "cuda" is at its first use, which comes after this line.
+if (process.env.NODE_PEFT_CUDA === undefined && !process.env.NODE_PEFT_CUDA_REAL) process.env.NODE_PEFT_CUDA = "emu";
+
 const E = UNIT.f32;
 const threads = backend.threads;
 afterEach(() => backend.setNumThreads(threads));
@@ -562,10 +566,34 @@ describe("addInPlace, scaleInPlace, mul, fill", () => {
   });
 });
 
-describe.skipIf(!backend.cuda.available)("device checks", () => {
-  it("CUDA operands get ERR_NOT_ON_DEVICE, mixed devices ERR_DEVICE", () => {
-    const g = Tensor.zeros([3], { device: "cuda" }), c = Tensor.zeros([3]);
-    expectError(() => F.activation("relu", g), PeftError, "ERR_NOT_ON_DEVICE", /activation: no cuda kernel/);
+describe("device checks", () => {
+  it("every op refuses cuda operands with ERR_NOT_ON_DEVICE and mixed devices with ERR_DEVICE", () => {
+    expect(backend.cuda.available).toBe(true);
+    const g = Tensor.zeros([2, 3], { device: "cuda" }), c = Tensor.zeros([2, 3]);
+    const gi = Tensor.zeros([2], { dtype: "i64", device: "cuda" }), ci = Tensor.zeros([2], { dtype: "i64" });
+    const opts = { step: 1, lr: 1e-3, beta1: 0.9, beta2: 0.999, eps: 1e-8, weightDecay: 0 };
+    const onDevice: [string, () => unknown][] = [
+      ["activation", () => F.activation("relu", g)],
+      ["activationBackward", () => F.activationBackward("gelu", g, g)],
+      ["logSoftmax", () => F.logSoftmax(g)],
+      ["logSoftmaxBackward", () => F.logSoftmaxBackward(g, g)],
+      ["dropout", () => F.dropout(g, 0.5, 1, 1)],
+      ["embedding", () => F.embedding(gi, Tensor.zeros([4, 3], { device: "cuda" }))],
+      ["embeddingBackward", () => F.embeddingBackward(gi, g, Tensor.zeros([4, 3], { device: "cuda" }))],
+      ["sumRows", () => F.sumRows(g, Tensor.zeros([3], { device: "cuda" }))],
+      ["addInPlace", () => F.addInPlace(g, g)],
+      ["scaleInPlace", () => F.scaleInPlace(g, 2)],
+      ["mul", () => F.mul(g, g)],
+      ["fill", () => F.fill(g, 1)],
+      ["nllLoss", () => F.nllLoss(g, gi)],
+      ["crossEntropy", () => F.crossEntropy(g, gi)],
+      ["mseLoss", () => F.mseLoss(g, g)],
+      ["adamwStep", () => F.adamwStep([g], [g], [Tensor.zeros([2, 3], { device: "cuda" })], [Tensor.zeros([2, 3], { device: "cuda" })], opts)],
+    ];
+    for (const [op, call] of onDevice) expectError(call, PeftError, "ERR_NOT_ON_DEVICE", new RegExp(`^${op}: no cuda kernel`));
     expectError(() => F.addInPlace(c, g), PeftError, "ERR_DEVICE", /addInPlace: a is on cpu but b is on cuda/);
+    expectError(() => F.crossEntropy(c, gi), PeftError, "ERR_DEVICE", /crossEntropy: logits is on cpu but target is on cuda/);
+    expectError(() => F.embedding(ci, Tensor.zeros([4, 3], { device: "cuda" })), PeftError, "ERR_DEVICE", /embedding: ids is on cpu but weight is on cuda/);
+    expectError(() => F.adamwStep([c], [g], [Tensor.zeros([2, 3])], [Tensor.zeros([2, 3])], opts), PeftError, "ERR_DEVICE", /adamwStep: params\[0\] is on cpu but grads\[0\] is on cuda/);
   });
 });

@@ -7,11 +7,11 @@
 #include <vector>
 
 #include "../core/philox.h"
-#include "vec_kernels.h"
 #include "convert.h"
 #include "parallel.h"
 #include "reduce.h"
 #include "stage.h"
+#include "vec_kernels.h"
 
 namespace peft {
 namespace {
@@ -140,7 +140,9 @@ int64_t first_bad_id(const void* ids, DType idt, int64_t n, int64_t vocab) {
 }
 
 void embedding_cpu(const void* ids, DType idt, int64_t n, const void* w, void* out, size_t row_bytes) {
-  parallel_for(n, row_grain(static_cast<int64_t>(row_bytes / 2)), [&](int64_t b, int64_t e) {
+  // A thread copies at least 64 KiB.
+  int64_t grain = std::max<int64_t>(1, (int64_t(1) << 16) / std::max<int64_t>(static_cast<int64_t>(row_bytes), 1));
+  parallel_for(n, grain, [&](int64_t b, int64_t e) {
     for (int64_t i = b; i < e; i++)
       std::memcpy(static_cast<char*>(out) + i * row_bytes, static_cast<const char*>(w) + load_id(ids, idt, i) * row_bytes,
                   row_bytes);
