@@ -1,6 +1,6 @@
 import { afterEach, describe, expect, it, vi } from "vitest";
 import { Conv1D, Linear, LoraLinear, Tensor, backend, manualSeed } from "../lib/index.js";
-import { EPS, expectClose, values } from "./helpers/nn-reference.js";
+import { EPS, expectClose, numericGrad, values } from "./helpers/nn-reference.js";
 import { errorCode } from "./helpers/errors.js";
 
 const code = errorCode;
@@ -22,7 +22,7 @@ function randomizeAdapter(l: LoraLinear, name: string, seed: number) {
 }
 
 /** float64 reference of LoRA forward: y = x·Wᵀ + b + Σ s·(x·Aᵀ)·Bᵀ, W as (N, K). */
-function refForward(l: LoraLinear, x: Float64Array, M: number, adapters = l.activeAdapters) {
+function refForward(l: LoraLinear, x: Float64Array, M: number, adapters = l.activeAdapters, weights: Record<string, Float64Array> = {}) {
   const base = l.baseLayer;
   const conv = base instanceof Conv1D;
   const [K, N] = conv ? [base.nx, base.nf] : [(base as Linear).inFeatures, (base as Linear).outFeatures];
@@ -37,7 +37,8 @@ function refForward(l: LoraLinear, x: Float64Array, M: number, adapters = l.acti
       scale[m * N + n] = a;
     }
   for (const name of adapters) {
-    const A = (l.loraA.get(name) as Linear).weight.toFloat64Array(), B = (l.loraB.get(name) as Linear).weight.toFloat64Array();
+    const A = weights[`${name}.A`] ?? (l.loraA.get(name) as Linear).weight.toFloat64Array();
+    const B = weights[`${name}.B`] ?? (l.loraB.get(name) as Linear).weight.toFloat64Array();
     const r = l.r[name], s = l.scaling[name];
     for (let m = 0; m < M; m++)
       for (let j = 0; j < r; j++) {
@@ -178,6 +179,28 @@ describe("LoraLinear backward", () => {
       expect(l.baseLayer.weight.grad).toBeNull(); // a frozen base costs no gradient work
     });
   }
+
+  it("two active adapters: gradients of both agree with finite differences of the float64 forward", () => {
+    const [M, K, N] = [3, 7, 5];
+    const l = layer(K, N, { r: 2 });
+    l.updateLayer({ adapterName: "b", r: 3, loraAlpha: 6 });
+    randomizeAdapter(l, "b", 4);
+    l.setAdapter(["default", "b"]);
+    l.baseLayer.weight.requiresGrad = false;
+    l.baseLayer.bias!.requiresGrad = false;
+    const x = values(M * K, 5), c = values(M * N, 6);
+    l.forward(Tensor.fromArray(x, [M, K]));
+    l.backward(Tensor.fromArray(c, [M, N]));
+    for (const name of ["default", "b"]) {
+      for (const which of ["A", "B"] as const) {
+        const w = ((which === "A" ? l.loraA : l.loraB).get(name) as Linear).weight;
+        // float64 all the way: the perturbed weights never pass through f32 storage
+        const loss = (v: Float64Array) => refForward(l, x, M, ["default", "b"], { [`${name}.${which}`]: v }).y.reduce((s, yv, i) => s + yv * c[i], 0);
+        const fd = numericGrad(loss, w.toFloat64Array());
+        expectClose(w.grad!.toFloat64Array(), fd, (i) => 1e-5 * (1 + Math.abs(fd[i])), `${name}.${which}`);
+      }
+    }
+  });
 
   it("the base gets gradients when trainable (bias all)", () => {
     const l = layer(6, 4);
