@@ -71,7 +71,7 @@ struct KernAmx {
 };
 
 constexpr KernelSet kAmx = [] {
-  KernelSet s{"amx-bf16", kMr, kZmmNr, BLayout::BF16Pairs, ALayout::BF16Rows32, true, kZmmNr * 2, 32, {}, &amx_begin, &amx_end, nullptr};
+  KernelSet s{"amx-bf16", kMr, kZmmNr, BLayout::BF16Pairs, ALayout::BF16Rows32, true, kZmmNr * 2, 32, {}, &amx_begin, &amx_end, nullptr, nullptr};
   for (int i = 0; i < kMr; i++) s.kernel[i][0] = s.kernel[i][1] = &KernAmx<kMr, 2>::run;
   return s;
 }();

@@ -117,7 +117,7 @@ struct ForLayout {
 
 template <BLayout L, int... Ms>
 constexpr KernelSet make_set(std::integer_sequence<int, Ms...>, const char* name) {
-  KernelSet s{name, kMr, kNr, L, ALayout::F32, false, static_cast<int>(kNr * (L == BLayout::F32 ? 4 : 2)), 4, {}, nullptr, nullptr, nullptr};
+  KernelSet s{name, kMr, kNr, L, ALayout::F32, false, static_cast<int>(kNr * (L == BLayout::F32 ? 4 : 2)), 4, {}, nullptr, nullptr, nullptr, nullptr};
   KernelFn table[kMaxMr][2] = {{&ForLayout<L>::template Kern<Ms + 1, 1>::run, &ForLayout<L>::template Kern<Ms + 1, 2>::run}...};
   for (int i = 0; i < kMaxMr; i++) s.kernel[i][0] = table[i][0], s.kernel[i][1] = table[i][1];
   return s;

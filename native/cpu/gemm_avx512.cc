@@ -1,7 +1,9 @@
 // AVX-512 f32 micro-kernels: a 14 x 32 register tile (28 zmm accumulators), A widened to f32 at pack
-// time, B read as f32, or as 16-bit and widened in registers (f16 by vcvtph2ps; bf16 from the k-pair
-// layout by a shift for the even k and a mask for the odd k), so a bf16 or f16 weight streams half the
-// bytes and keeps one packed form shared with the vdpbf16ps and AMX kernels.
+// time. A bf16 or f16 weight stays 16-bit in its packed form (half the bytes to stream; for bf16 the
+// k-pair layout shared with the vdpbf16ps and AMX kernels) and each B micro-panel block is widened to
+// f32 once, into an L1 buffer, before the row groups run over it. Widening inside the kernel instead
+// (shift/mask per k-pair) needs registers the 28 accumulators leave no room for: GCC spilled and that
+// kernel ran at about half the f32 speed.
 #include "gemm_avx512_tile.h"
 
 namespace peft {
@@ -31,7 +33,11 @@ inline void rank1(__m512 (&c)[M][NV], const float* a, const __m512 (&b)[NV]) {
 constexpr int64_t kTailSteps = 16;
 
 template <int M, int NV>
-inline void step(__m512 (&c)[M][NV], const float* a, const float* b) {
+inline void step(__m512 (&c)[M][NV], const float* a, const float* b, const char*& pf, int64_t pf_step) {
+  // Up to two lines per k-step (an f32 panel row is 128 bytes).
+  prefetch_l2(pf);
+  prefetch_l2(pf + (pf_step >> 1));
+  pf += pf_step;
   __m512 bv[NV];
 #pragma GCC unroll 2
   for (int v = 0; v < NV; v++) bv[v] = _mm512_load_ps(b + 16 * v);
@@ -46,63 +52,43 @@ struct KernF32 {
     zero(c);
     const float* a = static_cast<const float*>(t.a);
     const float* b = static_cast<const float*>(t.b);
+    const char* pf = t.pf ? t.pf : static_cast<const char*>(t.b);
     int64_t k = 0;
-    for (int64_t kend = t.kc - kTailSteps; k < kend; k++, a += M, b += kZmmNr) step(c, a, b);
+    for (int64_t kend = t.kc - kTailSteps; k < kend; k++, a += M, b += kZmmNr) step(c, a, b, pf, t.pf_step);
     prefetch_c<M, true>(t);
-    for (; k < t.kc; k++, a += M, b += kZmmNr) step(c, a, b);
+    for (; k < t.kc; k++, a += M, b += kZmmNr) step(c, a, b, pf, t.pf_step);
     finish(c, t);
   }
 };
 
-template <int M, int NV>
-struct KernF16 {
-  static void run(const Tile& t) {
-    prefetch_c<M>(t);
-    __m512 c[M][NV];
-    zero(c);
-    const float* a = static_cast<const float*>(t.a);
-    const uint16_t* b = static_cast<const uint16_t*>(t.b);
-    for (int64_t k = 0; k < t.kc; k++, a += M, b += kZmmNr) {
-      __m512 bv[NV];
-#pragma GCC unroll 2
-      for (int v = 0; v < NV; v++) bv[v] = _mm512_cvtph_ps(_mm256_load_si256(reinterpret_cast<const __m256i*>(b + 16 * v)));
-      rank1(c, a, bv);
-    }
-    finish(c, t);
-  }
-};
+// Widening of a 16-bit B micro-panel block to the f32 panel the kernels read (see widen_b).
+void widen_f16(const void* src, int64_t kc, float* dst) {
+  const uint16_t* s = static_cast<const uint16_t*>(src);
+  for (int64_t i = 0; i < kc * kZmmNr; i += 16)
+    _mm512_store_ps(dst + i, _mm512_cvtph_ps(_mm256_load_si256(reinterpret_cast<const __m256i*>(s + i))));
+}
 
-template <int M, int NV>
-struct KernBF16Pairs {
-  static void run(const Tile& t) {
-    prefetch_c<M>(t);
-    __m512 c[M][NV];
-    zero(c);
-    const float* a = static_cast<const float*>(t.a);
-    const uint16_t* b = static_cast<const uint16_t*>(t.b);
-    const __m512i hi = _mm512_set1_epi32(static_cast<int>(0xffff0000u));
-    for (int64_t k = 0; k < t.kc; k += 2, a += 2 * M, b += 2 * kZmmNr) {
-      __m512 bv[NV];
-#pragma GCC unroll 2
-      for (int v = 0; v < NV; v++) bv[v] = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_load_si512(b + 32 * v), 16));
-      rank1(c, a, bv);
-      // Reload rather than keep the raw pairs live: with 28 accumulators there is no register for them.
-      __asm__ volatile("" ::: "memory");
-#pragma GCC unroll 2
-      for (int v = 0; v < NV; v++) bv[v] = _mm512_castsi512_ps(_mm512_and_si512(_mm512_load_si512(b + 32 * v), hi));
-      rank1(c, a + M, bv);
+// k-pair layout: each 32-bit lane holds (B[2q][n], B[2q+1][n]); the even k is the low half shifted up,
+// the odd k the high half with the low half cleared.
+void widen_bf16_pairs(const void* src, int64_t kc, float* dst) {
+  const uint16_t* s = static_cast<const uint16_t*>(src);
+  const __m512i hi = _mm512_set1_epi32(static_cast<int>(0xffff0000u));
+  for (int64_t k = 0; k < kc; k += 2, s += 2 * kZmmNr, dst += 2 * kZmmNr) {
+    for (int v = 0; v < 2; v++) {
+      __m512i raw = _mm512_load_si512(s + 32 * v);
+      _mm512_store_si512(dst + 16 * v, _mm512_slli_epi32(raw, 16));
+      _mm512_store_si512(dst + kZmmNr + 16 * v, _mm512_and_si512(raw, hi));
     }
-    finish(c, t);
   }
-};
+}
 
 constexpr int kMr = 14;
 using Rows = std::make_integer_sequence<int, kMr>;
 
-// KC from L1: kc_bytes_per_k is one k-step of a B panel.
-constexpr KernelSet kF32 = make_set<KernF32>(Rows{}, {"avx512-f32", kMr, kZmmNr, BLayout::F32, ALayout::F32, false, kZmmNr * 4, 4, {}, nullptr, nullptr, &pack_a_group_avx512});
-constexpr KernelSet kF16 = make_set<KernF16>(Rows{}, {"avx512-f32-f16w", kMr, kZmmNr, BLayout::F16, ALayout::F32, false, kZmmNr * 2, 4, {}, nullptr, nullptr, &pack_a_group_avx512});
-constexpr KernelSet kBF16 = make_set<KernBF16Pairs>(Rows{}, {"avx512-f32-bf16w", kMr, kZmmNr, BLayout::BF16Pairs, ALayout::F32, false, kZmmNr * 2, 32, {}, nullptr, nullptr, &pack_a_group_avx512});
+// KC from L1: kc_bytes_per_k is one k-step of the f32 panel the kernels read.
+constexpr KernelSet kF32 = make_set<KernF32>(Rows{}, {"avx512-f32", kMr, kZmmNr, BLayout::F32, ALayout::F32, false, kZmmNr * 4, 4, {}, nullptr, nullptr, &pack_a_group_avx512, nullptr});
+constexpr KernelSet kF16 = make_set<KernF32>(Rows{}, {"avx512-f32-f16w", kMr, kZmmNr, BLayout::F16, ALayout::F32, false, kZmmNr * 4, 4, {}, nullptr, nullptr, &pack_a_group_avx512, &widen_f16});
+constexpr KernelSet kBF16 = make_set<KernF32>(Rows{}, {"avx512-f32-bf16w", kMr, kZmmNr, BLayout::BF16Pairs, ALayout::F32, false, kZmmNr * 4, 32, {}, nullptr, nullptr, &pack_a_group_avx512, &widen_bf16_pairs});
 
 }  // namespace
 

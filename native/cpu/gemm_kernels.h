@@ -58,6 +58,10 @@ struct Tile {
   float alpha = 1.0f;
   int m = 0, n = 0;  // valid rows and columns
   unsigned flags = 0;
+  // A stream the kernel prefetches towards L2 as it goes, pf_step bytes per k-step: the B bytes it will
+  // need next when B comes from memory (small M). pf_step = 0 makes it a no-op.
+  const char* pf = nullptr;
+  int64_t pf_step = 0;
 };
 
 using KernelFn = void (*)(const Tile& t);
@@ -76,7 +80,7 @@ struct KernelSet {
   BLayout b;
   ALayout a;
   bool pad_groups;          // partial row groups are zero-padded to mr (tile hardware wants full rows)
-  int kc_bytes_per_k;       // bytes of one B panel k-step (blocking uses it to size KC against L1)
+  int kc_bytes_per_k;       // bytes of one B panel k-step as the kernels read it (sizes KC against L1)
   int kc_align;             // KC blocks are multiples of this
   // kernel[m-1][w]: m rows (1..mr), w = 0 for n <= nr/2 (half-width variant), 1 for the full panel.
   KernelFn kernel[kMaxMr][2];
@@ -85,6 +89,10 @@ struct KernelSet {
   void (*thread_end)();
   // A packer for this set's layout (same contract as pack_a_group); null: pack_a_group.
   PackAFn pack_a;
+  // For 16-bit weights on an f32 kernel: widens kc k-steps of one packed B micro-panel into an f32
+  // panel (kc x nr) that the kernels then read. The driver does it once per panel and K block, so its
+  // cost is shared by every row group. Null: the kernels read the packed panel as it is.
+  void (*widen_b)(const void* src, int64_t kc, float* dst);
 };
 
 // The kernel sets per ISA file. Each returns null when its layout does not fit the operands.

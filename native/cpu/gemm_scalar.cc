@@ -42,7 +42,7 @@ void kernel(const Tile& t) {
 constexpr KernelSet kScalar = {
     "scalar", kMr, kNr, BLayout::F32, ALayout::F32, false, kNr * 4, 1,
     {{kernel<1>, kernel<1>}, {kernel<2>, kernel<2>}, {kernel<3>, kernel<3>}, {kernel<4>, kernel<4>}},
-    nullptr, nullptr, nullptr};
+    nullptr, nullptr, nullptr, nullptr};
 
 }  // namespace
 

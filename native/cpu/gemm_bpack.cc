@@ -1,0 +1,71 @@
+// Packed B: built in parallel, cached on the weight's storage when the caller names one. The cache key
+// carries the layout (which follows the ISA path and dtype, so a setIsa() change never reuses a pack of
+// another format) and the view (the same storage may be used through different shapes); the stored
+// pack is checked against the view before use and repacked per call on any mismatch.
+#include "gemm_driver.h"
+#include "parallel.h"
+
+namespace peft {
+namespace gemm_detail {
+namespace {
+
+thread_local Scratch t_bcall;
+
+void describe(PackedB& pb, const KernelSet& ks, const GemmMat& b, int64_t K, int64_t N, int64_t Kp) {
+  pb.layout = ks.b;
+  pb.nr = ks.nr;
+  pb.K = K, pb.N = N, pb.Kp = Kp;
+  pb.panels = ceil_div(N, ks.nr);
+  pb.src = b;
+  pb.panel_bytes = static_cast<size_t>(Kp) * ks.nr * blayout_size(ks.b);
+}
+
+bool same(const PackedB& a, const PackedB& b) {
+  return a.layout == b.layout && a.nr == b.nr && a.K == b.K && a.N == b.N && a.Kp == b.Kp && a.src.p == b.src.p &&
+         a.src.dt == b.src.dt && a.src.rs == b.src.rs && a.src.cs == b.src.cs;
+}
+
+void fill(const PackedB& pb) {
+  // Memory-bound; a panel is tens of KiB, so a few panels per chunk spread it well enough.
+  parallel_for(pb.panels, 4, [&](int64_t p0, int64_t p1) {
+    pack_b_panels(pb.layout, pb.nr, pb.src, pb.K, pb.N, pb.Kp, p0, p1, const_cast<char*>(pb.panel(p0)));
+  });
+}
+
+int cache_kind(const PackedB& pb, const void* base) {
+  uint64_t h = 1469598103934665603ull;  // FNV-1a over the fields that define the packed bytes
+  for (uint64_t v : {static_cast<uint64_t>(pb.layout), static_cast<uint64_t>(pb.nr), static_cast<uint64_t>(pb.K),
+                     static_cast<uint64_t>(pb.N), static_cast<uint64_t>(pb.src.rs), static_cast<uint64_t>(pb.src.cs),
+                     static_cast<uint64_t>(pb.src.dt),
+                     static_cast<uint64_t>(static_cast<const char*>(pb.src.p) - static_cast<const char*>(base))})
+    h = (h ^ v) * 1099511628211ull;
+  int kind = static_cast<int>((h ^ (h >> 32)) & 0x7fffffff);
+  return kind ? kind : 1;
+}
+
+}  // namespace
+
+std::shared_ptr<const PackedB> packed_b(const GemmArgs& g, const KernelSet& ks, int64_t Kp) {
+  auto pb = std::make_shared<PackedB>();
+  describe(*pb, ks, g.B, g.K, g.N, Kp);
+  const size_t bytes = std::max<size_t>(pb->panel_bytes * pb->panels, kAlign);
+  if (g.b_cache && g.b_cache->device == Device::CPU) {
+    auto build = [&]() {
+      auto built = std::make_shared<PackedB>();
+      describe(*built, ks, g.B, g.K, g.N, Kp);
+      built->data = static_cast<char*>(std::aligned_alloc(kAlign, round_up(bytes, kAlign)));
+      if (!built->data) throw std::bad_alloc();
+      built->owned = true;
+      fill(*built);
+      return built;
+    };
+    auto cached = g.b_cache->derived<PackedB>(cache_kind(*pb, g.b_cache->data), build);
+    if (same(*cached, *pb)) return cached;
+  }
+  pb->data = static_cast<char*>(t_bcall.get(bytes));
+  fill(*pb);
+  return pb;
+}
+
+}  // namespace gemm_detail
+}  // namespace peft

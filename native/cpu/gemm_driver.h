@@ -1,0 +1,81 @@
+// The GEMM driver's pieces (gemm.cc plans, gemm_bpack.cc packs and caches B, gemm_part.cc runs one
+// thread's share of the loop nest). Internal to the CPU backend.
+#pragma once
+#include <cstdlib>
+#include <memory>
+#include <new>
+
+#include "gemm_kernels.h"
+#include "isa.h"
+
+namespace peft {
+namespace gemm_detail {
+
+inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+inline int64_t round_up(int64_t a, int64_t b) { return ceil_div(a, b) * b; }
+
+// 64-byte aligned buffer that only grows; thread-local, so pool workers reuse theirs across calls.
+struct Scratch {
+  void* p = nullptr;
+  size_t cap = 0;
+  void* get(size_t bytes) {
+    if (bytes > cap) {
+      std::free(p);
+      cap = static_cast<size_t>(round_up(static_cast<int64_t>(bytes), 1 << 16));
+      p = std::aligned_alloc(kAlign, cap);
+      if (!p) {
+        cap = 0;
+        throw std::bad_alloc();
+      }
+    }
+    return p;
+  }
+  ~Scratch() { std::free(p); }
+  Scratch() = default;
+  Scratch(const Scratch&) = delete;
+  Scratch& operator=(const Scratch&) = delete;
+};
+
+// B in a kernel set's panel layout, and which view of which memory it was packed from.
+struct PackedB {
+  BLayout layout = BLayout::F32;
+  int nr = 0;
+  int64_t K = 0, N = 0, Kp = 0, panels = 0;
+  GemmMat src;
+  size_t panel_bytes = 0;
+  char* data = nullptr;
+  bool owned = false;  // data is ours to free (a cached pack) rather than the caller's scratch
+
+  const char* panel(int64_t p) const { return data + p * panel_bytes; }
+  PackedB() = default;
+  PackedB(const PackedB&) = delete;
+  PackedB& operator=(const PackedB&) = delete;
+  ~PackedB() {
+    if (owned) std::free(data);
+  }
+};
+
+// B packed for `ks`: the cached form when g.b_cache holds one for this view and layout (built on first
+// use, dropped by the storage when its version moves), else packed now into the caller's scratch.
+std::shared_ptr<const PackedB> packed_b(const GemmArgs& g, const KernelSet& ks, int64_t Kp);
+
+struct Plan {
+  const KernelSet* ks = nullptr;
+  int64_t Kp = 0, kc = 0, nblocks = 1;  // K padded, K block size, number of K blocks
+  int threads = 1, tm = 1, tn = 1;      // thread grid over row groups x panels
+  int64_t groups = 0, panels = 0;       // mr-row groups and nr-column panels of C
+  size_t asz = 4, csz = 4;              // packed A and C element sizes
+  const float* bias = nullptr;          // f32, padded to whole panels
+};
+
+// One thread's share: row groups [g0, g1) and panels [p0, p1) of C.
+void run_part(const Plan& pl, const GemmArgs& g, const PackedB& pb, int64_t g0, int64_t g1, int64_t p0, int64_t p1);
+
+// NODE_PEFT_GEMM_BLOCKING="kc,mc" overrides the cache-derived block sizes (a tuning aid for benches).
+struct BlockingOverride {
+  int64_t kc = 0, mc = 0;
+};
+const BlockingOverride& blocking_override();
+
+}  // namespace gemm_detail
+}  // namespace peft

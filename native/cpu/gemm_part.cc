@@ -1,0 +1,185 @@
+// One thread's share of the GEMM loop nest: rows of C in A blocks, columns in B panels, K in blocks.
+//
+// Two orders. Stream order (small M, or a single K block): the A block holds all of K and fits L2, each
+// B panel is walked once through all K blocks while its C tile stays in L1, so B is read exactly once
+// and C written once. Block order (large M with K split): K blocks outermost, the A block x KC sits in
+// L2 and every B micro-panel block is read from memory once and reused from L1 by all row groups; C
+// tiles are revisited once per K block (the kernels prefetch them).
+#include <algorithm>
+
+#include "gemm_driver.h"
+
+namespace peft {
+namespace gemm_detail {
+namespace {
+
+thread_local Scratch t_apack, t_a2pack, t_b2pack, t_partial, t_widen;
+
+// How far ahead of its reads a kernel prefetches B when B streams from memory (stream order, first row
+// group). Measured on Zen 5 (M = 16): 8-12 KiB keeps DRAM busy while the FMAs run, 4 KiB leaves it
+// idle part of the time, 24 KiB and more starts to evict what is still to be used.
+constexpr int64_t kStreamPrefetch = 12 << 10;
+
+// Row groups of an A block: mr rows each for sets that pad groups to mr; otherwise as equal as possible
+// (16 rows run as 8 + 8 rather than 14 + 2, whose 2-row kernel is bound by FMA latency).
+struct Groups {
+  int64_t n = 0, base = 0, extra = 0;
+  int mr = 0;
+  bool fixed = false;
+  Groups(int64_t rows, int mr_, bool fixed_) : n(ceil_div(rows, mr_)), mr(mr_), fixed(fixed_) {
+    base = rows / n, extra = rows % n;
+    if (fixed) base = mr, extra = rows - (n - 1) * mr;  // last group holds `extra` rows
+  }
+  int64_t start(int64_t gi) const { return fixed ? gi * mr : gi * base + std::min(gi, extra); }
+  int rows(int64_t gi) const {
+    if (fixed) return static_cast<int>(gi == n - 1 ? extra : mr);
+    return static_cast<int>(base + (gi < extra ? 1 : 0));
+  }
+  int stride(int64_t gi) const { return fixed ? mr : rows(gi); }  // packed row stride of group gi
+};
+
+class Part {
+ public:
+  Part(const Plan& pl, const GemmArgs& g, const PackedB& pb, int64_t g0, int64_t g1, int64_t p0, int64_t p1)
+      : pl_(pl), g_(g), pb_(pb), ks_(*pl.ks), p0_(p0), p1_(p1) {
+    m_begin_ = g0 * ks_.mr, m_end_ = std::min(g.M, g1 * ks_.mr);
+    bsz_ = blayout_size(ks_.b);
+    use_partial_ = g.c_dt != DType::F32 && pl.nblocks > 1;
+    ncols_ = (p1 - p0) * ks_.nr;
+    b_end_ = pb.panel(p1);
+  }
+
+  void run() {
+    if (m_begin_ >= m_end_ || p0_ >= p1_) return;
+    const CpuFeatures& cf = cpu_features();
+    const int mr = ks_.mr;
+    const int64_t rows = m_end_ - m_begin_;
+    // Rows per A block: in stream order the whole-K block fits half of L2; in block order one K block of
+    // it does.
+    int64_t mc_stream = std::max<int64_t>(mr, cf.l2_bytes / 2 / std::max<int64_t>(1, pl_.Kp * pl_.asz) / mr * mr);
+    stream_ = rows <= mc_stream || pl_.nblocks == 1;
+    int64_t mc = stream_ ? mc_stream : std::max<int64_t>(mr, cf.l2_bytes / 2 / (pl_.kc * pl_.asz) / mr * mr);
+    if (blocking_override().mc > 0) mc = round_up(blocking_override().mc, mr);
+    mc = std::min(mc, round_up(rows, mr));
+    if (g_.R > 0) pack_b2();
+    for (int64_t ic = m_begin_; ic < m_end_; ic += mc) run_block(ic, std::min(mc, m_end_ - ic));
+  }
+
+ private:
+  // B2 for this thread's panels, as f32 panels of R rows.
+  void pack_b2() {
+    b2_ = static_cast<float*>(t_b2pack.get(sizeof(float) * g_.R * ks_.nr * (p1_ - p0_)));
+    pack_b_panels(BLayout::F32, ks_.nr, g_.B2, g_.R, g_.N, g_.R, p0_, p1_, b2_);
+  }
+
+  // A rows of the current block over k-steps [pc, pc + kcb), group gi at start(gi) * kcb elements.
+  void pack_a(int64_t pc, int64_t kcb) {
+    const Groups& gr = *groups_;
+    ap_ = static_cast<char*>(t_apack.get(pl_.asz * gr.n * ks_.mr * std::max<int64_t>(kcb, 1)));
+    a_k0_ = pc, a_len_ = kcb;
+    GemmMat a = g_.A;
+    a.p = static_cast<const char*>(g_.A.p) + pc * g_.A.cs * static_cast<int64_t>(dtype_size(g_.A.dt));
+    int64_t k_real = std::clamp<int64_t>(g_.K - pc, 0, kcb);
+    PackAFn pack = ks_.pack_a ? ks_.pack_a : pack_a_group;
+    for (int64_t gi = 0; gi < gr.n; gi++)
+      pack(ks_.a, a, ic_ + gr.start(gi), gr.rows(gi), gr.stride(gi), k_real, kcb, ap_ + pl_.asz * gr.start(gi) * kcb);
+  }
+
+  void run_block(int64_t ic, int64_t mcb) {
+    Groups gr(mcb, ks_.mr, ks_.pad_groups);
+    groups_ = &gr;
+    ic_ = ic, mcb_ = mcb;
+    if (g_.R > 0) {
+      a2p_ = static_cast<float*>(t_a2pack.get(sizeof(float) * gr.n * ks_.mr * g_.R));
+      for (int64_t gi = 0; gi < gr.n; gi++)
+        pack_a_group(ALayout::F32, g_.A2, ic + gr.start(gi), gr.rows(gi), gr.stride(gi), g_.R, g_.R, a2p_ + gr.start(gi) * g_.R);
+    }
+    if (use_partial_) part_ = static_cast<float*>(t_partial.get(sizeof(float) * mcb * ncols_));
+    if (stream_) {
+      pack_a(0, pl_.Kp);
+      for (int64_t p = p0_; p < p1_; p++)
+        for (int64_t blk = 0; blk < pl_.nblocks; blk++) panel_block(blk, p);
+    } else {
+      for (int64_t blk = 0; blk < pl_.nblocks; blk++) {
+        pack_a(blk * pl_.kc, std::min(pl_.kc, pl_.Kp - blk * pl_.kc));
+        for (int64_t p = p0_; p < p1_; p++) panel_block(blk, p);
+      }
+    }
+  }
+
+  // One B micro-panel block (widened first when the set asks for it) under every row group. In block
+  // order, the same K block of the next panel is pulled towards L2 in equal slices meanwhile, so its
+  // first use does not wait on memory; in stream order the first row group's kernel prefetches ahead.
+  void panel_block(int64_t blk, int64_t p) {
+    const int nr = ks_.nr;
+    int64_t pc = blk * pl_.kc, kcb = std::min(pl_.kc, pl_.Kp - pc), bytes = kcb * nr * static_cast<int64_t>(bsz_);
+    const char* raw = pb_.panel(p) + pc * nr * bsz_;
+    const void* bp = raw;
+    if (ks_.widen_b) {
+      float* w = static_cast<float*>(t_widen.get(sizeof(float) * pl_.kc * nr));
+      ks_.widen_b(raw, kcb, w);
+      bp = w;
+    }
+    const Groups& gr = *groups_;
+    const char* next = p + 1 < p1_ ? pb_.panel(p + 1) + pc * nr * bsz_ : b_end_;
+    int64_t slice = round_up(ceil_div(bytes, gr.n), 64);
+    for (int64_t gi = 0; gi < gr.n; gi++) {
+      if (!stream_)
+        for (const char* q = next + gi * slice; q < std::min(next + (gi + 1) * slice, b_end_); q += 64) prefetch_l2(q);
+      tile(blk, p, gi, bp, stream_ && gi == 0 ? raw : nullptr);
+    }
+  }
+
+  void tile(int64_t blk, int64_t p, int64_t gi, const void* bpanel, const char* streaming) {
+    const Groups& gr = *groups_;
+    const int nr = ks_.nr;
+    Tile t;
+    int m = gr.rows(gi), ms = gr.stride(gi);
+    int64_t pc = blk * pl_.kc, row = ic_ + gr.start(gi), col = p * nr;
+    bool last = blk == pl_.nblocks - 1;
+    t.kc = std::min(pl_.kc, pl_.Kp - pc);
+    t.a = ap_ + pl_.asz * (gr.start(gi) * a_len_ + (pc - a_k0_) * ms);
+    t.b = bpanel;
+    if (last && g_.R > 0) {
+      t.kr = g_.R, t.a2 = a2p_ + gr.start(gi) * g_.R, t.a2_stride = ms;
+      t.b2 = b2_ + (p - p0_) * g_.R * nr;
+    }
+    t.c = static_cast<char*>(g_.C) + (row * g_.ldc + col) * pl_.csz;
+    t.ldc = g_.ldc;
+    t.c_dt = g_.c_dt;
+    if (use_partial_) t.p = part_ + (row - ic_) * ncols_ + (col - p0_ * nr), t.ldp = ncols_;
+    else if (g_.c_dt == DType::F32) t.p = static_cast<float*>(t.c), t.ldp = g_.ldc;
+    t.bias = pl_.bias ? pl_.bias + col : nullptr;
+    t.alpha = g_.alpha;
+    t.m = m;
+    t.n = static_cast<int>(std::min<int64_t>(nr, g_.N - col));
+    t.flags = (blk == 0 ? kFirst : 0) | (last ? kLast : 0) | (g_.accumulate ? kAccumulate : 0);
+    if (streaming) t.pf = std::min(streaming + kStreamPrefetch, b_end_), t.pf_step = nr * static_cast<int64_t>(bsz_);
+    ks_.kernel[m - 1][t.n <= nr / 2 ? 0 : 1](t);
+  }
+
+  const Plan& pl_;
+  const GemmArgs& g_;
+  const PackedB& pb_;
+  const KernelSet& ks_;
+  int64_t p0_, p1_, m_begin_ = 0, m_end_ = 0, ncols_ = 0;
+  size_t bsz_ = 4;
+  bool use_partial_ = false, stream_ = false;
+  const char* b_end_ = nullptr;
+  float* b2_ = nullptr;
+  // The current A block.
+  const Groups* groups_ = nullptr;
+  int64_t ic_ = 0, mcb_ = 0, a_k0_ = 0, a_len_ = 0;
+  char* ap_ = nullptr;
+  float* a2p_ = nullptr;
+  float* part_ = nullptr;
+};
+
+}  // namespace
+
+void run_part(const Plan& pl, const GemmArgs& g, const PackedB& pb, int64_t g0, int64_t g1, int64_t p0, int64_t p1) {
+  Part(pl, g, pb, g0, g1, p0, p1).run();
+}
+
+}  // namespace gemm_detail
+}  // namespace peft
