@@ -74,7 +74,22 @@ export interface NativeAddon {
   setNumThreads(n: number): void;
   setIsa(isa: string): void;
   setAmx(on: boolean): void;
+  /** Test hook: c (in place) = alpha·op(a)·op(b) [+ a2·b2] [+ bias] [+ c] through the GEMM or its reference. */
+  _gemmTest(a: NativeTensor, b: NativeTensor, c: NativeTensor, opts: GemmTestOptions): void;
   [extra: string]: unknown;
+}
+
+/** Options of the `_gemmTest` hook (native/ops/gemm_test_hook.cc). */
+export interface GemmTestOptions {
+  transA?: boolean;
+  transB?: boolean;
+  alpha?: number;
+  accumulate?: boolean;
+  bias?: NativeTensor | null;
+  a2?: NativeTensor | null;
+  b2?: NativeTensor | null;
+  reference?: boolean;
+  cacheB?: boolean;
 }
 
 const root = join(dirname(fileURLToPath(import.meta.url)), "..");
