@@ -9,6 +9,7 @@
 #include "gemm.h"
 #include "nn_kernels.h"
 #include "parallel.h"
+#include "rank_update.h"
 
 namespace peft {
 namespace {
@@ -172,27 +173,23 @@ void lora_backward_cpu(const DenseView& d, const std::vector<AdapterView>& ad, c
 }
 
 namespace {
-// C (rows, cols) (+)= sign·Σ s·B·A (or its transpose) as one GEMM of inner size R.
-void delta_gemm(void* C, DType c_dt, int64_t N, int64_t K, bool w_in_out, const std::vector<AdapterView>& ad, float sign,
-                bool accumulate) {
+// W (+)= sign·Σ s·B·A (transposed for w_in_out) as one rank-R streaming update of W.
+void delta_update(void* C, DType c_dt, int64_t N, int64_t K, bool w_in_out, const std::vector<AdapterView>& ad, float sign) {
   const int64_t R = total_rank(ad);
   Scratch bs(N * R), acat(R * K);
   scaled_b_cat(ad, N, R, sign, bs.get());
   a_cat(ad, K, acat.get());
-  GemmArgs g;
   if (!w_in_out) {  // W(n, k) += Σ_j sB(n, j) A(j, k)
-    g.M = N, g.N = K, g.K = R;
-    g.A = rows(bs.get(), DType::F32, R);
-    g.B = rows(acat.get(), DType::F32, K);
-    g.ldc = K;
-  } else {  // W(k, n) += Σ_j A(j, k) sB(n, j)
-    g.M = K, g.N = N, g.K = R;
-    g.A = cols(acat.get(), DType::F32, K);
-    g.B = cols(bs.get(), DType::F32, R);
-    g.ldc = N;
+    rank_update(C, c_dt, N, K, bs.get(), acat.get(), R);
+    return;
   }
-  g.C = C, g.c_dt = c_dt, g.accumulate = accumulate;
-  gemm(g);
+  // W(k, n) += Σ_j A(j, k) sB(n, j): the same update with both factors transposed (small copies).
+  Scratch at(K * R), bst(R * N);
+  for (int64_t j = 0; j < R; j++)
+    for (int64_t k = 0; k < K; k++) at.get()[k * R + j] = acat.get()[j * K + k];
+  for (int64_t n = 0; n < N; n++)
+    for (int64_t j = 0; j < R; j++) bst.get()[j * N + n] = bs.get()[n * R + j];
+  rank_update(C, c_dt, K, N, at.get(), bst.get(), R);
 }
 
 bool all_finite(const float* v, int64_t n) {
@@ -209,18 +206,18 @@ int lora_merge_cpu(void* W, DType w_dt, int64_t N, int64_t K, bool w_in_out, con
                    bool safe) {
   if (N == 0 || K == 0 || ad.empty()) return -1;
   if (!safe) {
-    delta_gemm(W, w_dt, N, K, w_in_out, ad, sign, true);
+    delta_update(W, w_dt, N, K, w_in_out, ad, sign);
     return -1;
   }
   // Safe: W + Δ in f32 aside, checked, then copied back (rounded once). On failure, name the first adapter
   // whose own delta is non-finite.
   Scratch merged(N * K);
   convert_cpu(W, w_dt, merged.get(), DType::F32, N * K);
-  delta_gemm(merged.get(), DType::F32, N, K, w_in_out, ad, sign, true);
+  delta_update(merged.get(), DType::F32, N, K, w_in_out, ad, sign);
   if (!all_finite(merged.get(), N * K)) {
     for (size_t i = 0; i < ad.size(); i++) {
       convert_cpu(W, w_dt, merged.get(), DType::F32, N * K);
-      delta_gemm(merged.get(), DType::F32, N, K, w_in_out, {ad[i]}, sign, true);
+      delta_update(merged.get(), DType::F32, N, K, w_in_out, {ad[i]}, sign);
       if (!all_finite(merged.get(), N * K)) return static_cast<int>(i);
     }
     return 0;

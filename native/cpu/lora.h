@@ -47,7 +47,8 @@ void lora_forward_cpu(const DenseView& d, const std::vector<AdapterView>& ad, vo
 void lora_backward_cpu(const DenseView& d, const std::vector<AdapterView>& ad, const void* dy, DType dy_dt, const float* T,
                        void* dx, DType dx_dt);
 
-// W += sign · Σ scale·B·A (transposed for w_in_out) in one pass over W, the sum rounded once into W's dtype.
+// W += sign · Σ scale·B·A (transposed for w_in_out) in one streaming pass over W (rank_update), the sum
+// rounded once into W's dtype.
 // With `safe`, the result is computed aside and committed only if finite; returns the index of the first adapter
 // whose delta makes W non-finite (W untouched), or -1.
 int lora_merge_cpu(void* W, DType w_dt, int64_t N, int64_t K, bool w_in_out, const std::vector<AdapterView>& ad, float sign,
