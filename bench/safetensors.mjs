@@ -70,6 +70,7 @@ export const cases = [
       drop(await loadSafetensors(file));
     },
     baseline: memcpyFresh,
+    target: { baseline: "baseline", min: 0.7, note: "≥ 70 % of a memcpy of the same bytes into fresh memory" },
   },
   {
     name: "safetensors load 1 GiB (sync, page cache warm)",
@@ -81,6 +82,7 @@ export const cases = [
       drop(loadSafetensorsSync(file));
     },
     baseline: memcpyFresh,
+    target: { baseline: "baseline", min: 0.7, note: "≥ 70 % of a memcpy of the same bytes into fresh memory" },
   },
   {
     name: "safetensors save 1 GiB (async, atomic, fsync)",
