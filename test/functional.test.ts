@@ -3,7 +3,7 @@
 import { afterEach, describe, expect, it } from "vitest";
 import { PeftError, Tensor, backend } from "../lib/index.js";
 import * as F from "../lib/functional.js";
-import {
+import { logSoftmaxRef,
   FLOATS, ISAS, SIZES, UNIT, centralDiff, forEachIsa, expectClose, expectError, expectSameBits, normCdf, normPdf, numericGrad,
   philoxUniforms, roundTo, tensorOf, tolIn, uniform,
 } from "./helpers/numeric.js";
@@ -160,17 +160,6 @@ describe("activation", () => {
 });
 
 // ---- log-softmax ----
-function logSoftmaxRef(x: ArrayLike<number>, rows: number, C: number): Float64Array {
-  const y = new Float64Array(rows * C);
-  for (let r = 0; r < rows; r++) {
-    let m = -Infinity;
-    for (let c = 0; c < C; c++) m = Math.max(m, x[r * C + c]);
-    let s = 0;
-    for (let c = 0; c < C; c++) s += Math.exp(x[r * C + c] - m);
-    for (let c = 0; c < C; c++) y[r * C + c] = x[r * C + c] - m - Math.log(s);
-  }
-  return y;
-}
 function rowMaxAbs(x: ArrayLike<number>, C: number, i: number): number {
   const r = Math.floor(i / C);
   let m = 0;

@@ -3,7 +3,7 @@
 import { afterEach, describe, expect, it } from "vitest";
 import { PeftError, Tensor, backend } from "../lib/index.js";
 import { crossEntropy, mseLoss, nllLoss } from "../lib/functional.js";
-import { FLOATS, UNIT, forEachIsa, expectClose, expectError, expectSameBits, numericGrad, tensorOf, tolIn, uniform } from "./helpers/numeric.js";
+import { logSoftmaxRef, FLOATS, UNIT, forEachIsa, expectClose, expectError, expectSameBits, numericGrad, tensorOf, tolIn, uniform } from "./helpers/numeric.js";
 
 const E = UNIT.f32;
 const threads = backend.threads;
@@ -14,21 +14,10 @@ function targets(M: number, C: number, seed: number, ignore = -100, every = 0): 
   return uniform(M, 0, C, seed).map((u, i) => (every && i % every === 1 ? ignore : Math.floor(u)));
 }
 
-function logSoftmaxRows(x: ArrayLike<number>, M: number, C: number): Float64Array {
-  const y = new Float64Array(M * C);
-  for (let r = 0; r < M; r++) {
-    let m = -Infinity;
-    for (let c = 0; c < C; c++) m = Math.max(m, x[r * C + c]);
-    let s = 0;
-    for (let c = 0; c < C; c++) s += Math.exp(x[r * C + c] - m);
-    for (let c = 0; c < C; c++) y[r * C + c] = x[r * C + c] - m - Math.log(s);
-  }
-  return y;
-}
 
 /** PyTorch's F.cross_entropy(reduction="mean", ignore_index, label_smoothing) in float64. */
 function crossEntropyRef(x: ArrayLike<number>, t: number[], C: number, ignore: number, eps: number): number {
-  const M = t.length, lp = logSoftmaxRows(x, M, C);
+  const M = t.length, lp = logSoftmaxRef(x, M, C);
   let nll = 0, smooth = 0, count = 0;
   t.forEach((ti, r) => {
     if (ti === ignore) return;
@@ -116,7 +105,7 @@ describe("crossEntropy", () => {
             if (count === 0) expect(loss).toBeNaN();
             else expect(Math.abs(loss - want), `loss M=${M} C=${C} eps=${eps}`).toBeLessThanOrEqual(ltol);
             // analytic gradient: (softmax - (1 - eps) onehot - eps / C) / count
-            const lp = logSoftmaxRows(xv, M, C), gwant = new Float64Array(M * C), mag = new Float64Array(M * C), rel = new Float64Array(M * C);
+            const lp = logSoftmaxRef(xv, M, C), gwant = new Float64Array(M * C), mag = new Float64Array(M * C), rel = new Float64Array(M * C);
             tv.forEach((t, r) => {
               if (t === -100) return;
               let m = -Infinity;
@@ -162,7 +151,7 @@ describe("crossEntropy", () => {
     expect(inf.loss).toBeCloseTo(Math.log(1 + Math.exp(-1)), 6);
     expect(inf.grad.toArray()[0]).toBe(0);
     const ign = crossEntropy(Tensor.fromArray(base, [2, 3]), Tensor.fromArray([1, 0], [2], "i64"), { ignoreIndex: 0 });
-    expect(ign.loss).toBeCloseTo(-logSoftmaxRows(base, 2, 3)[1], 6);
+    expect(ign.loss).toBeCloseTo(-logSoftmaxRef(base, 2, 3)[1], 6);
     expect(ign.grad.toArray().slice(3)).toEqual([0, 0, 0]);
     const none = crossEntropy(Tensor.fromArray(base, [2, 3]), Tensor.fromArray([-100, -100], [2], "i64"), { labelSmoothing: 0.1 });
     expect(none.loss).toBeNaN();

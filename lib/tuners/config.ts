@@ -159,6 +159,20 @@ export abstract class PeftConfigBase {
     return [...BASE_FIELDS, ...this.spec.fields];
   }
 
+  /** Reads a config PEFT wrote (snake_case keys), as the class it is called on. */
+  static fromJSON<T extends PeftConfigBase>(this: new () => T, obj: object): T {
+    const c = new this();
+    c.load(obj, "json");
+    return c;
+  }
+
+  /** Reads `dir/adapter_config.json`, as the class it is called on. */
+  static async fromPretrained<T extends PeftConfigBase>(this: new () => T, dir: string): Promise<T> {
+    const c = new this();
+    c.load(await readConfigFile(dir), "json");
+    return c;
+  }
+
   /**
    * Apply options (`from` = "options": camelCase keys) or a PEFT JSON object (`from` = "json": snake_case
    * keys), then check the rules that span several fields.

@@ -187,3 +187,16 @@ export function philoxUniforms(n: number, seed: number, stream: number): Float64
   }
   return out;
 }
+
+/** Row-wise log-softmax in float64 (max-subtracted). */
+export function logSoftmaxRef(x: ArrayLike<number>, rows: number, C: number): Float64Array {
+  const y = new Float64Array(rows * C);
+  for (let r = 0; r < rows; r++) {
+    let m = -Infinity;
+    for (let c = 0; c < C; c++) m = Math.max(m, x[r * C + c]);
+    let s = 0;
+    for (let c = 0; c < C; c++) s += Math.exp(x[r * C + c] - m);
+    for (let c = 0; c < C; c++) y[r * C + c] = x[r * C + c] - m - Math.log(s);
+  }
+  return y;
+}

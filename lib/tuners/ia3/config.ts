@@ -3,7 +3,7 @@
 
 import { peftError } from "../../errors.js";
 import * as check from "../config-checks.js";
-import { type ConfigSpec, type PeftConfigOptions, PeftConfigBase, readConfigFile } from "../config.js";
+import { type ConfigSpec, type PeftConfigOptions, PeftConfigBase } from "../config.js";
 
 export interface IA3ConfigOptions extends PeftConfigOptions {
   targetModules?: string[] | string | null;
@@ -59,17 +59,5 @@ export class IA3Config extends PeftConfigBase {
         );
       }
     }
-  }
-
-  /** Read a config PEFT wrote (snake_case keys). */
-  static fromJSON(obj: object): IA3Config {
-    const c = new IA3Config();
-    c.load(obj, "json");
-    return c;
-  }
-
-  /** Read `dir/adapter_config.json`. */
-  static async fromPretrained(dir: string): Promise<IA3Config> {
-    return IA3Config.fromJSON(await readConfigFile(dir));
   }
 }

@@ -10,7 +10,6 @@ import {
   PeftConfigBase,
   hide,
   pyTruthy,
-  readConfigFile,
 } from "../config.js";
 
 export type LoraBias = "none" | "all" | "lora_only";
@@ -198,17 +197,5 @@ export class LoraConfig extends PeftConfigBase {
     }
     this.customModules ??= new Map();
     for (const [from, to] of mapping) this.customModules.set(from, to);
-  }
-
-  /** Read a config PEFT wrote (snake_case keys). */
-  static fromJSON(obj: object): LoraConfig {
-    const c = new LoraConfig();
-    c.load(obj, "json");
-    return c;
-  }
-
-  /** Read `dir/adapter_config.json`. */
-  static async fromPretrained(dir: string): Promise<LoraConfig> {
-    return LoraConfig.fromJSON(await readConfigFile(dir));
   }
 }
