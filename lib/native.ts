@@ -76,6 +76,12 @@ export interface NativeAddon {
   setAmx(on: boolean): void;
   /** Test hook: c (in place) = alpha·op(a)·op(b) [+ a2·b2] [+ bias] [+ c] through the GEMM or its reference. */
   _gemmTest(a: NativeTensor, b: NativeTensor, c: NativeTensor, opts: GemmTestOptions): void;
+  /** Bench hooks (native/ops/bench_hooks.cc): machine ceilings, eviction, pool wake-up, GEMM kernel set. */
+  _benchCeilings(): { name: string; unit: string; what: string }[];
+  _benchCeiling(name: string, threads: number, seconds: number): number;
+  _benchEvict(t: NativeTensor): number;
+  _benchWake(): void;
+  _benchGemmKernel(a: string, b: string): string;
   [extra: string]: unknown;
 }
 

@@ -39,6 +39,7 @@ static Napi::Object Init(Napi::Env env, Napi::Object exports) {
   register_linear_ops(env, exports);
   register_backend_info(env, exports);
   register_gemm_test_hook(env, exports);
+  register_bench_hooks(env, exports);
   register_nn_ops(env, exports);
   register_loss_ops(env, exports);
   register_optim_ops(env, exports);

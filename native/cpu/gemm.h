@@ -41,4 +41,13 @@ void gemm(const GemmArgs& args);
 // The plain triple loop with the same semantics, kept for tests and for the K = 0 edge.
 void gemm_reference(const GemmArgs& args);
 
+// For benches: the kernel set gemm() picks for these operand dtypes on the active path ("avx512-f32", ...).
+const char* gemm_kernel_name(DType a, DType b);
+// For benches: the packed weight cached on `s` (its memory), or {nullptr, 0}, so it can be evicted.
+struct MemRegion {
+  const void* p = nullptr;
+  size_t bytes = 0;
+};
+MemRegion gemm_cached_pack(Storage* s);
+
 }  // namespace peft

@@ -26,53 +26,50 @@ void amx_begin() {
 }
 void amx_end() { _tile_release(); }
 
-template <int M, int NV>
-struct KernAmx {
-  static void run(const Tile& t) {
-    _tile_zero(0);
-    _tile_zero(1);
-    _tile_zero(2);
-    _tile_zero(3);
-    const uint16_t* a = static_cast<const uint16_t*>(t.a);
-    const uint16_t* b = static_cast<const uint16_t*>(t.b);
-    // k-step k of the A group is at k * 32 elements (chunk k/32 of 32 rows x 32); of the B panel, also
-    // at k * 32 elements (k/2 pair rows of 64 bf16).
-    for (int64_t k = 0; k < t.kc; k += 32) {
-      const uint16_t* ac = a + k * kMr;
-      const uint16_t* bc = b + k * kZmmNr;
-      _tile_loadd(4, ac, 64);
-      _tile_loadd(5, ac + 16 * 32, 64);
-      _tile_loadd(6, bc, 128);
-      _tile_loadd(7, bc + 32, 128);
-      _tile_dpbf16ps(0, 4, 6);
-      _tile_dpbf16ps(1, 4, 7);
-      _tile_dpbf16ps(2, 5, 6);
-      _tile_dpbf16ps(3, 5, 7);
-    }
-    alignas(64) float acc[kMr][kZmmNr];
-    _tile_stored(0, &acc[0][0], 128);
-    _tile_stored(1, &acc[0][16], 128);
-    _tile_stored(2, &acc[16][0], 128);
-    _tile_stored(3, &acc[16][16], 128);
-    // Epilogue in 8-row slices (16 zmm each).
-    const size_t csz = t.c_dt == DType::F32 ? 4 : 2;
-    for (int r0 = 0; r0 < t.m; r0 += 8) {
-      __m512 c[8][2];
-#pragma GCC unroll 8
-      for (int i = 0; i < 8; i++) c[i][0] = _mm512_load_ps(&acc[r0 + i][0]), c[i][1] = _mm512_load_ps(&acc[r0 + i][16]);
-      Tile s = t;
-      s.m = t.m - r0 < 8 ? t.m - r0 : 8;
-      s.c = static_cast<char*>(t.c) + r0 * t.ldc * csz;
-      if (t.p) s.p = t.p + r0 * t.ldp;
-      if (t.a2) s.a2 = t.a2 + r0;
-      finish(c, s);
-    }
+void amx_kernel(const Tile& t) {
+  _tile_zero(0);
+  _tile_zero(1);
+  _tile_zero(2);
+  _tile_zero(3);
+  const uint16_t* a = static_cast<const uint16_t*>(t.a);
+  const uint16_t* b = static_cast<const uint16_t*>(t.b);
+  // k-step k of the A group is at k * 32 elements (chunk k/32 of 32 rows x 32); of the B panel, also
+  // at k * 32 elements (k/2 pair rows of 64 bf16).
+  for (int64_t k = 0; k < t.kc; k += 32) {
+    const uint16_t* ac = a + k * kMr;
+    const uint16_t* bc = b + k * kZmmNr;
+    _tile_loadd(4, ac, 64);
+    _tile_loadd(5, ac + 16 * 32, 64);
+    _tile_loadd(6, bc, 128);
+    _tile_loadd(7, bc + 32, 128);
+    _tile_dpbf16ps(0, 4, 6);
+    _tile_dpbf16ps(1, 4, 7);
+    _tile_dpbf16ps(2, 5, 6);
+    _tile_dpbf16ps(3, 5, 7);
   }
-};
+  alignas(64) float acc[kMr][kZmmNr];
+  _tile_stored(0, &acc[0][0], 128);
+  _tile_stored(1, &acc[0][16], 128);
+  _tile_stored(2, &acc[16][0], 128);
+  _tile_stored(3, &acc[16][16], 128);
+  // Epilogue in 8-row slices (16 zmm each).
+  const size_t csz = t.c_dt == DType::F32 ? 4 : 2;
+  for (int r0 = 0; r0 < t.m; r0 += 8) {
+    __m512 c[8][2];
+#pragma GCC unroll 8
+    for (int i = 0; i < 8; i++) c[i][0] = _mm512_load_ps(&acc[r0 + i][0]), c[i][1] = _mm512_load_ps(&acc[r0 + i][16]);
+    Tile s = t;
+    s.m = t.m - r0 < 8 ? t.m - r0 : 8;
+    s.c = static_cast<char*>(t.c) + r0 * t.ldc * csz;
+    if (t.p) s.p = t.p + r0 * t.ldp;
+    if (t.a2) s.a2 = t.a2 + r0;
+    finish(c, s);
+  }
+}
 
 constexpr KernelSet kAmx = [] {
   KernelSet s{"amx-bf16", kMr, kZmmNr, BLayout::BF16Pairs, ALayout::BF16Rows32, true, kZmmNr * 2, 32, {}, &amx_begin, &amx_end, nullptr, nullptr};
-  for (int i = 0; i < kMr; i++) s.kernel[i][0] = s.kernel[i][1] = &KernAmx<kMr, 2>::run;
+  for (int i = 0; i < kMr; i++) s.kernel[i][0] = s.kernel[i][1] = &amx_kernel;
   return s;
 }();
 

@@ -34,10 +34,7 @@ constexpr int64_t kTailSteps = 16;
 
 template <int M, int NV>
 inline void step(__m512 (&c)[M][NV], const float* a, const float* b, const char*& pf, int64_t pf_step) {
-  // Up to two lines per k-step (an f32 panel row is 128 bytes).
-  prefetch_l2(pf);
-  prefetch_l2(pf + (pf_step >> 1));
-  pf += pf_step;
+  prefetch_step(pf, pf_step);
   __m512 bv[NV];
 #pragma GCC unroll 2
   for (int v = 0; v < NV; v++) bv[v] = _mm512_load_ps(b + 16 * v);
@@ -52,7 +49,7 @@ struct KernF32 {
     zero(c);
     const float* a = static_cast<const float*>(t.a);
     const float* b = static_cast<const float*>(t.b);
-    const char* pf = t.pf ? t.pf : static_cast<const char*>(t.b);
+    const char* pf = t.pf;
     int64_t k = 0;
     for (int64_t kend = t.kc - kTailSteps; k < kend; k++, a += M, b += kZmmNr) step(c, a, b, pf, t.pf_step);
     prefetch_c<M, true>(t);

@@ -90,9 +90,10 @@ inline void prefetch_c(const Tile& t) {
   }
 }
 
-// base + value, stored to C (last K block) or to the f32 partial, row by row.
+// base + value, stored to C (last K block) or to the f32 partial, row by row: any output dtype. Kept out
+// of line: only 16-bit outputs take it, and inlined its dtype branches crowd out the f32 path below.
 template <bool Full, int M, int NV>
-inline void update_rows(__m512 (&c)[M][NV], const Tile& t) {
+__attribute__((noinline)) void update_rows_any(__m512 (&c)[M][NV], const Tile& t) {
   const bool first = t.flags & kFirst, last = t.flags & kLast;
   __mmask16 k[NV];
 #pragma GCC unroll 2
@@ -111,9 +112,29 @@ inline void update_rows(__m512 (&c)[M][NV], const Tile& t) {
   }
 }
 
+// The f32 output case, in registers and decided once per tile: the partial is C itself, so every block
+// is the same read-add-write (or a plain write for the first block, without accumulate).
+template <bool Full, int M, int NV>
+__attribute__((always_inline)) inline void update_rows_f32(__m512 (&c)[M][NV], const Tile& t) {
+  __mmask16 k[NV];
+#pragma GCC unroll 2
+  for (int v = 0; v < NV; v++) k[v] = col_mask(t.n, v);
+  float* p = static_cast<float*>(t.c);
+  const bool add = !(t.flags & kFirst) || (t.flags & kAccumulate);
+#pragma GCC unroll 32
+  for (int i = 0; i < M; i++) {
+    if (i >= t.m) break;
+#pragma GCC unroll 2
+    for (int v = 0; v < NV; v++) {
+      float* q = p + i * t.ldc + 16 * v;
+      store_f32<Full>(q, k[v], add ? _mm512_add_ps(c[i][v], load_f32<Full>(q, k[v])) : c[i][v]);
+    }
+  }
+}
+
 // The Tile result rule (gemm_kernels.h) on register accumulators c[M][NV] for columns 16*v...
 template <int M, int NV>
-inline void finish(__m512 (&c)[M][NV], const Tile& t) {
+__attribute__((always_inline)) inline void finish(__m512 (&c)[M][NV], const Tile& t) {
   const bool last = t.flags & kLast;
   if (t.alpha != 1.0f) {
     __m512 al = _mm512_set1_ps(t.alpha);
@@ -145,8 +166,9 @@ inline void finish(__m512 (&c)[M][NV], const Tile& t) {
       }
     }
   }
-  if (t.n == 16 * NV) update_rows<true>(c, t);
-  else update_rows<false>(c, t);
+  const bool full = t.n == 16 * NV;
+  if (t.c_dt == DType::F32) full ? update_rows_f32<true>(c, t) : update_rows_f32<false>(c, t);
+  else full ? update_rows_any<true>(c, t) : update_rows_any<false>(c, t);
 }
 
 // kernel[m-1] = {K<m, 1>, K<m, 2>} for m in 1..sizeof...(Ms): the half- and full-width variants.
@@ -155,6 +177,14 @@ constexpr KernelSet make_set(std::integer_sequence<int, Ms...>, KernelSet s) {
   KernelFn table[kMaxMr][2] = {{&K<Ms + 1, 1>::run, &K<Ms + 1, 2>::run}...};
   for (int i = 0; i < kMaxMr; i++) s.kernel[i][0] = table[i][0], s.kernel[i][1] = table[i][1];
   return s;
+}
+
+// One step along Tile::pf: up to two lines per k-step (an f32 panel row is 128 bytes). With no stream
+// (pf_step 0) it re-touches one line, which costs a load slot and no memory traffic.
+inline void prefetch_step(const char*& pf, int64_t step) {
+  prefetch_l2(pf);
+  prefetch_l2(pf + (step >> 1));
+  pf += step;
 }
 
 }  // namespace

@@ -18,7 +18,9 @@ struct KernDp {
       for (int v = 0; v < NV; v++) c[i][v] = _mm512_setzero_ps();
     const uint32_t* a = static_cast<const uint32_t*>(t.a);  // (A[i][2q], A[i][2q+1]) per row
     const uint16_t* b = static_cast<const uint16_t*>(t.b);
+    const char* pf = t.pf;
     for (int64_t k = 0; k < t.kc; k += 2, a += M, b += 2 * kZmmNr) {
+      prefetch_step(pf, 2 * t.pf_step);
       __m512i bv[NV];
 #pragma GCC unroll 2
       for (int v = 0; v < NV; v++) bv[v] = _mm512_load_si512(b + 32 * v);

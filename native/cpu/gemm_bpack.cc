@@ -2,6 +2,9 @@
 // carries the layout (which follows the ISA path and dtype, so a setIsa() change never reuses a pack of
 // another format) and the view (the same storage may be used through different shapes); the stored
 // pack is checked against the view before use and repacked per call on any mismatch.
+#include <mutex>
+#include <unordered_set>
+
 #include "gemm_driver.h"
 #include "parallel.h"
 
@@ -10,6 +13,17 @@ namespace gemm_detail {
 namespace {
 
 thread_local Scratch t_bcall;
+
+// Cached packs alive now, so gemm_cached_pack() can tell a storage's derived object is one of ours.
+// Never destroyed: packs may be released by finalizers while the process exits.
+std::mutex& live_mu() {
+  static auto* m = new std::mutex();
+  return *m;
+}
+std::unordered_set<const PackedB*>& live() {
+  static auto* s = new std::unordered_set<const PackedB*>();
+  return *s;
+}
 
 void describe(PackedB& pb, const KernelSet& ks, const GemmMat& b, int64_t K, int64_t N, int64_t Kp) {
   pb.layout = ks.b;
@@ -57,6 +71,8 @@ std::shared_ptr<const PackedB> packed_b(const GemmArgs& g, const KernelSet& ks, 
       if (!built->data) throw std::bad_alloc();
       built->owned = true;
       fill(*built);
+      std::lock_guard<std::mutex> lk(live_mu());
+      live().insert(built.get());
       return built;
     };
     auto cached = g.b_cache->derived<PackedB>(cache_kind(*pb, g.b_cache->data), build);
@@ -67,5 +83,26 @@ std::shared_ptr<const PackedB> packed_b(const GemmArgs& g, const KernelSet& ks, 
   return pb;
 }
 
+PackedB::~PackedB() {
+  if (!owned) return;
+  std::free(data);
+  std::lock_guard<std::mutex> lk(live_mu());
+  live().erase(this);
+}
+
 }  // namespace gemm_detail
+
+MemRegion gemm_cached_pack(Storage* s) {
+  using namespace gemm_detail;
+  std::shared_ptr<void> obj;
+  {
+    std::lock_guard<std::mutex> lk(s->cache_mu);
+    obj = s->cached;
+  }
+  std::lock_guard<std::mutex> lk(live_mu());
+  auto* pb = static_cast<const PackedB*>(obj.get());
+  if (!obj || !live().count(pb)) return {};
+  return {pb->data, pb->panel_bytes * pb->panels};
+}
+
 }  // namespace peft

@@ -50,9 +50,7 @@ struct PackedB {
   PackedB() = default;
   PackedB(const PackedB&) = delete;
   PackedB& operator=(const PackedB&) = delete;
-  ~PackedB() {
-    if (owned) std::free(data);
-  }
+  ~PackedB();
 };
 
 // B packed for `ks`: the cached form when g.b_cache holds one for this view and layout (built on first
@@ -76,6 +74,7 @@ struct BlockingOverride {
   int64_t kc = 0, mc = 0;
 };
 const BlockingOverride& blocking_override();
+BlockingOverride& blocking_override_mut();  // for tuning harnesses
 
 }  // namespace gemm_detail
 }  // namespace peft

@@ -58,8 +58,8 @@ struct Tile {
   float alpha = 1.0f;
   int m = 0, n = 0;  // valid rows and columns
   unsigned flags = 0;
-  // A stream the kernel prefetches towards L2 as it goes, pf_step bytes per k-step: the B bytes it will
-  // need next when B comes from memory (small M). pf_step = 0 makes it a no-op.
+  // The kernel prefetches towards L2 along pf, pf_step bytes per k-step: its share of the next B block
+  // the thread will read, spread over the k loop (a burst of prefetches stalls on the miss queue).
   const char* pf = nullptr;
   int64_t pf_step = 0;
 };
@@ -71,8 +71,10 @@ constexpr int kMaxMr = 32;
 
 // Software prefetches as volatile asm: GCC treats a function holding only __builtin_prefetch calls as
 // pure and deletes calls to it, so the intrinsic silently vanished from the helpers that issue them.
-static inline void prefetch_l1(const void* p) { __asm__ volatile("prefetcht0 %0" : : "m"(*static_cast<const char*>(p))); }
-static inline void prefetch_l2(const void* p) { __asm__ volatile("prefetcht1 %0" : : "m"(*static_cast<const char*>(p))); }
+// The address goes in as a register, not a memory operand: a memory operand makes the compiler store
+// every accumulator whose address escapes before each prefetch (28 stores per k-step in a kernel loop).
+static inline void prefetch_l1(const void* p) { __asm__ volatile("prefetcht0 (%0)" : : "r"(p)); }
+static inline void prefetch_l2(const void* p) { __asm__ volatile("prefetcht1 (%0)" : : "r"(p)); }
 
 struct KernelSet {
   const char* name;
@@ -82,7 +84,7 @@ struct KernelSet {
   bool pad_groups;          // partial row groups are zero-padded to mr (tile hardware wants full rows)
   int kc_bytes_per_k;       // bytes of one B panel k-step as the kernels read it (sizes KC against L1)
   int kc_align;             // KC blocks are multiples of this
-  // kernel[m-1][w]: m rows (1..mr), w = 0 for n <= nr/2 (half-width variant), 1 for the full panel.
+  // kernel[m-1][w]: m rows (1..mr); w = 0 for n <= nr/2 (half-width variant), 1 for the full panel.
   KernelFn kernel[kMaxMr][2];
   // Optional per-thread setup/teardown around a GEMM (AMX tile configuration).
   void (*thread_begin)();

@@ -15,10 +15,10 @@ namespace {
 
 thread_local Scratch t_apack, t_a2pack, t_b2pack, t_partial, t_widen;
 
-// How far ahead of its reads a kernel prefetches B when B streams from memory (stream order, first row
-// group). Measured on Zen 5 (M = 16): 8-12 KiB keeps DRAM busy while the FMAs run, 4 KiB leaves it
-// idle part of the time, 24 KiB and more starts to evict what is still to be used.
-constexpr int64_t kStreamPrefetch = 12 << 10;
+// In stream order with more row groups than this, B comes from L3 for all but the first group and the
+// hardware prefetcher keeps up: prefetching the next block as well cost about 3 % (M = 2048, K = 1024).
+constexpr int64_t kStreamGroups = 4;
+
 
 // Row groups of an A block: mr rows each for sets that pad groups to mr; otherwise as equal as possible
 // (16 rows run as 8 + 8 rather than 14 + 2, whose 2-row kernel is bound by FMA latency).
@@ -107,9 +107,11 @@ class Part {
     }
   }
 
-  // One B micro-panel block (widened first when the set asks for it) under every row group. In block
-  // order, the same K block of the next panel is pulled towards L2 in equal slices meanwhile, so its
-  // first use does not wait on memory; in stream order the first row group's kernel prefetches ahead.
+  // One B micro-panel block (widened first when the set asks for it) under every row group. Meanwhile the
+  // kernels pull the next B block towards L2, each row group an equal slice spread over its k-steps, so
+  // memory streams while every group computes and no first use waits on it. (A burst of prefetches per
+  // kernel call stalled on the miss queue; prefetching from one group only left DRAM idle while the
+  // others ran, M = 16 then went at half the roofline.)
   void panel_block(int64_t blk, int64_t p) {
     const int nr = ks_.nr;
     int64_t pc = blk * pl_.kc, kcb = std::min(pl_.kc, pl_.Kp - pc), bytes = kcb * nr * static_cast<int64_t>(bsz_);
@@ -121,16 +123,16 @@ class Part {
       bp = w;
     }
     const Groups& gr = *groups_;
-    const char* next = p + 1 < p1_ ? pb_.panel(p + 1) + pc * nr * bsz_ : b_end_;
+    // The next B block this thread reads: the same K block of the next panel in block order; in stream
+    // order the bytes that follow (it walks its panels in memory order).
+    const char* next = stream_ ? raw + bytes : p + 1 < p1_ ? pb_.panel(p + 1) + pc * nr * bsz_ : b_end_;
     int64_t slice = round_up(ceil_div(bytes, gr.n), 64);
-    for (int64_t gi = 0; gi < gr.n; gi++) {
-      if (!stream_)
-        for (const char* q = next + gi * slice; q < std::min(next + (gi + 1) * slice, b_end_); q += 64) prefetch_l2(q);
-      tile(blk, p, gi, bp, stream_ && gi == 0 ? raw : nullptr);
-    }
+    const bool prefetch = !stream_ || gr.n <= kStreamGroups;
+    for (int64_t gi = 0; gi < gr.n; gi++) tile(blk, p, gi, bp, prefetch ? std::min(next + gi * slice, b_end_) : nullptr, slice);
   }
 
-  void tile(int64_t blk, int64_t p, int64_t gi, const void* bpanel, const char* streaming) {
+  // `prefetch`: the slice of the next B block this kernel pulls in as it goes (null: none, pf_step 0).
+  void tile(int64_t blk, int64_t p, int64_t gi, const void* bpanel, const char* prefetch, int64_t slice) {
     const Groups& gr = *groups_;
     const int nr = ks_.nr;
     Tile t;
@@ -154,7 +156,8 @@ class Part {
     t.m = m;
     t.n = static_cast<int>(std::min<int64_t>(nr, g_.N - col));
     t.flags = (blk == 0 ? kFirst : 0) | (last ? kLast : 0) | (g_.accumulate ? kAccumulate : 0);
-    if (streaming) t.pf = std::min(streaming + kStreamPrefetch, b_end_), t.pf_step = nr * static_cast<int64_t>(bsz_);
+    t.pf = prefetch ? prefetch : static_cast<const char*>(bpanel);  // no stream: a line already in L1
+    t.pf_step = prefetch ? slice / std::max<int64_t>(1, t.kc) : 0;
     ks_.kernel[m - 1][t.n <= nr / 2 ? 0 : 1](t);
   }
 

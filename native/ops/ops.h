@@ -8,6 +8,7 @@ void register_factories(Napi::Env env, Napi::Object exports);
 void register_linear_ops(Napi::Env env, Napi::Object exports);
 void register_backend_info(Napi::Env env, Napi::Object exports);
 void register_gemm_test_hook(Napi::Env env, Napi::Object exports);  // test-only
+void register_bench_hooks(Napi::Env env, Napi::Object exports);     // bench-only
 void register_nn_ops(Napi::Env env, Napi::Object exports);
 void register_loss_ops(Napi::Env env, Napi::Object exports);
 void register_optim_ops(Napi::Env env, Napi::Object exports);

@@ -1,0 +1,63 @@
+// AMX peaks: tdpbf16ps (16 x 16 x 32 bf16 per instruction) and tdpbssd (16 x 16 x 64 int8) into four
+// independent accumulator tiles from A and B tiles loaded once. Only run when amx_enabled().
+#include <immintrin.h>
+
+
+#include "ceilings.h"
+
+namespace peft {
+namespace ceiling_detail {
+namespace {
+
+struct alignas(64) TileConfig {
+  uint8_t palette = 1;
+  uint8_t start_row = 0;
+  uint8_t reserved[14] = {};
+  uint16_t colsb[16] = {64, 64, 64, 64, 64, 64, 64, 64};
+  uint8_t rows[16] = {16, 16, 16, 16, 16, 16, 16, 16};
+};
+
+alignas(64) const uint8_t kZeros[16 * 64] = {};
+
+// Four zeroed accumulators (0-3) and zero A / B tiles (4-7); the operand values do not change the rate.
+void setup_tiles() {
+  static const TileConfig cfg;
+  _tile_loadconfig(&cfg);
+  _tile_zero(0);
+  _tile_zero(1);
+  _tile_zero(2);
+  _tile_zero(3);
+  _tile_loadd(4, kZeros, 64);
+  _tile_loadd(5, kZeros, 64);
+  _tile_loadd(6, kZeros, 64);
+  _tile_loadd(7, kZeros, 64);
+}
+
+}  // namespace
+
+double amx_bf16(int64_t iters) {
+  setup_tiles();
+  for (int64_t i = 0; i < iters; i++) {
+    _tile_dpbf16ps(0, 4, 6);
+    _tile_dpbf16ps(1, 4, 7);
+    _tile_dpbf16ps(2, 5, 6);
+    _tile_dpbf16ps(3, 5, 7);
+  }
+  _tile_release();
+  return static_cast<double>(iters) * 4 * 16 * 16 * 32 * 2;
+}
+
+double amx_int8(int64_t iters) {
+  setup_tiles();
+  for (int64_t i = 0; i < iters; i++) {
+    _tile_dpbssd(0, 4, 6);
+    _tile_dpbssd(1, 4, 7);
+    _tile_dpbssd(2, 5, 6);
+    _tile_dpbssd(3, 5, 7);
+  }
+  _tile_release();
+  return static_cast<double>(iters) * 4 * 16 * 16 * 64 * 2;
+}
+
+}  // namespace ceiling_detail
+}  // namespace peft
