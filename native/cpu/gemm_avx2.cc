@@ -80,9 +80,9 @@ void finish_full(__m256 (&c)[M][2], const Tile& t) {
   }
 }
 
-inline __m256 load_b(const float* b) { return _mm256_load_ps(b); }
+inline __m256 load_b(const float* b) { return _mm256_loadu_ps(b); }
 inline __m256 load_b(const uint16_t* b, BLayout l) {
-  __m128i h = _mm_load_si128(reinterpret_cast<const __m128i*>(b));
+  __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(b));
   return l == BLayout::F16 ? _mm256_cvtph_ps(h) : _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
 }
 
@@ -96,7 +96,7 @@ struct ForLayout {
       const float* a = static_cast<const float*>(t.a);
       using E = std::conditional_t<L == BLayout::F32, float, uint16_t>;
       const E* b = static_cast<const E*>(t.b);
-      for (int64_t k = 0; k < t.kc; k++, a += M, b += kNr) {
+      for (int64_t k = 0; k < t.kc; k++, a += M, b += t.ldb) {
         __m256 bv[NV];
         for (int v = 0; v < NV; v++) {
           if constexpr (L == BLayout::F32) bv[v] = load_b(b + 8 * v);
@@ -117,7 +117,7 @@ struct ForLayout {
 
 template <BLayout L, int... Ms>
 constexpr KernelSet make_set(std::integer_sequence<int, Ms...>, const char* name) {
-  KernelSet s{name, kMr, kNr, L, ALayout::F32, false, static_cast<int>(kNr * (L == BLayout::F32 ? 4 : 2)), 4, {}, nullptr, nullptr, nullptr, nullptr};
+  KernelSet s{name, kMr, kNr, L, ALayout::F32, false, static_cast<int>(kNr * (L == BLayout::F32 ? 4 : 2)), 4, {}, nullptr, nullptr, nullptr, nullptr, L == BLayout::F32};
   KernelFn table[kMaxMr][2] = {{&ForLayout<L>::template Kern<Ms + 1, 1>::run, &ForLayout<L>::template Kern<Ms + 1, 2>::run}...};
   for (int i = 0; i < kMaxMr; i++) s.kernel[i][0] = table[i][0], s.kernel[i][1] = table[i][1];
   return s;

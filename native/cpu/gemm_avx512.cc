@@ -37,7 +37,7 @@ inline void step(__m512 (&c)[M][NV], const float* a, const float* b, const char*
   prefetch_step(pf, pf_step);
   __m512 bv[NV];
 #pragma GCC unroll 2
-  for (int v = 0; v < NV; v++) bv[v] = _mm512_load_ps(b + 16 * v);
+  for (int v = 0; v < NV; v++) bv[v] = _mm512_loadu_ps(b + 16 * v);
   rank1(c, a, bv);
 }
 
@@ -51,9 +51,9 @@ struct KernF32 {
     const float* b = static_cast<const float*>(t.b);
     const char* pf = t.pf;
     int64_t k = 0;
-    for (int64_t kend = t.kc - kTailSteps; k < kend; k++, a += M, b += kZmmNr) step(c, a, b, pf, t.pf_step);
+    for (int64_t kend = t.kc - kTailSteps; k < kend; k++, a += M, b += t.ldb) step(c, a, b, pf, t.pf_step);
     prefetch_c<M, true>(t);
-    for (; k < t.kc; k++, a += M, b += kZmmNr) step(c, a, b, pf, t.pf_step);
+    for (; k < t.kc; k++, a += M, b += t.ldb) step(c, a, b, pf, t.pf_step);
     finish(c, t);
   }
 };
@@ -83,9 +83,9 @@ constexpr int kMr = 14;
 using Rows = std::make_integer_sequence<int, kMr>;
 
 // KC from L1: kc_bytes_per_k is one k-step of the f32 panel the kernels read.
-constexpr KernelSet kF32 = make_set<KernF32>(Rows{}, {"avx512-f32", kMr, kZmmNr, BLayout::F32, ALayout::F32, false, kZmmNr * 4, 4, {}, nullptr, nullptr, &pack_a_group_avx512, nullptr});
-constexpr KernelSet kF16 = make_set<KernF32>(Rows{}, {"avx512-f32-f16w", kMr, kZmmNr, BLayout::F16, ALayout::F32, false, kZmmNr * 4, 4, {}, nullptr, nullptr, &pack_a_group_avx512, &widen_f16});
-constexpr KernelSet kBF16 = make_set<KernF32>(Rows{}, {"avx512-f32-bf16w", kMr, kZmmNr, BLayout::BF16Pairs, ALayout::F32, false, kZmmNr * 4, 32, {}, nullptr, nullptr, &pack_a_group_avx512, &widen_bf16_pairs});
+constexpr KernelSet kF32 = make_set<KernF32>(Rows{}, {"avx512-f32", kMr, kZmmNr, BLayout::F32, ALayout::F32, false, kZmmNr * 4, 4, {}, nullptr, nullptr, &pack_a_group_avx512, nullptr, true});
+constexpr KernelSet kF16 = make_set<KernF32>(Rows{}, {"avx512-f32-f16w", kMr, kZmmNr, BLayout::F16, ALayout::F32, false, kZmmNr * 4, 4, {}, nullptr, nullptr, &pack_a_group_avx512, &widen_f16, false});
+constexpr KernelSet kBF16 = make_set<KernF32>(Rows{}, {"avx512-f32-bf16w", kMr, kZmmNr, BLayout::BF16Pairs, ALayout::F32, false, kZmmNr * 4, 32, {}, nullptr, nullptr, &pack_a_group_avx512, &widen_bf16_pairs, false});
 
 }  // namespace
 

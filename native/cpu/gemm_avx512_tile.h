@@ -179,11 +179,11 @@ constexpr KernelSet make_set(std::integer_sequence<int, Ms...>, KernelSet s) {
   return s;
 }
 
-// One step along Tile::pf: up to two lines per k-step (an f32 panel row is 128 bytes). With no stream
-// (pf_step 0) it re-touches one line, which costs a load slot and no memory traffic.
+// One step along Tile::pf: two lines per k-step (an f32 panel row is 128 bytes). With no stream
+// (pf_step 0) it re-touches the same lines, which costs load slots and no memory traffic.
 inline void prefetch_step(const char*& pf, int64_t step) {
   prefetch_l2(pf);
-  prefetch_l2(pf + (step >> 1));
+  prefetch_l2(pf + 64);
   pf += step;
 }
 

@@ -38,7 +38,7 @@ struct KernDp {
 constexpr int kMr = 14;
 constexpr KernelSet kDp = make_set<KernDp>(std::make_integer_sequence<int, kMr>{},
                                            {"avx512-bf16", kMr, kZmmNr, BLayout::BF16Pairs, ALayout::BF16Pairs, false,
-                                            kZmmNr * 2, 32, {}, nullptr, nullptr, &pack_a_group_avx512, nullptr});
+                                            kZmmNr * 2, 32, {}, nullptr, nullptr, &pack_a_group_avx512, nullptr, false});
 
 }  // namespace
 

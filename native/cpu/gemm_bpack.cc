@@ -1,4 +1,5 @@
-// Packed B: built in parallel, cached on the weight's storage when the caller names one. The cache key
+// Packed B: built in parallel, cached on the weight's storage when the caller names one; a row-major f32
+// B that is not cached is read in place when the kernels can (no per-call copy of it). The cache key
 // carries the layout (which follows the ISA path and dtype, so a setIsa() change never reuses a pack of
 // another format) and the view (the same storage may be used through different shapes); the stored
 // pack is checked against the view before use and repacked per call on any mismatch.
@@ -77,6 +78,14 @@ std::shared_ptr<const PackedB> packed_b(const GemmArgs& g, const KernelSet& ks, 
     };
     auto cached = g.b_cache->derived<PackedB>(cache_kind(*pb, g.b_cache->data), build);
     if (same(*cached, *pb)) return cached;
+  }
+  if (ks.direct_b && ks.b == BLayout::F32 && g.B.dt == DType::F32 && g.B.cs == 1) {
+    pb->direct = true;
+    if (g.N % ks.nr) {
+      pb->data = static_cast<char*>(t_bcall.get(pb->panel_bytes));
+      pack_b_panels(pb->layout, pb->nr, pb->src, pb->K, pb->N, pb->Kp, pb->panels - 1, pb->panels, pb->data);
+    }
+    return pb;
   }
   pb->data = static_cast<char*>(t_bcall.get(bytes));
   fill(*pb);

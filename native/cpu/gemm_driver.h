@@ -36,7 +36,9 @@ struct Scratch {
   Scratch& operator=(const Scratch&) = delete;
 };
 
-// B in a kernel set's panel layout, and which view of which memory it was packed from.
+// B in a kernel set's panel layout, and which view of which memory it was packed from. Direct: B is
+// row-major f32 and the kernels read it in place (rows `src.rs` elements apart); only a partial last
+// panel is packed (into `data`), since reading full-width rows there would run past the matrix.
 struct PackedB {
   BLayout layout = BLayout::F32;
   int nr = 0;
@@ -45,8 +47,15 @@ struct PackedB {
   size_t panel_bytes = 0;
   char* data = nullptr;
   bool owned = false;  // data is ours to free (a cached pack) rather than the caller's scratch
+  bool direct = false;
 
-  const char* panel(int64_t p) const { return data + p * panel_bytes; }
+  bool packed(int64_t p) const { return !direct || (p == panels - 1 && N % nr); }
+  // Panel p's first k-step and the elements from one k-step to the next.
+  const char* panel(int64_t p) const {
+    if (!direct) return data + p * panel_bytes;
+    return packed(p) ? data : static_cast<const char*>(src.p) + p * nr * sizeof(float);
+  }
+  int64_t ldb(int64_t p) const { return packed(p) ? nr : src.rs; }
   PackedB() = default;
   PackedB(const PackedB&) = delete;
   PackedB& operator=(const PackedB&) = delete;

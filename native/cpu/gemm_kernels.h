@@ -45,6 +45,7 @@ struct Tile {
   int64_t kc = 0;
   const void* a = nullptr;
   const void* b = nullptr;
+  int64_t ldb = 0;  // elements from one k-step of B to the next: nr when packed, the row stride when direct
   int64_t kr = 0;
   const float* a2 = nullptr;
   int64_t a2_stride = 0;
@@ -58,8 +59,9 @@ struct Tile {
   float alpha = 1.0f;
   int m = 0, n = 0;  // valid rows and columns
   unsigned flags = 0;
-  // The kernel prefetches towards L2 along pf, pf_step bytes per k-step: its share of the next B block
-  // the thread will read, spread over the k loop (a burst of prefetches stalls on the miss queue).
+  // The kernel prefetches towards L2 along pf, pf_step bytes per k-step (the lines at pf and pf + 64):
+  // its share of the next B block the thread will read, spread over the k loop (a burst of prefetches
+  // stalls on the miss queue).
   const char* pf = nullptr;
   int64_t pf_step = 0;
 };
@@ -95,6 +97,9 @@ struct KernelSet {
   // panel (kc x nr) that the kernels then read. The driver does it once per panel and K block, so its
   // cost is shared by every row group. Null: the kernels read the packed panel as it is.
   void (*widen_b)(const void* src, int64_t kc, float* dst);
+  // The kernels can read an f32 B in place (rows of nr values at any stride, Tile::ldb), so a B that is
+  // already row-major f32 need not be packed per call.
+  bool direct_b;
 };
 
 // The kernel sets per ISA file. Each returns null when its layout does not fit the operands.

@@ -46,7 +46,6 @@ class Part {
     bsz_ = blayout_size(ks_.b);
     use_partial_ = g.c_dt != DType::F32 && pl.nblocks > 1;
     ncols_ = (p1 - p0) * ks_.nr;
-    b_end_ = pb.panel(p1);
   }
 
   void run() {
@@ -114,8 +113,9 @@ class Part {
   // others ran, M = 16 then went at half the roofline.)
   void panel_block(int64_t blk, int64_t p) {
     const int nr = ks_.nr;
-    int64_t pc = blk * pl_.kc, kcb = std::min(pl_.kc, pl_.Kp - pc), bytes = kcb * nr * static_cast<int64_t>(bsz_);
-    const char* raw = pb_.panel(p) + pc * nr * bsz_;
+    const int64_t pc = blk * pl_.kc, kcb = std::min(pl_.kc, pl_.Kp - pc);
+    const int64_t ldb = pb_.ldb(p);
+    const char* raw = pb_.panel(p) + pc * ldb * bsz_;
     const void* bp = raw;
     if (ks_.widen_b) {
       float* w = static_cast<float*>(t_widen.get(sizeof(float) * pl_.kc * nr));
@@ -123,16 +123,34 @@ class Part {
       bp = w;
     }
     const Groups& gr = *groups_;
-    // The next B block this thread reads: the same K block of the next panel in block order; in stream
-    // order the bytes that follow (it walks its panels in memory order).
-    const char* next = stream_ ? raw + bytes : p + 1 < p1_ ? pb_.panel(p + 1) + pc * nr * bsz_ : b_end_;
-    int64_t slice = round_up(ceil_div(bytes, gr.n), 64);
-    const bool prefetch = !stream_ || gr.n <= kStreamGroups;
-    for (int64_t gi = 0; gi < gr.n; gi++) tile(blk, p, gi, bp, prefetch ? std::min(next + gi * slice, b_end_) : nullptr, slice);
+    // The next B block this thread reads: the same K block of the next panel in block order, the next
+    // K block (or the next panel's first) in stream order. Packed, it is contiguous and each group takes
+    // an equal slice; read in place, it is rows a stride apart (too far for the hardware prefetcher) and
+    // the first group walks all of it.
+    int64_t np = p, nblk = blk;
+    if (!stream_) np = p + 1;
+    else if (++nblk == pl_.nblocks) nblk = 0, np = p + 1;
+    const int64_t nldb = np < p1_ ? pb_.ldb(np) : nr;
+    const bool contiguous = nldb == nr;
+    const bool prefetch = np < p1_ && (!stream_ || gr.n <= kStreamGroups || !contiguous);
+    const char* next = prefetch ? pb_.panel(np) + nblk * pl_.kc * nldb * bsz_ : nullptr;
+    const int64_t nkc = prefetch ? std::min(pl_.kc, pl_.Kp - nblk * pl_.kc) : 0;
+    const int64_t slice = round_up(ceil_div(nkc * nr * static_cast<int64_t>(bsz_), gr.n), 64);
+    for (int64_t gi = 0; gi < gr.n; gi++) {
+      Prefetch pf;
+      if (prefetch && contiguous) pf = {next + gi * slice, slice / std::max<int64_t>(1, kcb)};
+      else if (prefetch && gi == 0) pf = {next, nldb * static_cast<int64_t>(bsz_) * nkc / std::max<int64_t>(1, kcb)};
+      tile(blk, p, gi, bp, ks_.widen_b ? nr : ldb, pf);
+    }
   }
 
-  // `prefetch`: the slice of the next B block this kernel pulls in as it goes (null: none, pf_step 0).
-  void tile(int64_t blk, int64_t p, int64_t gi, const void* bpanel, const char* prefetch, int64_t slice) {
+  // What a kernel pulls towards L2 as it goes: `step` bytes further along per k-step (none: step 0).
+  struct Prefetch {
+    const char* at = nullptr;
+    int64_t step = 0;
+  };
+
+  void tile(int64_t blk, int64_t p, int64_t gi, const void* bpanel, int64_t ldb, Prefetch pf) {
     const Groups& gr = *groups_;
     const int nr = ks_.nr;
     Tile t;
@@ -142,6 +160,7 @@ class Part {
     t.kc = std::min(pl_.kc, pl_.Kp - pc);
     t.a = ap_ + pl_.asz * (gr.start(gi) * a_len_ + (pc - a_k0_) * ms);
     t.b = bpanel;
+    t.ldb = ldb;
     if (last && g_.R > 0) {
       t.kr = g_.R, t.a2 = a2p_ + gr.start(gi) * g_.R, t.a2_stride = ms;
       t.b2 = b2_ + (p - p0_) * g_.R * nr;
@@ -156,8 +175,8 @@ class Part {
     t.m = m;
     t.n = static_cast<int>(std::min<int64_t>(nr, g_.N - col));
     t.flags = (blk == 0 ? kFirst : 0) | (last ? kLast : 0) | (g_.accumulate ? kAccumulate : 0);
-    t.pf = prefetch ? prefetch : static_cast<const char*>(bpanel);  // no stream: a line already in L1
-    t.pf_step = prefetch ? slice / std::max<int64_t>(1, t.kc) : 0;
+    t.pf = pf.at ? pf.at : static_cast<const char*>(bpanel);  // no stream: lines already in L1
+    t.pf_step = pf.step;
     ks_.kernel[m - 1][t.n <= nr / 2 ? 0 : 1](t);
   }
 
@@ -168,7 +187,6 @@ class Part {
   int64_t p0_, p1_, m_begin_ = 0, m_end_ = 0, ncols_ = 0;
   size_t bsz_ = 4;
   bool use_partial_ = false, stream_ = false;
-  const char* b_end_ = nullptr;
   float* b2_ = nullptr;
   // The current A block.
   const Groups* groups_ = nullptr;

@@ -33,7 +33,7 @@ void kernel(const Tile& t) {
   float acc[M][kNr] = {};
   const float* a = static_cast<const float*>(t.a);
   const float* b = static_cast<const float*>(t.b);
-  for (int64_t k = 0; k < t.kc; k++, a += M, b += kNr)
+  for (int64_t k = 0; k < t.kc; k++, a += M, b += t.ldb)
     for (int i = 0; i < M; i++)
       for (int j = 0; j < kNr; j++) acc[i][j] += a[i] * b[j];
   finish_tile_scalar(&acc[0][0], kNr, t, kNr);
@@ -42,7 +42,7 @@ void kernel(const Tile& t) {
 constexpr KernelSet kScalar = {
     "scalar", kMr, kNr, BLayout::F32, ALayout::F32, false, kNr * 4, 1,
     {{kernel<1>, kernel<1>}, {kernel<2>, kernel<2>}, {kernel<3>, kernel<3>}, {kernel<4>, kernel<4>}},
-    nullptr, nullptr, nullptr, nullptr};
+    nullptr, nullptr, nullptr, nullptr, true};
 
 }  // namespace
 
