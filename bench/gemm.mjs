@@ -31,13 +31,15 @@ function targetOf(M, K, xdt, wdt, evict, compute) {
   return undefined;
 }
 
-function linearCase([M, K, N], xdt, wdt, evict) {
+// `into`: the GEMM writes a preallocated C through the test hook (same kernels, same cached packed W)
+// instead of linear() allocating y, which shows what the op adds around the GEMM.
+function linearCase([M, K, N], xdt, wdt, evict, into = false) {
   const flops = 2 * M * N * K;
   const kernel = native._benchGemmKernel(xdt, wdt);
   const compute = computeCeilingOf(kernel);
   const t = lazy(() => ({
     x: Tensor.randn([M, K], { seed: 1 }).to(xdt), w: Tensor.randn([N, K], { seed: 2 }).to(wdt),
-    x32: Tensor.randn([M, K], { seed: 1 }), w32: Tensor.randn([N, K], { seed: 2 }),
+    x32: Tensor.randn([M, K], { seed: 1 }), w32: Tensor.randn([N, K], { seed: 2 }), y: Tensor.zeros([M, N], { dtype: xdt }),
   }));
   const small = M <= 32;
   // Warm: W as the previous call left it (a decode loop). Evicted: W's packed form flushed from every
@@ -47,7 +49,9 @@ function linearCase([M, K, N], xdt, wdt, evict) {
     else if (small) run();
     native._benchWake();
   };
-  const ours = () => linear(t.get().x, t.get().w).dispose();
+  const ours = into
+    ? () => native._gemmTest(h(t.get().x), h(t.get().w), h(t.get().y), { transB: true, cacheB: true })
+    : () => linear(t.get().x, t.get().w).dispose();
   const f32 = () => linear(t.get().x32, t.get().w32).dispose();
   const baselines = [{ name: `${compute} peak`, rate: () => ceilingRate(compute) }];
   if (small) baselines.push({ name: "DRAM roofline", rate: () => rooflineRate(flops, N * K * SIZE[wdt], compute) });
@@ -56,7 +60,7 @@ function linearCase([M, K, N], xdt, wdt, evict) {
 
   const target = targetOf(M, K, xdt, wdt, evict, compute);
   return {
-    name: `linear y=x·Wᵀ M=${M} K=${K} N=${N} x ${xdt} W ${wdt}${small ? (evict ? " (W evicted)" : " (warm)") : ""}`,
+    name: `${into ? "gemm C=x·Wᵀ into a preallocated C" : "linear y=x·Wᵀ"} M=${M} K=${K} N=${N} x ${xdt} W ${wdt}${small ? (evict ? " (W evicted)" : " (warm)") : ""}`,
     shape: [M, K, N], dtype: `x ${xdt}, W ${wdt}`, kernel, flops,
     setup: () => { t.get(); }, teardown: t.drop,
     before: prepare("w", ours),
@@ -86,6 +90,7 @@ function gradCase(kind, [M, K, N]) {
 export const cases = [
   ...SHAPES.flatMap((s) => ["f32", "bf16"].flatMap((wdt) => ["f32", "bf16"].flatMap((xdt) =>
     s[0] <= 32 ? [linearCase(s, xdt, wdt, false), linearCase(s, xdt, wdt, true)] : [linearCase(s, xdt, wdt, false)]))),
+  ...SHAPES.map((s) => linearCase(s, "f32", "f32", s[0] <= 32, true)),
   gradCase("dx", [512, 4096, 4096]),
   gradCase("dW", [512, 4096, 4096]),
 ];

@@ -52,13 +52,14 @@ const KernelSet* select_kernels(const GemmArgs& g) {
 }
 
 // K blocks: one block when a whole-K B micro-panel fits in an eighth of L2 (C is then written once,
-// and the kernels stream B from L2 at full speed); otherwise blocks whose B micro-panel is the size of
-// L1, at the price of revisiting C once per block (measured on Zen 5 at K = 4096: half of L1 revisits C
-// twice as often and ran 4-5 % slower; with the next block prefetched the panel need not stay in L1).
-// Blocks are made equal in size.
+// and the kernels stream B from L2 at full speed); otherwise blocks whose B micro-panel takes a
+// sixteenth of L2, at the price of revisiting C once per block. The kernels prefetch the next block, so
+// the panel need not stay in L1: on Zen 5 at K = 4096, f32 ran the same with 48-128 KiB panels and 4-5 %
+// slower at 24 KiB (twice the C revisits); vdpbf16ps, twice as fast per k-step, gained up to 10 % going
+// from 48 to 64-128 KiB. Blocks are made equal in size.
 void plan_k(Plan& pl, const CpuFeatures& cf) {
   const KernelSet& ks = *pl.ks;
-  int64_t kc = pl.Kp * ks.kc_bytes_per_k <= cf.l2_bytes / 8 ? std::max<int64_t>(pl.Kp, 1) : cf.l1d_bytes / ks.kc_bytes_per_k;
+  int64_t kc = pl.Kp * ks.kc_bytes_per_k <= cf.l2_bytes / 8 ? std::max<int64_t>(pl.Kp, 1) : cf.l2_bytes / 16 / ks.kc_bytes_per_k;
   if (blocking_override().kc > 0) kc = blocking_override().kc;
   kc = std::max<int64_t>(ks.kc_align, kc / ks.kc_align * ks.kc_align);
   pl.nblocks = std::max<int64_t>(1, ceil_div(pl.Kp, kc));
