@@ -13,8 +13,8 @@
 namespace peft {
 namespace gemm_detail {
 
-BlockingOverride& blocking_override_mut() {
-  static BlockingOverride o = [] {
+const BlockingOverride& blocking_override() {
+  static const BlockingOverride o = [] {
     BlockingOverride b;
     if (const char* s = std::getenv("NODE_PEFT_GEMM_BLOCKING")) {
       char* end = nullptr;
@@ -25,7 +25,6 @@ BlockingOverride& blocking_override_mut() {
   }();
   return o;
 }
-const BlockingOverride& blocking_override() { return blocking_override_mut(); }
 
 }  // namespace gemm_detail
 

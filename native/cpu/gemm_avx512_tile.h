@@ -22,8 +22,8 @@ inline __mmask16 col_mask(int n, int v) {
   return r >= 16 ? static_cast<__mmask16>(0xffff) : r <= 0 ? static_cast<__mmask16>(0) : static_cast<__mmask16>((1u << r) - 1);
 }
 
-// Loads/stores of 16 C values in any output dtype; Full means all 16 columns are valid, so the plain
-// (unmasked) forms are used: masked 512-bit stores are markedly slower on some cores.
+// Loads/stores of 16 C values in any output dtype; Full means all 16 columns are valid: plain forms for
+// the common whole tile, masked ones only at the right edge of C.
 template <bool Full>
 inline __m256i load16(const void* p, __mmask16 k) {
   if constexpr (Full) return _mm256_loadu_si256(static_cast<const __m256i*>(p));
@@ -90,24 +90,21 @@ inline void prefetch_c(const Tile& t) {
   }
 }
 
-// base + value, stored to C (last K block) or to the f32 partial, row by row: any output dtype. Kept out
-// of line: only 16-bit outputs take it, and inlined its dtype branches crowd out the f32 path below.
-template <bool Full, int M, int NV>
-__attribute__((noinline)) void update_rows_any(__m512 (&c)[M][NV], const Tile& t) {
+// base + value, stored to C (last K block) or to the f32 partial, row by row, for any output dtype,
+// from accumulators spilled to `acc` (rows of 16*nv floats). Out of line and fed a copy: only 16-bit
+// outputs take it, and were the register tile's address to escape into it, the compiler would keep
+// that tile in memory inside every kernel loop.
+template <bool Full>
+__attribute__((noinline)) void update_rows_any(const float* acc, int nv, const Tile& t) {
   const bool first = t.flags & kFirst, last = t.flags & kLast;
-  __mmask16 k[NV];
-#pragma GCC unroll 2
-  for (int v = 0; v < NV; v++) k[v] = col_mask(t.n, v);
-#pragma GCC unroll 32
-  for (int i = 0; i < M; i++) {
-    if (i >= t.m) break;
-#pragma GCC unroll 2
-    for (int v = 0; v < NV; v++) {
-      __m512 x = c[i][v];
-      if (!first) x = _mm512_add_ps(x, load_f32<Full>(t.p + i * t.ldp + 16 * v, k[v]));
-      else if (t.flags & kAccumulate) x = _mm512_add_ps(x, load_c<Full>(t.c, t.c_dt, i * t.ldc + 16 * v, k[v]));
-      if (last) store_c<Full>(t.c, t.c_dt, i * t.ldc + 16 * v, k[v], x);
-      else store_f32<Full>(t.p + i * t.ldp + 16 * v, k[v], x);
+  for (int i = 0; i < t.m; i++) {
+    for (int v = 0; v < nv; v++) {
+      __mmask16 k = col_mask(t.n, v);
+      __m512 x = _mm512_loadu_ps(acc + (i * nv + v) * 16);
+      if (!first) x = _mm512_add_ps(x, load_f32<Full>(t.p + i * t.ldp + 16 * v, k));
+      else if (t.flags & kAccumulate) x = _mm512_add_ps(x, load_c<Full>(t.c, t.c_dt, i * t.ldc + 16 * v, k));
+      if (last) store_c<Full>(t.c, t.c_dt, i * t.ldc + 16 * v, k, x);
+      else store_f32<Full>(t.p + i * t.ldp + 16 * v, k, x);
     }
   }
 }
@@ -167,8 +164,13 @@ __attribute__((always_inline)) inline void finish(__m512 (&c)[M][NV], const Tile
     }
   }
   const bool full = t.n == 16 * NV;
-  if (t.c_dt == DType::F32) full ? update_rows_f32<true>(c, t) : update_rows_f32<false>(c, t);
-  else full ? update_rows_any<true>(c, t) : update_rows_any<false>(c, t);
+  if (t.c_dt == DType::F32) return full ? update_rows_f32<true>(c, t) : update_rows_f32<false>(c, t);
+  alignas(64) float acc[M * NV * 16];
+#pragma GCC unroll 32
+  for (int i = 0; i < M; i++)
+#pragma GCC unroll 2
+    for (int v = 0; v < NV; v++) _mm512_store_ps(acc + (i * NV + v) * 16, c[i][v]);
+  full ? update_rows_any<true>(acc, NV, t) : update_rows_any<false>(acc, NV, t);
 }
 
 // kernel[m-1] = {K<m, 1>, K<m, 2>} for m in 1..sizeof...(Ms): the half- and full-width variants.

@@ -83,7 +83,6 @@ struct BlockingOverride {
   int64_t kc = 0, mc = 0;
 };
 const BlockingOverride& blocking_override();
-BlockingOverride& blocking_override_mut();  // for tuning harnesses
 
 }  // namespace gemm_detail
 }  // namespace peft
