@@ -6,9 +6,10 @@
 //    row `nr` elements (zero beyond N). Panel j starts at j * Kp * nr elements, k-step k of it at
 //    k * nr. In the "pairs" layout two k-rows are interleaved per 32-bit lane, (B[2q][n], B[2q+1][n]),
 //    which is what vdpbf16ps and AMX tiles read; it is still k * nr elements from the panel start.
-//  - A (M x K) is cut into groups of up to `mr` rows; a group of m rows (m = mr, or fewer for the last
-//    one unless the set pads groups to mr) stores k-step k at k * m elements from its start, and group
-//    g starts at g * mr * Kp elements. The layouts of one set say how a k-step's m values are ordered.
+//    A row-major f32 B may also be read in place: k-step k of panel j at k * ldb + j * nr.
+//  - A (M x K) is cut into groups of up to `mr` rows, stored one after another; a group of m rows
+//    (padded to mr when the set asks) stores k-step k at k * m elements from its start. The layouts of
+//    one set say how a k-step's m values are ordered.
 //  - Kp is K rounded up to the layout's k alignment; the padding is zeros in both operands.
 #pragma once
 #include <cstddef>
@@ -84,7 +85,7 @@ struct KernelSet {
   BLayout b;
   ALayout a;
   bool pad_groups;          // partial row groups are zero-padded to mr (tile hardware wants full rows)
-  int kc_bytes_per_k;       // bytes of one B panel k-step as the kernels read it (sizes KC against L1)
+  int kc_bytes_per_k;       // bytes of one B panel k-step as the kernels read it (sizes KC to the caches)
   int kc_align;             // KC blocks are multiples of this
   // kernel[m-1][w]: m rows (1..mr); w = 0 for n <= nr/2 (half-width variant), 1 for the full panel.
   KernelFn kernel[kMaxMr][2];
@@ -102,7 +103,7 @@ struct KernelSet {
   bool direct_b;
 };
 
-// The kernel sets per ISA file. Each returns null when its layout does not fit the operands.
+// The kernel sets each ISA file exports, by the dtype of B where it matters.
 const KernelSet* avx512_f32_kernels(DType b_dt);  // A widened to f32, B f32/f16/bf16-pairs
 const KernelSet* avx512_bf16_kernels();            // A and B bf16 pairs, vdpbf16ps
 const KernelSet* amx_bf16_kernels();               // A and B bf16, AMX tiles

@@ -3,8 +3,8 @@
 // Two orders. Stream order (small M, or a single K block): the A block holds all of K and fits L2, each
 // B panel is walked once through all K blocks while its C tile stays in L1, so B is read exactly once
 // and C written once. Block order (large M with K split): K blocks outermost, the A block x KC sits in
-// L2 and every B micro-panel block is read from memory once and reused from L1 by all row groups; C
-// tiles are revisited once per K block (the kernels prefetch them).
+// L2 and every B micro-panel block is read from memory once (prefetched a block ahead) and reused by all
+// row groups; C tiles are revisited once per K block (the kernels prefetch them).
 #include <algorithm>
 
 #include "gemm_driver.h"
@@ -18,7 +18,6 @@ thread_local Scratch t_apack, t_a2pack, t_b2pack, t_partial, t_widen;
 // In stream order with more row groups than this, B comes from L3 for all but the first group and the
 // hardware prefetcher keeps up: prefetching the next block as well cost about 3 % (M = 2048, K = 1024).
 constexpr int64_t kStreamGroups = 4;
-
 
 // Row groups of an A block: mr rows each for sets that pad groups to mr; otherwise as equal as possible
 // (16 rows run as 8 + 8 rather than 14 + 2, whose 2-row kernel is bound by FMA latency).
@@ -59,7 +58,7 @@ class Part {
     stream_ = rows <= mc_stream || pl_.nblocks == 1;
     int64_t mc = stream_ ? mc_stream : std::max<int64_t>(mr, cf.l2_bytes / 2 / (pl_.kc * pl_.asz) / mr * mr);
     if (blocking_override().mc > 0) mc = round_up(blocking_override().mc, mr);
-    mc = std::min(mc, round_up(rows, mr));
+    mc = round_up(ceil_div(rows, ceil_div(rows, mc)), mr);  // equal blocks: no short last one re-reading B
     if (g_.R > 0) pack_b2();
     for (int64_t ic = m_begin_; ic < m_end_; ic += mc) run_block(ic, std::min(mc, m_end_ - ic));
   }
@@ -87,7 +86,7 @@ class Part {
   void run_block(int64_t ic, int64_t mcb) {
     Groups gr(mcb, ks_.mr, ks_.pad_groups);
     groups_ = &gr;
-    ic_ = ic, mcb_ = mcb;
+    ic_ = ic;
     if (g_.R > 0) {
       a2p_ = static_cast<float*>(t_a2pack.get(sizeof(float) * gr.n * ks_.mr * g_.R));
       for (int64_t gi = 0; gi < gr.n; gi++)
@@ -190,7 +189,7 @@ class Part {
   float* b2_ = nullptr;
   // The current A block.
   const Groups* groups_ = nullptr;
-  int64_t ic_ = 0, mcb_ = 0, a_k0_ = 0, a_len_ = 0;
+  int64_t ic_ = 0, a_k0_ = 0, a_len_ = 0;
   char* ap_ = nullptr;
   float* a2p_ = nullptr;
   float* part_ = nullptr;
