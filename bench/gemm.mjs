@@ -87,10 +87,32 @@ function gradCase(kind, [M, K, N]) {
   };
 }
 
+// The fused LoRA form: rank-R extra k-steps applied on the register-resident C tile in the last K block
+// (GEMM on [x, T]·[W, B]ᵀ), against the same GEMM without them; flops count the extra steps.
+function fusedCase([M, K, N], R) {
+  const t = lazy(() => ({
+    x: Tensor.randn([M, K], { seed: 6 }), w: Tensor.randn([N, K], { seed: 7 }), y: Tensor.zeros([M, N]),
+    a2: Tensor.randn([M, R], { seed: 8 }), b2: Tensor.randn([R, N], { seed: 9 }),
+  }));
+  const gemm = (extra) => () => {
+    const v = t.get();
+    native._gemmTest(h(v.x), h(v.w), h(v.y), extra ? { transB: true, cacheB: true, a2: h(v.a2), b2: h(v.b2) } : { transB: true, cacheB: true });
+  };
+  return {
+    name: `gemm C=x·Wᵀ + T·Bᵀ (fused rank-${R} extra k-steps) M=${M} K=${K} N=${N} f32`,
+    shape: [M, K, N], dtype: "f32", kernel: native._benchGemmKernel("f32", "f32"), flops: 2 * M * N * (K + R),
+    setup: () => { t.get(); }, teardown: t.drop,
+    run: gemm(true),
+    baselines: [{ name: "same GEMM without them", run: gemm(false) }],
+  };
+}
+
 export const cases = [
   ...SHAPES.flatMap((s) => ["f32", "bf16"].flatMap((wdt) => ["f32", "bf16"].flatMap((xdt) =>
     s[0] <= 32 ? [linearCase(s, xdt, wdt, false), linearCase(s, xdt, wdt, true)] : [linearCase(s, xdt, wdt, false)]))),
   ...SHAPES.map((s) => linearCase(s, "f32", "f32", s[0] <= 32, true)),
+  fusedCase([512, 4096, 4096], 16),
+  fusedCase([2048, 1024, 1024], 16),
   gradCase("dx", [512, 4096, 4096]),
   gradCase("dW", [512, 4096, 4096]),
 ];

@@ -131,7 +131,7 @@ function rows(records) {
     fmt(r.ms, 2),
     r.rate != null ? `${fmt(r.rate)} ${r.unit}` : "",
     r.baselines.map((b) => `${b.name}: ${b.rate != null ? fmt(b.rate) : fmt(b.ms, 2) + " ms"} → ${fmt(b.ratio, 2)}x`).join("; "),
-    r.target ? `${r.target.met == null ? "n/a" : r.target.met ? "met" : "MISSED"} (≥${r.target.min}x ${r.target.baseline}${r.target.note ? "; " + r.target.note : ""})` : "",
+    r.target ? `${r.target.met == null ? "n/a" : r.target.met ? "met" : "MISSED"} (≥${+r.target.min.toPrecision(3)}x ${r.target.baseline}${r.target.note ? "; " + r.target.note : ""})` : "",
   ]);
 }
 const HEAD = ["case", "shape", "dtype", "kernel", "ms", "rate", "baselines (median → ratio)", "target"];
