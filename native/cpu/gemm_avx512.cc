@@ -58,6 +58,35 @@ struct KernF32 {
   }
 };
 
+// The first row group of a block with few rows reads the bf16 k-pair panel itself, widens it in
+// registers (even k: low halves shifted up; odd k: high halves with the low ones cleared) and stores
+// the f32 panel for the groups after it, so no separate widening pass runs. Up to 8 rows: 16
+// accumulators leave registers for the pairs.
+template <int M, int NV>
+struct KernBF16Widen {
+  static void run(const Tile& t) {
+    prefetch_c<M>(t);
+    __m512 c[M][NV];
+    zero(c);
+    const float* a = static_cast<const float*>(t.a);
+    const uint16_t* b = static_cast<const uint16_t*>(t.b);
+    float* w = t.widen_to;
+    const char* pf = t.pf;
+    const __m512i hi = _mm512_set1_epi32(static_cast<int>(0xffff0000u));
+    for (int64_t k = 0; k < t.kc; k += 2, a += 2 * M, b += 2 * kZmmNr, w += 2 * kZmmNr) {
+      prefetch_step(pf, 2 * t.pf_step);
+      __m512i raw[2];
+      __m512 bv[2];
+      for (int v = 0; v < 2; v++) raw[v] = _mm512_load_si512(b + 32 * v);
+      for (int v = 0; v < 2; v++) bv[v] = _mm512_castsi512_ps(_mm512_slli_epi32(raw[v], 16)), _mm512_store_ps(w + 16 * v, bv[v]);
+      rank1(c, a, reinterpret_cast<__m512(&)[NV]>(bv));
+      for (int v = 0; v < 2; v++) bv[v] = _mm512_castsi512_ps(_mm512_and_si512(raw[v], hi)), _mm512_store_ps(w + kZmmNr + 16 * v, bv[v]);
+      rank1(c, a + M, reinterpret_cast<__m512(&)[NV]>(bv));
+    }
+    finish(c, t);
+  }
+};
+
 // Widening of a 16-bit B micro-panel block to the f32 panel the kernels read (see widen_b).
 void widen_f16(const void* src, int64_t kc, float* dst) {
   const uint16_t* s = static_cast<const uint16_t*>(src);
@@ -80,12 +109,19 @@ void widen_bf16_pairs(const void* src, int64_t kc, float* dst) {
 }
 
 constexpr int kMr = 14;
+constexpr int kWidenRows = 8;
 using Rows = std::make_integer_sequence<int, kMr>;
 
 // KC from L1: kc_bytes_per_k is one k-step of the f32 panel the kernels read.
 constexpr KernelSet kF32 = make_set<KernF32>(Rows{}, {"avx512-f32", kMr, kZmmNr, BLayout::F32, ALayout::F32, false, kZmmNr * 4, 4, {}, nullptr, nullptr, &pack_a_group_avx512, nullptr, true});
 constexpr KernelSet kF16 = make_set<KernF32>(Rows{}, {"avx512-f32-f16w", kMr, kZmmNr, BLayout::F16, ALayout::F32, false, kZmmNr * 4, 4, {}, nullptr, nullptr, &pack_a_group_avx512, &widen_f16, false});
-constexpr KernelSet kBF16 = make_set<KernF32>(Rows{}, {"avx512-f32-bf16w", kMr, kZmmNr, BLayout::BF16Pairs, ALayout::F32, false, kZmmNr * 4, 32, {}, nullptr, nullptr, &pack_a_group_avx512, &widen_bf16_pairs, false});
+constexpr KernelSet kBF16 = [] {
+  KernelSet s = make_set<KernF32>(Rows{}, {"avx512-f32-bf16w", kMr, kZmmNr, BLayout::BF16Pairs, ALayout::F32, false, kZmmNr * 4, 32, {}, nullptr, nullptr, &pack_a_group_avx512, &widen_bf16_pairs, false});
+  KernelSet wk = make_set<KernBF16Widen>(std::make_integer_sequence<int, kWidenRows>{}, s);
+  for (int i = 0; i < kWidenRows; i++) s.widen_kernel[i][0] = wk.kernel[i][0], s.widen_kernel[i][1] = wk.kernel[i][1];
+  s.widen_rows = kWidenRows;
+  return s;
+}();
 
 }  // namespace
 

@@ -65,6 +65,7 @@ struct Tile {
   // stalls on the miss queue).
   const char* pf = nullptr;
   int64_t pf_step = 0;
+  float* widen_to = nullptr;  // widen_kernel only: where the widened f32 panel goes
 };
 
 using KernelFn = void (*)(const Tile& t);
@@ -101,6 +102,11 @@ struct KernelSet {
   // The kernels can read an f32 B in place (rows of nr values at any stride, Tile::ldb), so a B that is
   // already row-major f32 need not be packed per call.
   bool direct_b;
+  // With widen_b: kernels for a first row group of up to widen_rows rows that read the packed 16-bit
+  // panel, widen it in registers and store the f32 panel (Tile::widen_to) for the groups after them,
+  // in place of the widening pass when few groups share a block.
+  KernelFn widen_kernel[8][2];
+  int widen_rows;
 };
 
 // The kernel sets each ISA file exports, by the dtype of B where it matters.
