@@ -36,13 +36,33 @@ GemmMat dropped_x(const DenseView& d, const AdapterView& a, Scratch* buf) {
   return rows(buf->get(), DType::F32, d.K);
 }
 
-// [s_1·B_1 | s_2·B_2 | …] as one (N, R) f32 matrix (signed for unmerge).
-void scaled_b_cat(const std::vector<AdapterView>& ad, int64_t N, int64_t R, float sign, float* out) {
+// [s_1·B_1 | s_2·B_2 | …] (or unscaled) as one (N, R) f32 matrix, times `sign` (-1 for unmerge).
+void b_cat_into(const std::vector<AdapterView>& ad, int64_t N, int64_t R, float sign, bool scaled, float* out) {
   int64_t off = 0;
   for (const AdapterView& a : ad) {
+    const float f = scaled ? sign * a.scale : sign;
     for (int64_t n = 0; n < N; n++)
-      for (int64_t j = 0; j < a.r; j++) out[n * R + off + j] = sign * a.scale * load_f32(a.B, a.b_dt, n * a.r + j);
+      for (int64_t j = 0; j < a.r; j++) out[n * R + off + j] = f * load_f32(a.B, a.b_dt, n * a.r + j);
     off += a.r;
+  }
+}
+
+// [B_1 | B_2 | …] (unscaled) as one (N, R) row-major view: the adapter's own B when there is one, else a
+// concatenated f32 copy in `buf`.
+GemmMat b_cat(const std::vector<AdapterView>& ad, int64_t N, int64_t R, Scratch* buf) {
+  if (ad.size() == 1) return rows(ad[0].B, ad[0].b_dt, R);
+  b_cat_into(ad, N, R, 1.0f, false, buf->get());
+  return rows(buf->get(), DType::F32, R);
+}
+
+// Multiplies each adapter's column block of an (M, R) f32 matrix by its scale.
+void scale_blocks(const std::vector<AdapterView>& ad, float* m, int64_t M, int64_t R) {
+  for (int64_t i = 0; i < M; i++) {
+    int64_t off = 0;
+    for (const AdapterView& a : ad) {
+      for (int64_t j = 0; j < a.r; j++) m[i * R + off + j] *= a.scale;
+      off += a.r;
+    }
   }
 }
 
@@ -79,9 +99,12 @@ void lora_forward_cpu(const DenseView& d, const std::vector<AdapterView>& ad, vo
     gemm(g);
     off += a.r;
   }
-  Scratch bs(N * R);
-  scaled_b_cat(ad, N, R, 1.0f, bs.get());
-  // y = x·Wᵀ + b + T·(sB)ᵀ: the adapters are R extra k-steps on the base GEMM's tile.
+  // The scales go on T (M x R, tiny) so B is used as it is: no per-call (N x R) copy for one adapter.
+  Scratch ts(M * R), bcat(ad.size() > 1 ? N * R : 0);
+  std::memcpy(ts.get(), T, sizeof(float) * static_cast<size_t>(M * R));
+  scale_blocks(ad, ts.get(), M, R);
+  GemmMat B = b_cat(ad, N, R, &bcat);
+  // y = x·Wᵀ + b + (sT)·Bᵀ: the adapters are R extra k-steps on the base GEMM's tile.
   GemmArgs g;
   g.M = M, g.N = N, g.K = K;
   g.A = rows(d.x, d.x_dt, K);
@@ -90,24 +113,24 @@ void lora_forward_cpu(const DenseView& d, const std::vector<AdapterView>& ad, vo
   g.C = y, g.c_dt = y_dt, g.ldc = N;
   g.bias = d.bias, g.bias_dt = d.bias_dt;
   g.R = R;
-  g.A2 = rows(T, DType::F32, R);
-  g.B2 = cols(bs.get(), DType::F32, R);
+  g.A2 = rows(ts.get(), DType::F32, R);
+  g.B2 = {B.p, B.dt, 1, R};  // B2(j, n) = B(n, j)
   gemm(g);
 }
 
 void lora_backward_cpu(const DenseView& d, const std::vector<AdapterView>& ad, const void* dy, DType dy_dt, const float* T,
                        void* dx, DType dx_dt) {
   const int64_t M = d.M, K = d.K, N = d.N, R = total_rank(ad);
-  Scratch bs(N * R), G(M * R);
-  scaled_b_cat(ad, N, R, 1.0f, bs.get());
-  // G = dy·(sB): the gradient reaching T, all adapters in one product.
+  Scratch bcat(ad.size() > 1 ? N * R : 0), G(M * R);
+  // G = dy·B, then each adapter's block times its scale: the gradient reaching T, in one product.
   if (M > 0 && R > 0) {
     GemmArgs g;
     g.M = M, g.N = R, g.K = N;
     g.A = rows(dy, dy_dt, N);
-    g.B = rows(bs.get(), DType::F32, R);
+    g.B = b_cat(ad, N, R, &bcat);
     g.C = G.get(), g.c_dt = DType::F32, g.ldc = R;
     gemm(g);
+    scale_blocks(ad, G.get(), M, R);
   } else if (R > 0) {
     std::memset(G.get(), 0, sizeof(float) * static_cast<size_t>(M * R));
   }
@@ -177,7 +200,7 @@ namespace {
 void delta_update(void* C, DType c_dt, int64_t N, int64_t K, bool w_in_out, const std::vector<AdapterView>& ad, float sign) {
   const int64_t R = total_rank(ad);
   Scratch bs(N * R), acat(R * K);
-  scaled_b_cat(ad, N, R, sign, bs.get());
+  b_cat_into(ad, N, R, sign, true, bs.get());
   a_cat(ad, K, acat.get());
   if (!w_in_out) {  // W(n, k) += Σ_j sB(n, j) A(j, k)
     rank_update(C, c_dt, N, K, bs.get(), acat.get(), R);
