@@ -70,7 +70,7 @@ void amx_kernel(const Tile& t) {
 constexpr KernelSet kAmx = [] {
   KernelSet s{"amx-bf16", kMr, kZmmNr, BLayout::BF16Pairs, ALayout::BF16Rows32, true, kZmmNr * 2, 32, {}, &amx_begin, &amx_end, nullptr, nullptr, false};
   for (int i = 0; i < kMr; i++) s.kernel[i][0] = s.kernel[i][1] = &amx_kernel;
-  return s;
+  return with_pack_b(s);
 }();
 
 }  // namespace

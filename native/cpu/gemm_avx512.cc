@@ -113,14 +113,14 @@ constexpr int kWidenRows = 8;
 using Rows = std::make_integer_sequence<int, kMr>;
 
 // KC from L1: kc_bytes_per_k is one k-step of the f32 panel the kernels read.
-constexpr KernelSet kF32 = make_set<KernF32>(Rows{}, {"avx512-f32", kMr, kZmmNr, BLayout::F32, ALayout::F32, false, kZmmNr * 4, 4, {}, nullptr, nullptr, &pack_a_group_avx512, nullptr, true});
+constexpr KernelSet kF32 = with_pack_b(make_set<KernF32>(Rows{}, {"avx512-f32", kMr, kZmmNr, BLayout::F32, ALayout::F32, false, kZmmNr * 4, 4, {}, nullptr, nullptr, &pack_a_group_avx512, nullptr, true}));
 constexpr KernelSet kF16 = make_set<KernF32>(Rows{}, {"avx512-f32-f16w", kMr, kZmmNr, BLayout::F16, ALayout::F32, false, kZmmNr * 4, 4, {}, nullptr, nullptr, &pack_a_group_avx512, &widen_f16, false});
 constexpr KernelSet kBF16 = [] {
   KernelSet s = make_set<KernF32>(Rows{}, {"avx512-f32-bf16w", kMr, kZmmNr, BLayout::BF16Pairs, ALayout::F32, false, kZmmNr * 4, 32, {}, nullptr, nullptr, &pack_a_group_avx512, &widen_bf16_pairs, false});
   KernelSet wk = make_set<KernBF16Widen>(std::make_integer_sequence<int, kWidenRows>{}, s);
   for (int i = 0; i < kWidenRows; i++) s.widen_kernel[i][0] = wk.kernel[i][0], s.widen_kernel[i][1] = wk.kernel[i][1];
   s.widen_rows = kWidenRows;
-  return s;
+  return with_pack_b(s);
 }();
 
 }  // namespace

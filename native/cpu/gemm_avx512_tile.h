@@ -181,6 +181,12 @@ constexpr KernelSet make_set(std::integer_sequence<int, Ms...>, KernelSet s) {
   return s;
 }
 
+// The AVX-512 B packer (transposes) for a set.
+constexpr KernelSet with_pack_b(KernelSet s) {
+  s.pack_b = &pack_b_panels_avx512;
+  return s;
+}
+
 // One step along Tile::pf: two lines per k-step (an f32 panel row is 128 bytes). With no stream
 // (pf_step 0) it re-touches the same lines, which costs load slots and no memory traffic.
 inline void prefetch_step(const char*& pf, int64_t step) {

@@ -36,9 +36,9 @@ struct KernDp {
 };
 
 constexpr int kMr = 14;
-constexpr KernelSet kDp = make_set<KernDp>(std::make_integer_sequence<int, kMr>{},
+constexpr KernelSet kDp = with_pack_b(make_set<KernDp>(std::make_integer_sequence<int, kMr>{},
                                            {"avx512-bf16", kMr, kZmmNr, BLayout::BF16Pairs, ALayout::BF16Pairs, false,
-                                            kZmmNr * 2, 32, {}, nullptr, nullptr, &pack_a_group_avx512, nullptr, false});
+                                            kZmmNr * 2, 32, {}, nullptr, nullptr, &pack_a_group_avx512, nullptr, false}));
 
 }  // namespace
 

@@ -33,6 +33,7 @@ void describe(PackedB& pb, const KernelSet& ks, const GemmMat& b, int64_t K, int
   pb.panels = ceil_div(N, ks.nr);
   pb.src = b;
   pb.panel_bytes = static_cast<size_t>(Kp) * ks.nr * blayout_size(ks.b);
+  pb.pack = ks.pack_b ? ks.pack_b : pack_b_panels;
 }
 
 bool same(const PackedB& a, const PackedB& b) {
@@ -43,7 +44,7 @@ bool same(const PackedB& a, const PackedB& b) {
 void fill(const PackedB& pb) {
   // Memory-bound; a panel is tens of KiB, so a few panels per chunk spread it well enough.
   parallel_for(pb.panels, 4, [&](int64_t p0, int64_t p1) {
-    pack_b_panels(pb.layout, pb.nr, pb.src, pb.K, pb.N, pb.Kp, p0, p1, const_cast<char*>(pb.panel(p0)));
+    pb.pack(pb.layout, pb.nr, pb.src, pb.K, pb.N, pb.Kp, p0, p1, const_cast<char*>(pb.panel(p0)));
   });
 }
 
@@ -68,9 +69,8 @@ std::shared_ptr<const PackedB> packed_b(const GemmArgs& g, const KernelSet& ks, 
     auto build = [&]() {
       auto built = std::make_shared<PackedB>();
       describe(*built, ks, g.B, g.K, g.N, Kp);
-      built->data = static_cast<char*>(std::aligned_alloc(kAlign, round_up(bytes, kAlign)));
-      if (!built->data) throw std::bad_alloc();
-      built->owned = true;
+      built->mem = alloc_host(bytes, false);
+      built->data = static_cast<char*>(built->mem->data);
       fill(*built);
       std::lock_guard<std::mutex> lk(live_mu());
       live().insert(built.get());
@@ -83,7 +83,7 @@ std::shared_ptr<const PackedB> packed_b(const GemmArgs& g, const KernelSet& ks, 
     pb->direct = true;
     if (g.N % ks.nr) {
       pb->data = static_cast<char*>(t_bcall.get(pb->panel_bytes));
-      pack_b_panels(pb->layout, pb->nr, pb->src, pb->K, pb->N, pb->Kp, pb->panels - 1, pb->panels, pb->data);
+      pb->pack(pb->layout, pb->nr, pb->src, pb->K, pb->N, pb->Kp, pb->panels - 1, pb->panels, pb->data);
     }
     return pb;
   }
@@ -93,8 +93,7 @@ std::shared_ptr<const PackedB> packed_b(const GemmArgs& g, const KernelSet& ks, 
 }
 
 PackedB::~PackedB() {
-  if (!owned) return;
-  std::free(data);
+  if (!mem) return;
   std::lock_guard<std::mutex> lk(live_mu());
   live().erase(this);
 }

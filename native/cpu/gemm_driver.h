@@ -46,8 +46,12 @@ struct PackedB {
   GemmMat src;
   size_t panel_bytes = 0;
   char* data = nullptr;
-  bool owned = false;  // data is ours to free (a cached pack) rather than the caller's scratch
+  // A cached pack owns its memory: host tensor memory (huge pages, and the allocator's cache of freed
+  // blocks, so the repack after each write to a weight reuses the previous pack's pages instead of
+  // faulting fresh ones in: that was most of a 4096 x 4096 repack). Otherwise data is caller scratch.
+  std::shared_ptr<Storage> mem;
   bool direct = false;
+  PackBFn pack = nullptr;
 
   bool packed(int64_t p) const { return !direct || (p == panels - 1 && N % nr); }
   // Panel p's first k-step and the elements from one k-step to the next.

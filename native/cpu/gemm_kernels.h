@@ -70,6 +70,7 @@ struct Tile {
 
 using KernelFn = void (*)(const Tile& t);
 using PackAFn = void (*)(ALayout l, const GemmMat& a, int64_t i0, int m, int ms, int64_t K, int64_t Kp, void* dst);
+using PackBFn = void (*)(BLayout l, int nr, const GemmMat& b, int64_t K, int64_t N, int64_t Kp, int64_t p0, int64_t p1, void* dst);
 
 constexpr int kMaxMr = 32;
 
@@ -107,6 +108,8 @@ struct KernelSet {
   // in place of the widening pass when few groups share a block.
   KernelFn widen_kernel[8][2];
   int widen_rows;
+  // A B packer for this set's layout (same contract as pack_b_panels); null: pack_b_panels.
+  PackBFn pack_b;
 };
 
 // The kernel sets each ISA file exports, by the dtype of B where it matters.
@@ -123,6 +126,8 @@ void pack_a_group(ALayout l, const GemmMat& a, int64_t i0, int m, int ms, int64_
 void pack_a_group_avx512(ALayout l, const GemmMat& a, int64_t i0, int m, int ms, int64_t K, int64_t Kp, void* dst);
 // B panels [p0, p1) of width nr, each Kp k-steps, into dst (panel p at (p - p0) * Kp * nr elements).
 void pack_b_panels(BLayout l, int nr, const GemmMat& b, int64_t K, int64_t N, int64_t Kp, int64_t p0, int64_t p1, void* dst);
+// The same with AVX-512 transposes when columns are contiguous in k (falls back otherwise).
+void pack_b_panels_avx512(BLayout l, int nr, const GemmMat& b, int64_t K, int64_t N, int64_t Kp, int64_t p0, int64_t p1, void* dst);
 
 // The scalar tail every set may fall back on: applies Tile's result rule to an m x n block of f32
 // accumulators (row stride ld) held in memory; nr is the set's panel width (B2's row length).
