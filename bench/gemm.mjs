@@ -107,12 +107,29 @@ function fusedCase([M, K, N], R) {
   };
 }
 
+// A training step writes every weight, so the next forward repacks it: linear right after W.copyFrom
+// (repack + GEMM) against linear with the pack already cached.
+function repackCase([M, K, N], wdt) {
+  const t = lazy(() => ({ x: Tensor.randn([M, K], { seed: 10 }), w: Tensor.randn([N, K], { seed: 11 }).to(wdt), w2: Tensor.randn([N, K], { seed: 12 }).to(wdt) }));
+  const ours = () => linear(t.get().x, t.get().w).dispose();
+  return {
+    name: `linear right after a write to W (repack + GEMM) M=${M} K=${K} N=${N} x f32 W ${wdt}`,
+    shape: [M, K, N], dtype: `x f32, W ${wdt}`, kernel: native._benchGemmKernel("f32", wdt), flops: 2 * M * N * K,
+    setup: () => { t.get(); }, teardown: t.drop,
+    before: () => t.get().w.copyFrom(t.get().w2),
+    run: ours,
+    baselines: [{ name: "with the pack cached", run: ours }],
+  };
+}
+
 export const cases = [
   ...SHAPES.flatMap((s) => ["f32", "bf16"].flatMap((wdt) => ["f32", "bf16"].flatMap((xdt) =>
     s[0] <= 32 ? [linearCase(s, xdt, wdt, false), linearCase(s, xdt, wdt, true)] : [linearCase(s, xdt, wdt, false)]))),
   ...SHAPES.map((s) => linearCase(s, "f32", "f32", s[0] <= 32, true)),
   fusedCase([512, 4096, 4096], 16),
   fusedCase([2048, 1024, 1024], 16),
+  repackCase([512, 4096, 4096], "f32"),
+  repackCase([512, 4096, 4096], "bf16"),
   gradCase("dx", [512, 4096, 4096]),
   gradCase("dW", [512, 4096, 4096]),
 ];
