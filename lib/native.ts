@@ -36,7 +36,7 @@ export interface BackendInfo {
 export interface NativeAddon {
   setErrorClass(ctor: typeof PeftError): void;
   isTensorHandle(v: unknown): boolean;
-  zeros(shape: readonly number[], dtype: string, device: string): NativeTensor;
+  zeros(shape: readonly number[], dtype: string, device: string, touch?: boolean): NativeTensor;
   fromArray(data: ArrayBufferView, shape: readonly number[], dtype: string, device: string): NativeTensor;
   fromBytes(data: ArrayBufferView, shape: readonly number[], dtype: string, device: string): NativeTensor;
   randn(shape: readonly number[], dtype: string, device: string, seed: number, stream: number, mean: number, std: number): NativeTensor;

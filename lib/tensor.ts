@@ -80,9 +80,10 @@ export class Tensor implements Disposable {
     return new Tensor(native.fromBytes(bytes, shape, checkDType(dtype, "Tensor.fromBytes"), "cpu"));
   }
 
-  static zeros(shape: readonly number[], opts: { dtype?: DType; device?: Device } = {}): Tensor {
+  /** `touch`: fault the memory in now on the pool's threads (before a single-threaded fill, e.g. a file read). */
+  static zeros(shape: readonly number[], opts: { dtype?: DType; device?: Device; touch?: boolean } = {}): Tensor {
     const dtype = checkDType(opts.dtype ?? "f32", "Tensor.zeros");
-    return new Tensor(native.zeros(shape, dtype, checkDevice(opts.device ?? "cpu", "Tensor.zeros")));
+    return new Tensor(native.zeros(shape, dtype, checkDevice(opts.device ?? "cpu", "Tensor.zeros"), opts.touch === true));
   }
 
   /** Normal samples from the Philox generator; the same numbers for any thread count or device. */

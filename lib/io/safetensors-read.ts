@@ -41,7 +41,8 @@ function checkLoadable(e: TensorEntry, file: string): void {
 // A fresh tensor and the writable zero-copy view of its storage that the read fills.
 function allocFor(e: TensorEntry, file: string): { tensor: Tensor; target: Uint8Array } {
   checkLoadable(e, file);
-  const tensor = Tensor.zeros(e.shape, { dtype: e.tensorDType! });
+  // Faulting fresh pages in is most of a read from the page cache; the pool does it on every core first.
+  const tensor = Tensor.zeros(e.shape, { dtype: e.tensorDType!, touch: true });
   return { tensor, target: tensor.bytes({ writable: true }) };
 }
 

@@ -76,7 +76,7 @@ void parallel_zero(void* p, size_t bytes) {
 
 }  // namespace
 
-std::shared_ptr<Storage> alloc_host(size_t bytes, bool zero) {
+std::shared_ptr<Storage> alloc_host(size_t bytes, bool zero, bool touch) {
   auto st = std::make_shared<Storage>();
   st->bytes = bytes;
   st->device = Device::CPU;
@@ -87,6 +87,7 @@ std::shared_ptr<Storage> alloc_host(size_t bytes, bool zero) {
       if (zero) parallel_zero(p, bytes);  // a fresh mapping is zero already; a reused one is not
     } else {
       p = map_huge(len);
+      if (touch) parallel_zero(p, bytes);  // first-touch faults on every pool thread at once
     }
     st->data = p;
     st->release = [len](void* q) { cache().give(q, len); };

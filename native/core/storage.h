@@ -60,7 +60,8 @@ struct Storage {
   }
 };
 
-// Zero-filled, 64-byte aligned host storage. Throws std::bad_alloc when memory runs out.
-std::shared_ptr<Storage> alloc_host(size_t bytes, bool zero = true);
+// Zero-filled, 64-byte aligned host storage. Throws std::bad_alloc when memory runs out. `touch` faults
+// the pages in now, in parallel (for a caller about to fill the memory with one thread, e.g. a file read).
+std::shared_ptr<Storage> alloc_host(size_t bytes, bool zero = true, bool touch = false);
 
 }  // namespace peft

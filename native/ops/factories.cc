@@ -28,11 +28,19 @@ Napi::Value finish_on(Napi::Env env, Tensor host, Device d, const char* op) {
   return TensorHandle::Wrap(env, dev);
 }
 
-// zeros(shape, dtype, device)
+// zeros(shape, dtype, device, touch?) — touch: fault the host pages in now, on the pool's threads
 Napi::Value Zeros(const Napi::CallbackInfo& info) {
   Shape s = arg_shape(info[0], "zeros", "shape");
   DType dt = arg_dtype(info[1], "zeros", "dtype");
   Device d = arg_device(info[2], "zeros", "device");
+  bool touch = info.Length() > 3 && !info[3].IsUndefined() && arg_bool(info[3], "zeros", "touch");
+  if (d == Device::CPU && touch) {
+    Tensor t;
+    t.dtype = dt;
+    t.shape = s;
+    t.storage = alloc_host(static_cast<size_t>(checked_numel(s, dt, "zeros")) * dtype_size(dt), true, true);
+    return TensorHandle::Wrap(info.Env(), t);
+  }
   return TensorHandle::Wrap(info.Env(), alloc_on(d, dt, s, "zeros"));
 }
 
