@@ -269,7 +269,7 @@ Napi::Value TensorHandle::To(const Napi::CallbackInfo& info) {
       Tensor out;
       out.dtype = t.dtype;
       out.shape = t.shape;
-      out.storage = dst_ops.alloc(t.nbytes());
+      out.storage = dst_ops.alloc(t.nbytes(), false);  // filled by the copy below
       if (t.device() == d) {
         if (d == Device::CPU) std::memcpy(out.data(), t.data(), t.nbytes());
         else dst_ops.convert(t.data(), t.dtype, out.data(), t.dtype, t.numel());
@@ -285,7 +285,7 @@ Napi::Value TensorHandle::To(const Napi::CallbackInfo& info) {
     Tensor out;
     out.dtype = dt;
     out.shape = t.shape;
-    out.storage = ops.alloc(static_cast<size_t>(t.numel()) * dtype_size(dt));
+    out.storage = ops.alloc(static_cast<size_t>(t.numel()) * dtype_size(dt), false);  // filled by convert
     ops.convert(t.data(), t.dtype, out.data(), dt, t.numel());
     return Wrap(i.Env(), out);
   });

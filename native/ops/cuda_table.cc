@@ -43,7 +43,7 @@ void check(int rc, const std::string& err, const char* op) {
   if (rc != 0) fail("ERR_DEVICE", cat("cuda ", op, ": ", err.empty() ? std::string("error ") + std::to_string(rc) : err));
 }
 
-std::shared_ptr<Storage> dev_alloc(size_t bytes) {
+std::shared_ptr<Storage> dev_alloc(size_t bytes, bool zero) {
   void* p = nullptr;
   std::string err;
   check(g_api->malloc_(&p, bytes ? bytes : 1, &err), err, "alloc");
@@ -57,7 +57,7 @@ std::shared_ptr<Storage> dev_alloc(size_t bytes) {
     api->free_(q, &ignored);
   };
   err.clear();
-  check(g_api->memset_(p, 0, bytes, &err), err, "alloc");
+  if (zero) check(g_api->memset_(p, 0, bytes, &err), err, "alloc");
   return st;
 }
 

@@ -16,7 +16,7 @@ Tensor alloc_on(Device d, DType dt, const Shape& shape, const char* op) {
   Tensor t;
   t.dtype = dt;
   t.shape = shape;
-  t.storage = ops_for(d, op).alloc(static_cast<size_t>(n) * dtype_size(dt));
+  t.storage = ops_for(d, op).alloc(static_cast<size_t>(n) * dtype_size(dt), true);
   return t;
 }
 

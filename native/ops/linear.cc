@@ -11,12 +11,13 @@ namespace {
 GemmMat rowmajor(const Tensor& t, int64_t cols) { return {t.data(), t.dtype, cols, 1}; }
 GemmMat transposed(const Tensor& t, int64_t cols) { return {t.data(), t.dtype, 1, cols}; }
 
+// A product's output: written in full by the GEMM, so not zero-filled first.
 Tensor new_like(Device d, DType dt, const Shape& s, const char* op) {
   int64_t n = checked_numel(s, dt, op);
   Tensor t;
   t.dtype = dt;
   t.shape = s;
-  t.storage = ops_for(d, op).alloc(static_cast<size_t>(n) * dtype_size(dt));
+  t.storage = ops_for(d, op).alloc(static_cast<size_t>(n) * dtype_size(dt), false);
   return t;
 }
 

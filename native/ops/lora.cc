@@ -110,7 +110,7 @@ Napi::Value LoraForward(const Napi::CallbackInfo& info) {
   std::vector<AdapterView> ad = adapter_args(info[4], d.K, d.N, false, op);
   Shape ys = x.shape;
   ys.back() = d.N;
-  Tensor y = make_tensor(x.dtype, ys);
+  Tensor y = make_tensor(x.dtype, ys, Device::CPU, false);  // written in full by the fused GEMM
   Tensor T = make_tensor(DType::F32, {d.M, total_rank(ad)});
   lora_forward_cpu(d, ad, y.data(), y.dtype, T.ptr<float>());
   Napi::Array out = Napi::Array::New(info.Env(), 2);
@@ -139,7 +139,7 @@ Napi::Value LoraBackward(const Napi::CallbackInfo& info) {
     lora_backward_cpu(d, ad, dy.data(), dy.dtype, T.ptr<float>(), nullptr, dy.dtype);
     return info.Env().Null();
   }
-  Tensor dx = make_tensor(dy.dtype, x.shape);
+  Tensor dx = make_tensor(dy.dtype, x.shape, Device::CPU, false);  // written in full
   lora_backward_cpu(d, ad, dy.data(), dy.dtype, T.ptr<float>(), dx.data(), dx.dtype);
   return TensorHandle::Wrap(info.Env(), dx);
 }

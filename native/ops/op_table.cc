@@ -13,7 +13,7 @@ namespace {
 void host_copy(void* dst, const void* src, size_t n) {
   if (n) std::memcpy(dst, src, n);
 }
-std::shared_ptr<Storage> host_alloc(size_t bytes) { return alloc_host(bytes, true); }
+std::shared_ptr<Storage> host_alloc(size_t bytes, bool zero) { return alloc_host(bytes, zero); }
 
 const OpTable kCpuOps = {
     "cpu", host_alloc, host_copy, host_copy, convert_cpu, randn_cpu, gemm,

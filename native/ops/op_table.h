@@ -12,8 +12,9 @@ namespace peft {
 
 struct OpTable {
   const char* name;
-  // Memory: zero-filled allocation; copies between this device and the host.
-  std::shared_ptr<Storage> (*alloc)(size_t bytes) = nullptr;
+  // Memory: allocation (zero-filled unless `zero` is false: outputs a kernel writes in full); copies between
+  // this device and the host.
+  std::shared_ptr<Storage> (*alloc)(size_t bytes, bool zero) = nullptr;
   void (*to_host)(void* host_dst, const void* dev_src, size_t bytes) = nullptr;
   void (*from_host)(void* dev_dst, const void* host_src, size_t bytes) = nullptr;
   // Element-type conversion within the device.
