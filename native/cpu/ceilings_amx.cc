@@ -2,6 +2,8 @@
 // independent accumulator tiles from A and B tiles loaded once. Only run when amx_enabled().
 #include <immintrin.h>
 
+#include "amx_tiles.h"
+
 
 #include "ceilings.h"
 
@@ -9,20 +11,11 @@ namespace peft {
 namespace ceiling_detail {
 namespace {
 
-struct alignas(64) TileConfig {
-  uint8_t palette = 1;
-  uint8_t start_row = 0;
-  uint8_t reserved[14] = {};
-  uint16_t colsb[16] = {64, 64, 64, 64, 64, 64, 64, 64};
-  uint8_t rows[16] = {16, 16, 16, 16, 16, 16, 16, 16};
-};
-
 alignas(64) const uint8_t kZeros[16 * 64] = {};
 
 // Four zeroed accumulators (0-3) and zero A / B tiles (4-7); the operand values do not change the rate.
 void setup_tiles() {
-  static const TileConfig cfg;
-  _tile_loadconfig(&cfg);
+  amx_load_tile_config();
   _tile_zero(0);
   _tile_zero(1);
   _tile_zero(2);

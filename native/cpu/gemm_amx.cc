@@ -3,6 +3,7 @@
 // (16 k-pairs x 16 columns, read straight from the k-pair panel layout with a 128-byte row stride).
 // The accumulators leave the tiles once, through a stack block, into the shared AVX-512 epilogue, which
 // also applies the fused extra k-steps before C is written. Only used when amx_enabled().
+#include "amx_tiles.h"
 #include "gemm_avx512_tile.h"
 
 namespace peft {
@@ -11,19 +12,7 @@ namespace {
 
 constexpr int kMr = 32;
 
-// Palette 1: tiles 0-3 are C (16 rows x 64 B), 4-5 A, 6-7 B; all 16 rows x 64 bytes.
-struct alignas(64) TileConfig {
-  uint8_t palette = 1;
-  uint8_t start_row = 0;
-  uint8_t reserved[14] = {};
-  uint16_t colsb[16] = {64, 64, 64, 64, 64, 64, 64, 64};
-  uint8_t rows[16] = {16, 16, 16, 16, 16, 16, 16, 16};
-};
-
-void amx_begin() {
-  static const TileConfig cfg;
-  _tile_loadconfig(&cfg);
-}
+void amx_begin() { amx_load_tile_config(); }
 void amx_end() { _tile_release(); }
 
 void amx_kernel(const Tile& t) {
