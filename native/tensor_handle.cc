@@ -266,10 +266,7 @@ Napi::Value TensorHandle::To(const Napi::CallbackInfo& info) {
     if (target == "cpu" || target == "cuda") {
       Device d = target == "cpu" ? Device::CPU : Device::CUDA;
       const OpTable& dst_ops = ops_for(d, "to");
-      Tensor out;
-      out.dtype = t.dtype;
-      out.shape = t.shape;
-      out.storage = dst_ops.alloc(t.nbytes(), false);  // filled by the copy below
+      Tensor out = new_tensor(d, t.dtype, t.shape, "to", false);  // filled by the copy below
       if (t.device() == d) {
         if (d == Device::CPU) std::memcpy(out.data(), t.data(), t.nbytes());
         else dst_ops.convert(t.data(), t.dtype, out.data(), t.dtype, t.numel());
@@ -282,10 +279,7 @@ Napi::Value TensorHandle::To(const Napi::CallbackInfo& info) {
     }
     DType dt = parse_dtype(target, "to", "target");
     const OpTable& ops = ops_for(t.device(), "to");
-    Tensor out;
-    out.dtype = dt;
-    out.shape = t.shape;
-    out.storage = ops.alloc(static_cast<size_t>(t.numel()) * dtype_size(dt), false);  // filled by convert
+    Tensor out = new_tensor(t.device(), dt, t.shape, "to", false);  // filled by convert
     ops.convert(t.data(), t.dtype, out.data(), dt, t.numel());
     return Wrap(i.Env(), out);
   });

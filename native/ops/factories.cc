@@ -11,19 +11,10 @@
 namespace peft {
 namespace {
 
-Tensor alloc_on(Device d, DType dt, const Shape& shape, const char* op) {
-  int64_t n = checked_numel(shape, dt, op);
-  Tensor t;
-  t.dtype = dt;
-  t.shape = shape;
-  t.storage = ops_for(d, op).alloc(static_cast<size_t>(n) * dtype_size(dt), true);
-  return t;
-}
-
 // Host data -> tensor on `d` (a direct write on the CPU, staged through the host elsewhere).
 Napi::Value finish_on(Napi::Env env, Tensor host, Device d, const char* op) {
   if (d == Device::CPU) return TensorHandle::Wrap(env, host);
-  Tensor dev = alloc_on(d, host.dtype, host.shape, op);
+  Tensor dev = new_tensor(d, host.dtype, host.shape, op, false);  // filled by the upload
   ops_for(d, op).from_host(dev.data(), host.data(), host.nbytes());
   return TensorHandle::Wrap(env, dev);
 }
@@ -34,14 +25,7 @@ Napi::Value Zeros(const Napi::CallbackInfo& info) {
   DType dt = arg_dtype(info[1], "zeros", "dtype");
   Device d = arg_device(info[2], "zeros", "device");
   bool touch = info.Length() > 3 && !info[3].IsUndefined() && arg_bool(info[3], "zeros", "touch");
-  if (d == Device::CPU && touch) {
-    Tensor t;
-    t.dtype = dt;
-    t.shape = s;
-    t.storage = alloc_host(static_cast<size_t>(checked_numel(s, dt, "zeros")) * dtype_size(dt), true, true);
-    return TensorHandle::Wrap(info.Env(), t);
-  }
-  return TensorHandle::Wrap(info.Env(), alloc_on(d, dt, s, "zeros"));
+  return TensorHandle::Wrap(info.Env(), new_tensor(d, dt, s, "zeros", true, touch));
 }
 
 // fromArray(data: Float64Array | Float32Array | Int32Array | BigInt64Array, shape, dtype, device)
@@ -93,7 +77,7 @@ Napi::Value Randn(const Napi::CallbackInfo& info) {
   uint64_t stream = static_cast<uint64_t>(arg_int(info[4], "randn", "stream", 0, 9007199254740991LL));
   float mean = static_cast<float>(arg_number(info[5], "randn", "mean"));
   float sd = static_cast<float>(arg_number(info[6], "randn", "std"));
-  Tensor t = alloc_on(d, dt, s, "randn");
+  Tensor t = new_tensor(d, dt, s, "randn", false);  // every element drawn
   ops_for(d, "randn").randn(t.data(), dt, t.numel(), seed, stream, mean, sd);
   return TensorHandle::Wrap(info.Env(), t);
 }

@@ -11,16 +11,6 @@ namespace {
 GemmMat rowmajor(const Tensor& t, int64_t cols) { return {t.data(), t.dtype, cols, 1}; }
 GemmMat transposed(const Tensor& t, int64_t cols) { return {t.data(), t.dtype, 1, cols}; }
 
-// A product's output: written in full by the GEMM, so not zero-filled first.
-Tensor new_like(Device d, DType dt, const Shape& s, const char* op) {
-  int64_t n = checked_numel(s, dt, op);
-  Tensor t;
-  t.dtype = dt;
-  t.shape = s;
-  t.storage = ops_for(d, op).alloc(static_cast<size_t>(n) * dtype_size(dt), false);
-  return t;
-}
-
 // Optional trailing flag: the weight is stored (in, out) (GPT-2's Conv1D) instead of (out, in).
 bool weight_in_out(const Napi::CallbackInfo& info, size_t index, const char* op) {
   return info.Length() > index && !info[index].IsUndefined() && arg_bool(info[index], op, "weightInOut");
@@ -49,7 +39,7 @@ Napi::Value Linear(const Napi::CallbackInfo& info) {
   Device d = same_device(op, {{"x", &x}, {"weight", &w}, {"bias", b}});
   Shape ys = x.shape;
   ys.back() = N;
-  Tensor y = new_like(d, x.dtype, ys, op);
+  Tensor y = new_tensor(d, x.dtype, ys, op, false);  // written in full by the GEMM
   GemmArgs g;
   g.M = x.rows();
   g.N = N;
@@ -82,7 +72,7 @@ Napi::Value LinearGradInput(const Napi::CallbackInfo& info) {
   Device d = same_device(op, {{"dy", &dy}, {"weight", &w}});
   Shape xs = dy.shape;
   xs.back() = K;
-  Tensor dx = new_like(d, dy.dtype, xs, op);
+  Tensor dx = new_tensor(d, dy.dtype, xs, op, false);
   GemmArgs g;
   g.M = dy.rows();
   g.N = K;
@@ -151,7 +141,7 @@ Napi::Value Matmul(const Napi::CallbackInfo& info) {
   if (K != Kb)
     fail("ERR_SHAPE", cat(op, ": inner dimensions differ: a", ta ? "ᵀ" : "", " is ", M, "x", K, ", b", tb ? "ᵀ" : "", " is ", Kb, "x", N));
   Device d = same_device(op, {{"a", &a}, {"b", &b}});
-  Tensor c = new_like(d, a.dtype, {M, N}, op);
+  Tensor c = new_tensor(d, a.dtype, {M, N}, op, false);
   GemmArgs g;
   g.M = M;
   g.N = N;

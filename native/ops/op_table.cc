@@ -26,6 +26,15 @@ std::atomic<const OpTable*> g_tables[2] = {&kCpuOps, nullptr};
 void register_op_table(Device d, const OpTable* table) { g_tables[static_cast<int>(d)].store(table); }
 bool has_op_table(Device d) { return g_tables[static_cast<int>(d)].load() != nullptr; }
 
+Tensor new_tensor(Device d, DType dt, const Shape& shape, const char* op, bool zero, bool touch) {
+  const size_t bytes = static_cast<size_t>(checked_numel(shape, dt, op)) * dtype_size(dt);
+  Tensor t;
+  t.dtype = dt;
+  t.shape = shape;
+  t.storage = d == Device::CPU && touch ? alloc_host(bytes, zero, true) : ops_for(d, op).alloc(bytes, zero);
+  return t;
+}
+
 const OpTable& ops_for(Device d, const char* op) {
   if (d == Device::CUDA) cuda_state();  // the cuda table is registered at first use
   const OpTable* t = g_tables[static_cast<int>(d)].load();

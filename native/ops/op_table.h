@@ -6,6 +6,7 @@
 
 #include "../core/dtype.h"
 #include "../core/storage.h"
+#include "../core/tensor.h"
 #include "../cpu/gemm.h"
 
 namespace peft {
@@ -28,5 +29,9 @@ struct OpTable {
 const OpTable& ops_for(Device d, const char* op);
 void register_op_table(Device d, const OpTable* table);
 bool has_op_table(Device d);
+
+// A new tensor on device `d` (shape checked): zero-filled unless `zero` is false (an output a kernel writes
+// in full); `touch` faults host pages in now on the pool's threads (before a single-threaded fill).
+Tensor new_tensor(Device d, DType dt, const Shape& shape, const char* op, bool zero = true, bool touch = false);
 
 }  // namespace peft

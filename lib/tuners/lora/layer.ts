@@ -178,7 +178,6 @@ export abstract class LoraLayer extends Module {
     return "";
   }
 
-  protected warnOnce = warnOnce;
 }
 
 /** The native adapter descriptor of one adapter. */
@@ -210,9 +209,9 @@ export class LoraLinear extends LoraLayer {
     // PEFT forces fan_in_fan_out to match the weight layout, with a warning when the option disagreed.
     const isConv1D = base instanceof Conv1D;
     if (opts?.fanInFanOut === true && !isConv1D)
-      this.warnOnce("PEFT_FAN_IN_FAN_OUT", "fan_in_fan_out is set to True but the target module is `torch.nn.Linear`. Setting fan_in_fan_out to False.");
+      warnOnce("PEFT_FAN_IN_FAN_OUT", "fan_in_fan_out is set to True but the target module is `torch.nn.Linear`. Setting fan_in_fan_out to False.");
     if (opts?.fanInFanOut === false && isConv1D)
-      this.warnOnce("PEFT_FAN_IN_FAN_OUT", "fan_in_fan_out is set to False but the target module is `Conv1D`. Setting fan_in_fan_out to True.");
+      warnOnce("PEFT_FAN_IN_FAN_OUT", "fan_in_fan_out is set to False but the target module is `Conv1D`. Setting fan_in_fan_out to True.");
     this.fanInFanOut = isConv1D;
     this.updateLayer(opts);
   }
@@ -301,7 +300,7 @@ export class LoraLinear extends LoraLayer {
     const names = this.pickAdapters(opts.adapterNames);
     const already = names.filter((n) => this.mergedAdapters.includes(n));
     if (already.length)
-      this.warnOnce("PEFT_ALREADY_MERGED", `Already following adapters were merged ${already.join(",")}. You are now additionally merging ${names.filter((n) => !already.includes(n)).join(",")}.`);
+      warnOnce("PEFT_ALREADY_MERGED", `Already following adapters were merged ${already.join(",")}. You are now additionally merging ${names.filter((n) => !already.includes(n)).join(",")}.`);
     const todo = names.filter((n) => !already.includes(n));
     if (!todo.length) return;
     const bad = applyLoraDeltas(this.baseLayer.weight, this.#deltas(todo), { weightInOut: this.fanInFanOut, safe: opts.safeMerge === true });
@@ -313,7 +312,7 @@ export class LoraLinear extends LoraLayer {
   /** W -= Σ scale·B·A for every merged adapter (latest first), one pass over W. */
   unmerge(): void {
     if (!this.merged) {
-      this.warnOnce("PEFT_NOT_MERGED", "Already unmerged. Nothing to do.");
+      warnOnce("PEFT_NOT_MERGED", "Already unmerged. Nothing to do.");
       return;
     }
     const names = [...this.mergedAdapters].reverse();
