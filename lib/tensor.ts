@@ -1,7 +1,7 @@
 // Tensor: a thin class over the native handle. Shape/dtype/device are cached on the JS side; the data lives
 // in reference-counted native storage shared by handles, reshapes and typed-array views.
 import { native, type NativeTensor } from "./native.js";
-import { peftError, typeError } from "./errors.js";
+import { typeError } from "./errors.js";
 import { takeRng } from "./random.js";
 
 export type DType = "f32" | "f16" | "bf16" | "i8" | "u8" | "i32" | "i64";
@@ -203,7 +203,3 @@ export function describe(v: unknown): string {
   return typeof v;
 }
 
-export function assertShape(t: Tensor, shape: readonly number[], what: string): void {
-  if (t.shape.length !== shape.length || t.shape.some((d, i) => d !== shape[i]))
-    throw peftError("ERR_SHAPE", `${what}: expected shape [${shape.join(", ")}], got [${t.shape.join(", ")}]`);
-}

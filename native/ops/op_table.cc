@@ -24,7 +24,6 @@ std::atomic<const OpTable*> g_tables[2] = {&kCpuOps, nullptr};
 }  // namespace
 
 void register_op_table(Device d, const OpTable* table) { g_tables[static_cast<int>(d)].store(table); }
-bool has_op_table(Device d) { return g_tables[static_cast<int>(d)].load() != nullptr; }
 
 Tensor new_tensor(Device d, DType dt, const Shape& shape, const char* op, bool zero, bool touch) {
   const size_t bytes = static_cast<size_t>(checked_numel(shape, dt, op)) * dtype_size(dt);

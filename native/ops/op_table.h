@@ -28,7 +28,6 @@ struct OpTable {
 // The table for a device, or an ERR_NOT_ON_DEVICE error naming `op` when that device has none (or lacks `op`).
 const OpTable& ops_for(Device d, const char* op);
 void register_op_table(Device d, const OpTable* table);
-bool has_op_table(Device d);
 
 // A new tensor on device `d` (shape checked): zero-filled unless `zero` is false (an output a kernel writes
 // in full); `touch` faults host pages in now on the pool's threads (before a single-threaded fill).
