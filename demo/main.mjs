@@ -33,7 +33,7 @@ manualSeed(0);
 const config = new LoraConfig({ r: 8, loraAlpha: 16, targetModules: ["seq.0", "seq.2"], modulesToSave: ["seq.4"] });
 const model = getPeftModel(new MLP(), config);
 model.printTrainableParameters();
-const loraAcc = train(model, trainSet, testSet, { epochs: 5, lr: 1e-2, label: "LoRA r=8        " });
+const loraAcc = train(model, trainSet, testSet, { epochs: 8, lr: 3e-3, label: "LoRA r=8        " });
 console.log(`LoRA r=8: test accuracy ${(loraAcc * 100).toFixed(1)} % (full fine-tuning: ${(fullAcc * 100).toFixed(1)} %)`);
 
 // Save the adapter in PEFT's format, reload it into a fresh copy of the base model and compare outputs.
