@@ -2,7 +2,7 @@
 // thin wrapper: argument types are checked here, dtypes/shapes/devices/ranges by the addon, which throws
 // PeftError / TypeError / RangeError naming the op.
 import { native, type NativeTensor } from "./native.js";
-import { Tensor, handleOf, optionalHandle, describe } from "./tensor.js";
+import { Tensor, handleOf, optionalHandle, describe, readShape } from "./tensor.js";
 import { typeError } from "./errors.js";
 
 export type Activation = "relu" | "gelu" | "gelu_tanh" | "silu";
@@ -50,7 +50,7 @@ export function dropout(x: Tensor, p: number, seed: number, stream: number): Ten
 
 /** The f32 mask dropout multiplies by: keep / (1 - p). */
 export function dropoutMask(shape: readonly number[], p: number, seed: number, stream: number): Tensor {
-  return new Tensor(native.dropoutMask(shape, p, seed, stream));
+  return new Tensor(native.dropoutMask(readShape(shape, "dropoutMask"), p, seed, stream));
 }
 
 /** Rows of weight (V, D) picked by i32/i64 ids of any shape: (...ids.shape, D) in weight's dtype. */

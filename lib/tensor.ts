@@ -1,7 +1,7 @@
 // Tensor: a thin class over the native handle. Shape/dtype/device are cached on the JS side; the data lives
 // in reference-counted native storage shared by handles, reshapes and typed-array views.
 import { native, type NativeTensor } from "./native.js";
-import { typeError } from "./errors.js";
+import { rangeError, typeError } from "./errors.js";
 import { takeRng } from "./random.js";
 
 export type DType = "f32" | "f16" | "bf16" | "i8" | "u8" | "i32" | "i64";
@@ -44,6 +44,24 @@ function numericData(data: unknown, what: string): ArrayBufferView {
   return out;
 }
 
+/**
+ * A shape argument read once into a fresh array of plain numbers. Getters and proxy traps of the caller's
+ * array run here, before any native code; the native side only ever sees arrays the library made.
+ */
+export function readShape(shape: unknown, op: string, name = "shape"): number[] {
+  if (!Array.isArray(shape)) throw typeError(`${op}: ${name} must be an array of non-negative integers, got ${describe(shape)}`);
+  const n = shape.length;
+  if (n > 16) throw rangeError(`${op}: ${name} has ${n} dimensions; at most 16 are supported`);
+  const out = new Array<number>(n);
+  for (let i = 0; i < n; i++) {
+    const d: unknown = shape[i];
+    if (typeof d !== "number") throw typeError(`${op}: ${name}[${i}] must be a number, got ${describe(d)}`);
+    if (!Number.isSafeInteger(d) || d < 0) throw rangeError(`${op}: ${name}[${i}] must be a non-negative integer, got ${d}`);
+    out[i] = d;
+  }
+  return out;
+}
+
 const handleKey = Symbol("node-peft.handle");
 
 export class Tensor implements Disposable {
@@ -64,26 +82,27 @@ export class Tensor implements Disposable {
   }
 
   static fromArray(data: ArrayLike<number> | ArrayBufferView, shape: readonly number[], dtype: DType = "f32"): Tensor {
-    return new Tensor(native.fromArray(numericData(data, "Tensor.fromArray"), shape, checkDType(dtype, "Tensor.fromArray"), "cpu"));
+    return new Tensor(native.fromArray(numericData(data, "Tensor.fromArray"), readShape(shape, "Tensor.fromArray"), checkDType(dtype, "Tensor.fromArray"), "cpu"));
   }
 
   /** Raw 16-bit floats (f16 or bf16 bit patterns), copied. */
   static fromBits(bits: Uint16Array, shape: readonly number[], dtype: "f16" | "bf16"): Tensor {
     if (!(bits instanceof Uint16Array)) throw typeError("Tensor.fromBits: bits must be a Uint16Array");
     if (dtype !== "f16" && dtype !== "bf16") throw typeError(`Tensor.fromBits: dtype must be "f16" or "bf16", got ${JSON.stringify(dtype)}`);
-    return new Tensor(native.fromBytes(bits, shape, dtype, "cpu"));
+    return new Tensor(native.fromBytes(bits, readShape(shape, "Tensor.fromBits"), dtype, "cpu"));
   }
 
   /** Raw storage bytes of any dtype (little-endian), copied. */
   static fromBytes(bytes: ArrayBufferView, shape: readonly number[], dtype: DType): Tensor {
     if (!ArrayBuffer.isView(bytes)) throw typeError("Tensor.fromBytes: bytes must be a typed array or Buffer");
-    return new Tensor(native.fromBytes(bytes, shape, checkDType(dtype, "Tensor.fromBytes"), "cpu"));
+    return new Tensor(native.fromBytes(bytes, readShape(shape, "Tensor.fromBytes"), checkDType(dtype, "Tensor.fromBytes"), "cpu"));
   }
 
   /** `touch`: fault the memory in now on the pool's threads (before a single-threaded fill, e.g. a file read). */
   static zeros(shape: readonly number[], opts: { dtype?: DType; device?: Device; touch?: boolean } = {}): Tensor {
+    const dims = readShape(shape, "Tensor.zeros");
     const dtype = checkDType(opts.dtype ?? "f32", "Tensor.zeros");
-    return new Tensor(native.zeros(shape, dtype, checkDevice(opts.device ?? "cpu", "Tensor.zeros"), opts.touch === true));
+    return new Tensor(native.zeros(dims, dtype, checkDevice(opts.device ?? "cpu", "Tensor.zeros"), opts.touch === true));
   }
 
   /** Normal samples from the Philox generator; the same numbers for any thread count or device. */
@@ -91,17 +110,21 @@ export class Tensor implements Disposable {
     shape: readonly number[],
     opts: { seed?: number; stream?: number; dtype?: DType; device?: Device; mean?: number; std?: number } = {},
   ): Tensor {
+    const dims = readShape(shape, "Tensor.randn");
     const dtype = checkDType(opts.dtype ?? "f32", "Tensor.randn");
     const device = checkDevice(opts.device ?? "cpu", "Tensor.randn");
     const { seed, stream } = takeRng(opts.seed, "Tensor.randn", opts.stream);
-    return new Tensor(native.randn(shape, dtype, device, seed, stream, opts.mean ?? 0, opts.std ?? 1));
+    const mean = opts.mean ?? 0, std = opts.std ?? 1;
+    return new Tensor(native.randn(dims, dtype, device, seed, stream, mean, std));
   }
 
   /** Uniform samples in [lo, hi) (weight init). */
   static rand(shape: readonly number[], opts: { seed?: number; stream?: number; dtype?: DType; lo?: number; hi?: number } = {}): Tensor {
+    const dims = readShape(shape, "Tensor.rand");
     const dtype = checkDType(opts.dtype ?? "f32", "Tensor.rand");
     const { seed, stream } = takeRng(opts.seed, "Tensor.rand", opts.stream);
-    return new Tensor(native.randUniform(shape, dtype, seed, stream, opts.lo ?? 0, opts.hi ?? 1));
+    const lo = opts.lo ?? 0, hi = opts.hi ?? 1;
+    return new Tensor(native.randUniform(dims, dtype, seed, stream, lo, hi));
   }
 
   get numel(): number {
@@ -137,7 +160,7 @@ export class Tensor implements Disposable {
 
   /** A zero-copy byte view of the storage; `writable` marks the tensor as about to change. */
   bytes(opts: { writable?: boolean } = {}): Uint8Array {
-    return this[handleKey].bytes(opts.writable === true);
+    return this[handleKey].bytes(opts.writable === true, false);
   }
 
   /** A new tensor in another dtype or on another device. */
@@ -149,7 +172,8 @@ export class Tensor implements Disposable {
 
   /** Same storage, another shape (same element count). */
   reshape(shape: readonly number[]): Tensor {
-    return new Tensor(this[handleKey].reshape(shape));
+    const dims = readShape(shape, "reshape");
+    return new Tensor(this[handleKey].reshape(dims));
   }
 
   /** Copies src into this tensor in place (same shape; dtype converted). */
@@ -183,6 +207,15 @@ export class Tensor implements Disposable {
   static handle(t: Tensor): NativeTensor {
     return t[handleKey];
   }
+}
+
+/**
+ * The library's own zero-copy access for a file read or write that finishes before the tensor is used
+ * again. Unlike bytes(), the buffer does not count as a live view, so the packed-weight cache stays on.
+ * @internal
+ */
+export function transientBytes(t: Tensor, writable: boolean): Uint8Array {
+  return Tensor.handle(t).bytes(writable, true);
 }
 
 /** The native handle of a Tensor argument, or a TypeError naming the op and argument. */

@@ -4,6 +4,12 @@
 
 namespace peft {
 
+CallTensors& call_tensors() {
+  // Per thread: every worker thread runs its own JS environment and bindings.
+  static thread_local CallTensors c;
+  return c;
+}
+
 Napi::Error to_js_error(Napi::Env env, const PeftException& e) {
   Napi::Object obj;
   if (e.kind == ErrKind::Type) {

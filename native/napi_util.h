@@ -3,6 +3,7 @@
 #pragma once
 #include <napi.h>
 
+#include <deque>
 #include <string>
 
 #include "core/dtype.h"
@@ -21,9 +22,31 @@ inline AddonData& addon_data(Napi::Env env) { return *env.GetInstanceData<AddonD
 // Builds the JS error object for a C++ exception.
 Napi::Error to_js_error(Napi::Env env, const PeftException& e);
 
+// The tensors one binding call has read from its arguments (TensorHandle::From returns references into
+// it). Reading an argument can run JS (a getter, a proxy trap) that disposes a tensor read earlier; the
+// copies here keep its storage and shape alive until the outermost call returns, so no kernel ever sees
+// freed memory.
+struct CallTensors {
+  int depth = 0;
+  std::deque<Tensor> held;
+};
+CallTensors& call_tensors();
+
+class CallScope {
+ public:
+  CallScope() { ++call_tensors().depth; }
+  ~CallScope() {
+    CallTensors& c = call_tensors();
+    if (--c.depth == 0) c.held.clear();
+  }
+  CallScope(const CallScope&) = delete;
+  CallScope& operator=(const CallScope&) = delete;
+};
+
 // Runs a binding body so no C++ exception escapes into V8 untranslated.
 template <typename F>
 Napi::Value run_guarded(Napi::Env env, F&& body) {
+  CallScope scope;
   try {
     return body();
   } catch (const Napi::Error&) {

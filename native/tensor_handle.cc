@@ -11,8 +11,16 @@ namespace {
 
 const napi_type_tag kTensorTag = {0x6e6f6465ull ^ 0x9d1c2b3a4f5e6071ull, 0x70656674ull ^ 0x1a2b3c4d5e6f7081ull};
 
-// Keeps the storage alive for as long as an external ArrayBuffer points into it.
-void release_view(Napi::Env, void*, std::shared_ptr<Storage>* hold) { delete hold; }
+// Keeps the storage alive for as long as an external ArrayBuffer points into it; a tracked view also
+// counts in live_views (writes through it are invisible to the version, so no derived form is cached).
+struct ViewHold {
+  std::shared_ptr<Storage> storage;
+  bool tracked;
+};
+void release_view(ViewHold* hold) {
+  if (hold->tracked) hold->storage->live_views.fetch_sub(1, std::memory_order_acq_rel);
+  delete hold;
+}
 
 Napi::Value typed_array_over(Napi::Env env, Napi::ArrayBuffer buf, DType dt, size_t n) {
   switch (dt) {
@@ -28,16 +36,17 @@ Napi::Value typed_array_over(Napi::Env env, Napi::ArrayBuffer buf, DType dt, siz
 }
 
 // A zero-copy ArrayBuffer over host storage; a copy where the embedder forbids external buffers.
-Napi::ArrayBuffer buffer_over(Napi::Env env, const std::shared_ptr<Storage>& st, size_t bytes) {
+// `tracked`: JS may keep it and write through it later (view(), bytes()); untracked buffers are for the
+// library's own reads and writes, which finish before anything else uses the tensor.
+Napi::ArrayBuffer buffer_over(Napi::Env env, const std::shared_ptr<Storage>& st, size_t bytes, bool tracked) {
   if (bytes == 0) return Napi::ArrayBuffer::New(env, 0);
   napi_value out;
-  auto* hold = new std::shared_ptr<Storage>(st);
+  auto* hold = new ViewHold{st, tracked};
+  if (tracked) st->live_views.fetch_add(1, std::memory_order_acq_rel);
   napi_status s = napi_create_external_arraybuffer(
-      env, st->data, bytes,
-      [](napi_env e, void* data, void* hint) { release_view(Napi::Env(e), data, static_cast<std::shared_ptr<Storage>*>(hint)); },
-      hold, &out);
+      env, st->data, bytes, [](napi_env, void*, void* hint) { release_view(static_cast<ViewHold*>(hint)); }, hold, &out);
   if (s == napi_ok) return Napi::ArrayBuffer(env, out);
-  delete hold;
+  release_view(hold);
   // Not zero-copy here: writes to this buffer will not reach the tensor.
   Napi::ArrayBuffer copy = Napi::ArrayBuffer::New(env, bytes);
   std::memcpy(copy.Data(), st->data, bytes);
@@ -47,23 +56,29 @@ Napi::ArrayBuffer buffer_over(Napi::Env env, const std::shared_ptr<Storage>& st,
 }  // namespace
 
 Napi::Function TensorHandle::Init(Napi::Env env) {
-  return DefineClass(env, "TensorHandle",
-                     {
-                         InstanceMethod<&TensorHandle::Shape>("shape"),
-                         InstanceMethod<&TensorHandle::DTypeName>("dtype"),
-                         InstanceMethod<&TensorHandle::DeviceName>("device"),
-                         InstanceMethod<&TensorHandle::Disposed>("disposed"),
-                         InstanceMethod<&TensorHandle::Dispose>("dispose"),
-                         InstanceMethod<&TensorHandle::ToFloat32Array>("toFloat32Array"),
-                         InstanceMethod<&TensorHandle::ToF64>("toFloat64Array"),
-                         InstanceMethod<&TensorHandle::View>("view"),
-                         InstanceMethod<&TensorHandle::Bytes>("bytes"),
-                         InstanceMethod<&TensorHandle::Reshape>("reshape"),
-                         InstanceMethod<&TensorHandle::CopyFrom>("copyFrom"),
-                         InstanceMethod<&TensorHandle::To>("to"),
-                         InstanceMethod<&TensorHandle::Version>("version"),
-                         InstanceMethod<&TensorHandle::SharesStorage>("sharesStorage"),
-                     });
+  // The methods are plain functions on the prototype, not ObjectWrap instance methods: dispose() removes
+  // the native wrap, and ObjectWrap's dispatch would fail on such an object before our code could say
+  // "disposed".
+  Napi::Function ctor = DefineClass(env, "TensorHandle", {});
+  Napi::Object proto = ctor.Get("prototype").As<Napi::Object>();
+  auto method = [&](const char* name, Napi::Value (*fn)(const Napi::CallbackInfo&)) {
+    proto.Set(name, Napi::Function::New(env, fn, name));
+  };
+  method("shape", &guarded<Shape>);
+  method("dtype", &guarded<DTypeName>);
+  method("device", &guarded<DeviceName>);
+  method("disposed", &guarded<Disposed>);
+  method("dispose", &guarded<Dispose>);
+  method("toFloat32Array", &guarded<ToFloat32Array>);
+  method("toFloat64Array", &guarded<ToF64>);
+  method("view", &guarded<View>);
+  method("bytes", &guarded<Bytes>);
+  method("reshape", &guarded<Reshape>);
+  method("copyFrom", &guarded<CopyFrom>);
+  method("to", &guarded<To>);
+  method("version", &guarded<Version>);
+  method("sharesStorage", &guarded<SharesStorage>);
+  return ctor;
 }
 
 TensorHandle::TensorHandle(const Napi::CallbackInfo& info) : Napi::ObjectWrap<TensorHandle>(info) {
@@ -107,32 +122,54 @@ bool TensorHandle::IsHandle(const Napi::Value& v) {
   return v.IsObject() && v.As<Napi::Object>().CheckTypeTag(&kTensorTag);
 }
 
+TensorHandle* TensorHandle::Live(const Napi::Value& v) {
+  if (!IsHandle(v)) return nullptr;
+  void* p = nullptr;
+  if (napi_unwrap(v.Env(), v, &p) != napi_ok || !p) return nullptr;  // disposed: the wrap is gone
+  TensorHandle* h = static_cast<TensorHandle*>(p);
+  return h->disposed_ ? nullptr : h;
+}
+
 const Tensor& TensorHandle::From(const Napi::Value& v, const char* op, const char* name) {
   if (!IsHandle(v)) fail_type(cat(op, ": ", name, " must be a Tensor"));
-  TensorHandle* h = Unwrap(v.As<Napi::Object>());
-  if (h->disposed_) fail("ERR_DISPOSED", cat(op, ": ", name, " has been disposed"));
+  TensorHandle* h = Live(v);
+  if (!h) fail("ERR_DISPOSED", cat(op, ": ", name, " has been disposed"));
   if (h->t_.storage->busy_writers.load() > 0)
     fail("ERR_TENSOR_BUSY", cat(op, ": ", name, " is being written by an asynchronous operation"));
-  return h->t_;
+  // A copy held until the binding returns (see CallTensors): the handle may be disposed by JS that runs
+  // while later arguments are read.
+  return call_tensors().held.emplace_back(h->t_);
 }
 
+const Tensor& TensorHandle::Self(const Napi::CallbackInfo& info, const char* op) { return From(info.This(), op, "tensor"); }
+
+// Shape, dtype and device are read once when the JS Tensor is made; after dispose they say what it was.
 Napi::Value TensorHandle::Shape(const Napi::CallbackInfo& info) {
-  Napi::Array a = Napi::Array::New(info.Env(), t_.shape.size());
-  for (size_t i = 0; i < t_.shape.size(); i++) a.Set(i, Napi::Number::New(info.Env(), static_cast<double>(t_.shape[i])));
+  const Tensor& t = Self(info, "shape");
+  Napi::Array a = Napi::Array::New(info.Env(), t.shape.size());
+  for (size_t i = 0; i < t.shape.size(); i++) a.Set(i, Napi::Number::New(info.Env(), static_cast<double>(t.shape[i])));
   return a;
 }
-Napi::Value TensorHandle::DTypeName(const Napi::CallbackInfo& info) { return Napi::String::New(info.Env(), dtype_name(t_.dtype)); }
-Napi::Value TensorHandle::DeviceName(const Napi::CallbackInfo& info) {
-  return Napi::String::New(info.Env(), device_name(disposed_ ? Device::CPU : t_.device()));
+Napi::Value TensorHandle::DTypeName(const Napi::CallbackInfo& info) {
+  return Napi::String::New(info.Env(), dtype_name(Self(info, "dtype").dtype));
 }
-Napi::Value TensorHandle::Disposed(const Napi::CallbackInfo& info) { return Napi::Boolean::New(info.Env(), disposed_); }
+Napi::Value TensorHandle::DeviceName(const Napi::CallbackInfo& info) {
+  return Napi::String::New(info.Env(), device_name(Self(info, "device").device()));
+}
+Napi::Value TensorHandle::Disposed(const Napi::CallbackInfo& info) {
+  return Napi::Boolean::New(info.Env(), Live(info.This()) == nullptr);
+}
 
+// Frees everything the handle holds natively, the handle object included: the wrap is removed, so no
+// finalizer is left queued for the GC (in a synchronous loop those run only when the event loop turns).
 Napi::Value TensorHandle::Dispose(const Napi::CallbackInfo& info) {
-  if (!disposed_) {
-    if (t_.storage->busy_writers.load() > 0)
-      throw to_js_error(info.Env(), PeftException(ErrKind::Peft, "ERR_TENSOR_BUSY", "dispose: the tensor is being written by an asynchronous operation"));
-    Release();
-  }
+  TensorHandle* h = Live(info.This());
+  if (!h) return info.Env().Undefined();
+  if (h->t_.storage->busy_writers.load() > 0)
+    fail("ERR_TENSOR_BUSY", "dispose: the tensor is being written by an asynchronous operation");
+  h->Release();
+  void* ignored = nullptr;
+  if (napi_remove_wrap(info.Env(), info.This(), &ignored) == napi_ok) delete h;
   return info.Env().Undefined();
 }
 
@@ -155,10 +192,9 @@ static Napi::Value host_copy_as(Napi::Env env, const Tensor& t, DType out_dt) {
 
 // f64 is not a tensor dtype; this reads any tensor as doubles (exact for every dtype but i64 > 2^53).
 Napi::Value TensorHandle::ToF64(const Napi::CallbackInfo& info) {
-  return run_guarded(info.Env(), [&]() -> Napi::Value {
+  {
     const Napi::CallbackInfo& i = info;
-    TensorHandle* self = Unwrap(i.This().As<Napi::Object>());
-    const Tensor& t = From(self->Value(), "toFloat64Array", "tensor");
+    const Tensor& t = From(i.This(), "toFloat64Array", "tensor");
     size_t n = static_cast<size_t>(t.numel());
     Napi::Float64Array out = Napi::Float64Array::New(i.Env(), n);
     Tensor host = t;
@@ -178,48 +214,46 @@ Napi::Value TensorHandle::ToF64(const Napi::CallbackInfo& info) {
       }
     }
     return out;
-  });
+  }
 }
 
 Napi::Value TensorHandle::ToFloat32Array(const Napi::CallbackInfo& info) {
-  return run_guarded(info.Env(), [&]() -> Napi::Value {
+  {
     const Napi::CallbackInfo& i = info;
-    TensorHandle* self = Unwrap(i.This().As<Napi::Object>());
-    const Tensor& t = From(self->Value(), "toFloat32Array", "tensor");
+    const Tensor& t = From(i.This(), "toFloat32Array", "tensor");
     return host_copy_as(i.Env(), t, DType::F32);
-  });
+  }
 }
 
 Napi::Value TensorHandle::View(const Napi::CallbackInfo& info) {
-  return run_guarded(info.Env(), [&]() -> Napi::Value {
+  {
     const Napi::CallbackInfo& i = info;
-    TensorHandle* self = Unwrap(i.This().As<Napi::Object>());
-    const Tensor& t = From(self->Value(), "view", "tensor");
+    const Tensor& t = From(i.This(), "view", "tensor");
     if (t.device() != Device::CPU) fail("ERR_DEVICE", cat("view: the tensor is on ", device_name(t.device()), "; views are host only (use .to(\"cpu\"))"));
     // The caller may write through the view: derived forms (packed weights) are stale from here on.
     t.storage->bump_version();
-    return typed_array_over(i.Env(), buffer_over(i.Env(), t.storage, t.nbytes()), t.dtype, static_cast<size_t>(t.numel()));
-  });
+    return typed_array_over(i.Env(), buffer_over(i.Env(), t.storage, t.nbytes(), true), t.dtype, static_cast<size_t>(t.numel()));
+  }
 }
 
 Napi::Value TensorHandle::Bytes(const Napi::CallbackInfo& info) {
-  return run_guarded(info.Env(), [&]() -> Napi::Value {
+  {
     const Napi::CallbackInfo& i = info;
-    TensorHandle* self = Unwrap(i.This().As<Napi::Object>());
-    const Tensor& t = From(self->Value(), "bytes", "tensor");
+    const Tensor& t = From(i.This(), "bytes", "tensor");
     if (t.device() != Device::CPU) fail("ERR_DEVICE", "bytes: the tensor is not on the host");
     bool writable = i.Length() > 0 && i[0].IsBoolean() && i[0].As<Napi::Boolean>().Value();
+    // The library's own file reads/writes pass transient = true: they use the bytes and drop them.
+    bool transient = i.Length() > 1 && i[1].IsBoolean() && i[1].As<Napi::Boolean>().Value();
     if (writable) t.storage->bump_version();
-    Napi::ArrayBuffer buf = buffer_over(i.Env(), t.storage, t.nbytes());
+    Napi::ArrayBuffer buf = buffer_over(i.Env(), t.storage, t.nbytes(), !transient);
     return Napi::Uint8Array::New(i.Env(), t.nbytes(), buf, 0);
-  });
+  }
 }
 
 Napi::Value TensorHandle::Reshape(const Napi::CallbackInfo& info) {
-  return run_guarded(info.Env(), [&]() -> Napi::Value {
+  {
     const Napi::CallbackInfo& i = info;
-    TensorHandle* self = Unwrap(i.This().As<Napi::Object>());
-    const Tensor& t = From(self->Value(), "reshape", "tensor");
+    const Tensor& t = From(i.This(), "reshape", "tensor");
     peft::Shape s = arg_shape(i[0], "reshape", "shape");
     int64_t n = checked_numel(s, t.dtype, "reshape");
     if (n != t.numel())
@@ -227,14 +261,13 @@ Napi::Value TensorHandle::Reshape(const Napi::CallbackInfo& info) {
     Tensor out = t;
     out.shape = s;
     return Wrap(i.Env(), out);
-  });
+  }
 }
 
 Napi::Value TensorHandle::CopyFrom(const Napi::CallbackInfo& info) {
-  return run_guarded(info.Env(), [&]() -> Napi::Value {
+  {
     const Napi::CallbackInfo& i = info;
-    TensorHandle* self = Unwrap(i.This().As<Napi::Object>());
-    const Tensor& dst = From(self->Value(), "copyFrom", "this");
+    const Tensor& dst = From(i.This(), "copyFrom", "this");
     const Tensor& src = From(i[0], "copyFrom", "src");
     if (src.shape != dst.shape)
       fail("ERR_SHAPE", cat("copyFrom: src has shape ", shape_str(src.shape), ", this tensor ", shape_str(dst.shape)));
@@ -254,14 +287,13 @@ Napi::Value TensorHandle::CopyFrom(const Napi::CallbackInfo& info) {
     }
     dst.storage->bump_version();
     return i.Env().Undefined();
-  });
+  }
 }
 
 Napi::Value TensorHandle::To(const Napi::CallbackInfo& info) {
-  return run_guarded(info.Env(), [&]() -> Napi::Value {
+  {
     const Napi::CallbackInfo& i = info;
-    TensorHandle* self = Unwrap(i.This().As<Napi::Object>());
-    const Tensor& t = From(self->Value(), "to", "tensor");
+    const Tensor& t = From(i.This(), "to", "tensor");
     std::string target = arg_string(i[0], "to", "target");
     if (target == "cpu" || target == "cuda") {
       Device d = target == "cpu" ? Device::CPU : Device::CUDA;
@@ -282,18 +314,18 @@ Napi::Value TensorHandle::To(const Napi::CallbackInfo& info) {
     Tensor out = new_tensor(t.device(), dt, t.shape, "to", false);  // filled by convert
     ops.convert(t.data(), t.dtype, out.data(), dt, t.numel());
     return Wrap(i.Env(), out);
-  });
+  }
 }
 
 Napi::Value TensorHandle::Version(const Napi::CallbackInfo& info) {
-  if (disposed_) return Napi::Number::New(info.Env(), -1);
-  return Napi::Number::New(info.Env(), static_cast<double>(t_.storage->version.load()));
+  TensorHandle* h = Live(info.This());
+  return Napi::Number::New(info.Env(), h ? static_cast<double>(h->t_.storage->version.load()) : -1.0);
 }
 
 Napi::Value TensorHandle::SharesStorage(const Napi::CallbackInfo& info) {
-  if (disposed_ || info.Length() < 1 || !IsHandle(info[0])) return Napi::Boolean::New(info.Env(), false);
-  TensorHandle* other = Unwrap(info[0].As<Napi::Object>());
-  return Napi::Boolean::New(info.Env(), !other->disposed_ && other->t_.storage == t_.storage);
+  TensorHandle* h = Live(info.This());
+  TensorHandle* other = info.Length() < 1 ? nullptr : Live(info[0]);
+  return Napi::Boolean::New(info.Env(), h && other && other->t_.storage == h->t_.storage);
 }
 
 }  // namespace peft

@@ -13,30 +13,33 @@ class TensorHandle : public Napi::ObjectWrap<TensorHandle> {
   // Wraps a native tensor in a new JS handle.
   static Napi::Object Wrap(Napi::Env env, Tensor t);
   // Unwraps an argument: TypeError for non-handles, ERR_DISPOSED after dispose, ERR_TENSOR_BUSY while an
-  // async write is in flight. `op`/`name` name the argument in messages.
+  // async write is in flight. `op`/`name` name the argument in messages. The reference stays valid until the
+  // binding call returns, whatever JS runs meanwhile (CallTensors).
   static const Tensor& From(const Napi::Value& v, const char* op, const char* name);
   static bool IsHandle(const Napi::Value& v);
 
   explicit TensorHandle(const Napi::CallbackInfo& info);
   ~TensorHandle() override;
-  const Tensor& tensor() const { return t_; }
 
  private:
+  // The handle behind a JS value, or null when it is not one or has been disposed.
+  static TensorHandle* Live(const Napi::Value& v);
+  static const Tensor& Self(const Napi::CallbackInfo& info, const char* op);
   void Release();
-  Napi::Value Shape(const Napi::CallbackInfo& info);
-  Napi::Value DTypeName(const Napi::CallbackInfo& info);
-  Napi::Value DeviceName(const Napi::CallbackInfo& info);
-  Napi::Value Disposed(const Napi::CallbackInfo& info);
-  Napi::Value Dispose(const Napi::CallbackInfo& info);
-  Napi::Value ToFloat32Array(const Napi::CallbackInfo& info);
-  Napi::Value View(const Napi::CallbackInfo& info);
-  Napi::Value Bytes(const Napi::CallbackInfo& info);
-  Napi::Value Reshape(const Napi::CallbackInfo& info);
-  Napi::Value CopyFrom(const Napi::CallbackInfo& info);
-  Napi::Value To(const Napi::CallbackInfo& info);
-  Napi::Value Version(const Napi::CallbackInfo& info);
-  Napi::Value SharesStorage(const Napi::CallbackInfo& info);
-  Napi::Value ToF64(const Napi::CallbackInfo& info);
+  static Napi::Value Shape(const Napi::CallbackInfo& info);
+  static Napi::Value DTypeName(const Napi::CallbackInfo& info);
+  static Napi::Value DeviceName(const Napi::CallbackInfo& info);
+  static Napi::Value Disposed(const Napi::CallbackInfo& info);
+  static Napi::Value Dispose(const Napi::CallbackInfo& info);
+  static Napi::Value ToFloat32Array(const Napi::CallbackInfo& info);
+  static Napi::Value View(const Napi::CallbackInfo& info);
+  static Napi::Value Bytes(const Napi::CallbackInfo& info);
+  static Napi::Value Reshape(const Napi::CallbackInfo& info);
+  static Napi::Value CopyFrom(const Napi::CallbackInfo& info);
+  static Napi::Value To(const Napi::CallbackInfo& info);
+  static Napi::Value Version(const Napi::CallbackInfo& info);
+  static Napi::Value SharesStorage(const Napi::CallbackInfo& info);
+  static Napi::Value ToF64(const Napi::CallbackInfo& info);
 
   Tensor t_;
   bool disposed_ = false;

@@ -26,6 +26,9 @@ struct Storage {
   std::atomic<uint64_t> version{0};
   // Count of async operations writing this storage; a sync op touching it throws ERR_TENSOR_BUSY.
   std::atomic<int> busy_writers{0};
+  // Typed arrays JS holds over this memory (view(), bytes()). Writes through them bump no version, so
+  // while any is alive no derived form is cached: it could not tell that the data changed.
+  std::atomic<int> live_views{0};
 
   // One derived form cached with the storage (a GEMM-packed weight), valid while version matches.
   std::mutex cache_mu;
@@ -47,9 +50,14 @@ struct Storage {
   }
 
   // Returns the cached derived object of `kind` built for the current version, building it if needed.
+  // With a live view the object is built afresh every time (and nothing is kept).
   template <typename T>
   std::shared_ptr<T> derived(int kind, const std::function<std::shared_ptr<T>()>& build) {
     std::lock_guard<std::mutex> lk(cache_mu);
+    if (live_views.load(std::memory_order_acquire) > 0) {
+      cached.reset();
+      return build();
+    }
     uint64_t v = version.load(std::memory_order_acquire);
     if (cached && cached_kind == kind && cached_version == v) return std::static_pointer_cast<T>(cached);
     std::shared_ptr<T> obj = build();
