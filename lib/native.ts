@@ -16,7 +16,7 @@ export interface NativeTensor {
   toFloat32Array(): Float32Array;
   toFloat64Array(): Float64Array;
   view(): Float32Array | Int8Array | Uint8Array | Int32Array | BigInt64Array | Uint16Array;
-  bytes(writable?: boolean): Uint8Array;
+  bytes(writable?: boolean, transient?: boolean): Uint8Array;
   reshape(shape: readonly number[]): NativeTensor;
   copyFrom(src: NativeTensor): void;
   to(target: string): NativeTensor;
@@ -49,7 +49,7 @@ export interface NativeAddon {
   // LoRA on a dense layer; adapters: {A, B, scale, p, seed, stream[, dA, dB]}.
   loraForward(x: NativeTensor, w: NativeTensor, b: NativeTensor | null, weightInOut: boolean, adapters: object[]): [NativeTensor, NativeTensor];
   loraBackward(dy: NativeTensor, x: NativeTensor, w: NativeTensor, b: null, weightInOut: boolean, adapters: object[], T: NativeTensor, wantDx: boolean): NativeTensor | null;
-  loraMerge(w: NativeTensor, weightInOut: boolean, adapters: object[], sign: number, safe: boolean): number;
+  loraMerge(w: NativeTensor, weightInOut: boolean, adapters: object[], sign: number, safe: boolean, checkOnly?: boolean): number;
   activation(kind: string, x: NativeTensor): NativeTensor;
   activationBackward(kind: string, x: NativeTensor, dy: NativeTensor): NativeTensor;
   logSoftmax(x: NativeTensor): NativeTensor;

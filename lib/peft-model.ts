@@ -79,7 +79,7 @@ export class PeftModel extends Module {
   }
 
   #known(name: string): void {
-    if (!(name in this.peftConfig)) throw peftError("ERR_CONFIG", `Adapter ${name} not found; this model has ${Object.keys(this.peftConfig).join(", ")}`);
+    if (typeof name !== "string" || !Object.hasOwn(this.peftConfig, name)) throw peftError("ERR_CONFIG", `Adapter ${name} not found; this model has ${Object.keys(this.peftConfig).join(", ")}`);
   }
 
   /** Activates adapters (trainable) everywhere; modulesToSave take one adapter only. */
@@ -126,11 +126,15 @@ export class PeftModel extends Module {
     for (const [, w] of this.baseModel.savedModules()) w.enableAdapters(on);
   }
 
+  /** With safeMerge every layer is checked before any is merged: a broken adapter leaves the model as it was. */
   mergeAdapter(opts: MergeOptions = {}): void {
+    const plan: [LoraLayer, string[]][] = [];
     for (const l of this.baseModel.loraLayers()) {
       const names = (opts.adapterNames ?? this.#active).filter((n) => l.adapterNames.includes(n));
-      if (names.length) l.merge({ safeMerge: opts.safeMerge, adapterNames: names });
+      if (names.length) plan.push([l, names]);
     }
+    if (opts.safeMerge === true) for (const [l, adapterNames] of plan) l.checkMerge({ adapterNames });
+    for (const [l, adapterNames] of plan) l.merge({ safeMerge: opts.safeMerge, adapterNames });
   }
 
   unmergeAdapter(): void {

@@ -1,7 +1,9 @@
 #include "lora.h"
 
+#include <atomic>
 #include <cmath>
 #include <cstring>
+#include <limits>
 #include <memory>
 
 #include "convert.h"
@@ -215,37 +217,48 @@ void delta_update(void* C, DType c_dt, int64_t N, int64_t K, bool w_in_out, cons
   rank_update(C, c_dt, K, N, at.get(), bst.get(), R);
 }
 
-bool all_finite(const float* v, int64_t n) {
-  bool ok = true;
+// True when every value stays finite once rounded (to nearest even) into `dt`: f16 overflows from 65520 on
+// and bf16 from 0x7F7F8000 (as f32 bits) on, values an f32 check alone would pass.
+bool all_finite_as(const float* v, int64_t n, DType dt) {
+  float bound = std::numeric_limits<float>::infinity();
+  if (dt == DType::F16) bound = 65520.0f;
+  if (dt == DType::BF16) {
+    uint32_t bits = 0x7F7F8000u;
+    std::memcpy(&bound, &bits, sizeof bound);
+  }
+  std::atomic<bool> ok{true};
   parallel_for(n, 1 << 16, [&](int64_t b, int64_t e) {
-    for (int64_t i = b; i < e && ok; i++)
-      if (!std::isfinite(v[i])) ok = false;
+    for (int64_t i = b; i < e; i++)
+      if (!(std::fabs(v[i]) < bound)) {  // NaN fails too
+        ok.store(false, std::memory_order_relaxed);
+        return;
+      }
   });
-  return ok;
+  return ok.load();
 }
 }  // namespace
 
 int lora_merge_cpu(void* W, DType w_dt, int64_t N, int64_t K, bool w_in_out, const std::vector<AdapterView>& ad, float sign,
-                   bool safe) {
+                   bool safe, bool commit) {
   if (N == 0 || K == 0 || ad.empty()) return -1;
   if (!safe) {
-    delta_update(W, w_dt, N, K, w_in_out, ad, sign);
+    if (commit) delta_update(W, w_dt, N, K, w_in_out, ad, sign);
     return -1;
   }
-  // Safe: W + Δ in f32 aside, checked, then copied back (rounded once). On failure, name the first adapter
-  // whose own delta is non-finite.
+  // Safe: W + Δ in f32 aside, checked in W's dtype, then copied back (rounded once) when `commit`. On
+  // failure, name the first adapter whose own delta is non-finite.
   Scratch merged(N * K);
   convert_cpu(W, w_dt, merged.get(), DType::F32, N * K);
   delta_update(merged.get(), DType::F32, N, K, w_in_out, ad, sign);
-  if (!all_finite(merged.get(), N * K)) {
+  if (!all_finite_as(merged.get(), N * K, w_dt)) {
     for (size_t i = 0; i < ad.size(); i++) {
       convert_cpu(W, w_dt, merged.get(), DType::F32, N * K);
       delta_update(merged.get(), DType::F32, N, K, w_in_out, {ad[i]}, sign);
-      if (!all_finite(merged.get(), N * K)) return static_cast<int>(i);
+      if (!all_finite_as(merged.get(), N * K, w_dt)) return static_cast<int>(i);
     }
-    return 0;
+    return 0;  // only the sum overflows: the first adapter is named
   }
-  convert_cpu(merged.get(), DType::F32, W, w_dt, N * K);
+  if (commit) convert_cpu(merged.get(), DType::F32, W, w_dt, N * K);
   return -1;
 }
 

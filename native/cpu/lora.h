@@ -52,6 +52,6 @@ void lora_backward_cpu(const DenseView& d, const std::vector<AdapterView>& ad, c
 // With `safe`, the result is computed aside and committed only if finite; returns the index of the first adapter
 // whose delta makes W non-finite (W untouched), or -1.
 int lora_merge_cpu(void* W, DType w_dt, int64_t N, int64_t K, bool w_in_out, const std::vector<AdapterView>& ad, float sign,
-                   bool safe);
+                   bool safe, bool commit = true);
 
 }  // namespace peft

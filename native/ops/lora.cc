@@ -144,7 +144,7 @@ Napi::Value LoraBackward(const Napi::CallbackInfo& info) {
   return TensorHandle::Wrap(info.Env(), dx);
 }
 
-// loraMerge(weight, weightInOut, adapters, sign, safe) -> index of the adapter that made W non-finite, or -1
+// loraMerge(weight, weightInOut, adapters, sign, safe, checkOnly?) -> index of the adapter that made W non-finite, or -1
 Napi::Value LoraMerge(const Napi::CallbackInfo& info) {
   const char* op = "loraMerge";
   const Tensor& w = TensorHandle::From(info[0], op, "weight");
@@ -157,8 +157,11 @@ Napi::Value LoraMerge(const Napi::CallbackInfo& info) {
   double sign = arg_number(info[3], op, "sign");
   if (sign != 1 && sign != -1) fail_range(cat(op, ": sign must be 1 or -1, got ", sign));
   bool safe = arg_bool(info[4], op, "safe");
-  int bad = lora_merge_cpu(w.data(), w.dtype, N, K, in_out, ad, static_cast<float>(sign), safe);
-  if (bad < 0) w.storage->bump_version();
+  // checkOnly: the safe computation without writing W (a model checks every layer before merging any).
+  bool check_only = info.Length() > 5 && !info[5].IsUndefined() && arg_bool(info[5], op, "checkOnly");
+  if (check_only && !safe) fail_range(cat(op, ": checkOnly needs safe"));
+  int bad = lora_merge_cpu(w.data(), w.dtype, N, K, in_out, ad, static_cast<float>(sign), safe, !check_only);
+  if (bad < 0 && !check_only) w.storage->bump_version();
   return Napi::Number::New(info.Env(), bad);
 }
 

@@ -11,10 +11,15 @@ export interface LoraDelta {
 }
 
 /**
- * Adds (sign 1) or subtracts (sign -1) the deltas. With `safe`, nothing is written unless the result is finite;
- * returns the index of the first delta that makes W non-finite, or -1.
+ * Adds (sign 1) or subtracts (sign -1) the deltas. With `safe`, nothing is written unless the result is finite
+ * in W's dtype (an f16 sum past 65504 is not); `checkOnly` (with safe) never writes. Returns the index of the
+ * first delta that makes W non-finite, or -1.
  */
-export function applyLoraDeltas(weight: Tensor, deltas: LoraDelta[], opts: { weightInOut?: boolean; sign?: 1 | -1; safe?: boolean } = {}): number {
+export function applyLoraDeltas(
+  weight: Tensor,
+  deltas: LoraDelta[],
+  opts: { weightInOut?: boolean; sign?: 1 | -1; safe?: boolean; checkOnly?: boolean } = {},
+): number {
   const adapters = deltas.map((d, i) => ({
     A: handleOf(d.A, "applyLoraDeltas", `deltas[${i}].A`),
     B: handleOf(d.B, "applyLoraDeltas", `deltas[${i}].B`),
@@ -23,5 +28,5 @@ export function applyLoraDeltas(weight: Tensor, deltas: LoraDelta[], opts: { wei
     seed: 0,
     stream: 0,
   }));
-  return native.loraMerge(handleOf(weight, "applyLoraDeltas", "weight"), opts.weightInOut === true, adapters, opts.sign ?? 1, opts.safe === true);
+  return native.loraMerge(handleOf(weight, "applyLoraDeltas", "weight"), opts.weightInOut === true, adapters, opts.sign ?? 1, opts.safe === true, opts.checkOnly === true);
 }

@@ -36,10 +36,11 @@ export abstract class LoraLayer extends Module {
   baseLayer: Module;
   readonly loraA: ModuleDict;
   readonly loraB: ModuleDict;
-  readonly r: Record<string, number> = {};
-  readonly loraAlpha: Record<string, number> = {};
-  readonly scaling: Record<string, number> = {};
-  readonly loraDropout: Record<string, number> = {};
+  // Per-adapter settings keyed by user-chosen names: null-prototype records, so no name reaches Object.prototype.
+  readonly r: Record<string, number> = Object.create(null);
+  readonly loraAlpha: Record<string, number> = Object.create(null);
+  readonly scaling: Record<string, number> = Object.create(null);
+  readonly loraDropout: Record<string, number> = Object.create(null);
   readonly mergedAdapters: string[] = [];
   #active: string[] = [];
   #disabled = false;
@@ -171,6 +172,12 @@ export abstract class LoraLayer extends Module {
   }
 
   abstract merge(opts?: MergeOptions): void;
+  /**
+   * Throws what merge({safeMerge: true}) would, without changing any weight: a model checks every layer
+   * before it merges any, so a broken adapter leaves the whole model as it was. Layers that cannot check
+   * ahead keep this default and rely on their merge's own check.
+   */
+  checkMerge(_opts: MergeOptions = {}): void {}
   abstract unmerge(): void;
   abstract getDeltaWeight(adapterName: string): Tensor;
 
@@ -266,6 +273,7 @@ export class LoraLinear extends LoraLayer {
       this.#forwardAdapters = adapters;
     } else {
       this.releaseSaved();
+      this.#forwardAdapters = [];
     }
     t.dispose();
     return new Tensor(y);
@@ -303,10 +311,19 @@ export class LoraLinear extends LoraLayer {
       warnOnce("PEFT_ALREADY_MERGED", `Already following adapters were merged ${already.join(",")}. You are now additionally merging ${names.filter((n) => !already.includes(n)).join(",")}.`);
     const todo = names.filter((n) => !already.includes(n));
     if (!todo.length) return;
-    const bad = applyLoraDeltas(this.baseLayer.weight, this.#deltas(todo), { weightInOut: this.fanInFanOut, safe: opts.safeMerge === true });
-    if (bad >= 0) throw peftError("ERR_STATE", `NaNs detected in the merged weights. The adapter ${todo[bad]} seems to be broken`);
+    this.#applyMerge(todo, opts.safeMerge === true, false);
     this.mergedAdapters.push(...todo);
     this.releaseSaved();
+  }
+
+  override checkMerge(opts: MergeOptions = {}): void {
+    const todo = this.pickAdapters(opts.adapterNames).filter((n) => !this.mergedAdapters.includes(n));
+    if (todo.length) this.#applyMerge(todo, true, true);
+  }
+
+  #applyMerge(todo: string[], safe: boolean, checkOnly: boolean): void {
+    const bad = applyLoraDeltas(this.baseLayer.weight, this.#deltas(todo), { weightInOut: this.fanInFanOut, safe, checkOnly });
+    if (bad >= 0) throw peftError("ERR_STATE", `NaNs detected in the merged weights. The adapter ${todo[bad]} seems to be broken`);
   }
 
   /** W -= Σ scale·B·A for every merged adapter (latest first), one pass over W. */

@@ -52,7 +52,8 @@ function namesModule(key: string, entry: string): boolean {
 
 export class LoraModel extends Module {
   readonly model: Module;
-  readonly peftConfig: Record<string, LoraConfig> = {};
+  // Null prototype: adapter names are user strings ("toString", "__proto__" are names like any other).
+  readonly peftConfig: Record<string, LoraConfig> = Object.create(null);
   targetedModuleNames: string[] = [];
   unmatchedTargets: string[] = [];
 
