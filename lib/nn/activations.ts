@@ -98,20 +98,23 @@ export class Dropout extends Module {
   forward(x: Tensor): Tensor {
     if (!this.training || this.p === 0) {
       this.#rng = null;
+      if (this.training) this.save();
+      else this.releaseSaved();
       return retain(x);
     }
+    this.save();
     this.#rng = takeRng(undefined, "Dropout");
     return dropout(x, this.p, this.#rng.seed, this.#rng.stream);
   }
 
   override backward(dy: Tensor, opts: BackwardOptions = {}): Tensor | null {
-    if (opts.inputGrad === false) return null;
-    if (!this.training) throw peftError("ERR_STATE", `${this.describe()}.backward: the module is in eval mode`);
-    if (this.p === 0) return retain(dy);
-    if (!this.#rng) throw peftError("ERR_STATE", `${this.describe()}.backward: call forward in training mode first`);
-    const dx = dropout(dy, this.p, this.#rng.seed, this.#rng.stream);
+    this.saved();
+    this.releaseSaved();
+    const rng = this.#rng;
     this.#rng = null;
-    return dx;
+    if (opts.inputGrad === false) return null;
+    if (this.p === 0 || !rng) return retain(dy);
+    return dropout(dy, this.p, rng.seed, rng.stream);
   }
 
   override clone(): Dropout {

@@ -23,17 +23,18 @@ export class Embedding extends Module {
 
   forward(ids: Tensor): Tensor {
     const y = embedding(ids, this.weight);
-    if (this.training && this.weight.requiresGrad) this.save(ids);
-    else this.releaseSaved();
+    if (!this.training) this.releaseSaved();
+    else if (this.weight.requiresGrad) this.save(ids);
+    else this.save();
     return y;
   }
 
   /** Accumulates the weight gradient; there is no gradient for integer ids (returns null). */
   override backward(dy: Tensor, _opts: BackwardOptions = {}): null {
-    if (this.weight.requiresGrad) {
-      const [ids] = this.saved();
-      embeddingBackward(ids, dy, gradOf(this.weight));
-    }
+    const [ids] = this.saved();
+    if (this.weight.requiresGrad && !ids)
+      throw peftError("ERR_STATE", `${this.describe()}.backward: the weight was frozen during forward; run forward again after unfreezing it`);
+    if (this.weight.requiresGrad) embeddingBackward(ids, dy, gradOf(this.weight));
     this.releaseSaved();
     return null;
   }

@@ -21,19 +21,18 @@ export abstract class DenseBase extends Module {
   forward(x: Tensor): Tensor {
     const y = linear(x, this.weight, this.bias, { weightInOut: this.weightInOut });
     // x is needed for dW only; a frozen weight needs nothing but itself.
-    if (this.training && (this.weight.requiresGrad || this.bias?.requiresGrad)) this.save(x);
-    else this.releaseSaved();
+    if (!this.training) this.releaseSaved();
+    else if (this.weight.requiresGrad) this.save(x);
+    else this.save();
     return y;
   }
 
   override backward(dy: Tensor, opts: BackwardOptions = {}): Tensor | null {
     const layout = { weightInOut: this.weightInOut };
-    if (this.weight.requiresGrad) {
-      const [x] = this.saved();
-      linearGradWeight(dy, x, gradOf(this.weight), { accumulate: true, ...layout });
-    } else if (this.bias?.requiresGrad) {
-      this.saved();
-    }
+    const [x] = this.saved();
+    if (this.weight.requiresGrad && !x)
+      throw peftError("ERR_STATE", `${this.describe()}.backward: the weight was frozen during forward; run forward again after unfreezing it`);
+    if (this.weight.requiresGrad) linearGradWeight(dy, x, gradOf(this.weight), { accumulate: true, ...layout });
     if (this.bias?.requiresGrad) sumRows(dy, gradOf(this.bias), { accumulate: true });
     this.releaseSaved();
     return opts.inputGrad === false ? null : linearGradInput(dy, this.weight, layout);

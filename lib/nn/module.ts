@@ -23,7 +23,9 @@ export abstract class Module implements Disposable {
   training = true;
   readonly #modules = new Map<string, Module>();
   readonly #params = new Map<string, Tensor | null>();
-  #saved: Tensor[] = [];
+  // What the last training forward kept for backward; null when no training forward is pending (an empty
+  // list is a pending forward that needed no tensors, e.g. a frozen Linear).
+  #saved: Tensor[] | null = null;
 
   abstract forward(x: Tensor): Tensor;
 
@@ -177,23 +179,25 @@ export abstract class Module implements Disposable {
    * Copies tensors into the parameters in place. Strict by default: missing and unexpected keys are an error
    * (listing them with shapes) and nothing is copied unless every shape matches.
    */
-  loadStateDict(sd: Record<string, Tensor>, opts: { strict?: boolean } = {}): { missingKeys: string[]; unexpectedKeys: string[] } {
-    if (sd === null || typeof sd !== "object") throw typeError(`loadStateDict: expected a record of tensors, got ${describe(sd)}`);
+  loadStateDict(record: Record<string, Tensor>, opts: { strict?: boolean } = {}): { missingKeys: string[]; unexpectedKeys: string[] } {
+    const sd = tensorEntries(record, "loadStateDict");
     const own = new Map(this.namedParameters());
-    const missing = [...own.keys()].filter((k) => !(k in sd));
-    const unexpected = Object.keys(sd).filter((k) => !own.has(k));
+    const missing = [...own.keys()].filter((k) => !sd.has(k));
+    const unexpected = [...sd.keys()].filter((k) => !own.has(k));
     const fmt = (k: string, t: Tensor | undefined) => `${k} ${t ? `[${t.shape.join(", ")}] ${t.dtype}` : ""}`.trim();
     if (opts.strict !== false && (missing.length || unexpected.length)) {
       const parts: string[] = [];
       if (missing.length) parts.push(`missing keys: ${missing.slice(0, 10).map((k) => fmt(k, own.get(k))).join(", ")}${missing.length > 10 ? `, … (${missing.length})` : ""}`);
-      if (unexpected.length) parts.push(`unexpected keys: ${unexpected.slice(0, 10).map((k) => fmt(k, sd[k])).join(", ")}${unexpected.length > 10 ? `, … (${unexpected.length})` : ""}`);
+      if (unexpected.length) parts.push(`unexpected keys: ${unexpected.slice(0, 10).map((k) => fmt(k, sd.get(k) as Tensor | undefined)).join(", ")}${unexpected.length > 10 ? `, … (${unexpected.length})` : ""}`);
       throw peftError("ERR_CHECKPOINT", `loadStateDict (${this.constructor.name}): ${parts.join("; ")}`);
     }
+    // Everything is checked before the first copy, so a failure leaves every weight as it was.
     const pairs: [Tensor, Tensor][] = [];
     for (const [k, dst] of own) {
-      if (!(k in sd)) continue;
-      const src = sd[k];
+      if (!sd.has(k)) continue;
+      const src = sd.get(k);
       if (!(src instanceof Tensor)) throw typeError(`loadStateDict: "${k}" must be a Tensor, got ${describe(src)}`);
+      if (src.disposed) throw peftError("ERR_DISPOSED", `loadStateDict: "${k}" has been disposed`);
       if (src.shape.length !== dst.shape.length || src.shape.some((d, i) => d !== dst.shape[i]))
         throw peftError("ERR_SHAPE", `loadStateDict: "${k}" has shape [${src.shape.join(", ")}] in the state dict but [${dst.shape.join(", ")}] in the model`);
       const isFloat = (d: DType) => d === "f32" || d === "f16" || d === "bf16";
@@ -261,7 +265,10 @@ export abstract class Module implements Disposable {
 
   // ---- saved activations (what backward needs) ----
 
-  /** Keeps our own handles on tensors for backward (released by backward or the next forward). */
+  /**
+   * Marks a training forward and keeps our own handles on the tensors backward needs (released by backward
+   * or the next forward). Call it even with nothing to keep: backward checks that a forward happened.
+   */
   protected save(...ts: Tensor[]): void {
     this.releaseSaved();
     this.#saved = ts.map(retain);
@@ -269,18 +276,18 @@ export abstract class Module implements Disposable {
 
   /** The saved tensors, or an ERR_STATE error naming the module when there was no training forward. */
   protected saved(): Tensor[] {
-    if (!this.#saved.length)
+    if (!this.#saved)
       throw peftError("ERR_STATE", `${this.describe()}.backward: nothing saved for backward; call forward in training mode first`);
     return this.#saved;
   }
 
   protected hasSaved(): boolean {
-    return this.#saved.length > 0;
+    return this.#saved !== null;
   }
 
   releaseSaved(): void {
-    for (const t of this.#saved) t.dispose();
-    this.#saved = [];
+    for (const t of this.#saved ?? []) t.dispose();
+    this.#saved = null;
   }
 
   // ---- printing ----
@@ -333,3 +340,13 @@ export function gradOf(p: Tensor): Tensor {
 }
 
 export { PeftError };
+
+/**
+ * A record of tensors read once into a Map of its own enumerable entries: getters run here, before anything
+ * is checked or copied, and names such as "constructor" or "__proto__" are plain keys, not prototype lookups.
+ */
+export function tensorEntries(record: unknown, op: string): Map<string, unknown> {
+  if (record === null || typeof record !== "object" || Array.isArray(record))
+    throw typeError(`${op}: expected a record of tensors, got ${describe(record)}`);
+  return new Map(Object.entries(record));
+}

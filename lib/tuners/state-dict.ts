@@ -2,15 +2,16 @@
 // removed), a saved module's parameters as `<path>.<name>`, base-layer biases as `<path>.bias` for bias
 // "all" / "lora_only".
 import { Tensor } from "../tensor.js";
-import { peftError, typeError } from "../errors.js";
+import { peftError } from "../errors.js";
 import { LoraLayer } from "./lora/layer.js";
+import { tensorEntries } from "../nn/module.js";
 import type { PeftModel } from "../peft-model.js";
 
 const PREFIX = "base_model.model.";
 
 /** File key -> live tensor for one adapter, and which of those keys a checkpoint must contain. */
 function adapterKeyMap(m: PeftModel, adapterName: string): { keys: Map<string, Tensor>; required: Set<string> } {
-  const config = m.peftConfig[adapterName];
+  const config = Object.hasOwn(m.peftConfig, adapterName) ? m.peftConfig[adapterName] : undefined;
   if (!config) throw peftError("ERR_CONFIG", `Adapter ${adapterName} not found; this model has ${Object.keys(m.peftConfig).join(", ")}`);
   const model = m.baseModel.model;
   const keys = new Map<string, Tensor>();
@@ -56,23 +57,26 @@ export function getPeftModelStateDict(m: PeftModel, opts: { adapterName?: string
  * Loads file-keyed tensors into an adapter. Every key must be used and every expected key present, with
  * matching shapes, or ERR_CHECKPOINT lists the first mismatches (nothing is copied then).
  */
-export function setPeftModelStateDict(m: PeftModel, sd: Record<string, Tensor>, opts: { adapterName?: string } = {}): void {
-  if (sd === null || typeof sd !== "object") throw typeError("setPeftModelStateDict: expected a record of tensors");
+export function setPeftModelStateDict(m: PeftModel, record: Record<string, Tensor>, opts: { adapterName?: string } = {}): void {
+  const sd = tensorEntries(record, "setPeftModelStateDict");
   const name = opts.adapterName ?? m.activeAdapter;
   const { keys, required } = adapterKeyMap(m, name);
-  const shape = (t: Tensor | undefined) => (t ? `[${t.shape.join(", ")}]` : "");
-  const unexpected = Object.keys(sd).filter((k) => !keys.has(k));
-  const missing = [...required].filter((k) => !(k in sd));
-  const wrongShape = Object.keys(sd).filter((k) => keys.has(k) && sd[k] instanceof Tensor && sd[k].shape.join() !== keys.get(k)!.shape.join());
-  const notTensors = Object.keys(sd).filter((k) => !(sd[k] instanceof Tensor));
-  if (unexpected.length || missing.length || wrongShape.length || notTensors.length) {
+  const shape = (t: unknown) => (t instanceof Tensor ? `[${t.shape.join(", ")}]` : "");
+  const all = [...sd.keys()];
+  const unexpected = all.filter((k) => !keys.has(k));
+  const missing = [...required].filter((k) => !sd.has(k));
+  const wrongShape = all.filter((k) => { const t = sd.get(k); return keys.has(k) && t instanceof Tensor && t.shape.join() !== keys.get(k)!.shape.join(); });
+  const notTensors = all.filter((k) => !(sd.get(k) instanceof Tensor));
+  const disposed = all.filter((k) => { const t = sd.get(k); return t instanceof Tensor && t.disposed; });
+  if (unexpected.length || missing.length || wrongShape.length || notTensors.length || disposed.length) {
     const parts: string[] = [];
     const list = (ks: string[], f: (k: string) => string) => ks.slice(0, 8).map(f).join(", ") + (ks.length > 8 ? `, … (${ks.length} in all)` : "");
     if (missing.length) parts.push(`missing: ${list(missing, (k) => `${k} ${shape(keys.get(k))}`)}`);
-    if (unexpected.length) parts.push(`unexpected: ${list(unexpected, (k) => `${k} ${shape(sd[k])}`)}`);
-    if (wrongShape.length) parts.push(`shape mismatch: ${list(wrongShape, (k) => `${k} ${shape(sd[k])} vs model ${shape(keys.get(k))}`)}`);
+    if (unexpected.length) parts.push(`unexpected: ${list(unexpected, (k) => `${k} ${shape(sd.get(k))}`)}`);
+    if (wrongShape.length) parts.push(`shape mismatch: ${list(wrongShape, (k) => `${k} ${shape(sd.get(k))} vs model ${shape(keys.get(k))}`)}`);
     if (notTensors.length) parts.push(`not tensors: ${list(notTensors, (k) => k)}`);
+    if (disposed.length) parts.push(`disposed: ${list(disposed, (k) => k)}`);
     throw peftError("ERR_CHECKPOINT", `adapter "${name}": the checkpoint does not fit the model: ${parts.join("; ")}`);
   }
-  for (const [k, t] of Object.entries(sd)) keys.get(k)!.copyFrom(t);
+  for (const [k, t] of sd) keys.get(k)!.copyFrom(t as Tensor);
 }
