@@ -12,7 +12,7 @@
 // The module tree plugs in through MatchableModel / MatchOptions, so this file knows no module classes.
 
 import { peftError } from "./errors.js";
-import { pyRegex } from "./pyregex.js";
+import { pyRegex, UnsafeRegexError } from "./pyregex.js";
 
 /** PEFT's INCLUDE_LINEAR_LAYERS_SHORTHAND, compared case-insensitively as PEFT does. */
 export const ALL_LINEAR = "all-linear";
@@ -47,6 +47,8 @@ export interface MatchOptions {
   isTunerLayer?(m: unknown): boolean;
   /** Listed in the ERR_UNSUPPORTED message. */
   supportedTypeNames?: readonly string[];
+  /** Emit the process warnings about unmatched targets and unused excludes (default true). */
+  warn?: boolean;
 }
 
 export interface MatchReport {
@@ -64,29 +66,43 @@ export type KeyMatch = { kind: "excluded" } | { kind: "unmatched" } | { kind: "m
 const EXCLUDED: KeyMatch = { kind: "excluded" };
 const UNMATCHED: KeyMatch = { kind: "unmatched" };
 
-/** Compile a Python regex from a config; a pattern JS cannot compile is a config error naming its key. */
+/**
+ * Compile a Python regex from a config. A pattern JS cannot compile, or one the screen in pyregex.ts
+ * refuses because it could take exponential (or high polynomial) time, is a config error naming its key;
+ * a refused pattern is never run.
+ */
 function compile(src: string, mode: "full" | "match", what: string): RegExp {
   try {
     return pyRegex(src, mode);
   } catch (err) {
+    if (err instanceof UnsafeRegexError) throw peftError("ERR_CONFIG", `${what}: ${err.message}`);
     throw peftError("ERR_CONFIG", `${what}: invalid regular expression ${JSON.stringify(src)}: ${(err as Error).message}`);
   }
 }
 
-const globCache = new Map<string, RegExp>();
-
-/** Megatron-Bridge's wildcard_match: the whole path must match, "*" standing for any characters. */
+/**
+ * Megatron-Bridge's wildcard_match: the whole path must match, "*" standing for any characters.
+ * Matched without a RegExp (a glob with many stars would be a regex with many overlapping `.*`): greedy
+ * with a return to the last star only, at most O(pattern × key) steps.
+ */
 export function wildcardMatch(pattern: string, key: string): boolean {
-  let re = globCache.get(pattern);
-  if (!re) {
-    const body = pattern
-      .split("*")
-      .map((part) => part.replace(/[.*+?^${}()|[\]\\]/g, "\\$&"))
-      .join(".*");
-    re = new RegExp(`^${body}$`, "s");
-    globCache.set(pattern, re);
+  let p = 0, k = 0, star = -1, resume = 0;
+  while (k < key.length) {
+    if (p < pattern.length && pattern[p] === "*") {
+      star = p++;
+      resume = k;
+    } else if (p < pattern.length && pattern[p] === key[k]) {
+      p++;
+      k++;
+    } else if (star >= 0) {
+      p = star + 1;
+      k = ++resume;
+    } else {
+      return false;
+    }
   }
-  return re.test(key);
+  while (p < pattern.length && pattern[p] === "*") p++;
+  return p === pattern.length;
 }
 
 /** A list entry against a path: exact name, "."-suffix, or (with "*") a glob over the whole path. */
@@ -147,8 +163,8 @@ export function matchModuleKey(config: TargetConfig, key: string): KeyMatch {
   // An exact name is taken as is; PEFT applies the layer filter only to suffix matches.
   const entries = targets.includes(key) ? [key] : [];
   const viaSuffix = targets.filter((t) => t !== key && entryMatches(t, key));
-  if (viaSuffix.length > 0 && passesLayerFilter(config, key)) entries.push(...viaSuffix);
-  return entries.length > 0 ? { kind: "matched", entries } : UNMATCHED;
+  const all = viaSuffix.length > 0 && passesLayerFilter(config, key) ? entries.concat(viaSuffix) : entries;
+  return all.length > 0 ? { kind: "matched", entries: all } : UNMATCHED;
 }
 
 /** PEFT's check_target_module_exists: whether the module at `key` gets an adapter. */
@@ -228,8 +244,9 @@ function candidateNames(
   opts: MatchOptions,
 ): string[] {
   const leaves = [...new Set(modules.filter(([n, m]) => n !== "" && opts.isSupported(m)).map(([n]) => lastSegment(n)))];
-  const wanted = (typeof targets === "string" ? [targets] : targets).map(lastSegment);
-  const dist = (leaf: string) => Math.min(...wanted.map((w) => levenshtein(w, leaf)), Infinity);
+  // Bounded: this only words an error message, and the target list and names come from a config file.
+  const wanted = (typeof targets === "string" ? [targets] : targets).slice(0, 64).map((t) => lastSegment(t).slice(0, 256));
+  const dist = (leaf: string) => wanted.reduce((d, w) => Math.min(d, levenshtein(w, leaf)), Infinity);
   return leaves
     .map((leaf, i) => ({ leaf, i, d: dist(leaf) }))
     .sort((x, y) => x.d - y.d || x.i - y.i)
@@ -351,7 +368,8 @@ export function findTargetModules(model: MatchableModel, config: TargetConfig, o
   }
 
   const unmatchedTargets = typeof targets === "string" ? [] : targets.filter((t) => !hit.has(t));
-  if (unmatchedTargets.length > 0) {
+  const warn = opts.warn ?? true;
+  if (warn && unmatchedTargets.length > 0) {
     process.emitWarning(
       `Target modules ${formatTargets(unmatchedTargets)} matched no module of the base model ` +
         `(${targeted.length} module(s) were targeted by the other entries).`,
@@ -359,7 +377,7 @@ export function findTargetModules(model: MatchableModel, config: TargetConfig, o
     );
   }
   const ex = config.excludeModules;
-  if (ex && ex.length > 0 && excluded.length === 0) {
+  if (warn && ex && ex.length > 0 && excluded.length === 0) {
     process.emitWarning(
       `You have passed excludeModules=${formatTargets(ex)} but no modules were excluded. ` +
         "Please check that excludeModules was set correctly.",

@@ -4,7 +4,7 @@
 // counterpart of the ValueError PEFT raises.
 
 import { peftError, typeError } from "../errors.js";
-import { pyRegex } from "../pyregex.js";
+import { pyRegex, UnsafeRegexError } from "../pyregex.js";
 
 /** A short description of a value for error messages. */
 export function describe(v: unknown): string {
@@ -74,14 +74,52 @@ export function oneOf<T extends string>(values: readonly T[]): (v: unknown, name
   };
 }
 
-/** A Python regex that must compile here too; a bad one is a config error, not a crash during matching. */
+/**
+ * A Python regex that must compile here too, and pass the screen against patterns that could take
+ * exponential (or high polynomial) time to match; a bad one is a config error, not a crash or a hang
+ * during matching.
+ */
 export function regex(v: string, name: string, mode: "full" | "match" = "full"): string {
   try {
     pyRegex(v, mode);
   } catch (err) {
+    if (err instanceof UnsafeRegexError) throw peftError("ERR_CONFIG", `${name}: ${err.message}`);
     throw peftError("ERR_CONFIG", `${name}: invalid regular expression ${JSON.stringify(v)}: ${(err as Error).message}`);
   }
   return v;
+}
+
+/** Sets an own data property, whatever the key ("__proto__" included): for keys read from files. */
+export function defineKey<T>(obj: Record<string, T>, key: string, value: T): void {
+  Object.defineProperty(obj, key, { value, writable: true, enumerable: true, configurable: true });
+}
+
+/** How deep a config value may nest (objects and arrays inside the top-level config object). */
+export const MAX_CONFIG_DEPTH = 64;
+
+function pathStep(path: string, key: string | number): string {
+  if (typeof key === "number") return `${path}[${key}]`;
+  return /^[A-Za-z_][A-Za-z0-9_]*$/.test(key) ? `${path}.${key}` : `${path}[${JSON.stringify(key.length > 64 ? key.slice(0, 64) + "…" : key)}]`;
+}
+
+/**
+ * The key path of the first value nested deeper than `max` levels under `value` (which sits at `path`),
+ * or null. Iterative, so neither a 100,000-deep value nor a cycle can overflow the stack.
+ */
+export function tooDeep(value: unknown, path: string, max = MAX_CONFIG_DEPTH): string | null {
+  const stack: [unknown, string, number][] = [[value, path, 1]];
+  while (stack.length) {
+    const [v, p, depth] = stack.pop()!;
+    if (v === null || typeof v !== "object") continue;
+    if (depth > max) return p;
+    if (Array.isArray(v)) {
+      for (let i = v.length - 1; i >= 0; i--) stack.push([v[i], pathStep(p, i), depth + 1]);
+    } else {
+      const entries = Object.entries(v);
+      for (let i = entries.length - 1; i >= 0; i--) stack.push([entries[i]![1], pathStep(p, entries[i]![0]), depth + 1]);
+    }
+  }
+  return null;
 }
 
 function stringArray(v: unknown, name: string): string[] {
@@ -141,7 +179,8 @@ export function patternMap(value: (v: unknown, name: string) => number) {
     const out: Record<string, number> = {};
     for (const [k, x] of Object.entries(v)) {
       regex(`(.*\\.)?(${k})$`, `${name} key ${JSON.stringify(k)}`, "match");
-      out[k] = value(x, `${name}[${JSON.stringify(k)}]`);
+      // Keys are module names or patterns from a file: "__proto__" or "constructor" are keys like any other.
+      defineKey(out, k, value(x, `${name}[${JSON.stringify(k)}]`));
     }
     return out;
   };

@@ -189,6 +189,10 @@ export abstract class PeftConfigBase {
 
     for (const [name, value] of Object.entries(input)) {
       if (value === undefined) continue;
+      const deep = check.tooDeep(value, name);
+      if (deep !== null) {
+        throw peftError("ERR_CONFIG", `${className}: ${deep} is nested more than ${check.MAX_CONFIG_DEPTH} levels deep (or refers to itself)`);
+      }
       const key = from === "json" ? name : camelToSnake(name);
       if (from === "options" && name.includes("_") && (byKey.has(name) || unsupported.has(name))) {
         throw peftError("ERR_CONFIG", `${className}: unknown option "${name}"; did you mean "${snakeToCamel(name)}"?`);
@@ -214,7 +218,7 @@ export abstract class PeftConfigBase {
               `only the PEFT default (${JSON.stringify(u.default)}) is accepted`,
           );
         }
-        this.unsupportedKeys[key] = value;
+        check.defineKey(this.unsupportedKeys, key, value);
         continue;
       }
       if (from === "json" && key === "runtime_config") {
@@ -222,7 +226,8 @@ export abstract class PeftConfigBase {
         continue;
       }
       warnUnknownKey(className, key);
-      this.extraKeys[key] = value;
+      // Any string is a key here ("__proto__" and "constructor" included), kept as an own property.
+      check.defineKey(this.extraKeys, key, value);
     }
     this.validate();
   }
@@ -238,10 +243,26 @@ export abstract class PeftConfigBase {
    */
   toJSON(): Record<string, unknown> {
     const self = this as unknown as Record<string, unknown>;
+    // Fields are public and may have been changed since loading: a value too deep (or cyclic) to write
+    // is a config error here, before any recursive copy could overflow the stack.
+    const parts: [string, unknown][] = [
+      ...Object.entries(this.extraKeys),
+      ...Object.entries(this.unsupportedKeys),
+      ...this.allFields().map((f): [string, unknown] => [f.key, self[snakeToCamel(f.key)]]),
+    ];
+    for (const [key, value] of parts) {
+      const deep = check.tooDeep(value, key);
+      if (deep !== null) {
+        throw peftError(
+          "ERR_CONFIG",
+          `${this.spec.className}: ${deep} is nested more than ${check.MAX_CONFIG_DEPTH} levels deep (or refers to itself); cannot write it`,
+        );
+      }
+    }
     const out: Record<string, unknown> = { ...this.extraKeys };
     for (const f of this.allFields()) out[f.key] = toPlain(self[snakeToCamel(f.key)]);
     for (const u of this.spec.unsupported) {
-      out[u.key] = structuredClone(u.key in this.unsupportedKeys ? this.unsupportedKeys[u.key] : u.default);
+      out[u.key] = structuredClone(Object.hasOwn(this.unsupportedKeys, u.key) ? this.unsupportedKeys[u.key] : u.default);
     }
     out["peft_type"] = this.spec.peftType;
     return sortKeysDeep(out) as Record<string, unknown>;
@@ -306,5 +327,19 @@ export async function readConfigFile(dir: string): Promise<Record<string, unknow
   if (parsed === null || typeof parsed !== "object" || Array.isArray(parsed)) {
     throw peftError("ERR_CONFIG", `${file} must hold a JSON object, got ${check.describe(parsed)}`);
   }
+  checkConfigDepth(parsed as Record<string, unknown>, file);
   return parsed as Record<string, unknown>;
+}
+
+/**
+ * Refuses a parsed config file whose values nest more than MAX_CONFIG_DEPTH levels deep (ERR_CONFIG naming
+ * the file and the key path): nothing downstream (validation, toJSON, writing it back) then recurses deeply.
+ */
+export function checkConfigDepth(obj: Record<string, unknown>, file: string): void {
+  for (const [key, value] of Object.entries(obj)) {
+    const deep = check.tooDeep(value, key);
+    if (deep !== null) {
+      throw peftError("ERR_CONFIG", `${file}: ${deep} is nested more than ${check.MAX_CONFIG_DEPTH} levels deep`);
+    }
+  }
 }

@@ -19,7 +19,7 @@ export function configFromJSON(obj: object): PeftConfig {
   if (obj === null || typeof obj !== "object" || Array.isArray(obj)) {
     throw typeError(`configFromJSON: expected a config object, got ${describe(obj)}`);
   }
-  const type = (obj as Record<string, unknown>)["peft_type"];
+  const type = Object.hasOwn(obj, "peft_type") ? (obj as Record<string, unknown>)["peft_type"] : undefined;
   if (type === undefined || type === null) {
     throw peftError("ERR_CONFIG", "adapter config has no peft_type; cannot tell which method it configures");
   }
