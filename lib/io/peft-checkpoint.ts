@@ -1,28 +1,42 @@
 // PEFT adapter checkpoints: `adapter_config.json` + `adapter_model.safetensors` (+ a short model card) in
 // the directory, non-default adapters in `<dir>/<adapter>/`, as Python PEFT writes and reads them.
-import { mkdir, readFile, writeFile, rename, stat } from "node:fs/promises";
-import { join } from "node:path";
+import { randomBytes } from "node:crypto";
+import { mkdir, open, readFile, rename, rmdir, stat, unlink } from "node:fs/promises";
+import { basename, dirname, join, resolve } from "node:path";
 import { peftError, typeError } from "../errors.js";
+import { findTargetModules } from "../matching.js";
+import { defaultTargetModules } from "../mappings.js";
+import { Conv1D, type Module } from "../nn/index.js";
 import { PeftModel, type GetPeftModelOptions } from "../peft-model.js";
+import { DTYPE_SIZE, Tensor } from "../tensor.js";
 import { configFromJSON, type PeftConfig } from "../tuners/peft-config.js";
-import { CONFIG_NAME, configToJSONString, PEFT_FORMAT_VERSION } from "../tuners/config.js";
+import { CONFIG_NAME, checkConfigDepth, configToJSONString, PEFT_FORMAT_VERSION } from "../tuners/config.js";
 import { LoraConfig } from "../tuners/lora/config.js";
+import { LoraLayer } from "../tuners/lora/layer.js";
+import { loraMatchOptions } from "../tuners/lora/model.js";
 import { getPeftModelStateDict, setPeftModelStateDict } from "../tuners/state-dict.js";
-import { loadSafetensors, saveSafetensors } from "./index.js";
-import type { Module } from "../nn/index.js";
-import type { Tensor } from "../tensor.js";
+import { fileDType } from "./safetensors-format.js";
+import { buildHeader, checkName } from "./safetensors-write.js";
+import { loadSafetensors, openSafetensors, saveSafetensors } from "./index.js";
 
 export const WEIGHTS_NAME = "adapter_model.safetensors";
+const README_NAME = "README.md";
+const PREFIX = "base_model.model.";
 
 function adapterDir(dir: string, adapterName: string): string {
   return adapterName === "default" ? dir : join(dir, adapterName);
+}
+
+/** A YAML scalar for the model card's front matter: plain when that is safe, else JSON-quoted. */
+function yamlScalar(s: string): string {
+  return /^[A-Za-z0-9_./@-][A-Za-z0-9_./@ -]*$/.test(s) && !s.endsWith(" ") ? s : JSON.stringify(s);
 }
 
 function modelCard(config: PeftConfig): string {
   const base = config.baseModelNameOrPath;
   return [
     "---",
-    ...(base ? [`base_model: ${base}`] : []),
+    ...(base ? [`base_model: ${yamlScalar(base)}`] : []),
     "library_name: peft",
     "tags:",
     `- ${(config as { peftType?: string }).peftType?.toLowerCase() ?? "lora"}`,
@@ -41,33 +55,122 @@ function modelCard(config: PeftConfig): string {
   ].join("\n");
 }
 
-// A small text file written atomically (temp + rename), so an interrupted save never leaves half a config.
-async function writeTextAtomic(path: string, text: string): Promise<void> {
-  const tmp = `${path}.${process.pid}.tmp`;
-  await writeFile(tmp, text, "utf8");
-  await rename(tmp, path);
+/** A hidden temporary name beside `path`, unique to this save. */
+function tempBeside(path: string): string {
+  return join(dirname(path), `.${basename(path)}.${process.pid}.${randomBytes(6).toString("hex")}.tmp`);
 }
 
-/** Saves adapters (default: all) in PEFT's layout. */
+async function writeTextDurable(path: string, text: string): Promise<void> {
+  const h = await open(path, "wx");
+  try {
+    await h.writeFile(text, "utf8");
+    await h.sync();
+  } finally {
+    await h.close();
+  }
+}
+
+/** What one adapter's directory will hold, all serialised and checked before any file is written. */
+interface AdapterFiles {
+  dir: string;
+  config: string;
+  card: string;
+  tensors: Record<string, Tensor>;
+}
+
+/** Checks what saveSafetensors would refuse (names, disposed tensors, header size) without writing. */
+function checkTensorsWritable(file: string, tensors: Record<string, Tensor>): void {
+  const entries = Object.entries(tensors).map(([k, t]) => {
+    const name = checkName("savePretrained", file, k);
+    if (!(t instanceof Tensor)) throw typeError(`savePretrained: ${JSON.stringify(name)} is not a Tensor`);
+    if (t.disposed) throw peftError("ERR_DISPOSED", `savePretrained: tensor ${JSON.stringify(name)} has been disposed`);
+    return { name, dtype: fileDType(t.dtype), shape: t.shape, nbytes: t.numel * DTYPE_SIZE[t.dtype] };
+  });
+  buildHeader("savePretrained", file, entries, undefined);
+}
+
+function checkAdapterNameForDir(name: unknown, known: Record<string, PeftConfig>): string {
+  if (typeof name !== "string") throw typeError(`savePretrained: adapter names must be strings, got ${typeof name}`);
+  if (!Object.hasOwn(known, name)) {
+    throw peftError("ERR_CONFIG", `savePretrained: unknown adapter ${JSON.stringify(name)}; this model has ${Object.keys(known).join(", ")}`);
+  }
+  // A non-default adapter becomes a directory name: it must stay one directory below `dir`.
+  if (name !== "default" && (name === "" || name === "." || name === ".." || /[/\\\0]/.test(name))) {
+    throw peftError("ERR_CONFIG", `savePretrained: adapter name ${JSON.stringify(name)} cannot be used as a directory name`);
+  }
+  return name;
+}
+
+/**
+ * Saves adapters (default: all) in PEFT's layout. Everything (config text, model card, the tensors'
+ * header) is built and checked first; then each file goes to a temporary name beside its target and all
+ * are renamed into place at the end, configs last, so a failure leaves the directory as it was (never
+ * weights without their config).
+ */
 export async function savePretrained(m: PeftModel, dir: string, opts: { adapterNames?: string[] } = {}): Promise<void> {
   if (!(m instanceof PeftModel)) throw typeError("savePretrained: expected a PeftModel");
   if (typeof dir !== "string" || !dir) throw typeError("savePretrained: dir must be a non-empty string");
-  const names = opts.adapterNames ?? Object.keys(m.peftConfig);
-  for (const n of names) if (!(n in m.peftConfig)) throw peftError("ERR_CONFIG", `savePretrained: unknown adapter "${n}"; this model has ${Object.keys(m.peftConfig).join(", ")}`);
-  await mkdir(dir, { recursive: true });
-  for (const name of names) {
-    const out = adapterDir(dir, name);
-    await mkdir(out, { recursive: true });
-    const sd = getPeftModelStateDict(m, { adapterName: name });
-    try {
-      await saveSafetensors(join(out, WEIGHTS_NAME), sd);
-    } finally {
-      for (const t of Object.values(sd)) t.dispose();
+  const known = m.peftConfig;
+  const requested = opts.adapterNames ?? Object.keys(known);
+  if (!Array.isArray(requested)) throw typeError("savePretrained: adapterNames must be an array of strings");
+  const names = [...new Set(requested.map((n) => checkAdapterNameForDir(n, known)))];
+
+  const plans: AdapterFiles[] = [];
+  try {
+    for (const name of names) {
+      // What is saved is an inference adapter (PEFT sets inference_mode on save).
+      const config = configFromJSON({ ...(known[name]!.toJSON() as object), inference_mode: true });
+      const plan: AdapterFiles = { dir: adapterDir(dir, name), config: configToJSONString(config), card: modelCard(config), tensors: {} };
+      plans.push(plan);
+      plan.tensors = getPeftModelStateDict(m, { adapterName: name });
+      checkTensorsWritable(join(plan.dir, WEIGHTS_NAME), plan.tensors);
     }
-    // What is saved is an inference adapter (PEFT sets inference_mode on save).
-    const config = configFromJSON({ ...(m.peftConfig[name].toJSON() as object), inference_mode: true });
-    await writeTextAtomic(join(out, CONFIG_NAME), configToJSONString(config));
-    await writeTextAtomic(join(out, "README.md"), modelCard(config));
+    await writeAll(plans);
+  } finally {
+    for (const p of plans) for (const t of Object.values(p.tensors)) t.dispose();
+  }
+}
+
+async function writeAll(plans: AdapterFiles[]): Promise<void> {
+  const created: { top: string; leaf: string }[] = [];
+  const pending: { tmp: string; dest: string }[] = [];
+  let renaming = false;
+  try {
+    for (const p of plans) {
+      const made = await mkdir(p.dir, { recursive: true });
+      if (made !== undefined) created.push({ top: resolve(made), leaf: resolve(p.dir) });
+    }
+    const configs: { tmp: string; dest: string }[] = [];
+    for (const p of plans) {
+      const weights = { tmp: tempBeside(join(p.dir, WEIGHTS_NAME)), dest: join(p.dir, WEIGHTS_NAME) };
+      pending.push(weights);
+      await saveSafetensors(weights.tmp, p.tensors);
+      const card = { tmp: tempBeside(join(p.dir, README_NAME)), dest: join(p.dir, README_NAME) };
+      pending.push(card);
+      await writeTextDurable(card.tmp, p.card);
+      const config = { tmp: tempBeside(join(p.dir, CONFIG_NAME)), dest: join(p.dir, CONFIG_NAME) };
+      pending.push(config);
+      configs.push(config);
+      await writeTextDurable(config.tmp, p.config);
+    }
+    // Weights and model cards first, configs last: a directory never shows new weights under no config.
+    const order = [...pending.filter((f) => !configs.includes(f)), ...configs];
+    renaming = true;
+    for (const f of order) {
+      await rename(f.tmp, f.dest);
+      pending.splice(pending.indexOf(f), 1);
+    }
+  } catch (e) {
+    await Promise.all(pending.map((f) => unlink(f.tmp).catch(() => {})));
+    // Directories this save created go again while empty (rmdir never removes a file), deepest first.
+    if (!renaming) {
+      for (const { top, leaf } of created.reverse()) {
+        for (let d = leaf; ; d = dirname(d)) {
+          if (!(await rmdir(d).then(() => true, () => false)) || d === top || d === dirname(d)) break;
+        }
+      }
+    }
+    throw e;
   }
 }
 
@@ -86,21 +189,110 @@ export async function readAdapterConfig(dir: string): Promise<PeftConfig> {
     throw peftError("ERR_CHECKPOINT", `${path}: not valid JSON (${(e as Error).message})`);
   }
   if (obj === null || typeof obj !== "object" || Array.isArray(obj)) throw peftError("ERR_CHECKPOINT", `${path}: expected a JSON object`);
-  return configFromJSON(obj);
+  checkConfigDepth(obj as Record<string, unknown>, path);
+  try {
+    return configFromJSON(obj);
+  } catch (e) {
+    // Name the file: the config's own messages name only the key.
+    if (e instanceof Error && typeof (e as { code?: unknown }).code === "string" && !e.message.includes(path)) {
+      e.message = `${path}: ${e.message}`;
+    }
+    throw e;
+  }
 }
 
-async function readAdapterWeights(dir: string): Promise<Record<string, Tensor>> {
+async function weightsPath(dir: string): Promise<string> {
   const path = join(dir, WEIGHTS_NAME);
   try {
     await stat(path);
   } catch {
     throw peftError("ERR_CHECKPOINT", `${dir}: no ${WEIGHTS_NAME} (only safetensors adapters are supported)`);
   }
-  return loadSafetensors(path);
+  return path;
 }
 
-async function loadWeightsInto(m: PeftModel, dir: string, adapterName: string): Promise<void> {
-  const sd = await readAdapterWeights(dir);
+/** (in, out) features of a module a LoRA layer wraps, when the screen can tell them. */
+function featuresOf(mod: unknown): [number, number] | null {
+  const base = mod instanceof LoraLayer ? mod.baseLayer : mod;
+  if (base instanceof Conv1D) return [base.nx, base.nf];
+  const f = base as { inFeatures?: unknown; outFeatures?: unknown };
+  return typeof f.inFeatures === "number" && typeof f.outFeatures === "number" ? [f.inFeatures, f.outFeatures] : null;
+}
+
+function shapeStr(s: readonly number[]): string {
+  return `[${s.join(", ")}]`;
+}
+
+/**
+ * Checks an adapter file's LoRA tensors against the config and the model from the file's header alone,
+ * before any adapter layer is allocated: each lora_A / lora_B must have the rank the config gives its
+ * module (r or its rank_pattern entry), and each module the config targets must have its tensors with the
+ * module's feature sizes. A config whose r disagrees with the weights would otherwise make the layers
+ * allocate (and initialise) whatever that r asks for before the shapes are compared.
+ */
+function checkLoraFile(model: Module, config: LoraConfig, file: string, modelType: string | undefined): void {
+  using f = openSafetensors(file);
+  const shapes = new Map<string, number[]>();
+  const withLoraKeys = new Set<string>();
+  for (const key of f.keys()) {
+    const at = key.indexOf(".lora_");
+    if (key.startsWith(PREFIX) && at > PREFIX.length) withLoraKeys.add(key.slice(PREFIX.length, at));
+    const m = /^base_model\.model\.(.+)\.lora_([AB])\.weight$/.exec(key);
+    if (!m) continue;
+    const [, path, which] = m as unknown as [string, string, "A" | "B"];
+    const shape = f.info(key).shape;
+    shapes.set(key, shape);
+    const want = config.rankFor(path);
+    const rank = shape.length >= 2 ? (which === "A" ? shape[0] : shape[1]) : undefined;
+    if (rank !== want) {
+      throw peftError(
+        "ERR_CHECKPOINT",
+        `${file}: ${key} has shape ${shapeStr(shape)}` +
+          (rank === undefined ? ", not a LoRA weight" : ` (rank ${rank})`) +
+          ` but the config gives ${path} r = ${want}`,
+      );
+    }
+  }
+
+  let targeted: string[];
+  try {
+    const effective =
+      config.targetModules === null ? new LoraConfig({ ...config, targetModules: defaultTargetModules("LORA", modelType) }) : config;
+    targeted = findTargetModules(model, effective, { ...loraMatchOptions(config), warn: false }).targeted;
+  } catch {
+    return; // the model's own matching reports this, before it allocates anything
+  }
+  for (const path of targeted) {
+    const r = config.rankFor(path);
+    const feats = featuresOf(model.getSubmodule(path));
+    const keyA = `${PREFIX}${path}.lora_A.weight`, keyB = `${PREFIX}${path}.lora_B.weight`;
+    const a = shapes.get(keyA), b = shapes.get(keyB);
+    if (!a && !b) {
+      if (withLoraKeys.has(path)) continue; // a custom layer's own parameter names
+      const expect = feats ? ` ${shapeStr([r, feats[0]])}, ${keyB} ${shapeStr([feats[1], r])}` : `, ${keyB}`;
+      throw peftError(
+        "ERR_CHECKPOINT",
+        `${file}: the checkpoint does not fit the model: the config targets ${path} (r = ${r}) but the file has no LoRA weights for it (missing: ${keyA}${expect})`,
+      );
+    }
+    if (!feats) continue;
+    for (const [key, got, want] of [[keyA, a, [r, feats[0]]], [keyB, b, [feats[1], r]]] as const) {
+      if (got && got.length === 2 && (got[0] !== want[0] || got[1] !== want[1])) {
+        throw peftError(
+          "ERR_CHECKPOINT",
+          `${file}: ${key} has shape ${shapeStr(got)} but ${path} needs ${shapeStr(want)} (${feats[0]} -> ${feats[1]} features, r = ${r})`,
+        );
+      }
+    }
+  }
+}
+
+async function checkFileFits(model: Module, config: PeftConfig, file: string, modelType?: string): Promise<void> {
+  if (config instanceof LoraConfig) checkLoraFile(model, config, file, modelType);
+}
+
+async function loadWeightsInto(m: PeftModel, file: string, adapterName: string): Promise<void> {
+  const sd = await loadSafetensors(file);
   try {
     setPeftModelStateDict(m, sd, { adapterName });
   } finally {
@@ -123,8 +315,10 @@ export async function fromPretrained(
   const adapterName = opts.adapterName ?? "default";
   const config = opts.config ?? (await readAdapterConfig(dir));
   if (config instanceof LoraConfig) config.inferenceMode = !opts.isTrainable;
+  const file = await weightsPath(dir);
+  await checkFileFits(model, config, file, opts.modelType);
   const m = new PeftModel(model, config, { adapterName, modelType: opts.modelType });
-  await loadWeightsInto(m, dir, adapterName);
+  await loadWeightsInto(m, file, adapterName);
   freezeForInference(m, adapterName, opts.isTrainable === true);
   return m;
 }
@@ -132,9 +326,14 @@ export async function fromPretrained(
 /** Adds an adapter saved in `dir` under `adapterName` (inactive until setAdapter, as in PEFT). */
 export async function loadAdapter(m: PeftModel, dir: string, adapterName: string, opts: { isTrainable?: boolean } = {}): Promise<void> {
   const config = await readAdapterConfig(dir);
+  const file = await weightsPath(dir);
+  if (typeof adapterName === "string" && Object.hasOwn(m.peftConfig, adapterName)) {
+    throw peftError("ERR_CONFIG", `Adapter with name ${adapterName} already exists.`);
+  }
+  await checkFileFits(m.baseModel.model, config, file);
   m.addAdapter(adapterName, config);
   try {
-    await loadWeightsInto(m, dir, adapterName);
+    await loadWeightsInto(m, file, adapterName);
   } catch (e) {
     m.deleteAdapter(adapterName);
     throw e;

@@ -147,6 +147,16 @@ export function optStringList(v: unknown, name: string): string[] | null {
   return stringArray(v, name);
 }
 
+/**
+ * modules_to_save: null or a list of module names. Matching splices each name into a regex unescaped
+ * (`(^|.*\.)name($|\..*)`, as PEFT does), so each must make a valid, safe pattern there.
+ */
+export function optModuleNames(v: unknown, name: string): string[] | null {
+  const list = optStringList(v, name);
+  list?.forEach((m, i) => regex(`(^|.*\\.)${m}($|\\..*)`, `${name}[${i}]`, "match"));
+  return list;
+}
+
 /** layers_to_transform: null, one layer index, or a list of them. */
 export function optLayerIndexes(v: unknown, name: string): number | number[] | null {
   if (v === null) return null;

@@ -23,7 +23,7 @@ const IA3_SPEC: ConfigSpec = {
     { key: "exclude_modules", check: check.optRegexOrNames },
     { key: "feedforward_modules", check: check.optRegexOrNames },
     { key: "fan_in_fan_out", check: check.bool },
-    { key: "modules_to_save", check: check.optStringList },
+    { key: "modules_to_save", check: check.optModuleNames },
     { key: "init_ia3_weights", check: check.bool },
   ],
   unsupported: [],

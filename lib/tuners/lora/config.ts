@@ -88,7 +88,7 @@ const LORA_SPEC: ConfigSpec = {
     { key: "fan_in_fan_out", check: check.bool },
     { key: "bias", check: check.oneOf<LoraBias>(["none", "all", "lora_only"]) },
     { key: "use_rslora", check: check.bool },
-    { key: "modules_to_save", check: check.optStringList },
+    { key: "modules_to_save", check: check.optModuleNames },
     { key: "init_lora_weights", check: checkInitLoraWeights },
     { key: "layers_to_transform", check: check.optLayerIndexes },
     { key: "layers_pattern", check: check.optLayersPattern },
