@@ -1,6 +1,8 @@
 #!/usr/bin/env node
 // The node-peft command: inspect checkpoints and adapter directories, merge a LoRA adapter into a base
-// checkpoint. User mistakes are one line on stderr and exit code 1 (2 for a malformed command line).
+// checkpoint. Every failure is one line on stderr, never a stack trace: exit code 1 (2 for a malformed
+// command line). Files may hold hundreds of thousands of tensors, so nothing here spreads a list into a
+// call's arguments.
 import { parseArgs } from "node:util";
 import { existsSync, statSync } from "node:fs";
 import { join } from "node:path";
@@ -37,17 +39,23 @@ function human(bytes: number): string {
   return `${u ? v.toFixed(1) : v} ${units[u]}`;
 }
 
-const ITEM: Record<string, number> = { F64: 8, F32: 4, F16: 2, BF16: 2, I64: 8, I32: 4, I16: 2, I8: 1, U64: 8, U32: 4, U16: 2, U8: 1, BOOL: 1 };
+const ITEM = new Map<string, number>([
+  ["F64", 8], ["F32", 4], ["F16", 2], ["BF16", 2], ["I64", 8], ["I32", 4], ["I16", 2], ["I8", 1],
+  ["U64", 8], ["U32", 4], ["U16", 2], ["U8", 1], ["BOOL", 1],
+]);
 
 function printTensors(path: string, out: (s: string) => void): void {
   using f = openCheckpoint(path);
   const rows = f.keys().map((k) => {
     const { dtype, shape } = f.info(k);
     const n = shape.reduce((a, b) => a * b, 1);
-    return { k, dtype, shape: `[${shape.join(", ")}]`, bytes: n * (ITEM[dtype] ?? 1) };
+    return { k, dtype, shape: `[${shape.join(", ")}]`, bytes: n * (ITEM.get(dtype) ?? 1) };
   });
-  const w = Math.max(4, ...rows.map((r) => r.k.length));
-  const ws = Math.max(5, ...rows.map((r) => r.shape.length));
+  let w = 4, ws = 5;
+  for (const r of rows) {
+    w = Math.max(w, r.k.length);
+    ws = Math.max(ws, r.shape.length);
+  }
   out(`${"name".padEnd(w)}  dtype  ${"shape".padEnd(ws)}  size`);
   for (const r of rows) out(`${r.k.padEnd(w)}  ${r.dtype.padEnd(5)}  ${r.shape.padEnd(ws)}  ${human(r.bytes)}`);
   const total = rows.reduce((a, r) => a + r.bytes, 0);
@@ -67,7 +75,7 @@ async function inspect(target: string, out: (s: string) => void): Promise<void> 
     out(`adapter: ${target}`);
     out(`  peft_type       ${c.peft_type}`);
     for (const k of ["task_type", "r", "lora_alpha", "lora_dropout", "use_rslora", "bias", "fan_in_fan_out", "target_modules", "modules_to_save", "feedforward_modules", "base_model_name_or_path"])
-      if (k in c && c[k] !== null && c[k] !== undefined) out(`  ${k.padEnd(15)} ${JSON.stringify(c[k])}`);
+      if (Object.hasOwn(c, k) && c[k] !== null && c[k] !== undefined) out(`  ${k.padEnd(15)} ${JSON.stringify(c[k])}`);
     const weights = join(target, WEIGHTS_NAME);
     if (!existsSync(weights)) throw new PeftError("ERR_CHECKPOINT", `${target}: no ${WEIGHTS_NAME}`);
     out("");
@@ -128,10 +136,15 @@ export async function main(argv: string[]): Promise<number> {
     (values.help ? console.log : console.error)(HELP);
     return values.help ? 0 : 2;
   }
+  const stdout = new LineWriter();
   try {
     if (cmd === "inspect") {
       if (rest.length !== 1) throw new UsageError("inspect: expected one file or directory");
-      await inspect(rest[0], (s) => console.log(s));
+      try {
+        await inspect(rest[0], (s) => stdout.line(s));
+      } finally {
+        stdout.flush();
+      }
     } else if (cmd === "merge") {
       if (rest.length) throw new UsageError(`merge: unexpected argument ${rest[0]}`);
       await merge(values);
@@ -141,18 +154,61 @@ export async function main(argv: string[]): Promise<number> {
     }
     return 0;
   } catch (e) {
-    if (e instanceof UsageError || e instanceof PeftError || (e as { code?: string }).code?.startsWith?.("ERR_")) {
-      console.error(`node-peft: ${(e as Error).message}`);
-      return 1;
-    }
-    if ((e as NodeJS.ErrnoException).syscall) {
-      console.error(`node-peft: ${(e as Error).message}`);
-      return 1;
-    }
-    throw e;
+    console.error(errorLine(e));
+    return 1;
+  }
+}
+
+/** Lines to stdout in batches (one write per thousand lines rather than one per line). */
+class LineWriter {
+  #lines: string[] = [];
+  line(s: string): void {
+    this.#lines.push(s);
+    if (this.#lines.length >= 1000) this.flush();
+  }
+  flush(): void {
+    if (this.#lines.length === 0) return;
+    const text = this.#lines.join("\n") + "\n";
+    this.#lines = [];
+    process.stdout.write(text);
+  }
+}
+
+/**
+ * One line for any error: the message of the errors this command expects (usage, PeftError, ERR_* codes,
+ * file-system errors); anything else is an unexpected error, shown with its type and code, still without
+ * a stack trace.
+ */
+export function errorLine(e: unknown): string {
+  const err = e instanceof Error ? e : null;
+  const code = (e as { code?: unknown } | null)?.code;
+  const message = (err ? String(err.message) : printable(e)).replace(/\s*[\r\n]+\s*/g, " ").trim() || "(no message)";
+  const expected =
+    e instanceof UsageError || e instanceof PeftError || (typeof code === "string" && code.startsWith("ERR_")) ||
+    typeof (e as NodeJS.ErrnoException | null)?.syscall === "string";
+  if (expected) return `node-peft: ${message}`;
+  const kind = err ? err.name || "Error" : typeof e;
+  return `node-peft: unexpected error: ${kind}: ${message}${code !== undefined ? ` (code ${String(code)})` : ""}`;
+}
+
+function printable(v: unknown): string {
+  try {
+    return String(v);
+  } catch {
+    return Object.prototype.toString.call(v);
   }
 }
 
 // Run when executed as the command (not when imported by tests).
 const invoked = process.argv[1] && /(^|[/\\])(cli\.(js|ts)|node-peft)$/.test(process.argv[1]);
-if (invoked) main(process.argv.slice(2)).then((code) => (process.exitCode = code));
+if (invoked) {
+  const fail = (e: unknown) => {
+    console.error(errorLine(e));
+    process.exit(1);
+  };
+  process.on("uncaughtException", fail);
+  process.on("unhandledRejection", fail);
+  // `node-peft inspect big.safetensors | head` closes stdout early: that is not an error.
+  process.stdout.on("error", (e: NodeJS.ErrnoException) => (e.code === "EPIPE" ? process.exit(0) : fail(e)));
+  main(process.argv.slice(2)).then((code) => (process.exitCode = code), fail);
+}

@@ -1,7 +1,7 @@
 // Merging a PEFT LoRA adapter into a base checkpoint, tensor by tensor (memory bounded by the largest
 // tensor): W' = W + scale·B·A (transposed for fan_in_fan_out) for targeted weights, saved modules and
 // saved biases replace their base tensors, everything else is copied; the output is one safetensors file.
-import { existsSync } from "node:fs";
+import { existsSync, realpathSync, statSync } from "node:fs";
 import { join } from "node:path";
 import { peftError } from "../errors.js";
 import { Tensor, type DType } from "../tensor.js";
@@ -9,7 +9,8 @@ import { LoraConfig } from "../tuners/lora/config.js";
 import { applyLoraDeltas } from "../tuners/lora/delta.js";
 import { openCheckpoint } from "./checkpoint-source.js";
 import { readAdapterConfig, WEIGHTS_NAME } from "./peft-checkpoint.js";
-import { loadSafetensorsSync } from "./index.js";
+import { CONFIG_NAME } from "../tuners/config.js";
+import { loadSafetensorsSync, openSharded } from "./index.js";
 import { SafetensorsStreamWriter, type TensorSpec } from "./safetensors-stream.js";
 
 const PREFIX = "base_model.model.";
@@ -73,8 +74,58 @@ function storedInOut(key: string, shape: readonly number[], d: { A: Tensor; B: T
   throw peftError("ERR_SHAPE", `"${key}" has shape [${shape}] but the adapter maps ${inF} -> ${outF} features`);
 }
 
-/** Merges and writes `out` (refused when it exists, unless `force`); tensor work is synchronous and bounded. */
+/** The files a merge reads: the base (index and every shard) and the adapter's weights and config. */
+function mergeInputs(opts: MergeCheckpointOptions): { path: string; what: string }[] {
+  const inputs = [
+    { path: join(opts.adapter, WEIGHTS_NAME), what: "the adapter's weights" },
+    { path: join(opts.adapter, CONFIG_NAME), what: "the adapter's config" },
+    { path: opts.adapter, what: "the adapter directory" },
+  ];
+  if (opts.base.endsWith(".json")) {
+    inputs.push({ path: opts.base, what: "the base checkpoint's index" });
+    using s = openSharded(opts.base);
+    for (const shard of s.shards()) inputs.push({ path: shard, what: "a shard of the base checkpoint" });
+  } else {
+    inputs.push({ path: opts.base, what: "the base checkpoint" });
+  }
+  return inputs;
+}
+
+/** Device and inode of what `path` names (through symlinks), or null when nothing is there. */
+function identity(path: string): { dev: number; ino: number; real: string } | null {
+  try {
+    const st = statSync(path);
+    return { dev: st.dev, ino: st.ino, real: realpathSync(path) };
+  } catch {
+    return null;
+  }
+}
+
+/**
+ * Refuses an output that is one of the merge's inputs, whatever path leads to it (relative, through
+ * symlinks, a hard link): the merge reads the inputs while it writes, and --force must never turn a merge
+ * into the loss of the base or the adapter.
+ */
+function refuseInputAsOutput(opts: MergeCheckpointOptions): void {
+  const out = identity(opts.out);
+  if (!out) return; // nothing there yet, so it is none of the inputs (they all exist)
+  for (const input of mergeInputs(opts)) {
+    const id = identity(input.path);
+    if (id && ((id.dev === out.dev && id.ino === out.ino) || id.real === out.real)) {
+      throw peftError(
+        "ERR_CHECKPOINT",
+        `--out ${opts.out} is ${input.what} (${input.path}); write the merged model to another file (refused even with --force)`,
+      );
+    }
+  }
+}
+
+/**
+ * Merges and writes `out` (refused when it exists, unless `force`, and always when it is one of the
+ * inputs); tensor work is synchronous and bounded.
+ */
 export async function mergeCheckpoint(opts: MergeCheckpointOptions): Promise<MergeSummary> {
+  refuseInputAsOutput(opts);
   if (existsSync(opts.out) && !opts.force) throw peftError("ERR_CHECKPOINT", `${opts.out} exists; pass --force to overwrite it`);
   const config = await readAdapterConfig(opts.adapter);
   if (!(config instanceof LoraConfig))
@@ -99,7 +150,7 @@ function runMerge(opts: MergeCheckpointOptions, config: LoraConfig, adapterTenso
     throw peftError("ERR_CHECKPOINT", `${opts.adapter}: ${unused.length} adapter tensors have no base tensor in ${opts.base}: ${unused.slice(0, 5).join(", ")}`);
   const specs: TensorSpec[] = keys.map((k) => {
     const info = src.info(k);
-    const dt = FILE_TO_DTYPE[info.dtype];
+    const dt = Object.hasOwn(FILE_TO_DTYPE, info.dtype) ? FILE_TO_DTYPE[info.dtype] : undefined;
     if (!dt) throw peftError("ERR_DTYPE", `${opts.base}: "${k}" is ${info.dtype}, which this merge cannot write`);
     return { name: k, shape: info.shape, dtype: opts.dtype && FLOATS.has(dt) ? opts.dtype : dt };
   });
