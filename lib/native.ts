@@ -103,13 +103,15 @@ const candidates: [string, string][] = [
   ["cmake-js", join(root, "build-cmake", "Release", "node_peft.node")],
   ["node-gyp", join(root, "build", "Release", "node_peft.node")],
 ];
+// The sanitizer build (scripts/test-asan.sh) is loaded only when asked for by name.
+const sanitized: [string, string] = ["asan", join(root, "build-asan", "Release", "node_peft.node")];
 
 function load(): { addon: NativeAddon; path: string } {
   const require = createRequire(import.meta.url);
-  // NODE_PEFT_BUILD=node-gyp|cmake-js picks one build (tests of the node-gyp build use it).
+  // NODE_PEFT_BUILD=node-gyp|cmake-js|asan picks one build (tests of the node-gyp build use it).
   const want = process.env.NODE_PEFT_BUILD;
   const tried: string[] = [];
-  for (const [name, path] of candidates) {
+  for (const [name, path] of want === "asan" ? [sanitized] : candidates) {
     if (want && want !== name) continue;
     if (!existsSync(path)) {
       tried.push(`${path} (not built)`);

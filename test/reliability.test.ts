@@ -224,8 +224,11 @@ describe("state-dict loads check everything before copying anything", () => {
   });
 });
 
+// ASan keeps freed memory in quarantine, so RSS says nothing about leaks in the sanitizer build.
+const rssMeaningful = process.env.NODE_PEFT_BUILD !== "asan";
+
 describe("after dispose() nothing native stays behind", () => {
-  it("200k Tensor.zeros([1]).dispose() in a synchronous loop grow RSS by < 20 MB (child process)", () => {
+  it.runIf(rssMeaningful)("200k Tensor.zeros([1]).dispose() in a synchronous loop grow RSS by < 20 MB (child process)", () => {
     const r = runNode(`
       import { Tensor } from ${JSON.stringify(distIndex)};
       for (let i = 0; i < 20000; i++) Tensor.zeros([1]).dispose();
@@ -236,7 +239,7 @@ describe("after dispose() nothing native stays behind", () => {
     expect(Number(r.stdout)).toBeLessThan(20);
   });
 
-  it("a synchronous LoRA training loop that disposes what it makes grows RSS by < 20 MB over 20k steps", () => {
+  it.runIf(rssMeaningful)("a synchronous LoRA training loop that disposes what it makes grows RSS by < 20 MB over 20k steps", () => {
     const r = runNode(`
       import { Tensor, getPeftModel, LoraConfig, AdamW, nllLoss, Module, Sequential, Linear, ReLU, LogSoftmax } from ${JSON.stringify(distIndex)};
       class MLP extends Module {
