@@ -1,6 +1,9 @@
 // A strict JSON parser over UTF-8 bytes. JSON.parse keeps the last of duplicate names and rounds integers
 // beyond 2^53; in a file header either would let two readers see different tensors, so this parser rejects
 // both. It returns a tree that remembers each value's byte position, so callers can point at the culprit.
+// JsonReader's pieces (skip, numberValue, string) also serve parsers that walk a known document shape
+// without building a tree (the safetensors header), and fail with the same errors at the same bytes.
+import { isUtf8 } from "node:buffer";
 
 /** A JSON value with its byte offset in the input. Objects keep their key order. */
 export type JsonNode =
@@ -20,9 +23,20 @@ export class JsonSyntaxError extends Error {
 }
 
 // Nesting deeper than this is refused: recursion on hostile input must not exhaust the stack.
-const MAX_DEPTH = 128;
+const MAX_JSON_DEPTH = 128;
 
-const utf8 = new TextDecoder("utf-8", { fatal: true });
+const FNV_OFFSET = 0x811c9dc5 | 0;
+const FNV_PRIME = 16777619;
+
+/** FNV-1a over a string's UTF-16 code units (for hash tables of names read by JsonReader.string). */
+export function stringHash(s: string): number {
+  let h = FNV_OFFSET;
+  for (let i = 0; i < s.length; i++) h = Math.imul(h ^ s.charCodeAt(i), FNV_PRIME);
+  return h;
+}
+
+/** The kind of a JSON value, as JsonNode names it. */
+export type JsonKind = JsonNode["kind"];
 
 /** Byte offset of the first byte that is not part of valid UTF-8 (overlongs and surrogates count), or -1. */
 export function firstInvalidUtf8(b: Uint8Array): number {
@@ -48,34 +62,47 @@ export function firstInvalidUtf8(b: Uint8Array): number {
 
 /** Parses one JSON value filling the whole input (whitespace around it allowed). */
 export function parseJsonStrict(bytes: Uint8Array): JsonNode {
-  try {
-    utf8.decode(bytes);
-  } catch {
-    throw new JsonSyntaxError("invalid UTF-8", firstInvalidUtf8(bytes));
-  }
-  return new Parser(bytes).document();
+  checkUtf8(bytes);
+  const r = new JsonReader(bytes);
+  const v = r.value(0);
+  r.end();
+  return v;
 }
 
-class Parser {
-  private i = 0;
+/** Throws the parser's error for input that is not valid UTF-8 (checked without decoding it). */
+export function checkUtf8(bytes: Uint8Array): void {
+  if (!isUtf8(bytes)) throw new JsonSyntaxError("invalid UTF-8", firstInvalidUtf8(bytes));
+}
+
+/**
+ * A cursor over valid UTF-8 JSON bytes (see checkUtf8). `value` builds a tree; `skip` checks a value with the
+ * same rules and errors but keeps nothing, so a caller walking a known shape pays only for what it keeps.
+ * `depth` is the nesting level of the container the value sits in (0 for the document).
+ */
+export class JsonReader {
+  /** The read position (a byte offset). */
+  i = 0;
+  /** Set by numberValue: whether the number had neither fraction nor exponent. */
+  integer = true;
+  /** Set by string: stringHash of the string read. */
+  hash = 0;
   private readonly text: Buffer;
 
-  constructor(private readonly b: Uint8Array) {
+  constructor(readonly b: Uint8Array) {
     this.text = Buffer.from(b.buffer, b.byteOffset, b.byteLength);
   }
 
-  document(): JsonNode {
-    const v = this.value(0);
+  /** After the document's value: only whitespace may follow. */
+  end(): void {
     this.ws();
     if (this.i < this.b.length) this.fail("unexpected data after the JSON value");
-    return v;
   }
 
-  private fail(reason: string, pos = this.i): never {
+  fail(reason: string, pos = this.i): never {
     throw new JsonSyntaxError(reason, pos);
   }
 
-  private ws(): void {
+  ws(): void {
     const b = this.b;
     while (this.i < b.length) {
       const c = b[this.i];
@@ -84,7 +111,7 @@ class Parser {
     }
   }
 
-  private value(depth: number): JsonNode {
+  value(depth: number): JsonNode {
     this.ws();
     const pos = this.i;
     const c = this.b[pos];
@@ -92,10 +119,39 @@ class Parser {
     if (c === 0x7b) return this.object(depth + 1);
     if (c === 0x5b) return this.array(depth + 1);
     if (c === 0x22) return { kind: "string", pos, value: this.string() };
-    if (c === 0x2d || (c >= 0x30 && c <= 0x39)) return this.number();
+    if (c === 0x2d || (c >= 0x30 && c <= 0x39)) {
+      const value = this.numberValue();
+      return { kind: "number", pos, value, integer: this.integer };
+    }
     if (this.word("true")) return { kind: "boolean", pos, value: true };
     if (this.word("false")) return { kind: "boolean", pos, value: false };
     if (this.word("null")) return { kind: "null", pos };
+    return this.fail(`unexpected character ${describeByte(c)}`);
+  }
+
+  /** Checks one value exactly as `value` would, failing at the same byte, and returns only its kind. */
+  skip(depth: number): JsonKind {
+    this.ws();
+    const c = this.b[this.i];
+    if (c === undefined) this.fail("unexpected end of input");
+    if (c === 0x7b) {
+      this.skipObject(depth + 1);
+      return "object";
+    }
+    if (c === 0x5b) {
+      this.skipArray(depth + 1);
+      return "array";
+    }
+    if (c === 0x22) {
+      this.string();
+      return "string";
+    }
+    if (c === 0x2d || (c >= 0x30 && c <= 0x39)) {
+      this.numberValue();
+      return "number";
+    }
+    if (this.word("true") || this.word("false")) return "boolean";
+    if (this.word("null")) return "null";
     return this.fail(`unexpected character ${describeByte(c)}`);
   }
 
@@ -105,40 +161,98 @@ class Parser {
     return true;
   }
 
-  private expect(c: number, what: string): void {
+  expect(c: number, what: string): void {
     this.ws();
     if (this.b[this.i] !== c) this.fail(this.i < this.b.length ? `expected ${what}` : `unexpected end of input, expected ${what}`);
     this.i++;
   }
 
   private object(depth: number): JsonNode {
-    if (depth > MAX_DEPTH) this.fail(`nesting deeper than ${MAX_DEPTH}`);
+    if (depth > MAX_JSON_DEPTH) this.fail(`nesting deeper than ${MAX_JSON_DEPTH}`);
     const pos = this.i++;
     const entries = new Map<string, JsonNode>();
-    // Key positions, in order, only to point at the first of two duplicate keys.
-    const keyPos: number[] = [];
-    this.ws();
-    if (this.b[this.i] === 0x7d) { this.i++; return { kind: "object", pos, entries }; }
-    for (;;) {
-      this.ws();
+    if (this.objectEmpty()) return { kind: "object", pos, entries };
+    do {
       const kp = this.i;
-      if (this.b[kp] !== 0x22) this.fail(kp < this.b.length ? "expected a string key" : "unexpected end of input, expected a string key");
-      const key = this.string();
-      if (entries.has(key))
-        this.fail(`duplicate key ${JSON.stringify(key)} (first at byte ${keyPos[[...entries.keys()].indexOf(key)]})`, kp);
+      const key = this.key();
+      if (entries.has(key)) this.duplicateKey(pos, depth, key, kp);
       this.expect(0x3a, "':'");
       entries.set(key, this.value(depth));
-      keyPos.push(kp);
-      this.ws();
-      const c = this.b[this.i];
-      if (c === 0x2c) { this.i++; continue; }
-      if (c === 0x7d) { this.i++; return { kind: "object", pos, entries }; }
-      this.fail(c === undefined ? "unexpected end of input in an object" : "expected ',' or '}'");
+    } while (this.objectNext());
+    return { kind: "object", pos, entries };
+  }
+
+  private skipObject(depth: number): void {
+    if (depth > MAX_JSON_DEPTH) this.fail(`nesting deeper than ${MAX_JSON_DEPTH}`);
+    const pos = this.i++;
+    if (this.objectEmpty()) return;
+    const keys = new Set<string>();
+    do {
+      const kp = this.i;
+      const key = this.key();
+      if (keys.has(key)) this.duplicateKey(pos, depth, key, kp);
+      keys.add(key);
+      this.expect(0x3a, "':'");
+      this.skip(depth);
+    } while (this.objectNext());
+  }
+
+  // The pieces of an object, for parsers that keep its members their own way. Use: `{` consumed; if
+  // objectEmpty() it is done; else repeat { key(), expect ':', a value } while objectNext().
+
+  /** After '{': consumes '}' of an empty object and says so; otherwise stops at the first key. */
+  objectEmpty(): boolean {
+    this.ws();
+    if (this.b[this.i] === 0x7d) {
+      this.i++;
+      return true;
     }
+    this.ws();
+    return false;
+  }
+
+  /** Reads a member's key (the position is at its opening quote, after whitespace). */
+  key(): string {
+    if (this.b[this.i] !== 0x22) this.fail(this.i < this.b.length ? "expected a string key" : "unexpected end of input, expected a string key");
+    return this.string();
+  }
+
+  /** After a member's value: true at ',' (and moves to the next key), false at '}' (consumed). */
+  objectNext(): boolean {
+    this.ws();
+    const c = this.b[this.i];
+    if (c === 0x2c) {
+      this.i++;
+      this.ws();
+      return true;
+    }
+    if (c === 0x7d) {
+      this.i++;
+      return false;
+    }
+    return this.fail(c === undefined ? "unexpected end of input in an object" : "expected ',' or '}'");
+  }
+
+  /**
+   * Fails on a repeated key at `kp` of the object at `objPos`. Where the first occurrence was is found only
+   * now, by walking the object again (already checked up to `kp`), so objects need not record key positions.
+   */
+  duplicateKey(objPos: number, depth: number, key: string, kp: number): never {
+    this.i = objPos + 1;
+    this.ws();
+    let first = this.i;
+    while (this.i < kp) {
+      first = this.i;
+      if (this.string() === key) break;
+      this.expect(0x3a, "':'");
+      this.skip(depth);
+      this.objectNext();
+    }
+    return this.fail(`duplicate key ${JSON.stringify(key)} (first at byte ${first})`, kp);
   }
 
   private array(depth: number): JsonNode {
-    if (depth > MAX_DEPTH) this.fail(`nesting deeper than ${MAX_DEPTH}`);
+    if (depth > MAX_JSON_DEPTH) this.fail(`nesting deeper than ${MAX_JSON_DEPTH}`);
     const pos = this.i++;
     const items: JsonNode[] = [];
     this.ws();
@@ -153,21 +267,67 @@ class Parser {
     }
   }
 
-  // The input is known-valid UTF-8, so runs without escapes decode straight from the bytes.
-  private string(): string {
+  private skipArray(depth: number): void {
+    if (this.arrayEmpty(depth)) return;
+    do this.skip(depth);
+    while (this.arrayNext());
+  }
+
+  /** At '[': consumes it (checking depth, the array's own level) and, for an empty array, ']' too. */
+  arrayEmpty(depth: number): boolean {
+    if (depth > MAX_JSON_DEPTH) this.fail(`nesting deeper than ${MAX_JSON_DEPTH}`);
+    this.i++;
+    this.ws();
+    if (this.b[this.i] === 0x5d) {
+      this.i++;
+      return true;
+    }
+    return false;
+  }
+
+  /** After an item: true at ',' (consumed), false at ']' (consumed). */
+  arrayNext(): boolean {
+    this.ws();
+    const c = this.b[this.i];
+    if (c === 0x2c) {
+      this.i++;
+      return true;
+    }
+    if (c === 0x5d) {
+      this.i++;
+      return false;
+    }
+    return this.fail(c === undefined ? "unexpected end of input in an array" : "expected ',' or ']'");
+  }
+
+  /**
+   * Reads a string (the position is at its opening quote). The input is known-valid UTF-8, so runs without
+   * escapes decode straight from the bytes.
+   */
+  string(): string {
     const b = this.b;
     const start = this.i++;
     let out = "";
     let run = this.i;
+    // An ASCII string without escapes is hashed on the way (its bytes are its code units); others after.
+    let h = FNV_OFFSET;
+    let ascii = true;
     for (;;) {
       const c = b[this.i];
       if (c === undefined) this.fail("unterminated string", start);
       if (c === 0x22) {
         out += this.text.toString("utf8", run, this.i++);
+        this.hash = ascii ? h : stringHash(out);
         return out;
       }
       if (c < 0x20) this.fail(`unescaped control character ${describeByte(c)} in a string`);
-      if (c !== 0x5c) { this.i++; continue; }
+      if (c !== 0x5c) {
+        h = Math.imul(h ^ c, FNV_PRIME);
+        if (c >= 0x80) ascii = false;
+        this.i++;
+        continue;
+      }
+      ascii = false;
       out += this.text.toString("utf8", run, this.i);
       out += this.escape();
       run = this.i;
@@ -212,42 +372,47 @@ class Parser {
     return v;
   }
 
-  private number(): JsonNode {
+  /** Reads a number (the position is at its first character) and sets `integer`. */
+  numberValue(): number {
     const b = this.b;
     const pos = this.i;
-    const digits = (): number => {
-      const s = this.i;
-      while (this.i < b.length && b[this.i]! >= 0x30 && b[this.i]! <= 0x39) this.i++;
-      return this.i - s;
-    };
     if (b[this.i] === 0x2d) this.i++;
     const intStart = this.i;
-    if (digits() === 0) this.fail("expected a digit");
+    if (this.digits() === 0) this.fail("expected a digit");
     if (b[intStart] === 0x30 && this.i - intStart > 1) this.fail("leading zero in a number", intStart);
     let integer = true;
     if (b[this.i] === 0x2e) {
       this.i++;
       integer = false;
-      if (digits() === 0) this.fail("expected a digit after '.'");
+      if (this.digits() === 0) this.fail("expected a digit after '.'");
     }
     if (b[this.i] === 0x65 || b[this.i] === 0x45) {
       this.i++;
       integer = false;
       if (b[this.i] === 0x2b || b[this.i] === 0x2d) this.i++;
-      if (digits() === 0) this.fail("expected a digit in the exponent");
+      if (this.digits() === 0) this.fail("expected a digit in the exponent");
     }
     // Short integers (most of a header) are summed digit by digit; anything else goes through Number().
     if (integer && this.i - intStart <= 15) {
       let value = 0;
       for (let k = intStart; k < this.i; k++) value = value * 10 + (b[k]! - 0x30);
-      return { kind: "number", pos, value: b[pos] === 0x2d ? -value : value, integer };
+      this.integer = true;
+      return b[pos] === 0x2d ? -value : value;
     }
     const raw = this.text.toString("latin1", pos, this.i);
     const value = Number(raw);
     if (integer && !Number.isSafeInteger(value))
       this.fail(`integer ${raw} is not exactly representable (outside ±(2^53-1))`, pos);
     if (!Number.isFinite(value)) this.fail(`number ${raw} is out of range`, pos);
-    return { kind: "number", pos, value, integer };
+    this.integer = integer;
+    return value;
+  }
+
+  private digits(): number {
+    const b = this.b;
+    const s = this.i;
+    while (this.i < b.length && b[this.i]! >= 0x30 && b[this.i]! <= 0x39) this.i++;
+    return this.i - s;
   }
 }
 

@@ -6,9 +6,7 @@ import { closeSync, fstatSync, openSync } from "node:fs";
 import { open, type FileHandle } from "node:fs/promises";
 import { Tensor } from "../tensor.js";
 import { checkPath, readFully, readFullySync, runAsync, runSync, type IoPlan } from "./file-io.js";
-import {
-  checkHeaderLength, compareUtf8, define, formatError, parseLayout, type Layout, type TensorEntry,
-} from "./safetensors-format.js";
+import { checkHeaderLength, formatError, parseLayout, recordOf, type Layout } from "./safetensors-format.js";
 
 /** A safetensors file open for lazy reads. Tensors it returns stay valid after close(). */
 export interface SafetensorsFile extends Disposable {
@@ -33,36 +31,35 @@ export function* headerPlan(fileSize: number, file: string): IoPlan<Layout> {
   return parseLayout(header, fileSize, file);
 }
 
-function checkLoadable(e: TensorEntry, file: string): void {
-  if (e.tensorDType === null)
-    throw formatError(file, `dtype ${e.dtype} has no Tensor dtype; read its raw bytes with getBytes()`, e.name);
+function checkLoadable(layout: Layout, t: number, file: string): void {
+  if (layout.tensorDType(t) === null)
+    throw formatError(file, `dtype ${layout.dtype(t)} has no Tensor dtype; read its raw bytes with getBytes()`, layout.names[t]);
 }
 
-// A fresh tensor and the writable zero-copy view of its storage that the read fills.
-function allocFor(e: TensorEntry, file: string): { tensor: Tensor; target: Uint8Array } {
-  checkLoadable(e, file);
+// A fresh tensor (and, unless it is empty, the writable zero-copy view of its storage that the read fills).
+function allocFor(layout: Layout, t: number, file: string): { tensor: Tensor; target: Uint8Array | null } {
+  checkLoadable(layout, t, file);
+  const empty = layout.byteLength(t) === 0;
   // Faulting fresh pages in is most of a read from the page cache; the pool does it on every core first.
-  const tensor = Tensor.zeros(e.shape, { dtype: e.tensorDType!, touch: true });
-  return { tensor, target: tensor.bytes({ writable: true }) };
+  const tensor = Tensor.zeros(layout.shape(t), { dtype: layout.tensorDType(t)!, touch: !empty });
+  return { tensor, target: empty ? null : tensor.bytes({ writable: true }) };
 }
 
 /** Reads every tensor of a validated layout, in file order; keyed by name in sorted order. */
 export function* tensorsPlan(layout: Layout, file: string): IoPlan<Record<string, Tensor>> {
-  for (const e of layout.ordered) checkLoadable(e, file);
-  const made = new Map<string, Tensor>();
+  for (const t of layout.dataOrder()) checkLoadable(layout, t, file);
+  const made: (Tensor | undefined)[] = new Array(layout.count);
   try {
-    for (const e of layout.ordered) {
-      const { tensor, target } = allocFor(e, file);
-      made.set(e.name, tensor);
-      if (target.length) yield { buf: target, pos: e.offset };
+    for (const t of layout.dataOrder()) {
+      const { tensor, target } = allocFor(layout, t, file);
+      made[t] = tensor;
+      if (target) yield { buf: target, pos: layout.offset(t) };
     }
   } catch (err) {
-    for (const t of made.values()) t.dispose();
+    for (const t of made) t?.dispose();
     throw err;
   }
-  const out: Record<string, Tensor> = {};
-  for (const name of [...made.keys()].sort(compareUtf8)) define(out, name, made.get(name)!);
-  return out;
+  return recordOf(layout.sortedNames(), (name) => made[layout.find(name)!]!);
 }
 
 /** Opens a file and reads and validates its header; the file is closed again if that fails. */
@@ -115,12 +112,23 @@ export function openSafetensors(path: string): SafetensorsFile {
   return new LazyFile(file, fd, layout);
 }
 
+// A handle dropped without close() would keep its descriptor until the process exits (and enough of them
+// end in EMFILE); the descriptor is closed when the handle is collected instead. close() unregisters it, so
+// a descriptor number reused after close() is never closed twice.
+const dropped = new FinalizationRegistry<number>((fd) => {
+  try {
+    closeSync(fd);
+  } catch {
+    /* nothing to report to */
+  }
+});
+
 class LazyFile implements SafetensorsFile {
   #fd: number | null;
-  #names: string[] | undefined;
 
   constructor(readonly path: string, fd: number, private readonly layout: Layout) {
     this.#fd = fd;
+    dropped.register(this, fd, this);
   }
 
   private fd(): number {
@@ -128,16 +136,16 @@ class LazyFile implements SafetensorsFile {
     return this.#fd;
   }
 
-  private entry(name: string): TensorEntry {
+  private entry(name: string): number {
     this.fd();
-    const e = typeof name === "string" ? this.layout.tensors.get(name) : undefined;
-    if (!e) throw formatError(this.path, `no tensor named ${JSON.stringify(name)}; ${available(this.keys(), String(name))}`);
-    return e;
+    const t = this.layout.find(name);
+    if (t === undefined) throw formatError(this.path, `no tensor named ${JSON.stringify(name)}; ${available(this.keys(), String(name))}`);
+    return t;
   }
 
   keys(): string[] {
     this.fd();
-    return [...(this.#names ??= [...this.layout.tensors.keys()].sort(compareUtf8))];
+    return this.layout.sortedNames().slice();
   }
 
   metadata(): Record<string, string> {
@@ -146,15 +154,15 @@ class LazyFile implements SafetensorsFile {
   }
 
   info(name: string): { dtype: string; shape: number[] } {
-    const e = this.entry(name);
-    return { dtype: e.dtype, shape: [...e.shape] };
+    const t = this.entry(name);
+    return { dtype: this.layout.dtype(t), shape: this.layout.shape(t) };
   }
 
   get(name: string): Tensor {
-    const e = this.entry(name);
-    const { tensor, target } = allocFor(e, this.path);
+    const t = this.entry(name);
+    const { tensor, target } = allocFor(this.layout, t, this.path);
     try {
-      readFullySync(this.fd(), target, e.offset, this.path);
+      if (target) readFullySync(this.fd(), target, this.layout.offset(t), this.path);
     } catch (err) {
       tensor.dispose();
       throw err;
@@ -163,9 +171,9 @@ class LazyFile implements SafetensorsFile {
   }
 
   getBytes(name: string): Buffer {
-    const e = this.entry(name);
-    const out = Buffer.allocUnsafe(e.byteLength);
-    readFullySync(this.fd(), out, e.offset, this.path);
+    const t = this.entry(name);
+    const out = Buffer.allocUnsafe(this.layout.byteLength(t));
+    readFullySync(this.fd(), out, this.layout.offset(t), this.path);
     return out;
   }
 
@@ -173,6 +181,7 @@ class LazyFile implements SafetensorsFile {
     if (this.#fd === null) return;
     const fd = this.#fd;
     this.#fd = null;
+    dropped.unregister(this);
     closeSync(fd);
   }
 

@@ -7,7 +7,7 @@ import { dirname, isAbsolute, relative, resolve } from "node:path";
 import type { Tensor } from "../tensor.js";
 import { checkPath } from "./file-io.js";
 import { JsonSyntaxError, parseJsonStrict, type JsonNode } from "./json-strict.js";
-import { compareUtf8, define, formatError, type Layout } from "./safetensors-format.js";
+import { compareUtf8, define, formatError, recordOf, sortNames, type Layout } from "./safetensors-format.js";
 import { available, openSafetensors, readHeaderAsync, readTensorsAsync, type SafetensorsFile } from "./safetensors-read.js";
 
 /** A sharded checkpoint open for lazy reads; tensors it returns stay valid after close(). */
@@ -134,7 +134,7 @@ export async function loadShardedSafetensors(indexPath: string): Promise<Record<
       opened.push(h);
       shards.set(shard, { h, layout: await readHeaderAsync(h, shard) });
     }
-    crossCheck(index, new Map([...shards].map(([s, { layout }]) => [s, layout.tensors.keys()])), file);
+    crossCheck(index, new Map([...shards].map(([s, { layout }]) => [s, layout.names])), file);
     for (const [shard, { h, layout }] of shards)
       for (const [k, t] of Object.entries(await readTensorsAsync(h, layout, shard))) loaded.set(k, t);
   } catch (e) {
@@ -143,13 +143,12 @@ export async function loadShardedSafetensors(indexPath: string): Promise<Record<
   } finally {
     await Promise.all(opened.map((h) => h.close()));
   }
-  const out: Record<string, Tensor> = {};
-  for (const k of [...loaded.keys()].sort(compareUtf8)) define(out, k, loaded.get(k)!);
-  return out;
+  return recordOf(sortNames([...loaded.keys()]), (k) => loaded.get(k)!);
 }
 
 class ShardedFile implements ShardedSafetensors {
   #closed = false;
+  #names: readonly string[] | undefined;
   constructor(readonly path: string, private readonly index: Index, private readonly files: Map<string, SafetensorsFile>) {}
 
   private shard(name: string): SafetensorsFile {
@@ -161,7 +160,7 @@ class ShardedFile implements ShardedSafetensors {
 
   keys(): string[] {
     if (this.#closed) throw formatError(this.path, "the checkpoint has been closed");
-    return [...this.index.weightMap.keys()].sort(compareUtf8);
+    return (this.#names ??= sortNames([...this.index.weightMap.keys()])).slice();
   }
 
   metadata(): Record<string, unknown> {
