@@ -1,13 +1,14 @@
 // A safetensors writer that takes tensors one at a time (bounded memory: the CLI merge of a model larger
 // than RAM). The header is written from the declared names/dtypes/shapes first; each tensor then goes to
-// its offset. Atomic like saveSafetensors: temp file, fsync, rename; abort() leaves the target untouched.
+// its offset. Atomic like saveSafetensors (the same temporary names, and stale ones of killed writers swept
+// first): temp file, fsync, rename; abort() leaves the target untouched.
 import { closeSync, fsyncSync, openSync, renameSync, unlinkSync } from "node:fs";
 import { dirname } from "node:path";
 import { DTYPE_SIZE, Tensor, type DType } from "../tensor.js";
 import { peftError } from "../errors.js";
 import { checkPath, writeFullySync } from "./file-io.js";
 import { fileDType } from "./safetensors-format.js";
-import { buildHeader, checkName, ignoreDirSyncRefusal, tempPath } from "./safetensors-write.js";
+import { buildHeader, checkName, ignoreDirSyncRefusal, sweepStaleTemps, tempPath } from "./safetensors-write.js";
 
 export interface TensorSpec {
   name: string;
@@ -35,6 +36,7 @@ export class SafetensorsStreamWriter {
     const { header, order } = buildHeader(op, this.path, entries, metadata);
     for (const e of order) this.#slots.set(e.name, { offset: e.offset, spec: byName.get(e.name)!, written: false });
     this.#base = header.length;
+    sweepStaleTemps(dirname(this.path));
     this.#tmp = tempPath(this.path);
     this.#fd = openSync(this.#tmp, "wx");
     try {

@@ -1,10 +1,11 @@
 // Writing safetensors files the way Python's safetensors does (header layout, tensor order, 8-byte padding,
 // {"format": "pt"} metadata that transformers requires), atomically: the data goes to a temporary file in
 // the target's directory, is fsynced and renamed over the target, then the directory is fsynced. On any
-// error the temporary file is removed and an existing target is left as it was.
+// error the temporary file is removed and an existing target is left as it was. A writer killed mid-save
+// cannot clean up; the next save into the directory removes what it left (sweepStaleTemps).
 import { randomBytes } from "node:crypto";
-import { closeSync, fsyncSync, openSync, renameSync, unlinkSync } from "node:fs";
-import { open, rename, unlink } from "node:fs/promises";
+import { closeSync, fsyncSync, openSync, readdirSync, renameSync, unlinkSync } from "node:fs";
+import { open, readdir, rename, unlink } from "node:fs/promises";
 import { basename, dirname, join } from "node:path";
 import { DTYPE_SIZE, Tensor, describe } from "../tensor.js";
 import { peftError, typeError } from "../errors.js";
@@ -133,8 +134,75 @@ function* writePlan(p: Prepared): IoPlan<void> {
   if (used > 0) yield { buf: stage.subarray(0, used), pos: pos - used };
 }
 
+/** A fresh temporary name next to `file`: `.<name>.<pid>.<12 hex digits>.tmp`. */
 export function tempPath(file: string): string {
   return join(dirname(file), `.${basename(file)}.${process.pid}.${randomBytes(6).toString("hex")}.tmp`);
+}
+
+// Exactly the names tempPath makes; the pid is the writer's.
+const TEMP_NAME = /^\..+\.([1-9][0-9]{0,9})\.[0-9a-f]{12}\.tmp$/;
+
+/** The writer's pid when `name` is a tempPath name whose writer is no longer running, else 0. */
+function deadWriter(name: string): number {
+  const m = TEMP_NAME.exec(name);
+  if (!m) return 0;
+  const pid = Number(m[1]);
+  if (pid === process.pid || pid > 0x7fffffff) return 0;
+  try {
+    process.kill(pid, 0);
+    return 0; // running
+  } catch (e) {
+    // EPERM: running, under another user. Anything but ESRCH counts as running.
+    return (e as { code?: string }).code === "ESRCH" ? pid : 0;
+  }
+}
+
+/**
+ * Removes the temporary files that saves killed mid-write (SIGKILL, power loss) left in `dir`: regular files
+ * named exactly as tempPath names them whose writer pid is no longer running on this machine. A running
+ * writer's file (EPERM counts as running) and every other file are left alone. Saves call it for their
+ * target's directory; it never throws and returns the paths it removed.
+ *
+ * The pid is judged on this machine: a directory shared with writers on other hosts (or in other pid
+ * namespaces) can hold their live temporary files, which would be taken for stale.
+ */
+export function sweepStaleTemps(dir: string): string[] {
+  const removed: string[] = [];
+  try {
+    for (const d of readdirSync(dir, { withFileTypes: true })) {
+      if (!d.isFile() || deadWriter(d.name) === 0) continue;
+      const p = join(dir, d.name);
+      try {
+        unlinkSync(p);
+        removed.push(p);
+      } catch {
+        /* removed by someone else, or not ours to remove */
+      }
+    }
+  } catch {
+    /* an unreadable directory: the save itself will report what is wrong */
+  }
+  return removed;
+}
+
+/** sweepStaleTemps with asynchronous file-system calls. */
+export async function sweepStaleTempsAsync(dir: string): Promise<string[]> {
+  const removed: string[] = [];
+  try {
+    for (const d of await readdir(dir, { withFileTypes: true })) {
+      if (!d.isFile() || deadWriter(d.name) === 0) continue;
+      const p = join(dir, d.name);
+      try {
+        await unlink(p);
+        removed.push(p);
+      } catch {
+        /* removed by someone else, or not ours to remove */
+      }
+    }
+  } catch {
+    /* an unreadable directory: the save itself will report what is wrong */
+  }
+  return removed;
 }
 
 // Directory fsync makes the rename durable; some filesystems refuse it on directories, which is harmless.
@@ -148,6 +216,7 @@ export function saveSafetensorsSync(path: string, tensors: TensorMap, metadata?:
   const file = checkPath(path, "saveSafetensorsSync");
   const p = prepare("saveSafetensorsSync", file, tensors, metadata);
   try {
+    sweepStaleTemps(dirname(file));
     const tmp = tempPath(file);
     let fd = openSync(tmp, "wx");
     try {
@@ -178,6 +247,7 @@ export async function saveSafetensors(path: string, tensors: TensorMap, metadata
   const file = checkPath(path, "saveSafetensors");
   const p = prepare("saveSafetensors", file, tensors, metadata);
   try {
+    await sweepStaleTempsAsync(dirname(file));
     const tmp = tempPath(file);
     const h = await open(tmp, "wx");
     let closed = false;
