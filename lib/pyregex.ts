@@ -137,7 +137,7 @@ export const MAX_REPETITION_CHAIN = 4;
 /** Patterns with more character positions than this are refused as too large to screen. */
 const MAX_POSITIONS = 4000;
 /** A bound on the screen's own work, so a hostile pattern cannot make the screen itself slow. */
-const MAX_WORK = 4_000_000;
+const MAX_WORK = 2_000_000;
 
 const verdicts = new Map<string, string | null>();
 
@@ -782,6 +782,7 @@ function analyseNode(node: RegexNode, body: string, budget: { work: number }): V
     const edges: number[][] = loops.map(() => []);
     for (let x = 0; x < loops.length; x++) {
       for (let y = 0; y < loops.length; y++) {
+        a.tick();
         if (x === y || !fwd[x]![loops[y]![0]!]) continue;
         if (chained(a, loops[x]!, loops[y]!, comp, bwd[y]!)) edges[x]!.push(y);
       }
@@ -830,6 +831,7 @@ function chained(a: PositionAutomaton, xs: number[], ys: number[], comp: Int32Ar
   };
   for (const p of xs) {
     for (const q of ys) {
+      a.tick();
       const key = (x: number, y: number, z: number) => (x * n + y) * n + z;
       const goal = key(p, q, q);
       const seen = new Set<number>([key(p, p, q)]);
