@@ -127,7 +127,7 @@ export async function main(argv: string[]): Promise<number> {
       },
     });
   } catch (e) {
-    console.error(`node-peft: ${(e as Error).message}\nRun \`node-peft --help\` for usage.`);
+    console.error(`${errorLine(e)} (see \`node-peft --help\`)`);
     return 2;
   }
   const { values, positionals } = parsed;
@@ -149,7 +149,7 @@ export async function main(argv: string[]): Promise<number> {
       if (rest.length) throw new UsageError(`merge: unexpected argument ${rest[0]}`);
       await merge(values);
     } else {
-      console.error(`node-peft: unknown command "${cmd}"\nRun \`node-peft --help\` for usage.`);
+      console.error(`node-peft: unknown command ${JSON.stringify(cmd)} (see \`node-peft --help\`)`);
       return 2;
     }
     return 0;

@@ -12,6 +12,7 @@
 import { PeftError } from "./errors.js";
 
 const cache = new Map<string, RegExp>();
+const CACHE_LIMIT = 10_000;
 
 /**
  * Compile a Python pattern. "full" behaves like re.fullmatch (the whole string must match), "match" like
@@ -27,6 +28,7 @@ export function pyRegex(src: string, mode: "full" | "match"): RegExp {
     // Only a pattern that compiles is screened, so the screen's parser sees valid syntax.
     const reason = screenTranslated(body, flags);
     if (reason !== null) throw new UnsafeRegexError(src, reason);
+    if (cache.size >= CACHE_LIMIT) cache.clear(); // patterns come from files: keep memory bounded
     cache.set(cacheKey, re);
   }
   return re;
@@ -146,6 +148,7 @@ function screenTranslated(body: string, flags: string): string | null {
   let v = verdicts.get(key);
   if (v === undefined) {
     v = analysePattern(body, flags);
+    if (verdicts.size >= CACHE_LIMIT) verdicts.clear();
     verdicts.set(key, v);
   }
   return v;
