@@ -14,6 +14,8 @@ export { loadSafetensors, loadSafetensorsSync, saveSafetensors, saveSafetensorsS
 export { Module, Linear, Conv1D, Embedding, Sequential, ModuleList, ModuleDict, ReLU, GELU, SiLU, LogSoftmax, Dropout, type BackwardOptions } from "./nn/index.js";
 export { AdamW, type AdamWOptions } from "./optim/adamw.js";
 export { nllLoss, crossEntropy, mseLoss } from "./functional.js";
+export * as F from "./functional/index.js";
+export { noGrad, isGradEnabled, tidy, gradcheck, type GradcheckOptions } from "./autograd/index.js";
 export { LoraLayer, LoraLinear, type LoraLayerOptions, type MergeOptions } from "./tuners/lora/layer.js";
 export { PeftModel, getPeftModel, type GetPeftModelOptions } from "./peft-model.js";
 export { getPeftModelStateDict, setPeftModelStateDict } from "./tuners/state-dict.js";

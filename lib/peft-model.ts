@@ -62,8 +62,9 @@ export class PeftModel extends Module {
     return [...this.baseModel.unmatchedTargets];
   }
 
-  override forward(x: Tensor): Tensor {
-    return this.baseModel.model.forward(x);
+  // eslint-disable-next-line @typescript-eslint/no-explicit-any
+  override forward(...args: any[]): any {
+    return this.baseModel.model.forward(...args);
   }
 
   override backward(dy: Tensor, opts?: BackwardOptions): Tensor | null {

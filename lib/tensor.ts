@@ -1,8 +1,12 @@
 // Tensor: a thin class over the native handle. Shape/dtype/device are cached on the JS side; the data lives
 // in reference-counted native storage shared by handles, reshapes and typed-array views.
 import { native, type NativeTensor } from "./native.js";
-import { rangeError, typeError } from "./errors.js";
+import { peftError, rangeError, typeError } from "./errors.js";
 import { takeRng } from "./random.js";
+import { track, untrack } from "./autograd/scope.js";
+import type { Node } from "./autograd/node.js";
+import { record, wantsGrad } from "./autograd/record.js";
+import { runBackward } from "./autograd/engine.js";
 
 export type DType = "f32" | "f16" | "bf16" | "i8" | "u8" | "i32" | "i64";
 export type Device = "cpu" | "cuda";
@@ -48,7 +52,7 @@ function numericData(data: unknown, what: string): ArrayBufferView {
  * A shape argument read once into a fresh array of plain numbers. Getters and proxy traps of the caller's
  * array run here, before any native code; the native side only ever sees arrays the library made.
  */
-export function readShape(shape: unknown, op: string, name = "shape"): number[] {
+export function readShape(shape: unknown, op: string, name = "shape", allowInfer = false): number[] {
   if (!Array.isArray(shape)) throw typeError(`${op}: ${name} must be an array of non-negative integers, got ${describe(shape)}`);
   const n = shape.length;
   if (n > 16) throw rangeError(`${op}: ${name} has ${n} dimensions; at most 16 are supported`);
@@ -56,9 +60,23 @@ export function readShape(shape: unknown, op: string, name = "shape"): number[] 
   for (let i = 0; i < n; i++) {
     const d: unknown = shape[i];
     if (typeof d !== "number") throw typeError(`${op}: ${name}[${i}] must be a number, got ${describe(d)}`);
-    if (!Number.isSafeInteger(d) || d < 0) throw rangeError(`${op}: ${name}[${i}] must be a non-negative integer, got ${d}`);
+    if (!Number.isSafeInteger(d) || (d < 0 && !(allowInfer && d === -1)))
+      throw rangeError(`${op}: ${name}[${i}] must be a non-negative integer${allowInfer ? " or -1" : ""}, got ${d}`);
     out[i] = d;
   }
+  return out;
+}
+
+/** Resolves one -1 in a reshape target to the size that keeps the element count, as PyTorch does. */
+function inferDim(dims: number[], numel: number, op: string): number[] {
+  const at = dims.indexOf(-1);
+  if (at < 0) return dims;
+  if (dims.indexOf(-1, at + 1) >= 0) throw rangeError(`${op}: only one dimension can be -1, got [${dims.join(", ")}]`);
+  const rest = dims.reduce((a, d, i) => (i === at ? a : a * d), 1);
+  if (rest === 0 || numel % rest !== 0)
+    throw peftError("ERR_SHAPE", `${op}: cannot infer the -1 in [${dims.join(", ")}] for ${numel} elements`);
+  const out = [...dims];
+  out[at] = numel / rest;
   return out;
 }
 
@@ -68,8 +86,13 @@ export class Tensor implements Disposable {
   readonly shape: readonly number[];
   readonly dtype: DType;
   readonly device: Device;
+  /** Leaves: whether backward accumulates into .grad. Results of recorded ops: set by the graph. */
   requiresGrad = false;
   grad: Tensor | null = null;
+  /** The graph node that made this tensor (null for leaves and for anything made under noGrad). */
+  gradFn: Node | null = null;
+  /** Which output of gradFn this tensor is. */
+  gradIndex = 0;
   private readonly [handleKey]: NativeTensor;
 
   /** Wraps a native handle; users make tensors with the static factories. */
@@ -79,6 +102,35 @@ export class Tensor implements Disposable {
     this.shape = Object.freeze(handle.shape());
     this.dtype = handle.dtype() as DType;
     this.device = handle.device() as Device;
+    track(this);
+  }
+
+  /** A leaf: made by the user (or a parameter), not by a recorded op. */
+  get isLeaf(): boolean {
+    return this.gradFn === null;
+  }
+
+  /** @internal Makes this tensor output `index` of a graph node. */
+  attachGradFn(node: Node, index: number): void {
+    this.gradFn?.unref();
+    this.gradFn = node;
+    this.gradIndex = index;
+    this.requiresGrad = true;
+    node.ref();
+  }
+
+  /**
+   * Backpropagates from this tensor: `grad` defaults to 1 for a one-element tensor. Leaves that require
+   * grad accumulate into `.grad`. Without `retainGraph` the graph's saved tensors are freed on the way, so a
+   * second backward through it is an ERR_STATE error.
+   */
+  backward(grad?: Tensor, opts: { retainGraph?: boolean } = {}): void {
+    runBackward(this, grad, opts?.retainGraph === true);
+  }
+
+  /** The same storage, cut from the graph: no gradFn, no gradient. */
+  detach(): Tensor {
+    return new Tensor(this[handleKey].reshape([...this.shape]));
   }
 
   static fromArray(data: ArrayLike<number> | ArrayBufferView, shape: readonly number[], dtype: DType = "f32"): Tensor {
@@ -172,8 +224,11 @@ export class Tensor implements Disposable {
 
   /** Same storage, another shape (same element count). */
   reshape(shape: readonly number[]): Tensor {
-    const dims = readShape(shape, "reshape");
-    return new Tensor(this[handleKey].reshape(dims));
+    const dims = inferDim(readShape(shape, "reshape", "shape", true), this.numel, "reshape");
+    const out = new Tensor(this[handleKey].reshape(dims));
+    if (!wantsGrad(this)) return out;
+    const from = this.shape;
+    return record("ReshapeBackward", [this], out, ([g]) => [g ? g.reshape(from) : null]);
   }
 
   /** Copies src into this tensor in place (same shape; dtype converted). */
@@ -191,8 +246,15 @@ export class Tensor implements Disposable {
     return this[handleKey].version();
   }
 
+  /** Frees the native memory now (views keep theirs); a graph this tensor came from is released too. */
   dispose(): void {
     this[handleKey].dispose();
+    const node = this.gradFn;
+    if (node) {
+      this.gradFn = null;
+      node.unref();
+    }
+    untrack(this);
   }
 
   [Symbol.dispose](): void {

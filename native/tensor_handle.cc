@@ -42,7 +42,11 @@ Napi::ArrayBuffer buffer_over(Napi::Env env, const std::shared_ptr<Storage>& st,
   if (bytes == 0) return Napi::ArrayBuffer::New(env, 0);
   napi_value out;
   auto* hold = new ViewHold{st, tracked};
-  if (tracked) st->live_views.fetch_add(1, std::memory_order_acq_rel);
+  if (tracked) {
+    // Writes through it may come at any time, also after the last derived() call that sees it alive.
+    st->live_views.fetch_add(1, std::memory_order_acq_rel);
+    st->drop_derived();
+  }
   napi_status s = napi_create_external_arraybuffer(
       env, st->data, bytes, [](napi_env, void*, void* hint) { release_view(static_cast<ViewHold*>(hint)); }, hold, &out);
   if (s == napi_ok) return Napi::ArrayBuffer(env, out);
@@ -230,8 +234,8 @@ Napi::Value TensorHandle::View(const Napi::CallbackInfo& info) {
     const Napi::CallbackInfo& i = info;
     const Tensor& t = From(i.This(), "view", "tensor");
     if (t.device() != Device::CPU) fail("ERR_DEVICE", cat("view: the tensor is on ", device_name(t.device()), "; views are host only (use .to(\"cpu\"))"));
-    // The caller may write through the view: derived forms (packed weights) are stale from here on.
-    t.storage->bump_version();
+    // The version is left alone (buffer_over drops what was derived): reading a tensor through a view must
+    // not look like an in-place change to a graph node that saved it.
     return typed_array_over(i.Env(), buffer_over(i.Env(), t.storage, t.nbytes(), true), t.dtype, static_cast<size_t>(t.numel()));
   }
 }

@@ -3,7 +3,8 @@ import { Tensor } from "../tensor.js";
 import { activation, activationBackward, dropout, logSoftmax, logSoftmaxBackward, type Activation } from "../functional.js";
 import { peftError, typeError } from "../errors.js";
 import { takeRng } from "../random.js";
-import { Module, retain, type BackwardOptions } from "./module.js";
+import { Module, type BackwardOptions } from "./module.js";
+import { record, wantsGrad } from "../autograd/record.js";
 
 /** An elementwise activation: saves its input, backward from it. */
 abstract class ActivationModule extends Module {
@@ -12,7 +13,10 @@ abstract class ActivationModule extends Module {
   forward(x: Tensor): Tensor {
     if (this.training) this.save(x);
     else this.releaseSaved();
-    return activation(this.kind, x);
+    const y = activation(this.kind, x);
+    if (!wantsGrad(x)) return y;
+    const kind = this.kind;
+    return record(`${this.constructor.name}Backward`, [x], y, ([g], [xs]) => [g ? activationBackward(kind, xs, g) : null], [x]);
   }
 
   override backward(dy: Tensor, opts: BackwardOptions = {}): Tensor | null {
@@ -61,7 +65,8 @@ export class LogSoftmax extends Module {
     const y = logSoftmax(x);
     if (this.training) this.save(y);
     else this.releaseSaved();
-    return y;
+    if (!wantsGrad(x)) return y;
+    return record("LogSoftmaxBackward", [x], y, ([g], [ys]) => [g ? logSoftmaxBackward(ys, g) : null], [y]);
   }
 
   override backward(dy: Tensor, opts: BackwardOptions = {}): Tensor | null {
@@ -100,11 +105,15 @@ export class Dropout extends Module {
       this.#rng = null;
       if (this.training) this.save();
       else this.releaseSaved();
-      return retain(x);
+      // The identity: a new handle on x's storage, the gradient passed straight through.
+      const y = x.detach();
+      return wantsGrad(x) ? record("DropoutBackward", [x], y, ([g]) => [g]) : y;
     }
     this.save();
-    this.#rng = takeRng(undefined, "Dropout");
-    return dropout(x, this.p, this.#rng.seed, this.#rng.stream);
+    const rng = (this.#rng = takeRng(undefined, "Dropout"));
+    const p = this.p;
+    const y = dropout(x, p, rng.seed, rng.stream);
+    return wantsGrad(x) ? record("DropoutBackward", [x], y, ([g]) => [g ? dropout(g, p, rng.seed, rng.stream) : null]) : y;
   }
 
   override backward(dy: Tensor, opts: BackwardOptions = {}): Tensor | null {
@@ -113,7 +122,7 @@ export class Dropout extends Module {
     const rng = this.#rng;
     this.#rng = null;
     if (opts.inputGrad === false) return null;
-    if (this.p === 0 || !rng) return retain(dy);
+    if (this.p === 0 || !rng) return dy.detach();
     return dropout(dy, this.p, rng.seed, rng.stream);
   }
 

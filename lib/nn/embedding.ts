@@ -3,6 +3,7 @@ import { Tensor, type DType } from "../tensor.js";
 import { embedding, embeddingBackward } from "../functional.js";
 import { peftError, typeError } from "../errors.js";
 import { Module, gradOf, type BackwardOptions } from "./module.js";
+import { record, wantsGrad } from "../autograd/record.js";
 
 export class Embedding extends Module {
   weight: Tensor;
@@ -26,17 +27,22 @@ export class Embedding extends Module {
     if (!this.training) this.releaseSaved();
     else if (this.weight.requiresGrad) this.save(ids);
     else this.save();
-    return y;
+    if (!wantsGrad(this.weight)) return y;
+    return record("EmbeddingBackward", [], y, ([g], [savedIds]) => (this.gradients(g, savedIds), []), [ids], { force: true });
   }
 
   /** Accumulates the weight gradient; there is no gradient for integer ids (returns null). */
   override backward(dy: Tensor, _opts: BackwardOptions = {}): null {
     const [ids] = this.saved();
-    if (this.weight.requiresGrad && !ids)
-      throw peftError("ERR_STATE", `${this.describe()}.backward: the weight was frozen during forward; run forward again after unfreezing it`);
-    if (this.weight.requiresGrad) embeddingBackward(ids, dy, gradOf(this.weight));
+    this.gradients(dy, ids);
     this.releaseSaved();
     return null;
+  }
+
+  protected gradients(dy: Tensor | null, ids: Tensor | undefined): void {
+    if (!dy || !this.weight.requiresGrad) return;
+    if (!ids) throw peftError("ERR_STATE", `${this.describe()}.backward: the weight was frozen during forward; run forward again after unfreezing it`);
+    embeddingBackward(ids, dy, gradOf(this.weight));
   }
 
   override clone(): Embedding {

@@ -5,6 +5,7 @@ import { sumRows } from "../functional.js";
 import { peftError, typeError } from "../errors.js";
 import { Module, gradOf, type BackwardOptions } from "./module.js";
 import { takeRng } from "../random.js";
+import { record, wantsGrad } from "../autograd/record.js";
 
 function checkFeatures(n: unknown, what: string): number {
   if (typeof n !== "number") throw typeError(`${what} must be a number`);
@@ -21,21 +22,38 @@ export abstract class DenseBase extends Module {
   forward(x: Tensor): Tensor {
     const y = linear(x, this.weight, this.bias, { weightInOut: this.weightInOut });
     // x is needed for dW only; a frozen weight needs nothing but itself.
+    const needX = this.weight.requiresGrad;
     if (!this.training) this.releaseSaved();
-    else if (this.weight.requiresGrad) this.save(x);
+    else if (needX) this.save(x);
     else this.save();
-    return y;
+    // With autograd: one node per call whose backward is the same fused kernels.
+    if (!wantsGrad(x, this.weight, this.bias)) return y;
+    return record(
+      `${this.constructor.name}Backward`,
+      [x],
+      y,
+      ([g], saved, [needDx]) => [g ? this.gradients(g, needX ? saved[1] : undefined, needDx, saved[0]) : null],
+      needX ? [this.weight, x] : [this.weight],
+      { force: true },
+    );
   }
 
   override backward(dy: Tensor, opts: BackwardOptions = {}): Tensor | null {
-    const layout = { weightInOut: this.weightInOut };
     const [x] = this.saved();
-    if (this.weight.requiresGrad && !x)
-      throw peftError("ERR_STATE", `${this.describe()}.backward: the weight was frozen during forward; run forward again after unfreezing it`);
-    if (this.weight.requiresGrad) linearGradWeight(dy, x, gradOf(this.weight), { accumulate: true, ...layout });
-    if (this.bias?.requiresGrad) sumRows(dy, gradOf(this.bias), { accumulate: true });
+    const dx = this.gradients(dy, x, opts.inputGrad !== false, this.weight);
     this.releaseSaved();
-    return opts.inputGrad === false ? null : linearGradInput(dy, this.weight, layout);
+    return dx;
+  }
+
+  /** dW and db accumulate into .grad (when trainable); returns dx when asked for. */
+  protected gradients(dy: Tensor, x: Tensor | undefined, wantDx: boolean, weight: Tensor): Tensor | null {
+    const layout = { weightInOut: this.weightInOut };
+    if (this.weight.requiresGrad) {
+      if (!x) throw peftError("ERR_STATE", `${this.describe()}.backward: the weight was frozen during forward; run forward again after unfreezing it`);
+      linearGradWeight(dy, x, gradOf(this.weight), { accumulate: true, ...layout });
+    }
+    if (this.bias?.requiresGrad) sumRows(dy, gradOf(this.bias), { accumulate: true });
+    return wantDx ? linearGradInput(dy, weight, layout) : null;
   }
 }
 

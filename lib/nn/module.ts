@@ -8,10 +8,10 @@ export interface BackwardOptions {
   inputGrad?: boolean;
 }
 
-/** A handle of our own on a tensor's storage: the caller may dispose theirs. */
-export function retain(t: Tensor): Tensor {
-  return t.reshape(t.shape);
-}
+import { retain } from "../autograd/retain.js";
+import { untrack } from "../autograd/scope.js";
+
+export { retain };
 
 function checkName(name: unknown, what: string): string {
   if (typeof name !== "string") throw typeError(`${what}: name must be a string, got ${describe(name)}`);
@@ -27,7 +27,9 @@ export abstract class Module implements Disposable {
   // list is a pending forward that needed no tensors, e.g. a frozen Linear).
   #saved: Tensor[] | null = null;
 
-  abstract forward(x: Tensor): Tensor;
+  /** Any arguments and result (tensors, several inputs, options); the built-in layers take one tensor. */
+  // eslint-disable-next-line @typescript-eslint/no-explicit-any
+  abstract forward(...args: any[]): any;
 
   /** Returns dx (null where there is none) and accumulates parameter gradients. */
   backward(_dy: Tensor, _opts?: BackwardOptions): Tensor | null {
@@ -48,7 +50,10 @@ export abstract class Module implements Disposable {
     if (t !== null && !(t instanceof Tensor))
       throw typeError(`${this.constructor.name}.registerParameter("${name}"): expected a Tensor or null, got ${describe(t)}`);
     if (this.#modules.has(name)) throw peftError("ERR_CONFIG", `${this.constructor.name}.registerParameter: "${name}" is already a module`);
-    if (t) t.requiresGrad = true;
+    if (t) {
+      t.requiresGrad = true;
+      untrack(t); // parameters outlive any tidy() scope they were made in
+    }
     this.#params.set(name, t);
     return t as Tensor;
   }
@@ -335,7 +340,8 @@ export function disposeDropped(dropped: Module, kept: Module): void {
 
 /** Accumulates into a parameter's gradient, allocating it (zeros, the parameter's dtype) on first use. */
 export function gradOf(p: Tensor): Tensor {
-  if (!p.grad) p.grad = Tensor.zeros(p.shape, { dtype: p.dtype, device: p.device });
+  // A gradient belongs to its parameter, whatever tidy() scope the backward ran in.
+  if (!p.grad) p.grad = untrack(Tensor.zeros(p.shape, { dtype: p.dtype, device: p.device }));
   return p.grad;
 }
 

@@ -48,9 +48,10 @@ export class ModulesToSaveWrapper extends Module {
     return this.modulesToSave.get(this.#active);
   }
 
-  override forward(x: Tensor): Tensor {
+  // eslint-disable-next-line @typescript-eslint/no-explicit-any
+  override forward(...args: any[]): any {
     this.#ran = this.activeModule;
-    return this.#ran.forward(x);
+    return this.#ran.forward(...args);
   }
 
   override backward(dy: Tensor, opts?: BackwardOptions): Tensor | null {

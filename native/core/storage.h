@@ -45,6 +45,12 @@ struct Storage {
 
   void bump_version() {
     version.fetch_add(1, std::memory_order_acq_rel);
+    drop_derived();
+  }
+
+  // Forgets the derived form without a new version (a view is handed out: while it lives nothing is cached,
+  // and what was cached before may not survive writes through it).
+  void drop_derived() {
     std::lock_guard<std::mutex> lk(cache_mu);
     cached.reset();
   }

@@ -8,6 +8,9 @@ import { peftError, typeError } from "../../errors.js";
 import { takeRng } from "../../random.js";
 import { applyLoraDeltas, type LoraDelta } from "./delta.js";
 import { Module, ModuleDict, Linear, Conv1D, gradOf, type BackwardOptions } from "../../nn/index.js";
+import { record, wantsGrad } from "../../autograd/record.js";
+
+type Rng = Map<string, { seed: number; stream: number }>;
 
 export interface LoraLayerOptions {
   adapterName?: string;
@@ -206,7 +209,7 @@ export class LoraLinear extends LoraLayer {
   declare baseLayer: DenseLayer;
   readonly fanInFanOut: boolean;
   // What forward drew for dropout (per adapter) and what backward needs.
-  #rng = new Map<string, { seed: number; stream: number }>();
+  #rng: Rng = new Map();
   #forwardAdapters: string[] = [];
 
   constructor(base: DenseLayer, opts: LoraLayerOptions) {
@@ -228,11 +231,11 @@ export class LoraLinear extends LoraLayer {
     return b instanceof Conv1D ? [b.nx, b.nf] : [b.inFeatures, b.outFeatures];
   }
 
-  #native(names: string[], training: boolean, grads: boolean): NativeAdapter[] {
+  #native(names: string[], training: boolean, grads: boolean, rngs: Rng): NativeAdapter[] {
     return names.map((n) => {
       const { A, B } = this.loraWeights(n);
       const p = training ? this.loraDropout[n] : 0;
-      const rng = p > 0 ? (this.#rng.get(n) ?? { seed: 0, stream: 0 }) : { seed: 0, stream: 0 };
+      const rng = p > 0 ? (rngs.get(n) ?? { seed: 0, stream: 0 }) : { seed: 0, stream: 0 };
       const out: NativeAdapter = { A: Tensor.handle(A), B: Tensor.handle(B), scale: this.scaling[n], p, seed: rng.seed, stream: rng.stream };
       if (grads) {
         out.dA = A.requiresGrad ? Tensor.handle(gradOf(A)) : null;
@@ -258,48 +261,69 @@ export class LoraLinear extends LoraLayer {
     }
     base.releaseSaved();
     const training = this.training;
-    this.#rng.clear();
-    if (training) for (const n of adapters) if (this.loraDropout[n] > 0) this.#rng.set(n, takeRng(undefined, "LoRA dropout"));
-    const [y, T] = native.loraForward(
+    // Dropout draws per call: the graph node keeps this call's draws, the tape-free path the last ones.
+    const rng: Rng = new Map();
+    if (training) for (const n of adapters) if (this.loraDropout[n] > 0) rng.set(n, takeRng(undefined, "LoRA dropout"));
+    this.#rng = rng;
+    const [yh, Th] = native.loraForward(
       Tensor.handle(x),
       Tensor.handle(base.weight),
       base.bias ? Tensor.handle(base.bias) : null,
       this.fanInFanOut,
-      this.#native(adapters, training, false),
+      this.#native(adapters, training, false, rng),
     ) as [NativeTensor, NativeTensor];
-    const t = new Tensor(T);
+    const T = new Tensor(Th);
+    const y = new Tensor(yh);
     if (training) {
-      this.save(x, t);
+      this.save(x, T);
       this.#forwardAdapters = adapters;
     } else {
       this.releaseSaved();
       this.#forwardAdapters = [];
     }
-    t.dispose();
-    return new Tensor(y);
+    const lora = adapters.flatMap((n) => Object.values(this.loraWeights(n)));
+    if (wantsGrad(x, base.weight, base.bias, ...lora)) {
+      // A and B are saved too: only so that an optimizer step before backward is caught (version check).
+      record(
+        "LoraLinearBackward",
+        [x],
+        y,
+        ([g], [xs, Ts, W], [needDx]) => [g ? this.#gradients(g, xs, Ts, W, adapters, training, rng, needDx) : null],
+        [x, T, base.weight, ...lora],
+        { force: true },
+      );
+    }
+    T.dispose();
+    return y;
   }
 
   override backward(dy: Tensor, opts: BackwardOptions = {}): Tensor | null {
     if (this.merged) throw peftError("ERR_STATE", `${this.describe()}.backward: adapters are merged; unmerge them before training (adapter gradients need unmerged weights)`);
     if (!this.#forwardAdapters.length) return this.baseLayer.backward(dy, opts);
     const [x, T] = this.saved();
+    const dx = this.#gradients(dy, x, T, this.baseLayer.weight, this.#forwardAdapters, true, this.#rng, opts.inputGrad !== false);
+    this.releaseSaved();
+    this.#forwardAdapters = [];
+    return dx;
+  }
+
+  /** The fused backward: dA, dB (and a trainable base's dW, db) accumulate into .grad; dx when asked for. */
+  #gradients(dy: Tensor, x: Tensor, T: Tensor, weight: Tensor, adapters: string[], training: boolean, rng: Rng, wantDx: boolean): Tensor | null {
+    if (this.merged) throw peftError("ERR_STATE", `${this.describe()}.backward: adapters are merged; unmerge them before training (adapter gradients need unmerged weights)`);
     const base = this.baseLayer;
-    const wantDx = opts.inputGrad !== false;
     const dx = native.loraBackward(
       Tensor.handle(dy),
       Tensor.handle(x),
-      Tensor.handle(base.weight),
+      Tensor.handle(weight),
       null,
       this.fanInFanOut,
-      this.#native(this.#forwardAdapters, true, true),
+      this.#native(adapters, training, true, rng),
       Tensor.handle(T),
       wantDx,
     ) as NativeTensor | null;
     // A trainable base (bias "all"/"lora_only", or full fine-tuning) gets its gradients here.
     if (base.weight.requiresGrad) linearGradWeight(dy, x, gradOf(base.weight), { accumulate: true, weightInOut: this.fanInFanOut });
     if (base.bias?.requiresGrad) sumRows(dy, gradOf(base.bias), { accumulate: true });
-    this.releaseSaved();
-    this.#forwardAdapters = [];
     return dx ? new Tensor(dx) : null;
   }
 

@@ -1,0 +1,33 @@
+// Whether ops record graph nodes. noGrad() turns recording off (inference, optimizer updates, evaluation).
+
+let enabled = true;
+
+export function isGradEnabled(): boolean {
+  return enabled;
+}
+
+/**
+ * Runs fn without recording a graph and returns its result, or (no argument) turns recording off until the
+ * returned scope is disposed (`using _ = noGrad()`). Scopes nest; the previous mode comes back on dispose.
+ */
+export function noGrad(): Disposable;
+export function noGrad<T>(fn: () => T): T;
+export function noGrad<T>(fn?: () => T): T | Disposable {
+  const was = enabled;
+  enabled = false;
+  if (fn === undefined) {
+    let open = true;
+    return {
+      [Symbol.dispose]: () => {
+        if (!open) return;
+        open = false;
+        enabled = was;
+      },
+    };
+  }
+  try {
+    return fn();
+  } finally {
+    enabled = was;
+  }
+}
