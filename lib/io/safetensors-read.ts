@@ -36,25 +36,60 @@ function checkLoadable(layout: Layout, t: number, file: string): void {
     throw formatError(file, `dtype ${layout.dtype(t)} has no Tensor dtype; read its raw bytes with getBytes()`, layout.names[t]);
 }
 
+// Tensors smaller than this are read several at a time: one read of up to GATHER bytes into a staging
+// buffer, then copied out. A file of many small tensors then costs a few reads instead of one per tensor
+// (for the async loaders each read is a thread-pool round trip, ~50 us). Larger tensors are read straight
+// into their storage.
+const SMALL = 64 << 10;
+const GATHER = 1 << 20;
+
 // A fresh tensor (and, unless it is empty, the writable zero-copy view of its storage that the read fills).
 function allocFor(layout: Layout, t: number, file: string): { tensor: Tensor; target: Uint8Array | null } {
   checkLoadable(layout, t, file);
-  const empty = layout.byteLength(t) === 0;
-  // Faulting fresh pages in is most of a read from the page cache; the pool does it on every core first.
-  const tensor = Tensor.zeros(layout.shape(t), { dtype: layout.tensorDType(t)!, touch: !empty });
-  return { tensor, target: empty ? null : tensor.bytes({ writable: true }) };
+  const n = layout.byteLength(t);
+  // Faulting fresh pages in is most of a large read from the page cache; the pool does it on every core first.
+  const tensor = Tensor.zeros(layout.shape(t), { dtype: layout.tensorDType(t)!, touch: n >= SMALL });
+  return { tensor, target: n === 0 ? null : tensor.bytes({ writable: true }) };
 }
 
 /** Reads every tensor of a validated layout, in file order; keyed by name in sorted order. */
 export function* tensorsPlan(layout: Layout, file: string): IoPlan<Record<string, Tensor>> {
   for (const t of layout.dataOrder()) checkLoadable(layout, t, file);
   const made: (Tensor | undefined)[] = new Array(layout.count);
+  // Small tensors waiting to be read together: their targets, and the file range they cover (contiguous,
+  // since the data tiles the file in this order).
+  const pending: Uint8Array[] = [];
+  let from = 0;
+  let to = 0;
+  let stage: Buffer | undefined;
+  function* flush(): IoPlan<void> {
+    if (pending.length === 1) yield { buf: pending[0]!, pos: from };
+    else if (pending.length > 1) {
+      stage ??= Buffer.allocUnsafe(GATHER);
+      yield { buf: stage.subarray(0, to - from), pos: from };
+      let at = 0;
+      for (const target of pending) {
+        target.set(stage.subarray(at, at + target.length));
+        at += target.length;
+      }
+    }
+    pending.length = 0;
+  }
   try {
     for (const t of layout.dataOrder()) {
       const { tensor, target } = allocFor(layout, t, file);
       made[t] = tensor;
-      if (target) yield { buf: target, pos: layout.offset(t) };
+      if (!target) continue;
+      const pos = layout.offset(t);
+      if (pending.length > 0 && (target.length >= SMALL || pos !== to || to - from + target.length > GATHER)) yield* flush();
+      if (target.length >= SMALL) yield { buf: target, pos };
+      else {
+        if (pending.length === 0) from = to = pos;
+        pending.push(target);
+        to += target.length;
+      }
     }
+    yield* flush();
   } catch (err) {
     for (const t of made) t?.dispose();
     throw err;
