@@ -136,6 +136,14 @@ function translate(src: string): { body: string; flags: string } {
 
 /** Longest accepted chain of overlapping unbounded repetitions (`.*a.*b.*c.*d` is 4). */
 export const MAX_REPETITION_CHAIN = 4;
+/** Most partings of two ways to match the same text along one text (each doubles a failing match's work). */
+export const MAX_PARTINGS = 8;
+/**
+ * Chains and partings together: CHAIN_WEIGHT * chain + partings at most MAX_COST (a link of a chain costs
+ * about a factor of the name's length, ~2^4 for module names; a chain of 4 leaves room for one parting).
+ */
+const CHAIN_WEIGHT = 4;
+const MAX_COST = 17;
 /** Patterns with more character positions than this are refused as too large to screen. */
 const MAX_POSITIONS = 4000;
 /** A bound on the screen's own work, so a hostile pattern cannot make the screen itself slow. */
@@ -685,14 +693,19 @@ function enclosingRepetition(a: PositionAutomaton, body: string, positions: numb
   return best ? ` (in ${JSON.stringify(body.slice(best.from, best.to))})` : "";
 }
 
-interface Verdict {
+export interface Verdict {
   reason: string | null;
+  /** The longest chain of overlapping loops (polynomial degree). */
   chain: number;
+  /** How many different chains have that length (each adds its own n^chain ways). */
+  chains: number;
+  /** The most finite partings along one text (each doubles the ways a failing match is tried). */
+  partings: number;
 }
 
 function analyseNode(node: RegexNode, body: string, budget: { work: number }): Verdict {
   const a = new PositionAutomaton(budget);
-  a.build(node);
+  const whole = a.build(node);
   const n = a.sets.length;
   const { comp, count } = components(a);
   const members: number[][] = Array.from({ length: count }, () => []);
@@ -708,6 +721,8 @@ function analyseNode(node: RegexNode, body: string, budget: { work: number }): V
             `a repetition inside another repetition can split the same text in many ways${enclosingRepetition(a, body, members[comp[p]!]!, true)}, ` +
             "so matching can take exponential time (nested quantifiers such as \"(a+)+\")",
           chain: 0,
+          chains: 0,
+          partings: 0,
         };
       }
     }
@@ -754,13 +769,15 @@ function analyseNode(node: RegexNode, body: string, budget: { work: number }): V
             `parts of a repeated group can match the same text${enclosingRepetition(a, body, m)}, so matching can take ` +
             "exponential time (overlapping alternatives or repetitions such as \"(a|a)*\", \"(\\w|\\d)+\" or \"(.*)*\")",
           chain: 0,
+          chains: 0,
+          partings: 0,
         };
       }
     }
   }
 
   // 3. Chains of loops p -> q with a text that p repeats, leads from p to q, and q repeats.
-  let chain = 0;
+  let chain = 0, chains = 0;
   if (loops.length > 0) {
     const succ = a.follow.map((f) => [...f.keys()]), pred = predecessorsOf(a);
     const reach = (from: number[], dir: "fwd" | "bwd"): Uint8Array => {
@@ -790,24 +807,145 @@ function analyseNode(node: RegexNode, body: string, budget: { work: number }): V
         if (chained(a, loops[x]!, loops[y]!, comp, bwd[y]!)) edges[x]!.push(y);
       }
     }
+    // The longest chain from each loop, and how many chains of that length start there.
     const longest = new Int32Array(loops.length).fill(-1);
+    const ways = new Float64Array(loops.length);
     const visit = (x: number): number => {
       if (longest[x]! >= 0) return longest[x]!;
-      let best = 1;
-      for (const y of edges[x]!) best = Math.max(best, 1 + visit(y));
+      let best = 1, count = 1;
+      for (const y of edges[x]!) {
+        const l = 1 + visit(y);
+        if (l > best) [best, count] = [l, ways[y]!];
+        else if (l === best) count += ways[y]!;
+      }
+      ways[x] = Math.min(count, 2 ** 30);
       return (longest[x] = best);
     };
     for (let x = 0; x < loops.length; x++) chain = Math.max(chain, visit(x));
+    for (let x = 0; x < loops.length; x++) if (longest[x] === chain) chains += ways[x]!;
+  }
+
+  const partings = finitePartings(a, whole.first, comp);
+  if (partings === Infinity) {
+    return {
+      reason: "two ways of matching the same text meet and part again in a loop, so matching can take exponential time",
+      chain: 0,
+      chains: 0,
+      partings: 0,
+    };
   }
 
   // Lookarounds run as patterns of their own, at positions the rest of the pattern reaches.
-  let lookChain = 0;
+  let lookChain = 0, lookChains = 1, lookPartings = 0;
   for (const look of a.looks) {
     const v = analyseNode(look, body, budget);
     if (v.reason !== null) return v;
-    lookChain = Math.max(lookChain, v.chain);
+    if (v.chain > lookChain) [lookChain, lookChains] = [v.chain, v.chains];
+    lookPartings = Math.max(lookPartings, v.partings);
   }
-  return { reason: null, chain: chain + lookChain };
+  return { reason: null, chain: chain + lookChain, chains: Math.max(chains, 1) * lookChains, partings: partings + lookPartings };
+}
+
+/**
+ * 4. Finite ambiguity: two ways of matching that part from a shared position, both leaving that
+ *    position's loop (or from positions in no loop: `(a|a)(a|a)...`, overlapping optional parts, bounded
+ *    repetitions), and may meet again later; each such parting along one text multiplies the ways a
+ *    failing match is tried. Returns the most partings along one path of the graph of position pairs
+ *    (a heaviest path: the pair graph's components are condensed as they complete, sinks first), or
+ *    Infinity if a parting lies on a cycle.
+ */
+function finitePartings(a: PositionAutomaton, first: Counts, comp: Int32Array): number {
+  const n = a.sets.length;
+  const START = n;
+  const width = n + 1;
+  const succ = (p: number): Iterable<[number, number]> => (p === START ? first : a.follow[p]!);
+  const compOf = (p: number) => (p === START ? -1 : comp[p]!);
+  // Partings into loops are where the polynomial chains slide; only partings outside loops count here.
+  const looped = new Uint8Array(n);
+  for (let p = 0; p < n; p++) for (const q of a.follow[p]!.keys()) if (comp[q] === comp[p]) looped[p] = looped[q] = 1;
+  const edges = (s: number): [number, number][] => {
+    const p = Math.floor(s / width), q = s % width;
+    const out: [number, number][] = [];
+    for (const [p2, wp] of succ(p)) {
+      for (const [q2, wq] of succ(q)) {
+        a.tick();
+        if (p2 === q2) {
+          // The same step twice from one position: parallel ways to take it.
+          out.push([p2 * width + q2, p === q && wp >= 2 && wq >= 2 ? 1 : 0]);
+        } else if (intersects(a.sets[p2]!, a.sets[q2]!)) {
+          const parting = p === q && !looped[p2] && !looped[q2] && compOf(p2) !== compOf(p) && compOf(q2) !== compOf(p);
+          out.push([Math.min(p2, q2) * width + Math.max(p2, q2), parting ? 1 : 0]);
+        }
+      }
+    }
+    return out;
+  };
+  // Iterative Tarjan over the pair states reachable from the start, with the heaviest path per component.
+  const index = new Map<number, number>(), low = new Map<number, number>(), compId = new Map<number, number>();
+  // Each open state's edges, kept until its component completes (computed once).
+  const open = new Map<number, [number, number][]>();
+  const edgesOf = (s: number) => {
+    let e = open.get(s);
+    if (!e) open.set(s, (e = edges(s)));
+    return e;
+  };
+  const best: number[] = [];
+  const stack: number[] = [];
+  const onStack = new Set<number>();
+  let next = 0;
+  const root = START * width + START;
+  const work: { s: number; out: [number, number][]; k: number }[] = [{ s: root, out: edgesOf(root), k: 0 }];
+  index.set(root, next);
+  low.set(root, next++);
+  stack.push(root);
+  onStack.add(root);
+  while (work.length) {
+    const top = work[work.length - 1]!;
+    if (top.k < top.out.length) {
+      const [t] = top.out[top.k++]!;
+      if (!index.has(t)) {
+        index.set(t, next);
+        low.set(t, next++);
+        stack.push(t);
+        onStack.add(t);
+        work.push({ s: t, out: edgesOf(t), k: 0 });
+      } else if (onStack.has(t)) {
+        low.set(top.s, Math.min(low.get(top.s)!, index.get(t)!));
+      }
+      continue;
+    }
+    work.pop();
+    if (work.length) {
+      const u = work[work.length - 1]!.s;
+      low.set(u, Math.min(low.get(u)!, low.get(top.s)!));
+    }
+    if (low.get(top.s) === index.get(top.s)) {
+      const id = best.length;
+      const members: number[] = [];
+      let w: number;
+      do {
+        w = stack.pop()!;
+        onStack.delete(w);
+        compId.set(w, id);
+        members.push(w);
+      } while (w !== top.s);
+      let b = 0;
+      for (const m of members) {
+        const out = edgesOf(m);
+        open.delete(m);
+        for (const [t, weight] of out) {
+          const c = compId.get(t)!;
+          if (c === id) {
+            if (weight > 0) return Infinity;
+          } else {
+            b = Math.max(b, weight + best[c]!);
+          }
+        }
+      }
+      best.push(b);
+    }
+  }
+  return best[best.length - 1]!;
 }
 
 function predecessorsOf(a: PositionAutomaton): number[][] {
@@ -865,6 +1003,13 @@ function chained(a: PositionAutomaton, xs: number[], ys: number[], comp: Int32Ar
   return false;
 }
 
+/** The screen's measures of a pattern (for tests and diagnostics); reason null when it is accepted. */
+export function regexComplexity(src: string): Verdict {
+  const { body, flags } = translate(src);
+  const node = new PatternParser(body, flags.includes("i"), flags.includes("s"), body.includes("(?<")).parse();
+  return analyseNode(node, body, { work: 0 });
+}
+
 function analysePattern(body: string, flags: string): string | null {
   let node: RegexNode;
   try {
@@ -880,6 +1025,15 @@ function analysePattern(body: string, flags: string): string | null {
       return (
         `it chains ${v.chain} unbounded repetitions that can match the same text (such as ".*a.*b.*c.*d.*e"), so matching ` +
         `can take time growing with the name's length to the power ${v.chain}; at most ${MAX_REPETITION_CHAIN} are accepted`
+      );
+    }
+    // About n^chain ways from the chain, times 2^partings: the two together are bounded too.
+    if (v.partings > MAX_PARTINGS || CHAIN_WEIGHT * v.chain + Math.log2(Math.max(v.chains, 1)) + v.partings > MAX_COST) {
+      return (
+        `the same text can be matched in about 2^${v.partings} different ways (overlapping alternatives, optional parts ` +
+        `or bounded repetitions in a row, such as "(a|a)(a|a)(a|a)..." or "a?a?a?aaa")` +
+        (v.chain > 0 ? ` within ${v.chains > 1 ? `${v.chains} chains of ` : ""}${v.chain} overlapping unbounded repetitions` : "") +
+        ", so a failing match can take very long"
       );
     }
     return null;

@@ -149,6 +149,16 @@ describe("regexes from configs are screened for catastrophic backtracking", () =
     expect(screenRegex("(?=(a+)+b)")).toMatch(/exponential/);
   });
 
+  it("refuses patterns that match one text in very many ways without nesting loops", () => {
+    // 2^k ways for k overlapping alternatives in a row: "(a|a)" 30 times takes about 20 s on 31 a's.
+    // The second takes over a second on 25 characters, 16 s on 49.
+    for (const p of ["(a|a)".repeat(30), "((a{1,3})a?(a{1,3}(aa)?a*)){1,3}a*"]) {
+      expect(screenRegex(p), p).toMatch(/can be matched in about 2\^\d+ different ways/);
+      expect(thrown(() => new LoraConfig({ targetModules: p })).code).toBe("ERR_CONFIG");
+    }
+    expect(screenRegex("(a|a)".repeat(4))).toBeNull();
+  });
+
   it("checks a refused pattern before matching and never runs it", () => {
     const name = "model.layers.0.self_attn.q_proj_abcdefghij"; // 32+ characters: seconds per test if it ran
     const ran: string[] = [];
