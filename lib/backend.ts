@@ -30,6 +30,13 @@ export const backend = {
   get caches(): { l1d: number; l2: number; l3: number } {
     return native.backendInfo().caches;
   },
+  /**
+   * Native memory now: live (undisposed, uncollected) tensor handles, the storages behind them and their
+   * bytes on every device. A steady training loop keeps all three flat.
+   */
+  memory(): { tensors: number; storages: number; bytes: number } {
+    return native.memoryInfo();
+  },
   setNumThreads(n: number): void {
     if (typeof n !== "number") throw typeError("backend.setNumThreads: n must be a number");
     native.setNumThreads(n);

@@ -93,6 +93,7 @@ TensorHandle::TensorHandle(const Napi::CallbackInfo& info) : Napi::ObjectWrap<Te
                                          "TensorHandle: handles are made by node-peft's tensor factories"));
   }
   t_ = std::move(*info[0].As<Napi::External<Tensor>>().Data());
+  live_handles().fetch_add(1, std::memory_order_relaxed);
   info.This().As<Napi::Object>().TypeTag(&kTensorTag);
   reported_bytes_ = static_cast<int64_t>(t_.storage->bytes);
   if (t_.device() == Device::CPU && reported_bytes_) {
@@ -105,7 +106,13 @@ TensorHandle::TensorHandle(const Napi::CallbackInfo& info) : Napi::ObjectWrap<Te
 
 TensorHandle::~TensorHandle() { Release(); }
 
+std::atomic<int64_t>& TensorHandle::live_handles() {
+  static std::atomic<int64_t> n{0};
+  return n;
+}
+
 void TensorHandle::Release() {
+  if (!disposed_) live_handles().fetch_sub(1, std::memory_order_relaxed);
   if (reported_bytes_) {
     // Raw call, status ignored: this runs in the destructor (noexcept), also while a worker is being torn
     // down, where the node-addon-api wrapper would throw.

@@ -3,6 +3,8 @@
 #pragma once
 #include <napi.h>
 
+#include <atomic>
+
 #include "core/tensor.h"
 
 namespace peft {
@@ -17,6 +19,8 @@ class TensorHandle : public Napi::ObjectWrap<TensorHandle> {
   // binding call returns, whatever JS runs meanwhile (CallTensors).
   static const Tensor& From(const Napi::Value& v, const char* op, const char* name);
   static bool IsHandle(const Napi::Value& v);
+  // Handles not yet disposed (or collected), across every JS environment of the process.
+  static std::atomic<int64_t>& live_handles();
 
   explicit TensorHandle(const Napi::CallbackInfo& info);
   ~TensorHandle() override;

@@ -46,7 +46,11 @@ function seedGradient(root: Tensor, grad: Tensor | undefined): Tensor {
   if (grad === undefined) {
     if (root.numel !== 1)
       throw peftError("ERR_SHAPE", `backward: grad can be implicitly created only for scalar outputs; this one has shape [${root.shape.join(", ")}]`);
-    return Tensor.fromArray([1], root.shape, root.dtype).to(root.device);
+    const one = untrack(Tensor.fromArray([1], root.shape, root.dtype));
+    if (root.device === "cpu") return one;
+    const moved = untrack(one.to(root.device));
+    one.dispose();
+    return moved;
   }
   if (!(grad instanceof Tensor)) throw peftError("ERR_STATE", "backward: grad must be a Tensor");
   if (grad.shape.join() !== root.shape.join())

@@ -3,6 +3,7 @@
 import { Tensor } from "../tensor.js";
 import { adamwStep } from "../functional.js";
 import { peftError, typeError } from "../errors.js";
+import { untrack } from "../autograd/scope.js";
 
 export interface AdamWOptions {
   lr?: number;
@@ -56,8 +57,9 @@ export class AdamW {
     this.params.forEach((p, i) => {
       if (!p.grad) return;
       const st = this.#state[i];
-      st.expAvg ??= Tensor.zeros(p.shape, { dtype: "f32", device: p.device });
-      st.expAvgSq ??= Tensor.zeros(p.shape, { dtype: "f32", device: p.device });
+      // Optimizer state outlives any tidy() scope the step runs in.
+      st.expAvg ??= untrack(Tensor.zeros(p.shape, { dtype: "f32", device: p.device }));
+      st.expAvgSq ??= untrack(Tensor.zeros(p.shape, { dtype: "f32", device: p.device }));
       st.step += 1;
       const g = groups.get(st.step) ?? [];
       g.push(i);
@@ -109,13 +111,20 @@ export class AdamW {
       if (!(s instanceof Tensor) || s.numel !== 1) throw peftError("ERR_CHECKPOINT", `AdamW.loadStateDict: state.${i}.step must be a scalar tensor`);
       const step = s.toArray()[0];
       if (!Number.isSafeInteger(step) || step < 0) throw peftError("ERR_CHECKPOINT", `AdamW.loadStateDict: state.${i}.step must be a non-negative integer, got ${step}`);
-      return { step, expAvg: m.to("f32"), expAvgSq: v.to("f32") };
+      if (m.disposed || v.disposed) throw peftError("ERR_DISPOSED", `AdamW.loadStateDict: state.${i} holds a disposed tensor`);
+      return { step, expAvg: m, expAvgSq: v };
     });
+    // Copies are made only once every entry has passed.
+    const copied = next.map((st) => ({
+      step: st.step,
+      expAvg: st.expAvg ? untrack(st.expAvg.to("f32")) : null,
+      expAvgSq: st.expAvgSq ? untrack(st.expAvgSq.to("f32")) : null,
+    }));
     for (const st of this.#state) {
       st.expAvg?.dispose();
       st.expAvgSq?.dispose();
     }
-    this.#state = next;
+    this.#state = copied;
     const lr = sd["param_groups.0.lr"];
     if (lr instanceof Tensor) this.lr = lr.toArray()[0];
   }

@@ -78,7 +78,7 @@ void parallel_zero(void* p, size_t bytes) {
 
 std::shared_ptr<Storage> alloc_host(size_t bytes, bool zero, bool touch) {
   auto st = std::make_shared<Storage>();
-  st->bytes = bytes;
+  st->set_size(bytes);
   st->device = Device::CPU;
   if (bytes >= kMmapThreshold) {
     const size_t len = (bytes + kHuge - 1) / kHuge * kHuge;

@@ -16,6 +16,16 @@ inline const char* device_name(Device d) { return d == Device::CPU ? "cpu" : "cu
 // Storage alignment: a full cache line and one AVX-512 register.
 constexpr size_t kAlign = 64;
 
+// Live storages and their bytes, process-wide (backend.memory()).
+struct StorageStats {
+  std::atomic<int64_t> count{0};
+  std::atomic<int64_t> bytes{0};
+};
+inline StorageStats& storage_stats() {
+  static StorageStats s;
+  return s;
+}
+
 struct Storage {
   void* data = nullptr;
   size_t bytes = 0;
@@ -36,11 +46,19 @@ struct Storage {
   uint64_t cached_version = 0;
   int cached_kind = 0;
 
-  Storage() = default;
+  Storage() { storage_stats().count.fetch_add(1, std::memory_order_relaxed); }
   Storage(const Storage&) = delete;
   Storage& operator=(const Storage&) = delete;
   ~Storage() {
     if (data && release) release(data);
+    storage_stats().count.fetch_sub(1, std::memory_order_relaxed);
+    storage_stats().bytes.fetch_sub(static_cast<int64_t>(bytes), std::memory_order_relaxed);
+  }
+
+  // Allocators set the size through here, so the process-wide byte count follows.
+  void set_size(size_t n) {
+    storage_stats().bytes.fetch_add(static_cast<int64_t>(n) - static_cast<int64_t>(bytes), std::memory_order_relaxed);
+    bytes = n;
   }
 
   void bump_version() {

@@ -2,6 +2,7 @@
 #include "../cpu/isa.h"
 #include "../cpu/parallel.h"
 #include "../napi_util.h"
+#include "../tensor_handle.h"
 #include "cuda_state.h"
 #include "op_table.h"
 #include "ops.h"
@@ -29,6 +30,16 @@ Napi::Value BackendInfo(const Napi::CallbackInfo& info) {
   caches.Set("l2", cf.l2_bytes);
   caches.Set("l3", cf.l3_bytes);
   o.Set("caches", caches);
+  return o;
+}
+
+// Live tensor handles, and the storages behind them (views and saved tensors share one storage).
+Napi::Value MemoryInfo(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  Napi::Object o = Napi::Object::New(env);
+  o.Set("tensors", static_cast<double>(TensorHandle::live_handles().load()));
+  o.Set("storages", static_cast<double>(storage_stats().count.load()));
+  o.Set("bytes", static_cast<double>(storage_stats().bytes.load()));
   return o;
 }
 
@@ -72,6 +83,7 @@ Napi::Value SetAmx(const Napi::CallbackInfo& info) {
 void register_backend_info(Napi::Env env, Napi::Object exports) {
   exports.Set("backendInfo", Napi::Function::New<guarded<BackendInfo>>(env, "backendInfo"));
   exports.Set("cudaState", Napi::Function::New<guarded<CudaStateInfo>>(env, "cudaState"));
+  exports.Set("memoryInfo", Napi::Function::New<guarded<MemoryInfo>>(env, "memoryInfo"));
   exports.Set("setCudaEmulationOrder", Napi::Function::New<guarded<SetEmuOrder>>(env, "setCudaEmulationOrder"));
   exports.Set("setNumThreads", Napi::Function::New<guarded<SetNumThreads>>(env, "setNumThreads"));
   exports.Set("setIsa", Napi::Function::New<guarded<SetIsa>>(env, "setIsa"));

@@ -49,7 +49,7 @@ std::shared_ptr<Storage> dev_alloc(size_t bytes, bool zero) {
   check(g_api->malloc_(&p, bytes ? bytes : 1, &err), err, "alloc");
   auto st = std::make_shared<Storage>();
   st->data = p;
-  st->bytes = bytes;
+  st->set_size(bytes);
   st->device = Device::CUDA;
   const CudaApi* api = g_api;
   st->release = [api](void* q) {

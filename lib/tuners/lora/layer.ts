@@ -97,8 +97,14 @@ export abstract class LoraLayer extends Module {
     const B = new Linear(r, outF, { bias: false });
     // PEFT's reset_lora_parameters: A kaiming-uniform (a=√5, what Linear does) and B zeros, or A ~ N(0, 1/r);
     // false keeps both random so the adapter is not the identity.
-    if (init === "gaussian") A.weight.copyFrom(Tensor.randn(A.weight.shape, { std: 1 / r }));
-    if (init !== false) B.weight.copyFrom(Tensor.zeros(B.weight.shape));
+    if (init === "gaussian") {
+      using a = Tensor.randn(A.weight.shape, { std: 1 / r });
+      A.weight.copyFrom(a);
+    }
+    if (init !== false) {
+      using z = Tensor.zeros(B.weight.shape);
+      B.weight.copyFrom(z);
+    }
     this.loraA.set(name, A);
     this.loraB.set(name, B);
     this.r[name] = r;
