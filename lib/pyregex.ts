@@ -129,10 +129,15 @@ function translate(src: string): { body: string; flags: string } {
 //     of the loop that part and meet again (overlapping alternatives: `(a|a)*`, `(\w|\d)+`, `(.*)*`);
 //   - polynomial blow-up (IDA): a chain of loops p1, p2, ... where each pair (p, q) has one text that p
 //     can repeat, that leads from p to q, and that q can repeat (`.*a.*b`). A chain of k loops costs
-//     about n^k steps on a failing name of length n; chains longer than MAX_REPETITION_CHAIN are refused.
+//     about n^k steps on a failing name of length n; chains longer than MAX_REPETITION_CHAIN are refused;
+//   - finite ambiguity: two ways of matching that part outside loops and may meet again (`(a|a)(a|a)`,
+//     overlapping optional parts, bounded repetitions); each parting along one text doubles the work,
+//     so their number is bounded, alone and together with the chains.
 // Lookarounds are screened as patterns of their own (their chain adds to the pattern's). A backreference
-// is one step that can match anything (it matches the captured text in one way). Everything the screen cannot be precise about is over-approximated (more paths, wider
-// character sets), so it may refuse an odd safe pattern but never passes an unsafe one of these kinds.
+// is one step that can match anything (it matches the captured text in one way). Exponential structures
+// are found exactly on this model; the polynomial and finite measures are estimates calibrated on V8's
+// matching times (the screen may refuse an odd safe pattern, and may accept one that costs tens of
+// milliseconds per name, never seconds).
 
 /** Longest accepted chain of overlapping unbounded repetitions (`.*a.*b.*c.*d` is 4). */
 export const MAX_REPETITION_CHAIN = 4;
