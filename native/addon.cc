@@ -44,6 +44,9 @@ static Napi::Object Init(Napi::Env env, Napi::Object exports) {
   register_loss_ops(env, exports);
   register_optim_ops(env, exports);
   register_lora_ops(env, exports);
+  register_elementwise_ops(env, exports);
+  register_reduce_ops(env, exports);
+  register_indexing_ops(env, exports);
   // NODE_PEFT_ISA / NODE_PEFT_AMX: a bad value fails the load with a RangeError rather than running the
   // wrong kernels (or faulting on missing instructions).
   try {

@@ -5,6 +5,8 @@
 #include <cstdint>
 #include <limits>
 
+#include "../core/dtype.h"
+
 namespace peft {
 
 constexpr int kLanes = 16;
@@ -45,5 +47,18 @@ struct LaneMax {
     return m;
   }
 };
+
+// ---- Reductions over any set of axes (the functional `reduce` op) ----
+
+enum class ReduceOp { Sum, Mean, Max, Min, Var };
+
+// Reduces the contiguous float tensor x of `shape` over the axes with reduced[d] set, into out (the kept
+// axes in order, contiguous, dtype odt). Sum, mean and var accumulate in f64 (var in two passes: the mean,
+// then squared deviations, divided by max(0, n - correction)); the order depends only on the shape, never
+// on the thread count. Max/min take the first extreme, a NaN winning (the first NaN); `at` (may be
+// null) receives its position in the reduced index space (the index along the axis when one is reduced).
+// n = 0: sum 0, mean and var NaN; callers refuse max/min over nothing.
+void reduce_cpu(ReduceOp op, const void* x, DType xdt, const int64_t* shape, int ndim, const bool* reduced,
+                double correction, void* out, DType odt, int64_t* at);
 
 }  // namespace peft

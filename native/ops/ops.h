@@ -13,5 +13,8 @@ void register_nn_ops(Napi::Env env, Napi::Object exports);
 void register_loss_ops(Napi::Env env, Napi::Object exports);
 void register_optim_ops(Napi::Env env, Napi::Object exports);
 void register_lora_ops(Napi::Env env, Napi::Object exports);
+void register_elementwise_ops(Napi::Env env, Napi::Object exports);
+void register_reduce_ops(Napi::Env env, Napi::Object exports);
+void register_indexing_ops(Napi::Env env, Napi::Object exports);
 
 }  // namespace peft

@@ -1,0 +1,81 @@
+// CPU kernels of the broadcasting elementwise ops (functional autograd's building blocks): unary math,
+// binary arithmetic and comparisons, and `where`. Operands are contiguous tensors of any float dtype
+// (comparisons and `where`'s condition also take integers); values are computed in f32 and rounded once
+// into the output dtype. ops/ has validated names, dtypes and shapes, so nothing here fails.
+#pragma once
+#include <cstdint>
+#include <string>
+
+#include "../core/dtype.h"
+
+namespace peft {
+
+enum class EwOp : int {
+  // unary
+  Neg, Exp, Log, Sqrt, Rsqrt, Abs, Sign, Reciprocal, Square, Tanh, Sigmoid, Relu, Silu, Gelu, GeluTanh, Sin, Cos,
+  Clamp,      // scalars [lo, hi] (NaN: no bound)
+  PowScalar,  // scalars [p]
+  Affine,     // scalars [a, b]: a x + b
+  Step,       // x > 0 ? 1 : 0
+  // binary
+  Add, Sub, Mul, Div, Pow, Maximum, Minimum, Eq, Ne, Gt, Ge, Lt, Le,
+  Axpby,  // scalars [alpha, beta]: alpha a + beta b
+  // ternary
+  Where,  // cond != 0 ? a : b
+  Count_,
+};
+
+// The op named `name` ("add", "gelu_tanh", ...); false when there is none.
+bool ew_op_from_name(const std::string& name, EwOp& op);
+const char* ew_op_name(EwOp op);
+// Inputs the op takes (1, 2 or 3) and scalars it reads.
+int ew_arity(EwOp op);
+int ew_scalar_count(EwOp op);
+// eq, ne, gt, ge, lt, le: write 1 or 0.
+bool ew_is_compare(EwOp op);
+// Comma-separated list of every op name, for error messages.
+std::string ew_op_names();
+
+constexpr int kEwMaxDims = 16;
+
+// One input: contiguous data of `shape` (at most kEwMaxDims dims), broadcast against the output shape.
+struct EwInput {
+  const void* p = nullptr;
+  DType dt = DType::F32;
+  const int64_t* shape = nullptr;
+  int ndim = 0;
+};
+
+// out[i] = op(inputs broadcast to out_shape)[i], written contiguously in odt. out_shape must be the broadcast
+// of the input shapes. Integer inputs are allowed for comparisons (compared exactly when both are integers,
+// in double otherwise) and for where's condition.
+void elementwise_cpu(EwOp op, const EwInput* in, int nin, const int64_t* out_shape, int out_ndim, void* out, DType odt,
+                     const double* scalars);
+
+// ---- the per-ISA f32 loops behind elementwise_cpu and the reductions (reduce.cc) ----
+
+struct EwKernels {
+  // y = op(x) for the unary ops whose math lives here (not relu/silu/gelu/gelu_tanh: vec_kernels has them).
+  void (*unary)(EwOp op, const float* x, float* y, int64_t n, const float* s);
+  void (*binary)(EwOp op, const float* a, const float* b, float* y, int64_t n, const float* s);
+  void (*where)(const float* c, const float* a, const float* b, float* y, int64_t n);
+  // f16/bf16 bits <-> f32, contiguous (round to nearest even; NaN stays NaN).
+  void (*widen)(const uint16_t* src, DType dt, float* dst, int64_t n);
+  void (*narrow)(const float* src, uint16_t* dst, DType dt, int64_t n);
+  // Reductions, accumulated in f64 over 16 lanes folded in a fixed order.
+  double (*sum)(const float* x, int64_t n);
+  double (*sum_sq_dev)(const float* x, int64_t n, double mean);  // Σ (x - mean)²
+  void (*col_sum)(const float* x, int64_t n, double* acc);        // acc[i] += x[i]
+  void (*col_sum_sq_dev)(const float* x, const double* mean, int64_t n, double* acc);
+  // The first maximum (want_max) or minimum of x[0, n), NaN winning (the first NaN): value and position.
+  void (*arg_extreme)(const float* x, int64_t n, bool want_max, float* best, int64_t* at);
+  // Column-wise: where x[i] beats best[i] (strictly, or is the first NaN), best[i] = x[i], at[i] = row.
+  void (*col_extreme)(const float* x, int64_t n, bool want_max, int64_t row, float* best, int64_t* at);
+};
+
+// The build for the active ISA (backend.setIsa / NODE_PEFT_ISA).
+const EwKernels& ew_kernels();
+const EwKernels& ew_kernels_avx2();
+const EwKernels& ew_kernels_avx512();
+
+}  // namespace peft
