@@ -68,6 +68,19 @@ export interface NativeAddon {
   mseLoss(y: NativeTensor, target: NativeTensor): { loss: number; grad: NativeTensor };
   adamwStep(params: NativeTensor[], grads: (NativeTensor | null)[], expAvg: NativeTensor[], expAvgSq: NativeTensor[],
     step: number, lr: number, beta1: number, beta2: number, eps: number, weightDecay: number): void;
+  // Functional ops (CPU kernels). elementwise: PyTorch broadcasting over the inputs; scalars per op
+  // (clamp [lo, hi], pow_scalar [p], affine [a, b], axpby [alpha, beta]).
+  elementwise(op: string, inputs: NativeTensor[], outDtype: string, scalars: number[]): NativeTensor;
+  // op: sum | mean | max | min | var; dims [] = every axis; indices (i64) for max/min over exactly one dim.
+  reduce(op: string, x: NativeTensor, dims: number[], keepdim: boolean, correction: number, outDtype: string): { values: NativeTensor; indices: NativeTensor | null };
+  // Copies the strided view (shape, srcStrides, srcOffset) of src into a new contiguous tensor (dst null)
+  // or into the strided view of dst (converting dtype), which it returns.
+  copyStrided(src: NativeTensor, shape: number[], srcStrides: number[], srcOffset: number, dst: NativeTensor | null, dstStrides: number[], dstOffset: number): NativeTensor;
+  indexSelect(x: NativeTensor, dim: number, index: NativeTensor): NativeTensor;
+  indexAdd(dst: NativeTensor, dim: number, index: NativeTensor, src: NativeTensor): void;
+  gather(x: NativeTensor, dim: number, index: NativeTensor): NativeTensor;
+  scatterAdd(dst: NativeTensor, dim: number, index: NativeTensor, src: NativeTensor): void;
+  matmulBatched(a: NativeTensor, b: NativeTensor, transA: boolean, transB: boolean): NativeTensor;
   backendInfo(): BackendInfo;
   cudaState(): { available: boolean; emulated: boolean; reason?: string; devices: string[] };
   setCudaEmulationOrder(order: string): void;
