@@ -997,6 +997,7 @@ async function child(opts) {
     if (list && rng.chance(0.5)) {
       const args = rng.pick(list).slice();
       for (const a of args) {
+        if (mine.has(a)) continue; // a proxy's traps must not run here
         if (a instanceof Tensor) ctx.tensors.push(a);
         else if (a && typeof a === "object" && !mine.has(a)) ctx.objects.push(a);
       }
@@ -1027,111 +1028,116 @@ async function child(opts) {
     const t = rng.weighted(choices);
     const ctx = { tensors: [], objects: [] };
     stats.calls++;
-    emit({ t: "p", i: step, k: t.name ?? t.kind });
-    switch (t.kind) {
-      case "make": {
-        const name = rng.pick(recipeNames);
-        await run(`make ${name}`, () => RECIPES[name](), { target: `make ${name}` });
-        break;
-      }
-      case "gc":
-        await run("gc()", () => globalThis.gc?.());
-        break;
-      case "scribble": {
-        if (!views.length) {
-          await run("scribble (no views yet)", () => {});
+    try {
+      emit({ t: "p", i: step, k: t.name ?? t.kind });
+      switch (t.kind) {
+        case "make": {
+          const name = rng.pick(recipeNames);
+          await run(`make ${name}`, () => RECIPES[name](), { target: `make ${name}` });
           break;
         }
-        const v = rng.pick(views);
-        const bytes = Array.from({ length: 1 + rng.int(8) }, () => rng.int(256));
-        const at = rng.int(Math.max(1, v.byteLength));
-        await run(`scribble ${fmt(v)} @${at} [${bytes}]`, () => {
-          const u8 = new Uint8Array(v.buffer, v.byteOffset, v.byteLength);
-          for (let k = 0; k < bytes.length && at + k < u8.length; k++) u8[at + k] = bytes[k];
-        });
-        break;
-      }
-      case "set-field": {
-        const pool = rng.chance(0.4) ? tensors : objects;
-        if (!pool.length) break;
-        const o = rng.pick(pool);
-        const declared = new Set();
-        for (let c = o.constructor; typeof c === "function" && c !== Function.prototype; c = Object.getPrototypeOf(c))
-          for (const f of decl.fields.get(c.name) ?? []) declared.add(f);
-        const fields = Object.keys(o).filter((k) => {
-          const d = Object.getOwnPropertyDescriptor(o, k);
-          return d && "value" in d && d.writable && (opts.internals || declared.has(k));
-        });
-        if (!fields.length) {
-          await run(`set-field on ${fmt(o)} (no fields)`, () => {});
+        case "gc":
+          await run("gc()", () => globalThis.gc?.());
           break;
-        }
-        const key = rng.pick(fields);
-        const v = rng.chance(0.5) ? plausible(key, ctx, 0) : genArg(ctx);
-        const desc = `${fmt(o)}.${key} = ${fmt(v)}`;
-        await run(desc, () => {
-          o[key] = v;
-        }, { target: `set ${o.constructor?.name}.${key}` });
-        tampered.set(o, [...(tampered.get(o) ?? []), key]);
-        break;
-      }
-      case "any-method": {
-        // Methods of whatever the calls returned: handles of non-exported classes, scopes, iterators.
-        const pool = objects.filter((o) => !isExported(o));
-        const o = pool.length ? rng.pick(pool) : rng.pick(objects);
-        if (!o) break;
-        const methods = [];
-        const seen = new Set();
-        for (let p = o; p && p !== Object.prototype; p = Object.getPrototypeOf(p)) {
-          for (const key of Reflect.ownKeys(p)) {
-            if (key === "constructor" || seen.has(key)) continue;
-            seen.add(key);
-            const d = Object.getOwnPropertyDescriptor(p, key);
-            if (typeof d.value !== "function") continue;
-            if (opts.internals || typeof key === "symbol" || decl.names.has(key)) methods.push([key, d.value]);
+        case "scribble": {
+          if (!views.length) {
+            await run("scribble (no views yet)", () => {});
+            break;
           }
+          const v = rng.pick(views);
+          const bytes = Array.from({ length: 1 + rng.int(8) }, () => rng.int(256));
+          const at = rng.int(Math.max(1, v.byteLength));
+          await run(`scribble ${fmt(v)} @${at} [${bytes}]`, () => {
+            const u8 = new Uint8Array(v.buffer, v.byteOffset, v.byteLength);
+            for (let k = 0; k < bytes.length && at + k < u8.length; k++) u8[at + k] = bytes[k];
+          });
+          break;
         }
-        if (!methods.length) break;
-        const [key, fn] = rng.pick(methods);
-        ctx.objects.push(o);
-        const args = sanitize(Array.from({ length: Math.max(0, fn.length + rng.int(3) - 1) }, () => genArg(ctx)));
-        const tn = `${o.constructor?.name ?? "Object"}#${keyName(key)}`;
-        await run(`${fmt(o)}.${keyName(key)}(${args.map(fmt).join(", ")})`, () => Reflect.apply(fn, o, args), { target: tn });
-        break;
-      }
-      case "new": {
-        const args = sanitize(argsFor(t, ctx));
-        await run(`${t.name}(${args.map(fmt).join(", ")})`, () => Reflect.construct(t.cls, args), { target: t.name, args });
-        break;
-      }
-      case "static": case "static-get": {
-        const args = t.kind === "static" ? sanitize(argsFor(t, ctx)) : [];
-        await run(`${t.name}(${args.map(fmt).join(", ")})`, () => Reflect.apply(t.fn, t.cls, args), { target: t.name, args });
-        break;
-      }
-      case "fn": {
-        const args = sanitize(argsFor(t, ctx));
-        await run(`${t.name.replace(/\(\)$/, "")}(${args.map(fmt).join(", ")})`, () => Reflect.apply(t.fn, t.self, args), { target: t.name, args, global: t.global });
-        break;
-      }
-      case "method": case "getter": case "setter": {
-        let self;
-        if (t.cls === Tensor) self = rng.chance(0.9) ? poolTensor(ctx) : freshTensor(ctx);
-        else {
-          self = poolObject(ctx, t.cls);
-          if (self === undefined) {
-            const name = recipeNames.find((n) => RECIPES[n] && lib[n] === t.cls);
-            if (!name) break;
-            await run(`make ${name}`, () => RECIPES[name](), { target: `make ${name}` });
+        case "set-field": {
+          const pool = rng.chance(0.4) ? tensors : objects;
+          if (!pool.length) break;
+          const o = rng.pick(pool);
+          const declared = new Set();
+          for (let c = o.constructor; typeof c === "function" && c !== Function.prototype; c = Object.getPrototypeOf(c))
+            for (const f of decl.fields.get(c.name) ?? []) declared.add(f);
+          const fields = Object.keys(o).filter((k) => {
+            const d = Object.getOwnPropertyDescriptor(o, k);
+            return d && "value" in d && d.writable && (opts.internals || declared.has(k));
+          });
+          if (!fields.length) {
+            await run(`set-field on ${fmt(o)} (no fields)`, () => {});
+            break;
+          }
+          const key = rng.pick(fields);
+          const v = rng.chance(0.5) ? plausible(key, ctx, 0) : genArg(ctx);
+          const desc = `${fmt(o)}.${key} = ${fmt(v)}`;
+          await run(desc, () => {
+            o[key] = v;
+          }, { target: `set ${o.constructor?.name}.${key}` });
+          tampered.set(o, [...(tampered.get(o) ?? []), key]);
+          break;
+        }
+        case "any-method": {
+          // Methods of whatever the calls returned: handles of non-exported classes, scopes, iterators.
+          const pool = objects.filter((o) => !isExported(o));
+          const o = pool.length ? rng.pick(pool) : rng.pick(objects);
+          if (!o) break;
+          const methods = [];
+          const seen = new Set();
+          for (let p = o; p && p !== Object.prototype; p = Object.getPrototypeOf(p)) {
+            for (const key of Reflect.ownKeys(p)) {
+              if (key === "constructor" || seen.has(key)) continue;
+              seen.add(key);
+              const d = Object.getOwnPropertyDescriptor(p, key);
+              if (typeof d.value !== "function") continue;
+              if (opts.internals || typeof key === "symbol" || decl.names.has(key)) methods.push([key, d.value]);
+            }
+          }
+          if (!methods.length) break;
+          const [key, fn] = rng.pick(methods);
+          ctx.objects.push(o);
+          const args = sanitize(Array.from({ length: Math.max(0, fn.length + rng.int(3) - 1) }, () => genArg(ctx)));
+          const tn = `${o.constructor?.name ?? "Object"}#${keyName(key)}`;
+          await run(`${fmt(o)}.${keyName(key)}(${args.map(fmt).join(", ")})`, () => Reflect.apply(fn, o, args), { target: tn });
+          break;
+        }
+        case "new": {
+          const args = sanitize(argsFor(t, ctx));
+          await run(`${t.name}(${args.map(fmt).join(", ")})`, () => Reflect.construct(t.cls, args), { target: t.name, args });
+          break;
+        }
+        case "static": case "static-get": {
+          const args = t.kind === "static" ? sanitize(argsFor(t, ctx)) : [];
+          await run(`${t.name}(${args.map(fmt).join(", ")})`, () => Reflect.apply(t.fn, t.cls, args), { target: t.name, args });
+          break;
+        }
+        case "fn": {
+          const args = sanitize(argsFor(t, ctx));
+          await run(`${t.name.replace(/\(\)$/, "")}(${args.map(fmt).join(", ")})`, () => Reflect.apply(t.fn, t.self, args), { target: t.name, args, global: t.global });
+          break;
+        }
+        case "method": case "getter": case "setter": {
+          let self;
+          if (t.cls === Tensor) self = rng.chance(0.9) ? poolTensor(ctx) : freshTensor(ctx);
+          else {
             self = poolObject(ctx, t.cls);
-            if (self === undefined) break;
+            if (self === undefined) {
+              const name = recipeNames.find((n) => RECIPES[n] && lib[n] === t.cls);
+              if (!name) break;
+              await run(`make ${name}`, () => RECIPES[name](), { target: `make ${name}` });
+              self = poolObject(ctx, t.cls);
+              if (self === undefined) break;
+            }
           }
+          const args = t.kind === "getter" ? [] : t.kind === "setter" ? sanitize([genArg(ctx)]) : sanitize(argsFor(t, ctx));
+          const desc = t.kind === "getter" ? `${fmt(self)}.${t.name.replace(/^get \w+#/, "")}` : t.kind === "setter" ? `${fmt(self)}.${t.name.replace(/^set \w+#/, "")} = ${fmt(args[0])}` : `${fmt(self)}.${t.name.replace(/^\w+#/, "")}(${args.map(fmt).join(", ")})`;
+          await run(desc, () => Reflect.apply(t.fn, self, args), { target: t.name, args: t.kind === "method" ? args : undefined });
+          break;
         }
-        const args = t.kind === "getter" ? [] : t.kind === "setter" ? sanitize([genArg(ctx)]) : sanitize(argsFor(t, ctx));
-        const desc = t.kind === "getter" ? `${fmt(self)}.${t.name.replace(/^get \w+#/, "")}` : t.kind === "setter" ? `${fmt(self)}.${t.name.replace(/^set \w+#/, "")} = ${fmt(args[0])}` : `${fmt(self)}.${t.name.replace(/^\w+#/, "")}(${args.map(fmt).join(", ")})`;
-        await run(desc, () => Reflect.apply(t.fn, self, args), { target: t.name, args: t.kind === "method" ? args : undefined });
-        break;
       }
+    } catch (e) {
+      // The fuzzer's own code failed (not a call under test): report it and go on.
+      emit({ t: "x", i: step, k: t.name ?? t.kind, name: e?.name, message: String(e?.message ?? e).slice(0, 400), stack: String(e?.stack ?? "").split("\n").slice(1, 4).map((l) => l.trim()) });
     }
   }
   for (let k = 0; k < 3; k++) await new Promise((r) => setTimeout(r, 1));
@@ -1201,6 +1207,7 @@ function runChild(o, batch) {
           if (s) s.o = m.o;
           res.outcomes.push({ ...m, c: s?.c, k: s?.k });
         } else if (m.t === "u") res.outcomes.push({ ...m, c: `(${m.kind} after step #${m.i})`, k: m.kind });
+        else if (m.t === "x") res.outcomes.push({ ...m, o: "f", kind: "fuzzer error (a bug in this script, not in the library)", c: `(fuzzer code while preparing step #${m.i}, target ${m.k})` });
         else if (m.t === "done") res.done = m;
       }
     });
@@ -1281,7 +1288,7 @@ async function parent(o) {
       crashes.push({
         batch: r.batch.b,
         cuda: r.batch.cuda,
-        kind: r.timedOut ? "hang (child killed after timeout)" : r.signal ? `signal ${r.signal}` : `exit code ${r.code}`,
+        kind: r.timedOut ? "hang (child killed after timeout)" : r.signal ? `signal ${r.signal}` : r.code === 0 ? "exited (code 0) before finishing its calls" : `exit code ${r.code}`,
         call: open ? open.c : r.preparing ? `(preparing the arguments of step #${r.preparing.i}, target ${r.preparing.k})` : "(between calls)",
         step: open?.i ?? r.preparing?.i ?? null,
         lastCalls: r.calls.slice(-25).map((c) => `#${c.i} ${c.c}${c.o ? `  -> ${c.o}` : "  -> (no outcome)"}`),
