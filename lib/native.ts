@@ -83,6 +83,7 @@ export interface NativeAddon {
   matmulBatched(a: NativeTensor, b: NativeTensor, transA: boolean, transB: boolean): NativeTensor;
   backendInfo(): BackendInfo;
   cudaState(): { available: boolean; emulated: boolean; reason?: string; devices: string[] };
+  memoryInfo(): { tensors: number; storages: number; bytes: number };
   setCudaEmulationOrder(order: string): void;
   setNumThreads(n: number): void;
   setIsa(isa: string): void;
