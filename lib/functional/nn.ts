@@ -8,7 +8,11 @@ import {
 } from "../functional.js";
 import { record, wantsGrad } from "../autograd/record.js";
 import { takeRng } from "../random.js";
-import { typeError } from "../errors.js";
+import { peftError, typeError } from "../errors.js";
+import { ew, normDim, reduceRaw } from "./raw.js";
+import { transpose } from "./shape.js";
+import { add, mul, rsqrt, sub } from "./elementwise.js";
+import { mean, variance } from "./reduce.js";
 
 /** y = x·Wᵀ + b (W stored (out, in)); gradients for x, W and b. */
 export function linear(x: Tensor, weight: Tensor, bias?: Tensor | null): Tensor {
@@ -78,4 +82,79 @@ export function embedding(ids: Tensor, weight: Tensor): Tensor {
     embeddingBackward(idx, g, dw);
     return [dw];
   }, [ids, weight]);
+}
+
+/** Composes ops, disposing the intermediates (the graph keeps what it saved); returns the last result. */
+function chain(steps: ((prev: Tensor) => Tensor)[], x: Tensor): Tensor {
+  let h = x;
+  for (const step of steps) {
+    const next = step(h);
+    if (h !== x) h.dispose();
+    h = next;
+  }
+  return h;
+}
+
+/** softmax over `dim` (default the last): one node whose backward is y·(g − Σ g·y). */
+export function softmax(x: Tensor, dim = -1): Tensor {
+  const n = x.shape.length;
+  const d = normDim(dim, Math.max(n, 1), "softmax");
+  if (n > 1 && d !== n - 1) return chain([(t) => transpose(t, d, n - 1), (t) => softmax(t), (t) => transpose(t, d, n - 1)], x);
+  const ls = logSoftmaxKernel(x);
+  const y = ew("exp", [ls], x.dtype);
+  ls.dispose();
+  if (!wantsGrad(x)) return y;
+  return record("SoftmaxBackward", [x], y, ([g], [ys]) => {
+    if (!g) return [null];
+    const gy = ew("mul", [g, ys], ys.dtype);
+    const { values: s } = reduceRaw("sum", gy, [Math.max(ys.shape.length - 1, 0)], true, ys.dtype);
+    gy.dispose();
+    const diff = ew("sub", [g, s], ys.dtype);
+    s.dispose();
+    const dx = ew("mul", [diff, ys], ys.dtype);
+    diff.dispose();
+    return [dx];
+  }, [y]);
+}
+
+/** log-softmax over `dim` (default the last). */
+export function logSoftmaxDim(x: Tensor, dim = -1): Tensor {
+  const n = x.shape.length;
+  const d = normDim(dim, Math.max(n, 1), "logSoftmax");
+  if (n > 1 && d !== n - 1) return chain([(t) => transpose(t, d, n - 1), (t) => logSoftmax(t), (t) => transpose(t, d, n - 1)], x);
+  return logSoftmax(x);
+}
+
+/** torch.nn.functional.layer_norm over the trailing `normalizedShape` dims (population variance). */
+export function layerNorm(x: Tensor, normalizedShape: readonly number[], opts: { weight?: Tensor | null; bias?: Tensor | null; eps?: number } = {}): Tensor {
+  if (!Array.isArray(normalizedShape) || !normalizedShape.length) throw typeError("layerNorm: normalizedShape must be a non-empty array");
+  const k = normalizedShape.length;
+  if (x.shape.slice(-k).join() !== normalizedShape.join())
+    throw peftError("ERR_SHAPE", `layerNorm: the trailing dims of [${x.shape.join(", ")}] are not [${normalizedShape.join(", ")}]`);
+  const dims = Array.from({ length: k }, (_, i) => x.shape.length - k + i);
+  const eps = opts.eps ?? 1e-5;
+  const mu = mean(x, { dim: dims, keepdim: true });
+  const centered = sub(x, mu);
+  mu.dispose();
+  const v = variance(x, { dim: dims, keepdim: true, correction: 0 });
+  const inv = chain([(t) => add(t, eps), (t) => rsqrt(t)], v);
+  v.dispose();
+  const steps: ((t: Tensor) => Tensor)[] = [(t) => mul(t, inv)];
+  if (opts.weight) steps.push((t) => mul(t, opts.weight!));
+  if (opts.bias) steps.push((t) => add(t, opts.bias!));
+  const y = chain(steps, centered);
+  centered.dispose();
+  inv.dispose();
+  return y;
+}
+
+/** x / sqrt(mean(x², last dim) + eps) · weight (LLaMA's RMSNorm). */
+export function rmsNorm(x: Tensor, weight: Tensor | null, eps = 1e-6): Tensor {
+  const ms = chain([(t) => mul(t, t), (t) => mean(t, { dim: -1, keepdim: true }), (t) => add(t, eps), (t) => rsqrt(t)], x);
+  const y = mul(x, ms);
+  ms.dispose();
+  if (!weight) return y;
+  const out = mul(y, weight);
+  y.dispose();
+  return out;
 }
