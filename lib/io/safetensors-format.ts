@@ -528,9 +528,9 @@ class HeaderParser extends JsonReader {
   /** The layout of a header that broke no rule, after checking that its data tiles the rest of the file. */
   layout(fileSize: number): Layout {
     const n = this.index.size;
-    // Copies of exactly n entries: the arrays were sized for the most a header of this length can hold.
-    const offsets = this.offsets.slice(0, n);
-    const lengths = this.lengths.slice(0, n);
+    // Views of the first n entries (no copy: the pages past them, never written, take no memory).
+    const offsets = this.offsets.subarray(0, n);
+    const lengths = this.lengths.subarray(0, n);
     // Writers put the data in header order; only other files need sorting (by offset, then size, then
     // header order, as a stable sort would).
     let order: Uint32Array | null = null;
@@ -543,8 +543,8 @@ class HeaderParser extends JsonReader {
       }
     }
     const layout = new Layout(
-      this.metadata, this.index, this.dtypes.slice(0, n), offsets, lengths,
-      this.shapeAt.slice(0, n + 1), this.dims.a.slice(0, this.dims.n), order,
+      this.metadata, this.index, this.dtypes.subarray(0, n), offsets, lengths,
+      this.shapeAt.subarray(0, n + 1), this.dims.a.subarray(0, this.dims.n), order,
     );
     checkCoverage(layout, this.dataStart, fileSize, this.file);
     return layout;
