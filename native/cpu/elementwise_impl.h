@@ -161,8 +161,8 @@ inline float vtanhf(float x) {
   double y = -2.0 * static_cast<double>(fabs_f(x));
   y = vsel_neg(y + 700.0, -700.0, y);
   double e = vexp_neg(y);
-  float big = copysign_f(static_cast<float>((1.0 - e) / (1.0 + e)), x);
-  float r = vsel(fabs_f(x) < 0.625f, small, big);
+  float big = static_cast<float>((1.0 - e) / (1.0 + e));
+  float r = copysign_f(vsel(fabs_f(x) < 0.625f, small, big), x);  // odd: tanh(-0) = -0
   return vsel(x == x, r, x);
 }
 
@@ -203,6 +203,8 @@ constexpr float kSinCosDirect = 1.5e6f;
 void sincos_block(const float* x, float* y, int64_t n, bool is_cos) {
   const uint64_t shift = is_cos ? 1 : 0;
   for (int64_t i = 0; i < n; i++) y[i] = vsincosf(x[i], shift);
+  if (!is_cos)  // sin(±0) = ±0 (the polynomial's rounding gives +0 for both)
+    for (int64_t i = 0; i < n; i++) y[i] = vsel(x[i] == 0.0f, x[i], y[i]);
   for (int64_t i = 0; i < n; i++) {
     if (!(fabs_f(x[i]) <= kSinCosDirect)) {
       double xd = x[i];
