@@ -156,6 +156,7 @@ const OPTION_KEYS = [
   "isTrainable", "config", "inputGrad", "recurse", "dispose", "allowMissing", "approximate", "feedforwardModules", "initIa3Weights",
   "peft_type", "target_modules", "lora_alpha", "lora_dropout", "task_type", "fan_in_fan_out", "modules_to_save", "rank_pattern",
   "use_dora", "loftqConfig", "megatronConfig", "qaloraGroupSize", "__proto__", "constructor", "toJSON", "length",
+  "dim", "dims", "axis", "keepdim", "min", "max", "retainGraph", "training", "index", "reduction", "alpha", "p",
 ];
 
 // What the declaration files say about each class: members that are protected, private or @internal (not
@@ -447,6 +448,12 @@ async function child(opts) {
         return label({ "0": 2 }, '{"0":2}');
       case "ignoreIndex":
         return rng.pick([-100, 0, 1]);
+      case "dim": case "axis":
+        return rng.pick([0, 1, -1, 2, 5, -3]);
+      case "dims":
+        return label([0, -1], "[0,-1]");
+      case "min": case "max": case "alpha": case "p":
+        return rng.pick([0, 0.5, 1, -1]);
       default:
         return rng.chance(0.5) ? rng.chance(0.5) : genArg(ctx, depth + 1);
     }

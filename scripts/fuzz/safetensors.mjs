@@ -560,8 +560,8 @@ async function child(opts) {
   };
   const summary = (rec) => {
     const out = new Map();
-    for (const k of Object.keys(rec).sort()) {
-      const t = rec[k];
+    const entries = rec instanceof Map ? [...rec] : Object.keys(rec).map((k) => [k, rec[k]]);
+    for (const [k, t] of entries.sort((a, b) => (a[0] < b[0] ? -1 : a[0] > b[0] ? 1 : 0))) {
       out.set(k, { dtype: t.dtype, shape: [...t.shape], bytes: Buffer.from(t.bytes()) });
       t.dispose();
     }
@@ -596,7 +596,7 @@ async function child(opts) {
       r.opened = true;
       const keys = f.keys();
       f.metadata();
-      const got = {};
+      const got = new Map(); // a tensor may be called "__proto__"
       let firstErr = null;
       r.lazyBytes = [];
       for (const k of keys) {
@@ -604,7 +604,7 @@ async function child(opts) {
         const raw = f.getBytes(k);
         try {
           const t = f.get(k);
-          got[k] = t;
+          got.set(k, t);
           if (t.dtype.toUpperCase() !== info.dtype || String(t.shape) !== String(info.shape) || Buffer.compare(Buffer.from(t.bytes()), raw) !== 0)
             r.lazyBytes.push(`${JSON.stringify(k)}: get() and info()/getBytes() disagree (${t.dtype} [${t.shape}] vs ${info.dtype} [${info.shape}])`);
         } catch (e) {
@@ -612,7 +612,7 @@ async function child(opts) {
         }
       }
       if (firstErr) {
-        for (const t of Object.values(got)) t.dispose();
+        for (const t of got.values()) t.dispose();
         r.lazy = { err: firstErr };
       } else r.lazy = { ok: summary(got) };
     } catch (e) {
