@@ -8,7 +8,8 @@ import { join } from "node:path";
 import { pathToFileURL } from "node:url";
 import { afterAll, describe, expect, it } from "vitest";
 import {
-  Linear, Tensor, buildModelFromCheckpoint, loadSafetensors, loadSafetensorsSync, openSafetensors, saveSafetensors, saveSafetensorsSync,
+  Linear, Tensor, buildModelFromCheckpoint, loadModelWeights, loadSafetensors, loadSafetensorsSync, openCheckpoint, openSafetensors,
+  openSharded, saveSafetensors, saveSafetensorsSync,
 } from "../lib/index.js";
 import { SafetensorsStreamWriter } from "../lib/io/safetensors-stream.js";
 import { sweepStaleTemps, sweepStaleTempsAsync } from "../lib/io/safetensors-write.js";
@@ -352,5 +353,38 @@ describe("temporary files of writers killed mid-save", () => {
     writeFileSync(mine, "x");
     expect(sweepStaleTemps(d)).toEqual([]);
     expect(existsSync(mine)).toBe(true);
+  });
+});
+
+describe("arguments of the wrong type", () => {
+  it("are refused with a coded TypeError, not a crash inside", () => {
+    const p = join(tmp.dir, "args.safetensors");
+    saveSafetensorsSync(p, { "a.weight": Tensor.fromArray([1], [1, 1]) });
+    const index = join(tmp.dir, "args.index.json");
+    writeFileSync(index, JSON.stringify({ weight_map: { "a.weight": "args.safetensors" } }));
+    const code = (fn: () => unknown): string | undefined => {
+      try {
+        fn();
+      } catch (e) {
+        return (e as { code?: string }).code;
+      }
+      return "returned";
+    };
+    using f = openSafetensors(p);
+    using s = openSharded(index);
+    for (const bad of [1n, Symbol("s"), Object.create(null), [Object.create(null)], undefined]) {
+      for (const h of [f, s]) {
+        expect(code(() => h.get(bad as never))).toBe("ERR_INVALID_ARG_TYPE");
+        expect(code(() => h.info(bad as never))).toBe("ERR_INVALID_ARG_TYPE");
+        expect(code(() => h.getBytes(bad as never))).toBe("ERR_INVALID_ARG_TYPE");
+      }
+      expect(code(() => openCheckpoint(bad as never))).toBe("ERR_INVALID_ARG_TYPE");
+      expect(code(() => buildModelFromCheckpoint(bad as never))).toBe("ERR_INVALID_ARG_TYPE");
+    }
+    expect(code(() => buildModelFromCheckpoint(p, null as never))).toBe("ERR_INVALID_ARG_TYPE");
+    const model = buildModelFromCheckpoint(p);
+    expect(code(() => loadModelWeights(model, p, null as never))).toBe("ERR_INVALID_ARG_TYPE");
+    expect(code(() => loadModelWeights(model, p, { prefix: 3 as never }))).toBe("ERR_INVALID_ARG_TYPE");
+    expect(loadModelWeights(model, p)).toEqual({ missingKeys: [], unexpectedKeys: [] });
   });
 });

@@ -2,7 +2,7 @@
 // place), or build a tree of Linear/Embedding modules from a checkpoint's names and shapes (llama-style
 // checkpoints), so adapters can be applied to, saved for and merged into real checkpoints.
 import { peftError, typeError } from "../errors.js";
-import { Tensor, type DType } from "../tensor.js";
+import { Tensor, describe, type DType } from "../tensor.js";
 import { Embedding, Linear, Module } from "../nn/index.js";
 import { openCheckpoint, type CheckpointSource } from "./checkpoint-source.js";
 
@@ -15,7 +15,9 @@ const TENSOR_DTYPES: Record<string, DType> = { F32: "f32", F16: "f16", BF16: "bf
  */
 export function loadModelWeights(model: Module, path: string, opts: { prefix?: string; strict?: boolean } = {}): { missingKeys: string[]; unexpectedKeys: string[] } {
   if (!(model instanceof Module)) throw typeError("loadModelWeights: model must be a Module");
+  if (opts === null || typeof opts !== "object") throw typeError(`loadModelWeights: options must be an object, got ${describe(opts)}`);
   const prefix = opts.prefix ?? "";
+  if (typeof prefix !== "string") throw typeError(`loadModelWeights: prefix must be a string, got ${describe(prefix)}`);
   using src = openCheckpoint(path);
   const params = new Map([...model.namedParameters()].map(([n, t]) => [prefix + n, t]));
   const keys = new Set(src.keys());
@@ -85,6 +87,7 @@ class CheckpointModel extends CheckpointModule {
  * holder modules. Weights are read into the tree (in the file's dtype, or `dtype`).
  */
 export function buildModelFromCheckpoint(path: string, opts: { dtype?: DType } = {}): Module {
+  if (opts === null || typeof opts !== "object") throw typeError(`buildModelFromCheckpoint: options must be an object, got ${describe(opts)}`);
   using src = openCheckpoint(path);
   const root = new CheckpointModel("Model");
   const groups = new Map<string, Map<string, { dtype: string; shape: number[] }>>();

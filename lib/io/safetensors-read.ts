@@ -4,7 +4,8 @@
 // opt-in mmap would need a native helper.
 import { closeSync, fstatSync, openSync } from "node:fs";
 import { open, type FileHandle } from "node:fs/promises";
-import { Tensor } from "../tensor.js";
+import { Tensor, describe } from "../tensor.js";
+import { typeError } from "../errors.js";
 import { checkPath, readFully, readFullySync, runAsync, runSync, type IoPlan } from "./file-io.js";
 import { checkHeaderLength, formatError, parseLayout, recordOf, type Layout } from "./safetensors-format.js";
 
@@ -173,8 +174,9 @@ class LazyFile implements SafetensorsFile {
 
   private entry(name: string): number {
     this.fd();
+    if (typeof name !== "string") throw typeError(`safetensors ${this.path}: a tensor name must be a string, got ${describe(name)}`);
     const t = this.layout.find(name);
-    if (t === undefined) throw formatError(this.path, `no tensor named ${JSON.stringify(name)}; ${available(this.keys(), String(name))}`);
+    if (t === undefined) throw formatError(this.path, `no tensor named ${JSON.stringify(name)}; ${available(this.keys(), name)}`);
     return t;
   }
 

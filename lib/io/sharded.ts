@@ -4,7 +4,8 @@
 import { readFileSync } from "node:fs";
 import { open, readFile, type FileHandle } from "node:fs/promises";
 import { dirname, isAbsolute, relative, resolve } from "node:path";
-import type { Tensor } from "../tensor.js";
+import { describe, type Tensor } from "../tensor.js";
+import { typeError } from "../errors.js";
 import { checkPath } from "./file-io.js";
 import { JsonSyntaxError, parseJsonStrict, type JsonNode } from "./json-strict.js";
 import { compareUtf8, define, formatError, recordOf, sortNames, type Layout } from "./safetensors-format.js";
@@ -153,8 +154,9 @@ class ShardedFile implements ShardedSafetensors {
 
   private shard(name: string): SafetensorsFile {
     if (this.#closed) throw formatError(this.path, "the checkpoint has been closed");
-    const s = typeof name === "string" ? this.index.weightMap.get(name) : undefined;
-    if (s === undefined) throw formatError(this.path, `no tensor named ${JSON.stringify(name)}; ${available(this.keys(), String(name))}`);
+    if (typeof name !== "string") throw typeError(`sharded checkpoint ${this.path}: a tensor name must be a string, got ${describe(name)}`);
+    const s = this.index.weightMap.get(name);
+    if (s === undefined) throw formatError(this.path, `no tensor named ${JSON.stringify(name)}; ${available(this.keys(), name)}`);
     return this.files.get(s)!;
   }
 
