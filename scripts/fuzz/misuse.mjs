@@ -21,7 +21,8 @@
 // children, default: CPU count, at most 4), --timeout S (per child, default 60), --only B (run batch B only),
 // --until K (stop each child after step K), --trace (print every step to stderr), --json (summary as JSON
 // on stdout, the report on stderr), --keep (keep the children's temp directories), --internals (also call
-// members the declaration files mark protected, private or @internal).
+// members the declaration files mark protected, private or @internal), --tamper (also assign wrong-typed
+// values to public fields: tensor.grad, module.weight, optimizer.lr, ...).
 //
 // Calls run in child processes (this script with --child), each in a fresh temp directory that is its cwd:
 // every path the fuzzer passes is relative and inside it, and any absolute or ".." path is replaced.
@@ -90,7 +91,7 @@ function mixSeed(seed, k) {
 // ---------------------------------------------------------------- command line
 
 function parseOptions(argv) {
-  const o = { seed: 1, calls: 3000, batchSize: 400, jobs: Math.max(1, Math.min(4, cpus().length)), timeout: 60, only: null, until: null, trace: false, json: false, keep: false, child: false, batch: 0, cuda: false, fd: null, inTmp: false, internals: false, inject: null };
+  const o = { seed: 1, calls: 3000, batchSize: 400, jobs: Math.max(1, Math.min(4, cpus().length)), timeout: 60, only: null, until: null, trace: false, json: false, keep: false, child: false, batch: 0, cuda: false, fd: null, inTmp: false, internals: false, inject: null, tamper: false };
   const num = (i) => {
     const v = Number(argv[i]);
     if (argv[i] === undefined || !Number.isFinite(v)) usage(`${argv[i - 1]} needs a number`);
@@ -115,6 +116,7 @@ function parseOptions(argv) {
     else if (a === "--fd") o.fd = Math.floor(num(++i));
     else if (a === "--in-tmp") o.inTmp = true;
     else if (a === "--internals") o.internals = true;
+    else if (a === "--tamper") o.tamper = true;
     else if (a === "--inject") {
       // Self-test of the harness: batch 0 misbehaves at a step (crash, hang, uncoded, reject).
       const m = /^(crash|hang|uncoded|reject)@(\d+)$/.exec(argv[++i] ?? "");
@@ -129,7 +131,7 @@ function parseOptions(argv) {
 
 function usage(msg) {
   if (msg) process.stderr.write(`misuse fuzzer: ${msg}\n`);
-  process.stderr.write("usage: node scripts/fuzz/misuse.mjs [--seed N] [--calls N | --long] [--batch-size N] [--jobs N] [--timeout S] [--only B] [--until K] [--trace] [--json] [--keep] [--internals]\n");
+  process.stderr.write("usage: node scripts/fuzz/misuse.mjs [--seed N] [--calls N | --long] [--batch-size N] [--jobs N] [--timeout S] [--only B] [--until K] [--trace] [--json] [--keep] [--internals] [--tamper]\n");
   process.exit(msg ? 2 : 0);
 }
 
@@ -305,7 +307,8 @@ async function child(opts) {
     push(tensors, t, MAX_TENSORS);
   }
   function addObject(o) {
-    if (o === null || typeof o !== "object" || mine.has(o) || descOf.has(o) || o instanceof Tensor || o instanceof Error || o instanceof Promise) return;
+    if (o === null || typeof o !== "object" || mine.has(o) || descOf.has(o) || o instanceof Tensor || o instanceof Promise) return;
+    if (o instanceof Error && !isExported(o)) return; // a PeftError made on purpose is an instance to call
     if (ArrayBuffer.isView(o) || o instanceof ArrayBuffer) return;
     const name = o.constructor?.name || "Object";
     descOf.set(o, `${name}#${nextId++}`);
@@ -320,7 +323,7 @@ async function child(opts) {
       if (!descOf.has(v)) descOf.set(v, `view${nextId++}:${v.constructor.name}(${v.length})`);
       return push(views, v, MAX_VIEWS);
     }
-    if (typeof v === "function" || v instanceof Promise || v instanceof Error) return;
+    if (typeof v === "function" || v instanceof Promise || (v instanceof Error && !isExported(v))) return;
     if (v instanceof Map) {
       for (const x of v.values()) harvest(x, depth + 1);
       return;
@@ -946,6 +949,10 @@ async function child(opts) {
       }
     } catch (e) {
       outcome = e?.fuzzHang ? { o: "hang", message: `no settlement within ${ASYNC_TIMEOUT_MS} ms` } : classify(e);
+      // A class passed where a callback goes throws when called: that is the caller's function failing,
+      // passed through like any error a callback throws.
+      if (outcome.o === "f" && /^Class constructor \S+ cannot be invoked without 'new'$/.test(outcome.message) && args?.some((a) => isClass(a)))
+        outcome = { o: "h", code: "CALLBACK_THREW" };
     }
     if (global) {
       try {
@@ -993,7 +1000,7 @@ async function child(opts) {
   const special = [
     [targets.length * 0.08, { kind: "make" }],
     [targets.length * 0.06, { kind: "any-method" }],
-    [targets.length * 0.03, { kind: "set-field" }],
+    [opts.tamper ? targets.length * 0.03 : 0, { kind: "set-field" }],
     [targets.length * 0.02, { kind: "scribble" }],
     [targets.length * 0.005, { kind: "gc" }],
   ];
@@ -1170,7 +1177,9 @@ function batchesOf(o) {
 
 function replayCommand(o, batch, extra = "") {
   const parts = ["node scripts/fuzz/misuse.mjs", `--seed ${o.seed}`, `--calls ${o.calls}`];
-  if (o.batchSize !== 400) parts.push(`--batch-size ${o.batchSize}`);
+  if (o.batchSize !== 400 && !(o.calls > 20_000 && o.batchSize === 1000)) parts.push(`--batch-size ${o.batchSize}`);
+  if (o.internals) parts.push("--internals");
+  if (o.tamper) parts.push("--tamper");
   parts.push(`--only ${batch.b}`, "--trace");
   if (extra) parts.push(extra);
   return parts.join(" ");
@@ -1184,6 +1193,7 @@ function runChild(o, batch) {
     const args = ["--expose-gc", SELF, "--child", "--in-tmp", "--fd", "3", "--seed", String(o.seed), "--batch", String(batch.b), "--calls", String(batch.calls)];
     if (o.until !== null) args.push("--until", String(o.until));
     if (o.internals) args.push("--internals");
+    if (o.tamper) args.push("--tamper");
     if (o.inject && batch.b === 0) args.push("--inject", `${o.inject.kind}@${o.inject.step}`);
     if (o.trace) args.push("--trace");
     const cp = spawn(process.execPath, args, { cwd: dir, env, stdio: ["ignore", "pipe", o.trace ? "inherit" : "pipe", "pipe"] });
@@ -1325,7 +1335,7 @@ async function parent(o) {
   }
 
   log(`misuse fuzzer: seed ${o.seed}, ${calls} calls in ${results.length} children (${results.filter((r) => r.batch.cuda).length} with NODE_PEFT_CUDA=emu), ${seconds.toFixed(1)} s`);
-  log(`  outcomes: ${counts.ok} ok, ${counts.coded} coded errors, ${counts.hostile} hostile-getter errors passed through, ${counts.failed} uncoded errors, ${counts.hang} hangs; ${crashes.length} crashed/hung children`);
+  log(`  outcomes: ${counts.ok} ok, ${counts.coded} coded errors, ${counts.hostile} errors of the fuzzer's own getters, traps or callbacks passed through, ${counts.failed} uncoded errors, ${counts.hang} hangs; ${crashes.length} crashed/hung children`);
   log(`  codes: ${Object.entries(codes).sort((a, b) => b[1] - a[1]).map(([c, n]) => `${c} ${n}`).join(", ")}`);
   log(`  targets: ${allTargets.size} enumerated, ${[...allTargets].filter((n) => coverage.has(n)).length} called, ${okNever.length} never succeeded${never.length ? `; never called: ${never.length > 30 ? `${never.slice(0, 30).join(", ")}, ... (${never.length})` : never.join(", ")}` : ""}`);
   for (const c of crashes) {
