@@ -5,7 +5,7 @@ import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
-import { backend, manualSeed, getPeftModel, LoraConfig, PeftModel, saveSafetensors } from "../dist/index.js";
+import { backend, manualSeed, getPeftModel, LoraConfig, PeftModel, saveSafetensors, noGrad } from "../dist/index.js";
 import { makeDataset } from "./data.mjs";
 import { MLP } from "./mlp.mjs";
 import { train } from "./train.mjs";
@@ -45,7 +45,8 @@ try {
   const baseCopy = new MLP();
   const reloaded = await PeftModel.fromPretrained(baseCopy, adapterDir);
   const probe = testSet.x;
-  const a = model.forward(probe).toFloat32Array(), b = reloaded.forward(probe).toFloat32Array();
+  // Inference: no graph is recorded under noGrad.
+  const a = noGrad(() => model.forward(probe)).toFloat32Array(), b = noGrad(() => reloaded.forward(probe)).toFloat32Array();
   const maxDiff = a.reduce((m, v, i) => Math.max(m, Math.abs(v - b[i])), 0);
   console.log(`\nsaved to ${adapterDir} and reloaded: max |Δ output| = ${maxDiff}`);
 

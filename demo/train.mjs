@@ -1,6 +1,6 @@
 // Trains a model on the synthetic set with AdamW and a progress bar; returns the final test accuracy.
 import cliProgress from "cli-progress";
-import { AdamW, nllLoss } from "../dist/index.js";
+import { AdamW, F, noGrad, tidy } from "../dist/index.js";
 import { accuracy, batch } from "./data.mjs";
 
 export function train(model, train, test, { epochs = 4, batchSize = 64, lr = 1e-3, label = "train" } = {}) {
@@ -16,17 +16,19 @@ export function train(model, train, test, { epochs = 4, batchSize = 64, lr = 1e-
   model.train();
   for (let step = 0; step < epochs * stepsPerEpoch; step++) {
     const b = batch(train, (step % stepsPerEpoch) * batchSize, batchSize);
-    const out = model.forward(b.x);
-    const { loss, grad } = nllLoss(out, b.y);
-    model.backward(grad, { inputGrad: false });
+    // Autograd: each layer is one graph node running its fused backward; tidy frees the intermediates and
+    // disposing the loss frees what the graph saved.
+    const loss = tidy(() => F.nllLoss(model.forward(b.x), b.y));
+    loss.backward();
     opt.step();
     opt.zeroGrad();
-    for (const t of [b.x, b.y, out, grad]) t.dispose();
-    bar.update(step + 1, { loss: loss.toFixed(4), rate: ((step + 1) / ((performance.now() - t0) / 1000)).toFixed(1) });
+    const value = loss.toFloat32Array()[0];
+    for (const t of [b.x, b.y, loss]) t.dispose();
+    bar.update(step + 1, { loss: value.toFixed(4), rate: ((step + 1) / ((performance.now() - t0) / 1000)).toFixed(1) });
   }
   bar.stop();
   model.eval();
-  const out = model.forward(test.x);
+  const out = noGrad(() => model.forward(test.x));
   const acc = accuracy(out, test.labels);
   out.dispose();
   return acc;
