@@ -601,6 +601,15 @@ describe("reduce", () => {
     }
     const x = tensorOf(uniform(4 * 33 * 5, 0, 3, 1).map(Math.floor), [4, 33, 5], "bf16");
     for (const op of ["max", "min"] as const) for (const d of [0, 1, 2]) checkReduce(op, x, [4, 33, 5], [d], false, 1, "bf16", `${op} [4, 33, 5] dim ${d} ${isa}`);
+    // columns over several row chunks (the first NaN of a column may sit in a later chunk)
+    const cv = uniform(300 * 257, 0, 3, 2).map(Math.floor);
+    for (const at of [5, 140 * 257 + 7, 299 * 257 + 256, 260 * 257 + 7]) cv[at] = NaN;
+    for (const dt of ["f32", "f16"] as const) {
+      const xc = tensorOf(cv, [300, 257], dt);
+      for (const op of ["max", "min"] as const) checkReduce(op, xc, [300, 257], [0], false, 1, dt, `${op} [300, 257] dim 0 ${dt} ${isa}`);
+    }
+    const xs = tensorOf(uniform(300 * 257, -3, 3, 3), [300, 257], "f16");
+    for (const op of ["sum", "mean", "var"] as const) checkReduce(op, xs, [300, 257], [0], true, 1, "f32", `${op} [300, 257] dim 0 f16 ${isa}`);
   }));
 
   it("empty reductions: sum 0, mean and var NaN, max/min ERR_SHAPE; empty outputs; 0-d inputs", () => {

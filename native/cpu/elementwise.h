@@ -65,8 +65,10 @@ struct EwKernels {
   // Reductions, accumulated in f64 over 16 lanes folded in a fixed order.
   double (*sum)(const float* x, int64_t n);
   double (*sum_sq_dev)(const float* x, int64_t n, double mean);  // Σ (x - mean)²
-  void (*col_sum)(const float* x, int64_t n, double* acc);        // acc[i] += x[i]
-  void (*col_sum_sq_dev)(const float* x, const double* mean, int64_t n, double* acc);
+  // Column-wise over nr <= 4 rows at once (one pass over acc for four rows): acc[i] += Σ_r rows[r][i], or
+  // acc[i] += Σ_r (rows[r][i] - mean[i])².
+  void (*col_sum)(const float* const* rows, int nr, int64_t n, double* acc);
+  void (*col_sum_sq_dev)(const float* const* rows, int nr, const double* mean, int64_t n, double* acc);
   // The first maximum (want_max) or minimum of x[0, n), NaN winning (the first NaN): value and position.
   void (*arg_extreme)(const float* x, int64_t n, bool want_max, float* best, int64_t* at);
   // Column-wise: where x[i] beats best[i] (strictly, or is the first NaN), best[i] = x[i], at[i] = row.

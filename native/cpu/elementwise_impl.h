@@ -385,14 +385,48 @@ double sum_sq_dev_impl(const float* x, int64_t n, double mean) {
   return fold_lanes(v);
 }
 
-void col_sum_impl(const float* x, int64_t n, double* acc) {
-  for (int64_t i = 0; i < n; i++) acc[i] += static_cast<double>(x[i]);
+// Four rows per pass over acc (their sum in f64 is exact but for the rarest exponent spreads).
+void col_sum_impl(const float* const* rows, int nr, int64_t n, double* acc) {
+  const float *r0 = rows[0], *r1 = rows[nr > 1 ? 1 : 0], *r2 = rows[nr > 2 ? 2 : 0], *r3 = rows[nr > 3 ? 3 : 0];
+  switch (nr) {
+    case 4:
+      for (int64_t i = 0; i < n; i++)
+        acc[i] += (static_cast<double>(r0[i]) + static_cast<double>(r1[i])) + (static_cast<double>(r2[i]) + static_cast<double>(r3[i]));
+      break;
+    case 3:
+      for (int64_t i = 0; i < n; i++)
+        acc[i] += (static_cast<double>(r0[i]) + static_cast<double>(r1[i])) + static_cast<double>(r2[i]);
+      break;
+    case 2:
+      for (int64_t i = 0; i < n; i++) acc[i] += static_cast<double>(r0[i]) + static_cast<double>(r1[i]);
+      break;
+    default:
+      for (int64_t i = 0; i < n; i++) acc[i] += static_cast<double>(r0[i]);
+      break;
+  }
 }
 
-void col_sum_sq_dev_impl(const float* x, const double* mean, int64_t n, double* acc) {
-  for (int64_t i = 0; i < n; i++) {
-    double d = static_cast<double>(x[i]) - mean[i];
-    acc[i] += d * d;
+inline double sq_dev(float x, double m) {
+  double d = static_cast<double>(x) - m;
+  return d * d;
+}
+
+void col_sum_sq_dev_impl(const float* const* rows, int nr, const double* mean, int64_t n, double* acc) {
+  const float *r0 = rows[0], *r1 = rows[nr > 1 ? 1 : 0], *r2 = rows[nr > 2 ? 2 : 0], *r3 = rows[nr > 3 ? 3 : 0];
+  switch (nr) {
+    case 4:
+      for (int64_t i = 0; i < n; i++)
+        acc[i] += (sq_dev(r0[i], mean[i]) + sq_dev(r1[i], mean[i])) + (sq_dev(r2[i], mean[i]) + sq_dev(r3[i], mean[i]));
+      break;
+    case 3:
+      for (int64_t i = 0; i < n; i++) acc[i] += (sq_dev(r0[i], mean[i]) + sq_dev(r1[i], mean[i])) + sq_dev(r2[i], mean[i]);
+      break;
+    case 2:
+      for (int64_t i = 0; i < n; i++) acc[i] += sq_dev(r0[i], mean[i]) + sq_dev(r1[i], mean[i]);
+      break;
+    default:
+      for (int64_t i = 0; i < n; i++) acc[i] += sq_dev(r0[i], mean[i]);
+      break;
   }
 }
 

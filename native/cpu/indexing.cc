@@ -78,11 +78,19 @@ void line_convert(const char* s, DType sdt, int64_t ss, char* d, DType ddt, int6
   }
 }
 
-// One tile of a transposition: element (ja, ib) at s[ja + ib*sb] goes to d[ja*da + ib], for ja < na, ib < nb.
+constexpr int64_t kTileT = 32;
+
+// One tile of a transposition: element (ja, ib) at s[ja + ib*sb] goes to d[ja*da + ib], for ja < na, ib < nb
+// (<= kTileT). The tile's source rows are first copied into a contiguous buffer: with power-of-two strides
+// they share cache sets, and reading them in place column by column would evict lines still in use.
 template <typename E>
 void tile_typed(const E* s, int64_t sb, E* d, int64_t da, int64_t na, int64_t nb) {
-  for (int64_t ja = 0; ja < na; ja++)
-    for (int64_t ib = 0; ib < nb; ib++) d[ja * da + ib] = s[ja + ib * sb];
+  E buf[kTileT * kTileT];
+  for (int64_t ib = 0; ib < nb; ib++) std::memcpy(buf + ib * kTileT, s + ib * sb, static_cast<size_t>(na) * sizeof(E));
+  for (int64_t ja = 0; ja < na; ja++) {
+    E* dr = d + ja * da;
+    for (int64_t ib = 0; ib < nb; ib++) dr[ib] = buf[ib * kTileT + ja];
+  }
 }
 
 void tile_same(const char* s, int64_t sb, char* d, int64_t da, int64_t na, int64_t nb, size_t es) {
@@ -105,10 +113,11 @@ inline void offsets_of(const std::vector<Dim>& dims, int64_t flat, int64_t& so, 
   }
 }
 
-// Same dtype, one dim contiguous in src (a) and another contiguous in dst (b): T x T tiles over (a, b),
-// so both sides move whole cache lines.
+// Same dtype, one dim contiguous in src (a) and another contiguous in dst (b): T x T tiles over (a, b), so
+// both sides move whole cache lines. Consecutive tiles step along a: a band of T source rows is read front
+// to back while each tile writes T fresh destination rows.
 void copy_transposed(const char* sb, char* db, size_t es, const std::vector<Dim>& dims, size_t a, size_t b) {
-  constexpr int64_t T = 32;
+  constexpr int64_t T = kTileT;
   std::vector<Dim> rest;
   for (size_t i = 0; i < dims.size(); i++)
     if (i != a && i != b) rest.push_back(dims[i]);
@@ -120,7 +129,7 @@ void copy_transposed(const char* sb, char* db, size_t es, const std::vector<Dim>
   const int64_t e = static_cast<int64_t>(es);
   parallel_for(tasks, std::max<int64_t>(1, kGrainBytes / (T * T * e)), [&](int64_t t0, int64_t t1) {
     for (int64_t t = t0; t < t1; t++) {
-      const int64_t jb = t % tb, ja = (t / tb) % ta, r = t / tb / ta;
+      const int64_t ja = t % ta, jb = (t / ta) % tb, r = t / ta / tb;
       int64_t so, dof;
       offsets_of(rest, r, so, dof);
       const int64_t a0 = ja * T, b0 = jb * T;

@@ -20,7 +20,7 @@ namespace peft {
 namespace {
 
 constexpr int64_t kChunk = int64_t(1) << 16;  // elements one task reduces
-constexpr int64_t kTile = 512;                // columns one task accumulates
+constexpr int64_t kTile = 1024;               // columns one task accumulates
 constexpr int64_t kStage = 1024;              // f16/bf16 elements widened at a time
 
 struct Axis {
@@ -165,7 +165,8 @@ void reduce_outer(ReduceOp op, const Src& x, const Axes& kept, int64_t Kc, const
   const bool ext = op == ReduceOp::Max || op == ReduceOp::Min, want_max = op == ReduceOp::Max;
   const int64_t n_outer = count(kept), N = count(red);
   const int64_t tw = std::min(Kc, kTile), ntiles = (Kc + tw - 1) / tw;
-  const int64_t rows_per = std::max<int64_t>(1, kChunk / tw), nch = (N + rows_per - 1) / rows_per;
+  // Row chunks: enough rows per task to amortize it, at most 16 chunks (a bound on the partials' memory).
+  const int64_t rows_per = std::max<int64_t>({1, kChunk / tw, (N + 15) / 16}), nch = (N + rows_per - 1) / rows_per;
   const int64_t tasks = n_outer * ntiles * nch;
   const size_t psize = static_cast<size_t>(n_outer * nch * Kc);
   std::vector<double> part(ext ? 0 : psize);
@@ -176,6 +177,7 @@ void reduce_outer(ReduceOp op, const Src& x, const Axes& kept, int64_t Kc, const
     alignas(64) double acc[kTile];
     alignas(64) float bb[kTile];
     alignas(64) int64_t ba[kTile];
+    alignas(64) float buf[4][kTile];
     for (int64_t t = tb; t < te; t++) {
       const int64_t c = t % nch, tile = (t / nch) % ntiles, o = t / nch / ntiles;
       const int64_t col0 = tile * tw, w = std::min(tw, Kc - col0);
@@ -184,22 +186,35 @@ void reduce_outer(ReduceOp op, const Src& x, const Axes& kept, int64_t Kc, const
       std::fill(acc, acc + w, 0.0);
       Walker wr(red, r0);
       const double* mrow = mean ? mean + o * Kc + col0 : nullptr;
-      for (int64_t row = r0; row < r1; row++) {
-        pieces(x, base + wr.off, w, k, [&](const float* v, int64_t n, int64_t first) {
-          if (ext) {
-            if (row == r0) {
-              std::copy(v, v + n, bb + first);
-              std::fill(ba + first, ba + first + n, r0);
-            } else {
-              k.col_extreme(v, n, want_max, row, bb + first, ba + first);
-            }
-          } else if (pass == 0) {
-            k.col_sum(v, n, acc + first);
+      // Up to four rows at a time (w <= kTile columns each), as f32: in place, or widened into buf.
+      for (int64_t row = r0; row < r1;) {
+        const int nr = static_cast<int>(std::min<int64_t>(4, r1 - row));
+        const float* p[4];
+        for (int j = 0; j < nr; j++) {
+          const int64_t off = base + wr.off;
+          if (x.dt == DType::F32) {
+            p[j] = static_cast<const float*>(x.p) + off;
           } else {
-            k.col_sum_sq_dev(v, mrow + first, n, acc + first);
+            k.widen(static_cast<const uint16_t*>(x.p) + off, x.dt, buf[j], w);
+            p[j] = buf[j];
           }
-        });
-        wr.next();
+          wr.next();
+        }
+        if (ext) {
+          for (int j = 0; j < nr; j++) {
+            if (row + j == r0) {
+              std::copy(p[j], p[j] + w, bb);
+              std::fill(ba, ba + w, r0);
+            } else {
+              k.col_extreme(p[j], w, want_max, row + j, bb, ba);
+            }
+          }
+        } else if (pass == 0) {
+          k.col_sum(p, nr, w, acc);
+        } else {
+          k.col_sum_sq_dev(p, nr, mrow, w, acc);
+        }
+        row += nr;
       }
       const size_t dst = static_cast<size_t>((o * nch + c) * Kc + col0);
       if (ext) {
