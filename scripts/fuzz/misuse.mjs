@@ -930,8 +930,12 @@ async function child(opts) {
     }
   }
 
+  const stackTraceLimit = Error.stackTraceLimit;
   async function run(desc, fn, { target, args, global } = {}) {
     const i = step++;
+    // Node's own error constructors set the limit to 0 for a moment; a getter throwing inside one (while
+    // it describes a hostile argument) leaves it there, and later errors would come without a stack.
+    Error.stackTraceLimit = stackTraceLimit;
     emit({ t: "s", i, c: desc, k: target ?? desc });
     trace(`#${i} ${desc}`);
     let outcome;
