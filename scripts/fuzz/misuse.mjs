@@ -7,7 +7,8 @@
 // Each is called with arguments drawn from a seeded generator: wrong types, disposed tensors, every dtype,
 // odd shapes, tensors on the emulated "cuda" device, NaN / negative / fractional / huge numbers, hostile
 // getters and proxies that dispose tensors of the same call or throw, and near misses of argument lists
-// that worked before.
+// that worked before. Tensor views handed out by view()/bytes() get random bytes written into them (NaN,
+// out-of-range indices), and every ~200 calls the garbage collector runs (finalizers of dropped handles).
 //
 // Pass: every call returns, or throws an Error with a string `code`. A signal (SIGSEGV, SIGABRT, ...), a
 // hang, an error without a code ("x is not a function", "Maximum call stack size exceeded") or an unhandled
@@ -17,12 +18,13 @@
 //   node scripts/fuzz/misuse.mjs --long                     # 100k calls
 //   node scripts/fuzz/misuse.mjs --seed 1 --calls 3000 --only 3 --trace   # replay batch 3, printing each call
 //
-// Options: --seed N, --calls N, --long, --batch-size N (calls per child, default 400), --jobs N (parallel
+// Options: --seed N, --calls N, --long, --batch-size N (calls per child, default 400; 1000 above 20k calls), --jobs N (parallel
 // children, default: CPU count, at most 4), --timeout S (per child, default 60), --only B (run batch B only),
 // --until K (stop each child after step K), --trace (print every step to stderr), --json (summary as JSON
 // on stdout, the report on stderr), --keep (keep the children's temp directories), --internals (also call
 // members the declaration files mark protected, private or @internal), --tamper (also assign wrong-typed
-// values to public fields: tensor.grad, module.weight, optimizer.lr, ...).
+// values to public fields: tensor.grad, module.weight, optimizer.lr, ...), --inject KIND@STEP (self-test:
+// batch 0 crashes, hangs, throws an uncoded error or leaves a rejection unhandled at that step).
 //
 // Calls run in child processes (this script with --child), each in a fresh temp directory that is its cwd:
 // every path the fuzzer passes is relative and inside it, and any absolute or ".." path is replaced.
@@ -1367,5 +1369,8 @@ async function parent(o) {
 }
 
 const opts = parseOptions(process.argv.slice(2));
+for (const stream of [process.stdout, process.stderr]) stream.on("error", (e) => {
+  if (e.code !== "EPIPE") throw e; // a closed pipe (`| head`) is not an error
+});
 if (opts.child) await child(opts);
 else await parent(opts);

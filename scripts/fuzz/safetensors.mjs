@@ -852,5 +852,8 @@ async function parent(o) {
 }
 
 const opts = parseOptions(process.argv.slice(2));
+for (const stream of [process.stdout, process.stderr]) stream.on("error", (e) => {
+  if (e.code !== "EPIPE") throw e; // a closed pipe (`| head`) is not an error
+});
 if (opts.child) await child(opts);
 else await parent(opts);
