@@ -31,6 +31,9 @@ inline float bitsf(uint32_t u) { return __builtin_bit_cast(float, u); }
 inline uint64_t dbits(double d) { return __builtin_bit_cast(uint64_t, d); }
 inline double bitsd(uint64_t u) { return __builtin_bit_cast(double, u); }
 inline float fabs_f(float x) { return bitsf(fbits(x) & 0x7fffffffu); }
+// All ones where c holds; a where the mask is set, else b.
+inline uint32_t mask_of(bool c) { return 0u - static_cast<uint32_t>(c); }
+inline float msel(uint32_t m, float a, float b) { return bitsf((fbits(a) & m) | (fbits(b) & ~m)); }
 // |a| with the sign of s
 inline float copysign_f(float a, float s) { return bitsf((fbits(a) & 0x7fffffffu) | (fbits(s) & 0x80000000u)); }
 
@@ -130,23 +133,21 @@ inline float vpowf(float x, float p) {
   t = vsel_neg(t + 110.0, -110.0, t);
   t = vsel_neg(100.0 - t, 100.0, t);
   float res = static_cast<float>(vexp_mid(t));
-  // p integer? odd? (every float >= 2^23 is an integer, every one >= 2^24 even)
-  float ap = fabs_f(p);
-  float tt = ap + 8388608.0f;
-  bool small = ap < 8388608.0f;
-  bool is_int = !small || (tt - 8388608.0f == ap);
-  bool odd_small = is_int && (fbits(tt) & 1u);
-  bool odd_big = ap < 16777216.0f && (fbits(ap) & 1u);
-  bool odd = small ? odd_small : odd_big;
-  float ax = fabs_f(x);
-  bool zero_or_inf = ax == 0.0f || ax == kInfF;
-  bool to_inf = (ax == 0.0f && p < 0.0f) || (ax == kInfF && p > 0.0f);
-  res = vsel(zero_or_inf, vsel(to_inf, kInfF, 0.0f), res);
-  res = vsel((fbits(x) >> 31) != 0 && odd, -res, res);
-  res = vsel(x < 0.0f && x > -kInfF && !is_int, kNaNF, res);
-  res = vsel(x != x || p != p, kNaNF, res);
-  res = vsel(p == 0.0f || x == 1.0f, 1.0f, res);
-  return vsel(x == -1.0f && ap == kInfF, 1.0f, res);
+  // p integer? odd? (every float >= 2^23 is an integer, every one >= 2^24 even). The conditions are
+  // combined as 32-bit masks: with bools (&&, ||, even & and |) GCC 12 leaves the loop scalar when p varies.
+  const float ap = fabs_f(p), ax = fabs_f(x);
+  const float tt = ap + 8388608.0f;
+  const uint32_t small = mask_of(ap < 8388608.0f);
+  const uint32_t is_int = ~small | mask_of(tt - 8388608.0f == ap);
+  const uint32_t odd = (small & is_int & (0u - (fbits(tt) & 1u))) | (~small & mask_of(ap < 16777216.0f) & (0u - (fbits(ap) & 1u)));
+  const uint32_t zero = mask_of(ax == 0.0f), inf = mask_of(ax == kInfF);
+  const uint32_t to_inf = (zero & mask_of(p < 0.0f)) | (inf & mask_of(p > 0.0f));
+  res = msel(zero | inf, msel(to_inf, kInfF, 0.0f), res);
+  res = msel((0u - (fbits(x) >> 31)) & odd, -res, res);
+  res = msel(mask_of(x < 0.0f) & mask_of(x > -kInfF) & ~is_int, kNaNF, res);
+  res = msel(mask_of(x != x) | mask_of(p != p), kNaNF, res);
+  res = msel(mask_of(p == 0.0f) | mask_of(x == 1.0f), 1.0f, res);
+  return msel(mask_of(x == -1.0f) & mask_of(ap == kInfF), 1.0f, res);
 }
 
 // tanh: x + x³ P(x²) below 0.625 (Cephes tanhf), (1 - e^{-2|x|}) / (1 + e^{-2|x|}) in double above.
