@@ -291,10 +291,15 @@ export function optionalHandle(t: unknown, op: string, name: string): NativeTens
   return t === null || t === undefined ? null : handleOf(t, op, name);
 }
 
+/** What kind of value v is, for an error message; never throws (proxies and getters may). */
 export function describe(v: unknown): string {
   if (v === null) return "null";
-  if (Array.isArray(v)) return "an array";
-  if (typeof v === "object") return (v as object).constructor?.name ?? "an object";
+  try {
+    if (Array.isArray(v)) return "an array";
+    if (typeof v === "object") return (v as object).constructor?.name ?? "an object";
+  } catch {
+    return "an object";
+  }
   return typeof v;
 }
 

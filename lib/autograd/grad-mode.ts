@@ -1,4 +1,5 @@
 // Whether ops record graph nodes. noGrad() turns recording off (inference, optimizer updates, evaluation).
+import { typeError } from "../errors.js";
 
 let enabled = true;
 
@@ -13,6 +14,7 @@ export function isGradEnabled(): boolean {
 export function noGrad(): Disposable;
 export function noGrad<T>(fn: () => T): T;
 export function noGrad<T>(fn?: () => T): T | Disposable {
+  if (fn !== undefined && typeof fn !== "function") throw typeError(`noGrad: expected a function or no argument, got ${fn === null ? "null" : typeof fn}`);
   const was = enabled;
   enabled = false;
   if (fn === undefined) {

@@ -5,6 +5,7 @@ import { crossEntropy as ceKernel, mseLoss as mseKernel, nllLoss as nllKernel, s
 import { record, wantsGrad } from "../autograd/record.js";
 
 function lossTensor(name: string, input: Tensor, r: LossResult): Tensor {
+  // The kernel checked input (a Tensor) before r existed.
   const out = Tensor.fromArray([r.loss], [], input.dtype);
   if (!wantsGrad(input)) {
     r.grad.dispose();

@@ -9,13 +9,15 @@ import {
 import { record, wantsGrad } from "../autograd/record.js";
 import { takeRng } from "../random.js";
 import { peftError, typeError } from "../errors.js";
-import { ew, normDim, reduceRaw } from "./raw.js";
+import { ew, normDim, reduceRaw, tensorArg } from "./raw.js";
 import { transpose } from "./shape.js";
 import { add, mul, rsqrt, sub } from "./elementwise.js";
 import { mean, variance } from "./reduce.js";
 
 /** y = x·Wᵀ + b (W stored (out, in)); gradients for x, W and b. */
 export function linear(x: Tensor, weight: Tensor, bias?: Tensor | null): Tensor {
+  tensorArg(x, "linear", "x");
+  tensorArg(weight, "linear", "weight");
   const y = linearKernel(x, weight, bias ?? null);
   if (!wantsGrad(x, weight, bias)) return y;
   return record("LinearBackward", [x, weight, bias ?? null], y, ([g], [xs, w], [needX, needW, needB]) => {
@@ -37,6 +39,7 @@ export function linear(x: Tensor, weight: Tensor, bias?: Tensor | null): Tensor 
 
 function unary(kind: "relu" | "gelu" | "gelu_tanh" | "silu", name: string) {
   return (x: Tensor): Tensor => {
+    tensorArg(x, kind, "x");
     const y = activation(kind, x);
     if (!wantsGrad(x)) return y;
     return record(name, [x], y, ([g], [xs]) => [g ? activationBackward(kind, xs, g) : null], [x]);
@@ -54,6 +57,7 @@ const geluTanh = unary("gelu_tanh", "GeluBackward");
 
 /** log-softmax over the last dimension. */
 export function logSoftmax(x: Tensor): Tensor {
+  tensorArg(x, "logSoftmax", "x");
   const y = logSoftmaxKernel(x);
   if (!wantsGrad(x)) return y;
   return record("LogSoftmaxBackward", [x], y, ([g], [ys]) => [g ? logSoftmaxBackward(ys, g) : null], [y]);
@@ -61,6 +65,8 @@ export function logSoftmax(x: Tensor): Tensor {
 
 /** Inverted dropout with a fresh Philox stream (the same mask regenerated in backward); identity when !training. */
 export function dropout(x: Tensor, p = 0.5, opts: { training?: boolean } = {}): Tensor {
+  tensorArg(x, "dropout", "x");
+  if (opts === null || typeof opts !== "object") throw typeError("dropout: options must be an object");
   if (typeof p !== "number" || !(p >= 0 && p < 1)) throw typeError(`dropout: p must be a number in [0, 1), got ${p}`);
   if (opts.training === false || p === 0) {
     const y = x.detach();
@@ -74,6 +80,8 @@ export function dropout(x: Tensor, p = 0.5, opts: { training?: boolean } = {}): 
 
 /** Rows of weight picked by integer ids; the gradient goes to weight only. */
 export function embedding(ids: Tensor, weight: Tensor): Tensor {
+  tensorArg(ids, "embedding", "ids");
+  tensorArg(weight, "embedding", "weight");
   const y = embeddingKernel(ids, weight);
   if (!wantsGrad(weight)) return y;
   return record("EmbeddingBackward", [weight], y, ([g], [idx, w]) => {
@@ -97,6 +105,7 @@ function chain(steps: ((prev: Tensor) => Tensor)[], x: Tensor): Tensor {
 
 /** softmax over `dim` (default the last): one node whose backward is y·(g − Σ g·y). */
 export function softmax(x: Tensor, dim = -1): Tensor {
+  tensorArg(x, "softmax", "x");
   const n = x.shape.length;
   const d = normDim(dim, Math.max(n, 1), "softmax");
   if (n > 1 && d !== n - 1) return chain([(t) => transpose(t, d, n - 1), (t) => softmax(t), (t) => transpose(t, d, n - 1)], x);
@@ -119,6 +128,7 @@ export function softmax(x: Tensor, dim = -1): Tensor {
 
 /** log-softmax over `dim` (default the last). */
 export function logSoftmaxDim(x: Tensor, dim = -1): Tensor {
+  tensorArg(x, "logSoftmax", "x");
   const n = x.shape.length;
   const d = normDim(dim, Math.max(n, 1), "logSoftmax");
   if (n > 1 && d !== n - 1) return chain([(t) => transpose(t, d, n - 1), (t) => logSoftmax(t), (t) => transpose(t, d, n - 1)], x);
@@ -127,6 +137,9 @@ export function logSoftmaxDim(x: Tensor, dim = -1): Tensor {
 
 /** torch.nn.functional.layer_norm over the trailing `normalizedShape` dims (population variance). */
 export function layerNorm(x: Tensor, normalizedShape: readonly number[], opts: { weight?: Tensor | null; bias?: Tensor | null; eps?: number } = {}): Tensor {
+  tensorArg(x, "layerNorm", "x");
+  if (opts === null || typeof opts !== "object") throw typeError("layerNorm: options must be an object");
+  if (opts.eps !== undefined && typeof opts.eps !== "number") throw typeError("layerNorm: eps must be a number");
   if (!Array.isArray(normalizedShape) || !normalizedShape.length) throw typeError("layerNorm: normalizedShape must be a non-empty array");
   const k = normalizedShape.length;
   if (x.shape.slice(-k).join() !== normalizedShape.join())
@@ -150,6 +163,9 @@ export function layerNorm(x: Tensor, normalizedShape: readonly number[], opts: {
 
 /** x / sqrt(mean(x², last dim) + eps) · weight (LLaMA's RMSNorm). */
 export function rmsNorm(x: Tensor, weight: Tensor | null, eps = 1e-6): Tensor {
+  tensorArg(x, "rmsNorm", "x");
+  if (weight !== null && weight !== undefined) tensorArg(weight, "rmsNorm", "weight");
+  if (typeof eps !== "number") throw typeError("rmsNorm: eps must be a number");
   const ms = chain([(t) => mul(t, t), (t) => mean(t, { dim: -1, keepdim: true }), (t) => add(t, eps), (t) => rsqrt(t)], x);
   const y = mul(x, ms);
   ms.dispose();

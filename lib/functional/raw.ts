@@ -1,10 +1,15 @@
 // Thin wrappers over the native functional kernels (no graph), and the helpers every differentiable op
 // shares: dtype promotion, strides, reducing a broadcast gradient back to an input's shape.
 import { native } from "../native.js";
-import { Tensor, handleOf, type DType } from "../tensor.js";
+import { Tensor, describe, handleOf, type DType } from "../tensor.js";
 import { peftError, typeError } from "../errors.js";
 
 export type Operand = Tensor | number;
+
+/** A value for an error message: numbers as they are, anything else by kind (never calls user code). */
+export function shown(v: unknown): string {
+  return typeof v === "number" ? String(v) : describe(v);
+}
 
 /** PyTorch's promotion among float dtypes: equal dtypes stay, any mix computes and returns f32. */
 export function promote(...ts: Tensor[]): DType {
@@ -40,7 +45,7 @@ export function stridesOf(shape: readonly number[]): number[] {
 
 /** A dimension index, negative counting from the end, checked against ndim. */
 export function normDim(dim: unknown, ndim: number, op: string, name = "dim"): number {
-  if (typeof dim !== "number" || !Number.isInteger(dim)) throw typeError(`${op}: ${name} must be an integer, got ${String(dim)}`);
+  if (typeof dim !== "number" || !Number.isInteger(dim)) throw typeError(`${op}: ${name} must be an integer, got ${shown(dim)}`);
   const d = dim < 0 ? dim + ndim : dim;
   if (d < 0 || d >= ndim) throw peftError("ERR_SHAPE", `${op}: ${name} ${dim} is out of range for ${ndim} dimensions`);
   return d;

@@ -4,7 +4,7 @@ import { Tensor } from "../tensor.js";
 import { native } from "../native.js";
 import { record, wantsGrad } from "../autograd/record.js";
 import { peftError, typeError } from "../errors.js";
-import { broadcastShapes, normDim, strided, stridedInto, stridesOf, sumTo, tensorArg } from "./raw.js";
+import { broadcastShapes, normDim, shown, strided, stridedInto, stridesOf, sumTo, tensorArg } from "./raw.js";
 
 export function reshape(x: Tensor, shape: readonly number[]): Tensor {
   return tensorArg(x, "reshape", "x").reshape(shape);
@@ -87,7 +87,7 @@ export function narrow(x: Tensor, dim: number, start: number, length: number): T
   tensorArg(x, "narrow", "x");
   const d = normDim(dim, x.shape.length, "narrow");
   for (const [v, n] of [[start, "start"], [length, "length"]] as const)
-    if (typeof v !== "number" || !Number.isInteger(v) || v < 0) throw typeError(`narrow: ${n} must be a non-negative integer, got ${String(v)}`);
+    if (typeof v !== "number" || !Number.isInteger(v) || v < 0) throw typeError(`narrow: ${n} must be a non-negative integer, got ${shown(v)}`);
   if (start + length > x.shape[d]) throw peftError("ERR_SHAPE", `narrow: [${start}, ${start + length}) is outside dimension ${dim} of size ${x.shape[d]}`);
   const st = stridesOf(x.shape);
   const shape = x.shape.map((s, i) => (i === d ? length : s));

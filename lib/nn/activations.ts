@@ -11,6 +11,7 @@ abstract class ActivationModule extends Module {
   protected abstract readonly kind: Activation;
 
   forward(x: Tensor): Tensor {
+    this.input(x);
     if (this.training) this.save(x);
     else this.releaseSaved();
     const y = activation(this.kind, x);
@@ -62,6 +63,7 @@ export class GELU extends ActivationModule {
 /** log-softmax over the last dimension; backward from its output. */
 export class LogSoftmax extends Module {
   forward(x: Tensor): Tensor {
+    this.input(x);
     const y = logSoftmax(x);
     if (this.training) this.save(y);
     else this.releaseSaved();
@@ -101,6 +103,7 @@ export class Dropout extends Module {
   }
 
   forward(x: Tensor): Tensor {
+    this.input(x);
     if (!this.training || this.p === 0) {
       this.#rng = null;
       if (this.training) this.save();

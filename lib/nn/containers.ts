@@ -27,6 +27,7 @@ export class Sequential extends Module {
 
   // Intermediate activations are ours: each is disposed once the next layer has taken what it needs.
   forward(x: Tensor): Tensor {
+    this.input(x);
     let h = x;
     for (const m of this.#children()) {
       const next = m.forward(h);

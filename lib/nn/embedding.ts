@@ -23,6 +23,7 @@ export class Embedding extends Module {
   }
 
   forward(ids: Tensor): Tensor {
+    this.input(ids, "ids");
     const y = embedding(ids, this.weight);
     if (!this.training) this.releaseSaved();
     else if (this.weight.requiresGrad) this.save(ids);

@@ -20,6 +20,7 @@ export abstract class DenseBase extends Module {
   protected abstract readonly weightInOut: boolean;
 
   forward(x: Tensor): Tensor {
+    this.input(x);
     const y = linear(x, this.weight, this.bias, { weightInOut: this.weightInOut });
     // x is needed for dW only; a frozen weight needs nothing but itself.
     const needX = this.weight.requiresGrad;

@@ -27,6 +27,12 @@ export abstract class Module implements Disposable {
   // list is a pending forward that needed no tensors, e.g. a frozen Linear).
   #saved: Tensor[] | null = null;
 
+  /** The layer's tensor input, or a TypeError naming the module (built-in layers take one tensor). */
+  protected input(x: unknown, name = "x"): Tensor {
+    if (!(x instanceof Tensor)) throw typeError(`${this.constructor.name}.forward: ${name} must be a Tensor, got ${describe(x)}`);
+    return x;
+  }
+
   /** Any arguments and result (tensors, several inputs, options); the built-in layers take one tensor. */
   // eslint-disable-next-line @typescript-eslint/no-explicit-any
   abstract forward(...args: any[]): any;
@@ -76,18 +82,29 @@ export abstract class Module implements Disposable {
     yield* this.#modules;
   }
 
-  /** "" for this module, then every descendant by dotted path (each module once, as PyTorch). */
-  *namedModules(prefix = "", seen: Set<Module> = new Set()): Iterable<[string, Module]> {
+  /** "" for this module (or `prefix`), then every descendant by dotted path (each module once, as PyTorch). */
+  namedModules(prefix = ""): Iterable<[string, Module]> {
+    if (typeof prefix !== "string") throw typeError(`namedModules: prefix must be a string, got ${describe(prefix)}`);
+    return this.#walk(prefix, new Set());
+  }
+
+  *#walk(prefix: string, seen: Set<Module>): Iterable<[string, Module]> {
     if (seen.has(this)) return;
     seen.add(this);
     yield [prefix, this];
-    for (const [name, child] of this.#modules) yield* child.namedModules(prefix ? `${prefix}.${name}` : name, seen);
+    for (const [name, child] of this.#modules) yield* child.#walk(prefix ? `${prefix}.${name}` : name, seen);
   }
 
   /** Parameters by dotted path (each tensor once). */
-  *namedParameters(prefix = "", opts: { recurse?: boolean } = {}): Iterable<[string, Tensor]> {
+  namedParameters(prefix = "", opts: { recurse?: boolean } = {}): Iterable<[string, Tensor]> {
+    if (typeof prefix !== "string") throw typeError(`namedParameters: prefix must be a string, got ${describe(prefix)}`);
+    if (opts === null || typeof opts !== "object") throw typeError(`namedParameters: options must be an object, got ${describe(opts)}`);
+    return this.#parameters(prefix, opts.recurse !== false);
+  }
+
+  *#parameters(prefix: string, recurse: boolean): Iterable<[string, Tensor]> {
     const seen = new Set<Tensor>();
-    const modules: Iterable<[string, Module]> = opts.recurse === false ? [[prefix, this]] : this.namedModules(prefix);
+    const modules: Iterable<[string, Module]> = recurse ? this.#walk(prefix, new Set()) : [[prefix, this]];
     for (const [path, m] of modules) {
       for (const [name, t] of m.#params) {
         if (!t || seen.has(t)) continue;
@@ -129,6 +146,7 @@ export abstract class Module implements Disposable {
    * layer taking its adapter's place), or nothing when `dispose` is false.
    */
   setSubmodule(path: string, m: Module, opts: { dispose?: boolean } = {}): void {
+    if (typeof path !== "string") throw typeError(`setSubmodule: path must be a string, got ${describe(path)}`);
     if (!(m instanceof Module)) throw typeError(`setSubmodule("${path}"): expected a Module, got ${describe(m)}`);
     const cut = path.lastIndexOf(".");
     const parent = this.getSubmodule(cut < 0 ? "" : path.slice(0, cut));
@@ -189,11 +207,11 @@ export abstract class Module implements Disposable {
     const own = new Map(this.namedParameters());
     const missing = [...own.keys()].filter((k) => !sd.has(k));
     const unexpected = [...sd.keys()].filter((k) => !own.has(k));
-    const fmt = (k: string, t: Tensor | undefined) => `${k} ${t ? `[${t.shape.join(", ")}] ${t.dtype}` : ""}`.trim();
+    const fmt = (k: string, t: unknown) => `${k} ${t instanceof Tensor ? `[${t.shape.join(", ")}] ${t.dtype}` : t === undefined ? "" : `(${describe(t)})`}`.trim();
     if (opts.strict !== false && (missing.length || unexpected.length)) {
       const parts: string[] = [];
       if (missing.length) parts.push(`missing keys: ${missing.slice(0, 10).map((k) => fmt(k, own.get(k))).join(", ")}${missing.length > 10 ? `, … (${missing.length})` : ""}`);
-      if (unexpected.length) parts.push(`unexpected keys: ${unexpected.slice(0, 10).map((k) => fmt(k, sd.get(k) as Tensor | undefined)).join(", ")}${unexpected.length > 10 ? `, … (${unexpected.length})` : ""}`);
+      if (unexpected.length) parts.push(`unexpected keys: ${unexpected.slice(0, 10).map((k) => fmt(k, sd.get(k))).join(", ")}${unexpected.length > 10 ? `, … (${unexpected.length})` : ""}`);
       throw peftError("ERR_CHECKPOINT", `loadStateDict (${this.constructor.name}): ${parts.join("; ")}`);
     }
     // Everything is checked before the first copy, so a failure leaves every weight as it was.

@@ -2,15 +2,22 @@
 // removed), a saved module's parameters as `<path>.<name>`, base-layer biases as `<path>.bias` for bias
 // "all" / "lora_only".
 import { Tensor } from "../tensor.js";
-import { peftError } from "../errors.js";
+import { peftError, typeError } from "../errors.js";
+import { describe } from "../tensor.js";
 import { LoraLayer } from "./lora/layer.js";
-import { tensorEntries } from "../nn/module.js";
+import { Module, tensorEntries } from "../nn/module.js";
 import type { PeftModel } from "../peft-model.js";
 
 const PREFIX = "base_model.model.";
 
 /** File key -> live tensor for one adapter, and which of those keys a checkpoint must contain. */
+function peftModelArg(m: unknown, op: string): PeftModel {
+  if (!(m instanceof Module) || !("baseModel" in m)) throw typeError(`${op}: expected a PeftModel, got ${describe(m)}`);
+  return m as PeftModel;
+}
+
 function adapterKeyMap(m: PeftModel, adapterName: string): { keys: Map<string, Tensor>; required: Set<string> } {
+  if (typeof adapterName !== "string") throw typeError(`adapter state dict: adapterName must be a string, got ${describe(adapterName)}`);
   const config = Object.hasOwn(m.peftConfig, adapterName) ? m.peftConfig[adapterName] : undefined;
   if (!config) throw peftError("ERR_CONFIG", `Adapter ${adapterName} not found; this model has ${Object.keys(m.peftConfig).join(", ")}`);
   const model = m.baseModel.model;
@@ -47,6 +54,8 @@ function adapterKeyMap(m: PeftModel, adapterName: string): { keys: Map<string, T
 
 /** The adapter's tensors under PEFT's file key names (handles sharing the live storage). */
 export function getPeftModelStateDict(m: PeftModel, opts: { adapterName?: string } = {}): Record<string, Tensor> {
+  peftModelArg(m, "getPeftModelStateDict");
+  if (opts === null || typeof opts !== "object") throw typeError("getPeftModelStateDict: options must be an object");
   const name = opts.adapterName ?? m.activeAdapter;
   const out: Record<string, Tensor> = {};
   for (const [k, t] of adapterKeyMap(m, name).keys) out[k] = t.reshape(t.shape);
@@ -58,6 +67,8 @@ export function getPeftModelStateDict(m: PeftModel, opts: { adapterName?: string
  * matching shapes, or ERR_CHECKPOINT lists the first mismatches (nothing is copied then).
  */
 export function setPeftModelStateDict(m: PeftModel, record: Record<string, Tensor>, opts: { adapterName?: string } = {}): void {
+  peftModelArg(m, "setPeftModelStateDict");
+  if (opts === null || typeof opts !== "object") throw typeError("setPeftModelStateDict: options must be an object");
   const sd = tensorEntries(record, "setPeftModelStateDict");
   const name = opts.adapterName ?? m.activeAdapter;
   const { keys, required } = adapterKeyMap(m, name);

@@ -1,7 +1,8 @@
 // The LoRA tuner model (PEFT's LoraModel): finds the target modules, puts LoRA layers in their place through
 // an ordered list of dispatchers, marks only adapters trainable and wraps modulesToSave.
 import { Module, Linear, Conv1D } from "../../nn/index.js";
-import { peftError } from "../../errors.js";
+import { peftError, typeError } from "../../errors.js";
+import { describe } from "../../tensor.js";
 import { findTargetModules, SEQ_CLS_HEAD_NAMES, type MatchOptions } from "../../matching.js";
 import { defaultTargetModules } from "../../mappings.js";
 import { LoraConfig, type ModuleClass } from "./config.js";
@@ -13,6 +14,7 @@ export type LoraDispatcher = (target: Module, opts: LoraLayerOptions, config: Lo
 
 /** User registrations (config.registerCustomModule) come first, then the built-ins. */
 function customDispatcher(target: Module, opts: LoraLayerOptions, config: LoraConfig): LoraLayer | null {
+  if (!(config instanceof LoraConfig)) throw typeError(`LoRA dispatcher: config must be a LoraConfig, got ${describe(config)}`);
   for (const [from, to] of config.customModules ?? []) {
     if (target instanceof (from as ModuleClass)) {
       const layer = new (to as new (base: Module, o: LoraLayerOptions) => Module)(target, opts);
