@@ -48,13 +48,17 @@ constexpr int64_t kGrain = int64_t(1) << 15;
 
 // ---- the plan: output dims (size-1 dims dropped, mergeable neighbours merged) and per-input strides ----
 
-enum class Kind { Full, Scalar, General };
+// How an input's elements line up with the output's: element i of the output reads input element
+//   Full: i;  Scalar: 0;  Periodic: i % period (the input is the output's trailing dims);
+//   Repeat: i / period (the input is the output's leading dims);  General: per-dim strides.
+enum class Kind { Full, Scalar, Periodic, Repeat, General };
 
 struct Src {
   const void* p = nullptr;
   DType dt = DType::F32;
   int64_t st[kEwMaxDims] = {};
   Kind kind = Kind::General;
+  int64_t period = 1;
 };
 
 struct Plan {
@@ -101,14 +105,34 @@ Plan make_plan(const EwInput* in, int nin, const int64_t* out_shape, int out_ndi
     P.nd++;
   }
   for (int s = 0; s < nin; s++) {
+    Src& in = P.src[s];
     bool full = true, scalar = true;
     int64_t c = 1;
     for (int d = P.nd - 1; d >= 0; d--) {
-      if (P.src[s].st[d] != c) full = false;
-      if (P.src[s].st[d] != 0) scalar = false;
+      if (in.st[d] != c) full = false;
+      if (in.st[d] != 0) scalar = false;
       c *= P.dims[d];
     }
-    P.src[s].kind = scalar ? Kind::Scalar : full ? Kind::Full : Kind::General;
+    in.kind = scalar ? Kind::Scalar : full ? Kind::Full : Kind::General;
+    if (in.kind != Kind::General) continue;
+    // Periodic: zero strides on dims [0, k), contiguous strides on [k, nd).
+    int k = P.nd;
+    int64_t period = 1;
+    while (k > 0 && in.st[k - 1] == period) period *= P.dims[--k];
+    bool zeros = true;
+    for (int d = 0; d < k; d++) zeros = zeros && in.st[d] == 0;
+    if (zeros && k > 0 && k < P.nd) {
+      in.kind = Kind::Periodic, in.period = period;
+      continue;
+    }
+    // Repeat: zero strides on dims [k, nd), contiguous strides (as if those dims were absent) on [0, k).
+    k = P.nd;
+    int64_t inner = 1;
+    while (k > 0 && in.st[k - 1] == 0) inner *= P.dims[--k];
+    bool contig = k > 0 && k < P.nd;
+    int64_t cs = 1;
+    for (int d = k - 1; d >= 0 && contig; d--) contig = in.st[d] == cs, cs *= P.dims[d];
+    if (contig) in.kind = Kind::Repeat, in.period = inner;
   }
   return P;
 }
@@ -158,6 +182,17 @@ void load_run(const void* base, DType dt, int64_t idx, int64_t stride, int64_t n
   }
 }
 
+// dst[j] = conv(p[(q·Q + r + j) / Q]) for j < len: each source element repeated Q times, from phase r.
+template <typename T, typename S, typename Conv>
+void repeat_typed(const S* p, int64_t q, int64_t r, int64_t Q, int64_t len, T* dst, Conv conv) {
+  for (int64_t done = 0; done < len; q++, r = 0) {
+    const int64_t run = std::min(Q - r, len - done);
+    const T v = static_cast<T>(conv(p[q]));
+    for (int64_t j = 0; j < run; j++) dst[done + j] = v;
+    done += run;
+  }
+}
+
 // Elements [off, off + len) of the broadcast input as T: the input itself when it is f32 laid out like the
 // output, else staged into buf. `filled` remembers that a scalar input's buf already holds its value.
 template <typename T>
@@ -170,6 +205,36 @@ const T* stage(const Plan& P, const Src& s, int64_t off, int64_t len, T* buf, bo
   }
   if (s.kind == Kind::Scalar) {
     if (!filled) load_run<T>(s.p, s.dt, 0, 0, kBlock, buf, k), filled = true;
+    return buf;
+  }
+  if (s.kind == Kind::Periodic) {
+    int64_t pos = off % s.period;
+    if constexpr (std::is_same_v<T, float>)  // a slice that does not wrap is read in place
+      if (s.dt == DType::F32 && pos + len <= s.period) return static_cast<const float*>(s.p) + pos;
+    // Every block starts at phase 0 when the period divides the block: the buffer is filled once.
+    const bool fixed = kBlock % s.period == 0;
+    if (fixed && filled) return buf;
+    const int64_t n = fixed ? kBlock : len;
+    for (int64_t done = 0; done < n;) {
+      const int64_t run = std::min(s.period - pos, n - done);
+      load_run<T>(s.p, s.dt, pos, 1, run, buf + done, k);
+      done += run;
+      pos = 0;
+    }
+    filled = fixed;
+    return buf;
+  }
+  if (s.kind == Kind::Repeat) {
+    const int64_t q = off / s.period, r = off % s.period;
+    switch (s.dt) {
+      case DType::F32: repeat_typed(static_cast<const float*>(s.p), q, r, s.period, len, buf, [](float v) { return v; }); break;
+      case DType::F16: repeat_typed(static_cast<const uint16_t*>(s.p), q, r, s.period, len, buf, f16_to_f32); break;
+      case DType::BF16: repeat_typed(static_cast<const uint16_t*>(s.p), q, r, s.period, len, buf, bf16_to_f32); break;
+      case DType::I8: repeat_typed(static_cast<const int8_t*>(s.p), q, r, s.period, len, buf, [](int8_t v) { return v; }); break;
+      case DType::U8: repeat_typed(static_cast<const uint8_t*>(s.p), q, r, s.period, len, buf, [](uint8_t v) { return v; }); break;
+      case DType::I32: repeat_typed(static_cast<const int32_t*>(s.p), q, r, s.period, len, buf, [](int32_t v) { return v; }); break;
+      case DType::I64: repeat_typed(static_cast<const int64_t*>(s.p), q, r, s.period, len, buf, [](int64_t v) { return v; }); break;
+    }
     return buf;
   }
   // General: walk the output index space in runs along the innermost dim.
