@@ -2,7 +2,7 @@
 // extra k-steps of the base GEMM) beside PEFT's unfused three-op path, the fused backward beside the dx
 // GEMM alone, and the in-place merge beside the machine's read-modify-write bandwidth.
 import { Linear, LoraLinear, Tensor, linear, linearGradInput } from "../dist/index.js";
-import { addInPlace } from "../dist/functional.js";
+import { addInPlace } from "../dist/kernels.js";
 import { ceilingRate } from "./ceilings.mjs";
 
 const R = 16;

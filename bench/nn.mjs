@@ -8,7 +8,7 @@
 // (baseline x86-64, AVX2, AVX-512) against each other.
 import { fileURLToPath } from "node:url";
 import { Tensor, backend } from "../dist/index.js";
-import * as F from "../dist/functional.js";
+import * as F from "../dist/kernels.js";
 
 const N = 1 << 22;
 const ROWS = 512;

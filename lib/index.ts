@@ -13,7 +13,7 @@ export { defaultTargetModules, defaultFeedforwardModules } from "./mappings.js";
 export { loadSafetensors, loadSafetensorsSync, saveSafetensors, saveSafetensorsSync, openSafetensors, type SafetensorsFile, loadShardedSafetensors, openSharded, type ShardedSafetensors } from "./io/index.js";
 export { Module, Linear, Conv1D, Embedding, Sequential, ModuleList, ModuleDict, ReLU, GELU, SiLU, LogSoftmax, Dropout, type BackwardOptions } from "./nn/index.js";
 export { AdamW, type AdamWOptions } from "./optim/adamw.js";
-export { nllLoss, crossEntropy, mseLoss } from "./functional.js";
+export { nllLoss, crossEntropy, mseLoss } from "./kernels.js";
 export * as F from "./functional/index.js";
 export { noGrad, isGradEnabled, tidy, gradcheck, type GradcheckOptions } from "./autograd/index.js";
 export { LoraLayer, LoraLinear, type LoraLayerOptions, type MergeOptions } from "./tuners/lora/layer.js";

@@ -3,7 +3,7 @@
 // any write.
 import { afterEach, describe, expect, it } from "vitest";
 import { PeftError, Tensor, backend } from "../lib/index.js";
-import { adamwStep, type AdamWStepOptions } from "../lib/functional.js";
+import { adamwStep, type AdamWStepOptions } from "../lib/kernels.js";
 import { FLOATS, ISAS, UNIT, forEachIsa, expectClose, expectError, expectSameBits, roundTo, tensorOf, uniform, type FloatDType } from "./helpers/numeric.js";
 
 const E = UNIT.f32;

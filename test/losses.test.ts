@@ -2,7 +2,7 @@
 // label_smoothing), finite differences of the reference loss, thread-count determinism and bad input.
 import { afterEach, describe, expect, it } from "vitest";
 import { PeftError, Tensor, backend } from "../lib/index.js";
-import { crossEntropy, mseLoss, nllLoss } from "../lib/functional.js";
+import { crossEntropy, mseLoss, nllLoss } from "../lib/kernels.js";
 import { logSoftmaxRef, FLOATS, UNIT, forEachIsa, expectClose, expectError, expectSameBits, numericGrad, tensorOf, tolIn, uniform } from "./helpers/numeric.js";
 
 const E = UNIT.f32;

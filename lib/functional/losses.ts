@@ -1,7 +1,7 @@
 // Differentiable losses: each returns a 0-d tensor (in the input's dtype) whose backward scales the
 // gradient the fused native kernel computed with the loss.
 import { Tensor } from "../tensor.js";
-import { crossEntropy as ceKernel, mseLoss as mseKernel, nllLoss as nllKernel, scaleInPlace, type LossResult } from "../functional.js";
+import { crossEntropy as ceKernel, mseLoss as mseKernel, nllLoss as nllKernel, scaleInPlace, type LossResult } from "../kernels.js";
 import { record, wantsGrad } from "../autograd/record.js";
 
 function lossTensor(name: string, input: Tensor, r: LossResult): Tensor {

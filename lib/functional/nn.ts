@@ -5,7 +5,7 @@ import { linear as linearKernel, linearGradInput, linearGradWeight } from "../op
 import {
   activation, activationBackward, dropout as dropoutKernel, embedding as embeddingKernel, embeddingBackward,
   logSoftmax as logSoftmaxKernel, logSoftmaxBackward, sumRows,
-} from "../functional.js";
+} from "../kernels.js";
 import { record, wantsGrad } from "../autograd/record.js";
 import { takeRng } from "../random.js";
 import { peftError, typeError } from "../errors.js";

@@ -1,6 +1,6 @@
 // Parameter-free layers: activations, LogSoftmax, Dropout.
 import { Tensor } from "../tensor.js";
-import { activation, activationBackward, dropout, logSoftmax, logSoftmaxBackward, type Activation } from "../functional.js";
+import { activation, activationBackward, dropout, logSoftmax, logSoftmaxBackward, type Activation } from "../kernels.js";
 import { peftError, typeError } from "../errors.js";
 import { takeRng } from "../random.js";
 import { Module, type BackwardOptions } from "./module.js";

@@ -1,6 +1,6 @@
 // Embedding: a lookup table (V, D) indexed by i32/i64 ids; backward scatters into the weight's gradient.
 import { Tensor, type DType } from "../tensor.js";
-import { embedding, embeddingBackward } from "../functional.js";
+import { embedding, embeddingBackward } from "../kernels.js";
 import { peftError, typeError } from "../errors.js";
 import { Module, gradOf, type BackwardOptions } from "./module.js";
 import { record, wantsGrad } from "../autograd/record.js";

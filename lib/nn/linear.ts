@@ -1,7 +1,7 @@
 // Linear (torch.nn.Linear: weight (out, in)) and Conv1D (GPT-2: weight (in, out)); both y = x·W(ᵀ) + b.
 import { Tensor, type DType } from "../tensor.js";
 import { linear, linearGradInput, linearGradWeight } from "../ops.js";
-import { sumRows } from "../functional.js";
+import { sumRows } from "../kernels.js";
 import { peftError, typeError } from "../errors.js";
 import { Module, gradOf, type BackwardOptions } from "./module.js";
 import { takeRng } from "../random.js";

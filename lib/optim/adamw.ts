@@ -1,7 +1,7 @@
 // AdamW with PyTorch's semantics (decoupled weight decay, bias correction, f32 moments), stepping every
 // parameter that has a gradient in one fused native call.
 import { Tensor } from "../tensor.js";
-import { adamwStep } from "../functional.js";
+import { adamwStep } from "../kernels.js";
 import { peftError, typeError } from "../errors.js";
 import { untrack } from "../autograd/scope.js";
 

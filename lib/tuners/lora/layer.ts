@@ -3,7 +3,7 @@
 import { Tensor } from "../../tensor.js";
 import { native, type NativeTensor } from "../../native.js";
 import { linearGradWeight, matmul } from "../../ops.js";
-import { scaleInPlace, sumRows } from "../../functional.js";
+import { scaleInPlace, sumRows } from "../../kernels.js";
 import { peftError, typeError } from "../../errors.js";
 import { takeRng } from "../../random.js";
 import { applyLoraDeltas, type LoraDelta } from "./delta.js";

@@ -2,7 +2,7 @@
 // thread-count determinism and every bad input.
 import { afterEach, describe, expect, it } from "vitest";
 import { PeftError, Tensor, backend } from "../lib/index.js";
-import * as F from "../lib/functional.js";
+import * as F from "../lib/kernels.js";
 import { logSoftmaxRef,
   FLOATS, ISAS, SIZES, UNIT, centralDiff, forEachIsa, expectClose, expectError, expectSameBits, normCdf, normPdf, numericGrad,
   philoxUniforms, roundTo, tensorOf, tolIn, uniform,
