@@ -39,6 +39,9 @@ const SELF_URL = import.meta.url;
 const ROOT = resolve(dirname(SELF), "..", "..");
 const DIST = join(ROOT, "dist", "index.js");
 
+// The package failing to load (dist/ or the addon rebuilt while the fuzzer runs) is no finding of it.
+const LOAD_FAILURE = /ERR_MODULE_NOT_FOUND|does not provide an export named|process\.dlopen|Cannot find module|ERR_DLOPEN_FAILED/;
+
 // ---------------------------------------------------------------- seeded randomness
 
 function mulberry32(seed) {
@@ -1311,7 +1314,7 @@ async function parent(o) {
       crashes.push({
         batch: r.batch.b,
         cuda: r.batch.cuda,
-        kind: r.timedOut ? "hang (child killed after timeout)" : r.signal ? `signal ${r.signal}` : r.code === 0 ? "exited (code 0) before finishing its calls" : `exit code ${r.code}`,
+        kind: r.timedOut ? "hang (child killed after timeout)" : r.signal ? `signal ${r.signal}` : LOAD_FAILURE.test(r.stderr) ? "the package failed to load (dist/ or the addon changed during the run?)" : r.code === 0 ? "exited (code 0) before finishing its calls" : `exit code ${r.code}`,
         call: open ? open.c : r.preparing ? `(preparing the arguments of step #${r.preparing.i}, target ${r.preparing.k})` : "(between calls)",
         step: open?.i ?? r.preparing?.i ?? null,
         lastCalls: r.calls.slice(-25).map((c) => `#${c.i} ${c.c}${c.o ? `  -> ${c.o}` : "  -> (no outcome)"}`),

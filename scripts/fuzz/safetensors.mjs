@@ -42,6 +42,9 @@ const ROOT = resolve(dirname(SELF), "..", "..");
 const DIST = join(ROOT, "dist", "index.js");
 const CLI = join(ROOT, "dist", "cli.js");
 
+// The package failing to load (dist/ or the addon rebuilt while the fuzzer runs) is no finding of it.
+const LOAD_FAILURE = /ERR_MODULE_NOT_FOUND|does not provide an export named|process\.dlopen|Cannot find module|ERR_DLOPEN_FAILED/;
+
 // ---------------------------------------------------------------- seeded randomness
 
 function mulberry32(seed) {
@@ -643,9 +646,10 @@ async function child(opts) {
     else if (c.signal) problems.push(`cli: killed by ${c.signal}`);
     else if (c.status !== 0 && c.status !== 1) problems.push(`cli: exit code ${c.status}`);
     const stackLines = (c.stderr ?? "").split("\n").filter((l) => l.startsWith("    at "));
-    if (stackLines.length) problems.push(`cli: stack trace on stderr: ${(c.stderr ?? "").split("\n").slice(0, 3).join(" | ").slice(0, 300)}`);
+    if (LOAD_FAILURE.test(c.stderr ?? "")) problems.push("cli: the package failed to load (dist/ or the addon changed during the run?)");
+    else if (stackLines.length) problems.push(`cli: stack trace on stderr: ${(c.stderr ?? "").split("\n").slice(0, 3).join(" | ").slice(0, 300)}`);
     if (/unexpected error/.test(c.stderr ?? "")) problems.push(`cli: ${(c.stderr ?? "").trim().slice(0, 300)}`);
-    return { status: c.status, signal: c.signal, problems, stderr: (c.stderr ?? "").trim().slice(0, 200) };
+    return { status: c.status, signal: c.signal, problems, stderr: (c.stderr ?? "").trim().slice(0, 200), loadFailed: LOAD_FAILURE.test(c.stderr ?? "") };
   }
 
   const sameTensors = (a, b) => {
@@ -700,7 +704,7 @@ async function child(opts) {
       cli = cliCheck(path);
       problems.push(...cli.problems);
       if (cli.status === 0 && !r.opened) problems.push(`cli: exit 0 but openSafetensors refuses the header (${r.lazy.err?.message})`);
-      if (cli.status === 1 && r.opened) problems.push(`cli: exit 1 but openSafetensors accepts the header: ${cli.stderr}`);
+      if (cli.status === 1 && r.opened && !cli.loadFailed) problems.push(`cli: exit 1 but openSafetensors accepts the header: ${cli.stderr}`);
     }
     while (escaped.length) problems.push(escaped.shift());
     emit({ t: "e", i, accepted: accepted.length === 3, problems, cli: cli ? cli.status : undefined });
@@ -818,7 +822,7 @@ async function parent(o) {
     if (r.signal || r.code !== 0 || !r.done) {
       crashes.push({
         batch: r.batch.b,
-        kind: r.timedOut ? "hang (child killed after timeout)" : r.signal ? `signal ${r.signal}` : `exit code ${r.code}`,
+        kind: r.timedOut ? "hang (child killed after timeout)" : r.signal ? `signal ${r.signal}` : LOAD_FAILURE.test(r.stderr) ? "the package failed to load (dist/ or the addon changed during the run?)" : `exit code ${r.code}`,
         case: r.open?.i ?? null,
         notes: r.open?.notes ?? [],
         file: r.crashFile ?? null,
