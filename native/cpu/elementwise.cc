@@ -287,7 +287,7 @@ void store_out(const float* y, void* out, DType odt, int64_t off, int64_t n, con
 template <typename T, typename Compute>
 void run_plan(const Plan& P, void* out, DType odt, const EwKernels& k, Compute&& compute) {
   const int64_t nblocks = (P.numel + kBlock - 1) / kBlock;
-  parallel_for(nblocks, std::max<int64_t>(1, kGrain / kBlock), [&](int64_t b0, int64_t b1) {
+  dynamic_for(nblocks, std::max<int64_t>(1, kGrain / kBlock), [&](int64_t b0, int64_t b1) {
     alignas(64) T buf[3][kBlock];
     alignas(64) float ybuf[kBlock];
     bool filled[3] = {false, false, false};

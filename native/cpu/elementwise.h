@@ -3,10 +3,13 @@
 // (comparisons and `where`'s condition also take integers); values are computed in f32 and rounded once
 // into the output dtype. ops/ has validated names, dtypes and shapes, so nothing here fails.
 #pragma once
+#include <algorithm>
+#include <atomic>
 #include <cstdint>
 #include <string>
 
 #include "../core/dtype.h"
+#include "parallel.h"
 
 namespace peft {
 
@@ -51,6 +54,23 @@ struct EwInput {
 // in double otherwise) and for where's condition.
 void elementwise_cpu(EwOp op, const EwInput* in, int nin, const int64_t* out_shape, int out_ndim, void* out, DType odt,
                      const double* scalars);
+
+// Calls fn(begin, end) over [0, n) in pieces of `chunk` items that the pool's threads take in turn (an
+// atomic counter), so a thread the OS runs less (a busy machine) takes fewer pieces instead of holding the
+// others up. Which thread runs a piece never changes what the piece computes.
+template <typename F>
+void dynamic_for(int64_t n, int64_t chunk, F&& fn) {
+  if (n <= 0) return;
+  chunk = std::max<int64_t>(chunk, 1);
+  const int64_t pieces = (n + chunk - 1) / chunk;
+  if (pieces == 1) return fn(int64_t(0), n);
+  std::atomic<int64_t> next{0};
+  parallel_for(std::min<int64_t>(pieces, num_threads()), 1, [&](int64_t w0, int64_t w1) {
+    for (int64_t w = w0; w < w1; w++)
+      for (int64_t p = next.fetch_add(1, std::memory_order_relaxed); p < pieces; p = next.fetch_add(1, std::memory_order_relaxed))
+        fn(p * chunk, std::min(n, (p + 1) * chunk));
+  });
+}
 
 // ---- the per-ISA f32 loops behind elementwise_cpu and the reductions (reduce.cc) ----
 

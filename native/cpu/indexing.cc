@@ -7,6 +7,7 @@
 
 #include "convert.h"
 #include "elem.h"
+#include "elementwise.h"
 #include "nn_kernels.h"
 #include "parallel.h"
 #include "stage.h"
@@ -127,7 +128,7 @@ void copy_transposed(const char* sb, char* db, size_t es, const std::vector<Dim>
   for (const Dim& r : rest) nrest *= r.size;
   const int64_t tasks = nrest * ta * tb;
   const int64_t e = static_cast<int64_t>(es);
-  parallel_for(tasks, std::max<int64_t>(1, kGrainBytes / (T * T * e)), [&](int64_t t0, int64_t t1) {
+  dynamic_for(tasks, std::max<int64_t>(1, kGrainBytes / (T * T * e)), [&](int64_t t0, int64_t t1) {
     for (int64_t t = t0; t < t1; t++) {
       const int64_t ja = t % ta, jb = (t / ta) % tb, r = t / ta / tb;
       int64_t so, dof;
@@ -173,7 +174,7 @@ void copy_strided_cpu(const void* src, DType sdt, const int64_t* shape, const in
   const int64_t pieces = rows >= want ? 1 : std::max<int64_t>(1, std::min<int64_t>(want / rows, line_bytes / kGrainBytes));
   const int64_t tasks = rows * pieces;
   const int64_t grain = std::max<int64_t>(1, kGrainBytes / std::max<int64_t>(1, line_bytes / pieces));
-  parallel_for(tasks, grain, [&](int64_t t0, int64_t t1) {
+  dynamic_for(tasks, grain, [&](int64_t t0, int64_t t1) {
     for (int64_t t = t0; t < t1; t++) {
       const int64_t row = t / pieces, pc = t % pieces;
       const int64_t l0 = in.size * pc / pieces, l1 = in.size * (pc + 1) / pieces;

@@ -108,7 +108,7 @@ void reduce_inner(ReduceOp op, const Src& x, const Axes& kept, const Axes& runs,
   std::vector<float> pbest(ext ? tasks : 0);
   std::vector<int64_t> pat(ext ? tasks : 0);
   const int64_t per_task = std::min(N, kChunk);
-  parallel_for(tasks, std::max<int64_t>(1, kChunk / per_task), [&](int64_t tb, int64_t te) {
+  dynamic_for(tasks, std::max<int64_t>(1, kChunk / per_task), [&](int64_t tb, int64_t te) {
     for (int64_t t = tb; t < te; t++) {
       const int64_t o = t / nch, c = t % nch;
       const int64_t base = offset_of(kept, o);
@@ -173,7 +173,7 @@ void reduce_outer(ReduceOp op, const Src& x, const Axes& kept, int64_t Kc, const
   std::vector<float> pbest(ext ? psize : 0);
   std::vector<int64_t> pat(ext ? psize : 0);
   const int64_t per_task = tw * std::min(N, rows_per);
-  parallel_for(tasks, std::max<int64_t>(1, kChunk / per_task), [&](int64_t tb, int64_t te) {
+  dynamic_for(tasks, std::max<int64_t>(1, kChunk / per_task), [&](int64_t tb, int64_t te) {
     alignas(64) double acc[kTile];
     alignas(64) float bb[kTile];
     alignas(64) int64_t ba[kTile];
