@@ -850,6 +850,18 @@ describe("indexSelect and indexAdd", () => {
         }
   });
 
+  it("a 0-d x takes exactly one index and stays 0-d", () => {
+    const s = Tensor.fromArray([4.5], []);
+    const y = T(native.indexSelect(H(s), 0, H(Tensor.fromArray([0], [1], "i64"))));
+    expect(y.shape).toEqual([]);
+    expect(y.toArray()).toEqual([4.5]);
+    expectError(() => native.indexSelect(H(s), -1, H(Tensor.fromArray([0, 0], [2], "i64"))), PeftError, "ERR_SHAPE", /indexSelect: x is 0-d, so index must hold exactly one value, got 2/);
+    expectError(() => native.indexSelect(H(s), 0, H(Tensor.fromArray([1], [1], "i64"))), RangeError, "ERR_OUT_OF_RANGE", /index value 1 .* which has size 1/);
+    const d = Tensor.fromArray([1], []);
+    native.indexAdd(H(d), 0, H(Tensor.fromArray([0, 0], [2], "i32")), H(Tensor.fromArray([2, 3], [2])));
+    expect(d.toArray()).toEqual([6]);
+  });
+
   it("indexAdd accumulates repeated indices (one rounding per destination, any thread count)", () => {
     for (const [ddt, sdt] of [["f32", "f32"], ["f16", "f32"], ["bf16", "f16"], ["f32", "bf16"]] as const)
       for (const [shape, dim, n] of [[[7, 17], 0, 20], [[7, 17], 1, 5], [[3, 5, 7], 1, 9], [[33], 0, 100], [[5, 3], 0, 0], [[4, 0], 0, 3]] as const) {

@@ -154,16 +154,14 @@ Napi::Value IndexSelect(const Napi::CallbackInfo& info) {
   require_index(index, op, "index");
   require_ndim(index, 0, 1, op, "index");
   require_cpu(op, {{"x", &x}, {"index", &index}});
+  const int64_t n = index.numel();
+  if (x.ndim() == 0 && n != 1)  // as PyTorch: a 0-d x takes exactly one index and stays 0-d
+    fail("ERR_SHAPE", cat(op, ": x is 0-d, so index must hold exactly one value, got ", n));
   int64_t outer, D, inner;
   split_at(x, dim, outer, D, inner);
   check_indices(index, D, dim, op, "x");
-  const int64_t n = index.numel();
   Shape os = x.shape;
-  if (os.empty()) {
-    os.push_back(n);  // a 0-d x reads as a 1-element vector
-  } else {
-    os[dim] = n;
-  }
+  if (!os.empty()) os[dim] = n;
   Tensor out = new_tensor(Device::CPU, x.dtype, os, op, false);
   index_select_cpu(x.data(), dtype_size(x.dtype), outer, D, inner, index.data(), index.dtype, n, out.data());
   return TensorHandle::Wrap(info.Env(), out);
