@@ -7,6 +7,10 @@ import {
   type PeftModel,
 } from "../lib/index.js";
 import { errorCode } from "./helpers/errors.js";
+import { mkdtempSync, rmSync, truncateSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { loadShardedSafetensors, openSharded } from "../lib/index.js";
 import { distIndex, runNode } from "./helpers/child.js";
 
 const code = errorCode;
@@ -267,5 +271,20 @@ describe("after dispose() nothing native stays behind", () => {
       console.log((process.memoryUsage().rss - r0) / 2 ** 20);`);
     expect(r.stderr).toBe("");
     expect(Number(r.stdout)).toBeLessThan(20);
+  });
+});
+
+describe("hostile files", () => {
+  it("a sharded index larger than any header we accept is refused before it is read", async () => {
+    const dir = mkdtempSync(join(tmpdir(), "peft-index-"));
+    try {
+      const file = join(dir, "model.safetensors.index.json");
+      writeFileSync(file, "{");
+      truncateSync(file, 100_000_001); // sparse: no disk used, nothing read
+      expect(() => openSharded(file)).toThrow(/at most 100000000/);
+      await expect(loadShardedSafetensors(file)).rejects.toMatchObject({ code: "ERR_SAFETENSORS" });
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
   });
 });

@@ -1,8 +1,7 @@
 // PEFT adapter checkpoints: `adapter_config.json` + `adapter_model.safetensors` (+ a short model card) in
 // the directory, non-default adapters in `<dir>/<adapter>/`, as Python PEFT writes and reads them.
-import { randomBytes } from "node:crypto";
 import { mkdir, open, readFile, rename, rmdir, stat, unlink } from "node:fs/promises";
-import { basename, dirname, join, resolve } from "node:path";
+import { dirname, join, resolve } from "node:path";
 import { peftError, typeError } from "../errors.js";
 import { findTargetModules } from "../matching.js";
 import { defaultTargetModules } from "../mappings.js";
@@ -16,7 +15,7 @@ import { LoraLayer } from "../tuners/lora/layer.js";
 import { loraMatchOptions } from "../tuners/lora/model.js";
 import { getPeftModelStateDict, setPeftModelStateDict } from "../tuners/state-dict.js";
 import { fileDType } from "./safetensors-format.js";
-import { buildHeader, checkName } from "./safetensors-write.js";
+import { buildHeader, checkName, tempPath } from "./safetensors-write.js";
 import { loadSafetensors, openSafetensors, saveSafetensors } from "./index.js";
 
 export const WEIGHTS_NAME = "adapter_model.safetensors";
@@ -55,10 +54,6 @@ function modelCard(config: PeftConfig): string {
   ].join("\n");
 }
 
-/** A hidden temporary name beside `path`, unique to this save. */
-function tempBeside(path: string): string {
-  return join(dirname(path), `.${basename(path)}.${process.pid}.${randomBytes(6).toString("hex")}.tmp`);
-}
 
 async function writeTextDurable(path: string, text: string): Promise<void> {
   const h = await open(path, "wx");
@@ -142,13 +137,13 @@ async function writeAll(plans: AdapterFiles[]): Promise<void> {
     }
     const configs: { tmp: string; dest: string }[] = [];
     for (const p of plans) {
-      const weights = { tmp: tempBeside(join(p.dir, WEIGHTS_NAME)), dest: join(p.dir, WEIGHTS_NAME) };
+      const weights = { tmp: tempPath(join(p.dir, WEIGHTS_NAME)), dest: join(p.dir, WEIGHTS_NAME) };
       pending.push(weights);
       await saveSafetensors(weights.tmp, p.tensors);
-      const card = { tmp: tempBeside(join(p.dir, README_NAME)), dest: join(p.dir, README_NAME) };
+      const card = { tmp: tempPath(join(p.dir, README_NAME)), dest: join(p.dir, README_NAME) };
       pending.push(card);
       await writeTextDurable(card.tmp, p.card);
-      const config = { tmp: tempBeside(join(p.dir, CONFIG_NAME)), dest: join(p.dir, CONFIG_NAME) };
+      const config = { tmp: tempPath(join(p.dir, CONFIG_NAME)), dest: join(p.dir, CONFIG_NAME) };
       pending.push(config);
       configs.push(config);
       await writeTextDurable(config.tmp, p.config);

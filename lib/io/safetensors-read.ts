@@ -4,7 +4,7 @@
 // opt-in mmap would need a native helper.
 import { closeSync, fstatSync, openSync } from "node:fs";
 import { open, type FileHandle } from "node:fs/promises";
-import { Tensor, describe } from "../tensor.js";
+import { Tensor, describe, transientBytes } from "../tensor.js";
 import { typeError } from "../errors.js";
 import { checkPath, readFully, readFullySync, runAsync, runSync, type IoPlan } from "./file-io.js";
 import { checkHeaderLength, formatError, parseLayout, recordOf, type Layout } from "./safetensors-format.js";
@@ -50,7 +50,7 @@ function allocFor(layout: Layout, t: number, file: string): { tensor: Tensor; ta
   const n = layout.byteLength(t);
   // Faulting fresh pages in is most of a large read from the page cache; the pool does it on every core first.
   const tensor = Tensor.zeros(layout.shape(t), { dtype: layout.tensorDType(t)!, touch: n >= SMALL });
-  return { tensor, target: n === 0 ? null : tensor.bytes({ writable: true }) };
+  return { tensor, target: n === 0 ? null : transientBytes(tensor, true) };
 }
 
 /** Reads every tensor of a validated layout, in file order; keyed by name in sorted order. */

@@ -4,7 +4,7 @@
 // first): temp file, fsync, rename; abort() leaves the target untouched.
 import { closeSync, fsyncSync, openSync, renameSync, unlinkSync } from "node:fs";
 import { dirname } from "node:path";
-import { DTYPE_SIZE, Tensor, type DType } from "../tensor.js";
+import { DTYPE_SIZE, Tensor, transientBytes, type DType } from "../tensor.js";
 import { peftError } from "../errors.js";
 import { checkPath, writeFullySync } from "./file-io.js";
 import { fileDType } from "./safetensors-format.js";
@@ -54,7 +54,7 @@ export class SafetensorsStreamWriter {
     if (slot.written) throw peftError("ERR_SAFETENSORS", `${this.path}: "${name}" written twice`);
     if (t.dtype !== slot.spec.dtype || t.shape.join() !== slot.spec.shape.join())
       throw peftError("ERR_SAFETENSORS", `${this.path}: "${name}" declared ${slot.spec.dtype} [${slot.spec.shape}] but given ${t.dtype} [${t.shape}]`);
-    writeFullySync(this.#fd, t.bytes(), this.#base + slot.offset);
+    writeFullySync(this.#fd, transientBytes(t, false), this.#base + slot.offset);
     slot.written = true;
   }
 

@@ -7,7 +7,7 @@ import { randomBytes } from "node:crypto";
 import { closeSync, fsyncSync, openSync, readdirSync, renameSync, unlinkSync } from "node:fs";
 import { open, readdir, rename, unlink } from "node:fs/promises";
 import { basename, dirname, join } from "node:path";
-import { DTYPE_SIZE, Tensor, describe } from "../tensor.js";
+import { DTYPE_SIZE, Tensor, describe, transientBytes } from "../tensor.js";
 import { peftError, typeError } from "../errors.js";
 import { checkPath, runAsync, runSync, writeFully, writeFullySync, type IoPlan } from "./file-io.js";
 import { MAX_HEADER_SIZE, compareForWrite, define, fileDType, formatError } from "./safetensors-format.js";
@@ -103,10 +103,11 @@ function prepare(op: string, file: string, tensors: unknown, metadata: unknown):
   const copies: Tensor[] = [];
   const data = order.map(({ name }) => {
     const tensor = byName.get(name)!;
-    if (tensor.device === "cpu") return tensor.bytes();
+    // Transient views: written out before the save returns, so they do not turn the pack cache off.
+    if (tensor.device === "cpu") return transientBytes(tensor, false);
     const host = tensor.to("cpu");
     copies.push(host);
-    return host.bytes();
+    return transientBytes(host, false);
   });
   return { header, data, copies };
 }

@@ -1,14 +1,14 @@
 // Sharded checkpoints: a `model.safetensors.index.json` whose weight_map names, for each tensor, the shard
 // file holding it. The map is checked against the shards' own headers before any tensor is read: every
 // listed shard exists, every key is in the shard the map names, and no tensor is in two shards.
-import { readFileSync } from "node:fs";
-import { open, readFile, type FileHandle } from "node:fs/promises";
+import { readFileSync, statSync } from "node:fs";
+import { open, readFile, stat, type FileHandle } from "node:fs/promises";
 import { dirname, isAbsolute, relative, resolve } from "node:path";
 import { describe, type Tensor } from "../tensor.js";
 import { typeError } from "../errors.js";
 import { checkPath } from "./file-io.js";
 import { JsonSyntaxError, parseJsonStrict, type JsonNode } from "./json-strict.js";
-import { compareUtf8, define, formatError, recordOf, sortNames, type Layout } from "./safetensors-format.js";
+import { MAX_HEADER_SIZE, compareUtf8, define, formatError, recordOf, sortNames, type Layout } from "./safetensors-format.js";
 import { available, openSafetensors, readHeaderAsync, readTensorsAsync, type SafetensorsFile } from "./safetensors-read.js";
 
 /** A sharded checkpoint open for lazy reads; tensors it returns stay valid after close(). */
@@ -34,6 +34,21 @@ interface Index {
   weightMap: Map<string, string>;
   /** Shard paths, sorted. */
   shards: string[];
+}
+
+// An index is a small JSON file: one as large as the biggest header we accept is refused before it is read.
+function checkIndexSize(size: number, indexPath: string): void {
+  if (size > MAX_HEADER_SIZE) throw formatError(indexPath, `the index is ${size} bytes; at most ${MAX_HEADER_SIZE} are accepted`);
+}
+
+function readIndexSync(file: string): Uint8Array {
+  checkIndexSize(statSync(file).size, file);
+  return readFileSync(file);
+}
+
+async function readIndex(file: string): Promise<Uint8Array> {
+  checkIndexSize((await stat(file)).size, file);
+  return readFile(file);
 }
 
 function parseIndex(bytes: Uint8Array, indexPath: string): Index {
@@ -104,7 +119,7 @@ function missingShard(e: unknown, index: Index, shard: string, indexPath: string
 /** Opens every shard of a sharded checkpoint (headers only) and checks the index against them. */
 export function openSharded(indexPath: string): ShardedSafetensors {
   const file = checkPath(indexPath, "openSharded");
-  const index = parseIndex(readFileSync(file), file);
+  const index = parseIndex(readIndexSync(file), file);
   const files = new Map<string, SafetensorsFile>();
   try {
     for (const shard of index.shards) {
@@ -125,7 +140,7 @@ export function openSharded(indexPath: string): ShardedSafetensors {
 /** Loads every tensor of a sharded checkpoint, after checking the index against all shard headers. */
 export async function loadShardedSafetensors(indexPath: string): Promise<Record<string, Tensor>> {
   const file = checkPath(indexPath, "loadShardedSafetensors");
-  const index = parseIndex(await readFile(file), file);
+  const index = parseIndex(await readIndex(file), file);
   const opened: FileHandle[] = [];
   const shards = new Map<string, { h: FileHandle; layout: Layout }>();
   const loaded = new Map<string, Tensor>();
