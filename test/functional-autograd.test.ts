@@ -7,6 +7,7 @@ import { join } from "node:path";
 import { describe, expect, it } from "vitest";
 import { AdamW, F, Linear, LoraConfig, Module, Tensor, getPeftModel, gradcheck, tidy } from "../lib/index.js";
 import { errorCode } from "./helpers/errors.js";
+import { distIndex, runNode } from "./helpers/child.js";
 
 const code = errorCode;
 
@@ -272,5 +273,30 @@ describe("a custom model trained by autograd with LoRA", () => {
     } finally {
       rmSync(dir, { recursive: true, force: true });
     }
+  });
+});
+
+describe("F on the cuda device", () => {
+  it("every op without a cuda kernel is ERR_NOT_ON_DEVICE naming the op (emulated device, child process)", () => {
+    const r = runNode(`
+      import { F, Tensor } from ${JSON.stringify(distIndex)};
+      const a = Tensor.zeros([2, 3], { device: "cuda" });
+      const idx = Tensor.zeros([1], { dtype: "i32", device: "cuda" });
+      const calls = {
+        add: () => F.add(a, a), exp: () => F.exp(a), sum: () => F.sum(a), permute: () => F.permute(a, [1, 0]),
+        matmul: () => F.matmul(a, F.transpose(a, 0, 1)), softmax: () => F.softmax(a), indexSelect: () => F.indexSelect(a, 0, idx),
+        layerNorm: () => F.layerNorm(a, [3]), crossEntropy: () => F.crossEntropy(a, Tensor.zeros([2], { dtype: "i32", device: "cuda" })),
+      };
+      const out = {};
+      for (const [k, f] of Object.entries(calls)) { try { f(); out[k] = "ok"; } catch (e) { out[k] = e.code + " " + e.message; } }
+      console.log(JSON.stringify(out));`, { NODE_PEFT_CUDA: "emu" });
+    expect(r.stderr).toBe("");
+    const out = JSON.parse(r.stdout) as Record<string, string>;
+    for (const [op, msg] of Object.entries(out)) {
+      expect(msg.startsWith("ERR_NOT_ON_DEVICE"), `${op}: ${msg}`).toBe(true);
+      expect(msg).toMatch(/cuda/);
+    }
+    expect(out.add).toMatch(/add/);
+    expect(out.sum).toMatch(/sum/);
   });
 });
