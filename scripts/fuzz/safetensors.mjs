@@ -5,11 +5,11 @@
 // zero-size tensors, metadata) plus one built by hand with dtypes that only load as raw bytes (F64, BOOL,
 // U16, F8_E4M3, ...). Each case takes one of them and mutates it with a seeded generator: the header's JSON
 // structure (offsets and shape entries set to 0 / -1 / 2^53+1 / 2^64 / fractions / strings, unknown or
-// lower-case dtypes, missing, extra and duplicate fields, duplicate or odd tensor names, non-string and
-// non-object metadata, deep nesting, overlapping, swapped and shifted data ranges, gaps, thousands of
-// entries), the header bytes (flips, inserts, deletes, invalid UTF-8, a BOM), the 8-byte length field, and
-// the file (truncation at any point, trailing garbage, flipped data bytes, a header spliced onto another
-// file's data).
+// lower-case dtypes, ranks past 16 with the same size, missing, extra and duplicate fields, duplicate or
+// odd tensor names, non-string and non-object metadata, deep nesting, overlapping, swapped and shifted
+// data ranges, gaps, thousands of entries), the header bytes (flips, inserts, deletes, invalid UTF-8, a
+// BOM), the 8-byte length field, and the file (truncation at any point, trailing garbage, flipped data
+// bytes, a header spliced onto another file's data).
 //
 // Every file goes to all three readers: loadSafetensorsSync, loadSafetensors, and openSafetensors with
 // keys / metadata / info / get / getBytes of every tensor, then close (and a call after close). A sample of
@@ -250,6 +250,15 @@ const STRUCTURAL = [
     e.set("shape", v);
     return `${show(name)}.shape=${show(v)}`;
   }],
+  ["rank", 4, (rng, m) => {
+    // Same element count, more dimensions: legal for the format, beyond what a Tensor holds (16).
+    const [name, e] = rng.pick(tensorEntries(m).filter(([, x]) => Array.isArray(x.get("shape")))) ?? [];
+    if (!e) return null;
+    const k = rng.pick([8, 16, 17, 33, 100]);
+    const shape = e.get("shape");
+    while (shape.length < k) shape.splice(rng.int(shape.length + 1), 0, 1);
+    return `${show(name)}.shape padded with ones to ${shape.length} dimensions`;
+  }],
   ["dtype", 5, (rng, m) => {
     const [name, e] = rng.pick(tensorEntries(m)) ?? [];
     if (!e) return null;
@@ -389,6 +398,40 @@ const STRUCTURAL = [
   }],
 ];
 
+// Changes a valid file may survive: the readers must still agree on it.
+const SAME_SIZE = [["F16", "BF16", "I16", "U16"], ["F32", "I32", "U32"], ["I64", "F64", "U64", "C64"], ["U8", "I8", "BOOL", "F8_E4M3", "F8_E5M2", "F8_E8M0"]];
+const GENTLE = [
+  ["rank", (rng, m) => STRUCTURAL.find((x) => x[0] === "rank")[2](rng, m)],
+  ["reorder", (rng, m) => STRUCTURAL.find((x) => x[0] === "reorder")[2](rng, m)],
+  ["many", (rng, m) => STRUCTURAL.find((x) => x[0] === "many")[2](rng, m)],
+  ["same-size dtype", (rng, m) => {
+    const [name, e] = rng.pick(tensorEntries(m)) ?? [];
+    if (!e) return null;
+    const group = SAME_SIZE.find((g) => g.includes(e.get("dtype")));
+    if (!group) return null;
+    const to = rng.pick(group);
+    e.set("dtype", to);
+    return `${show(name)}.dtype=${show(to)}`;
+  }],
+  ["name", (rng, m) => {
+    const pair = rng.pick(tensorEntries(m));
+    if (!pair) return null;
+    const to = rng.pick(["__proto__", "constructor", "toString", "é日本\u{1F600}", "a\u0000b", " ", "x".repeat(5000), "0", "__metadata__x"]);
+    if (m.entries.some(([k]) => k === to)) return null;
+    pair[0] = to;
+    return `rename a tensor to ${show(to)}`;
+  }],
+  ["metadata", (rng, m) => {
+    const at = m.entries.findIndex(([k]) => k === "__metadata__");
+    const meta = at >= 0 ? m.entries[at][1] : new Obj([]);
+    if (at < 0) m.entries.push(["__metadata__", meta]);
+    const k = rng.pick(["__proto__", "constructor", "", "é", "x".repeat(1000)]);
+    if (!(meta instanceof Obj) || meta.get(k) !== undefined) return null;
+    meta.pairs.push([k, rng.pick(["", "v", "\u0000", "x".repeat(10000)])]);
+    return `__metadata__ key ${show(k)}`;
+  }],
+];
+
 const JSON_BYTES = Buffer.from('{}[]":,0123456789-+eE. \\ntfrlsuaF', "latin1");
 function mutateHeaderBytes(rng, h) {
   const pos = rng.int(h.length + 1);
@@ -435,6 +478,22 @@ function makeCase(rng, seeds) {
     const other = parseFile(seeds[rng.pick(names)]);
     m.data = other.data;
     notes.push("data of another seed");
+  }
+  if (rng.chance(0.15)) {
+    // Gentle: one or two changes a reader may accept; nothing else.
+    for (let i = 1 + rng.int(2); i > 0; i--) {
+      const [what, fn] = rng.pick(GENTLE);
+      const note = fn(rng, m);
+      notes.push(note ?? `(${what}: nothing to change)`);
+    }
+    if (rng.chance(0.3)) {
+      for (let i = 1 + rng.int(4); i > 0; i--) m.data[rng.int(Math.max(1, m.data.length))] ^= 0xff;
+      notes.push("data bytes flipped");
+    }
+    const header = Buffer.from(`{${m.entries.map(([key, v]) => `${key instanceof Raw ? key.text : JSON.stringify(key)}:${ser(v)}`).join(",")}}`, "utf8");
+    const prefix = Buffer.alloc(8);
+    prefix.writeBigUInt64LE(BigInt(header.length));
+    return { bytes: Buffer.concat([prefix, header, m.data]), notes, pristine: null };
   }
   const k = rng.chance(0.75) ? 1 + rng.int(3) : 0;
   const total = STRUCTURAL.reduce((a, s) => a + s[1], 0);
