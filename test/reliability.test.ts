@@ -10,7 +10,7 @@ import { errorCode } from "./helpers/errors.js";
 import { mkdtempSync, rmSync, truncateSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { loadShardedSafetensors, openSharded } from "../lib/index.js";
+import { loadSafetensors, loadSafetensorsSync, loadShardedSafetensors, openSafetensors, openSharded } from "../lib/index.js";
 import { distIndex, runNode } from "./helpers/child.js";
 
 const code = errorCode;
@@ -283,6 +283,25 @@ describe("hostile files", () => {
       truncateSync(file, 100_000_001); // sparse: no disk used, nothing read
       expect(() => openSharded(file)).toThrow(/at most 100000000/);
       await expect(loadShardedSafetensors(file)).rejects.toMatchObject({ code: "ERR_SAFETENSORS" });
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
+  it("a valid file whose tensor has 17 dimensions: ERR_SAFETENSORS naming file and tensor; its bytes stay readable", async () => {
+    const dir = mkdtempSync(join(tmpdir(), "peft-ndim-"));
+    try {
+      const file = join(dir, "deep.safetensors");
+      const header = JSON.stringify({ deep: { dtype: "F32", shape: new Array(17).fill(1), data_offsets: [0, 4] } });
+      const len = Buffer.alloc(8);
+      len.writeBigUInt64LE(BigInt(header.length));
+      writeFileSync(file, Buffer.concat([len, Buffer.from(header), Buffer.from(new Float32Array([1.5]).buffer)]));
+      expect(() => loadSafetensorsSync(file)).toThrow(/deep.*17 dimensions|17 dimensions.*deep/);
+      await expect(loadSafetensors(file)).rejects.toMatchObject({ code: "ERR_SAFETENSORS" });
+      const f = openSafetensors(file);
+      expect(code(() => f.get("deep"))).toBe("ERR_SAFETENSORS");
+      expect(f.getBytes("deep").length).toBe(4);
+      f.close();
     } finally {
       rmSync(dir, { recursive: true, force: true });
     }

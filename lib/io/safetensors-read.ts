@@ -32,9 +32,15 @@ export function* headerPlan(fileSize: number, file: string): IoPlan<Layout> {
   return parseLayout(header, fileSize, file);
 }
 
+// Tensors have at most this many dimensions (the native limit); the format itself has none.
+const MAX_TENSOR_DIMS = 16;
+
 function checkLoadable(layout: Layout, t: number, file: string): void {
   if (layout.tensorDType(t) === null)
     throw formatError(file, `dtype ${layout.dtype(t)} has no Tensor dtype; read its raw bytes with getBytes()`, layout.names[t]);
+  const ndim = layout.shape(t).length;
+  if (ndim > MAX_TENSOR_DIMS)
+    throw formatError(file, `shape has ${ndim} dimensions; tensors have at most ${MAX_TENSOR_DIMS} (read its raw bytes with getBytes())`, layout.names[t]);
 }
 
 // Tensors smaller than this are read several at a time: one read of up to GATHER bytes into a staging
