@@ -8,9 +8,8 @@ import { PeftError } from "./errors.js";
 
 /** The native tensor handle (a type-tagged object owned by the addon). */
 export interface NativeTensor {
-  shape(): number[];
-  dtype(): string;
-  device(): string;
+  /** [dtype index (DTYPES order), device index (0 cpu, 1 cuda), ...dims]. */
+  meta(): Float64Array;
   disposed(): boolean;
   dispose(): void;
   toFloat32Array(): Float32Array;

@@ -1,10 +1,10 @@
 // Tensor: a thin class over the native handle. Shape/dtype/device are cached on the JS side; the data lives
 // in reference-counted native storage shared by handles, reshapes and typed-array views.
 import { native, type NativeTensor } from "./native.js";
-import { peftError, rangeError, typeError } from "./errors.js";
+import { describe, isArray, lengthOf, optionsArg, peftError, rangeError, shownValue, typeError } from "./errors.js";
 import { takeRng } from "./random.js";
 import { track, untrack } from "./autograd/scope.js";
-import type { Node } from "./autograd/node.js";
+import { Node } from "./autograd/node.js";
 import { record, wantsGrad } from "./autograd/record.js";
 import { runBackward } from "./autograd/engine.js";
 
@@ -18,12 +18,12 @@ export function isDType(v: unknown): v is DType {
 }
 
 function checkDType(v: unknown, what: string): DType {
-  if (!isDType(v)) throw typeError(`${what}: dtype must be one of ${DTYPES.join(", ")}, got ${JSON.stringify(v)}`);
+  if (!isDType(v)) throw typeError(`${what}: dtype must be one of ${DTYPES.join(", ")}, got ${shownValue(v)}`);
   return v;
 }
 
 function checkDevice(v: unknown, what: string): Device {
-  if (v !== "cpu" && v !== "cuda") throw typeError(`${what}: device must be "cpu" or "cuda", got ${JSON.stringify(v)}`);
+  if (v !== "cpu" && v !== "cuda") throw typeError(`${what}: device must be "cpu" or "cuda", got ${shownValue(v)}`);
   return v;
 }
 
@@ -36,11 +36,14 @@ function numericData(data: unknown, what: string): ArrayBufferView {
     }
     return data;
   }
-  if (data === null || typeof data !== "object" || typeof (data as ArrayLike<number>).length !== "number")
-    throw typeError(`${what}: data must be an array of numbers`);
+  if (data === null || typeof data !== "object") throw typeError(`${what}: data must be an array of numbers, got ${describe(data)}`);
   const a = data as ArrayLike<unknown>;
-  const out = new Float64Array(a.length);
-  for (let i = 0; i < a.length; i++) {
+  const n: unknown = a.length;
+  if (typeof n !== "number" || !Number.isSafeInteger(n) || n < 0) throw typeError(`${what}: data must be an array of numbers`);
+  // A plain array this long (1 GiB as doubles) is a sparse array or a made-up length, not data.
+  if (n > 2 ** 27) throw rangeError(`${what}: data has ${n} entries; pass a typed array for data this large`);
+  const out = new Float64Array(n);
+  for (let i = 0; i < n; i++) {
     const v = a[i];
     if (typeof v !== "number") throw typeError(`${what}: data[${i}] must be a number, got ${typeof v}`);
     out[i] = v;
@@ -53,8 +56,8 @@ function numericData(data: unknown, what: string): ArrayBufferView {
  * array run here, before any native code; the native side only ever sees arrays the library made.
  */
 export function readShape(shape: unknown, op: string, name = "shape", allowInfer = false): number[] {
-  if (!Array.isArray(shape)) throw typeError(`${op}: ${name} must be an array of non-negative integers, got ${describe(shape)}`);
-  const n = shape.length;
+  if (!isArray(shape)) throw typeError(`${op}: ${name} must be an array of non-negative integers, got ${describe(shape)}`);
+  const n = lengthOf(shape, op, name);
   if (n > 16) throw rangeError(`${op}: ${name} has ${n} dimensions; at most 16 are supported`);
   const out = new Array<number>(n);
   for (let i = 0; i < n; i++) {
@@ -88,35 +91,81 @@ export class Tensor implements Disposable {
   readonly device: Device;
   /** Leaves: whether backward accumulates into .grad. Results of recorded ops: set by the graph. */
   requiresGrad = false;
-  grad: Tensor | null = null;
-  /** The graph node that made this tensor (null for leaves and for anything made under noGrad). */
-  gradFn: Node | null = null;
-  /** Which output of gradFn this tensor is. */
-  gradIndex = 0;
+  #grad: Tensor | null = null;
+  #gradFn: Node | null = null;
+  #gradIndex = 0;
+  // Only tensors this constructor made carry it: a Proxy around a Tensor, or an object made from
+  // Tensor.prototype, is no Tensor (instanceof says so, see Symbol.hasInstance below).
+  readonly #brand = true;
   private readonly [handleKey]: NativeTensor;
+
+  /**
+   * `x instanceof Tensor` holds only for tensors the library made: not for a Proxy around one (its traps
+   * could hand out anything) nor for an object whose prototype is Tensor.prototype.
+   */
+  static [Symbol.hasInstance](v: unknown): boolean {
+    return typeof v === "object" && v !== null && #brand in v && Function.prototype[Symbol.hasInstance].call(this, v);
+  }
 
   /** Wraps a native handle; users make tensors with the static factories. */
   constructor(handle: NativeTensor) {
     if (!native.isTensorHandle(handle)) throw typeError("Tensor: use Tensor.fromArray, Tensor.zeros or Tensor.randn");
     this[handleKey] = handle;
-    this.shape = Object.freeze(handle.shape());
-    this.dtype = handle.dtype() as DType;
-    this.device = handle.device() as Device;
+    const meta = handle.meta();
+    this.dtype = DTYPES[meta[0]];
+    this.device = meta[1] === 0 ? "cpu" : "cuda";
+    this.shape = Object.freeze(Array.from(meta.subarray(2)));
     track(this);
+  }
+
+  /** The accumulated gradient (a Tensor of this tensor's shape, or null). */
+  get grad(): Tensor | null {
+    return this.#grad;
+  }
+
+  set grad(g: Tensor | null) {
+    if (g !== null && !(g instanceof Tensor)) throw typeError(`Tensor.grad must be a Tensor or null, got ${describe(g)}`);
+    this.#grad = g;
+  }
+
+  /** The graph node that made this tensor (null for leaves and for anything made under noGrad). */
+  get gradFn(): Node | null {
+    return this.#gradFn;
+  }
+
+  /** Only null can be assigned (it cuts the tensor from its graph, as detach_() does); the graph sets nodes. */
+  set gradFn(node: Node | null) {
+    if (node === this.#gradFn) return;
+    if (node !== null) throw typeError(`Tensor.gradFn is set by the autograd graph; only null can be assigned, got ${describe(node)}`);
+    this.#release();
+  }
+
+  /** Which output of gradFn this tensor is. */
+  get gradIndex(): number {
+    return this.#gradIndex;
   }
 
   /** A leaf: made by the user (or a parameter), not by a recorded op. */
   get isLeaf(): boolean {
-    return this.gradFn === null;
+    return this.#gradFn === null;
   }
 
   /** @internal Makes this tensor output `index` of a graph node. */
   attachGradFn(node: Node, index: number): void {
-    this.gradFn?.unref();
-    this.gradFn = node;
-    this.gradIndex = index;
-    this.requiresGrad = true;
+    if (!(node instanceof Node)) throw typeError(`Tensor.attachGradFn: node must be a graph node, got ${describe(node)}`);
+    if (!Number.isSafeInteger(index) || index < 0) throw typeError(`Tensor.attachGradFn: index must be a non-negative integer, got ${shownValue(index)}`);
     node.ref();
+    this.#release();
+    this.#gradFn = node;
+    this.#gradIndex = index;
+    this.requiresGrad = true;
+  }
+
+  #release(): void {
+    const node = this.#gradFn;
+    this.#gradFn = null;
+    this.#gradIndex = 0;
+    node?.unref();
   }
 
   /**
@@ -140,7 +189,7 @@ export class Tensor implements Disposable {
   /** Raw 16-bit floats (f16 or bf16 bit patterns), copied. */
   static fromBits(bits: Uint16Array, shape: readonly number[], dtype: "f16" | "bf16"): Tensor {
     if (!(bits instanceof Uint16Array)) throw typeError("Tensor.fromBits: bits must be a Uint16Array");
-    if (dtype !== "f16" && dtype !== "bf16") throw typeError(`Tensor.fromBits: dtype must be "f16" or "bf16", got ${JSON.stringify(dtype)}`);
+    if (dtype !== "f16" && dtype !== "bf16") throw typeError(`Tensor.fromBits: dtype must be "f16" or "bf16", got ${shownValue(dtype)}`);
     return new Tensor(native.fromBytes(bits, readShape(shape, "Tensor.fromBits"), dtype, "cpu"));
   }
 
@@ -151,7 +200,8 @@ export class Tensor implements Disposable {
   }
 
   /** `touch`: fault the memory in now on the pool's threads (before a single-threaded fill, e.g. a file read). */
-  static zeros(shape: readonly number[], opts: { dtype?: DType; device?: Device; touch?: boolean } = {}): Tensor {
+  static zeros(shape: readonly number[], options: { dtype?: DType; device?: Device; touch?: boolean } = {}): Tensor {
+    const opts = optionsArg(options, "Tensor.zeros");
     const dims = readShape(shape, "Tensor.zeros");
     const dtype = checkDType(opts.dtype ?? "f32", "Tensor.zeros");
     return new Tensor(native.zeros(dims, dtype, checkDevice(opts.device ?? "cpu", "Tensor.zeros"), opts.touch === true));
@@ -160,8 +210,9 @@ export class Tensor implements Disposable {
   /** Normal samples from the Philox generator; the same numbers for any thread count or device. */
   static randn(
     shape: readonly number[],
-    opts: { seed?: number; stream?: number; dtype?: DType; device?: Device; mean?: number; std?: number } = {},
+    options: { seed?: number; stream?: number; dtype?: DType; device?: Device; mean?: number; std?: number } = {},
   ): Tensor {
+    const opts = optionsArg(options, "Tensor.randn");
     const dims = readShape(shape, "Tensor.randn");
     const dtype = checkDType(opts.dtype ?? "f32", "Tensor.randn");
     const device = checkDevice(opts.device ?? "cpu", "Tensor.randn");
@@ -171,7 +222,8 @@ export class Tensor implements Disposable {
   }
 
   /** Uniform samples in [lo, hi) (weight init). */
-  static rand(shape: readonly number[], opts: { seed?: number; stream?: number; dtype?: DType; lo?: number; hi?: number } = {}): Tensor {
+  static rand(shape: readonly number[], options: { seed?: number; stream?: number; dtype?: DType; lo?: number; hi?: number } = {}): Tensor {
+    const opts = optionsArg(options, "Tensor.rand");
     const dims = readShape(shape, "Tensor.rand");
     const dtype = checkDType(opts.dtype ?? "f32", "Tensor.rand");
     const { seed, stream } = takeRng(opts.seed, "Tensor.rand", opts.stream);
@@ -212,13 +264,13 @@ export class Tensor implements Disposable {
 
   /** A zero-copy byte view of the storage; `writable` marks the tensor as about to change. */
   bytes(opts: { writable?: boolean } = {}): Uint8Array {
-    return this[handleKey].bytes(opts.writable === true, false);
+    return this[handleKey].bytes(optionsArg(opts, "Tensor.bytes").writable === true, false);
   }
 
   /** A new tensor in another dtype or on another device. */
   to(target: DType | Device): Tensor {
     if (!isDType(target) && target !== "cpu" && target !== "cuda")
-      throw typeError(`Tensor.to: target must be a dtype or "cpu"/"cuda", got ${JSON.stringify(target)}`);
+      throw typeError(`Tensor.to: target must be a dtype or "cpu"/"cuda", got ${shownValue(target)}`);
     return new Tensor(this[handleKey].to(target));
   }
 
@@ -249,11 +301,7 @@ export class Tensor implements Disposable {
   /** Frees the native memory now (views keep theirs); a graph this tensor came from is released too. */
   dispose(): void {
     this[handleKey].dispose();
-    const node = this.gradFn;
-    if (node) {
-      this.gradFn = null;
-      node.unref();
-    }
+    this.#release();
     untrack(this);
   }
 
@@ -291,15 +339,5 @@ export function optionalHandle(t: unknown, op: string, name: string): NativeTens
   return t === null || t === undefined ? null : handleOf(t, op, name);
 }
 
-/** What kind of value v is, for an error message; never throws (proxies and getters may). */
-export function describe(v: unknown): string {
-  if (v === null) return "null";
-  try {
-    if (Array.isArray(v)) return "an array";
-    if (typeof v === "object") return (v as object).constructor?.name ?? "an object";
-  } catch {
-    return "an object";
-  }
-  return typeof v;
-}
+export { describe };
 

@@ -28,11 +28,8 @@ class TensorHandle : public Napi::ObjectWrap<TensorHandle> {
  private:
   // The handle behind a JS value, or null when it is not one or has been disposed.
   static TensorHandle* Live(const Napi::Value& v);
-  static const Tensor& Self(const Napi::CallbackInfo& info, const char* op);
   void Release();
-  static Napi::Value Shape(const Napi::CallbackInfo& info);
-  static Napi::Value DTypeName(const Napi::CallbackInfo& info);
-  static Napi::Value DeviceName(const Napi::CallbackInfo& info);
+  static Napi::Value Meta(const Napi::CallbackInfo& info);
   static Napi::Value Disposed(const Napi::CallbackInfo& info);
   static Napi::Value Dispose(const Napi::CallbackInfo& info);
   static Napi::Value ToFloat32Array(const Napi::CallbackInfo& info);
