@@ -207,3 +207,20 @@ describe("grad mode and scopes", () => {
     if (process.env.NODE_PEFT_BUILD !== "asan") expect(m.rss).toBeLessThan(20);
   });
 });
+
+describe("devices", () => {
+  it("mixed devices are ERR_DEVICE in ops and in backward (emulated cuda, child process)", () => {
+    const r = runNode(`
+      import { F, Tensor } from ${JSON.stringify(distIndex)};
+      const x = Tensor.randn([2, 2]); x.requiresGrad = true;
+      const y = F.silu(x);
+      const out = {};
+      const attempt = (k, f) => { try { f(); out[k] = "ok"; } catch (e) { out[k] = e.code; } };
+      attempt("backward", () => y.backward(Tensor.zeros([2, 2], { device: "cuda" })));
+      attempt("add", () => F.add(x, Tensor.zeros([2, 2], { device: "cuda" })));
+      attempt("linear", () => F.linear(x, Tensor.zeros([3, 2], { device: "cuda" })));
+      console.log(JSON.stringify(out));`, { NODE_PEFT_CUDA: "emu" });
+    expect(r.stderr).toBe("");
+    expect(JSON.parse(r.stdout)).toEqual({ backward: "ERR_DEVICE", add: "ERR_DEVICE", linear: "ERR_DEVICE" });
+  });
+});
