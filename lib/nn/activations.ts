@@ -1,7 +1,7 @@
 // Parameter-free layers: activations, LogSoftmax, Dropout.
 import { Tensor } from "../tensor.js";
 import { activation, activationBackward, dropout, logSoftmax, logSoftmaxBackward, type Activation } from "../kernels.js";
-import { peftError, typeError } from "../errors.js";
+import { optionsArg, peftError, shownValue, typeError } from "../errors.js";
 import { takeRng } from "../random.js";
 import { Module, type BackwardOptions } from "./module.js";
 import { record, wantsGrad } from "../autograd/record.js";
@@ -20,7 +20,8 @@ abstract class ActivationModule extends Module {
     return record(`${this.constructor.name}Backward`, [x], y, ([g], [xs]) => [g ? activationBackward(kind, xs, g) : null], [x]);
   }
 
-  override backward(dy: Tensor, opts: BackwardOptions = {}): Tensor | null {
+  override backward(dy: Tensor, options: BackwardOptions = {}): Tensor | null {
+    const opts = this.gradInput(dy, options);
     const [x] = this.saved();
     const dx = opts.inputGrad === false ? null : activationBackward(this.kind, x, dy);
     this.releaseSaved();
@@ -45,10 +46,11 @@ export class SiLU extends ActivationModule {
 export class GELU extends ActivationModule {
   protected readonly kind: Activation;
   /** approximate: "none" (the exact erf form, PyTorch's default) or "tanh". */
-  constructor(opts: { approximate?: "none" | "tanh" } = {}) {
+  constructor(options: { approximate?: "none" | "tanh" } = {}) {
     super();
+    const opts = optionsArg(options, "GELU");
     if (opts.approximate !== undefined && opts.approximate !== "none" && opts.approximate !== "tanh")
-      throw peftError("ERR_CONFIG", `GELU: approximate must be "none" or "tanh", got ${JSON.stringify(opts.approximate)}`);
+      throw peftError("ERR_CONFIG", `GELU: approximate must be "none" or "tanh", got ${shownValue(opts.approximate)}`);
     this.kind = opts.approximate === "tanh" ? "gelu_tanh" : "gelu";
   }
   override clone(): GELU {
@@ -71,7 +73,8 @@ export class LogSoftmax extends Module {
     return record("LogSoftmaxBackward", [x], y, ([g], [ys]) => [g ? logSoftmaxBackward(ys, g) : null], [y]);
   }
 
-  override backward(dy: Tensor, opts: BackwardOptions = {}): Tensor | null {
+  override backward(dy: Tensor, options: BackwardOptions = {}): Tensor | null {
+    const opts = this.gradInput(dy, options);
     const [y] = this.saved();
     const dx = opts.inputGrad === false ? null : logSoftmaxBackward(y, dy);
     this.releaseSaved();
@@ -119,7 +122,8 @@ export class Dropout extends Module {
     return wantsGrad(x) ? record("DropoutBackward", [x], y, ([g]) => [g ? dropout(g, p, rng.seed, rng.stream) : null]) : y;
   }
 
-  override backward(dy: Tensor, opts: BackwardOptions = {}): Tensor | null {
+  override backward(dy: Tensor, options: BackwardOptions = {}): Tensor | null {
+    const opts = this.gradInput(dy, options);
     this.saved();
     this.releaseSaved();
     const rng = this.#rng;

@@ -1,7 +1,13 @@
 // Containers: Sequential (runs children in order and back), ModuleList and ModuleDict (hold children).
 import { Tensor } from "../tensor.js";
-import { peftError, typeError } from "../errors.js";
+import { arrayArg, peftError, shownValue, typeError } from "../errors.js";
 import { Module, type BackwardOptions } from "./module.js";
+
+/** A child index for at(): an integer (a negative one or one past the end is ERR_TARGET_NOT_FOUND there). */
+function indexArg(i: unknown, op: string): string {
+  if (typeof i !== "number" || !Number.isInteger(i)) throw typeError(`${op}: index must be an integer, got ${shownValue(i)}`);
+  return String(i);
+}
 
 export class Sequential extends Module {
   readonly #count: number;
@@ -18,7 +24,7 @@ export class Sequential extends Module {
 
   /** The i-th child as registered now (setSubmodule("3", m) replaces it). */
   at(i: number): Module {
-    return this.getSubmodule(String(i));
+    return this.getSubmodule(indexArg(i, "Sequential.at"));
   }
 
   #children(): Module[] {
@@ -37,7 +43,8 @@ export class Sequential extends Module {
     return h === x ? x.reshape(x.shape) : h;
   }
 
-  override backward(dy: Tensor, opts: BackwardOptions = {}): Tensor | null {
+  override backward(dy: Tensor, options: BackwardOptions = {}): Tensor | null {
+    const opts = this.gradInput(dy, options);
     const kids = this.#children();
     let g: Tensor | null = dy;
     for (let i = kids.length - 1; i >= 0; i--) {
@@ -56,8 +63,7 @@ export class ModuleList extends Module {
 
   constructor(modules: Module[] = []) {
     super();
-    if (!Array.isArray(modules)) throw typeError("ModuleList: expected an array of modules");
-    for (const m of modules) this.append(m);
+    for (const m of arrayArg(modules, "ModuleList", "modules")) this.append(m as Module);
   }
 
   append(m: Module): this {
@@ -70,7 +76,7 @@ export class ModuleList extends Module {
   }
 
   at(i: number): Module {
-    return this.getSubmodule(String(i));
+    return this.getSubmodule(indexArg(i, "ModuleList.at"));
   }
 
   *[Symbol.iterator](): Iterator<Module> {

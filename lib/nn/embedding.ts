@@ -1,7 +1,7 @@
 // Embedding: a lookup table (V, D) indexed by i32/i64 ids; backward scatters into the weight's gradient.
 import { Tensor, type DType } from "../tensor.js";
 import { embedding, embeddingBackward } from "../kernels.js";
-import { peftError, typeError } from "../errors.js";
+import { optionsArg, peftError, typeError } from "../errors.js";
 import { Module, gradOf, type BackwardOptions } from "./module.js";
 import { record, wantsGrad } from "../autograd/record.js";
 
@@ -11,8 +11,9 @@ export class Embedding extends Module {
   readonly embeddingDim: number;
 
   /** PyTorch's init: N(0, 1). */
-  constructor(numEmbeddings: number, embeddingDim: number, opts: { dtype?: DType; seed?: number } = {}) {
+  constructor(numEmbeddings: number, embeddingDim: number, options: { dtype?: DType; seed?: number } = {}) {
     super();
+    const opts = optionsArg(options, "Embedding");
     for (const [n, what] of [[numEmbeddings, "numEmbeddings"], [embeddingDim, "embeddingDim"]] as const) {
       if (typeof n !== "number") throw typeError(`Embedding: ${what} must be a number`);
       if (!Number.isSafeInteger(n) || n < 0) throw peftError("ERR_CONFIG", `Embedding: ${what} must be a non-negative integer, got ${n}`);
@@ -33,7 +34,8 @@ export class Embedding extends Module {
   }
 
   /** Accumulates the weight gradient; there is no gradient for integer ids (returns null). */
-  override backward(dy: Tensor, _opts: BackwardOptions = {}): null {
+  override backward(dy: Tensor, opts: BackwardOptions = {}): null {
+    this.gradInput(dy, opts);
     const [ids] = this.saved();
     this.gradients(dy, ids);
     this.releaseSaved();

@@ -2,7 +2,7 @@
 import { Tensor, type DType } from "../tensor.js";
 import { linear, linearGradInput, linearGradWeight } from "../ops.js";
 import { sumRows } from "../kernels.js";
-import { peftError, typeError } from "../errors.js";
+import { optionsArg, peftError, typeError } from "../errors.js";
 import { Module, gradOf, type BackwardOptions } from "./module.js";
 import { takeRng } from "../random.js";
 import { record, wantsGrad } from "../autograd/record.js";
@@ -39,7 +39,8 @@ export abstract class DenseBase extends Module {
     );
   }
 
-  override backward(dy: Tensor, opts: BackwardOptions = {}): Tensor | null {
+  override backward(dy: Tensor, options: BackwardOptions = {}): Tensor | null {
+    const opts = this.gradInput(dy, options);
     const [x] = this.saved();
     const dx = this.gradients(dy, x, opts.inputGrad !== false, this.weight);
     this.releaseSaved();
@@ -66,8 +67,9 @@ export class Linear extends DenseBase {
   protected readonly weightInOut = false;
 
   /** PyTorch's init: kaiming_uniform(a=√5) for the weight, U(±1/√in) for the bias. */
-  constructor(inFeatures: number, outFeatures: number, opts: { bias?: boolean; dtype?: DType; seed?: number } = {}) {
+  constructor(inFeatures: number, outFeatures: number, options: { bias?: boolean; dtype?: DType; seed?: number } = {}) {
     super();
+    const opts = optionsArg(options, "Linear");
     this.inFeatures = checkFeatures(inFeatures, "Linear: inFeatures");
     this.outFeatures = checkFeatures(outFeatures, "Linear: outFeatures");
     const bound = inFeatures > 0 ? 1 / Math.sqrt(inFeatures) : 0;
@@ -103,8 +105,9 @@ export class Conv1D extends DenseBase {
   readonly nf: number;
   protected readonly weightInOut = true;
 
-  constructor(nx: number, nf: number, opts: { dtype?: DType; seed?: number } = {}) {
+  constructor(nx: number, nf: number, options: { dtype?: DType; seed?: number } = {}) {
     super();
+    const opts = optionsArg(options, "Conv1D");
     this.nx = checkFeatures(nx, "Conv1D: nx");
     this.nf = checkFeatures(nf, "Conv1D: nf");
     const dtype = opts.dtype ?? "f32";

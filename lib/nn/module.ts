@@ -1,7 +1,7 @@
 // Module: the tree every model is built from. Children and parameters are registered by name (dotted paths
 // as in PyTorch: "seq.0", "model.layers.3.mlp.up_proj"); forward keeps what backward needs while training.
 import { Tensor, describe, type DType, type Device, isDType } from "../tensor.js";
-import { PeftError, peftError, typeError } from "../errors.js";
+import { PeftError, clip, optionsArg, peftError, shownValue, typeError } from "../errors.js";
 
 export interface BackwardOptions {
   /** Whether the caller needs dx (false for a model's first layer: saves a whole GEMM). Default true. */
@@ -15,7 +15,7 @@ export { retain };
 
 function checkName(name: unknown, what: string): string {
   if (typeof name !== "string") throw typeError(`${what}: name must be a string, got ${describe(name)}`);
-  if (name === "" || name.includes(".")) throw peftError("ERR_CONFIG", `${what}: name "${name}" must be non-empty and contain no "."`);
+  if (name === "" || name.includes(".")) throw peftError("ERR_CONFIG", `${what}: name ${shownValue(name)} must be non-empty and contain no "."`);
   return name;
 }
 
@@ -33,6 +33,12 @@ export abstract class Module implements Disposable {
     return x;
   }
 
+  /** The gradient argument of backward, or a TypeError naming the module; `opts` checked to be an object. */
+  protected gradInput(dy: unknown, opts: unknown): BackwardOptions {
+    if (!(dy instanceof Tensor)) throw typeError(`${this.constructor.name}.backward: dy must be a Tensor, got ${describe(dy)}`);
+    return optionsArg(opts as BackwardOptions | undefined, `${this.constructor.name}.backward`);
+  }
+
   /** Any arguments and result (tensors, several inputs, options); the built-in layers take one tensor. */
   // eslint-disable-next-line @typescript-eslint/no-explicit-any
   abstract forward(...args: any[]): any;
@@ -44,18 +50,25 @@ export abstract class Module implements Disposable {
 
   registerModule<M extends Module>(name: string, m: M): M {
     checkName(name, `${this.constructor.name}.registerModule`);
-    if (!(m instanceof Module)) throw typeError(`${this.constructor.name}.registerModule("${name}"): expected a Module, got ${describe(m)}`);
-    if (this.#params.has(name)) throw peftError("ERR_CONFIG", `${this.constructor.name}.registerModule: "${name}" is already a parameter`);
+    if (!(m instanceof Module)) throw typeError(`${this.constructor.name}.registerModule(${shownValue(name)}): expected a Module, got ${describe(m)}`);
+    if (this.#params.has(name)) throw peftError("ERR_CONFIG", `${this.constructor.name}.registerModule: ${shownValue(name)} is already a parameter`);
+    this.#refuseCycle(m, `${this.constructor.name}.registerModule(${shownValue(name)})`);
     this.#modules.set(name, m);
     return m;
+  }
+
+  /** A module cannot hold itself or one of its ancestors: the tree would have no end. */
+  #refuseCycle(m: Module, what: string): void {
+    if (m === this || m.contains(this))
+      throw peftError("ERR_CONFIG", `${what}: ${m === this ? "a module cannot contain itself" : "the module contains this one (a cycle)"}`);
   }
 
   /** Registers a parameter (trainable by default, like torch.nn.Parameter); null keeps the slot empty. */
   registerParameter(name: string, t: Tensor | null): Tensor {
     checkName(name, `${this.constructor.name}.registerParameter`);
     if (t !== null && !(t instanceof Tensor))
-      throw typeError(`${this.constructor.name}.registerParameter("${name}"): expected a Tensor or null, got ${describe(t)}`);
-    if (this.#modules.has(name)) throw peftError("ERR_CONFIG", `${this.constructor.name}.registerParameter: "${name}" is already a module`);
+      throw typeError(`${this.constructor.name}.registerParameter(${shownValue(name)}): expected a Tensor or null, got ${describe(t)}`);
+    if (this.#modules.has(name)) throw peftError("ERR_CONFIG", `${this.constructor.name}.registerParameter: ${shownValue(name)} is already a module`);
     if (t) {
       t.requiresGrad = true;
       untrack(t); // parameters outlive any tidy() scope they were made in
@@ -88,18 +101,33 @@ export abstract class Module implements Disposable {
     return this.#walk(prefix, new Set());
   }
 
+  // Depth-first, parents before children, each module once; an explicit stack, so a deep tree cannot
+  // overflow the call stack.
   *#walk(prefix: string, seen: Set<Module>): Iterable<[string, Module]> {
     if (seen.has(this)) return;
     seen.add(this);
     yield [prefix, this];
-    for (const [name, child] of this.#modules) yield* child.#walk(prefix ? `${prefix}.${name}` : name, seen);
+    const stack: [string, Iterator<[string, Module]>][] = [[prefix, this.#modules.entries()]];
+    while (stack.length) {
+      const [path, it] = stack[stack.length - 1];
+      const r = it.next();
+      if (r.done) {
+        stack.pop();
+        continue;
+      }
+      const [name, child] = r.value;
+      if (seen.has(child)) continue;
+      seen.add(child);
+      const here = path ? `${path}.${name}` : name;
+      yield [here, child];
+      stack.push([here, child.#modules.entries()]);
+    }
   }
 
   /** Parameters by dotted path (each tensor once). */
   namedParameters(prefix = "", opts: { recurse?: boolean } = {}): Iterable<[string, Tensor]> {
     if (typeof prefix !== "string") throw typeError(`namedParameters: prefix must be a string, got ${describe(prefix)}`);
-    if (opts === null || typeof opts !== "object") throw typeError(`namedParameters: options must be an object, got ${describe(opts)}`);
-    return this.#parameters(prefix, opts.recurse !== false);
+    return this.#parameters(prefix, optionsArg(opts, "namedParameters").recurse !== false);
   }
 
   *#parameters(prefix: string, recurse: boolean): Iterable<[string, Tensor]> {
@@ -130,8 +158,8 @@ export abstract class Module implements Disposable {
         const names = [...m.#modules.keys()];
         throw peftError(
           "ERR_TARGET_NOT_FOUND",
-          `getSubmodule("${path}"): ${here} (${m.constructor.name}) has no child "${parts[i]}"` +
-            (names.length ? `; its children: ${names.slice(0, 10).join(", ")}` : "; it has no children"),
+          `getSubmodule(${shownValue(path)}): ${clip(here)} (${m.constructor.name}) has no child ${shownValue(parts[i])}` +
+            (names.length ? `; its children: ${names.slice(0, 10).map((n) => clip(n)).join(", ")}` : "; it has no children"),
         );
       }
       m = next;
@@ -147,15 +175,18 @@ export abstract class Module implements Disposable {
    */
   setSubmodule(path: string, m: Module, opts: { dispose?: boolean } = {}): void {
     if (typeof path !== "string") throw typeError(`setSubmodule: path must be a string, got ${describe(path)}`);
-    if (!(m instanceof Module)) throw typeError(`setSubmodule("${path}"): expected a Module, got ${describe(m)}`);
+    if (!(m instanceof Module)) throw typeError(`setSubmodule(${shownValue(path)}): expected a Module, got ${describe(m)}`);
+    const dispose = optionsArg(opts, "setSubmodule").dispose !== false;
     const cut = path.lastIndexOf(".");
     const parent = this.getSubmodule(cut < 0 ? "" : path.slice(0, cut));
     const name = path.slice(cut + 1);
     const old = parent.#modules.get(name);
-    if (!old) throw peftError("ERR_TARGET_NOT_FOUND", `setSubmodule("${path}"): there is no module at this path to replace`);
+    if (!old) throw peftError("ERR_TARGET_NOT_FOUND", `setSubmodule(${shownValue(path)}): there is no module at this path to replace`);
+    // The module replacing a child may be that child's descendant (a layer unwrapped), never an ancestor.
+    if (m === parent || m.contains(parent)) parent.#refuseCycle(m, `setSubmodule(${shownValue(path)})`);
     parent.#modules.set(name, m);
     parent.#replaceOwnRefs(old, m);
-    if (opts.dispose !== false) disposeDropped(old, m);
+    if (dispose) disposeDropped(old, m);
   }
 
   /**
@@ -202,12 +233,13 @@ export abstract class Module implements Disposable {
    * Copies tensors into the parameters in place. Strict by default: missing and unexpected keys are an error
    * (listing them with shapes) and nothing is copied unless every shape matches.
    */
-  loadStateDict(record: Record<string, Tensor>, opts: { strict?: boolean } = {}): { missingKeys: string[]; unexpectedKeys: string[] } {
+  loadStateDict(record: Record<string, Tensor>, options: { strict?: boolean } = {}): { missingKeys: string[]; unexpectedKeys: string[] } {
+    const opts = optionsArg(options, "loadStateDict");
     const sd = tensorEntries(record, "loadStateDict");
     const own = new Map(this.namedParameters());
     const missing = [...own.keys()].filter((k) => !sd.has(k));
     const unexpected = [...sd.keys()].filter((k) => !own.has(k));
-    const fmt = (k: string, t: unknown) => `${k} ${t instanceof Tensor ? `[${t.shape.join(", ")}] ${t.dtype}` : t === undefined ? "" : `(${describe(t)})`}`.trim();
+    const fmt = (k: string, t: unknown) => `${clip(k)} ${t instanceof Tensor ? `[${t.shape.join(", ")}] ${t.dtype}` : t === undefined ? "" : `(${describe(t)})`}`.trim();
     if (opts.strict !== false && (missing.length || unexpected.length)) {
       const parts: string[] = [];
       if (missing.length) parts.push(`missing keys: ${missing.slice(0, 10).map((k) => fmt(k, own.get(k))).join(", ")}${missing.length > 10 ? `, … (${missing.length})` : ""}`);
@@ -219,13 +251,13 @@ export abstract class Module implements Disposable {
     for (const [k, dst] of own) {
       if (!sd.has(k)) continue;
       const src = sd.get(k);
-      if (!(src instanceof Tensor)) throw typeError(`loadStateDict: "${k}" must be a Tensor, got ${describe(src)}`);
-      if (src.disposed) throw peftError("ERR_DISPOSED", `loadStateDict: "${k}" has been disposed`);
+      if (!(src instanceof Tensor)) throw typeError(`loadStateDict: ${shownValue(k)} must be a Tensor, got ${describe(src)}`);
+      if (src.disposed) throw peftError("ERR_DISPOSED", `loadStateDict: ${shownValue(k)} has been disposed`);
       if (src.shape.length !== dst.shape.length || src.shape.some((d, i) => d !== dst.shape[i]))
-        throw peftError("ERR_SHAPE", `loadStateDict: "${k}" has shape [${src.shape.join(", ")}] in the state dict but [${dst.shape.join(", ")}] in the model`);
+        throw peftError("ERR_SHAPE", `loadStateDict: ${shownValue(k)} has shape [${src.shape.join(", ")}] in the state dict but [${dst.shape.join(", ")}] in the model`);
       const isFloat = (d: DType) => d === "f32" || d === "f16" || d === "bf16";
       if (isFloat(src.dtype) !== isFloat(dst.dtype))
-        throw peftError("ERR_DTYPE", `loadStateDict: "${k}" is ${src.dtype} in the state dict but ${dst.dtype} in the model`);
+        throw peftError("ERR_DTYPE", `loadStateDict: ${shownValue(k)} is ${src.dtype} in the state dict but ${dst.dtype} in the model`);
       pairs.push([dst, src]);
     }
     for (const [dst, src] of pairs) dst.copyFrom(src);
@@ -244,7 +276,7 @@ export abstract class Module implements Disposable {
   /** Converts floating-point parameters to a dtype, or moves every parameter to a device. */
   to(target: DType | Device): this {
     const isDevice = target === "cpu" || target === "cuda";
-    if (!isDevice && !isDType(target)) throw typeError(`Module.to: target must be a dtype or device, got ${JSON.stringify(target)}`);
+    if (!isDevice && !isDType(target)) throw typeError(`Module.to: target must be a dtype or device, got ${shownValue(target)}`);
     for (const [, m] of this.namedModules()) {
       for (const [name, t] of m.#params) {
         if (!t) continue;
@@ -325,10 +357,21 @@ export abstract class Module implements Disposable {
   }
 
   toString(): string {
+    return this.#repr(new Set());
+  }
+
+  // PyTorch's nested repr. A module met again below itself (only a subclass bypassing registerModule could
+  // make a cycle) is named, not printed again; past 64 levels the rest is elided.
+  #repr(above: Set<Module>): string {
     const kids = [...this.#modules];
     if (!kids.length) return this.describe();
-    const lines = kids.map(([name, m]) => `  (${name}): ${m.toString().split("\n").join("\n  ")}`);
     const extra = this.extraRepr();
+    above.add(this);
+    const lines = kids.map(([name, m]) => {
+      const inner = above.has(m) ? `${m.constructor.name}(…cycle)` : above.size >= 64 ? `${m.constructor.name}(…)` : m.#repr(above);
+      return `  (${name}): ${inner.split("\n").join("\n  ")}`;
+    });
+    above.delete(this);
     return `${this.constructor.name}(${extra ? `\n  ${extra}` : ""}\n${lines.join("\n")}\n)`;
   }
 
