@@ -3,19 +3,16 @@
 // PeftError / TypeError / RangeError naming the op.
 import { native, type NativeTensor } from "./native.js";
 import { Tensor, handleOf, optionalHandle, describe, readShape } from "./tensor.js";
-import { typeError } from "./errors.js";
+import { arrayArg, optionsArg, typeError } from "./errors.js";
 
 export type Activation = "relu" | "gelu" | "gelu_tanh" | "silu";
 
 function options<T extends object>(opts: T | undefined, op: string): Partial<T> {
-  if (opts === undefined) return {};
-  if (opts === null || typeof opts !== "object") throw typeError(`${op}: opts must be an object, got ${describe(opts)}`);
-  return opts;
+  return optionsArg(opts, op, "opts");
 }
 
 function handles(ts: unknown, op: string, name: string, nullable: boolean): (NativeTensor | null)[] {
-  if (!Array.isArray(ts)) throw typeError(`${op}: ${name} must be an array of Tensors, got ${describe(ts)}`);
-  return ts.map((t, i) => (nullable ? optionalHandle(t, op, `${name}[${i}]`) : handleOf(t, op, `${name}[${i}]`)));
+  return arrayArg(ts, op, name).map((t, i) => (nullable ? optionalHandle(t, op, `${name}[${i}]`) : handleOf(t, op, `${name}[${i}]`)));
 }
 
 /** y = act(x) in x's dtype; "gelu" is the exact erf form (PyTorch's default), "gelu_tanh" the tanh approximation. */

@@ -3,7 +3,7 @@
 import { Tensor } from "../tensor.js";
 import { record, wantsGrad } from "../autograd/record.js";
 import { ew, numberArg, promote, sumTo, tensorArg, type Operand } from "./raw.js";
-import { typeError } from "../errors.js";
+import { optionsArg, typeError } from "../errors.js";
 
 type Grads = (Tensor | null)[];
 
@@ -202,8 +202,9 @@ export function pow(x: Tensor, p: Operand): Tensor {
 }
 
 /** min(max(x, lo), hi); either bound may be omitted. The gradient flows where lo ≤ x ≤ hi. */
-export function clamp(x: Tensor, opts: { min?: number; max?: number } = {}): Tensor {
+export function clamp(x: Tensor, options: { min?: number; max?: number } = {}): Tensor {
   tensorArg(x, "clamp", "x");
+  const opts = optionsArg(options, "clamp");
   const lo = opts.min ?? Number.NaN, hi = opts.max ?? Number.NaN;
   if (opts.min !== undefined) numberArg(opts.min, "clamp", "min");
   if (opts.max !== undefined) numberArg(opts.max, "clamp", "max");

@@ -8,8 +8,9 @@ import {
 } from "../kernels.js";
 import { record, wantsGrad } from "../autograd/record.js";
 import { takeRng } from "../random.js";
-import { peftError, typeError } from "../errors.js";
-import { ew, normDim, reduceRaw, tensorArg } from "./raw.js";
+import { optionsArg, peftError, typeError } from "../errors.js";
+import { ew, normDim, reduceRaw, shown, tensorArg } from "./raw.js";
+import { readShape } from "../tensor.js";
 import { transpose } from "./shape.js";
 import { add, mul, rsqrt, sub } from "./elementwise.js";
 import { mean, variance } from "./reduce.js";
@@ -50,7 +51,7 @@ export const relu = unary("relu", "ReluBackward");
 export const silu = unary("silu", "SiluBackward");
 /** GELU, erf form (approximate: "tanh" for the tanh form), as torch.nn.functional.gelu. */
 export function gelu(x: Tensor, opts: { approximate?: "none" | "tanh" } = {}): Tensor {
-  return (opts.approximate === "tanh" ? geluTanh : geluErf)(x);
+  return (optionsArg(opts, "gelu").approximate === "tanh" ? geluTanh : geluErf)(x);
 }
 const geluErf = unary("gelu", "GeluBackward");
 const geluTanh = unary("gelu_tanh", "GeluBackward");
@@ -67,7 +68,7 @@ export function logSoftmax(x: Tensor): Tensor {
 export function dropout(x: Tensor, p = 0.5, opts: { training?: boolean } = {}): Tensor {
   tensorArg(x, "dropout", "x");
   if (opts === null || typeof opts !== "object") throw typeError("dropout: options must be an object");
-  if (typeof p !== "number" || !(p >= 0 && p < 1)) throw typeError(`dropout: p must be a number in [0, 1), got ${p}`);
+  if (typeof p !== "number" || !(p >= 0 && p < 1)) throw typeError(`dropout: p must be a number in [0, 1), got ${shown(p)}`);
   if (opts.training === false || p === 0) {
     const y = x.detach();
     return wantsGrad(x) ? record("DropoutBackward", [x], y, ([g]) => [g]) : y;
@@ -140,10 +141,11 @@ export function layerNorm(x: Tensor, normalizedShape: readonly number[], opts: {
   tensorArg(x, "layerNorm", "x");
   if (opts === null || typeof opts !== "object") throw typeError("layerNorm: options must be an object");
   if (opts.eps !== undefined && typeof opts.eps !== "number") throw typeError("layerNorm: eps must be a number");
-  if (!Array.isArray(normalizedShape) || !normalizedShape.length) throw typeError("layerNorm: normalizedShape must be a non-empty array");
-  const k = normalizedShape.length;
-  if (x.shape.slice(-k).join() !== normalizedShape.join())
-    throw peftError("ERR_SHAPE", `layerNorm: the trailing dims of [${x.shape.join(", ")}] are not [${normalizedShape.join(", ")}]`);
+  const ns = readShape(normalizedShape, "layerNorm", "normalizedShape");
+  if (!ns.length) throw typeError("layerNorm: normalizedShape must be a non-empty array");
+  const k = ns.length;
+  if (x.shape.slice(-k).join() !== ns.join())
+    throw peftError("ERR_SHAPE", `layerNorm: the trailing dims of [${x.shape.join(", ")}] are not [${ns.join(", ")}]`);
   const dims = Array.from({ length: k }, (_, i) => x.shape.length - k + i);
   const eps = opts.eps ?? 1e-5;
   const mu = mean(x, { dim: dims, keepdim: true });

@@ -2,7 +2,7 @@
 import { Tensor } from "../tensor.js";
 import { native } from "../native.js";
 import { record, wantsGrad } from "../autograd/record.js";
-import { typeError } from "../errors.js";
+import { arrayArg, isArray, optionsArg, typeError } from "../errors.js";
 import { ew, normDim, reduceRaw, tensorArg } from "./raw.js";
 import { expand } from "./shape.js";
 import { noGrad } from "../autograd/grad-mode.js";
@@ -18,8 +18,8 @@ function dimsOf(x: Tensor, opts: ReduceOptions, op: string): number[] {
   const d = opts.dim;
   if (d === undefined) return x.shape.map((_, i) => i);
   const list = typeof d === "number" ? [d] : d;
-  if (!Array.isArray(list)) throw typeError(`${op}: dim must be a number or an array of numbers`);
-  return list.map((v) => normDim(v, Math.max(x.shape.length, 1), op));
+  if (!isArray(list)) throw typeError(`${op}: dim must be a number or an array of numbers`);
+  return arrayArg(list, op, "dim", 16).map((v) => normDim(v, Math.max(x.shape.length, 1), op));
 }
 
 /** The reduced shape with the reduced dims kept as 1 (what a gradient is reshaped to before expanding). */
@@ -141,7 +141,7 @@ export function min(x: Tensor, opts: ReduceOptions = {}): Tensor {
 export function argmax(x: Tensor, dim: number, opts: { keepdim?: boolean } = {}): Tensor {
   tensorArg(x, "argmax", "x");
   const d = normDim(dim, x.shape.length, "argmax");
-  const { values, indices } = reduceRaw("max", x, [d], opts.keepdim === true, x.dtype);
+  const { values, indices } = reduceRaw("max", x, [d], optionsArg(opts, "argmax").keepdim === true, x.dtype);
   values.dispose();
   return indices!;
 }

@@ -1,9 +1,9 @@
 // Differentiable shape ops. Tensors are always contiguous, so transpose/permute/expand/narrow copy (one
 // strided-copy kernel); reshape/view/flatten/squeeze/unsqueeze share storage.
-import { Tensor } from "../tensor.js";
+import { Tensor, describe, readShape } from "../tensor.js";
 import { native } from "../native.js";
 import { record, wantsGrad } from "../autograd/record.js";
-import { peftError, typeError } from "../errors.js";
+import { arrayArg, isArray, lengthOf, peftError, shownValue, typeError } from "../errors.js";
 import { broadcastShapes, normDim, shown, strided, stridedInto, stridesOf, sumTo, tensorArg } from "./raw.js";
 
 export function reshape(x: Tensor, shape: readonly number[]): Tensor {
@@ -45,9 +45,11 @@ export function squeeze(x: Tensor, dim?: number): Tensor {
 export function permute(x: Tensor, dims: readonly number[]): Tensor {
   tensorArg(x, "permute", "x");
   const n = x.shape.length;
-  if (!Array.isArray(dims) || dims.length !== n) throw peftError("ERR_SHAPE", `permute: dims must list all ${n} dimensions, got ${JSON.stringify(dims)}`);
-  const p = dims.map((d) => normDim(d, n, "permute"));
-  if (new Set(p).size !== n) throw peftError("ERR_SHAPE", `permute: dims ${JSON.stringify(dims)} repeat a dimension`);
+  if (!isArray(dims)) throw typeError(`permute: dims must be an array, got ${describe(dims)}`);
+  const len = lengthOf(dims, "permute", "dims");
+  if (len !== n) throw peftError("ERR_SHAPE", `permute: dims must list all ${n} dimensions, got ${len}`);
+  const p = arrayArg(dims, "permute", "dims", 16).map((d) => normDim(d, n, "permute"));
+  if (new Set(p).size !== n) throw peftError("ERR_SHAPE", `permute: dims [${p.join(", ")}] repeat a dimension`);
   const st = stridesOf(x.shape);
   const y = strided(x, p.map((d) => x.shape[d]), p.map((d) => st[d]), 0);
   if (!wantsGrad(x)) return y;
@@ -68,7 +70,7 @@ export function transpose(x: Tensor, dim0: number, dim1: number): Tensor {
 /** Broadcasts x to `shape` (size-1 dims repeat; -1 keeps a size), copied. */
 export function expand(x: Tensor, shape: readonly number[]): Tensor {
   tensorArg(x, "expand", "x");
-  if (!Array.isArray(shape)) throw typeError("expand: shape must be an array");
+  shape = readShape(shape, "expand", "shape", true);
   const lead = shape.length - x.shape.length;
   if (lead < 0) throw peftError("ERR_SHAPE", `expand: cannot expand [${x.shape.join(", ")}] to fewer dimensions [${shape.join(", ")}]`);
   const target = shape.map((d, i) => (d === -1 && i >= lead ? x.shape[i - lead] : d));
@@ -103,9 +105,8 @@ export function narrow(x: Tensor, dim: number, start: number, length: number): T
 }
 
 /** Joins tensors of equal shapes (but along dim) along dim. */
-export function cat(xs: readonly Tensor[], dim = 0): Tensor {
-  if (!Array.isArray(xs) || !xs.length) throw typeError("cat: expected a non-empty array of Tensors");
-  xs.forEach((t, i) => tensorArg(t, "cat", `tensors[${i}]`));
+export function cat(tensors: readonly Tensor[], dim = 0): Tensor {
+  const xs = tensorsArg(tensors, "cat");
   const n = xs[0].shape.length;
   const d = normDim(dim, n, "cat");
   for (const [i, t] of xs.entries())
@@ -134,9 +135,10 @@ export function cat(xs: readonly Tensor[], dim = 0): Tensor {
 }
 
 /** Joins tensors of one shape along a new dimension dim. */
-export function stack(xs: readonly Tensor[], dim = 0): Tensor {
-  if (!Array.isArray(xs) || !xs.length) throw typeError("stack: expected a non-empty array of Tensors");
-  const parts = xs.map((t, i) => unsqueeze(tensorArg(t, "stack", `tensors[${i}]`), dim < 0 ? dim + t.shape.length + 1 : dim));
+export function stack(tensors: readonly Tensor[], dim = 0): Tensor {
+  const xs = tensorsArg(tensors, "stack");
+  if (typeof dim !== "number" || !Number.isInteger(dim)) throw typeError(`stack: dim must be an integer, got ${shown(dim)}`);
+  const parts = xs.map((t) => unsqueeze(t, dim < 0 ? dim + t.shape.length + 1 : dim));
   const out = cat(parts, dim < 0 ? dim + xs[0].shape.length + 1 : dim);
   for (const p of parts) p.dispose();
   return out;
@@ -153,10 +155,14 @@ export function split(x: Tensor, sizes: number | readonly number[], dim = 0): Te
     list = [];
     for (let at = 0; at < total; at += sizes) list.push(Math.min(sizes, total - at));
   } else {
-    if (!Array.isArray(sizes)) throw typeError("split: sizes must be a number or an array of numbers");
-    list = [...sizes];
-    if (list.some((s) => !Number.isInteger(s) || s < 0) || list.reduce((a, b) => a + b, 0) !== total)
-      throw peftError("ERR_SHAPE", `split: sizes ${JSON.stringify(sizes)} do not add up to dimension ${dim}'s ${total}`);
+    if (!isArray(sizes)) throw typeError(`split: sizes must be a number or an array of numbers, got ${describe(sizes)}`);
+    const all = arrayArg(sizes, "split", "sizes");
+    for (let i = 0; i < all.length; i++)
+      if (typeof all[i] !== "number" || !Number.isInteger(all[i]) || (all[i] as number) < 0)
+        throw peftError("ERR_SHAPE", `split: sizes[${i}] must be a non-negative integer, got ${shownValue(all[i])}`);
+    list = all as number[];
+    if (list.reduce((a, b) => a + b, 0) !== total)
+      throw peftError("ERR_SHAPE", `split: sizes (${list.length} of them) do not add up to dimension ${dim}'s ${total}`);
   }
   let at = 0;
   return list.map((len) => {
@@ -164,6 +170,15 @@ export function split(x: Tensor, sizes: number | readonly number[], dim = 0): Te
     at += len;
     return piece;
   });
+}
+
+/** A non-empty array of Tensors, read once (its length bounded before any entry is read). */
+function tensorsArg(v: unknown, op: string): Tensor[] {
+  if (!isArray(v)) throw typeError(`${op}: expected a non-empty array of Tensors, got ${describe(v)}`);
+  const list = arrayArg(v, op, "tensors");
+  if (!list.length) throw typeError(`${op}: expected a non-empty array of Tensors`);
+  list.forEach((t, i) => tensorArg(t, op, `tensors[${i}]`));
+  return list as Tensor[];
 }
 
 function indexTensor(t: unknown, op: string): Tensor {
