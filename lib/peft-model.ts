@@ -1,7 +1,7 @@
 // PeftModel: the user's model wrapped with adapters (PEFT's PeftModel + LoraModel), adapter management,
 // merging/unloading and trainable-parameter accounting.
 import { Tensor } from "./tensor.js";
-import { peftError, typeError } from "./errors.js";
+import { clip, optionsArg, peftError, shownValue, stringsArg, typeError } from "./errors.js";
 import { Module, disposeDropped, type BackwardOptions } from "./nn/index.js";
 import { LoraConfig } from "./tuners/lora/config.js";
 import { IA3Config } from "./tuners/ia3/config.js";
@@ -25,7 +25,7 @@ function loraConfigOf(config: unknown, what: string): LoraConfig {
 }
 
 function checkAdapterName(name: unknown, what: string): string {
-  if (typeof name !== "string" || !name || name.includes(".")) throw peftError("ERR_CONFIG", `${what}: adapter name must be a non-empty string without ".", got ${JSON.stringify(name)}`);
+  if (typeof name !== "string" || !name || name.includes(".")) throw peftError("ERR_CONFIG", `${what}: adapter name must be a non-empty string without ".", got ${shownValue(name)}`);
   return name;
 }
 
@@ -37,8 +37,10 @@ export class PeftModel extends Module {
   constructor(model: Module, config: PeftConfig, opts: GetPeftModelOptions = {}) {
     super();
     if (!(model instanceof Module)) throw typeError(`getPeftModel: model must be a Module`);
-    const name = checkAdapterName(opts.adapterName ?? "default", "getPeftModel");
-    this.baseModel = this.registerModule("base_model", new LoraModel(model, loraConfigOf(config, "getPeftModel"), name, { modelType: opts.modelType }));
+    const o = optionsArg(opts, "getPeftModel");
+    const name = checkAdapterName(o.adapterName ?? "default", "getPeftModel");
+    if (o.modelType !== undefined && typeof o.modelType !== "string") throw typeError(`getPeftModel: modelType must be a string, got ${shownValue(o.modelType)}`);
+    this.baseModel = this.registerModule("base_model", new LoraModel(model, loraConfigOf(config, "getPeftModel"), name, { modelType: o.modelType }));
     this.#active = [name];
   }
 
@@ -79,14 +81,16 @@ export class PeftModel extends Module {
     this.setAdapter(this.#active);
   }
 
-  #known(name: string): void {
-    if (typeof name !== "string" || !Object.hasOwn(this.peftConfig, name)) throw peftError("ERR_CONFIG", `Adapter ${name} not found; this model has ${Object.keys(this.peftConfig).join(", ")}`);
+  #known(name: unknown): void {
+    if (typeof name !== "string" || !Object.hasOwn(this.peftConfig, name))
+      throw peftError("ERR_CONFIG", `Adapter ${typeof name === "string" ? clip(name) : shownValue(name)} not found; this model has ${clip(Object.keys(this.peftConfig).join(", "), 200)}`);
   }
 
   /** Activates adapters (trainable) everywhere; modulesToSave take one adapter only. */
   setAdapter(names: string | string[]): void {
-    const list = typeof names === "string" ? [names] : names;
-    if (!Array.isArray(list) || !list.length) throw typeError("setAdapter: expected an adapter name or a non-empty array of names");
+    if (typeof names !== "string" && !Array.isArray(names)) throw typeError("setAdapter: expected an adapter name or a non-empty array of names");
+    const list = typeof names === "string" ? [names] : stringsArg(names, "setAdapter", "names");
+    if (!list.length) throw typeError("setAdapter: expected an adapter name or a non-empty array of names");
     list.forEach((n) => this.#known(n));
     for (const l of this.baseModel.loraLayers()) l.setAdapter(list, { allowMissing: true });
     for (const [, w] of this.baseModel.savedModules()) {
@@ -128,10 +132,12 @@ export class PeftModel extends Module {
   }
 
   /** With safeMerge every layer is checked before any is merged: a broken adapter leaves the model as it was. */
-  mergeAdapter(opts: MergeOptions = {}): void {
+  mergeAdapter(options: MergeOptions = {}): void {
+    const opts = optionsArg(options, "mergeAdapter");
+    const wanted = opts.adapterNames === undefined || opts.adapterNames === null ? this.#active : stringsArg(opts.adapterNames, "mergeAdapter", "adapterNames");
     const plan: [LoraLayer, string[]][] = [];
     for (const l of this.baseModel.loraLayers()) {
-      const names = (opts.adapterNames ?? this.#active).filter((n) => l.adapterNames.includes(n));
+      const names = wanted.filter((n) => l.adapterNames.includes(n));
       if (names.length) plan.push([l, names]);
     }
     if (opts.safeMerge === true) for (const [l, adapterNames] of plan) l.checkMerge({ adapterNames });
@@ -144,7 +150,7 @@ export class PeftModel extends Module {
 
   /** Merges the adapters into the base weights and returns the plain model (adapter layers removed). */
   mergeAndUnload(opts: MergeOptions = {}): Module {
-    return this.#unload(true, opts);
+    return this.#unload(true, optionsArg(opts, "mergeAndUnload"));
   }
 
   /** Returns the plain model with the original base weights (adapter layers removed, nothing merged). */

@@ -2,7 +2,7 @@
 // the directory, non-default adapters in `<dir>/<adapter>/`, as Python PEFT writes and reads them.
 import { mkdir, open, readFile, rename, rmdir, stat, unlink } from "node:fs/promises";
 import { dirname, join, resolve } from "node:path";
-import { peftError, typeError } from "../errors.js";
+import { arrayArg, clip, describe, optionsArg, peftError, shownValue, typeError } from "../errors.js";
 import { findTargetModules } from "../matching.js";
 import { defaultTargetModules } from "../mappings.js";
 import { Conv1D, type Module } from "../nn/index.js";
@@ -21,6 +21,12 @@ import { loadSafetensors, openSafetensors, saveSafetensors } from "./index.js";
 export const WEIGHTS_NAME = "adapter_model.safetensors";
 const README_NAME = "README.md";
 const PREFIX = "base_model.model.";
+
+/** A directory argument: a non-empty string, checked before it reaches node:path or node:fs. */
+function dirArg(dir: unknown, op: string): string {
+  if (typeof dir !== "string" || !dir) throw typeError(`${op}: dir must be a non-empty string, got ${dir === "" ? "an empty string" : describe(dir)}`);
+  return dir;
+}
 
 function adapterDir(dir: string, adapterName: string): string {
   return adapterName === "default" ? dir : join(dir, adapterName);
@@ -77,21 +83,21 @@ interface AdapterFiles {
 function checkTensorsWritable(file: string, tensors: Record<string, Tensor>): void {
   const entries = Object.entries(tensors).map(([k, t]) => {
     const name = checkName("savePretrained", file, k);
-    if (!(t instanceof Tensor)) throw typeError(`savePretrained: ${JSON.stringify(name)} is not a Tensor`);
-    if (t.disposed) throw peftError("ERR_DISPOSED", `savePretrained: tensor ${JSON.stringify(name)} has been disposed`);
+    if (!(t instanceof Tensor)) throw typeError(`savePretrained: ${shownValue(name)} is not a Tensor`);
+    if (t.disposed) throw peftError("ERR_DISPOSED", `savePretrained: tensor ${shownValue(name)} has been disposed`);
     return { name, dtype: fileDType(t.dtype), shape: t.shape, nbytes: t.numel * DTYPE_SIZE[t.dtype] };
   });
   buildHeader("savePretrained", file, entries, undefined);
 }
 
 function checkAdapterNameForDir(name: unknown, known: Record<string, PeftConfig>): string {
-  if (typeof name !== "string") throw typeError(`savePretrained: adapter names must be strings, got ${typeof name}`);
+  if (typeof name !== "string") throw typeError(`savePretrained: adapter names must be strings, got ${describe(name)}`);
   if (!Object.hasOwn(known, name)) {
-    throw peftError("ERR_CONFIG", `savePretrained: unknown adapter ${JSON.stringify(name)}; this model has ${Object.keys(known).join(", ")}`);
+    throw peftError("ERR_CONFIG", `savePretrained: unknown adapter ${shownValue(name)}; this model has ${clip(Object.keys(known).join(", "), 200)}`);
   }
   // A non-default adapter becomes a directory name: it must stay one directory below `dir`.
   if (name !== "default" && (name === "" || name === "." || name === ".." || /[/\\\0]/.test(name))) {
-    throw peftError("ERR_CONFIG", `savePretrained: adapter name ${JSON.stringify(name)} cannot be used as a directory name`);
+    throw peftError("ERR_CONFIG", `savePretrained: adapter name ${shownValue(name)} cannot be used as a directory name`);
   }
   return name;
 }
@@ -104,11 +110,10 @@ function checkAdapterNameForDir(name: unknown, known: Record<string, PeftConfig>
  */
 export async function savePretrained(m: PeftModel, dir: string, opts: { adapterNames?: string[] } = {}): Promise<void> {
   if (!(m instanceof PeftModel)) throw typeError("savePretrained: expected a PeftModel");
-  if (typeof dir !== "string" || !dir) throw typeError("savePretrained: dir must be a non-empty string");
+  dirArg(dir, "savePretrained");
   const known = m.peftConfig;
-  const requested = opts.adapterNames ?? Object.keys(known);
-  if (!Array.isArray(requested)) throw typeError("savePretrained: adapterNames must be an array of strings");
-  const names = [...new Set(requested.map((n) => checkAdapterNameForDir(n, known)))];
+  const requested = optionsArg(opts, "savePretrained").adapterNames ?? Object.keys(known);
+  const names = [...new Set(arrayArg(requested, "savePretrained", "adapterNames").map((n) => checkAdapterNameForDir(n, known)))];
 
   const plans: AdapterFiles[] = [];
   try {
@@ -170,7 +175,7 @@ async function writeAll(plans: AdapterFiles[]): Promise<void> {
 }
 
 export async function readAdapterConfig(dir: string): Promise<PeftConfig> {
-  const path = join(dir, CONFIG_NAME);
+  const path = join(dirArg(dir, "readAdapterConfig"), CONFIG_NAME);
   let text: string;
   try {
     text = await readFile(path, "utf8");
@@ -305,8 +310,10 @@ function freezeForInference(m: PeftModel, adapterName: string, isTrainable: bool
 export async function fromPretrained(
   model: Module,
   dir: string,
-  opts: { adapterName?: string; isTrainable?: boolean; config?: PeftConfig } & Pick<GetPeftModelOptions, "modelType"> = {},
+  options: { adapterName?: string; isTrainable?: boolean; config?: PeftConfig } & Pick<GetPeftModelOptions, "modelType"> = {},
 ): Promise<PeftModel> {
+  dirArg(dir, "fromPretrained");
+  const opts = optionsArg(options, "fromPretrained");
   const adapterName = opts.adapterName ?? "default";
   const config = opts.config ?? (await readAdapterConfig(dir));
   if (config instanceof LoraConfig) config.inferenceMode = !opts.isTrainable;
@@ -319,11 +326,13 @@ export async function fromPretrained(
 }
 
 /** Adds an adapter saved in `dir` under `adapterName` (inactive until setAdapter, as in PEFT). */
-export async function loadAdapter(m: PeftModel, dir: string, adapterName: string, opts: { isTrainable?: boolean } = {}): Promise<void> {
+export async function loadAdapter(m: PeftModel, dir: string, adapterName: string, options: { isTrainable?: boolean } = {}): Promise<void> {
+  dirArg(dir, "loadAdapter");
+  const opts = optionsArg(options, "loadAdapter");
   const config = await readAdapterConfig(dir);
   const file = await weightsPath(dir);
   if (typeof adapterName === "string" && Object.hasOwn(m.peftConfig, adapterName)) {
-    throw peftError("ERR_CONFIG", `Adapter with name ${adapterName} already exists.`);
+    throw peftError("ERR_CONFIG", `Adapter with name ${shownValue(adapterName)} already exists.`);
   }
   await checkFileFits(m.baseModel.model, config, file);
   m.addAdapter(adapterName, config);

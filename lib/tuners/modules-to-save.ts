@@ -1,7 +1,7 @@
 // modulesToSave (PEFT's ModulesToSaveWrapper): the original module frozen, one trainable copy per adapter,
 // exactly one copy active; with adapters disabled (or none active) the original runs.
 import { Tensor } from "../tensor.js";
-import { peftError, typeError } from "../errors.js";
+import { clip, describe, peftError, shownValue, stringsArg, typeError } from "../errors.js";
 import { Module, ModuleDict, type BackwardOptions } from "../nn/index.js";
 
 function setTrainable(m: Module, on: boolean): void {
@@ -60,11 +60,12 @@ export class ModulesToSaveWrapper extends Module {
   }
 
   setAdapter(names: string | string[]): void {
-    const list = typeof names === "string" ? [names] : names;
-    if (!Array.isArray(list)) throw typeError("setAdapter: expected an adapter name or an array of names");
-    if (list.length > 1) throw peftError("ERR_CONFIG", `Attempted to set multiple (${list.join(", ")}) adapters at once for modules_to_save.`);
+    if (typeof names !== "string" && !Array.isArray(names)) throw typeError(`setAdapter: expected an adapter name or an array of names, got ${describe(names)}`);
+    const list = typeof names === "string" ? [names] : stringsArg(names, "setAdapter", "names");
+    if (list.length > 1) throw peftError("ERR_CONFIG", `Attempted to set multiple (${clip(list.slice(0, 10).join(", "), 200)}) adapters at once for modules_to_save.`);
     const [name] = list;
-    if (!this.adapterNames.includes(name)) throw peftError("ERR_CONFIG", `Adapter ${name} not found in ${JSON.stringify(this.adapterNames)}`);
+    if (!this.adapterNames.includes(name))
+      throw peftError("ERR_CONFIG", `Adapter ${typeof name === "string" ? clip(name) : shownValue(name)} not found in ${clip(JSON.stringify(this.adapterNames), 200)}`);
     if (this.#active !== null && this.adapterNames.includes(this.#active)) setTrainable(this.modulesToSave.get(this.#active), false);
     setTrainable(this.modulesToSave.get(name), true);
     this.#active = name;

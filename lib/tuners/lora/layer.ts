@@ -4,7 +4,7 @@ import { Tensor } from "../../tensor.js";
 import { native, type NativeTensor } from "../../native.js";
 import { linearGradWeight, matmul } from "../../ops.js";
 import { scaleInPlace, sumRows } from "../../kernels.js";
-import { peftError, typeError } from "../../errors.js";
+import { clip, describe, optionsArg, peftError, shownValue, stringsArg, typeError } from "../../errors.js";
 import { takeRng } from "../../random.js";
 import { applyLoraDeltas, type LoraDelta } from "./delta.js";
 import { Module, ModuleDict, Linear, Conv1D, gradOf, type BackwardOptions } from "../../nn/index.js";
@@ -79,18 +79,19 @@ export abstract class LoraLayer extends Module {
   updateLayer(opts: LoraLayerOptions): void {
     if (opts === null || typeof opts !== "object") throw typeError(`${this.constructor.name}.updateLayer: options must be an object`);
     const name = opts.adapterName ?? "default";
-    if (typeof name !== "string" || !name || name.includes(".")) throw peftError("ERR_CONFIG", `LoRA: adapter name must be a non-empty string without ".", got ${JSON.stringify(name)}`);
+    if (typeof name !== "string" || !name || name.includes(".")) throw peftError("ERR_CONFIG", `LoRA: adapter name must be a non-empty string without ".", got ${shownValue(name)}`);
+    const what = `LoRA adapter ${shownValue(name)}`;
     const { r } = opts;
     if (typeof r !== "number" || !Number.isSafeInteger(r) || r <= 0)
-      throw peftError("ERR_CONFIG", `LoRA adapter "${name}": r must be a positive integer, got ${r}`);
+      throw peftError("ERR_CONFIG", `${what}: r must be a positive integer, got ${shownValue(r)}`);
     const alpha = opts.loraAlpha ?? 8;
     if (typeof alpha !== "number" || !Number.isFinite(alpha) || alpha < 0)
-      throw peftError("ERR_CONFIG", `LoRA adapter "${name}": loraAlpha must be a finite number >= 0, got ${alpha}`);
+      throw peftError("ERR_CONFIG", `${what}: loraAlpha must be a finite number >= 0, got ${shownValue(alpha)}`);
     const p = opts.loraDropout ?? 0;
-    if (typeof p !== "number" || !(p >= 0 && p < 1)) throw peftError("ERR_CONFIG", `LoRA adapter "${name}": loraDropout must be in [0, 1), got ${p}`);
+    if (typeof p !== "number" || !(p >= 0 && p < 1)) throw peftError("ERR_CONFIG", `${what}: loraDropout must be in [0, 1), got ${shownValue(p)}`);
     const init = opts.initLoraWeights ?? true;
     if (init !== true && init !== false && init !== "gaussian")
-      throw peftError("ERR_UNSUPPORTED", `LoRA adapter "${name}": initLoraWeights ${JSON.stringify(init)} is not supported (true, false or "gaussian")`);
+      throw peftError("ERR_UNSUPPORTED", `${what}: initLoraWeights ${shownValue(init)} is not supported (true, false or "gaussian")`);
     const [inF, outF] = this.features();
     if (this.adapterNames.includes(name)) this.#dropAdapter(name);
     const A = new Linear(inF, r, { bias: false });
@@ -118,9 +119,10 @@ export abstract class LoraLayer extends Module {
    * Activates adapters (trainable) and freezes the others, as PEFT's set_adapter. With `allowMissing` (the model
    * sets its adapters on every layer) names this layer lacks are kept as active but have no effect here.
    */
-  setAdapter(names: string | string[], opts: { allowMissing?: boolean } = {}): void {
-    const list = typeof names === "string" ? [names] : names;
-    if (!Array.isArray(list) || list.some((n) => typeof n !== "string")) throw typeError("setAdapter: expected an adapter name or an array of names");
+  setAdapter(names: string | string[], options: { allowMissing?: boolean } = {}): void {
+    const opts = optionsArg(options, "setAdapter");
+    if (typeof names !== "string" && !Array.isArray(names)) throw typeError(`setAdapter: expected an adapter name or an array of names, got ${describe(names)}`);
+    const list = typeof names === "string" ? [names] : stringsArg(names, "setAdapter", "names");
     if (!opts.allowMissing) for (const n of list) if (!this.adapterNames.includes(n)) throw this.#unknown(n);
     for (const n of this.adapterNames) {
       const on = list.includes(n);
@@ -143,7 +145,7 @@ export abstract class LoraLayer extends Module {
 
   deleteAdapter(name: string): void {
     if (!this.adapterNames.includes(name)) throw this.#unknown(name);
-    if (this.mergedAdapters.includes(name)) throw peftError("ERR_STATE", `deleteAdapter("${name}"): the adapter is merged; unmerge first`);
+    if (this.mergedAdapters.includes(name)) throw peftError("ERR_STATE", `deleteAdapter(${shownValue(name)}): the adapter is merged; unmerge first`);
     this.#dropAdapter(name);
     this.#active = this.#active.filter((n) => n !== name);
     if (!this.#active.length && this.adapterNames.length) this.setAdapter(this.adapterNames[0]);
@@ -168,14 +170,13 @@ export abstract class LoraLayer extends Module {
     return [A, B];
   }
 
-  #unknown(name: string) {
-    return peftError("ERR_CONFIG", `LoRA: unknown adapter "${name}"; this layer has ${this.adapterNames.map((n) => `"${n}"`).join(", ") || "none"}`);
+  #unknown(name: unknown) {
+    return peftError("ERR_CONFIG", `LoRA: unknown adapter ${shownValue(name)}; this layer has ${clip(this.adapterNames.map((n) => `"${n}"`).join(", "), 200) || "none"}`);
   }
 
   /** Adapters of `opts.adapterNames` (default: the active ones), checked. */
-  protected pickAdapters(names: string[] | undefined): string[] {
-    const list = names ?? this.#active;
-    if (!Array.isArray(list)) throw typeError("adapterNames must be an array of adapter names");
+  protected pickAdapters(names: string[] | undefined | null): string[] {
+    const list = names === undefined || names === null ? this.#active : stringsArg(names, "merge", "adapterNames");
     for (const n of list) if (!this.adapterNames.includes(n)) throw this.#unknown(n);
     return list;
   }
@@ -220,7 +221,7 @@ export class LoraLinear extends LoraLayer {
 
   constructor(base: DenseLayer, opts: LoraLayerOptions) {
     if (!(base instanceof Linear) && !(base instanceof Conv1D))
-      throw typeError(`LoraLinear: the base layer must be a Linear or Conv1D, got ${(base as object)?.constructor?.name ?? typeof base}`);
+      throw typeError(`LoraLinear: the base layer must be a Linear or Conv1D, got ${describe(base)}`);
     super(base);
     // PEFT forces fan_in_fan_out to match the weight layout, with a warning when the option disagreed.
     const isConv1D = base instanceof Conv1D;
@@ -303,7 +304,8 @@ export class LoraLinear extends LoraLayer {
     return y;
   }
 
-  override backward(dy: Tensor, opts: BackwardOptions = {}): Tensor | null {
+  override backward(dy: Tensor, options: BackwardOptions = {}): Tensor | null {
+    const opts = this.gradInput(dy, options);
     if (this.merged) throw peftError("ERR_STATE", `${this.describe()}.backward: adapters are merged; unmerge them before training (adapter gradients need unmerged weights)`);
     if (!this.#forwardAdapters.length) return this.baseLayer.backward(dy, opts);
     const [x, T] = this.saved();
@@ -334,7 +336,8 @@ export class LoraLinear extends LoraLayer {
   }
 
   /** W += Σ scale·B·A in place, one pass over W; already merged adapters are skipped with a warning. */
-  merge(opts: MergeOptions = {}): void {
+  merge(options: MergeOptions = {}): void {
+    const opts = optionsArg(options, "merge");
     const names = this.pickAdapters(opts.adapterNames);
     const already = names.filter((n) => this.mergedAdapters.includes(n));
     if (already.length)
@@ -347,7 +350,7 @@ export class LoraLinear extends LoraLayer {
   }
 
   override checkMerge(opts: MergeOptions = {}): void {
-    const todo = this.pickAdapters(opts.adapterNames).filter((n) => !this.mergedAdapters.includes(n));
+    const todo = this.pickAdapters(optionsArg(opts, "checkMerge").adapterNames).filter((n) => !this.mergedAdapters.includes(n));
     if (todo.length) this.#applyMerge(todo, true, true);
   }
 
@@ -369,6 +372,7 @@ export class LoraLinear extends LoraLayer {
 
   /** scale·B·A as (out, in), or (in, out) for a Conv1D base; f32. */
   getDeltaWeight(adapterName: string): Tensor {
+    if (typeof adapterName !== "string") throw typeError(`getDeltaWeight: adapterName must be a string, got ${describe(adapterName)}`);
     const [name] = this.pickAdapters([adapterName]);
     const { A, B } = this.loraWeights(name);
     const d = this.fanInFanOut ? matmul(A, B, { transA: true, transB: true }) : matmul(B, A);
