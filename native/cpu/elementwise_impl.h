@@ -93,30 +93,6 @@ inline double vlog_pos(double x) {
   return e * 0.6931471803691238 + (lm + e * 1.9082149292705877e-10);
 }
 
-// e^t for t in [-110, 100] (callers clamp): every f32 result, normal or subnormal, comes out of the final
-// rounding. Taylor to degree 12 on |r| <= ln2/2 (truncation < 1e-14).
-inline double vexp_mid(double t) {
-  double tq = t * 1.4426950408889634 + kRound52;
-  double k = tq - kRound52;
-  double r = t - k * 0.6931471803691238;
-  r = r - k * 1.9082149292705877e-10;
-  double p = 1.0 / 479001600;
-  p = p * r + 1.0 / 39916800;
-  p = p * r + 1.0 / 3628800;
-  p = p * r + 1.0 / 362880;
-  p = p * r + 1.0 / 40320;
-  p = p * r + 1.0 / 5040;
-  p = p * r + 1.0 / 720;
-  p = p * r + 1.0 / 120;
-  p = p * r + 1.0 / 24;
-  p = p * r + 1.0 / 6;
-  p = p * r + 0.5;
-  p = p * r + 1.0;
-  p = p * r + 1.0;
-  int64_t ki = static_cast<int64_t>(dbits(tq) - dbits(kRound52));
-  return p * bitsd(static_cast<uint64_t>(ki + 1023) << 52);
-}
-
 inline float vlogf(float x) {
   float y = static_cast<float>(vlog_pos(static_cast<double>(x)));  // f32 subnormals are normal doubles
   y = vsel(x == 0.0f, -kInfF, y);
@@ -132,7 +108,8 @@ inline float vpowf(float x, float p) {
   double t = static_cast<double>(p) * l;
   t = vsel_neg(t + 110.0, -110.0, t);
   t = vsel_neg(100.0 - t, 100.0, t);
-  float res = static_cast<float>(vexp_mid(t));
+  // Degree 12 (truncation < 1e-14): every f32 result, normal or subnormal, comes out of the final rounding.
+  float res = static_cast<float>(vexp_reduced<12>(t));
   // p integer? odd? (every float >= 2^23 is an integer, every one >= 2^24 even). The conditions are
   // combined as 32-bit masks: with bools (&&, ||, even & and |) GCC 12 leaves the loop scalar when p varies.
   const float ap = fabs_f(p), ax = fabs_f(x);
