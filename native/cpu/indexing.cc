@@ -2,12 +2,12 @@
 
 #include <algorithm>
 #include <cstring>
-#include <numeric>
 #include <vector>
 
 #include "convert.h"
 #include "elem.h"
 #include "elementwise.h"
+#include "id_groups.h"
 #include "nn_kernels.h"
 #include "parallel.h"
 #include "stage.h"
@@ -211,16 +211,9 @@ void index_select_cpu(const void* x, size_t esize, int64_t outer, int64_t D, int
 void index_add_cpu(void* dst, DType ddt, int64_t outer, int64_t D, int64_t inner, const void* index, DType idt,
                    int64_t n, const void* src, DType sdt) {
   if (n == 0 || inner == 0 || outer == 0) return;
-  // Sources grouped by destination (stable: index order within a group); a task owns one destination slice.
-  std::vector<int64_t> id(static_cast<size_t>(n)), order(static_cast<size_t>(n));
-  for (int64_t i = 0; i < n; i++) id[i] = load_id(index, idt, i);
-  std::iota(order.begin(), order.end(), int64_t(0));
-  std::stable_sort(order.begin(), order.end(), [&](int64_t a, int64_t b) { return id[a] < id[b]; });
-  std::vector<int64_t> starts;
-  for (int64_t i = 0; i < n; i++)
-    if (i == 0 || id[order[i]] != id[order[i - 1]]) starts.push_back(i);
-  starts.push_back(n);
-  const int64_t groups = static_cast<int64_t>(starts.size()) - 1;
+  // A task owns one destination slice.
+  const IdGroups grp = group_ids(index, idt, n);
+  const int64_t groups = grp.count();
   const int64_t tw = std::min(inner, kStageBlock), tiles = (inner + tw - 1) / tw;
   const int64_t per_task = tw * std::max<int64_t>(1, n / groups);
   parallel_for(outer * groups * tiles, std::max<int64_t>(1, (int64_t(1) << 14) / per_task), [&](int64_t b, int64_t e) {
@@ -228,10 +221,10 @@ void index_add_cpu(void* dst, DType ddt, int64_t outer, int64_t D, int64_t inner
     for (int64_t t = b; t < e; t++) {
       const int64_t tile = t % tiles, g = (t / tiles) % groups, o = t / tiles / groups;
       const int64_t c0 = tile * tw, w = std::min(tw, inner - c0);
-      const int64_t doff = (o * D + id[order[starts[g]]]) * inner + c0;
+      const int64_t doff = (o * D + grp.id_of(g)) * inner + c0;
       float* a = stage_inout(dst, ddt, doff, w, acc);
-      for (int64_t q = starts[g]; q < starts[g + 1]; q++) {
-        const float* s = stage_in(src, sdt, (o * n + order[q]) * inner + c0, w, buf);
+      for (int64_t q = grp.starts[g]; q < grp.starts[g + 1]; q++) {
+        const float* s = stage_in(src, sdt, (o * n + grp.order[q]) * inner + c0, w, buf);
         for (int64_t i = 0; i < w; i++) a[i] += s[i];
       }
       stage_out(dst, ddt, doff, w, a);

@@ -3,11 +3,11 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
-#include <numeric>
 #include <vector>
 
 #include "../core/philox.h"
 #include "convert.h"
+#include "id_groups.h"
 #include "parallel.h"
 #include "reduce.h"
 #include "stage.h"
@@ -152,26 +152,18 @@ void embedding_cpu(const void* ids, DType idt, int64_t n, const void* w, void* o
 void embedding_backward_cpu(const void* ids, DType idt, int64_t n, const void* dy, DType dydt, void* dw, DType dwdt,
                             int64_t dim) {
   if (n == 0 || dim == 0) return;
-  // Group the sources by destination row (stable: sources stay in index order within a row), then give
-  // each row to one thread. Threads never share a row and every row sums in a fixed order.
-  std::vector<int64_t> id(n), order(n);
-  for (int64_t i = 0; i < n; i++) id[i] = load_id(ids, idt, i);
-  std::iota(order.begin(), order.end(), int64_t(0));
-  std::stable_sort(order.begin(), order.end(), [&](int64_t a, int64_t b) { return id[a] < id[b]; });
-  std::vector<int64_t> starts;
-  for (int64_t i = 0; i < n; i++)
-    if (i == 0 || id[order[i]] != id[order[i - 1]]) starts.push_back(i);
-  starts.push_back(n);
-  int64_t groups = static_cast<int64_t>(starts.size()) - 1;
+  // Each destination row goes to one thread: threads never share a row and every row sums in a fixed order.
+  const IdGroups grp = group_ids(ids, idt, n);
+  const int64_t groups = grp.count();
   parallel_for(groups, row_grain(dim), [&](int64_t gb, int64_t ge) {
     float acc[kStageBlock], buf[kStageBlock];
     for (int64_t g = gb; g < ge; g++) {
-      int64_t row = id[order[starts[g]]];
+      const int64_t row = grp.id_of(g);
       for (int64_t o = 0; o < dim; o += kStageBlock) {
         int64_t len = std::min(kStageBlock, dim - o);
         float* dst = stage_inout(dw, dwdt, row * dim + o, len, acc);
-        for (int64_t k = starts[g]; k < starts[g + 1]; k++) {
-          const float* src = stage_in(dy, dydt, order[k] * dim + o, len, buf);
+        for (int64_t k = grp.starts[g]; k < grp.starts[g + 1]; k++) {
+          const float* src = stage_in(dy, dydt, grp.order[k] * dim + o, len, buf);
           for (int64_t i = 0; i < len; i++) dst[i] += src[i];
         }
         stage_out(dw, dwdt, row * dim + o, len, dst);
