@@ -145,13 +145,41 @@ void split_at(const Tensor& t, int dim, int64_t& outer, int64_t& D, int64_t& inn
   }
 }
 
+// The arguments every index op starts with, checked in order: x (dst for the in-place adds), dim, index
+// (i32 or i64) and, for the adds, a src; the adds' dst and src must be floats.
+struct IndexArgs {
+  const Tensor& x;
+  int dim;
+  const Tensor& index;
+  const Tensor* src;
+};
+IndexArgs index_args(const Napi::CallbackInfo& info, const char* op, bool adds) {
+  const char* xname = adds ? "dst" : "x";
+  const Tensor& x = TensorHandle::From(info[0], op, xname);
+  const int dim = arg_dim(info[1], x, op, xname);
+  const Tensor& index = TensorHandle::From(info[2], op, "index");
+  const Tensor* src = adds ? &TensorHandle::From(info[3], op, "src") : nullptr;
+  if (adds) {
+    require_float(x, op, "dst");
+    require_float(*src, op, "src");
+  }
+  require_index(index, op, "index");
+  return {x, dim, index, src};
+}
+
+// What an in-place add reads: src, or a copy of it when src shares dst's storage (adding a tensor to itself
+// must see the values from before the call).
+const Tensor& unaliased_src(const Tensor& src, const Tensor& dst, Tensor& copy, const char* op) {
+  if (src.storage != dst.storage) return src;
+  copy = new_tensor(Device::CPU, src.dtype, src.shape, op, false);
+  if (src.nbytes()) std::memcpy(copy.data(), src.data(), src.nbytes());
+  return copy;
+}
+
 // indexSelect(x, dim, index[n]) -> x with dimension dim replaced by x.select(dim, index[i]) for each i
 Napi::Value IndexSelect(const Napi::CallbackInfo& info) {
   const char* op = "indexSelect";
-  const Tensor& x = TensorHandle::From(info[0], op, "x");
-  const int dim = arg_dim(info[1], x, op, "x");
-  const Tensor& index = TensorHandle::From(info[2], op, "index");
-  require_index(index, op, "index");
+  const auto [x, dim, index, _] = index_args(info, op, false);
   require_ndim(index, 0, 1, op, "index");
   require_cpu(op, {{"x", &x}, {"index", &index}});
   const int64_t n = index.numel();
@@ -170,13 +198,8 @@ Napi::Value IndexSelect(const Napi::CallbackInfo& info) {
 // indexAdd(dst, dim, index[n], src): dst[..., index[i], ...] += src[..., i, ...], in place
 Napi::Value IndexAdd(const Napi::CallbackInfo& info) {
   const char* op = "indexAdd";
-  const Tensor& dst = TensorHandle::From(info[0], op, "dst");
-  const int dim = arg_dim(info[1], dst, op, "dst");
-  const Tensor& index = TensorHandle::From(info[2], op, "index");
-  const Tensor& src = TensorHandle::From(info[3], op, "src");
-  require_float(dst, op, "dst");
-  require_float(src, op, "src");
-  require_index(index, op, "index");
+  const auto [dst, dim, index, src_arg] = index_args(info, op, true);
+  const Tensor& src = *src_arg;
   require_ndim(index, 0, 1, op, "index");
   Shape want = dst.shape;
   if (!want.empty()) want[dim] = index.numel();
@@ -188,13 +211,8 @@ Napi::Value IndexAdd(const Napi::CallbackInfo& info) {
   split_at(dst, dim, outer, D, inner);
   check_indices(index, D, dim, op, "dst");
   Tensor copy;
-  const Tensor* s = &src;
-  if (src.storage == dst.storage) {  // adding a tensor to itself: read a copy
-    copy = new_tensor(Device::CPU, src.dtype, src.shape, op, false);
-    if (src.nbytes()) std::memcpy(copy.data(), src.data(), src.nbytes());
-    s = &copy;
-  }
-  index_add_cpu(dst.data(), dst.dtype, outer, D, inner, index.data(), index.dtype, index.numel(), s->data(), s->dtype);
+  const Tensor& s = unaliased_src(src, dst, copy, op);
+  index_add_cpu(dst.data(), dst.dtype, outer, D, inner, index.data(), index.dtype, index.numel(), s.data(), s.dtype);
   dst.storage->bump_version();
   return info.Env().Undefined();
 }
@@ -214,10 +232,7 @@ void check_index_shape(const Tensor& index, const Tensor& x, const char* xname, 
 // gather(x, dim, index) -> out shaped like index: out[p] = x[p with coordinate dim = index[p]]
 Napi::Value Gather(const Napi::CallbackInfo& info) {
   const char* op = "gather";
-  const Tensor& x = TensorHandle::From(info[0], op, "x");
-  const int dim = arg_dim(info[1], x, op, "x");
-  const Tensor& index = TensorHandle::From(info[2], op, "index");
-  require_index(index, op, "index");
+  const auto [x, dim, index, _] = index_args(info, op, false);
   check_index_shape(index, x, "x", dim, false, op);
   require_cpu(op, {{"x", &x}, {"index", &index}});
   check_indices(index, x.ndim() ? x.shape[dim] : 1, dim, op, "x");
@@ -229,26 +244,16 @@ Napi::Value Gather(const Napi::CallbackInfo& info) {
 // scatterAdd(dst, dim, index, src): dst[p with coordinate dim = index[p]] += src[p] for p over index, in place
 Napi::Value ScatterAdd(const Napi::CallbackInfo& info) {
   const char* op = "scatterAdd";
-  const Tensor& dst = TensorHandle::From(info[0], op, "dst");
-  const int dim = arg_dim(info[1], dst, op, "dst");
-  const Tensor& index = TensorHandle::From(info[2], op, "index");
-  const Tensor& src = TensorHandle::From(info[3], op, "src");
-  require_float(dst, op, "dst");
-  require_float(src, op, "src");
-  require_index(index, op, "index");
+  const auto [dst, dim, index, src_arg] = index_args(info, op, true);
+  const Tensor& src = *src_arg;
   check_index_shape(index, dst, "dst", dim, false, op);
   check_index_shape(index, src, "src", dim, true, op);
   require_cpu(op, {{"dst", &dst}, {"index", &index}, {"src", &src}});
   check_indices(index, dst.ndim() ? dst.shape[dim] : 1, dim, op, "dst");
   Tensor copy;
-  const Tensor* s = &src;
-  if (src.storage == dst.storage) {  // adding a tensor to itself: read a copy
-    copy = new_tensor(Device::CPU, src.dtype, src.shape, op, false);
-    if (src.nbytes()) std::memcpy(copy.data(), src.data(), src.nbytes());
-    s = &copy;
-  }
-  scatter_add_cpu(dst.data(), dst.dtype, dst.shape.data(), dst.ndim(), dim, index.data(), index.dtype, index.shape.data(), s->data(),
-                  s->dtype, s->shape.data());
+  const Tensor& s = unaliased_src(src, dst, copy, op);
+  scatter_add_cpu(dst.data(), dst.dtype, dst.shape.data(), dst.ndim(), dim, index.data(), index.dtype, index.shape.data(), s.data(),
+                  s.dtype, s.shape.data());
   dst.storage->bump_version();
   return info.Env().Undefined();
 }
