@@ -2,7 +2,7 @@
 // The tables are PEFT's (src/peft/utils/constants.py, TRANSFORMERS_MODELS_TO_*_MAPPING) so a config
 // without targetModules adapts the same modules as in Python. One addition is marked below.
 
-import { peftError } from "./errors.js";
+import { describe, peftError, shownValue, typeError } from "./errors.js";
 
 /** A list of names, or (for a few model types) one full-match regex. */
 export type TargetSpec = readonly string[] | string;
@@ -161,6 +161,8 @@ const TARGET_TABLES: Readonly<Record<string, Table>> = {
 };
 
 function lookup(table: Table, what: string, modelType: string | null | undefined, peftType: string): string[] | string {
+  if (modelType !== null && modelType !== undefined && typeof modelType !== "string")
+    throw typeError(`${what}: modelType must be a string, got ${describe(modelType)}`);
   if (modelType === null || modelType === undefined || modelType === "") {
     throw peftError(
       "ERR_CONFIG",
@@ -171,7 +173,7 @@ function lookup(table: Table, what: string, modelType: string | null | undefined
   if (!Object.hasOwn(table, modelType)) {
     throw peftError(
       "ERR_CONFIG",
-      `${what} is not set and model type "${modelType}" has no ${peftType} defaults; please specify ${what} ` +
+      `${what} is not set and model type ${shownValue(modelType)} has no ${peftType} defaults; please specify ${what} ` +
         `in the config. Model types with defaults: ${Object.keys(table).join(", ")}`,
     );
   }
@@ -185,11 +187,12 @@ function lookup(table: Table, what: string, modelType: string | null | undefined
  * missing or has no defaults.
  */
 export function defaultTargetModules(peftType: string, modelType: string | null | undefined): string[] | string {
+  if (typeof peftType !== "string") throw typeError(`defaultTargetModules: peftType must be a string, got ${describe(peftType)}`);
   const table = Object.hasOwn(TARGET_TABLES, peftType) ? TARGET_TABLES[peftType] : undefined;
   if (!table) {
     throw peftError(
       "ERR_CONFIG",
-      `no default target modules for peft type "${peftType}" (known: ${Object.keys(TARGET_TABLES).join(", ")})`,
+      `no default target modules for peft type ${shownValue(peftType)} (known: ${Object.keys(TARGET_TABLES).join(", ")})`,
     );
   }
   return lookup(table, "targetModules", modelType, peftType);

@@ -11,7 +11,7 @@
 // like suffix matches.
 // The module tree plugs in through MatchableModel / MatchOptions, so this file knows no module classes.
 
-import { peftError } from "./errors.js";
+import { arrayArg, clip, describe, isArray, peftError, shownValue, stringsArg, typeError } from "./errors.js";
 import { pyRegex, UnsafeRegexError } from "./pyregex.js";
 
 /** PEFT's INCLUDE_LINEAR_LAYERS_SHORTHAND, compared case-insensitively as PEFT does. */
@@ -76,7 +76,7 @@ function compile(src: string, mode: "full" | "match", what: string): RegExp {
     return pyRegex(src, mode);
   } catch (err) {
     if (err instanceof UnsafeRegexError) throw peftError("ERR_CONFIG", `${what}: ${err.message}`);
-    throw peftError("ERR_CONFIG", `${what}: invalid regular expression ${JSON.stringify(src)}: ${(err as Error).message}`);
+    throw peftError("ERR_CONFIG", `${what}: invalid regular expression ${shownValue(src)}: ${(err as Error).message}`);
   }
 }
 
@@ -169,7 +169,90 @@ export function matchModuleKey(config: TargetConfig, key: string): KeyMatch {
 
 /** PEFT's check_target_module_exists: whether the module at `key` gets an adapter. */
 export function checkTargetModuleExists(config: TargetConfig, key: string): boolean {
-  return matchModuleKey(config, key).kind === "matched";
+  const c = readTargetConfig(config, "checkTargetModuleExists");
+  if (typeof key !== "string") throw typeError(`checkTargetModuleExists: key must be a string, got ${describe(key)}`);
+  return matchModuleKey(c, key).kind === "matched";
+}
+
+function textOrList(v: unknown, op: string, name: string): string | string[] | null {
+  if (v === null || v === undefined) return null;
+  if (typeof v === "string") return v;
+  if (!isArray(v)) throw typeError(`${op}: ${name} must be a string, an array of strings or null, got ${describe(v)}`);
+  return stringsArg(v, op, name);
+}
+
+/**
+ * The fields matching reads, each read once from a caller's config (a LoraConfig, an IA3Config or a plain
+ * object) and type-checked, into a plain object of fresh arrays.
+ */
+function readTargetConfig(config: unknown, op: string): TargetConfig {
+  if (config === null || typeof config !== "object") throw typeError(`${op}: config must be an object, got ${describe(config)}`);
+  const c = config as Record<keyof TargetConfig, unknown>;
+  const layers = c.layersToTransform;
+  let layersToTransform: number | number[] | null = null;
+  if (typeof layers === "number") layersToTransform = layers;
+  else if (layers !== null && layers !== undefined) {
+    if (!isArray(layers)) throw typeError(`${op}: layersToTransform must be a number, an array of numbers or null, got ${describe(layers)}`);
+    const list = arrayArg(layers, op, "layersToTransform");
+    list.forEach((n, i) => {
+      if (typeof n !== "number") throw typeError(`${op}: layersToTransform[${i}] must be a number, got ${describe(n)}`);
+    });
+    layersToTransform = list as number[];
+  }
+  const modulesToSave = c.modulesToSave;
+  const taskType = c.taskType;
+  if (taskType !== null && taskType !== undefined && typeof taskType !== "string")
+    throw typeError(`${op}: taskType must be a string or null, got ${describe(taskType)}`);
+  return {
+    targetModules: textOrList(c.targetModules, op, "targetModules"),
+    excludeModules: textOrList(c.excludeModules, op, "excludeModules"),
+    modulesToSave: modulesToSave === null || modulesToSave === undefined ? null : stringsArg(modulesToSave, op, "modulesToSave"),
+    layersToTransform,
+    layersPattern: textOrList(c.layersPattern, op, "layersPattern"),
+    taskType: taskType ?? null,
+  };
+}
+
+/** The options of findTargetModules, checked: the three callbacks it needs must be functions. */
+function readMatchOptions(opts: unknown): MatchOptions {
+  const op = "findTargetModules";
+  if (opts === null || typeof opts !== "object") throw typeError(`${op}: options must be an object, got ${describe(opts)}`);
+  const o = opts as Record<keyof MatchOptions, unknown>;
+  for (const k of ["isLinearLike", "isSupported", "typeName"] as const)
+    if (typeof o[k] !== "function") throw typeError(`${op}: options.${k} must be a function, got ${describe(o[k])}`);
+  if (o.isTunerLayer !== undefined && typeof o.isTunerLayer !== "function")
+    throw typeError(`${op}: options.isTunerLayer must be a function, got ${describe(o.isTunerLayer)}`);
+  const supported = o.supportedTypeNames;
+  return {
+    isLinearLike: o.isLinearLike as MatchOptions["isLinearLike"],
+    isSupported: o.isSupported as MatchOptions["isSupported"],
+    typeName: o.typeName as MatchOptions["typeName"],
+    isTunerLayer: o.isTunerLayer as MatchOptions["isTunerLayer"],
+    supportedTypeNames: supported === undefined || supported === null ? undefined : stringsArg(supported, op, "options.supportedTypeNames"),
+    warn: Boolean(o.warn ?? true),
+  };
+}
+
+/** A model's modules, read once: namedModules() must give [path, module] pairs with string paths. */
+function readModules(model: unknown): [string, unknown][] {
+  const op = "findTargetModules";
+  if (model === null || typeof model !== "object" || typeof (model as MatchableModel).namedModules !== "function")
+    throw typeError(`${op}: model must be a Module (an object with namedModules()), got ${describe(model)}`);
+  const it: unknown = (model as MatchableModel).namedModules();
+  if (it === null || typeof it !== "object" || typeof (it as Iterable<unknown>)[Symbol.iterator] !== "function")
+    throw typeError(`${op}: model.namedModules() must return an iterable, got ${describe(it)}`);
+  const out: [string, unknown][] = [];
+  for (const e of it as Iterable<unknown>) {
+    if (!isArray(e) || typeof e[0] !== "string") throw typeError(`${op}: model.namedModules() must yield [path, module] pairs with string paths`);
+    out.push([e[0], e[1]]);
+  }
+  return out;
+}
+
+/** A type name from the caller's typeName callback, safe for a message. */
+function typeNameOf(opts: MatchOptions, m: unknown): string {
+  const n: unknown = opts.typeName(m);
+  return typeof n === "string" ? clip(n, 100) : shownValue(n);
 }
 
 /**
@@ -256,8 +339,8 @@ function candidateNames(
 
 /** Python's str() of the value, as PEFT's messages show it. */
 function pyStr(v: string | number | readonly (string | number)[]): string {
-  if (typeof v === "string" || typeof v === "number") return String(v);
-  return "[" + v.map((x) => (typeof x === "string" ? `'${x}'` : String(x))).join(", ") + "]";
+  if (typeof v === "string" || typeof v === "number") return clip(String(v));
+  return "[" + v.slice(0, 20).map((x) => (typeof x === "string" ? `'${clip(x)}'` : String(x))).join(", ") + (v.length > 20 ? ", ...]" : "]");
 }
 
 function layerNotes(config: TargetConfig): string {
@@ -273,7 +356,7 @@ function layerNotes(config: TargetConfig): string {
 
 function candidatesNote(modules: readonly [string, unknown][], targets: string | readonly string[], opts: MatchOptions): string {
   const c = candidateNames(modules, targets, opts);
-  return c.length > 0 ? ` Candidate modules: ${c.join(", ")}.` : " The model has no module of a type that can be adapted.";
+  return c.length > 0 ? ` Candidate modules: ${c.map((n) => clip(n)).join(", ")}.` : " The model has no module of a type that can be adapted.";
 }
 
 /**
@@ -282,7 +365,9 @@ function candidatesNote(modules: readonly [string, unknown][], targets: string |
  * is targeted, ERR_UNSUPPORTED when a target's module type cannot be adapted, ERR_CONFIG when the config
  * has no targetModules (resolve defaults with mappings.ts first).
  */
-export function findTargetModules(model: MatchableModel, config: TargetConfig, opts: MatchOptions): MatchReport {
+export function findTargetModules(model: MatchableModel, config: TargetConfig, options: MatchOptions): MatchReport {
+  const opts = readMatchOptions(options);
+  config = readTargetConfig(config, "findTargetModules");
   const targets = config.targetModules;
   if (targets === null || targets === undefined) {
     throw peftError(
@@ -290,7 +375,7 @@ export function findTargetModules(model: MatchableModel, config: TargetConfig, o
       "targetModules is not set: pass targetModules, or a modelType with known defaults (see defaultTargetModules)",
     );
   }
-  const modules = [...model.namedModules()];
+  const modules = readModules(model);
   const tunerPrefixes = opts.isTunerLayer
     ? modules.filter(([n, m]) => n !== "" && opts.isTunerLayer!(m)).map(([n]) => n + ".")
     : [];
@@ -303,7 +388,7 @@ export function findTargetModules(model: MatchableModel, config: TargetConfig, o
   if (allLinear && (effective.targetModules as string[]).length === 0) {
     throw peftError(
       "ERR_TARGET_NOT_FOUND",
-      `Target modules ${targets} not found in the base model: it has no Linear or Conv1D module besides the output layer.`,
+      `Target modules ${clip(targets as string)} not found in the base model: it has no Linear or Conv1D module besides the output layer.`,
     );
   }
 
@@ -323,11 +408,11 @@ export function findTargetModules(model: MatchableModel, config: TargetConfig, o
     else {
       if (!opts.isSupported(m)) {
         const supported = opts.supportedTypeNames?.length
-          ? ` Currently, only the following module types are supported: ${opts.supportedTypeNames.join(", ")}.`
+          ? ` Currently, only the following module types are supported: ${clip(opts.supportedTypeNames.join(", "), 500)}.`
           : "";
         throw peftError(
           "ERR_UNSUPPORTED",
-          `Target module ${key} (${opts.typeName(m)}) is not supported.${supported}`,
+          `Target module ${clip(key)} (${typeNameOf(opts, m)}) is not supported.${supported}`,
         );
       }
       targeted.push(key);
@@ -389,7 +474,7 @@ export function findTargetModules(model: MatchableModel, config: TargetConfig, o
 
 /** PEFT prints target_modules as a Python set: {'q_proj', 'v_proj'}. */
 function formatTargets(t: string | readonly string[]): string {
-  return typeof t === "string" ? t : "{" + t.map((x) => `'${x}'`).join(", ") + "}";
+  return typeof t === "string" ? clip(t) : "{" + t.slice(0, 20).map((x) => `'${clip(x)}'`).join(", ") + (t.length > 20 ? ", ...}" : "}");
 }
 
 /** The fields matching reads, copied off a config object (class getters and methods left behind). */
