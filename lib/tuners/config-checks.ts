@@ -3,15 +3,14 @@
 // TypeError (code ERR_INVALID_ARG_TYPE); well-typed but invalid values are PeftError ERR_CONFIG, the
 // counterpart of the ValueError PEFT raises.
 
-import { peftError, typeError } from "../errors.js";
+import { isArray, peftError, shownValue, typeError } from "../errors.js";
 import { pyRegex, UnsafeRegexError } from "../pyregex.js";
 
-/** A short description of a value for error messages. */
+/** A short description of a value for error messages (never throws, never long). */
 export function describe(v: unknown): string {
   if (v === null) return "null";
-  if (Array.isArray(v)) return "an array";
-  if (typeof v === "string") return `string ${JSON.stringify(v)}`;
-  if (typeof v === "number" || typeof v === "boolean" || typeof v === "bigint") return `${typeof v} ${String(v)}`;
+  if (isArray(v)) return "an array";
+  if (typeof v === "string" || typeof v === "number" || typeof v === "boolean" || typeof v === "bigint") return `${typeof v} ${shownValue(v)}`;
   return typeof v === "object" ? "an object" : typeof v;
 }
 

@@ -4,7 +4,7 @@
 
 import { readFile } from "node:fs/promises";
 import { join } from "node:path";
-import { peftError, typeError } from "../errors.js";
+import { clip, peftError, shownValue, typeError } from "../errors.js";
 import { pyJSONDumps } from "../pyjson.js";
 import * as check from "./config-checks.js";
 
@@ -98,7 +98,7 @@ function checkTaskType(value: unknown, name: string): TaskType | null {
   if (!(TASK_TYPES as readonly string[]).includes(value)) {
     throw peftError(
       "ERR_CONFIG",
-      `Invalid task type: '${value}' (${name}). Must be one of the following task types: ${TASK_TYPES.join(", ")}.`,
+      `Invalid task type: '${clip(value)}' (${name}). Must be one of the following task types: ${TASK_TYPES.join(", ")}.`,
     );
   }
   return value as TaskType;
@@ -199,7 +199,7 @@ export abstract class PeftConfigBase {
       }
       if (key === "peft_type") {
         if (value !== peftType) {
-          throw peftError("ERR_CONFIG", `${className}: ${name} is ${JSON.stringify(value)}, expected "${peftType}"`);
+          throw peftError("ERR_CONFIG", `${className}: ${name} is ${shownValue(value)}, expected "${peftType}"`);
         }
         continue;
       }
@@ -214,7 +214,7 @@ export abstract class PeftConfigBase {
         if (pyTruthy(value)) {
           throw peftError(
             "ERR_UNSUPPORTED",
-            `${className}: ${name} = ${JSON.stringify(value)} is not supported by node-peft; ` +
+            `${className}: ${name} = ${shownValue(value)} is not supported by node-peft; ` +
               `only the PEFT default (${JSON.stringify(u.default)}) is accepted`,
           );
         }
@@ -303,6 +303,7 @@ function sortKeysDeep(v: unknown): unknown {
  * writes no final newline; JSON readers, PEFT's included, ignore it.
  */
 export function configToJSONString(cfg: PeftConfigBase): string {
+  if (!(cfg instanceof PeftConfigBase)) throw typeError(`configToJSONString: expected a LoraConfig or IA3Config, got ${check.describe(cfg)}`);
   return pyJSONDumps(cfg.toJSON(), { floatKeys: cfg.floatKeys() }) + "\n";
 }
 
