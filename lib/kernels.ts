@@ -3,7 +3,7 @@
 // PeftError / TypeError / RangeError naming the op.
 import { native, type NativeTensor } from "./native.js";
 import { Tensor, handleOf, optionalHandle, describe, readShape } from "./tensor.js";
-import { arrayArg, optionsArg, typeError } from "./errors.js";
+import { arrayArg, isArray, optionsArg, typeError } from "./errors.js";
 
 export type Activation = "relu" | "gelu" | "gelu_tanh" | "silu";
 
@@ -12,6 +12,7 @@ function options<T extends object>(opts: T | undefined, op: string): Partial<T> 
 }
 
 function handles(ts: unknown, op: string, name: string, nullable: boolean): (NativeTensor | null)[] {
+  if (!isArray(ts)) throw typeError(`${op}: ${name} must be an array of Tensors, got ${describe(ts)}`);
   return arrayArg(ts, op, name).map((t, i) => (nullable ? optionalHandle(t, op, `${name}[${i}]`) : handleOf(t, op, `${name}[${i}]`)));
 }
 

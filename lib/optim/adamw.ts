@@ -2,7 +2,7 @@
 // parameter that has a gradient in one fused native call.
 import { Tensor } from "../tensor.js";
 import { adamwStep } from "../kernels.js";
-import { peftError, typeError } from "../errors.js";
+import { arrayArg, describe, isArray, optionsArg, peftError, rangeError, typeError } from "../errors.js";
 import { untrack } from "../autograd/scope.js";
 
 export interface AdamWOptions {
@@ -16,6 +16,21 @@ interface ParamState {
   step: number;
   expAvg: Tensor | null;
   expAvgSq: Tensor | null;
+}
+
+const MAX_PARAMS = 10_000_000;
+
+/** The parameters, read once: an array (its length bounded first) or any other iterable, up to MAX_PARAMS. */
+function readParams(params: unknown): unknown[] {
+  if (isArray(params)) return arrayArg(params, "AdamW", "params", MAX_PARAMS);
+  if (params === null || typeof params !== "object" || ArrayBuffer.isView(params) || typeof (params as Iterable<unknown>)[Symbol.iterator] !== "function")
+    throw typeError(`AdamW: params must be an iterable of tensors, got ${describe(params)}`);
+  const out: unknown[] = [];
+  for (const p of params as Iterable<unknown>) {
+    if (out.length === MAX_PARAMS) throw rangeError(`AdamW: params yields more than ${MAX_PARAMS} entries`);
+    out.push(p);
+  }
+  return out;
 }
 
 function checkHyper(v: unknown, what: string, lo: number, hi: number, hiOpen = false): number {
@@ -33,9 +48,9 @@ export class AdamW {
   #state: ParamState[];
 
   /** Defaults as torch.optim.AdamW: lr 1e-3, betas (0.9, 0.999), eps 1e-8, weight decay 1e-2. */
-  constructor(params: Iterable<Tensor>, opts: AdamWOptions = {}) {
-    if (params === null || typeof (params as Iterable<Tensor>)[Symbol.iterator] !== "function") throw typeError("AdamW: params must be an iterable of tensors");
-    this.params = [...params];
+  constructor(params: Iterable<Tensor>, options: AdamWOptions = {}) {
+    this.params = readParams(params) as Tensor[];
+    const opts = optionsArg(options, "AdamW");
     const seen = new Set<Tensor>();
     this.params.forEach((p, i) => {
       if (!(p instanceof Tensor)) throw typeError(`AdamW: params[${i}] is not a Tensor`);
@@ -43,7 +58,9 @@ export class AdamW {
       seen.add(p);
     });
     this.lr = checkHyper(opts.lr ?? 1e-3, "lr", 0, Infinity);
-    const [b1, b2] = opts.betas ?? [0.9, 0.999];
+    const betas = opts.betas === undefined ? [0.9, 0.999] : arrayArg(opts.betas, "AdamW", "betas", 2);
+    if (betas.length !== 2) throw typeError(`AdamW: betas must be a pair of numbers, got ${betas.length} entries`);
+    const [b1, b2] = betas;
     this.betas = [checkHyper(b1, "betas[0]", 0, 1, true), checkHyper(b2, "betas[1]", 0, 1, true)];
     this.eps = checkHyper(opts.eps ?? 1e-8, "eps", 0, Infinity);
     this.weightDecay = checkHyper(opts.weightDecay ?? 1e-2, "weightDecay", 0, Infinity);
