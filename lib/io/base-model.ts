@@ -1,7 +1,7 @@
 // Base models from safetensors checkpoints: load weights into an existing module tree (tensor by tensor, in
 // place), or build a tree of Linear/Embedding modules from a checkpoint's names and shapes (llama-style
 // checkpoints), so adapters can be applied to, saved for and merged into real checkpoints.
-import { peftError, typeError } from "../errors.js";
+import { clip, peftError, typeError } from "../errors.js";
 import { Tensor, describe, type DType } from "../tensor.js";
 import { Embedding, Linear, Module } from "../nn/index.js";
 import { openCheckpoint, type CheckpointSource } from "./checkpoint-source.js";
@@ -51,12 +51,17 @@ export function loadModelWeights(model: Module, path: string, opts: { prefix?: s
 export class CheckpointModule extends Module {
   constructor(readonly kind = "Module") {
     super();
+    if (typeof kind !== "string") throw typeError(`CheckpointModule: kind must be a string, got ${describe(kind)}`);
+  }
+  /** The kind for a message: the field is public, so it is not trusted to still be a string. */
+  #kind(): string {
+    return typeof this.kind === "string" ? clip(this.kind) : "CheckpointModule";
   }
   override forward(_x: Tensor): Tensor {
-    throw peftError("ERR_UNSUPPORTED", `${this.kind}: a tree built from a checkpoint has no forward; run its Linear/Embedding layers directly`);
+    throw peftError("ERR_UNSUPPORTED", `${this.#kind()}: a tree built from a checkpoint has no forward; run its Linear/Embedding layers directly`);
   }
   override describe(): string {
-    return this.kind + "()";
+    return this.#kind() + "()";
   }
 }
 

@@ -5,7 +5,7 @@ import { readFileSync, statSync } from "node:fs";
 import { open, readFile, stat, type FileHandle } from "node:fs/promises";
 import { dirname, isAbsolute, relative, resolve } from "node:path";
 import { describe, type Tensor } from "../tensor.js";
-import { typeError } from "../errors.js";
+import { shownValue, typeError } from "../errors.js";
 import { checkPath } from "./file-io.js";
 import { JsonSyntaxError, parseJsonStrict, type JsonNode } from "./json-strict.js";
 import { MAX_HEADER_SIZE, compareUtf8, define, formatError, recordOf, sortNames, type Layout } from "./safetensors-format.js";
@@ -171,7 +171,7 @@ class ShardedFile implements ShardedSafetensors {
     if (this.#closed) throw formatError(this.path, "the checkpoint has been closed");
     if (typeof name !== "string") throw typeError(`sharded checkpoint ${this.path}: a tensor name must be a string, got ${describe(name)}`);
     const s = this.index.weightMap.get(name);
-    if (s === undefined) throw formatError(this.path, `no tensor named ${JSON.stringify(name)}; ${available(this.keys(), name)}`);
+    if (s === undefined) throw formatError(this.path, `no tensor named ${shownValue(name)}; ${available(this.keys(), name)}`);
     return this.files.get(s)!;
   }
 
