@@ -2,7 +2,7 @@
 // removed), a saved module's parameters as `<path>.<name>`, base-layer biases as `<path>.bias` for bias
 // "all" / "lora_only".
 import { Tensor } from "../tensor.js";
-import { peftError, typeError } from "../errors.js";
+import { clip, peftError, typeError } from "../errors.js";
 import { describe } from "../tensor.js";
 import { LoraLayer } from "./lora/layer.js";
 import { Module, tensorEntries } from "../nn/module.js";
@@ -19,7 +19,7 @@ function peftModelArg(m: unknown, op: string): PeftModel {
 function adapterKeyMap(m: PeftModel, adapterName: string): { keys: Map<string, Tensor>; required: Set<string> } {
   if (typeof adapterName !== "string") throw typeError(`adapter state dict: adapterName must be a string, got ${describe(adapterName)}`);
   const config = Object.hasOwn(m.peftConfig, adapterName) ? m.peftConfig[adapterName] : undefined;
-  if (!config) throw peftError("ERR_CONFIG", `Adapter ${adapterName} not found; this model has ${Object.keys(m.peftConfig).join(", ")}`);
+  if (!config) throw peftError("ERR_CONFIG", `Adapter ${clip(adapterName)} not found; this model has ${clip(Object.keys(m.peftConfig).join(", "), 200)}`);
   const model = m.baseModel.model;
   const keys = new Map<string, Tensor>();
   const required = new Set<string>();

@@ -1,7 +1,7 @@
 // The LoRA tuner model (PEFT's LoraModel): finds the target modules, puts LoRA layers in their place through
 // an ordered list of dispatchers, marks only adapters trainable and wraps modulesToSave.
 import { Module, Linear, Conv1D } from "../../nn/index.js";
-import { peftError, typeError } from "../../errors.js";
+import { clip, optionsArg, peftError, shownValue, typeError } from "../../errors.js";
 import { describe } from "../../tensor.js";
 import { findTargetModules, SEQ_CLS_HEAD_NAMES, type MatchOptions } from "../../matching.js";
 import { defaultTargetModules } from "../../mappings.js";
@@ -61,8 +61,9 @@ export class LoraModel extends Module {
 
   constructor(model: Module, config: LoraConfig, adapterName: string, opts: { modelType?: string } = {}) {
     super();
+    const modelType = optionsArg(opts, "LoraModel").modelType;
     this.model = this.registerModule("model", model);
-    this.injectAdapter(config, adapterName, opts.modelType);
+    this.injectAdapter(config, adapterName, modelType);
   }
 
   override forward(x: import("../../tensor.js").Tensor) {
@@ -76,7 +77,11 @@ export class LoraModel extends Module {
   /** Adds `adapterName` to every matching module (new layers, or updateLayer on existing ones). */
   injectAdapter(config: LoraConfig, adapterName: string, modelType?: string): void {
     if (!(config instanceof LoraConfig)) throw peftError("ERR_CONFIG", "LoraModel: expected a LoraConfig");
-    if (this.peftConfig[adapterName]) throw peftError("ERR_CONFIG", `Adapter with name ${adapterName} already exists.`);
+    if (typeof adapterName !== "string" || !adapterName || adapterName.includes("."))
+      throw peftError("ERR_CONFIG", `LoraModel: adapter name must be a non-empty string without ".", got ${shownValue(adapterName)}`);
+    if (modelType !== undefined && modelType !== null && typeof modelType !== "string")
+      throw typeError(`LoraModel: modelType must be a string, got ${describe(modelType)}`);
+    if (Object.hasOwn(this.peftConfig, adapterName)) throw peftError("ERR_CONFIG", `Adapter with name ${clip(adapterName)} already exists.`);
     const effective =
       config.targetModules === null ? new LoraConfig({ ...config, targetModules: defaultTargetModules("LORA", modelType) }) : config;
     if (config.targetModules === null) effective.registerCustomModule(config.customModules ?? new Map());
