@@ -2,7 +2,7 @@
 // contract). Tensors that live on past their creator (parameters, gradients, optimizer state, what a graph
 // node or module saves for backward) are untracked by the code that keeps them.
 import type { Tensor } from "../tensor.js";
-import { typeError } from "../errors.js";
+import { isArray, typeError } from "../errors.js";
 
 interface Scope {
   tensors: Set<Tensor>;
@@ -21,15 +21,25 @@ export function untrack(t: Tensor): Tensor {
   return t;
 }
 
-function collect(v: unknown, out: Set<Tensor>, isTensor: (v: unknown) => v is Tensor, depth = 0): void {
-  if (depth > 8 || v === null || typeof v !== "object") return;
+// At most this many values of a result are looked at (a sparse array of length 2^32-1 is not walked).
+const COLLECT_BUDGET = 1_000_000;
+
+function collect(v: unknown, out: Set<Tensor>, isTensor: (v: unknown) => v is Tensor, depth = 0, budget = { left: COLLECT_BUDGET }): void {
+  if (depth > 8 || v === null || typeof v !== "object" || budget.left <= 0) return;
+  budget.left--;
   if (isTensor(v)) {
     out.add(v);
     return;
   }
-  if (Array.isArray(v)) for (const x of v) collect(x, out, isTensor, depth + 1);
-  else if (Object.getPrototypeOf(v) === Object.prototype || v instanceof Map)
-    for (const x of v instanceof Map ? v.values() : Object.values(v)) collect(x, out, isTensor, depth + 1);
+  if (isArray(v)) {
+    const n = Math.min(v.length, budget.left);
+    for (let i = 0; i < n && budget.left > 0; i++) collect(v[i], out, isTensor, depth + 1, budget);
+  } else if (Object.getPrototypeOf(v) === Object.prototype || v instanceof Map) {
+    for (const x of v instanceof Map ? v.values() : Object.values(v)) {
+      if (budget.left <= 0) return;
+      collect(x, out, isTensor, depth + 1, budget);
+    }
+  }
 }
 
 /**
@@ -38,7 +48,7 @@ function collect(v: unknown, out: Set<Tensor>, isTensor: (v: unknown) => v is Te
  * fn is refused: the scope would close before its tensors exist.
  */
 export function tidyWith<T>(fn: () => T, isTensor: (v: unknown) => v is Tensor): T {
-  if (typeof fn !== "function") throw typeError("tidy: expected a function");
+  if (typeof fn !== "function" || /^class\b/.test(Function.prototype.toString.call(fn))) throw typeError("tidy: expected a function");
   const scope: Scope = { tensors: new Set() };
   scopes.push(scope);
   let result: T;
