@@ -28,80 +28,21 @@
 //
 // Calls run in child processes (this script with --child), each in a fresh temp directory that is its cwd:
 // every path the fuzzer passes is relative and inside it, and any absolute or ".." path is replaced.
-import { spawn } from "node:child_process";
-import { mkdtempSync, rmSync, writeSync, mkdirSync, writeFileSync, readdirSync, readFileSync } from "node:fs";
-import { tmpdir, cpus } from "node:os";
-import { dirname, join, isAbsolute, resolve } from "node:path";
+import { mkdirSync, writeFileSync, readdirSync, readFileSync } from "node:fs";
+import { cpus } from "node:os";
+import { dirname, join, isAbsolute } from "node:path";
 import { fileURLToPath, pathToFileURL } from "node:url";
+import { DIST, ROOT, enterTempDir, evenShares, exitKind, jsonLines, leaveTempDir, logStderr, main, numberArgs, reportLog, runBatches, runChild, stderrTail, usageOf } from "./harness.mjs";
+import { Rng, mixSeed } from "./rng.mjs";
 
 const SELF = fileURLToPath(import.meta.url);
-const SELF_URL = import.meta.url;
-const ROOT = resolve(dirname(SELF), "..", "..");
-const DIST = join(ROOT, "dist", "index.js");
-
-// The package failing to load (dist/ or the addon rebuilt while the fuzzer runs) is no finding of it.
-const LOAD_FAILURE = /ERR_MODULE_NOT_FOUND|does not provide an export named|process\.dlopen|Cannot find module|ERR_DLOPEN_FAILED/;
-
-// ---------------------------------------------------------------- seeded randomness
-
-function mulberry32(seed) {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
-
-class Rng {
-  constructor(seed) {
-    this.f = mulberry32(seed);
-  }
-  next() {
-    return this.f();
-  }
-  int(n) {
-    return Math.floor(this.f() * n);
-  }
-  chance(p) {
-    return this.f() < p;
-  }
-  pick(a) {
-    return a[this.int(a.length)];
-  }
-  /** entries: [weight, value][] */
-  weighted(entries) {
-    let total = 0;
-    for (const [w] of entries) total += w;
-    let r = this.f() * total;
-    for (const [w, v] of entries) if ((r -= w) < 0) return v;
-    return entries[entries.length - 1][1];
-  }
-  fork() {
-    return new Rng(this.int(2 ** 32));
-  }
-}
-
-function mixSeed(seed, k) {
-  let h = (Math.imul((seed >>> 0) ^ 0x9e3779b9, 0x85ebca6b) ^ Math.imul(k + 0x27d4eb2f, 0xc2b2ae35)) >>> 0;
-  h ^= h >>> 16;
-  h = Math.imul(h, 0x7feb352d) >>> 0;
-  h ^= h >>> 15;
-  h = Math.imul(h, 0x846ca68b) >>> 0;
-  return (h ^ (h >>> 16)) >>> 0;
-}
+const FUZZER_URL = new URL(".", import.meta.url).href; // this script's folder: its frames are left out of stacks
 
 // ---------------------------------------------------------------- command line
 
 function parseOptions(argv) {
   const o = { seed: 1, calls: 3000, batchSize: 400, jobs: Math.max(1, Math.min(4, cpus().length)), timeout: 60, only: null, until: null, trace: false, json: false, keep: false, child: false, batch: 0, cuda: false, fd: null, inTmp: false, internals: false, inject: null, tamper: false };
-  const num = (i) => {
-    const v = Number(argv[i]);
-    if (argv[i] === undefined || !Number.isFinite(v)) usage(`${argv[i - 1]} needs a number`);
-    return v;
-  };
+  const num = numberArgs(argv, usage);
   for (let i = 0; i < argv.length; i++) {
     const a = argv[i];
     if (a === "--seed") o.seed = num(++i) >>> 0;
@@ -134,11 +75,7 @@ function parseOptions(argv) {
   return o;
 }
 
-function usage(msg) {
-  if (msg) process.stderr.write(`misuse fuzzer: ${msg}\n`);
-  process.stderr.write("usage: node scripts/fuzz/misuse.mjs [--seed N] [--calls N | --long] [--batch-size N] [--jobs N] [--timeout S] [--only B] [--until K] [--trace] [--json] [--keep] [--internals] [--tamper]\n");
-  process.exit(msg ? 2 : 0);
-}
+const usage = usageOf("misuse fuzzer", "usage: node scripts/fuzz/misuse.mjs [--seed N] [--calls N | --long] [--batch-size N] [--jobs N] [--timeout S] [--only B] [--until K] [--trace] [--json] [--keep] [--internals] [--tamper]");
 
 // ---------------------------------------------------------------- the child: calls and outcomes
 
@@ -232,24 +169,9 @@ class HostileError extends Error {
 }
 
 async function child(opts) {
-  let tmp = null;
-  if (!opts.inTmp) {
-    tmp = mkdtempSync(join(tmpdir(), "node-peft-fuzz-"));
-    process.chdir(tmp);
-  }
+  const tmp = opts.inTmp ? null : enterTempDir("node-peft-fuzz-");
   const CWD = process.cwd();
-  const out = opts.fd ?? 1;
-  const emit = (obj) => {
-    const line = JSON.stringify(obj) + "\n";
-    for (let off = 0; off < line.length; ) {
-      try {
-        off += writeSync(out, line.slice(off));
-      } catch (e) {
-        if (e.code !== "EAGAIN") throw e;
-        Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, 5);
-      }
-    }
-  };
+  const emit = jsonLines(opts.fd ?? 1);
   const trace = (s) => opts.trace && process.stderr.write(s + "\n");
 
   const lib = await import(pathToFileURL(DIST).href);
@@ -908,7 +830,7 @@ async function child(opts) {
     if (e instanceof Error && typeof e.code === "string") return { o: e instanceof HostileError ? "h" : "c", code: e.code };
     const name = e instanceof Error ? e.name : typeof e;
     const message = e instanceof Error ? e.message : String(e);
-    const stack = e instanceof Error && typeof e.stack === "string" ? e.stack.split("\n").filter((l) => /^\s+at /.test(l) && !l.includes(SELF_URL)).slice(0, 3).map((l) => l.trim().replaceAll(pathToFileURL(ROOT).href + "/", "")) : [];
+    const stack = e instanceof Error && typeof e.stack === "string" ? e.stack.split("\n").filter((l) => /^\s+at /.test(l) && !l.includes(FUZZER_URL)).slice(0, 3).map((l) => l.trim().replaceAll(pathToFileURL(ROOT).href + "/", "")) : [];
     return { o: "f", name, message: message.slice(0, 400), stack };
   };
   const ASYNC_TIMEOUT_MS = 15_000;
@@ -1165,23 +1087,14 @@ async function child(opts) {
   }
   for (let k = 0; k < 3; k++) await new Promise((r) => setTimeout(r, 1));
   emit({ t: "done", steps: step, calls: stats.calls, targets: targets.map((t) => t.name), hidden: hiddenCount.n });
-  if (tmp) {
-    process.chdir(tmpdir());
-    rmSync(tmp, { recursive: true, force: true });
-  }
+  leaveTempDir(tmp);
   process.exit(0);
 }
 
 // ---------------------------------------------------------------- the parent: batches, children, report
 
 function batchesOf(o) {
-  const n = Math.max(2, Math.ceil(o.calls / o.batchSize));
-  const out = [];
-  for (let b = 0; b < n; b++) {
-    const calls = Math.floor(o.calls / n) + (b < o.calls % n ? 1 : 0);
-    out.push({ b, calls, cuda: b % 3 === 1 });
-  }
-  return out;
+  return evenShares(o.calls, Math.max(2, Math.ceil(o.calls / o.batchSize))).map((calls, b) => ({ b, calls, cuda: b % 3 === 1 }));
 }
 
 function replayCommand(o, batch, extra = "") {
@@ -1194,72 +1107,33 @@ function replayCommand(o, batch, extra = "") {
   return parts.join(" ");
 }
 
-function runChild(o, batch) {
-  return new Promise((done) => {
-    const dir = mkdtempSync(join(tmpdir(), "node-peft-fuzz-"));
-    const env = { ...process.env };
-    if (batch.cuda) env.NODE_PEFT_CUDA = "emu";
-    const args = ["--expose-gc", SELF, "--child", "--in-tmp", "--fd", "3", "--seed", String(o.seed), "--batch", String(batch.b), "--calls", String(batch.calls)];
-    if (o.until !== null) args.push("--until", String(o.until));
-    if (o.internals) args.push("--internals");
-    if (o.tamper) args.push("--tamper");
-    if (o.inject && batch.b === 0) args.push("--inject", `${o.inject.kind}@${o.inject.step}`);
-    if (o.trace) args.push("--trace");
-    const cp = spawn(process.execPath, args, { cwd: dir, env, stdio: ["ignore", "pipe", o.trace ? "inherit" : "pipe", "pipe"] });
-    const res = { batch, started: new Map(), outcomes: [], done: null, stderr: "", stdout: "", timedOut: false, calls: [] };
-    let buf = "";
-    cp.stdio[3].setEncoding("utf8");
-    cp.stdio[3].on("data", (d) => {
-      buf += d;
-      let nl;
-      while ((nl = buf.indexOf("\n")) >= 0) {
-        const line = buf.slice(0, nl);
-        buf = buf.slice(nl + 1);
-        let m;
-        try {
-          m = JSON.parse(line);
-        } catch {
-          continue;
-        }
-        if (m.t === "p") res.preparing = m;
-        else if (m.t === "s") {
-          res.started.set(m.i, m);
-          res.calls.push(m);
-          if (res.calls.length > 40) res.calls.shift();
-          res.preparing = null;
-        } else if (m.t === "e") {
-          const s = res.started.get(m.i);
-          res.started.delete(m.i);
-          if (s) s.o = m.o;
-          res.outcomes.push({ ...m, c: s?.c, k: s?.k });
-        } else if (m.t === "u") res.outcomes.push({ ...m, c: `(${m.kind} after step #${m.i})`, k: m.kind });
-        else if (m.t === "x") res.outcomes.push({ ...m, o: "f", kind: "fuzzer error (a bug in this script, not in the library)", c: `(fuzzer code while preparing step #${m.i}, target ${m.k})` });
-        else if (m.t === "done") res.done = m;
-      }
-    });
-    cp.stdout.setEncoding("utf8");
-    cp.stdout.on("data", (d) => {
-      res.stdout = (res.stdout + d).slice(-4000);
-    });
-    if (cp.stderr) {
-      cp.stderr.setEncoding("utf8");
-      cp.stderr.on("data", (d) => {
-        res.stderr = (res.stderr + d).slice(-6000);
-      });
-    }
-    const timer = setTimeout(() => {
-      res.timedOut = true;
-      cp.kill("SIGKILL");
-    }, o.timeout * 1000);
-    cp.on("close", (code, signal) => {
-      clearTimeout(timer);
-      res.code = code;
-      res.signal = signal;
-      if (!o.keep) rmSync(dir, { recursive: true, force: true });
-      else res.dir = dir;
-      done(res);
-    });
-  });
+function runBatch(o, batch) {
+  const env = { ...process.env };
+  if (batch.cuda) env.NODE_PEFT_CUDA = "emu";
+  const args = ["--expose-gc", SELF, "--child", "--in-tmp", "--fd", "3", "--seed", String(o.seed), "--batch", String(batch.b), "--calls", String(batch.calls)];
+  if (o.until !== null) args.push("--until", String(o.until));
+  if (o.internals) args.push("--internals");
+  if (o.tamper) args.push("--tamper");
+  if (o.inject && batch.b === 0) args.push("--inject", `${o.inject.kind}@${o.inject.step}`);
+  if (o.trace) args.push("--trace");
+  const res = { batch, started: new Map(), outcomes: [], done: null, calls: [] };
+  const onMessage = (m) => {
+    if (m.t === "p") res.preparing = m;
+    else if (m.t === "s") {
+      res.started.set(m.i, m);
+      res.calls.push(m);
+      if (res.calls.length > 40) res.calls.shift();
+      res.preparing = null;
+    } else if (m.t === "e") {
+      const s = res.started.get(m.i);
+      res.started.delete(m.i);
+      if (s) s.o = m.o;
+      res.outcomes.push({ ...m, c: s?.c, k: s?.k });
+    } else if (m.t === "u") res.outcomes.push({ ...m, c: `(${m.kind} after step #${m.i})`, k: m.kind });
+    else if (m.t === "x") res.outcomes.push({ ...m, o: "f", kind: "fuzzer error (a bug in this script, not in the library)", c: `(fuzzer code while preparing step #${m.i}, target ${m.k})` });
+    else if (m.t === "done") res.done = m;
+  };
+  return runChild({ args, res, prefix: "node-peft-fuzz-", timeout: o.timeout, keep: o.keep, env, inheritStderr: o.trace, onMessage });
 }
 
 function normalize(msg) {
@@ -1271,19 +1145,8 @@ async function parent(o) {
   let batches = batchesOf(o);
   if (o.only !== null) batches = batches.filter((b) => b.b === o.only);
   const t0 = Date.now();
-  const results = [];
-  let next = 0;
-  const log = (s) => process[o.json ? "stderr" : "stdout"].write(s + "\n");
-  const progress = batches.length > 20 && !o.json;
-  await Promise.all(Array.from({ length: Math.min(o.jobs, batches.length) }, async () => {
-    while (next < batches.length) {
-      const batch = batches[next++];
-      const r = await runChild(o, batch);
-      results.push(r);
-      if (progress && results.length % 10 === 0) log(`  ${results.length}/${batches.length} batches, ${Math.round((Date.now() - t0) / 1000)} s`);
-    }
-  }));
-  results.sort((a, b) => a.batch.b - b.batch.b);
+  const log = reportLog(o.json);
+  const results = await runBatches(batches, o.jobs, (batch) => runBatch(o, batch), { log, every: batches.length > 20 && !o.json ? 10 : 0 });
 
   const counts = { ok: 0, coded: 0, hostile: 0, failed: 0, hang: 0 };
   const codes = {};
@@ -1314,11 +1177,11 @@ async function parent(o) {
       crashes.push({
         batch: r.batch.b,
         cuda: r.batch.cuda,
-        kind: r.timedOut ? "hang (child killed after timeout)" : r.signal ? `signal ${r.signal}` : LOAD_FAILURE.test(r.stderr) ? "the package failed to load (dist/ or the addon changed during the run?)" : r.code === 0 ? "exited (code 0) before finishing its calls" : `exit code ${r.code}`,
+        kind: exitKind(r, "exited (code 0) before finishing its calls"),
         call: open ? open.c : r.preparing ? `(preparing the arguments of step #${r.preparing.i}, target ${r.preparing.k})` : "(between calls)",
         step: open?.i ?? r.preparing?.i ?? null,
         lastCalls: r.calls.slice(-25).map((c) => `#${c.i} ${c.c}${c.o ? `  -> ${c.o}` : "  -> (no outcome)"}`),
-        stderr: r.stderr.split("\n").slice(-15).join("\n"),
+        stderr: stderrTail(r.stderr),
         replay: replayCommand(o, r.batch),
       });
     }
@@ -1353,7 +1216,7 @@ async function parent(o) {
     log(`  replay: ${c.cuda ? "NODE_PEFT_CUDA=emu " : ""}${c.replay}`);
     log("  last calls:");
     for (const l of c.lastCalls) log(`    ${l}`);
-    if (c.stderr.trim()) log(`  stderr:\n${c.stderr.split("\n").map((l) => `    ${l}`).join("\n")}`);
+    logStderr(log, c.stderr);
   }
   if (groups.size) log(`\nFAILURES (${failures.length} calls, ${groups.size} kinds):`);
   for (const g of groups.values()) {
@@ -1371,9 +1234,4 @@ async function parent(o) {
   process.exitCode = ok ? 0 : 1;
 }
 
-const opts = parseOptions(process.argv.slice(2));
-for (const stream of [process.stdout, process.stderr]) stream.on("error", (e) => {
-  if (e.code !== "EPIPE") throw e; // a closed pipe (`| head`) is not an error
-});
-if (opts.child) await child(opts);
-else await parent(opts);
+await main(parseOptions(process.argv.slice(2)), child, parent);

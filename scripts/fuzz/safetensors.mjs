@@ -31,69 +31,22 @@
 //
 // Files are written into a fresh temp directory per child (its cwd), removed afterwards; the files behind
 // failures are copied into a directory the report names.
-import { spawn, spawnSync } from "node:child_process";
-import { copyFileSync, mkdtempSync, readFileSync, rmSync, writeFileSync, writeSync, existsSync, mkdirSync } from "node:fs";
+import { spawnSync } from "node:child_process";
+import { copyFileSync, mkdtempSync, readFileSync, writeFileSync } from "node:fs";
 import { tmpdir, cpus } from "node:os";
-import { dirname, join, resolve } from "node:path";
+import { join } from "node:path";
 import { fileURLToPath, pathToFileURL } from "node:url";
+import { DIST, LOAD_FAILED, ROOT, enterTempDir, evenShares, exitKind, failedToLoad, jsonLines, leaveTempDir, logStderr, main, numberArgs, reportLog, runBatches, runChild, stderrTail, usageOf } from "./harness.mjs";
+import { Rng, mixSeed } from "./rng.mjs";
 
 const SELF = fileURLToPath(import.meta.url);
-const ROOT = resolve(dirname(SELF), "..", "..");
-const DIST = join(ROOT, "dist", "index.js");
 const CLI = join(ROOT, "dist", "cli.js");
-
-// The package failing to load (dist/ or the addon rebuilt while the fuzzer runs) is no finding of it.
-const LOAD_FAILURE = /ERR_MODULE_NOT_FOUND|does not provide an export named|process\.dlopen|Cannot find module|ERR_DLOPEN_FAILED/;
-
-// ---------------------------------------------------------------- seeded randomness
-
-function mulberry32(seed) {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
-
-class Rng {
-  constructor(seed) {
-    this.f = mulberry32(seed);
-  }
-  next() {
-    return this.f();
-  }
-  int(n) {
-    return Math.floor(this.f() * n);
-  }
-  chance(p) {
-    return this.f() < p;
-  }
-  pick(a) {
-    return a[this.int(a.length)];
-  }
-}
-
-function mixSeed(seed, k) {
-  let h = (Math.imul((seed >>> 0) ^ 0x9e3779b9, 0x85ebca6b) ^ Math.imul(k + 0x27d4eb2f, 0xc2b2ae35)) >>> 0;
-  h ^= h >>> 16;
-  h = Math.imul(h, 0x7feb352d) >>> 0;
-  h ^= h >>> 15;
-  h = Math.imul(h, 0x846ca68b) >>> 0;
-  return (h ^ (h >>> 16)) >>> 0;
-}
 
 // ---------------------------------------------------------------- command line
 
 function parseOptions(argv) {
   const o = { seed: 1, files: 400, batchSize: 100, jobs: Math.max(1, Math.min(4, cpus().length)), timeout: 120, cliRate: null, only: null, case: null, keep: false, json: false, child: false, batch: 0, fd: null, long: false };
-  const num = (i) => {
-    const v = Number(argv[i]);
-    if (argv[i] === undefined || !Number.isFinite(v)) usage(`${argv[i - 1]} needs a number`);
-    return v;
-  };
+  const num = numberArgs(argv, usage);
   for (let i = 0; i < argv.length; i++) {
     const a = argv[i];
     if (a === "--seed") o.seed = num(++i) >>> 0;
@@ -117,11 +70,7 @@ function parseOptions(argv) {
   return o;
 }
 
-function usage(msg) {
-  if (msg) process.stderr.write(`safetensors fuzzer: ${msg}\n`);
-  process.stderr.write("usage: node scripts/fuzz/safetensors.mjs [--seed N] [--files N | --long] [--batch-size N] [--jobs N] [--timeout S] [--cli-rate R] [--only B] [--case I] [--keep] [--json]\n");
-  process.exit(msg ? 2 : 0);
-}
+const usage = usageOf("safetensors fuzzer", "usage: node scripts/fuzz/safetensors.mjs [--seed N] [--files N | --long] [--batch-size N] [--jobs N] [--timeout S] [--cli-rate R] [--only B] [--case I] [--keep] [--json]");
 
 // ---------------------------------------------------------------- a header model that can say anything
 
@@ -551,23 +500,8 @@ function makeCase(rng, seeds) {
 // ---------------------------------------------------------------- the child: seeds, cases, readers
 
 async function child(opts) {
-  let tmp = null;
-  if (!opts.fd) {
-    tmp = mkdtempSync(join(tmpdir(), "node-peft-st-fuzz-"));
-    process.chdir(tmp);
-  }
-  const out = opts.fd ?? 1;
-  const emit = (obj) => {
-    const line = JSON.stringify(obj) + "\n";
-    for (let off = 0; off < line.length; ) {
-      try {
-        off += writeSync(out, line.slice(off));
-      } catch (e) {
-        if (e.code !== "EAGAIN") throw e;
-        Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, 5);
-      }
-    }
-  };
+  const tmp = opts.fd ? null : enterTempDir("node-peft-st-fuzz-");
+  const emit = jsonLines(opts.fd ?? 1);
   const lib = await import(pathToFileURL(DIST).href);
   const { Tensor } = lib;
   const escaped = [];
@@ -705,10 +639,10 @@ async function child(opts) {
     else if (c.signal) problems.push(`cli: killed by ${c.signal}`);
     else if (c.status !== 0 && c.status !== 1) problems.push(`cli: exit code ${c.status}`);
     const stackLines = (c.stderr ?? "").split("\n").filter((l) => l.startsWith("    at "));
-    if (LOAD_FAILURE.test(c.stderr ?? "")) problems.push("cli: the package failed to load (dist/ or the addon changed during the run?)");
+    if (failedToLoad(c.stderr ?? "")) problems.push(`cli: ${LOAD_FAILED}`);
     else if (stackLines.length) problems.push(`cli: stack trace on stderr: ${(c.stderr ?? "").split("\n").slice(0, 3).join(" | ").slice(0, 300)}`);
     if (/unexpected error/.test(c.stderr ?? "")) problems.push(`cli: ${(c.stderr ?? "").trim().slice(0, 300)}`);
-    return { status: c.status, signal: c.signal, problems, stderr: (c.stderr ?? "").trim().slice(0, 200), loadFailed: LOAD_FAILURE.test(c.stderr ?? "") };
+    return { status: c.status, signal: c.signal, problems, stderr: (c.stderr ?? "").trim().slice(0, 200), loadFailed: failedToLoad(c.stderr ?? "") };
   }
 
   const sameTensors = (a, b) => {
@@ -770,10 +704,7 @@ async function child(opts) {
     await new Promise((res) => setImmediate(res));
   }
   emit({ t: "done", ...stats });
-  if (tmp && !opts.keep) {
-    process.chdir(tmpdir());
-    rmSync(tmp, { recursive: true, force: true });
-  } else if (tmp) process.stderr.write(`files kept in ${tmp}\n`);
+  leaveTempDir(tmp, opts.keep);
   process.exit(0);
 }
 
@@ -788,65 +719,32 @@ function replayCommand(o, b, i) {
   return parts.join(" ");
 }
 
-function runChild(o, batch, keepFailing) {
-  return new Promise((done) => {
-    const dir = mkdtempSync(join(tmpdir(), "node-peft-st-fuzz-"));
-    const args = [SELF, "--child", "--fd", "3", "--seed", String(o.seed), "--batch", String(batch.b), "--files", String(batch.files), "--cli-rate", String(o.cliRate)];
-    if (o.case !== null) args.push("--case", String(o.case));
-    const cp = spawn(process.execPath, args, { cwd: dir, stdio: ["ignore", "pipe", "pipe", "pipe"] });
-    const res = { batch, cases: [], open: null, done: null, stderr: "", timedOut: false, failing: [] };
-    let buf = "";
-    cp.stdio[3].setEncoding("utf8");
-    cp.stdio[3].on("data", (d) => {
-      buf += d;
-      let nl;
-      while ((nl = buf.indexOf("\n")) >= 0) {
-        const line = buf.slice(0, nl);
-        buf = buf.slice(nl + 1);
-        let m;
-        try {
-          m = JSON.parse(line);
-        } catch {
-          continue;
-        }
-        if (m.t === "s") res.open = m;
-        else if (m.t === "e") {
-          const s = res.open;
-          res.open = null;
-          if (m.problems.length) {
-            const saved = keepFailing(dir, s.path, batch.b, m.i);
-            res.failing.push({ batch: batch.b, i: m.i, notes: s.notes, size: s.size, problems: m.problems, file: saved, replay: replayCommand(o, batch.b, m.i) });
-          }
-          res.cases.push(m);
-        } else if (m.t === "done") res.done = m;
+function runBatch(o, batch, keepFailing) {
+  const args = [SELF, "--child", "--fd", "3", "--seed", String(o.seed), "--batch", String(batch.b), "--files", String(batch.files), "--cli-rate", String(o.cliRate)];
+  if (o.case !== null) args.push("--case", String(o.case));
+  const res = { batch, cases: [], open: null, done: null, failing: [] };
+  const onMessage = (m, dir) => {
+    if (m.t === "s") res.open = m;
+    else if (m.t === "e") {
+      const s = res.open;
+      res.open = null;
+      if (m.problems.length) {
+        const saved = keepFailing(dir, s.path, batch.b, m.i);
+        res.failing.push({ batch: batch.b, i: m.i, notes: s.notes, size: s.size, problems: m.problems, file: saved, replay: replayCommand(o, batch.b, m.i) });
       }
-    });
-    cp.stdout.resume();
-    cp.stderr.setEncoding("utf8");
-    cp.stderr.on("data", (d) => {
-      res.stderr = (res.stderr + d).slice(-6000);
-    });
-    const timer = setTimeout(() => {
-      res.timedOut = true;
-      cp.kill("SIGKILL");
-    }, o.timeout * 1000);
-    cp.on("close", (code, signal) => {
-      clearTimeout(timer);
-      res.code = code;
-      res.signal = signal;
-      if (res.open) res.crashFile = keepFailing(dir, res.open.path, batch.b, res.open.i);
-      if (!o.keep) rmSync(dir, { recursive: true, force: true });
-      else res.dir = dir;
-      done(res);
-    });
-  });
+      res.cases.push(m);
+    } else if (m.t === "done") res.done = m;
+  };
+  const onClose = (dir) => {
+    if (res.open) res.crashFile = keepFailing(dir, res.open.path, batch.b, res.open.i);
+  };
+  return runChild({ args, res, prefix: "node-peft-st-fuzz-", timeout: o.timeout, keep: o.keep, onMessage, onClose });
 }
 
 async function parent(o) {
-  const n = Math.max(1, Math.ceil(o.files / o.batchSize));
-  let batches = Array.from({ length: n }, (_, b) => ({ b, files: Math.floor(o.files / n) + (b < o.files % n ? 1 : 0) }));
+  let batches = evenShares(o.files, Math.max(1, Math.ceil(o.files / o.batchSize))).map((files, b) => ({ b, files }));
   if (o.only !== null) batches = batches.filter((x) => x.b === o.only);
-  const log = (s) => process[o.json ? "stderr" : "stdout"].write(s + "\n");
+  const log = reportLog(o.json);
   let failDir = null;
   const keepFailing = (dir, file, b, i) => {
     try {
@@ -859,16 +757,7 @@ async function parent(o) {
     }
   };
   const t0 = Date.now();
-  const results = [];
-  let next = 0;
-  await Promise.all(Array.from({ length: Math.min(o.jobs, batches.length) }, async () => {
-    while (next < batches.length) {
-      const r = await runChild(o, batches[next++], keepFailing);
-      results.push(r);
-      if (batches.length > 10 && !o.json && results.length % 5 === 0) log(`  ${results.length}/${batches.length} batches, ${Math.round((Date.now() - t0) / 1000)} s`);
-    }
-  }));
-  results.sort((a, b) => a.batch.b - b.batch.b);
+  const results = await runBatches(batches, o.jobs, (batch) => runBatch(o, batch, keepFailing), { log, every: batches.length > 10 && !o.json ? 5 : 0 });
   const stats = { files: 0, accepted: 0, rejected: 0, cli: 0, codes: {} };
   const failures = [];
   const crashes = [];
@@ -881,11 +770,11 @@ async function parent(o) {
     if (r.signal || r.code !== 0 || !r.done) {
       crashes.push({
         batch: r.batch.b,
-        kind: r.timedOut ? "hang (child killed after timeout)" : r.signal ? `signal ${r.signal}` : LOAD_FAILURE.test(r.stderr) ? "the package failed to load (dist/ or the addon changed during the run?)" : `exit code ${r.code}`,
+        kind: exitKind(r),
         case: r.open?.i ?? null,
         notes: r.open?.notes ?? [],
         file: r.crashFile ?? null,
-        stderr: r.stderr.split("\n").slice(-15).join("\n"),
+        stderr: stderrTail(r.stderr),
         replay: replayCommand(o, r.batch.b, r.open?.i),
       });
     }
@@ -898,7 +787,7 @@ async function parent(o) {
     log(`  during case ${c.case}: ${c.notes.join("; ")}`);
     if (c.file) log(`  file: ${c.file}`);
     log(`  replay: ${c.replay}`);
-    if (c.stderr.trim()) log(`  stderr:\n${c.stderr.split("\n").map((l) => `    ${l}`).join("\n")}`);
+    logStderr(log, c.stderr);
   }
   if (failures.length) log(`\nFAILURES (${failures.length} files):`);
   for (const f of failures.slice(0, 60)) {
@@ -914,9 +803,4 @@ async function parent(o) {
   process.exitCode = ok ? 0 : 1;
 }
 
-const opts = parseOptions(process.argv.slice(2));
-for (const stream of [process.stdout, process.stderr]) stream.on("error", (e) => {
-  if (e.code !== "EPIPE") throw e; // a closed pipe (`| head`) is not an error
-});
-if (opts.child) await child(opts);
-else await parent(opts);
+await main(parseOptions(process.argv.slice(2)), child, parent);
