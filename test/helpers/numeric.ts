@@ -1,6 +1,7 @@
 // Float64 references and comparison helpers for the numeric kernel tests.
 import { expect } from "vitest";
 import { Tensor, backend, type DType } from "../../lib/index.js";
+import { mulberry32 } from "../../scripts/fuzz/rng.mjs";
 
 /** Unit roundoff of each float dtype (half an ulp at 1): the relative error of one rounding. */
 export const UNIT: Record<"f32" | "bf16" | "f16", number> = { f32: 2 ** -24, bf16: 2 ** -8, f16: 2 ** -11 };
@@ -38,17 +39,8 @@ export function forEachIsa(fn: (isa: string) => void): void {
   }
 }
 
-/** A seeded generator (mulberry32), so failures reproduce. */
-export function rng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
+/** A seeded generator (mulberry32, the fuzzers' own), so failures reproduce. */
+export const rng: (seed: number) => () => number = mulberry32;
 
 export function uniform(n: number, lo: number, hi: number, seed: number): number[] {
   const r = rng(seed);
