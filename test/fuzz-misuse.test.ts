@@ -3,12 +3,9 @@
 // cuda device). Each call must return or throw an Error with a string `code`: no signal, no hang, no error
 // without a code. `npm run fuzz` runs 100k calls.
 import { describe, expect, it } from "vitest";
-import { spawn } from "node:child_process";
 import { existsSync } from "node:fs";
-import { join } from "node:path";
-import { distIndex, root } from "./helpers/child.js";
-
-const script = join(root, "scripts", "fuzz", "misuse.mjs");
+import { distIndex } from "./helpers/child.js";
+import { runFuzzer } from "./helpers/fuzzer.js";
 
 interface Failure {
   kind: string;
@@ -34,23 +31,7 @@ interface Summary {
   failures: Failure[];
 }
 
-function fuzz(args: string[]): Promise<{ status: number | null; summary: Summary; report: string }> {
-  return new Promise((resolve, reject) => {
-    const cp = spawn(process.execPath, [script, "--json", ...args], { cwd: root, stdio: ["ignore", "pipe", "pipe"] });
-    let stdout = "";
-    let stderr = "";
-    cp.stdout.setEncoding("utf8").on("data", (d: string) => (stdout += d));
-    cp.stderr.setEncoding("utf8").on("data", (d: string) => (stderr += d));
-    cp.on("error", reject);
-    cp.on("close", (status) => {
-      try {
-        resolve({ status, summary: JSON.parse(stdout) as Summary, report: stderr });
-      } catch {
-        reject(new Error(`the fuzzer printed no summary (exit ${status}):\n${stderr}\n${stdout}`));
-      }
-    });
-  });
-}
+const fuzz = (args: string[]) => runFuzzer<Summary>("misuse", args);
 
 /** One line per failure kind, for a readable assertion diff. */
 function lines(s: Summary): string[] {

@@ -4,12 +4,9 @@
 // ERR_SAFETENSORS, nothing crashes or hangs, the readers accept the same files and read the same tensors,
 // and the CLI exits 0/1 without a stack trace. `npm run fuzz:safetensors` runs 5000 files.
 import { describe, expect, it } from "vitest";
-import { spawn } from "node:child_process";
 import { existsSync } from "node:fs";
-import { join } from "node:path";
-import { distIndex, root } from "./helpers/child.js";
-
-const script = join(root, "scripts", "fuzz", "safetensors.mjs");
+import { distIndex } from "./helpers/child.js";
+import { runFuzzer } from "./helpers/fuzzer.js";
 
 interface Summary {
   files: number;
@@ -21,23 +18,7 @@ interface Summary {
   failures: { batch: number; i: number; notes: string[]; problems: string[]; file: string | null; replay: string }[];
 }
 
-function fuzz(args: string[]): Promise<{ status: number | null; summary: Summary; report: string }> {
-  return new Promise((resolve, reject) => {
-    const cp = spawn(process.execPath, [script, "--json", ...args], { cwd: root, stdio: ["ignore", "pipe", "pipe"] });
-    let stdout = "";
-    let stderr = "";
-    cp.stdout.setEncoding("utf8").on("data", (d: string) => (stdout += d));
-    cp.stderr.setEncoding("utf8").on("data", (d: string) => (stderr += d));
-    cp.on("error", reject);
-    cp.on("close", (status) => {
-      try {
-        resolve({ status, summary: JSON.parse(stdout) as Summary, report: stderr });
-      } catch {
-        reject(new Error(`the fuzzer printed no summary (exit ${status}):\n${stderr}\n${stdout}`));
-      }
-    });
-  });
-}
+const fuzz = (args: string[]) => runFuzzer<Summary>("safetensors", args);
 
 describe("safetensors mutation fuzzer", () => {
   it("every reader accepts the same files and refuses the rest with ERR_SAFETENSORS; the CLI exits 0 or 1 cleanly", async () => {
