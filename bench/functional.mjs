@@ -9,9 +9,10 @@
 // Run alone with `node bench/functional.mjs` (after `npm run build:ts`); that also times every kernel path
 // (baseline x86-64, AVX2, AVX-512) against each other.
 import { fileURLToPath } from "node:url";
-import { Tensor, backend } from "../dist/index.js";
+import { Tensor } from "../dist/index.js";
 import { native } from "../dist/native.js";
 import { ceilingRate } from "./ceilings.mjs";
+import { timePerPath } from "./paths.mjs";
 
 const R = 4096, C = 4096, N = R * C;
 let t;
@@ -76,35 +77,4 @@ export const cases = [
   kase("transpose copy", 8 * N, () => native.copyStrided(t.ha, [C, R], [1, C], 0, null, [], 0).dispose(), { withTarget: false }),
 ];
 
-async function main() {
-  const best = (fn, reps = 7) => {
-    let s = Infinity;
-    for (let i = 0; i < reps; i++) {
-      const t0 = process.hrtime.bigint();
-      fn();
-      s = Math.min(s, Number(process.hrtime.bigint() - t0) / 1e9);
-    }
-    return s;
-  };
-  const paths = ["scalar", "avx2", "avx512"].filter((isa) => isa === "scalar" || backend.features.includes(isa === "avx2" ? "avx2" : "avx512f"));
-  const active = backend.isa;
-  console.log(`${backend.threads} threads, active path ${active}; times per kernel path: ${paths.join(" / ")}`);
-  try {
-    setup();
-    for (const c of cases) {
-      c.run();
-      const tb = best(c.baseline), tr = best(c.run);
-      const perPath = paths.map((isa) => {
-        backend.setIsa(isa);
-        const s = best(c.run);
-        backend.setIsa(active);
-        return `${(s * 1e3).toFixed(1)} ms`;
-      });
-      console.log(`${c.name}: ${(c.bytes / tr / 1e9).toFixed(2)} GB/s, ${(tb / tr).toFixed(2)}x memcpy; ${perPath.join(" / ")}`);
-    }
-  } finally {
-    teardown();
-  }
-}
-
-if (process.argv[1] === fileURLToPath(import.meta.url)) await main();
+if (process.argv[1] === fileURLToPath(import.meta.url)) timePerPath(cases, { setup, teardown });

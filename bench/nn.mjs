@@ -7,8 +7,9 @@
 // Run alone with `node bench/nn.mjs` (after `npm run build:ts`); that also times every kernel path
 // (baseline x86-64, AVX2, AVX-512) against each other.
 import { fileURLToPath } from "node:url";
-import { Tensor, backend } from "../dist/index.js";
+import { Tensor } from "../dist/index.js";
 import * as F from "../dist/kernels.js";
+import { timePerPath } from "./paths.mjs";
 
 const N = 1 << 22;
 const ROWS = 512;
@@ -61,35 +62,4 @@ export const cases = [
     F.adamwStep([t.p], [t.g], [t.m], [t.v], { step: ++t.step, lr: 1e-3, beta1: 0.9, beta2: 0.999, eps: 1e-8, weightDecay: 0.01 }), false),
 ];
 
-async function main() {
-  const best = (fn, reps = 7) => {
-    let s = Infinity;
-    for (let i = 0; i < reps; i++) {
-      const t0 = process.hrtime.bigint();
-      fn();
-      s = Math.min(s, Number(process.hrtime.bigint() - t0) / 1e9);
-    }
-    return s;
-  };
-  const paths = ["scalar", "avx2", "avx512"].filter((isa) => isa === "scalar" || backend.features.includes(isa === "avx2" ? "avx2" : "avx512f"));
-  const active = backend.isa;
-  console.log(`${backend.threads} threads, active path ${active}; times per kernel path: ${paths.join(" / ")}`);
-  try {
-    setup();
-    for (const c of cases) {
-      c.run();
-      const tb = best(c.baseline), tr = best(c.run);
-      const perPath = paths.map((isa) => {
-        backend.setIsa(isa);
-        const s = best(c.run);
-        backend.setIsa(active);
-        return `${(s * 1e3).toFixed(1)} ms`;
-      });
-      console.log(`${c.name}: ${(c.bytes / tr / 1e9).toFixed(2)} GB/s, ${(tb / tr).toFixed(2)}x memcpy; ${perPath.join(" / ")}`);
-    }
-  } finally {
-    teardown();
-  }
-}
-
-if (process.argv[1] === fileURLToPath(import.meta.url)) await main();
+if (process.argv[1] === fileURLToPath(import.meta.url)) timePerPath(cases, { setup, teardown });

@@ -1,5 +1,5 @@
 // The bench runner: `npm run bench [-- --filter <text|/regex/> ...] [--reps N]`, after `npx tsc`.
-// Every other bench/*.mjs is a kernel family exporting `cases`; each case is measured against its
+// Every other bench/*.mjs that exports `cases` is a kernel family; each case is measured against its
 // baselines in the same run: a warm-up, then at least `reps` interleaved repeats (ours and each baseline
 // in turn, the order alternating), medians, and ratios of medians. Prints a table and writes
 // bench/results/latest.json (one record per case) and bench/results/latest.md.
