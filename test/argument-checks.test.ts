@@ -51,6 +51,8 @@ const cases: [string, () => unknown, string][] = [
   ["new PeftError(code, sparse)", () => { throw new PeftError("ERR_X", SPARSE() as Any); }, "ERR_X"],
   ["LoraLinear#getDeltaWeight(sparse)", () => lora().getDeltaWeight(SPARSE() as Any), "ERR_INVALID_ARG_TYPE"],
   ["PeftModel#addAdapter(sparse, config)", () => model().addAdapter(SPARSE() as Any, new LoraConfig({ targetModules: ["0"] })), "ERR_CONFIG"],
+  ["LoraConfig.fromJSON({key: sparse})", () => LoraConfig.fromJSON({ dispose: SPARSE() }), "ERR_CONFIG"],
+  ["new LoraConfig({targetModules: sparse})", () => new LoraConfig({ targetModules: SPARSE() }), "ERR_CONFIG"],
   ["mergeAdapter({adapterNames: sparse})", () => model().mergeAdapter({ adapterNames: SPARSE() }), "ERR_OUT_OF_RANGE"],
 
   // Missing, null and non-object arguments and options.

@@ -3,7 +3,7 @@
 // TypeError (code ERR_INVALID_ARG_TYPE); well-typed but invalid values are PeftError ERR_CONFIG, the
 // counterpart of the ValueError PEFT raises.
 
-import { isArray, peftError, shownValue, typeError } from "../errors.js";
+import { isArray, lengthOf, peftError, shownValue, typeError } from "../errors.js";
 import { pyRegex, UnsafeRegexError } from "../pyregex.js";
 
 /** A short description of a value for error messages (never throws, never long). */
@@ -96,6 +96,17 @@ export function defineKey<T>(obj: Record<string, T>, key: string, value: T): voi
 /** How deep a config value may nest (objects and arrays inside the top-level config object). */
 export const MAX_CONFIG_DEPTH = 64;
 
+/**
+ * How many entries (array entries and object properties, counted each time they are reached) a config value
+ * may hold in all: a sparse array of length 2^32-1 is refused unread, and a value reaching itself many ways
+ * is not walked for ever.
+ */
+export const MAX_CONFIG_ITEMS = 1_000_000;
+
+function tooLarge(path: string) {
+  return peftError("ERR_CONFIG", `${path}: a config value may hold at most ${MAX_CONFIG_ITEMS} entries in all`);
+}
+
 function pathStep(path: string, key: string | number): string {
   if (typeof key === "number") return `${path}[${key}]`;
   return /^[A-Za-z_][A-Za-z0-9_]*$/.test(key) ? `${path}.${key}` : `${path}[${JSON.stringify(key.length > 64 ? key.slice(0, 64) + "…" : key)}]`;
@@ -103,18 +114,23 @@ function pathStep(path: string, key: string | number): string {
 
 /**
  * The key path of the first value nested deeper than `max` levels under `value` (which sits at `path`),
- * or null. Iterative, so neither a 100,000-deep value nor a cycle can overflow the stack.
+ * or null. Iterative, so neither a 100,000-deep value nor a cycle can overflow the stack. Arrays holding
+ * more than MAX_CONFIG_ITEMS entries in all are ERR_CONFIG, before their entries are read.
  */
 export function tooDeep(value: unknown, path: string, max = MAX_CONFIG_DEPTH): string | null {
   const stack: [unknown, string, number][] = [[value, path, 1]];
+  let items = 0;
   while (stack.length) {
     const [v, p, depth] = stack.pop()!;
     if (v === null || typeof v !== "object") continue;
     if (depth > max) return p;
-    if (Array.isArray(v)) {
-      for (let i = v.length - 1; i >= 0; i--) stack.push([v[i], pathStep(p, i), depth + 1]);
+    if (isArray(v)) {
+      const n = lengthOf(v, "config", p);
+      if ((items += n) > MAX_CONFIG_ITEMS) throw tooLarge(p);
+      for (let i = n - 1; i >= 0; i--) stack.push([v[i], pathStep(p, i), depth + 1]);
     } else {
       const entries = Object.entries(v);
+      if ((items += entries.length) > MAX_CONFIG_ITEMS) throw tooLarge(p);
       for (let i = entries.length - 1; i >= 0; i--) stack.push([entries[i]![1], pathStep(p, entries[i]![0]), depth + 1]);
     }
   }
