@@ -1,7 +1,7 @@
 // PeftModel: the user's model wrapped with adapters (PEFT's PeftModel + LoraModel), adapter management,
 // merging/unloading and trainable-parameter accounting.
 import { Tensor } from "./tensor.js";
-import { clip, optionsArg, peftError, shownValue, stringsArg, typeError } from "./errors.js";
+import { clip, isArray, optionsArg, peftError, shownValue, stringsArg, typeError } from "./errors.js";
 import { Module, disposeDropped, type BackwardOptions } from "./nn/index.js";
 import { LoraConfig } from "./tuners/lora/config.js";
 import { IA3Config } from "./tuners/ia3/config.js";
@@ -88,7 +88,7 @@ export class PeftModel extends Module {
 
   /** Activates adapters (trainable) everywhere; modulesToSave take one adapter only. */
   setAdapter(names: string | string[]): void {
-    if (typeof names !== "string" && !Array.isArray(names)) throw typeError("setAdapter: expected an adapter name or a non-empty array of names");
+    if (typeof names !== "string" && !isArray(names)) throw typeError("setAdapter: expected an adapter name or a non-empty array of names");
     const list = typeof names === "string" ? [names] : stringsArg(names, "setAdapter", "names");
     if (!list.length) throw typeError("setAdapter: expected an adapter name or a non-empty array of names");
     list.forEach((n) => this.#known(n));

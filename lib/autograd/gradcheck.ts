@@ -1,7 +1,7 @@
 // gradcheck: analytic gradients (backward of a random projection of the output) against central finite
 // differences computed in float64 from the function's outputs.
 import { Tensor } from "../tensor.js";
-import { peftError, typeError } from "../errors.js";
+import { arrayArg, isArray, optionsArg, peftError, typeError } from "../errors.js";
 import { noGrad } from "./grad-mode.js";
 import { tidy } from "./tidy.js";
 import { untrack } from "./scope.js";
@@ -30,9 +30,13 @@ function dot(a: Float64Array, b: Float64Array): number {
  * true or throws ERR_GRADCHECK naming the input, the element and both values. Inputs must be host leaves in
  * f32 (f16/bf16 work with a larger eps and tolerance).
  */
-export function gradcheck(fn: (...xs: Tensor[]) => Tensor, inputs: Tensor[], opts: GradcheckOptions = {}): true {
+export function gradcheck(fn: (...xs: Tensor[]) => Tensor, args: Tensor[], options: GradcheckOptions = {}): true {
   if (typeof fn !== "function") throw typeError("gradcheck: fn must be a function");
-  if (!Array.isArray(inputs) || inputs.some((t) => !(t instanceof Tensor))) throw typeError("gradcheck: inputs must be an array of Tensors");
+  if (!isArray(args)) throw typeError("gradcheck: inputs must be an array of Tensors");
+  // fn is called with the inputs spread as arguments: a list this long is no gradient check.
+  const inputs = arrayArg(args, "gradcheck", "inputs", 1024) as Tensor[];
+  if (inputs.some((t) => !(t instanceof Tensor))) throw typeError("gradcheck: inputs must be an array of Tensors");
+  const opts = optionsArg(options, "gradcheck");
   const eps = opts.eps ?? 1e-3, atol = opts.atol ?? 1e-3, rtol = opts.rtol ?? 1e-2;
   for (const [i, t] of inputs.entries())
     if (t.requiresGrad && (!t.isLeaf || t.device !== "cpu")) throw peftError("ERR_STATE", `gradcheck: input ${i} must be a host leaf tensor`);

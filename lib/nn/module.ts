@@ -1,7 +1,7 @@
 // Module: the tree every model is built from. Children and parameters are registered by name (dotted paths
 // as in PyTorch: "seq.0", "model.layers.3.mlp.up_proj"); forward keeps what backward needs while training.
 import { Tensor, describe, type DType, type Device, isDType } from "../tensor.js";
-import { PeftError, clip, optionsArg, peftError, shownValue, typeError } from "../errors.js";
+import { PeftError, clip, isArray, optionsArg, peftError, shownValue, typeError } from "../errors.js";
 
 export interface BackwardOptions {
   /** Whether the caller needs dx (false for a model's first layer: saves a whole GEMM). Default true. */
@@ -413,7 +413,7 @@ export { PeftError };
  * is checked or copied, and names such as "constructor" or "__proto__" are plain keys, not prototype lookups.
  */
 export function tensorEntries(record: unknown, op: string): Map<string, unknown> {
-  if (record === null || typeof record !== "object" || Array.isArray(record))
+  if (record === null || typeof record !== "object" || isArray(record))
     throw typeError(`${op}: expected a record of tensors, got ${describe(record)}`);
   return new Map(Object.entries(record));
 }

@@ -15,7 +15,7 @@ export function describe(v: unknown): string {
 }
 
 function isPlainObject(v: unknown): v is Record<string, unknown> {
-  if (v === null || typeof v !== "object" || Array.isArray(v)) return false;
+  if (v === null || typeof v !== "object" || isArray(v)) return false;
   const proto = Object.getPrototypeOf(v);
   return proto === Object.prototype || proto === null;
 }
@@ -138,7 +138,7 @@ export function tooDeep(value: unknown, path: string, max = MAX_CONFIG_DEPTH): s
 }
 
 function stringArray(v: unknown, name: string): string[] {
-  if (!Array.isArray(v)) throw typeError(`${name} must be an array of strings, got ${describe(v)}`);
+  if (!isArray(v)) throw typeError(`${name} must be an array of strings, got ${describe(v)}`);
   v.forEach((x, i) => {
     if (typeof x !== "string") throw typeError(`${name}[${i}] must be a string, got ${describe(x)}`);
   });
@@ -153,7 +153,7 @@ export function optRegexOrNames(v: unknown, name: string): string | string[] | n
   if (v === null) return null;
   if (typeof v === "string") return regex(v, name);
   if (v instanceof Set) v = [...v];
-  if (!Array.isArray(v)) throw typeError(`${name} must be a string, an array of strings or null, got ${describe(v)}`);
+  if (!isArray(v)) throw typeError(`${name} must be a string, an array of strings or null, got ${describe(v)}`);
   return [...new Set(stringArray(v, name))];
 }
 
@@ -180,7 +180,7 @@ export function optLayerIndexes(v: unknown, name: string): number | number[] | n
     if (i < 0) throw peftError("ERR_CONFIG", `${n} must be a non-negative layer index, got ${i}`);
     return i;
   };
-  if (Array.isArray(v)) return v.map((x, i) => one(x, `${name}[${i}]`));
+  if (isArray(v)) return v.map((x, i) => one(x, `${name}[${i}]`));
   if (typeof v !== "number") throw typeError(`${name} must be an integer, an array of integers or null, got ${describe(v)}`);
   return one(v, name);
 }

@@ -4,7 +4,7 @@
 
 import { readFile } from "node:fs/promises";
 import { join } from "node:path";
-import { clip, peftError, shownValue, typeError } from "../errors.js";
+import { clip, isArray, peftError, shownValue, typeError } from "../errors.js";
 import { pyJSONDumps } from "../pyjson.js";
 import * as check from "./config-checks.js";
 
@@ -179,7 +179,7 @@ export abstract class PeftConfigBase {
    */
   protected load(input: unknown, from: "options" | "json"): void {
     const { className, peftType } = this.spec;
-    if (input === null || typeof input !== "object" || Array.isArray(input)) {
+    if (input === null || typeof input !== "object" || isArray(input)) {
       throw typeError(`${className}: expected ${from === "json" ? "a config object" : "an options object"}, got ${check.describe(input)}`);
     }
     const fields = this.allFields();

@@ -1,7 +1,7 @@
 // modulesToSave (PEFT's ModulesToSaveWrapper): the original module frozen, one trainable copy per adapter,
 // exactly one copy active; with adapters disabled (or none active) the original runs.
 import { Tensor } from "../tensor.js";
-import { clip, describe, peftError, shownValue, stringsArg, typeError } from "../errors.js";
+import { clip, describe, isArray, peftError, shownValue, stringsArg, typeError } from "../errors.js";
 import { Module, ModuleDict, type BackwardOptions } from "../nn/index.js";
 
 function setTrainable(m: Module, on: boolean): void {
@@ -60,7 +60,7 @@ export class ModulesToSaveWrapper extends Module {
   }
 
   setAdapter(names: string | string[]): void {
-    if (typeof names !== "string" && !Array.isArray(names)) throw typeError(`setAdapter: expected an adapter name or an array of names, got ${describe(names)}`);
+    if (typeof names !== "string" && !isArray(names)) throw typeError(`setAdapter: expected an adapter name or an array of names, got ${describe(names)}`);
     const list = typeof names === "string" ? [names] : stringsArg(names, "setAdapter", "names");
     if (list.length > 1) throw peftError("ERR_CONFIG", `Attempted to set multiple (${clip(list.slice(0, 10).join(", "), 200)}) adapters at once for modules_to_save.`);
     const [name] = list;

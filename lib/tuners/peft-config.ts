@@ -1,7 +1,7 @@
 // Reading any adapter config: dispatch on `peft_type`, as PEFT's PeftConfig.from_peft_type does.
 // Kept apart from config.ts because it must know every method's config class.
 
-import { peftError, typeError } from "../errors.js";
+import { isArray, peftError, typeError } from "../errors.js";
 import { describe } from "./config-checks.js";
 import { readConfigFile } from "./config.js";
 import { IA3Config } from "./ia3/config.js";
@@ -16,7 +16,7 @@ const READERS: Record<string, (obj: object) => PeftConfig> = {
 
 /** A config object as PEFT writes it (snake_case keys), read into the class its `peft_type` names. */
 export function configFromJSON(obj: object): PeftConfig {
-  if (obj === null || typeof obj !== "object" || Array.isArray(obj)) {
+  if (obj === null || typeof obj !== "object" || isArray(obj)) {
     throw typeError(`configFromJSON: expected a config object, got ${describe(obj)}`);
   }
   const type = Object.hasOwn(obj, "peft_type") ? (obj as Record<string, unknown>)["peft_type"] : undefined;

@@ -4,7 +4,7 @@ import { Tensor } from "../../tensor.js";
 import { native, type NativeTensor } from "../../native.js";
 import { linearGradWeight, matmul } from "../../ops.js";
 import { scaleInPlace, sumRows } from "../../kernels.js";
-import { clip, describe, optionsArg, peftError, shownValue, stringsArg, typeError } from "../../errors.js";
+import { clip, describe, isArray, optionsArg, peftError, shownValue, stringsArg, typeError } from "../../errors.js";
 import { takeRng } from "../../random.js";
 import { applyLoraDeltas, type LoraDelta } from "./delta.js";
 import { Module, ModuleDict, Linear, Conv1D, gradOf, type BackwardOptions } from "../../nn/index.js";
@@ -121,7 +121,7 @@ export abstract class LoraLayer extends Module {
    */
   setAdapter(names: string | string[], options: { allowMissing?: boolean } = {}): void {
     const opts = optionsArg(options, "setAdapter");
-    if (typeof names !== "string" && !Array.isArray(names)) throw typeError(`setAdapter: expected an adapter name or an array of names, got ${describe(names)}`);
+    if (typeof names !== "string" && !isArray(names)) throw typeError(`setAdapter: expected an adapter name or an array of names, got ${describe(names)}`);
     const list = typeof names === "string" ? [names] : stringsArg(names, "setAdapter", "names");
     if (!opts.allowMissing) for (const n of list) if (!this.adapterNames.includes(n)) throw this.#unknown(n);
     for (const n of this.adapterNames) {
