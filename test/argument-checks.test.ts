@@ -8,7 +8,7 @@ import { afterAll, describe, expect, it } from "vitest";
 import {
   AdamW, CheckpointModule, Embedding, F, GELU, LORA_DISPATCHERS, Linear, LoraConfig, LoraLinear, Module, ModuleList, PeftError,
   PeftModel, Sequential, SiLU, Tensor, checkTargetModuleExists, configToJSONString, defaultFeedforwardModules,
-  defaultTargetModules, findTargetModules, getPeftModel, openSharded, saveSafetensorsSync, tidy,
+  defaultTargetModules, findTargetModules, getPeftModel, gradcheck, openSharded, saveSafetensorsSync, tidy,
 } from "../lib/index.js";
 import { errorCode } from "./helpers/errors.js";
 
@@ -90,6 +90,8 @@ const cases: [string, () => unknown, string][] = [
   ["Tensor.zeros(shape, null)", () => Tensor.zeros([2], null as Any), "ERR_INVALID_ARG_TYPE"],
   ["LORA_DISPATCHERS[0](target)", () => (LORA_DISPATCHERS[0] as Any)(new Linear(2, 2)), "ERR_INVALID_ARG_TYPE"],
   ["new PeftModel(model, config, null)", () => new PeftModel(new Linear(2, 2), new LoraConfig({ targetModules: ["a"] }), null as Any), "ERR_INVALID_ARG_TYPE"],
+  ["gradcheck(fn, sparse)", () => gradcheck((x) => x, SPARSE()), "ERR_OUT_OF_RANGE"],
+  ["gradcheck(fn, inputs, null)", () => gradcheck((x) => x, [Tensor.zeros([1])], null as Any), "ERR_INVALID_ARG_TYPE"],
   ["tidy(class)", () => tidy(class {} as Any), "ERR_INVALID_ARG_TYPE"],
 
   // Messages built from symbols, bigints, proxies and null-prototype objects.
