@@ -145,6 +145,10 @@ export class Tensor implements Disposable {
     return this.#gradIndex;
   }
 
+  set gradIndex(_: number) {
+    throw typeError("Tensor.gradIndex is set by the autograd graph");
+  }
+
   /** A leaf: made by the user (or a parameter), not by a recorded op. */
   get isLeaf(): boolean {
     return this.#gradFn === null;

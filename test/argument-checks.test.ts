@@ -127,6 +127,7 @@ const cases: [string, () => unknown, string][] = [
   // Public fields assigned wrong types.
   ["tensor.grad = 5", () => { (Tensor.zeros([2]) as Any).grad = 5; }, "ERR_INVALID_ARG_TYPE"],
   ["tensor.grad = Proxy(tensor)", () => { Tensor.zeros([2]).grad = new Proxy(Tensor.zeros([2]), {}); }, "ERR_INVALID_ARG_TYPE"],
+  ["tensor.gradIndex = 1", () => { (Tensor.zeros([2]) as Any).gradIndex = 1; }, "ERR_INVALID_ARG_TYPE"],
   ["tensor.gradFn = {}", () => { (Tensor.zeros([2]) as Any).gradFn = {}; }, "ERR_INVALID_ARG_TYPE"],
 ];
 
