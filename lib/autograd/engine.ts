@@ -2,7 +2,7 @@
 // accumulates into the leaves' .grad. Every intermediate gradient is disposed as soon as it is used.
 import { Tensor } from "../tensor.js";
 import { peftError } from "../errors.js";
-import { native } from "../native.js";
+import { addInPlace } from "../kernels.js";
 import { noGrad } from "./grad-mode.js";
 import { untrack } from "./scope.js";
 import type { Node } from "./node.js";
@@ -10,14 +10,14 @@ import { retain } from "./retain.js";
 
 function sum(a: Tensor, b: Tensor): Tensor {
   const out = a.to(a.dtype);
-  native.addInPlace(Tensor.handle(out), Tensor.handle(b), 1);
+  addInPlace(out, b);
   return out;
 }
 
 function accumulateLeaf(leaf: Tensor, g: Tensor): void {
   if (g.device !== leaf.device) throw peftError("ERR_DEVICE", `backward: the gradient of a ${leaf.device} leaf came back on ${g.device}`);
   if (leaf.grad && !leaf.grad.disposed) {
-    native.addInPlace(Tensor.handle(leaf.grad), Tensor.handle(g), 1);
+    addInPlace(leaf.grad, g);
     g.dispose();
     return;
   }

@@ -1,15 +1,13 @@
 // Thin wrappers over the native functional kernels (no graph), and the helpers every differentiable op
 // shares: dtype promotion, strides, reducing a broadcast gradient back to an input's shape.
 import { native } from "../native.js";
-import { Tensor, describe, handleOf, type DType } from "../tensor.js";
-import { peftError, typeError } from "../errors.js";
+import { Tensor, handleOf, type DType } from "../tensor.js";
+import { peftError, shownValue, typeError } from "../errors.js";
 
 export type Operand = Tensor | number;
 
-/** A value for an error message: numbers as they are, anything else by kind (never calls user code). */
-export function shown(v: unknown): string {
-  return typeof v === "number" ? String(v) : describe(v);
-}
+/** A value for an error message (errors.ts's shownValue: never throws, never long). */
+export const shown = shownValue;
 
 /** PyTorch's promotion among float dtypes: equal dtypes stay, any mix computes and returns f32. */
 export function promote(...ts: Tensor[]): DType {
@@ -17,13 +15,14 @@ export function promote(...ts: Tensor[]): DType {
   return ts.every((t) => t.dtype === first) ? first : "f32";
 }
 
+/** A Tensor argument, checked as every op checks one (handleOf's TypeError naming op and argument). */
 export function tensorArg(v: unknown, op: string, name: string): Tensor {
-  if (!(v instanceof Tensor)) throw typeError(`${op}: ${name} must be a Tensor, got ${v === null ? "null" : typeof v}`);
-  return v;
+  handleOf(v, op, name);
+  return v as Tensor;
 }
 
 export function numberArg(v: unknown, op: string, name: string): number {
-  if (typeof v !== "number") throw typeError(`${op}: ${name} must be a number, got ${typeof v}`);
+  if (typeof v !== "number") throw typeError(`${op}: ${name} must be a number, got ${shown(v)}`);
   return v;
 }
 

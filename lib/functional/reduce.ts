@@ -42,22 +42,23 @@ function count(shape: readonly number[], dims: number[]): number {
   return dims.reduce((a, d) => a * (shape[d] ?? 1), 1);
 }
 
-export function sum(x: Tensor, opts: ReduceOptions = {}): Tensor {
-  tensorArg(x, "sum", "x");
-  const dims = dimsOf(x, opts, "sum");
-  const { values } = reduceRaw("sum", x, dims, opts.keepdim === true, x.dtype);
+/** sum and mean: linear in x, so the gradient is g spread back over the reduced dims (÷ count for mean). */
+function linearReduce(op: "sum" | "mean", name: string, x: Tensor, opts: ReduceOptions): Tensor {
+  tensorArg(x, op, "x");
+  const dims = dimsOf(x, opts, op);
+  const { values } = reduceRaw(op, x, dims, opts.keepdim === true, x.dtype);
   if (!wantsGrad(x)) return values;
   const from = x.shape;
-  return record("SumBackward", [x], values, ([g]) => [g ? spread(g, from, dims) : null]);
+  const factor = op === "mean" ? 1 / count(from, dims) : 1;
+  return record(name, [x], values, ([g]) => [g ? spread(g, from, dims, factor) : null]);
+}
+
+export function sum(x: Tensor, opts: ReduceOptions = {}): Tensor {
+  return linearReduce("sum", "SumBackward", x, opts);
 }
 
 export function mean(x: Tensor, opts: ReduceOptions = {}): Tensor {
-  tensorArg(x, "mean", "x");
-  const dims = dimsOf(x, opts, "mean");
-  const { values } = reduceRaw("mean", x, dims, opts.keepdim === true, x.dtype);
-  if (!wantsGrad(x)) return values;
-  const from = x.shape;
-  return record("MeanBackward", [x], values, ([g]) => [g ? spread(g, from, dims, 1 / count(from, dims)) : null]);
+  return linearReduce("mean", "MeanBackward", x, opts);
 }
 
 /** Variance with Bessel's correction (1 by default, as torch.var; 0 for the population variance). */

@@ -1,7 +1,7 @@
 // Differentiable shape ops. Tensors are always contiguous, so transpose/permute/expand/narrow copy (one
 // strided-copy kernel); reshape/view/flatten/squeeze/unsqueeze share storage.
 import { Tensor, describe, readShape } from "../tensor.js";
-import { native } from "../native.js";
+import { native, type NativeTensor } from "../native.js";
 import { record, wantsGrad } from "../autograd/record.js";
 import { arrayArg, isArray, lengthOf, peftError, shownValue, typeError } from "../errors.js";
 import { broadcastShapes, normDim, shown, strided, stridedInto, stridesOf, sumTo, tensorArg } from "./raw.js";
@@ -187,34 +187,34 @@ function indexTensor(t: unknown, op: string): Tensor {
   return idx;
 }
 
-/** Entries of x along dim picked by a 1-D index (torch.index_select). */
-export function indexSelect(x: Tensor, dim: number, index: Tensor): Tensor {
-  tensorArg(x, "indexSelect", "x");
-  const d = normDim(dim, x.shape.length, "indexSelect");
-  const idx = indexTensor(index, "indexSelect");
-  const y = new Tensor(native.indexSelect(Tensor.handle(x), d, Tensor.handle(idx)));
-  if (!wantsGrad(x)) return y;
-  const from = x.shape;
-  return record("IndexSelectBackward", [x], y, ([g], [i]) => {
-    if (!g) return [null];
-    const dx = Tensor.zeros(from, { dtype: g.dtype });
-    native.indexAdd(Tensor.handle(dx), d, Tensor.handle(i), Tensor.handle(g));
-    return [dx];
-  }, [idx]);
+/**
+ * An op that picks entries of x along dim by an integer index (kernel), whose backward adds the gradient
+ * back at the same places into zeros (accumulate, in place).
+ */
+function indexed(
+  op: string,
+  name: string,
+  kernel: (x: NativeTensor, dim: number, index: NativeTensor) => NativeTensor,
+  accumulate: (dst: NativeTensor, dim: number, index: NativeTensor, src: NativeTensor) => void,
+) {
+  return (x: Tensor, dim: number, index: Tensor): Tensor => {
+    tensorArg(x, op, "x");
+    const d = normDim(dim, x.shape.length, op);
+    const idx = indexTensor(index, op);
+    const y = new Tensor(kernel(Tensor.handle(x), d, Tensor.handle(idx)));
+    if (!wantsGrad(x)) return y;
+    const from = x.shape;
+    return record(name, [x], y, ([g], [i]) => {
+      if (!g) return [null];
+      const dx = Tensor.zeros(from, { dtype: g.dtype });
+      accumulate(Tensor.handle(dx), d, Tensor.handle(i), Tensor.handle(g));
+      return [dx];
+    }, [idx]);
+  };
 }
 
+/** Entries of x along dim picked by a 1-D index (torch.index_select). */
+export const indexSelect = indexed("indexSelect", "IndexSelectBackward", native.indexSelect, native.indexAdd);
+
 /** torch.gather: out[i][j][k] = x[i][index[i][j][k]][k] for dim 1. */
-export function gather(x: Tensor, dim: number, index: Tensor): Tensor {
-  tensorArg(x, "gather", "x");
-  const d = normDim(dim, x.shape.length, "gather");
-  const idx = indexTensor(index, "gather");
-  const y = new Tensor(native.gather(Tensor.handle(x), d, Tensor.handle(idx)));
-  if (!wantsGrad(x)) return y;
-  const from = x.shape;
-  return record("GatherBackward", [x], y, ([g], [i]) => {
-    if (!g) return [null];
-    const dx = Tensor.zeros(from, { dtype: g.dtype });
-    native.scatterAdd(Tensor.handle(dx), d, Tensor.handle(i), Tensor.handle(g));
-    return [dx];
-  }, [idx]);
-}
+export const gather = indexed("gather", "GatherBackward", native.gather, native.scatterAdd);

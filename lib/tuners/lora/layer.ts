@@ -306,7 +306,7 @@ export class LoraLinear extends LoraLayer {
 
   override backward(dy: Tensor, options: BackwardOptions = {}): Tensor | null {
     const opts = this.gradInput(dy, options);
-    if (this.merged) throw peftError("ERR_STATE", `${this.describe()}.backward: adapters are merged; unmerge them before training (adapter gradients need unmerged weights)`);
+    this.#requireUnmerged();
     if (!this.#forwardAdapters.length) return this.baseLayer.backward(dy, opts);
     const [x, T] = this.saved();
     const dx = this.#gradients(dy, x, T, this.baseLayer.weight, this.#forwardAdapters, true, this.#rng, opts.inputGrad !== false);
@@ -315,9 +315,13 @@ export class LoraLinear extends LoraLayer {
     return dx;
   }
 
+  #requireUnmerged(): void {
+    if (this.merged) throw peftError("ERR_STATE", `${this.describe()}.backward: adapters are merged; unmerge them before training (adapter gradients need unmerged weights)`);
+  }
+
   /** The fused backward: dA, dB (and a trainable base's dW, db) accumulate into .grad; dx when asked for. */
   #gradients(dy: Tensor, x: Tensor, T: Tensor, weight: Tensor, adapters: string[], training: boolean, rng: Rng, wantDx: boolean): Tensor | null {
-    if (this.merged) throw peftError("ERR_STATE", `${this.describe()}.backward: adapters are merged; unmerge them before training (adapter gradients need unmerged weights)`);
+    this.#requireUnmerged();
     const base = this.baseLayer;
     const dx = native.loraBackward(
       Tensor.handle(dy),
