@@ -161,6 +161,15 @@ export abstract class LoraLayer extends Module {
     delete this.r[name], delete this.loraAlpha[name], delete this.scaling[name], delete this.loraDropout[name];
   }
 
+  /**
+   * The adapter's parameters as this layer stores them (LoraLinear: A (r, in), B (out, r); conv layers keep
+   * PEFT's 4-D shapes; the embedding PEFT's lora_embedding_A (r, num) and lora_embedding_B (dim, r)).
+   */
+  loraFactors(name: string): { A: Tensor; B: Tensor } {
+    if (!this.adapterNames.includes(name)) throw this.#unknown(name);
+    return this.loraWeights(name);
+  }
+
   protected loraWeights(name: string): { A: Tensor; B: Tensor } {
     return { A: (this.loraA.get(name) as Linear).weight, B: (this.loraB.get(name) as Linear).weight };
   }
