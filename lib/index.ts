@@ -1,7 +1,7 @@
 // The public API of node-peft.
 export { PeftError } from "./errors.js";
 export { Tensor, type DType, type Device } from "./tensor.js";
-export { manualSeed } from "./random.js";
+export { manualSeed, getRngState, setRngState, type RngState } from "./random.js";
 export { linear, linearGradInput, linearGradWeight, matmul } from "./ops.js";
 export { backend, type CudaState } from "./backend.js";
 export { LoraConfig, type LoraConfigOptions } from "./tuners/lora/config.js";
@@ -11,7 +11,7 @@ export { configToJSONString, TASK_TYPES, type TaskType } from "./tuners/config.j
 export { checkTargetModuleExists, findTargetModules, type MatchReport } from "./matching.js";
 export { defaultTargetModules, defaultFeedforwardModules } from "./mappings.js";
 export { loadSafetensors, loadSafetensorsSync, saveSafetensors, saveSafetensorsSync, openSafetensors, type SafetensorsFile, loadShardedSafetensors, openSharded, type ShardedSafetensors } from "./io/index.js";
-export { Module, Linear, Conv1D, Embedding, Sequential, ModuleList, ModuleDict, ReLU, GELU, SiLU, LogSoftmax, Dropout, type BackwardOptions } from "./nn/index.js";
+export { Module, Linear, Conv1D, Embedding, Conv2d, type Conv2dOptions, Sequential, ModuleList, ModuleDict, ReLU, GELU, SiLU, LogSoftmax, Dropout, type BackwardOptions } from "./nn/index.js";
 export { AdamW, type AdamWOptions } from "./optim/adamw.js";
 export { nllLoss, crossEntropy, mseLoss } from "./kernels.js";
 export * as F from "./functional/index.js";
@@ -21,6 +21,9 @@ export { PeftModel, getPeftModel, type GetPeftModelOptions } from "./peft-model.
 export { getPeftModelStateDict, setPeftModelStateDict } from "./tuners/state-dict.js";
 export { ModulesToSaveWrapper } from "./tuners/modules-to-save.js";
 export { LoraModel, LORA_DISPATCHERS, type LoraDispatcher } from "./tuners/lora/model.js";
-export { loadModelWeights, buildModelFromCheckpoint, CheckpointModule } from "./io/base-model.js";
+export { loadModelWeights, loadModelWeightsAsync, buildModelFromCheckpoint, buildModelFromCheckpointAsync, CheckpointModule, type BuildOptions, type BuildAsyncOptions } from "./io/base-model.js";
+export { type LoadProgress, type LoadResult, type LoadWeightsOptions, type LoadWeightsAsyncOptions, type QuantizeHook } from "./io/model-loader.js";
+export { skipInit, isInitSkipped } from "./init-mode.js";
 export { openCheckpoint, type CheckpointSource } from "./io/checkpoint-source.js";
-export { readAdapterConfig, WEIGHTS_NAME } from "./io/peft-checkpoint.js";
+export { readAdapterConfig, WEIGHTS_NAME, TORCH_WEIGHTS_NAME } from "./io/peft-checkpoint.js";
+export { loadTorchCheckpoint, describeTorchCheckpoint } from "./io/torch-checkpoint.js";

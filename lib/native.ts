@@ -49,6 +49,13 @@ export interface NativeAddon {
   loraForward(x: NativeTensor, w: NativeTensor, b: NativeTensor | null, weightInOut: boolean, adapters: object[]): [NativeTensor, NativeTensor];
   loraBackward(dy: NativeTensor, x: NativeTensor, w: NativeTensor, b: null, weightInOut: boolean, adapters: object[], T: NativeTensor, wantDx: boolean): NativeTensor | null;
   loraMerge(w: NativeTensor, weightInOut: boolean, adapters: object[], sign: number, safe: boolean, checkOnly?: boolean): number;
+  // 2-D convolution, NCHW; geometry [strideH, strideW, padH, padW, dilationH, dilationW, groups]. dW/db accumulate.
+  conv2d(x: NativeTensor, w: NativeTensor, b: NativeTensor | null, geometry: number[]): NativeTensor;
+  conv2dBackward(dy: NativeTensor, x: NativeTensor | number[], w: NativeTensor, geometry: number[], wantDx: boolean, dW: NativeTensor | null, db: NativeTensor | null): NativeTensor | null;
+  // LoRA on a groups = 1 convolution; adapters as loraForward's with A viewed (r, C·KH·KW) and B (OC, r).
+  loraConv2dForward(x: NativeTensor, w: NativeTensor, b: NativeTensor | null, geometry: number[], adapters: object[]): [NativeTensor, NativeTensor];
+  loraConv2dBackward(dy: NativeTensor, x: NativeTensor, w: NativeTensor, geometry: number[], adapters: object[], T: NativeTensor, wantDx: boolean,
+    dW: NativeTensor | null, db: NativeTensor | null): NativeTensor | null;
   activation(kind: string, x: NativeTensor): NativeTensor;
   activationBackward(kind: string, x: NativeTensor, dy: NativeTensor): NativeTensor;
   logSoftmax(x: NativeTensor): NativeTensor;

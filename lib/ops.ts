@@ -1,7 +1,7 @@
 // Dense ops over tensors. Each wrapper checks argument types here; the addon checks dtypes, shapes and
 // devices and throws PeftError with the op's name.
 import { native } from "./native.js";
-import { Tensor, handleOf, optionalHandle } from "./tensor.js";
+import { Tensor, handleOf, optionalHandle, readShape } from "./tensor.js";
 import { optionsArg } from "./errors.js";
 
 /** Where a weight keeps its dimensions: (out, in) as torch.nn.Linear, or (in, out) as GPT-2's Conv1D. */
@@ -41,4 +41,48 @@ export function linearGradWeight(dy: Tensor, x: Tensor, dW: Tensor, options: { a
 export function matmul(a: Tensor, b: Tensor, opts: { transA?: boolean; transB?: boolean } = {}): Tensor {
   const o = optionsArg(opts, "matmul");
   return new Tensor(native.matmul(handleOf(a, "matmul", "a"), handleOf(b, "matmul", "b"), o.transA === true, o.transB === true));
+}
+
+/** A 2-D convolution's geometry, every pair (height, width). */
+export interface Conv2dGeometry {
+  stride: readonly [number, number];
+  padding: readonly [number, number];
+  dilation: readonly [number, number];
+  groups: number;
+}
+
+/** The array the addon takes: [strideH, strideW, padH, padW, dilationH, dilationW, groups]. */
+export function geometryArray(g: Conv2dGeometry): number[] {
+  return [g.stride[0], g.stride[1], g.padding[0], g.padding[1], g.dilation[0], g.dilation[1], g.groups];
+}
+
+/** y = conv2d(x, W) + b, NCHW, W (out, in / groups, kh, kw); y in x's dtype. */
+export function conv2d(x: Tensor, weight: Tensor, bias: Tensor | null | undefined, geometry: Conv2dGeometry): Tensor {
+  const op = "conv2d";
+  return new Tensor(native.conv2d(handleOf(x, op, "x"), handleOf(weight, op, "weight"), optionalHandle(bias, op, "bias"), geometryArray(geometry)));
+}
+
+/**
+ * The gradients of conv2d from dy: dW and db accumulate into the given tensors (null: not wanted); returns
+ * dx (in dy's dtype) when wantDx, else null. Without dW, x's shape is enough.
+ */
+export function conv2dBackward(
+  dy: Tensor,
+  x: Tensor | readonly number[],
+  weight: Tensor,
+  geometry: Conv2dGeometry,
+  opts: { wantDx?: boolean; dW?: Tensor | null; db?: Tensor | null } = {},
+): Tensor | null {
+  const op = "conv2dBackward";
+  const o = optionsArg(opts, op);
+  const dx = native.conv2dBackward(
+    handleOf(dy, op, "dy"),
+    x instanceof Tensor ? handleOf(x, op, "x") : readShape(x, op, "x"),
+    handleOf(weight, op, "weight"),
+    geometryArray(geometry),
+    o.wantDx !== false,
+    optionalHandle(o.dW, op, "dW"),
+    optionalHandle(o.db, op, "db"),
+  );
+  return dx ? new Tensor(dx) : null;
 }

@@ -8,6 +8,7 @@
 #include "../napi_util.h"
 #include "../tensor_handle.h"
 #include "check.h"
+#include "lora_args.h"
 #include "ops.h"
 
 namespace peft {
@@ -51,6 +52,8 @@ DenseView dense_args(const Napi::CallbackInfo& info, const Tensor& x, int wi, co
   d.W = w.data(), d.w_dt = w.dtype, d.w_in_out = in_out, d.w_cache = w.storage.get();
   return d;
 }
+
+}  // namespace
 
 // adapters[i] = {A (r, K), B (N, r), scale, p, seed, stream, dA?, dB?}
 std::vector<AdapterView> adapter_args(const Napi::Value& v, int64_t K, int64_t N, bool grads, const char* op) {
@@ -101,6 +104,8 @@ std::vector<AdapterView> adapter_args(const Napi::Value& v, int64_t K, int64_t N
   }
   return out;
 }
+
+namespace {
 
 // loraForward(x, weight, bias, weightInOut, adapters) -> [y, T]
 Napi::Value LoraForward(const Napi::CallbackInfo& info) {
