@@ -3,6 +3,7 @@
 import { native, type NativeTensor } from "./native.js";
 import { describe, isArray, lengthOf, optionsArg, peftError, rangeError, shownValue, typeError } from "./errors.js";
 import { takeRng } from "./random.js";
+import { isInitSkipped } from "./init-mode.js";
 import { track, untrack } from "./autograd/scope.js";
 import { Node } from "./autograd/node.js";
 import { record, wantsGrad } from "./autograd/record.js";
@@ -220,6 +221,7 @@ export class Tensor implements Disposable {
     const dims = readShape(shape, "Tensor.randn");
     const dtype = checkDType(opts.dtype ?? "f32", "Tensor.randn");
     const device = checkDevice(opts.device ?? "cpu", "Tensor.randn");
+    if (isInitSkipped()) return Tensor.zeros(dims, { dtype, device }); // constructed empty, loaded later
     const { seed, stream } = takeRng(opts.seed, "Tensor.randn", opts.stream);
     const mean = opts.mean ?? 0, std = opts.std ?? 1;
     return new Tensor(native.randn(dims, dtype, device, seed, stream, mean, std));
@@ -230,6 +232,7 @@ export class Tensor implements Disposable {
     const opts = optionsArg(options, "Tensor.rand");
     const dims = readShape(shape, "Tensor.rand");
     const dtype = checkDType(opts.dtype ?? "f32", "Tensor.rand");
+    if (isInitSkipped()) return Tensor.zeros(dims, { dtype }); // constructed empty, loaded later
     const { seed, stream } = takeRng(opts.seed, "Tensor.rand", opts.stream);
     const lo = opts.lo ?? 0, hi = opts.hi ?? 1;
     return new Tensor(native.randUniform(dims, dtype, seed, stream, lo, hi));

@@ -1,51 +1,15 @@
-// Base models from safetensors checkpoints: load weights into an existing module tree (tensor by tensor, in
-// place), or build a tree of Linear/Embedding modules from a checkpoint's names and shapes (llama-style
-// checkpoints), so adapters can be applied to, saved for and merged into real checkpoints.
+// Base models from safetensors checkpoints: build a tree of Linear/Embedding modules from a checkpoint's
+// names and shapes (llama-style checkpoints), so adapters can be applied to, saved for and merged into real
+// checkpoints. The tree is constructed empty (no random initialisation) and each weight is then read
+// straight from the file into it (model-loader.ts), so the checkpoint's bytes are allocated once.
 import { clip, peftError, typeError } from "../errors.js";
-import { Tensor, describe, type DType } from "../tensor.js";
+import { Tensor, describe, isDType, type DType } from "../tensor.js";
 import { Embedding, Linear, Module } from "../nn/index.js";
-import { openCheckpoint, type CheckpointSource } from "./checkpoint-source.js";
+import { skipInit } from "../init-mode.js";
+import { openCheckpointLayout, type CheckpointLayout } from "./checkpoint-layout.js";
+import { abortError, loadOptions, runLoadAsync, runLoadSync, type LoadProgress, type QuantizeHook } from "./model-loader.js";
 
-const TENSOR_DTYPES: Record<string, DType> = { F32: "f32", F16: "f16", BF16: "bf16", I8: "i8", U8: "u8", I32: "i32", I64: "i64" };
-
-/**
- * Copies a checkpoint into `model`'s parameters in place: file key = prefix + parameter name. Strict by
- * default (every parameter present, no extra key), with shapes checked for all keys before anything is
- * copied; then one tensor at a time is read, copied and released.
- */
-export function loadModelWeights(model: Module, path: string, opts: { prefix?: string; strict?: boolean } = {}): { missingKeys: string[]; unexpectedKeys: string[] } {
-  if (!(model instanceof Module)) throw typeError("loadModelWeights: model must be a Module");
-  if (opts === null || typeof opts !== "object") throw typeError(`loadModelWeights: options must be an object, got ${describe(opts)}`);
-  const prefix = opts.prefix ?? "";
-  if (typeof prefix !== "string") throw typeError(`loadModelWeights: prefix must be a string, got ${describe(prefix)}`);
-  using src = openCheckpoint(path);
-  const params = new Map([...model.namedParameters()].map(([n, t]) => [prefix + n, t]));
-  const keys = new Set(src.keys());
-  const missing = [...params.keys()].filter((k) => !keys.has(k));
-  const unexpected = [...keys].filter((k) => !params.has(k));
-  if (opts.strict !== false && (missing.length || unexpected.length)) {
-    const list = (ks: string[]) => ks.slice(0, 8).join(", ") + (ks.length > 8 ? `, … (${ks.length} in all)` : "");
-    throw peftError(
-      "ERR_CHECKPOINT",
-      `${path}: does not fit the model${prefix ? ` (key prefix "${prefix}")` : ""}: ` +
-        [missing.length ? `missing: ${list(missing)}` : "", unexpected.length ? `unexpected: ${list(unexpected)}` : ""].filter(Boolean).join("; "),
-    );
-  }
-  const pairs: [string, Tensor][] = [];
-  for (const [k, t] of params) {
-    if (!keys.has(k)) continue;
-    const { shape, dtype } = src.info(k);
-    if (shape.join() !== t.shape.join())
-      throw peftError("ERR_SHAPE", `${path}: "${k}" has shape [${shape}] in the file but [${t.shape}] in the model`);
-    if (!(dtype in TENSOR_DTYPES)) throw peftError("ERR_DTYPE", `${path}: "${k}" is ${dtype}, which has no tensor dtype`);
-    pairs.push([k, t]);
-  }
-  for (const [k, t] of pairs) {
-    using v = src.get(k);
-    t.copyFrom(v);
-  }
-  return { missingKeys: missing, unexpectedKeys: unexpected };
-}
+export { loadModelWeights, loadModelWeightsAsync } from "./model-loader.js";
 
 /** A node of a checkpoint-built tree: named children and parameters, no computation of its own. */
 export class CheckpointModule extends Module {
@@ -86,43 +50,94 @@ class CheckpointModel extends CheckpointModule {
   }
 }
 
+export interface BuildOptions {
+  /** Floating-point weights in this dtype (converted on load); default: each tensor's dtype in the file. */
+  dtype?: DType;
+  onProgress?: (p: LoadProgress) => void;
+  quantize?: QuantizeHook;
+}
+
+export interface BuildAsyncOptions extends BuildOptions {
+  /** Aborting stops the load between reads and frees everything built so far. */
+  signal?: AbortSignal;
+}
+
+function buildOptions<T extends BuildAsyncOptions>(options: T | undefined, op: string): Partial<T> {
+  const opts = loadOptions(options, op);
+  if (opts.dtype !== undefined && !isDType(opts.dtype)) throw typeError(`${op}: dtype must be a dtype name such as "bf16", got ${describe(opts.dtype)}`);
+  return opts;
+}
+
 /**
- * Builds the module tree a checkpoint describes: `<path>.weight` 2-D becomes a Linear (out, in) with
- * `<path>.bias` if present, or an Embedding when the path names an embedding; other parameters sit on plain
- * holder modules. Weights are read into the tree (in the file's dtype, or `dtype`).
+ * Builds the module tree a checkpoint (a safetensors file, a shard index or a model directory) describes:
+ * `<path>.weight` 2-D becomes a Linear (out, in) with `<path>.bias` if present, or an Embedding when the
+ * path names an embedding; other parameters sit on plain holder modules. Weights come in the file's dtype
+ * (or `dtype`), each allocated once and read straight from the file.
  */
-export function buildModelFromCheckpoint(path: string, opts: { dtype?: DType } = {}): Module {
-  if (opts === null || typeof opts !== "object") throw typeError(`buildModelFromCheckpoint: options must be an object, got ${describe(opts)}`);
-  using src = openCheckpoint(path);
-  const root = new CheckpointModel("Model");
-  const groups = new Map<string, Map<string, { dtype: string; shape: number[] }>>();
+export function buildModelFromCheckpoint(path: string, options: BuildOptions = {}): Module {
+  const opts = buildOptions(options, "buildModelFromCheckpoint");
+  using src = openCheckpointLayout(path, "buildModelFromCheckpoint");
+  const root = emptyTree(src, opts.dtype);
+  try {
+    runLoadSync(root, src, { onProgress: opts.onProgress, quantize: opts.quantize });
+  } catch (e) {
+    root.dispose();
+    throw e;
+  }
+  return root;
+}
+
+/** buildModelFromCheckpoint with asynchronous reads, an AbortSignal and progress reports. */
+export async function buildModelFromCheckpointAsync(path: string, options: BuildAsyncOptions = {}): Promise<Module> {
+  const op = "buildModelFromCheckpointAsync";
+  const opts = buildOptions(options, op);
+  if (opts.signal?.aborted) throw abortError(opts.signal, op);
+  using src = openCheckpointLayout(path, op);
+  const root = emptyTree(src, opts.dtype);
+  try {
+    await runLoadAsync(root, src, { onProgress: opts.onProgress, quantize: opts.quantize, signal: opts.signal }, op);
+  } catch (e) {
+    root.dispose();
+    throw e;
+  }
+  return root;
+}
+
+/** The tree with every parameter allocated but not filled. */
+function emptyTree(src: CheckpointLayout, dtype: DType | undefined): Module {
+  const groups = new Map<string, Map<string, { dtype: DType; shape: number[] }>>();
   for (const k of src.keys()) {
     const cut = k.lastIndexOf(".");
     const mod = cut < 0 ? "" : k.slice(0, cut);
+    const info = src.info(k);
+    if (info.tensorDType === null) throw peftError("ERR_DTYPE", `${src.path}: "${k}" is ${info.dtype}, which has no tensor dtype`);
+    const floating = info.tensorDType === "f32" || info.tensorDType === "f16" || info.tensorDType === "bf16";
     if (!groups.has(mod)) groups.set(mod, new Map());
-    groups.get(mod)!.set(k.slice(cut + 1), src.info(k));
+    groups.get(mod)!.set(k.slice(cut + 1), { dtype: dtype && floating ? dtype : info.tensorDType, shape: info.shape });
   }
-  const dtypeOf = (d: string, key: string): DType => {
-    const t = TENSOR_DTYPES[d];
-    if (!t) throw peftError("ERR_DTYPE", `${path}: "${key}" is ${d}, which has no tensor dtype`);
-    return opts.dtype && (t === "f32" || t === "f16" || t === "bf16") ? opts.dtype : t;
-  };
-  const kids: Children = new Map();
-  for (const [mod, params] of groups) {
-    const w = params.get("weight");
-    let m: Module;
-    const isLayer = w && w.shape.length === 2 && mod !== "" && [...params.keys()].every((n) => n === "weight" || n === "bias");
-    if (isLayer && /(^|\.|_)(embed|embeddings|wte|wpe)[^.]*$/.test(mod)) {
-      m = new Embedding(w.shape[0], w.shape[1], { dtype: dtypeOf(w.dtype, `${mod}.weight`) });
-    } else if (isLayer) {
-      m = new Linear(w.shape[1], w.shape[0], { bias: params.has("bias"), dtype: dtypeOf(w.dtype, `${mod}.weight`) });
-    } else {
-      m = mod === "" ? root : new ParameterHolder();
-      for (const [n, info] of params) m.registerParameter(n, Tensor.zeros(info.shape, { dtype: dtypeOf(info.dtype, `${mod}.${n}`) }));
-    }
-    if (mod !== "") attach(root, mod, m, kids);
+  const root = new CheckpointModel("Model");
+  try {
+    skipInit(() => {
+      const kids: Children = new Map();
+      for (const [mod, params] of groups) {
+        const w = params.get("weight");
+        let m: Module;
+        const isLayer = w && w.shape.length === 2 && mod !== "" && [...params.keys()].every((n) => n === "weight" || n === "bias");
+        if (isLayer && /(^|\.|_)(embed|embeddings|wte|wpe)[^.]*$/.test(mod)) {
+          m = new Embedding(w.shape[0], w.shape[1], { dtype: w.dtype });
+        } else if (isLayer) {
+          m = new Linear(w.shape[1], w.shape[0], { bias: params.has("bias"), dtype: w.dtype });
+        } else {
+          m = mod === "" ? root : new ParameterHolder();
+          for (const [n, info] of params) m.registerParameter(n, Tensor.zeros(info.shape, { dtype: info.dtype }));
+        }
+        if (mod !== "") attach(root, mod, m, kids);
+      }
+    });
+  } catch (e) {
+    root.dispose();
+    throw e;
   }
-  fill(root, src);
   return root;
 }
 
@@ -162,12 +177,4 @@ function attach(root: Module, path: string, m: Module, kids: Children): void {
     node.registerModule(last, m);
   }
   here.set(last, m);
-}
-
-function fill(root: Module, src: CheckpointSource): void {
-  for (const [name, t] of root.namedParameters()) {
-    using v = src.get(name);
-    t.copyFrom(v);
-    t.requiresGrad = true;
-  }
 }

@@ -1,6 +1,6 @@
 // Positioned whole-buffer reads and writes, sync and async, and drivers that run an I/O "plan" (a generator
 // yielding requests) either way. Readers and writers are written once as plans; only these drivers differ.
-import { readSync, writeSync } from "node:fs";
+import { read, readSync, writeSync } from "node:fs";
 import type { FileHandle } from "node:fs/promises";
 import { typeError } from "../errors.js";
 import { formatError } from "./safetensors-format.js";
@@ -33,7 +33,20 @@ export function readFullySync(fd: number, buf: Uint8Array, pos: number, file: st
   }
 }
 
-async function readRange(h: FileHandle, buf: Uint8Array, pos: number, from: number, to: number, file: string): Promise<void> {
+/** What a positioned async read needs: a FileHandle, or a plain descriptor wrapped by fdReader. */
+export interface PositionalReader {
+  read(buf: Uint8Array, offset: number, length: number, position: number): Promise<{ bytesRead: number }>;
+}
+
+/** Async positioned reads on a descriptor opened synchronously (the header was read with it already). */
+export function fdReader(fd: number): PositionalReader {
+  return {
+    read: (buf, offset, length, position) =>
+      new Promise((ok, fail) => read(fd, buf, offset, length, position, (e, bytesRead) => (e ? fail(e) : ok({ bytesRead })))),
+  };
+}
+
+async function readRange(h: PositionalReader, buf: Uint8Array, pos: number, from: number, to: number, file: string): Promise<void> {
   for (let done = from; done < to; ) {
     const { bytesRead } = await h.read(buf, done, Math.min(CHUNK, to - done), pos + done);
     if (bytesRead === 0) throw shortRead(file, pos + done);
@@ -46,7 +59,7 @@ async function readRange(h: FileHandle, buf: Uint8Array, pos: number, from: numb
 const PIECE = 4 << 20;
 const READERS = 4;
 
-export async function readFully(h: FileHandle, buf: Uint8Array, pos: number, file: string): Promise<void> {
+export async function readFully(h: PositionalReader, buf: Uint8Array, pos: number, file: string): Promise<void> {
   if (buf.length <= PIECE) return readRange(h, buf, pos, 0, buf.length, file);
   let next = 0;
   const reader = async () => {

@@ -105,7 +105,7 @@ export function* tensorsPlan(layout: Layout, file: string): IoPlan<Record<string
 }
 
 /** Opens a file and reads and validates its header; the file is closed again if that fails. */
-function openHeaderSync(file: string): { fd: number; layout: Layout } {
+export function openHeaderSync(file: string): { fd: number; layout: Layout } {
   const fd = openSync(file, "r");
   try {
     const size = fstatSync(fd).size;

@@ -28,7 +28,7 @@ export interface ShardedSafetensors extends Disposable {
   close(): void;
 }
 
-interface Index {
+export interface ShardIndex {
   metadata: Record<string, unknown>;
   /** Tensor name -> shard path. */
   weightMap: Map<string, string>;
@@ -41,7 +41,7 @@ function checkIndexSize(size: number, indexPath: string): void {
   if (size > MAX_HEADER_SIZE) throw formatError(indexPath, `the index is ${size} bytes; at most ${MAX_HEADER_SIZE} are accepted`);
 }
 
-function readIndexSync(file: string): Uint8Array {
+export function readIndexSync(file: string): Uint8Array {
   checkIndexSize(statSync(file).size, file);
   return readFileSync(file);
 }
@@ -51,7 +51,7 @@ async function readIndex(file: string): Promise<Uint8Array> {
   return readFile(file);
 }
 
-function parseIndex(bytes: Uint8Array, indexPath: string): Index {
+export function parseIndex(bytes: Uint8Array, indexPath: string): ShardIndex {
   let root: JsonNode;
   try {
     root = parseJsonStrict(bytes);
@@ -93,7 +93,7 @@ function plain(n: JsonNode): unknown {
 }
 
 /** Checks the weight_map against what each shard's header holds. */
-function crossCheck(index: Index, shardKeys: Map<string, Iterable<string>>, indexPath: string): void {
+export function crossCheck(index: ShardIndex, shardKeys: Map<string, Iterable<string>>, indexPath: string): void {
   const seen = new Map<string, string>();
   for (const [shard, keys] of shardKeys) {
     for (const k of keys) {
@@ -110,7 +110,7 @@ function crossCheck(index: Index, shardKeys: Map<string, Iterable<string>>, inde
   }
 }
 
-function missingShard(e: unknown, index: Index, shard: string, indexPath: string): unknown {
+export function missingShard(e: unknown, index: ShardIndex, shard: string, indexPath: string): unknown {
   if ((e as { code?: string }).code !== "ENOENT") return e;
   const first = [...index.weightMap].find(([, s]) => s === shard)![0];
   return formatError(indexPath, `shard ${shard} does not exist (the weight_map lists it for ${JSON.stringify(first)} and others)`);
@@ -165,7 +165,7 @@ export async function loadShardedSafetensors(indexPath: string): Promise<Record<
 class ShardedFile implements ShardedSafetensors {
   #closed = false;
   #names: readonly string[] | undefined;
-  constructor(readonly path: string, private readonly index: Index, private readonly files: Map<string, SafetensorsFile>) {}
+  constructor(readonly path: string, private readonly index: ShardIndex, private readonly files: Map<string, SafetensorsFile>) {}
 
   private shard(name: string): SafetensorsFile {
     if (this.#closed) throw formatError(this.path, "the checkpoint has been closed");

@@ -1,0 +1,235 @@
+// Loading a checkpoint into a model's parameters: every key, shape and dtype is checked before the first
+// read, then each tensor is read from the file straight into its parameter's storage (no staging copy, no
+// second allocation) when the dtypes agree, or through one temporary of that tensor's size when they do not.
+// The same plan runs synchronously or asynchronously; the async driver checks an AbortSignal between reads
+// and reports progress after each tensor. A quantize hook sees each module as soon as all of its own
+// parameters are loaded and may put another module (an int8 layer) in its place, so a quantized model
+// never holds more than one layer's full-precision weights beyond its own.
+import { describe, optionsArg, peftError, typeError } from "../errors.js";
+import { Module } from "../nn/module.js";
+import { Tensor, transientBytes, type DType } from "../tensor.js";
+import { openCheckpointLayout, type CheckpointLayout, type TensorPlace } from "./checkpoint-layout.js";
+import { fdReader, readFully, readFullySync, runAsync, runSync, type IoPlan, type IoRequest } from "./file-io.js";
+
+/** What onProgress is told after each tensor. */
+export interface LoadProgress {
+  /** The file key just loaded. */
+  name: string;
+  loadedTensors: number;
+  totalTensors: number;
+  loadedBytes: number;
+  totalBytes: number;
+  /** The dtype in the file ("BF16", ...) and the parameter's: they differ when the value was converted. */
+  fileDType: string;
+  dtype: DType;
+}
+
+/**
+ * Called once all of a module's own parameters are loaded (`path` is its place in the model). Returning a
+ * different module replaces it there (the old one is disposed); null/undefined keeps it.
+ */
+export type QuantizeHook = (module: Module, path: string) => Module | null | undefined | void;
+
+export interface LoadWeightsOptions {
+  /** Prepended to each parameter name to form the file key. */
+  prefix?: string;
+  /** Every parameter present and no extra key (default true). */
+  strict?: boolean;
+  /**
+   * A file dtype differing from the parameter's is converted on load (default true, as torch's
+   * load_state_dict copies); false makes it an ERR_DTYPE before anything is read.
+   */
+  convert?: boolean;
+  onProgress?: (p: LoadProgress) => void;
+  quantize?: QuantizeHook;
+}
+
+export interface LoadWeightsAsyncOptions extends LoadWeightsOptions {
+  /** Aborting stops the load between reads; the promise rejects with an AbortError (code ABORT_ERR). */
+  signal?: AbortSignal;
+}
+
+export interface LoadResult {
+  missingKeys: string[];
+  unexpectedKeys: string[];
+}
+
+interface Item {
+  key: string;
+  param: Tensor;
+  place: TensorPlace;
+  owner: Module;
+  ownerPath: string;
+}
+
+interface Job {
+  result: LoadResult;
+  items: Item[];
+  totalBytes: number;
+  /** Parameters each module still waits for (modules the hook will see). */
+  pending: Map<Module, number>;
+  model: Module;
+  opts: Partial<LoadWeightsAsyncOptions>;
+}
+
+interface ReadRequest extends IoRequest {
+  fd: number;
+  file: string;
+}
+
+const list = (ks: string[]) => ks.slice(0, 8).join(", ") + (ks.length > 8 ? `, … (${ks.length} in all)` : "");
+
+/** The options, each checked for its type. */
+export function loadOptions<T extends LoadWeightsAsyncOptions>(options: T | undefined, op: string): Partial<T> {
+  const opts = optionsArg(options, op);
+  if (opts.prefix !== undefined && typeof opts.prefix !== "string") throw typeError(`${op}: prefix must be a string, got ${describe(opts.prefix)}`);
+  for (const name of ["onProgress", "quantize"] as const)
+    if (opts[name] !== undefined && typeof opts[name] !== "function") throw typeError(`${op}: ${name} must be a function, got ${describe(opts[name])}`);
+  if (opts.signal !== undefined && !(opts.signal instanceof AbortSignal)) throw typeError(`${op}: signal must be an AbortSignal, got ${describe(opts.signal)}`);
+  return opts;
+}
+
+/** Matches parameters to file keys and checks everything a read could trip on; reads nothing. */
+function prepare(model: Module, src: CheckpointLayout, opts: Partial<LoadWeightsAsyncOptions>): Job {
+  const prefix = opts.prefix ?? "";
+  const wanted = new Map<string, { param: Tensor; owner: Module; ownerPath: string }>();
+  const seen = new Set<Tensor>();
+  for (const [path, m] of model.namedModules()) {
+    for (const [name, param] of m.namedParameters(path, { recurse: false })) {
+      if (seen.has(param)) continue; // a tied weight loads once, under its first name
+      seen.add(param);
+      wanted.set(prefix + name, { param, owner: m, ownerPath: path });
+    }
+  }
+  const keys = src.keys();
+  const inFile = new Set(keys);
+  const missing = [...wanted.keys()].filter((k) => !inFile.has(k));
+  const unexpected = keys.filter((k) => !wanted.has(k));
+  if (opts.strict !== false && (missing.length || unexpected.length)) {
+    throw peftError(
+      "ERR_CHECKPOINT",
+      `${src.path}: does not fit the model${prefix ? ` (key prefix "${prefix}")` : ""}: ` +
+        [missing.length ? `missing: ${list(missing)}` : "", unexpected.length ? `unexpected: ${list(unexpected)}` : ""].filter(Boolean).join("; "),
+    );
+  }
+  const items: Item[] = [];
+  const pending = new Map<Module, number>();
+  let totalBytes = 0;
+  for (const [key, w] of wanted) {
+    const place = src.place(key);
+    if (!place) continue;
+    const { layout, t } = place;
+    const shape = layout.shape(t);
+    if (shape.join() !== w.param.shape.join())
+      throw peftError("ERR_SHAPE", `${src.path}: "${key}" has shape [${shape}] in the file but [${w.param.shape}] in the model`);
+    const dtype = layout.tensorDType(t);
+    if (dtype === null) throw peftError("ERR_DTYPE", `${place.file}: "${key}" is ${layout.dtype(t)}, which has no tensor dtype`);
+    if (dtype !== w.param.dtype && opts.convert === false)
+      throw peftError("ERR_DTYPE", `${place.file}: "${key}" is ${layout.dtype(t)} in the file but ${w.param.dtype} in the model (convert: false)`);
+    if (w.param.disposed) throw peftError("ERR_DISPOSED", `${src.path}: the model's parameter for "${key}" has been disposed`);
+    items.push({ key, ...w, place });
+    totalBytes += layout.byteLength(t);
+    if (w.ownerPath !== "") pending.set(w.owner, (pending.get(w.owner) ?? 0) + 1);
+  }
+  // File order: each file is read front to back.
+  items.sort((a, b) => (a.place.file < b.place.file ? -1 : a.place.file > b.place.file ? 1 : a.place.layout.offset(a.place.t) - b.place.layout.offset(b.place.t)));
+  return { result: { missingKeys: missing, unexpectedKeys: unexpected }, items, totalBytes, pending, model, opts };
+}
+
+// Large tensors are read in pieces of this size so an abort is seen within one piece.
+const SEGMENT = 64 << 20;
+
+function* readInto(bytes: Uint8Array, place: TensorPlace): IoPlan<void> {
+  const pos = place.layout.offset(place.t);
+  for (let at = 0; at < bytes.length; at += SEGMENT) {
+    const buf = bytes.subarray(at, Math.min(bytes.length, at + SEGMENT));
+    yield { buf, pos: pos + at, fd: place.fd, file: place.file } as ReadRequest;
+  }
+}
+
+/** The reads, in file order; after each tensor: progress, then the hook for a module now complete. */
+function* loadPlan(job: Job): IoPlan<LoadResult> {
+  const { opts } = job;
+  let loadedBytes = 0;
+  let loadedTensors = 0;
+  for (const it of job.items) {
+    const { layout, t } = it.place;
+    const fileDType = layout.tensorDType(t)!;
+    if (fileDType === it.param.dtype && it.param.device === "cpu") {
+      yield* readInto(transientBytes(it.param, true), it.place);
+    } else {
+      const tmp = Tensor.zeros(it.param.shape, { dtype: fileDType });
+      try {
+        yield* readInto(transientBytes(tmp, true), it.place);
+        it.param.copyFrom(tmp);
+      } finally {
+        tmp.dispose();
+      }
+    }
+    loadedBytes += layout.byteLength(t);
+    opts.onProgress?.({
+      name: it.key,
+      loadedTensors: ++loadedTensors,
+      totalTensors: job.items.length,
+      loadedBytes,
+      totalBytes: job.totalBytes,
+      fileDType: layout.dtype(t),
+      dtype: it.param.dtype,
+    });
+    const left = (job.pending.get(it.owner) ?? 0) - 1;
+    job.pending.set(it.owner, left);
+    if (left === 0 && opts.quantize) swapIn(job.model, it.owner, it.ownerPath, opts.quantize);
+  }
+  return job.result;
+}
+
+function swapIn(model: Module, m: Module, path: string, hook: QuantizeHook): void {
+  const next: unknown = hook(m, path);
+  if (next === undefined || next === null || next === m) return;
+  if (!(next instanceof Module)) throw typeError(`quantize hook: expected a Module, null or undefined for ${JSON.stringify(path)}, got ${describe(next)}`);
+  model.setSubmodule(path, next);
+}
+
+/** An AbortError as Node's own APIs raise one (name AbortError, code ABORT_ERR, the reason as cause). */
+export function abortError(signal: AbortSignal, what: string): Error {
+  return Object.assign(new Error(`${what}: the operation was aborted`, { cause: signal.reason }), { name: "AbortError", code: "ABORT_ERR" });
+}
+
+/** Runs the plan with synchronous reads. */
+export function runLoadSync(model: Module, src: CheckpointLayout, opts: Partial<LoadWeightsOptions>): LoadResult {
+  const plan = loadPlan(prepare(model, src, opts));
+  return runSync(plan, (r) => readFullySync((r as ReadRequest).fd, r.buf, r.pos, (r as ReadRequest).file));
+}
+
+/** Runs the plan with asynchronous reads, checking `signal` before each. */
+export function runLoadAsync(model: Module, src: CheckpointLayout, opts: Partial<LoadWeightsAsyncOptions>, what: string): Promise<LoadResult> {
+  const plan = loadPlan(prepare(model, src, opts));
+  const readers = new Map<number, ReturnType<typeof fdReader>>();
+  return runAsync(plan, async (r) => {
+    const { fd, file } = r as ReadRequest;
+    if (opts.signal?.aborted) throw abortError(opts.signal, what);
+    if (!readers.has(fd)) readers.set(fd, fdReader(fd));
+    await readFully(readers.get(fd)!, r.buf, r.pos, file);
+  });
+}
+
+/**
+ * Copies a checkpoint (a safetensors file, a shard index, or a model directory) into `model`'s parameters in
+ * place: file key = prefix + parameter name. Strict by default; keys, shapes and dtypes are checked for
+ * every tensor before anything is read. A failure part-way leaves the parameters read so far loaded.
+ */
+export function loadModelWeights(model: Module, path: string, options: LoadWeightsOptions = {}): LoadResult {
+  if (!(model instanceof Module)) throw typeError(`loadModelWeights: model must be a Module, got ${describe(model)}`);
+  const opts = loadOptions(options, "loadModelWeights");
+  using src = openCheckpointLayout(path, "loadModelWeights");
+  return runLoadSync(model, src, opts);
+}
+
+/** loadModelWeights with asynchronous reads, an AbortSignal and progress reports. */
+export async function loadModelWeightsAsync(model: Module, path: string, options: LoadWeightsAsyncOptions = {}): Promise<LoadResult> {
+  if (!(model instanceof Module)) throw typeError(`loadModelWeightsAsync: model must be a Module, got ${describe(model)}`);
+  const opts = loadOptions(options, "loadModelWeightsAsync");
+  if (opts.signal?.aborted) throw abortError(opts.signal, "loadModelWeightsAsync");
+  using src = openCheckpointLayout(path, "loadModelWeightsAsync");
+  return await runLoadAsync(model, src, opts, "loadModelWeightsAsync");
+}
