@@ -17,8 +17,10 @@ import { getPeftModelStateDict, setPeftModelStateDict } from "../tuners/state-di
 import { fileDType } from "./safetensors-format.js";
 import { buildHeader, checkName, tempPath } from "./safetensors-write.js";
 import { loadSafetensors, openSafetensors, saveSafetensors } from "./index.js";
+import { describeTorchCheckpoint, loadTorchCheckpoint } from "./torch-checkpoint.js";
 
 export const WEIGHTS_NAME = "adapter_model.safetensors";
+export const TORCH_WEIGHTS_NAME = "adapter_model.bin";
 const README_NAME = "README.md";
 const PREFIX = "base_model.model.";
 
@@ -201,14 +203,23 @@ export async function readAdapterConfig(dir: string): Promise<PeftConfig> {
   }
 }
 
+// PEFT reads adapter_model.bin (torch.save's format) when there is no safetensors file; so do we, through
+// the restricted reader that executes nothing.
 async function weightsPath(dir: string): Promise<string> {
-  const path = join(dir, WEIGHTS_NAME);
-  try {
-    await stat(path);
-  } catch {
-    throw peftError("ERR_CHECKPOINT", `${dir}: no ${WEIGHTS_NAME} (only safetensors adapters are supported)`);
+  for (const name of [WEIGHTS_NAME, TORCH_WEIGHTS_NAME]) {
+    const path = join(dir, name);
+    if (await stat(path).then(() => true, () => false)) return path;
   }
-  return path;
+  throw peftError("ERR_CHECKPOINT", `${dir}: neither ${WEIGHTS_NAME} nor ${TORCH_WEIGHTS_NAME} is there`);
+}
+
+const isTorchFile = (file: string) => file.endsWith(".bin");
+
+/** Each tensor's shape, from the file's header (or pickle) alone. */
+function weightShapes(file: string): Map<string, number[]> {
+  if (isTorchFile(file)) return new Map([...describeTorchCheckpoint(file)].map(([k, v]) => [k, v.shape]));
+  using f = openSafetensors(file);
+  return new Map(f.keys().map((k) => [k, f.info(k).shape]));
 }
 
 /** (in, out) features of a module a LoRA layer wraps, when the screen can tell them. */
@@ -231,16 +242,16 @@ function shapeStr(s: readonly number[]): string {
  * allocate (and initialise) whatever that r asks for before the shapes are compared.
  */
 function checkLoraFile(model: Module, config: LoraConfig, file: string, modelType: string | undefined): void {
-  using f = openSafetensors(file);
+  const inFile = weightShapes(file);
   const shapes = new Map<string, number[]>();
   const withLoraKeys = new Set<string>();
-  for (const key of f.keys()) {
+  for (const key of inFile.keys()) {
     const at = key.indexOf(".lora_");
     if (key.startsWith(PREFIX) && at > PREFIX.length) withLoraKeys.add(key.slice(PREFIX.length, at));
     const m = /^base_model\.model\.(.+)\.lora_([AB])\.weight$/.exec(key);
     if (!m) continue;
     const [, path, which] = m as unknown as [string, string, "A" | "B"];
-    const shape = f.info(key).shape;
+    const shape = inFile.get(key)!;
     shapes.set(key, shape);
     const want = config.rankFor(path);
     const rank = shape.length >= 2 ? (which === "A" ? shape[0] : shape[1]) : undefined;
@@ -292,7 +303,7 @@ async function checkFileFits(model: Module, config: PeftConfig, file: string, mo
 }
 
 async function loadWeightsInto(m: PeftModel, file: string, adapterName: string): Promise<void> {
-  const sd = await loadSafetensors(file);
+  const sd = isTorchFile(file) ? loadTorchCheckpoint(file) : await loadSafetensors(file);
   try {
     setPeftModelStateDict(m, sd, { adapterName });
   } finally {
