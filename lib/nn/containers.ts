@@ -116,3 +116,29 @@ export class ModuleDict extends Module {
     throw peftError("ERR_UNSUPPORTED", "ModuleDict has no forward: call its modules from your model's forward");
   }
 }
+
+/** torch.nn.ParameterDict: parameters by key (PEFT keeps lora_embedding_A/B this way). */
+export class ParameterDict extends Module {
+  get(key: string): Tensor {
+    const t = [...this.namedParameters("", { recurse: false })].find(([k]) => k === key)?.[1];
+    if (!t) throw peftError("ERR_TARGET_NOT_FOUND", `ParameterDict: no parameter ${shownValue(key)}`);
+    return t;
+  }
+
+  set(key: string, t: Tensor): void {
+    this.registerParameter(key, t);
+  }
+
+  /** Removes and returns the parameter (undisposed). */
+  delete(key: string): Tensor | undefined {
+    return this.unregisterParameter(key) ?? undefined;
+  }
+
+  keys(): string[] {
+    return [...this.namedParameters("", { recurse: false })].map(([k]) => k);
+  }
+
+  forward(_x: Tensor): Tensor {
+    throw peftError("ERR_UNSUPPORTED", "ParameterDict has no forward");
+  }
+}

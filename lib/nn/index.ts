@@ -2,5 +2,5 @@ export { Module, retain, gradOf, disposeDropped, type BackwardOptions } from "./
 export { Linear, Conv1D, DenseBase } from "./linear.js";
 export { Embedding } from "./embedding.js";
 export { Conv2d, type Conv2dOptions } from "./conv.js";
-export { Sequential, ModuleList, ModuleDict } from "./containers.js";
+export { Sequential, ModuleList, ModuleDict, ParameterDict } from "./containers.js";
 export { ReLU, GELU, SiLU, LogSoftmax, Dropout } from "./activations.js";

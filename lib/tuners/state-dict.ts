@@ -32,8 +32,7 @@ function adapterKeyMap(m: PeftModel, adapterName: string): { keys: Map<string, T
   for (const [path, mod] of model.namedModules()) {
     if (mod instanceof LoraLayer && mod.adapterNames.includes(adapterName)) {
       loraPaths.add(path);
-      for (const [which, dict] of [["lora_A", mod.loraA], ["lora_B", mod.loraB]] as const)
-        for (const [n, t] of dict.get(adapterName).namedParameters()) add(`${path}.${which}.${n}`, t, true);
+      for (const [suffix, t] of mod.adapterStateEntries(adapterName)) add(`${path}.${suffix}`, t, true);
       const b = [...mod.baseLayer.namedParameters("", { recurse: false })].find(([n]) => n === "bias")?.[1];
       if (b && bias !== "none") add(`${path}.bias`, b, true);
     }
@@ -45,7 +44,7 @@ function adapterKeyMap(m: PeftModel, adapterName: string): { keys: Map<string, T
   if (bias === "all") {
     // Every other bias of the model (outside adapter layers and saved modules), as PEFT saves them.
     for (const [name, t] of model.namedParameters()) {
-      if (!name.endsWith("bias") || /(^|\.)(lora_[AB]|modules_to_save|original_module|base_layer)\./.test(name)) continue;
+      if (!name.endsWith("bias") || /(^|\.)(lora_[AB]|lora_embedding_[AB]|modules_to_save|original_module|base_layer)\./.test(name)) continue;
       add(name, t, true);
     }
   }

@@ -27,8 +27,20 @@ export interface MergeOptions {
   adapterNames?: string[];
 }
 
+/** PEFT's reset_lora_parameters for an A/B pair already drawn as PyTorch's layer init draws them. */
+export function initAdapter(A: Tensor, B: Tensor, r: number, init: boolean | "gaussian"): void {
+  if (init === "gaussian") {
+    using a = Tensor.randn(A.shape, { std: 1 / r });
+    A.copyFrom(a);
+  }
+  if (init !== false) {
+    using z = Tensor.zeros(B.shape);
+    B.copyFrom(z);
+  }
+}
+
 const warned = new Set<string>();
-function warnOnce(code: string, msg: string): void {
+export function warnOnce(code: string, msg: string): void {
   if (warned.has(msg)) return;
   warned.add(msg);
   process.emitWarning(msg, { code });
@@ -75,6 +87,37 @@ export abstract class LoraLayer extends Module {
     return this.loraA.keys();
   }
 
+  /** Refuses a rank this layer cannot take (before anything changes). */
+  protected checkRank(_r: number, _what: string): void {}
+
+  /**
+   * Makes and registers one adapter's A and B with PEFT's init: A kaiming-uniform (a=√5, what Linear does)
+   * and B zeros, or A ~ N(0, 1/r) for "gaussian"; false keeps both random so the adapter is not the identity.
+   * Dense layers: A = Linear(in, r), B = Linear(r, out); other layer types override it.
+   */
+  protected createAdapterWeights(name: string, r: number, init: boolean | "gaussian"): void {
+    const [inF, outF] = this.features();
+    const A = new Linear(inF, r, { bias: false });
+    const B = new Linear(r, outF, { bias: false });
+    initAdapter(A.weight, B.weight, r, init);
+    this.loraA.set(name, A);
+    this.loraB.set(name, B);
+  }
+
+  /** Unregisters one adapter's weights (already disposed). */
+  protected removeAdapterWeights(name: string): void {
+    this.loraA.delete(name);
+    this.loraB.delete(name);
+  }
+
+  /** The adapter's tensors under PEFT's names relative to the layer ("lora_A.weight", ...), for state dicts. */
+  adapterStateEntries(name: string): [string, Tensor][] {
+    const out: [string, Tensor][] = [];
+    for (const [which, dict] of [["lora_A", this.loraA], ["lora_B", this.loraB]] as const)
+      for (const [n, t] of dict.get(name).namedParameters()) out.push([`${which}.${n}`, t]);
+    return out;
+  }
+
   /** Adds (or replaces) an adapter; the first one added becomes active. */
   updateLayer(opts: LoraLayerOptions): void {
     if (opts === null || typeof opts !== "object") throw typeError(`${this.constructor.name}.updateLayer: options must be an object`);
@@ -92,22 +135,9 @@ export abstract class LoraLayer extends Module {
     const init = opts.initLoraWeights ?? true;
     if (init !== true && init !== false && init !== "gaussian")
       throw peftError("ERR_UNSUPPORTED", `${what}: initLoraWeights ${shownValue(init)} is not supported (true, false or "gaussian")`);
-    const [inF, outF] = this.features();
+    this.checkRank(r, what);
     if (this.adapterNames.includes(name)) this.#dropAdapter(name);
-    const A = new Linear(inF, r, { bias: false });
-    const B = new Linear(r, outF, { bias: false });
-    // PEFT's reset_lora_parameters: A kaiming-uniform (a=√5, what Linear does) and B zeros, or A ~ N(0, 1/r);
-    // false keeps both random so the adapter is not the identity.
-    if (init === "gaussian") {
-      using a = Tensor.randn(A.weight.shape, { std: 1 / r });
-      A.weight.copyFrom(a);
-    }
-    if (init !== false) {
-      using z = Tensor.zeros(B.weight.shape);
-      B.weight.copyFrom(z);
-    }
-    this.loraA.set(name, A);
-    this.loraB.set(name, B);
+    this.createAdapterWeights(name, r, init);
     this.r[name] = r;
     this.loraAlpha[name] = alpha;
     this.scaling[name] = opts.useRslora ? alpha / Math.sqrt(r) : alpha / r;
@@ -156,8 +186,7 @@ export abstract class LoraLayer extends Module {
       w.grad?.dispose();
       w.dispose();
     });
-    this.loraA.delete(name);
-    this.loraB.delete(name);
+    this.removeAdapterWeights(name);
     delete this.r[name], delete this.loraAlpha[name], delete this.scaling[name], delete this.loraDropout[name];
   }
 
@@ -206,8 +235,8 @@ export abstract class LoraLayer extends Module {
 
 }
 
-/** The native adapter descriptor of one adapter. */
-interface NativeAdapter {
+/** The native adapter descriptor of one adapter: A (r, K) and B (N, r) as 2-D views. */
+export interface NativeAdapter {
   A: NativeTensor;
   B: NativeTensor;
   scale: number;
@@ -218,55 +247,65 @@ interface NativeAdapter {
   dB?: NativeTensor | null;
 }
 
-type DenseLayer = Linear | Conv1D;
+/** What a fused forward keeps for backward besides x (LoRA's T = drop(x)·Aᵀ, or its equivalent). */
+export interface FusedResult {
+  y: Tensor;
+  saved: Tensor[];
+}
 
-/** LoRA on Linear (weight (out, in)) and GPT-2's Conv1D (weight (in, out), fan_in_fan_out). */
-export class LoraLinear extends LoraLayer {
-  declare baseLayer: DenseLayer;
-  readonly fanInFanOut: boolean;
+/**
+ * LoRA layers whose base and adapters run as one native forward and one native backward, and merge in
+ * place (dense layers, convolutions). A subclass says how its base runs (runForward / runBackward) and how
+ * its weight and factors look as the 2-D product W (N, K) ± s·B (N, r)·A (r, K).
+ */
+export abstract class FusedLoraLayer extends LoraLayer {
+  declare baseLayer: Module & { weight: Tensor; bias: Tensor | null };
   // What forward drew for dropout (per adapter) and what backward needs.
   #rng: Rng = new Map();
   #forwardAdapters: string[] = [];
 
-  constructor(base: DenseLayer, opts: LoraLayerOptions) {
-    if (!(base instanceof Linear) && !(base instanceof Conv1D))
-      throw typeError(`LoraLinear: the base layer must be a Linear or Conv1D, got ${describe(base)}`);
-    super(base);
-    // PEFT forces fan_in_fan_out to match the weight layout, with a warning when the option disagreed.
-    const isConv1D = base instanceof Conv1D;
-    if (opts?.fanInFanOut === true && !isConv1D)
-      warnOnce("PEFT_FAN_IN_FAN_OUT", "fan_in_fan_out is set to True but the target module is `torch.nn.Linear`. Setting fan_in_fan_out to False.");
-    if (opts?.fanInFanOut === false && isConv1D)
-      warnOnce("PEFT_FAN_IN_FAN_OUT", "fan_in_fan_out is set to False but the target module is `Conv1D`. Setting fan_in_fan_out to True.");
-    this.fanInFanOut = isConv1D;
-    this.updateLayer(opts);
+  /** W is stored (K, N) (GPT-2's Conv1D) rather than (N, K). */
+  protected abstract get weightInOut(): boolean;
+  /** The base output plus the adapters (and what backward needs besides x). */
+  protected abstract runForward(x: Tensor, adapters: NativeAdapter[]): FusedResult;
+  /** dA, dB accumulate through the descriptors and a trainable base's dW, db into .grad; dx when wanted. */
+  protected abstract runBackward(dy: Tensor, x: Tensor, saved: Tensor[], weight: Tensor, adapters: NativeAdapter[], wantDx: boolean): Tensor | null;
+  /** Merging refused for this layer (a reason), or null. */
+  protected mergeRefusal(): string | null {
+    return null;
   }
 
-  protected features(): [number, number] {
-    const b = this.baseLayer;
-    return b instanceof Conv1D ? [b.nx, b.nf] : [b.inFeatures, b.outFeatures];
+  /** t as a matrix (rows = its first dimension): t itself when 2-D, else a view that `keep` collects for disposal. */
+  protected flat(t: Tensor, keep: Tensor[]): Tensor {
+    if (t.shape.length === 2) return t;
+    const v = t.reshape([t.shape[0], -1]);
+    keep.push(v);
+    return v;
   }
 
-  #native(names: string[], training: boolean, grads: boolean, rngs: Rng): NativeAdapter[] {
+  #native(names: string[], training: boolean, grads: boolean, rngs: Rng, keep: Tensor[]): NativeAdapter[] {
     return names.map((n) => {
       const { A, B } = this.loraWeights(n);
       const p = training ? this.loraDropout[n] : 0;
       const rng = p > 0 ? (rngs.get(n) ?? { seed: 0, stream: 0 }) : { seed: 0, stream: 0 };
-      const out: NativeAdapter = { A: Tensor.handle(A), B: Tensor.handle(B), scale: this.scaling[n], p, seed: rng.seed, stream: rng.stream };
+      const out: NativeAdapter = { A: Tensor.handle(this.flat(A, keep)), B: Tensor.handle(this.flat(B, keep)), scale: this.scaling[n], p, seed: rng.seed, stream: rng.stream };
       if (grads) {
-        out.dA = A.requiresGrad ? Tensor.handle(gradOf(A)) : null;
-        out.dB = B.requiresGrad ? Tensor.handle(gradOf(B)) : null;
+        out.dA = A.requiresGrad ? Tensor.handle(this.flat(gradOf(A), keep)) : null;
+        out.dB = B.requiresGrad ? Tensor.handle(this.flat(gradOf(B), keep)) : null;
       }
       return out;
     });
   }
 
-  #deltas(names: string[]): LoraDelta[] {
-    return names.map((n) => ({ ...this.loraWeights(n), scale: this.scaling[n] }));
+  #deltas(names: string[], keep: Tensor[]): LoraDelta[] {
+    return names.map((n) => {
+      const { A, B } = this.loraWeights(n);
+      return { A: this.flat(A, keep), B: this.flat(B, keep), scale: this.scaling[n] };
+    });
   }
 
   forward(x: Tensor): Tensor {
-    if (!(x instanceof Tensor)) throw typeError(`LoraLinear.forward: x must be a Tensor`);
+    if (!(x instanceof Tensor)) throw typeError(`${this.constructor.name}.forward: x must be a Tensor`);
     if (this.disabled && this.merged) this.unmerge();
     const base = this.baseLayer;
     const adapters = this.disabled || this.merged ? [] : this.activeAdapters.filter((n) => this.adapterNames.includes(n));
@@ -281,17 +320,16 @@ export class LoraLinear extends LoraLayer {
     const rng: Rng = new Map();
     if (training) for (const n of adapters) if (this.loraDropout[n] > 0) rng.set(n, takeRng(undefined, "LoRA dropout"));
     this.#rng = rng;
-    const [yh, Th] = native.loraForward(
-      Tensor.handle(x),
-      Tensor.handle(base.weight),
-      base.bias ? Tensor.handle(base.bias) : null,
-      this.fanInFanOut,
-      this.#native(adapters, training, false, rng),
-    ) as [NativeTensor, NativeTensor];
-    const T = new Tensor(Th);
-    const y = new Tensor(yh);
+    const keep: Tensor[] = [];
+    let res: FusedResult;
+    try {
+      res = this.runForward(x, this.#native(adapters, training, false, rng, keep));
+    } finally {
+      keep.forEach((t) => t.dispose());
+    }
+    const { y, saved } = res;
     if (training) {
-      this.save(x, T);
+      this.save(x, ...saved);
       this.#forwardAdapters = adapters;
     } else {
       this.releaseSaved();
@@ -300,16 +338,17 @@ export class LoraLinear extends LoraLayer {
     const lora = adapters.flatMap((n) => Object.values(this.loraWeights(n)));
     if (wantsGrad(x, base.weight, base.bias, ...lora)) {
       // A and B are saved too: only so that an optimizer step before backward is caught (version check).
+      const k = saved.length;
       record(
-        "LoraLinearBackward",
+        `${this.constructor.name}Backward`,
         [x],
         y,
-        ([g], [xs, Ts, W], [needDx]) => [g ? this.#gradients(g, xs, Ts, W, adapters, training, rng, needDx) : null],
-        [x, T, base.weight, ...lora],
+        ([g], all, [needDx]) => [g ? this.#gradients(g, all[0], all.slice(1, 1 + k), all[1 + k], adapters, training, rng, needDx) : null],
+        [x, ...saved, base.weight, ...lora],
         { force: true },
       );
     }
-    T.dispose();
+    saved.forEach((t) => t.dispose());
     return y;
   }
 
@@ -317,8 +356,8 @@ export class LoraLinear extends LoraLayer {
     const opts = this.gradInput(dy, options);
     this.#requireUnmerged();
     if (!this.#forwardAdapters.length) return this.baseLayer.backward(dy, opts);
-    const [x, T] = this.saved();
-    const dx = this.#gradients(dy, x, T, this.baseLayer.weight, this.#forwardAdapters, true, this.#rng, opts.inputGrad !== false);
+    const [x, ...saved] = this.saved();
+    const dx = this.#gradients(dy, x, saved, this.baseLayer.weight, this.#forwardAdapters, true, this.#rng, opts.inputGrad !== false);
     this.releaseSaved();
     this.#forwardAdapters = [];
     return dx;
@@ -328,24 +367,14 @@ export class LoraLinear extends LoraLayer {
     if (this.merged) throw peftError("ERR_STATE", `${this.describe()}.backward: adapters are merged; unmerge them before training (adapter gradients need unmerged weights)`);
   }
 
-  /** The fused backward: dA, dB (and a trainable base's dW, db) accumulate into .grad; dx when asked for. */
-  #gradients(dy: Tensor, x: Tensor, T: Tensor, weight: Tensor, adapters: string[], training: boolean, rng: Rng, wantDx: boolean): Tensor | null {
+  #gradients(dy: Tensor, x: Tensor, saved: Tensor[], weight: Tensor, adapters: string[], training: boolean, rng: Rng, wantDx: boolean): Tensor | null {
     this.#requireUnmerged();
-    const base = this.baseLayer;
-    const dx = native.loraBackward(
-      Tensor.handle(dy),
-      Tensor.handle(x),
-      Tensor.handle(weight),
-      null,
-      this.fanInFanOut,
-      this.#native(adapters, training, true, rng),
-      Tensor.handle(T),
-      wantDx,
-    ) as NativeTensor | null;
-    // A trainable base (bias "all"/"lora_only", or full fine-tuning) gets its gradients here.
-    if (base.weight.requiresGrad) linearGradWeight(dy, x, gradOf(base.weight), { accumulate: true, weightInOut: this.fanInFanOut });
-    if (base.bias?.requiresGrad) sumRows(dy, gradOf(base.bias), { accumulate: true });
-    return dx ? new Tensor(dx) : null;
+    const keep: Tensor[] = [];
+    try {
+      return this.runBackward(dy, x, saved, weight, this.#native(adapters, training, true, rng, keep), wantDx);
+    } finally {
+      keep.forEach((t) => t.dispose());
+    }
   }
 
   /** W += Σ scale·B·A in place, one pass over W; already merged adapters are skipped with a warning. */
@@ -368,8 +397,20 @@ export class LoraLinear extends LoraLayer {
   }
 
   #applyMerge(todo: string[], safe: boolean, checkOnly: boolean): void {
-    const bad = applyLoraDeltas(this.baseLayer.weight, this.#deltas(todo), { weightInOut: this.fanInFanOut, safe, checkOnly });
+    const refusal = this.mergeRefusal();
+    if (refusal) throw peftError("ERR_UNSUPPORTED", `${this.describe()}: ${refusal}`);
+    const bad = this.#apply(todo, 1, safe, checkOnly);
     if (bad >= 0) throw peftError("ERR_STATE", `NaNs detected in the merged weights. The adapter ${todo[bad]} seems to be broken`);
+  }
+
+  #apply(names: string[], sign: 1 | -1, safe: boolean, checkOnly: boolean): number {
+    const keep: Tensor[] = [];
+    try {
+      const w = this.flat(this.baseLayer.weight, keep);
+      return applyLoraDeltas(w, this.#deltas(names, keep), { weightInOut: this.weightInOut, sign, safe, checkOnly });
+    } finally {
+      keep.forEach((t) => t.dispose());
+    }
   }
 
   /** W -= Σ scale·B·A for every merged adapter (latest first), one pass over W. */
@@ -378,22 +419,81 @@ export class LoraLinear extends LoraLayer {
       warnOnce("PEFT_NOT_MERGED", "Already unmerged. Nothing to do.");
       return;
     }
-    const names = [...this.mergedAdapters].reverse();
-    applyLoraDeltas(this.baseLayer.weight, this.#deltas(names), { weightInOut: this.fanInFanOut, sign: -1 });
+    this.#apply([...this.mergedAdapters].reverse(), -1, false, false);
     this.mergedAdapters.length = 0;
   }
 
-  /** scale·B·A as (out, in), or (in, out) for a Conv1D base; f32. */
+  /** scale·B·A (f32) in the base weight's layout and shape. */
   getDeltaWeight(adapterName: string): Tensor {
     if (typeof adapterName !== "string") throw typeError(`getDeltaWeight: adapterName must be a string, got ${describe(adapterName)}`);
     const [name] = this.pickAdapters([adapterName]);
-    const { A, B } = this.loraWeights(name);
-    const d = this.fanInFanOut ? matmul(A, B, { transA: true, transB: true }) : matmul(B, A);
-    scaleInPlace(d, this.scaling[name]);
-    return d;
+    const refusal = this.mergeRefusal();
+    if (refusal) throw peftError("ERR_UNSUPPORTED", `${this.describe()}.getDeltaWeight: ${refusal}`);
+    const keep: Tensor[] = [];
+    try {
+      const { A, B } = this.#deltas([name], keep)[0];
+      const d = this.weightInOut ? matmul(A, B, { transA: true, transB: true }) : matmul(B, A);
+      scaleInPlace(d, this.scaling[name]);
+      const shape = this.baseLayer.weight.shape;
+      if (d.shape.length === shape.length) return d;
+      const out = d.reshape(shape);
+      d.dispose();
+      return out;
+    } finally {
+      keep.forEach((t) => t.dispose());
+    }
   }
 
   override extraRepr(): string {
     return `r=${JSON.stringify(this.r)}, scaling=${JSON.stringify(this.scaling)}, active=${JSON.stringify(this.activeAdapters)}${this.merged ? ", merged" : ""}`;
+  }
+}
+
+type DenseLayer = Linear | Conv1D;
+
+/** LoRA on Linear (weight (out, in)) and GPT-2's Conv1D (weight (in, out), fan_in_fan_out). */
+export class LoraLinear extends FusedLoraLayer {
+  declare baseLayer: DenseLayer;
+  readonly fanInFanOut: boolean;
+
+  constructor(base: DenseLayer, opts: LoraLayerOptions) {
+    if (!(base instanceof Linear) && !(base instanceof Conv1D))
+      throw typeError(`LoraLinear: the base layer must be a Linear or Conv1D, got ${describe(base)}`);
+    super(base);
+    // PEFT forces fan_in_fan_out to match the weight layout, with a warning when the option disagreed.
+    const isConv1D = base instanceof Conv1D;
+    if (opts?.fanInFanOut === true && !isConv1D)
+      warnOnce("PEFT_FAN_IN_FAN_OUT", "fan_in_fan_out is set to True but the target module is `torch.nn.Linear`. Setting fan_in_fan_out to False.");
+    if (opts?.fanInFanOut === false && isConv1D)
+      warnOnce("PEFT_FAN_IN_FAN_OUT", "fan_in_fan_out is set to False but the target module is `Conv1D`. Setting fan_in_fan_out to True.");
+    this.fanInFanOut = isConv1D;
+    this.updateLayer(opts);
+  }
+
+  protected get weightInOut(): boolean {
+    return this.fanInFanOut;
+  }
+
+  protected features(): [number, number] {
+    const b = this.baseLayer;
+    return b instanceof Conv1D ? [b.nx, b.nf] : [b.inFeatures, b.outFeatures];
+  }
+
+  protected runForward(x: Tensor, adapters: NativeAdapter[]): FusedResult {
+    const base = this.baseLayer;
+    const [yh, Th] = native.loraForward(Tensor.handle(x), Tensor.handle(base.weight), base.bias ? Tensor.handle(base.bias) : null, this.fanInFanOut, adapters) as [
+      NativeTensor,
+      NativeTensor,
+    ];
+    return { y: new Tensor(yh), saved: [new Tensor(Th)] };
+  }
+
+  protected runBackward(dy: Tensor, x: Tensor, [T]: Tensor[], weight: Tensor, adapters: NativeAdapter[], wantDx: boolean): Tensor | null {
+    const base = this.baseLayer;
+    const dx = native.loraBackward(Tensor.handle(dy), Tensor.handle(x), Tensor.handle(weight), null, this.fanInFanOut, adapters, Tensor.handle(T), wantDx) as NativeTensor | null;
+    // A trainable base (bias "all"/"lora_only", or full fine-tuning) gets its gradients here.
+    if (base.weight.requiresGrad) linearGradWeight(dy, x, gradOf(base.weight), { accumulate: true, weightInOut: this.fanInFanOut });
+    if (base.bias?.requiresGrad) sumRows(dy, gradOf(base.bias), { accumulate: true });
+    return dx ? new Tensor(dx) : null;
   }
 }

@@ -134,7 +134,7 @@ export class LoraModel extends Module {
   }
 
   #freezeAdapter(l: LoraLayer, adapterName: string): void {
-    for (const d of [l.loraA, l.loraB]) for (const p of d.get(adapterName).parameters()) p.requiresGrad = false;
+    for (const p of Object.values(l.loraFactors(adapterName))) p.requiresGrad = false;
   }
 
   // modulesToSave (plus PEFT's classifier heads for SEQ_CLS): matched by path or dotted suffix.
