@@ -1,7 +1,7 @@
 // Embedding: a lookup table (V, D) indexed by i32/i64 ids; backward scatters into the weight's gradient.
 import { Tensor, type DType } from "../tensor.js";
 import { embedding, embeddingBackward } from "../kernels.js";
-import { optionsArg, peftError, typeError } from "../errors.js";
+import { describe, optionsArg, peftError, typeError } from "../errors.js";
 import { Module, gradOf, type BackwardOptions } from "./module.js";
 import { record, wantsGrad } from "../autograd/record.js";
 
@@ -9,9 +9,11 @@ export class Embedding extends Module {
   weight: Tensor;
   readonly numEmbeddings: number;
   readonly embeddingDim: number;
+  /** PyTorch's padding_idx (made non-negative): that row starts at zero and never receives a gradient. */
+  readonly paddingIdx: number | null;
 
-  /** PyTorch's init: N(0, 1). */
-  constructor(numEmbeddings: number, embeddingDim: number, options: { dtype?: DType; seed?: number } = {}) {
+  /** PyTorch's init: N(0, 1), the padding row zeroed. */
+  constructor(numEmbeddings: number, embeddingDim: number, options: { paddingIdx?: number | null; dtype?: DType; seed?: number } = {}) {
     super();
     const opts = optionsArg(options, "Embedding");
     for (const [n, what] of [[numEmbeddings, "numEmbeddings"], [embeddingDim, "embeddingDim"]] as const) {
@@ -20,7 +22,9 @@ export class Embedding extends Module {
     }
     this.numEmbeddings = numEmbeddings;
     this.embeddingDim = embeddingDim;
+    this.paddingIdx = paddingIndex(opts.paddingIdx, numEmbeddings, "Embedding");
     this.weight = this.registerParameter("weight", Tensor.randn([numEmbeddings, embeddingDim], { seed: opts.seed, dtype: opts.dtype ?? "f32" }));
+    if (this.paddingIdx !== null) this.weight.view().fill(0 as never, this.paddingIdx * embeddingDim, (this.paddingIdx + 1) * embeddingDim);
   }
 
   forward(ids: Tensor): Tensor {
@@ -45,14 +49,32 @@ export class Embedding extends Module {
   protected gradients(dy: Tensor | null, ids: Tensor | undefined): void {
     if (!dy || !this.weight.requiresGrad) return;
     if (!ids) throw peftError("ERR_STATE", `${this.describe()}.backward: the weight was frozen during forward; run forward again after unfreezing it`);
-    embeddingBackward(ids, dy, gradOf(this.weight));
+    keepingRow(gradOf(this.weight), this.paddingIdx, (dW) => embeddingBackward(ids, dy, dW));
   }
 
   override clone(): Embedding {
-    return new Embedding(this.numEmbeddings, this.embeddingDim, { dtype: this.weight.dtype }).copyParametersFrom(this);
+    return new Embedding(this.numEmbeddings, this.embeddingDim, { paddingIdx: this.paddingIdx, dtype: this.weight.dtype }).copyParametersFrom(this);
   }
 
   override extraRepr(): string {
-    return `${this.numEmbeddings}, ${this.embeddingDim}`;
+    return `${this.numEmbeddings}, ${this.embeddingDim}${this.paddingIdx === null ? "" : `, padding_idx=${this.paddingIdx}`}`;
   }
+}
+
+/** PyTorch's padding_idx check: an integer in [-num, num), negative ones counted from the end; null for none. */
+export function paddingIndex(v: unknown, num: number, what: string): number | null {
+  if (v === undefined || v === null) return null;
+  if (typeof v !== "number" || !Number.isSafeInteger(v)) throw typeError(`${what}: paddingIdx must be an integer or null, got ${describe(v)}`);
+  if (v < -num || v >= num) throw peftError("ERR_CONFIG", `${what}: paddingIdx must be within num_embeddings (${num}), got ${v}`);
+  return v < 0 ? v + num : v;
+}
+
+/** Runs `scatter` on a gradient whose row `row` (the padding row) must not change, as PyTorch's padding_idx. */
+export function keepingRow(grad: Tensor, row: number | null, scatter: (g: Tensor) => void): void {
+  if (row === null) return scatter(grad);
+  const D = grad.shape[1];
+  const v = grad.view();
+  const kept = v.slice(row * D, (row + 1) * D);
+  scatter(grad);
+  v.set(kept as never, row * D);
 }
