@@ -19,7 +19,9 @@ export { saveTrainingState, loadTrainingState, TRAINER_STATE_NAME, type Training
 export { nllLoss, crossEntropy, mseLoss } from "./kernels.js";
 export * as F from "./functional/index.js";
 export { noGrad, isGradEnabled, tidy, gradcheck, type GradcheckOptions } from "./autograd/index.js";
-export { LoraLayer, LoraLinear, type LoraLayerOptions, type MergeOptions } from "./tuners/lora/layer.js";
+export { LoraLayer, LoraLinear, FusedLoraLayer, type LoraLayerOptions, type MergeOptions } from "./tuners/lora/layer.js";
+export { LoraConv2d } from "./tuners/lora/conv.js";
+export { LoraEmbedding } from "./tuners/lora/embedding.js";
 export { PeftModel, getPeftModel, type GetPeftModelOptions } from "./peft-model.js";
 export { getPeftModelStateDict, setPeftModelStateDict } from "./tuners/state-dict.js";
 export { ModulesToSaveWrapper } from "./tuners/modules-to-save.js";

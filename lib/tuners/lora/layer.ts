@@ -219,15 +219,102 @@ export abstract class LoraLayer extends Module {
     return list;
   }
 
-  abstract merge(opts?: MergeOptions): void;
+  /** Merging refused for this layer (a reason), or null. */
+  protected mergeRefusal(): string | null {
+    return null;
+  }
+
+  /** t as a matrix (rows = its first dimension): t itself when 2-D, else a view that `keep` collects for disposal. */
+  protected flat(t: Tensor, keep: Tensor[]): Tensor {
+    if (t.shape.length === 2) return t;
+    const v = t.reshape([t.shape[0], -1]);
+    keep.push(v);
+    return v;
+  }
+
+  /** W and the deltas as the 2-D product W (N, K) ± Σ s·B (N, r)·A (r, K) (W stored (K, N) when weightInOut). */
+  protected mergeOperands(names: string[], keep: Tensor[]): { weight: Tensor; deltas: LoraDelta[]; weightInOut: boolean } {
+    const base = this.baseLayer as Module & { weight?: unknown };
+    if (!(base.weight instanceof Tensor)) throw peftError("ERR_UNSUPPORTED", `${this.describe()}: the base layer has no weight to merge into`);
+    const deltas = names.map((n) => {
+      const { A, B } = this.loraWeights(n);
+      return { A: this.flat(A, keep), B: this.flat(B, keep), scale: this.scaling[n] };
+    });
+    return { weight: this.flat(base.weight, keep), deltas, weightInOut: false };
+  }
+
+  /** W += Σ scale·B·A in place, one pass over W; already merged adapters are skipped with a warning. */
+  merge(options: MergeOptions = {}): void {
+    const opts = optionsArg(options, "merge");
+    const names = this.pickAdapters(opts.adapterNames);
+    const already = names.filter((n) => this.mergedAdapters.includes(n));
+    if (already.length)
+      warnOnce("PEFT_ALREADY_MERGED", `Already following adapters were merged ${already.join(",")}. You are now additionally merging ${names.filter((n) => !already.includes(n)).join(",")}.`);
+    const todo = names.filter((n) => !already.includes(n));
+    if (!todo.length) return;
+    this.#applyMerge(todo, opts.safeMerge === true, false);
+    this.mergedAdapters.push(...todo);
+    this.releaseSaved();
+  }
+
   /**
    * Throws what merge({safeMerge: true}) would, without changing any weight: a model checks every layer
-   * before it merges any, so a broken adapter leaves the whole model as it was. Layers that cannot check
-   * ahead keep this default and rely on their merge's own check.
+   * before it merges any, so a broken adapter leaves the whole model as it was.
    */
-  checkMerge(_opts: MergeOptions = {}): void {}
-  abstract unmerge(): void;
-  abstract getDeltaWeight(adapterName: string): Tensor;
+  checkMerge(opts: MergeOptions = {}): void {
+    const todo = this.pickAdapters(optionsArg(opts, "checkMerge").adapterNames).filter((n) => !this.mergedAdapters.includes(n));
+    if (todo.length) this.#applyMerge(todo, true, true);
+  }
+
+  #applyMerge(todo: string[], safe: boolean, checkOnly: boolean): void {
+    const refusal = this.mergeRefusal();
+    if (refusal) throw peftError("ERR_UNSUPPORTED", `${this.describe()}: ${refusal}`);
+    const bad = this.#apply(todo, 1, safe, checkOnly);
+    if (bad >= 0) throw peftError("ERR_STATE", `NaNs detected in the merged weights. The adapter ${todo[bad]} seems to be broken`);
+  }
+
+  #apply(names: string[], sign: 1 | -1, safe: boolean, checkOnly: boolean): number {
+    const keep: Tensor[] = [];
+    try {
+      const { weight, deltas, weightInOut } = this.mergeOperands(names, keep);
+      return applyLoraDeltas(weight, deltas, { weightInOut, sign, safe, checkOnly });
+    } finally {
+      keep.forEach((t) => t.dispose());
+    }
+  }
+
+  /** W -= Σ scale·B·A for every merged adapter (latest first), one pass over W. */
+  unmerge(): void {
+    if (!this.merged) {
+      warnOnce("PEFT_NOT_MERGED", "Already unmerged. Nothing to do.");
+      return;
+    }
+    this.#apply([...this.mergedAdapters].reverse(), -1, false, false);
+    this.mergedAdapters.length = 0;
+  }
+
+  /** scale·B·A (f32) in the base weight's layout and shape. */
+  getDeltaWeight(adapterName: string): Tensor {
+    if (typeof adapterName !== "string") throw typeError(`getDeltaWeight: adapterName must be a string, got ${describe(adapterName)}`);
+    const [name] = this.pickAdapters([adapterName]);
+    const refusal = this.mergeRefusal();
+    if (refusal) throw peftError("ERR_UNSUPPORTED", `${this.describe()}.getDeltaWeight: ${refusal}`);
+    const keep: Tensor[] = [];
+    try {
+      const { deltas, weightInOut } = this.mergeOperands([name], keep);
+      const { A, B } = deltas[0];
+      const d = weightInOut ? matmul(A, B, { transA: true, transB: true }) : matmul(B, A);
+      scaleInPlace(d, this.scaling[name]);
+      const shape = (this.baseLayer as Module & { weight: Tensor }).weight.shape;
+      if (d.shape.length === shape.length) return d;
+      const out = d.reshape(shape);
+      d.dispose();
+      return out;
+    } finally {
+      keep.forEach((t) => t.dispose());
+    }
+  }
+
 
   override extraRepr(): string {
     return "";
@@ -237,6 +324,8 @@ export abstract class LoraLayer extends Module {
 
 /** The native adapter descriptor of one adapter: A (r, K) and B (N, r) as 2-D views. */
 export interface NativeAdapter {
+  /** The adapter's name (for layers that also run it outside the fused kernels); the addon ignores it. */
+  name: string;
   A: NativeTensor;
   B: NativeTensor;
   scale: number;
@@ -264,43 +353,21 @@ export abstract class FusedLoraLayer extends LoraLayer {
   #rng: Rng = new Map();
   #forwardAdapters: string[] = [];
 
-  /** W is stored (K, N) (GPT-2's Conv1D) rather than (N, K). */
-  protected abstract get weightInOut(): boolean;
   /** The base output plus the adapters (and what backward needs besides x). */
   protected abstract runForward(x: Tensor, adapters: NativeAdapter[]): FusedResult;
   /** dA, dB accumulate through the descriptors and a trainable base's dW, db into .grad; dx when wanted. */
   protected abstract runBackward(dy: Tensor, x: Tensor, saved: Tensor[], weight: Tensor, adapters: NativeAdapter[], wantDx: boolean): Tensor | null;
-  /** Merging refused for this layer (a reason), or null. */
-  protected mergeRefusal(): string | null {
-    return null;
-  }
-
-  /** t as a matrix (rows = its first dimension): t itself when 2-D, else a view that `keep` collects for disposal. */
-  protected flat(t: Tensor, keep: Tensor[]): Tensor {
-    if (t.shape.length === 2) return t;
-    const v = t.reshape([t.shape[0], -1]);
-    keep.push(v);
-    return v;
-  }
-
   #native(names: string[], training: boolean, grads: boolean, rngs: Rng, keep: Tensor[]): NativeAdapter[] {
     return names.map((n) => {
       const { A, B } = this.loraWeights(n);
       const p = training ? this.loraDropout[n] : 0;
       const rng = p > 0 ? (rngs.get(n) ?? { seed: 0, stream: 0 }) : { seed: 0, stream: 0 };
-      const out: NativeAdapter = { A: Tensor.handle(this.flat(A, keep)), B: Tensor.handle(this.flat(B, keep)), scale: this.scaling[n], p, seed: rng.seed, stream: rng.stream };
+      const out: NativeAdapter = { name: n, A: Tensor.handle(this.flat(A, keep)), B: Tensor.handle(this.flat(B, keep)), scale: this.scaling[n], p, seed: rng.seed, stream: rng.stream };
       if (grads) {
         out.dA = A.requiresGrad ? Tensor.handle(this.flat(gradOf(A), keep)) : null;
         out.dB = B.requiresGrad ? Tensor.handle(this.flat(gradOf(B), keep)) : null;
       }
       return out;
-    });
-  }
-
-  #deltas(names: string[], keep: Tensor[]): LoraDelta[] {
-    return names.map((n) => {
-      const { A, B } = this.loraWeights(n);
-      return { A: this.flat(A, keep), B: this.flat(B, keep), scale: this.scaling[n] };
     });
   }
 
@@ -377,73 +444,6 @@ export abstract class FusedLoraLayer extends LoraLayer {
     }
   }
 
-  /** W += Σ scale·B·A in place, one pass over W; already merged adapters are skipped with a warning. */
-  merge(options: MergeOptions = {}): void {
-    const opts = optionsArg(options, "merge");
-    const names = this.pickAdapters(opts.adapterNames);
-    const already = names.filter((n) => this.mergedAdapters.includes(n));
-    if (already.length)
-      warnOnce("PEFT_ALREADY_MERGED", `Already following adapters were merged ${already.join(",")}. You are now additionally merging ${names.filter((n) => !already.includes(n)).join(",")}.`);
-    const todo = names.filter((n) => !already.includes(n));
-    if (!todo.length) return;
-    this.#applyMerge(todo, opts.safeMerge === true, false);
-    this.mergedAdapters.push(...todo);
-    this.releaseSaved();
-  }
-
-  override checkMerge(opts: MergeOptions = {}): void {
-    const todo = this.pickAdapters(optionsArg(opts, "checkMerge").adapterNames).filter((n) => !this.mergedAdapters.includes(n));
-    if (todo.length) this.#applyMerge(todo, true, true);
-  }
-
-  #applyMerge(todo: string[], safe: boolean, checkOnly: boolean): void {
-    const refusal = this.mergeRefusal();
-    if (refusal) throw peftError("ERR_UNSUPPORTED", `${this.describe()}: ${refusal}`);
-    const bad = this.#apply(todo, 1, safe, checkOnly);
-    if (bad >= 0) throw peftError("ERR_STATE", `NaNs detected in the merged weights. The adapter ${todo[bad]} seems to be broken`);
-  }
-
-  #apply(names: string[], sign: 1 | -1, safe: boolean, checkOnly: boolean): number {
-    const keep: Tensor[] = [];
-    try {
-      const w = this.flat(this.baseLayer.weight, keep);
-      return applyLoraDeltas(w, this.#deltas(names, keep), { weightInOut: this.weightInOut, sign, safe, checkOnly });
-    } finally {
-      keep.forEach((t) => t.dispose());
-    }
-  }
-
-  /** W -= Σ scale·B·A for every merged adapter (latest first), one pass over W. */
-  unmerge(): void {
-    if (!this.merged) {
-      warnOnce("PEFT_NOT_MERGED", "Already unmerged. Nothing to do.");
-      return;
-    }
-    this.#apply([...this.mergedAdapters].reverse(), -1, false, false);
-    this.mergedAdapters.length = 0;
-  }
-
-  /** scale·B·A (f32) in the base weight's layout and shape. */
-  getDeltaWeight(adapterName: string): Tensor {
-    if (typeof adapterName !== "string") throw typeError(`getDeltaWeight: adapterName must be a string, got ${describe(adapterName)}`);
-    const [name] = this.pickAdapters([adapterName]);
-    const refusal = this.mergeRefusal();
-    if (refusal) throw peftError("ERR_UNSUPPORTED", `${this.describe()}.getDeltaWeight: ${refusal}`);
-    const keep: Tensor[] = [];
-    try {
-      const { A, B } = this.#deltas([name], keep)[0];
-      const d = this.weightInOut ? matmul(A, B, { transA: true, transB: true }) : matmul(B, A);
-      scaleInPlace(d, this.scaling[name]);
-      const shape = this.baseLayer.weight.shape;
-      if (d.shape.length === shape.length) return d;
-      const out = d.reshape(shape);
-      d.dispose();
-      return out;
-    } finally {
-      keep.forEach((t) => t.dispose());
-    }
-  }
-
   override extraRepr(): string {
     return `r=${JSON.stringify(this.r)}, scaling=${JSON.stringify(this.scaling)}, active=${JSON.stringify(this.activeAdapters)}${this.merged ? ", merged" : ""}`;
   }
@@ -470,8 +470,8 @@ export class LoraLinear extends FusedLoraLayer {
     this.updateLayer(opts);
   }
 
-  protected get weightInOut(): boolean {
-    return this.fanInFanOut;
+  protected override mergeOperands(names: string[], keep: Tensor[]) {
+    return { ...super.mergeOperands(names, keep), weightInOut: this.fanInFanOut };
   }
 
   protected features(): [number, number] {

@@ -1,12 +1,14 @@
 // The LoRA tuner model (PEFT's LoraModel): finds the target modules, puts LoRA layers in their place through
 // an ordered list of dispatchers, marks only adapters trainable and wraps modulesToSave.
-import { Module, Linear, Conv1D } from "../../nn/index.js";
-import { clip, optionsArg, peftError, shownValue, typeError } from "../../errors.js";
+import { Module, Linear, Conv1D, Conv2d, Embedding } from "../../nn/index.js";
+import { PeftError, clip, optionsArg, peftError, shownValue, typeError, type PeftErrorCode } from "../../errors.js";
 import { describe } from "../../tensor.js";
 import { findTargetModules, SEQ_CLS_HEAD_NAMES, type MatchOptions } from "../../matching.js";
 import { defaultTargetModules } from "../../mappings.js";
 import { LoraConfig, type ModuleClass } from "./config.js";
 import { LoraLayer, LoraLinear, type LoraLayerOptions } from "./layer.js";
+import { LoraConv2d } from "./conv.js";
+import { LoraEmbedding } from "./embedding.js";
 import { ModulesToSaveWrapper } from "../modules-to-save.js";
 
 /** Makes a LoRA layer for a target, or returns null to let the next dispatcher try. */
@@ -30,7 +32,19 @@ function denseDispatcher(target: Module, opts: LoraLayerOptions): LoraLayer | nu
   return target instanceof Linear || target instanceof Conv1D ? new LoraLinear(target, opts) : null;
 }
 
-export const LORA_DISPATCHERS: readonly LoraDispatcher[] = [customDispatcher, denseDispatcher];
+function conv2dDispatcher(target: Module, opts: LoraLayerOptions): LoraLayer | null {
+  return target instanceof Conv2d ? new LoraConv2d(target, opts) : null;
+}
+
+// PEFT's dispatch_default drops fan_in_fan_out for embeddings.
+function embeddingDispatcher(target: Module, opts: LoraLayerOptions): LoraLayer | null {
+  return target instanceof Embedding ? new LoraEmbedding(target, { ...opts, fanInFanOut: undefined }) : null;
+}
+
+export const LORA_DISPATCHERS: readonly LoraDispatcher[] = [customDispatcher, denseDispatcher, conv2dDispatcher, embeddingDispatcher];
+
+/** The layer types LoRA adapts without a registration. */
+const BUILT_IN = [Linear, Conv1D, Conv2d, Embedding];
 
 function isCustom(m: unknown, config: LoraConfig): boolean {
   for (const [from] of config.customModules ?? []) if (m instanceof (from as ModuleClass)) return true;
@@ -40,10 +54,10 @@ function isCustom(m: unknown, config: LoraConfig): boolean {
 export function loraMatchOptions(config: LoraConfig): MatchOptions {
   return {
     isLinearLike: (m) => m instanceof Linear || m instanceof Conv1D || m instanceof LoraLinear,
-    isSupported: (m) => m instanceof LoraLayer || m instanceof Linear || m instanceof Conv1D || isCustom(m, config),
+    isSupported: (m) => m instanceof LoraLayer || BUILT_IN.some((c) => m instanceof c) || isCustom(m, config),
     typeName: (m) => (m as object)?.constructor?.name ?? typeof m,
     isTunerLayer: (m) => m instanceof LoraLayer || m instanceof ModulesToSaveWrapper,
-    supportedTypeNames: ["Linear", "Conv1D", ...[...(config.customModules?.keys() ?? [])].map((c) => c.name)],
+    supportedTypeNames: [...BUILT_IN.map((c) => c.name), ...[...(config.customModules?.keys() ?? [])].map((c) => c.name)],
   };
 }
 
@@ -102,9 +116,15 @@ export class LoraModel extends Module {
         continue;
       }
       let layer: LoraLayer | null = null;
-      for (const dispatch of LORA_DISPATCHERS) if ((layer = dispatch(target, opts, config))) break;
+      try {
+        for (const dispatch of LORA_DISPATCHERS) if ((layer = dispatch(target, opts, config))) break;
+      } catch (e) {
+        // Name the layer: the same message from a deep model is no use without it.
+        if (e instanceof PeftError) throw peftError(e.code as PeftErrorCode, `Target module ${key} (${target.constructor.name}): ${e.message}`);
+        throw e;
+      }
       if (!layer)
-        throw peftError("ERR_UNSUPPORTED", `Target module ${key} (${target.constructor.name}) is not supported: LoRA adapts Linear and Conv1D, or a type given to registerCustomModule`);
+        throw peftError("ERR_UNSUPPORTED", `Target module ${key} (${target.constructor.name}) is not supported: LoRA adapts Linear, Conv1D, Conv2d and Embedding, or a type given to registerCustomModule`);
       this.model.setSubmodule(key, layer);
     }
     this.peftConfig[adapterName] = effective;
