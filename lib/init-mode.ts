@@ -5,6 +5,7 @@
 // the load writes them, so no memory is spent on values about to be overwritten. Every module class gets
 // this for free as long as it initialises through Tensor.rand/randn (or takeRng + those), which all do.
 import { typeError } from "./errors.js";
+import { inMode } from "./mode-scope.js";
 
 let depth = 0;
 
@@ -16,31 +17,20 @@ export function isInitSkipped(): boolean {
 /**
  * Runs fn with random initialisation skipped and returns its result, or (no argument) skips it until the
  * returned scope is disposed (`using _ = skipInit()`). Scopes nest. Parameters made inside hold zeros
- * (uninitialised in spirit: load them before use). Only construction belongs inside: the scope also turns
- * dropout's and every other op's random draws into zeros. fn must be synchronous; a promise it returns
- * would run its later part outside the scope, so it is refused.
+ * (uninitialised in spirit: load them before use). Only construction belongs inside: in the scope every
+ * Tensor.rand/randn is zeros and random ops (dropout) reuse one stream. fn must be synchronous; a promise
+ * it returns would run its later part outside the scope, so it is refused.
  */
 export function skipInit(): Disposable;
 export function skipInit<T>(fn: () => T): T;
 export function skipInit<T>(fn?: () => T): T | Disposable {
   if (fn !== undefined && typeof fn !== "function") throw typeError(`skipInit: expected a function or no argument, got ${fn === null ? "null" : typeof fn}`);
-  depth++;
-  if (fn === undefined) {
-    let open = true;
-    return {
-      [Symbol.dispose]: () => {
-        if (!open) return;
-        open = false;
-        depth--;
-      },
+  const out = inMode(() => {
+    depth++;
+    return () => {
+      depth--;
     };
-  }
-  let out: T;
-  try {
-    out = fn();
-  } finally {
-    depth--;
-  }
+  }, fn);
   if (out instanceof Promise) throw typeError("skipInit: fn returned a promise; construct modules synchronously inside the scope and load them after it");
   return out;
 }

@@ -6,6 +6,7 @@ import {
   AdamW, LRScheduler, Tensor, clipGradNorm, getConstantScheduleWithWarmup, getCosineScheduleWithWarmup, getLinearScheduleWithWarmup,
 } from "../lib/index.js";
 import { uniform } from "./helpers/numeric.js";
+import { errorCode as code } from "./helpers/errors.js";
 
 // transformers' lr lambdas, transcribed.
 const linear = (w: number, n: number) => (s: number) => (s < w ? s / Math.max(1, w) : Math.max(0, (n - s) / Math.max(1, n - w)));
@@ -15,15 +16,6 @@ const cosine = (w: number, n: number, cycles = 0.5) => (s: number) => {
   return Math.max(0, 0.5 * (1 + Math.cos(Math.PI * cycles * 2 * progress)));
 };
 const constant = (w: number) => (s: number) => (s < w ? s / Math.max(1, w) : 1);
-
-const code = (fn: () => unknown) => {
-  try {
-    fn();
-  } catch (e) {
-    return (e as { code?: string }).code;
-  }
-  return "no error";
-};
 
 function lrs(make: (o: AdamW) => LRScheduler, steps: number, base = 3e-4): number[] {
   const opt = new AdamW([Tensor.zeros([1])], { lr: base });

@@ -1,5 +1,6 @@
 // Whether ops record graph nodes. noGrad() turns recording off (inference, optimizer updates, evaluation).
 import { typeError } from "../errors.js";
+import { inMode } from "../mode-scope.js";
 
 let enabled = true;
 
@@ -15,21 +16,11 @@ export function noGrad(): Disposable;
 export function noGrad<T>(fn: () => T): T;
 export function noGrad<T>(fn?: () => T): T | Disposable {
   if (fn !== undefined && typeof fn !== "function") throw typeError(`noGrad: expected a function or no argument, got ${fn === null ? "null" : typeof fn}`);
-  const was = enabled;
-  enabled = false;
-  if (fn === undefined) {
-    let open = true;
-    return {
-      [Symbol.dispose]: () => {
-        if (!open) return;
-        open = false;
-        enabled = was;
-      },
+  return inMode(() => {
+    const was = enabled;
+    enabled = false;
+    return () => {
+      enabled = was;
     };
-  }
-  try {
-    return fn();
-  } finally {
-    enabled = was;
-  }
+  }, fn);
 }
