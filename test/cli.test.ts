@@ -3,7 +3,7 @@ import { spawnSync } from "node:child_process";
 import { mkdtempSync, readFileSync, rmSync, writeFileSync, copyFileSync, mkdirSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { Conv1D, Linear, LoraConfig, Module, Tensor, getPeftModel, loadSafetensors, saveSafetensors, type BackwardOptions } from "../lib/index.js";
+import { Conv1D, Conv2d, Embedding, Linear, LoraConfig, Module, Tensor, getPeftModel, loadSafetensors, saveSafetensors, type BackwardOptions } from "../lib/index.js";
 import { root } from "./helpers/child.js";
 import { expectClose } from "./helpers/nn-reference.js";
 import { FIXTURE_DIR } from "./helpers/fixtures.js";
@@ -79,6 +79,37 @@ describe("node-peft merge", () => {
     const b16 = await loadSafetensors(bf);
     expect(b16["fc.weight"].dtype).toBe("bf16");
     expectClose(b16["fc.weight"].toFloat32Array(), got["fc.weight"].toFloat32Array(), (i) => Math.abs(got["fc.weight"].toFloat32Array()[i]) * 2 ** -8 + 1e-30, "bf16");
+  });
+
+  it("merges LoRA on Conv2d (4-D weights) and on Embedding (lora_embedding_A/B) as mergeAndUnload does; inspect lists them", async () => {
+    class Vision extends Module {
+      conv = this.registerModule("conv", new Conv2d(3, 6, 3, { padding: 1, seed: 1 }));
+      pw = this.registerModule("pw", new Conv2d(6, 4, 1, { seed: 2 }));
+      emb = this.registerModule("emb", new Embedding(10, 6, { seed: 3 }));
+      forward(x: Tensor): Tensor {
+        return this.pw.forward(this.conv.forward(x));
+      }
+    }
+    const basePath = join(tmp, "vision.safetensors");
+    await saveSafetensors(basePath, new Vision().stateDict());
+    const m = getPeftModel(new Vision(), new LoraConfig({ targetModules: ["conv", "pw", "emb"], r: 2, loraAlpha: 6 }));
+    for (const p of m.parameters()) if (p.requiresGrad) p.copyFrom(Tensor.randn(p.shape, { seed: p.numel + 3, std: 0.3 }));
+    const adapterDir = join(tmp, "vision-adapter");
+    await m.savePretrained(adapterDir);
+    const out = join(tmp, "vision-merged.safetensors");
+    const r = cli("merge", "--base", basePath, "--adapter", adapterDir, "--out", out);
+    expect(r.stderr).toBe("");
+    expect(r.stdout).toMatch(/5 tensors, 3 merged/);
+    const got = await loadSafetensors(out);
+    for (const [k, t] of Object.entries(m.mergeAndUnload().stateDict())) {
+      const w = t.toFloat32Array();
+      expect(got[k].shape).toEqual(t.shape);
+      expectClose(got[k].toFloat32Array(), w, (i) => 1e-6 + 1e-6 * Math.abs(w[i]), k);
+    }
+    const listed = cli("inspect", adapterDir);
+    expect(listed.code).toBe(0);
+    expect(listed.stdout).toMatch(/base_model\.model\.conv\.lora_A\.weight\s+F32\s+\[2, 3, 3, 3\]/);
+    expect(listed.stdout).toMatch(/base_model\.model\.emb\.lora_embedding_B\s+F32\s+\[6, 2\]/);
   });
 
   it("computes W + (alpha/r)·B·A itself for the fixture", async () => {

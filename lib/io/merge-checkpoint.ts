@@ -32,45 +32,73 @@ export interface MergeSummary {
   replaced: string[];
 }
 
+/** One LoRA delta: A (r, K) and B (N, r) as matrices; `embedding` when W is the (K, N) layout (lora_embedding_A/B). */
+interface Delta {
+  A: Tensor;
+  B: Tensor;
+  scale: number;
+  embedding: boolean;
+}
+
 interface Plan {
-  lora: Map<string, { A: Tensor; B: Tensor; scale: number }>; // base weight key -> delta
+  lora: Map<string, Delta>; // base weight key -> delta
   replace: Map<string, Tensor>; // base key -> adapter tensor (saved modules, biases)
 }
 
+// lora_A.weight / lora_B.weight (Linear, Conv1D, Conv2d) and lora_embedding_A / lora_embedding_B (Embedding).
+const LORA_KEY = /^(.*)\.(?:lora_([AB])\.weight|lora_embedding_([AB]))$/;
+
+/** A tensor as a matrix over its first dimension (conv factors are 4-D); a view sharing its storage. */
+function asMatrix(t: Tensor): Tensor {
+  return t.reshape([t.shape[0], t.shape.length ? t.numel / Math.max(1, t.shape[0]) : 0]);
+}
+
 function planMerge(config: LoraConfig, adapterTensors: Record<string, Tensor>, adapterDir: string): Plan {
-  const lora = new Map<string, { A: Tensor; B: Tensor; scale: number }>();
+  const lora = new Map<string, Delta>();
   const replace = new Map<string, Tensor>();
   for (const [key, t] of Object.entries(adapterTensors)) {
     if (!key.startsWith(PREFIX)) throw peftError("ERR_CHECKPOINT", `${adapterDir}: adapter key "${key}" does not start with "${PREFIX}"`);
     const rest = key.slice(PREFIX.length);
-    const m = /^(.*)\.lora_([AB])\.weight$/.exec(rest);
+    const m = LORA_KEY.exec(rest);
     if (!m) {
       if (/\.lora_/.test(rest)) throw peftError("ERR_UNSUPPORTED", `${adapterDir}: adapter key "${key}" is a LoRA variant this merge does not support`);
       replace.set(rest, t);
       continue;
     }
-    const [, path, which] = m;
+    const [, path, dense, emb] = m;
+    const embedding = emb !== undefined;
+    const which = dense ?? emb;
     if (lora.has(`${path}.weight`)) continue;
-    const A = adapterTensors[`${PREFIX}${path}.lora_A.weight`], B = adapterTensors[`${PREFIX}${path}.lora_B.weight`];
-    if (!A || !B) throw peftError("ERR_CHECKPOINT", `${adapterDir}: ${path} has lora_${which} but not lora_${which === "A" ? "B" : "A"}`);
+    const name = (x: string) => `${PREFIX}${path}.${embedding ? `lora_embedding_${x}` : `lora_${x}.weight`}`;
+    const A = adapterTensors[name("A")], B = adapterTensors[name("B")];
+    if (!A || !B) throw peftError("ERR_CHECKPOINT", `${adapterDir}: ${path} has ${name(which).slice(PREFIX.length + path.length + 1)} but not its pair`);
     const r = config.rankFor(path);
-    if (A.shape.length !== 2 || A.shape[0] !== r || B.shape.length !== 2 || B.shape[1] !== r)
-      throw peftError("ERR_CHECKPOINT", `${adapterDir}: ${path}: lora_A [${A.shape}] / lora_B [${B.shape}] do not have rank ${r} from the config`);
+    const conv = !embedding && A.shape.length === 4;
+    if (conv && B.shape.length === 4 && B.shape[1] !== r && B.shape[1] > 0 && r % B.shape[1] === 0)
+      throw peftError("ERR_UNSUPPORTED", `${adapterDir}: ${path}: a convolution with groups > 1 (lora_B [${B.shape}]); PEFT does not merge those either`);
+    const shapeOk = conv
+      ? A.shape[0] === r && B.shape.length === 4 && B.shape[1] === r && B.shape[2] === 1 && B.shape[3] === 1
+      : A.shape.length === 2 && A.shape[0] === r && B.shape.length === 2 && B.shape[1] === r;
+    if (!shapeOk)
+      throw peftError("ERR_CHECKPOINT", `${adapterDir}: ${path}: ${name("A").slice(PREFIX.length)} [${A.shape}] / ${name("B").slice(PREFIX.length)} [${B.shape}] do not have rank ${r} from the config`);
     const alpha = config.alphaFor(path);
-    lora.set(`${path}.weight`, { A, B, scale: config.useRslora ? alpha / Math.sqrt(r) : alpha / r });
+    lora.set(`${path}.weight`, { A: asMatrix(A), B: asMatrix(B), scale: config.useRslora ? alpha / Math.sqrt(r) : alpha / r, embedding });
   }
   return { lora, replace };
 }
 
 /**
- * Whether a base weight is stored (in, out) (GPT-2's Conv1D) rather than (out, in): read from the shapes,
- * with the config's fan_in_fan_out deciding only for square weights (PEFT forces the flag per layer type).
+ * Whether a base weight is stored (in, out) (GPT-2's Conv1D, or an embedding's (num, dim)) rather than (out, in):
+ * read from the shapes, with the config's fan_in_fan_out deciding only for square weights (PEFT forces the
+ * flag per layer type). A convolution's weight counts as (out, in·kh·kw).
  */
-function storedInOut(key: string, shape: readonly number[], d: { A: Tensor; B: Tensor }, fanInFanOut: boolean): boolean {
+function storedInOut(key: string, shape: readonly number[], d: Delta, fanInFanOut: boolean): boolean {
   const inF = d.A.shape[1], outF = d.B.shape[0];
-  const asOutIn = shape[0] === outF && shape[1] === inF, asInOut = shape[0] === inF && shape[1] === outF;
-  if (asOutIn && asInOut) return fanInFanOut;
-  if (asOutIn || asInOut) return asInOut;
+  const rows = shape[0], cols = shape.slice(1).reduce((a, b) => a * b, 1);
+  const asOutIn = shape.length >= 2 && rows === outF && cols === inF, asInOut = shape.length === 2 && rows === inF && cols === outF;
+  if (d.embedding && asInOut) return true;
+  if (!d.embedding && asOutIn && asInOut) return fanInFanOut;
+  if (!d.embedding && (asOutIn || asInOut)) return asInOut;
   throw peftError("ERR_SHAPE", `"${key}" has shape [${shape}] but the adapter maps ${inF} -> ${outF} features`);
 }
 
@@ -142,6 +170,14 @@ export async function mergeCheckpoint(opts: MergeCheckpointOptions): Promise<Mer
 
 function runMerge(opts: MergeCheckpointOptions, config: LoraConfig, adapterTensors: Record<string, Tensor>): MergeSummary {
   const plan = planMerge(config, adapterTensors, opts.adapter);
+  try {
+    return writeMerged(opts, config, plan);
+  } finally {
+    for (const d of plan.lora.values()) d.A.dispose(), d.B.dispose();
+  }
+}
+
+function writeMerged(opts: MergeCheckpointOptions, config: LoraConfig, plan: Plan): MergeSummary {
   using src = openCheckpoint(opts.base);
   const keys = src.keys();
   const have = new Set(keys);
@@ -168,7 +204,8 @@ function runMerge(opts: MergeCheckpointOptions, config: LoraConfig, adapterTenso
       const delta = plan.lora.get(k);
       if (delta) {
         out = base.to("f32"); // merged in f32, rounded once into the output dtype
-        applyLoraDeltas(out, [delta], { weightInOut: storedInOut(k, base.shape, delta, inOut) });
+        using w = asMatrix(out);
+        applyLoraDeltas(w, [delta], { weightInOut: storedInOut(k, base.shape, delta, inOut) });
         summary.merged.push(k);
       } else if (plan.replace.has(k)) {
         out = plan.replace.get(k)!.to(spec.dtype);
