@@ -8,6 +8,7 @@ import { IA3Config } from "./tuners/ia3/config.js";
 import { LoraModel } from "./tuners/lora/model.js";
 import { LoraLayer, type MergeOptions } from "./tuners/lora/layer.js";
 import { ModulesToSaveWrapper } from "./tuners/modules-to-save.js";
+import type { WeightedAdapterOptions } from "./tuners/lora/weighted-adapter.js";
 import type { PeftConfig } from "./tuners/peft-config.js";
 // Checkpoint I/O lives in io/; it is reached only from method bodies, after both modules have loaded.
 import * as checkpoint from "./io/peft-checkpoint.js";
@@ -78,6 +79,15 @@ export class PeftModel extends Module {
     checkAdapterName(name, "addAdapter");
     this.baseModel.injectAdapter(loraConfigOf(config, "addAdapter"), name);
     // Layers the new adapter created must follow the model's active adapters, not activate the new one (PEFT).
+    this.setAdapter(this.#active);
+  }
+
+  /**
+   * Adds `adapterName` combining `adapters` with `weights` (PEFT's add_weighted_adapter); it stays inactive
+   * (and frozen) until setAdapter.
+   */
+  addWeightedAdapter(adapters: string[], weights: number[], adapterName: string, opts?: WeightedAdapterOptions): void {
+    this.baseModel.addWeightedAdapter(adapters, weights, adapterName, opts);
     this.setAdapter(this.#active);
   }
 

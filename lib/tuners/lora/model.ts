@@ -10,6 +10,7 @@ import { LoraLayer, LoraLinear, type LoraLayerOptions } from "./layer.js";
 import { LoraConv2d } from "./conv.js";
 import { LoraEmbedding } from "./embedding.js";
 import { ModulesToSaveWrapper } from "../modules-to-save.js";
+import { addWeightedAdapter, type WeightedAdapterOptions } from "./weighted-adapter.js";
 
 /** Makes a LoRA layer for a target, or returns null to let the next dispatcher try. */
 export type LoraDispatcher = (target: Module, opts: LoraLayerOptions, config: LoraConfig) => LoraLayer | null;
@@ -133,6 +134,11 @@ export class LoraModel extends Module {
     this.#markOnlyAdaptersTrainable(effective);
     if (effective.inferenceMode) for (const l of this.loraLayers()) if (l.adapterNames.includes(adapterName)) this.#freezeAdapter(l, adapterName);
     this.#wrapModulesToSave(effective, adapterName);
+  }
+
+  /** A new adapter made from existing ones, as PEFT's add_weighted_adapter (see weighted-adapter.ts). */
+  addWeightedAdapter(adapters: string[], weights: number[], adapterName: string, opts?: WeightedAdapterOptions): void {
+    addWeightedAdapter(this, adapters, weights, adapterName, opts);
   }
 
   *loraLayers(): Iterable<LoraLayer> {
