@@ -2,8 +2,9 @@ import { mkdtempSync, readFileSync, rmSync, existsSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, describe, expect, it, vi } from "vitest";
-import { F, Linear, LoraConfig, LoraLayer, LoraLinear, PeftModel, Tensor, getPeftModel, manualSeed } from "../lib/index.js";
+import { Conv2d, Embedding, F, Linear, LoraConfig, LoraLayer, LoraLinear, Module, PeftModel, Tensor, getPeftModel, manualSeed } from "../lib/index.js";
 import { dropoutMask } from "../lib/kernels.js";
+import { registerFactorLayout } from "../lib/tuners/lora/factor-layout.js";
 import { exactSvd } from "../lib/linalg/low-rank-svd.js";
 import { MLP } from "./helpers/models.js";
 import { errorCode } from "./helpers/errors.js";
@@ -348,38 +349,68 @@ describe("addWeightedAdapter: bad arguments are coded errors naming the method",
     });
 });
 
-describe("addWeightedAdapter on layers storing factors in more than two dimensions", () => {
-  // A conv-like LoRA layer: A kept as (r, 5, 2, 2) and B as (out, r, 1, 1), PEFT's Conv2d layout, over the
-  // same storage as the (r, 20) and (out, r) matrices: the combination must see B·A of the flattened forms.
+describe("registerFactorLayout", () => {
+  // A layer type can say how its factors map to matrices; this one reads and writes them itself.
   class KernelBase extends Linear {}
-  class KernelLora extends LoraLinear {
-    protected override loraWeights(name: string) {
-      const { A, B } = super.loraWeights(name);
-      return { A: A.detach().reshape([A.shape[0], 5, 2, 2]), B: B.detach().reshape([B.shape[0], B.shape[1], 1, 1]) };
-    }
-  }
-  it("cat and svd read and write the 4-D factors through their matrix forms", () => {
+  class KernelLora extends LoraLinear {}
+  it("a registered layout is the one the combination reads and writes through", () => {
     quiet();
+    let reads = 0, writes = 0;
+    registerFactorLayout(KernelLora, {
+      read(l, name) {
+        reads++;
+        const A = (l.loraA.get(name) as Linear).weight, B = (l.loraB.get(name) as Linear).weight;
+        return { a: A.toFloat32Array(), b: B.toFloat32Array(), r: l.r[name], m: B.shape[0], n: A.shape[1] };
+      },
+      write(l, name, a, b, k) {
+        writes++;
+        (l.loraA.get(name) as Linear).weight.copyFrom(Tensor.fromArray(Array.from(a), [k, 20]));
+        (l.loraB.get(name) as Linear).weight.copyFrom(Tensor.fromArray(Array.from(b), [12, k]));
+      },
+    });
     const base = new MLP(12);
     base.setSubmodule("seq.0", new KernelBase(20, 12, { seed: 4 }));
-    const config = (r: number) => {
-      const c = new LoraConfig({ targetModules: ["seq.0"], r, initLoraWeights: false });
-      c.registerCustomModule(new Map([[KernelBase, KernelLora]]));
-      return c;
-    };
-    const m = getPeftModel(base, config(3), { adapterName: "a" });
-    m.addAdapter("b", config(2));
-    const l = layer(m, "seq.0");
-    expect(l).toBeInstanceOf(KernelLora);
-    expect(l.loraFactors("a").A.shape).toEqual([3, 5, 2, 2]);
-    const mat = (name: string) => ({ A: (l.loraA.get(name) as Linear).weight.toFloat64Array(), B: (l.loraB.get(name) as Linear).weight.toFloat64Array(), r: l.r[name], s: l.scaling[name] });
-    const a = mat("a"), b = mat("b");
-    const want = matmul64(a.B, a.A, 12, 3, 20).map((x, i) => 0.5 * a.s * x + 2 * b.s * matmul64(b.B, b.A, 12, 2, 20)[i]);
-    m.addWeightedAdapter(["a", "b"], [0.5, 2], "cat", { combinationType: "cat" });
-    const c = mat("cat");
-    expect(maxAbsDiff(matmul64(c.B, c.A, 12, 5, 20), want)).toBeLessThanOrEqual(3 * U * productScale(c.B, c.A, 12, 5, 20));
-    m.addWeightedAdapter(["a", "b"], [0.5 / a.s, 2 / b.s], "svd", { svdRank: 5 }); // weights undo one scaling
-    const s = mat("svd");
-    expect(maxAbsDiff(matmul64(s.B, s.A, 12, 5, 20), want)).toBeLessThanOrEqual(4 * U * productScale(s.B, s.A, 12, 5, 20));
+    const config = new LoraConfig({ targetModules: ["seq.0"], r: 3, initLoraWeights: false });
+    config.registerCustomModule(new Map([[KernelBase, KernelLora]]));
+    const m = getPeftModel(base, config, { adapterName: "a" });
+    m.addWeightedAdapter(["a"], [2], "twice");
+    expect([reads, writes]).toEqual([1, 1]);
+    expectFactorsOf(m, "seq.0", "twice", delta(m, "seq.0", "a").map((x) => 2 * x));
+    expect(() => registerFactorLayout(KernelLora, {} as never)).toThrow(/read and write/);
   });
+});
+
+describe("addWeightedAdapter on Conv2d and Embedding LoRA layers", () => {
+  class Net extends Module {
+    emb = this.registerModule("emb", new Embedding(11, 6, { seed: 1 }));
+    conv = this.registerModule("conv", new Conv2d(3, 4, [3, 2], { seed: 2 }));
+  }
+  /** A layer's delta in its own layout (getDeltaWeight), float64, and the f32 scale its rounding acts on. */
+  function deltaOf(m: PeftModel, key: string, name: string) {
+    const l = layer(m, key);
+    using d = l.getDeltaWeight(name);
+    const { A, B } = l.loraFactors(name);
+    const r = l.r[name];
+    const scale = l.scaling[name] * productScale(B.toFloat64Array(), A.toFloat64Array(), B.numel / r, r, A.numel / r);
+    return { d: d.toFloat64Array(), scale, r };
+  }
+  for (const [type, extra] of [["cat", {}], ["svd", { svdRank: 6 }], ["ties_svd", { density: 1, svdRank: 6, svdMethod: "exact" }]] as const)
+    it(`${type}: the new delta in each layer's own layout is the weighted sum of the sources'`, () => {
+      quiet();
+      const config = (r: number, loraAlpha: number) => new LoraConfig({ targetModules: ["emb", "conv"], r, loraAlpha, initLoraWeights: false });
+      const m = getPeftModel(new Net(), config(3, 6), { adapterName: "a" });
+      m.addAdapter("b", config(3, 3));
+      expect(layer(m, "conv").loraFactors("a").A.shape).toEqual([3, 3, 3, 2]);
+      expect(layer(m, "emb").loraFactors("a").A.shape).toEqual([3, 11]);
+      m.addWeightedAdapter(["a", "b"], [0.5, -2], "n", { combinationType: type, ...extra });
+      for (const key of ["emb", "conv"]) {
+        const a = deltaOf(m, key, "a"), b = deltaOf(m, key, "b"), n = deltaOf(m, key, "n");
+        // cat weights each delta once; the *_svd types by weight·scaling (PEFT).
+        const ca = 0.5 * (type === "cat" ? 1 : 2), cb = -2 * (type === "cat" ? 1 : 1);
+        // ties (density 1 prunes nothing): where the signs disagree only the elected sign's term stays.
+        const want = type === "ties_svd" ? mergeRef([a.d, b.d], [ca, cb], "total") : a.d.map((x, i) => ca * x + cb * b.d[i]);
+        const tol = 4 * U * (Math.abs(ca) * a.scale + Math.abs(cb) * b.scale) + 4 * U * n.scale;
+        expect(maxAbsDiff(n.d, want)).toBeLessThanOrEqual(tol);
+      }
+    });
 });
