@@ -7,6 +7,9 @@ import { conv2d, conv2dBackward } from "../lib/ops.js";
 import { FLOATS, UNIT, expectClose, expectError, tensorOf, tolIn, uniform, type FloatDType } from "./helpers/numeric.js";
 import { conv2dGradRef, conv2dRef, outSize, type ConvRefGeom } from "./helpers/conv-reference.js";
 
+// The device check needs a cuda device: the emulated one unless a real GPU is asked for.
+if (process.env.NODE_PEFT_CUDA === undefined && !process.env.NODE_PEFT_CUDA_REAL) process.env.NODE_PEFT_CUDA = "emu";
+
 const threads = backend.threads;
 afterEach(() => backend.setNumThreads(threads));
 
@@ -182,6 +185,12 @@ describe("bad inputs", () => {
     expectError(() => conv2dBackward(dy, x, Tensor.zeros([3, 4, 3, 3]), geo), PeftError, "ERR_SHAPE", /dy/);
     expectError(() => conv2dBackward(Tensor.zeros([1, 3, 3, 3]), x.shape, Tensor.zeros([3, 4, 3, 3]), geo, { dW: Tensor.zeros([3, 4, 3, 3]) }), TypeError, "ERR_INVALID_ARG_TYPE", /dW needs x/);
     expectError(() => conv2dBackward(Tensor.zeros([1, 3, 3, 3]), x, Tensor.zeros([3, 4, 3, 3]), geo, { dW: Tensor.zeros([3, 4, 3]) }), PeftError, "ERR_SHAPE", /dW/);
+  });
+
+  it("convolutions have a CPU kernel only: cuda operands are ERR_NOT_ON_DEVICE", () => {
+    const xc = x.to("cuda"), wc = Tensor.zeros([3, 4, 3, 3]).to("cuda");
+    expectError(() => conv2d(xc, wc, null, geo), PeftError, "ERR_NOT_ON_DEVICE", /conv2d/);
+    expectError(() => conv2dBackward(Tensor.zeros([1, 3, 3, 3]).to("cuda"), xc, wc, geo), PeftError, "ERR_NOT_ON_DEVICE", /conv2dBackward/);
   });
 
   it("module options are checked when the layer is built", () => {

@@ -184,6 +184,30 @@ describe("LoraConv2d", () => {
   });
 });
 
+describe("bf16 mode", () => {
+  it("a bf16 base with bf16 activations and f32 adapters: y in bf16 within one rounding of the f32 result", () => {
+    const base = new Conv2d(6, 8, 3, { padding: 1, dtype: "bf16", seed: 3 });
+    base.weight.requiresGrad = false;
+    base.bias!.requiresGrad = false;
+    const layer = new LoraConv2d(base, { r: 4, initLoraWeights: false });
+    const x = Tensor.randn([2, 6, 5, 5], { seed: 4, dtype: "bf16" });
+    const y = layer.forward(x);
+    expect(y.dtype).toBe("bf16");
+    // the same computation with every operand widened to f32 (exact), rounded once at the end
+    const w32 = base.weight.to("f32"), b32 = base.bias!.to("f32");
+    const ref = new LoraConv2d(new Conv2d(6, 8, 3, { padding: 1 }), { r: 4 });
+    ref.baseLayer.weight.copyFrom(w32);
+    ref.baseLayer.bias!.copyFrom(b32);
+    for (const k of ["A", "B"] as const) ref.loraFactors("default")[k].copyFrom(layer.loraFactors("default")[k]);
+    const want = f64(ref.forward(x.to("f32")));
+    expectClose(f64(y), want, (i) => UNIT.bf16 * Math.abs(want[i]) + 2e-5, "y");
+    const dy = Tensor.randn(y.shape, { seed: 5, dtype: "bf16" });
+    const dx = layer.backward(dy)!;
+    expect(dx.dtype).toBe("bf16");
+    expect(layer.loraFactors("default").A.grad!.dtype).toBe("f32");
+  });
+});
+
 describe("LoraEmbedding", () => {
   function embCase(paddingIdx: number | null = null) {
     const base = new Embedding(11, 5, { paddingIdx, seed: 1 });
