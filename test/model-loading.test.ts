@@ -212,6 +212,22 @@ describe("loadModelWeights into an existing model", () => {
   });
 });
 
+describe("parameters on the (emulated) cuda device", () => {
+  it("are filled through a host copy of each tensor", () => {
+    const file = join(tmp, "cuda.safetensors");
+    saveSafetensorsSync(file, { weight: Tensor.fromArray([1, 2, 3, 4, 5, 6], [3, 2]), bias: Tensor.fromArray([7, 8, 9], [3], "bf16") });
+    const r = runNode(
+      `const { Linear, loadModelWeightsAsync } = await import(${JSON.stringify(distIndex)});
+      const l = new Linear(2, 3).to("cuda");
+      await loadModelWeightsAsync(l, ${JSON.stringify(file)});
+      console.log(JSON.stringify({ device: l.weight.device, w: l.weight.toArray(), b: l.bias.toArray() }));`,
+      { NODE_PEFT_CUDA: "emu" },
+    );
+    expect(r.status, r.stderr).toBe(0);
+    expect(JSON.parse(r.stdout)).toEqual({ device: "cuda", w: [1, 2, 3, 4, 5, 6], b: [7, 8, 9] });
+  });
+});
+
 // Children measure their own RSS over a baseline taken after the library is loaded; the file is sparse
 // (zeros read from holes), so creating it costs no disk writes.
 const BIG_SCRIPT = (file: string, mode: string) => `

@@ -7,6 +7,7 @@ import {
 } from "../lib/index.js";
 import { uniform } from "./helpers/numeric.js";
 import { errorCode as code } from "./helpers/errors.js";
+import { distIndex, runNode } from "./helpers/child.js";
 
 // transformers' lr lambdas, transcribed.
 const linear = (w: number, n: number) => (s: number) => (s < w ? s / Math.max(1, w) : Math.max(0, (n - s) / Math.max(1, n - w)));
@@ -141,6 +142,20 @@ describe("clipGradNorm", () => {
     expect(t.grad.toArray()).toEqual([Infinity, 1]);
     expect(clipGradNorm([t], 1)).toBe(Infinity);
     expect(t.grad.toArray()).toEqual([NaN, 0]); // coefficient 1 / inf = 0: inf · 0 is NaN
+  });
+
+  it("gradients on the (emulated) cuda device are measured and scaled too", () => {
+    const r = runNode(
+      `const { Tensor, clipGradNorm } = await import(${JSON.stringify(distIndex)});
+      const t = Tensor.zeros([2], { device: "cuda" });
+      t.grad = Tensor.fromArray([3, 4], [2]).to("cuda");
+      console.log(JSON.stringify({ total: clipGradNorm([t], 1), device: t.grad.device, g: t.grad.toArray() }));`,
+      { NODE_PEFT_CUDA: "emu" },
+    );
+    expect(r.status, r.stderr).toBe(0);
+    const { total, device, g } = JSON.parse(r.stdout);
+    expect([total, device]).toEqual([5, "cuda"]);
+    expect(g).toEqual([Math.fround(3 / (5 + 1e-6)), Math.fround(4 / (5 + 1e-6))]);
   });
 
   it("bad arguments are coded errors", () => {
