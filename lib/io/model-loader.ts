@@ -25,8 +25,9 @@ export interface LoadProgress {
 }
 
 /**
- * Called once all of a module's own parameters are loaded (`path` is its place in the model). Returning a
- * different module replaces it there (the old one is disposed); null/undefined keeps it.
+ * Called once all of a module's own parameters are loaded (`path` is its place in the model; the root,
+ * which has no place to be replaced in, is not offered). Returning a different module replaces it there
+ * (the old one is disposed); null/undefined keeps it.
  */
 export type QuantizeHook = (module: Module, path: string) => Module | null | undefined | void;
 
