@@ -1,12 +1,14 @@
 #include "conv2d.h"
 
 #include <algorithm>
+#include <cstdlib>
 #include <cstring>
 #include <vector>
 
 #include "convert.h"
 #include "elem.h"
 #include "gemm.h"
+#include "isa.h"
 #include "nn_kernels.h"
 #include "parallel.h"
 
@@ -70,14 +72,19 @@ void im2col(const ConvGeom& g, const float* img, int64_t p0, int64_t p1, float* 
   const int64_t pc = p1 - p0;
   walk_patches(
       g, p0, p1,
+      // Runs are one output row long (tens of floats): inline loops, not library calls, per run.
       [&](int64_t row, int64_t col, int64_t src, int64_t n, int64_t step) {
         float* d = out + row * pc + col;
         const float* s = img + src;
-        if (step == 1) std::memcpy(d, s, sizeof(float) * static_cast<size_t>(n));
+        if (step == 1)
+          for (int64_t i = 0; i < n; i++) d[i] = s[i];
         else
           for (int64_t i = 0; i < n; i++) d[i] = s[i * step];
       },
-      [&](int64_t row, int64_t col, int64_t n) { std::memset(out + row * pc + col, 0, sizeof(float) * static_cast<size_t>(n)); });
+      [&](int64_t row, int64_t col, int64_t n) {
+        float* d = out + row * pc + col;
+        for (int64_t i = 0; i < n; i++) d[i] = 0.0f;
+      });
 }
 
 // The adjoint of im2col: adds the tile's columns back into the group's image gradient.
@@ -93,11 +100,17 @@ void col2im(const ConvGeom& g, const float* tile, int64_t p0, int64_t p1, float*
       [](int64_t, int64_t, int64_t) {});
 }
 
-// Output pixels per tile: the unfolded tile within 256 KiB (it stays in L2 while the GEMM reads it), and
-// enough tiles to keep every thread busy.
+// Output pixels per tile: the unfolded tile within half of L2 (it stays there while the GEMM reads it), at
+// most 512 columns (wider tiles gained nothing: the GEMM's B panels are read in place), and enough tiles to
+// keep every thread busy. The weight is the GEMM's A (OC/G rows): narrow tiles would repack it too often.
 int64_t tile_cols(const ConvGeom& g) {
   const int64_t P = g.P();
-  int64_t pc = g.pointwise() ? 1024 : std::max<int64_t>(64, (256 << 10) / (4 * std::max<int64_t>(1, g.kk())));
+  const int64_t budget = static_cast<int64_t>(cpu_features().l2_bytes) / 2;
+  static const int64_t cap = [] {
+    const char* e = std::getenv("NODE_PEFT_CONV_TILE");  // for tuning runs only
+    return e ? std::max<int64_t>(16, std::atoll(e)) : 512;
+  }();
+  int64_t pc = g.pointwise() ? cap : std::clamp<int64_t>(budget / (4 * std::max<int64_t>(1, g.kk())), 64, cap);
   const int64_t per_image = ceil_div(2 * num_threads(), std::max<int64_t>(1, g.N * g.G));
   if (per_image > 1) pc = std::min(pc, ceil_div(P, per_image));
   pc = ceil_div(std::max<int64_t>(pc, 16), 16) * 16;
