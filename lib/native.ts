@@ -116,6 +116,8 @@ export interface GemmTestOptions {
   b2?: NativeTensor | null;
   reference?: boolean;
   cacheB?: boolean;
+  colScale?: NativeTensor | null;
+  aScale?: NativeTensor | null;
 }
 
 const root = join(dirname(fileURLToPath(import.meta.url)), "..");

@@ -90,6 +90,34 @@ describe("_gemmTest: alpha, accumulate, transposes, fused extra k-steps, C round
     });
   }
 
+  it("a per-column output scale and a per-k scale of A (IA3's fused scales), with zeros and negatives, every path", () => {
+    const scales = (n: number, seed: number) => {
+      const r = rng(seed);
+      const v = Float64Array.from({ length: n }, (_, i) => (i % 5 === 3 ? 0 : 4 * r() - 2));
+      return { t: Tensor.fromArray(v, [n]), v: Tensor.fromArray(v, [n]).toFloat64Array() };
+    };
+    const cases: [number, number, number][] = [[1, 33, 17], [16, 257, 33], [33, 17, 127], [127, 1031, 40], [40, 2100, 33]];
+    cases.forEach(([M, K, N], s) => {
+      for (const out of FLOATS)
+        for (const transA of [false, true]) {
+          const adt = FLOATS[(s + Number(transA)) % 3], bdt = FLOATS[(s + 1) % 3];
+          const a = transA ? rand(K, M, adt, s + 10) : rand(M, K, adt, s + 10);
+          const b = rand(N, K, bdt, s + 20);
+          const bias = rand(1, N, "f32", s + 30), c0 = rand(M, N, out, s + 40);
+          const cs = scales(N, s + 50), ks = scales(K, s + 60);
+          for (const accumulate of [false, true]) {
+            const ref = gemmRef(a.m, b.m, { transA, transB: true, bias: bias.m.v, c: accumulate ? c0.m.v : null, colScale: cs.v, aScale: ks.v });
+            forEachIsa((isa) => {
+              const c = c0.t.to(out);
+              native._gemmTest(h(a.t), h(b.t), h(c), { transA, transB: true, accumulate, bias: h(bias.t.reshape([N])), colScale: h(cs.t), aScale: h(ks.t) });
+              check(c, ref, `${isa} M=${M} K=${K} N=${N} A ${adt}${transA ? "ᵀ" : ""} B ${bdt} C ${out} acc=${accumulate}`);
+              c.dispose();
+            });
+          }
+        }
+    });
+  });
+
   it("the fast paths agree with the reference path of the same hook", () => {
     const a = rand(65, 300, "bf16", 7), b = rand(300, 70, "bf16", 8);
     const ref = Tensor.zeros([65, 70], { dtype: "f32" });

@@ -32,7 +32,7 @@ using namespace gemm_detail;
 
 namespace {
 
-thread_local Scratch t_bias;
+thread_local Scratch t_bias, t_scale, t_ascaled;
 
 const KernelSet* select_kernels(const GemmArgs& g) {
   const KernelSet* ks = nullptr;
@@ -99,6 +99,15 @@ void gemm(const GemmArgs& g) {
   Plan pl;
   pl.ks = select_kernels(g);
   const KernelSet& ks = *pl.ks;
+  if (g.A.ks && ks.a != ALayout::F32) {
+    // Only the f32 A packers scale as they go; 16-bit A layouts (bf16 x bf16) take a scaled copy of A.
+    GemmArgs h = g;
+    float* a = static_cast<float*>(t_ascaled.get(sizeof(float) * std::max<int64_t>(1, g.M * g.K)));
+    for (int64_t i = 0; i < g.M; i++)
+      for (int64_t k = 0; k < g.K; k++) a[i * g.K + k] = load_f32(g.A.p, g.A.dt, i * g.A.rs + k * g.A.cs) * g.A.ks[k];
+    h.A = {a, DType::F32, g.K, 1};
+    return gemm(h);
+  }
   pl.Kp = round_up(std::max<int64_t>(g.K, 0), blayout_kalign(ks.b));
   pl.asz = alayout_size(ks.a);
   pl.csz = dtype_size(g.c_dt);
@@ -114,6 +123,11 @@ void gemm(const GemmArgs& g) {
     float* biasf = static_cast<float*>(t_bias.get(sizeof(float) * pl.panels * ks.nr));
     for (int64_t j = 0; j < pl.panels * ks.nr; j++) biasf[j] = j < g.N ? load_f32(g.bias, g.bias_dt, j) : 0.0f;
     pl.bias = biasf;
+  }
+  if (g.col_scale) {
+    float* s = static_cast<float*>(t_scale.get(sizeof(float) * pl.panels * ks.nr));
+    for (int64_t j = 0; j < pl.panels * ks.nr; j++) s[j] = j < g.N ? g.col_scale[j] : 0.0f;
+    pl.col_scale = s;
   }
 
   parallel_run(pl.threads, [&](int tid, int) {

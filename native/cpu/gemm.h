@@ -1,5 +1,5 @@
 // The CPU GEMM every dense product goes through (linear, matmul, LoRA, backward).
-// C[M,N] (=|+=) alpha * A[M,K]·B[K,N] (+ A2[M,R]·B2[R,N]) (+ bias[N]), f32 accumulation,
+// C[M,N] (=|+=) s[N] ⊙ (alpha * A[M,K]·B[K,N] (+ A2[M,R]·B2[R,N]) (+ bias[N])), f32 accumulation,
 // operands f32/bf16/f16 in any mix, C rounded once into its dtype.
 #pragma once
 #include <cstdint>
@@ -14,6 +14,8 @@ struct GemmMat {
   const void* p = nullptr;
   DType dt = DType::F32;
   int64_t rs = 0, cs = 0;
+  // A only: column k is multiplied by ks[k] (f32) as it is packed (IA3's input-side scale: no pass over x).
+  const float* ks = nullptr;
 };
 
 struct GemmArgs {
@@ -27,6 +29,9 @@ struct GemmArgs {
   bool accumulate = false;       // C += result (C read in c_dt, the sum rounded once)
   const void* bias = nullptr;    // length N, added once
   DType bias_dt = DType::F32;
+  // Length N (f32): C (=|+=) col_scale ⊙ (alpha·A·B + A2·B2 + bias), applied in the epilogue (IA3's
+  // output-side scale); an accumulated C is not scaled.
+  const float* col_scale = nullptr;
   // Extra rank-R k-steps applied on the same output tile (fused LoRA: [A, A2]·[B; B2]).
   int64_t R = 0;
   GemmMat A2;  // M x R

@@ -69,6 +69,11 @@ void finish_full(__m256 (&c)[M][2], const Tile& t) {
       for (int v = 0; v < 2; v++)
         for (int i = 0; i < M; i++) c[i][v] = _mm256_add_ps(c[i][v], _mm256_loadu_ps(t.bias + 8 * v));
   }
+  if (t.col_scale)
+    for (int v = 0; v < 2; v++) {
+      __m256 s = _mm256_loadu_ps(t.col_scale + 8 * v);
+      for (int i = 0; i < M; i++) c[i][v] = _mm256_mul_ps(c[i][v], s);
+    }
   for (int i = 0; i < M; i++) {
     for (int v = 0; v < 2; v++) {
       __m256 x = c[i][v];

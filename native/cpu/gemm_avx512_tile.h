@@ -163,6 +163,14 @@ __attribute__((always_inline)) inline void finish(__m512 (&c)[M][NV], const Tile
       }
     }
   }
+  if (t.col_scale) {
+#pragma GCC unroll 2
+    for (int v = 0; v < NV; v++) {
+      __m512 sv = _mm512_loadu_ps(t.col_scale + 16 * v);
+#pragma GCC unroll 32
+      for (int i = 0; i < M; i++) c[i][v] = _mm512_mul_ps(c[i][v], sv);
+    }
+  }
   const bool full = t.n == 16 * NV;
   if (t.c_dt == DType::F32) return full ? update_rows_f32<true>(c, t) : update_rows_f32<false>(c, t);
   alignas(64) float acc[M * NV * 16];

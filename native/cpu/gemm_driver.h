@@ -77,6 +77,7 @@ struct Plan {
   int64_t groups = 0, panels = 0;       // mr-row groups and nr-column panels of C
   size_t asz = 4, csz = 4;              // packed A and C element sizes
   const float* bias = nullptr;          // f32, padded to whole panels
+  const float* col_scale = nullptr;     // f32, padded to whole panels
 };
 
 // One thread's share: row groups [g0, g1) and panels [p0, p1) of C.

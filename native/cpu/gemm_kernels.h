@@ -39,7 +39,7 @@ enum TileFlags : unsigned { kFirst = 1, kLast = 2, kAccumulate = 4 };
 // `kr` extra k-steps from A2/B2 (f32; A2 laid out like an F32 group with row stride a2_stride, B2 like
 // an F32 panel of the set's nr columns).
 //
-// Result for each element: base + alpha*acc (+ extra + bias when kLast), where base is the
+// Result for each element: base + s·(alpha*acc (+ extra + bias when kLast)), s = col_scale or 1, where base is the
 // f32 partial p (not kFirst), or C read in c_dt (kFirst with kAccumulate), or 0. It is stored to C
 // rounded to c_dt when kLast, else to p as f32. p may alias C when C is f32.
 struct Tile {
@@ -58,6 +58,9 @@ struct Tile {
   int64_t ldp = 0;
   const float* bias = nullptr;  // f32, this tile's first column
   float alpha = 1.0f;
+  // f32, this tile's first column: every block's product (and, last, the extra k-steps and bias) is
+  // multiplied by it before the base is added (a per-column alpha).
+  const float* col_scale = nullptr;
   int m = 0, n = 0;  // valid rows and columns
   unsigned flags = 0;
   // The kernel prefetches towards L2 along pf, pf_step bytes per k-step (the lines at pf and pf + 64):

@@ -45,7 +45,8 @@ void pack_a_typed(ALayout l, const GemmMat& a, int64_t i0, int m, int ms, int64_
     float* d = static_cast<float*>(dst);
     std::memset(d, 0, sizeof(float) * ms * Kp);
     // A(i, k) -> d[k*ms + i]: the block is (k, i) with strides (cs, rs).
-    copy_block<S, float>(s, a.cs, a.rs, K, m, [&](int64_t k, int64_t i, float v) { d[k * ms + i] = v; });
+    if (a.ks) copy_block<S, float>(s, a.cs, a.rs, K, m, [&](int64_t k, int64_t i, float v) { d[k * ms + i] = v * a.ks[k]; });
+    else copy_block<S, float>(s, a.cs, a.rs, K, m, [&](int64_t k, int64_t i, float v) { d[k * ms + i] = v; });
   } else if (l == ALayout::BF16Pairs) {
     uint16_t* d = static_cast<uint16_t*>(dst);
     std::memset(d, 0, sizeof(uint16_t) * ms * Kp);

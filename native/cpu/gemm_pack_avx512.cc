@@ -63,13 +63,17 @@ inline __m512i load_units(const void* row, DType dt, bool pairs, int64_t u0, int
 // [0, K), transposed in blocks of 16 units: unit-row u of the result (16 dwords, one per source row)
 // goes to dst + u * dst_stride, masked by `store`, for u in [0, units).
 void transpose_rows(const char* base, int64_t stride, int rows, DType dt, bool pairs, int64_t K, int64_t units,
-                    uint32_t* dst, int64_t dst_stride, __mmask16 store) {
+                    uint32_t* dst, int64_t dst_stride, __mmask16 store, const float* kscale = nullptr) {
   const int64_t per = pairs ? 2 : 1;  // k-steps per unit
   for (int64_t u0 = 0; u0 < units; u0 += 16) {
     __m512i r[16];
     for (int i = 0; i < 16; i++) r[i] = i < rows ? load_units(base + i * stride, dt, pairs, u0, K - u0 * per) : _mm512_setzero_si512();
     transpose16(r);
     int64_t n = units - u0 < 16 ? units - u0 : 16;
+    // Units past K are zero already; their scale is never read.
+    if (kscale)
+      for (int64_t u = 0; u < n && u0 + u < K; u++)
+        r[u] = _mm512_castps_si512(_mm512_mul_ps(_mm512_castsi512_ps(r[u]), _mm512_set1_ps(kscale[u0 + u])));
     for (int64_t u = 0; u < n; u++) _mm512_mask_storeu_epi32(dst + (u0 + u) * dst_stride, store, r[u]);
   }
 }
@@ -78,11 +82,11 @@ void transpose_rows(const char* base, int64_t stride, int rows, DType dt, bool p
 
 void pack_a_group_avx512(ALayout l, const GemmMat& a, int64_t i0, int m, int ms, int64_t K, int64_t Kp, void* dst) {
   bool pairs = l == ALayout::BF16Pairs;
-  bool ok = a.cs == 1 && ms <= 16 && (l == ALayout::F32 || (pairs && a.dt == DType::BF16));
+  bool ok = a.cs == 1 && ms <= 16 && (l == ALayout::F32 || (pairs && a.dt == DType::BF16 && !a.ks));
   if (!ok) return pack_a_group(l, a, i0, m, ms, K, Kp, dst);
   const int64_t esz = static_cast<int64_t>(dtype_size(a.dt));
   transpose_rows(static_cast<const char*>(a.p) + i0 * a.rs * esz, a.rs * esz, m, a.dt, pairs, K, pairs ? Kp / 2 : Kp,
-                 static_cast<uint32_t*>(dst), ms, static_cast<__mmask16>((1u << ms) - 1));
+                 static_cast<uint32_t*>(dst), ms, static_cast<__mmask16>((1u << ms) - 1), a.ks);
 }
 
 // B with columns contiguous in k (a weight W[n][k] used as Wᵀ): each 32-column panel is two 16-row

@@ -77,6 +77,7 @@ class Part {
     a_k0_ = pc, a_len_ = kcb;
     GemmMat a = g_.A;
     a.p = static_cast<const char*>(g_.A.p) + pc * g_.A.cs * static_cast<int64_t>(dtype_size(g_.A.dt));
+    if (a.ks) a.ks += pc;
     int64_t k_real = std::clamp<int64_t>(g_.K - pc, 0, kcb);
     PackAFn pack = ks_.pack_a ? ks_.pack_a : pack_a_group;
     for (int64_t gi = 0; gi < gr.n; gi++)
@@ -175,6 +176,7 @@ class Part {
     if (use_partial_) t.p = part_ + (row - ic_) * ncols_ + (col - p0_ * nr), t.ldp = ncols_;
     else if (g_.c_dt == DType::F32) t.p = static_cast<float*>(t.c), t.ldp = g_.ldc;
     t.bias = pl_.bias ? pl_.bias + col : nullptr;
+    t.col_scale = pl_.col_scale ? pl_.col_scale + col : nullptr;
     t.alpha = g_.alpha;
     t.m = m;
     t.n = static_cast<int>(std::min<int64_t>(nr, g_.N - col));

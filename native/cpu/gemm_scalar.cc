@@ -16,6 +16,7 @@ void finish_tile_scalar(const float* acc, int64_t ld, const Tile& t, int nr) {
         for (int64_t r = 0; r < t.kr; r++) v += t.a2[r * t.a2_stride + i] * t.b2[r * nr + j];
         if (t.bias) v += t.bias[j];
       }
+      if (t.col_scale) v *= t.col_scale[j];
       if (!first) v += t.p[i * t.ldp + j];
       else if (t.flags & kAccumulate) v += load_f32(t.c, t.c_dt, i * t.ldc + j);
       if (last) store_f32(t.c, t.c_dt, i * t.ldc + j, v);

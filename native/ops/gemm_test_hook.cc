@@ -29,6 +29,8 @@ Napi::Value GemmTest(const Napi::CallbackInfo& info) {
   bool ta = opt_bool(o, "transA", op), tb = opt_bool(o, "transB", op);
   const Tensor* bias = opt_tensor(o, "bias", op);
   const Tensor* a2 = opt_tensor(o, "a2", op);
+  const Tensor* col_scale = opt_tensor(o, "colScale", op);  // f32 (N): the epilogue's per-column scale
+  const Tensor* a_scale = opt_tensor(o, "aScale", op);      // f32 (K): A's columns scaled as packed
   const Tensor* b2 = opt_tensor(o, "b2", op);
   for (auto [t, name] : {std::pair{&a, "a"}, {&b, "b"}, {&c, "c"}, {a2, "a2"}, {b2, "b2"}}) {
     if (!t) continue;
@@ -42,6 +44,8 @@ Napi::Value GemmTest(const Napi::CallbackInfo& info) {
   int64_t M = c.dim(0), N = c.dim(1), K = ta ? a.dim(0) : a.dim(1), R = a2 ? a2->dim(1) : 0;
   bool ok = (ta ? a.dim(1) : a.dim(0)) == M && (tb ? b.dim(1) : b.dim(0)) == K && (tb ? b.dim(0) : b.dim(1)) == N;
   if (bias) ok = ok && bias->ndim() == 1 && bias->dim(0) == N;
+  if (col_scale) ok = ok && col_scale->dtype == DType::F32 && col_scale->ndim() == 1 && col_scale->dim(0) == N;
+  if (a_scale) ok = ok && a_scale->dtype == DType::F32 && a_scale->ndim() == 1 && a_scale->dim(0) == K;
   if (a2) ok = ok && a2->dim(0) == M && b2->dim(0) == R && b2->dim(1) == N;
   if (!ok)
     fail("ERR_SHAPE", cat(op, ": shapes do not compose: a ", shape_str(a.shape), ta ? "ᵀ" : "", ", b ", shape_str(b.shape),
@@ -55,6 +59,8 @@ Napi::Value GemmTest(const Napi::CallbackInfo& info) {
   if (!alpha.IsUndefined()) g.alpha = static_cast<float>(arg_number(alpha, op, "alpha"));
   g.accumulate = opt_bool(o, "accumulate", op);
   if (bias) g.bias = bias->data(), g.bias_dt = bias->dtype;
+  if (col_scale) g.col_scale = col_scale->ptr<float>();
+  if (a_scale) g.A.ks = a_scale->ptr<float>();
   if (a2) g.A2 = {a2->data(), a2->dtype, R, 1}, g.B2 = {b2->data(), b2->dtype, N, 1};
   if (opt_bool(o, "cacheB", op)) g.b_cache = b.storage.get();
   if (opt_bool(o, "reference", op)) gemm_reference(g);

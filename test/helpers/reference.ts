@@ -18,10 +18,14 @@ export interface GemmRefOptions {
   b2?: Mat | null;
   /** C's previous values (accumulate). */
   c?: ArrayLike<number> | null;
+  /** Per column of C: multiplies alpha·A·B + A2·B2 + bias (not C's previous values). */
+  colScale?: ArrayLike<number> | null;
+  /** Per k: multiplies column k of op(A). */
+  aScale?: ArrayLike<number> | null;
 }
 
 /**
- * value = alpha·op(A)·op(B) + A2·B2 + bias + C in float64, with `mag` = the same sum over absolute values
+ * value = s ⊙ (alpha·op(A·diag(aScale))·op(B) + A2·B2 + bias) + C in float64 (s = colScale or 1), with `mag` = the same sum over absolute values
  * (what the f32 roundings act on) and `steps` = the number of k-steps per output (K + R).
  */
 export function gemmRef(a: Mat, b: Mat, o: GemmRefOptions = {}): { value: Float64Array; mag: Float64Array; M: number; N: number; steps: number } {
@@ -34,7 +38,7 @@ export function gemmRef(a: Mat, b: Mat, o: GemmRefOptions = {}): { value: Float6
   const value = new Float64Array(M * N), mag = new Float64Array(M * N);
   const arow = new Float64Array(K);
   for (let i = 0; i < M; i++) {
-    for (let k = 0; k < K; k++) arow[k] = A(i, k);
+    for (let k = 0; k < K; k++) arow[k] = A(i, k) * (o.aScale ? o.aScale[k] : 1);
     for (let j = 0; j < N; j++) {
       let s = 0, m = 0;
       for (let k = 0; k < K; k++) {
@@ -50,12 +54,14 @@ export function gemmRef(a: Mat, b: Mat, o: GemmRefOptions = {}): { value: Float6
         m += Math.abs(p);
       }
       if (o.bias) (s += o.bias[j]), (m += Math.abs(o.bias[j]));
+      if (o.colScale) (s *= o.colScale[j]), (m *= Math.abs(o.colScale[j]));
       if (o.c) (s += o.c[i * N + j]), (m += Math.abs(o.c[i * N + j]));
       value[i * N + j] = s;
       mag[i * N + j] = m;
     }
   }
-  return { value, mag, M, N, steps: K + R };
+  // A scaled A element is rounded once more before its product: one more step's worth of error.
+  return { value, mag, M, N, steps: K + R + (o.aScale ? 1 : 0) + (o.colScale ? 1 : 0) };
 }
 
 /**
