@@ -40,11 +40,3 @@ export function colMajorOf(rowMajor: ArrayLike<number>, r: number, c: number): C
   }
   return { m: r, n: c, data: out };
 }
-
-/** Whether every entry is finite (factorizations of NaN or ±Inf never converge to anything meaningful). */
-export function allFinite(a: ArrayLike<number>): boolean {
-  // x - x is 0 for every finite x and NaN for NaN and ±Inf; cheaper than Number.isFinite per entry.
-  let bad = 0;
-  for (let i = 0; i < a.length; i++) bad += a[i] - a[i];
-  return bad === 0;
-}

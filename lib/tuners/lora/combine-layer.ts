@@ -5,7 +5,7 @@ import { Tensor } from "../../tensor.js";
 import { matmul } from "../../ops.js";
 import { scaleInPlace } from "../../kernels.js";
 import { peftError } from "../../errors.js";
-import { allFinite, type ColMat } from "../../linalg/dense.js";
+import type { ColMat } from "../../linalg/dense.js";
 import { exactSvd, lowRankSvd, type TruncatedSvd } from "../../linalg/low-rank-svd.js";
 import { randomizedSvd } from "../../linalg/randomized-svd.js";
 import { factorLayoutOf, type FactorMatrices } from "./factor-layout.js";
@@ -131,7 +131,7 @@ function factoredSvd(sources: Source[], rank: number): TruncatedSvd {
   for (const s of sources) {
     const { a, b, r } = s.f;
     const c = svdCoef(s);
-    for (let j = 0; j < r; j++) for (let i = 0; i < m; i++) L.data[(col + j) * m + i] = b[i * r + j];
+    for (let i = 0; i < m; i++) for (let j = 0; j < r; j++) L.data[(col + j) * m + i] = b[i * r + j];
     // A's rows are M's columns, already contiguous.
     for (let i = 0; i < r * n; i++) M.data[col * n + i] = c * a[i];
     col += r;
@@ -150,8 +150,8 @@ function fullDeltaSvd(sources: Source[], spec: CombineSpec, m: number, n: number
   });
   using delta = Tensor.zeros([m, n]);
   const out = delta.view() as Float32Array;
-  mergeTasks(tasks, sources.map((s) => s.weight * s.scaling), out, RULES[spec.type].sign ? spec.majoritySignMethod : undefined);
-  if (!allFinite(out)) throw peftError("ERR_STATE", `addWeightedAdapter: the combined delta of ${where} has NaN or infinite entries; it has no SVD`);
+  const finite = mergeTasks(tasks, sources.map((s) => s.weight * s.scaling), out, RULES[spec.type].sign ? spec.majoritySignMethod : undefined);
+  if (!finite) throw peftError("ERR_STATE", `addWeightedAdapter: the combined delta of ${where} has NaN or infinite entries; it has no SVD`);
   // Drawn either way, so a seed gives the same DARE masks with either method.
   const rng = spec.draw();
   return spec.svdMethod === "exact" ? exactSvd(out, m, n, spec.rank) : randomizedSvd(delta, spec.rank, { rng });

@@ -18,7 +18,7 @@ export interface FactorMatrices {
 }
 
 export interface FactorLayout {
-  /** The adapter's factors as matrices. */
+  /** The adapter's factors as matrices, in fresh arrays (the combination prunes them in place). */
   read(layer: LoraLayer, adapter: string): FactorMatrices;
   /**
    * Stores matrices A (k, n) and B (m, k) (row-major, k ≤ the adapter's r) as the adapter's factors; rows of
