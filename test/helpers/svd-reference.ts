@@ -51,13 +51,9 @@ export function product(s: KnownSvd, k = s.sigma.length): Float64Array {
 
 /** Row-major m × n product of U·S (m × k, column-major) and V (n × k, column-major): U·S·Vh. */
 export function usvh(us: Float64Array, v: Float64Array, m: number, n: number, k: number): Float64Array {
-  const out = new Float64Array(m * n);
-  for (let j = 0; j < k; j++)
-    for (let i = 0; i < m; i++) {
-      const a = us[j * m + i];
-      for (let c = 0; c < n; c++) out[i * n + c] += a * v[j * n + c];
-    }
-  return out;
+  const usRows = new Float64Array(m * k);
+  for (let j = 0; j < k; j++) for (let i = 0; i < m; i++) usRows[i * k + j] = us[j * m + i];
+  return matmul64(usRows, v, m, k, n); // V column-major (n × k) is Vh row-major (k × n)
 }
 
 export function maxAbsDiff(a: ArrayLike<number>, b: ArrayLike<number>): number {
