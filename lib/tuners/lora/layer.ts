@@ -4,11 +4,14 @@ import { Tensor } from "../../tensor.js";
 import { native, type NativeTensor } from "../../native.js";
 import { linearGradWeight, matmul } from "../../ops.js";
 import { scaleInPlace, sumRows } from "../../kernels.js";
-import { clip, describe, isArray, optionsArg, peftError, shownValue, stringsArg, typeError } from "../../errors.js";
+import { describe, peftError, shownValue, typeError } from "../../errors.js";
 import { takeRng } from "../../random.js";
 import { applyLoraDeltas, type LoraDelta } from "./delta.js";
 import { Module, ModuleDict, Linear, Conv1D, gradOf, type BackwardOptions } from "../../nn/index.js";
 import { record, wantsGrad } from "../../autograd/record.js";
+import { BaseTunerLayer, adapterNameArg, warnOnce, type MergeOptions } from "../tuner-layer.js";
+
+export { warnOnce, type MergeOptions };
 
 type Rng = Map<string, { seed: number; stream: number }>;
 
@@ -20,11 +23,6 @@ export interface LoraLayerOptions {
   useRslora?: boolean;
   initLoraWeights?: boolean | "gaussian";
   fanInFanOut?: boolean;
-}
-
-export interface MergeOptions {
-  safeMerge?: boolean;
-  adapterNames?: string[];
 }
 
 /** PEFT's reset_lora_parameters for an A/B pair already drawn as PyTorch's layer init draws them. */
@@ -39,16 +37,8 @@ export function initAdapter(A: Tensor, B: Tensor, r: number, init: boolean | "ga
   }
 }
 
-const warned = new Set<string>();
-export function warnOnce(code: string, msg: string): void {
-  if (warned.has(msg)) return;
-  warned.add(msg);
-  process.emitWarning(msg, { code });
-}
-
 /** The contract every LoRA layer follows (custom layers for user module types extend it too). */
-export abstract class LoraLayer extends Module {
-  baseLayer: Module;
+export abstract class LoraLayer extends BaseTunerLayer {
   readonly loraA: ModuleDict;
   readonly loraB: ModuleDict;
   // Per-adapter settings keyed by user-chosen names: null-prototype records, so no name reaches Object.prototype.
@@ -56,32 +46,19 @@ export abstract class LoraLayer extends Module {
   readonly loraAlpha: Record<string, number> = Object.create(null);
   readonly scaling: Record<string, number> = Object.create(null);
   readonly loraDropout: Record<string, number> = Object.create(null);
-  readonly mergedAdapters: string[] = [];
-  #active: string[] = [];
-  #disabled = false;
 
   constructor(baseLayer: Module) {
-    super();
-    if (!(baseLayer instanceof Module)) throw typeError(`${new.target.name}: the base layer must be a Module`);
-    this.baseLayer = this.registerModule("base_layer", baseLayer);
+    super(baseLayer);
     this.loraA = this.registerModule("lora_A", new ModuleDict());
     this.loraB = this.registerModule("lora_B", new ModuleDict());
   }
 
+  protected get methodName(): string {
+    return "LoRA";
+  }
+
   /** (in, out) features of the base layer. */
   protected abstract features(): [number, number];
-
-  get activeAdapters(): string[] {
-    return [...this.#active];
-  }
-
-  get merged(): boolean {
-    return this.mergedAdapters.length > 0;
-  }
-
-  get disabled(): boolean {
-    return this.#disabled;
-  }
 
   get adapterNames(): string[] {
     return this.loraA.keys();
@@ -110,6 +87,11 @@ export abstract class LoraLayer extends Module {
     this.loraB.delete(name);
   }
 
+  protected removeAdapter(name: string): void {
+    this.removeAdapterWeights(name);
+    delete this.r[name], delete this.loraAlpha[name], delete this.scaling[name], delete this.loraDropout[name];
+  }
+
   /** The adapter's tensors under PEFT's names relative to the layer ("lora_A.weight", ...), for state dicts. */
   adapterStateEntries(name: string): [string, Tensor][] {
     const out: [string, Tensor][] = [];
@@ -121,8 +103,7 @@ export abstract class LoraLayer extends Module {
   /** Adds (or replaces) an adapter; the first one added becomes active. */
   updateLayer(opts: LoraLayerOptions): void {
     if (opts === null || typeof opts !== "object") throw typeError(`${this.constructor.name}.updateLayer: options must be an object`);
-    const name = opts.adapterName ?? "default";
-    if (typeof name !== "string" || !name || name.includes(".")) throw peftError("ERR_CONFIG", `LoRA: adapter name must be a non-empty string without ".", got ${shownValue(name)}`);
+    const name = adapterNameArg(opts.adapterName ?? "default", "LoRA");
     const what = `LoRA adapter ${shownValue(name)}`;
     const { r } = opts;
     if (typeof r !== "number" || !Number.isSafeInteger(r) || r <= 0)
@@ -136,58 +117,14 @@ export abstract class LoraLayer extends Module {
     if (init !== true && init !== false && init !== "gaussian")
       throw peftError("ERR_UNSUPPORTED", `${what}: initLoraWeights ${shownValue(init)} is not supported (true, false or "gaussian")`);
     this.checkRank(r, what);
-    if (this.adapterNames.includes(name)) this.#dropAdapter(name);
+    if (this.adapterNames.includes(name)) this.dropAdapter(name);
     this.createAdapterWeights(name, r, init);
     this.r[name] = r;
     this.loraAlpha[name] = alpha;
     this.scaling[name] = opts.useRslora ? alpha / Math.sqrt(r) : alpha / r;
     this.loraDropout[name] = p;
-    this.setAdapter(this.#active.length ? this.#active : [name], { allowMissing: true });
-  }
-
-  /**
-   * Activates adapters (trainable) and freezes the others, as PEFT's set_adapter. With `allowMissing` (the model
-   * sets its adapters on every layer) names this layer lacks are kept as active but have no effect here.
-   */
-  setAdapter(names: string | string[], options: { allowMissing?: boolean } = {}): void {
-    const opts = optionsArg(options, "setAdapter");
-    if (typeof names !== "string" && !isArray(names)) throw typeError(`setAdapter: expected an adapter name or an array of names, got ${describe(names)}`);
-    const list = typeof names === "string" ? [names] : stringsArg(names, "setAdapter", "names");
-    if (!opts.allowMissing) for (const n of list) if (!this.adapterNames.includes(n)) throw this.#unknown(n);
-    for (const n of this.adapterNames) {
-      const on = list.includes(n);
-      this.#weights(n).forEach((w) => (w.requiresGrad = on));
-    }
-    this.#active = [...list];
-  }
-
-  /** false: the layer computes exactly its base output, adapters frozen; true: back to the active adapters. */
-  enableAdapters(enabled: boolean): void {
-    if (typeof enabled !== "boolean") throw typeError("enableAdapters: expected a boolean");
-    if (enabled) {
-      this.setAdapter(this.#active, { allowMissing: true });
-      this.#disabled = false;
-    } else {
-      for (const n of this.adapterNames) this.#weights(n).forEach((w) => (w.requiresGrad = false));
-      this.#disabled = true;
-    }
-  }
-
-  deleteAdapter(name: string): void {
-    if (!this.adapterNames.includes(name)) throw this.#unknown(name);
-    if (this.mergedAdapters.includes(name)) throw peftError("ERR_STATE", `deleteAdapter(${shownValue(name)}): the adapter is merged; unmerge first`);
-    this.#dropAdapter(name);
-    this.#active = this.#active.filter((n) => n !== name);
-    if (!this.#active.length && this.adapterNames.length) this.setAdapter(this.adapterNames[0]);
-  }
-
-  #dropAdapter(name: string): void {
-    this.#weights(name).forEach((w) => {
-      w.grad?.dispose();
-      w.dispose();
-    });
-    this.removeAdapterWeights(name);
-    delete this.r[name], delete this.loraAlpha[name], delete this.scaling[name], delete this.loraDropout[name];
+    const active = this.activeAdapters;
+    this.setAdapter(active.length ? active : [name], { allowMissing: true });
   }
 
   /**
@@ -195,7 +132,7 @@ export abstract class LoraLayer extends Module {
    * PEFT's 4-D shapes; the embedding PEFT's lora_embedding_A (r, num) and lora_embedding_B (dim, r)).
    */
   loraFactors(name: string): { A: Tensor; B: Tensor } {
-    if (!this.adapterNames.includes(name)) throw this.#unknown(name);
+    if (!this.adapterNames.includes(name)) throw this.unknownAdapter(name);
     return this.loraWeights(name);
   }
 
@@ -203,25 +140,9 @@ export abstract class LoraLayer extends Module {
     return { A: (this.loraA.get(name) as Linear).weight, B: (this.loraB.get(name) as Linear).weight };
   }
 
-  #weights(name: string): Tensor[] {
+  protected adapterParameters(name: string): Tensor[] {
     const { A, B } = this.loraWeights(name);
     return [A, B];
-  }
-
-  #unknown(name: unknown) {
-    return peftError("ERR_CONFIG", `LoRA: unknown adapter ${shownValue(name)}; this layer has ${clip(this.adapterNames.map((n) => `"${n}"`).join(", "), 200) || "none"}`);
-  }
-
-  /** Adapters of `opts.adapterNames` (default: the active ones), checked. */
-  protected pickAdapters(names: string[] | undefined | null): string[] {
-    const list = names === undefined || names === null ? this.#active : stringsArg(names, "merge", "adapterNames");
-    for (const n of list) if (!this.adapterNames.includes(n)) throw this.#unknown(n);
-    return list;
-  }
-
-  /** Merging refused for this layer (a reason), or null. */
-  protected mergeRefusal(): string | null {
-    return null;
   }
 
   /** t as a matrix (rows = its first dimension): t itself when 2-D, else a view that `keep` collects for disposal. */
@@ -243,37 +164,8 @@ export abstract class LoraLayer extends Module {
     return { weight: this.flat(base.weight, keep), deltas, weightInOut: false };
   }
 
-  /** W += Σ scale·B·A in place, one pass over W; already merged adapters are skipped with a warning. */
-  merge(options: MergeOptions = {}): void {
-    const opts = optionsArg(options, "merge");
-    const names = this.pickAdapters(opts.adapterNames);
-    const already = names.filter((n) => this.mergedAdapters.includes(n));
-    if (already.length)
-      warnOnce("PEFT_ALREADY_MERGED", `Already following adapters were merged ${already.join(",")}. You are now additionally merging ${names.filter((n) => !already.includes(n)).join(",")}.`);
-    const todo = names.filter((n) => !already.includes(n));
-    if (!todo.length) return;
-    this.#applyMerge(todo, opts.safeMerge === true, false);
-    this.mergedAdapters.push(...todo);
-    this.releaseSaved();
-  }
-
-  /**
-   * Throws what merge({safeMerge: true}) would, without changing any weight: a model checks every layer
-   * before it merges any, so a broken adapter leaves the whole model as it was.
-   */
-  checkMerge(opts: MergeOptions = {}): void {
-    const todo = this.pickAdapters(optionsArg(opts, "checkMerge").adapterNames).filter((n) => !this.mergedAdapters.includes(n));
-    if (todo.length) this.#applyMerge(todo, true, true);
-  }
-
-  #applyMerge(todo: string[], safe: boolean, checkOnly: boolean): void {
-    const refusal = this.mergeRefusal();
-    if (refusal) throw peftError("ERR_UNSUPPORTED", `${this.describe()}: ${refusal}`);
-    const bad = this.#apply(todo, 1, safe, checkOnly);
-    if (bad >= 0) throw peftError("ERR_STATE", `NaNs detected in the merged weights. The adapter ${todo[bad]} seems to be broken`);
-  }
-
-  #apply(names: string[], sign: 1 | -1, safe: boolean, checkOnly: boolean): number {
+  /** W ± Σ scale·B·A in place, one pass over W. */
+  protected applyMerge(names: string[], sign: 1 | -1, safe: boolean, checkOnly: boolean): number {
     const keep: Tensor[] = [];
     try {
       const { weight, deltas, weightInOut } = this.mergeOperands(names, keep);
@@ -281,16 +173,6 @@ export abstract class LoraLayer extends Module {
     } finally {
       keep.forEach((t) => t.dispose());
     }
-  }
-
-  /** W -= Σ scale·B·A for every merged adapter (latest first), one pass over W. */
-  unmerge(): void {
-    if (!this.merged) {
-      warnOnce("PEFT_NOT_MERGED", "Already unmerged. Nothing to do.");
-      return;
-    }
-    this.#apply([...this.mergedAdapters].reverse(), -1, false, false);
-    this.mergedAdapters.length = 0;
   }
 
   /** scale·B·A (f32) in the base weight's layout and shape. */
@@ -314,12 +196,6 @@ export abstract class LoraLayer extends Module {
       keep.forEach((t) => t.dispose());
     }
   }
-
-
-  override extraRepr(): string {
-    return "";
-  }
-
 }
 
 /** The native adapter descriptor of one adapter: A (r, K) and B (N, r) as 2-D views. */
