@@ -339,6 +339,7 @@ describe("addWeightedAdapter: bad arguments are coded errors naming the method",
     ["an unknown sign method", () => m.addWeightedAdapter(["a", "b"], [1, 1], "n", { majoritySignMethod: "mean" as never }), "ERR_CONFIG"],
     ["svdFullMatrices not a boolean", () => m.addWeightedAdapter(["a", "b"], [1, 1], "n", { svdFullMatrices: 1 as never }), "ERR_INVALID_ARG_TYPE"],
     ["an unknown svdMethod", () => m.addWeightedAdapter(["a", "b"], [1, 1], "n", { svdMethod: "lanczos" as never }), "ERR_CONFIG"],
+    ["a snake_case option", () => m.addWeightedAdapter(["a", "b"], [1, 1], "n", { combination_type: "cat" } as never), "ERR_CONFIG"],
     ["a negative seed", () => m.addWeightedAdapter(["a", "b"], [1, 1], "n", { seed: -1 }), "ERR_OUT_OF_RANGE"],
   ];
   for (const [name, fn, code] of cases)

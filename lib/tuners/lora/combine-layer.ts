@@ -176,7 +176,7 @@ function factorsOfSvd(svd: TruncatedSvd, clamp: number | null): { a: Float64Arra
 }
 
 /** torch.quantile's default (linear interpolation between the two nearest ranks) over several arrays. */
-export function quantile(parts: Float64Array[], q: number): number {
+function quantile(parts: Float64Array[], q: number): number {
   const all = new Float64Array(parts.reduce((acc, p) => acc + p.length, 0));
   let o = 0;
   for (const p of parts) all.set(p, o), (o += p.length);

@@ -100,8 +100,13 @@ type Options = Required<Pick<WeightedAdapterOptions, "combinationType" | "majori
   seed: number | undefined;
 };
 
+const OPTION_KEYS = ["combinationType", "svdRank", "svdClamp", "svdFullMatrices", "density", "majoritySignMethod", "svdMethod", "seed"];
+
 function readOptions(options: WeightedAdapterOptions | undefined): Options {
   const o = optionsArg(options, OP);
+  // A misspelt or snake_case key would otherwise be ignored and the defaults used in silence.
+  for (const key of Object.keys(o))
+    if (!OPTION_KEYS.includes(key)) throw peftError("ERR_CONFIG", `${OP}: unknown option ${shownValue(key)}; the options are ${OPTION_KEYS.join(", ")}`);
   const oneOf = <T extends string>(name: string, v: unknown, allowed: readonly T[], dflt: T): T => {
     if (v === undefined) return dflt;
     if (typeof v !== "string") throw typeError(`${OP}: ${name} must be a string, got ${describe(v)}`);
