@@ -56,6 +56,11 @@ export interface NativeAddon {
   loraConv2dForward(x: NativeTensor, w: NativeTensor, b: NativeTensor | null, geometry: number[], adapters: object[]): [NativeTensor, NativeTensor];
   loraConv2dBackward(dy: NativeTensor, x: NativeTensor, w: NativeTensor, geometry: number[], adapters: object[], T: NativeTensor, wantDx: boolean,
     dW: NativeTensor | null, db: NativeTensor | null): NativeTensor | null;
+  // IA3 on a dense layer: l (f32) scales x's K features (inputSide) or y's N outputs; saveUnscaled (output
+  // side) also returns y0 = x·Wᵀ + b for dl. Backward accumulates dW, db, dl (null: not wanted).
+  ia3Forward(x: NativeTensor, w: NativeTensor, b: NativeTensor | null, weightInOut: boolean, l: NativeTensor, inputSide: boolean, saveUnscaled: boolean): NativeTensor | [NativeTensor, NativeTensor];
+  ia3Backward(dy: NativeTensor, x: NativeTensor, w: NativeTensor, b: null, weightInOut: boolean, l: NativeTensor, inputSide: boolean, y0: NativeTensor | null,
+    wantDx: boolean, dW: NativeTensor | null, db: NativeTensor | null, dl: NativeTensor | null): NativeTensor | null;
   activation(kind: string, x: NativeTensor): NativeTensor;
   activationBackward(kind: string, x: NativeTensor, dy: NativeTensor): NativeTensor;
   logSoftmax(x: NativeTensor): NativeTensor;

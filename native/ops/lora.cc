@@ -23,6 +23,8 @@ void require_shape(const Tensor& t, const Shape& want, const char* op, const std
   if (t.shape != want) fail("ERR_SHAPE", cat(op, ": ", name, " must have shape ", shape_str(want), ", got ", shape_str(t.shape)));
 }
 
+}  // namespace
+
 // The base layer: x (…, K), W (N, K) or (K, N), optional bias (N).
 DenseView dense_args(const Napi::CallbackInfo& info, const Tensor& x, int wi, const char* op) {
   const Tensor& w = TensorHandle::From(info[wi], op, "weight");
@@ -52,8 +54,6 @@ DenseView dense_args(const Napi::CallbackInfo& info, const Tensor& x, int wi, co
   d.W = w.data(), d.w_dt = w.dtype, d.w_in_out = in_out, d.w_cache = w.storage.get();
   return d;
 }
-
-}  // namespace
 
 // adapters[i] = {A (r, K), B (N, r), scale, p, seed, stream, dA?, dB?}
 std::vector<AdapterView> adapter_args(const Napi::Value& v, int64_t K, int64_t N, bool grads, const char* op) {

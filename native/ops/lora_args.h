@@ -1,4 +1,4 @@
-// The adapters argument of the LoRA ops (dense and convolutional), parsed and checked in one place.
+// The arguments the adapter ops share (LoRA dense and convolutional, IA3), parsed and checked in one place.
 #pragma once
 #include <napi.h>
 
@@ -7,6 +7,12 @@
 #include "../cpu/lora.h"
 
 namespace peft {
+
+struct Tensor;
+
+// info[wi], info[wi + 1], info[wi + 2]: the base layer's weight (N, K) or (K, N), optional bias (N) and the
+// weightInOut flag, checked against x (…, K); host tensors only.
+DenseView dense_args(const Napi::CallbackInfo& info, const Tensor& x, int wi, const char* op);
 
 // adapters[i] = {A (r, K), B (N, r), scale, p, seed, stream[, dA, dB when grads]}; ERR_SHAPE/ERR_DTYPE/RangeError
 // naming `op` and the adapter on bad input.

@@ -1,0 +1,159 @@
+#include "ia3.h"
+
+#include <memory>
+#include <vector>
+
+#include "convert.h"
+#include "elem.h"
+#include "gemm.h"
+#include "nn_kernels.h"
+#include "parallel.h"
+
+namespace peft {
+namespace {
+
+GemmMat rows(const void* p, DType dt, int64_t ld) { return {p, dt, ld, 1}; }
+GemmMat cols(const void* p, DType dt, int64_t ld) { return {p, dt, 1, ld}; }  // the transpose of a row-major matrix
+
+GemmMat weight_as_kn(const DenseView& d) { return d.w_in_out ? rows(d.W, d.w_dt, d.N) : cols(d.W, d.w_dt, d.K); }
+GemmMat weight_as_nk(const DenseView& d) { return d.w_in_out ? cols(d.W, d.w_dt, d.N) : rows(d.W, d.w_dt, d.K); }
+
+// out[j] += Σ_i a[i, j]·b[i, j] over rows of two (rows, cols) matrices (dl's reductions), in f64 per
+// column block so the sum does not depend on how rows are split.
+void column_dots(const void* a, DType adt, const void* b, DType bdt, int64_t R, int64_t C, float* out) {
+  parallel_for(C, 64, [&](int64_t j0, int64_t j1) {
+    std::vector<double> acc(static_cast<size_t>(j1 - j0), 0.0);
+    std::vector<float> ra(static_cast<size_t>(j1 - j0)), rb(static_cast<size_t>(j1 - j0));
+    for (int64_t i = 0; i < R; i++) {
+      convert_cpu(static_cast<const char*>(a) + (i * C + j0) * dtype_size(adt), adt, ra.data(), DType::F32, j1 - j0);
+      convert_cpu(static_cast<const char*>(b) + (i * C + j0) * dtype_size(bdt), bdt, rb.data(), DType::F32, j1 - j0);
+      for (int64_t j = 0; j < j1 - j0; j++) acc[j] += static_cast<double>(ra[j]) * rb[j];
+    }
+    for (int64_t j = j0; j < j1; j++) out[j] += static_cast<float>(acc[j - j0]);
+  });
+}
+
+// m (rows, cols) with column j scaled by l[j], as an f32 copy (the rare layouts the GEMM cannot scale in place).
+std::unique_ptr<float[]> scaled_columns(const void* m, DType dt, int64_t R, int64_t C, const float* l) {
+  std::unique_ptr<float[]> out(new float[static_cast<size_t>(std::max<int64_t>(R * C, 1))]);
+  convert_cpu(m, dt, out.get(), DType::F32, R * C);
+  for (int64_t i = 0; i < R; i++)
+    for (int64_t j = 0; j < C; j++) out[i * C + j] *= l[j];
+  return out;
+}
+
+}  // namespace
+
+void ia3_forward_cpu(const DenseView& d, const Ia3Scale& s, void* y, DType y_dt, void* y0, DType y0_dt) {
+  if (d.M == 0 || d.N == 0) return;
+  GemmArgs g;
+  g.M = d.M, g.N = d.N, g.K = d.K;
+  g.A = rows(d.x, d.x_dt, d.K);
+  g.B = weight_as_kn(d);
+  g.b_cache = d.w_cache;
+  g.bias = d.bias, g.bias_dt = d.bias_dt;
+  g.ldc = d.N;
+  if (s.input_side) g.A.ks = s.l;
+  if (!s.input_side && !y0) g.col_scale = s.l;
+  g.C = y0 ? y0 : y, g.c_dt = y0 ? y0_dt : y_dt;
+  gemm(g);
+  if (!y0) return;
+  // Training on the output side: y = y0 ⊙ l from the saved unscaled output.
+  parallel_for(d.M, 16, [&](int64_t i0, int64_t i1) {
+    std::vector<float> row(static_cast<size_t>(d.N));
+    for (int64_t i = i0; i < i1; i++) {
+      convert_cpu(static_cast<const char*>(y0) + i * d.N * dtype_size(y0_dt), y0_dt, row.data(), DType::F32, d.N);
+      for (int64_t j = 0; j < d.N; j++) row[j] *= s.l[j];
+      convert_cpu(row.data(), DType::F32, static_cast<char*>(y) + i * d.N * dtype_size(y_dt), y_dt, d.N);
+    }
+  });
+}
+
+void ia3_backward_cpu(const DenseView& d, const Ia3Scale& s, const void* dy, DType dy_dt, const void* y0, DType y0_dt, void* dx,
+                      DType dx_dt, void* dW, DType dW_dt, void* db, DType db_dt, float* dl) {
+  const int64_t M = d.M, K = d.K, N = d.N;
+  if (s.input_side) {
+    // y = (x ⊙ l)·Wᵀ + b: g = dy·W; dx = g ⊙ l; dl = Σ_rows x ⊙ g.
+    if (dl && M > 0) {
+      std::unique_ptr<float[]> gbuf(new float[static_cast<size_t>(std::max<int64_t>(M * K, 1))]);
+      GemmArgs g;
+      g.M = M, g.N = K, g.K = N;
+      g.A = rows(dy, dy_dt, N);
+      g.B = weight_as_nk(d);
+      g.C = gbuf.get(), g.ldc = K;
+      gemm(g);
+      column_dots(d.x, d.x_dt, gbuf.get(), DType::F32, M, K, dl);
+      if (dx) {
+        for (int64_t i = 0; i < M; i++)
+          for (int64_t k = 0; k < K; k++) gbuf[i * K + k] *= s.l[k];
+        convert_cpu(gbuf.get(), DType::F32, dx, dx_dt, M * K);
+      }
+    } else if (dx) {
+      GemmArgs g;
+      g.M = M, g.N = K, g.K = N;
+      g.A = rows(dy, dy_dt, N);
+      g.B = weight_as_nk(d);
+      g.col_scale = s.l;
+      g.C = dx, g.c_dt = dx_dt, g.ldc = K;
+      gemm(g);
+    }
+    if (dW) {  // dW += dyᵀ·(x ⊙ l): l scales dW's k columns (N, K), or, stored (K, N), a scaled copy of x
+      GemmArgs g;
+      g.accumulate = true;
+      g.C = dW, g.c_dt = dW_dt;
+      std::unique_ptr<float[]> xs;
+      if (!d.w_in_out) {
+        g.M = N, g.N = K, g.K = M, g.ldc = K;
+        g.A = cols(dy, dy_dt, N);
+        g.B = rows(d.x, d.x_dt, K);
+        g.col_scale = s.l;
+      } else {
+        xs = scaled_columns(d.x, d.x_dt, M, K, s.l);
+        g.M = K, g.N = N, g.K = M, g.ldc = N;
+        g.A = cols(xs.get(), DType::F32, K);
+        g.B = rows(dy, dy_dt, N);
+      }
+      gemm(g);
+    }
+    if (db) sum_rows_cpu(dy, dy_dt, M, N, db, db_dt, true);
+    return;
+  }
+  // y = (x·Wᵀ + b) ⊙ l: dl = Σ_rows dy ⊙ y0; dx = (dy ⊙ l)·W with l applied as dy is packed.
+  if (dl) column_dots(dy, dy_dt, y0, y0_dt, M, N, dl);
+  if (dx && M > 0 && K > 0) {
+    GemmArgs g;
+    g.M = M, g.N = K, g.K = N;
+    g.A = rows(dy, dy_dt, N);
+    g.A.ks = s.l;
+    g.B = weight_as_nk(d);
+    g.C = dx, g.c_dt = dx_dt, g.ldc = K;
+    gemm(g);
+  } else if (dx) {
+    std::vector<float> z(static_cast<size_t>(std::max<int64_t>(M * K, 1)), 0.0f);
+    convert_cpu(z.data(), DType::F32, dx, dx_dt, M * K);
+  }
+  if (dW || db) {
+    // (dy ⊙ l) as the gradient reaching the unscaled layer: stored (K, N), l scales dW's columns in the
+    // epilogue; stored (N, K), a scaled copy of dy.
+    std::unique_ptr<float[]> dys = scaled_columns(dy, dy_dt, M, N, s.l);
+    if (dW) {
+      GemmArgs g;
+      g.accumulate = true;
+      g.C = dW, g.c_dt = dW_dt;
+      if (d.w_in_out) {
+        g.M = K, g.N = N, g.K = M, g.ldc = N;
+        g.A = cols(d.x, d.x_dt, K);
+        g.B = rows(dy, dy_dt, N);
+        g.col_scale = s.l;
+      } else {
+        g.M = N, g.N = K, g.K = M, g.ldc = K;
+        g.A = cols(dys.get(), DType::F32, N);
+        g.B = rows(d.x, d.x_dt, K);
+      }
+      gemm(g);
+    }
+    if (db) sum_rows_cpu(dys.get(), DType::F32, M, N, db, db_dt, true);
+  }
+}
+
+}  // namespace peft

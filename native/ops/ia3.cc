@@ -1,0 +1,100 @@
+// IA3 on dense layers: ia3Forward, ia3Backward. l is the f32 product of the active adapters' ia3_l,
+// K values (input side) or N values (output side).
+#include "../cpu/ia3.h"
+
+#include "../napi_util.h"
+#include "../tensor_handle.h"
+#include "check.h"
+#include "lora_args.h"
+#include "ops.h"
+
+namespace peft {
+namespace {
+
+const Tensor* optional_tensor(const Napi::Value& v, const char* op, const char* name) {
+  return v.IsNull() || v.IsUndefined() ? nullptr : &TensorHandle::From(v, op, name);
+}
+
+Ia3Scale scale_args(const Napi::Value& lv, const Napi::Value& side, const DenseView& d, const char* op) {
+  const Tensor& l = TensorHandle::From(lv, op, "l");
+  Ia3Scale s;
+  s.input_side = arg_bool(side, op, "inputSide");
+  const int64_t want = s.input_side ? d.K : d.N;
+  if (l.dtype != DType::F32) fail("ERR_DTYPE", cat(op, ": l must be f32, got ", dtype_name(l.dtype)));
+  if (l.device() != Device::CPU) fail("ERR_NOT_ON_DEVICE", cat(op, ": l is on ", device_name(l.device()), "; this op has a CPU kernel only"));
+  if (l.shape != Shape{want})
+    fail("ERR_SHAPE", cat(op, ": l must have shape [", want, "] (the ", s.input_side ? "input" : "output", " features), got ", shape_str(l.shape)));
+  s.l = l.ptr<float>();
+  return s;
+}
+
+// ia3Forward(x, weight, bias, weightInOut, l, inputSide, saveUnscaled) -> y, or [y, y0] with saveUnscaled
+Napi::Value Ia3Forward(const Napi::CallbackInfo& info) {
+  const char* op = "ia3Forward";
+  const Tensor& x = TensorHandle::From(info[0], op, "x");
+  DenseView d = dense_args(info, x, 1, op);
+  Ia3Scale s = scale_args(info[4], info[5], d, op);
+  const bool save = !s.input_side && arg_bool(info[6], op, "saveUnscaled");
+  Shape ys = x.shape;
+  ys.back() = d.N;
+  Tensor y = make_tensor(x.dtype, ys, Device::CPU, false);  // written in full
+  Tensor y0 = save ? make_tensor(x.dtype, ys, Device::CPU, false) : Tensor{};
+  ia3_forward_cpu(d, s, y.data(), y.dtype, save ? y0.data() : nullptr, y0.dtype);
+  if (!save) return TensorHandle::Wrap(info.Env(), y);
+  Napi::Array out = Napi::Array::New(info.Env(), 2);
+  out.Set(0u, TensorHandle::Wrap(info.Env(), y));
+  out.Set(1u, TensorHandle::Wrap(info.Env(), y0));
+  return out;
+}
+
+void require_like(const Tensor* t, const Shape& want, const char* op, const char* name) {
+  if (!t) return;
+  require_float(*t, op, name);
+  if (t->device() != Device::CPU) fail("ERR_NOT_ON_DEVICE", cat(op, ": ", name, " must be on the cpu"));
+  if (t->shape != want) fail("ERR_SHAPE", cat(op, ": ", name, " must have shape ", shape_str(want), ", got ", shape_str(t->shape)));
+  t->storage->bump_version();
+}
+
+// ia3Backward(dy, x, weight, weightInOut, l, inputSide, y0 | null, wantDx, dW | null, db | null, dl | null) -> dx | null
+Napi::Value Ia3Backward(const Napi::CallbackInfo& info) {
+  const char* op = "ia3Backward";
+  const Tensor& dy = TensorHandle::From(info[0], op, "dy");
+  const Tensor& x = TensorHandle::From(info[1], op, "x");
+  const Tensor& w = TensorHandle::From(info[2], op, "weight");
+  DenseView d = dense_args(info, x, 2, op);  // info[3] is null: no bias here; info[4] weightInOut
+  (void)w;
+  Ia3Scale s = scale_args(info[5], info[6], d, op);
+  Shape ys = x.shape;
+  ys.back() = d.N;
+  require_float(dy, op, "dy");
+  if (dy.device() != Device::CPU) fail("ERR_NOT_ON_DEVICE", cat(op, ": dy must be on the cpu"));
+  if (dy.shape != ys) fail("ERR_SHAPE", cat(op, ": dy must have shape ", shape_str(ys), ", got ", shape_str(dy.shape)));
+  const Tensor* y0 = optional_tensor(info[7], op, "y0");
+  const bool want_dx = arg_bool(info[8], op, "wantDx");
+  const Tensor* dW = optional_tensor(info[9], op, "dW");
+  const Tensor* db = optional_tensor(info[10], op, "db");
+  const Tensor* dl = optional_tensor(info[11], op, "dl");
+  require_like(dW, w.shape, op, "dW");
+  require_like(db, {d.N}, op, "db");
+  require_like(dl, {s.input_side ? d.K : d.N}, op, "dl");
+  if (dl && dl->dtype != DType::F32) fail("ERR_DTYPE", cat(op, ": dl must be f32, got ", dtype_name(dl->dtype)));
+  if (dl && !s.input_side) {
+    if (!y0) fail_type(cat(op, ": the output side's dl needs y0, the forward's unscaled output"));
+    require_float(*y0, op, "y0");
+    if (y0->shape != ys) fail("ERR_SHAPE", cat(op, ": y0 must have shape ", shape_str(ys), ", got ", shape_str(y0->shape)));
+  }
+  Tensor dx = want_dx ? make_tensor(dy.dtype, x.shape, Device::CPU, false) : Tensor{};
+  ia3_backward_cpu(d, s, dy.data(), dy.dtype, y0 ? y0->data() : nullptr, y0 ? y0->dtype : DType::F32, want_dx ? dx.data() : nullptr,
+                   dy.dtype, dW ? dW->data() : nullptr, dW ? dW->dtype : DType::F32, db ? db->data() : nullptr, db ? db->dtype : DType::F32,
+                   dl ? dl->ptr<float>() : nullptr);
+  return want_dx ? TensorHandle::Wrap(info.Env(), dx) : info.Env().Null();
+}
+
+}  // namespace
+
+void register_ia3_ops(Napi::Env env, Napi::Object exports) {
+  exports.Set("ia3Forward", Napi::Function::New<guarded<Ia3Forward>>(env, "ia3Forward"));
+  exports.Set("ia3Backward", Napi::Function::New<guarded<Ia3Backward>>(env, "ia3Backward"));
+}
+
+}  // namespace peft
