@@ -60,6 +60,24 @@ void check_bias(const Tensor* b, const ConvGeom& g, const char* op) {
 
 Shape out_shape(const ConvGeom& g) { return {g.N, g.OC, g.OH, g.OW}; }
 
+// A forward's operands: info[0..3] = x, weight, bias | null, geometry; host tensors, shapes checked.
+struct ForwardArgs {
+  const Tensor& x;
+  const Tensor& w;
+  const Tensor* b;
+  ConvGeom g;
+};
+
+ForwardArgs forward_args(const Napi::CallbackInfo& info, const char* op) {
+  const Tensor& x = TensorHandle::From(info[0], op, "x");
+  const Tensor& w = TensorHandle::From(info[1], op, "weight");
+  const Tensor* b = optional_tensor(info[2], op, "bias");
+  require_cpu(op, {{"x", &x}, {"weight", &w}, {"bias", b}});
+  ConvGeom g = conv_args(x, w, info[3], op);
+  check_bias(b, g, op);
+  return {x, w, b, g};
+}
+
 // The gradient outputs dW (weight's shape) and db (OC), accumulated; their version moves.
 void grad_args(const Napi::Value& dwv, const Napi::Value& dbv, const Tensor& w, const ConvGeom& g, const char* op, const Tensor*& dW,
                const Tensor*& db) {
@@ -72,12 +90,7 @@ void grad_args(const Napi::Value& dwv, const Napi::Value& dbv, const Tensor& w, 
 // conv2d(x, weight, bias | null, geometry) -> y (N, OC, OH, OW) in x's dtype
 Napi::Value Conv2d(const Napi::CallbackInfo& info) {
   const char* op = "conv2d";
-  const Tensor& x = TensorHandle::From(info[0], op, "x");
-  const Tensor& w = TensorHandle::From(info[1], op, "weight");
-  const Tensor* b = optional_tensor(info[2], op, "bias");
-  require_cpu(op, {{"x", &x}, {"weight", &w}, {"bias", b}});
-  ConvGeom g = conv_args(x, w, info[3], op);
-  check_bias(b, g, op);
+  auto [x, w, b, g] = forward_args(info, op);
   Tensor y = make_tensor(x.dtype, out_shape(g), Device::CPU, false);  // written in full
   conv2d_forward_cpu(g, x.data(), x.dtype, w.data(), w.dtype, b ? b->data() : nullptr, b ? b->dtype : DType::F32, y.data(), y.dtype);
   return TensorHandle::Wrap(info.Env(), y);
@@ -113,12 +126,7 @@ std::vector<AdapterView> conv_adapters(const Napi::Value& v, const ConvGeom& g, 
 // loraConv2dForward(x, weight, bias | null, geometry, adapters) -> [y, T (N, R, OH, OW) f32]
 Napi::Value LoraConv2dForward(const Napi::CallbackInfo& info) {
   const char* op = "loraConv2dForward";
-  const Tensor& x = TensorHandle::From(info[0], op, "x");
-  const Tensor& w = TensorHandle::From(info[1], op, "weight");
-  const Tensor* b = optional_tensor(info[2], op, "bias");
-  require_cpu(op, {{"x", &x}, {"weight", &w}, {"bias", b}});
-  ConvGeom g = conv_args(x, w, info[3], op);
-  check_bias(b, g, op);
+  auto [x, w, b, g] = forward_args(info, op);
   std::vector<AdapterView> ad = conv_adapters(info[4], g, false, op);
   Tensor y = make_tensor(x.dtype, out_shape(g), Device::CPU, false);
   Tensor T = make_tensor(DType::F32, {g.N, total_rank(ad), g.OH, g.OW}, Device::CPU, false);

@@ -62,9 +62,8 @@ export class LoraEmbedding extends LoraLayer {
 
   forward(ids: Tensor): Tensor {
     if (!(ids instanceof Tensor)) throw typeError("LoraEmbedding.forward: ids must be a Tensor");
-    if (this.disabled && this.merged) this.unmerge();
     const base = this.baseLayer;
-    const adapters = this.disabled || this.merged ? [] : this.activeAdapters.filter((n) => this.adapterNames.includes(n));
+    const adapters = this.adaptersToRun();
     if (!adapters.length) {
       this.releaseSaved();
       this.#forwardAdapters = [];

@@ -64,6 +64,12 @@ export abstract class LoraLayer extends BaseTunerLayer {
     return this.loraA.keys();
   }
 
+  /** The adapters a forward runs: none while disabled (a merged layer is unmerged first, as PEFT does) or merged. */
+  protected adaptersToRun(): string[] {
+    if (this.disabled && this.merged) this.unmerge();
+    return this.disabled || this.merged ? [] : this.activeAdapters.filter((n) => this.adapterNames.includes(n));
+  }
+
   /** Refuses a rank this layer cannot take (before anything changes). */
   protected checkRank(_r: number, _what: string): void {}
 
@@ -249,9 +255,8 @@ export abstract class FusedLoraLayer extends LoraLayer {
 
   forward(x: Tensor): Tensor {
     if (!(x instanceof Tensor)) throw typeError(`${this.constructor.name}.forward: x must be a Tensor`);
-    if (this.disabled && this.merged) this.unmerge();
     const base = this.baseLayer;
-    const adapters = this.disabled || this.merged ? [] : this.activeAdapters.filter((n) => this.adapterNames.includes(n));
+    const adapters = this.adaptersToRun();
     if (!adapters.length) {
       this.releaseSaved();
       this.#forwardAdapters = [];
