@@ -23,7 +23,7 @@ class Block extends Module {
   head: Linear;
   constructor() {
     super();
-    this.c_attn = this.registerModule("c_attn", new Conv1D(12, 36, { seed: 1 }));
+    this.c_attn = this.registerModule("c_attn", new Conv1D(36, 12, { seed: 1 }));
     this.fc = this.registerModule("fc", new Linear(36, 20, { seed: 2 }));
     this.head = this.registerModule("head", new Linear(20, 3, { seed: 3 }));
   }

@@ -8,7 +8,7 @@ const code = errorCode;
 /** A LoRA layer with deterministic non-zero A and B (B is zero after PEFT's init). */
 function layer(K: number, N: number, opts: { r?: number; alpha?: number; seed?: number; rslora?: boolean; conv1d?: boolean; dropout?: number } = {}) {
   const seed = opts.seed ?? 1;
-  const base = opts.conv1d ? new Conv1D(K, N, { seed }) : new Linear(K, N, { seed });
+  const base = opts.conv1d ? new Conv1D(N, K, { seed }) : new Linear(K, N, { seed });
   base.bias!.copyFrom(Tensor.fromArray(values(N, seed + 10), [N]));
   const l = new LoraLinear(base, { r: opts.r ?? 4, loraAlpha: opts.alpha ?? 8, useRslora: opts.rslora, loraDropout: opts.dropout });
   randomizeAdapter(l, "default", seed);
@@ -101,7 +101,7 @@ describe("LoraLinear forward", () => {
 
   it("works on Conv1D (fan_in_fan_out) with a warning when the option disagrees", () => {
     const warn = vi.spyOn(process, "emitWarning").mockImplementation(() => {});
-    const base = new Conv1D(9, 6, { seed: 2 });
+    const base = new Conv1D(6, 9, { seed: 2 });
     const l = new LoraLinear(base, { r: 2, fanInFanOut: false });
     expect(l.fanInFanOut).toBe(true);
     expect(warn.mock.calls.some((c) => String(c[0]).includes("Setting fan_in_fan_out to True"))).toBe(true);

@@ -54,7 +54,7 @@ describe("skipInit: modules constructed empty", () => {
       }
     }
     const before = getRngState();
-    const mods = skipInit(() => [new Linear(5, 4), new Conv1D(4, 3), new Embedding(7, 2), new Conv2d(2, 3, 3), new Custom(), new Linear(2, 2, { seed: 5 })]);
+    const mods = skipInit(() => [new Linear(5, 4), new Conv1D(3, 4), new Embedding(7, 2), new Conv2d(2, 3, 3), new Custom(), new Linear(2, 2, { seed: 5 })]);
     expect(getRngState()).toEqual(before);
     for (const m of mods) for (const [, p] of m.namedParameters()) expect(p.toArray().every((v) => v === 0)).toBe(true);
     expect(isInitSkipped()).toBe(false);

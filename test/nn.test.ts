@@ -104,8 +104,17 @@ describe("Linear", () => {
 });
 
 describe("Conv1D", () => {
+  it("takes (nf, nx) like transformers' Conv1D and stores the weight (nx, nf)", () => {
+    const c = new Conv1D(7, 2);
+    expect([c.nf, c.nx]).toEqual([7, 2]);
+    expect(c.weight.shape).toEqual([2, 7]);
+    expect(c.bias.shape).toEqual([7]);
+    expect(c.forward(Tensor.zeros([3, 2])).shape).toEqual([3, 7]);
+    expect(c.clone().weight.shape).toEqual([2, 7]);
+  });
+
   it("equals a Linear with the transposed weight, forward and backward", () => {
-    const c = new Conv1D(5, 3, { seed: 1 });
+    const c = new Conv1D(3, 5, { seed: 1 });
     c.bias.copyFrom(Tensor.fromArray([0.5, -1, 2], [3]));
     const wT = c.weight.toFloat64Array(); // (5, 3)
     const l = new Linear(5, 3);

@@ -259,7 +259,7 @@ describe("custom modules", () => {
   it("Conv1D targets become fan_in_fan_out LoRA layers", () => {
     quiet();
     class G extends Module {
-      c_attn = new Conv1D(6, 18);
+      c_attn = new Conv1D(18, 6);
       constructor() {
         super();
         this.registerModule("c_attn", this.c_attn);

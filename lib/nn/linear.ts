@@ -97,7 +97,10 @@ export class Linear extends DenseBase {
   }
 }
 
-/** GPT-2's Conv1D: weight stored (in, out) = (nx, nf); init N(0, 0.02), bias zeros. */
+/**
+ * GPT-2's Conv1D (transformers' `Conv1D(nf, nx)`): nf output features, nx input features, weight stored
+ * (in, out) = (nx, nf); init N(0, 0.02), bias zeros.
+ */
 export class Conv1D extends DenseBase {
   weight: Tensor;
   bias: Tensor;
@@ -105,18 +108,18 @@ export class Conv1D extends DenseBase {
   readonly nf: number;
   protected readonly weightInOut = true;
 
-  constructor(nx: number, nf: number, options: { dtype?: DType; seed?: number } = {}) {
+  constructor(nf: number, nx: number, options: { dtype?: DType; seed?: number } = {}) {
     super();
     const opts = optionsArg(options, "Conv1D");
-    this.nx = checkFeatures(nx, "Conv1D: nx");
     this.nf = checkFeatures(nf, "Conv1D: nf");
+    this.nx = checkFeatures(nx, "Conv1D: nx");
     const dtype = opts.dtype ?? "f32";
     this.weight = this.registerParameter("weight", Tensor.randn([nx, nf], { seed: opts.seed, std: 0.02, dtype }));
     this.bias = this.registerParameter("bias", Tensor.zeros([nf], { dtype }));
   }
 
   override clone(): Conv1D {
-    return new Conv1D(this.nx, this.nf, { dtype: this.weight.dtype }).copyParametersFrom(this);
+    return new Conv1D(this.nf, this.nx, { dtype: this.weight.dtype }).copyParametersFrom(this);
   }
 
   override extraRepr(): string {

@@ -739,7 +739,7 @@ async function child(opts) {
   const RECIPES = {
     Tensor: () => freshTensor(null),
     Linear: () => new lib.Linear(rng.pick([4, 8, 3]), rng.pick([3, 4, 2]), { bias: rng.chance(0.7), dtype: rng.pick(FLOAT_DTYPES), seed: rng.int(100) }),
-    Conv1D: () => new lib.Conv1D(4, rng.pick([3, 4]), { seed: rng.int(100) }),
+    Conv1D: () => new lib.Conv1D(rng.pick([3, 4]), 4, { seed: rng.int(100) }),
     Embedding: () => new lib.Embedding(10, 4, { seed: rng.int(100) }),
     Sequential: () => seqModel(rng.weighted([[4, "f32"], [1, "bf16"], [1, "f16"]])),
     ModuleList: () => new lib.ModuleList([new lib.Linear(4, 3), new lib.GELU()]),
