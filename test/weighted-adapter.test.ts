@@ -2,7 +2,7 @@ import { mkdtempSync, readFileSync, rmSync, existsSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, describe, expect, it, vi } from "vitest";
-import { Conv2d, Embedding, F, Linear, LoraConfig, LoraLayer, LoraLinear, Module, PeftModel, Tensor, getPeftModel, manualSeed } from "../lib/index.js";
+import { Conv1D, Conv2d, Embedding, F, Linear, LoraConfig, LoraLayer, LoraLinear, Module, PeftModel, Tensor, getPeftModel, manualSeed } from "../lib/index.js";
 import { dropoutMask } from "../lib/kernels.js";
 import { registerFactorLayout } from "../lib/tuners/lora/factor-layout.js";
 import { exactSvd } from "../lib/linalg/low-rank-svd.js";
@@ -381,10 +381,11 @@ describe("registerFactorLayout", () => {
   });
 });
 
-describe("addWeightedAdapter on Conv2d and Embedding LoRA layers", () => {
+describe("addWeightedAdapter on Conv2d, Embedding and Conv1D LoRA layers", () => {
   class Net extends Module {
     emb = this.registerModule("emb", new Embedding(11, 6, { seed: 1 }));
     conv = this.registerModule("conv", new Conv2d(3, 4, [3, 2], { seed: 2 }));
+    gpt = this.registerModule("gpt", new Conv1D(5, 7, { seed: 3 })); // GPT-2's Conv1D: fan_in_fan_out
   }
   /** A layer's delta in its own layout (getDeltaWeight), float64, and the f32 scale its rounding acts on. */
   function deltaOf(m: PeftModel, key: string, name: string) {
@@ -398,13 +399,13 @@ describe("addWeightedAdapter on Conv2d and Embedding LoRA layers", () => {
   for (const [type, extra] of [["cat", {}], ["svd", { svdRank: 6 }], ["ties_svd", { density: 1, svdRank: 6, svdMethod: "exact" }]] as const)
     it(`${type}: the new delta in each layer's own layout is the weighted sum of the sources'`, () => {
       quiet();
-      const config = (r: number, loraAlpha: number) => new LoraConfig({ targetModules: ["emb", "conv"], r, loraAlpha, initLoraWeights: false });
+      const config = (r: number, loraAlpha: number) => new LoraConfig({ targetModules: ["emb", "conv", "gpt"], r, loraAlpha, initLoraWeights: false });
       const m = getPeftModel(new Net(), config(3, 6), { adapterName: "a" });
       m.addAdapter("b", config(3, 3));
       expect(layer(m, "conv").loraFactors("a").A.shape).toEqual([3, 3, 3, 2]);
       expect(layer(m, "emb").loraFactors("a").A.shape).toEqual([3, 11]);
       m.addWeightedAdapter(["a", "b"], [0.5, -2], "n", { combinationType: type, ...extra });
-      for (const key of ["emb", "conv"]) {
+      for (const key of ["emb", "conv", "gpt"]) {
         const a = deltaOf(m, key, "a"), b = deltaOf(m, key, "b"), n = deltaOf(m, key, "n");
         // cat weights each delta once; the *_svd types by weight·scaling (PEFT).
         const ca = 0.5 * (type === "cat" ? 1 : 2), cb = -2 * (type === "cat" ? 1 : 1);

@@ -47,8 +47,6 @@ export interface CombineSpec {
   svdClamp: number | null;
   /** The SVD of a formed delta: randomized subspace iteration or the exact (O(m·n·min(m, n))) one. */
   svdMethod: "randomized" | "exact";
-  /** svd only: "factored" (default) takes the SVD from the factors, "full" forms the delta first. */
-  svdRoute?: "factored" | "full";
   draw: DrawRng;
   /** Called once when density ≥ 1 leaves a task unpruned (PEFT warns). */
   warnDensity: () => void;
@@ -67,7 +65,7 @@ export function combineLayer(layer: LoraLayer, target: string, spec: CombineSpec
     const cat = catFactors(sources.map((s) => ({ f: s.f, coef: s.weight * s.scaling })), m, n);
     layout.write(layer, target, cat.a, cat.b, cat.k);
   } else if (spec.type.endsWith("svd")) {
-    const svd = spec.type === "svd" && spec.svdRoute !== "full" ? factoredSvd(sources, spec.rank) : fullDeltaSvd(sources, spec, m, n, where);
+    const svd = spec.type === "svd" ? factoredSvd(sources, spec.rank) : fullDeltaSvd(sources, spec, m, n, where);
     const { a, b } = factorsOfSvd(svd, spec.svdClamp);
     layout.write(layer, target, a, b, svd.s.length);
   } else {
