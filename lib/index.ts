@@ -26,6 +26,10 @@ export { PeftModel, getPeftModel, type GetPeftModelOptions } from "./peft-model.
 export { getPeftModelStateDict, setPeftModelStateDict } from "./tuners/state-dict.js";
 export { ModulesToSaveWrapper } from "./tuners/modules-to-save.js";
 export { LoraModel, LORA_DISPATCHERS, type LoraDispatcher } from "./tuners/lora/model.js";
+export { BaseTuner } from "./tuners/tuner.js";
+export { BaseTunerLayer } from "./tuners/tuner-layer.js";
+export { IA3Layer, type IA3LayerOptions } from "./tuners/ia3/layer.js";
+export { IA3Model } from "./tuners/ia3/model.js";
 export { loadModelWeights, loadModelWeightsAsync, buildModelFromCheckpoint, buildModelFromCheckpointAsync, CheckpointModule, type BuildOptions, type BuildAsyncOptions } from "./io/base-model.js";
 export { type LoadProgress, type LoadResult, type LoadWeightsOptions, type LoadWeightsAsyncOptions, type QuantizeHook } from "./io/model-loader.js";
 export { skipInit, isInitSkipped } from "./init-mode.js";

@@ -1,16 +1,15 @@
-// PeftModel: the user's model wrapped with adapters (PEFT's PeftModel + LoraModel), adapter management,
-// merging/unloading and trainable-parameter accounting.
+// PeftModel: the user's model wrapped with adapters (PEFT's PeftModel): one tuner model of the config's method
+// (LoraModel, IA3Model) holds the adapters; this class adds scoped disabling, checkpoints and parameter counts.
 import { Tensor } from "./tensor.js";
-import { clip, isArray, optionsArg, peftError, shownValue, stringsArg, typeError } from "./errors.js";
-import { Module, disposeDropped, type BackwardOptions } from "./nn/index.js";
-import { LoraConfig } from "./tuners/lora/config.js";
-import { IA3Config } from "./tuners/ia3/config.js";
-import { LoraModel } from "./tuners/lora/model.js";
-import { LoraLayer, type MergeOptions } from "./tuners/lora/layer.js";
-import { ModulesToSaveWrapper } from "./tuners/modules-to-save.js";
-import type { WeightedAdapterOptions } from "./tuners/lora/weighted-adapter.js";
+import { describe, optionsArg, peftError, shownValue, typeError } from "./errors.js";
+import { Module, type BackwardOptions } from "./nn/index.js";
+import { PeftConfigBase } from "./tuners/config.js";
 import type { PeftConfig } from "./tuners/peft-config.js";
-// Checkpoint I/O lives in io/; it is reached only from method bodies, after both modules have loaded.
+import { BaseTuner, mixedTypesError } from "./tuners/tuner.js";
+import { adapterNameArg, type MergeOptions } from "./tuners/tuner-layer.js";
+import { LoraModel } from "./tuners/lora/model.js";
+import { IA3Model } from "./tuners/ia3/model.js";
+import type { WeightedAdapterOptions } from "./tuners/lora/weighted-adapter.js";
 import * as checkpoint from "./io/peft-checkpoint.js";
 
 export interface GetPeftModelOptions {
@@ -19,42 +18,47 @@ export interface GetPeftModelOptions {
   modelType?: string;
 }
 
-function loraConfigOf(config: unknown, what: string): LoraConfig {
-  if (config instanceof LoraConfig) return config;
-  if (config instanceof IA3Config) throw peftError("ERR_UNSUPPORTED", `${what}: IA3 models are not supported yet`);
-  throw typeError(`${what}: expected a LoraConfig`);
-}
+type TunerClass = new (model: Module, config: PeftConfig, adapterName: string, opts: { modelType?: string }) => BaseTuner;
 
-function checkAdapterName(name: unknown, what: string): string {
-  if (typeof name !== "string" || !name || name.includes(".")) throw peftError("ERR_CONFIG", `${what}: adapter name must be a non-empty string without ".", got ${shownValue(name)}`);
-  return name;
+// PEFT's PEFT_TYPE_TO_TUNER_MAPPING for the methods implemented here.
+const TUNERS: Record<string, TunerClass> = { LORA: LoraModel as TunerClass, IA3: IA3Model as TunerClass };
+
+function tunerFor(config: unknown, what: string): TunerClass {
+  if (!(config instanceof PeftConfigBase)) throw typeError(`${what}: expected a LoraConfig or IA3Config, got ${describe(config)}`);
+  const tuner = Object.hasOwn(TUNERS, config.peftType) ? TUNERS[config.peftType] : undefined;
+  if (!tuner) throw peftError("ERR_UNSUPPORTED", `${what}: peft_type ${shownValue(config.peftType)} has no tuner here (${Object.keys(TUNERS).join(", ")})`);
+  return tuner;
 }
 
 export class PeftModel extends Module {
-  readonly baseModel: LoraModel;
-  #active: string[];
+  readonly baseModel: BaseTuner;
   #disableDepth = 0;
 
   constructor(model: Module, config: PeftConfig, opts: GetPeftModelOptions = {}) {
     super();
     if (!(model instanceof Module)) throw typeError(`getPeftModel: model must be a Module`);
     const o = optionsArg(opts, "getPeftModel");
-    const name = checkAdapterName(o.adapterName ?? "default", "getPeftModel");
+    const name = adapterNameArg(o.adapterName ?? "default", "getPeftModel");
     if (o.modelType !== undefined && typeof o.modelType !== "string") throw typeError(`getPeftModel: modelType must be a string, got ${shownValue(o.modelType)}`);
-    this.baseModel = this.registerModule("base_model", new LoraModel(model, loraConfigOf(config, "getPeftModel"), name, { modelType: o.modelType }));
-    this.#active = [name];
+    const Tuner = tunerFor(config, "getPeftModel");
+    this.baseModel = this.registerModule("base_model", new Tuner(model, config, name, { modelType: o.modelType }));
+  }
+
+  /** The method of this model's adapters ("LORA", "IA3"): one model holds adapters of one method. */
+  get peftType(): string {
+    return this.baseModel.peftType;
   }
 
   get peftConfig(): Record<string, PeftConfig> {
-    return this.baseModel.peftConfig;
+    return this.baseModel.peftConfig as Record<string, PeftConfig>;
   }
 
   get activeAdapter(): string {
-    return this.#active[0];
+    return this.baseModel.activeAdapters[0];
   }
 
   get activeAdapters(): string[] {
-    return [...this.#active];
+    return this.baseModel.activeAdapters;
   }
 
   get targetedModuleNames(): string[] {
@@ -74,119 +78,72 @@ export class PeftModel extends Module {
     return this.baseModel.model.backward(dy, opts);
   }
 
-  /** Adds an adapter (inactive until setAdapter); its config must be of the same PEFT type. */
+  /** Adds an adapter (inactive until setAdapter); its config must be of this model's method (PEFT's rule). */
   addAdapter(name: string, config: PeftConfig): void {
-    checkAdapterName(name, "addAdapter");
-    this.baseModel.injectAdapter(loraConfigOf(config, "addAdapter"), name);
+    adapterNameArg(name, "addAdapter");
+    tunerFor(config, "addAdapter");
+    if (config.peftType !== this.peftType) throw mixedTypesError(this.peftType, config.peftType);
+    const active = this.activeAdapters;
+    this.baseModel.injectAdapter(config, name);
     // Layers the new adapter created must follow the model's active adapters, not activate the new one (PEFT).
-    this.setAdapter(this.#active);
+    this.setAdapter(active);
   }
 
   /**
    * Adds `adapterName` combining `adapters` with `weights` (PEFT's add_weighted_adapter); it stays inactive
-   * (and frozen) until setAdapter.
+   * (and frozen) until setAdapter. IA3 combines linearly and takes no options.
    */
   addWeightedAdapter(adapters: string[], weights: number[], adapterName: string, opts?: WeightedAdapterOptions): void {
-    this.baseModel.addWeightedAdapter(adapters, weights, adapterName, opts);
-    this.setAdapter(this.#active);
-  }
-
-  #known(name: unknown): void {
-    if (typeof name !== "string" || !Object.hasOwn(this.peftConfig, name))
-      throw peftError("ERR_CONFIG", `Adapter ${typeof name === "string" ? clip(name) : shownValue(name)} not found; this model has ${clip(Object.keys(this.peftConfig).join(", "), 200)}`);
+    const active = this.activeAdapters;
+    const tuner = this.baseModel;
+    if (tuner instanceof LoraModel) tuner.addWeightedAdapter(adapters, weights, adapterName, opts);
+    else if (tuner instanceof IA3Model) {
+      if (opts !== undefined) throw peftError("ERR_UNSUPPORTED", "addWeightedAdapter: IA3 adapters combine linearly; there are no options");
+      tuner.addWeightedAdapter(adapters, weights, adapterName);
+    } else throw peftError("ERR_UNSUPPORTED", `addWeightedAdapter is not supported for ${this.peftType} adapters`);
+    this.setAdapter(active);
   }
 
   /** Activates adapters (trainable) everywhere; modulesToSave take one adapter only. */
   setAdapter(names: string | string[]): void {
-    if (typeof names !== "string" && !isArray(names)) throw typeError("setAdapter: expected an adapter name or a non-empty array of names");
-    const list = typeof names === "string" ? [names] : stringsArg(names, "setAdapter", "names");
-    if (!list.length) throw typeError("setAdapter: expected an adapter name or a non-empty array of names");
-    list.forEach((n) => this.#known(n));
-    for (const l of this.baseModel.loraLayers()) l.setAdapter(list, { allowMissing: true });
-    for (const [, w] of this.baseModel.savedModules()) {
-      const here = list.filter((n) => w.adapterNames.includes(n));
-      if (here.length) w.setAdapter(here);
-    }
-    this.#active = [...list];
+    this.baseModel.setAdapter(names);
   }
 
   /** Removes an adapter everywhere, disposing its weights; another adapter becomes active if needed. */
   deleteAdapter(name: string): void {
-    this.#known(name);
-    const remaining = Object.keys(this.peftConfig).filter((n) => n !== name);
-    const next = this.#active.filter((n) => n !== name);
-    const newActive = next.length ? next : remaining.slice(0, 1);
-    for (const l of this.baseModel.loraLayers()) if (l.adapterNames.includes(name)) l.deleteAdapter(name);
-    for (const [, w] of this.baseModel.savedModules()) w.deleteAdapter(name, newActive[0] ?? null);
-    delete this.baseModel.peftConfig[name];
-    this.#active = newActive;
-    if (newActive.length) this.setAdapter(newActive);
+    this.baseModel.deleteAdapter(name);
   }
 
   /** Runs the base model without adapters until the returned scope is disposed (`using _ = m.disableAdapter()`). */
   disableAdapter(): Disposable {
-    if (this.#disableDepth++ === 0) this.#enable(false);
+    if (this.#disableDepth++ === 0) this.baseModel.enableAdapterLayers(false);
     let open = true;
     return {
       [Symbol.dispose]: () => {
         if (!open) return;
         open = false;
-        if (--this.#disableDepth === 0) this.#enable(true);
+        if (--this.#disableDepth === 0) this.baseModel.enableAdapterLayers(true);
       },
     };
   }
 
-  #enable(on: boolean): void {
-    for (const l of this.baseModel.loraLayers()) l.enableAdapters(on);
-    for (const [, w] of this.baseModel.savedModules()) w.enableAdapters(on);
-  }
-
   /** With safeMerge every layer is checked before any is merged: a broken adapter leaves the model as it was. */
   mergeAdapter(options: MergeOptions = {}): void {
-    const opts = optionsArg(options, "mergeAdapter");
-    const wanted = opts.adapterNames === undefined || opts.adapterNames === null ? this.#active : stringsArg(opts.adapterNames, "mergeAdapter", "adapterNames");
-    const plan: [LoraLayer, string[]][] = [];
-    for (const l of this.baseModel.loraLayers()) {
-      const names = wanted.filter((n) => l.adapterNames.includes(n));
-      if (names.length) plan.push([l, names]);
-    }
-    if (opts.safeMerge === true) for (const [l, adapterNames] of plan) l.checkMerge({ adapterNames });
-    for (const [l, adapterNames] of plan) l.merge({ safeMerge: opts.safeMerge, adapterNames });
+    this.baseModel.mergeAdapter(options);
   }
 
   unmergeAdapter(): void {
-    for (const l of this.baseModel.loraLayers()) if (l.merged) l.unmerge();
+    this.baseModel.unmergeAdapter();
   }
 
   /** Merges the adapters into the base weights and returns the plain model (adapter layers removed). */
   mergeAndUnload(opts: MergeOptions = {}): Module {
-    return this.#unload(true, optionsArg(opts, "mergeAndUnload"));
+    return this.baseModel.unloadAndOptionallyMerge(true, optionsArg(opts, "mergeAndUnload"));
   }
 
   /** Returns the plain model with the original base weights (adapter layers removed, nothing merged). */
   unload(): Module {
-    return this.#unload(false, {});
-  }
-
-  #unload(merge: boolean, opts: MergeOptions): Module {
-    const model = this.baseModel.model;
-    if (merge) this.mergeAdapter(opts);
-    // Deepest first, so a wrapper's path is still valid when it is replaced.
-    const targets = [...model.namedModules()].filter(([, m]) => m instanceof LoraLayer || m instanceof ModulesToSaveWrapper).reverse();
-    for (const [path, m] of targets) {
-      let replacement: Module;
-      if (m instanceof LoraLayer) {
-        if (!merge && m.merged) m.unmerge();
-        replacement = m.baseLayer;
-      } else {
-        replacement = (m as ModulesToSaveWrapper).unloadTarget();
-      }
-      if (path === "") throw peftError("ERR_UNSUPPORTED", "unload: the whole model is an adapter layer");
-      model.setSubmodule(path, replacement, { dispose: false });
-      disposeDropped(m, replacement);
-    }
-    for (const p of model.parameters()) p.requiresGrad = true;
-    return model;
+    return this.baseModel.unloadAndOptionallyMerge(false);
   }
 
   /** Saves adapters (default: all) as PEFT does: adapter_config.json + adapter_model.safetensors per adapter. */
@@ -200,7 +157,7 @@ export class PeftModel extends Module {
     dir: string,
     opts: { adapterName?: string; isTrainable?: boolean; config?: PeftConfig; modelType?: string } = {},
   ): Promise<PeftModel> {
-    return checkpoint.fromPretrained(model, dir, opts);
+    return checkpoint.fromPretrained(model, dir, opts, (m, config, o) => new PeftModel(m, config, o));
   }
 
   /** Adds the adapter saved in `dir` as `adapterName` (inactive until setAdapter). */

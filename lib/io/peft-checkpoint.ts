@@ -5,15 +5,17 @@ import { dirname, join, resolve } from "node:path";
 import { arrayArg, clip, describe, optionsArg, peftError, shownValue, typeError } from "../errors.js";
 import { findTargetModules } from "../matching.js";
 import { defaultTargetModules } from "../mappings.js";
-import { Conv1D, type Module } from "../nn/index.js";
-import { PeftModel, type GetPeftModelOptions } from "../peft-model.js";
+import { Conv1D, Module } from "../nn/index.js";
 import { DTYPE_SIZE, Tensor } from "../tensor.js";
 import { configFromJSON, type PeftConfig } from "../tuners/peft-config.js";
 import { CONFIG_NAME, checkConfigDepth, configToJSONString, PEFT_FORMAT_VERSION } from "../tuners/config.js";
 import { LoraConfig } from "../tuners/lora/config.js";
 import { LoraLayer } from "../tuners/lora/layer.js";
 import { loraMatchOptions } from "../tuners/lora/model.js";
-import { getPeftModelStateDict, setPeftModelStateDict } from "../tuners/state-dict.js";
+import { getPeftModelStateDict, setPeftModelStateDict, type TunedModel } from "../tuners/state-dict.js";
+import { BaseTuner } from "../tuners/tuner.js";
+import { IA3Config } from "../tuners/ia3/config.js";
+import { ia3TargetShapes } from "../tuners/ia3/model.js";
 import { fileDType } from "./safetensors-format.js";
 import { buildHeader, checkName, tempPath } from "./safetensors-write.js";
 import { loadSafetensors, openSafetensors, saveSafetensors } from "./index.js";
@@ -23,6 +25,23 @@ export const WEIGHTS_NAME = "adapter_model.safetensors";
 export const TORCH_WEIGHTS_NAME = "adapter_model.bin";
 const README_NAME = "README.md";
 const PREFIX = "base_model.model.";
+
+/**
+ * What these functions need of a PeftModel. peft-model.ts imports this file; this file never imports it (a
+ * new PeftModel comes from the `wrap` function fromPretrained is given).
+ */
+export interface AdapterHost extends TunedModel {
+  readonly peftConfig: Record<string, PeftConfig>;
+  addAdapter(name: string, config: PeftConfig): void;
+  deleteAdapter(name: string): void;
+}
+
+type WrapOptions = { adapterName?: string; modelType?: string };
+
+function hostArg(m: unknown, op: string): AdapterHost {
+  if (!(m instanceof Module) || !((m as { baseModel?: unknown }).baseModel instanceof BaseTuner)) throw typeError(`${op}: expected a PeftModel`);
+  return m as AdapterHost;
+}
 
 /** A directory argument: a non-empty string, checked before it reaches node:path or node:fs. */
 function dirArg(dir: unknown, op: string): string {
@@ -110,8 +129,8 @@ function checkAdapterNameForDir(name: unknown, known: Record<string, PeftConfig>
  * are renamed into place at the end, configs last, so a failure leaves the directory as it was (never
  * weights without their config).
  */
-export async function savePretrained(m: PeftModel, dir: string, opts: { adapterNames?: string[] } = {}): Promise<void> {
-  if (!(m instanceof PeftModel)) throw typeError("savePretrained: expected a PeftModel");
+export async function savePretrained(m: AdapterHost, dir: string, opts: { adapterNames?: string[] } = {}): Promise<void> {
+  hostArg(m, "savePretrained");
   dirArg(dir, "savePretrained");
   const known = m.peftConfig;
   const requested = optionsArg(opts, "savePretrained").adapterNames ?? Object.keys(known);
@@ -298,11 +317,36 @@ function checkLoraFile(model: Module, config: LoraConfig, file: string, modelTyp
   }
 }
 
-async function checkFileFits(model: Module, config: PeftConfig, file: string, modelType?: string): Promise<void> {
-  if (config instanceof LoraConfig) checkLoraFile(model, config, file, modelType);
+/**
+ * Checks an IA3 file's ia3_l tensors from its header against the shapes the config gives the model's targets
+ * ((1, in) for feed-forward modules, (out, 1) otherwise; (1, C, 1, 1) on convolutions), before any layer is made.
+ */
+function checkIa3File(model: Module, config: IA3Config, file: string, modelType: string | undefined): void {
+  let expected: Map<string, number[]>;
+  try {
+    expected = ia3TargetShapes(model, config, modelType);
+  } catch {
+    return; // the model's own injection reports this, before it changes anything
+  }
+  const inFile = weightShapes(file);
+  for (const [path, want] of expected) {
+    const key = `${PREFIX}${path}.ia3_l`;
+    const got = inFile.get(key);
+    if (!got) throw peftError("ERR_CHECKPOINT", `${file}: the checkpoint does not fit the model: the config targets ${path} but the file has no ${key} ${shapeStr(want)}`);
+    if (got.join() !== want.join()) throw peftError("ERR_CHECKPOINT", `${file}: ${key} has shape ${shapeStr(got)} but ${path} needs ${shapeStr(want)}`);
+  }
+  for (const key of inFile.keys()) {
+    const m = /^base_model\.model\.(.+)\.ia3_l$/.exec(key);
+    if (m && !expected.has(m[1])) throw peftError("ERR_CHECKPOINT", `${file}: ${key} is for ${m[1]}, which the config does not target in this model`);
+  }
 }
 
-async function loadWeightsInto(m: PeftModel, file: string, adapterName: string): Promise<void> {
+async function checkFileFits(model: Module, config: PeftConfig, file: string, modelType?: string): Promise<void> {
+  if (config instanceof LoraConfig) checkLoraFile(model, config, file, modelType);
+  if (config instanceof IA3Config) checkIa3File(model, config, file, modelType);
+}
+
+async function loadWeightsInto(m: AdapterHost, file: string, adapterName: string): Promise<void> {
   const sd = isTorchFile(file) ? loadTorchCheckpoint(file) : await loadSafetensors(file);
   try {
     setPeftModelStateDict(m, sd, { adapterName });
@@ -311,33 +355,38 @@ async function loadWeightsInto(m: PeftModel, file: string, adapterName: string):
   }
 }
 
-function freezeForInference(m: PeftModel, adapterName: string, isTrainable: boolean): void {
+function freezeForInference(m: AdapterHost, adapterName: string, isTrainable: boolean): void {
   if (isTrainable) return;
   for (const [name, p] of m.namedParameters()) if (name.includes(`.${adapterName}.`)) p.requiresGrad = false;
   m.eval();
 }
 
-/** PEFT's PeftModel.from_pretrained: the config from `dir` (or `opts.config`), then the weights. */
-export async function fromPretrained(
+/**
+ * PEFT's PeftModel.from_pretrained: the config from `dir` (or `opts.config`), then the weights; `wrap` makes
+ * the PeftModel.
+ */
+export async function fromPretrained<M extends AdapterHost>(
   model: Module,
   dir: string,
-  options: { adapterName?: string; isTrainable?: boolean; config?: PeftConfig } & Pick<GetPeftModelOptions, "modelType"> = {},
-): Promise<PeftModel> {
+  options: { adapterName?: string; isTrainable?: boolean; config?: PeftConfig; modelType?: string },
+  wrap: (model: Module, config: PeftConfig, opts: WrapOptions) => M,
+): Promise<M> {
   dirArg(dir, "fromPretrained");
   const opts = optionsArg(options, "fromPretrained");
   const adapterName = opts.adapterName ?? "default";
   const config = opts.config ?? (await readAdapterConfig(dir));
-  if (config instanceof LoraConfig) config.inferenceMode = !opts.isTrainable;
+  if (config instanceof LoraConfig || config instanceof IA3Config) config.inferenceMode = !opts.isTrainable;
   const file = await weightsPath(dir);
   await checkFileFits(model, config, file, opts.modelType);
-  const m = new PeftModel(model, config, { adapterName, modelType: opts.modelType });
+  const m = wrap(model, config, { adapterName, modelType: opts.modelType });
   await loadWeightsInto(m, file, adapterName);
   freezeForInference(m, adapterName, opts.isTrainable === true);
   return m;
 }
 
 /** Adds an adapter saved in `dir` under `adapterName` (inactive until setAdapter, as in PEFT). */
-export async function loadAdapter(m: PeftModel, dir: string, adapterName: string, options: { isTrainable?: boolean } = {}): Promise<void> {
+export async function loadAdapter(m: AdapterHost, dir: string, adapterName: string, options: { isTrainable?: boolean } = {}): Promise<void> {
+  hostArg(m, "loadAdapter");
   dirArg(dir, "loadAdapter");
   const opts = optionsArg(options, "loadAdapter");
   const config = await readAdapterConfig(dir);

@@ -1,25 +1,32 @@
-// Adapter state dicts with PEFT's file key names: `base_model.model.<path>.lora_A.weight` (adapter name
-// removed), a saved module's parameters as `<path>.<name>`, base-layer biases as `<path>.bias` for bias
+// Adapter state dicts with PEFT's file key names: `base_model.model.<path>.lora_A.weight`, `<path>.ia3_l`
+// (adapter name removed), a saved module's parameters as `<path>.<name>`, base-layer biases as `<path>.bias` for bias
 // "all" / "lora_only".
 import { Tensor } from "../tensor.js";
 import { clip, peftError, typeError } from "../errors.js";
 import { describe } from "../tensor.js";
-import { LoraLayer } from "./lora/layer.js";
 import { Module, tensorEntries } from "../nn/module.js";
-import type { PeftModel } from "../peft-model.js";
+import { BaseTuner } from "./tuner.js";
+import { BaseTunerLayer } from "./tuner-layer.js";
 
 const PREFIX = "base_model.model.";
 
-/** File key -> live tensor for one adapter, and which of those keys a checkpoint must contain. */
-function peftModelArg(m: unknown, op: string): PeftModel {
-  if (!(m instanceof Module) || !("baseModel" in m)) throw typeError(`${op}: expected a PeftModel, got ${describe(m)}`);
-  return m as PeftModel;
+/** What state dicts need of a PeftModel (this file knows the tuner, not the PeftModel class). */
+export interface TunedModel extends Module {
+  readonly baseModel: BaseTuner;
+  readonly activeAdapter: string;
 }
 
-function adapterKeyMap(m: PeftModel, adapterName: string): { keys: Map<string, Tensor>; required: Set<string> } {
+function peftModelArg(m: unknown, op: string): TunedModel {
+  if (!(m instanceof Module) || !((m as { baseModel?: unknown }).baseModel instanceof BaseTuner)) throw typeError(`${op}: expected a PeftModel, got ${describe(m)}`);
+  return m as TunedModel;
+}
+
+/** File key -> live tensor for one adapter, and which of those keys a checkpoint must contain. */
+function adapterKeyMap(m: TunedModel, adapterName: string): { keys: Map<string, Tensor>; required: Set<string> } {
   if (typeof adapterName !== "string") throw typeError(`adapter state dict: adapterName must be a string, got ${describe(adapterName)}`);
-  const config = Object.hasOwn(m.peftConfig, adapterName) ? m.peftConfig[adapterName] : undefined;
-  if (!config) throw peftError("ERR_CONFIG", `Adapter ${clip(adapterName)} not found; this model has ${clip(Object.keys(m.peftConfig).join(", "), 200)}`);
+  const configs = m.baseModel.peftConfig;
+  const config = Object.hasOwn(configs, adapterName) ? configs[adapterName] : undefined;
+  if (!config) throw peftError("ERR_CONFIG", `Adapter ${clip(adapterName)} not found; this model has ${clip(Object.keys(configs).join(", "), 200)}`);
   const model = m.baseModel.model;
   const keys = new Map<string, Tensor>();
   const required = new Set<string>();
@@ -28,10 +35,8 @@ function adapterKeyMap(m: PeftModel, adapterName: string): { keys: Map<string, T
     if (must) required.add(PREFIX + key);
   };
   const bias = (config as { bias?: string }).bias ?? "none";
-  const loraPaths = new Set<string>();
   for (const [path, mod] of model.namedModules()) {
-    if (mod instanceof LoraLayer && mod.adapterNames.includes(adapterName)) {
-      loraPaths.add(path);
+    if (mod instanceof BaseTunerLayer && mod.adapterNames.includes(adapterName)) {
       for (const [suffix, t] of mod.adapterStateEntries(adapterName)) add(`${path}.${suffix}`, t, true);
       const b = [...mod.baseLayer.namedParameters("", { recurse: false })].find(([n]) => n === "bias")?.[1];
       if (b && bias !== "none") add(`${path}.bias`, b, true);
@@ -52,7 +57,7 @@ function adapterKeyMap(m: PeftModel, adapterName: string): { keys: Map<string, T
 }
 
 /** The adapter's tensors under PEFT's file key names (handles sharing the live storage). */
-export function getPeftModelStateDict(m: PeftModel, opts: { adapterName?: string } = {}): Record<string, Tensor> {
+export function getPeftModelStateDict(m: TunedModel, opts: { adapterName?: string } = {}): Record<string, Tensor> {
   peftModelArg(m, "getPeftModelStateDict");
   if (opts === null || typeof opts !== "object") throw typeError("getPeftModelStateDict: options must be an object");
   const name = opts.adapterName ?? m.activeAdapter;
@@ -65,7 +70,7 @@ export function getPeftModelStateDict(m: PeftModel, opts: { adapterName?: string
  * Loads file-keyed tensors into an adapter. Every key must be used and every expected key present, with
  * matching shapes, or ERR_CHECKPOINT lists the first mismatches (nothing is copied then).
  */
-export function setPeftModelStateDict(m: PeftModel, record: Record<string, Tensor>, opts: { adapterName?: string } = {}): void {
+export function setPeftModelStateDict(m: TunedModel, record: Record<string, Tensor>, opts: { adapterName?: string } = {}): void {
   peftModelArg(m, "setPeftModelStateDict");
   if (opts === null || typeof opts !== "object") throw typeError("setPeftModelStateDict: options must be an object");
   const sd = tensorEntries(record, "setPeftModelStateDict");

@@ -18,6 +18,18 @@ export function warnOnce(code: string, msg: string): void {
   process.emitWarning(msg, { code });
 }
 
+/**
+ * fan_in_fan_out for a dense base layer: PEFT forces it to match the weight layout (true for GPT-2's Conv1D,
+ * false for Linear), with a warning when the option asked for the other one.
+ */
+export function denseFanInFanOut(isConv1D: boolean, requested: boolean | undefined): boolean {
+  if (requested === true && !isConv1D)
+    warnOnce("PEFT_FAN_IN_FAN_OUT", "fan_in_fan_out is set to True but the target module is `torch.nn.Linear`. Setting fan_in_fan_out to False.");
+  if (requested === false && isConv1D)
+    warnOnce("PEFT_FAN_IN_FAN_OUT", "fan_in_fan_out is set to False but the target module is `Conv1D`. Setting fan_in_fan_out to True.");
+  return isConv1D;
+}
+
 /** An adapter name as PEFT accepts it (a key in state dicts: never empty, never dotted). */
 export function adapterNameArg(name: unknown, what: string): string {
   if (typeof name !== "string" || !name || name.includes(".")) throw peftError("ERR_CONFIG", `${what}: adapter name must be a non-empty string without ".", got ${shownValue(name)}`);

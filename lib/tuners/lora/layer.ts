@@ -9,7 +9,7 @@ import { takeRng } from "../../random.js";
 import { applyLoraDeltas, type LoraDelta } from "./delta.js";
 import { Module, ModuleDict, Linear, Conv1D, gradOf, type BackwardOptions } from "../../nn/index.js";
 import { record, wantsGrad } from "../../autograd/record.js";
-import { BaseTunerLayer, adapterNameArg, warnOnce, type MergeOptions } from "../tuner-layer.js";
+import { BaseTunerLayer, adapterNameArg, denseFanInFanOut, warnOnce, type MergeOptions } from "../tuner-layer.js";
 
 export { warnOnce, type MergeOptions };
 
@@ -341,13 +341,7 @@ export class LoraLinear extends FusedLoraLayer {
     if (!(base instanceof Linear) && !(base instanceof Conv1D))
       throw typeError(`LoraLinear: the base layer must be a Linear or Conv1D, got ${describe(base)}`);
     super(base);
-    // PEFT forces fan_in_fan_out to match the weight layout, with a warning when the option disagreed.
-    const isConv1D = base instanceof Conv1D;
-    if (opts?.fanInFanOut === true && !isConv1D)
-      warnOnce("PEFT_FAN_IN_FAN_OUT", "fan_in_fan_out is set to True but the target module is `torch.nn.Linear`. Setting fan_in_fan_out to False.");
-    if (opts?.fanInFanOut === false && isConv1D)
-      warnOnce("PEFT_FAN_IN_FAN_OUT", "fan_in_fan_out is set to False but the target module is `Conv1D`. Setting fan_in_fan_out to True.");
-    this.fanInFanOut = isConv1D;
+    this.fanInFanOut = denseFanInFanOut(base instanceof Conv1D, opts?.fanInFanOut);
     this.updateLayer(opts);
   }
 
