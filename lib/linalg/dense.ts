@@ -8,10 +8,6 @@ export interface ColMat {
   data: Float64Array;
 }
 
-export function colMat(m: number, n: number, data = new Float64Array(m * n)): ColMat {
-  return { m, n, data };
-}
-
 /** Σ x[xo + i] · y[yo + i] for i < len. Four partial sums, so the loop is not bound by one add's latency. */
 export function dot(x: Float64Array, xo: number, y: Float64Array, yo: number, len: number): number {
   let s0 = 0, s1 = 0, s2 = 0, s3 = 0;
