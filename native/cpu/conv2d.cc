@@ -184,31 +184,111 @@ void fill_bias(const ConvGeom& g, const void* b, DType b_dt, void* y, DType y_dt
 
 // ---- depthwise: one input channel per group, each output channel a direct 2-D stencil over its row ----
 
+// a[0, n) += w·s[0, n): restrict parameters (not locals), so the vectorizer needs no overlap check.
+__attribute__((always_inline)) inline void axpy_run(float* __restrict a, const float* __restrict s, float w, int64_t n) {
+  for (int64_t i = 0; i < n; i++) a[i] += w * s[i];
+}
+
+// Per-thread buffers of the stride-1 stencil: the zero-padded input (or dx) plane and the output (or dy)
+// plane at the padded width.
+struct StencilBufs {
+  float* padded;
+  float* wide;
+};
+
+// One channel's taps: out (OH, OW) += Σ_t w[t]·(input shifted by tap t) (forward), or the adjoint, dx (H, W)
+// += Σ_t w[t]·(dy shifted back) (scatter). Stride 1: over a zero-padded plane every tap is one long run
+// (rows of Wp = W + 2·pw, the extra columns dropped at the end). Strided: a run per output row.
+template <bool Scatter>
+__attribute__((always_inline)) inline void channel_taps(const ConvGeom& g, const float* w, const float* in, float* out, StencilBufs buf) {
+  if (g.sh == 1 && g.sw == 1) {
+    const int64_t Wp = g.W + 2 * g.pw, Hp = g.H + 2 * g.ph, span = g.OH * Wp;
+    const int64_t plane = Hp * Wp + g.KW * g.dw;  // the last tap reads past the last row by up to (KW-1)·dw
+    float* xp = buf.padded;
+    float* wide = buf.wide;
+    std::fill(xp, xp + plane, 0.0f);
+    if (!Scatter) {
+      for (int64_t ih = 0; ih < g.H; ih++) std::copy(in + ih * g.W, in + (ih + 1) * g.W, xp + (ih + g.ph) * Wp + g.pw);
+      for (int64_t oh = 0; oh < g.OH; oh++) std::copy(out + oh * g.OW, out + (oh + 1) * g.OW, wide + oh * Wp);
+      for (int64_t t = 0; t < g.KH * g.KW; t++) axpy_run(wide, xp + (t / g.KW) * g.dh * Wp + (t % g.KW) * g.dw, w[t], span);
+      for (int64_t oh = 0; oh < g.OH; oh++) std::copy(wide + oh * Wp, wide + oh * Wp + g.OW, out + oh * g.OW);
+    } else {
+      std::fill(wide, wide + span, 0.0f);
+      for (int64_t oh = 0; oh < g.OH; oh++) std::copy(in + oh * g.OW, in + (oh + 1) * g.OW, wide + oh * Wp);
+      for (int64_t t = 0; t < g.KH * g.KW; t++) axpy_run(xp + (t / g.KW) * g.dh * Wp + (t % g.KW) * g.dw, wide, w[t], span);
+      for (int64_t ih = 0; ih < g.H; ih++)
+        for (int64_t iw = 0; iw < g.W; iw++) out[ih * g.W + iw] += xp[(ih + g.ph) * Wp + iw + g.pw];
+    }
+    return;
+  }
+  for (int64_t kh = 0; kh < g.KH; kh++)
+    for (int64_t kw = 0; kw < g.KW; kw++) {
+      const float wv = w[kh * g.KW + kw];
+      const int64_t off = kw * g.dw - g.pw;
+      const int64_t lo = std::min(g.OW, off >= 0 ? 0 : ceil_div(-off, g.sw));
+      const int64_t hi = std::clamp<int64_t>(g.W - off <= 0 ? 0 : ceil_div(g.W - off, g.sw), lo, g.OW);
+      for (int64_t oh = 0; oh < g.OH; oh++) {
+        const int64_t ih = oh * g.sh - g.ph + kh * g.dh;
+        if (ih < 0 || ih >= g.H) continue;
+        float* a = Scatter ? out + ih * g.W + off : out + oh * g.OW;
+        const float* s = Scatter ? in + oh * g.OW : in + ih * g.W + off;
+        if (Scatter)
+          for (int64_t ow = lo; ow < hi; ow++) a[ow * g.sw] += wv * s[ow];
+        else
+          for (int64_t ow = lo; ow < hi; ow++) a[ow] += wv * s[ow * g.sw];
+      }
+    }
+}
+
+// The buffers channel_taps needs for g, per thread.
+thread_local std::vector<float> t_padded, t_wide;
+StencilBufs stencil_bufs(const ConvGeom& g) {
+  const int64_t Wp = g.W + 2 * g.pw, Hp = g.H + 2 * g.ph;
+  return {scratch(t_padded, Hp * Wp + g.KW * g.dw), scratch(t_wide, g.OH * Wp)};
+}
+
+#define PEFT_STENCIL(suffix, flags)                                                                                \
+  __attribute__((target(flags))) void taps_##suffix(const ConvGeom& g, const float* w, const float* in, float* out, \
+                                                     StencilBufs b) {                                               \
+    channel_taps<false>(g, w, in, out, b);                                                                          \
+  }                                                                                                                 \
+  __attribute__((target(flags))) void scatter_##suffix(const ConvGeom& g, const float* w, const float* in, float* out, \
+                                                        StencilBufs b) {                                            \
+    channel_taps<true>(g, w, in, out, b);                                                                           \
+  }
+PEFT_STENCIL(avx512, "avx512f,avx512vl,fma")
+PEFT_STENCIL(avx2, "avx2,fma")
+PEFT_STENCIL(base, "sse2")
+#undef PEFT_STENCIL
+
+using TapsFn = void (*)(const ConvGeom&, const float*, const float*, float*, StencilBufs);
+struct Stencil {
+  TapsFn taps, scatter;
+};
+Stencil stencil() {
+  switch (active_isa()) {
+    case Isa::Avx512: return {taps_avx512, scatter_avx512};
+    case Isa::Avx2: return {taps_avx2, scatter_avx2};
+    default: return {taps_base, scatter_base};
+  }
+}
+
+// Output channel o's taps as f32.
+void channel_weights(const ConvGeom& g, const void* w, DType w_dt, int64_t o, float* out) {
+  convert_cpu(at(w, w_dt, o * g.KH * g.KW), w_dt, out, DType::F32, g.KH * g.KW);
+}
+
 void depthwise_forward(const ConvGeom& g, const float* x, const void* w, DType w_dt, const void* b, DType b_dt, void* y, DType y_dt) {
   const int64_t P = g.P(), mult = g.ocg();
+  const Stencil st = stencil();
   parallel_for(g.N * g.OC, 1, [&](int64_t i0, int64_t i1) {
     float* acc = scratch(t_row, P);
+    std::vector<float> wk(static_cast<size_t>(g.KH * g.KW));
     for (int64_t i = i0; i < i1; i++) {
       const int64_t n = i / g.OC, o = i % g.OC;
-      const float* src = x + (n * g.C + o / mult) * g.H * g.W;
       std::fill(acc, acc + P, b ? load_f32(b, b_dt, o) : 0.0f);
-      for (int64_t kh = 0; kh < g.KH; kh++)
-        for (int64_t kw = 0; kw < g.KW; kw++) {
-          const float wv = load_f32(w, w_dt, (o * g.KH + kh) * g.KW + kw);
-          const int64_t off = kw * g.dw - g.pw;
-          const int64_t lo = std::min(g.OW, off >= 0 ? 0 : ceil_div(-off, g.sw));
-          const int64_t hi = std::clamp<int64_t>(g.W - off <= 0 ? 0 : ceil_div(g.W - off, g.sw), lo, g.OW);
-          for (int64_t oh = 0; oh < g.OH; oh++) {
-            const int64_t ih = oh * g.sh - g.ph + kh * g.dh;
-            if (ih < 0 || ih >= g.H) continue;
-            float* a = acc + oh * g.OW;
-            const float* s = src + ih * g.W + off;
-            if (g.sw == 1)
-              for (int64_t ow = lo; ow < hi; ow++) a[ow] += wv * s[ow];
-            else
-              for (int64_t ow = lo; ow < hi; ow++) a[ow] += wv * s[ow * g.sw];
-          }
-        }
+      channel_weights(g, w, w_dt, o, wk.data());
+      st.taps(g, wk.data(), x + (n * g.C + o / mult) * g.H * g.W, acc, stencil_bufs(g));
       convert_cpu(acc, DType::F32, at(y, y_dt, i * P), y_dt, P);
     }
   });
@@ -217,6 +297,7 @@ void depthwise_forward(const ConvGeom& g, const float* x, const void* w, DType w
 void depthwise_backward(const ConvGeom& g, const float* dy, const float* x, const void* w, DType w_dt, void* dx, DType dx_dt,
                         void* dW, DType dW_dt) {
   const int64_t P = g.P(), mult = g.ocg(), HW = g.H * g.W, KHW = g.KH * g.KW;
+  const Stencil st = stencil();
   // For each (tap, output row) pair, the run of output columns whose input lies inside the image.
   auto runs = [&](int64_t kh, int64_t kw, auto&& f) {
     const int64_t off = kw * g.dw - g.pw;
@@ -251,23 +332,14 @@ void depthwise_backward(const ConvGeom& g, const float* dy, const float* x, cons
   if (!dx) return;
   parallel_for(g.N * g.C, 1, [&](int64_t i0, int64_t i1) {
     float* acc = scratch(t_row, HW);
+    std::vector<float> wk(static_cast<size_t>(KHW));
     for (int64_t i = i0; i < i1; i++) {
       const int64_t n = i / g.C, c = i % g.C;
       std::fill(acc, acc + HW, 0.0f);
       for (int64_t m = 0; m < mult; m++) {
         const int64_t o = c * mult + m;
-        const float* d = dy + (n * g.OC + o) * P;
-        for (int64_t t = 0; t < KHW; t++) {
-          const float wv = load_f32(w, w_dt, o * KHW + t);
-          runs(t / g.KW, t % g.KW, [&](int64_t oh, int64_t base, int64_t lo, int64_t hi) {
-            const float* dr = d + oh * g.OW;
-            float* a = acc + base;
-            if (g.sw == 1)
-              for (int64_t ow = lo; ow < hi; ow++) a[ow] += wv * dr[ow];
-            else
-              for (int64_t ow = lo; ow < hi; ow++) a[ow * g.sw] += wv * dr[ow];
-          });
-        }
+        channel_weights(g, w, w_dt, o, wk.data());
+        st.scatter(g, wk.data(), dy + (n * g.OC + o) * P, acc, stencil_bufs(g));
       }
       convert_cpu(acc, DType::F32, at(dx, dx_dt, i * HW), dx_dt, HW);
     }
