@@ -61,6 +61,9 @@ export interface NativeAddon {
   ia3Forward(x: NativeTensor, w: NativeTensor, b: NativeTensor | null, weightInOut: boolean, l: NativeTensor, inputSide: boolean, saveUnscaled: boolean): NativeTensor | [NativeTensor, NativeTensor];
   ia3Backward(dy: NativeTensor, x: NativeTensor, w: NativeTensor, b: null, weightInOut: boolean, l: NativeTensor, inputSide: boolean, y0: NativeTensor | null,
     wantDx: boolean, dW: NativeTensor | null, db: NativeTensor | null, dl: NativeTensor | null): NativeTensor | null;
+  // IA3 merge/unmerge in place: weight viewed [outer, mid, inner] times the scales' product along mid (or divided
+  // by each l + 1e-8); returns the first adapter that makes it non-finite under safe, or -1.
+  ia3Scale(w: NativeTensor, view: number[], scales: NativeTensor[], divide: boolean, safe: boolean, checkOnly: boolean): number;
   activation(kind: string, x: NativeTensor): NativeTensor;
   activationBackward(kind: string, x: NativeTensor, dy: NativeTensor): NativeTensor;
   logSoftmax(x: NativeTensor): NativeTensor;

@@ -1,6 +1,6 @@
 // The fused IA3 kernels (native ia3Forward / ia3Backward) against float64: both sides, both weight layouts,
 // every float dtype of x and W, odd and empty sizes, scales with zeros (dl must not divide by l).
-import { describe, it } from "vitest";
+import { describe, expect, it } from "vitest";
 import { PeftError, Tensor } from "../lib/index.js";
 import { native } from "../lib/native.js";
 import { FLOATS, UNIT, expectClose, expectError, tolIn, uniform, type FloatDType } from "./helpers/numeric.js";
@@ -96,6 +96,38 @@ describe("ia3Forward / ia3Backward against float64", () => {
           }
         });
       });
+
+  it("ia3Scale: W ⊙ Π l along any axis (or ⊘ Π (l + 1e-8)), rounded once; safe finds the adapter that overflows", () => {
+    for (const dt of FLOATS)
+      for (const [outer, mid, inner] of [[1, 7, 5], [5, 7, 1], [3, 4, 9], [1, 1, 1], [0, 3, 2]] as const) {
+        const w = Tensor.fromArray(uniform(outer * mid * inner, -2, 2, 5), [outer, mid * inner], dt);
+        const w0 = w.toFloat64Array();
+        for (const divide of [false, true]) {
+          // unmerging a zero of l divides by 1e-8: past f16's range, so the division runs on l away from 0
+          const pick = (seed: number) => (divide ? { t: Tensor.fromArray(uniform(mid, 0.5, 2, seed), [mid]), v: Tensor.fromArray(uniform(mid, 0.5, 2, seed), [mid]).toFloat64Array() } : scale(mid, seed));
+          const l1 = pick(6), l2 = pick(7);
+          const t = w.to(dt);
+          expect(native.ia3Scale(h(t), [outer, mid, inner], [h(l1.t), h(l2.t)], divide, true, false)).toBe(-1);
+          const got = t.toFloat64Array();
+          for (let i = 0; i < got.length; i++) {
+            const j = Math.floor(i / inner) % mid;
+            const f = divide ? 1 / ((l1.v[j] + 1e-8) * (l2.v[j] + 1e-8)) : l1.v[j] * l2.v[j];
+            const want = w0[i] * f;
+            if (!Number.isFinite(want)) continue;
+            // the factor rounded to f32, the product rounded into W's dtype
+            expect(Math.abs(got[i] - want)).toBeLessThanOrEqual(tolIn(dt, want, 2 * UNIT.f32));
+          }
+        }
+      }
+    // f16: 60000 · 2 overflows in the weight's dtype: safe leaves W alone and names the adapter that did it
+    const w = Tensor.fromArray([60000, 1], [1, 2], "f16");
+    const ok = Tensor.fromArray([1, 1], [2]), big = Tensor.fromArray([2, 1], [2]);
+    expect(native.ia3Scale(h(w), [1, 2, 1], [h(ok), h(big)], false, true, false)).toBe(1);
+    expect([...w.toFloat64Array()]).toEqual([60000, 1]);
+    expect(native.ia3Scale(h(w), [1, 2, 1], [h(ok)], false, true, true)).toBe(-1);
+    expectError(() => native.ia3Scale(h(w), [1, 2, 2], [h(ok)], false, false, false), PeftError, "ERR_SHAPE", /view/);
+    expectError(() => native.ia3Scale(h(w), [1, 2, 1], [h(Tensor.zeros([3]))], false, false, false), PeftError, "ERR_SHAPE", /scales\[0\]/);
+  });
 
   it("bad inputs are coded errors naming the op", () => {
     const x = Tensor.zeros([2, 3]), W = Tensor.zeros([4, 3]);

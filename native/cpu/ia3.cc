@@ -1,5 +1,7 @@
 #include "ia3.h"
 
+#include <atomic>
+#include <cmath>
 #include <memory>
 #include <vector>
 
@@ -154,6 +156,40 @@ void ia3_backward_cpu(const DenseView& d, const Ia3Scale& s, const void* dy, DTy
     }
     if (db) sum_rows_cpu(dys.get(), DType::F32, M, N, db, db_dt, true);
   }
+}
+
+bool ia3_scale_cpu(void* W, DType dt, int64_t outer, int64_t mid, int64_t inner, const float* f, bool safe, bool commit) {
+  const int64_t rows = outer * mid;  // one (outer, mid) pair: `inner` contiguous elements, one factor
+  std::atomic<bool> finite{true};
+  auto pass = [&](bool write) {
+    parallel_for(rows, std::max<int64_t>(1, 4096 / std::max<int64_t>(inner, 1)), [&](int64_t r0, int64_t r1) {
+      std::vector<float> buf(static_cast<size_t>(std::max<int64_t>(inner, 1)));
+      bool ok = true;
+      for (int64_t r = r0; r < r1; r++) {
+        void* p = static_cast<char*>(W) + r * inner * dtype_size(dt);
+        convert_cpu(p, dt, buf.data(), DType::F32, inner);
+        const float s = f[r % mid];
+        for (int64_t i = 0; i < inner; i++) buf[i] *= s;
+        if (!write) {
+          // The check is in W's dtype: an f16 product past 65504 is not finite once stored.
+          std::vector<float> back(buf);
+          std::vector<uint16_t> h(static_cast<size_t>(dt == DType::F32 ? 0 : inner));
+          if (dt != DType::F32) {
+            convert_cpu(buf.data(), DType::F32, h.data(), dt, inner);
+            convert_cpu(h.data(), dt, back.data(), DType::F32, inner);
+          }
+          for (int64_t i = 0; i < inner && ok; i++) ok = std::isfinite(back[i]);
+        } else {
+          convert_cpu(buf.data(), DType::F32, p, dt, inner);
+        }
+      }
+      if (!ok) finite.store(false);
+    });
+  };
+  if (safe) pass(false);
+  if (!finite.load()) return false;
+  if (commit) pass(true);
+  return true;
 }
 
 }  // namespace peft

@@ -21,4 +21,10 @@ void ia3_forward_cpu(const DenseView& d, const Ia3Scale& s, void* y, DType y_dt,
 void ia3_backward_cpu(const DenseView& d, const Ia3Scale& s, const void* dy, DType dy_dt, const void* y0, DType y0_dt, void* dx,
                       DType dx_dt, void* dW, DType dW_dt, void* db, DType db_dt, float* dl);
 
+// Merge/unmerge in place: W viewed (outer, mid, inner) times f[mid] (the active adapters' factors, combined
+// in f64: l, or 1 / (l + 1e-8) for PEFT's unmerge), each element rounded once into W's dtype, in one pass.
+// With `safe` the results are checked first and nothing is written unless all are finite; `commit` false
+// only checks. Returns whether every result was finite.
+bool ia3_scale_cpu(void* W, DType dt, int64_t outer, int64_t mid, int64_t inner, const float* f, bool safe, bool commit);
+
 }  // namespace peft

@@ -90,11 +90,57 @@ Napi::Value Ia3Backward(const Napi::CallbackInfo& info) {
   return want_dx ? TensorHandle::Wrap(info.Env(), dx) : info.Env().Null();
 }
 
+// ia3Scale(weight, [outer, mid, inner], scales (f32 vectors of length mid), divide, safe, checkOnly) -> the index of
+// the first adapter whose merge makes the weight non-finite (safe), or -1. The scales multiply (PEFT's merge)
+// or divide as 1 / (l + 1e-8) (PEFT's unmerge), combined in f64 and applied in one pass.
+Napi::Value Ia3ScaleWeight(const Napi::CallbackInfo& info) {
+  const char* op = "ia3Scale";
+  const Tensor& w = TensorHandle::From(info[0], op, "weight");
+  require_float(w, op, "weight");
+  if (w.device() != Device::CPU) fail("ERR_NOT_ON_DEVICE", cat(op, ": weight is on ", device_name(w.device()), "; this op has a CPU kernel only"));
+  Shape v = arg_shape(info[1], op, "view");
+  if (v.size() != 3 || v[0] * v[1] * v[2] != w.numel())
+    fail("ERR_SHAPE", cat(op, ": view must be [outer, mid, inner] with ", w.numel(), " elements, got ", shape_str(v)));
+  if (!info[2].IsArray()) fail_type(cat(op, ": scales must be an array of tensors"));
+  Napi::Array arr = info[2].As<Napi::Array>();
+  const bool divide = arg_bool(info[3], op, "divide"), safe = arg_bool(info[4], op, "safe"), check_only = arg_bool(info[5], op, "checkOnly");
+  if (check_only && !safe) fail_range(cat(op, ": checkOnly needs safe"));
+  std::vector<const float*> ls;
+  for (uint32_t i = 0; i < arr.Length(); i++) {
+    const Tensor& l = TensorHandle::From(arr.Get(i), op, "scales[i]");
+    if (l.dtype != DType::F32 || l.numel() != v[1] || l.device() != Device::CPU)
+      fail("ERR_SHAPE", cat(op, ": scales[", i, "] must be a host f32 tensor of ", v[1], " values, got ", dtype_name(l.dtype), " ", shape_str(l.shape)));
+    ls.push_back(l.ptr<float>());
+  }
+  // Factors of the first k adapters, combined in f64.
+  auto factors = [&](size_t k) {
+    std::vector<float> f(static_cast<size_t>(std::max<int64_t>(v[1], 1)));
+    for (int64_t j = 0; j < v[1]; j++) {
+      double p = 1;
+      for (size_t a = 0; a < k; a++) p *= divide ? 1.0 / (static_cast<double>(ls[a][j]) + 1e-8) : ls[a][j];
+      f[static_cast<size_t>(j)] = static_cast<float>(p);
+    }
+    return f;
+  };
+  std::vector<float> all = factors(ls.size());
+  if (ia3_scale_cpu(w.data(), w.dtype, v[0], v[1], v[2], all.data(), safe, !check_only)) {
+    if (!check_only) w.storage->bump_version();
+    return Napi::Number::New(info.Env(), -1);
+  }
+  // Which adapter broke it: the first whose prefix of factors gives a non-finite weight.
+  for (size_t k = 1; k < ls.size(); k++) {
+    std::vector<float> f = factors(k);
+    if (!ia3_scale_cpu(w.data(), w.dtype, v[0], v[1], v[2], f.data(), true, false)) return Napi::Number::New(info.Env(), static_cast<double>(k - 1));
+  }
+  return Napi::Number::New(info.Env(), static_cast<double>(ls.size() - 1));
+}
+
 }  // namespace
 
 void register_ia3_ops(Napi::Env env, Napi::Object exports) {
   exports.Set("ia3Forward", Napi::Function::New<guarded<Ia3Forward>>(env, "ia3Forward"));
   exports.Set("ia3Backward", Napi::Function::New<guarded<Ia3Backward>>(env, "ia3Backward"));
+  exports.Set("ia3Scale", Napi::Function::New<guarded<Ia3ScaleWeight>>(env, "ia3Scale"));
 }
 
 }  // namespace peft
