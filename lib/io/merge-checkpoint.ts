@@ -1,12 +1,15 @@
-// Merging a PEFT LoRA adapter into a base checkpoint, tensor by tensor (memory bounded by the largest
-// tensor): W' = W + scale·B·A (transposed for fan_in_fan_out) for targeted weights, saved modules and
-// saved biases replace their base tensors, everything else is copied; the output is one safetensors file.
+// Merging a PEFT LoRA or IA3 adapter into a base checkpoint, tensor by tensor (memory bounded by the largest
+// tensor): W' = W + scale·B·A (transposed for fan_in_fan_out) for LoRA targets, W' = W ⊙ l (columns of
+// feed-forward modules, rows and bias of the others) for IA3 targets; saved modules and saved biases replace
+// their base tensors, everything else is copied; the output is one safetensors file.
 import { existsSync, realpathSync, statSync } from "node:fs";
 import { join } from "node:path";
 import { peftError } from "../errors.js";
 import { Tensor, type DType } from "../tensor.js";
 import { LoraConfig } from "../tuners/lora/config.js";
 import { applyLoraDeltas } from "../tuners/lora/delta.js";
+import { IA3Config } from "../tuners/ia3/config.js";
+import { planIa3Merge, ia3ScaleInto, type Ia3Plan } from "./merge-ia3.js";
 import { openCheckpoint } from "./checkpoint-source.js";
 import { readAdapterConfig, WEIGHTS_NAME } from "./peft-checkpoint.js";
 import { CONFIG_NAME } from "../tuners/config.js";
@@ -43,6 +46,7 @@ interface Delta {
 interface Plan {
   lora: Map<string, Delta>; // base weight key -> delta
   replace: Map<string, Tensor>; // base key -> adapter tensor (saved modules, biases)
+  ia3: Ia3Plan;
 }
 
 // lora_A.weight / lora_B.weight (Linear, Conv1D, Conv2d) and lora_embedding_A / lora_embedding_B (Embedding).
@@ -84,7 +88,7 @@ function planMerge(config: LoraConfig, adapterTensors: Record<string, Tensor>, a
     const alpha = config.alphaFor(path);
     lora.set(`${path}.weight`, { A: asMatrix(A), B: asMatrix(B), scale: config.useRslora ? alpha / Math.sqrt(r) : alpha / r, embedding });
   }
-  return { lora, replace };
+  return { lora, replace, ia3: { scales: new Map(), required: [] } };
 }
 
 /**
@@ -156,8 +160,8 @@ export async function mergeCheckpoint(opts: MergeCheckpointOptions): Promise<Mer
   refuseInputAsOutput(opts);
   if (existsSync(opts.out) && !opts.force) throw peftError("ERR_CHECKPOINT", `${opts.out} exists; pass --force to overwrite it`);
   const config = await readAdapterConfig(opts.adapter);
-  if (!(config instanceof LoraConfig))
-    throw peftError("ERR_UNSUPPORTED", `${opts.adapter}: peft_type ${(config as { peftType?: string }).peftType} cannot be merged by this command (LORA only)`);
+  if (!(config instanceof LoraConfig) && !(config instanceof IA3Config))
+    throw peftError("ERR_UNSUPPORTED", `${opts.adapter}: peft_type ${(config as { peftType?: string }).peftType} cannot be merged by this command (LORA and IA3 only)`);
   const weightsPath = join(opts.adapter, WEIGHTS_NAME);
   if (!existsSync(weightsPath)) throw peftError("ERR_CHECKPOINT", `${opts.adapter}: no ${WEIGHTS_NAME}`);
   const adapterTensors = loadSafetensorsSync(weightsPath);
@@ -168,8 +172,9 @@ export async function mergeCheckpoint(opts: MergeCheckpointOptions): Promise<Mer
   }
 }
 
-function runMerge(opts: MergeCheckpointOptions, config: LoraConfig, adapterTensors: Record<string, Tensor>): MergeSummary {
-  const plan = planMerge(config, adapterTensors, opts.adapter);
+function runMerge(opts: MergeCheckpointOptions, config: LoraConfig | IA3Config, adapterTensors: Record<string, Tensor>): MergeSummary {
+  const plan: Plan =
+    config instanceof LoraConfig ? planMerge(config, adapterTensors, opts.adapter) : { lora: new Map(), ...planIa3Merge(config, adapterTensors, opts.adapter) };
   try {
     return writeMerged(opts, config, plan);
   } finally {
@@ -177,11 +182,11 @@ function runMerge(opts: MergeCheckpointOptions, config: LoraConfig, adapterTenso
   }
 }
 
-function writeMerged(opts: MergeCheckpointOptions, config: LoraConfig, plan: Plan): MergeSummary {
+function writeMerged(opts: MergeCheckpointOptions, config: LoraConfig | IA3Config, plan: Plan): MergeSummary {
   using src = openCheckpoint(opts.base);
   const keys = src.keys();
   const have = new Set(keys);
-  const unused = [...plan.lora.keys(), ...plan.replace.keys()].filter((k) => !have.has(k));
+  const unused = [...plan.lora.keys(), ...plan.replace.keys(), ...plan.ia3.required].filter((k) => !have.has(k));
   if (unused.length)
     throw peftError("ERR_CHECKPOINT", `${opts.adapter}: ${unused.length} adapter tensors have no base tensor in ${opts.base}: ${unused.slice(0, 5).join(", ")}`);
   const specs: TensorSpec[] = keys.map((k) => {
@@ -202,7 +207,12 @@ function writeMerged(opts: MergeCheckpointOptions, config: LoraConfig, plan: Pla
       using base = src.get(k);
       let out: Tensor;
       const delta = plan.lora.get(k);
-      if (delta) {
+      const scale = plan.ia3.scales.get(k);
+      if (scale) {
+        out = base.to("f32"); // merged in f32, rounded once into the output dtype
+        ia3ScaleInto(out, k, scale, inOut);
+        summary.merged.push(k);
+      } else if (delta) {
         out = base.to("f32"); // merged in f32, rounded once into the output dtype
         using w = asMatrix(out);
         applyLoraDeltas(w, [delta], { weightInOut: storedInOut(k, base.shape, delta, inOut) });

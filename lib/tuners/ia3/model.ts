@@ -81,7 +81,10 @@ export class IA3Model extends BaseTuner<IA3Config> {
     }
     if (!isIa3Base(target))
       throw peftError("ERR_UNSUPPORTED", `Target module ${key} (${target.constructor.name}) is not supported. Currently, only Linear, Conv2d and Conv1D are supported.`);
-    return new IA3Layer(target, { adapterName, isFeedforward: isFeedforwardModule(config, key), initIa3Weights: config.initIa3Weights, fanInFanOut: config.fanInFanOut });
+    const layer = new IA3Layer(target, { adapterName, isFeedforward: isFeedforwardModule(config, key), initIa3Weights: config.initIa3Weights, fanInFanOut: config.fanInFanOut });
+    // PEFT sets the config's flag to the layer's layout, so a saved config says how its last dense target stores W.
+    if (!(target instanceof Conv2d)) config.fanInFanOut = layer.fanInFanOut;
+    return layer;
   }
 
   /** The IA3 layers, in model order. */
