@@ -2,8 +2,12 @@
 // active (trainable) or disabled, and the merge / unmerge bookkeeping. A method's layer (LoraLayer, IA3Layer)
 // says how its adapter weights are stored and how merging changes the base weights.
 import type { Tensor } from "../tensor.js";
-import { Module } from "../nn/index.js";
+import { Module, type BackwardOptions } from "../nn/index.js";
 import { clip, describe, isArray, optionsArg, peftError, shownValue, stringsArg, typeError } from "../errors.js";
+import { record, wantsGrad } from "../autograd/record.js";
+
+/** A fused layer's backward for one forward call: dx when wanted; parameter gradients accumulate into .grad. */
+export type FusedGradients = (dy: Tensor, x: Tensor, saved: Tensor[], weight: Tensor, wantDx: boolean) => Tensor | null;
 
 export interface MergeOptions {
   safeMerge?: boolean;
@@ -41,6 +45,8 @@ export abstract class BaseTunerLayer extends Module {
   readonly mergedAdapters: string[] = [];
   #active: string[] = [];
   #disabled = false;
+  // The backward of the last training forward that ran adapters (tape-free path); null: the base ran alone.
+  #pending: FusedGradients | null = null;
 
   constructor(baseLayer: Module) {
     super();
@@ -89,9 +95,71 @@ export abstract class BaseTunerLayer extends Module {
     return b;
   }
 
-  /** Active adapters that this layer holds (the model may activate names other layers hold). */
-  protected presentActiveAdapters(): string[] {
-    return this.#active.filter((n) => this.adapterNames.includes(n));
+  /** The adapters a forward runs: none while disabled (a merged layer is unmerged first, as PEFT does) or merged. */
+  protected adaptersToRun(): string[] {
+    if (this.disabled && this.merged) this.unmerge();
+    return this.disabled || this.merged ? [] : this.#active.filter((n) => this.adapterNames.includes(n));
+  }
+
+  // ---- layers whose base and adapters run as one forward and one backward (one graph node per call) ----
+
+  /** The base layer's own forward (no adapter runs); a tape-free backward then goes to the base. */
+  protected forwardBase(x: Tensor): Tensor {
+    this.releaseSaved();
+    this.#pending = null;
+    return this.getFusedBase().forward(x);
+  }
+
+  private getFusedBase(): Module & { weight: Tensor; bias?: Tensor | null } {
+    return this.baseLayer as Module & { weight: Tensor; bias?: Tensor | null };
+  }
+
+  /**
+   * Finishes a fused forward: while training keeps x and `saved` for the tape-free backward, and records one
+   * graph node (backward = `gradients`) when x, the base or `params` want gradients. `params` are saved with
+   * the node too, so an optimizer step between forward and backward is caught (version check). Disposes
+   * this call's handles of `saved`.
+   */
+  protected finishFused(x: Tensor, y: Tensor, saved: Tensor[], params: Tensor[], gradients: FusedGradients): Tensor {
+    const base = this.getFusedBase();
+    base.releaseSaved();
+    if (this.training) {
+      this.save(x, ...saved);
+      this.#pending = gradients;
+    } else {
+      this.releaseSaved();
+      this.#pending = null;
+    }
+    if (wantsGrad(x, base.weight, base.bias, ...params)) {
+      const k = saved.length;
+      record(
+        `${this.constructor.name}Backward`,
+        [x],
+        y,
+        ([g], all, [needDx]) => [g ? gradients(g, all[0], all.slice(1, 1 + k), all[1 + k], needDx) : null],
+        [x, ...saved, base.weight, ...params],
+        { force: true },
+      );
+    }
+    saved.forEach((t) => t.dispose());
+    return y;
+  }
+
+  /** The tape-free backward of the last training forward (the base's when no adapter ran). */
+  protected fusedBackward(dy: Tensor, options: BackwardOptions): Tensor | null {
+    const opts = this.gradInput(dy, options);
+    this.requireUnmerged();
+    const gradients = this.#pending;
+    if (!gradients) return this.baseLayer.backward(dy, opts);
+    const [x, ...saved] = this.saved();
+    const dx = gradients(dy, x, saved, this.getFusedBase().weight, opts.inputGrad !== false);
+    this.releaseSaved();
+    this.#pending = null;
+    return dx;
+  }
+
+  protected requireUnmerged(): void {
+    if (this.merged) throw peftError("ERR_STATE", `${this.describe()}.backward: adapters are merged; unmerge them before training (adapter gradients need unmerged weights)`);
   }
 
   /**

@@ -7,7 +7,6 @@ import { describe, peftError, typeError } from "../../errors.js";
 import { Conv1D, Conv2d, Linear, ParameterDict, gradOf, type BackwardOptions } from "../../nn/index.js";
 import { addInPlace, fill } from "../../kernels.js";
 import { ew } from "../../functional/raw.js";
-import { record, wantsGrad } from "../../autograd/record.js";
 import { BaseTunerLayer, adapterNameArg, denseFanInFanOut } from "../tuner-layer.js";
 import { ia3LinearBackward, ia3LinearForward, ia3MergeInPlace } from "./kernels.js";
 import { ia3Conv2dBackward, ia3Conv2dForward } from "./conv.js";
@@ -41,8 +40,6 @@ export class IA3Layer extends BaseTunerLayer {
   readonly isFeedforward: boolean;
   /** W stored (in, out) (GPT-2's Conv1D): forced to match the base layer, as PEFT does. */
   readonly fanInFanOut: boolean;
-  // The adapters the last training forward applied (tape-free backward).
-  #forwardAdapters: string[] = [];
 
   constructor(base: IA3Base, opts: IA3LayerOptions) {
     if (!isIa3Base(base)) throw typeError(`IA3Layer: the base layer must be a Linear, Conv1D or Conv2d, got ${describe(base)}`);
@@ -127,58 +124,19 @@ export class IA3Layer extends BaseTunerLayer {
 
   forward(x: Tensor): Tensor {
     this.input(x);
-    if (this.disabled && this.merged) this.unmerge();
-    const base = this.baseLayer;
-    const adapters = this.disabled || this.merged ? [] : this.presentActiveAdapters();
-    if (!adapters.length) {
-      this.releaseSaved();
-      this.#forwardAdapters = [];
-      return base.forward(x);
-    }
-    base.releaseSaved();
+    const adapters = this.adaptersToRun();
+    if (!adapters.length) return this.forwardBase(x);
     const ls = adapters.map((n) => this.ia3L.get(n));
     let res: { y: Tensor; saved: Tensor[] };
     {
       using scale = this.#combined(ls);
       res = this.#run(x, scale);
     }
-    const { y, saved } = res;
-    if (this.training) {
-      this.save(x, ...saved);
-      this.#forwardAdapters = adapters;
-    } else {
-      this.releaseSaved();
-      this.#forwardAdapters = [];
-    }
-    if (wantsGrad(x, base.weight, base.bias, ...ls)) {
-      const k = saved.length;
-      record(
-        "IA3LayerBackward",
-        [x],
-        y,
-        ([g], all, [needDx]) => [g ? this.#gradients(g, all[0], all.slice(1, 1 + k), all[1 + k], adapters, needDx) : null],
-        // The vectors are saved too: an optimizer step before backward is caught (version check).
-        [x, ...saved, base.weight, ...ls],
-        { force: true },
-      );
-    }
-    saved.forEach((t) => t.dispose());
-    return y;
+    return this.finishFused(x, res.y, res.saved, ls, (dy, xs, saved, weight, wantDx) => this.#gradients(dy, xs, saved, weight, adapters, wantDx));
   }
 
   override backward(dy: Tensor, options: BackwardOptions = {}): Tensor | null {
-    const opts = this.gradInput(dy, options);
-    this.#requireUnmerged();
-    if (!this.#forwardAdapters.length) return this.baseLayer.backward(dy, opts);
-    const [x, ...saved] = this.saved();
-    const dx = this.#gradients(dy, x, saved, this.baseLayer.weight, this.#forwardAdapters, opts.inputGrad !== false);
-    this.releaseSaved();
-    this.#forwardAdapters = [];
-    return dx;
-  }
-
-  #requireUnmerged(): void {
-    if (this.merged) throw peftError("ERR_STATE", `${this.describe()}.backward: adapters are merged; unmerge them before training (the vectors' gradients need unmerged weights)`);
+    return this.fusedBackward(dy, options);
   }
 
   /**
@@ -187,7 +145,7 @@ export class IA3Layer extends BaseTunerLayer {
    * division, so a zero entry anywhere is fine).
    */
   #gradients(dy: Tensor, x: Tensor, saved: Tensor[], weight: Tensor, adapters: string[], wantDx: boolean): Tensor | null {
-    this.#requireUnmerged();
+    this.requireUnmerged();
     const base = this.baseLayer;
     const ls = adapters.map((n) => this.ia3L.get(n));
     const shape = this.#kernelShape;

@@ -8,7 +8,6 @@ import { describe, peftError, shownValue, typeError } from "../../errors.js";
 import { takeRng } from "../../random.js";
 import { applyLoraDeltas, type LoraDelta } from "./delta.js";
 import { Module, ModuleDict, Linear, Conv1D, gradOf, type BackwardOptions } from "../../nn/index.js";
-import { record, wantsGrad } from "../../autograd/record.js";
 import { BaseTunerLayer, adapterNameArg, denseFanInFanOut, warnOnce, type MergeOptions } from "../tuner-layer.js";
 
 export { warnOnce, type MergeOptions };
@@ -62,12 +61,6 @@ export abstract class LoraLayer extends BaseTunerLayer {
 
   get adapterNames(): string[] {
     return this.loraA.keys();
-  }
-
-  /** The adapters a forward runs: none while disabled (a merged layer is unmerged first, as PEFT does) or merged. */
-  protected adaptersToRun(): string[] {
-    if (this.disabled && this.merged) this.unmerge();
-    return this.disabled || this.merged ? [] : this.activeAdapters.filter((n) => this.adapterNames.includes(n));
   }
 
   /** Refuses a rank this layer cannot take (before anything changes). */
@@ -231,9 +224,6 @@ export interface FusedResult {
  */
 export abstract class FusedLoraLayer extends LoraLayer {
   declare baseLayer: Module & { weight: Tensor; bias: Tensor | null };
-  // What forward drew for dropout (per adapter) and what backward needs.
-  #rng: Rng = new Map();
-  #forwardAdapters: string[] = [];
 
   /** The base output plus the adapters (and what backward needs besides x). */
   protected abstract runForward(x: Tensor, adapters: NativeAdapter[]): FusedResult;
@@ -255,19 +245,12 @@ export abstract class FusedLoraLayer extends LoraLayer {
 
   forward(x: Tensor): Tensor {
     if (!(x instanceof Tensor)) throw typeError(`${this.constructor.name}.forward: x must be a Tensor`);
-    const base = this.baseLayer;
     const adapters = this.adaptersToRun();
-    if (!adapters.length) {
-      this.releaseSaved();
-      this.#forwardAdapters = [];
-      return base.forward(x);
-    }
-    base.releaseSaved();
+    if (!adapters.length) return this.forwardBase(x);
     const training = this.training;
     // Dropout draws per call: the graph node keeps this call's draws, the tape-free path the last ones.
     const rng: Rng = new Map();
     if (training) for (const n of adapters) if (this.loraDropout[n] > 0) rng.set(n, takeRng(undefined, "LoRA dropout"));
-    this.#rng = rng;
     const keep: Tensor[] = [];
     let res: FusedResult;
     try {
@@ -275,48 +258,16 @@ export abstract class FusedLoraLayer extends LoraLayer {
     } finally {
       keep.forEach((t) => t.dispose());
     }
-    const { y, saved } = res;
-    if (training) {
-      this.save(x, ...saved);
-      this.#forwardAdapters = adapters;
-    } else {
-      this.releaseSaved();
-      this.#forwardAdapters = [];
-    }
     const lora = adapters.flatMap((n) => Object.values(this.loraWeights(n)));
-    if (wantsGrad(x, base.weight, base.bias, ...lora)) {
-      // A and B are saved too: only so that an optimizer step before backward is caught (version check).
-      const k = saved.length;
-      record(
-        `${this.constructor.name}Backward`,
-        [x],
-        y,
-        ([g], all, [needDx]) => [g ? this.#gradients(g, all[0], all.slice(1, 1 + k), all[1 + k], adapters, training, rng, needDx) : null],
-        [x, ...saved, base.weight, ...lora],
-        { force: true },
-      );
-    }
-    saved.forEach((t) => t.dispose());
-    return y;
+    return this.finishFused(x, res.y, res.saved, lora, (dy, xs, saved, weight, wantDx) => this.#gradients(dy, xs, saved, weight, adapters, training, rng, wantDx));
   }
 
   override backward(dy: Tensor, options: BackwardOptions = {}): Tensor | null {
-    const opts = this.gradInput(dy, options);
-    this.#requireUnmerged();
-    if (!this.#forwardAdapters.length) return this.baseLayer.backward(dy, opts);
-    const [x, ...saved] = this.saved();
-    const dx = this.#gradients(dy, x, saved, this.baseLayer.weight, this.#forwardAdapters, true, this.#rng, opts.inputGrad !== false);
-    this.releaseSaved();
-    this.#forwardAdapters = [];
-    return dx;
-  }
-
-  #requireUnmerged(): void {
-    if (this.merged) throw peftError("ERR_STATE", `${this.describe()}.backward: adapters are merged; unmerge them before training (adapter gradients need unmerged weights)`);
+    return this.fusedBackward(dy, options);
   }
 
   #gradients(dy: Tensor, x: Tensor, saved: Tensor[], weight: Tensor, adapters: string[], training: boolean, rng: Rng, wantDx: boolean): Tensor | null {
-    this.#requireUnmerged();
+    this.requireUnmerged();
     const keep: Tensor[] = [];
     try {
       return this.runBackward(dy, x, saved, weight, this.#native(adapters, training, true, rng, keep), wantDx);
