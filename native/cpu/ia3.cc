@@ -75,20 +75,39 @@ void ia3_backward_cpu(const DenseView& d, const Ia3Scale& s, const void* dy, DTy
                       DType dx_dt, void* dW, DType dW_dt, void* db, DType db_dt, float* dl) {
   const int64_t M = d.M, K = d.K, N = d.N;
   if (s.input_side) {
-    // y = (x ⊙ l)·Wᵀ + b: g = dy·W; dx = g ⊙ l; dl = Σ_rows x ⊙ g.
+    // y = (x ⊙ l)·Wᵀ + b: g = dy·W; dl = Σ_rows x ⊙ g and dx = g ⊙ l in one pass over g (an f32 dx holds g
+    // itself until it is scaled).
     if (dl && M > 0) {
-      std::unique_ptr<float[]> gbuf(new float[static_cast<size_t>(std::max<int64_t>(M * K, 1))]);
+      const bool in_place = dx && dx_dt == DType::F32;
+      std::unique_ptr<float[]> gbuf(in_place ? nullptr : new float[static_cast<size_t>(std::max<int64_t>(M * K, 1))]);
+      float* G = in_place ? static_cast<float*>(dx) : gbuf.get();
       GemmArgs g;
       g.M = M, g.N = K, g.K = N;
       g.A = rows(dy, dy_dt, N);
       g.B = weight_as_nk(d);
-      g.C = gbuf.get(), g.ldc = K;
+      g.C = G, g.ldc = K;
       gemm(g);
-      column_dots(d.x, d.x_dt, gbuf.get(), DType::F32, M, K, dl);
-      if (dx) {
-        for (int64_t i = 0; i < M; i++)
-          for (int64_t k = 0; k < K; k++) gbuf[i * K + k] *= s.l[k];
-        convert_cpu(gbuf.get(), DType::F32, dx, dx_dt, M * K);
+      // Rows split across threads (streaming x and g in order), each with its own f64 sums of dl.
+      const int nt = std::max(1, std::min<int>(num_threads(), static_cast<int>(std::min<int64_t>(M, 1 << 16))));
+      std::vector<std::vector<double>> part(static_cast<size_t>(nt));
+      parallel_run(nt, [&](int tid, int parts) {
+        std::vector<double>& acc = part[static_cast<size_t>(tid)];
+        acc.assign(static_cast<size_t>(K), 0.0);
+        std::vector<float> xr(static_cast<size_t>(K)), out(static_cast<size_t>(K));
+        for (int64_t i = M * tid / parts; i < M * (tid + 1) / parts; i++) {
+          convert_cpu(static_cast<const char*>(d.x) + i * K * dtype_size(d.x_dt), d.x_dt, xr.data(), DType::F32, K);
+          float* gr = G + i * K;
+          for (int64_t j = 0; j < K; j++) acc[j] += static_cast<double>(xr[j]) * gr[j];
+          if (!dx) continue;
+          float* o = in_place ? gr : out.data();
+          for (int64_t j = 0; j < K; j++) o[j] = gr[j] * s.l[j];
+          if (!in_place) convert_cpu(out.data(), DType::F32, static_cast<char*>(dx) + i * K * dtype_size(dx_dt), dx_dt, K);
+        }
+      });
+      for (int64_t j = 0; j < K; j++) {
+        double t = 0;
+        for (const auto& p : part) t += p.empty() ? 0.0 : p[static_cast<size_t>(j)];
+        dl[j] += static_cast<float>(t);
       }
     } else if (dx) {
       GemmArgs g;
