@@ -21,6 +21,16 @@ export function mixedTypesError(have: string, got: string): PeftError {
   return peftError("ERR_CONFIG", `Cannot combine adapters with different peft types. Found ${have} and ${got}.`);
 }
 
+export interface TunerSpec<C> {
+  peftType: string;
+  /** The method's name in messages ("LoRA", "IA3"). */
+  methodName: string;
+  // eslint-disable-next-line @typescript-eslint/no-explicit-any
+  configClass: abstract new (...args: any[]) => C;
+  // eslint-disable-next-line @typescript-eslint/no-explicit-any
+  layerClass: abstract new (...args: any[]) => BaseTunerLayer;
+}
+
 export abstract class BaseTuner<C extends PeftConfigBase = PeftConfigBase> extends Module {
   readonly model: Module;
   // Null prototype: adapter names are user strings ("toString", "__proto__" are names like any other).
@@ -37,17 +47,25 @@ export abstract class BaseTuner<C extends PeftConfigBase = PeftConfigBase> exten
     this.injectAdapter(config, adapterName, modelType);
   }
 
+  /** What the method is: its peft_type, its name in messages, its config and layer classes. */
+  protected abstract get spec(): TunerSpec<C>;
+
   /** PEFT's peft_type of the configs this tuner takes ("LORA", "IA3"). */
-  abstract get peftType(): string;
+  get peftType(): string {
+    return this.spec.peftType;
+  }
 
-  /** The method's name in messages ("LoRA", "IA3"). */
-  protected abstract get methodName(): string;
+  protected get methodName(): string {
+    return this.spec.methodName;
+  }
 
-  /** Whether `c` is a config of this method. */
-  protected abstract isConfig(c: unknown): c is C;
+  protected isConfig(c: unknown): c is C {
+    return c instanceof this.spec.configClass;
+  }
 
-  /** Whether `m` is one of this method's adapter layers. */
-  protected abstract isTunerLayer(m: unknown): m is BaseTunerLayer;
+  protected isTunerLayer(m: unknown): m is BaseTunerLayer {
+    return m instanceof this.spec.layerClass;
+  }
 
   /** The config with PEFT's defaults filled in for `modelType` (PEFT's _prepare_adapter_config). */
   protected abstract prepareAdapterConfig(config: C, modelType: string | undefined): C;

@@ -4,6 +4,7 @@ import type { Tensor } from "../../tensor.js";
 import { conv2d, conv2dBackward, type Conv2dGeometry } from "../../ops.js";
 import { addInPlace } from "../../kernels.js";
 import { ew, reduceRaw } from "../../functional/raw.js";
+import { inputGradFromScaled } from "./input-grad.js";
 import type { Ia3LinearBackwardOptions } from "./kernels.js";
 
 export interface Ia3ConvOptions {
@@ -42,11 +43,7 @@ export function ia3Conv2dBackward(dy: Tensor, x: Tensor, weight: Tensor, opts: I
     const dxs = conv2dBackward(du, opts.dW ? xs : x.shape, weight, opts.geometry, { wantDx: needDxs, dW: opts.dW, db: opts.db });
     if (!dxs) return null;
     if (dInScale) sumOfProduct(dxs, x, dInScale);
-    if (!opts.wantDx) return dxs.dispose(), null;
-    if (!inScale) return dxs;
-    const dx = ew("mul", [dxs, inScale], dxs.dtype);
-    dxs.dispose();
-    return dx;
+    return inputGradFromScaled(dxs, inScale, opts.wantDx);
   } finally {
     if (du !== dy) du.dispose();
     if (xs !== x) xs.dispose();

@@ -6,6 +6,7 @@ import { Tensor } from "../../tensor.js";
 import { linear, linearGradInput, linearGradWeight } from "../../ops.js";
 import { sumRows } from "../../kernels.js";
 import { ew, reduceRaw } from "../../functional/raw.js";
+import { inputGradFromScaled } from "./input-grad.js";
 
 export interface Ia3LinearOptions {
   /** W stored (in, out) (Conv1D) rather than (out, in). */
@@ -68,11 +69,7 @@ export function ia3LinearBackward(dy: Tensor, x: Tensor, weight: Tensor, opts: I
     if (!opts.wantDx && !dInScale) return null;
     const dxs = linearGradInput(du, weight, { weightInOut });
     if (dInScale) sumRowsOfProduct(dxs, x, dInScale);
-    if (!opts.wantDx) return dxs.dispose(), null;
-    if (!inScale) return dxs;
-    const dx = ew("mul", [dxs, inScale], dxs.dtype);
-    dxs.dispose();
-    return dx;
+    return inputGradFromScaled(dxs, inScale, opts.wantDx);
   } finally {
     if (du !== dy) du.dispose();
   }

@@ -7,7 +7,7 @@ import { Module, Linear, Conv1D, Conv2d } from "../../nn/index.js";
 import { peftError } from "../../errors.js";
 import { findTargetModules, isFeedforwardModule, type MatchOptions } from "../../matching.js";
 import { defaultFeedforwardModules, defaultTargetModules } from "../../mappings.js";
-import { BaseTuner } from "../tuner.js";
+import { BaseTuner, type TunerSpec } from "../tuner.js";
 import { BaseTunerLayer } from "../tuner-layer.js";
 import { ModulesToSaveWrapper } from "../modules-to-save.js";
 import { IA3Config } from "./config.js";
@@ -50,20 +50,8 @@ export function ia3TargetShapes(model: Module, config: IA3Config, modelType?: st
 }
 
 export class IA3Model extends BaseTuner<IA3Config> {
-  get peftType(): string {
-    return "IA3";
-  }
-
-  protected get methodName(): string {
-    return "IA3";
-  }
-
-  protected isConfig(c: unknown): c is IA3Config {
-    return c instanceof IA3Config;
-  }
-
-  protected isTunerLayer(m: unknown): m is IA3Layer {
-    return m instanceof IA3Layer;
+  protected get spec(): TunerSpec<IA3Config> {
+    return { peftType: "IA3", methodName: "IA3", configClass: IA3Config, layerClass: IA3Layer };
   }
 
   protected prepareAdapterConfig(config: IA3Config, modelType: string | undefined): IA3Config {

@@ -5,7 +5,7 @@ import { peftError, typeError } from "../../errors.js";
 import { describe } from "../../tensor.js";
 import type { MatchOptions } from "../../matching.js";
 import { defaultTargetModules } from "../../mappings.js";
-import { BaseTuner } from "../tuner.js";
+import { BaseTuner, type TunerSpec } from "../tuner.js";
 import type { BaseTunerLayer } from "../tuner-layer.js";
 import { LoraConfig, type ModuleClass } from "./config.js";
 import { LoraLayer, LoraLinear, type LoraLayerOptions } from "./layer.js";
@@ -65,20 +65,8 @@ export function loraMatchOptions(config: LoraConfig): MatchOptions {
 }
 
 export class LoraModel extends BaseTuner<LoraConfig> {
-  get peftType(): string {
-    return "LORA";
-  }
-
-  protected get methodName(): string {
-    return "LoRA";
-  }
-
-  protected isConfig(c: unknown): c is LoraConfig {
-    return c instanceof LoraConfig;
-  }
-
-  protected isTunerLayer(m: unknown): m is LoraLayer {
-    return m instanceof LoraLayer;
+  protected get spec(): TunerSpec<LoraConfig> {
+    return { peftType: "LORA", methodName: "LoRA", configClass: LoraConfig, layerClass: LoraLayer };
   }
 
   protected prepareAdapterConfig(config: LoraConfig, modelType: string | undefined): LoraConfig {
