@@ -40,7 +40,8 @@
       "target_name": "node_peft",
       "sources": ["<!@(node scripts/list-sources.mjs base --relative-to .)"],
       "dependencies": ["peft_avx2", "peft_avx512", "peft_avx512bf16", "peft_amx"],
-      "libraries": ["-lpthread"]
+      "libraries": ["-lpthread"],
+      "ldflags": ["-static-libstdc++", "-static-libgcc"]
     }
   ]
 }

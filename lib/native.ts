@@ -1,5 +1,5 @@
-// Loads the native addon: the cmake-js build first, then the node-gyp one. `lib/` and `dist/` sit at the
-// same depth, so one relative path serves the TypeScript sources and the compiled package.
+// Loads the native addon: a source build (cmake-js, then node-gyp) or the prebuilt binary. `lib/` and
+// `dist/` sit at the same depth, so one relative path serves the TypeScript sources and the compiled package.
 import { createRequire } from "node:module";
 import { existsSync } from "node:fs";
 import { fileURLToPath } from "node:url";
@@ -129,30 +129,58 @@ export interface GemmTestOptions {
 }
 
 const root = join(dirname(fileURLToPath(import.meta.url)), "..");
-const candidates: [string, string][] = [
-  ["cmake-js", join(root, "build-cmake", "Release", "node_peft.node")],
-  ["node-gyp", join(root, "build", "Release", "node_peft.node")],
-];
-// The sanitizer build (scripts/test-asan.sh) is loaded only when asked for by name.
-const sanitized: [string, string] = ["asan", join(root, "build-asan", "Release", "node_peft.node")];
+// Source builds first (cmake-js, then node-gyp), then the prebuilt binary node-gyp-build picks for this
+// platform from prebuilds/ (what an installed package normally loads).
+const BUILDS = ["cmake-js", "node-gyp", "prebuild"] as const;
+const paths: Record<string, () => string | null> = {
+  "cmake-js": () => join(root, "build-cmake", "Release", "node_peft.node"),
+  "node-gyp": () => join(root, "build", "Release", "node_peft.node"),
+  prebuild: () => prebuildPath(),
+  // The sanitizer build (scripts/test-asan.sh) is loaded only when asked for by name.
+  asan: () => join(root, "build-asan", "Release", "node_peft.node"),
+};
+
+function prebuildPath(): string | null {
+  const require = createRequire(import.meta.url);
+  // node-gyp-build reads this when first loaded: look in prebuilds/ only (the source builds are tried above).
+  const saved = process.env.PREBUILDS_ONLY;
+  process.env.PREBUILDS_ONLY = "1";
+  try {
+    return (require("node-gyp-build") as { path(dir: string): string }).path(root);
+  } catch {
+    return null;
+  } finally {
+    if (saved === undefined) delete process.env.PREBUILDS_ONLY;
+    else process.env.PREBUILDS_ONLY = saved;
+  }
+}
 
 function load(): { addon: NativeAddon; path: string } {
   const require = createRequire(import.meta.url);
-  // NODE_PEFT_BUILD=node-gyp|cmake-js|asan picks one build (tests of the node-gyp build use it).
+  // NODE_PEFT_BUILD=cmake-js|node-gyp|prebuild|asan picks one build (tests of each build use it).
   const want = process.env.NODE_PEFT_BUILD;
   const tried: string[] = [];
-  for (const [name, path] of want === "asan" ? [sanitized] : candidates) {
-    if (want && want !== name) continue;
-    if (!existsSync(path)) {
-      tried.push(`${path} (not built)`);
+  for (const name of want ? [want] : BUILDS) {
+    if (!Object.hasOwn(paths, name)) {
+      tried.push(`NODE_PEFT_BUILD=${name}: not one of ${Object.keys(paths).join(", ")}`);
       continue;
     }
-    return { addon: require(path) as NativeAddon, path };
+    const path = paths[name]();
+    if (!path || !existsSync(path)) {
+      tried.push(`${name}: ${path ?? `no prebuilt binary for ${process.platform}-${process.arch}`} (not built)`);
+      continue;
+    }
+    try {
+      return { addon: require(path) as NativeAddon, path };
+    } catch (e) {
+      // A binary that does not load here (an older glibc, another architecture): try the next one.
+      tried.push(`${name}: ${path} (${String((e as Error).message).split("\n")[0]})`);
+    }
   }
   throw new PeftError(
     "ERR_NATIVE",
-    `node-peft: the native addon is not built. Tried:\n  ${tried.join("\n  ")}\n` +
-      "Run `npm rebuild node-peft` (needs a C++ compiler, make and cmake or python3).",
+    `node-peft: no native addon loads. Tried:\n  ${tried.join("\n  ")}\n` +
+      "Run `npm rebuild node-peft --build-from-source` (needs a C++ compiler, make and cmake or python3).",
   );
 }
 

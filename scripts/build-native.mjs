@@ -1,70 +1,114 @@
-// Builds the native addon without downloading anything: cmake-js first (CPU + CUDA when nvcc is found),
-// node-gyp as the fallback (CPU only). `--gyp` builds with node-gyp only; `--cmake` with cmake-js only.
-// The two builds write to different folders (build-cmake/ and build/), so neither overwrites the other.
-import { spawnSync } from "node:child_process";
-import { existsSync } from "node:fs";
-import { dirname, join, resolve } from "node:path";
-import { fileURLToPath } from "node:url";
-import { createRequire } from "node:module";
+// Builds the native addon from source without downloading anything: cmake-js first (CPU, plus the real
+// CUDA kernels when asked for, see CMakeLists.txt), node-gyp as the fallback (CPU only). `--gyp` builds
+// with node-gyp only, `--cmake` with cmake-js only; `--clean` then deletes everything but the .node file
+// (an installed package keeps no object files). The compiler's output goes to a log file, shown on
+// failure; progress is reported as files compile. The two builds write to different folders
+// (build-cmake/ and build/), so neither overwrites the other.
+import { spawn } from "node:child_process";
+import { createWriteStream, existsSync, readFileSync, readdirSync, renameSync, rmSync, mkdirSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join, relative } from "node:path";
+import { root, have, nodeDir, nodeGypCli, cmakeJsCli } from "./native-tools.mjs";
+import { listSources } from "./list-sources.mjs";
+import { say } from "./progress.mjs";
 
-const root = resolve(dirname(fileURLToPath(import.meta.url)), "..");
-const require = createRequire(import.meta.url);
 const args = new Set(process.argv.slice(2));
+const jobs = process.env.CMAKE_BUILD_PARALLEL_LEVEL ?? process.env.JOBS ?? "2";
+const log = join(tmpdir(), `node-peft-build-${process.pid}.log`);
 
-function have(cmd, versionArg = "--version") {
-  return spawnSync(cmd, [versionArg], { stdio: "ignore" }).status === 0;
+function sourceCount(withCuda) {
+  const cpu = ["base", "avx2", "avx512", "avx512bf16", "amx"].reduce((n, g) => n + listSources(g).length, 0);
+  const cu = withCuda ? readdirSync(join(root, "native", "cuda")).filter((f) => f.endsWith(".cu")).length : 0;
+  return cpu + cu;
 }
 
-function run(cmd, argv) {
-  console.log(`node-peft: ${cmd} ${argv.join(" ")}`);
-  const r = spawnSync(cmd, argv, { cwd: root, stdio: "inherit", env: process.env });
-  return r.status === 0;
+/** Runs a build command, its output into the log, a progress line per tenth of the files compiled. */
+function run(label, argv, total) {
+  say(`node-peft: ${label}: compiling ${total} files (log: ${log})`);
+  const out = createWriteStream(log, { flags: "a" });
+  out.write(`$ ${argv.join(" ")}\n`);
+  return new Promise((resolvePromise) => {
+    const child = spawn(argv[0], argv.slice(1), { cwd: root, env: process.env, stdio: ["ignore", "pipe", "pipe"] });
+    let done = 0, shown = 0, partial = "";
+    const onData = (chunk) => {
+      out.write(chunk);
+      const lines = (partial + chunk.toString()).split("\n");
+      partial = lines.pop();
+      for (const l of lines) {
+        if (!/Building (CXX|CUDA) object|^\s*CXX\(target\)/.test(l)) continue;
+        done++;
+        const pct = Math.min(100, Math.floor((100 * done) / total));
+        if (pct >= shown + 10) {
+          shown = pct - (pct % 10);
+          say(`node-peft: ${label}: ${pct}% (${done}/${total} files)`);
+        }
+      }
+    };
+    child.stdout.on("data", onData);
+    child.stderr.on("data", onData);
+    child.on("error", (e) => {
+      out.write(`${e.message}\n`);
+      out.end(() => resolvePromise(false));
+    });
+    child.on("close", (code) => out.end(() => resolvePromise(code === 0)));
+  });
 }
 
-// Node's own headers (Debian and the official tarballs ship them under <prefix>/include/node).
-function nodeDir() {
-  const prefix = resolve(dirname(process.execPath), "..");
-  return existsSync(join(prefix, "include", "node", "node_api.h")) ? prefix : null;
+function showLogTail() {
+  if (!existsSync(log)) return;
+  const lines = readFileSync(log, "utf8").split("\n");
+  process.stderr.write(lines.slice(-60).join("\n") + "\n");
+  say(`node-peft: the full build output is in ${log}`);
 }
 
-function buildCmake() {
+/** Keeps only `<dir>/Release/node_peft.node`. */
+function clean(dir) {
+  const keep = join(root, dir, "Release", "node_peft.node");
+  if (!existsSync(keep)) return;
+  const tmp = join(root, `${dir}.node.tmp`);
+  renameSync(keep, tmp);
+  rmSync(join(root, dir), { recursive: true, force: true });
+  mkdirSync(join(root, dir, "Release"), { recursive: true });
+  renameSync(tmp, keep);
+  say(`node-peft: kept ${relative(root, keep)}, removed the build's intermediate files`);
+}
+
+async function buildCmake() {
   if (!have("cmake")) {
-    console.warn("node-peft: cmake not found; skipping the cmake-js build");
+    say("node-peft: cmake not found; skipping the cmake-js build");
     return false;
   }
-  let cli;
-  try {
-    cli = join(dirname(require.resolve("cmake-js/package.json")), "bin", "cmake-js");
-  } catch {
-    console.warn("node-peft: cmake-js is not installed; skipping the cmake-js build");
+  const cli = cmakeJsCli();
+  if (!cli) {
+    say("node-peft: cmake-js is not installed; skipping the cmake-js build");
     return false;
   }
-  const jobs = process.env.CMAKE_BUILD_PARALLEL_LEVEL ?? "2";
-  return run(process.execPath, [cli, "build", "--out", "build-cmake", "--parallel", jobs]);
+  const cuda = process.env.NODE_PEFT_CUDA_BUILD === "1";
+  const ok = await run(cuda ? "cmake-js (CPU + CUDA)" : "cmake-js", [process.execPath, cli, "build", "--out", "build-cmake", "--parallel", jobs], sourceCount(cuda));
+  if (ok && args.has("--clean")) clean("build-cmake");
+  if (!ok && args.has("--clean")) rmSync(join(root, "build-cmake"), { recursive: true, force: true });
+  return ok;
 }
 
-function buildGyp() {
+async function buildGyp() {
   const dir = nodeDir();
   if (!dir) {
-    console.warn("node-peft: Node's C headers were not found next to the node binary; node-gyp needs them");
+    say("node-peft: Node's C headers were not found next to the node binary; node-gyp needs them");
     return false;
   }
-  let gyp;
-  try {
-    gyp = require.resolve("node-gyp/bin/node-gyp.js");
-  } catch {
-    // npm ships its own node-gyp
-    gyp = join(dirname(process.execPath), "..", "lib", "node_modules", "npm", "node_modules", "node-gyp", "bin", "node-gyp.js");
-  }
-  if (!existsSync(gyp)) {
-    console.warn("node-peft: node-gyp not found");
+  const gyp = nodeGypCli();
+  if (!gyp) {
+    say("node-peft: node-gyp not found");
     return false;
   }
-  return run(process.execPath, [gyp, "rebuild", `--nodedir=${dir}`, "-j", "2"]);
+  const ok = await run("node-gyp", [process.execPath, gyp, "rebuild", `--nodedir=${dir}`, "-j", jobs], sourceCount(false));
+  if (ok && args.has("--clean")) clean("build");
+  if (!ok && args.has("--clean")) rmSync(join(root, "build"), { recursive: true, force: true });
+  return ok;
 }
 
 if (!have("c++") && !have("g++")) {
-  console.error(
+  say(
     "node-peft: no C++ compiler found. Install one (Debian/Ubuntu: `apt-get install g++ make cmake python3`; " +
       "Fedora: `dnf install gcc-c++ make cmake`; macOS: `xcode-select --install`), then run `npm rebuild node-peft`.",
   );
@@ -72,10 +116,13 @@ if (!have("c++") && !have("g++")) {
 }
 
 let ok;
-if (args.has("--gyp")) ok = buildGyp();
-else if (args.has("--cmake")) ok = buildCmake();
-else ok = buildCmake() || buildGyp();
+if (args.has("--gyp")) ok = await buildGyp();
+else if (args.has("--cmake")) ok = await buildCmake();
+else ok = (await buildCmake()) || (await buildGyp());
 if (!ok) {
-  console.error("node-peft: the native build failed (see the compiler output above).");
+  showLogTail();
+  say("node-peft: the native build failed (see the compiler output above).");
   process.exit(1);
 }
+rmSync(log, { force: true });
+say("node-peft: native addon built");
