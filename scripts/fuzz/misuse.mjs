@@ -736,6 +736,7 @@ async function child(opts) {
   // ---- instances with plausible arguments (the same recipes refill the pools during the run)
   const seqModel = (dtype = "f32") => new lib.Sequential(new lib.Linear(4, 8, { dtype, seed: rng.int(100) }), new lib.ReLU(), new lib.Linear(8, 3, { dtype }), new lib.LogSoftmax());
   const loraConfig = () => new lib.LoraConfig({ r: rng.pick([1, 2, 4]), loraAlpha: rng.pick([2, 4, 8]), loraDropout: rng.pick([0, 0.1]), targetModules: rng.pick([["0", "2"], ["0"], "all-linear"]), initLoraWeights: rng.pick([true, false, "gaussian"]) });
+  const ia3Config = () => new lib.IA3Config({ targetModules: rng.pick([["0", "2"], ["0"]]), feedforwardModules: rng.pick([["0"], []]), initIa3Weights: rng.chance(0.7) });
   const RECIPES = {
     Tensor: () => freshTensor(null),
     Linear: () => new lib.Linear(rng.pick([4, 8, 3]), rng.pick([3, 4, 2]), { bias: rng.chance(0.7), dtype: rng.pick(FLOAT_DTYPES), seed: rng.int(100) }),
@@ -759,6 +760,10 @@ async function child(opts) {
     },
     LoraModel: () => new lib.LoraModel(seqModel(), loraConfig(), "default"),
     LoraLinear: () => new lib.LoraLinear(new lib.Linear(4, 3), { r: 2, loraAlpha: 4, loraDropout: rng.pick([0, 0.1]) }),
+    IA3Model: () => new lib.IA3Model(seqModel(), ia3Config(), "default"),
+    IA3Layer: () => new lib.IA3Layer(rng.pick([new lib.Linear(4, 3), new lib.Conv1D(3, 4), new lib.Conv2d(2, 3, 1)]), { isFeedforward: rng.chance(0.5), initIa3Weights: rng.chance(0.7) }),
+    // Abstract bases: one of their concrete methods.
+    BaseTuner: () => (rng.chance(0.5) ? new lib.LoraModel(seqModel(), loraConfig(), "default") : new lib.IA3Model(seqModel(), ia3Config(), "default")),
     ModulesToSaveWrapper: () => new lib.ModulesToSaveWrapper(new lib.Linear(4, 3), "default"),
     AdamW: () => {
       const mods = objects.filter((o) => o instanceof lib.Module);
