@@ -1,11 +1,13 @@
 #!/usr/bin/env node
 // The node-peft command: inspect checkpoints and adapter directories, merge a LoRA adapter into a base
-// checkpoint. Every failure is one line on stderr, never a stack trace: exit code 1 (2 for a malformed
-// command line). Files may hold hundreds of thousands of tensors, so nothing here spreads a list into a
-// call's arguments.
-import { parseArgs } from "node:util";
+// checkpoint. Every failure is one line on stderr, never a stack trace. Exit codes: 0 success, 1 a problem
+// with the files or option values given, 2 a malformed command line (unknown command or option, a missing
+// argument or required option, a value outside the allowed set). Files may hold hundreds of thousands of
+// tensors, so nothing here spreads a list into a call's arguments.
+import { createRequire } from "node:module";
 import { existsSync, statSync } from "node:fs";
 import { join } from "node:path";
+import { Command, CommanderError, InvalidArgumentError } from "commander";
 import cliProgress from "cli-progress";
 import { openCheckpoint } from "./io/checkpoint-source.js";
 import { readAdapterConfig, WEIGHTS_NAME } from "./io/peft-checkpoint.js";
@@ -13,22 +15,7 @@ import { mergeCheckpoint } from "./io/merge-checkpoint.js";
 import { openSafetensors } from "./io/index.js";
 import { PeftError } from "./errors.js";
 
-const HELP = `Usage: node-peft <command> [options]
-
-Commands:
-  inspect <file|dir>     Tensors (dtype, shape, size) and metadata of a .safetensors file, a sharded
-                         model.safetensors.index.json, or a PEFT adapter directory (with its config).
-  merge                  Merge a LoRA adapter into a base checkpoint, tensor by tensor:
-      --base <file|index.json>   the base model (safetensors, or a sharded index)
-      --adapter <dir>            a PEFT adapter directory (adapter_config.json + adapter_model.safetensors)
-      --out <file>               the merged safetensors file to write
-      --dtype f32|f16|bf16       output dtype of floating tensors (default: as in the base)
-      --force                    overwrite --out if it exists
-
-Options:
-  -h, --help             this help
-
-Exit codes: 0 success, 1 an error in the files or options given, 2 a malformed command line.`;
+const { version } = createRequire(import.meta.url)("../package.json") as { version: string };
 
 class UsageError extends Error {}
 
@@ -44,116 +31,179 @@ const ITEM = new Map<string, number>([
   ["U64", 8], ["U32", 4], ["U16", 2], ["U8", 1], ["BOOL", 1],
 ]);
 
-function printTensors(path: string, out: (s: string) => void): void {
+interface TensorRow {
+  name: string;
+  dtype: string;
+  shape: number[];
+  bytes: number;
+}
+
+interface FileReport {
+  path: string;
+  tensors: TensorRow[];
+  totalBytes: number;
+  /** The safetensors header's __metadata__ (null for a sharded index). */
+  metadata: Record<string, string> | null;
+}
+
+function readFile(path: string): FileReport {
   using f = openCheckpoint(path);
-  const rows = f.keys().map((k) => {
-    const { dtype, shape } = f.info(k);
-    const n = shape.reduce((a, b) => a * b, 1);
-    return { k, dtype, shape: `[${shape.join(", ")}]`, bytes: n * (ITEM.get(dtype) ?? 1) };
-  });
-  let w = 4, ws = 5;
-  for (const r of rows) {
-    w = Math.max(w, r.k.length);
-    ws = Math.max(ws, r.shape.length);
+  const tensors: TensorRow[] = [];
+  let totalBytes = 0;
+  for (const name of f.keys()) {
+    const { dtype, shape } = f.info(name);
+    const bytes = shape.reduce((a, b) => a * b, 1) * (ITEM.get(dtype) ?? 1);
+    totalBytes += bytes;
+    tensors.push({ name, dtype, shape: [...shape], bytes });
   }
-  out(`${"name".padEnd(w)}  dtype  ${"shape".padEnd(ws)}  size`);
-  for (const r of rows) out(`${r.k.padEnd(w)}  ${r.dtype.padEnd(5)}  ${r.shape.padEnd(ws)}  ${human(r.bytes)}`);
-  const total = rows.reduce((a, r) => a + r.bytes, 0);
-  out(`${rows.length} tensors, ${human(total)}`);
+  let metadata: Record<string, string> | null = null;
   if (!path.endsWith(".json")) {
     using s = openSafetensors(path);
-    const meta = s.metadata();
-    out(`metadata: ${Object.keys(meta).length ? Object.entries(meta).map(([k, v]) => `${k}=${v}`).join(", ") : "(none)"}`);
+    metadata = s.metadata();
+  }
+  return { path, tensors, totalBytes, metadata };
+}
+
+function printFile(r: FileReport, out: (s: string) => void): void {
+  let w = 4, ws = 5;
+  const shapes = r.tensors.map((t) => `[${t.shape.join(", ")}]`);
+  for (let i = 0; i < r.tensors.length; i++) {
+    w = Math.max(w, r.tensors[i].name.length);
+    ws = Math.max(ws, shapes[i].length);
+  }
+  out(`${"name".padEnd(w)}  dtype  ${"shape".padEnd(ws)}  size`);
+  for (let i = 0; i < r.tensors.length; i++) {
+    const t = r.tensors[i];
+    out(`${t.name.padEnd(w)}  ${t.dtype.padEnd(5)}  ${shapes[i].padEnd(ws)}  ${human(t.bytes)}`);
+  }
+  out(`${r.tensors.length} tensors, ${human(r.totalBytes)}`);
+  if (r.metadata) {
+    const entries = Object.entries(r.metadata);
+    out(`metadata: ${entries.length ? entries.map(([k, v]) => `${k}=${v}`).join(", ") : "(none)"}`);
   }
 }
 
-async function inspect(target: string, out: (s: string) => void): Promise<void> {
+const CONFIG_KEYS = ["task_type", "r", "lora_alpha", "lora_dropout", "use_rslora", "bias", "fan_in_fan_out", "target_modules", "modules_to_save", "feedforward_modules", "base_model_name_or_path"];
+
+async function inspect(target: string, json: boolean, out: (s: string) => void): Promise<void> {
   if (!existsSync(target)) throw new UsageError(`${target}: no such file or directory`);
-  if (statSync(target).isDirectory()) {
-    const config = await readAdapterConfig(target);
-    const c = config.toJSON() as Record<string, unknown>;
-    out(`adapter: ${target}`);
-    out(`  peft_type       ${c.peft_type}`);
-    for (const k of ["task_type", "r", "lora_alpha", "lora_dropout", "use_rslora", "bias", "fan_in_fan_out", "target_modules", "modules_to_save", "feedforward_modules", "base_model_name_or_path"])
-      if (Object.hasOwn(c, k) && c[k] !== null && c[k] !== undefined) out(`  ${k.padEnd(15)} ${JSON.stringify(c[k])}`);
-    const weights = join(target, WEIGHTS_NAME);
-    if (!existsSync(weights)) throw new PeftError("ERR_CHECKPOINT", `${target}: no ${WEIGHTS_NAME}`);
-    out("");
-    printTensors(weights, out);
+  if (!statSync(target).isDirectory()) {
+    const r = readFile(target);
+    if (json) out(JSON.stringify(r));
+    else printFile(r, out);
     return;
   }
-  printTensors(target, out);
+  const config = (await readAdapterConfig(target)).toJSON() as Record<string, unknown>;
+  const weights = join(target, WEIGHTS_NAME);
+  if (!existsSync(weights)) throw new PeftError("ERR_CHECKPOINT", `${target}: no ${WEIGHTS_NAME}`);
+  const r = readFile(weights);
+  if (json) {
+    out(JSON.stringify({ adapter: target, config, weights: r }));
+    return;
+  }
+  out(`adapter: ${target}`);
+  out(`  peft_type       ${config.peft_type}`);
+  for (const k of CONFIG_KEYS)
+    if (Object.hasOwn(config, k) && config[k] !== null && config[k] !== undefined) out(`  ${k.padEnd(15)} ${JSON.stringify(config[k])}`);
+  out("");
+  printFile(r, out);
 }
 
-async function merge(values: Record<string, string | boolean | undefined>): Promise<void> {
-  for (const k of ["base", "adapter", "out"]) if (typeof values[k] !== "string") throw new UsageError(`merge: --${k} is required`);
-  const dtype = values.dtype as string | undefined;
-  if (dtype !== undefined && !["f32", "f16", "bf16"].includes(dtype)) throw new UsageError(`merge: --dtype must be f32, f16 or bf16, got ${dtype}`);
+interface MergeFlags {
+  base: string;
+  adapter: string;
+  out: string;
+  dtype?: "f32" | "f16" | "bf16";
+  force?: boolean;
+}
+
+async function merge(o: MergeFlags): Promise<void> {
+  // A bar on stderr when it is a terminal (cli-progress writes nothing otherwise): stdout keeps the summary.
   const bar = new cliProgress.SingleBar({ format: "merging [{bar}] {value}/{total} tensors | {name}", stream: process.stderr, hideCursor: true }, cliProgress.Presets.shades_classic);
   let started = false;
   try {
     const summary = await mergeCheckpoint({
-      base: values.base as string,
-      adapter: values.adapter as string,
-      out: values.out as string,
-      dtype: dtype as "f32" | "f16" | "bf16" | undefined,
-      force: values.force === true,
+      base: o.base,
+      adapter: o.adapter,
+      out: o.out,
+      dtype: o.dtype,
+      force: o.force === true,
       onProgress: (done, total, name) => {
         if (!started) bar.start(total, 0, { name }), (started = true);
         bar.update(done, { name });
       },
     });
     if (started) bar.stop();
-    console.log(`wrote ${values.out}: ${summary.tensors} tensors, ${summary.merged.length} merged, ${summary.replaced.length} replaced from the adapter`);
+    console.log(`wrote ${o.out}: ${summary.tensors} tensors, ${summary.merged.length} merged, ${summary.replaced.length} replaced from the adapter`);
   } catch (e) {
     if (started) bar.stop();
     throw e;
   }
 }
 
-export async function main(argv: string[]): Promise<number> {
-  let parsed;
-  try {
-    parsed = parseArgs({
-      args: argv,
-      allowPositionals: true,
-      options: {
-        help: { type: "boolean", short: "h" },
-        base: { type: "string" },
-        adapter: { type: "string" },
-        out: { type: "string" },
-        dtype: { type: "string" },
-        force: { type: "boolean" },
-      },
+function dtypeArg(v: string): "f32" | "f16" | "bf16" {
+  if (v !== "f32" && v !== "f16" && v !== "bf16") throw new InvalidArgumentError(`--dtype must be f32, f16 or bf16, got ${v}`);
+  return v;
+}
+
+const EXIT_CODES = "Exit codes: 0 success, 1 a problem with the files or option values, 2 a malformed command line.";
+
+function program(stdout: LineWriter): Command {
+  const p = new Command("node-peft")
+    .description("Inspect safetensors checkpoints and PEFT adapters; merge a LoRA adapter into a base checkpoint.")
+    .usage("<command> [options]")
+    .version(version, "-V, --version", "print the version")
+    .helpOption("-h, --help", "show help (also: node-peft <command> --help)")
+    .addHelpText("after", `\n${EXIT_CODES}`)
+    .exitOverride()
+    .configureOutput({
+      writeOut: (s) => process.stdout.write(s),
+      writeErr: (s) => process.stderr.write(s),
+      // One line: commander's message without its "error: " prefix.
+      outputError: (s, write) => write(`node-peft: ${s.replace(/^error: /, "").trim()} (see \`node-peft --help\`)\n`),
     });
-  } catch (e) {
-    console.error(`${errorLine(e)} (see \`node-peft --help\`)`);
-    return 2;
-  }
-  const { values, positionals } = parsed;
-  const [cmd, ...rest] = positionals;
-  if (values.help || !cmd) {
-    (values.help ? console.log : console.error)(HELP);
-    return values.help ? 0 : 2;
-  }
-  const stdout = new LineWriter();
-  try {
-    if (cmd === "inspect") {
-      if (rest.length !== 1) throw new UsageError("inspect: expected one file or directory");
+  p.command("inspect")
+    .description("tensors (dtype, shape, size) and metadata of a .safetensors file, a sharded model.safetensors.index.json, or a PEFT adapter directory (with its config)")
+    .argument("<path>", "a .safetensors file, a model.safetensors.index.json, or an adapter directory")
+    .option("--json", "one JSON object on stdout instead of the table")
+    .addHelpText("after", `\n${EXIT_CODES}`)
+    .action(async (path: string, o: { json?: boolean }) => {
       try {
-        await inspect(rest[0], (s) => stdout.line(s));
+        await inspect(path, o.json === true, (s) => stdout.line(s));
       } finally {
         stdout.flush();
       }
-    } else if (cmd === "merge") {
-      if (rest.length) throw new UsageError(`merge: unexpected argument ${rest[0]}`);
-      await merge(values);
-    } else {
-      console.error(`node-peft: unknown command ${JSON.stringify(cmd)} (see \`node-peft --help\`)`);
-      return 2;
-    }
+    });
+  p.command("merge")
+    .description("merge a LoRA adapter into a base checkpoint, tensor by tensor (memory bounded by the largest tensor); a progress bar on stderr")
+    .requiredOption("--base <file>", "the base model: a .safetensors file or a model.safetensors.index.json")
+    .requiredOption("--adapter <dir>", "a PEFT adapter directory (adapter_config.json + adapter_model.safetensors)")
+    .requiredOption("--out <file>", "the merged .safetensors file to write")
+    .option("--dtype <dtype>", "output dtype of floating tensors: f32, f16 or bf16 (default: as in the base)", dtypeArg)
+    .option("--force", "overwrite --out if it exists")
+    .addHelpText("after", `\n${EXIT_CODES}`)
+    .action((o: MergeFlags) => merge(o));
+  return p;
+}
+
+export async function main(argv: string[]): Promise<number> {
+  const stdout = new LineWriter();
+  const p = program(stdout);
+  for (const c of p.commands)
+    c.exitOverride().configureOutput({
+      ...p.configureOutput(),
+      outputError: (s, write) => write(`node-peft ${c.name()}: ${s.replace(/^error: /, "").trim()} (see \`node-peft ${c.name()} --help\`)\n`),
+    });
+  if (argv.length === 0) {
+    process.stderr.write(p.helpInformation());
+    return 2;
+  }
+  try {
+    await p.parseAsync(argv, { from: "user" });
     return 0;
   } catch (e) {
+    // commander has printed its own message (help and --version exit 0, every usage mistake 2).
+    if (e instanceof CommanderError) return e.exitCode === 0 ? 0 : 2;
     console.error(errorLine(e));
     return 1;
   }

@@ -37,5 +37,6 @@ export { loadModelWeights, loadModelWeightsAsync, buildModelFromCheckpoint, buil
 export { type LoadProgress, type LoadResult, type LoadWeightsOptions, type LoadWeightsAsyncOptions, type QuantizeHook } from "./io/model-loader.js";
 export { skipInit, isInitSkipped } from "./init-mode.js";
 export { openCheckpoint, type CheckpointSource } from "./io/checkpoint-source.js";
+export { mergeCheckpoint, type MergeCheckpointOptions, type MergeSummary } from "./io/merge-checkpoint.js";
 export { readAdapterConfig, WEIGHTS_NAME, TORCH_WEIGHTS_NAME } from "./io/peft-checkpoint.js";
 export { loadTorchCheckpoint, describeTorchCheckpoint } from "./io/torch-checkpoint.js";

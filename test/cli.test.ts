@@ -143,7 +143,7 @@ describe("node-peft merge", () => {
     expect(u.code).toBe(1);
     expect(u.stderr).toMatch(/PREFIX_TUNING/);
     expect(u.stderr).not.toMatch(/\n\s+at /);
-    expect(cli("merge", "--base", "x").code).toBe(1);
+    expect(cli("merge", "--base", "x").code).toBe(2); // a required option missing: a malformed command line
     expect(cli("merge", "--base", "a", "--adapter", "b", "--out", "c", "--dtype", "f64").stderr).toMatch(/--dtype must be f32, f16 or bf16/);
     // an adapter whose targets are missing from the base
     const other = join(tmp, "other-adapter");
@@ -178,7 +178,65 @@ describe("node-peft inspect", () => {
     expect(r.stderr).toMatch(/broken\.safetensors/);
     expect(r.stderr).not.toMatch(/\n\s+at /);
     expect(cli("inspect", join(tmp, "missing")).code).toBe(1);
-    expect(cli("inspect").code).toBe(1);
+    expect(cli("inspect").code).toBe(2);
+  });
+
+  it("--version, per-command help and the documented exit codes, each mistake on one line", () => {
+    const { version } = JSON.parse(readFileSync(join(root, "package.json"), "utf8"));
+    for (const flag of ["--version", "-V"]) expect(cli(flag)).toEqual({ code: 0, stdout: `${version}\n`, stderr: "" });
+    for (const args of [["inspect", "--help"], ["help", "inspect"]]) {
+      const h = cli(...args);
+      expect(h.code).toBe(0);
+      expect(h.stdout).toMatch(/^Usage: node-peft inspect \[options\] <path>/);
+      expect(h.stdout).toMatch(/--json/);
+    }
+    const m = cli("merge", "--help");
+    expect(m.stdout).toMatch(/^Usage: node-peft merge/);
+    expect(m.stdout).toMatch(/--base <file>[\s\S]*--adapter <dir>[\s\S]*--out <file>[\s\S]*--dtype[\s\S]*--force/);
+    expect(m.stdout).toMatch(/Exit codes: 0 success, 1 .*, 2 a malformed command line/);
+    const usage: string[][] = [[], ["frobnicate"], ["inspect"], ["inspect", "a", "b"], ["inspect", "--what", "x"], ["merge", "--base", "x"],
+      ["merge", "--base", "a", "--adapter", "b", "--out", "c", "--dtype", "f64"], ["merge", "--base"]];
+    for (const args of usage) {
+      const r = cli(...args);
+      expect(r.code, args.join(" ")).toBe(2);
+      expect(r.stderr).toMatch(/^(node-peft|Usage)/);
+      expect(r.stderr).not.toMatch(/\n\s+at /);
+      if (args.length) expect(r.stderr.trim().split("\n"), args.join(" ")).toHaveLength(1);
+    }
+    expect(cli("merge", "--base", "a", "--adapter", "b", "--out", "c", "--dtype", "f64").stderr).toMatch(/see `node-peft merge --help`/);
+  });
+
+  it("inspect --json: one JSON object with every tensor, the metadata and an adapter's config", () => {
+    const f = cli("inspect", "--json", join(FIXTURE, "base_model.safetensors"));
+    expect(f.code).toBe(0);
+    const file = JSON.parse(f.stdout);
+    expect(file.tensors).toHaveLength(21);
+    expect(file.tensors.find((t: { name: string }) => t.name === "model.layers.0.mlp.down_proj.weight")).toEqual({
+      name: "model.layers.0.mlp.down_proj.weight", dtype: "F32", shape: [24, 40], bytes: 3840,
+    });
+    expect(file.metadata).toEqual({ format: "pt" });
+    expect(file.totalBytes).toBe(file.tensors.reduce((a: number, t: { bytes: number }) => a + t.bytes, 0));
+    const d = JSON.parse(cli("inspect", join(FIXTURE, "adapter"), "--json").stdout);
+    expect(d.config.peft_type).toBe("LORA");
+    expect(d.config.target_modules).toEqual(["q_proj", "k_proj", "v_proj", "o_proj"]);
+    expect(d.weights.tensors.length).toBeGreaterThan(0);
+  });
+
+  it("mergeCheckpoint is the same merge from code", async () => {
+    const { mergeCheckpoint } = await import("../lib/index.js");
+    const out = join(tmp, "from-code.safetensors");
+    const seen: number[] = [];
+    const summary = await mergeCheckpoint({
+      base: join(FIXTURE, "base_model.safetensors"), adapter: join(FIXTURE, "adapter"), out, onProgress: (done) => seen.push(done),
+    });
+    expect(summary.tensors).toBe(21);
+    expect(summary.merged).toHaveLength(12);
+    expect(seen.at(-1)).toBe(21);
+    const got = await loadSafetensors(out), want = await loadSafetensors(join(FIXTURE, "expected_merged_model.safetensors"));
+    for (const k of Object.keys(want)) {
+      const w = want[k].toFloat32Array();
+      expectClose(got[k].toFloat32Array(), w, (i) => 1e-5 + 1e-5 * Math.abs(w[i]), k);
+    }
   });
 
   it("--help, unknown commands and unknown flags", () => {
