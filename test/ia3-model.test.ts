@@ -166,6 +166,20 @@ describe("getPeftModel with IA3Config", () => {
   });
 });
 
+describe("IA3 layers a model already holds", () => {
+  it("an IA3Layer (or a subclass) put in a custom model gets each new adapter through updateLayer (PEFT's IA3 has no registerCustomModule)", () => {
+    class MyIA3 extends IA3Layer {}
+    const model = new Gpt2Like();
+    model.setSubmodule("head", new MyIA3(model.getSubmodule("head") as Linear, { adapterName: "mine", isFeedforward: true }));
+    const m = getPeftModel(model, new IA3Config({ targetModules: ["head", "c_attn"], feedforwardModules: [] }));
+    const head = layerAt(m, "head");
+    expect(head).toBeInstanceOf(MyIA3);
+    expect(head.adapterNames).toEqual(["mine", "default"]);
+    expect(head.isFeedforward).toBe(true); // the layer's own side, as PEFT keeps is_feedforward per layer
+    expect(head.ia3Vector("default").shape).toEqual([1, 8]);
+  });
+});
+
 describe("IA3 checkpoints in PEFT's format", () => {
   const IA3_KEYS = [
     "auto_mapping", "base_model_name_or_path", "exclude_modules", "fan_in_fan_out", "feedforward_modules", "inference_mode", "init_ia3_weights",
@@ -197,6 +211,7 @@ describe("IA3 checkpoints in PEFT's format", () => {
     expect(back.getNbTrainableParameters()[0]).toBe(0);
     await back.loadAdapter(join(dir, "other"), "other");
     expect(back.activeAdapters).toEqual(["default"]);
+    expect(layerAt(back, "head").ia3Vector("other").requiresGrad).toBe(false);
     back.setAdapter(["default"]);
     m.setAdapter(["default"]);
     expect([...back.forward(x()).toFloat32Array()]).toEqual(want);

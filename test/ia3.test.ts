@@ -188,6 +188,30 @@ describe("IA3Layer forward and backward against float64", () => {
   });
 });
 
+describe("bf16 mode", () => {
+  for (const ff of [false, true])
+    it(`${ff ? "feed-forward" : "output"}: bf16 base and x with an f32 vector; y near the f32 layer's, gradients in each parameter's dtype`, () => {
+      const make = (dtype: "f32" | "bf16") => {
+        const base = new Linear(16, 8, { seed: 1 });
+        base.weight.copyFrom(Tensor.fromArray(values(128, 2, true), [8, 16]));
+        base.bias!.copyFrom(Tensor.fromArray(values(8, 3, true), [8]));
+        const l = new IA3Layer(dtype === "bf16" ? base.to("bf16") : base, { isFeedforward: ff });
+        setVector(l, "default", values(l.ia3Vector("default").numel, 4));
+        return l;
+      };
+      const x = Tensor.fromArray(values(5 * 16, 5, true), [5, 16]);
+      const dy = Tensor.fromArray(values(5 * 8, 6, true), [5, 8]);
+      const [l32, l16] = [make("f32"), make("bf16")];
+      const want = l32.forward(x).toFloat64Array();
+      const y = l16.forward(x.to("bf16"));
+      expect(y.dtype).toBe("bf16");
+      // Two bf16 roundings on the way (x ⊙ l or the unscaled output, then y), relative to the sum of |terms|.
+      expectClose(y.toFloat64Array(), want, (i) => 4 * UNIT.bf16 * (16 + Math.abs(want[i])), "y");
+      const dx = l16.backward(dy.to("bf16"))!;
+      expect([dx.dtype, l16.ia3Vector("default").grad!.dtype, l16.baseLayer.weight.grad!.dtype]).toEqual(["bf16", "f32", "bf16"]);
+    });
+});
+
 describe("several adapters and disabling", () => {
   for (const kind of ["linear", "conv2d"] as const)
     for (const ff of [false, true])

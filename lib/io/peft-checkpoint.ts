@@ -146,10 +146,21 @@ export async function savePretrained(m: AdapterHost, dir: string, opts: { adapte
       plan.tensors = getPeftModelStateDict(m, { adapterName: name });
       checkTensorsWritable(join(plan.dir, WEIGHTS_NAME), plan.tensors);
     }
-    await writeAll(plans);
+    await writeAll(plans).catch((e: unknown) => {
+      throw fileSystemFailure(e, dir);
+    });
   } finally {
     for (const p of plans) for (const t of Object.values(p.tensors)) t.dispose();
   }
+}
+
+/** A file-system error while saving becomes ERR_CHECKPOINT naming the path that failed (else the directory). */
+function fileSystemFailure(e: unknown, dir: string): unknown {
+  const err = e as NodeJS.ErrnoException;
+  if (!(e instanceof Error) || typeof err.syscall !== "string") return e;
+  const path = typeof err.path === "string" ? err.path : dir;
+  const out = peftError("ERR_CHECKPOINT", `savePretrained: cannot write ${JSON.stringify(path)}: ${err.code ?? "error"} (${err.syscall}: ${err.message})`);
+  return Object.assign(out, { cause: e, path });
 }
 
 async function writeAll(plans: AdapterFiles[]): Promise<void> {
@@ -357,7 +368,8 @@ async function loadWeightsInto(m: AdapterHost, file: string, adapterName: string
 
 function freezeForInference(m: AdapterHost, adapterName: string, isTrainable: boolean): void {
   if (isTrainable) return;
-  for (const [name, p] of m.namedParameters()) if (name.includes(`.${adapterName}.`)) p.requiresGrad = false;
+  // `lora_A.<name>.weight`, or a vector named by the adapter itself (`ia3_l.<name>`).
+  for (const [name, p] of m.namedParameters()) if (name.includes(`.${adapterName}.`) || name.endsWith(`.${adapterName}`)) p.requiresGrad = false;
   m.eval();
 }
 
