@@ -64,6 +64,8 @@ export interface NativeAddon {
   // IA3 merge/unmerge in place: weight viewed [outer, mid, inner] times the scales' product along mid (or divided
   // by each l + 1e-8); returns the first adapter that makes it non-finite under safe, or -1.
   ia3Scale(w: NativeTensor, view: number[], scales: NativeTensor[], divide: boolean, safe: boolean, checkOnly: boolean): number;
+  // x ← (I − tau·v·vᵀ)·x on columns c0..c1−1, rows row..row+below of a column-major Float64Array (ld rows).
+  applyReflector(v: Float64Array, vo: number, below: number, tau: number, x: Float64Array, ld: number, row: number, c0: number, c1: number): void;
   activation(kind: string, x: NativeTensor): NativeTensor;
   activationBackward(kind: string, x: NativeTensor, dy: NativeTensor): NativeTensor;
   logSoftmax(x: NativeTensor): NativeTensor;

@@ -46,6 +46,7 @@ static Napi::Object Init(Napi::Env env, Napi::Object exports) {
   register_lora_ops(env, exports);
   register_conv_ops(env, exports);
   register_ia3_ops(env, exports);
+  register_linalg_ops(env, exports);
   register_elementwise_ops(env, exports);
   register_reduce_ops(env, exports);
   register_indexing_ops(env, exports);

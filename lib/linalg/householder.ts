@@ -1,7 +1,8 @@
 // Householder QR of a column-major float64 matrix, in place (LAPACK's dgeqr2 layout: R on and above the
 // diagonal, each reflector's vector below it with an implicit leading 1). Backward stable whatever the
 // conditioning or rank of the input, which is why the SVDs here start from it.
-import { axpy, dot, type ColMat } from "./dense.js";
+import { dot, type ColMat } from "./dense.js";
+import { native } from "../native.js";
 
 export interface QR {
   /** The factored matrix: R above the diagonal, reflector vectors below. */
@@ -35,38 +36,12 @@ export function householderQr(a: ColMat): QR {
 
 /**
  * Applies H = I − tau·v·vᵀ (v = [1, v[vo+1 .. vo+below]]) to columns c0 .. c1−1 of the column-major
- * matrix x (leading dimension ld), on rows row .. row+below. Four columns share each pass over v, which
- * cuts the loads per multiply-add that bound this loop.
+ * matrix x (leading dimension ld), on rows row .. row+below. The loop that bounds the whole QR runs natively
+ * on the arrays' own memory (columns split across the thread pool).
  */
 function applyReflector(v: Float64Array, vo: number, below: number, tau: number, x: Float64Array, ld: number, row: number, c0: number, c1: number): void {
-  if (tau === 0) return;
-  let c = c0;
-  for (; c + 3 < c1; c += 4) {
-    const o0 = c * ld + row, o1 = o0 + ld, o2 = o1 + ld, o3 = o2 + ld;
-    let w0 = x[o0], w1 = x[o1], w2 = x[o2], w3 = x[o3];
-    for (let i = 1; i <= below; i++) {
-      const vi = v[vo + i];
-      w0 += vi * x[o0 + i];
-      w1 += vi * x[o1 + i];
-      w2 += vi * x[o2 + i];
-      w3 += vi * x[o3 + i];
-    }
-    w0 *= tau, w1 *= tau, w2 *= tau, w3 *= tau;
-    x[o0] -= w0, x[o1] -= w1, x[o2] -= w2, x[o3] -= w3;
-    for (let i = 1; i <= below; i++) {
-      const vi = v[vo + i];
-      x[o0 + i] -= w0 * vi;
-      x[o1 + i] -= w1 * vi;
-      x[o2 + i] -= w2 * vi;
-      x[o3 + i] -= w3 * vi;
-    }
-  }
-  for (; c < c1; c++) {
-    const o = c * ld + row;
-    const w = tau * (x[o] + dot(v, vo + 1, x, o + 1, below));
-    x[o] -= w;
-    axpy(-w, v, vo + 1, x, o + 1, below);
-  }
+  if (tau === 0 || c1 <= c0) return;
+  native.applyReflector(v, vo, below, tau, x, ld, row, c0, c1);
 }
 
 /** x ← Q·x for a column-major x with qr's row count (Q = H₀·H₁·…, so the reflectors go last to first). */

@@ -15,6 +15,7 @@ void register_optim_ops(Napi::Env env, Napi::Object exports);
 void register_lora_ops(Napi::Env env, Napi::Object exports);
 void register_conv_ops(Napi::Env env, Napi::Object exports);
 void register_ia3_ops(Napi::Env env, Napi::Object exports);
+void register_linalg_ops(Napi::Env env, Napi::Object exports);
 void register_elementwise_ops(Napi::Env env, Napi::Object exports);
 void register_reduce_ops(Napi::Env env, Napi::Object exports);
 void register_indexing_ops(Napi::Env env, Napi::Object exports);
