@@ -136,14 +136,17 @@ export class PeftModel extends Module {
     this.baseModel.unmergeAdapter();
   }
 
-  /** Merges the adapters into the base weights and returns the plain model (adapter layers removed). */
-  mergeAndUnload(opts: MergeOptions = {}): Module {
-    return this.baseModel.unloadAndOptionallyMerge(true, optionsArg(opts, "mergeAndUnload"));
+  /**
+   * Merges the adapters into the base weights and returns the plain model (adapter layers removed): the
+   * model given to getPeftModel, so `T` is its class (`mergeAndUnload<MyNet>()`).
+   */
+  mergeAndUnload<T extends Module = Module>(opts: MergeOptions = {}): T {
+    return this.baseModel.unloadAndOptionallyMerge(true, optionsArg(opts, "mergeAndUnload")) as T;
   }
 
   /** Returns the plain model with the original base weights (adapter layers removed, nothing merged). */
-  unload(): Module {
-    return this.baseModel.unloadAndOptionallyMerge(false);
+  unload<T extends Module = Module>(): T {
+    return this.baseModel.unloadAndOptionallyMerge(false) as T;
   }
 
   /** Saves adapters (default: all) as PEFT does: adapter_config.json + adapter_model.safetensors per adapter. */

@@ -146,8 +146,22 @@ export abstract class Module implements Disposable {
     for (const [, t] of this.namedParameters()) yield t;
   }
 
-  getSubmodule(path: string): Module {
+  /**
+   * The module at a dotted path. `T` names its type for the caller (`getSubmodule<Linear>("fc")`); pass the
+   * class (`getSubmodule("fc", Linear)`) to have it checked as well (ERR_TARGET_NOT_FOUND otherwise).
+   */
+  getSubmodule<T extends Module = Module>(path: string, type?: abstract new (...args: never[]) => T): T {
     if (typeof path !== "string") throw typeError(`getSubmodule: path must be a string, got ${describe(path)}`);
+    const m = this.#submoduleAt(path);
+    if (type !== undefined) {
+      if (typeof type !== "function") throw typeError(`getSubmodule: type must be a class, got ${describe(type)}`);
+      if (!(m instanceof type))
+        throw peftError("ERR_TARGET_NOT_FOUND", `getSubmodule(${shownValue(path)}): is a ${m.constructor.name}, not a ${clip(type.name || "(anonymous class)")}`);
+    }
+    return m as T;
+  }
+
+  #submoduleAt(path: string): Module {
     if (path === "") return this;
     let m: Module = this;
     const parts = path.split(".");
