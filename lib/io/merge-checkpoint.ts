@@ -4,7 +4,7 @@
 // their base tensors, everything else is copied; the output is one safetensors file.
 import { existsSync, realpathSync, statSync } from "node:fs";
 import { join } from "node:path";
-import { peftError } from "../errors.js";
+import { describe, optionsArg, peftError, typeError } from "../errors.js";
 import { Tensor, type DType } from "../tensor.js";
 import { LoraConfig } from "../tuners/lora/config.js";
 import { applyLoraDeltas } from "../tuners/lora/delta.js";
@@ -106,6 +106,17 @@ function storedInOut(key: string, shape: readonly number[], d: Delta, fanInFanOu
   throw peftError("ERR_SHAPE", `"${key}" has shape [${shape}] but the adapter maps ${inF} -> ${outF} features`);
 }
 
+/** The options with their types checked (a library call has no command line in front of it). */
+function checkedOptions(options: unknown): MergeCheckpointOptions {
+  const o = optionsArg(options as MergeCheckpointOptions, "mergeCheckpoint");
+  for (const k of ["base", "adapter", "out"] as const)
+    if (typeof o[k] !== "string" || !o[k]) throw typeError(`mergeCheckpoint: options.${k} must be a non-empty path string, got ${describe(o[k])}`);
+  if (o.dtype !== undefined && !["f32", "f16", "bf16"].includes(o.dtype as string))
+    throw typeError(`mergeCheckpoint: options.dtype must be "f32", "f16" or "bf16", got ${describe(o.dtype)}`);
+  if (o.onProgress !== undefined && typeof o.onProgress !== "function") throw typeError(`mergeCheckpoint: options.onProgress must be a function`);
+  return o as MergeCheckpointOptions;
+}
+
 /** The files a merge reads: the base (index and every shard) and the adapter's weights and config. */
 function mergeInputs(opts: MergeCheckpointOptions): { path: string; what: string }[] {
   const inputs = [
@@ -156,7 +167,8 @@ function refuseInputAsOutput(opts: MergeCheckpointOptions): void {
  * Merges and writes `out` (refused when it exists, unless `force`, and always when it is one of the
  * inputs); tensor work is synchronous and bounded.
  */
-export async function mergeCheckpoint(opts: MergeCheckpointOptions): Promise<MergeSummary> {
+export async function mergeCheckpoint(options: MergeCheckpointOptions): Promise<MergeSummary> {
+  const opts = checkedOptions(options);
   refuseInputAsOutput(opts);
   if (existsSync(opts.out) && !opts.force) throw peftError("ERR_CHECKPOINT", `${opts.out} exists; pass --force to overwrite it`);
   const config = await readAdapterConfig(opts.adapter);
