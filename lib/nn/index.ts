@@ -1,4 +1,4 @@
-export { Module, retain, gradOf, disposeDropped, type BackwardOptions } from "./module.js";
+export { Module, retain, gradOf, disposeDropped, markAbstract, type BackwardOptions } from "./module.js";
 export { Linear, Conv1D, DenseBase } from "./linear.js";
 export { Embedding } from "./embedding.js";
 export { Conv2d, type Conv2dOptions } from "./conv.js";

@@ -3,7 +3,7 @@ import { Tensor, type DType } from "../tensor.js";
 import { linear, linearGradInput, linearGradWeight } from "../ops.js";
 import { sumRows } from "../kernels.js";
 import { optionsArg, peftError, typeError } from "../errors.js";
-import { Module, gradOf, type BackwardOptions } from "./module.js";
+import { Module, gradOf, markAbstract, type BackwardOptions } from "./module.js";
 import { takeRng } from "../random.js";
 import { record, wantsGrad } from "../autograd/record.js";
 
@@ -126,3 +126,5 @@ export class Conv1D extends DenseBase {
     return `nf=${this.nf}, nx=${this.nx}`;
   }
 }
+
+markAbstract(DenseBase);

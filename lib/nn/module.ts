@@ -19,7 +19,19 @@ function checkName(name: unknown, what: string): string {
   return name;
 }
 
+// Classes that exist only to be extended (TypeScript's `abstract` does not stop `new` from JavaScript).
+const ABSTRACT = new WeakSet<object>();
+
+/** Marks classes as bases only: constructing one directly is a TypeError naming it. */
+export function markAbstract(...classes: object[]): void {
+  for (const c of classes) ABSTRACT.add(c);
+}
+
 export abstract class Module implements Disposable {
+  constructor() {
+    if (ABSTRACT.has(new.target)) throw typeError(`${new.target.name} is a base class: construct one of its subclasses`);
+  }
+
   training = true;
   readonly #modules = new Map<string, Module>();
   readonly #params = new Map<string, Tensor | null>();
@@ -431,3 +443,5 @@ export function tensorEntries(record: unknown, op: string): Map<string, unknown>
     throw typeError(`${op}: expected a record of tensors, got ${describe(record)}`);
   return new Map(Object.entries(record));
 }
+
+markAbstract(Module);

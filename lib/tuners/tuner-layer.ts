@@ -2,7 +2,7 @@
 // active (trainable) or disabled, and the merge / unmerge bookkeeping. A method's layer (LoraLayer, IA3Layer)
 // says how its adapter weights are stored and how merging changes the base weights.
 import type { Tensor } from "../tensor.js";
-import { Module, type BackwardOptions } from "../nn/index.js";
+import { Module, markAbstract, type BackwardOptions } from "../nn/index.js";
 import { clip, describe, isArray, optionsArg, peftError, shownValue, stringsArg, typeError } from "../errors.js";
 import { record, wantsGrad } from "../autograd/record.js";
 
@@ -275,3 +275,5 @@ export abstract class BaseTunerLayer extends Module {
     return "";
   }
 }
+
+markAbstract(BaseTunerLayer);

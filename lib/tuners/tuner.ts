@@ -3,7 +3,7 @@
 // adapters across all layers (active, disabled, deleted, merged, unloaded) and the modulesToSave copies.
 // A method (LoraModel, IA3Model) says which configs it takes, how a config's defaults are filled in and how
 // a target becomes an adapter layer.
-import { Module, disposeDropped, type BackwardOptions } from "../nn/index.js";
+import { Module, disposeDropped, markAbstract, type BackwardOptions } from "../nn/index.js";
 import type { Tensor } from "../tensor.js";
 import { PeftError, clip, describe, isArray, optionsArg, peftError, shownValue, stringsArg, typeError, type PeftErrorCode } from "../errors.js";
 import { findTargetModules, SEQ_CLS_HEAD_NAMES, type MatchOptions } from "../matching.js";
@@ -249,3 +249,5 @@ export abstract class BaseTuner<C extends PeftConfigBase = PeftConfigBase> exten
     return model;
   }
 }
+
+markAbstract(BaseTuner);

@@ -766,7 +766,11 @@ async function child(opts) {
     LoraLinear: () => new lib.LoraLinear(new lib.Linear(4, 3), { r: 2, loraAlpha: 4, loraDropout: rng.pick([0, 0.1]) }),
     IA3Model: () => new lib.IA3Model(seqModel(), ia3Config(), "default"),
     IA3Layer: () => new lib.IA3Layer(rng.pick([new lib.Linear(4, 3), new lib.Conv1D(3, 4), new lib.Conv2d(2, 3, 1)]), { isFeedforward: rng.chance(0.5), initIa3Weights: rng.chance(0.7) }),
-    // Abstract bases: one of their concrete methods.
+    // Abstract bases (constructing one directly is a TypeError): one of their concrete subclasses.
+    Module: () => seqModel(),
+    LoraLayer: () => (rng.chance(0.5) ? RECIPES.LoraLinear() : rng.chance(0.5) ? RECIPES.LoraConv2d() : RECIPES.LoraEmbedding()),
+    FusedLoraLayer: () => (rng.chance(0.5) ? RECIPES.LoraLinear() : RECIPES.LoraConv2d()),
+    BaseTunerLayer: () => (rng.chance(0.5) ? RECIPES.LoraLinear() : RECIPES.IA3Layer()),
     BaseTuner: () => (rng.chance(0.5) ? new lib.LoraModel(seqModel(), loraConfig(), "default") : new lib.IA3Model(seqModel(), ia3Config(), "default")),
     ModulesToSaveWrapper: () => new lib.ModulesToSaveWrapper(new lib.Linear(4, 3), "default"),
     AdamW: () => {

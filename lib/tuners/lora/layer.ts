@@ -7,7 +7,7 @@ import { scaleInPlace, sumRows } from "../../kernels.js";
 import { describe, peftError, shownValue, typeError } from "../../errors.js";
 import { takeRng } from "../../random.js";
 import { applyLoraDeltas, type LoraDelta } from "./delta.js";
-import { Module, ModuleDict, Linear, Conv1D, gradOf, type BackwardOptions } from "../../nn/index.js";
+import { Module, ModuleDict, Linear, Conv1D, gradOf, markAbstract, type BackwardOptions } from "../../nn/index.js";
 import { BaseTunerLayer, adapterNameArg, denseFanInFanOut, warnOnce, type MergeOptions } from "../tuner-layer.js";
 
 export { warnOnce, type MergeOptions };
@@ -323,3 +323,5 @@ export class LoraLinear extends FusedLoraLayer {
     return dx ? new Tensor(dx) : null;
   }
 }
+
+markAbstract(LoraLayer, FusedLoraLayer);
