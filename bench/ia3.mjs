@@ -1,8 +1,9 @@
 // IA3's fused kernels against our own base GEMM in the same run: the scale applied as x is packed (input
 // side) or in the epilogue (output side) should cost next to nothing over linear(); backward against the
 // dx GEMM alone.
-import { Tensor, linear, linearGradInput } from "../dist/index.js";
+import { IA3Layer, Linear, Tensor, linear, linearGradInput } from "../dist/index.js";
 import { native } from "../dist/native.js";
+import { ceilingRate } from "./ceilings.mjs";
 
 const h = Tensor.handle;
 
@@ -55,7 +56,24 @@ function backwardCase([M, K, N], input) {
   };
 }
 
+function mergeCase(N, K, feedforward) {
+  let l = null;
+  return {
+    name: `IA3 merge/unmerge in place (${feedforward ? "columns" : "rows + bias"}) W ${N}x${K} f32`,
+    shape: [N, K], dtype: "f32", bytes: 2 * N * K * 4, // W read and written once
+    setup: () => {
+      l = new IA3Layer(new Linear(K, N, { seed: 1 }), { isFeedforward: feedforward });
+      l.ia3Vector("default").copyFrom(Tensor.rand(l.ia3Vector("default").shape, { seed: 2, lo: 0.5, hi: 1.5 }));
+    },
+    teardown: () => l.dispose(),
+    run: () => (l.merged ? l.unmerge() : l.merge()),
+    baselines: [{ name: "in-place RMW bandwidth", rate: () => ceilingRate("dram-rmw") }],
+    target: { baseline: "in-place RMW bandwidth", min: 0.8 },
+  };
+}
+
 export const cases = [
+  mergeCase(4096, 4096, false), mergeCase(4096, 4096, true),
   forwardCase([512, 4096, 4096], true, false), forwardCase([512, 4096, 4096], false, false),
   forwardCase([16, 4096, 4096], true, true), forwardCase([16, 4096, 4096], false, true),
   backwardCase([512, 4096, 4096], true), backwardCase([512, 4096, 4096], false),

@@ -179,10 +179,10 @@ describe("IA3Layer forward and backward against float64", () => {
     const l = new IA3Layer(makeBase({ kind: "linear", M: 0, K: 5, N: 4, ff: false }, 2), { isFeedforward: false });
     setVector(l, "default", values(4, 4));
     const x = Tensor.fromArray(values(2 * 3 * 5, 6), [2, 3, 5]);
+    l.eval(); // the same path for both calls (training keeps the unscaled output and scales it separately)
     const y = l.forward(x);
     expect(y.shape).toEqual([2, 3, 4]);
     using flat = x.reshape([6, 5]);
-    l.eval();
     const y2 = l.forward(flat);
     expect([...y.toFloat32Array()]).toEqual([...y2.toFloat32Array()]);
   });

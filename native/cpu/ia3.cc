@@ -178,29 +178,50 @@ void ia3_backward_cpu(const DenseView& d, const Ia3Scale& s, const void* dy, DTy
 }
 
 bool ia3_scale_cpu(void* W, DType dt, int64_t outer, int64_t mid, int64_t inner, const float* f, bool safe, bool commit) {
-  const int64_t rows = outer * mid;  // one (outer, mid) pair: `inner` contiguous elements, one factor
+  const int64_t total = outer * mid * inner;
   std::atomic<bool> finite{true};
+  // Contiguous chunks of W; element e's factor is f[(e / inner) % mid], followed with counters (no division
+  // per element).
   auto pass = [&](bool write) {
-    parallel_for(rows, std::max<int64_t>(1, 4096 / std::max<int64_t>(inner, 1)), [&](int64_t r0, int64_t r1) {
-      std::vector<float> buf(static_cast<size_t>(std::max<int64_t>(inner, 1)));
+    parallel_for(total, 1 << 14, [&](int64_t e0, int64_t e1) {
+      constexpr int64_t kChunk = 4096;
+      float buf[kChunk], back[kChunk];
+      uint16_t narrow[kChunk];
       bool ok = true;
-      for (int64_t r = r0; r < r1; r++) {
-        void* p = static_cast<char*>(W) + r * inner * dtype_size(dt);
-        convert_cpu(p, dt, buf.data(), DType::F32, inner);
-        const float s = f[r % mid];
-        for (int64_t i = 0; i < inner; i++) buf[i] *= s;
-        if (!write) {
-          // The check is in W's dtype: an f16 product past 65504 is not finite once stored.
-          std::vector<float> back(buf);
-          std::vector<uint16_t> h(static_cast<size_t>(dt == DType::F32 ? 0 : inner));
-          if (dt != DType::F32) {
-            convert_cpu(buf.data(), DType::F32, h.data(), dt, inner);
-            convert_cpu(h.data(), dt, back.data(), DType::F32, inner);
+      int64_t m = (e0 / inner) % mid, i = e0 % inner;
+      for (int64_t c0 = e0; c0 < e1; c0 += kChunk) {
+        const int64_t n = std::min(kChunk, e1 - c0);
+        void* p = static_cast<char*>(W) + c0 * dtype_size(dt);
+        const bool direct = write && dt == DType::F32;  // f32 written in place, no staging copy
+        float* v32 = direct ? static_cast<float*>(p) : buf;
+        if (!direct) convert_cpu(p, dt, buf, DType::F32, n);
+        // Runs of one factor (inner > 1) or of consecutive factors (inner == 1): both vectorise.
+        for (int64_t k = 0; k < n;) {
+          if (inner == 1) {
+            const int64_t run = std::min(n - k, mid - m);
+            for (int64_t j = 0; j < run; j++) v32[k + j] *= f[m + j];
+            k += run, m += run;
+            if (m == mid) m = 0;
+          } else {
+            const int64_t run = std::min(n - k, inner - i);
+            const float sc = f[m];
+            for (int64_t j = 0; j < run; j++) v32[k + j] *= sc;
+            k += run, i += run;
+            if (i == inner) i = 0, m = m + 1 == mid ? 0 : m + 1;
           }
-          for (int64_t i = 0; i < inner && ok; i++) ok = std::isfinite(back[i]);
-        } else {
-          convert_cpu(buf.data(), DType::F32, p, dt, inner);
         }
+        if (write) {
+          if (!direct) convert_cpu(buf, DType::F32, p, dt, n);
+          continue;
+        }
+        // The check is in W's dtype: an f16 product past 65504 is not finite once stored.
+        const float* v = buf;
+        if (dt != DType::F32) {
+          convert_cpu(buf, DType::F32, narrow, dt, n);
+          convert_cpu(narrow, dt, back, DType::F32, n);
+          v = back;
+        }
+        for (int64_t k = 0; k < n && ok; k++) ok = std::isfinite(v[k]);
       }
       if (!ok) finite.store(false);
     });

@@ -115,11 +115,11 @@ export class IA3Layer extends BaseTunerLayer {
     return acc;
   }
 
-  #run(x: Tensor, scale: Tensor): { y: Tensor; saved: Tensor[] } {
+  #run(x: Tensor, scale: Tensor, keepUnscaled: boolean): { y: Tensor; saved: Tensor[] } {
     const base = this.baseLayer;
     const [inScale, outScale] = this.isFeedforward ? [scale, null] : [null, scale];
     if (base instanceof Conv2d) return ia3Conv2dForward(x, base.weight, base.bias, { geometry: base.geometry, inScale, outScale });
-    return ia3LinearForward(x, base.weight, base.bias, { weightInOut: this.fanInFanOut, inScale, outScale });
+    return ia3LinearForward(x, base.weight, base.bias, { weightInOut: this.fanInFanOut, inScale, outScale, keepUnscaled });
   }
 
   forward(x: Tensor): Tensor {
@@ -130,7 +130,8 @@ export class IA3Layer extends BaseTunerLayer {
     let res: { y: Tensor; saved: Tensor[] };
     {
       using scale = this.#combined(ls);
-      res = this.#run(x, scale);
+      // The unscaled output is kept only when a backward will want the vectors' gradient.
+      res = this.#run(x, scale, this.training && ls.some((l) => l.requiresGrad));
     }
     return this.finishFused(x, res.y, res.saved, ls, (dy, xs, saved, weight, wantDx) => this.#gradients(dy, xs, saved, weight, adapters, wantDx));
   }
