@@ -23,7 +23,7 @@ function newest(path) {
 }
 
 if (args.has("--if-stale") && existsSync(target) && statSync(target).mtimeMs > Math.max(...INPUTS.map((p) => newest(join(root, p))))) {
-  console.log(`prebuild: ${target} is up to date`);
+  console.error(`prebuild: ${target} is up to date`);
   process.exit(0);
 }
 
@@ -54,4 +54,4 @@ if (r.status !== 0) {
   console.error("prebuild: prebuildify failed");
   process.exit(1);
 }
-console.log(`prebuild: ${target} (needs glibc ≥ ${glibcFloor(target)}; links ${neededLibraries(target).join(", ")})`);
+console.error(`prebuild: ${target} (needs glibc ≥ ${glibcFloor(target)}; links ${neededLibraries(target).join(", ")})`);
