@@ -175,7 +175,9 @@ function load(): { addon: NativeAddon; path: string } {
     try {
       return { addon: require(path) as NativeAddon, path };
     } catch (e) {
-      // A binary that does not load here (an older glibc, another architecture): try the next one.
+      // A binary the dynamic loader refuses here (an older glibc, another architecture): try the next one.
+      // Errors the addon itself raises while starting (a NODE_PEFT_ISA the CPU lacks) are the user's to see.
+      if ((e as NodeJS.ErrnoException | null)?.code !== "ERR_DLOPEN_FAILED") throw e;
       tried.push(`${name}: ${path} (${String((e as Error).message).split("\n")[0]})`);
     }
   }
