@@ -144,11 +144,13 @@ describe("buildModelFromCheckpoint", () => {
     const e2 = await buildModelFromCheckpointAsync(file, { signal: mid.signal, onProgress: () => ++calls === 2 && mid.abort("stop") }).catch((e) => e);
     expect([e2.name, e2.code, e2.cause]).toEqual(["AbortError", "ABORT_ERR", "stop"]);
     expect(calls).toBe(2);
-    expect(backend.memory().tensors).toBe(before);
+    // Not more than before (the garbage collector may free earlier tests' dropped tensors meanwhile); the
+    // child-process test "an abort part-way frees everything" checks the exact count.
+    expect(backend.memory().tensors).toBeLessThanOrEqual(before);
     // A throwing progress callback ends the load the same way.
     const e3 = await buildModelFromCheckpointAsync(file, { onProgress: () => { throw new Error("callback"); } }).catch((e) => e);
     expect(e3.message).toBe("callback");
-    expect(backend.memory().tensors).toBe(before);
+    expect(backend.memory().tensors).toBeLessThanOrEqual(before);
   });
 
   it("the quantize hook sees each module once its parameters are loaded and may replace it", async () => {
