@@ -184,7 +184,8 @@ function load(): { addon: NativeAddon; path: string } {
   throw new PeftError(
     "ERR_NATIVE",
     `node-peft: no native addon loads. Tried:\n  ${tried.join("\n  ")}\n` +
-      "Run `npm rebuild node-peft --build-from-source` (needs a C++ compiler, make and cmake or python3).",
+      "Compile it: `npm install-scripts approve node-peft` (npm 11 runs a dependency's install script only when allowed), " +
+      "then `npm rebuild node-peft --build-from-source` (needs a C++ compiler, make and cmake or python3).",
   );
 }
 
