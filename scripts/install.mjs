@@ -61,5 +61,5 @@ if (pre.ok) {
   if (dryRun) console.log(`would use: ${relative(root, pre.file)}`);
   process.exit(0);
 }
-say(`node-peft: no usable prebuilt binary (${pre.why}); compiling the addon from source, 1-3 minutes`);
+say(`node-peft: no usable prebuilt binary (${pre.why}); compiling the addon from source (a few minutes)`);
 compile(clean, { NODE_PEFT_CUDA_BUILD: "0" });
