@@ -35,6 +35,7 @@ static Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("isTensorHandle", Napi::Function::New(env, IsTensorHandle, "isTensorHandle"));
   // A worker's environment going away first lets any job in the shared pool finish.
   napi_add_env_cleanup_hook(env, [](void*) { drain_pool(); }, nullptr);
+  set_host_zero_fill(parallel_zero_fill);  // large host blocks fault in on every pool thread
   register_factories(env, exports);
   register_linear_ops(env, exports);
   register_backend_info(env, exports);

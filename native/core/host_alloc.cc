@@ -11,7 +11,8 @@
 #include <mutex>
 #include <new>
 
-#include "../cpu/parallel.h"
+#include <atomic>
+
 #include "storage.h"
 
 namespace peft {
@@ -70,11 +71,16 @@ void* map_huge(size_t len) {
   return p;
 }
 
-void parallel_zero(void* p, size_t bytes) {
-  parallel_for(static_cast<int64_t>(bytes), 1 << 20, [&](int64_t b, int64_t e) { std::memset(static_cast<char*>(p) + b, 0, e - b); });
-}
+void plain_zero(void* p, size_t bytes) { std::memset(p, 0, bytes); }
+
+// Core knows no thread pool: the CPU backend installs its multi-threaded fill at load.
+std::atomic<HostZeroFill> g_zero_fill{plain_zero};
+
+void parallel_zero(void* p, size_t bytes) { g_zero_fill.load(std::memory_order_relaxed)(p, bytes); }
 
 }  // namespace
+
+void set_host_zero_fill(HostZeroFill fill) { g_zero_fill.store(fill ? fill : plain_zero); }
 
 std::shared_ptr<Storage> alloc_host(size_t bytes, bool zero, bool touch) {
   auto st = std::make_shared<Storage>();

@@ -96,4 +96,9 @@ struct Storage {
 // the pages in now, in parallel (for a caller about to fill the memory with one thread, e.g. a file read).
 std::shared_ptr<Storage> alloc_host(size_t bytes, bool zero = true, bool touch = false);
 
+// How large host blocks are zero-filled (and first touched): a plain memset until a backend installs a
+// faster routine (the CPU backend's fills on its thread pool, so the pages fault in on every thread).
+using HostZeroFill = void (*)(void* p, size_t bytes);
+void set_host_zero_fill(HostZeroFill fill);
+
 }  // namespace peft

@@ -16,6 +16,8 @@ void parallel_for(int64_t n, int64_t grain, const std::function<void(int64_t, in
 void parallel_run(int nthreads, const std::function<void(int, int)>& fn);
 
 int num_threads();
+// Zero-fills a block on the pool (installed as core's host zero fill at load).
+void parallel_zero_fill(void* p, size_t bytes);
 // Waits until no job is running (an environment being torn down calls this before its state goes away).
 void drain_pool();
 void set_num_threads(int n);  // n >= 1
