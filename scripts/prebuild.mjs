@@ -4,7 +4,7 @@
 // `--in-place` builds in the tree (a clean checkout, as in CI, which then has build/ too). `--if-stale`
 // skips the build when the prebuilt binary is newer than every native source.
 import { spawnSync } from "node:child_process";
-import { cpSync, existsSync, mkdirSync, readdirSync, rmSync, statSync, symlinkSync } from "node:fs";
+import { copyFileSync, cpSync, existsSync, mkdirSync, readdirSync, rmSync, statSync, symlinkSync } from "node:fs";
 import { createRequire } from "node:module";
 import { join } from "node:path";
 import { root, nodeDir, nodeGypCli } from "./native-tools.mjs";
@@ -53,5 +53,11 @@ if (cwd !== root) rmSync(cwd, { recursive: true, force: true });
 if (r.status !== 0) {
   console.error("prebuild: prebuildify failed");
   process.exit(1);
+}
+// prebuildify moves node-gyp's output into prebuilds/: an in-place build puts a copy back where node-gyp
+// leaves it, so the tree keeps its node-gyp build (the loader and the tests find it there).
+if (cwd === root) {
+  mkdirSync(join(root, "build", "Release"), { recursive: true });
+  copyFileSync(target, join(root, "build", "Release", "node_peft.node"));
 }
 console.error(`prebuild: ${target} (needs glibc ≥ ${glibcFloor(target)}; links ${neededLibraries(target).join(", ")})`);
