@@ -20,9 +20,6 @@ inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 const void* at(const void* p, DType dt, int64_t i) { return static_cast<const char*>(p) + i * static_cast<int64_t>(dtype_size(dt)); }
 void* at(void* p, DType dt, int64_t i) { return static_cast<char*>(p) + i * static_cast<int64_t>(dtype_size(dt)); }
 
-GemmMat rows(const void* p, DType dt, int64_t ld) { return {p, dt, ld, 1}; }
-GemmMat cols(const void* p, DType dt, int64_t ld) { return {p, dt, 1, ld}; }  // the transpose of a row-major matrix
-
 // Grows only; per thread, so pool workers keep theirs across calls.
 float* scratch(std::vector<float>& v, int64_t n) {
   if (static_cast<int64_t>(v.size()) < n) v.resize(static_cast<size_t>(n));
@@ -38,6 +35,29 @@ const float* as_f32(const void* p, DType dt, int64_t n, std::vector<float>& keep
   return keep.data();
 }
 
+// Tap kw reads input column iw = ow·sw + off; output columns [lo, hi) (within [0, OW]) read inside the image.
+struct TapColumns {
+  int64_t off, lo, hi;
+};
+TapColumns tap_columns(const ConvGeom& g, int64_t kw) {
+  const int64_t off = kw * g.dw - g.pw;
+  const int64_t lo = std::min(g.OW, off >= 0 ? 0 : ceil_div(-off, g.sw));
+  const int64_t hi = std::clamp<int64_t>(g.W - off <= 0 ? 0 : ceil_div(g.W - off, g.sw), lo, g.OW);  // ow < hi  <=>  iw < W
+  return {off, lo, hi};
+}
+
+// Calls f(oh, base, lo, hi) for every output row whose input row of tap (kh, kw) lies inside the image and has
+// in-bounds columns: base = ih·W + off, so output column ow reads input element base + ow·sw.
+template <class F>
+void for_each_tap_run(const ConvGeom& g, int64_t kh, int64_t kw, F&& f) {
+  const TapColumns tc = tap_columns(g, kw);
+  if (tc.hi <= tc.lo) return;
+  for (int64_t oh = 0; oh < g.OH; oh++) {
+    const int64_t ih = oh * g.sh - g.ph + kh * g.dh;
+    if (ih >= 0 && ih < g.H) f(oh, ih * g.W + tc.off, tc.lo, tc.hi);
+  }
+}
+
 // Visits the unfolded rows (c, kh, kw) of one group over output pixels [p0, p1): seg(row, col, src, n, step)
 // for each run of in-bounds input elements (src: element index in the group's image, c·H·W + ih·W + iw;
 // step: the stride between them), zero(row, col, n) for runs that fall on the padding.
@@ -48,9 +68,7 @@ void walk_patches(const ConvGeom& g, int64_t p0, int64_t p1, Seg&& seg, Zero&& z
     for (int64_t kh = 0; kh < g.KH; kh++)
       for (int64_t kw = 0; kw < g.KW; kw++) {
         const int64_t row = (c * g.KH + kh) * g.KW + kw;
-        const int64_t off = kw * g.dw - g.pw;  // iw = ow·sw + off
-        const int64_t lo = off >= 0 ? 0 : ceil_div(-off, g.sw);
-        const int64_t hi = g.W - off <= 0 ? 0 : ceil_div(g.W - off, g.sw);  // ow < hi  <=>  iw < W
+        const auto [off, lo, hi] = tap_columns(g, kw);
         for (int64_t p = p0; p < p1;) {
           const int64_t oh = p / g.OW, ow0 = p - oh * g.OW, ow1 = std::min(g.OW, ow0 + (p1 - p));
           const int64_t ih = oh * g.sh - g.ph + kh * g.dh, col = p - p0;
@@ -129,16 +147,14 @@ Tile tile_at(const ConvGeom& g, int64_t pc, int64_t chunks, int64_t i) {
 
 // The GEMM operand (kk, pc) of a tile: x itself for a pointwise convolution, else the unfolded tile in `buf`.
 GemmMat tile_operand(const ConvGeom& g, const float* img, const Tile& t, std::vector<float>& buf) {
-  if (g.pointwise()) return rows(img + t.p0, DType::F32, g.P());
+  if (g.pointwise()) return mat_rows(img + t.p0, DType::F32, g.P());
   float* c = scratch(buf, g.kk() * t.pc());
   im2col(g, img, t.p0, t.p1, c);
-  return rows(c, DType::F32, t.pc());
+  return mat_rows(c, DType::F32, t.pc());
 }
 
 // Its transpose (pc, kk), for the weight-gradient products.
-GemmMat tile_operand_t(const ConvGeom& g, const GemmMat& m, const Tile& t) {
-  return g.pointwise() ? cols(m.p, DType::F32, g.P()) : cols(m.p, DType::F32, t.pc());
-}
+GemmMat transposed(const GemmMat& m) { return mat_cols(m.p, DType::F32, m.rs); }
 
 // The group image of x (f32) for tile t.
 const float* image(const ConvGeom& g, const float* x, const Tile& t) { return x + (t.n * g.C + t.gi * g.cg()) * g.H * g.W; }
@@ -152,8 +168,8 @@ const void* dy_tile(const ConvGeom& g, const void* dy, DType dt, const Tile& t) 
 void adapter_grad(const ConvGeom& g, const AdapterView& a, const void* dyt, DType dy_dt, int64_t pc, float* out, int64_t ldo) {
   GemmArgs m;
   m.M = a.r, m.N = pc, m.K = g.OC;
-  m.A = cols(a.B, a.b_dt, a.r);
-  m.B = rows(dyt, dy_dt, g.P());
+  m.A = mat_cols(a.B, a.b_dt, a.r);
+  m.B = mat_rows(dyt, dy_dt, g.P());
   m.alpha = a.scale;
   m.C = out, m.c_dt = DType::F32, m.ldc = ldo;
   gemm(m);
@@ -224,19 +240,14 @@ __attribute__((always_inline)) inline void channel_taps(const ConvGeom& g, const
   for (int64_t kh = 0; kh < g.KH; kh++)
     for (int64_t kw = 0; kw < g.KW; kw++) {
       const float wv = w[kh * g.KW + kw];
-      const int64_t off = kw * g.dw - g.pw;
-      const int64_t lo = std::min(g.OW, off >= 0 ? 0 : ceil_div(-off, g.sw));
-      const int64_t hi = std::clamp<int64_t>(g.W - off <= 0 ? 0 : ceil_div(g.W - off, g.sw), lo, g.OW);
-      for (int64_t oh = 0; oh < g.OH; oh++) {
-        const int64_t ih = oh * g.sh - g.ph + kh * g.dh;
-        if (ih < 0 || ih >= g.H) continue;
-        float* a = Scatter ? out + ih * g.W + off : out + oh * g.OW;
-        const float* s = Scatter ? in + oh * g.OW : in + ih * g.W + off;
+      for_each_tap_run(g, kh, kw, [&](int64_t oh, int64_t base, int64_t lo, int64_t hi) {
+        float* a = Scatter ? out + base : out + oh * g.OW;
+        const float* s = Scatter ? in + oh * g.OW : in + base;
         if (Scatter)
           for (int64_t ow = lo; ow < hi; ow++) a[ow * g.sw] += wv * s[ow];
         else
           for (int64_t ow = lo; ow < hi; ow++) a[ow] += wv * s[ow * g.sw];
-      }
+      });
     }
 }
 
@@ -298,16 +309,6 @@ void depthwise_backward(const ConvGeom& g, const float* dy, const float* x, cons
                         void* dW, DType dW_dt) {
   const int64_t P = g.P(), mult = g.ocg(), HW = g.H * g.W, KHW = g.KH * g.KW;
   const Stencil st = stencil();
-  // For each (tap, output row) pair, the run of output columns whose input lies inside the image.
-  auto runs = [&](int64_t kh, int64_t kw, auto&& f) {
-    const int64_t off = kw * g.dw - g.pw;
-    const int64_t lo = std::min(g.OW, off >= 0 ? 0 : ceil_div(-off, g.sw));
-    const int64_t hi = std::clamp<int64_t>(g.W - off <= 0 ? 0 : ceil_div(g.W - off, g.sw), lo, g.OW);
-    for (int64_t oh = 0; oh < g.OH; oh++) {
-      const int64_t ih = oh * g.sh - g.ph + kh * g.dh;
-      if (ih >= 0 && ih < g.H && hi > lo) f(oh, ih * g.W + off, lo, hi);
-    }
-  };
   if (dW) {
     parallel_for(g.OC, 1, [&](int64_t o0, int64_t o1) {
       for (int64_t o = o0; o < o1; o++) {
@@ -317,7 +318,7 @@ void depthwise_backward(const ConvGeom& g, const float* dy, const float* x, cons
             const float* s = x + (n * g.C + o / mult) * HW;
             const float* d = dy + (n * g.OC + o) * P;
             float part = 0;
-            runs(t / g.KW, t % g.KW, [&](int64_t oh, int64_t base, int64_t lo, int64_t hi) {
+            for_each_tap_run(g, t / g.KW, t % g.KW, [&](int64_t oh, int64_t base, int64_t lo, int64_t hi) {
               const float* dr = d + oh * g.OW;
               for (int64_t ow = lo; ow < hi; ow++) part += dr[ow] * s[base + ow * g.sw];
             });
@@ -378,7 +379,7 @@ void forward_gemm(const ConvGeom& g, const void* x, DType x_dt, const void* w, D
         const AdapterView& a = ad[k];
         GemmArgs m;
         m.M = a.r, m.N = t.pc(), m.K = KK;
-        m.A = rows(a.A, a.a_dt, KK);
+        m.A = mat_rows(a.A, a.a_dt, KK);
         m.B = a.p > 0 ? tile_operand(g, image(g, xd[k].data(), t), t, t_cols2) : xm;
         float* Tt = T + (t.n * R + off) * P + t.p0;
         m.C = Tt, m.c_dt = DType::F32, m.ldc = P;
@@ -389,13 +390,13 @@ void forward_gemm(const ConvGeom& g, const void* x, DType x_dt, const void* w, D
       if (b) std::fill(b2 + R * t.pc(), b2 + R2 * t.pc(), 1.0f);
       GemmArgs m;
       m.M = OCg, m.N = t.pc(), m.K = KK;
-      m.A = rows(at(w, w_dt, t.gi * OCg * KK), w_dt, KK);
+      m.A = mat_rows(at(w, w_dt, t.gi * OCg * KK), w_dt, KK);
       m.B = xm;
       m.C = at(y, y_dt, (t.n * g.OC + t.gi * OCg) * P + t.p0), m.c_dt = y_dt, m.ldc = P;
       if (R2 > 0) {
         m.R = R2;
-        m.A2 = rows(a2.data() + t.gi * OCg * R2, DType::F32, R2);
-        m.B2 = rows(b2, DType::F32, t.pc());
+        m.A2 = mat_rows(a2.data() + t.gi * OCg * R2, DType::F32, R2);
+        m.B2 = mat_rows(b2, DType::F32, t.pc());
       }
       gemm(m);
     }
@@ -443,8 +444,8 @@ void backward_gemm(const ConvGeom& g, const void* dy, DType dy_dt, const void* x
         if (dW) {  // dW_g += dy_t·colsᵀ
           GemmArgs m;
           m.M = OCg, m.N = KK, m.K = t.pc();
-          m.A = rows(dyt, dy_dt, P);
-          m.B = tile_operand_t(g, xm, t);
+          m.A = mat_rows(dyt, dy_dt, P);
+          m.B = transposed(xm);
           m.C = acc + t.gi * OCg * KK, m.ldc = KK, m.accumulate = true;
           gemm(m);
         }
@@ -454,8 +455,8 @@ void backward_gemm(const ConvGeom& g, const void* dy, DType dy_dt, const void* x
           if (a.dB) {  // dB += s·dy_t·T_tᵀ
             GemmArgs m;
             m.M = g.OC, m.N = a.r, m.K = t.pc();
-            m.A = rows(dyt, dy_dt, P);
-            m.B = cols(T + (t.n * R + off) * P + t.p0, DType::F32, P);
+            m.A = mat_rows(dyt, dy_dt, P);
+            m.B = mat_cols(T + (t.n * R + off) * P + t.p0, DType::F32, P);
             m.alpha = a.scale;
             m.C = acc + off_db + off, m.ldc = R, m.accumulate = true;
             gemm(m);
@@ -466,8 +467,8 @@ void backward_gemm(const ConvGeom& g, const void* dy, DType dy_dt, const void* x
             const GemmMat src = a.p > 0 ? tile_operand(g, image(g, xd[k].data(), t), t, t_cols2) : xm;
             GemmArgs m;
             m.M = a.r, m.N = KK, m.K = t.pc();
-            m.A = rows(G, DType::F32, t.pc());
-            m.B = tile_operand_t(g, src, t);
+            m.A = mat_rows(G, DType::F32, t.pc());
+            m.B = transposed(src);
             m.C = acc + off_da + off * KK, m.ldc = KK, m.accumulate = true;
             gemm(m);
           }
@@ -530,16 +531,16 @@ void backward_gemm(const ConvGeom& g, const void* dy, DType dy_dt, const void* x
         const void* dyt = dy_tile(g, dy, dy_dt, t);
         GemmArgs m;
         m.K = OCg;
-        m.A = cols(at(w, w_dt, t.gi * OCg * KK), w_dt, KK);
-        m.B = rows(dyt, dy_dt, P);
+        m.A = mat_cols(at(w, w_dt, t.gi * OCg * KK), w_dt, KK);
+        m.B = mat_rows(dyt, dy_dt, P);
         if (R0 > 0) {
           float* G = scratch(t_grad, R0 * t.pc());
           int64_t row = 0;
           for (const AdapterView& a : ad)
             if (a.p <= 0) adapter_grad(g, a, dyt, dy_dt, t.pc(), G + row * t.pc(), t.pc()), row += a.r;
           m.R = R0;
-          m.A2 = cols(acat.data(), DType::F32, KK);
-          m.B2 = rows(G, DType::F32, t.pc());
+          m.A2 = mat_cols(acat.data(), DType::F32, KK);
+          m.B2 = mat_rows(G, DType::F32, t.pc());
         }
         fold(t, dx32 + t.n * HWC + t.gi * g.cg() * g.H * g.W, m);
       }
@@ -556,8 +557,8 @@ void backward_gemm(const ConvGeom& g, const void* dy, DType dy_dt, const void* x
           adapter_grad(g, a, dy_tile(g, dy, dy_dt, t), dy_dt, t.pc(), G, t.pc());
           GemmArgs m;
           m.K = a.r;
-          m.A = cols(a.A, a.a_dt, KK);
-          m.B = rows(G, DType::F32, t.pc());
+          m.A = mat_cols(a.A, a.a_dt, KK);
+          m.B = mat_rows(G, DType::F32, t.pc());
           fold(t, dxa.data() + n * HWC, m);
         }
     });
@@ -626,10 +627,7 @@ void lora_conv2d_backward_cpu(const ConvGeom& g, const void* dy, DType dy_dt, co
   const int64_t HWC = g.C * g.H * g.W;
   if (db && g.N > 0 && g.P() > 0) bias_grad(g, dy, dy_dt, db, db_dt);
   if (g.N == 0 || g.P() == 0 || g.OC == 0 || g.kk() == 0) {
-    if (dx) {
-      std::vector<float> z(static_cast<size_t>(std::max<int64_t>(g.N * HWC, 1)), 0.0f);
-      convert_cpu(z.data(), DType::F32, dx, dx_dt, g.N * HWC);
-    }
+    if (dx) std::memset(dx, 0, static_cast<size_t>(g.N * HWC) * dtype_size(dx_dt));  // +0 has all bits clear in every float dtype
     return;
   }
   if (g.depthwise() && ad.empty()) {

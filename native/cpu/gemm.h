@@ -41,6 +41,10 @@ struct GemmArgs {
   Storage* b_cache = nullptr;
 };
 
+// A row-major matrix with row stride ld, and the transpose of one (the views every GEMM caller builds).
+inline GemmMat mat_rows(const void* p, DType dt, int64_t ld) { return {p, dt, ld, 1}; }
+inline GemmMat mat_cols(const void* p, DType dt, int64_t ld) { return {p, dt, 1, ld}; }
+
 // Blocked, packed, multi-threaded; the kernel path follows active_isa() / amx_enabled() and the dtypes.
 void gemm(const GemmArgs& args);
 // The plain triple loop with the same semantics, kept for tests and for the K = 0 edge.

@@ -2,6 +2,7 @@
 
 #include <atomic>
 #include <cmath>
+#include <cstring>
 #include <memory>
 #include <vector>
 
@@ -13,12 +14,6 @@
 
 namespace peft {
 namespace {
-
-GemmMat rows(const void* p, DType dt, int64_t ld) { return {p, dt, ld, 1}; }
-GemmMat cols(const void* p, DType dt, int64_t ld) { return {p, dt, 1, ld}; }  // the transpose of a row-major matrix
-
-GemmMat weight_as_kn(const DenseView& d) { return d.w_in_out ? rows(d.W, d.w_dt, d.N) : cols(d.W, d.w_dt, d.K); }
-GemmMat weight_as_nk(const DenseView& d) { return d.w_in_out ? cols(d.W, d.w_dt, d.N) : rows(d.W, d.w_dt, d.K); }
 
 // out[j] += Σ_i a[i, j]·b[i, j] over rows of two (rows, cols) matrices (dl's reductions), in f64 per
 // column block so the sum does not depend on how rows are split.
@@ -50,8 +45,8 @@ void ia3_forward_cpu(const DenseView& d, const Ia3Scale& s, void* y, DType y_dt,
   if (d.M == 0 || d.N == 0) return;
   GemmArgs g;
   g.M = d.M, g.N = d.N, g.K = d.K;
-  g.A = rows(d.x, d.x_dt, d.K);
-  g.B = weight_as_kn(d);
+  g.A = mat_rows(d.x, d.x_dt, d.K);
+  g.B = dense_weight_kn(d);
   g.b_cache = d.w_cache;
   g.bias = d.bias, g.bias_dt = d.bias_dt;
   g.ldc = d.N;
@@ -83,8 +78,8 @@ void ia3_backward_cpu(const DenseView& d, const Ia3Scale& s, const void* dy, DTy
       float* G = in_place ? static_cast<float*>(dx) : gbuf.get();
       GemmArgs g;
       g.M = M, g.N = K, g.K = N;
-      g.A = rows(dy, dy_dt, N);
-      g.B = weight_as_nk(d);
+      g.A = mat_rows(dy, dy_dt, N);
+      g.B = dense_weight_nk(d);
       g.C = G, g.ldc = K;
       gemm(g);
       // Rows split across threads (streaming x and g in order), each with its own f64 sums of dl.
@@ -112,8 +107,8 @@ void ia3_backward_cpu(const DenseView& d, const Ia3Scale& s, const void* dy, DTy
     } else if (dx) {
       GemmArgs g;
       g.M = M, g.N = K, g.K = N;
-      g.A = rows(dy, dy_dt, N);
-      g.B = weight_as_nk(d);
+      g.A = mat_rows(dy, dy_dt, N);
+      g.B = dense_weight_nk(d);
       g.col_scale = s.l;
       g.C = dx, g.c_dt = dx_dt, g.ldc = K;
       gemm(g);
@@ -125,14 +120,14 @@ void ia3_backward_cpu(const DenseView& d, const Ia3Scale& s, const void* dy, DTy
       std::unique_ptr<float[]> xs;
       if (!d.w_in_out) {
         g.M = N, g.N = K, g.K = M, g.ldc = K;
-        g.A = cols(dy, dy_dt, N);
-        g.B = rows(d.x, d.x_dt, K);
+        g.A = mat_cols(dy, dy_dt, N);
+        g.B = mat_rows(d.x, d.x_dt, K);
         g.col_scale = s.l;
       } else {
         xs = scaled_columns(d.x, d.x_dt, M, K, s.l);
         g.M = K, g.N = N, g.K = M, g.ldc = N;
-        g.A = cols(xs.get(), DType::F32, K);
-        g.B = rows(dy, dy_dt, N);
+        g.A = mat_cols(xs.get(), DType::F32, K);
+        g.B = mat_rows(dy, dy_dt, N);
       }
       gemm(g);
     }
@@ -144,14 +139,13 @@ void ia3_backward_cpu(const DenseView& d, const Ia3Scale& s, const void* dy, DTy
   if (dx && M > 0 && K > 0) {
     GemmArgs g;
     g.M = M, g.N = K, g.K = N;
-    g.A = rows(dy, dy_dt, N);
+    g.A = mat_rows(dy, dy_dt, N);
     g.A.ks = s.l;
-    g.B = weight_as_nk(d);
+    g.B = dense_weight_nk(d);
     g.C = dx, g.c_dt = dx_dt, g.ldc = K;
     gemm(g);
   } else if (dx) {
-    std::vector<float> z(static_cast<size_t>(std::max<int64_t>(M * K, 1)), 0.0f);
-    convert_cpu(z.data(), DType::F32, dx, dx_dt, M * K);
+    std::memset(dx, 0, static_cast<size_t>(M * K) * dtype_size(dx_dt));  // +0 has all bits clear in every float dtype
   }
   if (dW || db) {
     // (dy ⊙ l) as the gradient reaching the unscaled layer: stored (K, N), l scales dW's columns in the
@@ -163,13 +157,13 @@ void ia3_backward_cpu(const DenseView& d, const Ia3Scale& s, const void* dy, DTy
       g.C = dW, g.c_dt = dW_dt;
       if (d.w_in_out) {
         g.M = K, g.N = N, g.K = M, g.ldc = N;
-        g.A = cols(d.x, d.x_dt, K);
-        g.B = rows(dy, dy_dt, N);
+        g.A = mat_cols(d.x, d.x_dt, K);
+        g.B = mat_rows(dy, dy_dt, N);
         g.col_scale = s.l;
       } else {
         g.M = N, g.N = K, g.K = M, g.ldc = K;
-        g.A = cols(dys.get(), DType::F32, N);
-        g.B = rows(d.x, d.x_dt, K);
+        g.A = mat_cols(dys.get(), DType::F32, N);
+        g.B = mat_rows(d.x, d.x_dt, K);
       }
       gemm(g);
     }

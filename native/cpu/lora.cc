@@ -23,19 +23,11 @@ struct Scratch {
   float* get() const { return p.get(); }
 };
 
-GemmMat rows(const void* p, DType dt, int64_t ld) { return {p, dt, ld, 1}; }
-GemmMat cols(const void* p, DType dt, int64_t ld) { return {p, dt, 1, ld}; }  // the transpose of a row-major matrix
-
-// B(k, n) of the base product as a view of W.
-GemmMat weight_as_kn(const DenseView& d) { return d.w_in_out ? rows(d.W, d.w_dt, d.N) : cols(d.W, d.w_dt, d.K); }
-// B(n, k) (the product dy·W) as a view of W.
-GemmMat weight_as_nk(const DenseView& d) { return d.w_in_out ? cols(d.W, d.w_dt, d.N) : rows(d.W, d.w_dt, d.K); }
-
 // drop(x) for one adapter: x itself without dropout, else a masked f32 copy in `buf`.
 GemmMat dropped_x(const DenseView& d, const AdapterView& a, Scratch* buf) {
-  if (a.p <= 0) return rows(d.x, d.x_dt, d.K);
+  if (a.p <= 0) return mat_rows(d.x, d.x_dt, d.K);
   dropout_cpu(d.x, d.x_dt, buf->get(), DType::F32, d.M * d.K, a.p, a.seed, a.stream);
-  return rows(buf->get(), DType::F32, d.K);
+  return mat_rows(buf->get(), DType::F32, d.K);
 }
 
 // [s_1·B_1 | s_2·B_2 | …] (or unscaled) as one (N, R) f32 matrix, times `sign` (-1 for unmerge).
@@ -52,9 +44,9 @@ void b_cat_into(const std::vector<AdapterView>& ad, int64_t N, int64_t R, float 
 // [B_1 | B_2 | …] (unscaled) as one (N, R) row-major view: the adapter's own B when there is one, else a
 // concatenated f32 copy in `buf`.
 GemmMat b_cat(const std::vector<AdapterView>& ad, int64_t N, int64_t R, Scratch* buf) {
-  if (ad.size() == 1) return rows(ad[0].B, ad[0].b_dt, R);
+  if (ad.size() == 1) return mat_rows(ad[0].B, ad[0].b_dt, R);
   b_cat_into(ad, N, R, 1.0f, false, buf->get());
-  return rows(buf->get(), DType::F32, R);
+  return mat_rows(buf->get(), DType::F32, R);
 }
 
 // Multiplies each adapter's column block of an (M, R) f32 matrix by its scale.
@@ -80,6 +72,9 @@ void a_cat(const std::vector<AdapterView>& ad, int64_t K, float* out) {
 
 }  // namespace
 
+GemmMat dense_weight_kn(const DenseView& d) { return d.w_in_out ? mat_rows(d.W, d.w_dt, d.N) : mat_cols(d.W, d.w_dt, d.K); }
+GemmMat dense_weight_nk(const DenseView& d) { return d.w_in_out ? mat_cols(d.W, d.w_dt, d.N) : mat_rows(d.W, d.w_dt, d.K); }
+
 int64_t total_rank(const std::vector<AdapterView>& ad) {
   int64_t R = 0;
   for (const AdapterView& a : ad) R += a.r;
@@ -96,7 +91,7 @@ void lora_forward_cpu(const DenseView& d, const std::vector<AdapterView>& ad, vo
     GemmArgs g;
     g.M = M, g.N = a.r, g.K = K;
     g.A = dropped_x(d, a, &xd);
-    g.B = cols(a.A, a.a_dt, K);
+    g.B = mat_cols(a.A, a.a_dt, K);
     g.C = T + off, g.c_dt = DType::F32, g.ldc = R;
     gemm(g);
     off += a.r;
@@ -109,13 +104,13 @@ void lora_forward_cpu(const DenseView& d, const std::vector<AdapterView>& ad, vo
   // y = x·Wᵀ + b + (sT)·Bᵀ: the adapters are R extra k-steps on the base GEMM's tile.
   GemmArgs g;
   g.M = M, g.N = N, g.K = K;
-  g.A = rows(d.x, d.x_dt, K);
-  g.B = weight_as_kn(d);
+  g.A = mat_rows(d.x, d.x_dt, K);
+  g.B = dense_weight_kn(d);
   g.b_cache = d.w_cache;
   g.C = y, g.c_dt = y_dt, g.ldc = N;
   g.bias = d.bias, g.bias_dt = d.bias_dt;
   g.R = R;
-  g.A2 = rows(ts.get(), DType::F32, R);
+  g.A2 = mat_rows(ts.get(), DType::F32, R);
   g.B2 = {B.p, B.dt, 1, R};  // B2(j, n) = B(n, j)
   gemm(g);
 }
@@ -128,7 +123,7 @@ void lora_backward_cpu(const DenseView& d, const std::vector<AdapterView>& ad, c
   if (M > 0 && R > 0) {
     GemmArgs g;
     g.M = M, g.N = R, g.K = N;
-    g.A = rows(dy, dy_dt, N);
+    g.A = mat_rows(dy, dy_dt, N);
     g.B = b_cat(ad, N, R, &bcat);
     g.C = G.get(), g.c_dt = DType::F32, g.ldc = R;
     gemm(g);
@@ -143,8 +138,8 @@ void lora_backward_cpu(const DenseView& d, const std::vector<AdapterView>& ad, c
     if (a.dB) {  // dB += s·dyᵀ·T
       GemmArgs g;
       g.M = N, g.N = a.r, g.K = M;
-      g.A = cols(dy, dy_dt, N);
-      g.B = rows(T + off, DType::F32, R);
+      g.A = mat_cols(dy, dy_dt, N);
+      g.B = mat_rows(T + off, DType::F32, R);
       g.alpha = a.scale;
       g.C = a.dB, g.c_dt = a.db_dt, g.ldc = a.r, g.accumulate = true;
       gemm(g);
@@ -153,7 +148,7 @@ void lora_backward_cpu(const DenseView& d, const std::vector<AdapterView>& ad, c
       Scratch xd(a.p > 0 ? M * K : 0);
       GemmArgs g;
       g.M = a.r, g.N = K, g.K = M;
-      g.A = cols(G.get() + off, DType::F32, R);
+      g.A = mat_cols(G.get() + off, DType::F32, R);
       g.B = dropped_x(d, a, &xd);
       g.C = a.dA, g.c_dt = a.da_dt, g.ldc = K, g.accumulate = true;
       gemm(g);
@@ -170,14 +165,14 @@ void lora_backward_cpu(const DenseView& d, const std::vector<AdapterView>& ad, c
   DType out_dt = staged ? DType::F32 : dx_dt;
   GemmArgs g;
   g.M = M, g.N = K, g.K = N;
-  g.A = rows(dy, dy_dt, N);
-  g.B = weight_as_nk(d);
+  g.A = mat_rows(dy, dy_dt, N);
+  g.B = dense_weight_nk(d);
   g.C = out, g.c_dt = out_dt, g.ldc = K;
   if (!any_dropout && R > 0) {
     a_cat(ad, K, acat.get());
     g.R = R;
-    g.A2 = rows(G.get(), DType::F32, R);
-    g.B2 = rows(acat.get(), DType::F32, K);
+    g.A2 = mat_rows(G.get(), DType::F32, R);
+    g.B2 = mat_rows(acat.get(), DType::F32, K);
   }
   gemm(g);
   if (!any_dropout) return;
@@ -186,8 +181,8 @@ void lora_backward_cpu(const DenseView& d, const std::vector<AdapterView>& ad, c
   for (const AdapterView& a : ad) {
     GemmArgs p;
     p.M = M, p.N = K, p.K = a.r;
-    p.A = rows(G.get() + off, DType::F32, R);
-    p.B = rows(a.A, a.a_dt, K);
+    p.A = mat_rows(G.get() + off, DType::F32, R);
+    p.B = mat_rows(a.A, a.a_dt, K);
     p.C = part.get(), p.c_dt = DType::F32, p.ldc = K;
     gemm(p);
     if (a.p > 0) dropout_cpu(part.get(), DType::F32, part.get(), DType::F32, M * K, a.p, a.seed, a.stream);

@@ -6,6 +6,7 @@
 
 #include "../core/dtype.h"
 #include "../core/storage.h"
+#include "gemm.h"
 
 namespace peft {
 
@@ -39,6 +40,10 @@ struct AdapterView {
 };
 
 int64_t total_rank(const std::vector<AdapterView>& ad);
+
+// The base weight as the product's B (K, N), and as (N, K) for the gradient dy·W.
+GemmMat dense_weight_kn(const DenseView& d);
+GemmMat dense_weight_nk(const DenseView& d);
 
 // y (M, N) in y_dt; T (M, R) f32 receives drop(x)·Aᵀ per adapter (unscaled), kept for backward.
 void lora_forward_cpu(const DenseView& d, const std::vector<AdapterView>& ad, void* y, DType y_dt, float* T);
