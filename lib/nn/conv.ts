@@ -4,7 +4,6 @@ import { conv2d, conv2dBackward, type Conv2dGeometry } from "../ops.js";
 import { describe, isArray, optionsArg, peftError, shownValue, typeError } from "../errors.js";
 import { Module, gradOf, type BackwardOptions } from "./module.js";
 import { takeRng } from "../random.js";
-import { record, wantsGrad } from "../autograd/record.js";
 
 export type Pair = number | readonly [number, number];
 
@@ -95,22 +94,10 @@ export class Conv2d extends Module {
   forward(x: Tensor): Tensor {
     this.input(x);
     const y = conv2d(x, this.weight, this.bias, this.geometry);
-    // x is needed for dW only; a frozen weight keeps just x's shape.
-    const needX = this.weight.requiresGrad;
+    // Without x (a frozen weight keeps none), dx needs only x's shape.
     const xShape = x.shape;
-    if (!this.training) this.releaseSaved();
-    else if (needX) this.save(x);
-    else this.save();
     this.#lastShape = xShape;
-    if (!wantsGrad(x, this.weight, this.bias)) return y;
-    return record(
-      "Conv2dBackward",
-      [x],
-      y,
-      ([g], saved, [needDx]) => [g ? this.gradients(g, needX ? saved[1] : xShape, needDx, saved[0]) : null],
-      needX ? [this.weight, x] : [this.weight],
-      { force: true },
-    );
+    return this.weightLayerOutput(x, y, this.weight, this.bias, (g, xs, wantDx, w) => this.gradients(g, xs ?? xShape, wantDx, w));
   }
 
   #lastShape: readonly number[] = [];

@@ -5,7 +5,6 @@ import { sumRows } from "../kernels.js";
 import { optionsArg, peftError, typeError } from "../errors.js";
 import { Module, gradOf, markAbstract, type BackwardOptions } from "./module.js";
 import { takeRng } from "../random.js";
-import { record, wantsGrad } from "../autograd/record.js";
 
 function checkFeatures(n: unknown, what: string): number {
   if (typeof n !== "number") throw typeError(`${what} must be a number`);
@@ -22,21 +21,7 @@ export abstract class DenseBase extends Module {
   forward(x: Tensor): Tensor {
     this.input(x);
     const y = linear(x, this.weight, this.bias, { weightInOut: this.weightInOut });
-    // x is needed for dW only; a frozen weight needs nothing but itself.
-    const needX = this.weight.requiresGrad;
-    if (!this.training) this.releaseSaved();
-    else if (needX) this.save(x);
-    else this.save();
-    // With autograd: one node per call whose backward is the same fused kernels.
-    if (!wantsGrad(x, this.weight, this.bias)) return y;
-    return record(
-      `${this.constructor.name}Backward`,
-      [x],
-      y,
-      ([g], saved, [needDx]) => [g ? this.gradients(g, needX ? saved[1] : undefined, needDx, saved[0]) : null],
-      needX ? [this.weight, x] : [this.weight],
-      { force: true },
-    );
+    return this.weightLayerOutput(x, y, this.weight, this.bias, (g, xs, wantDx, w) => this.gradients(g, xs, wantDx, w));
   }
 
   override backward(dy: Tensor, options: BackwardOptions = {}): Tensor | null {

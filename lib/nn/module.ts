@@ -10,6 +10,7 @@ export interface BackwardOptions {
 
 import { retain } from "../autograd/retain.js";
 import { untrack } from "../autograd/scope.js";
+import { record, wantsGrad } from "../autograd/record.js";
 
 export { retain };
 
@@ -345,6 +346,34 @@ export abstract class Module implements Disposable {
   }
 
   // ---- saved activations (what backward needs) ----
+
+  /**
+   * The tail of a weight layer's forward (Linear, Conv1D, Conv2d): in training, keeps x for backward only when
+   * the weight is trainable (x is needed for dW only; a frozen weight needs nothing but itself); with autograd,
+   * one node per call whose backward, `gradients(dy, x or undefined, wantDx, the weight as saved)`, is the same
+   * fused kernels the tape-free backward runs.
+   */
+  protected weightLayerOutput(
+    x: Tensor,
+    y: Tensor,
+    weight: Tensor,
+    bias: Tensor | null,
+    gradients: (dy: Tensor, x: Tensor | undefined, wantDx: boolean, weight: Tensor) => Tensor | null,
+  ): Tensor {
+    const needX = weight.requiresGrad;
+    if (!this.training) this.releaseSaved();
+    else if (needX) this.save(x);
+    else this.save();
+    if (!wantsGrad(x, weight, bias)) return y;
+    return record(
+      `${this.constructor.name}Backward`,
+      [x],
+      y,
+      ([g], saved, [needDx]) => [g ? gradients(g, needX ? saved[1] : undefined, needDx, saved[0]) : null],
+      needX ? [weight, x] : [weight],
+      { force: true },
+    );
+  }
 
   /**
    * Marks a training forward and keeps our own handles on the tensors backward needs (released by backward
