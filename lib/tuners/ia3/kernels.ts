@@ -203,8 +203,8 @@ function axisView(t: readonly number[], s: readonly number[]): [number, number, 
   const full = s.length === t.length ? s : t.map((d, i) => (i === t.length - 1 ? s[0] : 1));
   const axes = full.map((d, i) => (d !== 1 ? i : -1)).filter((i) => i >= 0);
   if (axes.length > 1 || axes.some((i) => full[i] !== t[i])) return null;
-  const k = axes.length ? axes[0] : t.length - 1;
   const prod = (a: readonly number[]) => a.reduce((p, d) => p * d, 1);
-  const mid = axes.length ? t[k] : 1;
-  return [prod(t.slice(0, k)), mid, axes.length ? prod(t.slice(k + 1)) : prod(t) / Math.max(1, mid * prod(t.slice(0, k)))];
+  if (!axes.length) return [prod(t), 1, 1]; // a single factor for every element
+  const k = axes[0];
+  return [prod(t.slice(0, k)), t[k], prod(t.slice(k + 1))];
 }
