@@ -1,8 +1,12 @@
 // The ceiling registry: which loops this CPU can run, timing them on the pool, and the memory loops
-// (plain SSE2: two 16-byte loads a cycle are far above what DRAM delivers, so the ISA does not matter).
+// (plain SSE2 on x86, portable loops elsewhere: two 16-byte loads a cycle are far above what DRAM delivers,
+// so the ISA does not matter).
 #include "ceilings.h"
 
+#include "isa.h"
+#if PEFT_X86
 #include <emmintrin.h>
+#endif
 
 #include <algorithm>
 #include <atomic>
@@ -33,6 +37,7 @@ float* stream_buffer() {
 }
 
 // Streams through [p, p + n floats): reads only, or reads and writes back (x = x * 1 + 0 keeps values).
+#if PEFT_X86
 double read_pass(const float* p, size_t n) {
   __m128 s0 = _mm_setzero_ps(), s1 = s0, s2 = s0, s3 = s0;
   for (size_t i = 0; i < n; i += 16) {
@@ -49,6 +54,17 @@ void rmw_pass(float* p, size_t n) {
   const __m128 one = _mm_set1_ps(1.0f), zero = _mm_setzero_ps();
   for (size_t i = 0; i < n; i += 4) _mm_store_ps(p + i, _mm_add_ps(_mm_mul_ps(_mm_load_ps(p + i), one), zero));
 }
+#else
+double read_pass(const float* p, size_t n) {
+  float s[4] = {0, 0, 0, 0};
+  for (size_t i = 0; i < n; i += 4)
+    for (int j = 0; j < 4; j++) s[j] += p[i + j];
+  return s[0] + s[1] + s[2] + s[3];
+}
+void rmw_pass(float* p, size_t n) {
+  for (size_t i = 0; i < n; i++) p[i] = p[i] * 1.0f + 0.0f;
+}
+#endif
 
 volatile float sink;  // keeps the read loop's result alive
 
@@ -68,12 +84,14 @@ bool has_amx() { return amx_enabled(); }
 bool always() { return true; }
 
 const Entry kEntries[] = {
+#if PEFT_X86
     {{"fma-avx512", "GFLOP/s", "f32 FMA peak, zmm, register-only"}, has_avx512, ceiling_detail::fma_avx512, false, false},
     {{"fma-avx2", "GFLOP/s", "f32 FMA peak, ymm, register-only"}, has_avx2, ceiling_detail::fma_avx2, false, false},
     {{"dpbf16-avx512", "GFLOP/s", "vdpbf16ps peak (bf16 pairs into f32), register-only"}, has_bf16, ceiling_detail::dpbf16_avx512, false, false},
     {{"vnni-avx512", "GOP/s", "vpdpbusd peak (u8 x s8 into i32), register-only"}, has_vnni, ceiling_detail::vnni_avx512, false, false},
     {{"amx-bf16", "GFLOP/s", "AMX tdpbf16ps peak, tile-only"}, has_amx, ceiling_detail::amx_bf16, false, false},
     {{"amx-int8", "GOP/s", "AMX tdpbssd peak, tile-only"}, has_amx, ceiling_detail::amx_int8, false, false},
+#endif
     {{"dram-read", "GB/s", "streaming read of 512 MiB split over the threads"}, always, nullptr, true, false},
     {{"dram-rmw", "GB/s", "in-place read-modify-write of 512 MiB (bytes read + written)"}, always, nullptr, true, true},
 };
@@ -121,12 +139,21 @@ void evict_lines(const void* p, size_t bytes) {
   const char* c = static_cast<const char*>(p);
   const char* end = c + bytes;
   c = reinterpret_cast<const char*>(reinterpret_cast<uintptr_t>(c) & ~uintptr_t(63));
+#if PEFT_X86
   if (cpu_features().clflushopt) {
     for (; c < end; c += 64) __asm__ volatile("clflushopt %0" : "+m"(*const_cast<char*>(c)));
   } else {
     for (; c < end; c += 64) __asm__ volatile("clflush %0" : "+m"(*const_cast<char*>(c)));
   }
   __asm__ volatile("mfence" ::: "memory");
+#elif defined(__aarch64__)
+  for (; c < end; c += 64) __asm__ volatile("dc civac, %0" : : "r"(c) : "memory");
+  __asm__ volatile("dsb ish" ::: "memory");
+#else
+  // No cache-flush instruction known here: stream a buffer far larger than any cache instead.
+  (void)end;
+  sink = static_cast<float>(read_pass(stream_buffer(), kStreamBytes / 4));
+#endif
 }
 
 }  // namespace peft

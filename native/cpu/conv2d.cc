@@ -258,19 +258,30 @@ StencilBufs stencil_bufs(const ConvGeom& g) {
   return {scratch(t_padded, Hp * Wp + g.KW * g.dw), scratch(t_wide, g.OH * Wp)};
 }
 
+// Each x86 build of the stencil is compiled for its ISA (the loops auto-vectorise); elsewhere one portable build.
+#if PEFT_X86
+#define PEFT_ISA_TARGET(flags) __attribute__((target(flags)))
+#else
+#define PEFT_ISA_TARGET(flags)
+#endif
 #define PEFT_STENCIL(suffix, flags)                                                                                \
-  __attribute__((target(flags))) void taps_##suffix(const ConvGeom& g, const float* w, const float* in, float* out, \
+  PEFT_ISA_TARGET(flags) void taps_##suffix(const ConvGeom& g, const float* w, const float* in, float* out, \
                                                      StencilBufs b) {                                               \
     channel_taps<false>(g, w, in, out, b);                                                                          \
   }                                                                                                                 \
-  __attribute__((target(flags))) void scatter_##suffix(const ConvGeom& g, const float* w, const float* in, float* out, \
+  PEFT_ISA_TARGET(flags) void scatter_##suffix(const ConvGeom& g, const float* w, const float* in, float* out, \
                                                         StencilBufs b) {                                            \
     channel_taps<true>(g, w, in, out, b);                                                                           \
   }
+#if PEFT_X86
 PEFT_STENCIL(avx512, "avx512f,avx512vl,fma")
 PEFT_STENCIL(avx2, "avx2,fma")
 PEFT_STENCIL(base, "sse2")
+#else
+PEFT_STENCIL(base, "")
+#endif
 #undef PEFT_STENCIL
+#undef PEFT_ISA_TARGET
 
 using TapsFn = void (*)(const ConvGeom&, const float*, const float*, float*, StencilBufs);
 struct Stencil {
@@ -278,8 +289,10 @@ struct Stencil {
 };
 Stencil stencil() {
   switch (active_isa()) {
+#if PEFT_X86
     case Isa::Avx512: return {taps_avx512, scatter_avx512};
     case Isa::Avx2: return {taps_avx2, scatter_avx2};
+#endif
     default: return {taps_base, scatter_base};
   }
 }

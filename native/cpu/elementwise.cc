@@ -349,8 +349,10 @@ std::string ew_op_names() {
 
 const EwKernels& ew_kernels() {
   switch (active_isa()) {
+#if PEFT_X86
     case Isa::Avx512: return ew_kernels_avx512();
     case Isa::Avx2: return ew_kernels_avx2();
+#endif
     default: return kEwKernels;
   }
 }

@@ -37,6 +37,7 @@ thread_local Scratch t_bias, t_scale, t_ascaled;
 const KernelSet* select_kernels(const GemmArgs& g) {
   const KernelSet* ks = nullptr;
   switch (active_isa()) {
+#if PEFT_X86
     case Isa::Avx512:
       if (g.A.dt == DType::BF16 && g.B.dt == DType::BF16) {
         if (amx_enabled()) ks = amx_bf16_kernels();
@@ -45,7 +46,8 @@ const KernelSet* select_kernels(const GemmArgs& g) {
       if (!ks) ks = avx512_f32_kernels(g.B.dt);
       break;
     case Isa::Avx2: ks = avx2_f32_kernels(g.B.dt); break;
-    case Isa::Scalar: break;
+#endif
+    default: break;
   }
   return ks ? ks : scalar_f32_kernels();
 }

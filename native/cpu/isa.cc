@@ -7,17 +7,16 @@
 
 #include "../core/errors.h"
 
-#if defined(__x86_64__) || defined(_M_X64)
+#if PEFT_X86
 #include <cpuid.h>
 #include <sys/syscall.h>
 #include <unistd.h>
-#define PEFT_X86 1
 #endif
 
 namespace peft {
 namespace {
 
-#ifdef PEFT_X86
+#if PEFT_X86
 unsigned long long xgetbv0() {
   unsigned eax, edx;
   __asm__ volatile("xgetbv" : "=a"(eax), "=d"(edx) : "c"(0));
@@ -48,7 +47,7 @@ int read_cache_size(int index, int fallback) {
 
 CpuFeatures detect() {
   CpuFeatures f;
-#ifdef PEFT_X86
+#if PEFT_X86
   unsigned a, b, c, d;
   if (!__get_cpuid(1, &a, &b, &c, &d)) return f;
   bool osxsave = c & (1u << 27), fma = c & (1u << 12), f16c = c & (1u << 29);

@@ -3,6 +3,15 @@
 #include <string>
 #include <vector>
 
+// x86-64 builds compile the SIMD kernel files (foo_avx2.cc, foo_avx512.cc, ...) and dispatch to them; other
+// architectures build without them and run the portable scalar paths, so every dispatch site guards its
+// x86 cases with this.
+#if defined(__x86_64__) || defined(_M_X64)
+#define PEFT_X86 1
+#else
+#define PEFT_X86 0
+#endif
+
 namespace peft {
 
 enum class Isa : int { Scalar = 0, Avx2 = 1, Avx512 = 2 };

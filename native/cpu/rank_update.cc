@@ -27,7 +27,11 @@ constexpr int64_t kRowsPerStage = 4;
 
 void rank_update(void* C, DType c_dt, int64_t rows, int64_t cols, const float* L, const float* Rm, int64_t R) {
   if (rows <= 0 || cols <= 0 || R <= 0) return;
+#if PEFT_X86
   RankUpdateKernel kernel = active_isa() == Isa::Avx512 ? rank_update_kernel_avx512() : kernel_generic;
+#else
+  RankUpdateKernel kernel = kernel_generic;
+#endif
   // Threads take whole rows; each element is written by one thread with the terms in one fixed order.
   parallel_for(rows, 16, [&](int64_t r0, int64_t r1) {
     if (c_dt == DType::F32) {

@@ -11,8 +11,10 @@ void sqrt_block(float* v, int64_t n) {
 
 const VecKernels& vec_kernels() {
   switch (active_isa()) {
+#if PEFT_X86
     case Isa::Avx512: return vec_kernels_avx512();
     case Isa::Avx2: return vec_kernels_avx2();
+#endif
     default: return kVecKernels;
   }
 }

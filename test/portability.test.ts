@@ -1,0 +1,42 @@
+// The build on architectures other than x86-64: the ISA kernel files drop out and every x86-only construct
+// left in a portable source sits behind PEFT_X86 (scripts/cross-check.sh compiles and runs that build).
+import { describe, expect, it } from "vitest";
+import { readFileSync } from "node:fs";
+// @ts-expect-error: a plain .mjs build script without types
+import { listSources, isX86_64 } from "../scripts/list-sources.mjs";
+
+const GROUPS = ["avx2", "avx512", "avx512bf16", "amx"];
+// Headers, builtins and attributes that exist only on x86.
+const X86_ONLY = /<(imm|emm|xmm|pmm|tmm|smm|nmm|wmm|x86|cpuid)[a-z]*\.h>|__m(128|256|512)|\b_mm(256|512)?_|__attribute__\(\(target\(|__asm__|\basm\s*\(/;
+// A preprocessor condition that names the architecture guards what follows it.
+const ARCH_GUARD = /^#\s*(if|elif)\b.*\b(PEFT_X86|EMU_ASM_SWITCH|__x86_64__|_M_X64|__aarch64__)\b/;
+
+describe("portable build", () => {
+  it("lists the ISA kernel files only for x86-64 targets", () => {
+    for (const arch of ["x64", "x86_64", "AMD64"]) expect(isX86_64(arch)).toBe(true);
+    for (const arch of ["arm64", "aarch64", "ppc64", "riscv64"]) {
+      expect(isX86_64(arch)).toBe(false);
+      for (const g of GROUPS) expect(listSources(g, arch)).toEqual([]);
+      expect(listSources("base", arch)).toEqual(listSources("base", "x64"));
+    }
+    for (const g of GROUPS) expect(listSources(g, "x64").length).toBeGreaterThan(0);
+  });
+
+  it("keeps x86-only code in the portable sources behind PEFT_X86", () => {
+    const offenders: string[] = [];
+    for (const file of listSources("base", "arm64") as string[]) {
+      const text = readFileSync(file, "utf8");
+      // Track #if PEFT_X86 / #elif defined(__aarch64__) ... #else/#endif nesting line by line.
+      const stack: boolean[] = [];
+      text.split("\n").forEach((line, i) => {
+        const t = line.trim();
+        if (/^#\s*if/.test(t)) stack.push(ARCH_GUARD.test(t));
+        else if (/^#\s*(else|elif)/.test(t) && stack.length) stack[stack.length - 1] = ARCH_GUARD.test(t);
+        else if (/^#\s*endif/.test(t)) stack.pop();
+        else if (!t.startsWith("//") && X86_ONLY.test(line) && !stack.includes(true) && !/^#\s*define/.test(t))
+          offenders.push(`${file}:${i + 1}: ${t}`);
+      });
+    }
+    expect(offenders).toEqual([]);
+  });
+});
