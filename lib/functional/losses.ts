@@ -1,12 +1,14 @@
-// Differentiable losses: each returns a 0-d tensor (in the input's dtype) whose backward scales the
-// gradient the fused native kernel computed with the loss.
+// Differentiable losses: each returns a 0-d f32 tensor whatever the input's dtype (the kernels accumulate in
+// f32 or wider; bf16 mode keeps the loss f32 so small losses and their gradient scale are not rounded to
+// bf16's 8 bits), whose backward scales the gradient the fused native kernel computed with the loss (in the
+// input's dtype).
 import { Tensor } from "../tensor.js";
 import { crossEntropy as ceKernel, mseLoss as mseKernel, nllLoss as nllKernel, scaleInPlace, type LossResult } from "../kernels.js";
 import { record, wantsGrad } from "../autograd/record.js";
 
 function lossTensor(name: string, input: Tensor, r: LossResult): Tensor {
   // The kernel checked input (a Tensor) before r existed.
-  const out = Tensor.fromArray([r.loss], [], input.dtype);
+  const out = Tensor.fromArray([r.loss], [], "f32");
   if (!wantsGrad(input)) {
     r.grad.dispose();
     return out;
