@@ -158,7 +158,7 @@ describe("empty and degenerate sizes", () => {
 });
 
 describe("gradients and matmul", () => {
-  // N = 64 and 96: whole panels only (a row-major f32 B is read in place, with no packed edge panel).
+  // N = 64 and 96: whole panels only; M <= 2 row groups reads a row-major f32 B in place (no packed edge panel), larger M packs it.
   const shapes: [number, number, number][] = [[1, 7, 33], [17, 257, 33], [33, 127, 257], [257, 17, 127], [127, 1031, 40], [17, 129, 64], [300, 1500, 96]];
 
   it("linearGradInput: dx = dy·W in dy's dtype, every dtype mix", () => {
