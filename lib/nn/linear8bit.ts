@@ -117,6 +117,19 @@ export class Linear8bitLt extends Module {
     return Linear8bitLt.#assemble(retain(w), retain(scb), bias ? retain(bias) : null, opts.threshold ?? 0);
   }
 
+  /**
+   * A layer holding zeros (CB 0, SCB 0), for a checkpoint to be loaded into (bitsandbytes' keys: weight,
+   * bias, SCB, weight_format).
+   */
+  static empty(inFeatures: number, outFeatures: number, options: Omit<Linear8bitLtOptions, "seed"> = {}): Linear8bitLt {
+    const opts = checkOptions(options, "Linear8bitLt.empty");
+    for (const [n, what] of [[inFeatures, "inFeatures"], [outFeatures, "outFeatures"]] as const)
+      if (!Number.isSafeInteger(n) || n < 0) throw peftError("ERR_CONFIG", `Linear8bitLt.empty: ${what} must be a non-negative integer, got ${shownValue(n)}`);
+    const cb = Tensor.zeros([outFeatures, inFeatures], { dtype: "i8" });
+    const bias = opts.bias === false ? null : Tensor.zeros([outFeatures], { dtype: opts.dtype ?? "f32" });
+    return Linear8bitLt.#assemble(cb, Tensor.zeros([outFeatures]), bias, opts.threshold ?? 0);
+  }
+
   static #assemble(cb: Tensor, scb: Tensor, bias: Tensor | null, threshold: number): Linear8bitLt {
     assembling = { cb, scb, bias, threshold };
     return new Linear8bitLt(cb.shape[1], cb.shape[0]);
