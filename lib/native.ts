@@ -35,6 +35,8 @@ export interface BackendInfo {
 export interface NativeAddon {
   setErrorClass(ctor: typeof PeftError): void;
   isTensorHandle(v: unknown): boolean;
+  /** Detaches the ArrayBuffer under a transient view once the read/write through it is done (frees its hold on the storage). */
+  releaseBytes(view: Uint8Array): void;
   zeros(shape: readonly number[], dtype: string, device: string, touch?: boolean): NativeTensor;
   fromArray(data: ArrayBufferView, shape: readonly number[], dtype: string, device: string): NativeTensor;
   fromBytes(data: ArrayBufferView, shape: readonly number[], dtype: string, device: string): NativeTensor;

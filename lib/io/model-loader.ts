@@ -11,6 +11,7 @@ import { Tensor, transientBytes, type DType } from "../tensor.js";
 import { openCheckpointLayout, type CheckpointLayout, type TensorPlace } from "./checkpoint-layout.js";
 import { fdReader, readFully, readFullySync, runAsync, runSync, type IoPlan, type IoRequest } from "./file-io.js";
 import { int8QuantizeHook } from "./int8-quantize.js";
+import { native } from "../native.js";
 
 /** What onProgress is told after each tensor. */
 export interface LoadProgress {
@@ -174,13 +175,20 @@ function* loadPlan(job: Job): IoPlan<LoadResult> {
     const { layout, t } = it.place;
     const fileDType = layout.tensorDType(t)!;
     if (fileDType === it.param.dtype && it.param.device === "cpu") {
-      yield* readInto(transientBytes(it.param, true), it.place);
+      const bytes = transientBytes(it.param, true);
+      try {
+        yield* readInto(bytes, it.place);
+      } finally {
+        native.releaseBytes(bytes); // the view would otherwise keep the storage until it is collected
+      }
     } else {
       const tmp = Tensor.zeros(it.param.shape, { dtype: fileDType });
+      const bytes = transientBytes(tmp, true);
       try {
-        yield* readInto(transientBytes(tmp, true), it.place);
+        yield* readInto(bytes, it.place);
         it.param.copyFrom(tmp);
       } finally {
+        native.releaseBytes(bytes);
         tmp.dispose();
       }
     }
