@@ -36,6 +36,8 @@ interface TensorRow {
   dtype: string;
   shape: number[];
   bytes: number;
+  /** An LLM.int8 weight (I8 with a sibling SCB, as bitsandbytes saves it): its row scales' tensor and range. */
+  scales?: { name: string; min: number; max: number };
 }
 
 interface FileReport {
@@ -56,6 +58,21 @@ function readFile(path: string): FileReport {
     totalBytes += bytes;
     tensors.push({ name, dtype, shape: [...shape], bytes });
   }
+  // bitsandbytes' int8 layers: `<path>.weight` I8 beside `<path>.SCB` (F32, one absmax per row).
+  const names = new Set(f.keys());
+  for (const t of tensors) {
+    if (t.dtype !== "I8" || !t.name.endsWith(".weight") || t.shape.length !== 2) continue;
+    const scb = t.name.slice(0, -"weight".length) + "SCB";
+    if (!names.has(scb) || f.info(scb).dtype !== "F32") continue;
+    const s = f.get(scb);
+    try {
+      let min = Infinity, max = -Infinity;
+      for (const v of s.toFloat64Array()) (min = Math.min(min, v)), (max = Math.max(max, v));
+      t.scales = { name: scb, min, max };
+    } finally {
+      s.dispose();
+    }
+  }
   let metadata: Record<string, string> | null = null;
   if (!path.endsWith(".json")) {
     using s = openSafetensors(path);
@@ -74,7 +91,8 @@ function printFile(r: FileReport, out: (s: string) => void): void {
   out(`${"name".padEnd(w)}  dtype  ${"shape".padEnd(ws)}  size`);
   for (let i = 0; i < r.tensors.length; i++) {
     const t = r.tensors[i];
-    out(`${t.name.padEnd(w)}  ${t.dtype.padEnd(5)}  ${shapes[i].padEnd(ws)}  ${human(t.bytes)}`);
+    const int8 = t.scales ? `  int8 rows, scales ${t.scales.name} (absmax ${t.scales.min.toPrecision(4)} .. ${t.scales.max.toPrecision(4)})` : "";
+    out(`${t.name.padEnd(w)}  ${t.dtype.padEnd(5)}  ${shapes[i].padEnd(ws)}  ${human(t.bytes)}${int8}`);
   }
   out(`${r.tensors.length} tensors, ${human(r.totalBytes)}`);
   if (r.metadata) {

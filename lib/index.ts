@@ -11,7 +11,7 @@ export { configToJSONString, TASK_TYPES, type TaskType } from "./tuners/config.j
 export { checkTargetModuleExists, findTargetModules, type MatchReport } from "./matching.js";
 export { defaultTargetModules, defaultFeedforwardModules } from "./mappings.js";
 export { loadSafetensors, loadSafetensorsSync, saveSafetensors, saveSafetensorsSync, openSafetensors, type SafetensorsFile, loadShardedSafetensors, openSharded, type ShardedSafetensors } from "./io/index.js";
-export { Module, Linear, Conv1D, Embedding, Conv2d, type Conv2dOptions, Sequential, ModuleList, ModuleDict, ReLU, GELU, SiLU, LogSoftmax, Dropout, type BackwardOptions } from "./nn/index.js";
+export { Module, Linear, Conv1D, Embedding, Conv2d, type Conv2dOptions, Sequential, ModuleList, ModuleDict, ReLU, GELU, SiLU, LogSoftmax, Dropout, type BackwardOptions, Linear8bitLt, type Linear8bitLtOptions } from "./nn/index.js";
 export { AdamW, type AdamWOptions } from "./optim/adamw.js";
 export { LRScheduler, getLinearScheduleWithWarmup, getCosineScheduleWithWarmup, getConstantScheduleWithWarmup, type SchedulerState } from "./optim/schedule.js";
 export { clipGradNorm, type ClipGradNormOptions } from "./optim/clip.js";

@@ -35,6 +35,8 @@ export interface BackendInfo {
 export interface NativeAddon {
   setErrorClass(ctor: typeof PeftError): void;
   isTensorHandle(v: unknown): boolean;
+  /** Detaches the ArrayBuffer under a transient view once the read/write through it is done (frees its hold on the storage). */
+  releaseBytes(view: Uint8Array): void;
   zeros(shape: readonly number[], dtype: string, device: string, touch?: boolean): NativeTensor;
   fromArray(data: ArrayBufferView, shape: readonly number[], dtype: string, device: string): NativeTensor;
   fromBytes(data: ArrayBufferView, shape: readonly number[], dtype: string, device: string): NativeTensor;
@@ -64,6 +66,11 @@ export interface NativeAddon {
   // IA3 merge/unmerge in place: weight viewed [outer, mid, inner] times the scales' product along mid (or divided
   // by each l + 1e-8); returns the first adapter that makes it non-finite under safe, or -1.
   ia3Scale(w: NativeTensor, view: number[], scales: NativeTensor[], divide: boolean, safe: boolean, checkOnly: boolean): number;
+  // LLM.int8 (bitsandbytes semantics, native/cpu/int8.cc): W -> [CB i8 (N, K), SCB f32 (N)]; y = x·dequant(W)ᵀ + b
+  // with outlier columns (|x| >= threshold > 0) in floating point, in x's dtype; dx = dy·dequant(W).
+  int8Quantize(w: NativeTensor): [NativeTensor, NativeTensor];
+  int8Linear(x: NativeTensor, cb: NativeTensor, scb: NativeTensor, b: NativeTensor | null, threshold: number): NativeTensor;
+  int8LinearGradInput(dy: NativeTensor, cb: NativeTensor, scb: NativeTensor): NativeTensor;
   // x ← (I − tau·v·vᵀ)·x on columns c0..c1−1, rows row..row+below of a column-major Float64Array (ld rows).
   applyReflector(v: Float64Array, vo: number, below: number, tau: number, x: Float64Array, ld: number, row: number, c0: number, c1: number): void;
   activation(kind: string, x: NativeTensor): NativeTensor;
@@ -112,6 +119,10 @@ export interface NativeAddon {
   _benchEvict(t: NativeTensor): number;
   _benchWake(): void;
   _benchGemmKernel(a: string, b: string): string;
+  /** The int8 kernel set int8Linear picks on the active path. */
+  _benchInt8Kernel(): string;
+  /** Test hook: the raw int32 products x_q·CBᵀ (M, N) of the active int8 kernel. */
+  _int8Test(x: NativeTensor, cb: NativeTensor, scb: NativeTensor, threshold: number): NativeTensor;
   [extra: string]: unknown;
 }
 

@@ -86,3 +86,24 @@ export function conv2dBackward(
   );
   return dx ? new Tensor(dx) : null;
 }
+
+/**
+ * LLM.int8 quantisation of a weight (out, in) as bitsandbytes does it (rounded to f16, row absmax, round
+ * half to even): [CB i8 (out, in), SCB f32 (out)]. A row holding NaN/inf is a RangeError naming it.
+ */
+export function int8Quantize(weight: Tensor): [Tensor, Tensor] {
+  const [cb, scb] = native.int8Quantize(handleOf(weight, "int8Quantize", "weight"));
+  return [new Tensor(cb), new Tensor(scb)];
+}
+
+/** y = x·dequant(CB, SCB)ᵀ + b in x's dtype; input columns with any |x| >= threshold (> 0) in floating point. */
+export function int8Linear(x: Tensor, cb: Tensor, scb: Tensor, bias: Tensor | null, threshold: number): Tensor {
+  const op = "int8Linear";
+  return new Tensor(native.int8Linear(handleOf(x, op, "x"), handleOf(cb, op, "CB"), handleOf(scb, op, "SCB"), optionalHandle(bias, op, "bias"), threshold));
+}
+
+/** dx = dy·dequant(CB, SCB) in dy's dtype (the int8 weight is widened as the GEMM packs it). */
+export function int8LinearGradInput(dy: Tensor, cb: Tensor, scb: Tensor): Tensor {
+  const op = "int8LinearGradInput";
+  return new Tensor(native.int8LinearGradInput(handleOf(dy, op, "dy"), handleOf(cb, op, "CB"), handleOf(scb, op, "SCB")));
+}

@@ -21,6 +21,15 @@ Napi::Value IsTensorHandle(const Napi::CallbackInfo& info) {
   return Napi::Boolean::New(info.Env(), info.Length() > 0 && TensorHandle::IsHandle(info[0]));
 }
 
+// releaseBytes(u8): ends a transient view (tensor.bytes(.., true)) once a file read or write through it is done,
+// so the tensor's storage is not kept alive until the view is garbage-collected (a layer quantised while loading
+// must free its full-precision weight at once). Other buffers are left alone.
+Napi::Value ReleaseBytes(const Napi::CallbackInfo& info) {
+  if (info.Length() < 1 || !info[0].IsTypedArray()) fail_type("releaseBytes: expected a Uint8Array");
+  release_transient_bytes(info.Env(), info[0].As<Napi::TypedArray>().ArrayBuffer());
+  return info.Env().Undefined();
+}
+
 }  // namespace
 }  // namespace peft
 
@@ -33,6 +42,7 @@ static Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("TensorHandle", ctor);
   exports.Set("setErrorClass", Napi::Function::New<guarded<SetErrorClass>>(env, "setErrorClass"));
   exports.Set("isTensorHandle", Napi::Function::New(env, IsTensorHandle, "isTensorHandle"));
+  exports.Set("releaseBytes", Napi::Function::New<guarded<ReleaseBytes>>(env, "releaseBytes"));
   // A worker's environment going away first lets any job in the shared pool finish.
   napi_add_env_cleanup_hook(env, [](void*) { drain_pool(); }, nullptr);
   set_host_zero_fill(parallel_zero_fill);  // large host blocks fault in on every pool thread
@@ -51,6 +61,7 @@ static Napi::Object Init(Napi::Env env, Napi::Object exports) {
   register_elementwise_ops(env, exports);
   register_reduce_ops(env, exports);
   register_indexing_ops(env, exports);
+  register_int8_ops(env, exports);
   // NODE_PEFT_ISA / NODE_PEFT_AMX: a bad value fails the load with a RangeError rather than running the
   // wrong kernels (or faulting on missing instructions).
   try {

@@ -1,6 +1,8 @@
 #include "tensor_handle.h"
 
 #include <cstring>
+#include <mutex>
+#include <unordered_map>
 #include <vector>
 
 #include "napi_util.h"
@@ -17,8 +19,30 @@ struct ViewHold {
   std::shared_ptr<Storage> storage;
   bool tracked;
 };
+
+// Untracked (transient) holds by the address their buffer starts at, so releaseBytes can drop one before the
+// garbage collector finalizes its buffer. Never destroyed: finalizers may run while the process exits.
+std::mutex& transient_mu() {
+  static auto* m = new std::mutex();
+  return *m;
+}
+std::unordered_multimap<const void*, ViewHold*>& transient_holds() {
+  static auto* h = new std::unordered_multimap<const void*, ViewHold*>();
+  return *h;
+}
+
 void release_view(ViewHold* hold) {
-  if (hold->tracked) hold->storage->live_views.fetch_sub(1, std::memory_order_acq_rel);
+  if (hold->tracked) {
+    hold->storage->live_views.fetch_sub(1, std::memory_order_acq_rel);
+  } else {
+    std::lock_guard<std::mutex> lk(transient_mu());
+    auto& h = transient_holds();
+    for (auto it = h.begin(); it != h.end(); ++it)
+      if (it->second == hold) {
+        h.erase(it);
+        break;
+      }
+  }
   delete hold;
 }
 
@@ -42,6 +66,10 @@ Napi::ArrayBuffer buffer_over(Napi::Env env, const std::shared_ptr<Storage>& st,
   if (bytes == 0) return Napi::ArrayBuffer::New(env, 0);
   napi_value out;
   auto* hold = new ViewHold{st, tracked};
+  if (!tracked) {
+    std::lock_guard<std::mutex> lk(transient_mu());
+    transient_holds().emplace(st->data, hold);
+  }
   if (tracked) {
     // Writes through it may come at any time, also after the last derived() call that sees it alive.
     st->live_views.fetch_add(1, std::memory_order_acq_rel);
@@ -58,6 +86,22 @@ Napi::ArrayBuffer buffer_over(Napi::Env env, const std::shared_ptr<Storage>& st,
 }
 
 }  // namespace
+
+void release_transient_bytes(Napi::Env env, Napi::ArrayBuffer ab) {
+  bool detached = false;
+  if (napi_is_detached_arraybuffer(env, ab, &detached) != napi_ok || detached || ab.ByteLength() == 0) return;
+  const void* data = ab.Data();
+  std::shared_ptr<Storage> drop;
+  {
+    std::lock_guard<std::mutex> lk(transient_mu());
+    auto it = transient_holds().find(data);
+    if (it == transient_holds().end()) return;  // not a transient view: left alone
+    drop = std::move(it->second->storage);
+    transient_holds().erase(it);
+  }
+  // Detached first, so nothing in JS can reach the memory once the storage may be gone.
+  napi_detach_arraybuffer(env, ab);
+}
 
 Napi::Function TensorHandle::Init(Napi::Env env) {
   // The methods are plain functions on the prototype, not ObjectWrap instance methods: dispose() removes

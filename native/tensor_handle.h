@@ -47,4 +47,8 @@ class TensorHandle : public Napi::ObjectWrap<TensorHandle> {
   int64_t reported_bytes_ = 0;  // what this handle told the GC it holds
 };
 
+// Drops a transient view's hold on its storage (a buffer from bytes(.., true)) and detaches the buffer, so the
+// storage can go now rather than when the buffer is collected; any other buffer is left alone.
+void release_transient_bytes(Napi::Env env, Napi::ArrayBuffer ab);
+
 }  // namespace peft

@@ -210,7 +210,7 @@ describe("loadModelWeights into an existing model", () => {
     expect(() => loadModelWeights(new Linear(5, 3), file, { prefix: "net.fc." })).toThrow(/shape \[3,4\] in the file but \[3,5\]/);
     expect(loadModelWeights(new Linear(4, 3, { bias: false }), file, { prefix: "net.fc.", strict: false })).toEqual({ missingKeys: [], unexpectedKeys: ["net.fc.bias"] });
     expect(await code(() => loadModelWeightsAsync({} as never, file))).toBe("ERR_INVALID_ARG_TYPE");
-    expect(await code(() => loadModelWeightsAsync(fc, file, { quantize: "int8" as never }))).toBe("ERR_INVALID_ARG_TYPE");
+    expect(await code(() => loadModelWeightsAsync(fc, file, { quantize: "int4" as never }))).toBe("ERR_INVALID_ARG_TYPE");
   });
 });
 

@@ -4,7 +4,8 @@
 // straight from the file into it (model-loader.ts), so the checkpoint's bytes are allocated once.
 import { clip, peftError, typeError } from "../errors.js";
 import { Tensor, describe, isDType, type DType } from "../tensor.js";
-import { Embedding, Linear, Module } from "../nn/index.js";
+import { Embedding, Linear, Linear8bitLt, Module } from "../nn/index.js";
+import { int8Threshold } from "./int8-quantize.js";
 import { skipInit } from "../init-mode.js";
 import { openCheckpointLayout, type CheckpointLayout } from "./checkpoint-layout.js";
 import { abortError, loadOptions, runLoadAsync, runLoadSync, type LoadProgress, type QuantizeHook } from "./model-loader.js";
@@ -54,7 +55,12 @@ export interface BuildOptions {
   /** Floating-point weights in this dtype (converted on load); default: each tensor's dtype in the file. */
   dtype?: DType;
   onProgress?: (p: LoadProgress) => void;
-  quantize?: QuantizeHook;
+  /** A hook, or "int8" (transformers' load_in_8bit: Linear layers quantised as they load; see LoadWeightsOptions). */
+  quantize?: QuantizeHook | "int8";
+  /** Outlier threshold of the int8 layers (quantize: "int8" only; default 6.0). */
+  threshold?: number;
+  /** Modules kept in full precision besides the output head (quantize: "int8" only). */
+  skipModules?: string[];
 }
 
 export interface BuildAsyncOptions extends BuildOptions {
@@ -62,7 +68,7 @@ export interface BuildAsyncOptions extends BuildOptions {
   signal?: AbortSignal;
 }
 
-function buildOptions<T extends BuildAsyncOptions>(options: T | undefined, op: string): Partial<T> {
+function buildOptions<T extends BuildAsyncOptions>(options: T | undefined, op: string): Omit<Partial<T>, "quantize"> & { quantize?: QuantizeHook } {
   const opts = loadOptions(options, op);
   if (opts.dtype !== undefined && !isDType(opts.dtype)) throw typeError(`${op}: dtype must be a dtype name such as "bf16", got ${describe(opts.dtype)}`);
   return opts;
@@ -77,7 +83,7 @@ function buildOptions<T extends BuildAsyncOptions>(options: T | undefined, op: s
 export function buildModelFromCheckpoint(path: string, options: BuildOptions = {}): Module {
   const opts = buildOptions(options, "buildModelFromCheckpoint");
   using src = openCheckpointLayout(path, "buildModelFromCheckpoint");
-  const root = emptyTree(src, opts.dtype);
+  const root = emptyTree(src, opts.dtype, int8Threshold(opts.threshold, "buildModelFromCheckpoint"));
   try {
     runLoadSync(root, src, { onProgress: opts.onProgress, quantize: opts.quantize });
   } catch (e) {
@@ -93,7 +99,7 @@ export async function buildModelFromCheckpointAsync(path: string, options: Build
   const opts = buildOptions(options, op);
   if (opts.signal?.aborted) throw abortError(opts.signal, op);
   using src = openCheckpointLayout(path, op);
-  const root = emptyTree(src, opts.dtype);
+  const root = emptyTree(src, opts.dtype, int8Threshold(opts.threshold, op));
   try {
     await runLoadAsync(root, src, { onProgress: opts.onProgress, quantize: opts.quantize, signal: opts.signal }, op);
   } catch (e) {
@@ -104,7 +110,7 @@ export async function buildModelFromCheckpointAsync(path: string, options: Build
 }
 
 /** The tree with every parameter allocated but not filled. */
-function emptyTree(src: CheckpointLayout, dtype: DType | undefined): Module {
+function emptyTree(src: CheckpointLayout, dtype: DType | undefined, int8Threshold: number): Module {
   const groups = new Map<string, Map<string, { dtype: DType; shape: number[] }>>();
   for (const k of src.keys()) {
     const cut = k.lastIndexOf(".");
@@ -123,7 +129,12 @@ function emptyTree(src: CheckpointLayout, dtype: DType | undefined): Module {
         const w = params.get("weight");
         let m: Module;
         const isLayer = w && w.shape.length === 2 && mod !== "" && [...params.keys()].every((n) => n === "weight" || n === "bias");
-        if (isLayer && /(^|\.|_)(embed|embeddings|wte|wpe)[^.]*$/.test(mod)) {
+        // bitsandbytes' int8 layer as transformers saves it: weight i8 (out, in), SCB, weight_format, bias.
+        const isInt8 = w && w.shape.length === 2 && w.dtype === "i8" && mod !== "" && params.has("SCB") &&
+          [...params.keys()].every((n) => ["weight", "bias", "SCB", "weight_format"].includes(n));
+        if (isInt8) {
+          m = Linear8bitLt.empty(w.shape[1], w.shape[0], { bias: params.has("bias"), dtype: params.get("bias")?.dtype, threshold: int8Threshold });
+        } else if (isLayer && /(^|\.|_)(embed|embeddings|wte|wpe)[^.]*$/.test(mod)) {
           m = new Embedding(w.shape[0], w.shape[1], { dtype: w.dtype });
         } else if (isLayer) {
           m = new Linear(w.shape[1], w.shape[0], { bias: params.has("bias"), dtype: w.dtype });

@@ -10,6 +10,8 @@ import { Module } from "../nn/module.js";
 import { Tensor, transientBytes, type DType } from "../tensor.js";
 import { openCheckpointLayout, type CheckpointLayout, type TensorPlace } from "./checkpoint-layout.js";
 import { fdReader, readFully, readFullySync, runAsync, runSync, type IoPlan, type IoRequest } from "./file-io.js";
+import { int8QuantizeHook } from "./int8-quantize.js";
+import { native } from "../native.js";
 
 /** What onProgress is told after each tensor. */
 export interface LoadProgress {
@@ -42,7 +44,15 @@ export interface LoadWeightsOptions {
    */
   convert?: boolean;
   onProgress?: (p: LoadProgress) => void;
-  quantize?: QuantizeHook;
+  /**
+   * A hook, or "int8": every Linear outside the skipped modules becomes a Linear8bitLt as soon as its weight
+   * is read (transformers' load_in_8bit), with `threshold` (default 6.0) and `skipModules` (besides lm_head).
+   */
+  quantize?: QuantizeHook | "int8";
+  /** Outlier threshold of the int8 layers (quantize: "int8" only; default 6.0). */
+  threshold?: number;
+  /** Modules kept in full precision besides the output head (quantize: "int8" only). */
+  skipModules?: string[];
 }
 
 export interface LoadWeightsAsyncOptions extends LoadWeightsOptions {
@@ -70,8 +80,11 @@ interface Job {
   /** Parameters each module still waits for (modules the hook will see). */
   pending: Map<Module, number>;
   model: Module;
-  opts: Partial<LoadWeightsAsyncOptions>;
+  opts: LoadOpts;
 }
+
+/** The options once checked: quantize is a hook ("int8" made into one). */
+export type LoadOpts = Omit<Partial<LoadWeightsAsyncOptions>, "quantize"> & { quantize?: QuantizeHook };
 
 interface ReadRequest extends IoRequest {
   fd: number;
@@ -80,18 +93,23 @@ interface ReadRequest extends IoRequest {
 
 const list = (ks: string[]) => ks.slice(0, 8).join(", ") + (ks.length > 8 ? `, … (${ks.length} in all)` : "");
 
-/** The options, each checked for its type. */
-export function loadOptions<T extends LoadWeightsAsyncOptions>(options: T | undefined, op: string): Partial<T> {
-  const opts = optionsArg(options, op);
-  if (opts.prefix !== undefined && typeof opts.prefix !== "string") throw typeError(`${op}: prefix must be a string, got ${describe(opts.prefix)}`);
-  for (const name of ["onProgress", "quantize"] as const)
-    if (opts[name] !== undefined && typeof opts[name] !== "function") throw typeError(`${op}: ${name} must be a function, got ${describe(opts[name])}`);
+/** The options, each checked for its type; quantize: "int8" becomes its hook. */
+export function loadOptions<T extends LoadWeightsAsyncOptions>(options: T | undefined, op: string): Omit<Partial<T>, "quantize"> & { quantize?: QuantizeHook } {
+  const given = optionsArg(options, op);
+  if (given.prefix !== undefined && typeof given.prefix !== "string") throw typeError(`${op}: prefix must be a string, got ${describe(given.prefix)}`);
+  if (given.onProgress !== undefined && typeof given.onProgress !== "function") throw typeError(`${op}: onProgress must be a function, got ${describe(given.onProgress)}`);
+  if (given.quantize !== undefined && given.quantize !== "int8" && typeof given.quantize !== "function")
+    throw typeError(`${op}: quantize must be "int8" or a function, got ${describe(given.quantize)}`);
+  if (given.quantize !== "int8" && (given.threshold !== undefined || given.skipModules !== undefined))
+    throw peftError("ERR_CONFIG", `${op}: threshold and skipModules apply to quantize: "int8" only`);
+  const hook: QuantizeHook | undefined = given.quantize === "int8" ? int8QuantizeHook(given, op) : (given.quantize as QuantizeHook | undefined);
+  const opts = { ...given, quantize: hook } as Omit<Partial<T>, "quantize"> & { quantize?: QuantizeHook };
   if (opts.signal !== undefined && !(opts.signal instanceof AbortSignal)) throw typeError(`${op}: signal must be an AbortSignal, got ${describe(opts.signal)}`);
   return opts;
 }
 
 /** Matches parameters to file keys and checks everything a read could trip on; reads nothing. */
-function prepare(model: Module, src: CheckpointLayout, opts: Partial<LoadWeightsAsyncOptions>): Job {
+function prepare(model: Module, src: CheckpointLayout, opts: LoadOpts): Job {
   const prefix = opts.prefix ?? "";
   const wanted = new Map<string, { param: Tensor; owner: Module; ownerPath: string }>();
   const seen = new Set<Tensor>();
@@ -157,13 +175,20 @@ function* loadPlan(job: Job): IoPlan<LoadResult> {
     const { layout, t } = it.place;
     const fileDType = layout.tensorDType(t)!;
     if (fileDType === it.param.dtype && it.param.device === "cpu") {
-      yield* readInto(transientBytes(it.param, true), it.place);
+      const bytes = transientBytes(it.param, true);
+      try {
+        yield* readInto(bytes, it.place);
+      } finally {
+        native.releaseBytes(bytes); // the view would otherwise keep the storage until it is collected
+      }
     } else {
       const tmp = Tensor.zeros(it.param.shape, { dtype: fileDType });
+      const bytes = transientBytes(tmp, true);
       try {
-        yield* readInto(transientBytes(tmp, true), it.place);
+        yield* readInto(bytes, it.place);
         it.param.copyFrom(tmp);
       } finally {
+        native.releaseBytes(bytes);
         tmp.dispose();
       }
     }
@@ -197,13 +222,13 @@ export function abortError(signal: AbortSignal, what: string): Error {
 }
 
 /** Runs the plan with synchronous reads. */
-export function runLoadSync(model: Module, src: CheckpointLayout, opts: Partial<LoadWeightsOptions>): LoadResult {
+export function runLoadSync(model: Module, src: CheckpointLayout, opts: LoadOpts): LoadResult {
   const plan = loadPlan(prepare(model, src, opts));
   return runSync(plan, (r) => readFullySync((r as ReadRequest).fd, r.buf, r.pos, (r as ReadRequest).file));
 }
 
 /** Runs the plan with asynchronous reads, checking `signal` before each. */
-export function runLoadAsync(model: Module, src: CheckpointLayout, opts: Partial<LoadWeightsAsyncOptions>, what: string): Promise<LoadResult> {
+export function runLoadAsync(model: Module, src: CheckpointLayout, opts: LoadOpts, what: string): Promise<LoadResult> {
   const plan = loadPlan(prepare(model, src, opts));
   const readers = new Map<number, ReturnType<typeof fdReader>>();
   return runAsync(plan, async (r) => {

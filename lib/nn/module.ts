@@ -36,6 +36,8 @@ export abstract class Module implements Disposable {
   training = true;
   readonly #modules = new Map<string, Module>();
   readonly #params = new Map<string, Tensor | null>();
+  // Parameters registered as buffers: frozen, and kept in their dtype by to(dtype) (an int8 layer's scales).
+  readonly #buffers = new Set<Tensor>();
   // What the last training forward kept for backward; null when no training forward is pending (an empty
   // list is a pending forward that needed no tensors, e.g. a frozen Linear).
   #saved: Tensor[] | null = null;
@@ -88,6 +90,17 @@ export abstract class Module implements Disposable {
     }
     this.#params.set(name, t);
     return t as Tensor;
+  }
+
+  /**
+   * Registers a frozen tensor that belongs in the state dict (as a parameter does) but is never trained and
+   * keeps its dtype through to(dtype): an int8 layer's scales and format tag.
+   */
+  protected registerBuffer(name: string, t: Tensor): Tensor {
+    this.registerParameter(name, t);
+    t.requiresGrad = false;
+    this.#buffers.add(t);
+    return t;
   }
 
   /** Removes a child from the registry (and from own properties pointing at it); returns it undisposed. */
@@ -308,9 +321,10 @@ export abstract class Module implements Disposable {
       for (const [name, t] of m.#params) {
         if (!t) continue;
         const floating = t.dtype === "f32" || t.dtype === "f16" || t.dtype === "bf16";
-        if ((isDevice && t.device === target) || (!isDevice && (!floating || t.dtype === target))) continue;
+        if ((isDevice && t.device === target) || (!isDevice && (!floating || t.dtype === target || m.#buffers.has(t)))) continue;
         const next = t.to(target);
         next.requiresGrad = t.requiresGrad;
+        if (m.#buffers.delete(t)) m.#buffers.add(next);
         m.#params.set(name, next);
         m.#replaceOwnRefs(t, next);
         t.grad?.dispose();

@@ -14,6 +14,8 @@ template <DType D> struct Src;
 template <> struct Src<DType::F32> { using T = float; static float f32(float v) { return v; } };
 template <> struct Src<DType::F16> { using T = uint16_t; static float f32(uint16_t v) { return f16_to_f32(v); } };
 template <> struct Src<DType::BF16> { using T = uint16_t; static float f32(uint16_t v) { return bf16_to_f32(v); } };
+// int8 weights (LLM.int8's CB), widened as packed; only f32 layouts are chosen for them.
+template <> struct Src<DType::I8> { using T = int8_t; static float f32(int8_t v) { return v; } };
 
 // Packed element: f32 (converted), or the source's own 16-bit pattern (16-bit layouts are only chosen
 // for sources of that dtype; an f32 source would be rounded to bf16).
@@ -21,6 +23,7 @@ template <DType S, typename D>
 inline D convert(typename Src<S>::T v) {
   if constexpr (std::is_same_v<D, float>) return Src<S>::f32(v);
   else if constexpr (S == DType::F32) return f32_to_bf16(v);
+  else if constexpr (S == DType::I8) return f32_to_bf16(v);
   else return v;
 }
 
@@ -107,6 +110,7 @@ void pack_b_panels(BLayout l, int nr, const GemmMat& b, int64_t K, int64_t N, in
   switch (b.dt) {
     case DType::F16: return pack_b_typed<DType::F16>(l, nr, b, K, N, Kp, p0, p1, dst);
     case DType::BF16: return pack_b_typed<DType::BF16>(l, nr, b, K, N, Kp, p0, p1, dst);
+    case DType::I8: return pack_b_typed<DType::I8>(l, nr, b, K, N, Kp, p0, p1, dst);
     default: return pack_b_typed<DType::F32>(l, nr, b, K, N, Kp, p0, p1, dst);
   }
 }

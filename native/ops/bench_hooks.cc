@@ -3,6 +3,7 @@
 // runs on.
 #include "../cpu/ceilings.h"
 #include "../cpu/gemm.h"
+#include "../cpu/int8.h"
 #include "../cpu/parallel.h"
 #include "../napi_util.h"
 #include "../tensor_handle.h"
@@ -38,7 +39,9 @@ Napi::Value Evict(const Napi::CallbackInfo& info) {
   evict_lines(t.data(), t.storage->bytes);
   MemRegion pack = gemm_cached_pack(t.storage.get());
   if (pack.p) evict_lines(pack.p, pack.bytes);
-  return Napi::Number::New(info.Env(), static_cast<double>(t.storage->bytes + pack.bytes));
+  Int8PackRegion pack8 = int8_cached_pack(t.storage.get());
+  if (pack8.p) evict_lines(pack8.p, pack8.bytes);
+  return Napi::Number::New(info.Env(), static_cast<double>(t.storage->bytes + pack.bytes + pack8.bytes));
 }
 
 // Runs an empty job on every pool thread, so a timed call that follows does not pay for waking them.
@@ -52,6 +55,8 @@ Napi::Value GemmKernel(const Napi::CallbackInfo& info) {
   return Napi::String::New(info.Env(), gemm_kernel_name(a, b));
 }
 
+Napi::Value Int8Kernel(const Napi::CallbackInfo& info) { return Napi::String::New(info.Env(), int8_kernel_name()); }
+
 }  // namespace
 
 void register_bench_hooks(Napi::Env env, Napi::Object exports) {
@@ -59,6 +64,7 @@ void register_bench_hooks(Napi::Env env, Napi::Object exports) {
   exports.Set("_benchCeiling", Napi::Function::New<guarded<Ceiling>>(env, "_benchCeiling"));
   exports.Set("_benchEvict", Napi::Function::New<guarded<Evict>>(env, "_benchEvict"));
   exports.Set("_benchWake", Napi::Function::New<guarded<Wake>>(env, "_benchWake"));
+  exports.Set("_benchInt8Kernel", Napi::Function::New<guarded<Int8Kernel>>(env, "_benchInt8Kernel"));
   exports.Set("_benchGemmKernel", Napi::Function::New<guarded<GemmKernel>>(env, "_benchGemmKernel"));
 }
 

@@ -1,0 +1,266 @@
+// The int8 linear driver: picks the kernel set, keeps CB packed per weight version, quantises x into
+// its packed rows (one pass per row: absmax, then the int8 values), runs the blocks over the pool, and
+// adds outlier columns in floating point through the f32 GEMM.
+//
+// Order of rounding, as bitsandbytes (MatMul8bitLt with int8_vectorwise_quant, int8_scaled_mm,
+// int8_mixed_scaled_mm):
+//  - x is rounded to f16 for quantisation (A.to(torch.float16)); outliers are found on those values;
+//  - the row absmax leaves out outlier elements (|x| >= threshold), not whole columns;
+//  - x_q = round-half-even(x16 · f32(127 / absmax)); every outlier column is 0 in x_q;
+//  - y = f32(acc) · f32(SCx · SCB) · 6.200124e-05f + bias, rounded once into x's dtype;
+//  - then y += x[:, cols] · Wdq[:, cols]ᵀ (addmm: x in its own dtype, Wdq = f32(CB)·SCB·(1/127) rounded
+//    to x's dtype, the sum rounded once more into y's dtype).
+// A row of x that is all zero (or all outliers) has SCx 0 and gives bias alone from the int8 part.
+#include "int8.h"
+
+#include <algorithm>
+#include <atomic>
+#include <mutex>
+#include <vector>
+
+#include "elem.h"
+#include "gemm.h"
+#include "gemm_driver.h"
+#include "int8_kernels.h"
+#include "isa.h"
+#include "parallel.h"
+
+namespace peft {
+
+using namespace int8_detail;
+using gemm_detail::ceil_div;
+using gemm_detail::round_up;
+
+namespace {
+
+// The derived-object kind of a packed CB on its storage (the GEMM's own packs use other kinds).
+constexpr int kPackKind = 0x18b7e001;
+constexpr float kInv127 = 7.874015718698502e-3f;  // bitsandbytes' int8_vectorwise_dequant constant
+
+struct Int8Pack {
+  std::shared_ptr<Storage> mem;
+  const int8_t* data = nullptr;
+  const int32_t* corr = nullptr;  // 128 · Σ_k CB[n][k], padded to whole panels
+  const int8_t* src = nullptr;
+  int64_t N = 0, K = 0, Kp = 0, panels = 0;
+};
+
+std::shared_ptr<Int8Pack> build_pack(const Int8Weight& w) {
+  auto p = std::make_shared<Int8Pack>();
+  p->N = w.N, p->K = w.K, p->src = w.cb;
+  p->Kp = round_up(std::max<int64_t>(w.K, 1), kKAlign);
+  p->panels = round_up(ceil_div(w.N, kPanel), 2);
+  const size_t bytes = static_cast<size_t>(p->panels) * p->Kp * kPanel, corr_bytes = sizeof(int32_t) * p->panels * kPanel;
+  p->mem = alloc_host(bytes + corr_bytes, false);
+  int8_t* d = static_cast<int8_t*>(p->mem->data);
+  int32_t* corr = reinterpret_cast<int32_t*>(d + bytes);
+  p->data = d, p->corr = corr;
+  const int64_t K = w.K, Kp = p->Kp, N = w.N;
+  parallel_for(p->panels, 1, [&](int64_t p0, int64_t p1) {
+    for (int64_t pn = p0; pn < p1; pn++) {
+      int8_t* panel = d + pn * Kp * kPanel;
+      std::fill(panel, panel + Kp * kPanel, int8_t(0));
+      for (int j = 0; j < kPanel; j++) {
+        int64_t n = pn * kPanel + j;
+        int32_t s = 0;
+        if (n < N) {
+          const int8_t* row = w.cb + n * K;
+          for (int64_t k = 0; k < K; k++) panel[(k >> 2) * 64 + j * 4 + (k & 3)] = row[k], s += row[k];
+        }
+        corr[n] = 128 * s;
+      }
+    }
+  });
+  return p;
+}
+
+std::shared_ptr<const Int8Pack> packed(const Int8Weight& w) {
+  if (!w.cache || w.cache->device != Device::CPU) return build_pack(w);
+  auto p = w.cache->derived<Int8Pack>(kPackKind, [&] { return build_pack(w); });
+  if (p->src == w.cb && p->N == w.N && p->K == w.K) return p;
+  return build_pack(w);  // the same storage seen through another shape: pack for this call only
+}
+
+const KernelSet& select_kernels() {
+  const KernelSet* ks = nullptr;
+  switch (active_isa()) {
+    case Isa::Avx512:
+      if (amx_enabled() && cpu_features().amx_int8) ks = amx_int8_kernels();
+      if (!ks) ks = vnni_int8_kernels();
+      if (!ks) ks = avx2_int8_kernels();
+      break;
+    case Isa::Avx2: ks = avx2_int8_kernels(); break;
+    case Isa::Scalar: break;
+  }
+  return ks ? *ks : *scalar_int8_kernels();
+}
+
+// Columns of x holding any |x16| >= threshold (x rounded to f16, as the quantiser sees it).
+std::vector<int64_t> outlier_columns(const void* x, DType dt, int64_t M, int64_t K, float threshold, std::vector<uint8_t>& mask) {
+  mask.assign(K, 0);
+  std::mutex mu;
+  const size_t esz = dtype_size(dt);
+  parallel_for(M, std::max<int64_t>(1, 16384 / std::max<int64_t>(K, 1)), [&](int64_t r0, int64_t r1) {
+    std::vector<uint8_t> local(K, 0);
+    for (int64_t r = r0; r < r1; r++) {
+      const char* row = static_cast<const char*>(x) + r * K * esz;
+      for (int64_t k = 0; k < K; k++) {
+        float v = f16_to_f32(f32_to_f16(load_f32(row, dt, k)));
+        if (v >= threshold || v <= -threshold) local[k] = 1;
+      }
+    }
+    std::lock_guard<std::mutex> lk(mu);
+    for (int64_t k = 0; k < K; k++) mask[k] |= local[k];
+  });
+  std::vector<int64_t> cols;
+  for (int64_t k = 0; k < K; k++)
+    if (mask[k]) cols.push_back(k);
+  return cols;
+}
+
+// y += x[:, cols] · Wdq[:, cols]ᵀ through the GEMM (accumulate: C read in its dtype, the sum rounded once).
+void add_outliers(const Int8LinearArgs& a, const std::vector<int64_t>& cols) {
+  const int64_t M = a.M, N = a.w.N, K = a.w.K, R = static_cast<int64_t>(cols.size());
+  const DType dt = a.x_dt;
+  const size_t esz = dtype_size(dt);
+  auto sub_a = alloc_host(static_cast<size_t>(M * R) * esz, false);
+  auto sub_b = alloc_host(static_cast<size_t>(N * R) * esz, false);
+  parallel_for(M, 64, [&](int64_t r0, int64_t r1) {
+    for (int64_t m = r0; m < r1; m++)
+      for (int64_t j = 0; j < R; j++) store_f32(sub_a->data, dt, m * R + j, load_f32(a.x, dt, m * K + cols[j]));
+  });
+  parallel_for(N, 64, [&](int64_t n0, int64_t n1) {
+    for (int64_t n = n0; n < n1; n++)
+      for (int64_t j = 0; j < R; j++) {
+        float v = static_cast<float>(a.w.cb[n * K + cols[j]]) * a.w.scb[n];
+        store_f32(sub_b->data, dt, n * R + j, v * kInv127);
+      }
+  });
+  GemmArgs g;
+  g.M = M, g.N = N, g.K = R;
+  g.A = mat_rows(sub_a->data, dt, R);
+  g.B = mat_cols(sub_b->data, dt, R);
+  g.C = a.y, g.c_dt = a.y_dt, g.ldc = N;
+  g.accumulate = true;
+  gemm(g);
+}
+
+thread_local gemm_detail::Scratch t_xq, t_scx, t_cols;
+
+}  // namespace
+
+const char* int8_kernel_name() { return select_kernels().name; }
+
+void int8_linear_cpu(const Int8LinearArgs& a) {
+  const int64_t M = a.M, N = a.w.N, K = a.w.K;
+  if (M <= 0 || N <= 0) return;
+  const KernelSet& ks = select_kernels();
+  std::shared_ptr<const Int8Pack> pk = packed(a.w);
+  const int64_t Kp = pk->Kp;
+
+  std::vector<uint8_t> mask;
+  std::vector<int64_t> cols;
+  if (a.threshold > 0.0f) cols = outlier_columns(a.x, a.x_dt, M, K, a.threshold, mask);
+
+  // x quantised straight into the kernels' row layout (rows padded to 32 for AMX tiles, zeros past K).
+  const int64_t Mp = round_up(M, 32);
+  uint8_t* xq = static_cast<uint8_t*>(t_xq.get(static_cast<size_t>(Mp * Kp)));
+  float* scx = static_cast<float*>(t_scx.get(sizeof(float) * M));
+  const int offset = ks.a_offset ? 128 : 0;
+  QuantRowFn quant = active_isa() == Isa::Avx512 ? quant_row_avx512 : quant_row_scalar;
+  const size_t esz = dtype_size(a.x_dt);
+  // bitsandbytes zeroes outlier columns only when there is more than one row; with one row every element
+  // of such a column is itself an outlier, so the mask changes nothing there.
+  const uint8_t* mk = cols.empty() ? nullptr : mask.data();
+  parallel_for(Mp, std::max<int64_t>(1, 16384 / Kp), [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; r++) {
+      uint8_t* row = xq + r * Kp;
+      if (r >= M) {
+        std::fill(row, row + Kp, uint8_t(offset));
+        continue;
+      }
+      scx[r] = quant(static_cast<const char*>(a.x) + r * K * esz, a.x_dt, K, a.threshold, mk, offset, row);
+      std::fill(row + K, row + Kp, uint8_t(offset));  // times zero weights: any value works; kept exact
+    }
+  });
+
+  // Columns padded to whole kernel blocks: SCB, bias (f32).
+  const int64_t Np = pk->panels * kPanel;
+  float* colbuf = static_cast<float*>(t_cols.get(sizeof(float) * Np * 2));
+  float* scb = colbuf;
+  float* bias = a.bias ? colbuf + Np : nullptr;
+  for (int64_t n = 0; n < Np; n++) {
+    scb[n] = n < N ? a.w.scb[n] : 0.0f;
+    if (bias) bias[n] = n < N ? load_f32(a.bias, a.bias_dt, n) : 0.0f;
+  }
+  Finish fin;
+  fin.corr = ks.a_offset ? pk->corr : nullptr;
+  fin.scx = scx, fin.scb = scb, fin.bias = bias;
+  fin.y = a.y, fin.y_dt = a.y_dt, fin.ldy = N, fin.raw = a.raw;
+
+  // Thread grid: split N (each thread streams its share of CB once) unless there are too few blocks.
+  const int64_t groups = ceil_div(M, ks.mr), blocks = ceil_div(N, ks.nr);
+  double ops = 2.0 * M * N * K;
+  int threads = static_cast<int>(std::min<double>(num_threads(), std::max(1.0, ops / 4e6)));
+  int tn = static_cast<int>(std::min<int64_t>(threads, blocks)), tm = std::max(1, threads / std::max(tn, 1));
+  tm = static_cast<int>(std::min<int64_t>(tm, groups));
+  // Columns per L2-resident chunk of CB (half of L2 for the panels, the x rows stream past them).
+  const int64_t chunk = std::max<int64_t>(1, cpu_features().l2_bytes / 2 / (Kp * ks.nr));
+  parallel_run(tm * tn, [&](int tid, int) {
+    int im = tid / tn, in = tid % tn;
+    int64_t g0 = groups * im / tm, g1 = groups * (im + 1) / tm;
+    int64_t b0 = blocks * in / tn, b1 = blocks * (in + 1) / tn;
+    if (ks.thread_begin) ks.thread_begin();
+    struct End {
+      const KernelSet& ks;
+      ~End() {
+        if (ks.thread_end) ks.thread_end();
+      }
+    } end{ks};
+    for (int64_t c0 = b0; c0 < b1; c0 += chunk) {
+      int64_t c1 = std::min(b1, c0 + chunk);
+      for (int64_t gi = g0; gi < g1; gi++) {
+        Tile t;
+        t.a = xq + gi * ks.mr * Kp;
+        t.lda = Kp;
+        t.Kp = Kp;
+        t.m = static_cast<int>(std::min<int64_t>(ks.mr, M - gi * ks.mr));
+        for (int64_t bj = c0; bj < c1; bj++) {
+          int64_t j0 = bj * ks.nr;
+          t.b = pk->data + (j0 / kPanel) * Kp * kPanel;
+          ks.block(t, fin, gi * ks.mr, j0, static_cast<int>(std::min<int64_t>(ks.nr, N - j0)));
+        }
+      }
+    }
+  });
+
+  if (!cols.empty() && !a.raw) add_outliers(a, cols);
+}
+
+void int8_linear_grad_input_cpu(const void* dy, DType dy_dt, int64_t M, const Int8Weight& w, void* dx, DType dx_dt) {
+  // dx = dy · (CB · SCB/127): the per-output scale is a per-k scale of this product, applied to dy's
+  // columns as they are packed; CB is widened as it is packed (no dequantised copy of W is made).
+  std::vector<float> s(static_cast<size_t>(w.N));
+  for (int64_t n = 0; n < w.N; n++) s[n] = w.scb[n] * kInv127;
+  GemmArgs g;
+  g.M = M, g.N = w.K, g.K = w.N;
+  g.A = mat_rows(dy, dy_dt, w.N);
+  g.A.ks = s.data();
+  g.B = mat_rows(w.cb, DType::I8, w.K);
+  g.C = dx, g.c_dt = dx_dt, g.ldc = w.K;
+  gemm(g);
+}
+
+Int8PackRegion int8_cached_pack(Storage* s) {
+  std::shared_ptr<void> obj;
+  {
+    std::lock_guard<std::mutex> lk(s->cache_mu);
+    if (s->cached_kind != kPackKind) return {};
+    obj = s->cached;
+  }
+  if (!obj) return {};
+  auto* p = static_cast<const Int8Pack*>(obj.get());
+  return {p->data, static_cast<size_t>(p->panels * p->Kp * kPanel)};
+}
+
+}  // namespace peft

@@ -1,0 +1,55 @@
+// LLM.int8 on the CPU (bitsandbytes >= 0.45 semantics): row-wise absmax int8 weights (CB int8 (N, K),
+// SCB f32 (N)), per-row int8 activations, int32 products dequantised as acc * SCx * SCB / 127^2, and
+// outlier input columns (|x| >= threshold) computed in floating point against the dequantised weight.
+#pragma once
+#include <cstdint>
+
+#include "../core/dtype.h"
+#include "../core/storage.h"
+
+namespace peft {
+
+// Quantises `rows` rows of W (cols values each, f32/f16/bf16) as bitsandbytes' Int8Params does: W is
+// rounded to f16 first, SCB = the row's absmax (f32), CB = round-half-even(w * (127 / absmax)). An
+// all-zero row gives CB 0 and SCB 0. Returns -1, or the first row holding a value that is not finite
+// once in f16 (NaN, inf, or beyond f16's range); rows before it are written.
+int64_t int8_quantize_rows(const void* w, DType dt, int64_t rows, int64_t cols, int8_t* cb, float* scb);
+
+// The int8 weight as the kernels see it; `cache` (CB's storage) keeps the packed form per version.
+struct Int8Weight {
+  const int8_t* cb = nullptr;
+  const float* scb = nullptr;
+  int64_t N = 0, K = 0;
+  Storage* cache = nullptr;
+};
+
+struct Int8LinearArgs {
+  int64_t M = 0;
+  const void* x = nullptr;  // (M, K)
+  DType x_dt = DType::F32;
+  Int8Weight w;
+  const void* bias = nullptr;  // N values or null
+  DType bias_dt = DType::F32;
+  float threshold = 0.0f;  // > 0: outlier columns in floating point
+  void* y = nullptr;       // (M, N) in y_dt
+  DType y_dt = DType::F32;
+  // Test hook: when set, the raw int32 products x_q · CBᵀ (M, N) are written here and y is not touched.
+  int32_t* raw = nullptr;
+};
+
+// y = x · dequant(W)ᵀ + bias, in bitsandbytes' order of rounding (see int8.cc).
+void int8_linear_cpu(const Int8LinearArgs& a);
+
+// dx (M, K) in dx_dt = dy (M, N) · dequant(W), the dequantisation fused into the GEMM's packing.
+void int8_linear_grad_input_cpu(const void* dy, DType dy_dt, int64_t M, const Int8Weight& w, void* dx, DType dx_dt);
+
+// The kernel set int8_linear_cpu picks on the active path ("avx512-vnni", "amx-int8", "avx2", "scalar").
+const char* int8_kernel_name();
+// For benches: the packed CB cached on `s`, or {nullptr, 0}, so it can be evicted.
+struct Int8PackRegion {
+  const void* p = nullptr;
+  size_t bytes = 0;
+};
+Int8PackRegion int8_cached_pack(Storage* s);
+
+}  // namespace peft

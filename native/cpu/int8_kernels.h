@@ -1,0 +1,72 @@
+// What the int8 driver (int8.cc) and the per-ISA int8 files share.
+//
+// Packed CB: panels of 16 output columns; a panel holds Kp / 4 quads of 64 bytes, quad q holding, for
+// each of its 16 columns n, the 4 bytes CB[n][4q .. 4q+3] (zero past K and past N). This is the row
+// layout of vpdpbusd's signed operand and of an AMX-INT8 B tile (16 quads x 64 bytes), so every path
+// reads the same pack. Kp is K rounded up to 64 (one AMX tile depth); the panel count is even so a
+// 32-column kernel may always read a pair.
+// Packed x: row-major int8 (or, for vpdpbusd, the same values + 128 as u8), row stride Kp, zero past K,
+// rows padded with zeros to a multiple of 32.
+#pragma once
+#include <cstdint>
+
+#include "../core/dtype.h"
+
+namespace peft {
+namespace int8_detail {
+
+constexpr int kPanel = 16;  // columns per packed panel
+constexpr int kKAlign = 64;
+
+struct Tile {
+  const uint8_t* a = nullptr;  // first row of the group
+  int64_t lda = 0;             // = Kp
+  const int8_t* b = nullptr;   // first panel (the next one follows at Kp * 16 bytes)
+  int64_t Kp = 0;
+  int m = 0;                   // valid rows (1..mr)
+  int32_t* acc = nullptr;      // mr x nr int32, row stride nr: the raw sums Σ_k a·b over the group
+};
+
+using KernelFn = void (*)(const Tile& t);
+
+// The per-call constants the epilogue (int8_epilogue.h) reads; column arrays are padded to whole blocks.
+struct Finish {
+  const int32_t* corr = nullptr;  // 128 · Σ_k CB[n][k] per column when x is stored with the u8 offset
+  const float* scx = nullptr;     // per row of x
+  const float* scb = nullptr;     // per column
+  const float* bias = nullptr;    // per column, f32, or null
+  void* y = nullptr;
+  DType y_dt = DType::F32;
+  int64_t ldy = 0;
+  int32_t* raw = nullptr;  // test hook: the corrected int32 products instead of y
+};
+
+// One block: the kernel over a group of rows and nr columns, then the epilogue for rows [i0, i0 + t.m)
+// and the n valid columns from j0.
+using BlockFn = void (*)(const Tile& t, const Finish& f, int64_t i0, int64_t j0, int n);
+
+struct KernelSet {
+  const char* name;
+  int mr, nr;         // nr is 16 or 32 (one or two panels)
+  bool a_offset;      // x is stored + 128 as u8 (vpdpbusd); the epilogue subtracts 128·colsum(CB)
+  void (*thread_begin)();
+  void (*thread_end)();
+  BlockFn block;
+};
+
+const KernelSet* scalar_int8_kernels();
+const KernelSet* avx2_int8_kernels();
+const KernelSet* vnni_int8_kernels();  // null when the CPU lacks AVX-512 VNNI
+const KernelSet* amx_int8_kernels();
+
+// Quantises one row of n values (f32/f16/bf16, rounded to f16 first as bitsandbytes does) into dst:
+// absmax over the values not skipped (skip: |v| >= threshold when threshold > 0), q = rint(v·127/absmax),
+// q = 0 where mask[k] (outlier columns; mask may be null), + offset (0 or 128) stored as a byte. Returns
+// the absmax (NaN when a kept value is NaN; 0 for an empty/zero row, which quantises to 0).
+using QuantRowFn = float (*)(const void* src, DType dt, int64_t n, float threshold, const uint8_t* mask, int offset,
+                             uint8_t* dst);
+float quant_row_scalar(const void* src, DType dt, int64_t n, float threshold, const uint8_t* mask, int offset, uint8_t* dst);
+float quant_row_avx512(const void* src, DType dt, int64_t n, float threshold, const uint8_t* mask, int offset, uint8_t* dst);
+
+}  // namespace int8_detail
+}  // namespace peft

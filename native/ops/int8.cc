@@ -1,0 +1,126 @@
+// LLM.int8 ops: int8Quantize (W -> CB, SCB), int8Linear (y = x·dequant(W)ᵀ + b, outliers in floating
+// point), int8LinearGradInput (dx = dy·dequant(W)), and the test hook _int8Test (the raw int32 products).
+#include <cmath>
+
+#include "../cpu/int8.h"
+#include "../napi_util.h"
+#include "../tensor_handle.h"
+#include "check.h"
+#include "ops.h"
+
+namespace peft {
+namespace {
+
+// CB int8 (N, K) and SCB f32 (N) on the host; returns the weight view.
+Int8Weight weight_args(const Napi::CallbackInfo& info, size_t at, const char* op) {
+  const Tensor& cb = TensorHandle::From(info[at], op, "CB");
+  const Tensor& scb = TensorHandle::From(info[at + 1], op, "SCB");
+  if (cb.dtype != DType::I8) fail("ERR_DTYPE", cat(op, ": CB must be i8, got ", dtype_name(cb.dtype)));
+  if (scb.dtype != DType::F32) fail("ERR_DTYPE", cat(op, ": SCB must be f32, got ", dtype_name(scb.dtype)));
+  require_ndim(cb, 2, 2, op, "CB");
+  if (scb.shape != Shape{cb.dim(0)})
+    fail("ERR_SHAPE", cat(op, ": SCB must have shape [", cb.dim(0), "] (one scale per row of CB ", shape_str(cb.shape), "), got ",
+                          shape_str(scb.shape)));
+  require_cpu(op, {{"CB", &cb}, {"SCB", &scb}});
+  Int8Weight w;
+  w.cb = cb.ptr<int8_t>(), w.scb = scb.ptr<float>(), w.N = cb.dim(0), w.K = cb.dim(1), w.cache = cb.storage.get();
+  return w;
+}
+
+// x float (..., K) matching the weight.
+void require_input(const Tensor& x, const Int8Weight& w, int64_t want, const char* op, const char* name) {
+  require_float(x, op, name);
+  require_ndim(x, 1, 16, op, name);
+  require_cpu(op, {{name, &x}});
+  if (x.dim(-1) != want)
+    fail("ERR_SHAPE", cat(op, ": ", name, " has ", x.dim(-1), " features (shape ", shape_str(x.shape), ") but the int8 weight (",
+                          w.N, ", ", w.K, ") expects ", want));
+}
+
+float threshold_arg(const Napi::Value& v, const char* op) {
+  double t = arg_number(v, op, "threshold");
+  if (!(t >= 0) || !std::isfinite(t)) fail_range(cat(op, ": threshold must be a finite number >= 0, got ", t));
+  return static_cast<float>(t);
+}
+
+// int8Quantize(w[N, K] f32/f16/bf16) -> [CB i8 (N, K), SCB f32 (N)]
+Napi::Value Int8Quantize(const Napi::CallbackInfo& info) {
+  const char* op = "int8Quantize";
+  const Tensor& w = TensorHandle::From(info[0], op, "weight");
+  require_float(w, op, "weight");
+  require_ndim(w, 2, 2, op, "weight");
+  require_cpu(op, {{"weight", &w}});
+  Tensor cb = make_tensor(DType::I8, w.shape, Device::CPU, false);
+  Tensor scb = make_tensor(DType::F32, {w.dim(0)}, Device::CPU, false);
+  int64_t bad = int8_quantize_rows(w.data(), w.dtype, w.dim(0), w.dim(1), cb.ptr<int8_t>(), scb.ptr<float>());
+  if (bad >= 0)
+    fail_range(cat(op, ": weight row ", bad, " holds a value that is not finite in f16 (NaN, inf, or beyond +-65504; ",
+                   "int8 quantisation rounds the weight to f16 first, as bitsandbytes does)"));
+  Napi::Array out = Napi::Array::New(info.Env(), 2);
+  out.Set(0u, TensorHandle::Wrap(info.Env(), cb));
+  out.Set(1u, TensorHandle::Wrap(info.Env(), scb));
+  return out;
+}
+
+// int8Linear(x[..., K], CB, SCB, bias[N] | null, threshold) -> y[..., N] in x's dtype
+Napi::Value Int8Linear(const Napi::CallbackInfo& info) {
+  const char* op = "int8Linear";
+  const Tensor& x = TensorHandle::From(info[0], op, "x");
+  Int8Weight w = weight_args(info, 1, op);
+  require_input(x, w, w.K, op, "x");
+  const Tensor* b = info[3].IsNull() || info[3].IsUndefined() ? nullptr : &TensorHandle::From(info[3], op, "bias");
+  if (b) {
+    require_float(*b, op, "bias");
+    require_cpu(op, {{"bias", b}});
+    if (b->shape != Shape{w.N}) fail("ERR_SHAPE", cat(op, ": bias must have shape [", w.N, "], got ", shape_str(b->shape)));
+  }
+  Int8LinearArgs a;
+  a.threshold = threshold_arg(info[4], op);
+  Shape ys = x.shape;
+  ys.back() = w.N;
+  Tensor y = make_tensor(x.dtype, ys, Device::CPU, false);  // written in full
+  a.M = x.rows(), a.x = x.data(), a.x_dt = x.dtype, a.w = w;
+  if (b) a.bias = b->data(), a.bias_dt = b->dtype;
+  a.y = y.data(), a.y_dt = y.dtype;
+  int8_linear_cpu(a);
+  return TensorHandle::Wrap(info.Env(), y);
+}
+
+// int8LinearGradInput(dy[..., N], CB, SCB) -> dx[..., K] in dy's dtype
+Napi::Value Int8LinearGradInput(const Napi::CallbackInfo& info) {
+  const char* op = "int8LinearGradInput";
+  const Tensor& dy = TensorHandle::From(info[0], op, "dy");
+  Int8Weight w = weight_args(info, 1, op);
+  require_input(dy, w, w.N, op, "dy");
+  Shape xs = dy.shape;
+  xs.back() = w.K;
+  Tensor dx = make_tensor(dy.dtype, xs, Device::CPU, false);
+  if (dx.numel() > 0) int8_linear_grad_input_cpu(dy.data(), dy.dtype, dy.rows(), w, dx.data(), dx.dtype);
+  return TensorHandle::Wrap(info.Env(), dx);
+}
+
+// _int8Test(x[M, K], CB, SCB, threshold) -> the raw int32 products x_q·CBᵀ (M, N) of the active kernel
+Napi::Value Int8Test(const Napi::CallbackInfo& info) {
+  const char* op = "_int8Test";
+  const Tensor& x = TensorHandle::From(info[0], op, "x");
+  Int8Weight w = weight_args(info, 1, op);
+  require_input(x, w, w.K, op, "x");
+  Int8LinearArgs a;
+  a.threshold = threshold_arg(info[3], op);
+  Tensor raw = make_tensor(DType::I32, {x.rows(), w.N}, Device::CPU, false);
+  a.M = x.rows(), a.x = x.data(), a.x_dt = x.dtype, a.w = w;
+  a.raw = raw.ptr<int32_t>();
+  int8_linear_cpu(a);
+  return TensorHandle::Wrap(info.Env(), raw);
+}
+
+}  // namespace
+
+void register_int8_ops(Napi::Env env, Napi::Object exports) {
+  exports.Set("int8Quantize", Napi::Function::New<guarded<Int8Quantize>>(env, "int8Quantize"));
+  exports.Set("int8Linear", Napi::Function::New<guarded<Int8Linear>>(env, "int8Linear"));
+  exports.Set("int8LinearGradInput", Napi::Function::New<guarded<Int8LinearGradInput>>(env, "int8LinearGradInput"));
+  exports.Set("_int8Test", Napi::Function::New<guarded<Int8Test>>(env, "_int8Test"));
+}
+
+}  // namespace peft
