@@ -4,3 +4,4 @@ export { Embedding } from "./embedding.js";
 export { Conv2d, type Conv2dOptions } from "./conv.js";
 export { Sequential, ModuleList, ModuleDict, ParameterDict } from "./containers.js";
 export { ReLU, GELU, SiLU, LogSoftmax, Dropout } from "./activations.js";
+export { RMSNorm } from "./norm.js";

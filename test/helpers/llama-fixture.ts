@@ -3,7 +3,7 @@
 import { readFileSync } from "node:fs";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
-import { loadSafetensorsSync, type Tensor } from "../../lib/index.js";
+import { F, Tensor, loadSafetensorsSync, noGrad, type LlamaForCausalLM } from "../../lib/index.js";
 import type { RefConfig, RefLora, RefWeights } from "../llama-reference.js";
 
 export const LLAMA_TINY = fileURLToPath(new URL("../../../shared/fixtures/llama-tiny", import.meta.url));
@@ -66,3 +66,23 @@ export function caseTol(want: ArrayLike<number>, tol: { atol?: number; rtol?: nu
   }
   return (i) => atol + (tol.rtol ?? 0) * Math.abs(want[i]);
 }
+
+/** Greedy continuation of `prompt` by `steps` full forwards (no KV cache). */
+export function greedy(model: { forward: LlamaForCausalLM["forward"] }, prompt: number[], steps: number): number[] {
+  const seq = [...prompt];
+  for (let s = 0; s < steps; s++) {
+    const ids = Tensor.fromArray(seq, [1, seq.length], "i64");
+    const next = noGrad(() => {
+      const { logits } = model.forward(ids);
+      const last = F.narrow(logits, 1, seq.length - 1, 1);
+      const arg = F.argmax(last, -1);
+      const v = arg.toFloat64Array()[0];
+      for (const t of [logits, last, arg]) t.dispose();
+      return v;
+    });
+    ids.dispose();
+    seq.push(next);
+  }
+  return seq.slice(prompt.length);
+}
+
