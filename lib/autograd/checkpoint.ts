@@ -9,19 +9,25 @@ import { getRngState, setRngState } from "../random.js";
 import { enableGrad, isGradEnabled, noGrad } from "./grad-mode.js";
 import { record } from "./record.js";
 
-/** y = fn(x), recomputed in backward instead of kept; fn must be deterministic given the generator state. */
-export function checkpoint(fn: (x: Tensor) => Tensor, x: Tensor): Tensor {
+/**
+ * y = fn(x, ...context), recomputed in backward instead of kept; fn must be deterministic given the
+ * generator state. The context tensors (rope tables, masks) are kept for the rerun and get no gradient.
+ */
+export function checkpoint(fn: (x: Tensor, ...context: Tensor[]) => Tensor, x: Tensor, ...context: Tensor[]): Tensor {
   if (typeof fn !== "function") throw typeError("checkpoint: fn must be a function");
   if (!(x instanceof Tensor)) throw typeError("checkpoint: x must be a Tensor");
-  if (!isGradEnabled()) return fn(x);
+  context.forEach((t, i) => {
+    if (!(t instanceof Tensor)) throw typeError(`checkpoint: context[${i}] must be a Tensor`);
+  });
+  if (!isGradEnabled()) return fn(x, ...context);
   const rng = getRngState();
-  const y = noGrad(() => fn(x));
+  const y = noGrad(() => fn(x, ...context));
   // force: the block's parameters may want gradients even when x does not.
   return record(
     "CheckpointBackward",
     [x],
     y,
-    ([g], [xs], [needX]) => {
+    ([g], [xs, ...kept], [needX]) => {
       if (!g) return [null];
       const input = xs.detach();
       input.requiresGrad = needX;
@@ -29,7 +35,7 @@ export function checkpoint(fn: (x: Tensor) => Tensor, x: Tensor): Tensor {
       setRngState(rng);
       let out: Tensor;
       try {
-        out = enableGrad(() => fn(input));
+        out = enableGrad(() => fn(input, ...kept));
       } finally {
         setRngState(now);
       }
@@ -43,7 +49,7 @@ export function checkpoint(fn: (x: Tensor) => Tensor, x: Tensor): Tensor {
         input.dispose();
       }
     },
-    [x],
+    [x, ...context],
     { force: true },
   );
 }

@@ -127,9 +127,11 @@ export class LlamaModel extends Module {
   forward(inputIds: Tensor, ctx: LayerContext): Tensor {
     let h = this.embed_tokens.forward(inputIds);
     const recompute = this.gradientCheckpointing && this.training;
+    // The rerun in backward gets the context as tensors the checkpoint keeps (the caller frees its own).
+    const context = [ctx.cos, ctx.sin, ...(ctx.attentionMask ? [ctx.attentionMask] : [])];
     for (const layer of this.layers) {
-      const run = (x: Tensor) => layer.forward(x, ctx) as Tensor;
-      const next = recompute ? checkpoint(run, h) : run(h);
+      const run = (x: Tensor, cos: Tensor, sin: Tensor, mask?: Tensor) => layer.forward(x, { cos, sin, attentionMask: mask ?? null }) as Tensor;
+      const next = recompute ? checkpoint(run as (x: Tensor, ...c: Tensor[]) => Tensor, h, ...context) : run(h, ctx.cos, ctx.sin, ctx.attentionMask ?? undefined);
       h.dispose();
       h = next;
     }
