@@ -58,7 +58,7 @@ class Reader {
   }
 
   has(key: string): boolean {
-    return Object.hasOwn(this.obj, key) && this.obj[key] !== null;
+    return Object.hasOwn(this.obj, key) && this.obj[key] !== null && this.obj[key] !== undefined;
   }
 
   int(key: string, fallback?: number, min = 1): number {
