@@ -4,7 +4,7 @@
 // left and right padding with explicit positions; gradients of every parameter against central differences
 // of the reference; bf16 mode; gradient checkpointing.
 import { describe, expect, it } from "vitest";
-import { Tensor, noGrad, type LlamaConfigInit, type LlamaForCausalLM } from "../lib/index.js";
+import { F, Tensor, noGrad, type LlamaConfigInit, type LlamaForCausalLM } from "../lib/index.js";
 import { refLlamaLogits, refShiftedLoss, type RefInputs } from "./llama-reference.js";
 import { refConfigOf, refWeightsOf, tinyLlama } from "./helpers/llama-models.js";
 import { expectClose } from "./helpers/numeric.js";
@@ -117,7 +117,7 @@ describe("padding, bf16 and checkpointing", () => {
     model.dispose();
   });
 
-  it("bf16 mode: bf16 weights and activations, f32 logits and loss, f32 LoRA-free gradients in bf16", () => {
+  it("bf16 mode: bf16 weights, activations and logits, an f32 loss, gradients in the parameters' bf16", () => {
     const model = tinyLlama(init, 1, "bf16");
     expect(model.dtype).toBe("bf16");
     for (const [, p] of model.namedParameters()) expect(p.dtype).toBe("bf16");
@@ -125,7 +125,7 @@ describe("padding, bf16 and checkpointing", () => {
     // the reference runs in float64 from the bf16 weights: the difference is bf16 rounding of activations
     const want = refLlamaLogits(refConfigOf(model.config), refWeightsOf(model), b.ref);
     const { logits, loss } = run(model, b);
-    expect(logits.dtype).toBe("f32");
+    expect(logits.dtype).toBe("bf16");
     expect(loss!.dtype).toBe("f32");
     let worst = 0, scale = 0;
     const got = logits.toFloat64Array();
@@ -137,6 +137,29 @@ describe("padding, bf16 and checkpointing", () => {
     loss!.backward();
     for (const [name, p] of model.namedParameters()) expect(p.grad?.dtype, name).toBe("bf16");
     model.dispose();
+  });
+
+  it("the loss node: a retained graph runs twice, a scaled loss scales the gradient", () => {
+    const gradOf = (f: (model: LlamaForCausalLM) => void) => {
+      const model = tinyLlama(init);
+      f(model);
+      const g = model.lm_head.weight.grad!.toFloat64Array();
+      model.dispose();
+      return g;
+    };
+    const b = batch(init.vocabSize);
+    const once = gradOf((m) => run(m, b).loss!.backward());
+    const twice = gradOf((m) => {
+      const { loss } = run(m, b);
+      loss!.backward(undefined, { retainGraph: true });
+      loss!.backward();
+    });
+    const scaled = gradOf((m) => F.mul(run(m, b).loss!, 3).backward());
+    // the second backward accumulates into dW inside the GEMM, and 3·g rounds per row before dW sums over
+    // rows: a few f32 roundings of the largest entry
+    const max = once.reduce((m, v) => Math.max(m, Math.abs(v)), 0);
+    expectClose(twice, once.map((v) => 2 * v), () => 2 * 2 ** -20 * max, "retained");
+    expectClose(scaled, once.map((v) => 3 * v), () => 3 * 2 ** -20 * max, "scaled");
   });
 
   it("gradient checkpointing gives the same gradients", () => {

@@ -12,7 +12,7 @@ import { ModuleList } from "../nn/containers.js";
 import { RMSNorm } from "../nn/norm.js";
 import { tidy } from "../autograd/tidy.js";
 import { checkpoint } from "../autograd/checkpoint.js";
-import { castTo } from "./cast.js";
+import { causalLMLoss } from "./causal-lm-loss.js";
 import { ropeInvFreq, ropeTables } from "./rope.js";
 import { readLlamaConfig, type LlamaConfig } from "./llama-config.js";
 import { skipInit } from "../init-mode.js";
@@ -151,13 +151,11 @@ export interface CausalLMForwardOptions {
 }
 
 export interface CausalLMOutput {
-  /** [B, T, vocab] f32 (in bf16 mode the head's bf16 output widened, as transformers' loss does). */
+  /** [B, T, vocab] in the model's dtype (bf16 in bf16 mode, as transformers returns them). */
   logits: Tensor;
   /** Mean cross-entropy over the non-ignored shifted targets, f32, or null without labels. */
   loss: Tensor | null;
 }
-
-const IGNORE_INDEX = -100;
 
 export interface PretrainedOptions {
   /** The parameters' dtype: "f32" (default) or "bf16" (bf16 mode: adapters added later stay f32). */
@@ -184,15 +182,6 @@ function rowsOf(t: Tensor): number[][] {
   const [R, T] = t.shape;
   const v = t.toFloat64Array();
   return Array.from({ length: R }, (_, r) => Array.from(v.subarray(r * T, (r + 1) * T)));
-}
-
-/** labels[:, 1:] padded with -100 at the end: row t of the logits is scored against labels[t + 1]. */
-function shiftedLabels(labels: Tensor): Tensor {
-  const [B, T] = labels.shape;
-  const src = labels.toFloat64Array();
-  const out = new Int32Array(B * T).fill(IGNORE_INDEX);
-  for (let b = 0; b < B; b++) for (let t = 0; t + 1 < T; t++) out[b * T + t] = src[b * T + t + 1];
-  return Tensor.fromArray(out, [B * T], "i32");
 }
 
 export class LlamaForCausalLM extends Module {
@@ -308,7 +297,7 @@ export class LlamaForCausalLM extends Module {
 
   /**
    * Logits and (with labels) the shifted cross-entropy: mean over tokens whose next label is not -100,
-   * computed from f32 logits whatever the model's dtype.
+   * accumulated and returned in f32 whatever the model's dtype.
    */
   forward(inputIds: Tensor, options: CausalLMForwardOptions = {}): CausalLMOutput {
     const op = "LlamaForCausalLM.forward";
@@ -337,12 +326,8 @@ export class LlamaForCausalLM extends Module {
     try {
       return tidy(() => {
         const hidden = this.model.forward(inputIds, { cos, sin, attentionMask: mask });
-        const head = this.lm_head.forward(hidden);
-        const logits = castTo(head, "f32");
-        if (!labels) return { logits, loss: null };
-        const target = shiftedLabels(labels);
-        const flat = logits.reshape([B * T, this.config.vocabSize]);
-        return { logits, loss: F.crossEntropy(flat, target, { ignoreIndex: IGNORE_INDEX }) };
+        const logits = this.lm_head.forward(hidden) as Tensor;
+        return { logits, loss: labels ? causalLMLoss(logits, labels) : null };
       });
     } finally {
       cos.dispose();
