@@ -3,11 +3,10 @@
 // llama3 inverse frequencies), grouped-query causal attention with key padding masked, SwiGLU MLP, tied or
 // untied head, optional q/k/v/o and MLP biases, optional LoRA deltas on any linear, and the shifted
 // cross-entropy with ignore index -100 averaged over the non-ignored tokens.
+import type { RopeScaling } from "../lib/index.js";
 
-export type RefRopeScaling =
-  | null
-  | { type: "linear"; factor: number }
-  | { type: "llama3"; factor: number; lowFreqFactor: number; highFreqFactor: number; originalMaxPositionEmbeddings: number };
+// The rope scaling as the library's config parser gives it (a plain description, no logic).
+export type RefRopeScaling = RopeScaling | null;
 
 export interface RefConfig {
   vocabSize: number;

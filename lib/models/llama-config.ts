@@ -2,10 +2,10 @@
 // into one checked shape. Both spellings transformers has written are accepted: `torch_dtype` or `dtype`,
 // `rope_scaling` + `rope_theta` or `rope_parameters`. A missing or ill-typed key is an ERR_CONFIG naming the key
 // and the file; a setting the model does not implement (another rope type, another activation) ERR_UNSUPPORTED.
-import { readFile } from "node:fs/promises";
 import { join } from "node:path";
 import { peftError, shownValue } from "../errors.js";
 import type { DType } from "../tensor.js";
+import { readJsonObject } from "../io/json-file.js";
 
 export const CONFIG_NAME = "config.json";
 
@@ -174,19 +174,7 @@ export function parseLlamaConfig(obj: unknown, file = CONFIG_NAME): LlamaConfig 
 /** Reads `<dir>/config.json`. */
 export async function readLlamaConfig(dir: string): Promise<LlamaConfig> {
   const file = join(dir, CONFIG_NAME);
-  let text: string;
-  try {
-    text = await readFile(file, "utf8");
-  } catch (e) {
-    throw peftError("ERR_CHECKPOINT", `${file}: cannot read the model config (${(e as Error).message})`);
-  }
-  let obj: unknown;
-  try {
-    obj = JSON.parse(text);
-  } catch (e) {
-    throw peftError("ERR_CONFIG", `${file}: not valid JSON (${(e as Error).message})`);
-  }
-  return parseLlamaConfig(obj, file);
+  return parseLlamaConfig(await readJsonObject(file, "model config", "ERR_CONFIG"), file);
 }
 
 /** A config from camelCase options with transformers' LlamaConfig defaults (models built in memory). */
