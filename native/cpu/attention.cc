@@ -16,9 +16,11 @@ constexpr int kBK = kAttnKeys, kBQ = kAttnQueries;
 
 int64_t tiles(int64_t n, int64_t t) { return (n + t - 1) / t; }
 
-// The key tile [j0, j0 + cols): which keys the mask keeps (0 past cols).
-void keys_kept(const AttentionShape& a, int64_t b, int64_t j0, int cols, uint8_t* ok) {
-  for (int j = 0; j < kBK; j++) ok[j] = j < cols && (!a.key_ok || a.key_ok[b * a.S + j0 + j]) ? 1 : 0;
+// The key tile [j0, j0 + cols) as an additive bias: 0 where the mask keeps the key, -inf where it does not
+// and past cols.
+void key_bias(const AttentionShape& a, int64_t b, int64_t j0, int cols, float* bias) {
+  for (int j = 0; j < kBK; j++)
+    bias[j] = j < cols && (!a.key_ok || a.key_ok[b * a.S + j0 + j]) ? 0.0f : -std::numeric_limits<float>::infinity();
 }
 
 // Per query row i0 + r: keys j0 + j with j < limit[r] are causally visible (all of them when not causal).
@@ -29,12 +31,13 @@ void causal_limits(const AttentionShape& a, int64_t i0, int rows, int64_t j0, in
   }
 }
 
-// Rows of one head of a [B][L][H][D] tensor into f32 scratch [n][D] (n rows from position p0).
-void load_rows(const void* base, DType dt, int64_t b, int64_t p0, int n, int64_t L, int64_t H, int64_t h, int64_t D, float* dst) {
-  for (int r = 0; r < n; r++) load_row(base, dt, ((b * L + p0 + r) * H + h) * D, dst + r * D, D);
+// Rows of one head of a [B][L][H][D] tensor into f32 scratch [n][Dp] (n rows from position p0; the padding
+// columns D..Dp stay as allocated, zero).
+void load_rows(const void* base, DType dt, int64_t b, int64_t p0, int n, int64_t L, int64_t H, int64_t h, int64_t D, int64_t Dp, float* dst) {
+  for (int r = 0; r < n; r++) load_row(base, dt, ((b * L + p0 + r) * H + h) * D, dst + r * Dp, D);
 }
 
-// The transpose of the same rows into [D][kBK] (columns past n keep what they held: their scores are masked).
+// The transpose of the same rows into [Dp][kBK] (columns past n keep what they held: their scores are masked).
 void load_cols(const void* base, DType dt, int64_t b, int64_t p0, int n, int64_t L, int64_t H, int64_t h, int64_t D, float* row, float* dst) {
   for (int r = 0; r < n; r++) {
     load_row(base, dt, ((b * L + p0 + r) * H + h) * D, row, D);
@@ -42,20 +45,23 @@ void load_cols(const void* base, DType dt, int64_t b, int64_t p0, int n, int64_t
   }
 }
 
+// The head dimension padded to whole vectors.
+int64_t padded(int64_t D) { return (D + kAttnLanes - 1) / kAttnLanes * kAttnLanes; }
+
 }  // namespace
 
 void attention_forward_cpu(const AttentionShape& a, const void* q, const void* k, const void* v, DType dt, void* out, float* lse) {
-  const int64_t D = a.D, group = a.Hq / a.Hkv, nqt = tiles(a.T, kBQ);
+  const int64_t D = a.D, Dp = padded(D), group = a.Hq / a.Hkv, nqt = tiles(a.T, kBQ);
+  const int dp = static_cast<int>(Dp);
   const AttentionTiles& kt = attention_tiles();
   // One job per (batch, query head, query tile).
   parallel_for(a.B * a.Hq * nqt, 1, [&](int64_t jb, int64_t je) {
-    std::vector<float> Q(kBQ * D), Kt(D * kBK, 0.0f), V(kBK * D), S(kBQ * kBK), acc(kBQ * D), row(D), m(kBQ), l(kBQ);
+    std::vector<float> Q(kBQ * Dp), Kt(Dp * kBK), V(kBK * Dp), S(kBQ * kBK), acc(kBQ * Dp), row(D), m(kBQ), l(kBQ), bias(kBK);
     int limit[kBQ];
-    uint8_t ok[kBK];
     for (int64_t job = jb; job < je; job++) {
       const int64_t b = job / (a.Hq * nqt), h = job / nqt % a.Hq, i0 = job % nqt * kBQ, hk = h / group;
       const int rows = static_cast<int>(std::min<int64_t>(kBQ, a.T - i0));
-      load_rows(q, dt, b, i0, rows, a.T, a.Hq, h, D, Q.data());
+      load_rows(q, dt, b, i0, rows, a.T, a.Hq, h, D, Dp, Q.data());
       std::fill(m.begin(), m.end(), -std::numeric_limits<float>::infinity());
       std::fill(l.begin(), l.end(), 0.0f);
       std::fill(acc.begin(), acc.end(), 0.0f);
@@ -64,15 +70,15 @@ void attention_forward_cpu(const AttentionShape& a, const void* q, const void* k
       for (int64_t j0 = 0; j0 < end; j0 += kBK) {
         const int cols = static_cast<int>(std::min<int64_t>(kBK, a.S - j0));
         load_cols(k, dt, b, j0, cols, a.S, a.Hkv, hk, D, row.data(), Kt.data());
-        load_rows(v, dt, b, j0, cols, a.S, a.Hkv, hk, D, V.data());
-        keys_kept(a, b, j0, cols, ok);
+        load_rows(v, dt, b, j0, cols, a.S, a.Hkv, hk, D, Dp, V.data());
+        key_bias(a, b, j0, cols, bias.data());
         causal_limits(a, i0, rows, j0, limit);
-        kt.scores(Q.data(), rows, Kt.data(), static_cast<int>(D), a.scale, S.data());
-        kt.softmax_step(S.data(), rows, ok, limit, m.data(), l.data(), acc.data(), static_cast<int>(D));
-        kt.accum_px(S.data(), rows, cols, V.data(), static_cast<int>(D), acc.data());
+        kt.scores(Q.data(), rows, Kt.data(), dp, a.scale, S.data());
+        kt.softmax_step(S.data(), rows, bias.data(), limit, m.data(), l.data(), acc.data(), dp);
+        kt.accum(S.data(), kBK, 1, rows, cols, V.data(), dp, acc.data());
       }
       for (int r = 0; r < rows; r++) {
-        float* o = acc.data() + r * D;
+        float* o = acc.data() + r * Dp;
         const float inv = l[r] > 0 ? 1.0f / l[r] : 0.0f;
         for (int64_t d = 0; d < D; d++) o[d] *= inv;
         store_row(o, out, dt, ((b * a.T + i0 + r) * a.Hq + h) * D, D);
@@ -84,7 +90,8 @@ void attention_forward_cpu(const AttentionShape& a, const void* q, const void* k
 
 void attention_backward_cpu(const AttentionShape& a, const void* q, const void* k, const void* v, DType dt, const void* out,
                             const float* lse, const void* dout, void* dq, void* dk, void* dv) {
-  const int64_t B = a.B, T = a.T, S = a.S, Hq = a.Hq, Hkv = a.Hkv, D = a.D, group = Hq / Hkv;
+  const int64_t B = a.B, T = a.T, S = a.S, Hq = a.Hq, Hkv = a.Hkv, D = a.D, Dp = padded(D), group = Hq / Hkv;
+  const int dp = static_cast<int>(Dp);
   const AttentionTiles& kt = attention_tiles();
   // delta[b][h][t] = Σ_d dO·O: the row term of the softmax backward, dS = P ∘ (dP − delta).
   std::vector<float> delta(static_cast<size_t>(B * Hq * T));
@@ -100,27 +107,26 @@ void attention_backward_cpu(const AttentionShape& a, const void* q, const void* 
     }
   });
   // Jobs own (batch, kv head, a run of key tiles): dk and dv rows are theirs alone; dq goes to the job's own
-  // f32 partial [chunk][B][Hq][T][D], summed after. Key tiles are split into chunks only as far as needed to
+  // f32 partial [chunk][B][Hq][T][Dp], summed after. Key tiles are split into chunks only as far as needed to
   // give every thread work.
   const int64_t nkt = tiles(S, kBK);
   const int64_t chunks = std::clamp<int64_t>(tiles(2 * num_threads(), std::max<int64_t>(B * Hkv, 1)), 1, std::max<int64_t>(nkt, 1));
-  const int64_t qsize = B * Hq * T * D;
+  const int64_t qsize = B * Hq * T * Dp;
   std::vector<float> dq_part(static_cast<size_t>(chunks * qsize), 0.0f);
   parallel_for(B * Hkv * chunks, 1, [&](int64_t jb, int64_t je) {
-    std::vector<float> Kr(kBK * D), Kt(D * kBK, 0.0f), Vt(D * kBK, 0.0f), dK(kBK * D), dV(kBK * D), row(D);
-    std::vector<float> Q(kBQ * D), dO(kBQ * D), P(kBQ * kBK), dP(kBQ * kBK), z(kBQ), dl(kBQ);
+    std::vector<float> Kr(kBK * Dp), Kt(Dp * kBK), Vt(Dp * kBK), dK(kBK * Dp), dV(kBK * Dp), row(D), bias(kBK);
+    std::vector<float> Q(kBQ * Dp), dO(kBQ * Dp), P(kBQ * kBK), dP(kBQ * kBK), z(kBQ), dl(kBQ);
     int limit[kBQ];
-    uint8_t ok[kBK];
     for (int64_t job = jb; job < je; job++) {
       const int64_t b = job / (Hkv * chunks), hk = job / chunks % Hkv, c = job % chunks;
       float* dqc = dq_part.data() + c * qsize;
       for (int64_t t = nkt * c / chunks; t < nkt * (c + 1) / chunks; t++) {
         const int64_t j0 = t * kBK;
         const int cols = static_cast<int>(std::min<int64_t>(kBK, S - j0));
-        load_rows(k, dt, b, j0, cols, S, Hkv, hk, D, Kr.data());
+        load_rows(k, dt, b, j0, cols, S, Hkv, hk, D, Dp, Kr.data());
         load_cols(k, dt, b, j0, cols, S, Hkv, hk, D, row.data(), Kt.data());
         load_cols(v, dt, b, j0, cols, S, Hkv, hk, D, row.data(), Vt.data());
-        keys_kept(a, b, j0, cols, ok);
+        key_bias(a, b, j0, cols, bias.data());
         std::fill(dK.begin(), dK.end(), 0.0f);
         std::fill(dV.begin(), dV.end(), 0.0f);
         // Causal: queries before j0 − (S − T) see none of this tile.
@@ -128,25 +134,25 @@ void attention_backward_cpu(const AttentionShape& a, const void* q, const void* 
         for (int64_t h = hk * group; h < (hk + 1) * group; h++)
           for (int64_t i0 = first; i0 < T; i0 += kBQ) {
             const int rows = static_cast<int>(std::min<int64_t>(kBQ, T - i0));
-            load_rows(q, dt, b, i0, rows, T, Hq, h, D, Q.data());
-            load_rows(dout, dt, b, i0, rows, T, Hq, h, D, dO.data());
+            load_rows(q, dt, b, i0, rows, T, Hq, h, D, Dp, Q.data());
+            load_rows(dout, dt, b, i0, rows, T, Hq, h, D, Dp, dO.data());
             causal_limits(a, i0, rows, j0, limit);
             for (int r = 0; r < rows; r++) {
               z[r] = lse[(b * Hq + h) * T + i0 + r];
               dl[r] = delta[(b * Hq + h) * T + i0 + r];
               if (std::isinf(z[r])) limit[r] = 0;  // a query with no key: zero probabilities, zero gradients
             }
-            kt.scores(Q.data(), rows, Kt.data(), static_cast<int>(D), a.scale, P.data());
-            kt.probs(P.data(), rows, ok, limit, z.data());
-            kt.accum_ptx(P.data(), rows, cols, dO.data(), static_cast<int>(D), dV.data());
-            kt.scores(dO.data(), rows, Vt.data(), static_cast<int>(D), 1.0f, dP.data());
+            kt.scores(Q.data(), rows, Kt.data(), dp, a.scale, P.data());
+            kt.probs(P.data(), rows, bias.data(), limit, z.data());
+            kt.accum(P.data(), 1, kBK, cols, rows, dO.data(), dp, dV.data());           // dV += Pᵀ·dO
+            kt.scores(dO.data(), rows, Vt.data(), dp, 1.0f, dP.data());                 // dP = dO·Vᵀ
             kt.dscores(P.data(), dP.data(), rows, dl.data(), a.scale);
-            kt.accum_ptx(dP.data(), rows, cols, Q.data(), static_cast<int>(D), dK.data());
-            kt.accum_px(dP.data(), rows, cols, Kr.data(), static_cast<int>(D), dqc + ((b * Hq + h) * T + i0) * D);
+            kt.accum(dP.data(), 1, kBK, cols, rows, Q.data(), dp, dK.data());           // dK += dSᵀ·Q
+            kt.accum(dP.data(), kBK, 1, rows, cols, Kr.data(), dp, dqc + ((b * Hq + h) * T + i0) * Dp);  // dQ += dS·K
           }
         for (int j = 0; j < cols; j++) {
-          store_row(dK.data() + j * D, dk, dt, ((b * S + j0 + j) * Hkv + hk) * D, D);
-          store_row(dV.data() + j * D, dv, dt, ((b * S + j0 + j) * Hkv + hk) * D, D);
+          store_row(dK.data() + j * Dp, dk, dt, ((b * S + j0 + j) * Hkv + hk) * D, D);
+          store_row(dV.data() + j * Dp, dv, dt, ((b * S + j0 + j) * Hkv + hk) * D, D);
         }
       }
     }
@@ -158,7 +164,7 @@ void attention_backward_cpu(const AttentionShape& a, const void* q, const void* 
       const int64_t b = r / (T * Hq), t = r / Hq % T, h = r % Hq;
       std::fill(sum.begin(), sum.end(), 0.0f);
       for (int64_t c = 0; c < chunks; c++) {
-        const float* p = dq_part.data() + c * qsize + ((b * Hq + h) * T + t) * D;
+        const float* p = dq_part.data() + c * qsize + ((b * Hq + h) * T + t) * Dp;
         for (int64_t d = 0; d < D; d++) sum[d] += p[d];
       }
       store_row(sum.data(), dq, dt, r * D, D);

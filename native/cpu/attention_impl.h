@@ -1,5 +1,7 @@
-// The AttentionTiles loops, written so each inner loop is a fixed-width or contiguous f32 loop the compiler
-// vectorizes. Included by attention_tiles.cc (baseline x86-64), attention_avx2.cc and attention_avx512.cc;
+// The AttentionTiles loops on GCC vector types as wide as the build's registers (ATTN_VECTOR_BYTES, set by
+// the includer: 16 in the baseline, 32 for AVX2, 64 for AVX-512): register tiles of 4×4 accumulators that
+// each loaded vector feeds several times. Included by attention_tiles.cc (baseline x86-64),
+// attention_avx2.cc and attention_avx512.cc;
 // everything has internal linkage so each ISA's copy stays in its own translation unit (vec_impl.h explains
 // why no external-linkage inline function or template may be called from here).
 #pragma once
@@ -9,75 +11,94 @@
 namespace peft {
 namespace {
 
-constexpr int kBK = kAttnKeys;
+// Vectors pass between these internal inline functions only, so the baseline and AVX2 builds' note that a
+// 64-byte vector argument changes the ABI does not apply.
+#pragma GCC diagnostic ignored "-Wpsabi"
+typedef float vf __attribute__((vector_size(ATTN_VECTOR_BYTES)));
+constexpr int kBK = kAttnKeys, kL = ATTN_VECTOR_BYTES / 4;  // floats per vector
+static_assert(kAttnLanes % kL == 0 && kBK % (4 * kL) == 0, "the padding and the key tile hold whole vectors");
 constexpr float kNegInf = -__builtin_inff();
 
-// Four score rows at once: each Bt row loaded once feeds four kBK-wide accumulators.
-void scores_impl(const float* A, int rows, const float* Bt, int D, float scale, float* S) {
-  int i = 0;
-  for (; i + 4 <= rows; i += 4) {
-    float c0[kBK] = {}, c1[kBK] = {}, c2[kBK] = {}, c3[kBK] = {};
-    const float* a = A + static_cast<int64_t>(i) * D;
-    for (int d = 0; d < D; d++) {
-      const float a0 = a[d], a1 = a[D + d], a2 = a[2 * D + d], a3 = a[3 * D + d];
-      const float* b = Bt + static_cast<int64_t>(d) * kBK;
-      for (int j = 0; j < kBK; j++) {
-        c0[j] += a0 * b[j];
-        c1[j] += a1 * b[j];
-        c2[j] += a2 * b[j];
-        c3[j] += a3 * b[j];
+inline vf ld(const float* p) {
+  vf v;
+  __builtin_memcpy(&v, p, sizeof v);
+  return v;
+}
+inline void st(float* p, vf v) { __builtin_memcpy(p, &v, sizeof v); }
+
+// Four score rows × four vectors of keys at once: 16 accumulators; each Bt row piece (four vectors) feeds
+// four rows.
+void scores_impl(const float* A, int rows, const float* Bt, int Dp, float scale, float* S) {
+  for (int i = 0; i < rows; i += 4)
+    for (int j = 0; j < kBK; j += 4 * kL) {
+      vf c[4][4] = {};
+      const float* a = A + static_cast<int64_t>(i) * Dp;
+      for (int d = 0; d < Dp; d++) {
+        const float* b = Bt + static_cast<int64_t>(d) * kBK + j;
+        vf bv[4];
+#pragma GCC unroll 4
+        for (int k = 0; k < 4; k++) bv[k] = ld(b + k * kL);
+#pragma GCC unroll 4
+        for (int r = 0; r < 4; r++) {
+          const float ar = a[static_cast<int64_t>(r) * Dp + d];
+#pragma GCC unroll 4
+          for (int k = 0; k < 4; k++) c[r][k] += ar * bv[k];
+        }
       }
+#pragma GCC unroll 4
+      for (int r = 0; r < 4; r++)
+#pragma GCC unroll 4
+        for (int k = 0; k < 4; k++) st(S + static_cast<int64_t>(i + r) * kBK + j + k * kL, c[r][k] * scale);
     }
-    float* s = S + static_cast<int64_t>(i) * kBK;
-    for (int j = 0; j < kBK; j++) {
-      s[j] = c0[j] * scale;
-      s[kBK + j] = c1[j] * scale;
-      s[2 * kBK + j] = c2[j] * scale;
-      s[3 * kBK + j] = c3[j] * scale;
-    }
-  }
-  for (; i < rows; i++) {
-    float c[kBK] = {};
-    const float* a = A + static_cast<int64_t>(i) * D;
-    for (int d = 0; d < D; d++) {
-      const float ad = a[d];
-      const float* b = Bt + static_cast<int64_t>(d) * kBK;
-      for (int j = 0; j < kBK; j++) c[j] += ad * b[j];
-    }
-    for (int j = 0; j < kBK; j++) S[static_cast<int64_t>(i) * kBK + j] = c[j] * scale;
-  }
 }
 
-// Masked scores become -inf; the row max; 0 probabilities where masked.
-void softmax_step_impl(float* S, int rows, const uint8_t* ok, const int* limit, float* m, float* l, float* acc, int D) {
+// Lane-wise then across lanes (the vector max of x86 is exactly a > b ? a : b).
+inline float row_max(const float* s, float init) {
+  float m[kL];
+  for (int l = 0; l < kL; l++) m[l] = init;
+  for (int k = 0; k < kBK; k += kL)
+    for (int l = 0; l < kL; l++) m[l] = s[k + l] > m[l] ? s[k + l] : m[l];
+  float r = m[0];
+  for (int l = 1; l < kL; l++) r = m[l] > r ? m[l] : r;
+  return r;
+}
+
+inline float row_sum(const float* s) {
+  float m[kL] = {};
+  for (int k = 0; k < kBK; k += kL)
+    for (int l = 0; l < kL; l++) m[l] += s[k + l];
+  float r = 0.0f;
+  for (int l = 0; l < kL; l++) r += m[l];
+  return r;
+}
+
+void softmax_step_impl(float* S, int rows, const float* bias, const int* limit, float* m, float* l, float* acc, int Dp) {
   for (int i = 0; i < rows; i++) {
     float* s = S + static_cast<int64_t>(i) * kBK;
     const int lim = limit[i];
-    for (int j = 0; j < kBK; j++) s[j] = vsel((ok[j] != 0) & (j < lim), s[j], kNegInf);
-    float mx = m[i];
-    for (int j = 0; j < kBK; j++) mx = s[j] > mx ? s[j] : mx;
+    for (int j = 0; j < kBK; j++) s[j] = vsel(j < lim, s[j] + bias[j], kNegInf);
+    const float mx = row_max(s, m[i]);
     if (mx == kNegInf) {  // nothing kept yet in this row
       for (int j = 0; j < kBK; j++) s[j] = 0.0f;
       continue;
     }
-    const float alpha = m[i] == kNegInf ? 0.0f : vexpf(m[i] - mx);
     for (int j = 0; j < kBK; j++) s[j] = vsel(s[j] != kNegInf, vexpf(s[j] - mx), 0.0f);
-    float sum = 0.0f;
-    for (int j = 0; j < kBK; j++) sum += s[j];
-    l[i] = l[i] * alpha + sum;
+    const float alpha = m[i] == kNegInf ? 0.0f : vexpf(m[i] - mx);
+    l[i] = l[i] * alpha + row_sum(s);
     m[i] = mx;
-    float* a = acc + static_cast<int64_t>(i) * D;
-    if (alpha != 1.0f)
-      for (int d = 0; d < D; d++) a[d] *= alpha;
+    if (alpha != 1.0f) {
+      float* a = acc + static_cast<int64_t>(i) * Dp;
+      for (int d = 0; d < Dp; d++) a[d] *= alpha;
+    }
   }
 }
 
-void probs_impl(float* S, int rows, const uint8_t* ok, const int* limit, const float* lse) {
+void probs_impl(float* S, int rows, const float* bias, const int* limit, const float* lse) {
   for (int i = 0; i < rows; i++) {
     float* s = S + static_cast<int64_t>(i) * kBK;
     const int lim = limit[i];
     const float z = lse[i];
-    for (int j = 0; j < kBK; j++) s[j] = vsel((ok[j] != 0) & (j < lim), vexpf(s[j] - z), 0.0f);
+    for (int j = 0; j < kBK; j++) s[j] = vsel((j < lim) & (bias[j] == 0.0f), vexpf(s[j] - z), 0.0f);
   }
 }
 
@@ -90,56 +111,46 @@ void dscores_impl(const float* P, float* dP, int rows, const float* delta, float
   }
 }
 
-// a_r[:] += w_r · x[:] for four rows r: each x element loaded once feeds four accumulators.
-inline void axpy4(const float* x, float w0, float w1, float w2, float w3, float* a0, float* a1, float* a2, float* a3, int D) {
-  for (int d = 0; d < D; d++) {
-    const float xd = x[d];
-    a0[d] += w0 * xd;
-    a1[d] += w1 * xd;
-    a2[d] += w2 * xd;
-    a3[d] += w3 * xd;
-  }
-}
-
-void accum_px_impl(const float* P, int rows, int cols, const float* X, int D, float* acc) {
-  int i = 0;
-  for (; i + 4 <= rows; i += 4) {
-    const float* p = P + static_cast<int64_t>(i) * kBK;
-    float* a = acc + static_cast<int64_t>(i) * D;
-    for (int j = 0; j < cols; j++)
-      axpy4(X + static_cast<int64_t>(j) * D, p[j], p[kBK + j], p[2 * kBK + j], p[3 * kBK + j], a, a + D, a + 2 * D, a + 3 * D, D);
-  }
-  for (; i < rows; i++) {
-    const float* p = P + static_cast<int64_t>(i) * kBK;
-    float* a = acc + static_cast<int64_t>(i) * D;
-    for (int j = 0; j < cols; j++) {
-      const float* x = X + static_cast<int64_t>(j) * D;
-      const float w = p[j];
-      for (int d = 0; d < D; d++) a[d] += w * x[d];
+// R output rows × W vectors of accumulators held in registers over the whole reduction.
+template <int R, int W>
+inline void accum_block(const float* P, int po, int pt, int n, const float* X, int Dp, float* acc) {
+  vf a[R][W];
+#pragma GCC unroll 4
+  for (int r = 0; r < R; r++)
+#pragma GCC unroll 2
+    for (int w = 0; w < W; w++) a[r][w] = ld(acc + static_cast<int64_t>(r) * Dp + w * kL);
+  for (int t = 0; t < n; t++) {
+    const float* x = X + static_cast<int64_t>(t) * Dp;
+    vf xv[W];
+#pragma GCC unroll 2
+    for (int w = 0; w < W; w++) xv[w] = ld(x + w * kL);
+#pragma GCC unroll 4
+    for (int r = 0; r < R; r++) {
+      const float p = P[static_cast<int64_t>(r) * po + static_cast<int64_t>(t) * pt];
+#pragma GCC unroll 2
+      for (int w = 0; w < W; w++) a[r][w] += p * xv[w];
     }
   }
+#pragma GCC unroll 4
+  for (int r = 0; r < R; r++)
+#pragma GCC unroll 2
+    for (int w = 0; w < W; w++) st(acc + static_cast<int64_t>(r) * Dp + w * kL, a[r][w]);
 }
 
-void accum_ptx_impl(const float* P, int rows, int cols, const float* X, int D, float* acc) {
-  int j = 0;
-  for (; j + 4 <= cols; j += 4) {
-    float* a = acc + static_cast<int64_t>(j) * D;
-    for (int i = 0; i < rows; i++) {
-      const float* p = P + static_cast<int64_t>(i) * kBK + j;
-      axpy4(X + static_cast<int64_t>(i) * D, p[0], p[1], p[2], p[3], a, a + D, a + 2 * D, a + 3 * D, D);
-    }
-  }
-  for (; j < cols; j++) {
-    float* a = acc + static_cast<int64_t>(j) * D;
-    for (int i = 0; i < rows; i++) {
-      const float* x = X + static_cast<int64_t>(i) * D;
-      const float w = P[static_cast<int64_t>(i) * kBK + j];
-      for (int d = 0; d < D; d++) a[d] += w * x[d];
-    }
-  }
+template <int R>
+inline void accum_rows(const float* P, int po, int pt, int n, const float* X, int Dp, float* acc) {
+  int d = 0;
+  for (; d + 2 * kL <= Dp; d += 2 * kL) accum_block<R, 2>(P, po, pt, n, X + d, Dp, acc + d);
+  if (d < Dp) accum_block<R, 1>(P, po, pt, n, X + d, Dp, acc + d);
 }
 
-const AttentionTiles kAttentionTiles = {scores_impl, softmax_step_impl, probs_impl, dscores_impl, accum_px_impl, accum_ptx_impl};
+void accum_impl(const float* P, int po, int pt, int outs, int n, const float* X, int Dp, float* acc) {
+  int o = 0;
+  for (; o + 4 <= outs; o += 4) accum_rows<4>(P + static_cast<int64_t>(o) * po, po, pt, n, X, Dp, acc + static_cast<int64_t>(o) * Dp);
+  for (; o < outs; o++) accum_rows<1>(P + static_cast<int64_t>(o) * po, po, pt, n, X, Dp, acc + static_cast<int64_t>(o) * Dp);
+}
+
+const AttentionTiles kAttentionTiles = {scores_impl, softmax_step_impl, probs_impl, dscores_impl, accum_impl};
 
 }  // namespace
 }  // namespace peft

@@ -1,4 +1,5 @@
 // Baseline build of the attention tiles (any x86-64), and the run-time choice between the ISA builds.
+#define ATTN_VECTOR_BYTES 16  // SSE2, the x86-64 baseline
 #include "attention_impl.h"
 #include "isa.h"
 
