@@ -4,7 +4,7 @@
 // left and right padding with explicit positions; gradients of every parameter against central differences
 // of the reference; bf16 mode; gradient checkpointing.
 import { describe, expect, it } from "vitest";
-import { F, Tensor, noGrad, type LlamaConfigInit, type LlamaForCausalLM } from "../lib/index.js";
+import { F, Tensor, backend, noGrad, type LlamaConfigInit, type LlamaForCausalLM } from "../lib/index.js";
 import { refLlamaLogits, refShiftedLoss, type RefInputs } from "./llama-reference.js";
 import { refConfigOf, refWeightsOf, tinyLlama } from "./helpers/llama-models.js";
 import { expectClose } from "./helpers/numeric.js";
@@ -160,6 +160,35 @@ describe("padding, bf16 and checkpointing", () => {
     const max = once.reduce((m, v) => Math.max(m, Math.abs(v)), 0);
     expectClose(twice, once.map((v) => 2 * v), () => 2 * 2 ** -20 * max, "retained");
     expectClose(scaled, once.map((v) => 3 * v), () => 3 * 2 ** -20 * max, "scaled");
+  });
+
+  it("gradient checkpointing holds only each layer's input between forward and backward", () => {
+    const cfg = { vocabSize: 50, hiddenSize: 64, intermediateSize: 192, numHiddenLayers: 4, numAttentionHeads: 4, numKeyValueHeads: 2 };
+    const B = 2, L = 4, E = 64, V = 50, S = 64;
+    const ids = Tensor.fromArray(Array.from({ length: B * S }, (_, i) => (i * 7) % V), [B, S], "i64");
+    const held = (ckpt: boolean) => {
+      const model = tinyLlama(cfg);
+      if (ckpt) model.gradientCheckpointingEnable();
+      // a first step packs the weights (kept for later GEMMs), so the second measures activations only
+      for (let step = 0; step < 2; step++) {
+        const before = backend.memory().bytes;
+        const { loss, logits } = model.forward(ids, { labels: ids });
+        const bytes = backend.memory().bytes - before;
+        loss!.backward();
+        loss!.dispose();
+        logits.dispose();
+        model.zeroGrad();
+        if (step === 1) {
+          model.dispose();
+          return bytes;
+        }
+      }
+      return 0;
+    };
+    const plain = held(false), ckpt = held(true);
+    // checkpointed: each layer's input, the final norm's input and output, logits and their gradient (f32)
+    expect(ckpt).toBeLessThanOrEqual(((L + 3) * B * S * E + 2 * B * S * V) * 4 + 64 * 1024);
+    expect(plain).toBeGreaterThan(3 * ckpt);
   });
 
   it("gradient checkpointing gives the same gradients", () => {

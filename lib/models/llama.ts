@@ -130,7 +130,13 @@ export class LlamaModel extends Module {
     // The rerun in backward gets the context as tensors the checkpoint keeps (the caller frees its own).
     const context = [ctx.cos, ctx.sin, ...(ctx.attentionMask ? [ctx.attentionMask] : [])];
     for (const layer of this.layers) {
-      const run = (x: Tensor, cos: Tensor, sin: Tensor, mask?: Tensor) => layer.forward(x, { cos, sin, attentionMask: mask ?? null }) as Tensor;
+      const run = (x: Tensor, cos: Tensor, sin: Tensor, mask?: Tensor) => {
+        const y = layer.forward(x, { cos, sin, attentionMask: mask ?? null }) as Tensor;
+        // Layers also keep their last input for a tape-free Module.backward, which this model does not
+        // have; kept, those inputs would be most of what checkpointing is meant to free.
+        if (recompute) for (const [, m] of layer.namedModules()) m.releaseSaved();
+        return y;
+      };
       const next = recompute ? checkpoint(run as (x: Tensor, ...c: Tensor[]) => Tensor, h, ...context) : run(h, ctx.cos, ctx.sin, ctx.attentionMask ?? undefined);
       h.dispose();
       h = next;
