@@ -53,36 +53,41 @@ int64_t padded(int64_t D) { return (D + kAttnLanes - 1) / kAttnLanes * kAttnLane
 void attention_forward_cpu(const AttentionShape& a, const void* q, const void* k, const void* v, DType dt, void* out, float* lse) {
   const int64_t D = a.D, Dp = padded(D), group = a.Hq / a.Hkv, nqt = tiles(a.T, kBQ);
   const int dp = static_cast<int>(Dp);
+  // A job's rows: the query tile of every query head reading the job's kv head (they share each K/V tile
+  // loaded), plus room for the scores' rounding up to 4 rows.
+  const int64_t R = group * kBQ + 4;
   const AttentionTiles& kt = attention_tiles();
-  // One job per (batch, query head, query tile).
-  parallel_for(a.B * a.Hq * nqt, 1, [&](int64_t jb, int64_t je) {
-    std::vector<float> Q(kBQ * Dp), Kt(Dp * kBK), V(kBK * Dp), S(kBQ * kBK), acc(kBQ * Dp), row(D), m(kBQ), l(kBQ), bias(kBK);
-    int limit[kBQ];
+  // One job per (batch, kv head, query tile).
+  parallel_for(a.B * a.Hkv * nqt, 1, [&](int64_t jb, int64_t je) {
+    std::vector<float> Q(R * Dp), Kt(Dp * kBK), V(kBK * Dp), S(R * kBK), acc(R * Dp), row(D), m(R), l(R), bias(kBK);
+    std::vector<int> limit(R);
     for (int64_t job = jb; job < je; job++) {
-      const int64_t b = job / (a.Hq * nqt), h = job / nqt % a.Hq, i0 = job % nqt * kBQ, hk = h / group;
-      const int rows = static_cast<int>(std::min<int64_t>(kBQ, a.T - i0));
-      load_rows(q, dt, b, i0, rows, a.T, a.Hq, h, D, Dp, Q.data());
+      const int64_t b = job / (a.Hkv * nqt), hk = job / nqt % a.Hkv, i0 = job % nqt * kBQ;
+      const int tq = static_cast<int>(std::min<int64_t>(kBQ, a.T - i0)), rows = static_cast<int>(group) * tq;
+      for (int64_t g = 0; g < group; g++) load_rows(q, dt, b, i0, tq, a.T, a.Hq, hk * group + g, D, Dp, Q.data() + g * tq * Dp);
       std::fill(m.begin(), m.end(), -std::numeric_limits<float>::infinity());
       std::fill(l.begin(), l.end(), 0.0f);
       std::fill(acc.begin(), acc.end(), 0.0f);
       // Key tiles past the last query's causal limit hold nothing this tile sees.
-      const int64_t end = a.causal ? std::min(a.S, a.S - a.T + i0 + rows) : a.S;
+      const int64_t end = a.causal ? std::min(a.S, a.S - a.T + i0 + tq) : a.S;
       for (int64_t j0 = 0; j0 < end; j0 += kBK) {
         const int cols = static_cast<int>(std::min<int64_t>(kBK, a.S - j0));
         load_cols(k, dt, b, j0, cols, a.S, a.Hkv, hk, D, row.data(), Kt.data());
         load_rows(v, dt, b, j0, cols, a.S, a.Hkv, hk, D, Dp, V.data());
         key_bias(a, b, j0, cols, bias.data());
-        causal_limits(a, i0, rows, j0, limit);
+        causal_limits(a, i0, tq, j0, limit.data());
+        for (int64_t g = 1; g < group; g++) std::copy(limit.begin(), limit.begin() + tq, limit.begin() + g * tq);
         kt.scores(Q.data(), rows, Kt.data(), dp, a.scale, S.data());
-        kt.softmax_step(S.data(), rows, bias.data(), limit, m.data(), l.data(), acc.data(), dp);
+        kt.softmax_step(S.data(), rows, bias.data(), limit.data(), m.data(), l.data(), acc.data(), dp);
         kt.accum(S.data(), kBK, 1, rows, cols, V.data(), dp, acc.data());
       }
-      for (int r = 0; r < rows; r++) {
-        float* o = acc.data() + r * Dp;
-        const float inv = l[r] > 0 ? 1.0f / l[r] : 0.0f;
+      for (int rr = 0; rr < rows; rr++) {
+        const int64_t h = hk * group + rr / tq, i = i0 + rr % tq;
+        float* o = acc.data() + rr * Dp;
+        const float inv = l[rr] > 0 ? 1.0f / l[rr] : 0.0f;
         for (int64_t d = 0; d < D; d++) o[d] *= inv;
-        store_row(o, out, dt, ((b * a.T + i0 + r) * a.Hq + h) * D, D);
-        lse[(b * a.Hq + h) * a.T + i0 + r] = l[r] > 0 ? m[r] + std::log(l[r]) : std::numeric_limits<float>::infinity();
+        store_row(o, out, dt, ((b * a.T + i) * a.Hq + h) * D, D);
+        lse[(b * a.Hq + h) * a.T + i] = l[rr] > 0 ? m[rr] + std::log(l[rr]) : std::numeric_limits<float>::infinity();
       }
     }
   });

@@ -52,21 +52,21 @@ void scores_impl(const float* A, int rows, const float* Bt, int Dp, float scale,
     }
 }
 
-// Lane-wise then across lanes (the vector max of x86 is exactly a > b ? a : b).
+// Across a row's vectors, then across lanes (x > m ? x : m is exactly the x86 vector max).
 inline float row_max(const float* s, float init) {
-  float m[kL];
-  for (int l = 0; l < kL; l++) m[l] = init;
-  for (int k = 0; k < kBK; k += kL)
-    for (int l = 0; l < kL; l++) m[l] = s[k + l] > m[l] ? s[k + l] : m[l];
-  float r = m[0];
-  for (int l = 1; l < kL; l++) r = m[l] > r ? m[l] : r;
+  vf m = ld(s);
+  for (int k = kL; k < kBK; k += kL) {
+    const vf x = ld(s + k);
+    m = x > m ? x : m;
+  }
+  float r = init;
+  for (int l = 0; l < kL; l++) r = m[l] > r ? m[l] : r;
   return r;
 }
 
 inline float row_sum(const float* s) {
-  float m[kL] = {};
-  for (int k = 0; k < kBK; k += kL)
-    for (int l = 0; l < kL; l++) m[l] += s[k + l];
+  vf m = ld(s);
+  for (int k = kL; k < kBK; k += kL) m += ld(s + k);
   float r = 0.0f;
   for (int l = 0; l < kL; l++) r += m[l];
   return r;
@@ -88,7 +88,7 @@ void softmax_step_impl(float* S, int rows, const float* bias, const int* limit, 
     m[i] = mx;
     if (alpha != 1.0f) {
       float* a = acc + static_cast<int64_t>(i) * Dp;
-      for (int d = 0; d < Dp; d++) a[d] *= alpha;
+      for (int d = 0; d < Dp; d += kL) st(a + d, ld(a + d) * alpha);
     }
   }
 }
