@@ -118,46 +118,66 @@ void attention_backward_cpu(const AttentionShape& a, const void* q, const void* 
   const int64_t chunks = std::clamp<int64_t>(tiles(2 * num_threads(), std::max<int64_t>(B * Hkv, 1)), 1, std::max<int64_t>(nkt, 1));
   const int64_t qsize = B * Hq * T * Dp;
   std::vector<float> dq_part(static_cast<size_t>(chunks * qsize), 0.0f);
+  // A job walks its key tiles in groups of up to kHeld, held in f32 with their dK/dV accumulators, so each
+  // query tile (q, dO rows) is loaded once per group rather than once per key tile.
+  constexpr int64_t kHeld = 2;
+  const int64_t tile = kBK * Dp;
   parallel_for(B * Hkv * chunks, 1, [&](int64_t jb, int64_t je) {
-    std::vector<float> Kr(kBK * Dp), Kt(Dp * kBK), Vt(Dp * kBK), dK(kBK * Dp), dV(kBK * Dp), row(D), bias(kBK);
+    std::vector<float> Kr(kHeld * tile), Kt(kHeld * tile), Vt(kHeld * tile), dK(kHeld * tile), dV(kHeld * tile), row(D), bias(kHeld * kBK);
     std::vector<float> Q(kBQ * Dp), dO(kBQ * Dp), P(kBQ * kBK), dP(kBQ * kBK), z(kBQ), dl(kBQ);
     int limit[kBQ];
     for (int64_t job = jb; job < je; job++) {
       const int64_t b = job / (Hkv * chunks), hk = job / chunks % Hkv, c = job % chunks;
       float* dqc = dq_part.data() + c * qsize;
-      for (int64_t t = nkt * c / chunks; t < nkt * (c + 1) / chunks; t++) {
-        const int64_t j0 = t * kBK;
-        const int cols = static_cast<int>(std::min<int64_t>(kBK, S - j0));
-        load_rows(k, dt, b, j0, cols, S, Hkv, hk, D, Dp, Kr.data());
-        load_cols(k, dt, b, j0, cols, S, Hkv, hk, D, row.data(), Kt.data());
-        load_cols(v, dt, b, j0, cols, S, Hkv, hk, D, row.data(), Vt.data());
-        key_bias(a, b, j0, cols, bias.data());
-        std::fill(dK.begin(), dK.end(), 0.0f);
-        std::fill(dV.begin(), dV.end(), 0.0f);
-        // Causal: queries before j0 − (S − T) see none of this tile.
-        const int64_t first = a.causal ? std::max<int64_t>(0, j0 - (S - T)) : 0;
+      const int64_t t_end = nkt * (c + 1) / chunks;
+      for (int64_t g0 = nkt * c / chunks; g0 < t_end; g0 += kHeld) {
+        const int64_t held = std::min(kHeld, t_end - g0);
+        for (int64_t u = 0; u < held; u++) {
+          const int64_t j0 = (g0 + u) * kBK;
+          const int cols = static_cast<int>(std::min<int64_t>(kBK, S - j0));
+          load_rows(k, dt, b, j0, cols, S, Hkv, hk, D, Dp, Kr.data() + u * tile);
+          load_cols(k, dt, b, j0, cols, S, Hkv, hk, D, row.data(), Kt.data() + u * tile);
+          load_cols(v, dt, b, j0, cols, S, Hkv, hk, D, row.data(), Vt.data() + u * tile);
+          key_bias(a, b, j0, cols, bias.data() + u * kBK);
+        }
+        std::fill(dK.begin(), dK.begin() + held * tile, 0.0f);
+        std::fill(dV.begin(), dV.begin() + held * tile, 0.0f);
+        // Causal: queries before j0 − (S − T) see none of the tile at j0.
+        const int64_t first = a.causal ? std::max<int64_t>(0, g0 * kBK - (S - T)) : 0;
         for (int64_t h = hk * group; h < (hk + 1) * group; h++)
           for (int64_t i0 = first; i0 < T; i0 += kBQ) {
             const int rows = static_cast<int>(std::min<int64_t>(kBQ, T - i0));
             load_rows(q, dt, b, i0, rows, T, Hq, h, D, Dp, Q.data());
             load_rows(dout, dt, b, i0, rows, T, Hq, h, D, Dp, dO.data());
-            causal_limits(a, i0, rows, j0, limit);
             for (int r = 0; r < rows; r++) {
               z[r] = lse[(b * Hq + h) * T + i0 + r];
               dl[r] = delta[(b * Hq + h) * T + i0 + r];
-              if (std::isinf(z[r])) limit[r] = 0;  // a query with no key: zero probabilities, zero gradients
             }
-            kt.scores(Q.data(), rows, Kt.data(), dp, a.scale, P.data());
-            kt.probs(P.data(), rows, bias.data(), limit, z.data());
-            kt.accum(P.data(), 1, kBK, cols, rows, dO.data(), dp, dV.data());           // dV += Pᵀ·dO
-            kt.scores(dO.data(), rows, Vt.data(), dp, 1.0f, dP.data());                 // dP = dO·Vᵀ
-            kt.dscores(P.data(), dP.data(), rows, dl.data(), a.scale);
-            kt.accum(dP.data(), 1, kBK, cols, rows, Q.data(), dp, dK.data());           // dK += dSᵀ·Q
-            kt.accum(dP.data(), kBK, 1, rows, cols, Kr.data(), dp, dqc + ((b * Hq + h) * T + i0) * Dp);  // dQ += dS·K
+            for (int64_t u = 0; u < held; u++) {
+              const int64_t j0 = (g0 + u) * kBK;
+              if (a.causal && S - T + i0 + rows - 1 < j0) break;  // this and later tiles lie above the diagonal
+              const int cols = static_cast<int>(std::min<int64_t>(kBK, S - j0));
+              const float *kr = Kr.data() + u * tile, *ktu = Kt.data() + u * tile, *vt = Vt.data() + u * tile, *bu = bias.data() + u * kBK;
+              float *dku = dK.data() + u * tile, *dvu = dV.data() + u * tile;
+              causal_limits(a, i0, rows, j0, limit);
+              for (int r = 0; r < rows; r++)
+                if (std::isinf(z[r])) limit[r] = 0;  // a query with no key: zero probabilities, zero gradients
+              kt.scores(Q.data(), rows, ktu, dp, a.scale, P.data());
+              kt.probs(P.data(), rows, bu, limit, z.data());
+              kt.accum(P.data(), 1, kBK, cols, rows, dO.data(), dp, dvu);    // dV += Pᵀ·dO
+              kt.scores(dO.data(), rows, vt, dp, 1.0f, dP.data());            // dP = dO·Vᵀ
+              kt.dscores(P.data(), dP.data(), rows, dl.data(), a.scale);      // dS
+              kt.accum(dP.data(), 1, kBK, cols, rows, Q.data(), dp, dku);     // dK += dSᵀ·Q
+              kt.accum(dP.data(), kBK, 1, rows, cols, kr, dp, dqc + ((b * Hq + h) * T + i0) * Dp);  // dQ += dS·K
+            }
           }
-        for (int j = 0; j < cols; j++) {
-          store_row(dK.data() + j * Dp, dk, dt, ((b * S + j0 + j) * Hkv + hk) * D, D);
-          store_row(dV.data() + j * Dp, dv, dt, ((b * S + j0 + j) * Hkv + hk) * D, D);
+        for (int64_t u = 0; u < held; u++) {
+          const int64_t j0 = (g0 + u) * kBK;
+          const int cols = static_cast<int>(std::min<int64_t>(kBK, S - j0));
+          for (int j = 0; j < cols; j++) {
+            store_row(dK.data() + u * tile + j * Dp, dk, dt, ((b * S + j0 + j) * Hkv + hk) * D, D);
+            store_row(dV.data() + u * tile + j * Dp, dv, dt, ((b * S + j0 + j) * Hkv + hk) * D, D);
+          }
         }
       }
     }

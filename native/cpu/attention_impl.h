@@ -19,6 +19,26 @@ constexpr int kBK = kAttnKeys, kL = ATTN_VECTOR_BYTES / 4;  // floats per vector
 static_assert(kAttnLanes % kL == 0 && kBK % (4 * kL) == 0, "the padding and the key tile hold whole vectors");
 constexpr float kNegInf = -__builtin_inff();
 
+// e^x for the softmax's arguments (x <= 0 up to rounding): vexpf without its overflow and subnormal
+// handling. Below -87 the result stays at e^-87 ≈ 1.6e-38 instead of going subnormal: a probability that
+// small next to the row's largest (1) changes no f32 sum. NaN stays NaN.
+inline float exp_softmax(float x) {
+  x = vsel(x < -87.0f, -87.0f, x);
+  float t = x * 1.44269504088896341f + 12582912.0f;  // round x·log2(e) to an integer n
+  float n = t - 12582912.0f;
+  float r = x - n * 0.693359375f;
+  r = r - n * -2.12194440e-4f;
+  float p = 1.9875691500e-4f;
+  p = p * r + 1.3981999507e-3f;
+  p = p * r + 8.3334519073e-3f;
+  p = p * r + 4.1665795894e-2f;
+  p = p * r + 1.6666665459e-1f;
+  p = p * r + 5.0000001201e-1f;
+  p = p * (r * r) + r + 1.0f;
+  int32_t ni = __builtin_bit_cast(int32_t, t) - 0x4b400000;
+  return p * __builtin_bit_cast(float, (ni + 127) << 23);
+}
+
 inline vf ld(const float* p) {
   vf v;
   __builtin_memcpy(&v, p, sizeof v);
@@ -82,7 +102,7 @@ void softmax_step_impl(float* S, int rows, const float* bias, const int* limit, 
       for (int j = 0; j < kBK; j++) s[j] = 0.0f;
       continue;
     }
-    for (int j = 0; j < kBK; j++) s[j] = vsel(s[j] != kNegInf, vexpf(s[j] - mx), 0.0f);
+    for (int j = 0; j < kBK; j++) s[j] = vsel(s[j] != kNegInf, exp_softmax(s[j] - mx), 0.0f);
     const float alpha = m[i] == kNegInf ? 0.0f : vexpf(m[i] - mx);
     l[i] = l[i] * alpha + row_sum(s);
     m[i] = mx;
@@ -98,7 +118,7 @@ void probs_impl(float* S, int rows, const float* bias, const int* limit, const f
     float* s = S + static_cast<int64_t>(i) * kBK;
     const int lim = limit[i];
     const float z = lse[i];
-    for (int j = 0; j < kBK; j++) s[j] = vsel((j < lim) & (bias[j] == 0.0f), vexpf(s[j] - z), 0.0f);
+    for (int j = 0; j < kBK; j++) s[j] = vsel((j < lim) & (bias[j] == 0.0f), exp_softmax(s[j] - z), 0.0f);
   }
 }
 
@@ -117,29 +137,33 @@ inline void accum_block(const float* P, int po, int pt, int n, const float* X, i
   vf a[R][W];
 #pragma GCC unroll 4
   for (int r = 0; r < R; r++)
-#pragma GCC unroll 2
+#pragma GCC unroll 4
     for (int w = 0; w < W; w++) a[r][w] = ld(acc + static_cast<int64_t>(r) * Dp + w * kL);
   for (int t = 0; t < n; t++) {
     const float* x = X + static_cast<int64_t>(t) * Dp;
     vf xv[W];
-#pragma GCC unroll 2
+#pragma GCC unroll 4
     for (int w = 0; w < W; w++) xv[w] = ld(x + w * kL);
 #pragma GCC unroll 4
     for (int r = 0; r < R; r++) {
       const float p = P[static_cast<int64_t>(r) * po + static_cast<int64_t>(t) * pt];
-#pragma GCC unroll 2
+#pragma GCC unroll 4
       for (int w = 0; w < W; w++) a[r][w] += p * xv[w];
     }
   }
 #pragma GCC unroll 4
   for (int r = 0; r < R; r++)
-#pragma GCC unroll 2
+#pragma GCC unroll 4
     for (int w = 0; w < W; w++) st(acc + static_cast<int64_t>(r) * Dp + w * kL, a[r][w]);
 }
+
+// Vectors per accumulator row: 4 rows × kW vectors fill the register file (16 zmm of 32; 8 ymm of 16).
+constexpr int kW = kL == 16 ? 4 : 2;
 
 template <int R>
 inline void accum_rows(const float* P, int po, int pt, int n, const float* X, int Dp, float* acc) {
   int d = 0;
+  for (; d + kW * kL <= Dp; d += kW * kL) accum_block<R, kW>(P, po, pt, n, X + d, Dp, acc + d);
   for (; d + 2 * kL <= Dp; d += 2 * kL) accum_block<R, 2>(P, po, pt, n, X + d, Dp, acc + d);
   if (d < Dp) accum_block<R, 1>(P, po, pt, n, X + d, Dp, acc + d);
 }
