@@ -139,6 +139,17 @@ describe("padding, bf16 and checkpointing", () => {
     model.dispose();
   });
 
+  it("a tied head stays tied through loading and dtype conversion", () => {
+    const model = tinyLlama(CONFIGS["qwen2 MHA tied + linear rope"]);
+    expect(model.lm_head.weight).toBe(model.model.embed_tokens.weight);
+    expect([...model.namedParameters()].map(([n]) => n)).not.toContain("lm_head.weight");
+    model.to("bf16");
+    expect(model.lm_head.weight).toBe(model.model.embed_tokens.weight);
+    expect(model.lm_head.weight.dtype).toBe("bf16");
+    expect(model.lm_head.weight.requiresGrad).toBe(true);
+    model.dispose();
+  });
+
   it("the loss node: a retained graph runs twice, a scaled loss scales the gradient", () => {
     const gradOf = (f: (model: LlamaForCausalLM) => void) => {
       const model = tinyLlama(init);

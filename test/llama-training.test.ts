@@ -6,7 +6,7 @@ import { existsSync, mkdtempSync, readFileSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, describe, expect, it } from "vitest";
-import { AdamW, LlamaForCausalLM, LoraConfig, PeftModel, Tensor, getPeftModel, noGrad } from "../lib/index.js";
+import { AdamW, Linear, LlamaForCausalLM, LoraConfig, PeftModel, Tensor, getPeftModel, noGrad } from "../lib/index.js";
 import { tinyLlama, writeLlama } from "./helpers/llama-models.js";
 import { greedy } from "./helpers/llama-fixture.js";
 
@@ -41,6 +41,23 @@ describe("LlamaForCausalLM + LoRA", () => {
     for (const [n, p] of a.namedParameters()) expect(Array.from(pb.get(n)!.toFloat32Array()), n).toEqual(Array.from(p.toFloat32Array()));
     a.dispose();
     b.dispose();
+  });
+
+  it("reports progress, offers each loaded module to a quantize hook, and stops on abort", async () => {
+    const seen: string[] = [];
+    let progress = 0;
+    const m = await LlamaForCausalLM.fromPretrained(join(dir, "base"), {
+      onProgress: (p) => (progress = p.loadedTensors / p.totalTensors),
+      quantize: (mod, path) => void (mod instanceof Linear && seen.push(path)),
+    });
+    expect(progress).toBe(1);
+    // 7 projections per layer and the head
+    expect(seen.length).toBe(2 * 7 + 1);
+    expect(seen).toContain("model.layers.1.mlp.down_proj");
+    m.dispose();
+    const ac = new AbortController();
+    ac.abort();
+    await expect(LlamaForCausalLM.fromPretrained(join(dir, "base"), { signal: ac.signal })).rejects.toMatchObject({ name: "AbortError" });
   });
 
   it("memorises sentences with LoRA on every projection, and the adapter round-trips in PEFT's format", async () => {
