@@ -137,6 +137,7 @@ describe("llama checkpoint errors", () => {
     for (const [, p] of m.namedParameters()) expect(p.dtype).toBe("bf16");
     m.dispose();
     await expectPeftAsync(LlamaForCausalLM.fromPretrained(dir, { dtype: "f16" }), "ERR_UNSUPPORTED", /dtype must be "f32" or "bf16"/);
+    await expectPeftAsync(LlamaForCausalLM.fromPretrained(dir, { device: "cuda" }), "ERR_NOT_ON_DEVICE", /CPU only/);
   });
 
   it("bad forward arguments name the argument", () => {

@@ -2,7 +2,7 @@
 // sliding window): modules named exactly as transformers names its parameters, so checkpoints load by name
 // and PEFT adapters for these models apply here (and ours load in Python PEFT). Activations keep the layout
 // [batch, seq, heads, headDim] between the projections and attention (a reshape, no transpose).
-import { Tensor, isDType, type DType } from "../tensor.js";
+import { Tensor, isDType, type DType, type Device } from "../tensor.js";
 import { describe, optionsArg, peftError, typeError } from "../errors.js";
 import * as F from "../functional/index.js";
 import { Module } from "../nn/module.js";
@@ -168,6 +168,8 @@ export interface PretrainedOptions {
   dtype?: DType;
   /** "int8" for an int8 base (needs Linear8bitLt), or a loader hook replacing modules as they load. */
   quantize?: "int8" | QuantizeHook;
+  /** "cpu" (the only device the model's ops run on). */
+  device?: Device;
   signal?: AbortSignal;
   onProgress?: (p: LoadProgress) => void;
 }
@@ -233,6 +235,8 @@ export class LlamaForCausalLM extends Module {
     if (typeof dir !== "string") throw typeError(`${op}: dir must be a string, got ${describe(dir)}`);
     const opts = optionsArg(options, op);
     if (opts.dtype !== undefined && !isDType(opts.dtype)) throw typeError(`${op}: dtype must be a dtype name such as "bf16", got ${describe(opts.dtype)}`);
+    if (opts.device !== undefined && opts.device !== "cpu")
+      throw peftError("ERR_NOT_ON_DEVICE", `${op}: device ${describe(opts.device)}: the Llama ops (attention, rotary embedding, RMSNorm) run on the CPU only`);
     let quantize: QuantizeHook | undefined;
     if (opts.quantize === "int8")
       throw peftError("ERR_UNSUPPORTED", `${op}: quantize "int8" needs the int8 base layer (Linear8bitLt), which this build does not have`);
