@@ -2,11 +2,11 @@
 // shards), loaded, wrapped by getPeftModel with PEFT's default llama targets, LoRA-trained with AdamW until
 // it memorises a few sentences (loss bound, greedy continuations), its adapter saved in PEFT's format and
 // reloaded onto a fresh load of the base with identical outputs.
-import { existsSync, mkdtempSync, readFileSync, rmSync } from "node:fs";
+import { mkdtempSync, readFileSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, describe, expect, it } from "vitest";
-import { AdamW, Linear, LlamaForCausalLM, LoraConfig, PeftModel, Tensor, getPeftModel, noGrad } from "../lib/index.js";
+import { AdamW, Linear, LlamaForCausalLM, LoraConfig, PeftModel, Tensor, getPeftModel, loadSafetensorsSync, noGrad } from "../lib/index.js";
 import { tinyLlama, writeLlama } from "./helpers/llama-models.js";
 import { greedy } from "./helpers/llama-fixture.js";
 
@@ -90,7 +90,10 @@ describe("LlamaForCausalLM + LoRA", () => {
     await peft.savePretrained(out);
     const cfg = JSON.parse(readFileSync(join(out, "adapter_config.json"), "utf8"));
     expect(new Set(cfg.target_modules)).toEqual(new Set(["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]));
-    expect(existsSync(join(out, "adapter_model.safetensors"))).toBe(true);
+    // PEFT's key layout: base_model.model.<transformers module path>.lora_{A,B}.weight, 2 layers x 7 x 2
+    const keys = Object.keys(loadSafetensorsSync(join(out, "adapter_model.safetensors")));
+    expect(keys.length).toBe(28);
+    for (const k of keys) expect(k).toMatch(/^base_model\.model\.model\.layers\.[01]\.(self_attn\.[qkvo]_proj|mlp\.(gate|up|down)_proj)\.lora_[AB]\.weight$/);
     const again = await PeftModel.fromPretrained(await LlamaForCausalLM.fromPretrained(join(dir, "base")), out);
     const before = noGrad(() => peft.forward(ids).logits.toFloat32Array());
     const after = noGrad(() => again.eval().forward(ids).logits.toFloat32Array());
