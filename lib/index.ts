@@ -42,3 +42,4 @@ export { readAdapterConfig, WEIGHTS_NAME, TORCH_WEIGHTS_NAME } from "./io/peft-c
 export { loadTorchCheckpoint, describeTorchCheckpoint } from "./io/torch-checkpoint.js";
 export { LlamaForCausalLM, LlamaModel, LlamaDecoderLayer, LlamaAttention, LlamaMLP, parseLlamaConfig, readLlamaConfig, llamaConfig, llamaConfigToJSON, ropeInvFreq, ropeTables, LLAMA_MODEL_TYPES, type CausalLMForwardOptions, type CausalLMOutput, type PretrainedOptions, type LlamaConfig, type LlamaConfigInit, type LlamaModelType, type RopeScaling } from "./models/index.js";
 export { checkpoint } from "./autograd/checkpoint.js";
+export { enableGrad } from "./autograd/grad-mode.js";
