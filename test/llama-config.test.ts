@@ -148,6 +148,16 @@ describe("llama checkpoint errors", () => {
     expectPeft(() => model.forward(ids, { labels: Tensor.fromArray([1, 1, 1, 1], [2, 2], "i64") }), "ERR_SHAPE", /labels has shape \[2, 2\]/);
     expectPeft(() => model.forward(ids, { positionIds: Tensor.fromArray([0, 1], [1, 2], "i64") }), "ERR_SHAPE", /positionIds has shape \[1, 2\]/);
     expect(() => model.forward(ids, { attentionMask: "yes" as never })).toThrow(TypeError);
+    // out-of-range values are RangeErrors with code ERR_OUT_OF_RANGE, as Node's
+    expect(() => model.forward(Tensor.fromArray([1, 11], [1, 2], "i64"))).toThrow(expect.objectContaining({ name: "RangeError", code: "ERR_OUT_OF_RANGE", message: expect.stringMatching(/ids\[1\] = 11 is out of range for 11/) }));
+    expect(() => model.forward(ids, { labels: Tensor.fromArray([1, 2, 12], [1, 3], "i64") })).toThrow(expect.objectContaining({ code: "ERR_OUT_OF_RANGE", message: expect.stringMatching(/target\[1\] = 12/) }));
+  });
+
+  it("empty batches and sequences give empty logits; one token leaves no target (NaN loss, as torch)", () => {
+    expect(model.forward(Tensor.fromArray([], [0, 3], "i64")).logits.shape).toEqual([0, 3, 11]);
+    expect(model.forward(Tensor.fromArray([], [2, 0], "i64")).logits.shape).toEqual([2, 0, 11]);
+    const one = Tensor.fromArray([3], [1, 1], "i64");
+    expect(Number.isNaN(model.forward(one, { labels: one }).loss!.toFloat64Array()[0])).toBe(true);
   });
 
   it("mistral refuses a sequence longer than its sliding window", () => {
