@@ -72,39 +72,43 @@ void scores_impl(const float* A, int rows, const float* Bt, int Dp, float scale,
     }
 }
 
-// Across a row's vectors, then across lanes (x > m ? x : m is exactly the x86 vector max).
-inline float row_max(const float* s, float init) {
-  vf m = ld(s);
-  for (int k = kL; k < kBK; k += kL) {
-    const vf x = ld(s + k);
-    m = x > m ? x : m;
+typedef int32_t vi __attribute__((vector_size(ATTN_VECTOR_BYTES)));
+
+// The largest lane, by a butterfly of shuffles (log2 of the lanes steps, not a chain through every lane).
+// x > m ? x : m is exactly the x86 vector max.
+inline float hmax(vf m) {
+  for (int step = kL / 2; step > 0; step /= 2) {
+    vi idx;
+    for (int l = 0; l < kL; l++) idx[l] = l ^ step;
+    const vf o = __builtin_shuffle(m, idx);
+    m = o > m ? o : m;
   }
-  float r = init;
-  for (int l = 0; l < kL; l++) r = m[l] > r ? m[l] : r;
-  return r;
+  return m[0];
 }
 
-inline float row_sum(const float* s) {
-  vf m = ld(s);
-  for (int k = kL; k < kBK; k += kL) m += ld(s + k);
-  float r = 0.0f;
-  for (int l = 0; l < kL; l++) r += m[l];
-  return r;
-}
-
+// One online-softmax step. l holds kAttnLanes partial sums per row (this build uses the first kL), so the
+// running sum needs no reduction across lanes per tile.
 void softmax_step_impl(float* S, int rows, const float* bias, const int* limit, float* m, float* l, float* acc, int Dp) {
   for (int i = 0; i < rows; i++) {
     float* s = S + static_cast<int64_t>(i) * kBK;
     const int lim = limit[i];
     for (int j = 0; j < kBK; j++) s[j] = vsel(j < lim, s[j] + bias[j], kNegInf);
-    const float mx = row_max(s, m[i]);
+    vf mv = ld(s);
+    for (int k = kL; k < kBK; k += kL) {
+      const vf x = ld(s + k);
+      mv = x > mv ? x : mv;
+    }
+    const float tile_max = hmax(mv), mx = tile_max > m[i] ? tile_max : m[i];
     if (mx == kNegInf) {  // nothing kept yet in this row
       for (int j = 0; j < kBK; j++) s[j] = 0.0f;
       continue;
     }
     for (int j = 0; j < kBK; j++) s[j] = vsel(s[j] != kNegInf, exp_softmax(s[j] - mx), 0.0f);
     const float alpha = m[i] == kNegInf ? 0.0f : vexpf(m[i] - mx);
-    l[i] = l[i] * alpha + row_sum(s);
+    vf sum = ld(s);
+    for (int k = kL; k < kBK; k += kL) sum += ld(s + k);
+    float* li = l + static_cast<int64_t>(i) * kAttnLanes;
+    st(li, ld(li) * alpha + sum);
     m[i] = mx;
     if (alpha != 1.0f) {
       float* a = acc + static_cast<int64_t>(i) * Dp;

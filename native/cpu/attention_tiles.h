@@ -19,8 +19,9 @@ struct AttentionTiles {
   // (A [.][Dp], Bt [Dp][kAttnKeys]).
   void (*scores)(const float* A, int rows, const float* Bt, int Dp, float scale, float* S);
   // One online-softmax step per row: key j is kept when bias[j] == 0 (else bias[j] = -inf) and j < limit[i];
-  // the running max m and sum l and the accumulator rows acc [rows][Dp] are rescaled to the new max; S is
-  // left holding the probabilities (0 where masked).
+  // the running max m, the running sum l (kAttnLanes partial sums per row: the row's sum is their total) and
+  // the accumulator rows acc [rows][Dp] are rescaled to the new max; S is left holding the probabilities (0
+  // where masked).
   void (*softmax_step)(float* S, int rows, const float* bias, const int* limit, float* m, float* l, float* acc, int Dp);
   // S <- exp(S − lse[i]) where key j is kept (as above), else 0: the backward's probabilities.
   void (*probs)(float* S, int rows, const float* bias, const int* limit, const float* lse);
