@@ -14,6 +14,7 @@
 //   baseline?(),                             // the same work done another way, timed like run
 //   baselines?: [{ name, run?, before?, rate? }],  // run: timed (ratio = its time / ours);
 //                                            // rate(): a rate in the case's unit (ratio = ours / it)
+//   maxReps?,                                // at most this many repeats (cases of whole seconds)
 //   target?: { baseline, min, note?, applies? },  // met when the ratio against `baseline` is >= min
 //                                            // (applies: false reports it as n/a on this machine)
 // }
@@ -88,7 +89,8 @@ async function measureCase(c, reps) {
     if (first > 100) break;
   }
   // Short runs get more repeats so each median covers some time.
-  const n = items[0].kind === "time" ? Math.min(41, Math.max(reps, Math.ceil(200 / Math.max(first, 0.01)))) | 1 : reps;
+  // A case of whole seconds (a model's training step) may cap its repeats (maxReps) to keep the run short.
+  const n = Math.min(c.maxReps ?? Infinity, items[0].kind === "time" ? Math.min(41, Math.max(reps, Math.ceil(200 / Math.max(first, 0.01)))) | 1 : reps);
   for (let r = 0; r < n; r++) {
     const order = items.map((_, i) => i);
     if (r % 2) order.reverse();

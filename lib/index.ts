@@ -11,7 +11,7 @@ export { configToJSONString, TASK_TYPES, type TaskType } from "./tuners/config.j
 export { checkTargetModuleExists, findTargetModules, type MatchReport } from "./matching.js";
 export { defaultTargetModules, defaultFeedforwardModules } from "./mappings.js";
 export { loadSafetensors, loadSafetensorsSync, saveSafetensors, saveSafetensorsSync, openSafetensors, type SafetensorsFile, loadShardedSafetensors, openSharded, type ShardedSafetensors } from "./io/index.js";
-export { Module, Linear, Conv1D, Embedding, Conv2d, type Conv2dOptions, Sequential, ModuleList, ModuleDict, ReLU, GELU, SiLU, LogSoftmax, Dropout, type BackwardOptions, Linear8bitLt, type Linear8bitLtOptions } from "./nn/index.js";
+export { Module, Linear, Conv1D, Embedding, Conv2d, type Conv2dOptions, Sequential, ModuleList, ModuleDict, ReLU, GELU, SiLU, LogSoftmax, Dropout, RMSNorm, type BackwardOptions, Linear8bitLt, type Linear8bitLtOptions } from "./nn/index.js";
 export { AdamW, type AdamWOptions } from "./optim/adamw.js";
 export { LRScheduler, getLinearScheduleWithWarmup, getCosineScheduleWithWarmup, getConstantScheduleWithWarmup, type SchedulerState } from "./optim/schedule.js";
 export { clipGradNorm, type ClipGradNormOptions } from "./optim/clip.js";
@@ -40,3 +40,6 @@ export { openCheckpoint, type CheckpointSource } from "./io/checkpoint-source.js
 export { mergeCheckpoint, type MergeCheckpointOptions, type MergeSummary } from "./io/merge-checkpoint.js";
 export { readAdapterConfig, WEIGHTS_NAME, TORCH_WEIGHTS_NAME } from "./io/peft-checkpoint.js";
 export { loadTorchCheckpoint, describeTorchCheckpoint } from "./io/torch-checkpoint.js";
+export { LlamaForCausalLM, LlamaModel, LlamaDecoderLayer, LlamaAttention, LlamaMLP, parseLlamaConfig, readLlamaConfig, llamaConfig, llamaConfigToJSON, ropeInvFreq, ropeTables, LLAMA_MODEL_TYPES, type CausalLMForwardOptions, type CausalLMOutput, type PretrainedOptions, type LlamaConfig, type LlamaConfigInit, type LlamaModelType, type RopeScaling } from "./models/index.js";
+export { checkpoint } from "./autograd/checkpoint.js";
+export { enableGrad } from "./autograd/grad-mode.js";

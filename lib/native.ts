@@ -77,6 +77,15 @@ export interface NativeAddon {
   activationBackward(kind: string, x: NativeTensor, dy: NativeTensor): NativeTensor;
   logSoftmax(x: NativeTensor): NativeTensor;
   logSoftmaxBackward(y: NativeTensor, dy: NativeTensor): NativeTensor;
+  // RMSNorm over the last dim: [y, rstd f32 per row]; the backward's dx/dw are null when not wanted.
+  rmsNorm(x: NativeTensor, w: NativeTensor | null, eps: number): [NativeTensor, NativeTensor];
+  rmsNormBackward(x: NativeTensor, w: NativeTensor | null, rstd: NativeTensor, dy: NativeTensor, wantDx: boolean, wantDw: boolean): [NativeTensor | null, NativeTensor | null];
+  // Rotary embedding of x [B, T, H, D] with f32 cos/sin [B or 1, T, D]; backward: x holds dy, returns dx.
+  rotaryEmbedding(x: NativeTensor, cos: NativeTensor, sin: NativeTensor, backward: boolean): NativeTensor;
+  // Flash-style attention, q [B, T, Hq, D], k/v [B, S, Hkv, D], mask [B, S] or null: [out, lse f32 [B, Hq, T]].
+  attention(q: NativeTensor, k: NativeTensor, v: NativeTensor, mask: NativeTensor | null, causal: boolean, scale: number): [NativeTensor, NativeTensor];
+  attentionBackward(q: NativeTensor, k: NativeTensor, v: NativeTensor, mask: NativeTensor | null, causal: boolean, scale: number,
+    out: NativeTensor, lse: NativeTensor, dout: NativeTensor): [NativeTensor, NativeTensor, NativeTensor];
   dropout(x: NativeTensor, p: number, seed: number, stream: number): NativeTensor;
   dropoutMask(shape: readonly number[], p: number, seed: number, stream: number): NativeTensor;
   embedding(ids: NativeTensor, weight: NativeTensor): NativeTensor;

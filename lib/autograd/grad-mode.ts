@@ -24,3 +24,18 @@ export function noGrad<T>(fn?: () => T): T | Disposable {
     };
   }, fn);
 }
+
+/**
+ * Runs fn with recording on whatever the mode around it (torch.enable_grad): what a backward that recomputes
+ * a forward (gradient checkpointing) needs, since backward itself runs with recording off.
+ */
+export function enableGrad<T>(fn: () => T): T {
+  if (typeof fn !== "function") throw typeError(`enableGrad: expected a function, got ${fn === null ? "null" : typeof fn}`);
+  const was = enabled;
+  enabled = true;
+  try {
+    return fn();
+  } finally {
+    enabled = was;
+  }
+}

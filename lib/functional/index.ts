@@ -7,3 +7,4 @@ export { add, sub, mul, div, neg, exp, log, sqrt, rsqrt, reciprocal, abs, tanh, 
 export { reshape, view, contiguous, flatten, unsqueeze, squeeze, permute, transpose, expand, narrow, cat, stack, split, indexSelect, gather } from "./shape.js";
 export { sum, mean, variance as var, max, min, argmax, type ReduceOptions } from "./reduce.js";
 export { matmul } from "./matmul.js";
+export { rotaryEmbedding, scaledDotProductAttention, type AttentionOptions } from "./attention.js";

@@ -1,6 +1,7 @@
 // Differentiable layers as functions: linear, embedding, activations, logSoftmax, dropout. Each is one
 // graph node over the same fused kernels the modules use.
 import { Tensor } from "../tensor.js";
+import { native } from "../native.js";
 import { linear as linearKernel, linearGradInput, linearGradWeight } from "../ops.js";
 import {
   activation, activationBackward, dropout as dropoutKernel, embedding as embeddingKernel, embeddingBackward,
@@ -163,11 +164,29 @@ export function layerNorm(x: Tensor, normalizedShape: readonly number[], opts: {
   return y;
 }
 
-/** x / sqrt(mean(x², last dim) + eps) · weight (LLaMA's RMSNorm). */
+/** x / sqrt(mean(x², last dim) + eps) · weight (LLaMA's RMSNorm): one node over the fused kernel, y in x's dtype. */
 export function rmsNorm(x: Tensor, weight: Tensor | null, eps = 1e-6): Tensor {
   tensorArg(x, "rmsNorm", "x");
-  if (weight !== null && weight !== undefined) tensorArg(weight, "rmsNorm", "weight");
+  const w = weight === null || weight === undefined ? null : tensorArg(weight, "rmsNorm", "weight");
   if (typeof eps !== "number") throw typeError("rmsNorm: eps must be a number");
+  if (x.device !== "cpu") return rmsNormComposed(x, w, eps);
+  const [yh, rh] = native.rmsNorm(Tensor.handle(x), w ? Tensor.handle(w) : null, eps);
+  const y = new Tensor(yh), rstd = new Tensor(rh);
+  if (!wantsGrad(x, w)) {
+    rstd.dispose();
+    return y;
+  }
+  record("RmsNormBackward", [x, w], y, ([g], [xs, rs, ws], [needX, needW]) => {
+    if (!g) return [null, null];
+    const [dx, dw] = native.rmsNormBackward(Tensor.handle(xs), ws ? Tensor.handle(ws) : null, Tensor.handle(rs), Tensor.handle(g), needX, needW);
+    return [dx ? new Tensor(dx) : null, dw ? new Tensor(dw) : null];
+  }, w ? [x, rstd, w] : [x, rstd]);
+  rstd.dispose();
+  return y;
+}
+
+/** RMSNorm composed of elementwise ops, for devices without the fused kernel. */
+function rmsNormComposed(x: Tensor, weight: Tensor | null, eps: number): Tensor {
   const ms = chain([(t) => mul(t, t), (t) => mean(t, { dim: -1, keepdim: true }), (t) => add(t, eps), (t) => rsqrt(t)], x);
   const y = mul(x, ms);
   ms.dispose();

@@ -1,6 +1,6 @@
 // PEFT adapter checkpoints: `adapter_config.json` + `adapter_model.safetensors` (+ a short model card) in
 // the directory, non-default adapters in `<dir>/<adapter>/`, as Python PEFT writes and reads them.
-import { mkdir, open, readFile, rename, rmdir, stat, unlink } from "node:fs/promises";
+import { mkdir, open, rename, rmdir, stat, unlink } from "node:fs/promises";
 import { dirname, join, resolve } from "node:path";
 import { arrayArg, clip, describe, optionsArg, peftError, shownValue, typeError } from "../errors.js";
 import { findTargetModules } from "../matching.js";
@@ -20,6 +20,7 @@ import { fileDType } from "./safetensors-format.js";
 import { buildHeader, checkName, tempPath } from "./safetensors-write.js";
 import { loadSafetensors, openSafetensors, saveSafetensors } from "./index.js";
 import { describeTorchCheckpoint, loadTorchCheckpoint } from "./torch-checkpoint.js";
+import { readJsonObject } from "./json-file.js";
 
 export const WEIGHTS_NAME = "adapter_model.safetensors";
 export const TORCH_WEIGHTS_NAME = "adapter_model.bin";
@@ -208,20 +209,8 @@ async function writeAll(plans: AdapterFiles[]): Promise<void> {
 
 export async function readAdapterConfig(dir: string): Promise<PeftConfig> {
   const path = join(dirArg(dir, "readAdapterConfig"), CONFIG_NAME);
-  let text: string;
-  try {
-    text = await readFile(path, "utf8");
-  } catch (e) {
-    throw peftError("ERR_CHECKPOINT", `${path}: cannot read the adapter config (${(e as Error).message})`);
-  }
-  let obj: unknown;
-  try {
-    obj = JSON.parse(text);
-  } catch (e) {
-    throw peftError("ERR_CHECKPOINT", `${path}: not valid JSON (${(e as Error).message})`);
-  }
-  if (obj === null || typeof obj !== "object" || Array.isArray(obj)) throw peftError("ERR_CHECKPOINT", `${path}: expected a JSON object`);
-  checkConfigDepth(obj as Record<string, unknown>, path);
+  const obj = await readJsonObject(path, "adapter config");
+  checkConfigDepth(obj, path);
   try {
     return configFromJSON(obj);
   } catch (e) {

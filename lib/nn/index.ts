@@ -5,3 +5,4 @@ export { Conv2d, type Conv2dOptions } from "./conv.js";
 export { Sequential, ModuleList, ModuleDict, ParameterDict } from "./containers.js";
 export { ReLU, GELU, SiLU, LogSoftmax, Dropout } from "./activations.js";
 export { Linear8bitLt, type Linear8bitLtOptions } from "./linear8bit.js";
+export { RMSNorm } from "./norm.js";

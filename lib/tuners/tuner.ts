@@ -41,7 +41,9 @@ export abstract class BaseTuner<C extends PeftConfigBase = PeftConfigBase> exten
 
   constructor(model: Module, config: C, adapterName: string, opts: { modelType?: string } = {}) {
     super();
-    const modelType = optionsArg(opts, new.target.name).modelType;
+    // PEFT reads model.config.model_type when none is given; our models expose it as `modelType`.
+    const own = (model as { modelType?: unknown } | null)?.modelType;
+    const modelType = optionsArg(opts, new.target.name).modelType ?? (typeof own === "string" ? own : undefined);
     this.model = this.registerModule("model", model);
     this.#active = [adapterNameArg(adapterName, new.target.name)];
     this.injectAdapter(config, adapterName, modelType);

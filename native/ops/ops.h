@@ -20,5 +20,7 @@ void register_elementwise_ops(Napi::Env env, Napi::Object exports);
 void register_reduce_ops(Napi::Env env, Napi::Object exports);
 void register_indexing_ops(Napi::Env env, Napi::Object exports);
 void register_int8_ops(Napi::Env env, Napi::Object exports);
+void register_attention_ops(Napi::Env env, Napi::Object exports);
+void register_rms_norm_ops(Napi::Env env, Napi::Object exports);
 
 }  // namespace peft

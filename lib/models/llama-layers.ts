@@ -1,0 +1,143 @@
+// The Llama-family decoder stack (transformers' LlamaModel and its layers; Mistral and Qwen2 differ only in
+// biases and the sliding window): modules named exactly as transformers names its parameters. Activations
+// keep the layout [batch, seq, heads, headDim] between the projections and attention (a reshape, no
+// transpose).
+import type { Tensor, DType } from "../tensor.js";
+import * as F from "../functional/index.js";
+import { Module } from "../nn/module.js";
+import { Linear } from "../nn/linear.js";
+import { Embedding } from "../nn/embedding.js";
+import { ModuleList } from "../nn/containers.js";
+import { RMSNorm } from "../nn/norm.js";
+import { tidy } from "../autograd/tidy.js";
+import { checkpoint } from "../autograd/checkpoint.js";
+import type { LlamaConfig } from "./llama-config.js";
+
+/** What every decoder layer of one forward shares: the rope tables and the key padding mask. */
+export interface LayerContext {
+  cos: Tensor;
+  sin: Tensor;
+  attentionMask: Tensor | null;
+}
+
+export interface LayerOptions {
+  dtype: DType;
+}
+
+type SwiGLU = (gate: Tensor, up: Tensor) => Tensor;
+// A fused silu(gate)·up node when the functional ops offer one; otherwise its two parts.
+const fusedSwiglu = (F as unknown as { swiglu?: SwiGLU }).swiglu;
+
+export class LlamaAttention extends Module {
+  q_proj: Module;
+  k_proj: Module;
+  v_proj: Module;
+  o_proj: Module;
+
+  constructor(readonly config: LlamaConfig, opts: LayerOptions) {
+    super();
+    const { hiddenSize: E, numAttentionHeads: H, numKeyValueHeads: Hkv, headDim: D } = config;
+    const dtype = opts.dtype;
+    this.q_proj = this.registerModule("q_proj", new Linear(E, H * D, { bias: config.qkvBias, dtype }));
+    this.k_proj = this.registerModule("k_proj", new Linear(E, Hkv * D, { bias: config.qkvBias, dtype }));
+    this.v_proj = this.registerModule("v_proj", new Linear(E, Hkv * D, { bias: config.qkvBias, dtype }));
+    this.o_proj = this.registerModule("o_proj", new Linear(H * D, E, { bias: config.oBias, dtype }));
+  }
+
+  forward(x: Tensor, ctx: LayerContext): Tensor {
+    const [B, T] = x.shape;
+    const { numAttentionHeads: H, numKeyValueHeads: Hkv, headDim: D } = this.config;
+    return tidy(() => {
+      const q = F.rotaryEmbedding(this.q_proj.forward(x).reshape([B, T, H, D]), ctx.cos, ctx.sin);
+      const k = F.rotaryEmbedding(this.k_proj.forward(x).reshape([B, T, Hkv, D]), ctx.cos, ctx.sin);
+      const v = this.v_proj.forward(x).reshape([B, T, Hkv, D]);
+      const a = F.scaledDotProductAttention(q, k, v, { causal: true, attentionMask: ctx.attentionMask });
+      return this.o_proj.forward(a.reshape([B, T, H * D])) as Tensor;
+    });
+  }
+}
+
+export class LlamaMLP extends Module {
+  gate_proj: Module;
+  up_proj: Module;
+  down_proj: Module;
+
+  constructor(config: LlamaConfig, opts: LayerOptions) {
+    super();
+    const { hiddenSize: E, intermediateSize: I, mlpBias: bias } = config;
+    this.gate_proj = this.registerModule("gate_proj", new Linear(E, I, { bias, dtype: opts.dtype }));
+    this.up_proj = this.registerModule("up_proj", new Linear(E, I, { bias, dtype: opts.dtype }));
+    this.down_proj = this.registerModule("down_proj", new Linear(I, E, { bias, dtype: opts.dtype }));
+  }
+
+  /** down_proj(silu(gate_proj(x)) · up_proj(x)) */
+  forward(x: Tensor): Tensor {
+    return tidy(() => {
+      const gate = this.gate_proj.forward(x) as Tensor, up = this.up_proj.forward(x) as Tensor;
+      const h = fusedSwiglu ? fusedSwiglu(gate, up) : F.mul(F.silu(gate), up);
+      return this.down_proj.forward(h) as Tensor;
+    });
+  }
+}
+
+export class LlamaDecoderLayer extends Module {
+  input_layernorm: RMSNorm;
+  self_attn: LlamaAttention;
+  post_attention_layernorm: RMSNorm;
+  mlp: LlamaMLP;
+
+  constructor(config: LlamaConfig, opts: LayerOptions) {
+    super();
+    const norm = () => new RMSNorm(config.hiddenSize, { eps: config.rmsNormEps, dtype: opts.dtype });
+    this.self_attn = this.registerModule("self_attn", new LlamaAttention(config, opts));
+    this.mlp = this.registerModule("mlp", new LlamaMLP(config, opts));
+    this.input_layernorm = this.registerModule("input_layernorm", norm());
+    this.post_attention_layernorm = this.registerModule("post_attention_layernorm", norm());
+  }
+
+  /** Pre-norm residual block: h + attn(norm(h)), then + mlp(norm(·)). */
+  forward(h: Tensor, ctx: LayerContext): Tensor {
+    return tidy(() => {
+      const a = F.add(h, this.self_attn.forward(this.input_layernorm.forward(h), ctx));
+      return F.add(a, this.mlp.forward(this.post_attention_layernorm.forward(a)));
+    });
+  }
+}
+
+export class LlamaModel extends Module {
+  embed_tokens: Embedding;
+  layers: ModuleList;
+  norm: RMSNorm;
+  /** Recompute each decoder layer in backward instead of keeping its activations (training only). */
+  gradientCheckpointing = false;
+
+  constructor(readonly config: LlamaConfig, opts: LayerOptions) {
+    super();
+    this.embed_tokens = this.registerModule("embed_tokens", new Embedding(config.vocabSize, config.hiddenSize, { dtype: opts.dtype }));
+    this.layers = this.registerModule("layers", new ModuleList(Array.from({ length: config.numHiddenLayers }, () => new LlamaDecoderLayer(config, opts))));
+    this.norm = this.registerModule("norm", new RMSNorm(config.hiddenSize, { eps: config.rmsNormEps, dtype: opts.dtype }));
+  }
+
+  /** The final hidden states [B, T, hidden] (after model.norm). */
+  forward(inputIds: Tensor, ctx: LayerContext): Tensor {
+    let h = this.embed_tokens.forward(inputIds);
+    const recompute = this.gradientCheckpointing && this.training;
+    // The rerun in backward gets the context as tensors the checkpoint keeps (the caller frees its own).
+    const context = [ctx.cos, ctx.sin, ...(ctx.attentionMask ? [ctx.attentionMask] : [])];
+    for (const layer of this.layers) {
+      const run = (x: Tensor, cos: Tensor, sin: Tensor, mask?: Tensor) => {
+        const y = layer.forward(x, { cos, sin, attentionMask: mask ?? null }) as Tensor;
+        // Layers also keep their last input for a tape-free Module.backward, which this model does not
+        // have; kept, those inputs would be most of what checkpointing is meant to free.
+        if (recompute) for (const [, m] of layer.namedModules()) m.releaseSaved();
+        return y;
+      };
+      const next = recompute ? checkpoint(run as (x: Tensor, ...c: Tensor[]) => Tensor, h, ...context) : run(h, ctx.cos, ctx.sin, ctx.attentionMask ?? undefined);
+      h.dispose();
+      h = next;
+    }
+    const out = this.norm.forward(h);
+    h.dispose();
+    return out;
+  }
+}

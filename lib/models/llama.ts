@@ -1,0 +1,216 @@
+// transformers' LlamaForCausalLM (also Mistral and Qwen2): the decoder stack and its head, loaded from a
+// transformers-format directory by parameter name, so checkpoints and PEFT adapters for these models apply
+// here (and ours load in Python PEFT). Forward returns logits and the shifted causal LM loss.
+import { Tensor, isDType, type DType, type Device } from "../tensor.js";
+import { describe, optionsArg, peftError, typeError } from "../errors.js";
+import { Module } from "../nn/module.js";
+import { Linear } from "../nn/linear.js";
+import type { Embedding } from "../nn/embedding.js";
+import { tidy } from "../autograd/tidy.js";
+import { causalLMLoss } from "./causal-lm-loss.js";
+import { ropeInvFreq, ropeTables } from "./rope.js";
+import { readLlamaConfig, type LlamaConfig } from "./llama-config.js";
+import { LlamaModel } from "./llama-layers.js";
+import { skipInit } from "../init-mode.js";
+import { loadModelWeightsAsync, type LoadProgress, type QuantizeHook } from "../io/model-loader.js";
+
+export { LlamaAttention, LlamaMLP, LlamaDecoderLayer, LlamaModel, type LayerContext } from "./llama-layers.js";
+
+export interface CausalLMForwardOptions {
+  /** [B, T] key mask as a tokenizer gives it (1 = token, 0 = padding); any numeric dtype. */
+  attentionMask?: Tensor | null;
+  /** [B, T] i32/i64 targets, shifted inside (position t predicts labels[t + 1]); -100 is ignored. */
+  labels?: Tensor | null;
+  /** [B, T] or [1, T] integer positions for the rotary embedding; 0..T-1 by default. */
+  positionIds?: Tensor | null;
+}
+
+export interface CausalLMOutput {
+  /** [B, T, vocab] in the model's dtype (bf16 in bf16 mode, as transformers returns them). */
+  logits: Tensor;
+  /** Mean cross-entropy over the non-ignored shifted targets, f32, or null without labels. */
+  loss: Tensor | null;
+}
+
+export interface PretrainedOptions {
+  /** The parameters' dtype: "f32" (default) or "bf16" (bf16 mode: adapters added later stay f32). */
+  dtype?: DType;
+  /** "int8" for an int8 base (needs Linear8bitLt), or a loader hook replacing modules as they load. */
+  quantize?: "int8" | QuantizeHook;
+  /** "cpu" (the only device the model's ops run on). */
+  device?: Device;
+  signal?: AbortSignal;
+  onProgress?: (p: LoadProgress) => void;
+}
+
+function integerTensor(v: unknown, name: string, op: string): Tensor {
+  if (!(v instanceof Tensor)) throw typeError(`${op}: ${name} must be a Tensor, got ${describe(v)}`);
+  if (v.dtype !== "i32" && v.dtype !== "i64") throw peftError("ERR_DTYPE", `${op}: ${name} must be i32 or i64, got ${v.dtype}`);
+  return v;
+}
+
+function checkShape(t: Tensor, want: readonly number[], name: string, op: string): void {
+  if (t.shape.length !== want.length || t.shape.some((d, i) => d !== want[i]))
+    throw peftError("ERR_SHAPE", `${op}: ${name} has shape [${t.shape.join(", ")}], expected [${want.join(", ")}]`);
+}
+
+/** Rows of an integer tensor as numbers. */
+function rowsOf(t: Tensor): number[][] {
+  const [R, T] = t.shape;
+  const v = t.toFloat64Array();
+  return Array.from({ length: R }, (_, r) => Array.from(v.subarray(r * T, (r + 1) * T)));
+}
+
+export class LlamaForCausalLM extends Module {
+  model: LlamaModel;
+  lm_head: Linear;
+  readonly config: LlamaConfig;
+  readonly #invFreq: Float64Array;
+
+  /**
+   * A model of `config` with freshly initialised weights (PyTorch's layer inits; norms at ones). Load a
+   * checkpoint with LlamaForCausalLM.fromPretrained instead, which builds without initialising.
+   */
+  constructor(config: LlamaConfig, options: { dtype?: DType } = {}) {
+    super();
+    const opts = optionsArg(options, "LlamaForCausalLM");
+    const dtype = opts.dtype ?? "f32";
+    if (dtype !== "f32" && dtype !== "bf16") throw peftError("ERR_UNSUPPORTED", `LlamaForCausalLM: dtype must be "f32" or "bf16", got ${describe(dtype)}`);
+    this.config = config;
+    this.model = this.registerModule("model", new LlamaModel(config, { dtype }));
+    this.lm_head = this.registerModule("lm_head", new Linear(config.hiddenSize, config.vocabSize, { bias: false, dtype }));
+    if (config.tieWordEmbeddings) this.#tie();
+    this.#invFreq = ropeInvFreq(config.headDim, config.ropeTheta, config.ropeScaling);
+  }
+
+  /** lm_head shares model.embed_tokens' weight (one tensor, loaded and saved under the embedding's name). */
+  #tie(): void {
+    const w = this.model.embed_tokens.weight;
+    const old = this.lm_head.weight;
+    const trainable = w.requiresGrad;
+    this.lm_head.registerParameter("weight", w);
+    w.requiresGrad = trainable;
+    this.lm_head.weight = w;
+    if (old !== w) old.dispose();
+  }
+
+  /**
+   * Reads a transformers-format directory: config.json and model.safetensors (or a sharded
+   * model.safetensors.index.json). The model is built without initialising its weights and each tensor is
+   * read straight into its parameter (converted to `dtype`, default f32 as transformers loads).
+   */
+  static async fromPretrained(dir: string, options: PretrainedOptions = {}): Promise<LlamaForCausalLM> {
+    const op = "LlamaForCausalLM.fromPretrained";
+    if (typeof dir !== "string") throw typeError(`${op}: dir must be a string, got ${describe(dir)}`);
+    const opts = optionsArg(options, op);
+    if (opts.dtype !== undefined && !isDType(opts.dtype)) throw typeError(`${op}: dtype must be a dtype name such as "bf16", got ${describe(opts.dtype)}`);
+    if (opts.device !== undefined && opts.device !== "cpu")
+      throw peftError("ERR_NOT_ON_DEVICE", `${op}: device ${describe(opts.device)}: the Llama ops (attention, rotary embedding, RMSNorm) run on the CPU only`);
+    let quantize: QuantizeHook | undefined;
+    if (opts.quantize === "int8")
+      throw peftError("ERR_UNSUPPORTED", `${op}: quantize "int8" needs the int8 base layer (Linear8bitLt), which this build does not have`);
+    else if (typeof opts.quantize === "function") quantize = opts.quantize;
+    else if (opts.quantize !== undefined) throw typeError(`${op}: quantize must be "int8" or a function, got ${describe(opts.quantize)}`);
+    const config = await readLlamaConfig(dir);
+    const model = skipInit(() => new LlamaForCausalLM(config, { dtype: opts.dtype ?? "f32" }));
+    try {
+      const res = await loadModelWeightsAsync(model, dir, { strict: false, signal: opts.signal, onProgress: opts.onProgress, quantize });
+      // Checkpoints may also hold the tied head under its own name, and older ones the rope buffers.
+      const extra = res.unexpectedKeys.filter((k) => !(k === "lm_head.weight" && config.tieWordEmbeddings) && !/\.rotary_emb\.inv_freq$/.test(k));
+      if (res.missingKeys.length || extra.length) {
+        const list = (ks: string[]) => ks.slice(0, 8).join(", ") + (ks.length > 8 ? `, … (${ks.length} in all)` : "");
+        throw peftError(
+          "ERR_CHECKPOINT",
+          `${op}: the checkpoint in ${dir} does not fit its config.json (${config.modelType}, ${config.numHiddenLayers} layers): ` +
+            [res.missingKeys.length ? `missing: ${list(res.missingKeys)}` : "", extra.length ? `unexpected: ${list(extra)}` : ""].filter(Boolean).join("; "),
+        );
+      }
+    } catch (e) {
+      model.dispose();
+      throw e;
+    }
+    return model;
+  }
+
+  /** transformers' model_type ("llama", "mistral", "qwen2"): PEFT's default target modules follow it. */
+  get modelType(): string {
+    return this.config.modelType;
+  }
+
+  get dtype(): DType {
+    return this.model.embed_tokens.weight.dtype;
+  }
+
+  /** transformers' gradient_checkpointing_enable: each decoder layer is recomputed in backward. */
+  gradientCheckpointingEnable(): void {
+    this.model.gradientCheckpointing = true;
+  }
+
+  gradientCheckpointingDisable(): void {
+    this.model.gradientCheckpointing = false;
+  }
+
+  get isGradientCheckpointing(): boolean {
+    return this.model.gradientCheckpointing;
+  }
+
+  override getOutputEmbeddings(): Module {
+    return this.lm_head;
+  }
+
+  getInputEmbeddings(): Embedding {
+    return this.model.embed_tokens;
+  }
+
+  /** Converting a tied model converts the shared weight once and ties it again. */
+  override to(target: Parameters<Module["to"]>[0]): this {
+    if (!this.config.tieWordEmbeddings) return super.to(target);
+    const trainable = this.lm_head.weight.requiresGrad;
+    this.lm_head.registerParameter("weight", null);
+    super.to(target);
+    this.lm_head.weight = this.model.embed_tokens.weight;
+    this.#tie();
+    this.lm_head.weight.requiresGrad = trainable;
+    return this;
+  }
+
+  /**
+   * Logits and (with labels) the shifted cross-entropy: mean over tokens whose next label is not -100,
+   * accumulated and returned in f32 whatever the model's dtype.
+   */
+  forward(inputIds: Tensor, options: CausalLMForwardOptions = {}): CausalLMOutput {
+    const op = "LlamaForCausalLM.forward";
+    const opts = optionsArg(options, op);
+    integerTensor(inputIds, "inputIds", op);
+    if (inputIds.shape.length !== 2) throw peftError("ERR_SHAPE", `${op}: inputIds must be [batch, seq], got [${inputIds.shape.join(", ")}]`);
+    const [B, T] = inputIds.shape;
+    const window = this.config.slidingWindow;
+    if (window !== null && T > window)
+      throw peftError("ERR_UNSUPPORTED", `${op}: ${T} tokens exceed the sliding window of ${window}; sliding-window attention is not implemented`);
+    const mask = opts.attentionMask ?? null;
+    if (mask !== null) {
+      if (!(mask instanceof Tensor)) throw typeError(`${op}: attentionMask must be a Tensor, got ${describe(mask)}`);
+      checkShape(mask, [B, T], "attentionMask", op);
+    }
+    const labels = opts.labels ?? null;
+    if (labels !== null) checkShape(integerTensor(labels, "labels", op), [B, T], "labels", op);
+    let positions: number[][] = [Array.from({ length: T }, (_, t) => t)];
+    if (opts.positionIds !== undefined && opts.positionIds !== null) {
+      const p = integerTensor(opts.positionIds, "positionIds", op);
+      if (p.shape.length !== 2 || (p.shape[0] !== B && p.shape[0] !== 1) || p.shape[1] !== T)
+        throw peftError("ERR_SHAPE", `${op}: positionIds has shape [${p.shape.join(", ")}], expected [${B} or 1, ${T}]`);
+      positions = rowsOf(p);
+    }
+    const { cos, sin } = ropeTables(this.#invFreq, positions);
+    try {
+      return tidy(() => {
+        const hidden = this.model.forward(inputIds, { cos, sin, attentionMask: mask });
+        const logits = this.lm_head.forward(hidden) as Tensor;
+        return { logits, loss: labels ? causalLMLoss(logits, labels) : null };
+      });
+    } finally {
+      cos.dispose();
+      sin.dispose();
+    }
+  }
+}

@@ -1,0 +1,208 @@
+#include "attention.h"
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <vector>
+
+#include "attention_tiles.h"
+#include "parallel.h"
+#include "rows.h"
+
+namespace peft {
+namespace {
+
+constexpr int kBK = kAttnKeys, kBQ = kAttnQueries;
+
+int64_t tiles(int64_t n, int64_t t) { return (n + t - 1) / t; }
+
+// The key tile [j0, j0 + cols) as an additive bias: 0 where the mask keeps the key, -inf where it does not
+// and past cols.
+void key_bias(const AttentionShape& a, int64_t b, int64_t j0, int cols, float* bias) {
+  for (int j = 0; j < kBK; j++)
+    bias[j] = j < cols && (!a.key_ok || a.key_ok[b * a.S + j0 + j]) ? 0.0f : -std::numeric_limits<float>::infinity();
+}
+
+// Per query row i0 + r: keys j0 + j with j < limit[r] are causally visible (all of them when not causal).
+void causal_limits(const AttentionShape& a, int64_t i0, int rows, int64_t j0, int* limit) {
+  for (int r = 0; r < rows; r++) {
+    int64_t lim = a.causal ? a.S - a.T + i0 + r + 1 - j0 : kBK;
+    limit[r] = static_cast<int>(std::clamp<int64_t>(lim, 0, kBK));
+  }
+}
+
+// Rows of one head of a [B][L][H][D] tensor into f32 scratch [n][Dp] (n rows from position p0; the padding
+// columns D..Dp stay as allocated, zero).
+void load_rows(const void* base, DType dt, int64_t b, int64_t p0, int n, int64_t L, int64_t H, int64_t h, int64_t D, int64_t Dp, float* dst) {
+  for (int r = 0; r < n; r++) load_row(base, dt, ((b * L + p0 + r) * H + h) * D, dst + r * Dp, D);
+}
+
+// The head dimension padded to whole vectors.
+int64_t padded(int64_t D) { return (D + kAttnLanes - 1) / kAttnLanes * kAttnLanes; }
+
+// A [B][L][H][D] tensor converted once per call into f32 laid out for the tiles: either head rows
+// [B][H][L + 4][Dp] (zero-padded; 4 spare rows per head because the scores read up to 3 rows past a tile),
+// or, transposed, tiles [B][H][ceil(L / kBK)][Dp][kBK] (zero past the last key).
+struct Packed {
+  std::vector<float> data;
+  int64_t L, H, Dp, nt;
+  const float* rows(int64_t b, int64_t h, int64_t p) const { return data.data() + ((b * H + h) * (L + 4) + p) * Dp; }
+  const float* tile(int64_t b, int64_t h, int64_t t) const { return data.data() + ((b * H + h) * nt + t) * Dp * kBK; }
+};
+
+Packed pack(const void* src, DType dt, int64_t B, int64_t L, int64_t H, int64_t D, bool cols) {
+  Packed p{{}, L, H, padded(D), tiles(L, kBK)};
+  const int64_t Dp = p.Dp;
+  if (!cols) {
+    p.data.assign(static_cast<size_t>(B * H * (L + 4) * Dp), 0.0f);
+    parallel_for(B * L * H, std::max<int64_t>(1, 4096 / std::max<int64_t>(D, 1)), [&](int64_t rb, int64_t re) {
+      for (int64_t r = rb; r < re; r++) {
+        const int64_t b = r / (L * H), l = r / H % L, h = r % H;
+        load_row(src, dt, r * D, p.data.data() + ((b * H + h) * (L + 4) + l) * Dp, D);
+      }
+    });
+    return p;
+  }
+  p.data.assign(static_cast<size_t>(B * H * p.nt * Dp * kBK), 0.0f);
+  parallel_for(B * H * p.nt, 1, [&](int64_t tb, int64_t te) {
+    std::vector<float> row(D);
+    for (int64_t t = tb; t < te; t++) {
+      const int64_t b = t / (H * p.nt), h = t / p.nt % H, j0 = t % p.nt * kBK;
+      float* dst = p.data.data() + t * Dp * kBK;
+      for (int64_t r = 0; r < std::min<int64_t>(kBK, L - j0); r++) {
+        load_row(src, dt, ((b * L + j0 + r) * H + h) * D, row.data(), D);
+        for (int64_t d = 0; d < D; d++) dst[d * kBK + r] = row[d];
+      }
+    }
+  });
+  return p;
+}
+
+}  // namespace
+
+void attention_forward_cpu(const AttentionShape& a, const void* q, const void* k, const void* v, DType dt, void* out, float* lse) {
+  const int64_t D = a.D, Dp = padded(D), group = a.Hq / a.Hkv, nqt = tiles(a.T, kBQ);
+  const int dp = static_cast<int>(Dp);
+  const Packed kt_all = pack(k, dt, a.B, a.S, a.Hkv, D, true), v_all = pack(v, dt, a.B, a.S, a.Hkv, D, false);
+  // A job's rows: the query tile of every query head reading the job's kv head (they share each K/V tile),
+  // plus room for the scores' rounding up to 4 rows.
+  const int64_t R = group * kBQ + 4;
+  const AttentionTiles& kt = attention_tiles();
+  // One job per (batch, kv head, query tile).
+  parallel_for(a.B * a.Hkv * nqt, 1, [&](int64_t jb, int64_t je) {
+    // l keeps one partial sum per vector lane; the lanes are added at the end.
+    std::vector<float> Q(R * Dp), S(R * kBK), acc(R * Dp), m(R), l(R * kAttnLanes), bias(kBK);
+    std::vector<int> limit(R);
+    for (int64_t job = jb; job < je; job++) {
+      const int64_t b = job / (a.Hkv * nqt), hk = job / nqt % a.Hkv, i0 = job % nqt * kBQ;
+      const int tq = static_cast<int>(std::min<int64_t>(kBQ, a.T - i0)), rows = static_cast<int>(group) * tq;
+      for (int64_t g = 0; g < group; g++) load_rows(q, dt, b, i0, tq, a.T, a.Hq, hk * group + g, D, Dp, Q.data() + g * tq * Dp);
+      std::fill(m.begin(), m.end(), -std::numeric_limits<float>::infinity());
+      std::fill(l.begin(), l.end(), 0.0f);
+      std::fill(acc.begin(), acc.end(), 0.0f);
+      // Key tiles past the last query's causal limit hold nothing this tile sees.
+      const int64_t end = a.causal ? std::min(a.S, a.S - a.T + i0 + tq) : a.S;
+      for (int64_t j0 = 0; j0 < end; j0 += kBK) {
+        const int cols = static_cast<int>(std::min<int64_t>(kBK, a.S - j0));
+        key_bias(a, b, j0, cols, bias.data());
+        causal_limits(a, i0, tq, j0, limit.data());
+        for (int64_t g = 1; g < group; g++) std::copy(limit.begin(), limit.begin() + tq, limit.begin() + g * tq);
+        kt.scores(Q.data(), rows, kt_all.tile(b, hk, j0 / kBK), dp, a.scale, S.data());
+        kt.softmax_step(S.data(), rows, bias.data(), limit.data(), m.data(), l.data(), acc.data(), dp);
+        kt.accum(S.data(), kBK, 1, rows, cols, v_all.rows(b, hk, j0), dp, acc.data());
+      }
+      for (int rr = 0; rr < rows; rr++) {
+        const int64_t h = hk * group + rr / tq, i = i0 + rr % tq;
+        float sum = 0.0f;
+        for (int ln = 0; ln < kAttnLanes; ln++) sum += l[rr * kAttnLanes + ln];
+        float* o = acc.data() + rr * Dp;
+        const float inv = sum > 0 ? 1.0f / sum : 0.0f;
+        for (int64_t d = 0; d < D; d++) o[d] *= inv;
+        store_row(o, out, dt, ((b * a.T + i) * a.Hq + h) * D, D);
+        lse[(b * a.Hq + h) * a.T + i] = sum > 0 ? m[rr] + std::log(sum) : std::numeric_limits<float>::infinity();
+      }
+    }
+  });
+}
+
+void attention_backward_cpu(const AttentionShape& a, const void* q, const void* k, const void* v, DType dt, const void* out,
+                            const float* lse, const void* dout, void* dq, void* dk, void* dv) {
+  const int64_t B = a.B, T = a.T, S = a.S, Hq = a.Hq, Hkv = a.Hkv, D = a.D, Dp = padded(D), group = Hq / Hkv;
+  const int dp = static_cast<int>(Dp);
+  const AttentionTiles& kt = attention_tiles();
+  // delta[b][h][t] = Σ_d dO·O: the row term of the softmax backward, dS = P ∘ (dP − delta).
+  std::vector<float> delta(static_cast<size_t>(B * Hq * T));
+  parallel_for(B * T * Hq, std::max<int64_t>(1, 4096 / std::max<int64_t>(D, 1)), [&](int64_t rb, int64_t re) {
+    std::vector<float> o(D), g(D);
+    for (int64_t r = rb; r < re; r++) {
+      load_row(out, dt, r * D, o.data(), D);
+      load_row(dout, dt, r * D, g.data(), D);
+      double s = 0;
+      for (int64_t d = 0; d < D; d++) s += static_cast<double>(o[d]) * g[d];
+      const int64_t b = r / (T * Hq), t = r / Hq % T, h = r % Hq;
+      delta[(b * Hq + h) * T + t] = static_cast<float>(s);
+    }
+  });
+  const Packed k_rows = pack(k, dt, B, S, Hkv, D, false), k_cols = pack(k, dt, B, S, Hkv, D, true), v_cols = pack(v, dt, B, S, Hkv, D, true);
+  const Packed q_rows = pack(q, dt, B, T, Hq, D, false), do_rows = pack(dout, dt, B, T, Hq, D, false);
+  // Jobs own (batch, kv head, a run of key tiles): dk and dv rows are theirs alone; dq goes to the job's own
+  // f32 partial [chunk][B][Hq][T][Dp], summed after. Key tiles are split into chunks only as far as needed to
+  // give every thread work.
+  const int64_t nkt = tiles(S, kBK);
+  const int64_t chunks = std::clamp<int64_t>(tiles(2 * num_threads(), std::max<int64_t>(B * Hkv, 1)), 1, std::max<int64_t>(nkt, 1));
+  const int64_t qsize = B * Hq * T * Dp;
+  std::vector<float> dq_part(static_cast<size_t>(chunks * qsize), 0.0f);
+  parallel_for(B * Hkv * chunks, 1, [&](int64_t jb, int64_t je) {
+    std::vector<float> dK(kBK * Dp), dV(kBK * Dp), bias(kBK), P(kBQ * kBK), dP(kBQ * kBK);
+    int limit[kBQ];
+    for (int64_t job = jb; job < je; job++) {
+      const int64_t b = job / (Hkv * chunks), hk = job / chunks % Hkv, c = job % chunks;
+      float* dqc = dq_part.data() + c * qsize;
+      for (int64_t t = nkt * c / chunks; t < nkt * (c + 1) / chunks; t++) {
+        const int64_t j0 = t * kBK;
+        const int cols = static_cast<int>(std::min<int64_t>(kBK, S - j0));
+        const float *kr = k_rows.rows(b, hk, j0), *ktt = k_cols.tile(b, hk, t), *vtt = v_cols.tile(b, hk, t);
+        key_bias(a, b, j0, cols, bias.data());
+        std::fill(dK.begin(), dK.end(), 0.0f);
+        std::fill(dV.begin(), dV.end(), 0.0f);
+        // Causal: queries before j0 − (S − T) see none of this tile.
+        const int64_t first = a.causal ? std::max<int64_t>(0, j0 - (S - T)) : 0;
+        for (int64_t h = hk * group; h < (hk + 1) * group; h++)
+          for (int64_t i0 = first; i0 < T; i0 += kBQ) {
+            const int rows = static_cast<int>(std::min<int64_t>(kBQ, T - i0));
+            const float *Q = q_rows.rows(b, h, i0), *dO = do_rows.rows(b, h, i0);
+            const float *z = lse + (b * Hq + h) * T + i0, *dl = delta.data() + (b * Hq + h) * T + i0;
+            causal_limits(a, i0, rows, j0, limit);
+            for (int r = 0; r < rows; r++)
+              if (std::isinf(z[r])) limit[r] = 0;  // a query with no key: zero probabilities, zero gradients
+            kt.scores(Q, rows, ktt, dp, a.scale, P.data());
+            kt.probs(P.data(), rows, bias.data(), limit, z);
+            kt.accum(P.data(), 1, kBK, cols, rows, dO, dp, dV.data());    // dV += Pᵀ·dO
+            kt.scores(dO, rows, vtt, dp, 1.0f, dP.data());                 // dP = dO·Vᵀ
+            kt.dscores(P.data(), dP.data(), rows, dl, a.scale);            // dS
+            kt.accum(dP.data(), 1, kBK, cols, rows, Q, dp, dK.data());     // dK += dSᵀ·Q
+            kt.accum(dP.data(), kBK, 1, rows, cols, kr, dp, dqc + ((b * Hq + h) * T + i0) * Dp);  // dQ += dS·K
+          }
+        for (int j = 0; j < cols; j++) {
+          store_row(dK.data() + j * Dp, dk, dt, ((b * S + j0 + j) * Hkv + hk) * D, D);
+          store_row(dV.data() + j * Dp, dv, dt, ((b * S + j0 + j) * Hkv + hk) * D, D);
+        }
+      }
+    }
+  });
+  // dq[b][t][h] = Σ_chunks partial[chunk][b][h][t], rounded once into dt.
+  parallel_for(B * T * Hq, std::max<int64_t>(1, 4096 / std::max<int64_t>(D, 1)), [&](int64_t rb, int64_t re) {
+    std::vector<float> sum(D);
+    for (int64_t r = rb; r < re; r++) {
+      const int64_t b = r / (T * Hq), t = r / Hq % T, h = r % Hq;
+      std::fill(sum.begin(), sum.end(), 0.0f);
+      for (int64_t c = 0; c < chunks; c++) {
+        const float* p = dq_part.data() + c * qsize + ((b * Hq + h) * T + t) * Dp;
+        for (int64_t d = 0; d < D; d++) sum[d] += p[d];
+      }
+      store_row(sum.data(), dq, dt, r * D, D);
+    }
+  });
+}
+
+}  // namespace peft

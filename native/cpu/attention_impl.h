@@ -1,0 +1,184 @@
+// The AttentionTiles loops on GCC vector types as wide as the build's registers (ATTN_VECTOR_BYTES, set by
+// the includer: 16 in the baseline, 32 for AVX2, 64 for AVX-512): register tiles of 4×4 accumulators that
+// each loaded vector feeds several times. Included by attention_tiles.cc (baseline x86-64),
+// attention_avx2.cc and attention_avx512.cc;
+// everything has internal linkage so each ISA's copy stays in its own translation unit (vec_impl.h explains
+// why no external-linkage inline function or template may be called from here).
+#pragma once
+#include "attention_tiles.h"
+#include "vmath.h"
+
+namespace peft {
+namespace {
+
+// Vectors pass between these internal inline functions only, so the baseline and AVX2 builds' note that a
+// 64-byte vector argument changes the ABI does not apply.
+#pragma GCC diagnostic ignored "-Wpsabi"
+typedef float vf __attribute__((vector_size(ATTN_VECTOR_BYTES)));
+constexpr int kBK = kAttnKeys, kL = ATTN_VECTOR_BYTES / 4;  // floats per vector
+static_assert(kAttnLanes % kL == 0 && kBK % (4 * kL) == 0, "the padding and the key tile hold whole vectors");
+constexpr float kNegInf = -__builtin_inff();
+
+// e^x for the softmax's arguments (x <= 0 up to rounding): vexpf without its overflow and subnormal
+// handling. Below -87 the result stays at e^-87 ≈ 1.6e-38 instead of going subnormal: a probability that
+// small next to the row's largest (1) changes no f32 sum. NaN stays NaN.
+inline float exp_softmax(float x) {
+  x = vsel(x < -87.0f, -87.0f, x);
+  float t = x * 1.44269504088896341f + 12582912.0f;  // round x·log2(e) to an integer n
+  float n = t - 12582912.0f;
+  float r = x - n * 0.693359375f;
+  r = r - n * -2.12194440e-4f;
+  float p = 1.9875691500e-4f;
+  p = p * r + 1.3981999507e-3f;
+  p = p * r + 8.3334519073e-3f;
+  p = p * r + 4.1665795894e-2f;
+  p = p * r + 1.6666665459e-1f;
+  p = p * r + 5.0000001201e-1f;
+  p = p * (r * r) + r + 1.0f;
+  int32_t ni = __builtin_bit_cast(int32_t, t) - 0x4b400000;
+  return p * __builtin_bit_cast(float, (ni + 127) << 23);
+}
+
+inline vf ld(const float* p) {
+  vf v;
+  __builtin_memcpy(&v, p, sizeof v);
+  return v;
+}
+inline void st(float* p, vf v) { __builtin_memcpy(p, &v, sizeof v); }
+
+// Four score rows × four vectors of keys at once: 16 accumulators; each Bt row piece (four vectors) feeds
+// four rows.
+void scores_impl(const float* A, int rows, const float* Bt, int Dp, float scale, float* S) {
+  for (int i = 0; i < rows; i += 4)
+    for (int j = 0; j < kBK; j += 4 * kL) {
+      vf c[4][4] = {};
+      const float* a = A + static_cast<int64_t>(i) * Dp;
+      for (int d = 0; d < Dp; d++) {
+        const float* b = Bt + static_cast<int64_t>(d) * kBK + j;
+        vf bv[4];
+#pragma GCC unroll 4
+        for (int k = 0; k < 4; k++) bv[k] = ld(b + k * kL);
+#pragma GCC unroll 4
+        for (int r = 0; r < 4; r++) {
+          const float ar = a[static_cast<int64_t>(r) * Dp + d];
+#pragma GCC unroll 4
+          for (int k = 0; k < 4; k++) c[r][k] += ar * bv[k];
+        }
+      }
+#pragma GCC unroll 4
+      for (int r = 0; r < 4; r++)
+#pragma GCC unroll 4
+        for (int k = 0; k < 4; k++) st(S + static_cast<int64_t>(i + r) * kBK + j + k * kL, c[r][k] * scale);
+    }
+}
+
+typedef int32_t vi __attribute__((vector_size(ATTN_VECTOR_BYTES)));
+
+// The largest lane, by a butterfly of shuffles (log2 of the lanes steps, not a chain through every lane).
+// x > m ? x : m is exactly the x86 vector max.
+inline float hmax(vf m) {
+  for (int step = kL / 2; step > 0; step /= 2) {
+    vi idx;
+    for (int l = 0; l < kL; l++) idx[l] = l ^ step;
+    const vf o = __builtin_shuffle(m, idx);
+    m = o > m ? o : m;
+  }
+  return m[0];
+}
+
+// One online-softmax step. l holds kAttnLanes partial sums per row (this build uses the first kL), so the
+// running sum needs no reduction across lanes per tile.
+void softmax_step_impl(float* S, int rows, const float* bias, const int* limit, float* m, float* l, float* acc, int Dp) {
+  for (int i = 0; i < rows; i++) {
+    float* s = S + static_cast<int64_t>(i) * kBK;
+    const int lim = limit[i];
+    for (int j = 0; j < kBK; j++) s[j] = vsel(j < lim, s[j] + bias[j], kNegInf);
+    vf mv = ld(s);
+    for (int k = kL; k < kBK; k += kL) {
+      const vf x = ld(s + k);
+      mv = x > mv ? x : mv;
+    }
+    const float tile_max = hmax(mv), mx = tile_max > m[i] ? tile_max : m[i];
+    if (mx == kNegInf) {  // nothing kept yet in this row
+      for (int j = 0; j < kBK; j++) s[j] = 0.0f;
+      continue;
+    }
+    for (int j = 0; j < kBK; j++) s[j] = vsel(s[j] != kNegInf, exp_softmax(s[j] - mx), 0.0f);
+    const float alpha = m[i] == kNegInf ? 0.0f : vexpf(m[i] - mx);
+    vf sum = ld(s);
+    for (int k = kL; k < kBK; k += kL) sum += ld(s + k);
+    float* li = l + static_cast<int64_t>(i) * kAttnLanes;
+    st(li, ld(li) * alpha + sum);
+    m[i] = mx;
+    if (alpha != 1.0f) {
+      float* a = acc + static_cast<int64_t>(i) * Dp;
+      for (int d = 0; d < Dp; d += kL) st(a + d, ld(a + d) * alpha);
+    }
+  }
+}
+
+void probs_impl(float* S, int rows, const float* bias, const int* limit, const float* lse) {
+  for (int i = 0; i < rows; i++) {
+    float* s = S + static_cast<int64_t>(i) * kBK;
+    const int lim = limit[i];
+    const float z = lse[i];
+    for (int j = 0; j < kBK; j++) s[j] = vsel((j < lim) & (bias[j] == 0.0f), exp_softmax(s[j] - z), 0.0f);
+  }
+}
+
+void dscores_impl(const float* P, float* dP, int rows, const float* delta, float scale) {
+  for (int i = 0; i < rows; i++) {
+    const float* p = P + static_cast<int64_t>(i) * kBK;
+    float* g = dP + static_cast<int64_t>(i) * kBK;
+    const float di = delta[i];
+    for (int j = 0; j < kBK; j++) g[j] = p[j] * (g[j] - di) * scale;
+  }
+}
+
+// R output rows × W vectors of accumulators held in registers over the whole reduction.
+template <int R, int W>
+inline void accum_block(const float* P, int po, int pt, int n, const float* X, int Dp, float* acc) {
+  vf a[R][W];
+#pragma GCC unroll 4
+  for (int r = 0; r < R; r++)
+#pragma GCC unroll 4
+    for (int w = 0; w < W; w++) a[r][w] = ld(acc + static_cast<int64_t>(r) * Dp + w * kL);
+  for (int t = 0; t < n; t++) {
+    const float* x = X + static_cast<int64_t>(t) * Dp;
+    vf xv[W];
+#pragma GCC unroll 4
+    for (int w = 0; w < W; w++) xv[w] = ld(x + w * kL);
+#pragma GCC unroll 4
+    for (int r = 0; r < R; r++) {
+      const float p = P[static_cast<int64_t>(r) * po + static_cast<int64_t>(t) * pt];
+#pragma GCC unroll 4
+      for (int w = 0; w < W; w++) a[r][w] += p * xv[w];
+    }
+  }
+#pragma GCC unroll 4
+  for (int r = 0; r < R; r++)
+#pragma GCC unroll 4
+    for (int w = 0; w < W; w++) st(acc + static_cast<int64_t>(r) * Dp + w * kL, a[r][w]);
+}
+
+// Vectors per accumulator row: 4 rows × kW vectors fill the register file (16 zmm of 32; 8 ymm of 16).
+constexpr int kW = kL == 16 ? 4 : 2;
+
+template <int R>
+inline void accum_rows(const float* P, int po, int pt, int n, const float* X, int Dp, float* acc) {
+  int d = 0;
+  for (; d + kW * kL <= Dp; d += kW * kL) accum_block<R, kW>(P, po, pt, n, X + d, Dp, acc + d);
+  for (; d + 2 * kL <= Dp; d += 2 * kL) accum_block<R, 2>(P, po, pt, n, X + d, Dp, acc + d);
+  if (d < Dp) accum_block<R, 1>(P, po, pt, n, X + d, Dp, acc + d);
+}
+
+void accum_impl(const float* P, int po, int pt, int outs, int n, const float* X, int Dp, float* acc) {
+  int o = 0;
+  for (; o + 4 <= outs; o += 4) accum_rows<4>(P + static_cast<int64_t>(o) * po, po, pt, n, X, Dp, acc + static_cast<int64_t>(o) * Dp);
+  for (; o < outs; o++) accum_rows<1>(P + static_cast<int64_t>(o) * po, po, pt, n, X, Dp, acc + static_cast<int64_t>(o) * Dp);
+}
+
+const AttentionTiles kAttentionTiles = {scores_impl, softmax_step_impl, probs_impl, dscores_impl, accum_impl};
+
+}  // namespace
+}  // namespace peft

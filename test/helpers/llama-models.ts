@@ -1,0 +1,56 @@
+// Tiny random Llama-family models for tests: built in memory, written in transformers' on-disk format
+// (config.json + model.safetensors, or shards with an index), and read back as float64 weights for the
+// reference in test/llama-reference.ts.
+import { mkdirSync, writeFileSync } from "node:fs";
+import { join } from "node:path";
+import { LlamaForCausalLM, Tensor, llamaConfig, llamaConfigToJSON, manualSeed, saveSafetensorsSync, type DType, type LlamaConfig, type LlamaConfigInit } from "../../lib/index.js";
+import type { RefConfig, RefWeights } from "../llama-reference.js";
+
+/** A random model; norm weights are drawn around 1 (not left at ones) so their use is tested too. */
+export function tinyLlama(init: LlamaConfigInit, seed = 1, dtype: DType = "f32"): LlamaForCausalLM {
+  manualSeed(seed);
+  const model = new LlamaForCausalLM(llamaConfig(init));
+  for (const [name, p] of model.namedParameters()) {
+    if (!name.endsWith("norm.weight")) continue;
+    const r = Tensor.rand(p.shape, { seed: seed + 7, stream: name.length, lo: 0.5, hi: 1.5 });
+    p.copyFrom(r);
+    r.dispose();
+  }
+  return dtype === "f32" ? model : model.to(dtype);
+}
+
+/** Writes `model` as transformers would save it; `shards` > 1 splits the tensors over an index. */
+export function writeLlama(model: LlamaForCausalLM, dir: string, opts: { shards?: number; config?: Record<string, unknown> } = {}): void {
+  mkdirSync(dir, { recursive: true });
+  writeFileSync(join(dir, "config.json"), JSON.stringify({ ...llamaConfigToJSON(model.config), ...opts.config }, null, 2));
+  const sd = model.stateDict();
+  const shards = opts.shards ?? 1;
+  if (shards === 1) {
+    saveSafetensorsSync(join(dir, "model.safetensors"), sd, { format: "pt" });
+    return;
+  }
+  const keys = Object.keys(sd).sort();
+  const weightMap: Record<string, string> = {};
+  for (let s = 0; s < shards; s++) {
+    const file = `model-${String(s + 1).padStart(5, "0")}-of-${String(shards).padStart(5, "0")}.safetensors`;
+    const part = Object.fromEntries(keys.filter((_, i) => i % shards === s).map((k) => [k, sd[k]]));
+    for (const k of Object.keys(part)) weightMap[k] = file;
+    saveSafetensorsSync(join(dir, file), part, { format: "pt" });
+  }
+  writeFileSync(join(dir, "model.safetensors.index.json"), JSON.stringify({ metadata: { total_size: 0 }, weight_map: weightMap }));
+}
+
+export function refConfigOf(c: LlamaConfig): RefConfig {
+  return {
+    vocabSize: c.vocabSize, hiddenSize: c.hiddenSize, intermediateSize: c.intermediateSize, numLayers: c.numHiddenLayers,
+    numHeads: c.numAttentionHeads, numKvHeads: c.numKeyValueHeads, headDim: c.headDim, rmsNormEps: c.rmsNormEps,
+    ropeTheta: c.ropeTheta, ropeScaling: c.ropeScaling, tieWordEmbeddings: c.tieWordEmbeddings,
+  };
+}
+
+/** The model's weights (tied ones once, under the embedding's name) in float64. */
+export function refWeightsOf(model: LlamaForCausalLM): RefWeights {
+  const w: RefWeights = new Map();
+  for (const [name, p] of model.namedParameters()) w.set(name, p.toFloat64Array());
+  return w;
+}
