@@ -130,9 +130,25 @@ describe("llama checkpoint errors", () => {
     await expectPeftAsync(LlamaForCausalLM.fromPretrained(dir), "ERR_CHECKPOINT", /config\.json: cannot read the model config/);
   });
 
-  it("quantize int8 is refused until the int8 layer exists; bf16 loads convert", async () => {
+  it("quantize int8 loads every projection as Linear8bitLt (lm_head and skipModules kept); bf16 loads convert", async () => {
     const dir = fresh();
-    await expectPeftAsync(LlamaForCausalLM.fromPretrained(dir, { quantize: "int8" }), "ERR_UNSUPPORTED", /int8/);
+    const full = await LlamaForCausalLM.fromPretrained(dir);
+    const q = await LlamaForCausalLM.fromPretrained(dir, { quantize: "int8", skipModules: ["mlp.down_proj"] });
+    const kinds = new Map([...q.namedModules()].map(([n, m]) => [n, m.constructor.name]));
+    expect(kinds.get("model.layers.0.self_attn.q_proj")).toBe("Linear8bitLt");
+    expect(kinds.get("model.layers.0.mlp.gate_proj")).toBe("Linear8bitLt");
+    expect(kinds.get("model.layers.0.mlp.down_proj")).toBe("Linear");
+    expect(kinds.get("lm_head")).toBe("Linear");
+    // Row-wise int8 weights and inputs: logits move by a few percent of their spread, not more.
+    const ids = Tensor.fromArray([1, 5, 9, 2, 7], [1, 5], "i64");
+    const a = full.forward(ids).logits.toFloat32Array(), b = q.forward(ids).logits.toFloat32Array();
+    let d = 0, n = 0;
+    for (let i = 0; i < a.length; i++) d += (a[i] - b[i]) ** 2, n += a[i] ** 2;
+    expect(Math.sqrt(d / n)).toBeLessThan(0.1);
+    full.dispose();
+    q.dispose();
+    await expect(LlamaForCausalLM.fromPretrained(dir, { quantize: "int4" as never })).rejects.toThrow(/quantize must be "int8" or a function/);
+    await expectPeftAsync(LlamaForCausalLM.fromPretrained(dir, { threshold: 3 }), "ERR_CONFIG", /threshold and skipModules apply to quantize: "int8" only/);
     const m = await LlamaForCausalLM.fromPretrained(dir, { dtype: "bf16" });
     for (const [, p] of m.namedParameters()) expect(p.dtype).toBe("bf16");
     m.dispose();

@@ -35,8 +35,15 @@ export interface CausalLMOutput {
 export interface PretrainedOptions {
   /** The parameters' dtype: "f32" (default) or "bf16" (bf16 mode: adapters added later stay f32). */
   dtype?: DType;
-  /** "int8" for an int8 base (needs Linear8bitLt), or a loader hook replacing modules as they load. */
+  /**
+   * "int8": every projection becomes a Linear8bitLt as its weight is read (transformers' load_in_8bit;
+   * lm_head and `skipModules` stay in `dtype`), or a loader hook replacing modules as they load.
+   */
   quantize?: "int8" | QuantizeHook;
+  /** Outlier threshold of the int8 layers (quantize: "int8" only; default 6.0 as transformers'). */
+  threshold?: number;
+  /** Modules kept in full precision besides lm_head (quantize: "int8" only; transformers' llm_int8_skip_modules). */
+  skipModules?: string[];
   /** "cpu" (the only device the model's ops run on). */
   device?: Device;
   signal?: AbortSignal;
@@ -106,15 +113,11 @@ export class LlamaForCausalLM extends Module {
     if (opts.dtype !== undefined && !isDType(opts.dtype)) throw typeError(`${op}: dtype must be a dtype name such as "bf16", got ${describe(opts.dtype)}`);
     if (opts.device !== undefined && opts.device !== "cpu")
       throw peftError("ERR_NOT_ON_DEVICE", `${op}: device ${describe(opts.device)}: the Llama ops (attention, rotary embedding, RMSNorm) run on the CPU only`);
-    let quantize: QuantizeHook | undefined;
-    if (opts.quantize === "int8")
-      throw peftError("ERR_UNSUPPORTED", `${op}: quantize "int8" needs the int8 base layer (Linear8bitLt), which this build does not have`);
-    else if (typeof opts.quantize === "function") quantize = opts.quantize;
-    else if (opts.quantize !== undefined) throw typeError(`${op}: quantize must be "int8" or a function, got ${describe(opts.quantize)}`);
     const config = await readLlamaConfig(dir);
     const model = skipInit(() => new LlamaForCausalLM(config, { dtype: opts.dtype ?? "f32" }));
     try {
-      const res = await loadModelWeightsAsync(model, dir, { strict: false, signal: opts.signal, onProgress: opts.onProgress, quantize });
+      const { quantize, threshold, skipModules } = opts;
+      const res = await loadModelWeightsAsync(model, dir, { strict: false, signal: opts.signal, onProgress: opts.onProgress, quantize, threshold, skipModules });
       // Checkpoints may also hold the tied head under its own name, and older ones the rope buffers.
       const extra = res.unexpectedKeys.filter((k) => !(k === "lm_head.weight" && config.tieWordEmbeddings) && !/\.rotary_emb\.inv_freq$/.test(k));
       if (res.missingKeys.length || extra.length) {
