@@ -14,7 +14,9 @@
 #include "int8.h"
 
 #include <algorithm>
+#include <cmath>
 #include <atomic>
+#include <cstring>
 #include <mutex>
 #include <vector>
 
@@ -81,11 +83,13 @@ std::shared_ptr<const Int8Pack> packed(const Int8Weight& w) {
   return build_pack(w);  // the same storage seen through another shape: pack for this call only
 }
 
-const KernelSet& select_kernels() {
+// M: rows of x; AMX tiles take 32 rows a block, so fewer rows (a decode step) go to vpdpbusd, which wastes
+// none and is bound by reading CB anyway. M < 0: the set for large M (what int8_kernel_name reports).
+const KernelSet& select_kernels(int64_t M = -1) {
   const KernelSet* ks = nullptr;
   switch (active_isa()) {
     case Isa::Avx512:
-      if (amx_enabled() && cpu_features().amx_int8) ks = amx_int8_kernels();
+      if (amx_enabled() && cpu_features().amx_int8 && (M < 0 || M >= 32)) ks = amx_int8_kernels();
       if (!ks) ks = vnni_int8_kernels();
       if (!ks) ks = avx2_int8_kernels();
       break;
@@ -95,20 +99,36 @@ const KernelSet& select_kernels() {
   return ks ? *ks : *scalar_int8_kernels();
 }
 
+// The smallest non-negative f32 whose f16 rounding is >= threshold: |x16| >= threshold exactly when
+// |x| >= this bound (rounding is monotonic), so outliers are found on x itself, without converting it.
+float f16_threshold_bound(float threshold) {
+  uint32_t lo = 0, hi = 0x7f800000u;  // +0 .. +inf
+  while (lo < hi) {
+    uint32_t mid = lo + (hi - lo) / 2;
+    if (f16_to_f32(f32_to_f16(bits_f32(mid))) >= threshold) hi = mid;
+    else lo = mid + 1;
+  }
+  return bits_f32(lo);
+}
+
+template <typename T, typename Widen>
+void mark_outliers(const T* x, int64_t r0, int64_t r1, int64_t K, float bound, uint8_t* local, Widen widen) {
+  for (int64_t r = r0; r < r1; r++) {
+    const T* row = x + r * K;
+    for (int64_t k = 0; k < K; k++) local[k] |= static_cast<uint8_t>(std::fabs(widen(row[k])) >= bound);
+  }
+}
+
 // Columns of x holding any |x16| >= threshold (x rounded to f16, as the quantiser sees it).
 std::vector<int64_t> outlier_columns(const void* x, DType dt, int64_t M, int64_t K, float threshold, std::vector<uint8_t>& mask) {
   mask.assign(K, 0);
   std::mutex mu;
-  const size_t esz = dtype_size(dt);
+  const float bound = f16_threshold_bound(threshold);
   parallel_for(M, std::max<int64_t>(1, 16384 / std::max<int64_t>(K, 1)), [&](int64_t r0, int64_t r1) {
     std::vector<uint8_t> local(K, 0);
-    for (int64_t r = r0; r < r1; r++) {
-      const char* row = static_cast<const char*>(x) + r * K * esz;
-      for (int64_t k = 0; k < K; k++) {
-        float v = f16_to_f32(f32_to_f16(load_f32(row, dt, k)));
-        if (v >= threshold || v <= -threshold) local[k] = 1;
-      }
-    }
+    if (dt == DType::F32) mark_outliers(static_cast<const float*>(x), r0, r1, K, bound, local.data(), [](float v) { return v; });
+    else if (dt == DType::BF16) mark_outliers(static_cast<const uint16_t*>(x), r0, r1, K, bound, local.data(), bf16_to_f32);
+    else mark_outliers(static_cast<const uint16_t*>(x), r0, r1, K, bound, local.data(), f16_to_f32);
     std::lock_guard<std::mutex> lk(mu);
     for (int64_t k = 0; k < K; k++) mask[k] |= local[k];
   });
@@ -145,7 +165,23 @@ void add_outliers(const Int8LinearArgs& a, const std::vector<int64_t>& cols) {
   gemm(g);
 }
 
-thread_local gemm_detail::Scratch t_xq, t_scx, t_cols;
+thread_local gemm_detail::Scratch t_xq, t_xi, t_scx, t_cols;
+
+// Each group of mr rows (row stride Kp) rewritten quad-interleaved: quad q of row i at (q * mr + i) * 4.
+uint8_t* interleave_groups(const uint8_t* xq, int64_t groups, int mr, int64_t Kp) {
+  uint8_t* xi = static_cast<uint8_t*>(t_xi.get(static_cast<size_t>(groups * mr * Kp)));
+  parallel_for(groups, 1, [&](int64_t g0, int64_t g1) {
+    for (int64_t g = g0; g < g1; g++) {
+      const uint8_t* src = xq + g * mr * Kp;
+      uint32_t* dst = reinterpret_cast<uint32_t*>(xi + g * mr * Kp);
+      for (int i = 0; i < mr; i++) {
+        const uint8_t* row = src + i * Kp;
+        for (int64_t q = 0; q < Kp / 4; q++) std::memcpy(dst + q * mr + i, row + q * 4, 4);
+      }
+    }
+  });
+  return xi;
+}
 
 }  // namespace
 
@@ -154,7 +190,7 @@ const char* int8_kernel_name() { return select_kernels().name; }
 void int8_linear_cpu(const Int8LinearArgs& a) {
   const int64_t M = a.M, N = a.w.N, K = a.w.K;
   if (M <= 0 || N <= 0) return;
-  const KernelSet& ks = select_kernels();
+  const KernelSet& ks = select_kernels(M);
   std::shared_ptr<const Int8Pack> pk = packed(a.w);
   const int64_t Kp = pk->Kp;
 
@@ -162,8 +198,9 @@ void int8_linear_cpu(const Int8LinearArgs& a) {
   std::vector<int64_t> cols;
   if (a.threshold > 0.0f) cols = outlier_columns(a.x, a.x_dt, M, K, a.threshold, mask);
 
-  // x quantised straight into the kernels' row layout (rows padded to 32 for AMX tiles, zeros past K).
-  const int64_t Mp = round_up(M, 32);
+  // x quantised straight into the kernels' row layout (rows padded past the last group and to 32 for AMX
+  // tiles, zeros past K).
+  const int64_t Mp = round_up(M, 32) + 32;
   uint8_t* xq = static_cast<uint8_t*>(t_xq.get(static_cast<size_t>(Mp * Kp)));
   float* scx = static_cast<float*>(t_scx.get(sizeof(float) * M));
   const int offset = ks.a_offset ? 128 : 0;
@@ -183,6 +220,8 @@ void int8_linear_cpu(const Int8LinearArgs& a) {
       std::fill(row + K, row + Kp, uint8_t(offset));  // times zero weights: any value works; kept exact
     }
   });
+
+  if (ks.a_quads) xq = interleave_groups(xq, ceil_div(M, ks.mr), ks.mr, Kp);
 
   // Columns padded to whole kernel blocks: SCB, bias (f32).
   const int64_t Np = pk->panels * kPanel;

@@ -36,7 +36,7 @@ void amx_kernel(const Tile& t) {
   _tile_stored(3, t.acc + 16 * kNr + 16, kNr * 4);
 }
 
-constexpr KernelSet kAmx{"amx-int8", kMr, kNr, false, &amx_begin, &amx_end, &run_block<kMr, kNr, amx_kernel>};
+constexpr KernelSet kAmx{"amx-int8", kMr, kNr, false, false, &amx_begin, &amx_end, &run_block<kMr, kNr, amx_kernel>};
 
 }  // namespace
 

@@ -46,7 +46,7 @@ void avx2_kernel(const Tile& t) {
   }
 }
 
-constexpr KernelSet kAvx2{"avx2", kMr, kNr, false, nullptr, nullptr, &run_block<kMr, kNr, avx2_kernel>};
+constexpr KernelSet kAvx2{"avx2", kMr, kNr, false, false, nullptr, nullptr, &run_block<kMr, kNr, avx2_kernel>};
 
 }  // namespace
 

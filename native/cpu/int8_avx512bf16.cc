@@ -1,5 +1,5 @@
 // AVX-512 VNNI int8 kernel: 12 rows x 32 columns (24 zmm accumulators). vpdpbusd multiplies u8 by s8, so
-// x is packed as x_q + 128 (u8) and broadcast 4 bytes per row; CB stays signed in the panel layout. The
+// x is packed as x_q + 128 (u8), its 12 rows quad-interleaved (one stream), and broadcast 4 bytes per row; CB stays signed in the panel layout. The
 // sums carry 128·Σ_k CB[n][k] extra, which the epilogue subtracts (wrapping int32 arithmetic: the result
 // is exact whenever the true sum fits in int32).
 #include <immintrin.h>
@@ -21,14 +21,14 @@ void kernel_rows(const Tile& t) {
   const int8_t* b0p = t.b;
   const int8_t* b1p = t.b + t.Kp * kPanel;
   const uint8_t* a = t.a;
-  const int64_t lda = t.lda, quads = t.Kp / 4;
+  const int64_t quads = t.Kp / 4;
   for (int64_t q = 0; q < quads; q++) {
     __m512i b0 = _mm512_load_si512(b0p + q * 64);
     __m512i b1 = _mm512_load_si512(b1p + q * 64);
 #pragma GCC unroll 12
     for (int i = 0; i < M; i++) {
       int32_t av;
-      __builtin_memcpy(&av, a + i * lda + q * 4, 4);
+      __builtin_memcpy(&av, a + (q * kMr + i) * 4, 4);
       __m512i ab = _mm512_set1_epi32(av);
       acc[i][0] = _mm512_dpbusd_epi32(acc[i][0], ab, b0);
       acc[i][1] = _mm512_dpbusd_epi32(acc[i][1], ab, b1);
@@ -58,7 +58,7 @@ void vnni_kernel(const Tile& t) {
   }
 }
 
-constexpr KernelSet kVnni{"avx512-vnni", kMr, kNr, true, nullptr, nullptr, &run_block<kMr, kNr, vnni_kernel>};
+constexpr KernelSet kVnni{"avx512-vnni", kMr, kNr, true, true, nullptr, nullptr, &run_block<kMr, kNr, vnni_kernel>};
 
 }  // namespace
 

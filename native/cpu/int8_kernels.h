@@ -6,7 +6,8 @@
 // reads the same pack. Kp is K rounded up to 64 (one AMX tile depth); the panel count is even so a
 // 32-column kernel may always read a pair.
 // Packed x: row-major int8 (or, for vpdpbusd, the same values + 128 as u8), row stride Kp, zero past K,
-// rows padded with zeros to a multiple of 32.
+// rows padded with zeros past the last whole group. Sets with `a_quads` then take each group of mr rows
+// quad-interleaved (quad q of row i at (q * mr + i) * 4), so a kernel reads its A operand as one stream.
 #pragma once
 #include <cstdint>
 
@@ -19,8 +20,8 @@ constexpr int kPanel = 16;  // columns per packed panel
 constexpr int kKAlign = 64;
 
 struct Tile {
-  const uint8_t* a = nullptr;  // first row of the group
-  int64_t lda = 0;             // = Kp
+  const uint8_t* a = nullptr;  // first row of the group (its interleaved block with a_quads)
+  int64_t lda = 0;             // = Kp (row stride of the row-major layout)
   const int8_t* b = nullptr;   // first panel (the next one follows at Kp * 16 bytes)
   int64_t Kp = 0;
   int m = 0;                   // valid rows (1..mr)
@@ -49,6 +50,7 @@ struct KernelSet {
   const char* name;
   int mr, nr;         // nr is 16 or 32 (one or two panels)
   bool a_offset;      // x is stored + 128 as u8 (vpdpbusd); the epilogue subtracts 128·colsum(CB)
+  bool a_quads;       // the kernel reads x's groups quad-interleaved
   void (*thread_begin)();
   void (*thread_end)();
   BlockFn block;

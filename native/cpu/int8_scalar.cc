@@ -20,7 +20,7 @@ void scalar_kernel(const Tile& t) {
     }
 }
 
-constexpr KernelSet kScalar{"scalar", kMr, kNr, false, nullptr, nullptr, &run_block<kMr, kNr, scalar_kernel>};
+constexpr KernelSet kScalar{"scalar", kMr, kNr, false, false, nullptr, nullptr, &run_block<kMr, kNr, scalar_kernel>};
 
 }  // namespace
 
