@@ -88,13 +88,15 @@ std::shared_ptr<const Int8Pack> packed(const Int8Weight& w) {
 const KernelSet& select_kernels(int64_t M = -1) {
   const KernelSet* ks = nullptr;
   switch (active_isa()) {
+#if PEFT_X86
     case Isa::Avx512:
       if (amx_enabled() && cpu_features().amx_int8 && (M < 0 || M >= 32)) ks = amx_int8_kernels();
       if (!ks) ks = vnni_int8_kernels();
       if (!ks) ks = avx2_int8_kernels();
       break;
     case Isa::Avx2: ks = avx2_int8_kernels(); break;
-    case Isa::Scalar: break;
+#endif
+    default: break;
   }
   return ks ? *ks : *scalar_int8_kernels();
 }
@@ -204,7 +206,7 @@ void int8_linear_cpu(const Int8LinearArgs& a) {
   uint8_t* xq = static_cast<uint8_t*>(t_xq.get(static_cast<size_t>(Mp * Kp)));
   float* scx = static_cast<float*>(t_scx.get(sizeof(float) * M));
   const int offset = ks.a_offset ? 128 : 0;
-  QuantRowFn quant = active_isa() == Isa::Avx512 ? quant_row_avx512 : quant_row_scalar;
+  QuantRowFn quant = quant_row_kernel();
   const size_t esz = dtype_size(a.x_dt);
   // bitsandbytes zeroes outlier columns only when there is more than one row; with one row every element
   // of such a column is itself an outlier, so the mask changes nothing there.

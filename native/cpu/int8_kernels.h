@@ -69,6 +69,8 @@ using QuantRowFn = float (*)(const void* src, DType dt, int64_t n, float thresho
                              uint8_t* dst);
 float quant_row_scalar(const void* src, DType dt, int64_t n, float threshold, const uint8_t* mask, int offset, uint8_t* dst);
 float quant_row_avx512(const void* src, DType dt, int64_t n, float threshold, const uint8_t* mask, int offset, uint8_t* dst);
+// The row quantiser of the active ISA path.
+QuantRowFn quant_row_kernel();
 
 }  // namespace int8_detail
 }  // namespace peft

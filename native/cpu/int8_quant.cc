@@ -39,11 +39,18 @@ float quant_row_scalar(const void* src, DType dt, int64_t n, float threshold, co
   return amax;
 }
 
+QuantRowFn quant_row_kernel() {
+#if PEFT_X86
+  if (active_isa() == Isa::Avx512) return quant_row_avx512;
+#endif
+  return quant_row_scalar;
+}
+
 }  // namespace int8_detail
 
 int64_t int8_quantize_rows(const void* w, DType dt, int64_t rows, int64_t cols, int8_t* cb, float* scb) {
   using namespace int8_detail;
-  QuantRowFn fn = active_isa() == Isa::Avx512 ? quant_row_avx512 : quant_row_scalar;
+  QuantRowFn fn = quant_row_kernel();
   const size_t esz = dtype_size(dt);
   std::atomic<int64_t> bad{-1};
   parallel_for(rows, std::max<int64_t>(1, 65536 / std::max<int64_t>(cols, 1)), [&](int64_t r0, int64_t r1) {
