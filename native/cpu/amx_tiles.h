@@ -21,4 +21,16 @@ inline void amx_load_tile_config() {
   _tile_loadconfig(&cfg);
 }
 
+// A kernel set's per-thread hooks: configure the tiles before the first block, release them after the last.
+inline void amx_thread_begin() { amx_load_tile_config(); }
+inline void amx_thread_end() { _tile_release(); }
+
+// The four accumulator tiles (0-3) set to zero at the start of a 32x32 block.
+inline void amx_zero_accumulators() {
+  _tile_zero(0);
+  _tile_zero(1);
+  _tile_zero(2);
+  _tile_zero(3);
+}
+
 }  // namespace peft

@@ -132,19 +132,8 @@ void gemm(const GemmArgs& g) {
     pl.col_scale = s;
   }
 
-  parallel_run(pl.threads, [&](int tid, int) {
-    int im = tid / pl.tn, in = tid % pl.tn;
-    int64_t g0 = pl.groups * im / pl.tm, g1 = pl.groups * (im + 1) / pl.tm;
-    int64_t p0 = pl.panels * in / pl.tn, p1 = pl.panels * (in + 1) / pl.tn;
-    if (ks.thread_begin) ks.thread_begin();
-    struct End {
-      const KernelSet& ks;
-      ~End() {
-        if (ks.thread_end) ks.thread_end();
-      }
-    } end{ks};
-    run_part(pl, g, *pb, g0, g1, p0, p1);
-  });
+  parallel_grid(pl.tm, pl.tn, pl.groups, pl.panels, ks.thread_begin, ks.thread_end,
+                [&](int64_t g0, int64_t g1, int64_t p0, int64_t p1) { run_part(pl, g, *pb, g0, g1, p0, p1); });
 }
 
 }  // namespace peft

@@ -12,14 +12,8 @@ namespace {
 
 constexpr int kMr = 32;
 
-void amx_begin() { amx_load_tile_config(); }
-void amx_end() { _tile_release(); }
-
 void amx_kernel(const Tile& t) {
-  _tile_zero(0);
-  _tile_zero(1);
-  _tile_zero(2);
-  _tile_zero(3);
+  amx_zero_accumulators();
   const uint16_t* a = static_cast<const uint16_t*>(t.a);
   const uint16_t* b = static_cast<const uint16_t*>(t.b);
   // k-step k of the A group is at k * 32 elements (chunk k/32 of 32 rows x 32); of the B panel, also
@@ -57,7 +51,7 @@ void amx_kernel(const Tile& t) {
 }
 
 constexpr KernelSet kAmx = [] {
-  KernelSet s{"amx-bf16", kMr, kZmmNr, BLayout::BF16Pairs, ALayout::BF16Rows32, true, kZmmNr * 2, 32, {}, &amx_begin, &amx_end, nullptr, nullptr, false};
+  KernelSet s{"amx-bf16", kMr, kZmmNr, BLayout::BF16Pairs, ALayout::BF16Rows32, true, kZmmNr * 2, 32, {}, &amx_thread_begin, &amx_thread_end, nullptr, nullptr, false};
   for (int i = 0; i < kMr; i++) s.kernel[i][0] = s.kernel[i][1] = &amx_kernel;
   return with_pack_b(s);
 }();

@@ -247,17 +247,7 @@ void int8_linear_cpu(const Int8LinearArgs& a) {
   tm = static_cast<int>(std::min<int64_t>(tm, groups));
   // Columns per L2-resident chunk of CB (half of L2 for the panels, the x rows stream past them).
   const int64_t chunk = std::max<int64_t>(1, cpu_features().l2_bytes / 2 / (Kp * ks.nr));
-  parallel_run(tm * tn, [&](int tid, int) {
-    int im = tid / tn, in = tid % tn;
-    int64_t g0 = groups * im / tm, g1 = groups * (im + 1) / tm;
-    int64_t b0 = blocks * in / tn, b1 = blocks * (in + 1) / tn;
-    if (ks.thread_begin) ks.thread_begin();
-    struct End {
-      const KernelSet& ks;
-      ~End() {
-        if (ks.thread_end) ks.thread_end();
-      }
-    } end{ks};
+  parallel_grid(tm, tn, groups, blocks, ks.thread_begin, ks.thread_end, [&](int64_t g0, int64_t g1, int64_t b0, int64_t b1) {
     for (int64_t c0 = b0; c0 < b1; c0 += chunk) {
       int64_t c1 = std::min(b1, c0 + chunk);
       for (int64_t gi = g0; gi < g1; gi++) {

@@ -11,14 +11,8 @@ namespace {
 
 constexpr int kMr = 32, kNr = 32;
 
-void amx_begin() { amx_load_tile_config(); }
-void amx_end() { _tile_release(); }
-
 void amx_kernel(const Tile& t) {
-  _tile_zero(0);
-  _tile_zero(1);
-  _tile_zero(2);
-  _tile_zero(3);
+  amx_zero_accumulators();
   const int8_t* b1 = t.b + t.Kp * kPanel;
   for (int64_t k = 0; k < t.Kp; k += 64) {
     _tile_loadd(4, t.a + k, t.lda);
@@ -36,7 +30,7 @@ void amx_kernel(const Tile& t) {
   _tile_stored(3, t.acc + 16 * kNr + 16, kNr * 4);
 }
 
-constexpr KernelSet kAmx{"amx-int8", kMr, kNr, false, false, &amx_begin, &amx_end, &run_block<kMr, kNr, amx_kernel>};
+constexpr KernelSet kAmx{"amx-int8", kMr, kNr, false, false, &amx_thread_begin, &amx_thread_end, &run_block<kMr, kNr, amx_kernel>};
 
 }  // namespace
 

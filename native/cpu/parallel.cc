@@ -186,4 +186,19 @@ void parallel_for(int64_t n, int64_t grain, const std::function<void(int64_t, in
   });
 }
 
+void parallel_grid(int tm, int tn, int64_t rows, int64_t cols, void (*begin)(), void (*end)(),
+                   const std::function<void(int64_t, int64_t, int64_t, int64_t)>& fn) {
+  parallel_run(tm * tn, [&](int tid, int) {
+    const int im = tid / tn, in = tid % tn;
+    if (begin) begin();
+    struct End {
+      void (*end)();
+      ~End() {
+        if (end) end();
+      }
+    } done{end};
+    fn(rows * im / tm, rows * (im + 1) / tm, cols * in / tn, cols * (in + 1) / tn);
+  });
+}
+
 }  // namespace peft

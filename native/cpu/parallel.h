@@ -15,6 +15,12 @@ void parallel_for(int64_t n, int64_t grain, const std::function<void(int64_t, in
 // partition work themselves (GEMM splits by M or N).
 void parallel_run(int nthreads, const std::function<void(int, int)>& fn);
 
+// Runs fn(r0, r1, c0, c1) on a tm x tn grid of threads, each taking an even share of [0, rows) x [0, cols),
+// with begin()/end() (either may be null) around each thread's share: a kernel set's per-thread setup,
+// e.g. AMX tile configuration, released even when fn throws.
+void parallel_grid(int tm, int tn, int64_t rows, int64_t cols, void (*begin)(), void (*end)(),
+                   const std::function<void(int64_t, int64_t, int64_t, int64_t)>& fn);
+
 int num_threads();
 // Zero-fills a block on the pool (installed as core's host zero fill at load).
 void parallel_zero_fill(void* p, size_t bytes);
