@@ -52,6 +52,7 @@ static Napi::Object Init(Napi::Env env, Napi::Object exports) {
   register_reduce_ops(env, exports);
   register_indexing_ops(env, exports);
   register_attention_ops(env, exports);
+  register_share_ops(env, exports);
   register_rms_norm_ops(env, exports);
   // NODE_PEFT_ISA / NODE_PEFT_AMX: a bad value fails the load with a RangeError rather than running the
   // wrong kernels (or faulting on missing instructions).

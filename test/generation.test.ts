@@ -6,7 +6,7 @@ import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, describe, expect, it } from "vitest";
-import { KVCache, LlamaForCausalLM, LoraConfig, Tensor, generate, getPeftModel, noGrad, streamTokens } from "../lib/index.js";
+import { KVCache, LlamaForCausalLM, LoraConfig, Tensor, backend, generate, getPeftModel, manualSeed, noGrad, streamTokens } from "../lib/index.js";
 import { applyRepetitionPenalty, resolveSampling, warpedProbs } from "../lib/generation/sampling.js";
 import { tinyLlama, writeLlama } from "./helpers/llama-models.js";
 import { LLAMA_TINY_MODEL, greedy, llamaTiny } from "./helpers/llama-fixture.js";
@@ -92,7 +92,8 @@ describe("KV cache", () => {
       const want = fullLogits(peft, ids);
       expectClose(cachedLogits(peft, lm, ids, 4), want, tolF32(want), mode);
       const cached = await generate(peft, PROMPT, { maxNewTokens: 12, eosTokenId: null });
-      const full = await generate(peft, PROMPT, { maxNewTokens: 12, eosTokenId: null, useCache: false });
+      // the default decodes on a worker thread over the shared weights; this one on the test's thread
+      const full = await generate(peft, PROMPT, { maxNewTokens: 12, eosTokenId: null, useCache: false, offThread: false });
       expect(cached.tokens).toEqual(full.tokens);
       expect(cached.tokens).toEqual(greedy(peft, PROMPT, 12));
       scope?.[Symbol.dispose]();
@@ -160,6 +161,12 @@ describe("generate", () => {
     expect((await generate(model, PROMPT, { ...opts, seed: 5 })).tokens).toEqual(a.tokens);
     const others = await Promise.all([6, 7, 8].map((seed) => generate(model, PROMPT, { ...opts, seed })));
     expect(others.some((o) => o.tokens.join() !== a.tokens.join())).toBe(true);
+    // the worker samples what this thread would: seeded, and from the global generator's next stream
+    expect((await generate(model, PROMPT, { ...opts, seed: 5, offThread: false })).tokens).toEqual(a.tokens);
+    manualSeed(3);
+    const unseeded = await generate(model, PROMPT, { ...opts, topP: 0.9, topK: 20, repetitionPenalty: 1.2 });
+    manualSeed(3);
+    expect((await generate(model, PROMPT, { ...opts, topP: 0.9, topK: 20, repetitionPenalty: 1.2, offThread: false })).tokens).toEqual(unseeded.tokens);
     const greedyIds = (await generate(model, PROMPT, { maxNewTokens: 16, eosTokenId: null })).tokens;
     expect((await generate(model, PROMPT, { ...opts, seed: 5, topK: 1 })).tokens).toEqual(greedyIds);
     model.dispose();
@@ -171,9 +178,21 @@ describe("generate", () => {
     const timer = setInterval(() => ticks++, 0);
     const seen: number[] = [];
     const ticksAt: number[] = [];
-    for await (const t of streamTokens(model, PROMPT, { maxNewTokens: 24, eosTokenId: null })) seen.push(t), ticksAt.push(ticks);
+    // decoding here first packs the weights for the GEMMs (a form cached with each weight's storage, so the
+    // worker finds it too)
+    const here = (await generate(model, PROMPT, { maxNewTokens: 24, eosTokenId: null, offThread: false })).tokens;
+    const bytes0 = backend.memory().bytes;
+    let grew = 0;
+    for await (const t of streamTokens(model, PROMPT, { maxNewTokens: 24, eosTokenId: null })) {
+      seen.push(t), ticksAt.push(ticks);
+      grew = Math.max(grew, backend.memory().bytes - bytes0);
+    }
     clearInterval(timer);
-    expect(seen).toEqual((await generate(model, PROMPT, { maxNewTokens: 24, eosTokenId: null })).tokens);
+    expect(seen).toEqual(here);
+    // the worker wraps the weights' storage (the byte count is process-wide): it copies none of them and
+    // packs none again; what grows is its KV cache and activations
+    const weightBytes = [...model.parameters()].reduce((n, p) => n + 4 * p.numel, 0);
+    expect(grew).toBeLessThan(0.25 * weightBytes);
     // the interval ran during generation, not only before or after it
     expect(ticksAt[ticksAt.length - 1] - ticksAt[0]).toBeGreaterThan(5);
     const ac = new AbortController();
@@ -188,6 +207,15 @@ describe("generate", () => {
     model.dispose();
   });
 
+  it("a tied head decodes on the worker as on this thread; the model stays usable after", async () => {
+    const model = tinyLlama({ ...small, tieWordEmbeddings: true }, 19).eval();
+    const here = await generate(model, PROMPT, { maxNewTokens: 10, eosTokenId: null, offThread: false });
+    expect(await generate(model, PROMPT, { maxNewTokens: 10, eosTokenId: null })).toEqual(here);
+    expect(await generate(model, PROMPT, { maxNewTokens: 10, eosTokenId: null })).toEqual(here);
+    expect(fullLogits(model, PROMPT).length).toBe(PROMPT.length * V);
+    model.dispose();
+  });
+
   it("rejects bad prompts and options with errors naming them", async () => {
     const model = tinyLlama(small, 18).eval();
     await expect(generate(model, [], {})).rejects.toThrow(/the prompt is empty/);
@@ -197,6 +225,7 @@ describe("generate", () => {
     await expect(generate(model, [1], { topP: 1.5 })).rejects.toThrow(/topP must be in \(0, 1\]/);
     await expect(generate(model, [1], { topK: -1 })).rejects.toThrow(/topK must be a non-negative integer/);
     await expect(generate(model, [1], { maxNewTokens: 1.5 })).rejects.toThrow(/maxNewTokens must be a non-negative integer/);
+    await expect(generate(model, [1], { offThread: 1 as unknown as boolean })).rejects.toThrow(/offThread must be a boolean/);
     await expect(generate(model, [1], { stopTokenIds: ["a" as unknown as number] })).rejects.toThrow(/stopTokenIds must be/);
     await expect(generate({} as LlamaForCausalLM, [1], {})).rejects.toThrow(/model must be a LlamaForCausalLM or a PeftModel/);
     const two = Tensor.fromArray([1, 2], [2, 1], "i64");

@@ -1,9 +1,10 @@
 // Autoregressive decoding of a causal LM (LlamaForCausalLM, or a PeftModel around one: adapters active,
 // merged or disabled apply as in its forward). One prefill forward over the prompt fills a KV cache, then
 // one forward per new token; each token is picked from the last position's logits (greedy, or sampled
-// with transformers' processors) and the loop yields to the event loop between tokens, so timers and I/O
-// keep running while a long generation streams.
+// with transformers' processors). By default the whole loop runs on a worker thread that wraps the same
+// native weight storage (see shared-model.ts), so the calling thread's event loop only relays tokens.
 import { setImmediate as nextTurn } from "node:timers/promises";
+import { Worker } from "node:worker_threads";
 import { Tensor } from "../tensor.js";
 import { describe, optionsArg, peftError, typeError } from "../errors.js";
 import { noGrad } from "../autograd/grad-mode.js";
@@ -13,6 +14,8 @@ import { abortError } from "../io/model-loader.js";
 import { LlamaForCausalLM } from "../models/llama.js";
 import type { KVCache } from "../models/kv-cache.js";
 import { nextToken, resolveSampling, type SamplingOptions } from "./sampling.js";
+import { releaseShared, shareModel } from "./shared-model.js";
+import type { WorkerReply, WorkerStart } from "./worker.js";
 
 export interface GenerateOptions extends SamplingOptions {
   /** The most tokens to add (default: generation_config.json's max_new_tokens, else 20 as transformers). */
@@ -27,6 +30,12 @@ export interface GenerateOptions extends SamplingOptions {
   useCache?: boolean;
   /** Stops between tokens; the promise / iterator rejects with an AbortError. */
   signal?: AbortSignal;
+  /**
+   * Decode on a worker thread over the same weights (default true): the model must not be changed (trained,
+   * merged, adapters added) until the generation ends. false decodes on this thread, yielding to the event
+   * loop between tokens only.
+   */
+  offThread?: boolean;
 }
 
 export interface GenerateResult {
@@ -97,9 +106,15 @@ export async function* streamTokens(model: CausalLMLike, prompt: number[] | Tens
   if (opts.useCache !== undefined && typeof opts.useCache !== "boolean") throw typeError(`${op}: useCache must be a boolean, got ${describe(opts.useCache)}`);
   const signal = opts.signal;
   if (signal !== undefined && !(signal instanceof AbortSignal)) throw typeError(`${op}: signal must be an AbortSignal, got ${describe(signal)}`);
-  // One Philox stream for the whole generation: step s uses its s-th uniform.
-  const rng = takeRng(opts.seed, op);
-  const uniforms = sampling.doSample && maxNew > 0 ? noGrad(() => {
+  // One Philox stream for the whole generation (step s uses its s-th uniform), taken on the calling thread
+  // so a worker samples exactly what this thread would have.
+  const rng = (opts as InternalOptions).rng ?? takeRng(opts.seed, op);
+  if (opts.offThread !== undefined && typeof opts.offThread !== "boolean") throw typeError(`${op}: offThread must be a boolean, got ${describe(opts.offThread)}`);
+  if (opts.offThread !== false && maxNew > 0) {
+    const { signal: _s, ...rest } = opts;
+    return yield* workerTokens(model, lm, seq, { ...rest, rng }, signal);
+  }
+  const uniforms = sampling.doSample ? noGrad(() => {
     const u = Tensor.rand([maxNew], rng);
     try { return u.toFloat64Array(); } finally { u.dispose(); }
   }) : null;
@@ -132,6 +147,63 @@ export async function* streamTokens(model: CausalLMLike, prompt: number[] | Tens
     return { tokens: seq.slice(T0), finishReason };
   } finally {
     cache?.dispose();
+  }
+}
+
+/** Options a worker gets beside the user's: the Philox (seed, stream) the calling thread took. */
+interface InternalOptions extends GenerateOptions {
+  rng?: { seed: number; stream: number };
+}
+
+/** The compiled worker body (dist/ when these are the TypeScript sources, as under the test runner). */
+function workerScript(): URL {
+  const here = import.meta.url;
+  return here.endsWith(".ts") ? new URL("../../dist/generation/worker.js", here) : new URL("./worker.js", here);
+}
+
+/** The tokens a worker thread decodes over this model's shared weights, relayed as they come. */
+async function* workerTokens(model: CausalLMLike, lm: LlamaForCausalLM, prompt: number[], options: WorkerStart["options"], signal: AbortSignal | undefined): AsyncGenerator<number, GenerateResult, undefined> {
+  const op = "generate";
+  const desc = shareModel(model as never, lm);
+  const queue: WorkerReply[] = [];
+  let wake: (() => void) | null = null;
+  const push = (m: WorkerReply) => {
+    queue.push(m);
+    wake?.();
+  };
+  let worker: Worker;
+  try {
+    worker = new Worker(workerScript());
+  } catch (e) {
+    releaseShared(desc);
+    throw e;
+  }
+  worker.on("message", push);
+  worker.on("error", (e: Error) => push({ type: "error", error: { name: e.name, message: e.message } }));
+  worker.on("exit", () => push({ type: "error", error: { name: "Error", message: "the generation worker exited" } }));
+  const onAbort = () => worker.postMessage({ type: "abort" });
+  signal?.addEventListener("abort", onAbort, { once: true });
+  try {
+    worker.postMessage({ type: "start", desc, prompt, options } satisfies WorkerStart);
+    for (;;) {
+      while (queue.length === 0) await new Promise<void>((r) => (wake = r));
+      const m = queue.shift()!;
+      // Tokens the worker decoded before it saw the abort are dropped.
+      if (signal?.aborted) throw abortError(signal, op);
+      if (m.type === "token") yield m.id;
+      else if (m.type === "done") return m.result;
+      else if (m.error.name === "AbortError" && signal) throw abortError(signal, op);
+      else {
+        const e = m.error.code?.startsWith("ERR_") ? peftError(m.error.code as never, m.error.message) : new Error(`${op}: ${m.error.message}`);
+        throw e;
+      }
+    }
+  } finally {
+    signal?.removeEventListener("abort", onAbort);
+    worker.removeAllListeners("exit");
+    // The worker's handles keep the storage alive; the ids are released once it has stopped.
+    await worker.terminate();
+    releaseShared(desc);
   }
 }
 

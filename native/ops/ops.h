@@ -21,5 +21,6 @@ void register_reduce_ops(Napi::Env env, Napi::Object exports);
 void register_indexing_ops(Napi::Env env, Napi::Object exports);
 void register_attention_ops(Napi::Env env, Napi::Object exports);
 void register_rms_norm_ops(Napi::Env env, Napi::Object exports);
+void register_share_ops(Napi::Env env, Napi::Object exports);  // tensors handed between worker threads
 
 }  // namespace peft
