@@ -75,6 +75,13 @@ describe("generateText", () => {
     // a fresh LoRA adapter (B = 0) leaves the output unchanged
     expect(await peft.generateText(prompt, { maxNewTokens: 6 })).toBe(text);
     await expect(peft.generateText(5 as unknown as string)).rejects.toThrow(/prompt must be a string or an array of chat messages/);
+    // chat messages go through the chat template, whose text already holds bos
+    const chat = new Tokenizer(JSON.parse(readFileSync(join(LLAMA_TINY_MODEL, "tokenizer.json"), "utf8")), { bos_token: "<s>", eos_token: "</s>", chat_template: TEMPLATE });
+    const msgs = [{ role: "user", content: "the cat" }];
+    const chatIds = chat.encode(chat.applyChatTemplate(msgs), { addSpecialTokens: false });
+    expect(chatIds[0]).toBe(1);
+    const want = (await generate(peft, chatIds, { maxNewTokens: 5 })).tokens;
+    expect(await peft.generateText(msgs, { tokenizer: chat, maxNewTokens: 5 })).toBe(chat.decode(want, { skipSpecialTokens: true }));
     peft.dispose();
   });
 });
