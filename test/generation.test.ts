@@ -7,6 +7,8 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, describe, expect, it } from "vitest";
 import { KVCache, LlamaForCausalLM, LoraConfig, Tensor, backend, generate, getPeftModel, manualSeed, noGrad, streamTokens } from "../lib/index.js";
+import { native } from "../lib/native.js";
+import { handleOf } from "../lib/tensor.js";
 import { applyRepetitionPenalty, resolveSampling, warpedProbs } from "../lib/generation/sampling.js";
 import { tinyLlama, writeLlama } from "./helpers/llama-models.js";
 import { LLAMA_TINY_MODEL, greedy, llamaTiny } from "./helpers/llama-fixture.js";
@@ -112,6 +114,16 @@ describe("KV cache", () => {
       const one = Tensor.fromArray([5], [1, 1], "i64");
       const mask = Tensor.fromArray([1, 1], [1, 2], "i64");
       expect(() => model.forward(one, { pastKeyValues: out.pastKeyValues, attentionMask: mask })).toThrow(/attentionMask has shape \[1, 2\], expected \[1, 8\]/);
+      // logitsToKeep: the head over the last positions only, the same values
+      const last2 = model.forward(Tensor.fromArray([9, 4], [1, 2], "i64"), { pastKeyValues: out.pastKeyValues, logitsToKeep: 1 }).logits;
+      expect(last2.shape).toEqual([1, 1, V]);
+      last2.dispose();
+      const full = model.forward(ids).logits, tail = model.forward(ids, { logitsToKeep: 3 }).logits;
+      expect(tail.shape).toEqual([1, 3, V]);
+      expect(Array.from(tail.toFloat32Array())).toEqual(Array.from(full.toFloat32Array().subarray((PROMPT.length - 3) * V)));
+      expect(() => model.forward(ids, { logitsToKeep: 1, labels: ids })).toThrow(/logitsToKeep cannot be combined with labels/);
+      expect(() => model.forward(ids, { logitsToKeep: -1 })).toThrow(/logitsToKeep must be a non-negative integer/);
+      for (const t of [full, tail]) t.dispose();
       const two = model.createCache({ batch: 2, maxLength: 8 });
       expect(() => model.forward(ids, { pastKeyValues: two })).toThrow(/holds 2 rows, the input has 1/);
       expect(() => model.forward(ids, { pastKeyValues: {} as KVCache })).toThrow(/pastKeyValues must be a KVCache/);
@@ -233,6 +245,28 @@ describe("generate", () => {
     two.dispose();
     expect((await generate(model, [1], { maxNewTokens: 0 })).tokens).toEqual([]);
     model.dispose();
+  });
+});
+
+describe("shared tensors (what the generation worker adopts)", () => {
+  it("wraps the same storage under an id until released; bad ids and non-tensors are errors", () => {
+    const t = Tensor.fromArray([1, 2, 3], [3]);
+    const id = native.shareTensor(handleOf(t, "test", "t"));
+    const other = new Tensor(native.adoptSharedTensor(id));
+    expect(Array.from(other.toFloat32Array())).toEqual([1, 2, 3]);
+    const two = Tensor.fromArray([7, 8, 9], [3]);
+    t.copyFrom(two);
+    // the same memory: a write through one handle shows through the other
+    expect(Array.from(other.toFloat32Array())).toEqual([7, 8, 9]);
+    expect(native.releaseSharedTensor(id)).toBe(true);
+    expect(native.releaseSharedTensor(id)).toBe(false);
+    expect(() => native.adoptSharedTensor(id)).toThrow(expect.objectContaining({ code: "ERR_STATE", message: expect.stringMatching(/no tensor is shared under id/) }));
+    expect(() => native.adoptSharedTensor(0)).toThrow(/adoptSharedTensor/);
+    expect(() => native.shareTensor({} as never)).toThrow(/shareTensor/);
+    // the adopted handle keeps the storage alive after the original is disposed
+    t.dispose();
+    expect(Array.from(other.toFloat32Array())).toEqual([7, 8, 9]);
+    for (const x of [other, two]) x.dispose();
   });
 });
 

@@ -127,7 +127,7 @@ export async function* streamTokens(model: CausalLMLike, prompt: number[] | Tens
       const row = noGrad(() => {
         const ids = Tensor.fromArray(input, [1, input.length], "i64");
         try {
-          const { logits } = model.forward(ids, { pastKeyValues: cache });
+          const { logits } = model.forward(ids, { pastKeyValues: cache, logitsToKeep: 1 });
           try { return lastRow(logits); } finally { logits.dispose(); }
         } finally {
           ids.dispose();

@@ -10,6 +10,7 @@ import { Module } from "../nn/module.js";
 import { Linear } from "../nn/linear.js";
 import type { Embedding } from "../nn/embedding.js";
 import { tidy } from "../autograd/tidy.js";
+import * as F from "../functional/index.js";
 import { causalLMLoss } from "./causal-lm-loss.js";
 import { ropeInvFreq, ropeTables } from "./rope.js";
 import { readLlamaConfig, type LlamaConfig } from "./llama-config.js";
@@ -38,6 +39,8 @@ export interface CausalLMForwardOptions {
   useCache?: boolean;
   /** Positions a cache started by useCache holds (default config.maxPositionEmbeddings). */
   cacheLength?: number;
+  /** Head only over the last n positions (transformers' logits_to_keep; 0 = all): decoding needs one. */
+  logitsToKeep?: number;
 }
 
 export interface CausalLMOutput {
@@ -246,10 +249,14 @@ export class LlamaForCausalLM extends Module {
         throw peftError("ERR_SHAPE", `${op}: positionIds has shape [${p.shape.join(", ")}], expected [${B} or 1, ${T}]`);
       positions = rowsOf(p);
     }
+    const keep = opts.logitsToKeep ?? 0;
+    if (!Number.isInteger(keep) || keep < 0) throw typeError(`${op}: logitsToKeep must be a non-negative integer, got ${describe(keep)}`);
+    if (keep > 0 && labels !== null) throw peftError("ERR_UNSUPPORTED", `${op}: logitsToKeep cannot be combined with labels (the loss needs every position's logits)`);
     const { cos, sin } = ropeTables(this.#invFreq, positions);
     try {
       const out = tidy(() => {
-        const hidden = this.model.forward(inputIds, { cos, sin, attentionMask: mask, cache });
+        const all = this.model.forward(inputIds, { cos, sin, attentionMask: mask, cache });
+        const hidden = keep > 0 && keep < T ? F.narrow(all, 1, T - keep, keep) : all;
         const logits = this.lm_head.forward(hidden) as Tensor;
         return { logits, loss: labels ? causalLMLoss(logits, labels) : null };
       });
