@@ -155,6 +155,10 @@ interface InternalOptions extends GenerateOptions {
   rng?: { seed: number; stream: number };
 }
 
+/** Workers that finished a generation, waiting for the next one. */
+const idleWorkers: Worker[] = [];
+const MAX_IDLE_WORKERS = 2;
+
 /** The compiled worker body (dist/ when these are the TypeScript sources, as under the test runner). */
 function workerScript(): URL {
   const here = import.meta.url;
@@ -173,16 +177,20 @@ async function* workerTokens(model: CausalLMLike, lm: LlamaForCausalLM, prompt: 
   };
   let worker: Worker;
   try {
-    worker = new Worker(workerScript());
+    worker = idleWorkers.pop() ?? new Worker(workerScript());
   } catch (e) {
     releaseShared(desc);
     throw e;
   }
+  worker.ref();
+  const onError = (e: Error) => push({ type: "error", error: { name: e.name, message: e.message } });
+  const onExit = () => push({ type: "error", error: { name: "Error", message: "the generation worker exited" } });
   worker.on("message", push);
-  worker.on("error", (e: Error) => push({ type: "error", error: { name: e.name, message: e.message } }));
-  worker.on("exit", () => push({ type: "error", error: { name: "Error", message: "the generation worker exited" } }));
+  worker.on("error", onError);
+  worker.on("exit", onExit);
   const onAbort = () => worker.postMessage({ type: "abort" });
   signal?.addEventListener("abort", onAbort, { once: true });
+  let finished = false;
   try {
     worker.postMessage({ type: "start", desc, prompt, options } satisfies WorkerStart);
     for (;;) {
@@ -191,18 +199,27 @@ async function* workerTokens(model: CausalLMLike, lm: LlamaForCausalLM, prompt: 
       // Tokens the worker decoded before it saw the abort are dropped.
       if (signal?.aborted) throw abortError(signal, op);
       if (m.type === "token") yield m.id;
-      else if (m.type === "done") return m.result;
-      else if (m.error.name === "AbortError" && signal) throw abortError(signal, op);
-      else {
-        const e = m.error.code?.startsWith("ERR_") ? peftError(m.error.code as never, m.error.message) : new Error(`${op}: ${m.error.message}`);
-        throw e;
-      }
+      else if (m.type === "done") {
+        finished = true;
+        return m.result;
+      } else if (m.error.name === "AbortError" && signal) throw abortError(signal, op);
+      else throw m.error.code?.startsWith("ERR_") ? peftError(m.error.code as never, m.error.message) : new Error(`${op}: ${m.error.message}`);
     }
   } finally {
     signal?.removeEventListener("abort", onAbort);
-    worker.removeAllListeners("exit");
-    // The worker's handles keep the storage alive; the ids are released once it has stopped.
-    await worker.terminate();
+    worker.off("message", push);
+    worker.off("error", onError);
+    worker.off("exit", onExit);
+    if (finished && idleWorkers.length < MAX_IDLE_WORKERS) {
+      // Done and idle: kept for the next generation (loading the library on a new thread takes ~0.3 s),
+      // without keeping the process alive.
+      worker.unref();
+      idleWorkers.push(worker);
+    } else {
+      // Stopped early (abort, error, a consumer that left the loop): it may still be decoding.
+      await worker.terminate();
+    }
+    // The worker's handles were dropped (done) or its thread is gone: the ids can go.
     releaseShared(desc);
   }
 }

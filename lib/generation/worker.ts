@@ -1,5 +1,6 @@
 // The body of a generation worker thread: rebuilds the model it is sent over the shared weight storage,
-// decodes on this thread and posts each token back; an "abort" message stops it between tokens.
+// decodes on this thread and posts each token back; an "abort" message stops it between tokens. It stays
+// up for the next generation.
 import { parentPort } from "node:worker_threads";
 import { adoptModel, type SharedModel } from "./shared-model.js";
 import { streamTokens, type GenerateOptions } from "./generate.js";
@@ -19,12 +20,16 @@ export type WorkerReply =
 
 const port = parentPort;
 if (port) {
-  const ac = new AbortController();
+  // One generation at a time; the thread then waits for the next (the calling side keeps idle workers).
+  let ac: AbortController | null = null;
   port.on("message", async (msg: WorkerStart | { type: "abort" }) => {
-    if (msg.type === "abort") return ac.abort();
-    const { model } = adoptModel(msg.desc);
+    if (msg.type === "abort") return ac?.abort();
+    ac = new AbortController();
+    let model: { dispose(): void } | null = null;
     try {
-      const it = streamTokens(model, msg.prompt, { ...msg.options, signal: ac.signal, offThread: false });
+      const adopted = adoptModel(msg.desc);
+      model = adopted.model;
+      const it = streamTokens(adopted.model, msg.prompt, { ...msg.options, signal: ac.signal, offThread: false });
       for (;;) {
         const r = await it.next();
         if (r.done) {
@@ -37,8 +42,9 @@ if (port) {
       const err = e as Error & { code?: string };
       port.postMessage({ type: "error", error: { name: err.name, message: err.message, code: err.code } } satisfies WorkerReply);
     } finally {
-      model.dispose();
-      port.close();
+      // Only this thread's handles go: the storage stays with the model that shared it.
+      model?.dispose();
+      ac = null;
     }
   });
 }
