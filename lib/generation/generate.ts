@@ -5,6 +5,8 @@
 // native weight storage (see shared-model.ts), so the calling thread's event loop only relays tokens.
 import { setImmediate as nextTurn } from "node:timers/promises";
 import { Worker } from "node:worker_threads";
+import { existsSync } from "node:fs";
+import { fileURLToPath } from "node:url";
 import { Tensor } from "../tensor.js";
 import { describe, optionsArg, peftError, typeError } from "../errors.js";
 import { noGrad } from "../autograd/grad-mode.js";
@@ -162,7 +164,10 @@ const MAX_IDLE_WORKERS = 2;
 /** The compiled worker body (dist/ when these are the TypeScript sources, as under the test runner). */
 function workerScript(): URL {
   const here = import.meta.url;
-  return here.endsWith(".ts") ? new URL("../../dist/generation/worker.js", here) : new URL("./worker.js", here);
+  const url = here.endsWith(".ts") ? new URL("../../dist/generation/worker.js", here) : new URL("./worker.js", here);
+  if (!existsSync(url))
+    throw peftError("ERR_STATE", `generate: the worker body ${fileURLToPath(url)} is missing (build it with \`npx tsc -p tsconfig.json\`, or pass offThread: false)`);
+  return url;
 }
 
 /** The tokens a worker thread decodes over this model's shared weights, relayed as they come. */
