@@ -98,6 +98,17 @@ describe("KV cache", () => {
       const full = await generate(peft, PROMPT, { maxNewTokens: 12, eosTokenId: null, useCache: false, offThread: false });
       expect(cached.tokens).toEqual(full.tokens);
       expect(cached.tokens).toEqual(greedy(peft, PROMPT, 12));
+      // generation runs in eval mode (LoRA dropout off) on either thread and leaves the mode as it was
+      if (mode === "active") {
+        const drop = getPeftModel(tinyLlama(small, 13), new LoraConfig({ r: 4, loraDropout: 0.5, initLoraWeights: false }));
+        drop.train();
+        const inline = await generate(drop, PROMPT, { maxNewTokens: 6, eosTokenId: null, offThread: false });
+        expect(drop.training).toBe(true);
+        drop.eval();
+        expect(await generate(drop, PROMPT, { maxNewTokens: 6, eosTokenId: null })).toEqual(inline);
+        expect(inline.tokens).toEqual(greedy(drop, PROMPT, 6));
+        drop.dispose();
+      }
       scope?.[Symbol.dispose]();
       peft.dispose();
     });

@@ -118,6 +118,9 @@ export async function* streamTokens(model: CausalLMLike, prompt: number[] | Tens
   }) : null;
   const cache: KVCache | null = opts.useCache === false || maxNew === 0 ? null : lm.createCache({ batch: 1, maxLength: T0 + maxNew });
   let finishReason: GenerateResult["finishReason"] = "length";
+  // Decoding runs in eval mode (no dropout, nothing kept for backward), as on the worker; the mode is put back.
+  const wasTraining = (model as { training?: boolean }).training === true;
+  if (wasTraining) (model as unknown as { eval(): void }).eval();
   try {
     let input = seq;
     for (let step = 0; step < maxNew; step++) {
@@ -145,6 +148,7 @@ export async function* streamTokens(model: CausalLMLike, prompt: number[] | Tens
     return { tokens: seq.slice(T0), finishReason };
   } finally {
     cache?.dispose();
+    if (wasTraining) (model as unknown as { train(): void }).train();
   }
 }
 
