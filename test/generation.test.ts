@@ -230,12 +230,16 @@ describe("generate", () => {
     model.dispose();
   });
 
-  it("a tied head decodes on the worker as on this thread; the model stays usable after", async () => {
+  it("a tied head decodes on the worker as on this thread, two generations run at once, the model stays usable", async () => {
     const model = tinyLlama({ ...small, tieWordEmbeddings: true }, 19).eval();
     const here = await generate(model, PROMPT, { maxNewTokens: 10, eosTokenId: null, offThread: false });
     expect(await generate(model, PROMPT, { maxNewTokens: 10, eosTokenId: null })).toEqual(here);
     expect(await generate(model, PROMPT, { maxNewTokens: 10, eosTokenId: null })).toEqual(here);
     expect(fullLogits(model, PROMPT).length).toBe(PROMPT.length * V);
+    // two at once: two workers reading the same weights, the native pool's jobs queued between them
+    const both = await Promise.all([generate(model, PROMPT, { maxNewTokens: 10, eosTokenId: null }), generate(model, PROMPT.slice(2), { maxNewTokens: 10, eosTokenId: null })]);
+    expect(both[0]).toEqual(here);
+    expect(both[1]).toEqual(await generate(model, PROMPT.slice(2), { maxNewTokens: 10, eosTokenId: null, offThread: false }));
     model.dispose();
   });
 
