@@ -92,9 +92,8 @@ export function adoptModel(desc: SharedModel): { model: LlamaForCausalLM | PeftM
     if (!old) throw peftError("ERR_STATE", `adoptModel: the rebuilt model has no parameter ${name}`);
     const { owner, leaf } = ownerOf(model, name);
     const t = new Tensor(native.adoptSharedTensor(id));
-    t.requiresGrad = false;
     owner.registerParameter(leaf, t);
-    t.requiresGrad = false;
+    t.requiresGrad = false; // this thread only decodes
     if ((owner as unknown as Record<string, unknown>)[leaf] === old) (owner as unknown as Record<string, unknown>)[leaf] = t;
     if (old !== t && !desc.params.some(([n]) => n !== name && params.get(n) === old)) old.dispose();
   }
