@@ -40,6 +40,8 @@ export { openCheckpoint, type CheckpointSource } from "./io/checkpoint-source.js
 export { mergeCheckpoint, type MergeCheckpointOptions, type MergeSummary } from "./io/merge-checkpoint.js";
 export { readAdapterConfig, WEIGHTS_NAME, TORCH_WEIGHTS_NAME } from "./io/peft-checkpoint.js";
 export { loadTorchCheckpoint, describeTorchCheckpoint } from "./io/torch-checkpoint.js";
-export { LlamaForCausalLM, LlamaModel, LlamaDecoderLayer, LlamaAttention, LlamaMLP, parseLlamaConfig, readLlamaConfig, llamaConfig, llamaConfigToJSON, ropeInvFreq, ropeTables, LLAMA_MODEL_TYPES, type CausalLMForwardOptions, type CausalLMOutput, type PretrainedOptions, type LlamaConfig, type LlamaConfigInit, type LlamaModelType, type RopeScaling } from "./models/index.js";
+export { LlamaForCausalLM, LlamaModel, LlamaDecoderLayer, LlamaAttention, LlamaMLP, parseLlamaConfig, readLlamaConfig, llamaConfig, llamaConfigToJSON, ropeInvFreq, ropeTables, LLAMA_MODEL_TYPES, KVCache, type KVCacheOptions, type CausalLMForwardOptions, type CausalLMOutput, type PretrainedOptions, type LlamaConfig, type LlamaConfigInit, type LlamaModelType, type RopeScaling } from "./models/index.js";
+export { generate, streamTokens, generateText, readGenerationDefaults, type GenerateTextOptions, type GenerateOptions, type GenerateResult, type GenerationDefaults, type SamplingOptions } from "./generation/index.js";
+export { Tokenizer, type ChatMessage, type EncodeOptions, type DecodeOptions, type ChatTemplateOptions } from "./tokenizer/index.js";
 export { checkpoint } from "./autograd/checkpoint.js";
 export { enableGrad } from "./autograd/grad-mode.js";

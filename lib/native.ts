@@ -116,6 +116,11 @@ export interface NativeAddon {
   backendInfo(): BackendInfo;
   cudaState(): { available: boolean; emulated: boolean; reason?: string; devices: string[] };
   memoryInfo(): { tensors: number; storages: number; bytes: number };
+  // A tensor registered under a number another worker thread of this process can wrap (same storage, no
+  // copy) until it is released.
+  shareTensor(t: NativeTensor): number;
+  adoptSharedTensor(id: number): NativeTensor;
+  releaseSharedTensor(id: number): boolean;
   setCudaEmulationOrder(order: string): void;
   setNumThreads(n: number): void;
   setIsa(isa: string): void;

@@ -1,5 +1,8 @@
 // PeftModel: the user's model wrapped with adapters (PEFT's PeftModel): one tuner model of the config's method
 // (LoraModel, IA3Model) holds the adapters; this class adds scoped disabling, checkpoints and parameter counts.
+import { generate, type GenerateOptions, type GenerateResult } from "./generation/generate.js";
+import { generateText, type GenerateTextOptions } from "./generation/generate-text.js";
+import type { ChatMessage } from "./tokenizer/tokenizer.js";
 import { Tensor } from "./tensor.js";
 import { describe, optionsArg, peftError, shownValue, typeError } from "./errors.js";
 import { Module, type BackwardOptions } from "./nn/index.js";
@@ -72,6 +75,16 @@ export class PeftModel extends Module {
   // eslint-disable-next-line @typescript-eslint/no-explicit-any
   override forward(...args: any[]): any {
     return this.baseModel.model.forward(...args);
+  }
+
+  /** Decodes up to maxNewTokens after `prompt` (token ids of one sequence): see generate(). */
+  generate(prompt: number[] | Tensor, options?: GenerateOptions): Promise<GenerateResult> {
+    return generate(this, prompt, options);
+  }
+
+  /** The continuation of a text or chat prompt as text, with the model directory's tokenizer. */
+  generateText(prompt: string | readonly ChatMessage[], options?: GenerateTextOptions): Promise<string> {
+    return generateText(this, prompt, options);
   }
 
   override backward(dy: Tensor, opts?: BackwardOptions): Tensor | null {

@@ -63,6 +63,7 @@ static Napi::Object Init(Napi::Env env, Napi::Object exports) {
   register_indexing_ops(env, exports);
   register_int8_ops(env, exports);
   register_attention_ops(env, exports);
+  register_share_ops(env, exports);
   register_rms_norm_ops(env, exports);
   // NODE_PEFT_ISA / NODE_PEFT_AMX: a bad value fails the load with a RangeError rather than running the
   // wrong kernels (or faulting on missing instructions).

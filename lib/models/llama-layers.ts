@@ -12,12 +12,17 @@ import { RMSNorm } from "../nn/norm.js";
 import { tidy } from "../autograd/tidy.js";
 import { checkpoint } from "../autograd/checkpoint.js";
 import type { LlamaConfig } from "./llama-config.js";
+import type { KVCache } from "./kv-cache.js";
 
 /** What every decoder layer of one forward shares: the rope tables and the key padding mask. */
 export interface LayerContext {
   cos: Tensor;
   sin: Tensor;
   attentionMask: Tensor | null;
+  /** Decoding: keys and values of earlier positions, extended by this forward's (inference only). */
+  cache?: KVCache | null;
+  /** This layer's index in the cache. */
+  layer?: number;
 }
 
 export interface LayerOptions {
@@ -49,8 +54,9 @@ export class LlamaAttention extends Module {
     const { numAttentionHeads: H, numKeyValueHeads: Hkv, headDim: D } = this.config;
     return tidy(() => {
       const q = F.rotaryEmbedding(this.q_proj.forward(x).reshape([B, T, H, D]), ctx.cos, ctx.sin);
-      const k = F.rotaryEmbedding(this.k_proj.forward(x).reshape([B, T, Hkv, D]), ctx.cos, ctx.sin);
-      const v = this.v_proj.forward(x).reshape([B, T, Hkv, D]);
+      let k = F.rotaryEmbedding(this.k_proj.forward(x).reshape([B, T, Hkv, D]), ctx.cos, ctx.sin);
+      let v = this.v_proj.forward(x).reshape([B, T, Hkv, D]);
+      if (ctx.cache) ({ k, v } = ctx.cache.update(ctx.layer ?? 0, k, v));
       const a = F.scaledDotProductAttention(q, k, v, { causal: true, attentionMask: ctx.attentionMask });
       return this.o_proj.forward(a.reshape([B, T, H * D])) as Tensor;
     });
@@ -124,9 +130,9 @@ export class LlamaModel extends Module {
     const recompute = this.gradientCheckpointing && this.training;
     // The rerun in backward gets the context as tensors the checkpoint keeps (the caller frees its own).
     const context = [ctx.cos, ctx.sin, ...(ctx.attentionMask ? [ctx.attentionMask] : [])];
-    for (const layer of this.layers) {
+    for (const [index, layer] of [...this.layers].entries()) {
       const run = (x: Tensor, cos: Tensor, sin: Tensor, mask?: Tensor) => {
-        const y = layer.forward(x, { cos, sin, attentionMask: mask ?? null }) as Tensor;
+        const y = layer.forward(x, { cos, sin, attentionMask: mask ?? null, cache: ctx.cache, layer: index }) as Tensor;
         // Layers also keep their last input for a tape-free Module.backward, which this model does not
         // have; kept, those inputs would be most of what checkpointing is meant to free.
         if (recompute) for (const [, m] of layer.namedModules()) m.releaseSaved();

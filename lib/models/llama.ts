@@ -1,16 +1,22 @@
 // transformers' LlamaForCausalLM (also Mistral and Qwen2): the decoder stack and its head, loaded from a
 // transformers-format directory by parameter name, so checkpoints and PEFT adapters for these models apply
 // here (and ours load in Python PEFT). Forward returns logits and the shifted causal LM loss.
+import { generate, type GenerateOptions, type GenerateResult } from "../generation/generate.js";
+import { generateText, type GenerateTextOptions } from "../generation/generate-text.js";
+import type { ChatMessage } from "../tokenizer/tokenizer.js";
 import { Tensor, isDType, type DType, type Device } from "../tensor.js";
 import { describe, optionsArg, peftError, typeError } from "../errors.js";
 import { Module } from "../nn/module.js";
 import { Linear } from "../nn/linear.js";
 import type { Embedding } from "../nn/embedding.js";
 import { tidy } from "../autograd/tidy.js";
+import * as F from "../functional/index.js";
 import { causalLMLoss } from "./causal-lm-loss.js";
 import { ropeInvFreq, ropeTables } from "./rope.js";
 import { readLlamaConfig, type LlamaConfig } from "./llama-config.js";
 import { LlamaModel } from "./llama-layers.js";
+import { KVCache } from "./kv-cache.js";
+import { readGenerationDefaults, type GenerationDefaults } from "../generation/generation-config.js";
 import { skipInit } from "../init-mode.js";
 import { loadModelWeightsAsync, type LoadProgress, type QuantizeHook } from "../io/model-loader.js";
 
@@ -23,6 +29,18 @@ export interface CausalLMForwardOptions {
   labels?: Tensor | null;
   /** [B, T] or [1, T] integer positions for the rotary embedding; 0..T-1 by default. */
   positionIds?: Tensor | null;
+  /**
+   * A KV cache holding the earlier positions (transformers' past_key_values): inputIds are the new tokens
+   * only, positions continue after the cached ones, attentionMask (if any) covers cached + new positions.
+   * The forward writes its own keys and values into it.
+   */
+  pastKeyValues?: KVCache | null;
+  /** Without pastKeyValues: start a cache (returned as pastKeyValues) of cacheLength positions. */
+  useCache?: boolean;
+  /** Positions a cache started by useCache holds (default config.maxPositionEmbeddings). */
+  cacheLength?: number;
+  /** Head only over the last n positions (transformers' logits_to_keep; 0 = all): decoding needs one. */
+  logitsToKeep?: number;
 }
 
 export interface CausalLMOutput {
@@ -30,6 +48,8 @@ export interface CausalLMOutput {
   logits: Tensor;
   /** Mean cross-entropy over the non-ignored shifted targets, f32, or null without labels. */
   loss: Tensor | null;
+  /** The cache this forward extended (pastKeyValues, or the one useCache started), else null. */
+  pastKeyValues: KVCache | null;
 }
 
 export interface PretrainedOptions {
@@ -73,6 +93,10 @@ export class LlamaForCausalLM extends Module {
   lm_head: Linear;
   readonly config: LlamaConfig;
   readonly #invFreq: Float64Array;
+  /** The directory fromPretrained read (its tokenizer files serve generateText), else null. */
+  nameOrPath: string | null = null;
+  /** Stop tokens and sampling defaults of that directory (generation_config.json, config.json). */
+  generationDefaults: GenerationDefaults | null = null;
 
   /**
    * A model of `config` with freshly initialised weights (PyTorch's layer inits; norms at ones). Load a
@@ -132,6 +156,8 @@ export class LlamaForCausalLM extends Module {
       model.dispose();
       throw e;
     }
+    model.nameOrPath = dir;
+    model.generationDefaults = readGenerationDefaults(dir);
     return model;
   }
 
@@ -177,6 +203,22 @@ export class LlamaForCausalLM extends Module {
     return this;
   }
 
+  /** Decodes up to maxNewTokens after `prompt` (token ids of one sequence): see generate(). */
+  generate(prompt: number[] | Tensor, options?: GenerateOptions): Promise<GenerateResult> {
+    return generate(this, prompt, options);
+  }
+
+  /** The continuation of a text or chat prompt as text, with the model directory's tokenizer. */
+  generateText(prompt: string | readonly ChatMessage[], options?: GenerateTextOptions): Promise<string> {
+    return generateText(this, prompt, options);
+  }
+
+  /** An empty KV cache for this model's layers in its activation dtype (see KVCache). */
+  createCache(options: { batch?: number; maxLength: number }): KVCache {
+    const opts = optionsArg(options, "createCache");
+    return new KVCache(this.config, { batch: opts.batch, maxLength: opts.maxLength as number, dtype: this.dtype });
+  }
+
   /**
    * Logits and (with labels) the shifted cross-entropy: mean over tokens whose next label is not -100,
    * accumulated and returned in f32 whatever the model's dtype.
@@ -187,30 +229,45 @@ export class LlamaForCausalLM extends Module {
     integerTensor(inputIds, "inputIds", op);
     if (inputIds.shape.length !== 2) throw peftError("ERR_SHAPE", `${op}: inputIds must be [batch, seq], got [${inputIds.shape.join(", ")}]`);
     const [B, T] = inputIds.shape;
+    let cache = opts.pastKeyValues ?? null;
+    if (cache !== null && !(cache instanceof KVCache)) throw typeError(`${op}: pastKeyValues must be a KVCache, got ${describe(cache)}`);
+    const started = cache === null && opts.useCache === true;
+    if (started) cache = this.createCache({ batch: B, maxLength: opts.cacheLength ?? this.config.maxPositionEmbeddings });
+    const past = cache?.length ?? 0;
+    cache?.checkRoom(B, T, op);
     const window = this.config.slidingWindow;
-    if (window !== null && T > window)
-      throw peftError("ERR_UNSUPPORTED", `${op}: ${T} tokens exceed the sliding window of ${window}; sliding-window attention is not implemented`);
+    if (window !== null && past + T > window)
+      throw peftError("ERR_UNSUPPORTED", `${op}: ${past + T} tokens exceed the sliding window of ${window}; sliding-window attention is not implemented`);
     const mask = opts.attentionMask ?? null;
     if (mask !== null) {
       if (!(mask instanceof Tensor)) throw typeError(`${op}: attentionMask must be a Tensor, got ${describe(mask)}`);
-      checkShape(mask, [B, T], "attentionMask", op);
+      checkShape(mask, [B, past + T], "attentionMask", op);
     }
     const labels = opts.labels ?? null;
     if (labels !== null) checkShape(integerTensor(labels, "labels", op), [B, T], "labels", op);
-    let positions: number[][] = [Array.from({ length: T }, (_, t) => t)];
+    let positions: number[][] = [Array.from({ length: T }, (_, t) => past + t)];
     if (opts.positionIds !== undefined && opts.positionIds !== null) {
       const p = integerTensor(opts.positionIds, "positionIds", op);
       if (p.shape.length !== 2 || (p.shape[0] !== B && p.shape[0] !== 1) || p.shape[1] !== T)
         throw peftError("ERR_SHAPE", `${op}: positionIds has shape [${p.shape.join(", ")}], expected [${B} or 1, ${T}]`);
       positions = rowsOf(p);
     }
+    const keep = opts.logitsToKeep ?? 0;
+    if (!Number.isInteger(keep) || keep < 0) throw typeError(`${op}: logitsToKeep must be a non-negative integer, got ${describe(keep)}`);
+    if (keep > 0 && labels !== null) throw peftError("ERR_UNSUPPORTED", `${op}: logitsToKeep cannot be combined with labels (the loss needs every position's logits)`);
     const { cos, sin } = ropeTables(this.#invFreq, positions);
     try {
-      return tidy(() => {
-        const hidden = this.model.forward(inputIds, { cos, sin, attentionMask: mask });
+      const out = tidy(() => {
+        const all = this.model.forward(inputIds, { cos, sin, attentionMask: mask, cache });
+        const hidden = keep > 0 && keep < T ? F.narrow(all, 1, T - keep, keep) : all;
         const logits = this.lm_head.forward(hidden) as Tensor;
         return { logits, loss: labels ? causalLMLoss(logits, labels) : null };
       });
+      cache?.advance(T);
+      return { ...out, pastKeyValues: cache };
+    } catch (e) {
+      if (started) cache?.dispose();
+      throw e;
     } finally {
       cos.dispose();
       sin.dispose();

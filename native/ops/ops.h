@@ -22,5 +22,6 @@ void register_indexing_ops(Napi::Env env, Napi::Object exports);
 void register_int8_ops(Napi::Env env, Napi::Object exports);
 void register_attention_ops(Napi::Env env, Napi::Object exports);
 void register_rms_norm_ops(Napi::Env env, Napi::Object exports);
+void register_share_ops(Napi::Env env, Napi::Object exports);  // tensors handed between worker threads
 
 }  // namespace peft

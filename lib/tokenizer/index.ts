@@ -1,0 +1,1 @@
+export { Tokenizer, type ChatMessage, type EncodeOptions, type DecodeOptions, type ChatTemplateOptions } from "./tokenizer.js";
