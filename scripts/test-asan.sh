@@ -15,7 +15,8 @@ if [ ${#files[@]} -eq 0 ]; then
          test/nn.test.ts test/kernels.test.ts test/losses.test.ts test/adamw.test.ts test/peft-model.test.ts
          test/safetensors.test.ts test/checkpoint.test.ts test/threads.test.ts test/cuda.test.ts
          test/autograd.test.ts test/functional-autograd.test.ts test/native-functional.test.ts
-         test/conv2d.test.ts test/lora-conv-embedding.test.ts test/ia3-kernels.test.ts)
+         test/conv2d.test.ts test/lora-conv-embedding.test.ts test/ia3-kernels.test.ts
+         test/attention.test.ts test/rope.test.ts test/rmsnorm.test.ts)
 fi
 
 asan_rt=$(${CXX:-g++} -print-file-name=libasan.so)
