@@ -113,7 +113,10 @@ void attention_forward_cpu(const AttentionShape& a, const void* q, const void* k
     std::vector<float> Q(R * Dp), S(R * kBK), acc(R * Dp), m(R), l(R * kAttnLanes), bias(kBK);
     std::vector<int> limit(R);
     for (int64_t job = jb; job < je; job++) {
-      const int64_t b = job / (a.Hkv * nqt), hk = job / nqt % a.Hkv, i0 = job % nqt * kBQ;
+      // Query tiles in zigzag order (first, last, second, second last, ...): under causal masking later tiles
+      // cost more, and the pool hands each thread a contiguous run of jobs.
+      const int64_t b = job / (a.Hkv * nqt), hk = job / nqt % a.Hkv, zz = job % nqt;
+      const int64_t i0 = (zz % 2 ? nqt - 1 - zz / 2 : zz / 2) * kBQ;
       const int tq = static_cast<int>(std::min<int64_t>(kBQ, a.T - i0)), rows = static_cast<int>(group) * tq;
       for (int64_t g = 0; g < group; g++) load_rows(q, dt, b, i0, tq, a.T, a.Hq, hk * group + g, D, Dp, Q.data() + g * tq * Dp);
       std::fill(m.begin(), m.end(), -std::numeric_limits<float>::infinity());
@@ -164,9 +167,10 @@ void attention_backward_cpu(const AttentionShape& a, const void* q, const void* 
   });
   Packed k_rows(0, k, dt, B, S, Hkv, D, false), k_cols(1, k, dt, B, S, Hkv, D, true), v_cols(2, v, dt, B, S, Hkv, D, true);
   Packed q_rows(3, q, dt, B, T, Hq, D, false), do_rows(4, dout, dt, B, T, Hq, D, false);
-  // Jobs own (batch, kv head, a run of key tiles): dk and dv rows are theirs alone; dq goes to the job's own
+  // Jobs own (batch, kv head, a chunk of key tiles): dk and dv rows are theirs alone; dq goes to the job's own
   // f32 partial [chunk][B][Hq][T][Dp], summed after. Key tiles are split into chunks only as far as needed to
-  // give every thread work.
+  // give every thread work, dealt round-robin (chunk c takes tiles c, c + chunks, ...) so that under causal
+  // masking, where early keys see more queries, every chunk gets a like share of the work.
   const int64_t nkt = tiles(S, kBK);
   const int64_t chunks = std::clamp<int64_t>(tiles(2 * num_threads(), std::max<int64_t>(B * Hkv, 1)), 1, std::max<int64_t>(nkt, 1));
   const int64_t qsize = B * Hq * T * Dp;
@@ -177,7 +181,7 @@ void attention_backward_cpu(const AttentionShape& a, const void* q, const void* 
     for (int64_t job = jb; job < je; job++) {
       const int64_t b = job / (Hkv * chunks), hk = job / chunks % Hkv, c = job % chunks;
       float* dqc = dq_part.data() + c * qsize;
-      for (int64_t t = nkt * c / chunks; t < nkt * (c + 1) / chunks; t++) {
+      for (int64_t t = c; t < nkt; t += chunks) {
         const int64_t j0 = t * kBK;
         const int cols = static_cast<int>(std::min<int64_t>(kBK, S - j0));
         const float *kr = k_rows.rows(b, hk, j0), *ktt = k_cols.tile(b, hk, t), *vtt = v_cols.tile(b, hk, t);

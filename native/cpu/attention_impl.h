@@ -88,7 +88,8 @@ void softmax_step_impl(float* S, int rows, const float* bias, const int* limit, 
   constexpr int kRB = 8;
   for (int i0 = 0; i0 < rows; i0 += kRB) {
     const int n = rows - i0 < kRB ? rows - i0 : kRB;
-    float mx[kRB], alpha[kRB];
+    float mx[kRB], old[kRB], alpha[kRB];
+    for (int r = n; r < kRB; r++) mx[r] = old[r] = 0.0f;
     for (int r = 0; r < n; r++) {
       float* s = S + static_cast<int64_t>(i0 + r) * kBK;
       const int lim = limit[i0 + r];
@@ -98,10 +99,12 @@ void softmax_step_impl(float* S, int rows, const float* bias, const int* limit, 
         const vf x = ld(s + k);
         mv = x > mv ? x : mv;
       }
-      const float tile_max = hmax(mv), old = m[i0 + r];
-      mx[r] = tile_max > old ? tile_max : old;
-      alpha[r] = old == kNegInf || mx[r] == kNegInf ? 0.0f : vexpf(old - mx[r]);
+      const float tile_max = hmax(mv);
+      old[r] = m[i0 + r];
+      mx[r] = tile_max > old[r] ? tile_max : old[r];
     }
+    // The rescale factors of the block in one vector pass (0 while a row has kept nothing).
+    for (int r = 0; r < kRB; r++) alpha[r] = vsel((old[r] == kNegInf) | (mx[r] == kNegInf), 0.0f, vexpf(old[r] - mx[r]));
     for (int r = 0; r < n; r++) {
       float* s = S + static_cast<int64_t>(i0 + r) * kBK;
       const float c = mx[r];
