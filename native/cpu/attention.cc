@@ -41,8 +41,9 @@ void load_rows(const void* base, DType dt, int64_t b, int64_t p0, int n, int64_t
 int64_t padded(int64_t D) { return (D + kAttnLanes - 1) / kAttnLanes * kAttnLanes; }
 
 // Buffers kept on the calling thread between calls (the packs and the dq partials), so a training loop does
-// not fault fresh pages in and zero them on every call; one larger than kKeepBytes is freed by ~Scratch.
-constexpr size_t kKeepBytes = size_t{64} << 20;
+// not fault fresh pages in and zero them on every call; one larger than kKeepBytes is freed by ~Scratch, so a
+// thread holds at most 6 × 16 MiB between calls.
+constexpr size_t kKeepBytes = size_t{16} << 20;
 thread_local std::vector<float> t_slots[6];
 
 class Scratch {
