@@ -2,8 +2,7 @@
 // Hq = 12, Hkv = 4, D = 64, causal, against the FMA peak of the active kernel path measured in the same run
 // (target 0.5x for forward + backward). Model FLOPs count T(T+1)/2 scores per head: the forward 4·D per
 // score (q·kᵀ and p·v), the backward 8·D (dv, dp, dq, dk; the recomputed q·kᵀ is not counted).
-// Run alone with `node bench/attention.mjs` to time every kernel path as well.
-import { fileURLToPath } from "node:url";
+// Run with `npm run bench -- attention`.
 import { Tensor, backend } from "../dist/index.js";
 import { native } from "../dist/native.js";
 import { ceilingRate } from "./ceilings.mjs";
@@ -52,29 +51,3 @@ function kase(dtype, part) {
 
 export const cases = [kase("f32", "forward+backward"), kase("f32", "forward"), kase("f32", "backward"), kase("bf16", "forward+backward")];
 
-if (process.argv[1] === fileURLToPath(import.meta.url)) {
-  const best = (fn, reps = 5) => {
-    let s = Infinity;
-    for (let i = 0; i < reps; i++) {
-      const t0 = process.hrtime.bigint();
-      fn();
-      s = Math.min(s, Number(process.hrtime.bigint() - t0) / 1e9);
-    }
-    return s;
-  };
-  const paths = ["scalar", "avx2", "avx512"].filter((isa) => isa === "scalar" || backend.features.includes(isa === "avx2" ? "avx2" : "avx512f"));
-  const active = backend.isa;
-  for (const c of cases) {
-    c.setup();
-    const cols = paths.map((isa) => {
-      backend.setIsa(isa);
-      c.run();
-      const s = best(c.run);
-      return `${isa} ${(s * 1e3).toFixed(1)} ms ${(c.flops / s / 1e9).toFixed(1)} GFLOP/s`;
-    });
-    backend.setIsa(active);
-    const p = peak();
-    console.log(`${c.name}: ${cols.join(" | ")}${p ? ` | ${p} peak ${ceilingRate(p).toFixed(1)} GFLOP/s` : ""}`);
-    c.teardown();
-  }
-}

@@ -171,6 +171,13 @@ Napi::Object TensorHandle::Wrap(Napi::Env env, Tensor t) {
   return addon_data(env).tensor_ctor.New({ext});
 }
 
+Napi::Array TensorHandle::WrapAll(Napi::Env env, std::initializer_list<Tensor> ts) {
+  Napi::Array out = Napi::Array::New(env, ts.size());
+  uint32_t i = 0;
+  for (const Tensor& t : ts) out.Set(i++, t.storage ? Napi::Value(Wrap(env, t)) : env.Null());
+  return out;
+}
+
 bool TensorHandle::IsHandle(const Napi::Value& v) {
   return v.IsObject() && v.As<Napi::Object>().CheckTypeTag(&kTensorTag);
 }

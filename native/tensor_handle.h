@@ -14,6 +14,8 @@ class TensorHandle : public Napi::ObjectWrap<TensorHandle> {
   static Napi::Function Init(Napi::Env env);
   // Wraps a native tensor in a new JS handle.
   static Napi::Object Wrap(Napi::Env env, Tensor t);
+  // A JS array of new handles, null where a tensor has no storage (an output that was not computed).
+  static Napi::Array WrapAll(Napi::Env env, std::initializer_list<Tensor> ts);
   // Unwraps an argument: TypeError for non-handles, ERR_DISPOSED after dispose, ERR_TENSOR_BUSY while an
   // async write is in flight. `op`/`name` name the argument in messages. The reference stays valid until the
   // binding call returns, whatever JS runs meanwhile (CallTensors).

@@ -16,7 +16,8 @@ if [ ${#files[@]} -eq 0 ]; then
          test/safetensors.test.ts test/checkpoint.test.ts test/threads.test.ts test/cuda.test.ts
          test/autograd.test.ts test/functional-autograd.test.ts test/native-functional.test.ts
          test/conv2d.test.ts test/lora-conv-embedding.test.ts test/ia3-kernels.test.ts
-         test/int8-kernels.test.ts test/int8-module.test.ts)
+         test/int8-kernels.test.ts test/int8-module.test.ts
+         test/attention.test.ts test/rope.test.ts test/rmsnorm.test.ts)
 fi
 
 asan_rt=$(${CXX:-g++} -print-file-name=libasan.so)

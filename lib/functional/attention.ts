@@ -1,11 +1,10 @@
 // The attention-family ops of decoder LMs in the [batch, seq, heads, headDim] layout (the q/k/v projections
 // reshaped without a transpose): rotary position embedding and scaled dot-product attention, each one graph
-// node over fused CPU kernels (tensors on other devices take the composed path).
+// node over fused CPU kernels (other devices get ERR_NOT_ON_DEVICE from the kernel).
 import { Tensor } from "../tensor.js";
 import { native } from "../native.js";
 import { record, wantsGrad } from "../autograd/record.js";
 import { attentionArgs, rotaryArgs, type AttentionOptions } from "./attention-args.js";
-import { attentionComposed, rotaryComposed } from "./attention-composed.js";
 
 export type { AttentionOptions } from "./attention-args.js";
 
@@ -24,7 +23,6 @@ function inDtype(g: Tensor, like: Tensor): { t: Tensor; done: () => void } {
  */
 export function rotaryEmbedding(x: Tensor, cos: Tensor, sin: Tensor): Tensor {
   const a = rotaryArgs(x, cos, sin);
-  if (a.x.device !== "cpu") return rotaryComposed(a.x, a.cos, a.sin);
   const y = new Tensor(native.rotaryEmbedding(h(a.x), h(a.cos), h(a.sin), false));
   if (!wantsGrad(a.x)) return y;
   // The rotation is linear in x: its backward is the transposed rotation of the gradient.
@@ -41,7 +39,6 @@ export function rotaryEmbedding(x: Tensor, cos: Tensor, sin: Tensor): Tensor {
  */
 export function scaledDotProductAttention(q: Tensor, k: Tensor, v: Tensor, options: AttentionOptions = {}): Tensor {
   const a = attentionArgs(q, k, v, options);
-  if (a.q.device !== "cpu") return attentionComposed(a);
   const mask = a.mask ? h(a.mask) : null;
   const [o, l] = native.attention(h(a.q), h(a.k), h(a.v), mask, a.causal, a.scale);
   const y = new Tensor(o), lse = new Tensor(l);

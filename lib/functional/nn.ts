@@ -169,7 +169,6 @@ export function rmsNorm(x: Tensor, weight: Tensor | null, eps = 1e-6): Tensor {
   tensorArg(x, "rmsNorm", "x");
   const w = weight === null || weight === undefined ? null : tensorArg(weight, "rmsNorm", "weight");
   if (typeof eps !== "number") throw typeError("rmsNorm: eps must be a number");
-  if (x.device !== "cpu") return rmsNormComposed(x, w, eps);
   const [yh, rh] = native.rmsNorm(Tensor.handle(x), w ? Tensor.handle(w) : null, eps);
   const y = new Tensor(yh), rstd = new Tensor(rh);
   if (!wantsGrad(x, w)) {
@@ -183,15 +182,4 @@ export function rmsNorm(x: Tensor, weight: Tensor | null, eps = 1e-6): Tensor {
   }, w ? [x, rstd, w] : [x, rstd]);
   rstd.dispose();
   return y;
-}
-
-/** RMSNorm composed of elementwise ops, for devices without the fused kernel. */
-function rmsNormComposed(x: Tensor, weight: Tensor | null, eps: number): Tensor {
-  const ms = chain([(t) => mul(t, t), (t) => mean(t, { dim: -1, keepdim: true }), (t) => add(t, eps), (t) => rsqrt(t)], x);
-  const y = mul(x, ms);
-  ms.dispose();
-  if (!weight) return y;
-  const out = mul(y, weight);
-  y.dispose();
-  return out;
 }

@@ -40,50 +40,70 @@ void load_rows(const void* base, DType dt, int64_t b, int64_t p0, int n, int64_t
 // The head dimension padded to whole vectors.
 int64_t padded(int64_t D) { return (D + kAttnLanes - 1) / kAttnLanes * kAttnLanes; }
 
+// Buffers kept on the calling thread between calls (the packs and the dq partials), so a training loop does
+// not fault fresh pages in and zero them on every call; one larger than kKeepBytes is freed by ~Scratch, so a
+// thread holds at most 6 × 16 MiB between calls.
+constexpr size_t kKeepBytes = size_t{16} << 20;
+thread_local std::vector<float> t_slots[6];
+
+class Scratch {
+ public:
+  // Slot `i` (0..5, one per buffer a call uses at once) with n floats, all zero.
+  explicit Scratch(int i, size_t n) : v_(t_slots[i]) {
+    if (v_.size() < n) v_.resize(n);
+    std::fill(v_.begin(), v_.begin() + static_cast<int64_t>(n), 0.0f);
+  }
+  ~Scratch() {
+    if (v_.capacity() * sizeof(float) > kKeepBytes) std::vector<float>().swap(v_);
+  }
+  Scratch(const Scratch&) = delete;
+  Scratch& operator=(const Scratch&) = delete;
+  float* data() { return v_.data(); }
+
+ private:
+  std::vector<float>& v_;
+};
+
 // A [B][L][H][D] tensor converted once per call into f32 laid out for the tiles: either head rows
 // [B][H][L + 4][Dp] (zero-padded; 4 spare rows per head because the scores read up to 3 rows past a tile),
 // or, transposed, tiles [B][H][ceil(L / kBK)][Dp][kBK] (zero past the last key).
-struct Packed {
-  std::vector<float> data;
-  int64_t L, H, Dp, nt;
-  const float* rows(int64_t b, int64_t h, int64_t p) const { return data.data() + ((b * H + h) * (L + 4) + p) * Dp; }
-  const float* tile(int64_t b, int64_t h, int64_t t) const { return data.data() + ((b * H + h) * nt + t) * Dp * kBK; }
-};
-
-Packed pack(const void* src, DType dt, int64_t B, int64_t L, int64_t H, int64_t D, bool cols) {
-  Packed p{{}, L, H, padded(D), tiles(L, kBK)};
-  const int64_t Dp = p.Dp;
-  if (!cols) {
-    p.data.assign(static_cast<size_t>(B * H * (L + 4) * Dp), 0.0f);
-    parallel_for(B * L * H, std::max<int64_t>(1, 4096 / std::max<int64_t>(D, 1)), [&](int64_t rb, int64_t re) {
-      for (int64_t r = rb; r < re; r++) {
-        const int64_t b = r / (L * H), l = r / H % L, h = r % H;
-        load_row(src, dt, r * D, p.data.data() + ((b * H + h) * (L + 4) + l) * Dp, D);
+class Packed {
+ public:
+  // Slot `slot` filled from src: head rows, or (cols) transposed key tiles.
+  Packed(int slot, const void* src, DType dt, int64_t B, int64_t L, int64_t H, int64_t D, bool cols)
+      : buf_(slot, static_cast<size_t>(B * H * (cols ? tiles(L, kBK) * kBK : L + 4) * padded(D))), L_(L), H_(H), Dp_(padded(D)), nt_(tiles(L, kBK)) {
+    if (!cols) {
+      parallel_for(B * L * H, std::max<int64_t>(1, 4096 / std::max<int64_t>(D, 1)), [&](int64_t rb, int64_t re) {
+        for (int64_t r = rb; r < re; r++) load_row(src, dt, r * D, rows(r / (L * H), r % H, r / H % L), D);
+      });
+      return;
+    }
+    parallel_for(B * H * nt_, 1, [&](int64_t tb, int64_t te) {
+      std::vector<float> row(D);
+      for (int64_t t = tb; t < te; t++) {
+        const int64_t b = t / (H * nt_), h = t / nt_ % H, j0 = t % nt_ * kBK;
+        float* dst = tile(b, h, t % nt_);
+        for (int64_t r = 0; r < std::min<int64_t>(kBK, L - j0); r++) {
+          load_row(src, dt, ((b * L + j0 + r) * H + h) * D, row.data(), D);
+          for (int64_t d = 0; d < D; d++) dst[d * kBK + r] = row[d];
+        }
       }
     });
-    return p;
   }
-  p.data.assign(static_cast<size_t>(B * H * p.nt * Dp * kBK), 0.0f);
-  parallel_for(B * H * p.nt, 1, [&](int64_t tb, int64_t te) {
-    std::vector<float> row(D);
-    for (int64_t t = tb; t < te; t++) {
-      const int64_t b = t / (H * p.nt), h = t / p.nt % H, j0 = t % p.nt * kBK;
-      float* dst = p.data.data() + t * Dp * kBK;
-      for (int64_t r = 0; r < std::min<int64_t>(kBK, L - j0); r++) {
-        load_row(src, dt, ((b * L + j0 + r) * H + h) * D, row.data(), D);
-        for (int64_t d = 0; d < D; d++) dst[d * kBK + r] = row[d];
-      }
-    }
-  });
-  return p;
-}
+  float* rows(int64_t b, int64_t h, int64_t p) { return buf_.data() + ((b * H_ + h) * (L_ + 4) + p) * Dp_; }
+  float* tile(int64_t b, int64_t h, int64_t t) { return buf_.data() + ((b * H_ + h) * nt_ + t) * Dp_ * kBK; }
+
+ private:
+  Scratch buf_;
+  int64_t L_, H_, Dp_, nt_;
+};
 
 }  // namespace
 
 void attention_forward_cpu(const AttentionShape& a, const void* q, const void* k, const void* v, DType dt, void* out, float* lse) {
   const int64_t D = a.D, Dp = padded(D), group = a.Hq / a.Hkv, nqt = tiles(a.T, kBQ);
   const int dp = static_cast<int>(Dp);
-  const Packed kt_all = pack(k, dt, a.B, a.S, a.Hkv, D, true), v_all = pack(v, dt, a.B, a.S, a.Hkv, D, false);
+  Packed kt_all(0, k, dt, a.B, a.S, a.Hkv, D, true), v_all(1, v, dt, a.B, a.S, a.Hkv, D, false);
   // A job's rows: the query tile of every query head reading the job's kv head (they share each K/V tile),
   // plus room for the scores' rounding up to 4 rows.
   const int64_t R = group * kBQ + 4;
@@ -94,7 +114,10 @@ void attention_forward_cpu(const AttentionShape& a, const void* q, const void* k
     std::vector<float> Q(R * Dp), S(R * kBK), acc(R * Dp), m(R), l(R * kAttnLanes), bias(kBK);
     std::vector<int> limit(R);
     for (int64_t job = jb; job < je; job++) {
-      const int64_t b = job / (a.Hkv * nqt), hk = job / nqt % a.Hkv, i0 = job % nqt * kBQ;
+      // Query tiles in zigzag order (first, last, second, second last, ...): under causal masking later tiles
+      // cost more, and the pool hands each thread a contiguous run of jobs.
+      const int64_t b = job / (a.Hkv * nqt), hk = job / nqt % a.Hkv, zz = job % nqt;
+      const int64_t i0 = (zz % 2 ? nqt - 1 - zz / 2 : zz / 2) * kBQ;
       const int tq = static_cast<int>(std::min<int64_t>(kBQ, a.T - i0)), rows = static_cast<int>(group) * tq;
       for (int64_t g = 0; g < group; g++) load_rows(q, dt, b, i0, tq, a.T, a.Hq, hk * group + g, D, Dp, Q.data() + g * tq * Dp);
       std::fill(m.begin(), m.end(), -std::numeric_limits<float>::infinity());
@@ -143,22 +166,23 @@ void attention_backward_cpu(const AttentionShape& a, const void* q, const void* 
       delta[(b * Hq + h) * T + t] = static_cast<float>(s);
     }
   });
-  const Packed k_rows = pack(k, dt, B, S, Hkv, D, false), k_cols = pack(k, dt, B, S, Hkv, D, true), v_cols = pack(v, dt, B, S, Hkv, D, true);
-  const Packed q_rows = pack(q, dt, B, T, Hq, D, false), do_rows = pack(dout, dt, B, T, Hq, D, false);
-  // Jobs own (batch, kv head, a run of key tiles): dk and dv rows are theirs alone; dq goes to the job's own
+  Packed k_rows(0, k, dt, B, S, Hkv, D, false), k_cols(1, k, dt, B, S, Hkv, D, true), v_cols(2, v, dt, B, S, Hkv, D, true);
+  Packed q_rows(3, q, dt, B, T, Hq, D, false), do_rows(4, dout, dt, B, T, Hq, D, false);
+  // Jobs own (batch, kv head, a chunk of key tiles): dk and dv rows are theirs alone; dq goes to the job's own
   // f32 partial [chunk][B][Hq][T][Dp], summed after. Key tiles are split into chunks only as far as needed to
-  // give every thread work.
+  // give every thread work, dealt round-robin (chunk c takes tiles c, c + chunks, ...) so that under causal
+  // masking, where early keys see more queries, every chunk gets a like share of the work.
   const int64_t nkt = tiles(S, kBK);
   const int64_t chunks = std::clamp<int64_t>(tiles(2 * num_threads(), std::max<int64_t>(B * Hkv, 1)), 1, std::max<int64_t>(nkt, 1));
   const int64_t qsize = B * Hq * T * Dp;
-  std::vector<float> dq_part(static_cast<size_t>(chunks * qsize), 0.0f);
+  Scratch dq_part(5, static_cast<size_t>(chunks * qsize));
   parallel_for(B * Hkv * chunks, 1, [&](int64_t jb, int64_t je) {
     std::vector<float> dK(kBK * Dp), dV(kBK * Dp), bias(kBK), P(kBQ * kBK), dP(kBQ * kBK);
     int limit[kBQ];
     for (int64_t job = jb; job < je; job++) {
       const int64_t b = job / (Hkv * chunks), hk = job / chunks % Hkv, c = job % chunks;
       float* dqc = dq_part.data() + c * qsize;
-      for (int64_t t = nkt * c / chunks; t < nkt * (c + 1) / chunks; t++) {
+      for (int64_t t = c; t < nkt; t += chunks) {
         const int64_t j0 = t * kBK;
         const int cols = static_cast<int>(std::min<int64_t>(kBK, S - j0));
         const float *kr = k_rows.rows(b, hk, j0), *ktt = k_cols.tile(b, hk, t), *vtt = v_cols.tile(b, hk, t);

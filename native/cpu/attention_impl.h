@@ -28,13 +28,7 @@ inline float exp_softmax(float x) {
   float n = t - 12582912.0f;
   float r = x - n * 0.693359375f;
   r = r - n * -2.12194440e-4f;
-  float p = 1.9875691500e-4f;
-  p = p * r + 1.3981999507e-3f;
-  p = p * r + 8.3334519073e-3f;
-  p = p * r + 4.1665795894e-2f;
-  p = p * r + 1.6666665459e-1f;
-  p = p * r + 5.0000001201e-1f;
-  p = p * (r * r) + r + 1.0f;
+  const float p = vexp_reduced(r);
   int32_t ni = __builtin_bit_cast(int32_t, t) - 0x4b400000;
   return p * __builtin_bit_cast(float, (ni + 127) << 23);
 }
@@ -86,33 +80,48 @@ inline float hmax(vf m) {
   return m[0];
 }
 
-// One online-softmax step. l holds kAttnLanes partial sums per row (this build uses the first kL), so the
-// running sum needs no reduction across lanes per tile.
+// One online-softmax step, over blocks of rows: first each row's mask, new max and rescale factor, then
+// the exponentials of the whole block (independent work that fills the pipeline), then the sums. l holds
+// kAttnLanes partial sums per row (this build uses the first kL), so the running sum needs no reduction
+// across lanes per tile. A row with nothing kept yet keeps max -inf and all-zero probabilities.
 void softmax_step_impl(float* S, int rows, const float* bias, const int* limit, float* m, float* l, float* acc, int Dp) {
-  for (int i = 0; i < rows; i++) {
-    float* s = S + static_cast<int64_t>(i) * kBK;
-    const int lim = limit[i];
-    for (int j = 0; j < kBK; j++) s[j] = vsel(j < lim, s[j] + bias[j], kNegInf);
-    vf mv = ld(s);
-    for (int k = kL; k < kBK; k += kL) {
-      const vf x = ld(s + k);
-      mv = x > mv ? x : mv;
+  constexpr int kRB = 8;
+  for (int i0 = 0; i0 < rows; i0 += kRB) {
+    const int n = rows - i0 < kRB ? rows - i0 : kRB;
+    float mx[kRB], old[kRB], alpha[kRB];
+    for (int r = n; r < kRB; r++) mx[r] = old[r] = 0.0f;
+    for (int r = 0; r < n; r++) {
+      float* s = S + static_cast<int64_t>(i0 + r) * kBK;
+      const int lim = limit[i0 + r];
+      for (int j = 0; j < kBK; j++) s[j] = vsel(j < lim, s[j] + bias[j], kNegInf);
+      vf mv = ld(s);
+      for (int k = kL; k < kBK; k += kL) {
+        const vf x = ld(s + k);
+        mv = x > mv ? x : mv;
+      }
+      const float tile_max = hmax(mv);
+      old[r] = m[i0 + r];
+      mx[r] = tile_max > old[r] ? tile_max : old[r];
     }
-    const float tile_max = hmax(mv), mx = tile_max > m[i] ? tile_max : m[i];
-    if (mx == kNegInf) {  // nothing kept yet in this row
-      for (int j = 0; j < kBK; j++) s[j] = 0.0f;
-      continue;
+    // The rescale factors of the block in one vector pass (0 while a row has kept nothing).
+    for (int r = 0; r < kRB; r++) alpha[r] = vsel((old[r] == kNegInf) | (mx[r] == kNegInf), 0.0f, vexpf(old[r] - mx[r]));
+    for (int r = 0; r < n; r++) {
+      float* s = S + static_cast<int64_t>(i0 + r) * kBK;
+      const float c = mx[r];
+      for (int j = 0; j < kBK; j++) s[j] = vsel(s[j] != kNegInf, exp_softmax(s[j] - c), 0.0f);
     }
-    for (int j = 0; j < kBK; j++) s[j] = vsel(s[j] != kNegInf, exp_softmax(s[j] - mx), 0.0f);
-    const float alpha = m[i] == kNegInf ? 0.0f : vexpf(m[i] - mx);
-    vf sum = ld(s);
-    for (int k = kL; k < kBK; k += kL) sum += ld(s + k);
-    float* li = l + static_cast<int64_t>(i) * kAttnLanes;
-    st(li, ld(li) * alpha + sum);
-    m[i] = mx;
-    if (alpha != 1.0f) {
-      float* a = acc + static_cast<int64_t>(i) * Dp;
-      for (int d = 0; d < Dp; d += kL) st(a + d, ld(a + d) * alpha);
+    for (int r = 0; r < n; r++) {
+      const int64_t i = i0 + r;
+      const float* s = S + i * kBK;
+      vf sum = ld(s);
+      for (int k = kL; k < kBK; k += kL) sum += ld(s + k);
+      float* li = l + i * kAttnLanes;
+      st(li, ld(li) * alpha[r] + sum);
+      m[i] = mx[r];
+      if (alpha[r] != 1.0f) {
+        float* a = acc + i * Dp;
+        for (int d = 0; d < Dp; d += kL) st(a + d, ld(a + d) * alpha[r]);
+      }
     }
   }
 }

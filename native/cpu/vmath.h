@@ -23,6 +23,17 @@ inline double vsel_neg(double d, double a, double b) {
   return __builtin_bit_cast(double, (__builtin_bit_cast(uint64_t, a) & m) | (__builtin_bit_cast(uint64_t, b) & ~m));
 }
 
+// e^r for |r| <= ln2/2 after the range reduction: the Cephes expf polynomial (about 1 ulp).
+inline float vexp_reduced(float r) {
+  float p = 1.9875691500e-4f;
+  p = p * r + 1.3981999507e-3f;
+  p = p * r + 8.3334519073e-3f;
+  p = p * r + 4.1665795894e-2f;
+  p = p * r + 1.6666665459e-1f;
+  p = p * r + 5.0000001201e-1f;
+  return p * (r * r) + r + 1.0f;
+}
+
 // e^x in f32 for any x: Cody–Waite reduction x = n ln2 + r (|r| <= ln2/2), the Cephes expf polynomial
 // (about 1 ulp), and 2^n applied in two halves so results that overflow, underflow or go subnormal come
 // out as the rounding of the true value. NaN gives NaN.
@@ -34,13 +45,7 @@ inline float vexpf(float x) {
   float n = t - 12582912.0f;
   float r = xc - n * 0.693359375f;   // ln2 high part: 9 significant bits, n * it is exact
   r = r - n * -2.12194440e-4f;       // ln2 low part
-  float p = 1.9875691500e-4f;
-  p = p * r + 1.3981999507e-3f;
-  p = p * r + 8.3334519073e-3f;
-  p = p * r + 4.1665795894e-2f;
-  p = p * r + 1.6666665459e-1f;
-  p = p * r + 5.0000001201e-1f;
-  p = p * (r * r) + r + 1.0f;
+  float p = vexp_reduced(r);
   int32_t ni = __builtin_bit_cast(int32_t, t) - 0x4b400000;  // the integer n, read from t's low mantissa bits
   int32_t h = ni >> 1;
   float s1 = __builtin_bit_cast(float, (h + 127) << 23), s2 = __builtin_bit_cast(float, (ni - h + 127) << 23);

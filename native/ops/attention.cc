@@ -19,13 +19,6 @@ const Tensor* optional_tensor(const Napi::CallbackInfo& info, size_t at, const c
   return info.Length() > at && !info[at].IsNull() && !info[at].IsUndefined() ? &TensorHandle::From(info[at], op, name) : nullptr;
 }
 
-Napi::Value pair(Napi::Env env, const Tensor& a, const Tensor& b) {
-  Napi::Array out = Napi::Array::New(env, 2);
-  out.Set(0u, TensorHandle::Wrap(env, a));
-  out.Set(1u, TensorHandle::Wrap(env, b));
-  return out;
-}
-
 // rotaryEmbedding(x [B, T, H, D], cos, sin [B or 1, T, D] f32, backward) -> y like x (backward: x holds dy)
 Napi::Value RotaryEmbedding(const Napi::CallbackInfo& info) {
   const char* op = "rotaryEmbedding";
@@ -97,7 +90,7 @@ Napi::Value Attention(const Napi::CallbackInfo& info) {
   if (!empty(s)) attention_forward_cpu(s, c.q->data(), c.k->data(), c.v->data(), c.q->dtype, out.data(), lse.ptr<float>());
   else if (s.T && s.Hq)
     for (int64_t i = 0; i < lse.numel(); i++) lse.ptr<float>()[i] = std::numeric_limits<float>::infinity();
-  return pair(info.Env(), out, lse);
+  return TensorHandle::WrapAll(info.Env(), {out, lse});
 }
 
 // attentionBackward(q, k, v, mask, causal, scale, out, lse, dout) -> [dq, dk, dv]
@@ -121,11 +114,7 @@ Napi::Value AttentionBackward(const Napi::CallbackInfo& info) {
   if (!empty(s))
     attention_backward_cpu(s, c.q->data(), c.k->data(), c.v->data(), c.q->dtype, out.data(), lse.ptr<float>(), dout.data(),
                            dq.data(), dk.data(), dv.data());
-  Napi::Array res = Napi::Array::New(info.Env(), 3);
-  res.Set(0u, TensorHandle::Wrap(info.Env(), dq));
-  res.Set(1u, TensorHandle::Wrap(info.Env(), dk));
-  res.Set(2u, TensorHandle::Wrap(info.Env(), dv));
-  return res;
+  return TensorHandle::WrapAll(info.Env(), {dq, dk, dv});
 }
 
 }  // namespace
