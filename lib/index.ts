@@ -21,6 +21,7 @@ export * as F from "./functional/index.js";
 export { noGrad, isGradEnabled, tidy, gradcheck, type GradcheckOptions } from "./autograd/index.js";
 export { LoraLayer, LoraLinear, FusedLoraLayer, type LoraLayerOptions, type MergeOptions } from "./tuners/lora/layer.js";
 export { LoraConv2d } from "./tuners/lora/conv.js";
+export { LoraLinear8bitLt, int8Dequantize } from "./tuners/lora/bnb.js";
 export { type WeightedAdapterOptions } from "./tuners/lora/weighted-adapter.js";
 export { type CombinationType } from "./tuners/lora/combine-layer.js";
 export { registerFactorLayout } from "./tuners/lora/factor-layout.js";
@@ -43,3 +44,4 @@ export { loadTorchCheckpoint, describeTorchCheckpoint } from "./io/torch-checkpo
 export { LlamaForCausalLM, LlamaModel, LlamaDecoderLayer, LlamaAttention, LlamaMLP, parseLlamaConfig, readLlamaConfig, llamaConfig, llamaConfigToJSON, ropeInvFreq, ropeTables, LLAMA_MODEL_TYPES, type CausalLMForwardOptions, type CausalLMOutput, type PretrainedOptions, type LlamaConfig, type LlamaConfigInit, type LlamaModelType, type RopeScaling } from "./models/index.js";
 export { checkpoint } from "./autograd/checkpoint.js";
 export { enableGrad } from "./autograd/grad-mode.js";
+export { prepareModelForKbitTraining, type KbitTrainingOptions } from "./kbit-training.js";

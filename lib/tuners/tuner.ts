@@ -219,7 +219,7 @@ export abstract class BaseTuner<C extends PeftConfigBase = PeftConfigBase> exten
       if (names.length) plan.push([l, names]);
     }
     if (opts.safeMerge === true) for (const [l, adapterNames] of plan) l.checkMerge({ adapterNames });
-    for (const [l, adapterNames] of plan) l.merge({ safeMerge: opts.safeMerge, adapterNames });
+    for (const [l, adapterNames] of plan) l.merge({ safeMerge: opts.safeMerge, adapterNames, exactUnmerge: opts.exactUnmerge });
   }
 
   unmergeAdapter(): void {
@@ -247,7 +247,8 @@ export abstract class BaseTuner<C extends PeftConfigBase = PeftConfigBase> exten
       model.setSubmodule(path, replacement, { dispose: false });
       disposeDropped(m, replacement);
     }
-    for (const p of model.parameters()) p.requiresGrad = true;
+    // An int8 weight has no gradient (Linear8bitLt refuses one): it stays frozen.
+    for (const p of model.parameters()) p.requiresGrad = p.dtype !== "i8";
     return model;
   }
 }
