@@ -5,7 +5,7 @@
 // PEFT does; unmerge is PEFT's lossy requantisation unless the merge kept the original CB/SCB
 // (`exactUnmerge`), in which case unmerge restores them bit for bit.
 import { Tensor } from "../../tensor.js";
-import { int8LinearGradInput, int8Linear, int8Quantize, linearGradWeight, matmul } from "../../ops.js";
+import { int8LinearGradInput, int8Linear, int8Quantize, linear, linearGradWeight, matmul } from "../../ops.js";
 import { addInPlace, dropout, scaleInPlace, sumRows } from "../../kernels.js";
 import { describe, optionsArg, peftError, typeError } from "../../errors.js";
 import { Linear8bitLt, gradOf } from "../../nn/index.js";
@@ -53,6 +53,15 @@ function asF32(t: Tensor, keep: Tensor[]): Tensor {
   return c;
 }
 
+/** The transpose of a 2-D f32 tensor (for the adapters' small factors and T, never activations of size M·K). */
+function transposed(t: Tensor): Tensor {
+  const [r, c] = t.shape;
+  const v = t.view() as Float32Array;
+  const out = new Float32Array(r * c);
+  for (let i = 0; i < r; i++) for (let j = 0; j < c; j++) out[j * r + i] = v[i * c + j];
+  return Tensor.fromArray(out, [c, r], "f32");
+}
+
 /** t converted to `dtype` (t itself when it already is one; the f32 original is disposed). */
 function inDtype(t: Tensor, dtype: Tensor["dtype"]): Tensor {
   if (t.dtype === dtype) return t;
@@ -66,6 +75,8 @@ export class LoraLinear8bitLt extends FusedLoraLayer {
   // The CB/SCB before the first merge, kept while merged when that merge asked for exactUnmerge.
   #original: { cb: Tensor; scb: Tensor } | null = null;
   #exactRequested = false;
+  // Bᵀ (r, out) of each adapter, remade when B is replaced or changes (its version moves on every write).
+  readonly #bt = new Map<string, { B: Tensor; version: number; t: Tensor }>();
 
   constructor(base: Linear8bitLt, opts: LoraLayerOptions) {
     if (!(base instanceof Linear8bitLt)) throw typeError(`LoraLinear8bitLt: the base layer must be a Linear8bitLt, got ${describe(base)}`);
@@ -76,6 +87,21 @@ export class LoraLinear8bitLt extends FusedLoraLayer {
 
   protected features(): [number, number] {
     return [this.baseLayer.inFeatures, this.baseLayer.outFeatures];
+  }
+
+  #transposedB(name: string, B: Tensor): Tensor {
+    const c = this.#bt.get(name);
+    if (c && c.B === B && c.version === B.version) return c.t;
+    c?.t.dispose();
+    const t = transposed(B);
+    this.#bt.set(name, { B, version: B.version, t });
+    return t;
+  }
+
+  protected override removeAdapter(name: string): void {
+    this.#bt.get(name)?.t.dispose();
+    this.#bt.delete(name);
+    super.removeAdapter(name);
   }
 
   /** Whether the merged state keeps the original CB/SCB, so unmerge restores them exactly. */
@@ -97,12 +123,13 @@ export class LoraLinear8bitLt extends FusedLoraLayer {
       for (const a of adapters) {
         const { A, B } = this.loraWeights(a.name);
         using xd = a.p > 0 ? dropout(x2, a.p, a.seed, a.stream) : null;
-        // U = s·drop(x)·Aᵀ (M, r) is what backward needs for dB; y += U·Bᵀ.
-        const U = matmul(xd ?? x2, A, { transB: true });
+        // U = s·drop(x)·Aᵀ (M, r) is what backward needs for dB. y += U·Bᵀ runs as an accumulating GEMM
+        // over the r rows of Uᵀ and Bᵀ (small transposes), so y is read and written once, not copied.
+        const U = linear(xd ?? x2, A);
         saved.push(U);
         scaleInPlace(U, a.scale);
-        using yl = matmul(U, B, { transB: true });
-        addInPlace(y2, yl);
+        using Ut = transposed(U);
+        linearGradWeight(Ut, this.#transposedB(a.name, B), y2, { accumulate: true });
       }
       return { y: inDtype(y, x.dtype), saved };
     } catch (e) {
@@ -206,6 +233,8 @@ export class LoraLinear8bitLt extends FusedLoraLayer {
 
   override dispose(): void {
     this.#dropOriginal();
+    for (const c of this.#bt.values()) c.t.dispose();
+    this.#bt.clear();
     super.dispose();
   }
 }
