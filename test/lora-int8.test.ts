@@ -3,7 +3,7 @@
 // adapters, dispatch through getPeftModel, merge into int8 with PEFT's lossy unmerge and the exact one,
 // safeMerge, mergeAndUnload to an int8 model, adapters moving between int8 and f32 bases, bad input.
 import { describe, expect, it } from "vitest";
-import { Linear, Linear8bitLt, LoraConfig, LoraLinear, LoraLinear8bitLt, Module, PeftError, Tensor, getPeftModel, getPeftModelStateDict, int8Dequantize, noGrad, setPeftModelStateDict } from "../lib/index.js";
+import { Linear, Linear8bitLt, LoraConfig, LoraLinear, LoraLinear8bitLt, Module, PeftError, Tensor, getPeftModel, getPeftModelStateDict, int8Dequantize, noGrad, setPeftModelStateDict, tidy } from "../lib/index.js";
 import { int8Quantize } from "../lib/ops.js";
 import { UNIT, expectClose, expectError, roundTo, uniform } from "./helpers/numeric.js";
 import { dequant, dequantWeight, int32Product, outlierColumns, quantRows } from "./helpers/int8-ref.js";
@@ -220,6 +220,22 @@ describe("merge into int8", () => {
     expect(layer.merged).toBe(false);
     expect(q.weight.toArray()).toEqual(cb0);
     expect(q.SCB.toArray()).toEqual(scb0);
+  });
+});
+
+describe("state kept across calls", () => {
+  it("survives tidy(): the layer's cached Bᵀ and the CB/SCB an exactUnmerge merge keeps", () => {
+    const { q, layer } = int8Lora(17, 9, 3, 31);
+    const xs = t([5, 17], 32);
+    const y0 = noGrad(() => layer.eval().forward(xs).toFloat64Array());
+    const cb0 = q.weight.toArray();
+    tidy(() => {
+      layer.forward(xs);
+      layer.merge({ exactUnmerge: true });
+    });
+    layer.unmerge();
+    expect(q.weight.toArray()).toEqual(cb0);
+    expect(Array.from(noGrad(() => layer.forward(xs).toFloat64Array()))).toEqual(Array.from(y0));
   });
 });
 

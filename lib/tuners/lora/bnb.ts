@@ -9,8 +9,9 @@ import { int8LinearGradInput, int8Linear, int8Quantize, linear, linearGradWeight
 import { addInPlace, dropout, scaleInPlace, sumRows } from "../../kernels.js";
 import { describe, optionsArg, peftError, typeError } from "../../errors.js";
 import { Linear8bitLt, gradOf } from "../../nn/index.js";
-import { denseFanInFanOut } from "../tuner-layer.js";
+import { denseFanInFanOut, warnOnce } from "../tuner-layer.js";
 import { applyLoraDeltas } from "./delta.js";
+import { untrack } from "../../autograd/scope.js";
 import { FusedLoraLayer, type FusedResult, type LoraLayerOptions, type MergeOptions, type NativeAdapter } from "./layer.js";
 
 /** bitsandbytes' int8_vectorwise_dequant multiplies by 1/127 rounded to f32 (7.874015718698502e-3). */
@@ -93,7 +94,8 @@ export class LoraLinear8bitLt extends FusedLoraLayer {
     const c = this.#bt.get(name);
     if (c && c.B === B && c.version === B.version) return c.t;
     c?.t.dispose();
-    const t = transposed(B);
+    // Kept by the layer across calls, so out of any tidy() scope it was made in.
+    const t = untrack(transposed(B));
     this.#bt.set(name, { B, version: B.version, t });
     return t;
   }
@@ -188,6 +190,7 @@ export class LoraLinear8bitLt extends FusedLoraLayer {
     if (opts.exactUnmerge && this.merged && !this.#original)
       throw peftError("ERR_STATE", `${this.describe()}.merge: exactUnmerge asked for, but adapters ${this.mergedAdapters.join(", ")} are already merged without it: the original CB/SCB are gone; unmerge first`);
     this.#exactRequested = opts.exactUnmerge === true;
+    warnOnce("PEFT_INT8_MERGE", "Merge lora module to 8-bit linear may get different generations due to rounding errors.");
     try {
       super.merge(opts);
     } finally {
@@ -196,7 +199,8 @@ export class LoraLinear8bitLt extends FusedLoraLayer {
   }
 
   protected override unmergeWarning(): string | null {
-    return this.#original ? null : "Unmerge from an int8 weight requantises it: the result can differ from the original int8 weight (merge with exactUnmerge: true to keep it).";
+    // PEFT's warning; exactUnmerge restores the kept CB/SCB instead of requantising.
+    return this.#original ? null : "Unmerge lora module to 8-bit linear may get different generations due to rounding errors.";
   }
 
   /** PEFT's 8-bit merge: dequantise, W ± Σ s·B·A in f32, requantise CB/SCB in place (or restore the kept ones). */
@@ -216,7 +220,7 @@ export class LoraLinear8bitLt extends FusedLoraLayer {
       if (bad >= 0 || checkOnly) return bad;
       const [cb, scb] = int8Quantize(w);
       using _cb = cb, _scb = scb;
-      if (sign > 0 && this.#exactRequested && !this.#original) this.#original = { cb: copyOf(base.weight), scb: copyOf(base.SCB) };
+      if (sign > 0 && this.#exactRequested && !this.#original) this.#original = { cb: untrack(copyOf(base.weight)), scb: untrack(copyOf(base.SCB)) };
       base.weight.copyFrom(cb);
       base.SCB.copyFrom(scb);
       return -1;
