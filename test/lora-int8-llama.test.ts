@@ -5,7 +5,7 @@ import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, describe, expect, it } from "vitest";
-import { Linear, Linear8bitLt, LlamaForCausalLM, LoraConfig, LoraLinear8bitLt, PeftError, Tensor, getPeftModel, prepareModelForKbitTraining } from "../lib/index.js";
+import { Linear, Linear8bitLt, LlamaForCausalLM, LoraConfig, LoraLinear8bitLt, PeftError, Tensor, getPeftModel, getPeftModelStateDict, noGrad, PeftModel, prepareModelForKbitTraining } from "../lib/index.js";
 import { tinyLlama, trainCausalLm, writeLlama } from "./helpers/llama-models.js";
 import { expectError } from "./helpers/numeric.js";
 
@@ -71,6 +71,24 @@ describe("LoRA on a tiny int8 Llama", () => {
     const ids = Tensor.fromArray([1, 5, 12, 7, 30, 22, 9, 14, 3, 2, 4, 6, 25, 33, 8, 11, 17, 5, 36, 2], [2, 10], "i64");
     const { first, last } = trainCausalLm(peft, ids, 40);
     expect(last).toBeLessThan(0.7 * first);
+
+    // The adapter in PEFT's files loads onto a fresh int8 base (identical logits) and onto the f32 base
+    // (same keys; logits apart by the base's int8 quantisation only)
+    const out = join(dir, "adapter");
+    await peft.savePretrained(out);
+    peft.eval();
+    const want = noGrad(() => peft.forward(ids).logits.toFloat64Array());
+    const on8 = await PeftModel.fromPretrained(prepareModelForKbitTraining(await LlamaForCausalLM.fromPretrained(join(dir, "bf16"), { quantize: "int8", dtype: "bf16" })), out);
+    expect(Array.from(noGrad(() => on8.eval().forward(ids).logits.toFloat64Array()))).toEqual(Array.from(want));
+    const on32 = await PeftModel.fromPretrained(await LlamaForCausalLM.fromPretrained(join(dir, "bf16")), out);
+    expect(Object.keys(getPeftModelStateDict(on32)).sort()).toEqual(Object.keys(getPeftModelStateDict(peft)).sort());
+    const got = noGrad(() => on32.eval().forward(ids).logits.toFloat64Array());
+    const amax = Math.max(...want.map(Math.abs));
+    // int8 rows (x and W at 1/254 of their absmax each) through two layers: a few percent of the logits' range
+    let worst = 0;
+    for (let i = 0; i < got.length; i++) worst = Math.max(worst, Math.abs(got[i] - want[i]));
+    expect(worst).toBeLessThan(0.05 * amax);
+    for (const m of [on8, on32]) m.dispose();
     peft.dispose();
   });
 });
