@@ -232,7 +232,8 @@ export abstract class BaseTuner<C extends PeftConfigBase = PeftConfigBase> exten
    */
   unloadAndOptionallyMerge(merge: boolean, opts: MergeOptions = {}): Module {
     const model = this.model;
-    if (merge) this.mergeAdapter(opts);
+    // Nothing is unmerged after unloading: an int8 layer keeps no copy of its original weight.
+    if (merge) this.mergeAdapter({ ...opts, exactUnmerge: false });
     // Deepest first, so a wrapper's path is still valid when it is replaced.
     const targets = [...model.namedModules()].filter(([, m]) => m instanceof BaseTunerLayer || m instanceof ModulesToSaveWrapper).reverse();
     for (const [path, m] of targets) {
