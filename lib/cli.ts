@@ -131,7 +131,7 @@ interface MergeFlags {
   base: string;
   adapter: string;
   out: string;
-  dtype?: "f32" | "f16" | "bf16";
+  dtype?: "f32" | "f16" | "bf16" | "int8";
   force?: boolean;
 }
 
@@ -159,8 +159,8 @@ async function merge(o: MergeFlags): Promise<void> {
   }
 }
 
-function dtypeArg(v: string): "f32" | "f16" | "bf16" {
-  if (v !== "f32" && v !== "f16" && v !== "bf16") throw new InvalidArgumentError(`--dtype must be f32, f16 or bf16, got ${v}`);
+function dtypeArg(v: string): "f32" | "f16" | "bf16" | "int8" {
+  if (v !== "f32" && v !== "f16" && v !== "bf16" && v !== "int8") throw new InvalidArgumentError(`--dtype must be f32, f16, bf16 or int8, got ${v}`);
   return v;
 }
 
@@ -197,7 +197,7 @@ function program(stdout: LineWriter): Command {
     .requiredOption("--base <file>", "the base model: a .safetensors file or a model.safetensors.index.json")
     .requiredOption("--adapter <dir>", "a PEFT adapter directory (adapter_config.json + adapter_model.safetensors)")
     .requiredOption("--out <file>", "the merged .safetensors file to write")
-    .option("--dtype <dtype>", "output dtype of floating tensors: f32, f16 or bf16 (default: as in the base)", dtypeArg)
+    .option("--dtype <dtype>", "output dtype of floating tensors: f32, f16, bf16, or int8 (linear weights quantised in bitsandbytes' layout: weight i8 + SCB + weight_format; the head, embeddings and norms kept) (default: as in the base; an int8 base stays int8)", dtypeArg)
     .option("--force", "overwrite --out if it exists")
     .addHelpText("after", `\n${EXIT_CODES}`)
     .action((o: MergeFlags) => merge(o));

@@ -21,6 +21,7 @@ export * as F from "./functional/index.js";
 export { noGrad, isGradEnabled, tidy, gradcheck, type GradcheckOptions } from "./autograd/index.js";
 export { LoraLayer, LoraLinear, FusedLoraLayer, type LoraLayerOptions, type MergeOptions } from "./tuners/lora/layer.js";
 export { LoraConv2d } from "./tuners/lora/conv.js";
+export { LoraLinear8bitLt, int8Dequantize } from "./tuners/lora/bnb.js";
 export { type WeightedAdapterOptions } from "./tuners/lora/weighted-adapter.js";
 export { type CombinationType } from "./tuners/lora/combine-layer.js";
 export { registerFactorLayout } from "./tuners/lora/factor-layout.js";
@@ -45,3 +46,4 @@ export { generate, streamTokens, generateText, readGenerationDefaults, type Gene
 export { Tokenizer, type ChatMessage, type EncodeOptions, type DecodeOptions, type ChatTemplateOptions } from "./tokenizer/index.js";
 export { checkpoint } from "./autograd/checkpoint.js";
 export { enableGrad } from "./autograd/grad-mode.js";
+export { prepareModelForKbitTraining, type KbitTrainingOptions } from "./kbit-training.js";

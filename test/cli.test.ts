@@ -144,7 +144,7 @@ describe("node-peft merge", () => {
     expect(u.stderr).toMatch(/PREFIX_TUNING/);
     expect(u.stderr).not.toMatch(/\n\s+at /);
     expect(cli("merge", "--base", "x").code).toBe(2); // a required option missing: a malformed command line
-    expect(cli("merge", "--base", "a", "--adapter", "b", "--out", "c", "--dtype", "f64").stderr).toMatch(/--dtype must be f32, f16 or bf16/);
+    expect(cli("merge", "--base", "a", "--adapter", "b", "--out", "c", "--dtype", "f64").stderr).toMatch(/--dtype must be f32, f16, bf16 or int8/);
     // an adapter whose targets are missing from the base
     const other = join(tmp, "other-adapter");
     mkdirSync(other, { recursive: true });

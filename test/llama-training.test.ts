@@ -6,8 +6,8 @@ import { mkdtempSync, readFileSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, describe, expect, it } from "vitest";
-import { AdamW, Linear, LlamaForCausalLM, LoraConfig, PeftModel, Tensor, getPeftModel, loadSafetensorsSync, noGrad } from "../lib/index.js";
-import { sharpenHead, tinyLlama, writeLlama } from "./helpers/llama-models.js";
+import { Linear, LlamaForCausalLM, LoraConfig, PeftModel, Tensor, getPeftModel, loadSafetensorsSync, noGrad } from "../lib/index.js";
+import { sharpenHead, tinyLlama, trainCausalLm, writeLlama } from "./helpers/llama-models.js";
 import { greedy } from "./helpers/llama-fixture.js";
 
 const dir = mkdtempSync(join(tmpdir(), "llama-train-"));
@@ -59,19 +59,8 @@ describe("LlamaForCausalLM + LoRA", () => {
     expect(peft.targetedModuleNames.length).toBe(14);
     const params = [...peft.parameters()].filter((p) => p.requiresGrad);
     expect(params.every((p) => p.dtype === "f32")).toBe(true);
-    const opt = new AdamW(params, { lr: 1e-2, weightDecay: 0 });
     const ids = Tensor.fromArray(SENTENCES.flat(), [3, 10], "i64");
-    let first = 0, last = 0;
-    for (let step = 0; step < 120; step++) {
-      const { logits, loss } = peft.forward(ids, { labels: ids });
-      last = loss!.toFloat64Array()[0];
-      if (step === 0) first = last;
-      loss!.backward();
-      opt.step();
-      opt.zeroGrad();
-      logits.dispose();
-      loss!.dispose();
-    }
+    const { first, last } = trainCausalLm(peft, ids, 120);
     // from above ln(40) = 3.7 to memorised: every next token nearly certain
     expect(first).toBeGreaterThan(2.5);
     expect(last).toBeLessThan(0.05);

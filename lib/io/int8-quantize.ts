@@ -31,7 +31,8 @@ export function int8SkipModules(s: unknown, op: string): string[] {
   return [...INT8_DEFAULT_SKIP, ...(s as string[])];
 }
 
-function skipped(path: string, skip: string[]): boolean {
+/** Whether a module path is one of `skip` (the name itself, or a dotted component of the path). */
+export function skipped(path: string, skip: string[]): boolean {
   return skip.some((s) => path === s || path.endsWith("." + s) || path.startsWith(s + ".") || path.includes("." + s + "."));
 }
 

@@ -15,6 +15,8 @@ import { readAdapterConfig, WEIGHTS_NAME } from "./peft-checkpoint.js";
 import { CONFIG_NAME } from "../tuners/config.js";
 import { loadSafetensorsSync, openSharded } from "./index.js";
 import { SafetensorsStreamWriter, type TensorSpec } from "./safetensors-stream.js";
+import { int8Quantize } from "../ops.js";
+import { int8BasePath, mergeInt8, quantizedPath, rowFormat } from "./merge-int8.js";
 
 const PREFIX = "base_model.model.";
 const FLOATS = new Set(["f32", "f16", "bf16"]);
@@ -24,7 +26,8 @@ export interface MergeCheckpointOptions {
   base: string; // a safetensors file or a model.safetensors.index.json
   adapter: string; // a PEFT adapter directory
   out: string;
-  dtype?: "f32" | "f16" | "bf16";
+  /** Output dtype of floating tensors; "int8" quantises the linear weights (bitsandbytes' layout, the head and embeddings kept). */
+  dtype?: "f32" | "f16" | "bf16" | "int8";
   force?: boolean;
   onProgress?: (done: number, total: number, name: string) => void;
 }
@@ -111,8 +114,8 @@ function checkedOptions(options: unknown): MergeCheckpointOptions {
   const o = optionsArg(options as MergeCheckpointOptions, "mergeCheckpoint");
   for (const k of ["base", "adapter", "out"] as const)
     if (typeof o[k] !== "string" || !o[k]) throw typeError(`mergeCheckpoint: options.${k} must be a non-empty path string, got ${describe(o[k])}`);
-  if (o.dtype !== undefined && !["f32", "f16", "bf16"].includes(o.dtype as string))
-    throw typeError(`mergeCheckpoint: options.dtype must be "f32", "f16" or "bf16", got ${describe(o.dtype)}`);
+  if (o.dtype !== undefined && !["f32", "f16", "bf16", "int8"].includes(o.dtype as string))
+    throw typeError(`mergeCheckpoint: options.dtype must be "f32", "f16", "bf16" or "int8", got ${describe(o.dtype)}`);
   if (o.onProgress !== undefined && typeof o.onProgress !== "function") throw typeError(`mergeCheckpoint: options.onProgress must be a function`);
   return o as MergeCheckpointOptions;
 }
@@ -201,40 +204,41 @@ function writeMerged(opts: MergeCheckpointOptions, config: LoraConfig | IA3Confi
   const unused = [...plan.lora.keys(), ...plan.replace.keys(), ...plan.ia3.required].filter((k) => !have.has(k));
   if (unused.length)
     throw peftError("ERR_CHECKPOINT", `${opts.adapter}: ${unused.length} adapter tensors have no base tensor in ${opts.base}: ${unused.slice(0, 5).join(", ")}`);
-  const specs: TensorSpec[] = keys.map((k) => {
+  const dtypeOf = (k: string) => (have.has(k) ? src.info(k).dtype : undefined);
+  const toInt8 = opts.dtype === "int8";
+  const quantized = new Set<string>(); // module paths whose floating weight --dtype int8 quantises
+  const specs: TensorSpec[] = [];
+  for (const k of keys) {
     const info = src.info(k);
     const dt = Object.hasOwn(FILE_TO_DTYPE, info.dtype) ? FILE_TO_DTYPE[info.dtype] : undefined;
     if (!dt) throw peftError("ERR_DTYPE", `${opts.base}: "${k}" is ${info.dtype}, which this merge cannot write`);
-    return { name: k, shape: info.shape, dtype: opts.dtype && FLOATS.has(dt) ? opts.dtype : dt };
-  });
+    const q = toInt8 ? quantizedPath(k, info.shape, FLOATS.has(dt)) : null;
+    if (q !== null && !have.has(`${q}.SCB`)) {
+      // bitsandbytes' layout: weight i8, SCB f32 (one scale per row), weight_format u8 0 ("row")
+      quantized.add(q);
+      specs.push({ name: k, shape: info.shape, dtype: "i8" }, { name: `${q}.SCB`, shape: [info.shape[0]], dtype: "f32" }, { name: `${q}.weight_format`, shape: [], dtype: "u8" });
+      continue;
+    }
+    // --dtype int8 keeps the tensors it does not quantise (norms, embeddings, the head) in their dtype, as transformers does
+    specs.push({ name: k, shape: info.shape, dtype: opts.dtype && !toInt8 && FLOATS.has(dt) ? (opts.dtype as DType) : dt });
+  }
   for (const [k, t] of plan.replace)
     if (t.shape.join() !== src.info(k).shape.join())
       throw peftError("ERR_SHAPE", `${opts.adapter}: saved "${k}" has shape [${t.shape}] but the base has [${src.info(k).shape}]`);
   const inOut = config.fanInFanOut;
+  // Tensors made ahead of their turn (an int8 layer's SCB or CB, the new SCB and weight_format) until written.
+  const pending = new Map<string, Tensor>();
+  const outLayout = (k: string, shape: readonly number[], d: Delta) => {
+    if (storedInOut(k, shape, d, inOut) || d.embedding) throw peftError("ERR_UNSUPPORTED", `"${k}": an int8 weight is stored (out, in); this adapter's delta is (in, out)`);
+  };
   const writer = new SafetensorsStreamWriter(opts.out, specs);
-  const summary: MergeSummary = { tensors: keys.length, merged: [], replaced: [] };
+  const summary: MergeSummary = { tensors: specs.length, merged: [], replaced: [] };
   try {
     specs.forEach((spec, i) => {
       const k = spec.name;
-      using base = src.get(k);
-      let out: Tensor;
-      const delta = plan.lora.get(k);
-      const scale = plan.ia3.scales.get(k);
-      if (scale) {
-        out = base.to("f32"); // merged in f32, rounded once into the output dtype
-        ia3ScaleInto(out, k, scale, inOut);
-        summary.merged.push(k);
-      } else if (delta) {
-        out = base.to("f32"); // merged in f32, rounded once into the output dtype
-        using w = asMatrix(out);
-        applyLoraDeltas(w, [delta], { weightInOut: storedInOut(k, base.shape, delta, inOut) });
-        summary.merged.push(k);
-      } else if (plan.replace.has(k)) {
-        out = plan.replace.get(k)!.to(spec.dtype);
-        summary.replaced.push(k);
-      } else {
-        out = base.dtype === spec.dtype ? base.reshape(base.shape) : base.to(spec.dtype);
-      }
+      let out = pending.get(k);
+      pending.delete(k);
+      if (!out) out = mergedTensor(k, spec);
       if (out.dtype !== spec.dtype) {
         const conv = out.to(spec.dtype);
         out.dispose();
@@ -247,7 +251,53 @@ function writeMerged(opts: MergeCheckpointOptions, config: LoraConfig | IA3Confi
     writer.close();
   } catch (e) {
     writer.abort();
+    for (const t of pending.values()) t.dispose();
     throw e;
   }
   return summary;
+
+  function mergedTensor(k: string, spec: TensorSpec): Tensor {
+    using base = src.get(k);
+    const int8Path = int8BasePath(k, dtypeOf);
+    const int8Delta = int8Path !== null ? plan.lora.get(`${int8Path}.weight`) : undefined;
+    if (int8Path !== null && int8Delta) {
+      // PEFT's Linear8bitLt merge; the pair is made at whichever of weight / SCB comes first.
+      const wk = `${int8Path}.weight`, sk = `${int8Path}.SCB`;
+      using cb = k === wk ? base.reshape(base.shape) : src.get(wk);
+      using scb = k === sk ? base.reshape(base.shape) : src.get(sk);
+      outLayout(wk, cb.shape, int8Delta);
+      const [cb2, scb2] = mergeInt8(cb, scb, int8Delta);
+      summary.merged.push(wk);
+      pending.set(k === wk ? sk : wk, k === wk ? scb2 : cb2);
+      return k === wk ? cb2 : scb2;
+    }
+    const delta = plan.lora.get(k);
+    const scale = plan.ia3.scales.get(k);
+    const q = k.endsWith(".weight") ? k.slice(0, -".weight".length) : null;
+    let out: Tensor;
+    if (scale) {
+      out = base.to("f32"); // merged in f32, rounded once into the output dtype
+      ia3ScaleInto(out, k, scale, inOut);
+      summary.merged.push(k);
+    } else if (delta) {
+      out = base.to("f32"); // merged in f32, rounded once into the output dtype
+      using w = asMatrix(out);
+      const weightInOut = storedInOut(k, base.shape, delta, inOut);
+      if (q !== null && quantized.has(q) && weightInOut) outLayout(k, base.shape, delta);
+      applyLoraDeltas(w, [delta], { weightInOut });
+      summary.merged.push(k);
+    } else if (plan.replace.has(k)) {
+      out = plan.replace.get(k)!.to(spec.dtype === "i8" ? "f32" : spec.dtype);
+      summary.replaced.push(k);
+    } else {
+      out = base.dtype === spec.dtype ? base.reshape(base.shape) : base.to(spec.dtype === "i8" ? "f32" : spec.dtype);
+    }
+    if (q === null || !quantized.has(q)) return out;
+    // --dtype int8: quantised as quantize: "int8" loading does, SCB and weight_format written next
+    const [cb, scb] = int8Quantize(out.dtype === "f32" ? out : out.to("f32"));
+    out.dispose();
+    pending.set(`${q}.SCB`, scb);
+    pending.set(`${q}.weight_format`, rowFormat());
+    return cb;
+  }
 }

@@ -12,6 +12,11 @@ export type FusedGradients = (dy: Tensor, x: Tensor, saved: Tensor[], weight: Te
 export interface MergeOptions {
   safeMerge?: boolean;
   adapterNames?: string[];
+  /**
+   * Layers over an int8 base (LoRA on Linear8bitLt): keep the original CB/SCB while merged (twice the int8
+   * memory) so unmerge restores them bit for bit instead of requantising. Other layers ignore it.
+   */
+  exactUnmerge?: boolean;
 }
 
 const warned = new Set<string>();

@@ -219,7 +219,7 @@ export abstract class BaseTuner<C extends PeftConfigBase = PeftConfigBase> exten
       if (names.length) plan.push([l, names]);
     }
     if (opts.safeMerge === true) for (const [l, adapterNames] of plan) l.checkMerge({ adapterNames });
-    for (const [l, adapterNames] of plan) l.merge({ safeMerge: opts.safeMerge, adapterNames });
+    for (const [l, adapterNames] of plan) l.merge({ safeMerge: opts.safeMerge, adapterNames, exactUnmerge: opts.exactUnmerge });
   }
 
   unmergeAdapter(): void {
@@ -232,7 +232,8 @@ export abstract class BaseTuner<C extends PeftConfigBase = PeftConfigBase> exten
    */
   unloadAndOptionallyMerge(merge: boolean, opts: MergeOptions = {}): Module {
     const model = this.model;
-    if (merge) this.mergeAdapter(opts);
+    // Nothing is unmerged after unloading: an int8 layer keeps no copy of its original weight.
+    if (merge) this.mergeAdapter({ ...opts, exactUnmerge: false });
     // Deepest first, so a wrapper's path is still valid when it is replaced.
     const targets = [...model.namedModules()].filter(([, m]) => m instanceof BaseTunerLayer || m instanceof ModulesToSaveWrapper).reverse();
     for (const [path, m] of targets) {
@@ -247,7 +248,8 @@ export abstract class BaseTuner<C extends PeftConfigBase = PeftConfigBase> exten
       model.setSubmodule(path, replacement, { dispose: false });
       disposeDropped(m, replacement);
     }
-    for (const p of model.parameters()) p.requiresGrad = true;
+    // An int8 weight has no gradient (Linear8bitLt refuses one): it stays frozen.
+    for (const p of model.parameters()) p.requiresGrad = p.dtype !== "i8";
     return model;
   }
 }

@@ -3,7 +3,7 @@
 // reference in test/llama-reference.ts.
 import { mkdirSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
-import { LlamaForCausalLM, Tensor, llamaConfig, llamaConfigToJSON, manualSeed, saveSafetensorsSync, type DType, type LlamaConfig, type LlamaConfigInit } from "../../lib/index.js";
+import { AdamW, LlamaForCausalLM, Tensor, llamaConfig, llamaConfigToJSON, manualSeed, saveSafetensorsSync, type DType, type LlamaConfig, type LlamaConfigInit } from "../../lib/index.js";
 import type { RefConfig, RefWeights } from "../llama-reference.js";
 
 /** A random model; norm weights are drawn around 1 (not left at ones) so their use is tested too. */
@@ -65,4 +65,21 @@ export function refWeightsOf(model: LlamaForCausalLM): RefWeights {
   const w: RefWeights = new Map();
   for (const [name, p] of model.namedParameters()) w.set(name, p.toFloat64Array());
   return w;
+}
+
+/** Causal-LM training steps on `ids` (labels = ids) with AdamW over the trainable parameters: the first and last losses. */
+export function trainCausalLm(model: { forward(ids: Tensor, o: { labels: Tensor }): { logits: Tensor; loss?: Tensor | null }; parameters(): Iterable<Tensor> }, ids: Tensor, steps: number, lr = 1e-2): { first: number; last: number } {
+  const opt = new AdamW([...model.parameters()].filter((p) => p.requiresGrad), { lr, weightDecay: 0 });
+  let first = 0, last = 0;
+  for (let step = 0; step < steps; step++) {
+    const { logits, loss } = model.forward(ids, { labels: ids });
+    last = loss!.toFloat64Array()[0];
+    if (step === 0) first = last;
+    loss!.backward();
+    opt.step();
+    opt.zeroGrad();
+    logits.dispose();
+    loss!.dispose();
+  }
+  return { first, last };
 }

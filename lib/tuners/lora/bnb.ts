@@ -1,0 +1,244 @@
+// LoRA on bitsandbytes' Linear8bitLt (PEFT's tuners/lora/bnb.py, Linear8bitLt): the frozen int8 base runs
+// its own int8 kernel, the adapters run in f32 beside it (T = drop(x)·Aᵀ, y += s·T·Bᵀ) and the sum is
+// written in x's dtype; one graph node per call with one backward (dx through the int8 base's dx kernel).
+// Merging dequantises CB·SCB/127 into f32, adds s·B·A and requantises with the layer's own quantiser, as
+// PEFT does; unmerge is PEFT's lossy requantisation unless the merge kept the original CB/SCB
+// (`exactUnmerge`), in which case unmerge restores them bit for bit.
+import { Tensor } from "../../tensor.js";
+import { int8LinearGradInput, int8Linear, int8Quantize, linear, linearGradWeight, matmul } from "../../ops.js";
+import { addInPlace, dropout, scaleInPlace, sumRows } from "../../kernels.js";
+import { describe, optionsArg, peftError, typeError } from "../../errors.js";
+import { Linear8bitLt, gradOf } from "../../nn/index.js";
+import { denseFanInFanOut, warnOnce } from "../tuner-layer.js";
+import { applyLoraDeltas } from "./delta.js";
+import { untrack } from "../../autograd/scope.js";
+import { FusedLoraLayer, type FusedResult, type LoraLayerOptions, type MergeOptions, type NativeAdapter } from "./layer.js";
+
+/** bitsandbytes' int8_vectorwise_dequant multiplies by 1/127 rounded to f32 (7.874015718698502e-3). */
+const INV127 = Math.fround(1 / 127);
+
+/** W = CB·SCB·(1/127) in f32, (out, in), rounded as bitsandbytes' int8_vectorwise_dequant rounds it. */
+export function int8Dequantize(cb: Tensor, scb: Tensor): Tensor {
+  if (cb.dtype !== "i8" || scb.dtype !== "f32" || cb.shape.length !== 2 || scb.shape.length !== 1 || scb.shape[0] !== cb.shape[0])
+    throw peftError("ERR_SHAPE", `int8Dequantize: expected CB i8 (out, in) and SCB f32 (out), got CB ${cb.dtype} [${cb.shape.join(", ")}] and SCB ${scb.dtype} [${scb.shape.join(", ")}]`);
+  const [n, k] = cb.shape;
+  const q = cb.view() as Int8Array;
+  const s = scb.view() as Float32Array;
+  const w = new Float32Array(n * k);
+  for (let i = 0; i < n; i++) {
+    const si = s[i];
+    for (let j = i * k, e = j + k; j < e; j++) w[j] = Math.fround(Math.fround(q[j] * si) * INV127);
+  }
+  return Tensor.fromArray(w, [n, k], "f32");
+}
+
+function copyOf(t: Tensor): Tensor {
+  const c = Tensor.zeros(t.shape, { dtype: t.dtype });
+  c.copyFrom(t);
+  return c;
+}
+
+/** A 2-D (rows, last) view of t (t itself when already 2-D), collected in `keep` for disposal. */
+function rows(t: Tensor, keep: Tensor[]): Tensor {
+  if (t.shape.length === 2) return t;
+  const v = t.reshape([-1, t.shape[t.shape.length - 1]]);
+  keep.push(v);
+  return v;
+}
+
+/** t in f32 (t itself when it already is), collected in `keep` when converted. */
+function asF32(t: Tensor, keep: Tensor[]): Tensor {
+  if (t.dtype === "f32") return t;
+  const c = t.to("f32");
+  keep.push(c);
+  return c;
+}
+
+/** The transpose of a 2-D f32 tensor (for the adapters' small factors and T, never activations of size M·K). */
+function transposed(t: Tensor): Tensor {
+  const [r, c] = t.shape;
+  const v = t.view() as Float32Array;
+  const out = new Float32Array(r * c);
+  for (let i = 0; i < r; i++) for (let j = 0; j < c; j++) out[j * r + i] = v[i * c + j];
+  return Tensor.fromArray(out, [c, r], "f32");
+}
+
+/** t converted to `dtype` (t itself when it already is one; the f32 original is disposed). */
+function inDtype(t: Tensor, dtype: Tensor["dtype"]): Tensor {
+  if (t.dtype === dtype) return t;
+  const c = t.to(dtype);
+  t.dispose();
+  return c;
+}
+
+export class LoraLinear8bitLt extends FusedLoraLayer {
+  declare baseLayer: Linear8bitLt & { weight: Tensor; bias: Tensor | null };
+  // The CB/SCB before the first merge, kept while merged when that merge asked for exactUnmerge.
+  #original: { cb: Tensor; scb: Tensor } | null = null;
+  #exactRequested = false;
+  // Bᵀ (r, out) of each adapter, remade when B is replaced or changes (its version moves on every write).
+  readonly #bt = new Map<string, { B: Tensor; version: number; t: Tensor }>();
+
+  constructor(base: Linear8bitLt, opts: LoraLayerOptions) {
+    if (!(base instanceof Linear8bitLt)) throw typeError(`LoraLinear8bitLt: the base layer must be a Linear8bitLt, got ${describe(base)}`);
+    super(base);
+    denseFanInFanOut(false, opts?.fanInFanOut);
+    this.updateLayer(opts);
+  }
+
+  protected features(): [number, number] {
+    return [this.baseLayer.inFeatures, this.baseLayer.outFeatures];
+  }
+
+  #transposedB(name: string, B: Tensor): Tensor {
+    const c = this.#bt.get(name);
+    if (c && c.B === B && c.version === B.version) return c.t;
+    c?.t.dispose();
+    // Kept by the layer across calls, so out of any tidy() scope it was made in.
+    const t = untrack(transposed(B));
+    this.#bt.set(name, { B, version: B.version, t });
+    return t;
+  }
+
+  protected override removeAdapter(name: string): void {
+    this.#bt.get(name)?.t.dispose();
+    this.#bt.delete(name);
+    super.removeAdapter(name);
+  }
+
+  /** Whether the merged state keeps the original CB/SCB, so unmerge restores them exactly. */
+  get keepsOriginal(): boolean {
+    return this.#original !== null;
+  }
+
+  protected runForward(x: Tensor, adapters: NativeAdapter[]): FusedResult {
+    const base = this.baseLayer;
+    const keep: Tensor[] = [];
+    const saved: Tensor[] = [];
+    let y: Tensor | null = null;
+    try {
+      // The base runs on x in f32 (exact for bf16/f16 x: bitsandbytes quantises its f16 cast either way), so
+      // base and adapters are summed in f32 and y is rounded to x's dtype once.
+      const xf = asF32(x, keep);
+      y = int8Linear(xf, base.weight, base.SCB, base.bias, base.threshold);
+      const x2 = rows(xf, keep), y2 = rows(y, keep);
+      for (const a of adapters) {
+        const { A, B } = this.loraWeights(a.name);
+        using xd = a.p > 0 ? dropout(x2, a.p, a.seed, a.stream) : null;
+        // U = s·drop(x)·Aᵀ (M, r) is what backward needs for dB. y += U·Bᵀ runs as an accumulating GEMM
+        // over the r rows of Uᵀ and Bᵀ (small transposes), so y is read and written once, not copied.
+        const U = linear(xd ?? x2, A);
+        saved.push(U);
+        scaleInPlace(U, a.scale);
+        using Ut = transposed(U);
+        linearGradWeight(Ut, this.#transposedB(a.name, B), y2, { accumulate: true });
+      }
+      return { y: inDtype(y, x.dtype), saved };
+    } catch (e) {
+      y?.dispose();
+      saved.forEach((t) => t.dispose());
+      throw e;
+    } finally {
+      keep.forEach((t) => t.dispose());
+    }
+  }
+
+  protected runBackward(dy: Tensor, x: Tensor, saved: Tensor[], weight: Tensor, adapters: NativeAdapter[], wantDx: boolean): Tensor | null {
+    const base = this.baseLayer;
+    if (base.bias?.requiresGrad) sumRows(dy, gradOf(base.bias), { accumulate: true });
+    const keep: Tensor[] = [];
+    let dx: Tensor | null = null;
+    try {
+      // As forward: dx summed in f32, rounded to dy's dtype once.
+      const dyf = asF32(dy, keep);
+      dx = wantDx ? int8LinearGradInput(dyf, weight, base.SCB) : null;
+      const dy2 = rows(dyf, keep);
+      const dx2 = dx ? rows(dx, keep) : null;
+      let xf: Tensor | null = null;
+      adapters.forEach((a, i) => {
+        const { A, B } = this.loraWeights(a.name);
+        if (a.dB) linearGradWeight(dy2, saved[i], gradOf(B), { accumulate: true });
+        if (!a.dA && !dx2) return;
+        // G = s·dy·B (M, r): dA += Gᵀ·drop(x), dx += drop(G·A) (the same mask as forward's).
+        using G = matmul(dy2, B);
+        scaleInPlace(G, a.scale);
+        if (a.dA) {
+          xf ??= asF32(rows(x, keep), keep);
+          using xd = a.p > 0 ? dropout(xf, a.p, a.seed, a.stream) : null;
+          linearGradWeight(G, xd ?? xf, gradOf(A), { accumulate: true });
+        }
+        if (dx2) {
+          using g = matmul(G, A);
+          using gd = a.p > 0 ? dropout(g, a.p, a.seed, a.stream) : null;
+          addInPlace(dx2, gd ?? g);
+        }
+      });
+      return dx ? inDtype(dx, dy.dtype) : null;
+    } catch (e) {
+      dx?.dispose();
+      throw e;
+    } finally {
+      keep.forEach((t) => t.dispose());
+    }
+  }
+
+  /** As every layer's merge; `exactUnmerge: true` keeps the original CB/SCB until unmerge restores them. */
+  override merge(options: MergeOptions = {}): void {
+    const opts = optionsArg(options, "merge");
+    if (opts.exactUnmerge !== undefined && typeof opts.exactUnmerge !== "boolean")
+      throw typeError(`${this.describe()}.merge: exactUnmerge must be a boolean, got ${describe(opts.exactUnmerge)}`);
+    if (opts.exactUnmerge && this.merged && !this.#original)
+      throw peftError("ERR_STATE", `${this.describe()}.merge: exactUnmerge asked for, but adapters ${this.mergedAdapters.join(", ")} are already merged without it: the original CB/SCB are gone; unmerge first`);
+    this.#exactRequested = opts.exactUnmerge === true;
+    warnOnce("PEFT_INT8_MERGE", "Merge lora module to 8-bit linear may get different generations due to rounding errors.");
+    try {
+      super.merge(opts);
+    } finally {
+      this.#exactRequested = false;
+    }
+  }
+
+  protected override unmergeWarning(): string | null {
+    // PEFT's warning; exactUnmerge restores the kept CB/SCB instead of requantising.
+    return this.#original ? null : "Unmerge lora module to 8-bit linear may get different generations due to rounding errors.";
+  }
+
+  /** PEFT's 8-bit merge: dequantise, W ± Σ s·B·A in f32, requantise CB/SCB in place (or restore the kept ones). */
+  protected override applyMerge(names: string[], sign: 1 | -1, safe: boolean, checkOnly: boolean): number {
+    const base = this.baseLayer;
+    if (sign < 0 && this.#original) {
+      base.weight.copyFrom(this.#original.cb);
+      base.SCB.copyFrom(this.#original.scb);
+      this.#dropOriginal();
+      return -1;
+    }
+    const keep: Tensor[] = [];
+    try {
+      const { deltas } = this.mergeOperands(names, keep);
+      using w = int8Dequantize(base.weight, base.SCB);
+      const bad = applyLoraDeltas(w, deltas, { sign, safe, checkOnly });
+      if (bad >= 0 || checkOnly) return bad;
+      const [cb, scb] = int8Quantize(w);
+      using _cb = cb, _scb = scb;
+      if (sign > 0 && this.#exactRequested && !this.#original) this.#original = { cb: untrack(copyOf(base.weight)), scb: untrack(copyOf(base.SCB)) };
+      base.weight.copyFrom(cb);
+      base.SCB.copyFrom(scb);
+      return -1;
+    } finally {
+      keep.forEach((t) => t.dispose());
+    }
+  }
+
+  #dropOriginal(): void {
+    this.#original?.cb.dispose();
+    this.#original?.scb.dispose();
+    this.#original = null;
+  }
+
+  override dispose(): void {
+    this.#dropOriginal();
+    for (const c of this.#bt.values()) c.t.dispose();
+    this.#bt.clear();
+    super.dispose();
+  }
+}
