@@ -4,12 +4,12 @@
 // AdamW with linear warmup and cosine decay, gradient clipping, a progress bar with loss and tokens/s, the
 // loss curve as an SVG picture, the adapter saved in PEFT's format, and a generation before and after.
 //
-//   npm run example:finetune -- --model DIR --data file.jsonl [--bf16] [--target all-linear]
+//   npm run example:finetune -- --model DIR --data file.jsonl [--bf16 | --int8] [--target all-linear]
 import { mkdirSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { Command } from "commander";
 import cliProgress from "cli-progress";
-import { AdamW, LlamaForCausalLM, LoraConfig, Tokenizer, clipGradNorm, getCosineScheduleWithWarmup, getPeftModel } from "../dist/index.js";
+import { AdamW, LlamaForCausalLM, LoraConfig, Tokenizer, clipGradNorm, getCosineScheduleWithWarmup, getPeftModel, prepareModelForKbitTraining } from "../dist/index.js";
 import { makeBatch, readTexts, tokenizeTexts } from "./finetune/data.mjs";
 import { lossCurveSvg } from "./finetune/loss-svg.mjs";
 
@@ -22,6 +22,7 @@ const program = new Command("finetune")
   .requiredOption("--model <dir>", "transformers-format model directory (config.json, safetensors, tokenizer.json)")
   .requiredOption("--data <file>", 'JSON lines, one {"text": ...} per line')
   .option("--bf16", "bf16 base weights and activations (adapters and optimizer state stay f32)", false)
+  .option("--int8", "LLM.int8 base: projections quantised while loading, prepared as PEFT's prepare_model_for_kbit_training", false)
   .option("--target <modules>", 'comma-separated module names, or "all-linear" (default: PEFT\'s defaults for the model type)')
   .option("--r <n>", "LoRA rank", num, 8)
   .option("--alpha <n>", "LoRA alpha", num, 16)
@@ -38,9 +39,12 @@ const program = new Command("finetune")
   .option("--gradient-checkpointing", "recompute each layer in backward (less memory, ~30% more time)", false);
 program.parse();
 const o = program.opts();
+if (o.bf16 && o.int8) program.error("finetune: --bf16 and --int8 exclude each other (an int8 base keeps its other weights in f32)");
 
 const tokenizer = Tokenizer.fromPretrained(o.model);
-const base = await LlamaForCausalLM.fromPretrained(o.model, { dtype: o.bf16 ? "bf16" : "f32" });
+const base = o.int8
+  ? prepareModelForKbitTraining(await LlamaForCausalLM.fromPretrained(o.model, { quantize: "int8" }), { useGradientCheckpointing: o.gradientCheckpointing })
+  : await LlamaForCausalLM.fromPretrained(o.model, { dtype: o.bf16 ? "bf16" : "f32" });
 const texts = readTexts(o.data);
 const rows = tokenizeTexts(tokenizer, texts, o.maxLength);
 const prompt = o.prompt ?? texts[0].split(/\s+/).slice(0, 2).join(" ");

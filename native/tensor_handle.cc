@@ -35,13 +35,18 @@ void release_view(ViewHold* hold) {
   if (hold->tracked) {
     hold->storage->live_views.fetch_sub(1, std::memory_order_acq_rel);
   } else {
+    // Found among the holds of its own address (a storage has few views at once): a scan of the whole map
+    // would make releasing n views O(n^2). A hold whose storage releaseBytes took is already out of the map.
     std::lock_guard<std::mutex> lk(transient_mu());
-    auto& h = transient_holds();
-    for (auto it = h.begin(); it != h.end(); ++it)
-      if (it->second == hold) {
-        h.erase(it);
-        break;
-      }
+    if (hold->storage) {
+      auto& h = transient_holds();
+      auto [lo, hi] = h.equal_range(hold->storage->data);
+      for (auto it = lo; it != hi; ++it)
+        if (it->second == hold) {
+          h.erase(it);
+          break;
+        }
+    }
   }
   delete hold;
 }
@@ -96,8 +101,12 @@ void release_transient_bytes(Napi::Env env, Napi::ArrayBuffer ab) {
     std::lock_guard<std::mutex> lk(transient_mu());
     auto it = transient_holds().find(data);
     if (it == transient_holds().end()) return;  // not a transient view: left alone
-    drop = std::move(it->second->storage);
-    transient_holds().erase(it);
+    // With several transient views of one storage open, which hold backs `ab` is unknown: detaching alone
+    // lets its finalizer release the right one later. With one, its storage goes now.
+    if (transient_holds().count(data) == 1) {
+      drop = std::move(it->second->storage);
+      transient_holds().erase(it);
+    }
   }
   // Detached first, so nothing in JS can reach the memory once the storage may be gone.
   napi_detach_arraybuffer(env, ab);

@@ -53,6 +53,20 @@ describe("examples/finetune.mjs", () => {
     expect((svg.match(/<polyline[^>]*points="([^"]*)"/)![1].trim().split(" ")).length).toBe(150);
   });
 
+  it("--int8 trains LoRA over an LLM.int8 base (the model written by the test above) and refuses --bf16 with it", () => {
+    const m = join(dir, "model"), data = join(dir, "data.jsonl"), out = join(dir, "out-int8");
+    const log = execFileSync(process.execPath, [
+      join(root, "examples", "finetune.mjs"), "--model", m, "--data", data, "--int8", "--target", "all-linear", "--lr", "1e-2",
+      "--epochs", "60", "--batch-size", "3", "--prompt", "the cat", "--max-new-tokens", "4", "--out", out,
+    ], { cwd: dir, encoding: "utf8", timeout: 240_000 });
+    expect(log).toMatch(/LoRA r=8 on 14 modules/);
+    const summary = JSON.parse(readFileSync(join(out, "summary.json"), "utf8"));
+    expect(summary.losses[summary.losses.length - 1]).toBeLessThan(summary.losses[0] / 2);
+    expect(existsSync(join(out, "adapter", "adapter_model.safetensors"))).toBe(true);
+    expect(() => execFileSync(process.execPath, [join(root, "examples", "finetune.mjs"), "--model", m, "--data", data, "--int8", "--bf16"], { cwd: dir, encoding: "utf8", stdio: "pipe" }))
+      .toThrow(/--bf16 and --int8 exclude each other/);
+  });
+
   it("names a bad data line", () => {
     const data = join(dir, "bad.jsonl");
     writeFileSync(data, '{"text": "ok"}\n{"txt": 1}\n');

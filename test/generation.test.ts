@@ -243,6 +243,21 @@ describe("generate", () => {
     model.dispose();
   });
 
+  it("an int8 model, bare and with LoRA on its int8 projections, decodes on the worker as on this thread", async () => {
+    const src = tinyLlama(small, 23);
+    const at = join(dir, "int8-src");
+    writeLlama(src, at);
+    src.dispose();
+    const model = (await LlamaForCausalLM.fromPretrained(at, { quantize: "int8" })).eval();
+    const opts = { maxNewTokens: 8, eosTokenId: null };
+    const here = await generate(model, PROMPT, { ...opts, offThread: false });
+    expect(await generate(model, PROMPT, opts)).toEqual(here);
+    const peft = getPeftModel(model, new LoraConfig({ r: 4, targetModules: ["q_proj", "v_proj"], initLoraWeights: false })).eval();
+    const withLora = await generate(peft, PROMPT, { ...opts, offThread: false });
+    expect(await generate(peft, PROMPT, opts)).toEqual(withLora);
+    peft.dispose();
+  });
+
   it("rejects bad prompts and options with errors naming them", async () => {
     const model = tinyLlama(small, 18).eval();
     await expect(generate(model, [], {})).rejects.toThrow(/the prompt is empty/);

@@ -7,6 +7,7 @@ import { Tensor, handleOf, type DType } from "../tensor.js";
 import { peftError } from "../errors.js";
 import { skipInit } from "../init-mode.js";
 import type { Module } from "../nn/module.js";
+import { Linear8bitLt } from "../nn/linear8bit.js";
 import { LlamaForCausalLM } from "../models/llama.js";
 import { llamaConfigToJSON, parseLlamaConfig } from "../models/llama-config.js";
 import { BaseTunerLayer } from "../tuners/tuner-layer.js";
@@ -29,6 +30,8 @@ export interface SharedModel {
   /** Adapter name -> adapter_config.json content, in the order they were added (null: no PeftModel). */
   adapters: [string, Record<string, unknown>][] | null;
   layers: LayerState[];
+  /** The int8 projections (paths in the bare model), rebuilt as empty Linear8bitLt before the tensors are adopted. */
+  int8: { path: string; inFeatures: number; outFeatures: number; bias: boolean; threshold: number }[];
   /** Parameter name (as model.namedParameters gives it) -> shared tensor id. */
   params: [string, number][];
 }
@@ -44,6 +47,13 @@ export function shareModel(model: Module, lm: LlamaForCausalLM): SharedModel {
     if (m.disabled && m.merged) m.unmerge();
     layers.push({ path, active: m.activeAdapters, merged: [...m.mergedAdapters], disabled: m.disabled });
   }
+  // A LoRA layer holds its int8 base as `base_layer`; the bare model has the Linear8bitLt at the target's path.
+  const int8 = [...lm.namedModules()]
+    .filter(([, m]) => m instanceof Linear8bitLt)
+    .map(([path, m]) => {
+      const q = m as Linear8bitLt;
+      return { path: path.replace(/\.base_layer$/, ""), inFeatures: q.inFeatures, outFeatures: q.outFeatures, bias: q.bias !== null, threshold: q.threshold };
+    });
   const params: [string, number][] = [];
   try {
     for (const [name, p] of model.namedParameters()) params.push([name, native.shareTensor(handleOf(p, "shareModel", name))]);
@@ -58,6 +68,7 @@ export function shareModel(model: Module, lm: LlamaForCausalLM): SharedModel {
     generationDefaults: lm.generationDefaults,
     adapters: peft ? Object.entries(peft.peftConfig).map(([n, c]) => [n, c.toJSON()]) : null,
     layers,
+    int8,
     params,
   };
 }
@@ -79,6 +90,10 @@ export function adoptModel(desc: SharedModel): { model: LlamaForCausalLM | PeftM
   const lm = skipInit(() => new LlamaForCausalLM(parseLlamaConfig(desc.config), { dtype: desc.dtype }));
   lm.nameOrPath = desc.nameOrPath;
   lm.generationDefaults = desc.generationDefaults;
+  for (const q of desc.int8) {
+    // Placeholders: every tensor of theirs is replaced by the shared one below.
+    lm.setSubmodule(q.path, Linear8bitLt.empty(q.inFeatures, q.outFeatures, { bias: q.bias, threshold: q.threshold }));
+  }
   let model: LlamaForCausalLM | PeftModel = lm;
   if (desc.adapters) {
     const [[first, cfg], ...rest] = desc.adapters;
