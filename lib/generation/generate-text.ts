@@ -1,6 +1,6 @@
 // The common case in one call: text (or chat messages, through the tokenizer's chat template) in, the
 // model's continuation as text out, with the tokenizer of the directory the model was loaded from.
-import { peftError, typeError, describe } from "../errors.js";
+import { optionsArg, peftError, typeError, describe } from "../errors.js";
 import { Tokenizer, type ChatMessage } from "../tokenizer/tokenizer.js";
 import { causalLMOf, streamTokens, type CausalLMLike, type GenerateOptions } from "./generate.js";
 
@@ -31,13 +31,14 @@ export function tokenizerOf(model: CausalLMLike, op: string): Tokenizer {
  */
 export async function generateText(model: CausalLMLike, prompt: string | readonly ChatMessage[], options: GenerateTextOptions = {}): Promise<string> {
   const op = "generateText";
-  const tok = options.tokenizer ?? tokenizerOf(model, op);
+  const opts = optionsArg(options, op);
+  const tok = opts.tokenizer ?? tokenizerOf(model, op);
   if (!(tok instanceof Tokenizer)) throw typeError(`${op}: tokenizer must be a Tokenizer, got ${describe(tok)}`);
   let ids: number[];
   if (typeof prompt === "string") ids = tok.encode(prompt);
   else if (Array.isArray(prompt)) ids = tok.encode(tok.applyChatTemplate(prompt), { addSpecialTokens: false });
   else throw typeError(`${op}: prompt must be a string or an array of chat messages, got ${describe(prompt)}`);
-  const { tokenizer: _t, onText, ...gen } = options;
+  const { tokenizer: _t, onText, ...gen } = opts;
   if (gen.eosTokenId === undefined && !causalLMOf(model, op).generationDefaults?.eosTokenId.length && tok.eosTokenId !== null) gen.eosTokenId = tok.eosTokenId;
   const out: number[] = [];
   let text = "";

@@ -58,6 +58,9 @@ export class KVCache {
 
   /** Throws unless `T` more positions of `batch` rows fit. */
   checkRoom(batch: number, T: number, op: string): void {
+    for (const [v, n] of [[batch, "batch"], [T, "T"]] as const)
+      if (typeof v !== "number" || !Number.isInteger(v) || v < 0) throw typeError(`KVCache.checkRoom: ${n} must be a non-negative integer, got ${describe(v)}`);
+    if (typeof op !== "string") throw typeError(`KVCache.checkRoom: op must be a string, got ${describe(op)}`);
     if (batch !== this.batch) throw peftError("ERR_SHAPE", `${op}: the KV cache holds ${this.batch} rows, the input has ${batch}`);
     if (this.length + T > this.maxLength)
       throw peftError("ERR_SHAPE", `${op}: ${this.length} cached + ${T} new positions exceed the KV cache's maxLength ${this.maxLength}`);
@@ -69,6 +72,9 @@ export class KVCache {
    */
   update(layer: number, k: Tensor, v: Tensor): { k: Tensor; v: Tensor } {
     const op = "KVCache.update";
+    if (typeof layer !== "number") throw typeError(`${op}: layer must be a number, got ${describe(layer)}`);
+    for (const [t, n] of [[k, "k"], [v, "v"]] as const)
+      if (!(t instanceof Tensor)) throw typeError(`${op}: ${n} must be a Tensor, got ${describe(t)}`);
     if (!Number.isInteger(layer) || layer < 0 || layer >= this.#keys.length) throw peftError("ERR_SHAPE", `${op}: layer ${layer} is outside the cache's ${this.#keys.length} layers`);
     const [B, T, H, D] = k.shape;
     if (k.shape.length !== 4 || H !== this.#kvHeads || D !== this.#headDim || v.shape.join() !== k.shape.join())

@@ -3,7 +3,7 @@
 // `rope_scaling` + `rope_theta` or `rope_parameters`. A missing or ill-typed key is an ERR_CONFIG naming the key
 // and the file; a setting the model does not implement (another rope type, another activation) ERR_UNSUPPORTED.
 import { join } from "node:path";
-import { peftError, shownValue } from "../errors.js";
+import { describe, peftError, shownValue, typeError } from "../errors.js";
 import type { DType } from "../tensor.js";
 import { readJsonObject } from "../io/json-file.js";
 
@@ -179,6 +179,7 @@ export async function readLlamaConfig(dir: string): Promise<LlamaConfig> {
 
 /** A config from camelCase options with transformers' LlamaConfig defaults (models built in memory). */
 export function llamaConfig(init: LlamaConfigInit): LlamaConfig {
+  if (typeof init !== "object" || init === null) throw typeError(`llamaConfig: expected an object of config fields, got ${describe(init)}`);
   const heads = init.numAttentionHeads;
   return parseLlamaConfig(
     {
@@ -215,6 +216,7 @@ function ropeScalingJSON(s: RopeScaling | null): Json | null {
 
 /** The config as transformers writes config.json (save_pretrained's keys for these fields). */
 export function llamaConfigToJSON(c: LlamaConfig): Json {
+  checkLayerArgs(c, undefined, "llamaConfigToJSON");
   return {
     architectures: [{ llama: "LlamaForCausalLM", mistral: "MistralForCausalLM", qwen2: "Qwen2ForCausalLM" }[c.modelType]],
     model_type: c.modelType,
@@ -235,4 +237,17 @@ export function llamaConfigToJSON(c: LlamaConfig): Json {
     ...(c.slidingWindow !== null ? { sliding_window: c.slidingWindow } : {}),
     torch_dtype: Object.keys(TORCH_DTYPES).find((k) => TORCH_DTYPES[k] === c.dtype) ?? "float32",
   };
+}
+
+/**
+ * Checks a module constructor's arguments: a config as llamaConfig / parseLlamaConfig / readLlamaConfig make
+ * it, and layer options whose dtype is f32 or bf16 (absent: f32).
+ */
+export function checkLayerArgs(config: unknown, opts: unknown, op: string): void {
+  const c = config as Partial<LlamaConfig> | null;
+  if (typeof c !== "object" || c === null || typeof c.hiddenSize !== "number" || typeof c.numHiddenLayers !== "number" || typeof c.vocabSize !== "number")
+    throw typeError(`${op}: config must be a LlamaConfig (from llamaConfig, parseLlamaConfig or readLlamaConfig), got ${describe(config)}`);
+  if (opts !== undefined && (typeof opts !== "object" || opts === null)) throw typeError(`${op}: options must be an object, got ${describe(opts)}`);
+  const dtype = (opts as { dtype?: unknown } | undefined)?.dtype;
+  if (dtype !== undefined && dtype !== "f32" && dtype !== "bf16") throw peftError("ERR_UNSUPPORTED", `${op}: dtype must be "f32" or "bf16", got ${describe(dtype)}`);
 }

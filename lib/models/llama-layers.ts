@@ -11,7 +11,9 @@ import { ModuleList } from "../nn/containers.js";
 import { RMSNorm } from "../nn/norm.js";
 import { tidy } from "../autograd/tidy.js";
 import { checkpoint } from "../autograd/checkpoint.js";
-import type { LlamaConfig } from "./llama-config.js";
+import { checkLayerArgs, type LlamaConfig } from "./llama-config.js";
+import { Tensor as TensorClass } from "../tensor.js";
+import { describe, peftError, typeError } from "../errors.js";
 import type { KVCache } from "./kv-cache.js";
 
 /** What every decoder layer of one forward shares: the rope tables and the key padding mask. */
@@ -29,6 +31,19 @@ export interface LayerOptions {
   dtype: DType;
 }
 
+/** A decoder layer's input: [batch, seq, hiddenSize] (what LlamaModel passes between layers). */
+function checkHidden(x: unknown, hidden: number, op: string): asserts x is Tensor {
+  if (!(x instanceof TensorClass)) throw typeError(`${op}: x must be a Tensor, got ${describe(x)}`);
+  if (x.shape.length !== 3 || x.shape[2] !== hidden) throw peftError("ERR_SHAPE", `${op}: x must be [batch, seq, ${hidden}], got [${x.shape.join(", ")}]`);
+}
+
+/** The shared per-forward context: rope tables (and optionally a key mask and a cache). */
+function checkContext(ctx: unknown, op: string): asserts ctx is LayerContext {
+  const c = ctx as Partial<LayerContext> | null;
+  if (typeof c !== "object" || c === null || !(c.cos instanceof TensorClass) || !(c.sin instanceof TensorClass))
+    throw typeError(`${op}: ctx must be a layer context {cos, sin, attentionMask} (as LlamaModel builds it), got ${describe(ctx)}`);
+}
+
 type SwiGLU = (gate: Tensor, up: Tensor) => Tensor;
 // A fused silu(gate)·up node when the functional ops offer one; otherwise its two parts.
 const fusedSwiglu = (F as unknown as { swiglu?: SwiGLU }).swiglu;
@@ -39,8 +54,9 @@ export class LlamaAttention extends Module {
   v_proj: Module;
   o_proj: Module;
 
-  constructor(readonly config: LlamaConfig, opts: LayerOptions) {
+  constructor(readonly config: LlamaConfig, opts: LayerOptions = { dtype: "f32" }) {
     super();
+    checkLayerArgs(config, opts, "LlamaAttention");
     const { hiddenSize: E, numAttentionHeads: H, numKeyValueHeads: Hkv, headDim: D } = config;
     const dtype = opts.dtype;
     this.q_proj = this.registerModule("q_proj", new Linear(E, H * D, { bias: config.qkvBias, dtype }));
@@ -50,6 +66,8 @@ export class LlamaAttention extends Module {
   }
 
   forward(x: Tensor, ctx: LayerContext): Tensor {
+    checkHidden(x, this.config.hiddenSize, "LlamaAttention.forward");
+    checkContext(ctx, "LlamaAttention.forward");
     const [B, T] = x.shape;
     const { numAttentionHeads: H, numKeyValueHeads: Hkv, headDim: D } = this.config;
     return tidy(() => {
@@ -67,9 +85,12 @@ export class LlamaMLP extends Module {
   gate_proj: Module;
   up_proj: Module;
   down_proj: Module;
+  readonly hiddenSize: number;
 
-  constructor(config: LlamaConfig, opts: LayerOptions) {
+  constructor(config: LlamaConfig, opts: LayerOptions = { dtype: "f32" }) {
     super();
+    checkLayerArgs(config, opts, "LlamaMLP");
+    this.hiddenSize = config.hiddenSize;
     const { hiddenSize: E, intermediateSize: I, mlpBias: bias } = config;
     this.gate_proj = this.registerModule("gate_proj", new Linear(E, I, { bias, dtype: opts.dtype }));
     this.up_proj = this.registerModule("up_proj", new Linear(E, I, { bias, dtype: opts.dtype }));
@@ -78,6 +99,7 @@ export class LlamaMLP extends Module {
 
   /** down_proj(silu(gate_proj(x)) · up_proj(x)) */
   forward(x: Tensor): Tensor {
+    checkHidden(x, this.hiddenSize, "LlamaMLP.forward");
     return tidy(() => {
       const gate = this.gate_proj.forward(x) as Tensor, up = this.up_proj.forward(x) as Tensor;
       const h = fusedSwiglu ? fusedSwiglu(gate, up) : F.mul(F.silu(gate), up);
@@ -91,9 +113,12 @@ export class LlamaDecoderLayer extends Module {
   self_attn: LlamaAttention;
   post_attention_layernorm: RMSNorm;
   mlp: LlamaMLP;
+  readonly hiddenSize: number;
 
-  constructor(config: LlamaConfig, opts: LayerOptions) {
+  constructor(config: LlamaConfig, opts: LayerOptions = { dtype: "f32" }) {
     super();
+    checkLayerArgs(config, opts, "LlamaDecoderLayer");
+    this.hiddenSize = config.hiddenSize;
     const norm = () => new RMSNorm(config.hiddenSize, { eps: config.rmsNormEps, dtype: opts.dtype });
     this.self_attn = this.registerModule("self_attn", new LlamaAttention(config, opts));
     this.mlp = this.registerModule("mlp", new LlamaMLP(config, opts));
@@ -103,6 +128,8 @@ export class LlamaDecoderLayer extends Module {
 
   /** Pre-norm residual block: h + attn(norm(h)), then + mlp(norm(·)). */
   forward(h: Tensor, ctx: LayerContext): Tensor {
+    checkHidden(h, this.hiddenSize, "LlamaDecoderLayer.forward");
+    checkContext(ctx, "LlamaDecoderLayer.forward");
     return tidy(() => {
       const a = F.add(h, this.self_attn.forward(this.input_layernorm.forward(h), ctx));
       return F.add(a, this.mlp.forward(this.post_attention_layernorm.forward(a)));
@@ -117,8 +144,9 @@ export class LlamaModel extends Module {
   /** Recompute each decoder layer in backward instead of keeping its activations (training only). */
   gradientCheckpointing = false;
 
-  constructor(readonly config: LlamaConfig, opts: LayerOptions) {
+  constructor(readonly config: LlamaConfig, opts: LayerOptions = { dtype: "f32" }) {
     super();
+    checkLayerArgs(config, opts, "LlamaModel");
     this.embed_tokens = this.registerModule("embed_tokens", new Embedding(config.vocabSize, config.hiddenSize, { dtype: opts.dtype }));
     this.layers = this.registerModule("layers", new ModuleList(Array.from({ length: config.numHiddenLayers }, () => new LlamaDecoderLayer(config, opts))));
     this.norm = this.registerModule("norm", new RMSNorm(config.hiddenSize, { eps: config.rmsNormEps, dtype: opts.dtype }));

@@ -13,7 +13,7 @@ import { tidy } from "../autograd/tidy.js";
 import * as F from "../functional/index.js";
 import { causalLMLoss } from "./causal-lm-loss.js";
 import { ropeInvFreq, ropeTables } from "./rope.js";
-import { readLlamaConfig, type LlamaConfig } from "./llama-config.js";
+import { checkLayerArgs, readLlamaConfig, type LlamaConfig } from "./llama-config.js";
 import { LlamaModel } from "./llama-layers.js";
 import { KVCache } from "./kv-cache.js";
 import { readGenerationDefaults, type GenerationDefaults } from "../generation/generation-config.js";
@@ -104,9 +104,8 @@ export class LlamaForCausalLM extends Module {
    */
   constructor(config: LlamaConfig, options: { dtype?: DType } = {}) {
     super();
-    const opts = optionsArg(options, "LlamaForCausalLM");
-    const dtype = opts.dtype ?? "f32";
-    if (dtype !== "f32" && dtype !== "bf16") throw peftError("ERR_UNSUPPORTED", `LlamaForCausalLM: dtype must be "f32" or "bf16", got ${describe(dtype)}`);
+    checkLayerArgs(config, options, "LlamaForCausalLM");
+    const dtype = optionsArg(options, "LlamaForCausalLM").dtype ?? "f32";
     this.config = config;
     this.model = this.registerModule("model", new LlamaModel(config, { dtype }));
     this.lm_head = this.registerModule("lm_head", new Linear(config.hiddenSize, config.vocabSize, { bias: false, dtype }));

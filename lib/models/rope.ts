@@ -3,11 +3,16 @@
 // F.rotaryEmbedding takes. The scalings implemented here have attention scaling 1, so the tables are plain
 // cos and sin.
 import { Tensor } from "../tensor.js";
-import { peftError } from "../errors.js";
+import { describe, peftError, typeError } from "../errors.js";
 import type { RopeScaling } from "./llama-config.js";
 
 /** inv_freq[j] = 1 / theta^(2j / headDim), rescaled by the config's rope scaling. */
 export function ropeInvFreq(headDim: number, theta: number, scaling: RopeScaling | null): Float64Array {
+  if (typeof headDim !== "number" || !Number.isInteger(headDim) || headDim < 2 || headDim % 2)
+    throw typeError(`ropeInvFreq: headDim must be a positive even integer, got ${describe(headDim)}`);
+  if (typeof theta !== "number" || !(theta > 0)) throw typeError(`ropeInvFreq: theta must be a positive number, got ${describe(theta)}`);
+  if (scaling !== null && scaling !== undefined && (typeof scaling !== "object" || (scaling.type !== "linear" && scaling.type !== "llama3") || typeof scaling.factor !== "number"))
+    throw typeError(`ropeInvFreq: scaling must be null or a {type: "linear" | "llama3", factor, ...} object, got ${describe(scaling)}`);
   const half = headDim / 2;
   const inv = new Float64Array(half);
   for (let j = 0; j < half; j++) inv[j] = 1 / theta ** ((2 * j) / headDim);
@@ -30,6 +35,9 @@ export function ropeInvFreq(headDim: number, theta: number, scaling: RopeScaling
  * Angles are computed in float64 and rounded once.
  */
 export function ropeTables(invFreq: Float64Array, positions: readonly (readonly number[])[]): { cos: Tensor; sin: Tensor } {
+  if (!(invFreq instanceof Float64Array)) throw typeError(`ropeTables: invFreq must be a Float64Array, got ${describe(invFreq)}`);
+  if (!Array.isArray(positions) || !positions.every((row) => Array.isArray(row) && row.every((p) => typeof p === "number" && Number.isFinite(p))))
+    throw typeError(`ropeTables: positions must be arrays of finite numbers (one per batch row), got ${describe(positions)}`);
   const rows = positions.length, T = rows ? positions[0].length : 0, half = invFreq.length, D = 2 * half;
   const cos = new Float32Array(rows * T * D), sin = new Float32Array(rows * T * D);
   for (let b = 0; b < rows; b++) {

@@ -158,6 +158,7 @@ export class Linear8bitLt extends Module {
 
   /** Loads bitsandbytes' keys; `weight_format` may be absent (older files) but must be 0 ("row") when present. */
   override loadStateDict(record: Record<string, Tensor>, options: { strict?: boolean } = {}): { missingKeys: string[]; unexpectedKeys: string[] } {
+    if (typeof record !== "object" || record === null) throw typeError(`${this.describe()}.loadStateDict: expected a record of tensors, got ${describe(record)}`);
     if (typeof record === "object" && record !== null && record.weight instanceof Tensor && !(record.SCB instanceof Tensor))
       throw peftError("ERR_CHECKPOINT", `${this.describe()}.loadStateDict: no "SCB" beside the int8 weight: the row scales are needed to dequantise it`);
     if (typeof record === "object" && record !== null && !("weight_format" in record)) {

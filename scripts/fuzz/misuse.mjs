@@ -737,8 +737,19 @@ async function child(opts) {
   const seqModel = (dtype = "f32") => new lib.Sequential(new lib.Linear(4, 8, { dtype, seed: rng.int(100) }), new lib.ReLU(), new lib.Linear(8, 3, { dtype }), new lib.LogSoftmax());
   const loraConfig = () => new lib.LoraConfig({ r: rng.pick([1, 2, 4]), loraAlpha: rng.pick([2, 4, 8]), loraDropout: rng.pick([0, 0.1]), targetModules: rng.pick([["0", "2"], ["0"], "all-linear"]), initLoraWeights: rng.pick([true, false, "gaussian"]) });
   const ia3Config = () => new lib.IA3Config({ targetModules: rng.pick([["0", "2"], ["0"]]), feedforwardModules: rng.pick([["0"], []]), initIa3Weights: rng.chance(0.7) });
+  const llamaCfg = () => lib.llamaConfig({ vocabSize: 16, hiddenSize: 8, intermediateSize: 12, numHiddenLayers: 1, numAttentionHeads: 2, numKeyValueHeads: rng.pick([1, 2]), tieWordEmbeddings: rng.chance(0.3) });
+  const layerOpts = () => ({ dtype: rng.pick(["f32", "bf16"]) });
   const RECIPES = {
     Tensor: () => freshTensor(null),
+    RMSNorm: () => new lib.RMSNorm(rng.pick([4, 8]), { eps: 1e-6, dtype: rng.pick(FLOAT_DTYPES) }),
+    LlamaForCausalLM: () => new lib.LlamaForCausalLM(llamaCfg(), layerOpts()),
+    LlamaModel: () => new lib.LlamaModel(llamaCfg(), layerOpts()),
+    LlamaDecoderLayer: () => new lib.LlamaDecoderLayer(llamaCfg(), layerOpts()),
+    LlamaAttention: () => new lib.LlamaAttention(llamaCfg(), layerOpts()),
+    LlamaMLP: () => new lib.LlamaMLP(llamaCfg(), layerOpts()),
+    KVCache: () => new lib.KVCache(llamaCfg(), { batch: 1, maxLength: rng.pick([1, 8]), dtype: rng.pick(["f32", "bf16"]) }),
+    LoraLinear8bitLt: () => new lib.LoraLinear8bitLt(lib.Linear8bitLt.fromLinear(new lib.Linear(4, 3), { threshold: rng.pick([0, 6]) }), { r: 2, loraAlpha: 4, loraDropout: rng.pick([0, 0.1]) }),
+    Tokenizer: () => lib.Tokenizer.fromPretrained(join(ROOT, "test", "fixtures", "llama-tiny", "model")),
     Linear: () => new lib.Linear(rng.pick([4, 8, 3]), rng.pick([3, 4, 2]), { bias: rng.chance(0.7), dtype: rng.pick(FLOAT_DTYPES), seed: rng.int(100) }),
     Conv1D: () => new lib.Conv1D(rng.pick([3, 4]), 4, { seed: rng.int(100) }),
     Embedding: () => new lib.Embedding(10, 4, { seed: rng.int(100), paddingIdx: rng.pick([null, 0, -1]) }),

@@ -1,4 +1,4 @@
-// The llama-tiny fixture (../shared/fixtures/llama-tiny beside the project root): a transformers-format model,
+// The llama-tiny fixture (test/fixtures/llama-tiny, see its README.md): a transformers-format model,
 // a PEFT adapter and torch float64 expectations, read into plain arrays for the float64 reference.
 import { readFileSync } from "node:fs";
 import { join } from "node:path";
@@ -6,7 +6,7 @@ import { fileURLToPath } from "node:url";
 import { F, Tensor, loadSafetensorsSync, noGrad, type LlamaForCausalLM } from "../../lib/index.js";
 import type { RefConfig, RefLora, RefWeights } from "../llama-reference.js";
 
-export const LLAMA_TINY = fileURLToPath(new URL("../../../shared/fixtures/llama-tiny", import.meta.url));
+export const LLAMA_TINY = fileURLToPath(new URL("../fixtures/llama-tiny", import.meta.url));
 export const LLAMA_TINY_MODEL = join(LLAMA_TINY, "model");
 export const LLAMA_TINY_ADAPTER = join(LLAMA_TINY, "adapter");
 

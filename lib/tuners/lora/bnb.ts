@@ -19,6 +19,8 @@ const INV127 = Math.fround(1 / 127);
 
 /** W = CB·SCB·(1/127) in f32, (out, in), rounded as bitsandbytes' int8_vectorwise_dequant rounds it. */
 export function int8Dequantize(cb: Tensor, scb: Tensor): Tensor {
+  for (const [t, n] of [[cb, "cb"], [scb, "scb"]] as const)
+    if (!(t instanceof Tensor)) throw typeError(`int8Dequantize: ${n} must be a Tensor, got ${describe(t)}`);
   if (cb.dtype !== "i8" || scb.dtype !== "f32" || cb.shape.length !== 2 || scb.shape.length !== 1 || scb.shape[0] !== cb.shape[0])
     throw peftError("ERR_SHAPE", `int8Dequantize: expected CB i8 (out, in) and SCB f32 (out), got CB ${cb.dtype} [${cb.shape.join(", ")}] and SCB ${scb.dtype} [${scb.shape.join(", ")}]`);
   const [n, k] = cb.shape;
