@@ -171,16 +171,8 @@ export class Linear8bitLt extends Module {
   }
 
   override clone(): Linear8bitLt {
-    const sd = this.stateDict();
-    const copy = (t: Tensor) => {
-      const c = Tensor.zeros(t.shape, { dtype: t.dtype });
-      c.copyFrom(t);
-      return c;
-    };
-    const c = Linear8bitLt.#assemble(copy(sd.weight), copy(sd.SCB), sd.bias ? copy(sd.bias) : null, this.threshold);
-    for (const t of Object.values(sd)) t.dispose();
-    if (c.bias && this.bias) c.bias.requiresGrad = this.bias.requiresGrad;
-    return c;
+    const opts = { bias: this.bias !== null, threshold: this.threshold, dtype: this.bias?.dtype };
+    return Linear8bitLt.empty(this.inFeatures, this.outFeatures, opts).copyParametersFrom(this);
   }
 
   override extraRepr(): string {

@@ -34,12 +34,6 @@ export function int8Dequantize(cb: Tensor, scb: Tensor): Tensor {
   return Tensor.fromArray(w, [n, k], "f32");
 }
 
-function copyOf(t: Tensor): Tensor {
-  const c = Tensor.zeros(t.shape, { dtype: t.dtype });
-  c.copyFrom(t);
-  return c;
-}
-
 /** A 2-D (rows, last) view of t (t itself when already 2-D), collected in `keep` for disposal. */
 function rows(t: Tensor, keep: Tensor[]): Tensor {
   if (t.shape.length === 2) return t;
@@ -222,7 +216,7 @@ export class LoraLinear8bitLt extends FusedLoraLayer {
       if (bad >= 0 || checkOnly) return bad;
       const [cb, scb] = int8Quantize(w);
       using _cb = cb, _scb = scb;
-      if (sign > 0 && this.#exactRequested && !this.#original) this.#original = { cb: untrack(copyOf(base.weight)), scb: untrack(copyOf(base.SCB)) };
+      if (sign > 0 && this.#exactRequested && !this.#original) this.#original = { cb: untrack(base.weight.to("i8")), scb: untrack(base.SCB.to("f32")) }; // copies
       base.weight.copyFrom(cb);
       base.SCB.copyFrom(scb);
       return -1;
