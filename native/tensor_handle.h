@@ -20,6 +20,10 @@ class TensorHandle : public Napi::ObjectWrap<TensorHandle> {
   // async write is in flight. `op`/`name` name the argument in messages. The reference stays valid until the
   // binding call returns, whatever JS runs meanwhile (CallTensors).
   static const Tensor& From(const Napi::Value& v, const char* op, const char* name);
+  // As From, or null for an argument that is null or undefined (an optional tensor).
+  static const Tensor* FromOptional(const Napi::Value& v, const char* op, const char* name) {
+    return v.IsNull() || v.IsUndefined() ? nullptr : &From(v, op, name);
+  }
   static bool IsHandle(const Napi::Value& v);
   // Handles not yet disposed (or collected), across every JS environment of the process.
   static std::atomic<int64_t>& live_handles();

@@ -15,10 +15,6 @@
 namespace peft {
 namespace {
 
-const Tensor* optional_tensor(const Napi::CallbackInfo& info, size_t at, const char* op, const char* name) {
-  return info.Length() > at && !info[at].IsNull() && !info[at].IsUndefined() ? &TensorHandle::From(info[at], op, name) : nullptr;
-}
-
 // rotaryEmbedding(x [B, T, H, D], cos, sin [B or 1, T, D] f32, backward) -> y like x (backward: x holds dy)
 Napi::Value RotaryEmbedding(const Napi::CallbackInfo& info) {
   const char* op = "rotaryEmbedding";
@@ -52,7 +48,7 @@ AttentionCall attention_args(const Napi::CallbackInfo& info, const char* op) {
   c.q = &TensorHandle::From(info[0], op, "q");
   c.k = &TensorHandle::From(info[1], op, "k");
   c.v = &TensorHandle::From(info[2], op, "v");
-  const Tensor* mask = optional_tensor(info, 3, op, "attentionMask");
+  const Tensor* mask = TensorHandle::FromOptional(info[3], op, "attentionMask");
   bool causal = arg_bool(info[4], op, "causal");
   double scale = arg_number(info[5], op, "scale");
   const Tensor &q = *c.q, &k = *c.k, &v = *c.v;

@@ -1,6 +1,7 @@
 // Shared argument checks for ops: float dtypes, one device, shapes.
 #pragma once
 #include <initializer_list>
+#include <string>
 
 #include "../core/errors.h"
 #include "../core/tensor.h"
@@ -48,6 +49,10 @@ inline void require_same_shape(const Tensor& a, const char* a_name, const Tensor
 }
 
 // For ops that only have a CPU kernel: one device (ERR_DEVICE otherwise), and that device the host.
+inline void require_shape(const Tensor& t, const Shape& want, const char* op, const std::string& name) {
+  if (t.shape != want) fail("ERR_SHAPE", cat(op, ": ", name, " must have shape ", shape_str(want), ", got ", shape_str(t.shape)));
+}
+
 inline void require_cpu(const char* op, std::initializer_list<std::pair<const char*, const Tensor*>> ts) {
   Device d = same_device(op, ts);
   if (d != Device::CPU) fail("ERR_NOT_ON_DEVICE", cat(op, ": no ", device_name(d), " kernel; move the operands to the cpu"));

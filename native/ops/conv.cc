@@ -12,14 +12,6 @@
 namespace peft {
 namespace {
 
-const Tensor* optional_tensor(const Napi::Value& v, const char* op, const char* name) {
-  return v.IsNull() || v.IsUndefined() ? nullptr : &TensorHandle::From(v, op, name);
-}
-
-void require_shape(const Tensor& t, const Shape& want, const char* op, const char* name) {
-  if (t.shape != want) fail("ERR_SHAPE", cat(op, ": ", name, " must have shape ", shape_str(want), ", got ", shape_str(t.shape)));
-}
-
 // x (N, C, H, W), weight (OC, C / groups, KH, KW) and the geometry array.
 ConvGeom conv_args(const Shape& xs, const Tensor& w, const Napi::Value& geom, const char* op) {
   require_float(w, op, "weight");
@@ -71,7 +63,7 @@ struct ForwardArgs {
 ForwardArgs forward_args(const Napi::CallbackInfo& info, const char* op) {
   const Tensor& x = TensorHandle::From(info[0], op, "x");
   const Tensor& w = TensorHandle::From(info[1], op, "weight");
-  const Tensor* b = optional_tensor(info[2], op, "bias");
+  const Tensor* b = TensorHandle::FromOptional(info[2], op, "bias");
   require_cpu(op, {{"x", &x}, {"weight", &w}, {"bias", b}});
   ConvGeom g = conv_args(x, w, info[3], op);
   check_bias(b, g, op);
@@ -81,8 +73,8 @@ ForwardArgs forward_args(const Napi::CallbackInfo& info, const char* op) {
 // The gradient outputs dW (weight's shape) and db (OC), accumulated; their version moves.
 void grad_args(const Napi::Value& dwv, const Napi::Value& dbv, const Tensor& w, const ConvGeom& g, const char* op, const Tensor*& dW,
                const Tensor*& db) {
-  dW = optional_tensor(dwv, op, "dW");
-  db = optional_tensor(dbv, op, "db");
+  dW = TensorHandle::FromOptional(dwv, op, "dW");
+  db = TensorHandle::FromOptional(dbv, op, "db");
   if (dW) require_float(*dW, op, "dW"), require_shape(*dW, w.shape, op, "dW"), dW->storage->bump_version();
   if (db) require_float(*db, op, "db"), require_shape(*db, {g.OC}, op, "db"), db->storage->bump_version();
 }

@@ -11,10 +11,6 @@
 namespace peft {
 namespace {
 
-const Tensor* optional_tensor(const Napi::Value& v, const char* op, const char* name) {
-  return v.IsNull() || v.IsUndefined() ? nullptr : &TensorHandle::From(v, op, name);
-}
-
 Ia3Scale scale_args(const Napi::Value& lv, const Napi::Value& side, const DenseView& d, const char* op) {
   const Tensor& l = TensorHandle::From(lv, op, "l");
   Ia3Scale s;
@@ -69,11 +65,11 @@ Napi::Value Ia3Backward(const Napi::CallbackInfo& info) {
   require_float(dy, op, "dy");
   if (dy.device() != Device::CPU) fail("ERR_NOT_ON_DEVICE", cat(op, ": dy must be on the cpu"));
   if (dy.shape != ys) fail("ERR_SHAPE", cat(op, ": dy must have shape ", shape_str(ys), ", got ", shape_str(dy.shape)));
-  const Tensor* y0 = optional_tensor(info[7], op, "y0");
+  const Tensor* y0 = TensorHandle::FromOptional(info[7], op, "y0");
   const bool want_dx = arg_bool(info[8], op, "wantDx");
-  const Tensor* dW = optional_tensor(info[9], op, "dW");
-  const Tensor* db = optional_tensor(info[10], op, "db");
-  const Tensor* dl = optional_tensor(info[11], op, "dl");
+  const Tensor* dW = TensorHandle::FromOptional(info[9], op, "dW");
+  const Tensor* db = TensorHandle::FromOptional(info[10], op, "db");
+  const Tensor* dl = TensorHandle::FromOptional(info[11], op, "dl");
   require_like(dW, w.shape, op, "dW");
   require_like(db, {d.N}, op, "db");
   require_like(dl, {s.input_side ? d.K : d.N}, op, "dl");

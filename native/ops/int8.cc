@@ -68,11 +68,11 @@ Napi::Value Int8Linear(const Napi::CallbackInfo& info) {
   const Tensor& x = TensorHandle::From(info[0], op, "x");
   Int8Weight w = weight_args(info, 1, op);
   require_input(x, w, w.K, op, "x");
-  const Tensor* b = info[3].IsNull() || info[3].IsUndefined() ? nullptr : &TensorHandle::From(info[3], op, "bias");
+  const Tensor* b = TensorHandle::FromOptional(info[3], op, "bias");
   if (b) {
     require_float(*b, op, "bias");
     require_cpu(op, {{"bias", b}});
-    if (b->shape != Shape{w.N}) fail("ERR_SHAPE", cat(op, ": bias must have shape [", w.N, "], got ", shape_str(b->shape)));
+    require_shape(*b, {w.N}, op, "bias");
   }
   Int8LinearArgs a;
   a.threshold = threshold_arg(info[4], op);

@@ -21,7 +21,7 @@ Napi::Value Linear(const Napi::CallbackInfo& info) {
   const char* op = "linear";
   const Tensor& x = TensorHandle::From(info[0], op, "x");
   const Tensor& w = TensorHandle::From(info[1], op, "weight");
-  const Tensor* b = info.Length() > 2 && !info[2].IsNull() && !info[2].IsUndefined() ? &TensorHandle::From(info[2], op, "bias") : nullptr;
+  const Tensor* b = TensorHandle::FromOptional(info[2], op, "bias");
   require_float(x, op, "x");
   require_float(w, op, "weight");
   require_ndim(x, 1, 16, op, "x");

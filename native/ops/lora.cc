@@ -19,16 +19,13 @@ void require_cpu(const Tensor& t, const char* op, const char* name) {
     fail("ERR_NOT_ON_DEVICE", cat(op, ": ", name, " is on ", device_name(t.device()), "; this op has a CPU kernel only"));
 }
 
-void require_shape(const Tensor& t, const Shape& want, const char* op, const std::string& name) {
-  if (t.shape != want) fail("ERR_SHAPE", cat(op, ": ", name, " must have shape ", shape_str(want), ", got ", shape_str(t.shape)));
-}
 
 }  // namespace
 
 // The base layer: x (…, K), W (N, K) or (K, N), optional bias (N).
 DenseView dense_args(const Napi::CallbackInfo& info, const Tensor& x, int wi, const char* op) {
   const Tensor& w = TensorHandle::From(info[wi], op, "weight");
-  const Tensor* b = info[wi + 1].IsNull() || info[wi + 1].IsUndefined() ? nullptr : &TensorHandle::From(info[wi + 1], op, "bias");
+  const Tensor* b = TensorHandle::FromOptional(info[wi + 1], op, "bias");
   bool in_out = arg_bool(info[wi + 2], op, "weightInOut");
   require_float(x, op, "x");
   require_float(w, op, "weight");

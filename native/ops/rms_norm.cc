@@ -15,12 +15,12 @@ struct NormArgs {
 };
 
 const Tensor* optional_weight(const Napi::CallbackInfo& info, const char* op, const Tensor& x) {
-  if (info[1].IsNull() || info[1].IsUndefined()) return nullptr;
-  const Tensor& w = TensorHandle::From(info[1], op, "weight");
-  require_float(w, op, "weight");
-  if (w.ndim() != 1 || w.dim(0) != x.dim(-1))
-    fail("ERR_SHAPE", cat(op, ": weight must be [", x.dim(-1), "] (x's last dimension), got ", shape_str(w.shape)));
-  return &w;
+  const Tensor* w = TensorHandle::FromOptional(info[1], op, "weight");
+  if (!w) return nullptr;
+  require_float(*w, op, "weight");
+  if (w->ndim() != 1 || w->dim(0) != x.dim(-1))
+    fail("ERR_SHAPE", cat(op, ": weight must be [", x.dim(-1), "] (x's last dimension), got ", shape_str(w->shape)));
+  return w;
 }
 
 NormArgs norm_args(const Napi::CallbackInfo& info, const char* op) {
