@@ -17,6 +17,12 @@ export function ceilingRate(name, seconds = name.startsWith("dram") ? 0.1 : 0.04
   return native._benchCeiling(name, backend.threads, seconds);
 }
 
+/** The compute peak a whole step of `dtype` is measured against: FMA for f32; AMX, else vdpbf16ps, for bf16 mode. */
+export function peakOfDtype(dtype) {
+  if (dtype === "bf16") return hasCeiling("amx-bf16") ? "amx-bf16" : hasCeiling("dpbf16-avx512") ? "dpbf16-avx512" : "fma-avx512";
+  return hasCeiling("fma-avx512") ? "fma-avx512" : "fma-avx2";
+}
+
 /** The compute ceiling a GEMM kernel set runs against. */
 export function computeCeilingOf(kernel) {
   if (kernel.startsWith("amx")) return "amx-bf16";

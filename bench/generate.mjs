@@ -3,7 +3,7 @@
 // reported as weight bytes per second against the DRAM read ceiling measured in the same run (the roofline
 // of a token: target >= 0.6x); prefill of 512 tokens as model FLOPs against the dtype's compute peak.
 import { LlamaForCausalLM, Tensor, llamaConfig, noGrad } from "../dist/index.js";
-import { ceilingRate, hasCeiling } from "./ceilings.mjs";
+import { ceilingRate, peakOfDtype } from "./ceilings.mjs";
 
 const CONFIG = { vocabSize: 32000, hiddenSize: 768, intermediateSize: 2048, numHiddenLayers: 12, numAttentionHeads: 12, numKeyValueHeads: 4, maxPositionEmbeddings: 2048 };
 const CONTEXT = 128; // positions already in the cache when decoding starts
@@ -63,7 +63,7 @@ function prefillCase(dtype) {
   let s = null;
   const { numHiddenLayers: L, numAttentionHeads: H, hiddenSize: E } = CONFIG;
   const flops = 2 * matmulParams() * PREFILL + L * H * 2 * (2 * (E / H)) * ((PREFILL * (PREFILL + 1)) / 2);
-  const peak = dtype === "bf16" ? (hasCeiling("amx-bf16") ? "amx-bf16" : hasCeiling("dpbf16-avx512") ? "dpbf16-avx512" : "fma-avx512") : hasCeiling("fma-avx512") ? "fma-avx512" : "fma-avx2";
+  const peak = peakOfDtype(dtype);
   return {
     name: `llama ~100M prefill, ${PREFILL} tokens into the cache, ${dtype} (tokens/s = rate / ${(flops / PREFILL / 1e9).toFixed(3)} GFLOP)`,
     shape: [1, PREFILL], dtype, kernel: peak,

@@ -5,7 +5,7 @@
 // GEMMs run alone (what a step costs beyond its matrix products).
 import { LlamaForCausalLM, LoraConfig, Tensor, getPeftModel, linear, linearGradInput, llamaConfig, tidy } from "../dist/index.js";
 import { backend } from "../dist/index.js";
-import { ceilingRate, hasCeiling } from "./ceilings.mjs";
+import { ceilingRate, peakOfDtype } from "./ceilings.mjs";
 
 const T = 512;
 const R = 16;
@@ -34,11 +34,6 @@ function stepFlops() {
   const attentionFwd = L * H * 2 * (2 * D) * ((T * (T + 1)) / 2);
   const lora = L * layer.reduce((s, [i, o]) => s + 6 * T * R * (i + o), 0);
   return 2 * P * T + attentionFwd + 2 * P * T + 2 * attentionFwd + lora;
-}
-
-function peakOf(dtype) {
-  if (dtype === "bf16") return hasCeiling("amx-bf16") ? "amx-bf16" : hasCeiling("dpbf16-avx512") ? "dpbf16-avx512" : "fma-avx512";
-  return hasCeiling("fma-avx512") ? "fma-avx512" : "fma-avx2";
 }
 
 function makeState(dtype) {
@@ -88,7 +83,7 @@ function gemmsAlone(s) {
 function stepCase(dtype) {
   let s = null;
   const state = () => (s ??= makeState(dtype));
-  const peak = peakOf(dtype);
+  const peak = peakOfDtype(dtype);
   return {
     name: `llama ~100M LoRA r=${R} (q/k/v/o/gate/up/down) training step, T=${T}, ${dtype}${dtype === "bf16" ? " mode" : ""}`,
     shape: [1, T], dtype, kernel: peak,

@@ -6,7 +6,7 @@
 // phase's share of the step.
 import { AdamW, F, Linear, LoraConfig, SiLU, Sequential, Tensor, getPeftModel, linear, linearGradInput, tidy } from "../dist/index.js";
 import { backend } from "../dist/index.js";
-import { ceilingRate, hasCeiling } from "./ceilings.mjs";
+import { ceilingRate, peakOfDtype } from "./ceilings.mjs";
 
 const T = 512, E = 1024, I = 2816, R = 16, BLOCKS = 2;
 const LAYERS = Array.from({ length: BLOCKS }, () => [[E, I], [I, E]]).flat(); // [in, out]
@@ -17,11 +17,6 @@ function stepFlops() {
   // (4·T·r·(in + out)).
   const lora = LAYERS.reduce((s, [i, o]) => s + 6 * T * R * (i + o), 0);
   return 2 * P * T + 2 * P * T + lora;
-}
-
-function peakOf(dtype) {
-  if (dtype === "bf16") return hasCeiling("amx-bf16") ? "amx-bf16" : hasCeiling("dpbf16-avx512") ? "dpbf16-avx512" : "fma-avx512";
-  return hasCeiling("fma-avx512") ? "fma-avx512" : "fma-avx2";
 }
 
 function makeState(dtype) {
@@ -76,7 +71,7 @@ function makeState(dtype) {
 function stepCase(dtype) {
   let s = null;
   const state = () => (s ??= makeState(dtype));
-  const peak = peakOf(dtype);
+  const peak = peakOfDtype(dtype);
   const amx = dtype === "bf16" && peak === "amx-bf16";
   return {
     name: `MLP stack ${BLOCKS}x(${E}→${I}→${E}) LoRA r=${R} training step (fwd + bwd + AdamW), T=${T}, ${dtype}${dtype === "bf16" ? " mode" : ""}`,
