@@ -232,8 +232,10 @@ describe("config nesting is bounded", () => {
     mkdirSync(dir, { recursive: true });
     const text = readFileSync(join(FIXTURE_DIR, "adapter", "adapter_config.json"), "utf8").trimEnd().slice(0, -1) + `, "weird": ${deepJSON(3000)}}`;
     writeFileSync(join(dir, "adapter_config.json"), text);
-    for (const p of [LoraConfig.fromPretrained(dir), PeftModel.fromPretrained(new MLP(8), dir)]) {
-      const e = await rejected(p);
+    // Each load starts only when the previous one was awaited: a second promise made up front could reject
+    // before anything handles it (an unhandled rejection).
+    for (const load of [() => LoraConfig.fromPretrained(dir), () => PeftModel.fromPretrained(new MLP(8), dir)]) {
+      const e = await rejected(load());
       expect(e).toBeInstanceOf(PeftError);
       expect(e.code).toBe("ERR_CONFIG");
       expect(e.message).toContain(join(dir, "adapter_config.json"));
