@@ -83,7 +83,7 @@ export interface NativeAddon {
   // Rotary embedding of x [B, T, H, D] with f32 cos/sin [B or 1, T, D]; backward: x holds dy, returns dx.
   rotaryEmbedding(x: NativeTensor, cos: NativeTensor, sin: NativeTensor, backward: boolean): NativeTensor;
   // Flash-style attention, q [B, T, Hq, D], k/v [B, S, Hkv, D], mask [B, S] or null: [out, lse f32 [B, Hq, T]].
-  attention(q: NativeTensor, k: NativeTensor, v: NativeTensor, mask: NativeTensor | null, causal: boolean, scale: number): [NativeTensor, NativeTensor];
+  attention(q: NativeTensor, k: NativeTensor, v: NativeTensor, mask: NativeTensor | null, causal: boolean, scale: number, keyLength?: number): [NativeTensor, NativeTensor];
   attentionBackward(q: NativeTensor, k: NativeTensor, v: NativeTensor, mask: NativeTensor | null, causal: boolean, scale: number,
     out: NativeTensor, lse: NativeTensor, dout: NativeTensor): [NativeTensor, NativeTensor, NativeTensor];
   dropout(x: NativeTensor, p: number, seed: number, stream: number): NativeTensor;

@@ -164,6 +164,41 @@ describe("scaledDotProductAttention", () => {
     for (const [op, msg] of Object.entries(JSON.parse(r.stdout) as Record<string, string>)) expect(msg).toMatch(new RegExp(`^ERR_NOT_ON_DEVICE ${op}: no cuda kernel`));
   });
 
+  it("keyLength reads the first positions of longer k/v buffers in place, bit-equal to the same keys alone", () => {
+    forEachIsa((isa) => {
+      for (const dtype of ["f32", "bf16"] as const)
+        for (const [T, S, L] of [[1, 1, 7], [1, 17, 33], [7, 33, 127], [3, 0, 5]]) {
+          const [B, Hq, Hkv, D] = [2, 4, 2, 20];
+          // Buffers of L positions per batch row whose first S are the keys; the rest is noise that must not leak.
+          const buf = uniform(B * L * Hkv * D, -1, 1, T + S), vbuf = uniform(buf.length, -1, 1, T + S + 1);
+          const firstS = (a: number[]) => Array.from({ length: B }, (_, b) => a.slice(b * L * Hkv * D, (b * L + S) * Hkv * D)).flat();
+          const q = tensorOf(uniform(B * T * Hq * D, -1, 1, L), [B, T, Hq, D], dtype).t;
+          const [kb, vb] = [tensorOf(buf, [B, L, Hkv, D], dtype).t, tensorOf(vbuf, [B, L, Hkv, D], dtype).t];
+          const [k, v] = [tensorOf(firstS(buf), [B, S, Hkv, D], dtype).t, tensorOf(firstS(vbuf), [B, S, Hkv, D], dtype).t];
+          const mask = S ? Tensor.fromArray(randomMask(B, S, S, false), [B, S], "u8") : null;
+          for (const opts of [{}, { causal: true }, { causal: T <= S, attentionMask: mask }]) {
+            const want = F.scaledDotProductAttention(q, k, v, opts), got = F.scaledDotProductAttention(q, kb, vb, { ...opts, keyLength: S });
+            expect(Array.from(got.toFloat64Array()), `${isa} ${dtype} T=${T} S=${S} L=${L} ${JSON.stringify(Object.keys(opts))}`).toEqual(Array.from(want.toFloat64Array()));
+            want.dispose(), got.dispose();
+          }
+          for (const t of [q, kb, vb, k, v, mask]) t?.dispose();
+        }
+    });
+  });
+
+  it("keyLength: out-of-range values and a wanted gradient are named errors", () => {
+    const q = Tensor.zeros([1, 3, 4, 8]), k = Tensor.zeros([1, 5, 2, 8]);
+    const sdpa = F.scaledDotProductAttention;
+    for (const bad of [6, -1, 1.5, "2"])
+      expect(() => sdpa(q, k, k, { keyLength: bad as number })).toThrow(/scaledDotProductAttention: keyLength must be an integer from 0 to the 5 positions/);
+    expectError(() => sdpa(q, k, k, { keyLength: 3, attentionMask: Tensor.zeros([1, 5]) }), PeftError, "ERR_SHAPE", /attentionMask must be a \[batch, keys\] = \[1, 3\]/);
+    const ql = Tensor.zeros([1, 3, 4, 8]);
+    ql.requiresGrad = true;
+    expectError(() => sdpa(ql, k, k, { keyLength: 3 }), PeftError, "ERR_UNSUPPORTED", /keyLength 3 reads longer k\/v buffers in place, which has no gradient/);
+    const all = sdpa(ql, k, k, { keyLength: 5 });
+    expect(all.requiresGrad).toBe(true);
+  });
+
   it("rejects bad inputs with errors naming the op and tensor", () => {
     const z = (shape: number[], dtype: "f32" | "bf16" | "i32" = "f32") => Tensor.zeros(shape, { dtype });
     const q = z([1, 3, 4, 8]), k = z([1, 5, 2, 8]);

@@ -40,11 +40,18 @@ export interface AttentionOptions {
   attentionMask?: Tensor | null;
   /** Score scale, default 1/sqrt(headDim). */
   scale?: number;
+  /**
+   * Only the first keyLength positions of k/v are keys: k/v may be longer buffers (a preallocated KV cache),
+   * read in place without a copy. No gradient flows through such a call (slice the keys for one).
+   */
+  keyLength?: number;
 }
 
 export interface AttentionArgs {
   q: Tensor; k: Tensor; v: Tensor;
   causal: boolean; mask: Tensor | null; scale: number;
+  /** Keys used: keyLength, or all of k's positions. */
+  keys: number;
 }
 
 /** q [B, T, Hq, D], k/v [B, S, Hkv, D] with Hq % Hkv == 0, options checked. */
@@ -67,12 +74,15 @@ export function attentionArgs(q: unknown, k: unknown, v: unknown, options: Atten
   if (o.causal !== undefined && typeof o.causal !== "boolean") throw typeError(`${op}: causal must be a boolean, got ${shown(o.causal)}`);
   const scale = o.scale ?? 1 / Math.sqrt(D);
   if (typeof scale !== "number" || !Number.isFinite(scale)) throw typeError(`${op}: scale must be a finite number, got ${shown(o.scale)}`);
+  const keys = o.keyLength ?? S;
+  if (typeof keys !== "number" || !Number.isInteger(keys) || keys < 0 || keys > S)
+    throw typeError(`${op}: keyLength must be an integer from 0 to the ${S} positions k/v hold, got ${shown(o.keyLength)}`);
   let mask: Tensor | null = null;
   if (o.attentionMask !== undefined && o.attentionMask !== null) {
     mask = tensorArg(o.attentionMask, op, "attentionMask");
-    if (mask.shape.length !== 2 || mask.shape[0] !== B || mask.shape[1] !== S)
-      throw peftError("ERR_SHAPE", `${op}: attentionMask must be a [batch, keys] = [${B}, ${S}] key mask, got ${shapeOf(mask)}`);
+    if (mask.shape.length !== 2 || mask.shape[0] !== B || mask.shape[1] !== keys)
+      throw peftError("ERR_SHAPE", `${op}: attentionMask must be a [batch, keys] = [${B}, ${keys}] key mask, got ${shapeOf(mask)}`);
     if (mask.device !== qt.device) throw peftError("ERR_DEVICE", `${op}: attentionMask is on ${mask.device}, q on ${qt.device}`);
   }
-  return { q: qt, k: kt, v: vt, causal: o.causal === true, mask, scale };
+  return { q: qt, k: kt, v: vt, causal: o.causal === true, mask, scale, keys };
 }

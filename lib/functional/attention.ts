@@ -4,6 +4,7 @@
 import { Tensor } from "../tensor.js";
 import { native } from "../native.js";
 import { record, wantsGrad } from "../autograd/record.js";
+import { peftError } from "../errors.js";
 import { attentionArgs, rotaryArgs, type AttentionOptions } from "./attention-args.js";
 
 export type { AttentionOptions } from "./attention-args.js";
@@ -40,7 +41,10 @@ export function rotaryEmbedding(x: Tensor, cos: Tensor, sin: Tensor): Tensor {
 export function scaledDotProductAttention(q: Tensor, k: Tensor, v: Tensor, options: AttentionOptions = {}): Tensor {
   const a = attentionArgs(q, k, v, options);
   const mask = a.mask ? h(a.mask) : null;
-  const [o, l] = native.attention(h(a.q), h(a.k), h(a.v), mask, a.causal, a.scale);
+  const inPlace = a.keys !== a.k.shape[1];
+  if (inPlace && wantsGrad(a.q, a.k, a.v))
+    throw peftError("ERR_UNSUPPORTED", `scaledDotProductAttention: keyLength ${a.keys} reads longer k/v buffers in place, which has no gradient; slice the keys, or run under noGrad`);
+  const [o, l] = native.attention(h(a.q), h(a.k), h(a.v), mask, a.causal, a.scale, inPlace ? a.keys : undefined);
   const y = new Tensor(o), lse = new Tensor(l);
   if (!wantsGrad(a.q, a.k, a.v)) {
     lse.dispose();

@@ -71,7 +71,22 @@ export class KVCache {
    * all positions so far, [batch, length + T, kvHeads, headDim] (fresh tensors the caller owns).
    */
   update(layer: number, k: Tensor, v: Tensor): { k: Tensor; v: Tensor } {
-    const op = "KVCache.update";
+    const S = this.#write(layer, k, v, "KVCache.update");
+    const [B, , H, D] = k.shape, st = stridesOf([B, this.maxLength, H, D]);
+    return { k: strided(this.#keys[layer], [B, S, H, D], st, 0), v: strided(this.#values[layer], [B, S, H, D], st, 0) };
+  }
+
+  /**
+   * Writes as update does and returns the layer's whole buffers, [batch, maxLength, kvHeads, headDim], with
+   * the number of positions that are keys now: attention reads them in place (scaledDotProductAttention's
+   * keyLength) instead of a copy of the prefix per token. The buffers stay the cache's: never dispose them.
+   */
+  append(layer: number, k: Tensor, v: Tensor): { k: Tensor; v: Tensor; keyLength: number } {
+    const keyLength = this.#write(layer, k, v, "KVCache.append");
+    return { k: this.#keys[layer], v: this.#values[layer], keyLength };
+  }
+
+  #write(layer: number, k: Tensor, v: Tensor, op: string): number {
     if (typeof layer !== "number") throw typeError(`${op}: layer must be a number, got ${describe(layer)}`);
     for (const [t, n] of [[k, "k"], [v, "v"]] as const)
       if (!(t instanceof Tensor)) throw typeError(`${op}: ${n} must be a Tensor, got ${describe(t)}`);
@@ -84,8 +99,7 @@ export class KVCache {
     const full = [B, this.maxLength, H, D], st = stridesOf(full), at = this.length * H * D;
     stridedInto(k, this.#keys[layer], [B, T, H, D], st, at);
     stridedInto(v, this.#values[layer], [B, T, H, D], st, at);
-    const upTo = [B, this.length + T, H, D];
-    return { k: strided(this.#keys[layer], upTo, st, 0), v: strided(this.#values[layer], upTo, st, 0) };
+    return this.length + T;
   }
 
   /** Called once per forward after every layer wrote its T positions. */

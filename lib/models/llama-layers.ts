@@ -11,6 +11,7 @@ import { ModuleList } from "../nn/containers.js";
 import { RMSNorm } from "../nn/norm.js";
 import { tidy } from "../autograd/tidy.js";
 import { checkpoint } from "../autograd/checkpoint.js";
+import { wantsGrad } from "../autograd/record.js";
 import { checkLayerArgs, type LlamaConfig } from "./llama-config.js";
 import { Tensor as TensorClass } from "../tensor.js";
 import { describe, peftError, typeError } from "../errors.js";
@@ -72,13 +73,27 @@ export class LlamaAttention extends Module {
     const { numAttentionHeads: H, numKeyValueHeads: Hkv, headDim: D } = this.config;
     return tidy(() => {
       const q = F.rotaryEmbedding(this.q_proj.forward(x).reshape([B, T, H, D]), ctx.cos, ctx.sin);
-      let k = F.rotaryEmbedding(this.k_proj.forward(x).reshape([B, T, Hkv, D]), ctx.cos, ctx.sin);
-      let v = this.v_proj.forward(x).reshape([B, T, Hkv, D]);
-      if (ctx.cache) ({ k, v } = ctx.cache.update(ctx.layer ?? 0, k, v));
-      const a = F.scaledDotProductAttention(q, k, v, { causal: true, attentionMask: ctx.attentionMask });
+      const k = F.rotaryEmbedding(this.k_proj.forward(x).reshape([B, T, Hkv, D]), ctx.cos, ctx.sin);
+      const v = this.v_proj.forward(x).reshape([B, T, Hkv, D]);
+      const a = F.scaledDotProductAttention(q, ...keysOf(k, v, q, ctx));
       return this.o_proj.forward(a.reshape([B, T, H * D])) as Tensor;
     });
   }
+}
+
+/**
+ * The keys and values attention reads, and its options: this forward's k/v, or with a cache all positions so
+ * far; when no gradient is wanted the cache's buffers are read in place (no copy of the prefix per token).
+ */
+function keysOf(k: Tensor, v: Tensor, q: Tensor, ctx: LayerContext): [Tensor, Tensor, F.AttentionOptions] {
+  const opts: F.AttentionOptions = { causal: true, attentionMask: ctx.attentionMask };
+  if (!ctx.cache) return [k, v, opts];
+  if (wantsGrad(q, k, v)) {
+    const all = ctx.cache.update(ctx.layer ?? 0, k, v);
+    return [all.k, all.v, opts];
+  }
+  const buf = ctx.cache.append(ctx.layer ?? 0, k, v);
+  return [buf.k, buf.v, { ...opts, keyLength: buf.keyLength }];
 }
 
 export class LlamaMLP extends Module {

@@ -69,12 +69,16 @@ class Scratch {
 // or, transposed, tiles [B][H][ceil(L / kBK)][Dp][kBK] (zero past the last key).
 class Packed {
  public:
-  // Slot `slot` filled from src: head rows, or (cols) transposed key tiles.
-  Packed(int slot, const void* src, DType dt, int64_t B, int64_t L, int64_t H, int64_t D, bool cols)
+  // Slot `slot` filled from the first L of the Ls positions per batch row of src: head rows, or (cols)
+  // transposed key tiles.
+  Packed(int slot, const void* src, DType dt, int64_t B, int64_t L, int64_t Ls, int64_t H, int64_t D, bool cols)
       : buf_(slot, static_cast<size_t>(B * H * (cols ? tiles(L, kBK) * kBK : L + 4) * padded(D))), L_(L), H_(H), Dp_(padded(D)), nt_(tiles(L, kBK)) {
     if (!cols) {
       parallel_for(B * L * H, std::max<int64_t>(1, 4096 / std::max<int64_t>(D, 1)), [&](int64_t rb, int64_t re) {
-        for (int64_t r = rb; r < re; r++) load_row(src, dt, r * D, rows(r / (L * H), r % H, r / H % L), D);
+        for (int64_t r = rb; r < re; r++) {
+          const int64_t b = r / (L * H), p = r / H % L, h = r % H;
+          load_row(src, dt, ((b * Ls + p) * H + h) * D, rows(b, h, p), D);
+        }
       });
       return;
     }
@@ -84,7 +88,7 @@ class Packed {
         const int64_t b = t / (H * nt_), h = t / nt_ % H, j0 = t % nt_ * kBK;
         float* dst = tile(b, h, t % nt_);
         for (int64_t r = 0; r < std::min<int64_t>(kBK, L - j0); r++) {
-          load_row(src, dt, ((b * L + j0 + r) * H + h) * D, row.data(), D);
+          load_row(src, dt, ((b * Ls + j0 + r) * H + h) * D, row.data(), D);
           for (int64_t d = 0; d < D; d++) dst[d * kBK + r] = row[d];
         }
       }
@@ -103,7 +107,8 @@ class Packed {
 void attention_forward_cpu(const AttentionShape& a, const void* q, const void* k, const void* v, DType dt, void* out, float* lse) {
   const int64_t D = a.D, Dp = padded(D), group = a.Hq / a.Hkv, nqt = tiles(a.T, kBQ);
   const int dp = static_cast<int>(Dp);
-  Packed kt_all(0, k, dt, a.B, a.S, a.Hkv, D, true), v_all(1, v, dt, a.B, a.S, a.Hkv, D, false);
+  const int64_t Ls = a.kv_rows ? a.kv_rows : a.S;
+  Packed kt_all(0, k, dt, a.B, a.S, Ls, a.Hkv, D, true), v_all(1, v, dt, a.B, a.S, Ls, a.Hkv, D, false);
   // A job's rows: the query tile of every query head reading the job's kv head (they share each K/V tile),
   // plus room for the scores' rounding up to 4 rows.
   const int64_t R = group * kBQ + 4;
@@ -166,8 +171,8 @@ void attention_backward_cpu(const AttentionShape& a, const void* q, const void* 
       delta[(b * Hq + h) * T + t] = static_cast<float>(s);
     }
   });
-  Packed k_rows(0, k, dt, B, S, Hkv, D, false), k_cols(1, k, dt, B, S, Hkv, D, true), v_cols(2, v, dt, B, S, Hkv, D, true);
-  Packed q_rows(3, q, dt, B, T, Hq, D, false), do_rows(4, dout, dt, B, T, Hq, D, false);
+  Packed k_rows(0, k, dt, B, S, S, Hkv, D, false), k_cols(1, k, dt, B, S, S, Hkv, D, true), v_cols(2, v, dt, B, S, S, Hkv, D, true);
+  Packed q_rows(3, q, dt, B, T, T, Hq, D, false), do_rows(4, dout, dt, B, T, T, Hq, D, false);
   // Jobs own (batch, kv head, a chunk of key tiles): dk and dv rows are theirs alone; dq goes to the job's own
   // f32 partial [chunk][B][Hq][T][Dp], summed after. Key tiles are split into chunks only as far as needed to
   // give every thread work, dealt round-robin (chunk c takes tiles c, c + chunks, ...) so that under causal

@@ -16,9 +16,12 @@ struct AttentionShape {
   bool causal;
   // [B][S], nonzero = the key is attended; null: every key.
   const uint8_t* key_ok;
+  // Positions each batch row of k/v holds when they are longer buffers whose first S positions are the keys
+  // (a preallocated KV cache read in place); 0: S. The forward only.
+  int64_t kv_rows = 0;
 };
 
-// q [B][T][Hq][D], k/v [B][S][Hkv][D], out like q, all in dt (f32/f16/bf16, computed in f32); lse f32 [B][Hq][T]
+// q [B][T][Hq][D], k/v [B][S or kv_rows][Hkv][D], out like q, all in dt (f32/f16/bf16, computed in f32); lse f32 [B][Hq][T]
 // (+inf for a query with no key left, whose output is 0).
 void attention_forward_cpu(const AttentionShape& a, const void* q, const void* k, const void* v, DType dt, void* out, float* lse);
 

@@ -1,6 +1,7 @@
 // Decoder-LM ops on the host: rotary position embedding and flash-style scaled dot-product attention, in
 // the [batch, seq, heads, headDim] layout. lib/functional/attention.ts checks arguments first; the checks
 // here keep a direct call from reaching a kernel with shapes it cannot take.
+#include <cstdint>
 #include <limits>
 #include <vector>
 
@@ -42,8 +43,9 @@ struct AttentionCall {
   std::vector<uint8_t> key_ok;
 };
 
-// (q, k, v, mask | null, causal, scale) at info[0..5], checked; the mask as one byte per key.
-AttentionCall attention_args(const Napi::CallbackInfo& info, const char* op) {
+// (q, k, v, mask | null, causal, scale) at info[0..5], checked; the mask as one byte per key. With
+// `key_length` (>= 0) only the first key_length positions of k/v are keys (k/v are longer buffers).
+AttentionCall attention_args(const Napi::CallbackInfo& info, const char* op, int64_t key_length = -1) {
   AttentionCall c;
   c.q = &TensorHandle::From(info[0], op, "q");
   c.k = &TensorHandle::From(info[1], op, "k");
@@ -62,10 +64,12 @@ AttentionCall attention_args(const Napi::CallbackInfo& info, const char* op) {
   if (k.dim(0) != q.dim(0) || k.dim(3) != q.dim(3) || (k.dim(2) == 0 ? q.dim(2) != 0 : q.dim(2) % k.dim(2) != 0))
     fail("ERR_SHAPE", cat(op, ": k ", shape_str(k.shape), " does not fit q ", shape_str(q.shape),
                           " (same batch and headDim, q's heads a multiple of k's)"));
-  c.shape = {q.dim(0), q.dim(1), k.dim(1), q.dim(2), k.dim(2), q.dim(3), static_cast<float>(scale), causal, nullptr};
+  const int64_t S = key_length >= 0 ? key_length : k.dim(1);
+  if (S > k.dim(1)) fail("ERR_SHAPE", cat(op, ": keyLength ", S, " exceeds the ", k.dim(1), " positions k and v hold"));
+  c.shape = {q.dim(0), q.dim(1), S, q.dim(2), k.dim(2), q.dim(3), static_cast<float>(scale), causal, nullptr, k.dim(1)};
   if (mask) {
-    if (mask->ndim() != 2 || mask->dim(0) != q.dim(0) || mask->dim(1) != k.dim(1))
-      fail("ERR_SHAPE", cat(op, ": attentionMask must be [", q.dim(0), ", ", k.dim(1), "], got ", shape_str(mask->shape)));
+    if (mask->ndim() != 2 || mask->dim(0) != q.dim(0) || mask->dim(1) != S)
+      fail("ERR_SHAPE", cat(op, ": attentionMask must be [", q.dim(0), ", ", S, "], got ", shape_str(mask->shape)));
     c.key_ok.resize(static_cast<size_t>(mask->numel()));
     for (int64_t i = 0; i < mask->numel(); i++) c.key_ok[i] = load_f32(mask->data(), mask->dtype, i) != 0;
     c.shape.key_ok = c.key_ok.data();
@@ -76,10 +80,11 @@ AttentionCall attention_args(const Napi::CallbackInfo& info, const char* op) {
 // Nothing to compute: an empty operand (the outputs stay zero).
 bool empty(const AttentionShape& s) { return !s.B || !s.T || !s.S || !s.Hq || !s.D; }
 
-// attention(q, k, v, mask, causal, scale) -> [out like q, lse f32 [B, Hq, T]]
+// attention(q, k, v, mask, causal, scale, keyLength?) -> [out like q, lse f32 [B, Hq, T]]
 Napi::Value Attention(const Napi::CallbackInfo& info) {
   const char* op = "attention";
-  AttentionCall c = attention_args(info, op);
+  const int64_t key_length = info[6].IsUndefined() ? -1 : arg_int(info[6], op, "keyLength", 0, INT64_MAX);
+  AttentionCall c = attention_args(info, op, key_length);
   const AttentionShape& s = c.shape;
   Tensor out = make_tensor(c.q->dtype, c.q->shape, Device::CPU, true);
   Tensor lse = make_tensor(DType::F32, {s.B, s.Hq, s.T}, Device::CPU, true);
