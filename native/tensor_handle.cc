@@ -6,6 +6,7 @@
 #include <vector>
 
 #include "napi_util.h"
+#include "ops/check.h"
 #include "ops/op_table.h"
 
 namespace peft {
@@ -311,7 +312,7 @@ Napi::Value TensorHandle::Bytes(const Napi::CallbackInfo& info) {
     bool writable = i.Length() > 0 && i[0].IsBoolean() && i[0].As<Napi::Boolean>().Value();
     // The library's own file reads/writes pass transient = true: they use the bytes and drop them.
     bool transient = i.Length() > 1 && i[1].IsBoolean() && i[1].As<Napi::Boolean>().Value();
-    if (writable) t.storage->bump_version();
+    if (writable) begin_write(t, "bytes", "tensor");
     Napi::ArrayBuffer buf = buffer_over(i.Env(), t.storage, t.nbytes(), !transient);
     return Napi::Uint8Array::New(i.Env(), t.nbytes(), buf, 0);
   }
@@ -339,6 +340,7 @@ Napi::Value TensorHandle::CopyFrom(const Napi::CallbackInfo& info) {
     if (src.shape != dst.shape)
       fail("ERR_SHAPE", cat("copyFrom: src has shape ", shape_str(src.shape), ", this tensor ", shape_str(dst.shape)));
     int64_t n = dst.numel();
+    begin_write(dst, "copyFrom", "this");
     if (src.device() == dst.device()) {
       if (src.storage.get() != dst.storage.get())
         ops_for(dst.device(), "copyFrom").convert(src.data(), src.dtype, dst.data(), dst.dtype, n);
@@ -352,7 +354,6 @@ Napi::Value TensorHandle::CopyFrom(const Napi::CallbackInfo& info) {
       if (dst.device() == Device::CPU) std::memcpy(dst.data(), host_dst.data(), dst.nbytes());
       else ops_for(dst.device(), "copyFrom").from_host(dst.data(), host_dst.data(), dst.nbytes());
     }
-    dst.storage->bump_version();
     return i.Env().Undefined();
   }
 }

@@ -6,7 +6,7 @@ import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, describe, expect, it } from "vitest";
-import { KVCache, LlamaForCausalLM, LoraConfig, Tensor, backend, generate, getPeftModel, manualSeed, noGrad, streamTokens } from "../lib/index.js";
+import { AdamW, KVCache, LlamaForCausalLM, LoraConfig, Tensor, backend, generate, getPeftModel, manualSeed, noGrad, streamTokens } from "../lib/index.js";
 import { native } from "../lib/native.js";
 import { handleOf } from "../lib/tensor.js";
 import { applyRepetitionPenalty, resolveSampling, warpedProbs } from "../lib/generation/sampling.js";
@@ -258,6 +258,35 @@ describe("generate", () => {
     peft.dispose();
   });
 
+  it("while a worker decodes, writing the weights in place is ERR_TENSOR_BUSY; reading them is not; afterwards both are", async () => {
+    const model = tinyLlama(small, 29).eval();
+    const peft = getPeftModel(model, new LoraConfig({ r: 4, targetModules: ["q_proj", "v_proj"], initLoraWeights: false })).eval();
+    const opts = { maxNewTokens: 12, eosTokenId: null };
+    const here = (await generate(peft, PROMPT, { ...opts, offThread: false })).tokens;
+    const w = [...peft.namedParameters()].find(([n]) => n.endsWith("q_proj.base_layer.weight"))![1];
+    const a = [...peft.namedParameters()].find(([n]) => n.includes("lora_A"))![1];
+    const opt = new AdamW([a], { lr: 0.1 });
+    const busy = expect.objectContaining({ code: "ERR_TENSOR_BUSY" });
+    const seen: number[] = [];
+    for await (const t of streamTokens(peft, PROMPT, opts)) {
+      if (seen.length === 1) {
+        expect(() => w.copyFrom(w.to("f32"))).toThrow(busy);
+        expect(() => peft.mergeAdapter()).toThrow(busy);
+        a.grad = Tensor.fromArray(new Array(a.numel).fill(1), a.shape);
+        expect(() => opt.step()).toThrow(busy);
+        expect(() => w.bytes({ writable: true })).toThrow(busy);
+        // reads go on: a forward here while the worker decodes
+        expect(fullLogits(peft, PROMPT).length).toBe(PROMPT.length * V);
+      }
+      seen.push(t);
+    }
+    // nothing was written: the worker's tokens are this thread's
+    expect(seen).toEqual(here);
+    opt.step();
+    peft.mergeAdapter();
+    peft.dispose();
+  });
+
   it("rejects bad prompts and options with errors naming them", async () => {
     const model = tinyLlama(small, 18).eval();
     await expect(generate(model, [], {})).rejects.toThrow(/the prompt is empty/);
@@ -285,11 +314,13 @@ describe("shared tensors (what the generation worker adopts)", () => {
     const other = new Tensor(native.adoptSharedTensor(id));
     expect(Array.from(other.toFloat32Array())).toEqual([1, 2, 3]);
     const two = Tensor.fromArray([7, 8, 9], [3]);
+    // while lent, the storage refuses in-place writes through either handle (a reader may be using it)
+    for (const w of [t, other]) expect(() => w.copyFrom(two)).toThrow(expect.objectContaining({ code: "ERR_TENSOR_BUSY", message: expect.stringMatching(/^copyFrom: this is being read by another thread/) }));
+    expect(native.releaseSharedTensor(id)).toBe(true);
+    expect(native.releaseSharedTensor(id)).toBe(false);
     t.copyFrom(two);
     // the same memory: a write through one handle shows through the other
     expect(Array.from(other.toFloat32Array())).toEqual([7, 8, 9]);
-    expect(native.releaseSharedTensor(id)).toBe(true);
-    expect(native.releaseSharedTensor(id)).toBe(false);
     expect(() => native.adoptSharedTensor(id)).toThrow(expect.objectContaining({ code: "ERR_STATE", message: expect.stringMatching(/no tensor is shared under id/) }));
     expect(() => native.adoptSharedTensor(0)).toThrow(/adoptSharedTensor/);
     expect(() => native.shareTensor({} as never)).toThrow(/shareTensor/);

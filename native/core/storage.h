@@ -36,6 +36,9 @@ struct Storage {
   std::atomic<uint64_t> version{0};
   // Count of async operations writing this storage; a sync op touching it throws ERR_TENSOR_BUSY.
   std::atomic<int> busy_writers{0};
+  // Times the storage is lent to other threads for reading (native/ops/share.cc: a generation worker decoding
+  // over the weights); while lent, an in-place write throws ERR_TENSOR_BUSY instead of racing the reader.
+  std::atomic<int> lent{0};
   // Typed arrays JS holds over this memory (view(), bytes()). Writes through them bump no version, so
   // while any is alive no derived form is cached: it could not tell that the data changed.
   std::atomic<int> live_views{0};

@@ -8,6 +8,15 @@
 
 namespace peft {
 
+// Called by every in-place op before it writes t: ERR_TENSOR_BUSY while another thread reads the storage (it
+// is lent, see native/ops/share.cc), else a new version, so derived forms (a packed weight) are rebuilt.
+inline void begin_write(const Tensor& t, const char* op, const std::string& name) {
+  if (t.storage->lent.load(std::memory_order_acquire) > 0)
+    fail("ERR_TENSOR_BUSY", cat(op, ": ", name, " is being read by another thread (a generation decoding over these weights); "
+                                "await or abort it before writing"));
+  t.storage->bump_version();
+}
+
 // 2^53 - 1: the largest integer a JS number holds exactly (seeds, streams, indices passed as numbers).
 constexpr int64_t kMaxSafeInt = 9007199254740991LL;
 

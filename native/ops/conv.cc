@@ -75,8 +75,8 @@ void grad_args(const Napi::Value& dwv, const Napi::Value& dbv, const Tensor& w, 
                const Tensor*& db) {
   dW = TensorHandle::FromOptional(dwv, op, "dW");
   db = TensorHandle::FromOptional(dbv, op, "db");
-  if (dW) require_float(*dW, op, "dW"), require_shape(*dW, w.shape, op, "dW"), dW->storage->bump_version();
-  if (db) require_float(*db, op, "db"), require_shape(*db, {g.OC}, op, "db"), db->storage->bump_version();
+  if (dW) require_float(*dW, op, "dW"), require_shape(*dW, w.shape, op, "dW"), begin_write(*dW, op, "dW");
+  if (db) require_float(*db, op, "db"), require_shape(*db, {g.OC}, op, "db"), begin_write(*db, op, "db");
 }
 
 // conv2d(x, weight, bias | null, geometry) -> y (N, OC, OH, OW) in x's dtype

@@ -48,7 +48,7 @@ void require_like(const Tensor* t, const Shape& want, const char* op, const char
   require_float(*t, op, name);
   if (t->device() != Device::CPU) fail("ERR_NOT_ON_DEVICE", cat(op, ": ", name, " must be on the cpu"));
   if (t->shape != want) fail("ERR_SHAPE", cat(op, ": ", name, " must have shape ", shape_str(want), ", got ", shape_str(t->shape)));
-  t->storage->bump_version();
+  begin_write(*t, op, name);
 }
 
 // ia3Backward(dy, x, weight, weightInOut, l, inputSide, y0 | null, wantDx, dW | null, db | null, dl | null) -> dx | null
@@ -119,8 +119,8 @@ Napi::Value Ia3ScaleWeight(const Napi::CallbackInfo& info) {
     return f;
   };
   std::vector<float> all = factors(ls.size());
+  if (!check_only) begin_write(w, op, "weight");
   if (ia3_scale_cpu(w.data(), w.dtype, v[0], v[1], v[2], all.data(), safe, !check_only)) {
-    if (!check_only) w.storage->bump_version();
     return Napi::Number::New(info.Env(), -1);
   }
   // Which adapter broke it: the first whose prefix of factors gives a non-finite weight.

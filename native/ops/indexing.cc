@@ -103,6 +103,7 @@ Napi::Value CopyStrided(const Napi::CallbackInfo& info) {
   }
   check_view(shape, dst_st, doff, *dst, op, "dst");
   check_no_overlap(shape, dst_st, op);
+  begin_write(*dst, op, "dst");
   const int nd = static_cast<int>(shape.size());
   if (src.storage == dst->storage) {
     // Reading and writing one storage: through a copy, so no element is read after it was overwritten.
@@ -113,7 +114,6 @@ Napi::Value CopyStrided(const Napi::CallbackInfo& info) {
   } else {
     copy_strided_cpu(src.data(), src.dtype, shape.data(), sst.data(), soff, nd, dst->data(), dst->dtype, dst_st.data(), doff);
   }
-  dst->storage->bump_version();
   return info[4];
 }
 
@@ -212,8 +212,8 @@ Napi::Value IndexAdd(const Napi::CallbackInfo& info) {
   check_indices(index, D, dim, op, "dst");
   Tensor copy;
   const Tensor& s = unaliased_src(src, dst, copy, op);
+  begin_write(dst, op, "dst");
   index_add_cpu(dst.data(), dst.dtype, outer, D, inner, index.data(), index.dtype, index.numel(), s.data(), s.dtype);
-  dst.storage->bump_version();
   return info.Env().Undefined();
 }
 
@@ -252,9 +252,9 @@ Napi::Value ScatterAdd(const Napi::CallbackInfo& info) {
   check_indices(index, dst.ndim() ? dst.shape[dim] : 1, dim, op, "dst");
   Tensor copy;
   const Tensor& s = unaliased_src(src, dst, copy, op);
+  begin_write(dst, op, "dst");
   scatter_add_cpu(dst.data(), dst.dtype, dst.shape.data(), dst.ndim(), dim, index.data(), index.dtype, index.shape.data(), s.data(),
                   s.dtype, s.shape.data());
-  dst.storage->bump_version();
   return info.Env().Undefined();
 }
 

@@ -121,8 +121,8 @@ Napi::Value LinearGradWeight(const Napi::CallbackInfo& info) {
   g.C = dw.data();
   g.c_dt = dw.dtype;
   g.accumulate = acc;
+  begin_write(dw, op, "dW");
   ops_for(d, op).gemm(g);
-  dw.storage->bump_version();
   return info.Env().Undefined();
 }
 

@@ -92,9 +92,9 @@ std::vector<AdapterView> adapter_args(const Napi::Value& v, int64_t K, int64_t N
         require_float(t, op, key);
         require_cpu(t, op, key);
         require_shape(t, like.shape, op, name + "." + key);
+        begin_write(t, op, name + "." + key);
         if (key[1] == 'A') a.dA = t.data(), a.da_dt = t.dtype;
         else a.dB = t.data(), a.db_dt = t.dtype;
-        t.storage->bump_version();
       }
     }
     out.push_back(a);
@@ -162,8 +162,8 @@ Napi::Value LoraMerge(const Napi::CallbackInfo& info) {
   // checkOnly: the safe computation without writing W (a model checks every layer before merging any).
   bool check_only = info.Length() > 5 && !info[5].IsUndefined() && arg_bool(info[5], op, "checkOnly");
   if (check_only && !safe) fail_range(cat(op, ": checkOnly needs safe"));
+  if (!check_only) begin_write(w, op, "weight");
   int bad = lora_merge_cpu(w.data(), w.dtype, N, K, in_out, ad, static_cast<float>(sign), safe, !check_only);
-  if (bad < 0 && !check_only) w.storage->bump_version();
   return Napi::Number::New(info.Env(), bad);
 }
 

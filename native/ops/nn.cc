@@ -159,8 +159,8 @@ Napi::Value EmbeddingBackward(const Napi::CallbackInfo& info) {
                           shape_str(dw.shape), " need ", shape_str(want)));
   require_cpu(op, {{"ids", &ids}, {"dy", &dy}, {"dW", &dw}});
   check_ids(ids, dw.dim(0), op);
+  begin_write(dw, op, "dW");
   embedding_backward_cpu(ids.data(), ids.dtype, ids.numel(), dy.data(), dy.dtype, dw.data(), dw.dtype, dw.dim(1));
-  dw.storage->bump_version();
   return info.Env().Undefined();
 }
 
@@ -176,8 +176,8 @@ Napi::Value SumRows(const Napi::CallbackInfo& info) {
     fail("ERR_SHAPE", cat(op, ": out must have shape [", dy.dim(-1), "] for dy of shape ", shape_str(dy.shape), ", got ",
                           shape_str(out.shape)));
   require_cpu(op, {{"dy", &dy}, {"out", &out}});
+  begin_write(out, op, "out");
   sum_rows_cpu(dy.data(), dy.dtype, dy.rows(), dy.dim(-1), out.data(), out.dtype, acc);
-  out.storage->bump_version();
   return info.Env().Undefined();
 }
 
@@ -191,8 +191,8 @@ Napi::Value AddInPlace(const Napi::CallbackInfo& info) {
   require_float(b, op, "b");
   require_same_shape(a, "a", b, "b", op);
   require_cpu(op, {{"a", &a}, {"b", &b}});
+  begin_write(a, op, "a");
   axpy_cpu(a.data(), a.dtype, b.data(), b.dtype, alpha, a.numel());
-  a.storage->bump_version();
   return info.Env().Undefined();
 }
 
@@ -203,8 +203,8 @@ Napi::Value ScaleInPlace(const Napi::CallbackInfo& info) {
   float alpha = static_cast<float>(arg_number(info[1], op, "alpha"));
   require_float(a, op, "a");
   require_cpu(op, {{"a", &a}});
+  begin_write(a, op, "a");
   scale_cpu(a.data(), a.dtype, alpha, a.numel());
-  a.storage->bump_version();
   return info.Env().Undefined();
 }
 
@@ -228,8 +228,8 @@ Napi::Value Fill(const Napi::CallbackInfo& info) {
   const Tensor& a = TensorHandle::From(info[0], op, "a");
   double value = arg_number(info[1], op, "value");
   require_cpu(op, {{"a", &a}});
+  begin_write(a, op, "a");
   fill_cpu(a.data(), a.dtype, a.numel(), value);
-  a.storage->bump_version();
   return info.Env().Undefined();
 }
 

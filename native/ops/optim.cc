@@ -91,9 +91,10 @@ Napi::Value AdamWStep(const Napi::CallbackInfo& info) {
     work.push_back({e.p.data(), e.p.dtype, e.g->data(), e.g->dtype, e.m.ptr<float>(), e.v.ptr<float>(), e.p.numel()});
   }
 
+  for (uint32_t i = 0; i < n; i++)
+    if (const Entry& e = entries[i]; e.g)
+      begin_write(e.p, op, cat("params[", i, "]")), begin_write(e.m, op, cat("expAvg[", i, "]")), begin_write(e.v, op, cat("expAvgSq[", i, "]"));
   adamw_cpu(work, adamw_scalars(lr, beta1, beta2, eps, wd, step));
-  for (const Entry& e : entries)
-    if (e.g) e.p.storage->bump_version(), e.m.storage->bump_version(), e.v.storage->bump_version();
   return info.Env().Undefined();
 }
 

@@ -1,7 +1,8 @@
 // Tensors handed from one JS thread to another in the same process (a worker_thread that decodes with the
 // weights the main thread loaded): the sender registers a tensor under a number, the receiver wraps the same
 // native tensor (the same storage, no copy) in a handle of its own. The table's entry keeps the storage alive
-// until the sender releases it; each thread's handle keeps it alive after that.
+// until the sender releases it; each thread's handle keeps it alive after that. While shared, the storage
+// counts as lent: in-place writes to it are refused (check.h begin_write), so the reader never races one.
 #include <mutex>
 #include <unordered_map>
 
@@ -29,6 +30,7 @@ Napi::Value ShareTensor(const Napi::CallbackInfo& info) {
   std::lock_guard<std::mutex> lk(s.mu);
   const int64_t id = s.next++;
   s.tensors.emplace(id, t);
+  t.storage->lent.fetch_add(1, std::memory_order_acq_rel);
   return Napi::Number::New(info.Env(), static_cast<double>(id));
 }
 
@@ -50,7 +52,11 @@ Napi::Value ReleaseSharedTensor(const Napi::CallbackInfo& info) {
   const int64_t id = arg_int(info[0], "releaseSharedTensor", "id", 1, int64_t{1} << 52);
   ShareTable& s = share_table();
   std::lock_guard<std::mutex> lk(s.mu);
-  return Napi::Boolean::New(info.Env(), s.tensors.erase(id) == 1);
+  auto it = s.tensors.find(id);
+  if (it == s.tensors.end()) return Napi::Boolean::New(info.Env(), false);
+  it->second.storage->lent.fetch_sub(1, std::memory_order_acq_rel);
+  s.tensors.erase(it);
+  return Napi::Boolean::New(info.Env(), true);
 }
 
 }  // namespace
