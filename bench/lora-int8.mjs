@@ -1,8 +1,7 @@
 // LoRA on the int8 base (LoraLinear8bitLt), measured against the int8 base alone in the same run: the forward
-// (the int8 base kernel, then the f32 adapter path x·Aᵀ, (s·T)·Bᵀ added into y) beside int8Linear, and the
-// training backward (dx through the int8 dx kernel plus the adapter's dA, dB and dx share) beside the int8
-// dx alone. The adapter is not fused into the int8 kernel, so its two skinny f32 GEMMs and the pass over y
-// are what the ratio shows.
+// (T = s·x·Aᵀ as an f32 GEMM, then the int8 kernel with T·Bᵀ summed in its epilogue) beside int8Linear, and
+// the training backward (dx through the int8 dx kernel plus the adapter's dA, dB and dx share) beside the
+// int8 dx alone. What the forward ratio shows is the skinny x·Aᵀ GEMM and the r FMAs per output element.
 import { Linear, Linear8bitLt, LoraLinear8bitLt, Tensor, noGrad } from "../dist/index.js";
 import { int8Linear, int8LinearGradInput } from "../dist/ops.js";
 

@@ -69,7 +69,7 @@ export interface NativeAddon {
   // LLM.int8 (bitsandbytes semantics, native/cpu/int8.cc): W -> [CB i8 (N, K), SCB f32 (N)]; y = x·dequant(W)ᵀ + b
   // with outlier columns (|x| >= threshold > 0) in floating point, in x's dtype; dx = dy·dequant(W).
   int8Quantize(w: NativeTensor): [NativeTensor, NativeTensor];
-  int8Linear(x: NativeTensor, cb: NativeTensor, scb: NativeTensor, b: NativeTensor | null, threshold: number): NativeTensor;
+  int8Linear(x: NativeTensor, cb: NativeTensor, scb: NativeTensor, b: NativeTensor | null, threshold: number, u?: NativeTensor | null, bt?: NativeTensor | null): NativeTensor;
   int8LinearGradInput(dy: NativeTensor, cb: NativeTensor, scb: NativeTensor): NativeTensor;
   // x ← (I − tau·v·vᵀ)·x on columns c0..c1−1, rows row..row+below of a column-major Float64Array (ld rows).
   applyReflector(v: Float64Array, vo: number, below: number, tau: number, x: Float64Array, ld: number, row: number, c0: number, c1: number): void;

@@ -96,10 +96,14 @@ export function int8Quantize(weight: Tensor): [Tensor, Tensor] {
   return [new Tensor(cb), new Tensor(scb)];
 }
 
-/** y = x·dequant(CB, SCB)ᵀ + b in x's dtype; input columns with any |x| >= threshold (> 0) in floating point. */
-export function int8Linear(x: Tensor, cb: Tensor, scb: Tensor, bias: Tensor | null, threshold: number): Tensor {
+/**
+ * y = x·dequant(CB, SCB)ᵀ + b (+ u·bt) in x's dtype; input columns with any |x| >= threshold (> 0) in floating
+ * point. `rank` adds u (rows of x, r) · bt (r, out), both f32, in the kernel's epilogue (fused LoRA).
+ */
+export function int8Linear(x: Tensor, cb: Tensor, scb: Tensor, bias: Tensor | null, threshold: number, rank?: { u: Tensor; bt: Tensor }): Tensor {
   const op = "int8Linear";
-  return new Tensor(native.int8Linear(handleOf(x, op, "x"), handleOf(cb, op, "CB"), handleOf(scb, op, "SCB"), optionalHandle(bias, op, "bias"), threshold));
+  const u = rank ? handleOf(rank.u, op, "u") : null, bt = rank ? handleOf(rank.bt, op, "bt") : null;
+  return new Tensor(native.int8Linear(handleOf(x, op, "x"), handleOf(cb, op, "CB"), handleOf(scb, op, "SCB"), optionalHandle(bias, op, "bias"), threshold, u, bt));
 }
 
 /** dx = dy·dequant(CB, SCB) in dy's dtype (the int8 weight is widened as the GEMM packs it). */

@@ -132,6 +132,22 @@ describe("int8Linear: int32 products exact on every path", () => {
   });
 });
 
+/**
+ * fma in f32: a·b + c rounded once. a·b of two f32 values is exact in float64; their sum s is off the exact
+ * value by e (two-sum), which decides only when s falls exactly between two f32 values.
+ */
+function fmaF32(a: number, b: number, c: number): number {
+  const p = a * b, s = p + c, bv = s - p, e = p - (s - bv) + (c - bv);
+  const r = Math.fround(s);
+  if (r === s || e === 0) return r;
+  const bits = new Float32Array([r]), i32 = new Int32Array(bits.buffer);
+  if (r === 0) bits[0] = Math.sign(s) * 2 ** -149;
+  else i32[0] += (s > r) === (r > 0) ? 1 : -1;
+  const other = bits[0];
+  if (s - r !== other - s) return r; // not a tie: float64 already rounded to the nearer one
+  return (other > r) === (e > 0) ? other : r;
+}
+
 describe("int8Linear: y in bitsandbytes' order of rounding", () => {
   it("threshold 0: y is bit-exact to int8_mm_dequant (f32) and within the quantisation bound of float64 x·Wᵀ", () => {
     for (const M of [0, 1, 7, 17])
@@ -164,6 +180,31 @@ describe("int8Linear: y in bitsandbytes' order of rounding", () => {
             tol[m * N + n] = e + 8 * UNIT.f32 * (mag + e);
           }
         expectClose(y, exact, (i) => tol[i], `float64 M=${M} K=${K} N=${N}`);
+      }
+  });
+
+  it("a fused rank term u·bt (LoRA) is added in the epilogue: bit-exact on every path, odd ranks, empty batches", () => {
+    const f = Math.fround;
+    for (const M of [0, 1, 7, 17])
+      for (const [K, N, R] of [[1, 1, 1], [33, 7, 3], [127, 33, 17], [33, 127, 16]]) {
+        const x = mat(M, K, M + K + 5, "f32", -2, 2), w = mat(N, K, N + K, "f32"), b = mat(1, N, N + 1, "f32");
+        const u = mat(M, R, M + R, "f32"), bt = mat(R, N, R + N, "f32", -0.1, 0.1);
+        const [cb, scb] = int8Quantize(w.t);
+        const ref = expected(x.v, cb.view() as Int8Array, M, K, N, 0);
+        const base = dequant(ref.acc, ref.xq.s, scb.toFloat64Array(), b.v, M, N);
+        // The epilogue's order: Σ_r u·bt by f32 fused multiply-adds in order of r, then + the base.
+        const want = base.map((y, i) => {
+          const m = Math.floor(i / N), n = i % N;
+          let lo = 0;
+          for (let r = 0; r < R; r++) lo = fmaF32(u.v[m * R + r], bt.v[r * N + n], lo);
+          return f(y + lo);
+        });
+        onEachPath((p) => {
+          const y = int8Linear(x.t, cb, scb, b.t.reshape([N]), 0, { u: u.t, bt: bt.t });
+          expect(Array.from(y.toFloat64Array()), `${p} M=${M} K=${K} N=${N} r=${R}`).toEqual(Array.from(want));
+          y.dispose();
+        });
+        for (const t of [x.t, w.t, b.t, u.t, bt.t, cb, scb]) t.dispose();
       }
   });
 
@@ -287,6 +328,11 @@ describe("bad input", () => {
     expectError(() => int8Linear(Tensor.zeros([2, 6]), cb, scb, null, -1), RangeError, "ERR_OUT_OF_RANGE", /threshold/);
     expectError(() => int8Linear(Tensor.zeros([2, 6]), cb, scb, null, NaN), RangeError, "ERR_OUT_OF_RANGE", /threshold/);
     expectError(() => int8LinearGradInput(Tensor.zeros([2, 6]), cb, scb), PeftError, "ERR_SHAPE", /int8LinearGradInput/, /dy has 6 features/);
+    const x = Tensor.zeros([2, 6]);
+    expectError(() => int8Linear(x, cb, scb, null, 0, { u: Tensor.zeros([3, 2]), bt: Tensor.zeros([2, 4]) }), PeftError, "ERR_SHAPE", /int8Linear: u must have shape \[2, 2\]/);
+    expectError(() => int8Linear(x, cb, scb, null, 0, { u: Tensor.zeros([2, 2]), bt: Tensor.zeros([3, 4]) }), PeftError, "ERR_SHAPE", /int8Linear: bt must have shape \[2, 4\]/);
+    expectError(() => int8Linear(x, cb, scb, null, 0, { u: Tensor.zeros([2, 2], { dtype: "bf16" }), bt: Tensor.zeros([2, 4]) }), PeftError, "ERR_SHAPE", /int8Linear: u must be a 2-D f32 tensor/);
+    expectError(() => native.int8Linear(h(x), h(cb), h(scb), null, 0, h(Tensor.zeros([2, 2])), null), PeftError, "ERR_SHAPE", /u and bt come together/);
   });
   it("NaN in x gives NaN in that row, not a wrong number", () => {
     const x = Tensor.fromArray([1, 2, NaN, 4, 5, 6, 1, 1, 1, 1, 1, 1], [2, 6]);

@@ -108,6 +108,28 @@ describe("LoRA on Linear8bitLt: forward and backward", () => {
   for (const [M, K, N, r, threshold] of [[1, 7, 17, 3, 0], [7, 33, 17, 4, 0], [17, 127, 33, 5, 0], [33, 17, 7, 1, 1.5], [0, 7, 5, 2, 0]] as const)
     it(`(${M}, ${K}, ${N}) r=${r} threshold ${threshold}: int8 base + f32 adapter; dx, dA, dB`, () => checkForwardBackward(M, K, N, r, threshold));
 
+  it("two active adapters: the first fused into the int8 epilogue, the second accumulated; y, dA and dB of both", () => {
+    const [M, K, N] = [17, 33, 7];
+    const q = Linear8bitLt.fromLinear(new Linear(K, N, { seed: 11 }));
+    const layer = new LoraLinear8bitLt(q, { r: 3, loraAlpha: 6, initLoraWeights: false });
+    layer.updateLayer({ adapterName: "other", r: 5, loraAlpha: 5, initLoraWeights: false });
+    layer.setAdapter(["default", "other"]);
+    const xs = t([M, K], 5, -2, 2), xv = xs.toFloat64Array();
+    const y = layer.train().forward(xs);
+    const base = baseRef(xv, q.weight.toArray(), q.SCB.toArray(), q.bias!.toArray(), M, K, N, 0);
+    const refs = ([["default", 3, 2], ["other", 5, 1]] as const).map(([name, r, sc]) => {
+      const { A, B } = layer.loraFactors(name);
+      return { A, B, r, ...loraRef(xv, A.toFloat64Array(), B.toFloat64Array(), sc, M, K, N, r) };
+    });
+    const want = base.y.map((v, i) => v + refs[0].y[i] + refs[1].y[i]);
+    expectClose(y.toFloat64Array(), want, (i) => 8 * UNIT.f32 * Math.abs(want[i]) + 2 * (K + 5) * UNIT.f32 * (refs[0].mag[i] + refs[1].mag[i]) + 1e-6, "y");
+    y.backward(t([M, N], 6));
+    for (const ref of refs) {
+      expect(ref.A.grad, "dA").not.toBeNull();
+      expect(ref.B.grad!.toFloat64Array().some((v) => v !== 0), "dB").toBe(true);
+    }
+  });
+
   it("dropout 0.3: the mask PEFT's lora_dropout draws applies to x in forward and to dx, dA in backward", () => checkForwardBackward(17, 33, 7, 4, 0, 0.3));
 
   it("bf16 x gives bf16 y: the adapter in f32 added before y is rounded once", () => {

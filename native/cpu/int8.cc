@@ -167,7 +167,24 @@ void add_outliers(const Int8LinearArgs& a, const std::vector<int64_t>& cols) {
   gemm(g);
 }
 
-thread_local gemm_detail::Scratch t_xq, t_xi, t_scx, t_cols;
+thread_local gemm_detail::Scratch t_xq, t_xi, t_scx, t_cols, t_rank;
+
+// bt (r, N) rewritten in panels of kRankPanel columns, [N / kRankPanel][r][kRankPanel], zero past N: the
+// epilogue then reads each panel's r rows contiguously (rows of bt itself lie N floats apart, which at
+// N = 4096 maps all of them onto one L1 set).
+const float* pack_rank(const float* bt, int64_t R, int64_t N) {
+  const int64_t panels = ceil_div(N, kRankPanel);
+  float* p = static_cast<float*>(t_rank.get(sizeof(float) * std::max<int64_t>(1, panels * R * kRankPanel)));
+  parallel_for(panels, 16, [&](int64_t q0, int64_t q1) {
+    for (int64_t q = q0; q < q1; q++)
+      for (int64_t r = 0; r < R; r++)
+        for (int c = 0; c < kRankPanel; c++) {
+          const int64_t j = q * kRankPanel + c;
+          p[(q * R + r) * kRankPanel + c] = j < N ? bt[r * N + j] : 0.0f;
+        }
+  });
+  return p;
+}
 
 // Each group of mr rows (row stride Kp) rewritten quad-interleaved: quad q of row i at (q * mr + i) * 4.
 uint8_t* interleave_groups(const uint8_t* xq, int64_t groups, int mr, int64_t Kp) {
@@ -238,6 +255,7 @@ void int8_linear_cpu(const Int8LinearArgs& a) {
   fin.corr = ks.a_offset ? pk->corr : nullptr;
   fin.scx = scx, fin.scb = scb, fin.bias = bias;
   fin.y = a.y, fin.y_dt = a.y_dt, fin.ldy = N, fin.raw = a.raw;
+  if (a.u && a.r > 0) fin.u = a.u, fin.bt = pack_rank(a.bt, a.r, N), fin.r = a.r;
 
   // Thread grid: split N (each thread streams its share of CB once) unless there are too few blocks.
   const int64_t groups = ceil_div(M, ks.mr), blocks = ceil_div(N, ks.nr);

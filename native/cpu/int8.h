@@ -35,6 +35,11 @@ struct Int8LinearArgs {
   DType y_dt = DType::F32;
   // Test hook: when set, the raw int32 products x_q · CBᵀ (M, N) are written here and y is not touched.
   int32_t* raw = nullptr;
+  // Optional rank-r term added in the epilogue: y += u (M, r) · bt (r, N), both f32 (fused LoRA with u =
+  // s·drop(x)·Aᵀ and bt = Bᵀ), summed in f32 and added to the dequantised base before y is rounded.
+  const float* u = nullptr;
+  const float* bt = nullptr;
+  int64_t r = 0;
 };
 
 // y = x · dequant(W)ᵀ + bias, in bitsandbytes' order of rounding (see int8.cc).

@@ -3,6 +3,7 @@
 // (int8_mm_dequant: f32(acc) * f32(SCx * SCB) * 6.200124e-05f, then + bias, then one rounding into the
 // output dtype). Contraction into FMA is off here: a fused multiply-add would round differently.
 #pragma once
+#include <algorithm>
 #include <cstdint>
 
 #include "../core/dtype.h"
@@ -10,14 +11,46 @@
 
 namespace peft {
 namespace int8_detail {
+// Internal linkage: each ISA's file gets its own copy compiled with its flags. As ordinary inline functions
+// the linker would keep one copy for all of them (the scalar file's, SSE2 only).
+namespace {
 
 // bitsandbytes' 1/127² constant, as written in its int8_mm_dequant (rounded to f32 there too).
 constexpr float kDequant = 6.200124e-05f;
 
+// The rank term's sums for G rows and one panel of columns, Σ_r u[g][r]·bt[r][c], by explicit fused
+// multiply-adds (exactly rounded on every ISA, so every path gives the same bits) in order of r. The G rows
+// are independent chains GCC keeps in G registers (each FMA waits on the last of its own row only); the
+// column loop is left rolled, which GCC vectorizes into one vfmadd231ps per row (unrolled it stayed scalar).
+constexpr int kRankRow = 64;  // row stride of a block's rank sums (a block has at most 64 columns)
+template <int G>
+inline void rank_rows(const float* u, int64_t R, const float* b, float* out) {
+  float lo[G][kRankPanel] = {};
+  for (int64_t r = 0; r < R; r++)
+    for (int g = 0; g < G; g++) {
+#pragma GCC unroll 0
+      for (int c = 0; c < kRankPanel; c++) lo[g][c] = __builtin_fmaf(u[g * R + r], b[r * kRankPanel + c], lo[g][c]);
+    }
+  for (int g = 0; g < G; g++)
+    for (int c = 0; c < kRankPanel; c++) out[g * kRankRow + c] = lo[g][c];
+}
+
+// Rows [i0, i0 + m) and columns [j0, j0 + n) of the rank term into rank (row stride kRankRow). Blocks start at
+// multiples of nr, itself a multiple of kRankPanel, and bt's panels are zero past N: whole panels are summed.
+inline void rank_block(const Finish& f, int64_t i0, int m, int64_t j0, int n, float* rank) {
+  for (int j = 0; j < n; j += kRankPanel) {
+    const float* b = f.bt + (j0 + j) / kRankPanel * f.r * kRankPanel;
+    int i = 0;
+    for (; i + 8 <= m; i += 8) rank_rows<8>(f.u + (i0 + i) * f.r, f.r, b, rank + i * kRankRow + j);
+    for (; i + 4 <= m; i += 4) rank_rows<4>(f.u + (i0 + i) * f.r, f.r, b, rank + i * kRankRow + j);
+    for (; i < m; i++) rank_rows<1>(f.u + (i0 + i) * f.r, f.r, b, rank + i * kRankRow + j);
+  }
+}
+
 #pragma GCC push_options
 #pragma GCC optimize("fp-contract=off")
 template <DType D>
-inline void finish_row(const int32_t* acc, const Finish& f, int64_t i, int64_t j0, int n) {
+inline void finish_row(const int32_t* acc, const Finish& f, int64_t i, int64_t j0, int n, const float* rank) {
   const float sx = f.scx[i];
   const int32_t* corr = f.corr ? f.corr + j0 : nullptr;
   const float* scb = f.scb + j0;
@@ -35,6 +68,8 @@ inline void finish_row(const int32_t* acc, const Finish& f, int64_t i, int64_t j
   }
   if (bias)
     for (int j = 0; j < n; j++) out[j] += bias[j];
+  if (rank)
+    for (int j = 0; j < n; j++) out[j] += rank[j];
   if constexpr (D == DType::F32) {
     float* y = static_cast<float*>(f.y) + i * f.ldy + j0;
     for (int j = 0; j < n; j++) y[j] = out[j];
@@ -46,13 +81,17 @@ inline void finish_row(const int32_t* acc, const Finish& f, int64_t i, int64_t j
 #pragma GCC pop_options
 
 // Rows [i0, i0 + m) and columns [j0, j0 + n) (n <= 64) from acc (row stride ld).
+constexpr int kMaxBlockRows = 32;  // the largest mr of any kernel set
 inline void finish_block(const int32_t* acc, int ld, const Finish& f, int64_t i0, int m, int64_t j0, int n) {
+  alignas(64) float rank[kMaxBlockRows * kRankRow];
+  if (f.u && !f.raw) rank_block(f, i0, m, j0, n, rank);
   for (int i = 0; i < m; i++) {
     const int32_t* a = acc + i * ld;
+    const float* rk = f.u && !f.raw ? rank + i * kRankRow : nullptr;
     switch (f.y_dt) {
-      case DType::BF16: finish_row<DType::BF16>(a, f, i0 + i, j0, n); break;
-      case DType::F16: finish_row<DType::F16>(a, f, i0 + i, j0, n); break;
-      default: finish_row<DType::F32>(a, f, i0 + i, j0, n); break;
+      case DType::BF16: finish_row<DType::BF16>(a, f, i0 + i, j0, n, rk); break;
+      case DType::F16: finish_row<DType::F16>(a, f, i0 + i, j0, n, rk); break;
+      default: finish_row<DType::F32>(a, f, i0 + i, j0, n, rk); break;
     }
   }
 }
@@ -60,6 +99,8 @@ inline void finish_block(const int32_t* acc, int ld, const Finish& f, int64_t i0
 // A kernel set's BlockFn: kernel K into an mr x nr stack block, then the epilogue.
 template <int MR, int NR, KernelFn K>
 void run_block(const Tile& t, const Finish& f, int64_t i0, int64_t j0, int n) {
+  static_assert(NR % kRankPanel == 0 && NR <= kRankRow, "blocks start on a rank-term panel and fit its rows (rank_block)");
+  static_assert(MR <= kMaxBlockRows, "a block's rows fit finish_block's rank sums");
   alignas(64) int32_t acc[MR * NR];
   Tile s = t;
   s.acc = acc;
@@ -67,5 +108,6 @@ void run_block(const Tile& t, const Finish& f, int64_t i0, int64_t j0, int n) {
   finish_block(acc, NR, f, i0, t.m, j0, n);
 }
 
+}  // namespace
 }  // namespace int8_detail
 }  // namespace peft

@@ -76,6 +76,18 @@ Napi::Value Int8Linear(const Napi::CallbackInfo& info) {
   }
   Int8LinearArgs a;
   a.threshold = threshold_arg(info[4], op);
+  // Optional fused rank-r term: u (rows of x, r) and bt (r, N), f32.
+  const Tensor* u = TensorHandle::FromOptional(info[5], op, "u");
+  const Tensor* bt = TensorHandle::FromOptional(info[6], op, "bt");
+  if (!u != !bt) fail("ERR_SHAPE", cat(op, ": u and bt come together (the fused rank term u·bt), got only ", u ? "u" : "bt"));
+  if (u) {
+    require_cpu(op, {{"u", u}, {"bt", bt}});
+    for (auto [t, n] : {std::pair{u, "u"}, {bt, "bt"}})
+      if (t->dtype != DType::F32 || t->ndim() != 2) fail("ERR_SHAPE", cat(op, ": ", n, " must be a 2-D f32 tensor, got ", dtype_name(t->dtype), " ", shape_str(t->shape)));
+    require_shape(*u, {x.rows(), u->dim(1)}, op, "u");
+    require_shape(*bt, {u->dim(1), w.N}, op, "bt");
+    a.u = u->ptr<float>(), a.bt = bt->ptr<float>(), a.r = u->dim(1);
+  }
   Shape ys = x.shape;
   ys.back() = w.N;
   Tensor y = make_tensor(x.dtype, ys, Device::CPU, false);  // written in full

@@ -116,19 +116,25 @@ export class LoraLinear8bitLt extends FusedLoraLayer {
       // The base runs on x in f32 (exact for bf16/f16 x: bitsandbytes quantises its f16 cast either way), so
       // base and adapters are summed in f32 and y is rounded to x's dtype once.
       const xf = asF32(x, keep);
-      y = int8Linear(xf, base.weight, base.SCB, base.bias, base.threshold);
-      const x2 = rows(xf, keep), y2 = rows(y, keep);
+      const x2 = rows(xf, keep);
+      // U = s·drop(x)·Aᵀ (M, r) per adapter: what backward needs for dB.
       for (const a of adapters) {
-        const { A, B } = this.loraWeights(a.name);
+        const { A } = this.loraWeights(a.name);
         using xd = a.p > 0 ? dropout(x2, a.p, a.seed, a.stream) : null;
-        // U = s·drop(x)·Aᵀ (M, r) is what backward needs for dB. y += U·Bᵀ runs as an accumulating GEMM
-        // over the r rows of Uᵀ and Bᵀ (small transposes), so y is read and written once, not copied.
         const U = linear(xd ?? x2, A);
         saved.push(U);
         scaleInPlace(U, a.scale);
-        using Ut = transposed(U);
-        linearGradWeight(Ut, this.#transposedB(a.name, B), y2, { accumulate: true });
       }
+      // The first adapter's U·Bᵀ is added in the int8 kernel's epilogue (no pass over y of its own); any
+      // further adapter's runs as an accumulating GEMM over the r rows of Uᵀ and Bᵀ.
+      const first = adapters[0];
+      const rank = first ? { u: saved[0], bt: this.#transposedB(first.name, this.loraWeights(first.name).B) } : undefined;
+      y = int8Linear(xf, base.weight, base.SCB, base.bias, base.threshold, rank);
+      const y2 = rows(y, keep);
+      adapters.slice(1).forEach((a, i) => {
+        using Ut = transposed(saved[i + 1]);
+        linearGradWeight(Ut, this.#transposedB(a.name, this.loraWeights(a.name).B), y2, { accumulate: true });
+      });
       return { y: inDtype(y, x.dtype), saved };
     } catch (e) {
       y?.dispose();
