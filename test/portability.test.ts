@@ -2,6 +2,7 @@
 // left in a portable source sits behind PEFT_X86 (scripts/cross-check.sh compiles and runs that build).
 import { describe, expect, it } from "vitest";
 import { readFileSync } from "node:fs";
+import { dirname, join, relative } from "node:path";
 // @ts-expect-error: a plain .mjs build script without types
 import { listSources, isX86_64 } from "../scripts/list-sources.mjs";
 
@@ -37,6 +38,27 @@ describe("portable build", () => {
           offenders.push(`${file}:${i + 1}: ${t}`);
       });
     }
+    expect(offenders).toEqual([]);
+  });
+
+  it("gives code that ISA kernel files share through a header internal linkage (one copy per file's flags)", () => {
+    // An inline function with external linkage defined in a header that files of different ISA flags include
+    // is folded by the linker into one copy, compiled with whichever file's flags came first: the AVX-512
+    // kernels would run the scalar file's SSE2 code. Such headers put their definitions in `namespace {`.
+    const groupsOf = new Map<string, Set<string>>();
+    for (const g of ["base", ...GROUPS])
+      for (const file of listSources(g, "x64") as string[])
+        for (const m of readFileSync(file, "utf8").matchAll(/^#include "([a-z0-9_]+\.h)"/gm)) {
+          const h = relative(process.cwd(), join(dirname(file), m[1]));
+          groupsOf.set(h, (groupsOf.get(h) ?? new Set()).add(g));
+        }
+    const shared = [...groupsOf].filter(([, gs]) => gs.size > 1 && [...gs].some((g) => g !== "base")).map(([h]) => h);
+    const offenders = shared.filter((h) => {
+      const text = readFileSync(h, "utf8");
+      // `static inline` is internal already; plain inline functions and templates are not.
+      return /^(inline|template)\b/m.test(text) && !/namespace \{/.test(text);
+    });
+    expect(shared).toContain("native/cpu/int8_epilogue.h");
     expect(offenders).toEqual([]);
   });
 });
