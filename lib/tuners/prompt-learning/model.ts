@@ -76,7 +76,7 @@ export class PromptLearningModel extends BaseTuner<PromptLearningConfig> {
   }
 
   /** PEFT's _prepare_prompt_learning_config: the model-dependent fields filled in from the model's config. */
-  #prepared(config: PromptLearningConfig): PromptLearningConfig {
+  private preparedConfig(config: PromptLearningConfig): PromptLearningConfig {
     const mc = this.lm.config;
     const json = config.toJSON();
     const fill: Record<string, unknown> = {
@@ -96,7 +96,7 @@ export class PromptLearningModel extends BaseTuner<PromptLearningConfig> {
   }
 
   /** Checks what this package's models can run: one decoder stack, a prefix shaped as the model's keys/values. */
-  #checkFits(c: PromptLearningConfig): void {
+  private checkFits(c: PromptLearningConfig): void {
     const mc = this.lm.config;
     if (c.numTransformerSubmodules !== 1)
       throw peftError("ERR_UNSUPPORTED", `num_transformer_submodules = ${c.numTransformerSubmodules}: only decoder-only models (1) are supported`);
@@ -109,7 +109,7 @@ export class PromptLearningModel extends BaseTuner<PromptLearningConfig> {
     }
   }
 
-  #encoder(config: PromptLearningConfig): PromptEncoderBase {
+  private makeEncoder(config: PromptLearningConfig): PromptEncoderBase {
     if (config instanceof PromptTuningConfig) return new PromptEmbedding(config, this.lm.getInputEmbeddings() as Embedding);
     if (config instanceof PromptEncoderConfig) return new PromptEncoder(config);
     return new PrefixEncoder(config as PrefixTuningConfig);
@@ -130,11 +130,11 @@ export class PromptLearningModel extends BaseTuner<PromptLearningConfig> {
     if (config.taskType !== null && config.taskType !== "CAUSAL_LM")
       throw peftError("ERR_UNSUPPORTED", `${config.constructor.name}: task_type ${shownValue(config.taskType)}: prompt learning is implemented for CAUSAL_LM`);
     if (config.numVirtualTokens === null) throw peftError("ERR_CONFIG", `${config.constructor.name}: num_virtual_tokens must be set`);
-    const effective = this.#prepared(config);
-    this.#checkFits(effective);
+    const effective = this.preparedConfig(config);
+    this.checkFits(effective);
     // PEFT freezes the whole base model.
     for (const p of this.model.parameters()) p.requiresGrad = false;
-    const encoder = this.#encoder(effective);
+    const encoder = this.makeEncoder(effective);
     if (effective.inferenceMode) for (const p of encoder.parameters()) p.requiresGrad = false;
     if (!this.encoders) this.encoders = this.registerModule("prompt_encoder", new ModuleDict());
     this.encoders.set(adapterName, encoder);
@@ -193,7 +193,7 @@ export class PromptLearningModel extends BaseTuner<PromptLearningConfig> {
   }
 
   /** The encoder's output for tokens 0..count-1 as [1, count, width] (the stored table itself for an inference adapter). */
-  #encoded(name: string, count: number): Tensor {
+  private encoded(name: string, count: number): Tensor {
     const config = this.peftConfig[name], enc = this.promptEncoder(name);
     const w = enc.embedding.weight;
     if (config.inferenceMode) return w.reshape([1, ...w.shape]);
@@ -210,7 +210,7 @@ export class PromptLearningModel extends BaseTuner<PromptLearningConfig> {
     const name = this.activeAdapters[0], c = this.peftConfig[name];
     const total = c.numVirtualTokens! * (c.numTransformerSubmodules ?? 1);
     return tidy(() => {
-      const p = castTo(this.#encoded(name, total), dtype);
+      const p = castTo(this.encoded(name, total), dtype);
       return batch === 1 ? p : F.expand(p, [batch, ...p.shape.slice(1)]);
     });
   }
@@ -224,7 +224,7 @@ export class PromptLearningModel extends BaseTuner<PromptLearningConfig> {
     const name = this.activeAdapters[0], c = this.peftConfig[name];
     const n = c.numVirtualTokens!, L = c.numLayers!, H = c.numAttentionHeads!, D = c.tokenDim! / H;
     return tidy(() => {
-      const all = castTo(this.#encoded(name, n), dtype).reshape([1, n, 2 * L, H, D]);
+      const all = castTo(this.encoded(name, n), dtype).reshape([1, n, 2 * L, H, D]);
       const part = (block: number) => {
         const one = F.narrow(all, 2, block, 1).reshape([1, n, H, D]);
         return batch === 1 ? one : F.expand(one, [batch, n, H, D]);
@@ -242,7 +242,7 @@ export class PromptLearningModel extends BaseTuner<PromptLearningConfig> {
     const c = this.peftConfig[adapterName];
     const count = c.numVirtualTokens! * (c instanceof PrefixTuningConfig ? 1 : (c.numTransformerSubmodules ?? 1));
     return noGrad(() => {
-      const out = this.#encoded(adapterName, count);
+      const out = this.encoded(adapterName, count);
       const flat = out.reshape(out.shape.slice(1));
       out.dispose();
       return flat;
@@ -279,7 +279,7 @@ export class PromptLearningModel extends BaseTuner<PromptLearningConfig> {
       const positionIds = isPrefix ? shiftedPositions(opts.positionIds, n, op) : ignoredPositions(opts.positionIds);
       try {
         if (decoding) return lm.forward(inputIds, { ...opts, attentionMask: mask, positionIds });
-        if (isPrefix) return this.#prefixForward(inputIds, { ...opts, attentionMask: mask, positionIds }, B);
+        if (isPrefix) return this.prefixForward(inputIds, { ...opts, attentionMask: mask, positionIds }, B);
         if (opts.labels !== undefined && opts.labels !== null) checkLabels(opts.labels, B, T, op);
         const x = tidy(() => {
           const e = embeds ?? (lm.getInputEmbeddings().forward(inputIds!) as Tensor);
@@ -301,7 +301,7 @@ export class PromptLearningModel extends BaseTuner<PromptLearningConfig> {
   }
 
   /** Prefix tuning's forward: the prefix given to every layer, or seeded into a (new or empty) KV cache. */
-  #prefixForward(inputIds: Tensor | null, opts: CausalLMForwardOptions, B: number): CausalLMOutput {
+  private prefixForward(inputIds: Tensor | null, opts: CausalLMForwardOptions, B: number): CausalLMOutput {
     const lm = this.lm;
     const prefix = this.prefixKeyValues(B, lm.dtype);
     try {
