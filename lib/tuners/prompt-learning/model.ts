@@ -48,7 +48,7 @@ let warnedPositionIds = false;
  */
 export class PromptLearningModel extends BaseTuner<PromptLearningConfig> {
   // Set by injectAdapter, which BaseTuner's constructor calls before this class's field initialisers would
-  // run: declared only, so no initialiser overwrites them.
+  // run: declared only, so no initialiser overwrites them (and no # members, which do not exist yet then).
   declare private kind: string | undefined;
   declare private encoders: ModuleDict | undefined;
   declare private off: boolean | undefined;
