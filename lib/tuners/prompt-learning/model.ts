@@ -266,6 +266,7 @@ export class PromptLearningModel extends BaseTuner<PromptLearningConfig> {
     const opts = optionsArg(options, op);
     const config = this.activeConfig, n = config.numVirtualTokens!;
     const embeds = opts.inputsEmbeds ?? null;
+    if (inputIds !== null && inputIds !== undefined && embeds !== null) throw peftError("ERR_CONFIG", `${op}: give exactly one of inputIds and inputsEmbeds (pass inputIds as null)`);
     const first = inputIds ?? embeds;
     if (!(first instanceof Tensor)) throw typeError(`${op}: inputIds must be a Tensor (or null with inputsEmbeds), got ${describe(inputIds)}`);
     if (first.shape.length < 2) throw peftError("ERR_SHAPE", `${op}: inputIds must be [batch, seq], got [${first.shape.join(", ")}]`);
