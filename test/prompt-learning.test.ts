@@ -218,6 +218,20 @@ describe.each(METHODS)("$name", (m) => {
   });
 });
 
+describe("bf16 mode", () => {
+  it.each(METHODS)("$name: the prompt and its gradients stay f32 over a bf16 base; the loss is finite and falls", (m) => {
+    const lm = tinyLlama(INIT, 11, "bf16");
+    const peft = getPeftModel(lm, m.config());
+    const { first, last } = trainCausalLm(peft, t2([[4, 9, 4, 9, 4, 9]]), 4, 0.05);
+    expect(Number.isFinite(first) && last < first).toBe(true);
+    for (const [n, p] of peft.namedParameters()) {
+      if (!p.requiresGrad) continue;
+      expect(p.dtype, n).toBe("f32");
+    }
+    peft.dispose();
+  });
+});
+
 describe("inputs and errors", () => {
   it("inputsEmbeds in place of ids and a batch of one; position ids: prefix tuning shifts them, prompt tuning ignores them", () => {
     const lm = tinyLlama(INIT, 8).eval();
