@@ -5,7 +5,7 @@
 import { describe, expect, it } from "vitest";
 import { F, LSTM, Tensor, noGrad } from "../lib/index.js";
 import { refLstm, type RefLstmShape } from "./helpers/lstm-reference.js";
-import { expectClose } from "./helpers/numeric.js";
+import { expectClose, expectGradSampled } from "./helpers/numeric.js";
 
 function params(m: LSTM): Map<string, Float64Array> {
   return new Map([...m.namedParameters()].map(([n, p]) => [n, p.toFloat64Array()]));
@@ -67,19 +67,7 @@ describe("LSTM", () => {
     };
     // Central differences in float64 (h = 1e-6: truncation ~h², rounding ~1e-16/h) against f32 gradients
     // summed over ~T·layers steps: 1e-4 absolute + 1e-3 relative.
-    const check = (name: string, w: Float64Array, g: Float64Array) => {
-      expect(g.length, name).toBe(w.length);
-      for (let i = 0; i < w.length; i += Math.max(1, Math.floor(w.length / 7))) {
-        const old = w[i];
-        w[i] = old + 1e-6;
-        const up = lossAt();
-        w[i] = old - 1e-6;
-        const down = lossAt();
-        w[i] = old;
-        const fd = (up - down) / 2e-6;
-        expect(Math.abs(g[i] - fd), `${name}[${i}]: ${g[i]} vs ${fd}`).toBeLessThan(1e-4 + 1e-3 * Math.abs(fd));
-      }
-    };
+    const check = (name: string, w: Float64Array, g: Float64Array) => expectGradSampled(name, w, g, lossAt, { h: 1e-6, atol: 1e-4, rtol: 1e-3, samples: 7 });
     for (const [name, t] of m.namedParameters()) check(name, p.get(name)!, t.grad!.toFloat64Array());
     check("x", xv, x.grad!.toFloat64Array());
     for (const t of [output, hN, cN, prod, cs, loss, r, x]) t.dispose();

@@ -13,7 +13,7 @@ import { configToJSONString } from "../lib/tuners/config.js";
 import { refShiftedLoss } from "./llama-reference.js";
 import { sharpenHead, tinyLlama, trainCausalLm } from "./helpers/llama-models.js";
 import { encoderParams, refPrefixLogits, refPrompt, refPromptTuningLogits } from "./helpers/prompt-reference.js";
-import { expectClose } from "./helpers/numeric.js";
+import { expectClose, expectGradSampled } from "./helpers/numeric.js";
 
 const INIT = { vocabSize: 37, hiddenSize: 32, intermediateSize: 48, numHiddenLayers: 2, numAttentionHeads: 4, numKeyValueHeads: 2 };
 const N = 3;
@@ -153,20 +153,8 @@ describe.each(METHODS)("$name", (m) => {
     for (const [name, p] of peft.namedParameters()) {
       if (!p.requiresGrad) continue;
       expect(name.startsWith(prefix), name).toBe(true);
-      const w = params.get(name.slice(prefix.length))!;
-      const g = p.grad!.toFloat64Array();
       // Float64 central differences (h = 1e-5) against f32 gradients through two layers: 2e-4 absolute.
-      for (let i = 0; i < w.length; i += Math.max(1, Math.floor(w.length / 4))) {
-        const old = w[i];
-        w[i] = old + 1e-5;
-        const up = lossAt();
-        w[i] = old - 1e-5;
-        const down = lossAt();
-        w[i] = old;
-        const fd = (up - down) / 2e-5;
-        expect(Math.abs(g[i] - fd), `${name}[${i}]: ${g[i]} vs ${fd}`).toBeLessThan(2e-4 + 2e-3 * Math.abs(fd));
-        checked++;
-      }
+      checked += expectGradSampled(name, params.get(name.slice(prefix.length))!, p.grad!.toFloat64Array(), lossAt, { h: 1e-5, atol: 2e-4, rtol: 2e-3, samples: 4 });
     }
     expect(checked).toBeGreaterThan(0);
     for (const [, p] of lm.namedParameters()) expect(p.grad).toBeNull();

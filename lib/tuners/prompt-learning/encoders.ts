@@ -14,7 +14,7 @@ import { Sequential } from "../../nn/containers.js";
 import { ReLU } from "../../nn/activations.js";
 import { LSTM } from "../../nn/lstm.js";
 import { Tokenizer } from "../../tokenizer/tokenizer.js";
-import type { PrefixTuningConfig, PromptEncoderConfig, PromptTuningConfig } from "./config.js";
+import type { PrefixTuningConfig, PromptEncoderConfig, PromptLearningConfig, PromptTuningConfig } from "./config.js";
 
 /** tanh as a module (PrefixEncoder's projection: Linear, Tanh, Linear). */
 export class Tanh extends Module {
@@ -26,10 +26,20 @@ export class Tanh extends Module {
   }
 }
 
-/** The filled-in config values an encoder needs (getPeftModel fills them from the model). */
-function filled(value: number | null, key: string, className: string): number {
-  if (value === null) throw peftError("ERR_CONFIG", `${className}: ${key} is not set (getPeftModel fills it in from the model)`);
-  return value;
+/** The sizes an encoder reads from its config, each checked when read (getPeftModel fills them in from the model). */
+function sizesOf(config: PromptLearningConfig & { encoderHiddenSize?: number | null }, className: string) {
+  const need = (value: number | null | undefined, key: string): number => {
+    if (value === null || value === undefined) throw peftError("ERR_CONFIG", `${className}: ${key} is not set (getPeftModel fills it in from the model)`);
+    return value;
+  };
+  return {
+    get dim() { return need(config.tokenDim, "token_dim"); },
+    get n() { return need(config.numVirtualTokens, "num_virtual_tokens"); },
+    /** Virtual tokens over all transformer submodules (1 for decoder-only models). */
+    get total() { return this.n * (config.numTransformerSubmodules ?? 1); },
+    get layers() { return need(config.numLayers, "num_layers"); },
+    get hidden() { return need(config.encoderHiddenSize, "encoder_hidden_size"); },
+  };
 }
 
 /** Rows `ids` of the word embeddings, copied (in f32) into `target`'s weight. */
@@ -56,8 +66,7 @@ export abstract class PromptEncoderBase extends Module {
 export class PromptEmbedding extends PromptEncoderBase {
   constructor(config: PromptTuningConfig, wordEmbeddings: Embedding) {
     super();
-    const total = filled(config.numVirtualTokens, "num_virtual_tokens", "PromptEmbedding") * (config.numTransformerSubmodules ?? 1);
-    const dim = filled(config.tokenDim, "token_dim", "PromptEmbedding");
+    const { total, dim } = sizesOf(config, "PromptEmbedding");
     this.embedding = this.registerModule("embedding", new Embedding(total, dim));
     // An adapter loaded for inference gets its weights from the file; an empty model (skipInit) from elsewhere.
     if (config.inferenceMode || isInitSkipped()) return;
@@ -102,10 +111,7 @@ export class PromptEncoder extends PromptEncoderBase {
 
   constructor(config: PromptEncoderConfig) {
     super();
-    const name = "PromptEncoder";
-    const dim = filled(config.tokenDim, "token_dim", name);
-    const hidden = filled(config.encoderHiddenSize, "encoder_hidden_size", name);
-    const total = filled(config.numVirtualTokens, "num_virtual_tokens", name) * (config.numTransformerSubmodules ?? 1);
+    const { dim, hidden, total } = sizesOf(config, "PromptEncoder");
     this.encoderType = config.encoderReparameterizationType;
     this.inferenceMode = config.inferenceMode;
     this.embedding = this.registerModule("embedding", new Embedding(total, dim));
@@ -150,14 +156,12 @@ export class PrefixEncoder extends PromptEncoderBase {
 
   constructor(config: PrefixTuningConfig) {
     super();
-    const name = "PrefixEncoder";
-    const dim = filled(config.tokenDim, "token_dim", name);
-    const layers = filled(config.numLayers, "num_layers", name);
-    const n = filled(config.numVirtualTokens, "num_virtual_tokens", name);
+    const sizes = sizesOf(config, "PrefixEncoder");
+    const { dim, layers, n } = sizes;
     this.prefixProjection = config.prefixProjection && !config.inferenceMode;
     const zero = (t: Tensor) => noGrad(() => t.view().fill(0 as never));
     if (this.prefixProjection) {
-      const hidden = filled(config.encoderHiddenSize, "encoder_hidden_size", name);
+      const hidden = sizes.hidden;
       this.embedding = this.registerModule("embedding", new Embedding(n, dim));
       const last = new Linear(hidden, layers * 2 * dim);
       this.transform = this.registerModule("transform", new Sequential(new Linear(dim, hidden), new Tanh(), last));
