@@ -8,7 +8,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, describe, expect, it } from "vitest";
 import {
-  PeftModel, PrefixTuningConfig, PromptEncoderConfig, PromptTuningConfig, Tensor, getPeftModel, noGrad, openSafetensors, saveSafetensorsSync,
+  PeftModel, PrefixTuningConfig, configFromPretrained, PromptEncoderConfig, PromptTuningConfig, Tensor, getPeftModel, noGrad, openSafetensors, saveSafetensorsSync,
   type PeftConfig,
 } from "../lib/index.js";
 import { tinyLlama, trainCausalLm } from "./helpers/llama-models.js";
@@ -52,6 +52,9 @@ describe.each(METHODS)("%s", (name, config, shape) => {
     await peft.savePretrained(out);
     const cfg = JSON.parse(readFileSync(join(out, "adapter_config.json"), "utf8"));
     expect(cfg.inference_mode).toBe(true);
+    const read = await configFromPretrained(out);
+    expect(read.constructor).toBe(peft.peftConfig.default.constructor);
+    expect(read.toJSON()).toEqual({ ...peft.peftConfig.default.toJSON(), inference_mode: true });
     expect(cfg.peft_type).toBe(peft.peftType);
     expect([cfg.num_virtual_tokens, cfg.num_layers, cfg.num_transformer_submodules]).toEqual([N, 2, 1]);
     {

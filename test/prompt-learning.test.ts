@@ -268,7 +268,10 @@ describe("inputs and errors", () => {
     expect(peft.activeAdapter).toBe("default");
     expect(() => peft.mergeAndUnload()).toThrow(expect.objectContaining({ code: "ERR_UNSUPPORTED" }));
     expect(() => peft.mergeAdapter()).toThrow(expect.objectContaining({ code: "ERR_UNSUPPORTED" }));
-    peft.dispose();
+    expect(peft.unload()).toBe(lm);
+    for (const p of lm.parameters()) expect(p.requiresGrad).toBe(true);
+    expect([...peft.namedParameters()].filter(([n]) => n.includes("prompt_encoder"))).toEqual([]);
+    lm.dispose();
 
     expect(() => getPeftModel(tinyLlama(INIT, 9), new PromptTuningConfig())).toThrow(/num_virtual_tokens must be set/);
     expect(() => getPeftModel(tinyLlama(INIT, 9), new PromptTuningConfig({ numVirtualTokens: 2, taskType: "SEQ_CLS" }))).toThrow(expect.objectContaining({ code: "ERR_UNSUPPORTED" }));

@@ -170,9 +170,10 @@ export class PromptLearningModel extends BaseTuner<PromptLearningConfig> {
 
   override unmergeAdapter(): void {}
 
-  /** unload: the base model without the prompt (its parameters trainable again); merging is refused. */
+  /** unload: the base model without the prompt (the encoders disposed, its parameters trainable again); merging is refused. */
   override unloadAndOptionallyMerge(merge: boolean): Module {
     if (merge) throw peftError("ERR_UNSUPPORTED", `mergeAndUnload: ${this.methodName} adapters have no weights to merge into the model`);
+    for (const name of this.encoders?.keys() ?? []) this.encoders!.delete(name)?.dispose();
     for (const p of this.model.parameters()) p.requiresGrad = p.dtype !== "i8";
     return this.model;
   }
