@@ -126,7 +126,7 @@ export class LSTM extends Module {
         input = outs.length === 1 ? outs[0] : F.cat(outs, 2);
         if (l + 1 < this.numLayers && this.dropout > 0 && this.training) input = F.dropout(input, this.dropout, { training: true });
       }
-      return { output: input === x ? F.contiguous(x) : input, hN: F.stack(hs, 0), cN: F.stack(cs, 0) };
+      return { output: input, hN: F.stack(hs, 0), cN: F.stack(cs, 0) };
     });
   }
 

@@ -4,7 +4,7 @@ export {
   type PromptLearningConfigOptions, type PromptTuningConfigOptions, type PromptEncoderConfigOptions, type PrefixTuningConfigOptions,
   type PromptTuningInit, type PromptEncoderReparameterizationType,
 } from "./config.js";
-export { PromptEmbedding, PromptEncoder, PrefixEncoder, PromptEncoderBase, Tanh } from "./encoders.js";
+export { PromptEmbedding, PromptEncoder, PrefixEncoder, PromptEncoderBase } from "./encoders.js";
 export { PromptLearningModel } from "./model.js";
 export { LSTM, type LSTMOptions, type LSTMOutput } from "../../nn/lstm.js";
 export type { PrefixKeyValue } from "../../models/llama.js";
