@@ -6,6 +6,7 @@ export { linear, linearGradInput, linearGradWeight, matmul } from "./ops.js";
 export { backend, type CudaState } from "./backend.js";
 export { LoraConfig, type LoraConfigOptions } from "./tuners/lora/config.js";
 export { IA3Config, type IA3ConfigOptions } from "./tuners/ia3/config.js";
+export * from "./tuners/prompt-learning/index.js";
 export { configFromJSON, configFromPretrained, type PeftConfig } from "./tuners/peft-config.js";
 export { configToJSONString, TASK_TYPES, type TaskType } from "./tuners/config.js";
 export { checkTargetModuleExists, findTargetModules, type MatchReport } from "./matching.js";

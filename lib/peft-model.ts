@@ -12,6 +12,7 @@ import { BaseTuner, mixedTypesError } from "./tuners/tuner.js";
 import { adapterNameArg, type MergeOptions } from "./tuners/tuner-layer.js";
 import { LoraModel } from "./tuners/lora/model.js";
 import { IA3Model } from "./tuners/ia3/model.js";
+import { PromptLearningModel } from "./tuners/prompt-learning/model.js";
 import type { WeightedAdapterOptions } from "./tuners/lora/weighted-adapter.js";
 import * as checkpoint from "./io/peft-checkpoint.js";
 
@@ -24,7 +25,10 @@ export interface GetPeftModelOptions {
 type TunerClass = new (model: Module, config: PeftConfig, adapterName: string, opts: { modelType?: string }) => BaseTuner;
 
 // PEFT's PEFT_TYPE_TO_TUNER_MAPPING for the methods implemented here.
-const TUNERS: Record<string, TunerClass> = { LORA: LoraModel as TunerClass, IA3: IA3Model as TunerClass };
+const TUNERS: Record<string, TunerClass> = {
+  LORA: LoraModel as TunerClass, IA3: IA3Model as TunerClass,
+  PROMPT_TUNING: PromptLearningModel as TunerClass, P_TUNING: PromptLearningModel as TunerClass, PREFIX_TUNING: PromptLearningModel as TunerClass,
+};
 
 function tunerFor(config: unknown, what: string): TunerClass {
   if (!(config instanceof PeftConfigBase)) throw typeError(`${what}: expected a LoraConfig or IA3Config, got ${describe(config)}`);
@@ -74,7 +78,15 @@ export class PeftModel extends Module {
 
   // eslint-disable-next-line @typescript-eslint/no-explicit-any
   override forward(...args: any[]): any {
-    return this.baseModel.model.forward(...args);
+    // Prompt learning changes the inputs, not the model: its tuner runs the forward.
+    const tuner = this.baseModel;
+    return tuner instanceof PromptLearningModel ? tuner.forward(args[0], args[1]) : tuner.model.forward(...args);
+  }
+
+  /** Positions the active prompt-learning adapter puts before the input (0 for other methods, or disabled). */
+  get numVirtualTokens(): number {
+    const tuner = this.baseModel;
+    return tuner instanceof PromptLearningModel ? tuner.numVirtualTokens : 0;
   }
 
   /** Decodes up to maxNewTokens after `prompt` (token ids of one sequence): see generate(). */
@@ -88,6 +100,7 @@ export class PeftModel extends Module {
   }
 
   override backward(dy: Tensor, opts?: BackwardOptions): Tensor | null {
+    if (this.baseModel instanceof PromptLearningModel) return this.baseModel.backward(dy, opts);
     return this.baseModel.model.backward(dy, opts);
   }
 

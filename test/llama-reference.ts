@@ -123,6 +123,13 @@ export interface RefInputs {
   positionIds?: number[][] | null;
   /** LoRA deltas by module path ("model.layers.0.self_attn.q_proj"). */
   lora?: Map<string, RefLora>;
+  /** [B·T·hidden] input embeddings used in place of the ids' rows (ids then only give B and T). */
+  embeds?: Float64Array;
+  /**
+   * Keys and values before every layer's own (prefix tuning), per layer [B·P·kvHeads·headDim], unrotated:
+   * positions then default to P..P+T-1 and attentionMask covers P + T keys.
+   */
+  prefix?: { length: number; keys: Float64Array[]; values: Float64Array[] };
 }
 
 /**
@@ -132,12 +139,14 @@ export interface RefInputs {
 export function refLlamaLogits(cfg: RefConfig, w: RefWeights, inp: RefInputs): Float64Array {
   const B = inp.ids.length, T = inp.ids[0].length, E = cfg.hiddenSize, H = cfg.numHeads, Hkv = cfg.numKvHeads, D = cfg.headDim;
   const rows = B * T;
-  const positions = inp.positionIds ?? inp.ids.map((r) => r.map((_, t) => t));
-  const mask = inp.attentionMask ?? inp.ids.map((r) => r.map(() => 1));
+  const P = inp.prefix?.length ?? 0;
+  const positions = inp.positionIds ?? inp.ids.map((r) => r.map((_, t) => P + t));
+  const mask = inp.attentionMask ?? inp.ids.map((r) => [...new Array<number>(P).fill(1), ...r.map(() => 1)]);
   const inv = refInvFreq(cfg);
   const emb = weight(w, "model.embed_tokens.weight");
   let h = new Float64Array(rows * E);
-  for (let b = 0; b < B; b++) for (let t = 0; t < T; t++) h.set(emb.subarray(inp.ids[b][t] * E, (inp.ids[b][t] + 1) * E), (b * T + t) * E);
+  if (inp.embeds) h.set(inp.embeds);
+  else for (let b = 0; b < B; b++) for (let t = 0; t < T; t++) h.set(emb.subarray(inp.ids[b][t] * E, (inp.ids[b][t] + 1) * E), (b * T + t) * E);
   const scale = 1 / Math.sqrt(D);
   for (let l = 0; l < cfg.numLayers; l++) {
     const p = `model.layers.${l}`;
@@ -148,26 +157,30 @@ export function refLlamaLogits(cfg: RefConfig, w: RefWeights, inp: RefInputs): F
     rope(q, B, T, H, D, inv, positions);
     rope(k, B, T, Hkv, D, inv, positions);
     const att = new Float64Array(rows * H * D);
+    // Key/value j of the S = P + T this layer sees: the prefix's first, then the input's own.
+    const S = P + T;
+    const kvAt = (src: Float64Array, pre: Float64Array | undefined, b: number, j: number, kv: number, d: number) =>
+      j < P ? pre![((b * P + j) * Hkv + kv) * D + d] : src[((b * T + j - P) * Hkv + kv) * D + d];
     for (let b = 0; b < B; b++)
       for (let hh = 0; hh < H; hh++) {
         const kv = Math.floor(hh / (H / Hkv));
         for (let i = 0; i < T; i++) {
-          const s = new Float64Array(T).fill(-Infinity);
+          const s = new Float64Array(S).fill(-Infinity);
           let m = -Infinity;
-          for (let j = 0; j <= i; j++) {
+          for (let j = 0; j <= P + i; j++) {
             if (!mask[b][j]) continue;
             let dot = 0;
-            for (let d = 0; d < D; d++) dot += q[((b * T + i) * H + hh) * D + d] * k[((b * T + j) * Hkv + kv) * D + d];
+            for (let d = 0; d < D; d++) dot += q[((b * T + i) * H + hh) * D + d] * kvAt(k, inp.prefix?.keys[l], b, j, kv, d);
             s[j] = dot * scale;
             m = Math.max(m, s[j]);
           }
           if (m === -Infinity) continue; // every key masked: zeros
           let z = 0;
-          for (let j = 0; j < T; j++) z += s[j] === -Infinity ? 0 : Math.exp(s[j] - m);
-          for (let j = 0; j < T; j++) {
+          for (let j = 0; j < S; j++) z += s[j] === -Infinity ? 0 : Math.exp(s[j] - m);
+          for (let j = 0; j < S; j++) {
             if (s[j] === -Infinity) continue;
             const pj = Math.exp(s[j] - m) / z;
-            for (let d = 0; d < D; d++) att[((b * T + i) * H + hh) * D + d] += pj * v[((b * T + j) * Hkv + kv) * D + d];
+            for (let d = 0; d < D; d++) att[((b * T + i) * H + hh) * D + d] += pj * kvAt(v, inp.prefix?.values[l], b, j, kv, d);
           }
         }
       }

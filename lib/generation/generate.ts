@@ -116,7 +116,10 @@ export async function* streamTokens(model: CausalLMLike, prompt: number[] | Tens
     const u = Tensor.rand([maxNew], rng);
     try { return u.toFloat64Array(); } finally { u.dispose(); }
   }) : null;
-  const cache: KVCache | null = opts.useCache === false || maxNew === 0 ? null : lm.createCache({ batch: 1, maxLength: T0 + maxNew });
+  // A prompt-learning adapter's virtual tokens (or prefix) take the cache's first positions.
+  const virtual = (model as { numVirtualTokens?: unknown }).numVirtualTokens;
+  const extra = typeof virtual === "number" ? virtual : 0;
+  const cache: KVCache | null = opts.useCache === false || maxNew === 0 ? null : lm.createCache({ batch: 1, maxLength: extra + T0 + maxNew });
   let finishReason: GenerateResult["finishReason"] = "length";
   // Decoding runs in eval mode (no dropout, nothing kept for backward), as on the worker; the mode is put back.
   const wasTraining = (model as { training?: boolean }).training === true;

@@ -13,6 +13,7 @@ import { llamaConfigToJSON, parseLlamaConfig } from "../models/llama-config.js";
 import { BaseTunerLayer } from "../tuners/tuner-layer.js";
 import { configFromJSON as peftConfigFromJSON } from "../tuners/peft-config.js";
 import { getPeftModel, PeftModel } from "../peft-model.js";
+import { PromptLearningModel } from "../tuners/prompt-learning/model.js";
 import type { GenerationDefaults } from "./generation-config.js";
 
 interface LayerState {
@@ -30,6 +31,8 @@ export interface SharedModel {
   /** Adapter name -> adapter_config.json content, in the order they were added (null: no PeftModel). */
   adapters: [string, Record<string, unknown>][] | null;
   layers: LayerState[];
+  /** A prompt-learning model's active adapter and whether it is disabled (it has no adapter layers to carry this). */
+  prompt?: { active: string; disabled: boolean } | null;
   /** The int8 projections (paths in the bare model), rebuilt as empty Linear8bitLt before the tensors are adopted. */
   int8: { path: string; inFeatures: number; outFeatures: number; bias: boolean; threshold: number }[];
   /** Parameter name (as model.namedParameters gives it) -> shared tensor id. */
@@ -68,6 +71,7 @@ export function shareModel(model: Module, lm: LlamaForCausalLM): SharedModel {
     generationDefaults: lm.generationDefaults,
     adapters: peft ? Object.entries(peft.peftConfig).map(([n, c]) => [n, c.toJSON()]) : null,
     layers,
+    prompt: peft?.baseModel instanceof PromptLearningModel ? { active: peft.activeAdapter, disabled: peft.baseModel.adaptersDisabled } : null,
     int8,
     params,
   };
@@ -125,6 +129,10 @@ export function adoptModel(desc: SharedModel): { model: LlamaForCausalLM | PeftM
     if (s.active.length) m.setAdapter(s.active, { allowMissing: true });
     m.mergedAdapters.splice(0, m.mergedAdapters.length, ...s.merged);
     m.enableAdapters(!s.disabled);
+  }
+  if (desc.prompt && model instanceof PeftModel) {
+    model.setAdapter(desc.prompt.active);
+    model.baseModel.enableAdapterLayers(!desc.prompt.disabled);
   }
   return { model: model.eval(), lm };
 }

@@ -15,6 +15,7 @@ import { loraMatchOptions } from "../tuners/lora/model.js";
 import { getPeftModelStateDict, setPeftModelStateDict, type TunedModel } from "../tuners/state-dict.js";
 import { BaseTuner } from "../tuners/tuner.js";
 import { IA3Config } from "../tuners/ia3/config.js";
+import { PromptLearningConfig } from "../tuners/prompt-learning/config.js";
 import { ia3TargetShapes } from "../tuners/ia3/model.js";
 import { fileDType } from "./safetensors-format.js";
 import { buildHeader, checkName, tempPath } from "./safetensors-write.js";
@@ -363,6 +364,15 @@ function freezeForInference(m: AdapterHost, adapterName: string, isTrainable: bo
 }
 
 /**
+ * A saved prompt-learning adapter holds the computed prompt, not the encoder that made it: it loads for
+ * inference only (PEFT's rule and message).
+ */
+function notTrainablePrompt(isTrainable: unknown): true {
+  if (isTrainable === true) throw peftError("ERR_CONFIG", "Cannot set a prompt learning adapter to trainable when loading pretrained adapter.");
+  return true;
+}
+
+/**
  * PEFT's PeftModel.from_pretrained: the config from `dir` (or `opts.config`), then the weights; `wrap` makes
  * the PeftModel.
  */
@@ -376,6 +386,7 @@ export async function fromPretrained<M extends AdapterHost>(
   const opts = optionsArg(options, "fromPretrained");
   const adapterName = opts.adapterName ?? "default";
   const config = opts.config ?? (await readAdapterConfig(dir));
+  if (config instanceof PromptLearningConfig) config.inferenceMode = notTrainablePrompt(opts.isTrainable);
   if (config instanceof LoraConfig || config instanceof IA3Config) config.inferenceMode = !opts.isTrainable;
   const file = await weightsPath(dir);
   await checkFileFits(model, config, file, opts.modelType);
@@ -395,6 +406,7 @@ export async function loadAdapter(m: AdapterHost, dir: string, adapterName: stri
   if (typeof adapterName === "string" && Object.hasOwn(m.peftConfig, adapterName)) {
     throw peftError("ERR_CONFIG", `Adapter with name ${shownValue(adapterName)} already exists.`);
   }
+  if (config instanceof PromptLearningConfig) config.inferenceMode = notTrainablePrompt(opts.isTrainable);
   await checkFileFits(m.baseModel.model, config, file);
   m.addAdapter(adapterName, config);
   try {

@@ -24,8 +24,10 @@ export interface LayerContext {
   attentionMask: Tensor | null;
   /** Decoding: keys and values of earlier positions, extended by this forward's (inference only). */
   cache?: KVCache | null;
-  /** This layer's index in the cache. */
+  /** This layer's index in the cache (and in prefix). */
   layer?: number;
+  /** Keys and values put before every layer's own (prefix tuning): one {key, value} per layer. */
+  prefix?: readonly { key: Tensor; value: Tensor }[] | null;
 }
 
 export interface LayerOptions {
@@ -87,7 +89,11 @@ export class LlamaAttention extends Module {
  */
 function keysOf(k: Tensor, v: Tensor, q: Tensor, ctx: LayerContext): [Tensor, Tensor, F.AttentionOptions] {
   const opts: F.AttentionOptions = { causal: true, attentionMask: ctx.attentionMask };
-  if (!ctx.cache) return [k, v, opts];
+  if (!ctx.cache) {
+    // A prefix (prefix tuning) comes only without a cache: with one, it was written into the cache first.
+    const pre = ctx.prefix?.[ctx.layer ?? 0];
+    return pre ? [F.cat([pre.key, k], 1), F.cat([pre.value, v], 1), opts] : [k, v, opts];
+  }
   if (wantsGrad(q, k, v)) {
     const all = ctx.cache.update(ctx.layer ?? 0, k, v);
     return [all.k, all.v, opts];
@@ -167,15 +173,18 @@ export class LlamaModel extends Module {
     this.norm = this.registerModule("norm", new RMSNorm(config.hiddenSize, { eps: config.rmsNormEps, dtype: opts.dtype }));
   }
 
-  /** The final hidden states [B, T, hidden] (after model.norm). */
+  /** The final hidden states [B, T, hidden] (after model.norm) of token ids, or of float input embeddings [B, T, hidden]. */
   forward(inputIds: Tensor, ctx: LayerContext): Tensor {
-    let h = this.embed_tokens.forward(inputIds);
+    // Embeddings get a handle of their own: the first layer's input is disposed below, the caller's is not.
+    const embeds = inputIds.shape.length === 3 && inputIds.dtype !== "i32" && inputIds.dtype !== "i64";
+    let h = embeds ? inputIds.reshape(inputIds.shape) : this.embed_tokens.forward(inputIds);
     const recompute = this.gradientCheckpointing && this.training;
+    if (recompute && ctx.prefix) throw peftError("ERR_UNSUPPORTED", "LlamaModel.forward: a prefix (prefix tuning) does not work with gradient checkpointing");
     // The rerun in backward gets the context as tensors the checkpoint keeps (the caller frees its own).
     const context = [ctx.cos, ctx.sin, ...(ctx.attentionMask ? [ctx.attentionMask] : [])];
     for (const [index, layer] of [...this.layers].entries()) {
       const run = (x: Tensor, cos: Tensor, sin: Tensor, mask?: Tensor) => {
-        const y = layer.forward(x, { cos, sin, attentionMask: mask ?? null, cache: ctx.cache, layer: index }) as Tensor;
+        const y = layer.forward(x, { cos, sin, attentionMask: mask ?? null, cache: ctx.cache, layer: index, prefix: ctx.prefix }) as Tensor;
         // Layers also keep their last input for a tape-free Module.backward, which this model does not
         // have; kept, those inputs would be most of what checkpointing is meant to free.
         if (recompute) for (const [, m] of layer.namedModules()) m.releaseSaved();

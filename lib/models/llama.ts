@@ -41,6 +41,20 @@ export interface CausalLMForwardOptions {
   cacheLength?: number;
   /** Head only over the last n positions (transformers' logits_to_keep; 0 = all): decoding needs one. */
   logitsToKeep?: number;
+  /** [B, T, hiddenSize] in the model's dtype, in place of inputIds (then null): transformers' inputs_embeds. */
+  inputsEmbeds?: Tensor | null;
+  /**
+   * Keys and values every attention layer sees before the input's (one entry per layer; transformers'
+   * past_key_values given as a prefix, as prefix tuning does): positions start after the prefix's P, and
+   * attentionMask covers P + T. Differentiable; not together with pastKeyValues (seed the cache instead).
+   */
+  prefixKeyValues?: readonly PrefixKeyValue[] | null;
+}
+
+/** One layer's prefix: key and value [B, P, numKeyValueHeads, headDim] in the model's dtype (keys unrotated). */
+export interface PrefixKeyValue {
+  key: Tensor;
+  value: Tensor;
 }
 
 export interface CausalLMOutput {
@@ -218,21 +232,56 @@ export class LlamaForCausalLM extends Module {
     return new KVCache(this.config, { batch: opts.batch, maxLength: opts.maxLength as number, dtype: this.dtype });
   }
 
+  /** inputsEmbeds checked (exactly one of it and inputIds), or null when inputIds are given. */
+  #inputsEmbeds(inputIds: unknown, embeds: unknown, op: string): Tensor | null {
+    if (embeds === undefined || embeds === null) return null;
+    if (inputIds !== null && inputIds !== undefined) throw peftError("ERR_CONFIG", `${op}: give exactly one of inputIds and inputsEmbeds (pass inputIds as null)`);
+    if (!(embeds instanceof Tensor)) throw typeError(`${op}: inputsEmbeds must be a Tensor, got ${describe(embeds)}`);
+    const E = this.config.hiddenSize;
+    if (embeds.shape.length !== 3 || embeds.shape[2] !== E) throw peftError("ERR_SHAPE", `${op}: inputsEmbeds must be [batch, seq, ${E}], got [${embeds.shape.join(", ")}]`);
+    if (embeds.dtype !== this.dtype) throw peftError("ERR_DTYPE", `${op}: inputsEmbeds is ${embeds.dtype}, the model runs in ${this.dtype}`);
+    return embeds;
+  }
+
+  /** prefixKeyValues checked: one {key, value} per layer, each [B, P, kvHeads, headDim] in the model's dtype. */
+  #prefix(prefix: unknown, B: number, op: string): readonly PrefixKeyValue[] | null {
+    if (prefix === undefined || prefix === null) return null;
+    const { numHiddenLayers: L, numKeyValueHeads: H, headDim: D } = this.config;
+    if (!Array.isArray(prefix) || prefix.length !== L) throw typeError(`${op}: prefixKeyValues must be an array of ${L} {key, value} entries (one per layer), got ${describe(prefix)}`);
+    const P = (prefix[0] as Partial<PrefixKeyValue> | null)?.key?.shape?.[1];
+    for (const [l, e] of (prefix as Partial<PrefixKeyValue>[]).entries()) {
+      for (const which of ["key", "value"] as const) {
+        const t = e?.[which];
+        if (!(t instanceof Tensor)) throw typeError(`${op}: prefixKeyValues[${l}].${which} must be a Tensor, got ${describe(t)}`);
+        if (t.shape.length !== 4 || t.shape[0] !== B || t.shape[1] !== P || t.shape[2] !== H || t.shape[3] !== D)
+          throw peftError("ERR_SHAPE", `${op}: prefixKeyValues[${l}].${which} has shape [${t.shape.join(", ")}], expected [${B}, ${P}, ${H}, ${D}]`);
+        if (t.dtype !== this.dtype) throw peftError("ERR_DTYPE", `${op}: prefixKeyValues[${l}].${which} is ${t.dtype}, the model runs in ${this.dtype}`);
+      }
+    }
+    return prefix as readonly PrefixKeyValue[];
+  }
+
   /**
    * Logits and (with labels) the shifted cross-entropy: mean over tokens whose next label is not -100,
    * accumulated and returned in f32 whatever the model's dtype.
    */
-  forward(inputIds: Tensor, options: CausalLMForwardOptions = {}): CausalLMOutput {
+  forward(inputIds: Tensor | null, options: CausalLMForwardOptions = {}): CausalLMOutput {
     const op = "LlamaForCausalLM.forward";
     const opts = optionsArg(options, op);
-    integerTensor(inputIds, "inputIds", op);
-    if (inputIds.shape.length !== 2) throw peftError("ERR_SHAPE", `${op}: inputIds must be [batch, seq], got [${inputIds.shape.join(", ")}]`);
-    const [B, T] = inputIds.shape;
+    const embeds = this.#inputsEmbeds(inputIds, opts.inputsEmbeds, op);
+    if (embeds === null) {
+      integerTensor(inputIds, "inputIds", op);
+      if (inputIds!.shape.length !== 2) throw peftError("ERR_SHAPE", `${op}: inputIds must be [batch, seq], got [${inputIds!.shape.join(", ")}]`);
+    }
+    const [B, T] = (embeds ?? inputIds!).shape;
     let cache = opts.pastKeyValues ?? null;
     if (cache !== null && !(cache instanceof KVCache)) throw typeError(`${op}: pastKeyValues must be a KVCache, got ${describe(cache)}`);
+    const prefix = this.#prefix(opts.prefixKeyValues, B, op);
+    if (prefix !== null && (cache !== null || opts.useCache === true))
+      throw peftError("ERR_UNSUPPORTED", `${op}: prefixKeyValues cannot be combined with a KV cache; write the prefix into the cache first`);
     const started = cache === null && opts.useCache === true;
     if (started) cache = this.createCache({ batch: B, maxLength: opts.cacheLength ?? this.config.maxPositionEmbeddings });
-    const past = cache?.length ?? 0;
+    const past = cache?.length ?? prefix?.[0]?.key.shape[1] ?? 0;
     cache?.checkRoom(B, T, op);
     const window = this.config.slidingWindow;
     if (window !== null && past + T > window)
@@ -257,7 +306,7 @@ export class LlamaForCausalLM extends Module {
     const { cos, sin } = ropeTables(this.#invFreq, positions);
     try {
       const out = tidy(() => {
-        const all = this.model.forward(inputIds, { cos, sin, attentionMask: mask, cache });
+        const all = this.model.forward(embeds ?? inputIds!, { cos, sin, attentionMask: mask, cache, prefix });
         const hidden = keep > 0 && keep < T ? F.narrow(all, 1, T - keep, keep) : all;
         const logits = this.lm_head.forward(hidden) as Tensor;
         return { logits, loss: labels ? causalLMLoss(logits, labels) : null };

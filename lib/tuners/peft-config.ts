@@ -6,12 +6,17 @@ import { describe } from "./config-checks.js";
 import { readConfigFile } from "./config.js";
 import { IA3Config } from "./ia3/config.js";
 import { LoraConfig } from "./lora/config.js";
+import { PrefixTuningConfig, PromptEncoderConfig, PromptTuningConfig } from "./prompt-learning/config.js";
 
-export type PeftConfig = LoraConfig | IA3Config;
+export type PeftConfig = LoraConfig | IA3Config
+  | PromptTuningConfig | PromptEncoderConfig | PrefixTuningConfig;
 
 const READERS: Record<string, (obj: object) => PeftConfig> = {
   LORA: (o) => LoraConfig.fromJSON(o),
   IA3: (o) => IA3Config.fromJSON(o),
+  PROMPT_TUNING: (o) => PromptTuningConfig.fromJSON(o),
+  P_TUNING: (o) => PromptEncoderConfig.fromJSON(o),
+  PREFIX_TUNING: (o) => PrefixTuningConfig.fromJSON(o),
 };
 
 /** A config object as PEFT writes it (snake_case keys), read into the class its `peft_type` names. */

@@ -87,6 +87,24 @@ export function centralDiff(f: (x: number) => number, x: number, h = 1e-5 * Math
 }
 
 /**
+ * Checks an analytic gradient `got` of `loss` against central differences in about `samples` evenly spread
+ * coordinates of `w` (the float64 weights `loss` reads, perturbed in place and restored): |got - fd| must
+ * stay within atol + rtol·|fd|. Returns how many coordinates were checked.
+ */
+export function expectGradSampled(name: string, w: Float64Array, got: ArrayLike<number>, loss: () => number, opts: { h: number; atol: number; rtol: number; samples: number }): number {
+  expect(got.length, `${name}: length`).toBe(w.length);
+  let checked = 0;
+  for (let i = 0; i < w.length; i += Math.max(1, Math.floor(w.length / opts.samples))) {
+    const old = w[i];
+    const fd = centralDiff((v) => ((w[i] = v), loss()), old, opts.h);
+    w[i] = old;
+    expect(Math.abs(got[i] - fd), `${name}[${i}]: ${got[i]} vs ${fd}`).toBeLessThan(opts.atol + opts.rtol * Math.abs(fd));
+    checked++;
+  }
+  return checked;
+}
+
+/**
  * Gradient of a scalar function of many inputs by central differences (each coordinate perturbed alone).
  */
 export function numericGrad(f: (v: Float64Array) => number, at: ArrayLike<number>, h = 1e-6): Float64Array {
