@@ -31,4 +31,11 @@ inline void store_f32(void* p, DType dt, int64_t i, float v) {
   }
 }
 
+// v rounded to dt and widened back (what a value of dt holds).
+inline float round_through(float v, DType dt) {
+  alignas(8) unsigned char b[8];
+  store_f32(b, dt, 0, v);
+  return load_f32(b, dt, 0);
+}
+
 }  // namespace peft

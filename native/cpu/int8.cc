@@ -140,50 +140,41 @@ std::vector<int64_t> outlier_columns(const void* x, DType dt, int64_t M, int64_t
   return cols;
 }
 
-// y += x[:, cols] · Wdq[:, cols]ᵀ through the GEMM (accumulate: C read in its dtype, the sum rounded once).
-void add_outliers(const Int8LinearArgs& a, const std::vector<int64_t>& cols) {
-  const int64_t M = a.M, N = a.w.N, K = a.w.K, R = static_cast<int64_t>(cols.size());
-  const DType dt = a.x_dt;
-  const size_t esz = dtype_size(dt);
-  auto sub_a = alloc_host(static_cast<size_t>(M * R) * esz, false);
-  auto sub_b = alloc_host(static_cast<size_t>(N * R) * esz, false);
-  parallel_for(M, 64, [&](int64_t r0, int64_t r1) {
-    for (int64_t m = r0; m < r1; m++)
-      for (int64_t j = 0; j < R; j++) store_f32(sub_a->data, dt, m * R + j, load_f32(a.x, dt, m * K + cols[j]));
-  });
-  parallel_for(N, 64, [&](int64_t n0, int64_t n1) {
-    for (int64_t n = n0; n < n1; n++)
-      for (int64_t j = 0; j < R; j++) {
-        float v = static_cast<float>(a.w.cb[n * K + cols[j]]) * a.w.scb[n];
-        store_f32(sub_b->data, dt, n * R + j, v * kInv127);
-      }
-  });
-  GemmArgs g;
-  g.M = M, g.N = N, g.K = R;
-  g.A = mat_rows(sub_a->data, dt, R);
-  g.B = mat_cols(sub_b->data, dt, R);
-  g.C = a.y, g.c_dt = a.y_dt, g.ldc = N;
-  g.accumulate = true;
-  gemm(g);
-}
+thread_local gemm_detail::Scratch t_xq, t_xi, t_scx, t_cols, t_rank, t_outl_u, t_outl_b;
 
-thread_local gemm_detail::Scratch t_xq, t_xi, t_scx, t_cols, t_rank;
-
-// bt (r, N) rewritten in panels of kRankPanel columns, [N / kRankPanel][r][kRankPanel], zero past N: the
-// epilogue then reads each panel's r rows contiguously (rows of bt itself lie N floats apart, which at
-// N = 4096 maps all of them onto one L1 set).
-const float* pack_rank(const float* bt, int64_t R, int64_t N) {
+// A rank term's bt in panels of kRankPanel columns, [N / kRankPanel][R][kRankPanel] with bt[r][j] = value(r, j)
+// and zeros past N: the epilogue reads each panel's R rows contiguously (rows of a plain (R, N) bt lie N floats
+// apart, which at N = 4096 maps all of them onto one L1 set).
+template <typename Value>
+const float* pack_panels(gemm_detail::Scratch& buf, int64_t R, int64_t N, Value value) {
   const int64_t panels = ceil_div(N, kRankPanel);
-  float* p = static_cast<float*>(t_rank.get(sizeof(float) * std::max<int64_t>(1, panels * R * kRankPanel)));
+  float* p = static_cast<float*>(buf.get(sizeof(float) * std::max<int64_t>(1, panels * R * kRankPanel)));
   parallel_for(panels, 16, [&](int64_t q0, int64_t q1) {
     for (int64_t q = q0; q < q1; q++)
       for (int64_t r = 0; r < R; r++)
         for (int c = 0; c < kRankPanel; c++) {
           const int64_t j = q * kRankPanel + c;
-          p[(q * R + r) * kRankPanel + c] = j < N ? bt[r * N + j] : 0.0f;
+          p[(q * R + r) * kRankPanel + c] = j < N ? value(r, j) : 0.0f;
         }
   });
   return p;
+}
+
+// The outlier columns as a rank term: u = x[:, cols] and bt = the dequantised weight's columns, both in x's
+// dtype as bitsandbytes multiplies them (its f32 dequantisation CB·SCB·(1/127), rounded to x's dtype).
+RankTerm outlier_term(const Int8LinearArgs& a, const std::vector<int64_t>& cols) {
+  const int64_t M = a.M, N = a.w.N, K = a.w.K, R = static_cast<int64_t>(cols.size());
+  const DType dt = a.x_dt;
+  float* u = static_cast<float*>(t_outl_u.get(sizeof(float) * std::max<int64_t>(1, M * R)));
+  parallel_for(M, 64, [&](int64_t r0, int64_t r1) {
+    for (int64_t m = r0; m < r1; m++)
+      for (int64_t j = 0; j < R; j++) u[m * R + j] = load_f32(a.x, dt, m * K + cols[j]);
+  });
+  const float* bt = pack_panels(t_outl_b, R, N, [&](int64_t r, int64_t n) {
+    float v = static_cast<float>(a.w.cb[n * K + cols[r]]) * a.w.scb[n];
+    return round_through(v * kInv127, dt);
+  });
+  return {u, bt, R};
 }
 
 // Each group of mr rows (row stride Kp) rewritten quad-interleaved: quad q of row i at (q * mr + i) * 4.
@@ -255,7 +246,8 @@ void int8_linear_cpu(const Int8LinearArgs& a) {
   fin.corr = ks.a_offset ? pk->corr : nullptr;
   fin.scx = scx, fin.scb = scb, fin.bias = bias;
   fin.y = a.y, fin.y_dt = a.y_dt, fin.ldy = N, fin.raw = a.raw;
-  if (a.u && a.r > 0) fin.u = a.u, fin.bt = pack_rank(a.bt, a.r, N), fin.r = a.r;
+  if (!cols.empty() && !a.raw) fin.outliers = outlier_term(a, cols);
+  if (a.u && a.r > 0) fin.lora = {a.u, pack_panels(t_rank, a.r, N, [&](int64_t r, int64_t n) { return a.bt[r * N + n]; }), a.r};
 
   // Thread grid: split N (each thread streams its share of CB once) unless there are too few blocks.
   const int64_t groups = ceil_div(M, ks.mr), blocks = ceil_div(N, ks.nr);
@@ -283,7 +275,6 @@ void int8_linear_cpu(const Int8LinearArgs& a) {
     }
   });
 
-  if (!cols.empty() && !a.raw) add_outliers(a, cols);
 }
 
 void int8_linear_grad_input_cpu(const void* dy, DType dy_dt, int64_t M, const Int8Weight& w, void* dx, DType dx_dt) {

@@ -35,22 +35,30 @@ inline void rank_rows(const float* u, int64_t R, const float* b, float* out) {
     for (int c = 0; c < kRankPanel; c++) out[g * kRankRow + c] = lo[g][c];
 }
 
-// Rows [i0, i0 + m) and columns [j0, j0 + n) of the rank term into rank (row stride kRankRow). Blocks start at
+// Rows [i0, i0 + m) and columns [j0, j0 + n) of a rank term into out (row stride kRankRow). Blocks start at
 // multiples of nr, itself a multiple of kRankPanel, and bt's panels are zero past N: whole panels are summed.
-inline void rank_block(const Finish& f, int64_t i0, int m, int64_t j0, int n, float* rank) {
+inline void rank_block(const RankTerm& t, int64_t i0, int m, int64_t j0, int n, float* out) {
   for (int j = 0; j < n; j += kRankPanel) {
-    const float* b = f.bt + (j0 + j) / kRankPanel * f.r * kRankPanel;
+    const float* b = t.bt + (j0 + j) / kRankPanel * t.r * kRankPanel;
     int i = 0;
-    for (; i + 8 <= m; i += 8) rank_rows<8>(f.u + (i0 + i) * f.r, f.r, b, rank + i * kRankRow + j);
-    for (; i + 4 <= m; i += 4) rank_rows<4>(f.u + (i0 + i) * f.r, f.r, b, rank + i * kRankRow + j);
-    for (; i < m; i++) rank_rows<1>(f.u + (i0 + i) * f.r, f.r, b, rank + i * kRankRow + j);
+    for (; i + 8 <= m; i += 8) rank_rows<8>(t.u + (i0 + i) * t.r, t.r, b, out + i * kRankRow + j);
+    for (; i + 4 <= m; i += 4) rank_rows<4>(t.u + (i0 + i) * t.r, t.r, b, out + i * kRankRow + j);
+    for (; i < m; i++) rank_rows<1>(t.u + (i0 + i) * t.r, t.r, b, out + i * kRankRow + j);
   }
 }
 
 #pragma GCC push_options
 #pragma GCC optimize("fp-contract=off")
+// One row's value in y's dtype, widened back (bitsandbytes rounds the int8 part before adding outliers).
 template <DType D>
-inline void finish_row(const int32_t* acc, const Finish& f, int64_t i, int64_t j0, int n, const float* rank) {
+inline float through(float v) {
+  if constexpr (D == DType::BF16) return bf16_to_f32(f32_to_bf16(v));
+  else if constexpr (D == DType::F16) return f16_to_f32(f32_to_f16(v));
+  else return v;
+}
+
+template <DType D>
+inline void finish_row(const int32_t* acc, const Finish& f, int64_t i, int64_t j0, int n, const float* outl, const float* rank) {
   const float sx = f.scx[i];
   const int32_t* corr = f.corr ? f.corr + j0 : nullptr;
   const float* scb = f.scb + j0;
@@ -68,6 +76,8 @@ inline void finish_row(const int32_t* acc, const Finish& f, int64_t i, int64_t j
   }
   if (bias)
     for (int j = 0; j < n; j++) out[j] += bias[j];
+  if (outl)
+    for (int j = 0; j < n; j++) out[j] = through<D>(out[j]) + outl[j];
   if (rank)
     for (int j = 0; j < n; j++) out[j] += rank[j];
   if constexpr (D == DType::F32) {
@@ -83,15 +93,18 @@ inline void finish_row(const int32_t* acc, const Finish& f, int64_t i, int64_t j
 // Rows [i0, i0 + m) and columns [j0, j0 + n) (n <= 64) from acc (row stride ld).
 constexpr int kMaxBlockRows = 32;  // the largest mr of any kernel set
 inline void finish_block(const int32_t* acc, int ld, const Finish& f, int64_t i0, int m, int64_t j0, int n) {
-  alignas(64) float rank[kMaxBlockRows * kRankRow];
-  if (f.u && !f.raw) rank_block(f, i0, m, j0, n, rank);
+  alignas(64) float outl[kMaxBlockRows * kRankRow], rank[kMaxBlockRows * kRankRow];
+  const bool has_outl = f.outliers.u && !f.raw, has_rank = f.lora.u && !f.raw;
+  if (has_outl) rank_block(f.outliers, i0, m, j0, n, outl);
+  if (has_rank) rank_block(f.lora, i0, m, j0, n, rank);
   for (int i = 0; i < m; i++) {
     const int32_t* a = acc + i * ld;
-    const float* rk = f.u && !f.raw ? rank + i * kRankRow : nullptr;
+    const float* ol = has_outl ? outl + i * kRankRow : nullptr;
+    const float* rk = has_rank ? rank + i * kRankRow : nullptr;
     switch (f.y_dt) {
-      case DType::BF16: finish_row<DType::BF16>(a, f, i0 + i, j0, n, rk); break;
-      case DType::F16: finish_row<DType::F16>(a, f, i0 + i, j0, n, rk); break;
-      default: finish_row<DType::F32>(a, f, i0 + i, j0, n, rk); break;
+      case DType::BF16: finish_row<DType::BF16>(a, f, i0 + i, j0, n, ol, rk); break;
+      case DType::F16: finish_row<DType::F16>(a, f, i0 + i, j0, n, ol, rk); break;
+      default: finish_row<DType::F32>(a, f, i0 + i, j0, n, ol, rk); break;
     }
   }
 }

@@ -31,8 +31,16 @@ struct Tile {
 using KernelFn = void (*)(const Tile& t);
 
 // The per-call constants the epilogue (int8_epilogue.h) reads; column arrays are padded to whole blocks.
-// Columns per panel of the rank term's packed bt (a multiple of every kernel set's nr divides by it).
+// Columns per panel of a rank term's packed bt (every kernel set's nr is a multiple of it).
 constexpr int kRankPanel = 16;
+
+// y[i][j] += Σ_r u[i][r] · bt[r][j]: u (M, r) f32, bt in panels of kRankPanel columns ([N / kRankPanel][r]
+// [kRankPanel], zero past N); the sum in f32. Unused while u is null.
+struct RankTerm {
+  const float* u = nullptr;
+  const float* bt = nullptr;
+  int64_t r = 0;
+};
 
 struct Finish {
   const int32_t* corr = nullptr;  // 128 · Σ_k CB[n][k] per column when x is stored with the u8 offset
@@ -43,12 +51,9 @@ struct Finish {
   DType y_dt = DType::F32;
   int64_t ldy = 0;
   int32_t* raw = nullptr;  // test hook: the corrected int32 products instead of y
-  // A rank-r term added in the epilogue (fused LoRA): y[i][j] += Σ_r u[i][r] · bt[r][j], u (M, r) f32 and
-  // bt in panels of kRankPanel columns ([N / kRankPanel][r][kRankPanel], zero past N), summed in f32 before it
-  // meets the dequantised base (no pass over y of its own).
-  const float* u = nullptr;
-  const float* bt = nullptr;
-  int64_t r = 0;
+  // Rank terms added in the epilogue, each without a pass over y of its own: the outlier columns (bitsandbytes
+  // adds them to the int8 part already rounded to y's dtype) and a fused LoRA term (added in f32).
+  RankTerm outliers, lora;
 };
 
 // One block: the kernel over a group of rows and nr columns, then the epilogue for rows [i0, i0 + t.m)
