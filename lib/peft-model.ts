@@ -12,6 +12,7 @@ import { BaseTuner, mixedTypesError } from "./tuners/tuner.js";
 import { adapterNameArg, type MergeOptions } from "./tuners/tuner-layer.js";
 import { LoraModel } from "./tuners/lora/model.js";
 import { IA3Model } from "./tuners/ia3/model.js";
+import { AdaLoraModel } from "./tuners/adalora/model.js";
 import type { WeightedAdapterOptions } from "./tuners/lora/weighted-adapter.js";
 import * as checkpoint from "./io/peft-checkpoint.js";
 
@@ -24,7 +25,7 @@ export interface GetPeftModelOptions {
 type TunerClass = new (model: Module, config: PeftConfig, adapterName: string, opts: { modelType?: string }) => BaseTuner;
 
 // PEFT's PEFT_TYPE_TO_TUNER_MAPPING for the methods implemented here.
-const TUNERS: Record<string, TunerClass> = { LORA: LoraModel as TunerClass, IA3: IA3Model as TunerClass };
+const TUNERS: Record<string, TunerClass> = { LORA: LoraModel as TunerClass, IA3: IA3Model as TunerClass, ADALORA: AdaLoraModel as TunerClass };
 
 function tunerFor(config: unknown, what: string): TunerClass {
   if (!(config instanceof PeftConfigBase)) throw typeError(`${what}: expected a LoraConfig or IA3Config, got ${describe(config)}`);

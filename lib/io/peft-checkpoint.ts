@@ -8,7 +8,7 @@ import { defaultTargetModules } from "../mappings.js";
 import { Conv1D, Module } from "../nn/index.js";
 import { DTYPE_SIZE, Tensor } from "../tensor.js";
 import { configFromJSON, type PeftConfig } from "../tuners/peft-config.js";
-import { CONFIG_NAME, checkConfigDepth, configToJSONString, PEFT_FORMAT_VERSION } from "../tuners/config.js";
+import { CONFIG_NAME, checkConfigDepth, configToJSONString, PEFT_FORMAT_VERSION, PeftConfigBase } from "../tuners/config.js";
 import { LoraConfig } from "../tuners/lora/config.js";
 import { LoraLayer } from "../tuners/lora/layer.js";
 import { loraMatchOptions } from "../tuners/lora/model.js";
@@ -376,7 +376,7 @@ export async function fromPretrained<M extends AdapterHost>(
   const opts = optionsArg(options, "fromPretrained");
   const adapterName = opts.adapterName ?? "default";
   const config = opts.config ?? (await readAdapterConfig(dir));
-  if (config instanceof LoraConfig || config instanceof IA3Config) config.inferenceMode = !opts.isTrainable;
+  if (config instanceof PeftConfigBase) config.inferenceMode = !opts.isTrainable;
   const file = await weightsPath(dir);
   await checkFileFits(model, config, file, opts.modelType);
   const m = wrap(model, config, { adapterName, modelType: opts.modelType });

@@ -20,7 +20,7 @@ export const TASK_TYPES = [
 export type TaskType = (typeof TASK_TYPES)[number];
 
 /** The methods this package implements (values of `peft_type`). */
-export type PeftType = "LORA" | "IA3";
+export type PeftType = "LORA" | "IA3" | "ADALORA";
 
 /** The file name PEFT reads and writes in an adapter directory. */
 export const CONFIG_NAME = "adapter_config.json";

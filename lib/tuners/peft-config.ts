@@ -6,12 +6,14 @@ import { describe } from "./config-checks.js";
 import { readConfigFile } from "./config.js";
 import { IA3Config } from "./ia3/config.js";
 import { LoraConfig } from "./lora/config.js";
+import { AdaLoraConfig } from "./adalora/config.js";
 
-export type PeftConfig = LoraConfig | IA3Config;
+export type PeftConfig = LoraConfig | IA3Config | AdaLoraConfig;
 
 const READERS: Record<string, (obj: object) => PeftConfig> = {
   LORA: (o) => LoraConfig.fromJSON(o),
   IA3: (o) => IA3Config.fromJSON(o),
+  ADALORA: (o) => AdaLoraConfig.fromJSON(o),
 };
 
 /** A config object as PEFT writes it (snake_case keys), read into the class its `peft_type` names. */

@@ -63,7 +63,7 @@ export function getPeftModelStateDict(m: TunedModel, opts: { adapterName?: strin
   const name = opts.adapterName ?? m.activeAdapter;
   const out: Record<string, Tensor> = {};
   for (const [k, t] of adapterKeyMap(m, name).keys) out[k] = t.reshape(t.shape);
-  return out;
+  return m.baseModel.adapterStateDict(name, out);
 }
 
 /**
@@ -75,6 +75,7 @@ export function setPeftModelStateDict(m: TunedModel, record: Record<string, Tens
   if (opts === null || typeof opts !== "object") throw typeError("setPeftModelStateDict: options must be an object");
   const sd = tensorEntries(record, "setPeftModelStateDict");
   const name = opts.adapterName ?? m.activeAdapter;
+  if (typeof name === "string") m.baseModel.prepareAdapterForLoad(name);
   const { keys, required } = adapterKeyMap(m, name);
   const shape = (t: unknown) => (t instanceof Tensor ? `[${t.shape.join(", ")}]` : "");
   const all = [...sd.keys()];

@@ -1,0 +1,186 @@
+// AdaLoraConfig: PEFT's AdaLoraConfig (a LoraConfig with an SVD-form adapter whose rank budget shrinks during
+// training): LoRA's fields and rules plus target_r, init_r, the tinit / tfinal / deltaT schedule, the EMA betas,
+// orth_reg_weight, total_step, and rank_pattern, which here holds the allocator's per-layer masks
+// ({"<path>.lora_E": [true, false, …]}) rather than LoRA's ranks. camelCase in memory, PEFT's snake_case JSON
+// (peft_type "ADALORA") on disk.
+
+import { isArray, peftError, typeError } from "../../errors.js";
+import * as check from "../config-checks.js";
+import { type ConfigSpec, type FieldSpec, type PeftConfigOptions, PeftConfigBase, pyTruthy } from "../config.js";
+import { LoraConfig, type InitLoraWeights, type LoraBias } from "../lora/config.js";
+import { warnOnce } from "../tuner-layer.js";
+
+/** Per layer (`<path>.lora_E`), which of its init_r triplets the allocator kept. */
+export type AdaLoraRankPattern = Record<string, boolean[]>;
+
+export interface AdaLoraConfigOptions extends PeftConfigOptions {
+  /** The average rank each layer ends with (the final budget is targetR × the number of layers). */
+  targetR?: number;
+  /** The rank every layer starts with. */
+  initR?: number;
+  /** Steps of warm-up before the budget starts to shrink. */
+  tinit?: number;
+  /** Steps at the end that train at the final budget. */
+  tfinal?: number;
+  /** Steps between two budget allocations. */
+  deltaT?: number;
+  /** EMA factor of the sensitivity (importance) smoothing, in (0, 1). */
+  beta1?: number;
+  /** EMA factor of the uncertainty, in (0, 1). */
+  beta2?: number;
+  /** Weight of the orthogonal regulariser (>= 0). */
+  orthRegWeight?: number;
+  /** The number of training steps; required. */
+  totalStep?: number | null;
+  /** The allocator's masks (written when training ends, read on load to prune ranks). */
+  rankPattern?: AdaLoraRankPattern | null;
+  /** Not used by AdaLoRA (PEFT warns when it is not 8); initR sets the rank. */
+  r?: number;
+  loraAlpha?: number;
+  loraDropout?: number;
+  targetModules?: string[] | string | null;
+  excludeModules?: string[] | string | null;
+  modulesToSave?: string[] | null;
+  layersToTransform?: number | number[] | null;
+  layersPattern?: string | string[] | null;
+  bias?: LoraBias;
+  useRslora?: boolean;
+  initLoraWeights?: InitLoraWeights;
+  fanInFanOut?: boolean;
+  alphaPattern?: Record<string, number>;
+  megatronCore?: string | null;
+  qaloraGroupSize?: number;
+  useDora?: false;
+  loftqConfig?: Record<string, never> | null;
+}
+
+/** LoRA's ConfigSpec (AdaLoraConfig is a LoraConfig in PEFT: same keys, same checks). */
+class LoraSpec extends LoraConfig {
+  static get(): ConfigSpec {
+    return new LoraSpec().spec;
+  }
+}
+
+function rankPatternCheck(v: unknown, name: string): AdaLoraRankPattern | null {
+  if (v === null) return null;
+  if (typeof v !== "object" || isArray(v)) throw typeError(`${name} must be an object mapping module names to lists of booleans, or null, got ${check.describe(v)}`);
+  const out: AdaLoraRankPattern = {};
+  for (const [k, mask] of Object.entries(v)) {
+    const what = `${name}[${JSON.stringify(k)}]`;
+    if (!isArray(mask)) throw typeError(`${what} must be a list of booleans (which ranks the allocator kept), got ${check.describe(mask)}`);
+    mask.forEach((b, i) => {
+      if (typeof b !== "boolean") throw typeError(`${what}[${i}] must be a boolean, got ${check.describe(b)}`);
+    });
+    check.defineKey(out, k, [...(mask as boolean[])]);
+  }
+  return out;
+}
+
+function nonNegativeInt(v: unknown, name: string): number {
+  const n = check.int(v, name);
+  if (n < 0) throw peftError("ERR_CONFIG", `${name} must be an integer >= 0, got ${n}`);
+  return n;
+}
+
+function optInt(v: unknown, name: string): number | null {
+  return v === null ? null : check.int(v, name);
+}
+
+// PEFT's AdaLoRA refuses these outright (its own ValueError), not as an unimplemented LoRA option.
+function refusedFlag(what: string) {
+  return (v: unknown, name: string) => {
+    if (pyTruthy(v)) throw peftError("ERR_CONFIG", `AdaLoraConfig: ${name}: ADALORA does not support ${what}.`);
+    return v;
+  };
+}
+
+const ADALORA_FIELDS: FieldSpec[] = [
+  { key: "target_r", check: nonNegativeInt },
+  { key: "init_r", check: nonNegativeInt },
+  { key: "tinit", check: check.int },
+  { key: "tfinal", check: check.int },
+  { key: "deltaT", check: check.positiveInt },
+  { key: "beta1", check: check.finiteNumber, float: true },
+  { key: "beta2", check: check.finiteNumber, float: true },
+  { key: "orth_reg_weight", check: check.finiteNumber, float: true },
+  { key: "total_step", check: optInt },
+  { key: "rank_pattern", check: rankPatternCheck },
+  { key: "use_dora", check: refusedFlag("DoRA") },
+  { key: "loftq_config", check: refusedFlag("LOFTQ") },
+];
+const OWN_KEYS = new Set(ADALORA_FIELDS.map((f) => f.key));
+
+let adaSpec: ConfigSpec | null = null;
+function adaLoraSpec(): ConfigSpec {
+  if (adaSpec) return adaSpec;
+  const lora = LoraSpec.get();
+  adaSpec = {
+    className: "AdaLoraConfig",
+    peftType: "ADALORA",
+    fields: [...lora.fields.filter((f) => !OWN_KEYS.has(f.key)), ...ADALORA_FIELDS],
+    unsupported: lora.unsupported.filter((u) => !OWN_KEYS.has(u.key)),
+  };
+  return adaSpec;
+}
+
+export class AdaLoraConfig extends PeftConfigBase {
+  // LoRA's fields (PEFT's AdaLoraConfig is a LoraConfig)
+  r = 8;
+  targetModules: string | string[] | null = null;
+  excludeModules: string | string[] | null = null;
+  loraAlpha = 8;
+  loraDropout = 0;
+  fanInFanOut = false;
+  bias: LoraBias = "none";
+  useRslora = false;
+  modulesToSave: string[] | null = null;
+  initLoraWeights: InitLoraWeights = true;
+  layersToTransform: number | number[] | null = null;
+  layersPattern: string | string[] | null = null;
+  alphaPattern: Record<string, number> = {};
+  megatronCore: string | null = "megatron.core";
+  qaloraGroupSize = 16;
+  useDora: false = false;
+  loftqConfig: Record<string, never> | null = {};
+  // AdaLoRA's own
+  targetR = 8;
+  initR = 12;
+  tinit = 0;
+  tfinal = 0;
+  deltaT = 1;
+  beta1 = 0.85;
+  beta2 = 0.85;
+  orthRegWeight = 0.5;
+  totalStep: number | null = null;
+  rankPattern: AdaLoraRankPattern | null = null;
+
+  constructor(opts: AdaLoraConfigOptions = {}) {
+    super();
+    // `deltaT` is PEFT's own spelling of the key (not snake_case), so the option is the JSON key itself.
+    if (opts !== null && typeof opts === "object" && !isArray(opts) && opts.deltaT !== undefined) {
+      const { deltaT, ...rest } = opts;
+      this.deltaT = check.positiveInt(deltaT, "deltaT");
+      opts = rest;
+    }
+    this.load(opts, "options");
+  }
+
+  protected get spec(): ConfigSpec {
+    return adaLoraSpec();
+  }
+
+  /** LoRA's __post_init__ rules, then AdaLoRA's (PEFT 0.19). */
+  protected validate(): void {
+    (LoraConfig.prototype as unknown as { validate(this: PeftConfigBase): void }).validate.call(this);
+    if (this.r !== 8)
+      warnOnce("PEFT_ADALORA_R", "Note that `r` is not used in AdaLora and will be ignored.If you intended to set the initial rank, use `init_r` instead.");
+    if (this.totalStep === null || this.totalStep <= 0) throw peftError("ERR_CONFIG", "AdaLoRA does not work when `total_step` is None, supply a value > 0.");
+    if (this.orthRegWeight < 0)
+      throw peftError("ERR_CONFIG", `\`orth_reg_weight\` should be greater than or equal to 0, but the value passed is ${this.orthRegWeight}`);
+    if (this.tinit >= this.totalStep - this.tfinal)
+      throw peftError("ERR_CONFIG", "The supplied schedule values don't allow for a budgeting phase. Decrease `tfinal`/`tinit` or increase `total_step`.");
+    // PEFT's RankAllocator asserts these when training starts; here they are config errors up front.
+    for (const [k, b] of [["beta1", this.beta1], ["beta2", this.beta2]] as const)
+      if (!(b > 0 && b < 1)) throw peftError("ERR_CONFIG", `AdaLoraConfig: ${k} must be in (0, 1), got ${b}`);
+  }
+}
