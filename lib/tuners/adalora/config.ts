@@ -123,6 +123,10 @@ function adaLoraSpec(): ConfigSpec {
   return adaSpec;
 }
 
+// Set while fromJSON / fromPretrained make the empty instance they load into: PEFT's defaults alone are not a
+// valid AdaLoRA config (total_step is required), so that instance is validated only once the file's values are in.
+let loadingFile = false;
+
 export class AdaLoraConfig extends PeftConfigBase {
   // LoRA's fields (PEFT's AdaLoraConfig is a LoraConfig)
   r = 8;
@@ -156,6 +160,10 @@ export class AdaLoraConfig extends PeftConfigBase {
 
   constructor(opts: AdaLoraConfigOptions = {}) {
     super();
+    if (loadingFile) {
+      loadingFile = false;
+      return;
+    }
     // `deltaT` is PEFT's own spelling of the key (not snake_case), so the option is the JSON key itself.
     if (opts !== null && typeof opts === "object" && !isArray(opts) && opts.deltaT !== undefined) {
       const { deltaT, ...rest } = opts;
@@ -163,6 +171,24 @@ export class AdaLoraConfig extends PeftConfigBase {
       opts = rest;
     }
     this.load(opts, "options");
+  }
+
+  static override fromJSON<T extends PeftConfigBase>(this: new () => T, obj: object): T {
+    loadingFile = true;
+    try {
+      return PeftConfigBase.fromJSON.call(this, obj) as T;
+    } finally {
+      loadingFile = false;
+    }
+  }
+
+  static override fromPretrained<T extends PeftConfigBase>(this: new () => T, dir: string): Promise<T> {
+    loadingFile = true;
+    try {
+      return PeftConfigBase.fromPretrained.call(this, dir) as Promise<T>;
+    } finally {
+      loadingFile = false;
+    }
   }
 
   protected get spec(): ConfigSpec {
