@@ -401,11 +401,34 @@ describe("AdaLoRA checkpoints and training", () => {
     expect([...again.parameters()].some((p) => p.requiresGrad)).toBe(true);
   });
 
-  it("a checkpoint that does not fit the rank pattern is refused with ERR_CHECKPOINT", async () => {
-    const dir = join(tmp, "bad");
-    mkdirSync(dir);
-    writeFileSync(join(dir, "adapter_config.json"), JSON.stringify({ peft_type: "ADALORA", total_step: 10, init_r: 3, target_modules: ["q_proj"], rank_pattern: { "layers.0.self_attn.q_proj.lora_E": [true, true] } }));
-    await saveSafetensors(join(dir, "adapter_model.safetensors"), { "base_model.model.layers.0.self_attn.q_proj.lora_A": Tensor.zeros([2, 8]) });
-    await expect(PeftModel.fromPretrained(new TinyLlama(8, 1), dir)).rejects.toMatchObject({ code: "ERR_CHECKPOINT", message: expect.stringMatching(/rank pattern has 2 entries .* rank 3/) });
+  it("checkpoints that do not fit their config are refused with ERR_CHECKPOINT before any layer is made", async () => {
+    const write = async (name: string, config: object, tensors: Record<string, Tensor>) => {
+      const dir = join(tmp, name);
+      mkdirSync(dir);
+      writeFileSync(join(dir, "adapter_config.json"), JSON.stringify({ peft_type: "ADALORA", total_step: 10, target_modules: ["q_proj"], ...config }));
+      await saveSafetensors(join(dir, "adapter_model.safetensors"), tensors);
+      return dir;
+    };
+    const q = "base_model.model.layers.0.self_attn.q_proj";
+    const full = { [`${q}.lora_A`]: Tensor.zeros([3, 8]), [`${q}.lora_E`]: Tensor.zeros([3, 1]), [`${q}.lora_B`]: Tensor.zeros([8, 3]) };
+    const cases: [string, object, Record<string, Tensor>, RegExp][] = [
+      ["mask-length", { init_r: 3, rank_pattern: { "layers.0.self_attn.q_proj.lora_E": [true, true] } }, full, /rank_pattern entry .*q_proj.lora_E has 2 entries but init_r is 3/],
+      ["init-r", { init_r: 4 }, full, /q_proj.lora_A has shape \[3, 8\] but the config gives layers.0.self_attn.q_proj rank 4 \(.*init_r/],
+      ["pruned", { init_r: 3, rank_pattern: { "layers.0.self_attn.q_proj.lora_E": [true, false, true] } }, full, /rank 2 \(the ranks its rank_pattern keeps/],
+      ["features", { init_r: 3 }, { ...full, [`${q}.lora_A`]: Tensor.zeros([3, 5]) }, /shape mismatch: .*lora_A \[3, 5\] vs model \[3, 8\]/],
+    ];
+    for (const [name, config, tensors, msg] of cases)
+      await expect(PeftModel.fromPretrained(new TinyLlama(8, 1), await write(name, config, tensors)), name).rejects.toMatchObject({ code: "ERR_CHECKPOINT", message: expect.stringMatching(msg) });
+    // And the same file fits the right config.
+    const ok = await PeftModel.fromPretrained(new TinyLlama(8, 1), await write("fits", { init_r: 3 }, full));
+    expect(layerAt(ok, "layers.0.self_attn.q_proj").r.default).toBe(3);
+  });
+
+  it("init_r 0 is allowed (PEFT): the layers add nothing", () => {
+    const m = getPeftModel(new TinyLlama(4, 1), cfg({ initR: 0 }));
+    const x = Tensor.fromArray(values(8, 1), [2, 4]);
+    const base = ["layers.0.self_attn.q_proj", "layers.0.self_attn.v_proj"].reduce((h, p) => layerAt(m, p).baseLayer.forward(h), x);
+    expect([...m.forward(x).toFloat32Array()]).toEqual([...m.baseModel.model.getSubmodule("head").forward(base).toFloat32Array()]);
+    expect(layerAt(m, "layers.0.self_attn.q_proj").svdFactors("default").A.shape).toEqual([0, 4]);
   });
 });

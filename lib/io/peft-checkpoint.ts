@@ -16,6 +16,8 @@ import { getPeftModelStateDict, setPeftModelStateDict, type TunedModel } from ".
 import { BaseTuner } from "../tuners/tuner.js";
 import { IA3Config } from "../tuners/ia3/config.js";
 import { ia3TargetShapes } from "../tuners/ia3/model.js";
+import { AdaLoraConfig } from "../tuners/adalora/config.js";
+import { checkAdaLoraShapes } from "../tuners/adalora/file-check.js";
 import { fileDType } from "./safetensors-format.js";
 import { buildHeader, checkName, tempPath } from "./safetensors-write.js";
 import { loadSafetensors, openSafetensors, saveSafetensors } from "./index.js";
@@ -344,6 +346,7 @@ function checkIa3File(model: Module, config: IA3Config, file: string, modelType:
 async function checkFileFits(model: Module, config: PeftConfig, file: string, modelType?: string): Promise<void> {
   if (config instanceof LoraConfig) checkLoraFile(model, config, file, modelType);
   if (config instanceof IA3Config) checkIa3File(model, config, file, modelType);
+  if (config instanceof AdaLoraConfig) checkAdaLoraShapes(config, weightShapes(file), file);
 }
 
 async function loadWeightsInto(m: AdapterHost, file: string, adapterName: string): Promise<void> {
