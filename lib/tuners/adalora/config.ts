@@ -6,14 +6,15 @@
 
 import { isArray, peftError, typeError } from "../../errors.js";
 import * as check from "../config-checks.js";
-import { type ConfigSpec, type FieldSpec, type PeftConfigOptions, PeftConfigBase, pyTruthy } from "../config.js";
-import { LoraConfig, type InitLoraWeights, type LoraBias } from "../lora/config.js";
+import { type ConfigSpec, type FieldSpec, PeftConfigBase, pyTruthy, snakeToCamel } from "../config.js";
+import { LoraConfig, type LoraConfigOptions } from "../lora/config.js";
 import { warnOnce } from "../tuner-layer.js";
 
 /** Per layer (`<path>.lora_E`), which of its init_r triplets the allocator kept. */
 export type AdaLoraRankPattern = Record<string, boolean[]>;
 
-export interface AdaLoraConfigOptions extends PeftConfigOptions {
+/** LoRA's options (PEFT's AdaLoraConfig is a LoraConfig) and AdaLoRA's own; rankPattern holds masks here. */
+export interface AdaLoraConfigOptions extends Omit<LoraConfigOptions, "rankPattern" | "r"> {
   /** The average rank each layer ends with (the final budget is targetR × the number of layers). */
   targetR?: number;
   /** The rank every layer starts with. */
@@ -36,29 +37,28 @@ export interface AdaLoraConfigOptions extends PeftConfigOptions {
   rankPattern?: AdaLoraRankPattern | null;
   /** Not used by AdaLoRA (PEFT warns when it is not 8); initR sets the rank. */
   r?: number;
-  loraAlpha?: number;
-  loraDropout?: number;
-  targetModules?: string[] | string | null;
-  excludeModules?: string[] | string | null;
-  modulesToSave?: string[] | null;
-  layersToTransform?: number | number[] | null;
-  layersPattern?: string | string[] | null;
-  bias?: LoraBias;
-  useRslora?: boolean;
-  initLoraWeights?: InitLoraWeights;
-  fanInFanOut?: boolean;
-  alphaPattern?: Record<string, number>;
-  megatronCore?: string | null;
-  qaloraGroupSize?: number;
-  useDora?: false;
-  loftqConfig?: Record<string, never> | null;
 }
 
-/** LoRA's ConfigSpec (AdaLoraConfig is a LoraConfig in PEFT: same keys, same checks). */
+/** LoRA's ConfigSpec and defaults (AdaLoraConfig is a LoraConfig in PEFT: same keys, same checks, same defaults). */
 class LoraSpec extends LoraConfig {
   static get(): ConfigSpec {
     return new LoraSpec().spec;
   }
+}
+
+/** LoRA's fields an AdaLoraConfig has too, typed as LoraConfig types them. */
+type LoraFields = Pick<
+  LoraConfig,
+  | "r" | "targetModules" | "excludeModules" | "loraAlpha" | "loraDropout" | "fanInFanOut" | "bias" | "useRslora" | "modulesToSave"
+  | "initLoraWeights" | "layersToTransform" | "layersPattern" | "alphaPattern" | "megatronCore" | "qaloraGroupSize"
+>;
+
+/** LoRA's defaults of the fields AdaLoRA shares (a fresh copy each time). */
+function loraDefaults(): Record<string, unknown> {
+  const lora = new LoraConfig() as unknown as Record<string, unknown>;
+  const out: Record<string, unknown> = {};
+  for (const f of adaLoraSpec().fields) if (!OWN_KEYS.has(f.key)) out[snakeToCamel(f.key)] = structuredClone(lora[snakeToCamel(f.key)]);
+  return out;
 }
 
 function rankPatternCheck(v: unknown, name: string): AdaLoraRankPattern | null {
@@ -127,26 +127,15 @@ function adaLoraSpec(): ConfigSpec {
 // valid AdaLoRA config (total_step is required), so that instance is validated only once the file's values are in.
 let loadingFile = false;
 
+// The class has LoraFields' members too (set from LoRA's defaults in the constructor).
+// eslint-disable-next-line @typescript-eslint/no-unsafe-declaration-merging
+export interface AdaLoraConfig extends LoraFields {}
+
+// eslint-disable-next-line @typescript-eslint/no-unsafe-declaration-merging
 export class AdaLoraConfig extends PeftConfigBase {
-  // LoRA's fields (PEFT's AdaLoraConfig is a LoraConfig)
-  r = 8;
-  targetModules: string | string[] | null = null;
-  excludeModules: string | string[] | null = null;
-  loraAlpha = 8;
-  loraDropout = 0;
-  fanInFanOut = false;
-  bias: LoraBias = "none";
-  useRslora = false;
-  modulesToSave: string[] | null = null;
-  initLoraWeights: InitLoraWeights = true;
-  layersToTransform: number | number[] | null = null;
-  layersPattern: string | string[] | null = null;
-  alphaPattern: Record<string, number> = {};
-  megatronCore: string | null = "megatron.core";
-  qaloraGroupSize = 16;
+  // AdaLoRA's own (LoRA's fields come from LoRA's defaults in the constructor)
   useDora: false = false;
   loftqConfig: Record<string, never> | null = {};
-  // AdaLoRA's own
   targetR = 8;
   initR = 12;
   tinit = 0;
@@ -160,6 +149,7 @@ export class AdaLoraConfig extends PeftConfigBase {
 
   constructor(opts: AdaLoraConfigOptions = {}) {
     super();
+    Object.assign(this, loraDefaults());
     if (loadingFile) {
       loadingFile = false;
       return;
