@@ -35,7 +35,7 @@ export { BaseTunerLayer } from "./tuners/tuner-layer.js";
 export { IA3Layer, type IA3LayerOptions } from "./tuners/ia3/layer.js";
 export { IA3Model } from "./tuners/ia3/model.js";
 export { AdaLoraConfig, type AdaLoraConfigOptions, type AdaLoraRankPattern } from "./tuners/adalora/config.js";
-export { AdaLoraLayer, SVDLinear, type AdaLoraLayerOptions, type SvdFactors } from "./tuners/adalora/layer.js";
+export { AdaLoraLayer, SVDLinear, SVDConv2d, type AdaLoraLayerOptions, type SvdFactors } from "./tuners/adalora/layer.js";
 export { AdaLoraModel, type OrthRegResult } from "./tuners/adalora/model.js";
 export { RankAllocator } from "./tuners/adalora/rank-allocator.js";
 export { loadModelWeights, loadModelWeightsAsync, buildModelFromCheckpoint, buildModelFromCheckpointAsync, CheckpointModule, type BuildOptions, type BuildAsyncOptions } from "./io/base-model.js";

@@ -120,13 +120,15 @@ describe("getPeftModel with AdaLoraConfig", () => {
         super();
         this.registerModule("conv", new Conv2d(2, 2, 1));
         this.registerModule("emb", new Embedding(4, 2));
+        this.registerModule("grouped", new Conv2d(2, 2, 1, { groups: 2 }));
       }
       override forward(x: Tensor) {
         return x;
       }
     }
-    expectError(() => getPeftModel(new WithConv(), cfg({ targetModules: ["conv"] })), PeftError, "ERR_UNSUPPORTED", /conv/, /Conv2d/, /only the following module types are supported: Linear, Conv1D/);
-    expectError(() => getPeftModel(new WithConv(), cfg({ targetModules: ["emb"] })), PeftError, "ERR_UNSUPPORTED", /Embedding/);
+    expectError(() => getPeftModel(new WithConv(), cfg({ targetModules: ["emb"] })), PeftError, "ERR_UNSUPPORTED", /emb/, /Embedding/, /only the following module types are supported: Linear, Conv1D, Conv2d/);
+    expectError(() => getPeftModel(new WithConv(), cfg({ targetModules: ["grouped"] })), PeftError, "ERR_UNSUPPORTED", /grouped/, /groups=2 is not supported/);
+    expect(getPeftModel(new WithConv(), cfg({ targetModules: ["conv"] })).targetedModuleNames).toEqual(["conv"]);
     expectError(() => getPeftModel(new WithConv(), cfg()), PeftError, "ERR_CONFIG", /targetModules/);
     // The AdaLoRA table's gpt2 entry (c_attn), which this model lacks.
     expect(() => getPeftModel(new TinyLlama(), cfg(), { modelType: "gpt2" })).toThrow(/Target modules \{'c_attn'\} not found/);

@@ -2,9 +2,10 @@
 // base(x) + (x·(A ⊙ E)ᵀ·Bᵀ)·scaling/(ranknum + 1e-5), its backward (dx, dA, dE, dB) as one graph node, merge and
 // unmerge, PEFT's init, rank pruning, and bad inputs.
 import { afterEach, beforeEach, describe, expect, it, vi } from "vitest";
-import { Conv1D, Linear, PeftError, SVDLinear, Tensor, manualSeed } from "../lib/index.js";
+import { Conv1D, Conv2d, Linear, PeftError, SVDConv2d, SVDLinear, Tensor, manualSeed } from "../lib/index.js";
 import { expectClose, expectError } from "./helpers/numeric.js";
 import { values } from "./helpers/nn-reference.js";
+import { conv2dGradRef, conv2dRef, outSize, type ConvRefGeom } from "./helpers/conv-reference.js";
 
 beforeEach(() => void vi.spyOn(process, "emitWarning").mockImplementation(() => {}));
 afterEach(() => vi.restoreAllMocks());
@@ -181,6 +182,77 @@ describe("SVDLinear forward and backward (float64 references of PEFT's formulas)
     const fd = (at(e[0] + h) - at(e[0] - h)) / (2 * h);
     expect(Math.abs(fd - dE[0])).toBeLessThan(1e-3 * (1 + Math.abs(dE[0])));
     expect(y1.some((v, i) => Math.abs(v - want[i]) > 1e-4)).toBe(true); // dropout changed something
+  });
+});
+
+describe("SVDConv2d (PEFT's conv2d(x, reshape(B·(A⊙E))·s) with the base's geometry)", () => {
+  const cases: [string, Partial<ConvRefGeom>][] = [
+    ["3x3 stride 1 padding 1", { N: 2, C: 3, H: 7, W: 5, OC: 5, KH: 3, KW: 3, ph: 1, pw: 1 }],
+    ["3x2 stride 2 dilation 2, empty batch", { N: 0, C: 2, H: 9, W: 8, OC: 3, KH: 3, KW: 2, sh: 2, sw: 2, dh: 2, dw: 2 }],
+    ["1x1 dilation 2", { N: 1, C: 4, H: 5, W: 5, OC: 7, KH: 3, KW: 3, sh: 1, sw: 2, ph: 2, pw: 1, dh: 2, dw: 1 }],
+  ];
+  for (const [name, part] of cases)
+    it(name, () => {
+      const g: ConvRefGeom = { N: 1, C: 1, H: 1, W: 1, OC: 1, KH: 1, KW: 1, sh: 1, sw: 1, ph: 0, pw: 0, dh: 1, dw: 1, G: 1, ...part };
+      const r = 3, alpha = 5;
+      const base = new Conv2d(g.C, g.OC, [g.KH, g.KW], { stride: [g.sh, g.sw], padding: [g.ph, g.pw], dilation: [g.dh, g.dw] });
+      const l = new SVDConv2d(base, { r, loraAlpha: alpha });
+      const { A, E, B } = l.svdFactors("default");
+      expect(A.shape).toEqual([r, g.C * g.KH * g.KW]);
+      for (const [t, seed] of [[base.weight, 1], [base.bias!, 2], [A, 3], [E, 4], [B, 5]] as const) t.copyFrom(Tensor.fromArray(values(t.numel, seed), t.shape));
+      const K = g.C * g.KH * g.KW;
+      const [a, e, b, w] = [A, E, B, base.weight].map((t) => t.toFloat64Array());
+      const s = alpha / Math.fround(r + Math.fround(1e-5));
+      // The effective weight W + s·B·(A⊙E), reshaped (PEFT's get_delta_weight), in float64.
+      const weff = w.map((v, i) => {
+        const o = Math.floor(i / K), k = i % K;
+        let d = 0;
+        for (let j = 0; j < r; j++) d += b[o * r + j] * a[j * K + k] * e[j];
+        return v + s * d;
+      });
+      const x = Tensor.fromArray(values(g.N * g.C * g.H * g.W, 6), [g.N, g.C, g.H, g.W]);
+      l.train();
+      const y = l.forward(x);
+      const [OH, OW] = outSize(g);
+      expect(y.shape).toEqual([g.N, g.OC, OH, OW]);
+      const ref = conv2dRef(g, x.toFloat64Array(), weff, base.bias!.toFloat64Array());
+      // A window sums C·KH·KW products, plus the r-term adapter path: (K + r + 4)·u·magnitude.
+      expectClose(y.toFloat64Array(), ref.y, (i) => (K + r + 8) * 2 ** -24 * (ref.mag[i] + 1), "y");
+      const dyv = values(y.numel, 7);
+      const dx = l.backward(Tensor.fromArray(dyv, y.shape))!;
+      const gr = conv2dGradRef(g, x.toFloat64Array(), weff, dyv);
+      // dDelta = the effective weight's gradient; dB = s·dDelta·A'ᵀ, dA' = s·Bᵀ·dDelta, dA = dA'⊙E, dE = Σ dA'⊙A.
+      const dB = new Float64Array(g.OC * r), dAe = new Float64Array(r * K);
+      for (let o = 0; o < g.OC; o++)
+        for (let j = 0; j < r; j++)
+          for (let k = 0; k < K; k++) {
+            dB[o * r + j] += s * gr.dW[o * K + k] * a[j * K + k] * e[j];
+            dAe[j * K + k] += s * b[o * r + j] * gr.dW[o * K + k];
+          }
+      const dA = dAe.map((v, i) => v * e[Math.floor(i / K)]);
+      const dE = Array.from({ length: r }, (_, j) => dAe.slice(j * K, (j + 1) * K).reduce((acc, v, k) => acc + v * a[j * K + k], 0));
+      // Sums of at most K·OC·N·OH·OW products of values in [-1, 1) scaled by s·|B|, |A|: an f32 error bound of
+      // (terms)·u times that magnitude; the values here are O(1), so this is a few 1e-4 at most.
+      const bound = (K + r + g.OC + g.N * OH * OW + 8) * 2 ** -24 * (1 + s) ** 2 * K * g.OC * Math.max(1, g.N * OH * OW);
+      const tolG = () => bound;
+      expectClose(dx.toFloat64Array(), gr.dx, tolG, "dx");
+      expectClose(A.grad!.toFloat64Array(), dA, tolG, "dA");
+      expectClose(E.grad!.toFloat64Array(), dE, tolG, "dE");
+      expectClose(B.grad!.toFloat64Array(), dB, tolG, "dB");
+      // Relative to the values themselves, 1e-5 (a check that is not loose when the values are large).
+      for (const [got, want, nm] of [[A.grad!, dA, "dA rel"], [B.grad!, dB, "dB rel"], [dx, gr.dx, "dx rel"]] as const)
+        expectClose(got.toFloat64Array(), want, (i) => 1e-5 * (1 + Math.abs(want[i])), nm);
+      // Merge: W becomes the effective weight; unmerge restores it.
+      l.merge();
+      expectClose(base.weight.toFloat64Array(), weff, (i) => 1e-6 * (1 + Math.abs(weff[i])), "merged W");
+      expect(l.getDeltaWeight("default").shape).toEqual(base.weight.shape);
+      l.unmerge();
+      expectClose(base.weight.toFloat64Array(), w, (i) => 1e-6 * (1 + Math.abs(w[i])), "unmerged W");
+    });
+
+  it("groups > 1 is refused (PEFT's reshape of B·A' into a grouped weight fails)", () => {
+    expectError(() => new SVDConv2d(new Conv2d(4, 4, 3, { groups: 2 }), { r: 2 }), PeftError, "ERR_UNSUPPORTED", /groups=2/);
+    expectError(() => new SVDConv2d(new Linear(2, 2) as never, { r: 2 }), TypeError, "ERR_INVALID_ARG_TYPE", /SVDConv2d: the base layer must be a Conv2d/);
   });
 });
 

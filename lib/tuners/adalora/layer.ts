@@ -1,16 +1,17 @@
 // AdaLoRA layers (PEFT's tuners/adalora/layer.py): an adapter is the SVD-like triplet lora_A (r, in) (right
 // singular vectors), lora_E (r, 1) (singular values) and lora_B (out, r) (left singular vectors), plus ranknum,
 // the rank it started with. The update is B·(A ⊙ E)·scaling / (ranknum + 1e-5); the rank allocator prunes it by
-// zeroing entries of E. SVDLinear runs it through LoRA's fused dense kernels with A' = A ⊙ E as the LoRA A (r
-// small rows, made per call), so base and adapters are one native forward, one native backward and one graph node.
+// zeroing entries of E. SVDLinear and SVDConv2d run it through LoRA's fused dense and convolution kernels with
+// A' = A ⊙ E as the LoRA A (r small rows, made per call), so base and adapters are one native forward, one native
+// backward and one graph node.
 import { Tensor } from "../../tensor.js";
 import { native, type NativeTensor } from "../../native.js";
-import { linearGradWeight, matmul } from "../../ops.js";
+import { geometryArray, linearGradWeight, matmul } from "../../ops.js";
 import { addInPlace, scaleInPlace, sumRows } from "../../kernels.js";
 import { ew, reduceRaw } from "../../functional/raw.js";
 import { describe, peftError, shownValue, typeError } from "../../errors.js";
 import { takeRng } from "../../random.js";
-import { Conv1D, Linear, Module, ParameterDict, gradOf, markAbstract, type BackwardOptions } from "../../nn/index.js";
+import { Conv1D, Conv2d, Linear, Module, ParameterDict, gradOf, markAbstract, type BackwardOptions } from "../../nn/index.js";
 import { BaseTunerLayer, adapterNameArg, denseFanInFanOut } from "../tuner-layer.js";
 import { applyLoraDeltas } from "../lora/delta.js";
 
@@ -190,32 +191,18 @@ export abstract class AdaLoraLayer extends BaseTunerLayer {
   override extraRepr(): string {
     return `r=${JSON.stringify(this.r)}, scaling=${JSON.stringify(this.scaling)}, active=${JSON.stringify(this.activeAdapters)}${this.merged ? ", merged" : ""}`;
   }
-}
 
-type DenseLayer = Linear | Conv1D;
+  /** The base layer's weight as the 2-D W of the product W (N, K) ± s·B·A' (a view `keep` collects when reshaped). */
+  protected abstract mergeWeight(keep: Tensor[]): { weight: Tensor; weightInOut: boolean };
 
-/** AdaLoRA on Linear (weight (out, in)) and GPT-2's Conv1D (weight (in, out), fan_in_fan_out). */
-export class SVDLinear extends AdaLoraLayer {
-  declare baseLayer: DenseLayer;
-  readonly fanInFanOut: boolean;
+  /** The base output plus the adapters (one native call), and T = drop(x)·A'ᵀ (or its equivalent) for backward. */
+  protected abstract runForward(x: Tensor, adapters: object[]): { y: Tensor; T: Tensor };
 
-  constructor(base: DenseLayer, opts: AdaLoraLayerOptions) {
-    if (!(base instanceof Linear) && !(base instanceof Conv1D))
-      throw typeError(`SVDLinear: the base layer must be a Linear or Conv1D, got ${describe(base)}`);
-    super(base);
-    // PEFT's SVDLinear freezes the pre-trained weight (the bias follows the model's bias mode).
-    base.weight.requiresGrad = false;
-    this.fanInFanOut = denseFanInFanOut(base instanceof Conv1D, opts?.fanInFanOut);
-    this.updateLayer(opts);
-  }
+  /** The fused backward: dA' and dB through the descriptors, a trainable base's dW and db into .grad; dx when wanted. */
+  protected abstract runBackward(dy: Tensor, x: Tensor, T: Tensor, weight: Tensor, adapters: object[], wantDx: boolean): Tensor | null;
 
-  protected features(): [number, number] {
-    const b = this.baseLayer;
-    return b instanceof Conv1D ? [b.nx, b.nf] : [b.inFeatures, b.outFeatures];
-  }
-
-  /** The native adapter descriptors (A' made here; `keep` collects the temporaries). */
-  #native(names: string[], training: boolean, rngs: Rng, keep: Tensor[], grads: Map<string, Tensor> | null) {
+  /** The native adapter descriptors (A' made here; `keep` collects the temporaries, `grads` gets each dA'). */
+  #native(names: string[], training: boolean, rngs: Rng, keep: Tensor[], grads: Map<string, Tensor> | null): object[] {
     return names.map((n) => {
       const Ae = this.effectiveA(n);
       keep.push(Ae);
@@ -243,21 +230,15 @@ export class SVDLinear extends AdaLoraLayer {
     const training = this.training;
     const rng: Rng = new Map();
     if (training) for (const n of adapters) if (this.loraDropout[n] > 0) rng.set(n, takeRng(undefined, "AdaLoRA dropout"));
-    const base = this.baseLayer;
     const keep: Tensor[] = [];
-    let y: Tensor, T: Tensor;
+    let res: { y: Tensor; T: Tensor };
     try {
-      const [yh, Th] = native.loraForward(Tensor.handle(x), Tensor.handle(base.weight), base.bias ? Tensor.handle(base.bias) : null, this.fanInFanOut, this.#native(adapters, training, rng, keep, null)) as [
-        NativeTensor,
-        NativeTensor,
-      ];
-      y = new Tensor(yh);
-      T = new Tensor(Th);
+      res = this.runForward(x, this.#native(adapters, training, rng, keep, null));
     } finally {
       keep.forEach((t) => t.dispose());
     }
     const params = adapters.flatMap((n) => this.adapterParameters(n));
-    return this.finishFused(x, y, [T], params, (dy, xs, [Ts], weight, wantDx) => this.#gradients(dy, xs, Ts, weight, adapters, training, rng, wantDx));
+    return this.finishFused(x, res.y, [res.T], params, (dy, xs, [T], weight, wantDx) => this.#gradients(dy, xs, T, weight, adapters, training, rng, wantDx));
   }
 
   override backward(dy: Tensor, options: BackwardOptions = {}): Tensor | null {
@@ -270,12 +251,10 @@ export class SVDLinear extends AdaLoraLayer {
    */
   #gradients(dy: Tensor, x: Tensor, T: Tensor, weight: Tensor, adapters: string[], training: boolean, rng: Rng, wantDx: boolean): Tensor | null {
     this.requireUnmerged();
-    const base = this.baseLayer;
     const keep: Tensor[] = [];
     const dAe = new Map<string, Tensor>();
     try {
-      const descs = this.#native(adapters, training, rng, keep, dAe);
-      const dx = native.loraBackward(Tensor.handle(dy), Tensor.handle(x), Tensor.handle(weight), null, this.fanInFanOut, descs, Tensor.handle(T), wantDx) as NativeTensor | null;
+      const dx = this.runBackward(dy, x, T, weight, this.#native(adapters, training, rng, keep, dAe), wantDx);
       for (const [n, g] of dAe) {
         const { A, E } = this.factors(n);
         if (A.requiresGrad) {
@@ -289,9 +268,7 @@ export class SVDLinear extends AdaLoraLayer {
           addInPlace(gradOf(E), dE);
         }
       }
-      if (base.weight.requiresGrad) linearGradWeight(dy, x, gradOf(base.weight), { accumulate: true, weightInOut: this.fanInFanOut });
-      if (base.bias?.requiresGrad) sumRows(dy, gradOf(base.bias), { accumulate: true });
-      return dx ? new Tensor(dx) : null;
+      return dx;
     } finally {
       keep.forEach((t) => t.dispose());
     }
@@ -307,22 +284,125 @@ export class SVDLinear extends AdaLoraLayer {
         keep.push(A);
         return { A, B: this.loraB.get(n), scale: this.scaleOf(n) };
       });
-      const bad = deltas.length ? applyLoraDeltas(this.baseLayer.weight, deltas, { weightInOut: this.fanInFanOut, sign, safe, checkOnly }) : -1;
+      if (!deltas.length) return -1;
+      const { weight, weightInOut } = this.mergeWeight(keep);
+      const bad = applyLoraDeltas(weight, deltas, { weightInOut, sign, safe, checkOnly });
       return bad < 0 ? -1 : names.indexOf(run[bad]);
     } finally {
       keep.forEach((t) => t.dispose());
     }
   }
 
-  /** B·(A ⊙ E)·scaling / (ranknum + 1e-5) (f32) in the base weight's layout. */
+  /** B·(A ⊙ E)·scaling / (ranknum + 1e-5) (f32) in the base weight's layout and shape. */
   getDeltaWeight(adapterName: string): Tensor {
     if (typeof adapterName !== "string") throw typeError(`getDeltaWeight: adapterName must be a string, got ${describe(adapterName)}`);
     const [name] = this.pickAdapters([adapterName]);
-    using A = this.effectiveA(name);
-    const B = this.loraB.get(name);
-    const d = this.r[name] === 0 ? Tensor.zeros(this.baseLayer.weight.shape) : this.fanInFanOut ? matmul(A, B, { transA: true, transB: true }) : matmul(B, A);
-    scaleInPlace(d, this.scaleOf(name));
-    return d;
+    const shape = (this.baseLayer as Module & { weight: Tensor }).weight.shape;
+    if (this.r[name] === 0) return Tensor.zeros(shape);
+    const keep: Tensor[] = [];
+    try {
+      const A = this.effectiveA(name);
+      keep.push(A);
+      const B = this.loraB.get(name);
+      const { weightInOut } = this.mergeWeight(keep);
+      const d = weightInOut ? matmul(A, B, { transA: true, transB: true }) : matmul(B, A);
+      scaleInPlace(d, this.scaleOf(name));
+      if (d.shape.length === shape.length) return d;
+      const out = d.reshape(shape);
+      d.dispose();
+      return out;
+    } finally {
+      keep.forEach((t) => t.dispose());
+    }
+  }
+}
+
+type DenseLayer = Linear | Conv1D;
+
+/** AdaLoRA on Linear (weight (out, in)) and GPT-2's Conv1D (weight (in, out), fan_in_fan_out). */
+export class SVDLinear extends AdaLoraLayer {
+  declare baseLayer: DenseLayer;
+  readonly fanInFanOut: boolean;
+
+  constructor(base: DenseLayer, opts: AdaLoraLayerOptions) {
+    if (!(base instanceof Linear) && !(base instanceof Conv1D))
+      throw typeError(`SVDLinear: the base layer must be a Linear or Conv1D, got ${describe(base)}`);
+    super(base);
+    // PEFT's SVDLinear freezes the pre-trained weight (the bias follows the model's bias mode).
+    base.weight.requiresGrad = false;
+    this.fanInFanOut = denseFanInFanOut(base instanceof Conv1D, opts?.fanInFanOut);
+    this.updateLayer(opts);
+  }
+
+  protected features(): [number, number] {
+    const b = this.baseLayer;
+    return b instanceof Conv1D ? [b.nx, b.nf] : [b.inFeatures, b.outFeatures];
+  }
+
+  protected mergeWeight(): { weight: Tensor; weightInOut: boolean } {
+    return { weight: this.baseLayer.weight, weightInOut: this.fanInFanOut };
+  }
+
+  protected runForward(x: Tensor, adapters: object[]): { y: Tensor; T: Tensor } {
+    const base = this.baseLayer;
+    const [y, T] = native.loraForward(Tensor.handle(x), Tensor.handle(base.weight), base.bias ? Tensor.handle(base.bias) : null, this.fanInFanOut, adapters) as [NativeTensor, NativeTensor];
+    return { y: new Tensor(y), T: new Tensor(T) };
+  }
+
+  protected runBackward(dy: Tensor, x: Tensor, T: Tensor, weight: Tensor, adapters: object[], wantDx: boolean): Tensor | null {
+    const base = this.baseLayer;
+    const dx = native.loraBackward(Tensor.handle(dy), Tensor.handle(x), Tensor.handle(weight), null, this.fanInFanOut, adapters, Tensor.handle(T), wantDx) as NativeTensor | null;
+    if (base.weight.requiresGrad) linearGradWeight(dy, x, gradOf(base.weight), { accumulate: true, weightInOut: this.fanInFanOut });
+    if (base.bias?.requiresGrad) sumRows(dy, gradOf(base.bias), { accumulate: true });
+    return dx ? new Tensor(dx) : null;
+  }
+}
+
+/**
+ * AdaLoRA on a Conv2d (PEFT's SVDConv2d): A (r, C·KH·KW), B (out, r); the update is the convolution of x with
+ * B·(A ⊙ E) reshaped to the weight's shape, with the base's stride, padding and dilation, which LoRA's fused
+ * convolution computes with A' = A ⊙ E as its A (the base and A' read the same unfolded tiles). groups = 1 only:
+ * PEFT's reshape of B·A' (out, C·KH·KW) into a grouped weight (out, C/groups, KH, KW) fails otherwise.
+ */
+export class SVDConv2d extends AdaLoraLayer {
+  declare baseLayer: Conv2d;
+
+  constructor(base: Conv2d, opts: AdaLoraLayerOptions) {
+    if (!(base instanceof Conv2d)) throw typeError(`SVDConv2d: the base layer must be a Conv2d, got ${describe(base)}`);
+    if (base.groups !== 1)
+      throw peftError("ERR_UNSUPPORTED", `AdaLoRA on a Conv2d with groups=${base.groups} is not supported: B·(A ⊙ E) (${base.outChannels}, ${base.inChannels}·${base.kernelSize.join("·")}) does not reshape to its grouped weight`);
+    super(base);
+    base.weight.requiresGrad = false;
+    this.updateLayer(opts);
+  }
+
+  protected features(): [number, number] {
+    const b = this.baseLayer;
+    return [b.inChannels * b.kernelSize[0] * b.kernelSize[1], b.outChannels];
+  }
+
+  protected mergeWeight(keep: Tensor[]): { weight: Tensor; weightInOut: boolean } {
+    const w = this.baseLayer.weight;
+    const weight = w.reshape([w.shape[0], -1]);
+    keep.push(weight);
+    return { weight, weightInOut: false };
+  }
+
+  protected runForward(x: Tensor, adapters: object[]): { y: Tensor; T: Tensor } {
+    const base = this.baseLayer;
+    const [y, T] = native.loraConv2dForward(Tensor.handle(x), Tensor.handle(base.weight), base.bias ? Tensor.handle(base.bias) : null, geometryArray(base.geometry), adapters) as [
+      NativeTensor,
+      NativeTensor,
+    ];
+    return { y: new Tensor(y), T: new Tensor(T) };
+  }
+
+  protected runBackward(dy: Tensor, x: Tensor, T: Tensor, weight: Tensor, adapters: object[], wantDx: boolean): Tensor | null {
+    const base = this.baseLayer;
+    const dW = base.weight.requiresGrad ? Tensor.handle(gradOf(base.weight)) : null;
+    const db = base.bias?.requiresGrad ? Tensor.handle(gradOf(base.bias)) : null;
+    const dx = native.loraConv2dBackward(Tensor.handle(dy), Tensor.handle(x), Tensor.handle(weight), geometryArray(base.geometry), adapters, Tensor.handle(T), wantDx, dW, db) as NativeTensor | null;
+    return dx ? new Tensor(dx) : null;
   }
 }
 

@@ -1,8 +1,8 @@
-// The AdaLoRA tuner model (PEFT's AdaLoraModel): SVD-form layers (SVDLinear) on the targeted Linear and Conv1D
-// modules, one trainable adapter with its RankAllocator (updateAndAllocate after each optimizer step), the
+// The AdaLoRA tuner model (PEFT's AdaLoraModel): SVD-form layers (SVDLinear, SVDConv2d) on the targeted Linear,
+// Conv1D and Conv2d modules, one trainable adapter with its RankAllocator (updateAndAllocate after each optimizer step), the
 // orthogonal regulariser, and the rank pattern: pruned ranks left out of saved files and cut from the layers
 // before a saved adapter is loaded. Injection and adapter management are the shared tuner's (tuner.ts).
-import { Module, Linear, Conv1D, Linear8bitLt } from "../../nn/index.js";
+import { Module, Linear, Conv1D, Conv2d, Linear8bitLt } from "../../nn/index.js";
 import { Tensor } from "../../tensor.js";
 import { matmul } from "../../ops.js";
 import { addInPlace } from "../../kernels.js";
@@ -14,18 +14,17 @@ import { BaseTuner, type TunerSpec } from "../tuner.js";
 import type { BaseTunerLayer } from "../tuner-layer.js";
 import { ModulesToSaveWrapper } from "../modules-to-save.js";
 import { AdaLoraConfig, type AdaLoraRankPattern } from "./config.js";
-import { AdaLoraLayer, SVDLinear, type AdaLoraLayerOptions } from "./layer.js";
+import { AdaLoraLayer, SVDConv2d, SVDLinear, type AdaLoraLayerOptions } from "./layer.js";
 import { RankAllocator, adaLoraLayers, maskFor, rankPatternKey } from "./rank-allocator.js";
 
 const PREFIX = "base_model.model.";
 
 export const ADALORA_MATCH_OPTIONS: MatchOptions = {
   isLinearLike: (m) => m instanceof Linear || m instanceof Conv1D || m instanceof Linear8bitLt || m instanceof SVDLinear,
-  // Any other type a config names is refused by createAdapterLayer with PEFT's message.
-  isSupported: (m) => m instanceof AdaLoraLayer || m instanceof Linear || m instanceof Conv1D,
+  isSupported: (m) => m instanceof AdaLoraLayer || m instanceof Linear || m instanceof Conv1D || m instanceof Conv2d,
   typeName: (m) => (m as object)?.constructor?.name ?? typeof m,
   isTunerLayer: (m) => m instanceof AdaLoraLayer || m instanceof ModulesToSaveWrapper,
-  supportedTypeNames: ["Linear", "Conv1D"],
+  supportedTypeNames: ["Linear", "Conv1D", "Conv2d"],
 };
 
 /** The orthogonal regulariser's value and what it did. */
@@ -93,8 +92,9 @@ export class AdaLoraModel extends BaseTuner<AdaLoraConfig> {
       target.updateLayer(opts);
       return null;
     }
+    if (target instanceof Conv2d) return new SVDConv2d(target, opts);
     if (!(target instanceof Linear) && !(target instanceof Conv1D))
-      throw peftError("ERR_UNSUPPORTED", `Target module ${key} (${target.constructor.name}) is not supported. Currently, only Linear and Conv1D are supported for AdaLoRA.`);
+      throw peftError("ERR_UNSUPPORTED", `Target module ${key} (${target.constructor.name}) is not supported. Currently, only Linear, Conv1D and Conv2d are supported.`);
     const layer = new SVDLinear(target, opts);
     // PEFT sets the config's flag to the layer's layout (fan_in_fan_out follows the weight).
     config.fanInFanOut = layer.fanInFanOut;
