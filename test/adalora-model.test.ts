@@ -140,6 +140,13 @@ describe("getPeftModel with AdaLoraConfig", () => {
     expectError(() => tuner(m).addWeightedAdapter(), TypeError, "ERR_INVALID_ARG_TYPE", /AdaLoraModel does not support add_weighted_adapter/);
     expectError(() => tuner(m).updateAndAllocate(1), PeftError, "ERR_STATE", /has no gradient; call it after backward and before zeroGrad/);
     expectError(() => tuner(m).updateAndAllocate(-1), TypeError, "ERR_INVALID_ARG_TYPE", /globalStep/);
+    // Deleting the trainable adapter drops its allocator; a new trainable adapter gets one.
+    m.deleteAdapter("default");
+    expect(tuner(m).rankAllocator).toBeNull();
+    expectError(() => tuner(m).updateAndAllocate(1), PeftError, "ERR_STATE", /no trainable AdaLoRA adapter/);
+    m.addAdapter("next", cfg({ initR: 2, targetModules: ["v_proj"] }));
+    expect(tuner(m).trainableAdapterName).toBe("next");
+    expect(tuner(m).rankAllocator!.initBgt).toBe(2 * 2);
     const inf = getPeftModel(new TinyLlama(), cfg({ initR: 2, inferenceMode: true }));
     expectError(() => tuner(inf).updateAndAllocate(1), PeftError, "ERR_STATE", /no trainable AdaLoRA adapter/);
     expectError(() => tuner(inf).orthogonalRegularization(), PeftError, "ERR_STATE", /no trainable AdaLoRA adapter/);
@@ -424,6 +431,39 @@ describe("AdaLoRA checkpoints and training", () => {
     // And the same file fits the right config.
     const ok = await PeftModel.fromPretrained(new TinyLlama(8, 1), await write("fits", { init_r: 3 }, full));
     expect(layerAt(ok, "layers.0.self_attn.q_proj").r.default).toBe(3);
+  });
+
+  it("several adapters: active ones add up; disableAdapter gives the base; mergeAndUnload keeps the output", () => {
+    const m = getPeftModel(new TinyLlama(5, 1), cfg({ initR: 3 }));
+    m.addAdapter("other", cfg({ initR: 2, inferenceMode: true, targetModules: ["q_proj", "v_proj"] }));
+    let seed = 1;
+    for (const l of tuner(m).adaLoraLayers()) for (const n of l.adapterNames) for (const t of Object.values(l.svdFactors(n))) set(t, values(t.numel, seed++));
+    m.eval();
+    const x = Tensor.fromArray(values(10, 9), [2, 5]);
+    const only = (names: string[]) => {
+      m.setAdapter(names);
+      return m.forward(x).toFloat64Array();
+    };
+    const both = only(["default", "other"]);
+    // Each layer is base + Σ adapters: check through the deltas on one layer.
+    const q = layerAt(m, "layers.0.self_attn.q_proj");
+    const xs = x.toFloat64Array(), W = q.baseLayer.weight.toFloat64Array(), bias = q.baseLayer.bias!.toFloat64Array();
+    const dq = ["default", "other"].map((n) => q.getDeltaWeight(n).toFloat64Array());
+    const want = Array.from({ length: 10 }, (_, i) => {
+      const row = Math.floor(i / 5), o = i % 5;
+      let v = bias[o];
+      for (let k = 0; k < 5; k++) v += xs[row * 5 + k] * (W[o * 5 + k] + dq[0][o * 5 + k] + dq[1][o * 5 + k]);
+      return v;
+    });
+    expectClose(q.forward(x).toFloat64Array(), want, (i) => 1e-5 * (1 + Math.abs(want[i])), "two adapters on q_proj");
+    {
+      using _ = m.disableAdapter();
+      const plain = new TinyLlama(5, 1);
+      expectClose(m.forward(x).toFloat64Array(), plain.forward(x).toFloat64Array(), () => 0, "disabled");
+    }
+    const merged = m.mergeAndUnload();
+    expect(merged.getSubmodule("layers.0.self_attn.q_proj")).toBeInstanceOf(Linear);
+    expectClose(merged.forward(x).toFloat64Array(), both, (i) => 1e-5 * (1 + Math.abs(both[i])), "merged and unloaded");
   });
 
   it("init_r 0 is allowed (PEFT): the layers add nothing", () => {

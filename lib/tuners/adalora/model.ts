@@ -71,6 +71,16 @@ export class AdaLoraModel extends BaseTuner<AdaLoraConfig> {
     if (this.rankAllocator !== undefined) this.#startAllocator();
   }
 
+  /** Deleting the trainable adapter drops its allocator (a trainable adapter added later gets a new one). */
+  override deleteAdapter(name: string): void {
+    super.deleteAdapter(name);
+    if (name === this.trainableAdapterName) {
+      this.rankAllocator?.resetIpt();
+      this.rankAllocator = null;
+      this.trainableAdapterName = null;
+    }
+  }
+
   #startAllocator(): void {
     if (this.trainableAdapterName !== null) return;
     const name = Object.keys(this.peftConfig).find((n) => !this.peftConfig[n].inferenceMode);
