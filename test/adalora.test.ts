@@ -322,6 +322,11 @@ describe("SVDLinear: PEFT's init, merge, pruning, bad input", () => {
     expect(l.r.default).toBe(0);
     expect([...l.forward(x).toFloat32Array()]).toEqual([...l.baseLayer.forward(x).toFloat32Array()]);
     expectError(() => l.pruneRanks("default", [true]), PeftError, "ERR_CHECKPOINT", /rank pattern .* has 1 entries but the adapter has rank 0/);
+    // loraAlpha 0: PEFT's scaling is r, and the rebuilt layer's r is the kept rank (ranknum stays the initial one).
+    const l0 = new SVDLinear(new Linear(5, 3), { r: 4, loraAlpha: 0 });
+    expect(l0.scaling.default).toBe(4);
+    l0.pruneRanks("default", [false, true, true, false]);
+    expect([l0.scaling.default, l0.ranknumOf("default")]).toEqual([2, 4]);
   });
 
   it("bad input: base type, rank, alpha, dropout, init, x", () => {

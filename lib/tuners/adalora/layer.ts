@@ -143,7 +143,8 @@ export abstract class AdaLoraLayer extends BaseTunerLayer {
 
   /**
    * Keeps only the triplets `mask` marks (PEFT's resize_modules_by_rank_pattern for one layer): A's rows, E's
-   * rows and B's columns; ranknum keeps the rank the adapter started with, so the scaling does not change.
+   * rows and B's columns; ranknum keeps the rank the adapter started with. PEFT rebuilds the layer at the new rank,
+   * so a scaling that came from r (loraAlpha <= 0) becomes the kept rank.
    */
   pruneRanks(name: string, mask: readonly boolean[]): void {
     const { A, E, B } = this.svdFactors(name);
@@ -175,6 +176,7 @@ export abstract class AdaLoraLayer extends BaseTunerLayer {
       dict.set(name, t);
     }
     this.r[name] = keep.length;
+    if (!(this.loraAlpha[name] > 0)) this.scaling[name] = keep.length;
   }
 
   /** The adapters a forward or merge applies: active (or named), with at least one rank left. */
