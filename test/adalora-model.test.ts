@@ -8,7 +8,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import {
   AdaLoraConfig, AdaLoraModel, AdamW, Conv2d, Embedding, Linear, Module, ModuleDict, ModuleList, PeftError, PeftModel, SVDLinear, Tensor,
-  configFromJSON, configFromPretrained, configToJSONString, getPeftModel, loadSafetensors, manualSeed, mseLoss, openSafetensors, saveSafetensors,
+  configFromJSON, configFromPretrained, configToJSONString, getPeftModel, loadSafetensors, manualSeed, mergeCheckpoint, mseLoss, openSafetensors, saveSafetensors,
 } from "../lib/index.js";
 import { expectClose, expectError } from "./helpers/numeric.js";
 import { values } from "./helpers/nn-reference.js";
@@ -354,6 +354,15 @@ describe("AdaLoRA checkpoints and training", () => {
     }
     using f = openSafetensors(join(out, "adapter_model.safetensors"));
     expect(f.metadata()).toEqual({ format: "pt" });
+
+    // `node-peft merge` (mergeCheckpoint) gives the weights mergeAndUnload gives.
+    const baseFile = join(tmp, "tiny-base.safetensors");
+    await saveSafetensors(baseFile, Object.fromEntries([...new TinyLlama(d, 1).namedParameters()]), { format: "pt" });
+    const summary = await mergeCheckpoint({ base: baseFile, adapter: dir, out: join(tmp, "tiny-merged.safetensors") });
+    expect(summary.merged.sort()).toEqual(["layers.0.self_attn.q_proj.weight", "layers.0.self_attn.v_proj.weight"]);
+    const mergedFile = await loadSafetensors(join(tmp, "tiny-merged.safetensors"));
+    const unloaded = m.mergeAndUnload();
+    for (const [k, p] of unloaded.namedParameters()) expectClose(mergedFile[k].toFloat64Array(), p.toFloat64Array(), () => 1e-6, k);
   });
 
   it("training: loss falls, the budget shrinks to target_r per layer, the final pattern holds, and the saved adapter is pruned and reloads", async () => {

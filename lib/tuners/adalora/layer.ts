@@ -15,8 +15,10 @@ import { Conv1D, Conv2d, Linear, Module, ParameterDict, gradOf, markAbstract, ty
 import { BaseTunerLayer, adapterNameArg, denseFanInFanOut } from "../tuner-layer.js";
 import { applyLoraDeltas } from "../lora/delta.js";
 
-/** PEFT adds this to ranknum before dividing (in f32). */
-const RANKNUM_EPS = 1e-5;
+/** The factor of B·(A ⊙ E): scaling / (ranknum + 1e-5), the sum rounded to f32 as PEFT computes it. */
+export function svdScale(scaling: number, ranknum: number): number {
+  return scaling / Math.fround(ranknum + Math.fround(1e-5));
+}
 
 export interface AdaLoraLayerOptions {
   adapterName?: string;
@@ -88,7 +90,7 @@ export abstract class AdaLoraLayer extends BaseTunerLayer {
 
   /** scaling / (ranknum + 1e-5), with ranknum + 1e-5 rounded to f32 as PEFT computes it. */
   protected scaleOf(name: string): number {
-    return this.scaling[name] / Math.fround(this.ranknumOf(name) + Math.fround(RANKNUM_EPS));
+    return svdScale(this.scaling[name], this.ranknumOf(name));
   }
 
   protected adapterParameters(name: string): Tensor[] {
