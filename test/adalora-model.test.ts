@@ -7,7 +7,7 @@ import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "nod
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import {
-  AdaLoraConfig, AdaLoraModel, AdamW, Conv2d, Embedding, Linear, Module, ModuleDict, ModuleList, PeftError, PeftModel, SVDLinear, Tensor,
+  AdaLoraConfig, AdaLoraModel, AdamW, RankAllocator, Conv2d, Embedding, Linear, Module, ModuleDict, ModuleList, PeftError, PeftModel, SVDLinear, Tensor,
   configFromJSON, configFromPretrained, configToJSONString, getPeftModel, loadSafetensors, manualSeed, mergeCheckpoint, mseLoss, openSafetensors, saveSafetensors,
 } from "../lib/index.js";
 import { expectClose, expectError } from "./helpers/numeric.js";
@@ -139,7 +139,10 @@ describe("getPeftModel with AdaLoraConfig", () => {
     expectError(() => m.addWeightedAdapter(["default"], [1], "w"), PeftError, "ERR_UNSUPPORTED", /addWeightedAdapter is not supported for ADALORA/);
     expectError(() => tuner(m).addWeightedAdapter(), TypeError, "ERR_INVALID_ARG_TYPE", /AdaLoraModel does not support add_weighted_adapter/);
     expectError(() => tuner(m).updateAndAllocate(1), PeftError, "ERR_STATE", /has no gradient; call it after backward and before zeroGrad/);
-    expectError(() => tuner(m).updateAndAllocate(-1), TypeError, "ERR_INVALID_ARG_TYPE", /globalStep/);
+    expectError(() => tuner(m).updateAndAllocate(-1), TypeError, "ERR_INVALID_ARG_TYPE", /the step must be an integer >= 0/);
+    expectError(() => new RankAllocator({} as Module, m.peftConfig.default as AdaLoraConfig, "default"), TypeError, "ERR_INVALID_ARG_TYPE", /RankAllocator: model must be a Module/);
+    expectError(() => tuner(m).rankAllocator!.budgetSchedule(1.5), TypeError, "ERR_INVALID_ARG_TYPE", /budgetSchedule: the step/);
+    expectError(() => tuner(m).rankAllocator!.maskUsingRankPattern(null as never), TypeError, "ERR_INVALID_ARG_TYPE", /rank pattern object/);
     // Deleting the trainable adapter drops its allocator; a new trainable adapter gets one.
     m.deleteAdapter("default");
     expect(tuner(m).rankAllocator).toBeNull();

@@ -142,7 +142,7 @@ export class AdaLoraModel extends BaseTuner<AdaLoraConfig> {
   updateAndAllocate(globalStep: number): { budget: number; rankPattern: AdaLoraRankPattern | null } | null {
     const { config, allocator } = this.#trainable("updateAndAllocate");
     if (typeof globalStep !== "number" || !Number.isSafeInteger(globalStep) || globalStep < 0)
-      throw typeError(`updateAndAllocate: globalStep must be an integer >= 0, got ${shownValue(globalStep)}`);
+      throw typeError(`updateAndAllocate: the step must be an integer >= 0, got ${shownValue(globalStep)}`);
     const end = config.totalStep! - config.tfinal;
     if (globalStep < end) {
       const res = allocator.updateAndAllocate(globalStep);

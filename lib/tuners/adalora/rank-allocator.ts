@@ -5,9 +5,9 @@
 // native kernels; only the per-triplet scores (Σ ranks numbers) are ranked in JavaScript.
 import { Tensor } from "../../tensor.js";
 import { ew, reduceRaw } from "../../functional/raw.js";
-import { peftError, shownValue } from "../../errors.js";
-import type { Module } from "../../nn/index.js";
-import type { AdaLoraConfig, AdaLoraRankPattern } from "./config.js";
+import { describe, isArray, peftError, shownValue, typeError } from "../../errors.js";
+import { Module } from "../../nn/index.js";
+import { AdaLoraConfig, type AdaLoraRankPattern } from "./config.js";
 import { AdaLoraLayer } from "./layer.js";
 
 /** The allocator's smoothed statistics of one adapter tensor. */
@@ -38,6 +38,12 @@ export function maskFor(pattern: AdaLoraRankPattern, path: string, adapterName: 
   return Object.hasOwn(pattern, full) ? pattern[full] : undefined;
 }
 
+/** A training step number (a non-negative integer). */
+function stepArg(step: unknown, op: string): number {
+  if (typeof step !== "number" || !Number.isSafeInteger(step) || step < 0) throw typeError(`${op}: the step must be an integer >= 0, got ${shownValue(step)}`);
+  return step;
+}
+
 function tensorOf(layer: AdaLoraLayer, which: (typeof FACTORS)[number], adapterName: string): Tensor {
   const { A, B, E } = layer.svdFactors(adapterName);
   return which === "lora_A" ? A : which === "lora_B" ? B : E;
@@ -53,6 +59,9 @@ export class RankAllocator {
   #stats = new Map<string, Stats>();
 
   constructor(model: Module, config: AdaLoraConfig, adapterName: string) {
+    if (!(model instanceof Module)) throw typeError(`RankAllocator: model must be a Module, got ${describe(model)}`);
+    if (!(config instanceof AdaLoraConfig)) throw typeError(`RankAllocator: config must be an AdaLoraConfig, got ${describe(config)}`);
+    if (typeof adapterName !== "string") throw typeError(`RankAllocator: adapterName must be a string, got ${describe(adapterName)}`);
     this.#model = model;
     this.config = config;
     this.adapterName = adapterName;
@@ -75,6 +84,7 @@ export class RankAllocator {
    * steps), and the target (masking every step) after total − tfinal.
    */
   budgetSchedule(step: number): { budget: number; maskInd: boolean } {
+    stepArg(step, "budgetSchedule");
     const { tinit, tfinal, deltaT } = this.config;
     const total = this.config.totalStep!;
     if (step <= tinit) return { budget: this.initBgt, maskInd: false };
@@ -130,6 +140,7 @@ export class RankAllocator {
    * returns which triplets each layer kept.
    */
   maskToBudget(budget: number): AdaLoraRankPattern {
+    if (typeof budget !== "number" || !Number.isSafeInteger(budget) || budget < 0) throw typeError(`maskToBudget: budget must be an integer >= 0, got ${shownValue(budget)}`);
     const layers = adaLoraLayers(this.#model, this.adapterName);
     const triplets = layers.map(([path]) => {
       const a = this.#scores(`${path}.lora_A`, 1), b = this.#scores(`${path}.lora_B`, 0), e = this.#scores(`${path}.lora_E`, null);
@@ -163,6 +174,7 @@ export class RankAllocator {
 
   /** Updates the statistics (before total − tfinal) and masks to the step's budget when due (or `forceMask`). */
   updateAndAllocate(step: number, forceMask = false): { budget: number; rankPattern: AdaLoraRankPattern | null } {
+    stepArg(step, "updateAndAllocate");
     if (step < this.config.totalStep! - this.config.tfinal) this.updateIpt();
     const { budget, maskInd } = this.budgetSchedule(step);
     return { budget, rankPattern: maskInd || forceMask ? this.maskToBudget(budget) : null };
@@ -170,6 +182,7 @@ export class RankAllocator {
 
   /** Zeroes the E entries a rank pattern drops (keys with or without the adapter name). */
   maskUsingRankPattern(pattern: AdaLoraRankPattern): void {
+    if (pattern === null || typeof pattern !== "object" || isArray(pattern)) throw typeError(`maskUsingRankPattern: expected a rank pattern object, got ${describe(pattern)}`);
     for (const [path, layer] of adaLoraLayers(this.#model, this.adapterName)) {
       const keep = maskFor(pattern, path, this.adapterName);
       if (!keep) throw peftError("ERR_STATE", `updateAndAllocate: the rank pattern has no entry for ${rankPatternKey(path)}`);
