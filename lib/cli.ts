@@ -101,7 +101,7 @@ function printFile(r: FileReport, out: (s: string) => void): void {
   }
 }
 
-const CONFIG_KEYS = ["task_type", "r", "lora_alpha", "lora_dropout", "use_rslora", "bias", "fan_in_fan_out", "target_modules", "modules_to_save", "feedforward_modules", "base_model_name_or_path"];
+const CONFIG_KEYS = ["task_type", "r", "init_r", "target_r", "total_step", "lora_alpha", "lora_dropout", "use_rslora", "bias", "fan_in_fan_out", "target_modules", "modules_to_save", "feedforward_modules", "base_model_name_or_path"];
 
 async function inspect(target: string, json: boolean, out: (s: string) => void): Promise<void> {
   if (!existsSync(target)) throw new UsageError(`${target}: no such file or directory`);

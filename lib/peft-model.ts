@@ -13,6 +13,7 @@ import { adapterNameArg, type MergeOptions } from "./tuners/tuner-layer.js";
 import { LoraModel } from "./tuners/lora/model.js";
 import { IA3Model } from "./tuners/ia3/model.js";
 import { PromptLearningModel } from "./tuners/prompt-learning/model.js";
+import { AdaLoraModel } from "./tuners/adalora/model.js";
 import type { WeightedAdapterOptions } from "./tuners/lora/weighted-adapter.js";
 import * as checkpoint from "./io/peft-checkpoint.js";
 
@@ -26,7 +27,7 @@ type TunerClass = new (model: Module, config: PeftConfig, adapterName: string, o
 
 // PEFT's PEFT_TYPE_TO_TUNER_MAPPING for the methods implemented here.
 const TUNERS: Record<string, TunerClass> = {
-  LORA: LoraModel as TunerClass, IA3: IA3Model as TunerClass,
+  LORA: LoraModel as TunerClass, IA3: IA3Model as TunerClass, ADALORA: AdaLoraModel as TunerClass,
   PROMPT_TUNING: PromptLearningModel as TunerClass, P_TUNING: PromptLearningModel as TunerClass, PREFIX_TUNING: PromptLearningModel as TunerClass,
 };
 

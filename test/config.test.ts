@@ -186,7 +186,7 @@ describe("round trips", () => {
   it("configFromJSON dispatches on peft_type", () => {
     expect(configFromJSON(new IA3Config().toJSON())).toBeInstanceOf(IA3Config);
     expect(configFromJSON(fixture())).toBeInstanceOf(LoraConfig);
-    expectPeftError(() => configFromJSON({ peft_type: "ADALORA" }), "ERR_UNSUPPORTED", "ADALORA");
+    expectPeftError(() => configFromJSON({ peft_type: "BOFT" }), "ERR_UNSUPPORTED", "BOFT");
     expectPeftError(() => configFromJSON({ r: 8 }), "ERR_CONFIG", "peft_type");
     expectTypeError(() => configFromJSON({ peft_type: 3 }), "peft_type");
   });

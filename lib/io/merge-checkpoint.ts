@@ -1,5 +1,5 @@
-// Merging a PEFT LoRA or IA3 adapter into a base checkpoint, tensor by tensor (memory bounded by the largest
-// tensor): W' = W + scale·B·A (transposed for fan_in_fan_out) for LoRA targets, W' = W ⊙ l (columns of
+// Merging a PEFT LoRA, AdaLoRA or IA3 adapter into a base checkpoint, tensor by tensor (memory bounded by the largest
+// tensor): W' = W + scale·B·A (transposed for fan_in_fan_out) for LoRA targets (AdaLoRA's as B·(A ⊙ E)), W' = W ⊙ l (columns of
 // feed-forward modules, rows and bias of the others) for IA3 targets; saved modules and saved biases replace
 // their base tensors, everything else is copied; the output is one safetensors file.
 import { existsSync, realpathSync, statSync } from "node:fs";
@@ -10,6 +10,8 @@ import { LoraConfig } from "../tuners/lora/config.js";
 import { applyLoraDeltas } from "../tuners/lora/delta.js";
 import { IA3Config } from "../tuners/ia3/config.js";
 import { planIa3Merge, ia3ScaleInto, type Ia3Plan } from "./merge-ia3.js";
+import { AdaLoraConfig } from "../tuners/adalora/config.js";
+import { planAdaLoraMerge } from "./merge-adalora.js";
 import { openCheckpoint } from "./checkpoint-source.js";
 import { readAdapterConfig, WEIGHTS_NAME } from "./peft-checkpoint.js";
 import { CONFIG_NAME } from "../tuners/config.js";
@@ -175,8 +177,8 @@ export async function mergeCheckpoint(options: MergeCheckpointOptions): Promise<
   refuseInputAsOutput(opts);
   if (existsSync(opts.out) && !opts.force) throw peftError("ERR_CHECKPOINT", `${opts.out} exists; pass --force to overwrite it`);
   const config = await readAdapterConfig(opts.adapter);
-  if (!(config instanceof LoraConfig) && !(config instanceof IA3Config))
-    throw peftError("ERR_UNSUPPORTED", `${opts.adapter}: peft_type ${(config as { peftType?: string }).peftType} cannot be merged by this command (LORA and IA3 only)`);
+  if (!(config instanceof LoraConfig) && !(config instanceof IA3Config) && !(config instanceof AdaLoraConfig))
+    throw peftError("ERR_UNSUPPORTED", `${opts.adapter}: peft_type ${(config as { peftType?: string }).peftType} cannot be merged by this command (LORA, IA3 and ADALORA only)`);
   const weightsPath = join(opts.adapter, WEIGHTS_NAME);
   if (!existsSync(weightsPath)) throw peftError("ERR_CHECKPOINT", `${opts.adapter}: no ${WEIGHTS_NAME}`);
   const adapterTensors = loadSafetensorsSync(weightsPath);
@@ -187,9 +189,14 @@ export async function mergeCheckpoint(options: MergeCheckpointOptions): Promise<
   }
 }
 
-function runMerge(opts: MergeCheckpointOptions, config: LoraConfig | IA3Config, adapterTensors: Record<string, Tensor>): MergeSummary {
+function runMerge(opts: MergeCheckpointOptions, config: LoraConfig | IA3Config | AdaLoraConfig, adapterTensors: Record<string, Tensor>): MergeSummary {
+  const noIa3 = { scales: new Map(), required: [] };
   const plan: Plan =
-    config instanceof LoraConfig ? planMerge(config, adapterTensors, opts.adapter) : { lora: new Map(), ...planIa3Merge(config, adapterTensors, opts.adapter) };
+    config instanceof LoraConfig
+      ? planMerge(config, adapterTensors, opts.adapter)
+      : config instanceof AdaLoraConfig
+        ? { ...planAdaLoraMerge(config, adapterTensors, opts.adapter), ia3: noIa3 }
+        : { lora: new Map(), ...planIa3Merge(config, adapterTensors, opts.adapter) };
   try {
     return writeMerged(opts, config, plan);
   } finally {
@@ -197,7 +204,7 @@ function runMerge(opts: MergeCheckpointOptions, config: LoraConfig | IA3Config, 
   }
 }
 
-function writeMerged(opts: MergeCheckpointOptions, config: LoraConfig | IA3Config, plan: Plan): MergeSummary {
+function writeMerged(opts: MergeCheckpointOptions, config: LoraConfig | IA3Config | AdaLoraConfig, plan: Plan): MergeSummary {
   using src = openCheckpoint(opts.base);
   const keys = src.keys();
   const have = new Set(keys);

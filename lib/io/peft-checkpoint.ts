@@ -8,7 +8,7 @@ import { defaultTargetModules } from "../mappings.js";
 import { Conv1D, Module } from "../nn/index.js";
 import { DTYPE_SIZE, Tensor } from "../tensor.js";
 import { configFromJSON, type PeftConfig } from "../tuners/peft-config.js";
-import { CONFIG_NAME, checkConfigDepth, configToJSONString, PEFT_FORMAT_VERSION } from "../tuners/config.js";
+import { CONFIG_NAME, checkConfigDepth, configToJSONString, PEFT_FORMAT_VERSION, PeftConfigBase } from "../tuners/config.js";
 import { LoraConfig } from "../tuners/lora/config.js";
 import { LoraLayer } from "../tuners/lora/layer.js";
 import { loraMatchOptions } from "../tuners/lora/model.js";
@@ -17,6 +17,8 @@ import { BaseTuner } from "../tuners/tuner.js";
 import { IA3Config } from "../tuners/ia3/config.js";
 import { PromptLearningConfig } from "../tuners/prompt-learning/config.js";
 import { ia3TargetShapes } from "../tuners/ia3/model.js";
+import { AdaLoraConfig } from "../tuners/adalora/config.js";
+import { checkAdaLoraShapes } from "../tuners/adalora/file-check.js";
 import { fileDType } from "./safetensors-format.js";
 import { buildHeader, checkName, tempPath } from "./safetensors-write.js";
 import { loadSafetensors, openSafetensors, saveSafetensors } from "./index.js";
@@ -345,6 +347,7 @@ function checkIa3File(model: Module, config: IA3Config, file: string, modelType:
 async function checkFileFits(model: Module, config: PeftConfig, file: string, modelType?: string): Promise<void> {
   if (config instanceof LoraConfig) checkLoraFile(model, config, file, modelType);
   if (config instanceof IA3Config) checkIa3File(model, config, file, modelType);
+  if (config instanceof AdaLoraConfig) checkAdaLoraShapes(config, weightShapes(file), file);
 }
 
 async function loadWeightsInto(m: AdapterHost, file: string, adapterName: string): Promise<void> {
@@ -387,7 +390,7 @@ export async function fromPretrained<M extends AdapterHost>(
   const adapterName = opts.adapterName ?? "default";
   const config = opts.config ?? (await readAdapterConfig(dir));
   if (config instanceof PromptLearningConfig) config.inferenceMode = notTrainablePrompt(opts.isTrainable);
-  if (config instanceof LoraConfig || config instanceof IA3Config) config.inferenceMode = !opts.isTrainable;
+  else if (config instanceof PeftConfigBase) config.inferenceMode = !opts.isTrainable;
   const file = await weightsPath(dir);
   await checkFileFits(model, config, file, opts.modelType);
   const m = wrap(model, config, { adapterName, modelType: opts.modelType });

@@ -20,7 +20,7 @@ export const TASK_TYPES = [
 export type TaskType = (typeof TASK_TYPES)[number];
 
 /** The methods this package implements (values of `peft_type`). */
-export type PeftType = "LORA" | "IA3"
+export type PeftType = "LORA" | "IA3" | "ADALORA"
   | "PROMPT_TUNING" | "P_TUNING" | "PREFIX_TUNING";
 
 /** The file name PEFT reads and writes in an adapter directory. */

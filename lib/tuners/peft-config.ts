@@ -7,8 +7,9 @@ import { readConfigFile } from "./config.js";
 import { IA3Config } from "./ia3/config.js";
 import { LoraConfig } from "./lora/config.js";
 import { PrefixTuningConfig, PromptEncoderConfig, PromptTuningConfig } from "./prompt-learning/config.js";
+import { AdaLoraConfig } from "./adalora/config.js";
 
-export type PeftConfig = LoraConfig | IA3Config
+export type PeftConfig = LoraConfig | IA3Config | AdaLoraConfig
   | PromptTuningConfig | PromptEncoderConfig | PrefixTuningConfig;
 
 const READERS: Record<string, (obj: object) => PeftConfig> = {
@@ -17,6 +18,7 @@ const READERS: Record<string, (obj: object) => PeftConfig> = {
   PROMPT_TUNING: (o) => PromptTuningConfig.fromJSON(o),
   P_TUNING: (o) => PromptEncoderConfig.fromJSON(o),
   PREFIX_TUNING: (o) => PrefixTuningConfig.fromJSON(o),
+  ADALORA: (o) => AdaLoraConfig.fromJSON(o),
 };
 
 /** A config object as PEFT writes it (snake_case keys), read into the class its `peft_type` names. */

@@ -70,7 +70,7 @@ export function getPeftModelStateDict(m: TunedModel, opts: { adapterName?: strin
   // What PEFT saves for prompt learning is computed (the encoder's output): a new tensor, not a live one.
   if (m.baseModel instanceof PromptLearningModel) return { prompt_embeddings: m.baseModel.promptEmbeddingsToSave(name) };
   for (const [k, t] of keys) out[k] = t.reshape(t.shape);
-  return out;
+  return m.baseModel.adapterStateDict(name, out);
 }
 
 /**
@@ -82,6 +82,7 @@ export function setPeftModelStateDict(m: TunedModel, record: Record<string, Tens
   if (opts === null || typeof opts !== "object") throw typeError("setPeftModelStateDict: options must be an object");
   const sd = tensorEntries(record, "setPeftModelStateDict");
   const name = opts.adapterName ?? m.activeAdapter;
+  if (typeof name === "string") m.baseModel.prepareAdapterForLoad(name);
   const { keys, required } = adapterKeyMap(m, name);
   const shape = (t: unknown) => (t instanceof Tensor ? `[${t.shape.join(", ")}]` : "");
   const all = [...sd.keys()];

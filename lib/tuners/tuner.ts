@@ -128,6 +128,17 @@ export abstract class BaseTuner<C extends PeftConfigBase = PeftConfigBase> exten
     this.wrapModulesToSave(effective, adapterName);
   }
 
+  /**
+   * The adapter's state dict (file keys) as it is saved (PEFT's _get_adapter_state_dict): a method may reshape
+   * what it holds (AdaLoRA leaves pruned ranks out). Entries it replaces it disposes.
+   */
+  adapterStateDict(_adapterName: string, sd: Record<string, Tensor>): Record<string, Tensor> {
+    return sd;
+  }
+
+  /** Called before a saved adapter's weights are loaded (PEFT's _remap_adapter_state_dict_for_load). */
+  prepareAdapterForLoad(_adapterName: string): void {}
+
   /** This method's adapter layers, in model order. */
   *tunerLayers(): Iterable<BaseTunerLayer> {
     for (const [, m] of this.model.namedModules()) if (this.isTunerLayer(m)) yield m;

@@ -737,6 +737,7 @@ async function child(opts) {
   const seqModel = (dtype = "f32") => new lib.Sequential(new lib.Linear(4, 8, { dtype, seed: rng.int(100) }), new lib.ReLU(), new lib.Linear(8, 3, { dtype }), new lib.LogSoftmax());
   const loraConfig = () => new lib.LoraConfig({ r: rng.pick([1, 2, 4]), loraAlpha: rng.pick([2, 4, 8]), loraDropout: rng.pick([0, 0.1]), targetModules: rng.pick([["0", "2"], ["0"], "all-linear"]), initLoraWeights: rng.pick([true, false, "gaussian"]) });
   const ia3Config = () => new lib.IA3Config({ targetModules: rng.pick([["0", "2"], ["0"]]), feedforwardModules: rng.pick([["0"], []]), initIa3Weights: rng.chance(0.7) });
+  const adaLoraConfig = () => new lib.AdaLoraConfig({ initR: rng.pick([0, 1, 3]), targetR: rng.pick([1, 2]), totalStep: 10, tinit: rng.pick([0, 2]), targetModules: rng.pick([["0", "2"], ["0"]]) });
   const llamaCfg = () => lib.llamaConfig({ vocabSize: 16, hiddenSize: 8, intermediateSize: 12, numHiddenLayers: 1, numAttentionHeads: 2, numKeyValueHeads: rng.pick([1, 2]), tieWordEmbeddings: rng.chance(0.3) });
   const layerOpts = () => ({ dtype: rng.pick(["f32", "bf16"]) });
   const RECIPES = {
@@ -777,7 +778,16 @@ async function child(opts) {
     LoraLinear: () => new lib.LoraLinear(new lib.Linear(4, 3), { r: 2, loraAlpha: 4, loraDropout: rng.pick([0, 0.1]) }),
     IA3Model: () => new lib.IA3Model(seqModel(), ia3Config(), "default"),
     IA3Layer: () => new lib.IA3Layer(rng.pick([new lib.Linear(4, 3), new lib.Conv1D(3, 4), new lib.Conv2d(2, 3, 1)]), { isFeedforward: rng.chance(0.5), initIa3Weights: rng.chance(0.7) }),
+    AdaLoraConfig: adaLoraConfig,
+    AdaLoraModel: () => new lib.AdaLoraModel(seqModel(), adaLoraConfig(), "default"),
+    SVDLinear: () => new lib.SVDLinear(rng.pick([new lib.Linear(4, 3), new lib.Conv1D(3, 4)]), { r: rng.pick([0, 2]), loraAlpha: 4, loraDropout: rng.pick([0, 0.1]) }),
+    SVDConv2d: () => new lib.SVDConv2d(new lib.Conv2d(2, 3, rng.pick([1, 3]), { padding: 1 }), { r: 2, loraAlpha: 4 }),
+    RankAllocator: () => {
+      const m = RECIPES.AdaLoraModel();
+      return new lib.RankAllocator(m.model, m.peftConfig.default, "default");
+    },
     // Abstract bases (constructing one directly is a TypeError): one of their concrete subclasses.
+    AdaLoraLayer: () => (rng.chance(0.5) ? RECIPES.SVDLinear() : RECIPES.SVDConv2d()),
     Module: () => seqModel(),
     LoraLayer: () => (rng.chance(0.5) ? RECIPES.LoraLinear() : rng.chance(0.5) ? RECIPES.LoraConv2d() : RECIPES.LoraEmbedding()),
     FusedLoraLayer: () => (rng.chance(0.5) ? RECIPES.LoraLinear() : RECIPES.LoraConv2d()),
