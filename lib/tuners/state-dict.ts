@@ -7,7 +7,6 @@ import { describe } from "../tensor.js";
 import { Module, tensorEntries } from "../nn/module.js";
 import { BaseTuner } from "./tuner.js";
 import { BaseTunerLayer } from "./tuner-layer.js";
-import { PromptLearningModel } from "./prompt-learning/model.js";
 
 const PREFIX = "base_model.model.";
 
@@ -28,9 +27,9 @@ function adapterKeyMap(m: TunedModel, adapterName: string): { keys: Map<string, 
   const configs = m.baseModel.peftConfig;
   const config = Object.hasOwn(configs, adapterName) ? configs[adapterName] : undefined;
   if (!config) throw peftError("ERR_CONFIG", `Adapter ${clip(adapterName)} not found; this model has ${clip(Object.keys(configs).join(", "), 200)}`);
-  // Prompt learning: one tensor, PEFT's `prompt_embeddings`, loaded into the encoder's embedding.
-  if (m.baseModel instanceof PromptLearningModel)
-    return { keys: new Map([["prompt_embeddings", m.baseModel.promptEmbeddingsTarget(adapterName)]]), required: new Set(["prompt_embeddings"]) };
+  // A tuner whose adapter lives outside its layers names its own tensors (prompt learning: `prompt_embeddings`).
+  const own = m.baseModel.adapterTensors(adapterName);
+  if (own) return { keys: own, required: new Set(own.keys()) };
   const model = m.baseModel.model;
   const keys = new Map<string, Tensor>();
   const required = new Set<string>();
@@ -66,10 +65,7 @@ export function getPeftModelStateDict(m: TunedModel, opts: { adapterName?: strin
   if (opts === null || typeof opts !== "object") throw typeError("getPeftModelStateDict: options must be an object");
   const name = opts.adapterName ?? m.activeAdapter;
   const out: Record<string, Tensor> = {};
-  const keys = adapterKeyMap(m, name).keys;
-  // What PEFT saves for prompt learning is computed (the encoder's output): a new tensor, not a live one.
-  if (m.baseModel instanceof PromptLearningModel) return { prompt_embeddings: m.baseModel.promptEmbeddingsToSave(name) };
-  for (const [k, t] of keys) out[k] = t.reshape(t.shape);
+  for (const [k, t] of adapterKeyMap(m, name).keys) out[k] = t.reshape(t.shape);
   return m.baseModel.adapterStateDict(name, out);
 }
 

@@ -136,6 +136,14 @@ export abstract class BaseTuner<C extends PeftConfigBase = PeftConfigBase> exten
     return sd;
   }
 
+  /**
+   * File key -> live tensor of an adapter whose state does not live in tuner layers (prompt learning: the
+   * encoder's embedding, saved as `prompt_embeddings`); null: the layers' entries.
+   */
+  adapterTensors(_adapterName: string): Map<string, Tensor> | null {
+    return null;
+  }
+
   /** Called before a saved adapter's weights are loaded (PEFT's _remap_adapter_state_dict_for_load). */
   prepareAdapterForLoad(_adapterName: string): void {}
 

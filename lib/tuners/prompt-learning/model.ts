@@ -255,6 +255,16 @@ export class PromptLearningModel extends BaseTuner<PromptLearningConfig> {
     return this.promptEncoder(adapterName).embedding.weight;
   }
 
+  override adapterTensors(adapterName: string): Map<string, Tensor> {
+    return new Map([["prompt_embeddings", this.promptEmbeddingsTarget(adapterName)]]);
+  }
+
+  /** What PEFT saves is computed (the encoder's output): a new tensor in place of the live one. */
+  override adapterStateDict(adapterName: string, sd: Record<string, Tensor>): Record<string, Tensor> {
+    for (const t of Object.values(sd)) t.dispose();
+    return { prompt_embeddings: this.promptEmbeddingsToSave(adapterName) };
+  }
+
   override backward(_dy: Tensor, _opts?: BackwardOptions): Tensor | null {
     throw peftError("ERR_UNSUPPORTED", "PeftModel.backward: prompt-learning models train through autograd (loss.backward())");
   }
