@@ -272,3 +272,22 @@ describe("custom modules", () => {
     expect((m.baseModel.model.getSubmodule("c_attn") as LoraLinear).fanInFanOut).toBe(true);
   });
 });
+
+describe("addAdapter after getPeftModel", () => {
+  it("defaults a config without targetModules from the model type the model was wrapped with (PEFT's model_type)", () => {
+    class Attn extends Module {
+      q_proj = this.registerModule("q_proj", new Linear(6, 6, { seed: 1 }));
+      v_proj = this.registerModule("v_proj", new Linear(6, 6, { seed: 2 }));
+      o_proj = this.registerModule("o_proj", new Linear(6, 6, { seed: 3 }));
+      forward(x: Tensor): Tensor {
+        return this.o_proj.forward(this.v_proj.forward(this.q_proj.forward(x)));
+      }
+    }
+    const m = getPeftModel(new Attn(), new LoraConfig({ r: 2 }), { modelType: "llama" });
+    m.addAdapter("second", new LoraConfig({ r: 3 }));
+    const holders = [...m.namedModules()].filter(([, mod]) => mod instanceof LoraLayer && (mod as LoraLayer).adapterNames.includes("second")).map(([n]) => n.split(".").pop());
+    // llama's LoRA defaults: q_proj and v_proj, as for the first adapter
+    expect(holders.sort()).toEqual(["q_proj", "v_proj"]);
+    m.dispose();
+  });
+});

@@ -38,6 +38,8 @@ export abstract class BaseTuner<C extends PeftConfigBase = PeftConfigBase> exten
   targetedModuleNames: string[] = [];
   unmatchedTargets: string[] = [];
   #active: string[];
+  // The model type adapters added later default their targets from, as the first one did.
+  #modelType: string | undefined;
 
   constructor(model: Module, config: C, adapterName: string, opts: { modelType?: string } = {}) {
     super();
@@ -47,6 +49,7 @@ export abstract class BaseTuner<C extends PeftConfigBase = PeftConfigBase> exten
     this.model = this.registerModule("model", model);
     this.#active = [adapterNameArg(adapterName, new.target.name)];
     this.injectAdapter(config, adapterName, modelType);
+    this.#modelType = modelType;
   }
 
   /** What the method is: its peft_type, its name in messages, its config and layer classes. */
@@ -94,7 +97,7 @@ export abstract class BaseTuner<C extends PeftConfigBase = PeftConfigBase> exten
   }
 
   /** Adds `adapterName` to every matching module (new layers, or updateLayer on existing ones). */
-  injectAdapter(config: C, adapterName: string, modelType?: string): void {
+  injectAdapter(config: C, adapterName: string, modelType: string | undefined = this.#modelType): void {
     const name = this.constructor.name;
     if (!this.isConfig(config)) {
       const type = (config as { peftType?: unknown } | null)?.peftType;
