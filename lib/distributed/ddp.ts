@@ -18,7 +18,8 @@ import { makeBuckets, type Bucket } from "./buckets.js";
 import { shard, type ShardOptions } from "./shard.js";
 
 export interface DistributedDataParallelOptions {
-  /** Most bytes of gradients exchanged in one all-reduce (default 1 MiB). */
+  /** Most bytes of gradients exchanged in one all-reduce (default 0.25 MiB: LoRA gradients are small, and
+   * several buckets let the first exchanges overlap the rest of backward). */
   bucketCapMB?: number;
   /** Start a bucket's exchange during backward once its gradients are final (default true); false: all at its end. */
   overlap?: boolean;
@@ -66,7 +67,7 @@ export class DistributedDataParallel implements Disposable {
     const op = "DistributedDataParallel";
     if (!(model instanceof Module)) throw typeError(`${op}: the model must be a Module (a PeftModel), got ${describe(model)}`);
     const o = optionsArg(opts, op);
-    const capMB = o.bucketCapMB ?? 1;
+    const capMB = o.bucketCapMB ?? 0.25;
     if (typeof capMB !== "number" || !(capMB > 0) || !Number.isFinite(capMB)) throw rangeError(`${op}: bucketCapMB must be a number > 0, got ${shownValue(capMB)}`);
     if (!group.initialized) throw peftError("ERR_STATE", `${op}: call distributed.init() first`);
     this.module = model;
