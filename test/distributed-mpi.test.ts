@@ -1,6 +1,6 @@
 // Data-parallel training under Open MPI's launcher on this machine (loopback, shared memory): each
-// collective and dtype on 2 and 3 ranks, a LoRA run on 2 ranks against one process with the whole batch,
-// the checkpoint written once, mismatched models, and failing ranks ending the job. The scripts run
+// collective and dtype on 2 and 3 ranks (and models that differ between ranks), a LoRA run on 2 ranks
+// against one process with the whole batch, the checkpoint written once, and failing ranks ending the job. The scripts run
 // from dist/ (`npx tsc -p tsconfig.json` first). Skipped, with the reason, without mpirun or the MPI module.
 import { describe, expect, it } from "vitest";
 import { spawnSync } from "node:child_process";
@@ -40,7 +40,7 @@ function launch(ranks: number | null, script: string, args: string[] = [], timeo
 
 describe.skipIf(skipReason !== "")("distributed on Open MPI", () => {
   for (const ranks of [2, 3]) {
-    it(`every collective and dtype on ${ranks} ranks against a float64 reference`, () => {
+    it(`every collective and dtype on ${ranks} ranks against a float64 reference; DDP over differing models fails on every rank`, () => {
       const r = launch(ranks, "collectives.mjs");
       expect(r.status, r.output).toBe(0);
       expect(r.results.map((x) => x.rank).sort()).toEqual([...Array(ranks).keys()]);
@@ -67,13 +67,14 @@ describe.skipIf(skipReason !== "")("distributed on Open MPI", () => {
       expect(a.stats.allReduces).toBe(a.buckets * a.stats.syncs);
       // The same steps up to f32 rounding: the batch-2B gradient is a sum over 2B rows in one GEMM, the
       // 2-rank one two sums over B rows averaged; ~1e-7 relative differences that AdamW's g/sqrt(v)
-      // passes on at most as such per step (lr 0.01), so 1e-5 absolute over 4 steps bounds them.
+      // passes on at most as such per step (lr 0.01): parameters of magnitude <= 1 then differ by a few f32
+      // ulps per step (3e-8 measured after 4 steps); 1e-6 leaves room for another summation order.
       for (let s = 0; s < a.trace.length; s++) {
-        expect(Math.abs(a.trace[s].loss - b.trace[s].loss)).toBeLessThan(1e-5 * Math.max(1, Math.abs(b.trace[s].loss)));
+        expect(Math.abs(a.trace[s].loss - b.trace[s].loss)).toBeLessThan(1e-6 * Math.max(1, Math.abs(b.trace[s].loss)));
         a.trace[s].params.forEach((p: number[], i: number) => {
           const q = b.trace[s].params[i];
           const worst = Math.max(...p.map((v, j) => Math.abs(v - q[j])));
-          expect(worst, `step ${s} ${a.names[i]}`).toBeLessThan(1e-5);
+          expect(worst, `step ${s} ${a.names[i]}`).toBeLessThan(1e-6);
         });
       }
       // The parameters moved (the comparison is not between two untrained models).
@@ -85,20 +86,10 @@ describe.skipIf(skipReason !== "")("distributed on Open MPI", () => {
     }
   });
 
-  it("ranks whose trainable parameters differ all get an error naming the parameter and ranks", () => {
-    const r = launch(2, "train.mjs", [tmpdir(), "mismatch"]);
-    expect(r.status, r.output).toBe(0);
-    expect(r.results).toHaveLength(2);
-    for (const x of r.results) {
-      expect(x.code).toBe("ERR_DISTRIBUTED");
-      expect(x.error).toMatch(/"[a-z_.]*0\.lora_A\.default\.weight" is \[8, 16\] f32 on rank 1 but \[4, 16\] f32 on rank 0/);
-    }
-  });
-
   for (const [mode, message] of [
     ["kill", /rank 1 .*exited on signal 9|process rank 1/i],
     ["throw", /rank 1 of 2: the process is exiting with code 1/],
-    ["stuck", /rank 0 of 2: allReduce #\d+ did not finish within 2 s/],
+    ["stuck", /rank 0 of 2: allReduce #\d+ did not finish within 1 s/],
   ] as const) {
     it(`a rank that fails (${mode}) ends the job with a non-zero exit and a message naming the rank, within 30 s`, () => {
       const r = launch(2, "failure.mjs", [mode], 30_000);

@@ -1,6 +1,7 @@
 // Run by test/distributed-mpi.test.ts under `mpirun -n 2` and `-n 3`: every collective and dtype against a
-// float64 reference, every rank with the same bits, the async forms, bad inputs. Prints one RESULT line per rank.
-import { distributed, Tensor } from "../../dist/index.js";
+// float64 reference, every rank with the same bits, the async forms, bad inputs, and DistributedDataParallel
+// over models that differ between ranks. Prints one RESULT line per rank.
+import { distributed, DistributedDataParallel, Linear, LoraConfig, Sequential, Tensor, getPeftModel } from "../../dist/index.js";
 
 const failures = [];
 const check = (cond, what) => {
@@ -98,6 +99,21 @@ expectThrow(() => distributed.broadcast(Tensor.zeros([2]), n), "ERR_OUT_OF_RANGE
 const gone = Tensor.zeros([2]);
 gone.dispose();
 expectThrow(() => distributed.allReduce(gone), "ERR_DISPOSED", /disposed/, "allReduce disposed");
+
+// Ranks other than 0 build LoRA r = 8 instead of 4: every rank gets the same error, naming the parameter.
+{
+  const model = getPeftModel(new Sequential(new Linear(16, 8, { seed: 1 })), new LoraConfig({ r: rank === 0 ? 4 : 8, targetModules: ["0"] }));
+  let error = null;
+  try {
+    new DistributedDataParallel(model);
+  } catch (e) {
+    error = e;
+  }
+  check(
+    error?.code === "ERR_DISTRIBUTED" && /"[\w.]*lora_A\.default\.weight" is \[8, 16\] f32 on rank 1 but \[4, 16\] f32 on rank 0/.test(error.message),
+    `DistributedDataParallel over different models: ${error?.code} ${error?.message}`,
+  );
+}
 
 distributed.finalize();
 expectThrow(() => distributed.barrier(), "ERR_STATE", /finalize\(\) has been called/, "barrier after finalize");

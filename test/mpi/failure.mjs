@@ -6,7 +6,7 @@
 import { distributed, Tensor } from "../../dist/index.js";
 
 const mode = process.argv[2];
-distributed.init({ timeoutSeconds: mode === "stuck" ? 2 : 60 });
+distributed.init({ timeoutSeconds: mode === "stuck" ? 1 : 60 });
 distributed.barrier();
 if (distributed.rank === 1) {
   if (mode === "kill") process.kill(process.pid, "SIGKILL");
