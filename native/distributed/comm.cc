@@ -1,7 +1,6 @@
 #include "comm.h"
 
 #include <mpi.h>
-#include <sched.h>
 #include <time.h>
 
 #include <chrono>
@@ -26,6 +25,11 @@ std::string mpi_error(int rc) {
 
 // MPI counts are ints: longer buffers go in pieces of at most this many elements.
 constexpr size_t kMaxCount = size_t{1} << 28;
+
+// Polling: spins first, then sleeps of these lengths (short ones for the first 20 ms of a wait).
+constexpr long kSpinPolls = 200;
+constexpr long kShortSleepUs = 50;
+constexpr long kLongSleepUs = 500;
 
 MPI_Op mpi_op(ReduceOp op) { return op == ReduceOp::Max ? MPI_MAX : MPI_SUM; }
 
@@ -131,9 +135,9 @@ void Comm::complete(void* request, const Job& job) {
   MPI_Request* req = static_cast<MPI_Request*>(request);
   double limit = timeout_s_.load();
   auto start = Clock::now();
-  // Spin first (a collective between ranks in step finishes in microseconds), then yield the core to the
-  // compute threads, then, for a long wait (a peer still computing), sleep between polls. Open MPI makes
-  // progress only inside MPI calls, so polling is what moves the data.
+  // Spin briefly (between ranks in step a small collective finishes in microseconds), then sleep between
+  // polls: the compute threads get the cores (a yielding spin would still take half of one), at a latency
+  // of one sleep per poll. Open MPI makes progress only inside MPI calls, so polling is what moves the data.
   for (long polls = 0;; polls++) {
     int flag = 0;
     int rc = MPI_Test(req, &flag, MPI_STATUS_IGNORE);
@@ -147,7 +151,7 @@ void Comm::complete(void* request, const Job& job) {
       }
       abort_now(abort_code_.load(), why);
     }
-    if (polls < 2000) continue;
+    if (polls < kSpinPolls) continue;
     double waited = std::chrono::duration<double>(Clock::now() - start).count();
     if (limit > 0 && waited > limit) {
       char why[256];
@@ -155,8 +159,8 @@ void Comm::complete(void* request, const Job& job) {
                     job_name(job.kind), static_cast<unsigned long long>(job.id), limit);
       abort_now(3, why);
     }
-    if (waited < 0.05) sched_yield();
-    else sleep_us(200);
+    // A long wait is a peer still computing: poll less often.
+    sleep_us(waited < 0.02 ? kShortSleepUs : kLongSleepUs);
   }
 }
 
