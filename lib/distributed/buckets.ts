@@ -4,6 +4,7 @@
 import { Tensor, transientBytes } from "../tensor.js";
 import { native } from "../native.js";
 import { gradOf } from "../nn/index.js";
+import { untrack } from "../autograd/scope.js";
 import { startAllReduce, type InFlight } from "./collectives.js";
 
 export class Bucket {
@@ -26,7 +27,8 @@ export class Bucket {
 
   /** Gathers the gradients (zeros where a parameter has none) and starts their average over the ranks. */
   launch(): void {
-    this.flat ??= Tensor.zeros([this.bytes / bytesPer(this.dtype)], { dtype: this.dtype });
+    // The bucket's own buffer, whatever tidy() scope the backward runs in.
+    this.flat ??= untrack(Tensor.zeros([this.bytes / bytesPer(this.dtype)], { dtype: this.dtype }));
     const dst = transientBytes(this.flat, true);
     try {
       this.params.forEach((p, i) => {
