@@ -172,6 +172,9 @@ describe("a world of one (no launcher)", () => {
       expect(tidy(() => gradsAfterStep(model))).toEqual(plain);
     }
     expect(ddp.stats.syncs).toBe(3);
+    // Another model's backward exchanges nothing.
+    gradsAfterStep(lora(1));
+    expect(ddp.stats.syncs).toBe(3);
     const dir = mkdtempSync(join(tmpdir(), "peft-ddp1-"));
     try {
       await ddp.savePretrained(dir);

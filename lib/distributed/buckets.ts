@@ -48,6 +48,9 @@ export class Bucket {
     const src = transientBytes(this.flat!, false);
     try {
       this.params.forEach((p, i) => {
+        // A parameter disposed meanwhile takes no gradient; a disposed gradient is replaced.
+        if (p.disposed) return;
+        if (p.grad?.disposed) p.grad = null;
         const n = p.numel * bytesPer(this.dtype);
         copyBytes(gradOf(p), true, (b) => b.set(src.subarray(this.offsets[i], this.offsets[i] + n)));
       });

@@ -185,6 +185,11 @@ export class DistributedDataParallel implements Disposable {
       for (const i of mine) pending[i]++;
       if (mine.length) writers.set(node, mine);
     }
+    // A backward of some other model: nothing to average (every rank runs the same graphs, so all skip it).
+    if (writers.size === 0) {
+      this.#pass = null;
+      return;
+    }
     // A parameter no node refers to may still get a gradient some other way: its bucket waits for the end.
     for (let i = 0; i < pending.length; i++) if (pending[i] === 0) pending[i] = -1;
     for (const b of this.#buckets) b.ready = 0;

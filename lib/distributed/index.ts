@@ -60,5 +60,8 @@ export const distributed = {
   barrierAsync,
   allGatherBytes,
   shard,
-  DistributedDataParallel,
+  /** The class (a getter, so the object lists no callable that needs `new`). */
+  get DistributedDataParallel(): typeof DistributedDataParallel {
+    return DistributedDataParallel;
+  },
 };
