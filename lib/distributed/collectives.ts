@@ -210,6 +210,7 @@ export function allReduce(t: Tensor, opts?: { op?: ReduceOp }): void {
   startAllReduce(t, opts).wait();
 }
 
+/** allReduce without blocking the event loop; the tensor must not be read or written until it settles. */
 export function allReduceAsync(t: Tensor, opts?: { op?: ReduceOp }): Promise<void> {
   return startAllReduce(t, opts, "distributed.allReduceAsync").waitAsync().then(() => undefined);
 }
@@ -219,6 +220,7 @@ export function broadcast(t: Tensor, root?: number): void {
   startBroadcast(t, root).wait();
 }
 
+/** broadcast without blocking the event loop; the tensor must not be read or written until it settles. */
 export function broadcastAsync(t: Tensor, root?: number): Promise<void> {
   return startBroadcast(t, root, "distributed.broadcastAsync").waitAsync().then(() => undefined);
 }
