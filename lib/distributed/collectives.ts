@@ -135,18 +135,19 @@ export class InFlight {
     return this.#finish(() => (this.ticket === null ? { seconds: 0 } : group.mpi!.wait(this.ticket)));
   }
 
+  /** As wait(), leaving the event loop running (a libuv pool thread waits). */
   async waitAsync(): Promise<number> {
     if (this.ticket === null) return this.wait();
-    let r: CollectiveResult;
+    let result: CollectiveResult | null = null, error: unknown = null;
     try {
-      r = await group.mpi!.waitAsync(this.ticket);
+      result = await group.mpi!.waitAsync(this.ticket);
     } catch (e) {
-      r = { seconds: 0 };
-      this.#finish(() => {
-        throw e;
-      });
+      error = e;
     }
-    return this.#finish(() => r);
+    return this.#finish(() => {
+      if (!result) throw error;
+      return result;
+    });
   }
 
   #finish(get: () => CollectiveResult): number {
