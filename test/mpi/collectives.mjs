@@ -100,6 +100,36 @@ const gone = Tensor.zeros([2]);
 gone.dispose();
 expectThrow(() => distributed.allReduce(gone), "ERR_DISPOSED", /disposed/, "allReduce disposed");
 
+// DistributedDataParallel after a tape-free backward (synchronize()), f32 and bf16 adapters: every rank's
+// gradients become the mean of the ranks' (f32 sums of n terms, then the division; bf16 rounded once).
+for (const dtype of ["f32", "bf16"]) {
+  const model = getPeftModel(new Sequential(new Linear(16, 8, { seed: 1, dtype })), new LoraConfig({ r: 4, targetModules: ["0"], initLoraWeights: "gaussian" }));
+  model.to(dtype);
+  const ddp = new DistributedDataParallel(model, { bucketCapMB: 1e-4 });
+  model.train();
+  const x = Tensor.fromArray(Array.from({ length: 3 * 16 }, (_, i) => value(rank, i)), [3, 16], dtype);
+  model.forward(x).dispose();
+  model.backward(Tensor.fromArray(Array.from({ length: 3 * 8 }, (_, i) => value(rank + 7, i)), [3, 8], dtype));
+  const local = ddp.parameters.map(([, p]) => p.grad.toFloat32Array());
+  const all = local.map((g) => distributed.allGatherBytes(new Uint8Array(g.buffer)).map((b) => new Float32Array(Uint8Array.from(b).buffer)));
+  ddp.synchronize();
+  ddp.parameters.forEach(([name, p], k) => {
+    const got = p.grad.toFloat32Array();
+    for (let i = 0; i < got.length; i++) {
+      const xs = all[k].map((g) => g[i]);
+      const want = xs.reduce((a, b) => a + b, 0) / n;
+      const tol = (n + 1) * 2 ** -24 * (xs.reduce((a, b) => a + Math.abs(b), 0) / n) + UNIT[dtype] * Math.abs(want);
+      if (!(Math.abs(got[i] - want) <= tol)) {
+        check(false, `DDP synchronize ${dtype} ${name}[${i}]: ${got[i]} vs ${want}`);
+        break;
+      }
+    }
+  });
+  check(ddp.stats.allReduces === ddp.bucketCount && ddp.bucketCount === 2, `DDP ${dtype}: ${ddp.stats.allReduces} all-reduces in ${ddp.bucketCount} buckets`);
+  ddp.dispose();
+  model.dispose();
+}
+
 // Ranks other than 0 build LoRA r = 8 instead of 4: every rank gets the same error, naming the parameter.
 {
   const model = getPeftModel(new Sequential(new Linear(16, 8, { seed: 1 })), new LoraConfig({ r: rank === 0 ? 4 : 8, targetModules: ["0"] }));
