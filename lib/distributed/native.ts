@@ -66,9 +66,3 @@ export function mpiModule(): { module: MpiModule | null; reason: string } {
   };
   return loaded;
 }
-
-/** Test hook: forget what was loaded (a test that points NODE_PEFT_MPI_MODULE elsewhere). @internal */
-export function resetMpiModule(): void {
-  loaded = null;
-}
-
