@@ -14,6 +14,7 @@ export type PeftErrorCode =
   | "ERR_TARGET_NOT_FOUND"
   | "ERR_STATE" // an operation out of order: backward without a training forward, backward while merged
   | "ERR_GRADCHECK" // gradcheck: an analytic gradient disagrees with finite differences
+  | "ERR_DISTRIBUTED" // distributed: no MPI module, a failed collective, ranks that disagree
   | "ERR_NATIVE";
 
 export class PeftError extends Error {

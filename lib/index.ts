@@ -52,3 +52,4 @@ export { Tokenizer, type ChatMessage, type EncodeOptions, type DecodeOptions, ty
 export { checkpoint } from "./autograd/checkpoint.js";
 export { enableGrad } from "./autograd/grad-mode.js";
 export { prepareModelForKbitTraining, type KbitTrainingOptions } from "./kbit-training.js";
+export { distributed, DistributedDataParallel, type DistributedDataParallelOptions, type DistributedStats, type InitOptions, type ReduceOp, type ShardOptions } from "./distributed/index.js";

@@ -61,16 +61,16 @@ function showLogTail() {
   say(`node-peft: the full build output is in ${log}`);
 }
 
-/** Keeps only `<dir>/Release/node_peft.node`. */
+/** Keeps only `<dir>/Release/node_peft.node` (and node_peft_mpi.node, the MPI module, where it was built). */
 function clean(dir) {
-  const keep = join(root, dir, "Release", "node_peft.node");
-  if (!existsSync(keep)) return;
-  const tmp = join(root, `${dir}.node.tmp`);
-  renameSync(keep, tmp);
+  const keep = ["node_peft.node", "node_peft_mpi.node"].map((f) => join(root, dir, "Release", f)).filter((f) => existsSync(f));
+  if (!keep.length) return;
+  const tmp = keep.map((f, i) => join(root, `${dir}.node${i}.tmp`));
+  keep.forEach((f, i) => renameSync(f, tmp[i]));
   rmSync(join(root, dir), { recursive: true, force: true });
   mkdirSync(join(root, dir, "Release"), { recursive: true });
-  renameSync(tmp, keep);
-  say(`node-peft: kept ${relative(root, keep)}, removed the build's intermediate files`);
+  keep.forEach((f, i) => renameSync(tmp[i], f));
+  say(`node-peft: kept ${keep.map((f) => relative(root, f)).join(", ")}, removed the build's intermediate files`);
 }
 
 async function buildCmake() {

@@ -7,6 +7,7 @@ import { noGrad } from "./grad-mode.js";
 import { untrack } from "./scope.js";
 import type { Node } from "./node.js";
 import { retain } from "./retain.js";
+import { notify } from "./observe.js";
 
 function sum(a: Tensor, b: Tensor): Tensor {
   const out = a.to(a.dtype);
@@ -64,14 +65,27 @@ export function runBackward(root: Tensor, grad: Tensor | undefined, retainGraph:
   if (!root.requiresGrad)
     throw peftError("ERR_STATE", "backward: the tensor does not require grad and has no grad_fn (was it computed under noGrad, or from tensors that need no gradient?)");
   const seed = seedGradient(root, grad);
+  if (!notify.active()) return propagate(root, seed, retainGraph);
+  try {
+    propagate(root, seed, retainGraph);
+  } catch (e) {
+    notify.end(e);
+    throw e;
+  }
+  notify.end(undefined);
+}
+
+function propagate(root: Tensor, seed: Tensor, retainGraph: boolean): void {
   // Backward itself records nothing (PyTorch's create_graph=false).
   noGrad(() => {
     const start = root.gradFn;
     if (!start) {
+      if (notify.active()) notify.begin(new Set());
       accumulateLeaf(root, seed);
       return;
     }
     const deps = dependencies(start);
+    if (notify.active()) notify.begin(new Set(deps.keys()));
     // The engine holds every node until it is done, so nothing upstream is freed while still pending.
     for (const n of deps.keys()) n.ref();
     const buffers = new Map<Node, (Tensor | null)[]>();
@@ -120,6 +134,7 @@ export function runBackward(root: Tensor, grad: Tensor | undefined, retainGraph:
         }
         for (const g of outs) if (g && !used.has(g)) g.dispose();
         for (const g of grads) if (g && !used.has(g)) g.dispose();
+        if (notify.active()) notify.nodeDone(node);
       }
     } finally {
       for (const buf of buffers.values()) for (const g of buf) g?.dispose();

@@ -4,3 +4,4 @@ export { tidy } from "./tidy.js";
 export { gradcheck, type GradcheckOptions } from "./gradcheck.js";
 export { record, wantsGrad, type RecordOptions } from "./record.js";
 export { Node, type BackwardFn, type Edge } from "./node.js";
+export { observeBackward, type BackwardObserver } from "./observe.js";

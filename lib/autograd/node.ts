@@ -21,6 +21,7 @@ export class Node {
   readonly numOutputs: number;
   readonly #backward: BackwardFn;
   #saved: Tensor[];
+  #sources: readonly Tensor[];
   #versions: number[];
   #refs = 0;
   #freed = false;
@@ -32,6 +33,7 @@ export class Node {
     this.#backward = backward;
     for (const e of next) if (e && "node" in e) e.node.ref();
     this.#saved = saved.map(retain);
+    this.#sources = saved;
     this.#versions = saved.map((t) => t.version);
   }
 
@@ -59,6 +61,15 @@ export class Node {
     this.#freed = true;
     for (const t of this.#saved) t.dispose();
     this.#saved = [];
+    this.#sources = [];
+  }
+
+  /**
+   * The tensors (the caller's objects, not the node's own handles) saved when it was recorded, until they are
+   * freed: a module's fused backward saves the parameters whose .grad it writes.
+   */
+  get savedSources(): readonly Tensor[] {
+    return this.#sources;
   }
 
   apply(grads: (Tensor | null)[]): (Tensor | null)[] {

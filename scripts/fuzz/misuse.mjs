@@ -775,6 +775,11 @@ async function child(opts) {
       return m;
     },
     LoraModel: () => new lib.LoraModel(seqModel(), loraConfig(), "default"),
+    // A world of one (no launcher here); after a fuzzed distributed.finalize() this throws ERR_STATE.
+    DistributedDataParallel: () => {
+      lib.distributed.init();
+      return new lib.DistributedDataParallel(lib.getPeftModel(seqModel(), loraConfig()), { bucketCapMB: rng.pick([1e-4, 1]) });
+    },
     LoraLinear: () => new lib.LoraLinear(new lib.Linear(4, 3), { r: 2, loraAlpha: 4, loraDropout: rng.pick([0, 0.1]) }),
     IA3Model: () => new lib.IA3Model(seqModel(), ia3Config(), "default"),
     IA3Layer: () => new lib.IA3Layer(rng.pick([new lib.Linear(4, 3), new lib.Conv1D(3, 4), new lib.Conv2d(2, 3, 1)]), { isFeedforward: rng.chance(0.5), initIa3Weights: rng.chance(0.7) }),
