@@ -738,6 +738,14 @@ async function child(opts) {
   const loraConfig = () => new lib.LoraConfig({ r: rng.pick([1, 2, 4]), loraAlpha: rng.pick([2, 4, 8]), loraDropout: rng.pick([0, 0.1]), targetModules: rng.pick([["0", "2"], ["0"], "all-linear"]), initLoraWeights: rng.pick([true, false, "gaussian"]) });
   const ia3Config = () => new lib.IA3Config({ targetModules: rng.pick([["0", "2"], ["0"]]), feedforwardModules: rng.pick([["0"], []]), initIa3Weights: rng.chance(0.7) });
   const adaLoraConfig = () => new lib.AdaLoraConfig({ initR: rng.pick([0, 1, 3]), targetR: rng.pick([1, 2]), totalStep: 10, tinit: rng.pick([0, 2]), targetModules: rng.pick([["0", "2"], ["0"]]) });
+  const promptConfig = () => {
+    const n = rng.pick([1, 3]);
+    return rng.pick([
+      () => new lib.PromptTuningConfig({ numVirtualTokens: n, taskType: "CAUSAL_LM" }),
+      () => new lib.PromptEncoderConfig({ numVirtualTokens: n, taskType: "CAUSAL_LM", encoderHiddenSize: 4, encoderReparameterizationType: rng.pick(["MLP", "LSTM"]) }),
+      () => new lib.PrefixTuningConfig({ numVirtualTokens: n, taskType: "CAUSAL_LM", prefixProjection: rng.chance(0.5), encoderHiddenSize: 4 }),
+    ])();
+  };
   const llamaCfg = () => lib.llamaConfig({ vocabSize: 16, hiddenSize: 8, intermediateSize: 12, numHiddenLayers: 1, numAttentionHeads: 2, numKeyValueHeads: rng.pick([1, 2]), tieWordEmbeddings: rng.chance(0.3) });
   const layerOpts = () => ({ dtype: rng.pick(["f32", "bf16"]) });
   const RECIPES = {
@@ -783,6 +791,10 @@ async function child(opts) {
     LoraLinear: () => new lib.LoraLinear(new lib.Linear(4, 3), { r: 2, loraAlpha: 4, loraDropout: rng.pick([0, 0.1]) }),
     IA3Model: () => new lib.IA3Model(seqModel(), ia3Config(), "default"),
     IA3Layer: () => new lib.IA3Layer(rng.pick([new lib.Linear(4, 3), new lib.Conv1D(3, 4), new lib.Conv2d(2, 3, 1)]), { isFeedforward: rng.chance(0.5), initIa3Weights: rng.chance(0.7) }),
+    PromptLearningModel: () => new lib.PromptLearningModel(new lib.LlamaForCausalLM(llamaCfg(), layerOpts()), promptConfig(), "default"),
+    PromptEmbedding: () => new lib.PromptEmbedding(new lib.PromptTuningConfig({ numVirtualTokens: rng.pick([1, 3]), tokenDim: 8, promptTuningInit: rng.pick(["RANDOM", "SAMPLE_VOCAB"]) }), new lib.Embedding(16, 8)),
+    PromptEncoder: () => new lib.PromptEncoder(new lib.PromptEncoderConfig({ numVirtualTokens: rng.pick([1, 3]), tokenDim: 8, encoderHiddenSize: 4, encoderReparameterizationType: rng.pick(["MLP", "LSTM"]) })),
+    PrefixEncoder: () => new lib.PrefixEncoder(new lib.PrefixTuningConfig({ numVirtualTokens: rng.pick([1, 3]), tokenDim: 8, numLayers: 1, encoderHiddenSize: 4, prefixProjection: rng.chance(0.5) })),
     AdaLoraConfig: adaLoraConfig,
     AdaLoraModel: () => new lib.AdaLoraModel(seqModel(), adaLoraConfig(), "default"),
     SVDLinear: () => new lib.SVDLinear(rng.pick([new lib.Linear(4, 3), new lib.Conv1D(3, 4)]), { r: rng.pick([0, 2]), loraAlpha: 4, loraDropout: rng.pick([0, 0.1]) }),

@@ -5,7 +5,7 @@
 import { Tensor } from "../../tensor.js";
 import * as F from "../../functional/index.js";
 import { noGrad } from "../../autograd/grad-mode.js";
-import { peftError } from "../../errors.js";
+import { describe, peftError, typeError } from "../../errors.js";
 import { isInitSkipped } from "../../init-mode.js";
 import { Module } from "../../nn/module.js";
 import { Embedding } from "../../nn/embedding.js";
@@ -14,7 +14,7 @@ import { Sequential } from "../../nn/containers.js";
 import { ReLU } from "../../nn/activations.js";
 import { LSTM } from "../../nn/lstm.js";
 import { Tokenizer } from "../../tokenizer/tokenizer.js";
-import type { PrefixTuningConfig, PromptEncoderConfig, PromptLearningConfig, PromptTuningConfig } from "./config.js";
+import { PrefixTuningConfig, PromptEncoderConfig, PromptTuningConfig, type PromptLearningConfig } from "./config.js";
 
 /** tanh as a module (PrefixEncoder's projection: Linear, Tanh, Linear). */
 export class Tanh extends Module {
@@ -26,8 +26,12 @@ export class Tanh extends Module {
   }
 }
 
-/** The sizes an encoder reads from its config, each checked when read (getPeftModel fills them in from the model). */
-function sizesOf(config: PromptLearningConfig & { encoderHiddenSize?: number | null }, className: string) {
+/**
+ * The sizes an encoder reads from its config (which must be of the encoder's config class), each checked when
+ * read (getPeftModel fills them in from the model).
+ */
+function sizesOf(config: PromptLearningConfig & { encoderHiddenSize?: number | null }, className: string, Config: abstract new (...a: never[]) => PromptLearningConfig) {
+  if (!(config instanceof Config)) throw typeError(`${className}: config must be a ${Config.name}, got ${describe(config)}`);
   const need = (value: number | null | undefined, key: string): number => {
     if (value === null || value === undefined) throw peftError("ERR_CONFIG", `${className}: ${key} is not set (getPeftModel fills it in from the model)`);
     return value;
@@ -66,7 +70,8 @@ export abstract class PromptEncoderBase extends Module {
 export class PromptEmbedding extends PromptEncoderBase {
   constructor(config: PromptTuningConfig, wordEmbeddings: Embedding) {
     super();
-    const { total, dim } = sizesOf(config, "PromptEmbedding");
+    const { total, dim } = sizesOf(config, "PromptEmbedding", PromptTuningConfig);
+    if (!(wordEmbeddings instanceof Embedding)) throw typeError(`PromptEmbedding: wordEmbeddings must be the model's Embedding, got ${describe(wordEmbeddings)}`);
     this.embedding = this.registerModule("embedding", new Embedding(total, dim));
     // An adapter loaded for inference gets its weights from the file; an empty model (skipInit) from elsewhere.
     if (config.inferenceMode || isInitSkipped()) return;
@@ -111,7 +116,7 @@ export class PromptEncoder extends PromptEncoderBase {
 
   constructor(config: PromptEncoderConfig) {
     super();
-    const { dim, hidden, total } = sizesOf(config, "PromptEncoder");
+    const { dim, hidden, total } = sizesOf(config, "PromptEncoder", PromptEncoderConfig);
     this.encoderType = config.encoderReparameterizationType;
     this.inferenceMode = config.inferenceMode;
     this.embedding = this.registerModule("embedding", new Embedding(total, dim));
@@ -156,7 +161,7 @@ export class PrefixEncoder extends PromptEncoderBase {
 
   constructor(config: PrefixTuningConfig) {
     super();
-    const sizes = sizesOf(config, "PrefixEncoder");
+    const sizes = sizesOf(config, "PrefixEncoder", PrefixTuningConfig);
     const { dim, layers, n } = sizes;
     this.prefixProjection = config.prefixProjection && !config.inferenceMode;
     const zero = (t: Tensor) => noGrad(() => t.view().fill(0 as never));

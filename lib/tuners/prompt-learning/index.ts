@@ -1,6 +1,8 @@
 // Prompt tuning, P-tuning and prefix tuning: configs, encoders and the tuner.
+// PromptLearningConfig is the abstract base of the three configs: its type only.
+export type { PromptLearningConfig } from "./config.js";
 export {
-  PromptLearningConfig, PromptTuningConfig, PromptEncoderConfig, PrefixTuningConfig, PROMPT_TUNING_INITS, ENCODER_REPARAMETERIZATION_TYPES,
+  PromptTuningConfig, PromptEncoderConfig, PrefixTuningConfig, PROMPT_TUNING_INITS, ENCODER_REPARAMETERIZATION_TYPES,
   type PromptLearningConfigOptions, type PromptTuningConfigOptions, type PromptEncoderConfigOptions, type PrefixTuningConfigOptions,
   type PromptTuningInit, type PromptEncoderReparameterizationType,
 } from "./config.js";

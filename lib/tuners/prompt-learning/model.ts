@@ -240,6 +240,8 @@ export class PromptLearningModel extends BaseTuner<PromptLearningConfig> {
    * inference adapter uses directly.
    */
   promptEmbeddingsToSave(adapterName: string): Tensor {
+    if (typeof adapterName !== "string") throw typeError(`promptEmbeddingsToSave: adapterName must be a string, got ${describe(adapterName)}`);
+    this.promptEncoder(adapterName);  // a known adapter, or ERR_CONFIG naming it
     const c = this.peftConfig[adapterName];
     const count = c.numVirtualTokens! * (c instanceof PrefixTuningConfig ? 1 : (c.numTransformerSubmodules ?? 1));
     return noGrad(() => {
@@ -261,8 +263,10 @@ export class PromptLearningModel extends BaseTuner<PromptLearningConfig> {
 
   /** What PEFT saves is computed (the encoder's output): a new tensor in place of the live one. */
   override adapterStateDict(adapterName: string, sd: Record<string, Tensor>): Record<string, Tensor> {
-    for (const t of Object.values(sd)) t.dispose();
-    return { prompt_embeddings: this.promptEmbeddingsToSave(adapterName) };
+    if (typeof sd !== "object" || sd === null) throw typeError(`PromptLearningModel.adapterStateDict: sd must be a record of tensors, got ${describe(sd)}`);
+    const saved = this.promptEmbeddingsToSave(adapterName);
+    for (const t of Object.values(sd)) if (t instanceof Tensor) t.dispose();
+    return { prompt_embeddings: saved };
   }
 
   override backward(_dy: Tensor, _opts?: BackwardOptions): Tensor | null {
