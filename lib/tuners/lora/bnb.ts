@@ -202,21 +202,30 @@ export class LoraLinear8bitLt extends FusedLoraLayer {
       this.#dropOriginal();
       return -1;
     }
+    // DoRA adapters: the shared DoRA merge over the dequantised weight (readMergeWeight), requantised below.
+    if (names.some((n) => this.useDora[n])) return this.doraMerge(names, sign, safe, checkOnly);
     const keep: Tensor[] = [];
     try {
       const { deltas } = this.mergeOperands(names, keep);
       using w = int8Dequantize(base.weight, base.SCB);
       const bad = applyLoraDeltas(w, deltas, { sign, safe, checkOnly });
       if (bad >= 0 || checkOnly) return bad;
-      const [cb, scb] = int8Quantize(w);
-      using _cb = cb, _scb = scb;
-      if (sign > 0 && this.#exactRequested && !this.#original) this.#original = { cb: untrack(base.weight.to("i8")), scb: untrack(base.SCB.to("f32")) }; // copies
-      base.weight.copyFrom(cb);
-      base.SCB.copyFrom(scb);
+      this.writeMergeWeight(w);
       return -1;
     } finally {
       keep.forEach((t) => t.dispose());
     }
+  }
+
+  /** Requantises a merged f32 weight into CB/SCB (keeping the originals first when the merge asked for exactUnmerge). */
+  protected override writeMergeWeight(w: Tensor): void {
+    const base = this.baseLayer;
+    const [cb, scb] = int8Quantize(w);
+    using _cb = cb, _scb = scb;
+    // Only a merge sets #exactRequested (an unmerge with kept originals restores them before getting here).
+    if (this.#exactRequested && !this.#original) this.#original = { cb: untrack(base.weight.to("i8")), scb: untrack(base.SCB.to("f32")) }; // copies
+    base.weight.copyFrom(cb);
+    base.SCB.copyFrom(scb);
   }
 
   #dropOriginal(): void {
