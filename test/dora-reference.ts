@@ -1,4 +1,7 @@
-// Float64 references for DoRA (PEFT's dora.py / variants.py), on dense weights W (N, K) as (out, in).
+// Float64 references for DoRA (PEFT's dora.py / variants.py), on dense weights W (N, K) as (out, in), and the
+// DoRA layers the tests build.
+import { Conv1D, Linear, Linear8bitLt, LoraLinear, LoraLinear8bitLt, Tensor, int8Dequantize } from "../lib/index.js";
+import { values } from "./helpers/nn-reference.js";
 
 export interface RefAdapter {
   A: Float64Array; // (r, K)
@@ -74,3 +77,56 @@ export function refDoraForward(
   if (b) for (let i = 0; i < q.length; i++) q[i] += b[i % N];
   return q;
 }
+
+export type Dense = Linear | Conv1D | Linear8bitLt;
+
+export function dims(base: Dense): [number, number] {
+  return base instanceof Conv1D ? [base.nx, base.nf] : [base.inFeatures, base.outFeatures];
+}
+
+/** The base weight as (N, K) float64 (Conv1D transposed, int8 dequantised). */
+export function weightOf(base: Dense): Float64Array {
+  const [K, N] = dims(base);
+  if (base instanceof Linear8bitLt) {
+    using w = int8Dequantize(base.weight, base.SCB);
+    return w.toFloat64Array();
+  }
+  const w = base.weight.toFloat64Array();
+  if (!(base instanceof Conv1D)) return w;
+  const t = new Float64Array(N * K);
+  for (let k = 0; k < K; k++) for (let n = 0; n < N; n++) t[n * K + k] = w[k * N + n];
+  return t;
+}
+
+/** Sets A, B and the magnitude to deterministic values. */
+export function randomize(l: LoraLinear | LoraLinear8bitLt, name: string, seed: number, mag = true) {
+  const { A, B } = l.loraFactors(name);
+  A.copyFrom(Tensor.fromArray(values(A.numel, seed + 20), A.shape));
+  B.copyFrom(Tensor.fromArray(values(B.numel, seed + 30).map((v) => v * 0.5), B.shape));
+  const m = l.doraMagnitude(name);
+  // Deterministic, and away from the norm so that c = m/‖…‖ ≠ 1 is exercised.
+  if (m && mag) m.copyFrom(Tensor.fromArray(values(m.numel, seed + 40).map((v) => 1 + 0.5 * v), m.shape));
+}
+
+export function refAdapters(l: LoraLinear | LoraLinear8bitLt, names = l.activeAdapters): RefAdapter[] {
+  return names.map((n) => {
+    const { A, B } = l.loraFactors(n);
+    const m = l.doraMagnitude(n);
+    return { A: A.toFloat64Array(), B: B.toFloat64Array(), r: l.r[n], s: l.scaling[n], m: m ? m.toFloat64Array() : null };
+  });
+}
+
+export function makeLayer(kind: "linear" | "conv1d" | "int8", K: number, N: number, r: number, seed: number, extra: { dropout?: number; rslora?: boolean } = {}) {
+  let base: Dense;
+  if (kind === "conv1d") base = new Conv1D(N, K, { seed });
+  else {
+    const lin = new Linear(K, N, { seed });
+    lin.bias!.copyFrom(Tensor.fromArray(values(N, seed + 10), [N]));
+    base = kind === "int8" ? Linear8bitLt.fromLinear(lin) : lin;
+  }
+  const opts = { r, loraAlpha: 2 * r + 1, useDora: true, initLoraWeights: false as const, loraDropout: extra.dropout, useRslora: extra.rslora };
+  const l = kind === "int8" ? new LoraLinear8bitLt(base as Linear8bitLt, opts) : new LoraLinear(base as Linear | Conv1D, opts);
+  randomize(l, "default", seed);
+  return l;
+}
+

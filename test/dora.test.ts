@@ -7,47 +7,9 @@ import { denseDoraOps } from "../lib/tuners/lora/dora-ops.js";
 import { dropoutMask } from "../lib/kernels.js";
 import { EPS, expectClose, numericGrad, values } from "./helpers/nn-reference.js";
 import { errorCode } from "./helpers/errors.js";
-import { refDoraForward, refNorms, type RefAdapter } from "./dora-reference.js";
+import { makeLayer, randomize, refAdapters, refDoraForward, refNorms, weightOf, type Dense, type RefAdapter } from "./dora-reference.js";
 
 const eps = EPS.f32;
-
-type Dense = Linear | Conv1D | Linear8bitLt;
-
-function dims(base: Dense): [number, number] {
-  return base instanceof Conv1D ? [base.nx, base.nf] : [base.inFeatures, base.outFeatures];
-}
-
-/** The base weight as (N, K) float64 (Conv1D transposed, int8 dequantised). */
-function weightOf(base: Dense): Float64Array {
-  const [K, N] = dims(base);
-  if (base instanceof Linear8bitLt) {
-    using w = int8Dequantize(base.weight, base.SCB);
-    return w.toFloat64Array();
-  }
-  const w = base.weight.toFloat64Array();
-  if (!(base instanceof Conv1D)) return w;
-  const t = new Float64Array(N * K);
-  for (let k = 0; k < K; k++) for (let n = 0; n < N; n++) t[n * K + k] = w[k * N + n];
-  return t;
-}
-
-/** Sets A, B and the magnitude to deterministic values. */
-function randomize(l: LoraLinear | LoraLinear8bitLt, name: string, seed: number, mag = true) {
-  const { A, B } = l.loraFactors(name);
-  A.copyFrom(Tensor.fromArray(values(A.numel, seed + 20), A.shape));
-  B.copyFrom(Tensor.fromArray(values(B.numel, seed + 30).map((v) => v * 0.5), B.shape));
-  const m = l.doraMagnitude(name);
-  // Deterministic, and away from the norm so that c = m/‖…‖ ≠ 1 is exercised.
-  if (m && mag) m.copyFrom(Tensor.fromArray(values(m.numel, seed + 40).map((v) => 1 + 0.5 * v), m.shape));
-}
-
-function refAdapters(l: LoraLinear | LoraLinear8bitLt, names = l.activeAdapters): RefAdapter[] {
-  return names.map((n) => {
-    const { A, B } = l.loraFactors(n);
-    const m = l.doraMagnitude(n);
-    return { A: A.toFloat64Array(), B: B.toFloat64Array(), r: l.r[n], s: l.scaling[n], m: m ? m.toFloat64Array() : null };
-  });
-}
 
 /** Σ|terms| of each output (the scale of f32 rounding): the reference on absolute values. */
 function absScale(x: Float64Array, M: number, K: number, W: Float64Array, N: number, b: Float64Array | null, ads: RefAdapter[]): Float64Array {
@@ -60,20 +22,6 @@ function absScale(x: Float64Array, M: number, K: number, W: Float64Array, N: num
 // A dot product of K terms in f32 is within K·eps of Σ|terms| (γ_K); the norm (an f32 sum of K squares,
 // combined in float64) adds K·eps relatively, and r-term products r·eps: (2K + r + 8)·eps·Σ|terms| bounds it.
 const tolFor = (K: number, r: number, scale: Float64Array) => (i: number) => (2 * K + r + 8) * eps * scale[i] + 1e-30;
-
-function makeLayer(kind: "linear" | "conv1d" | "int8", K: number, N: number, r: number, seed: number, extra: { dropout?: number; rslora?: boolean } = {}) {
-  let base: Dense;
-  if (kind === "conv1d") base = new Conv1D(N, K, { seed });
-  else {
-    const lin = new Linear(K, N, { seed });
-    lin.bias!.copyFrom(Tensor.fromArray(values(N, seed + 10), [N]));
-    base = kind === "int8" ? Linear8bitLt.fromLinear(lin) : lin;
-  }
-  const opts = { r, loraAlpha: 2 * r + 1, useDora: true, initLoraWeights: false as const, loraDropout: extra.dropout, useRslora: extra.rslora };
-  const l = kind === "int8" ? new LoraLinear8bitLt(base as Linear8bitLt, opts) : new LoraLinear(base as Linear | Conv1D, opts);
-  randomize(l, "default", seed);
-  return l;
-}
 
 describe("DoRA magnitude init (PEFT's update_layer)", () => {
   it.each([
