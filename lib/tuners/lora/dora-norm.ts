@@ -7,7 +7,7 @@
 // combined in float64; the cancellation this could suffer needs ‖s·B_i·A‖ ≈ ‖w_i‖ pointing against w_i, where
 // the norm itself is near zero (and PEFT's direct f32 sum is as unreliable).
 import { Tensor } from "../../tensor.js";
-import { matmul } from "../../ops.js";
+import { linear, matmul } from "../../ops.js";
 import { ew, reduceRaw } from "../../functional/raw.js";
 
 /** Σ_k W_ik² per output feature i (W (N, K), or (K, N) when inOut), in float64. */
@@ -20,7 +20,9 @@ export function outputSumSquares(w: Tensor, inOut: boolean): Float64Array {
 /** ‖W + s·B·A‖ per output feature, from ‖w_i‖² (outputSumSquares of W) and the factors (f32, 2-D). */
 export function expandedNorms(w: Tensor, inOut: boolean, sumSquares: Float64Array, A: Tensor, B: Tensor, scale: number): Float64Array {
   const [r, N] = [A.shape[0], B.shape[0]];
-  using g = inOut ? matmul(w, A, { transA: true, transB: true }) : matmul(w, A, { transB: true }); // (N, r)
+  // (W·Aᵀ)ᵀ = A·Wᵀ (r, N) as a linear layer over the r rows of A: W is the GEMM's weight operand (packed
+  // once and kept), read once at the small-M rate, instead of a skinny product with r output columns.
+  using g = linear(A, w, null, { weightInOut: inOut });
   using p = matmul(A, A, { transB: true }); // (r, r)
   const G = g.toFloat32Array(), P = p.toFloat32Array(), Bv = B.toFloat32Array();
   const out = new Float64Array(N);
@@ -28,7 +30,7 @@ export function expandedNorms(w: Tensor, inOut: boolean, sumSquares: Float64Arra
   for (let i = 0; i < N; i++) {
     let cross = 0, quad = 0;
     for (let j = 0; j < r; j++) {
-      cross += Bv[i * r + j] * G[i * r + j];
+      cross += Bv[i * r + j] * G[j * N + i];
       let t = 0;
       for (let l = 0; l < r; l++) t += P[j * r + l] * Bv[i * r + l];
       bp[j] = t;

@@ -57,6 +57,8 @@ export abstract class LoraLayer extends BaseTunerLayer {
   #magnitudes: ModuleDict | null = null;
   // ‖w_i‖² of the base weight for DoRA's norm, kept while the base's tensors are unchanged.
   #sumSquares: { tensors: Tensor[]; versions: number[]; value: Float64Array } | null = null;
+  // Each DoRA adapter's norm, kept while its A, B, scaling and the base's tensors are unchanged.
+  readonly #norms = new Map<string, { tensors: Tensor[]; versions: number[]; scale: number; value: Float64Array }>();
   // The norms each DoRA merge divided by (PEFT's `<adapter>-weight_norm` cache), for unmerge.
   readonly #mergeNorms = new Map<string, Float64Array>();
 
@@ -104,6 +106,7 @@ export abstract class LoraLayer extends BaseTunerLayer {
     this.removeAdapterWeights(name);
     this.#magnitudes?.delete(name);
     this.#mergeNorms.delete(name);
+    this.#norms.delete(name);
     delete this.r[name], delete this.loraAlpha[name], delete this.scaling[name], delete this.loraDropout[name], delete this.useDora[name];
   }
 
@@ -151,22 +154,35 @@ export abstract class LoraLayer extends BaseTunerLayer {
   #baseSumSquares(w: Tensor, inOut: boolean): Float64Array {
     const tensors = [...this.baseLayer.parameters()];
     const c = this.#sumSquares;
-    if (c && c.tensors.length === tensors.length && c.tensors.every((t, i) => t === tensors[i] && t.version === c.versions[i])) return c.value;
+    if (c && sameVersions(c, tensors)) return c.value;
     const value = outputSumSquares(w, inOut);
     this.#sumSquares = { tensors, versions: tensors.map((t) => t.version), value };
     return value;
   }
 
-  /** The detached norm ‖W + s·B·A‖ of a DoRA adapter per output feature (f32, the magnitude's shape). */
+  /**
+   * The detached norm ‖W + s·B·A‖ of a DoRA adapter per output feature (f32, the magnitude's shape). It is a
+   * function of W, A, B and s only, so it is kept while none of them changed (an inference loop computes it
+   * once; a training step, whose optimizer writes A and B, once per step).
+   */
   doraNorm(name: string): Tensor {
-    const keep: Tensor[] = [];
-    try {
-      const { w, inOut, A, B } = this.#doraOperands(name, keep);
-      const n = expandedNorms(w, inOut, this.#baseSumSquares(w, inOut), A, B, this.scaling[name]);
-      return Tensor.fromArray(n, this.magnitudeShape(), "f32");
-    } finally {
-      keep.forEach((t) => t.dispose());
+    const { A, B } = this.loraWeights(name);
+    const tensors = [A, B, ...this.baseLayer.parameters()];
+    const scale = this.scaling[name];
+    const c = this.#norms.get(name);
+    let n: Float64Array;
+    if (c && c.scale === scale && sameVersions(c, tensors)) n = c.value;
+    else {
+      const keep: Tensor[] = [];
+      try {
+        const { w, inOut, A: A2, B: B2 } = this.#doraOperands(name, keep);
+        n = expandedNorms(w, inOut, this.#baseSumSquares(w, inOut), A2, B2, scale);
+      } finally {
+        keep.forEach((t) => t.dispose());
+      }
+      this.#norms.set(name, { tensors, versions: tensors.map((t) => t.version), scale, value: n });
     }
+    return Tensor.fromArray(n, this.magnitudeShape(), "f32");
   }
 
   /** PEFT's DoRA update_layer: the magnitude starts as ‖W + s·B·A‖ with the adapter's initial A and B. */
@@ -561,6 +577,11 @@ export class LoraLinear extends FusedLoraLayer {
     if (base.bias?.requiresGrad) sumRows(dy, gradOf(base.bias), { accumulate: true });
     return dx ? new Tensor(dx) : null;
   }
+}
+
+/** Whether `tensors` are the cached ones, each still at the cached version (no write since). */
+function sameVersions(c: { tensors: Tensor[]; versions: number[] }, tensors: Tensor[]): boolean {
+  return c.tensors.length === tensors.length && c.tensors.every((t, i) => t === tensors[i] && t.version === c.versions[i]);
 }
 
 /** Whether every element of an f32 tensor is finite. */
