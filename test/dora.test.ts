@@ -1,8 +1,9 @@
 // DoRA on dense bases (Linear, Conv1D, int8, a dequantizeWeight() base) against float64 references of PEFT's
 // forward, backward (norm detached), magnitude init, merge and unmerge.
 import { describe, expect, it } from "vitest";
-import { Conv1D, Linear, Linear8bitLt, LoraLinear, LoraLinear8bitLt, Module, PeftError, Tensor, int8Dequantize, noGrad } from "../lib/index.js";
-import { DoraMagnitude, doraBackward, doraForward, type DoraRun } from "../lib/tuners/lora/dora.js";
+import { Linear, Linear8bitLt, LoraConfig, LoraLinear, Module, Sequential, Tensor, getPeftModel, getPeftModelStateDict, noGrad, setPeftModelStateDict } from "../lib/index.js";
+import { LoraLayer, type LoraLayerOptions } from "../lib/tuners/lora/layer.js";
+import { doraBackward, doraForward, type DoraRun } from "../lib/tuners/lora/dora.js";
 import { denseDoraOps } from "../lib/tuners/lora/dora-ops.js";
 import { dropoutMask } from "../lib/kernels.js";
 import { EPS, expectClose, numericGrad, values } from "./helpers/nn-reference.js";
@@ -276,10 +277,102 @@ describe("dora.ts directly: the dropout path with a known mask", () => {
   });
 });
 
+describe("DoRA: norm reuse, dtypes, dropout through the layer", () => {
+  it("the kept norm follows writes to B (an optimizer step) and to the base weight", () => {
+    const K = 7, N = 5, M = 3;
+    const l = makeLayer("linear", K, N, 2, 107);
+    l.eval();
+    const xv = values(M * K, 109);
+    using x = Tensor.fromArray(xv, [M, K]);
+    const check = (what: string) => {
+      using y = l.forward(x);
+      const W = weightOf(l.baseLayer), b = l.baseLayer.bias!.toFloat64Array(), ads = refAdapters(l);
+      const want = refDoraForward(xv, M, K, W, N, b, ads);
+      expectClose(y.toFloat64Array(), want, tolFor(K, 2, absScale(xv, M, K, W, N, b, ads)), what);
+    };
+    check("first");
+    const B = l.loraFactors("default").B;
+    B.copyFrom(Tensor.fromArray(values(B.numel, 113), B.shape));
+    check("after B changed");
+    const W = l.baseLayer.weight;
+    W.copyFrom(Tensor.fromArray(values(W.numel, 127), W.shape));
+    check("after W changed");
+    l.dispose();
+  });
+
+  it("a bf16 base weight: the norm and products use it widened to f32", () => {
+    const K = 9, N = 6, M = 4;
+    const lin = new Linear(K, N, { seed: 131 });
+    lin.weight.copyFrom(Tensor.fromArray(values(K * N, 137, true), [N, K]));
+    lin.to("bf16");
+    const l = new LoraLinear(lin, { r: 2, loraAlpha: 3, useDora: true, initLoraWeights: false });
+    randomize(l, "default", 139);
+    l.eval();
+    const xv = values(M * K, 149);
+    using x = Tensor.fromArray(xv, [M, K]);
+    using y = l.forward(x);
+    const W = lin.weight.toFloat64Array(), b = lin.bias!.toFloat64Array(), ads = refAdapters(l);
+    const want = refDoraForward(xv, M, K, W, N, b, ads);
+    expectClose(y.toFloat64Array(), want, tolFor(K, 2, absScale(xv, M, K, W, N, b, ads)), "y over bf16 W");
+    l.dispose();
+  });
+
+  it("dropout through the layer: training output differs from eval's, backward runs, eval ignores dropout", () => {
+    const K = 8, N = 6, M = 5;
+    const l = makeLayer("linear", K, N, 2, 151, { dropout: 0.5 });
+    using x = Tensor.fromArray(values(M * K, 157), [M, K]);
+    l.eval();
+    using ye = l.forward(x);
+    const W = weightOf(l.baseLayer), b = l.baseLayer.bias!.toFloat64Array(), ads = refAdapters(l);
+    const want = refDoraForward(values(M * K, 157), M, K, W, N, b, ads);
+    expectClose(ye.toFloat64Array(), want, (i) => 1e-5 * (1 + Math.abs(want[i])), "eval y");
+    l.train();
+    using yt = l.forward(x);
+    expect(Array.from(yt.toFloat32Array())).not.toEqual(Array.from(ye.toFloat32Array()));
+    using g = Tensor.fromArray(values(M * N, 163), [M, N]);
+    using dx = l.backward(g)!;
+    expect(dx.shape).toEqual([M, K]);
+    expect(l.doraMagnitude("default")!.grad!.shape).toEqual([N]);
+    l.dispose();
+  });
+});
+
 describe("DoRA bad inputs", () => {
   it("useDora must be a boolean", () => {
     const base = new Linear(4, 3);
     expect(() => new LoraLinear(base, { r: 2, useDora: "yes" as never })).toThrow(TypeError);
     base.dispose();
+  });
+
+  it("a custom LoRA layer that does not implement DoRA refuses it (ERR_UNSUPPORTED), naming the layer", () => {
+    class MyLora extends LoraLayer {
+      constructor(base: Module, opts: LoraLayerOptions) {
+        super(base);
+        this.updateLayer(opts);
+      }
+      protected features(): [number, number] {
+        return [4, 3];
+      }
+      forward(x: Tensor): Tensor {
+        return x;
+      }
+    }
+    const base = new Linear(4, 3);
+    expect(errorCode(() => new MyLora(base, { r: 2, useDora: true }))).toBe("ERR_UNSUPPORTED");
+    expect(() => new MyLora(base, { r: 2, useDora: true })).toThrow(/MyLora does not support DoRA/);
+    new MyLora(base, { r: 2 }).dispose();
+  });
+
+  it("a checkpoint magnitude of the wrong shape is ERR_CHECKPOINT (nothing copied)", () => {
+    const model = new Sequential(new Linear(4, 3, { seed: 1 }));
+    const pm = getPeftModel(model, new LoraConfig({ r: 2, targetModules: ["0"], useDora: true }));
+    const sd = getPeftModelStateDict(pm);
+    const key = "base_model.model.0.lora_magnitude_vector";
+    expect(sd[key].shape).toEqual([3]);
+    const before = sd[key].toFloat64Array();
+    const bad = { ...sd, [key]: Tensor.fromArray([1, 2], [2]) };
+    expect(errorCode(() => setPeftModelStateDict(pm, bad))).toBe("ERR_CHECKPOINT");
+    expect(Array.from(sd[key].toFloat64Array())).toEqual(Array.from(before));
+    pm.dispose();
   });
 });
