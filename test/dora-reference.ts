@@ -1,7 +1,7 @@
 // Float64 references for DoRA (PEFT's dora.py / variants.py), on dense weights W (N, K) as (out, in), and the
 // DoRA layers the tests build.
 import { Conv1D, Linear, Linear8bitLt, LoraLinear, LoraLinear8bitLt, Tensor, int8Dequantize } from "../lib/index.js";
-import { values } from "./helpers/nn-reference.js";
+import { refLinear, values } from "./helpers/nn-reference.js";
 
 export interface RefAdapter {
   A: Float64Array; // (r, K)
@@ -34,14 +34,7 @@ export function refNorms(W: Float64Array, N: number, K: number, a: RefAdapter): 
 
 /** x (M, K) through W (N, K): (M, N). */
 function mm(x: Float64Array, M: number, K: number, W: Float64Array, N: number): Float64Array {
-  const y = new Float64Array(M * N);
-  for (let m = 0; m < M; m++)
-    for (let n = 0; n < N; n++) {
-      let s = 0;
-      for (let k = 0; k < K; k++) s += x[m * K + k] * W[n * K + k];
-      y[m * N + n] = s;
-    }
-  return y;
+  return refLinear({ data: x, rows: M, cols: K }, { data: W, rows: N, cols: K }, null);
 }
 
 /** s·B·A·x per row (M, N). */
