@@ -76,6 +76,7 @@ export class LoraEmbedding extends LoraLayer {
       return base.forward(ids);
     }
     base.releaseSaved();
+    if (adapters.some((n) => this.useDora[n])) this.requireDoraOnCpu(ids, base.weight);
     let y = embedding(ids, base.weight);
     // Per DoRA adapter the sum it rescaled and its norm (for the magnitude's gradient and dy's rescale).
     const dora: Tensor[] = [];

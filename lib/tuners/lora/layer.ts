@@ -137,6 +137,12 @@ export abstract class LoraLayer extends BaseTunerLayer {
     return `${this.constructor.name} does not support DoRA (use_dora)`;
   }
 
+  /** DoRA's ops have CPU kernels only: tensors elsewhere get ERR_NOT_ON_DEVICE naming the layer, before any work. */
+  protected requireDoraOnCpu(...tensors: Tensor[]): void {
+    const t = tensors.find((v) => v.device !== "cpu");
+    if (t) throw peftError("ERR_NOT_ON_DEVICE", `${this.describe()}: DoRA runs on the cpu only; a tensor is on ${t.device} (move the layer and its input to the cpu)`);
+  }
+
   /** The magnitude's shape: one entry per output feature (convolutions: PEFT's (1, out, 1, 1)). */
   protected magnitudeShape(): number[] {
     return [this.features()[1]];
@@ -167,6 +173,7 @@ export abstract class LoraLayer extends BaseTunerLayer {
    */
   doraNorm(name: string): Tensor {
     const { A, B } = this.loraWeights(name);
+    this.requireDoraOnCpu(A, B, ...this.baseLayer.parameters());
     const tensors = [A, B, ...this.baseLayer.parameters()];
     const scale = this.scaling[name];
     const c = this.#norms.get(name);
@@ -209,6 +216,7 @@ export abstract class LoraLayer extends BaseTunerLayer {
    * norm. Written back once (nothing written when `safe` finds a non-finite result, or with checkOnly).
    */
   protected doraMerge(names: string[], sign: 1 | -1, safe: boolean, checkOnly: boolean): number {
+    this.requireDoraOnCpu(...this.baseLayer.parameters());
     const keep: Tensor[] = [];
     let wf = this.readMergeWeight();
     try {
@@ -288,7 +296,12 @@ export abstract class LoraLayer extends BaseTunerLayer {
     this.scaling[name] = opts.useRslora ? alpha / Math.sqrt(r) : alpha / r;
     this.loraDropout[name] = p;
     if (dora) {
-      this.#initMagnitude(name);
+      try {
+        this.#initMagnitude(name);
+      } catch (e) {
+        this.dropAdapter(name); // no half-made adapter is left behind
+        throw e;
+      }
       this.useDora[name] = true;
     }
     const active = this.activeAdapters;
@@ -482,6 +495,7 @@ export abstract class FusedLoraLayer extends LoraLayer {
   }
 
   #forwardDora(x: Tensor, adapters: string[], training: boolean, rng: Rng): Tensor {
+    this.requireDoraOnCpu(x, this.baseLayer.weight);
     const norms = adapters.map((n) => (this.useDora[n] ? this.doraNorm(n) : null));
     const keep: Tensor[] = [];
     let res: { y: Tensor; saved: Tensor[] };
