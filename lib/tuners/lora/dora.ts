@@ -134,15 +134,16 @@ export function doraBackward(ops: DoraOps, dy: Tensor, x: Tensor, saved: Tensor[
       const m = a.magnitude;
       if (m && pre && norm && m.requiresGrad) magnitudeGrad(ops, dq, pre, norm, m);
       using xd = a.p > 0 ? dropout(x, a.p, a.seed, a.stream) : null;
-      // du = dq (LoRA), c ⊙ dq (DoRA), scaled by s: u enters q as s·u.
+      // The adapter's u enters q as s·u (LoRA) or c ⊙ s·u (DoRA): its gradient is s·dq or (s·c) ⊙ dq, one pass.
       using c = m ? ew("div", [m, norm!], "f32") : null;
-      using du = c ? ew("mul", [dq, c], "f32") : null;
-      using g = scaled(du ?? dq, a.scale);
+      using sc = c ? scaled(c, a.scale) : null;
+      using g = sc ? ew("mul", [dq, sc], "f32") : scaled(dq, a.scale);
       const dxd = ops.loraGrad(g, xd ?? x, T, a.A, a.B, dA, dB, wantDx);
       let back = dxd;
       if (c && xd) {
-        // The (c − 1) ⊙ zd term: dzd = c ⊙ dq − dq through the base weight.
-        using dz = ew("sub", [du!, dq], "f32");
+        // The (c − 1) ⊙ zd term: dzd = (c − 1) ⊙ dq through the base weight.
+        using c1 = ew("affine", [c], "f32", [1, -1]);
+        using dz = ew("mul", [dq, c1], "f32");
         const dzx = ops.baseGrad(dz, xd, wantDx);
         if (back && dzx) addInPlace(back, dzx), dzx.dispose();
         else back ??= dzx;
