@@ -55,9 +55,9 @@ export abstract class LoraLayer extends BaseTunerLayer {
   readonly useDora: Record<string, boolean> = Object.create(null);
   // PEFT's lora_magnitude_vector (a ModuleDict of DoraMagnitude), registered with the first DoRA adapter.
   #magnitudes: ModuleDict | null = null;
-  // ‖w_i‖² of the base weight for DoRA's norm, kept while the base's tensors are unchanged.
+  // ‖w_i‖² of the base weight for DoRA's norm, kept while the base's weight tensors are unchanged.
   #sumSquares: { tensors: Tensor[]; versions: number[]; value: Float64Array } | null = null;
-  // Each DoRA adapter's norm, kept while its A, B, scaling and the base's tensors are unchanged.
+  // Each DoRA adapter's norm, kept while its A, B, scaling and the base's weight tensors are unchanged.
   readonly #norms = new Map<string, { tensors: Tensor[]; versions: number[]; scale: number; value: Float64Array }>();
   // The norms each DoRA merge divided by (PEFT's `<adapter>-weight_norm` cache), for unmerge.
   readonly #mergeNorms = new Map<string, Float64Array>();
@@ -156,9 +156,14 @@ export abstract class LoraLayer extends BaseTunerLayer {
     return { w: this.flat(bw.weight, keep), inOut: bw.inOut, A: this.flat(A, keep), B: this.flat(B, keep) };
   }
 
+  /** The base's tensors its weight is made of (all but the bias: a quantised base's scales count too). */
+  #weightTensors(): Tensor[] {
+    return [...this.baseLayer.namedParameters()].filter(([n]) => n !== "bias").map(([, t]) => t);
+  }
+
   /** ‖w_i‖² of the base weight, recomputed only when one of the base's tensors changed. */
   #baseSumSquares(w: Tensor, inOut: boolean): Float64Array {
-    const tensors = [...this.baseLayer.parameters()];
+    const tensors = this.#weightTensors();
     const c = this.#sumSquares;
     if (c && sameVersions(c, tensors)) return c.value;
     const value = outputSumSquares(w, inOut);
@@ -173,8 +178,8 @@ export abstract class LoraLayer extends BaseTunerLayer {
    */
   doraNorm(name: string): Tensor {
     const { A, B } = this.loraWeights(name);
-    this.requireDoraOnCpu(A, B, ...this.baseLayer.parameters());
-    const tensors = [A, B, ...this.baseLayer.parameters()];
+    const tensors = [A, B, ...this.#weightTensors()];
+    this.requireDoraOnCpu(...tensors);
     const scale = this.scaling[name];
     const c = this.#norms.get(name);
     let n: Float64Array;
