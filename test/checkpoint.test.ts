@@ -133,7 +133,7 @@ describe("savePretrained / fromPretrained round trips", () => {
     writeFileSync(join(dir, "adapter_config.json"), JSON.stringify({ ...config, target_modules: ["seq.0"], r: 2 }));
     await saveSafetensors(join(dir, "adapter_model.safetensors"), { "base_model.model.seq.0.lora_A.weight": Tensor.zeros([2, 20]) });
     await expect(PeftModel.fromPretrained(new MLP(8), dir)).rejects.toThrow(/missing: base_model\.model\.seq\.0\.lora_B\.weight \[8, 2\]/);
-    writeFileSync(join(dir, "adapter_config.json"), JSON.stringify({ ...config, target_modules: ["seq.0"], use_dora: true }));
+    writeFileSync(join(dir, "adapter_config.json"), JSON.stringify({ ...config, target_modules: ["seq.0"], lora_bias: true }));
     expect(await codeOf(PeftModel.fromPretrained(new MLP(8), dir))).toBe("ERR_UNSUPPORTED");
     expect(await codeOf(PeftModel.fromPretrained(new MLP(8), join(tmp, "nowhere")))).toBe("ERR_CHECKPOINT");
     writeFileSync(join(dir, "adapter_config.json"), "{not json");

@@ -296,7 +296,6 @@ describe("validation", () => {
 
 describe("known PEFT keys node-peft does not implement", () => {
   const NON_DEFAULT: Record<string, unknown> = {
-    use_dora: true,
     lora_bias: true,
     use_qalora: true,
     ensure_weight_tying: true,

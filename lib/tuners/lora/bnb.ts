@@ -12,27 +12,12 @@ import { Linear8bitLt, gradOf } from "../../nn/index.js";
 import { denseFanInFanOut, warnOnce } from "../tuner-layer.js";
 import { applyLoraDeltas } from "./delta.js";
 import { untrack } from "../../autograd/scope.js";
+import { int8Dequantize } from "./int8-dequantize.js";
+import { denseDoraOps } from "./dora-ops.js";
+import type { DoraOps } from "./dora.js";
 import { FusedLoraLayer, type FusedResult, type LoraLayerOptions, type MergeOptions, type NativeAdapter } from "./layer.js";
 
-/** bitsandbytes' int8_vectorwise_dequant multiplies by 1/127 rounded to f32 (7.874015718698502e-3). */
-const INV127 = Math.fround(1 / 127);
-
-/** W = CB·SCB·(1/127) in f32, (out, in), rounded as bitsandbytes' int8_vectorwise_dequant rounds it. */
-export function int8Dequantize(cb: Tensor, scb: Tensor): Tensor {
-  for (const [t, n] of [[cb, "cb"], [scb, "scb"]] as const)
-    if (!(t instanceof Tensor)) throw typeError(`int8Dequantize: ${n} must be a Tensor, got ${describe(t)}`);
-  if (cb.dtype !== "i8" || scb.dtype !== "f32" || cb.shape.length !== 2 || scb.shape.length !== 1 || scb.shape[0] !== cb.shape[0])
-    throw peftError("ERR_SHAPE", `int8Dequantize: expected CB i8 (out, in) and SCB f32 (out), got CB ${cb.dtype} [${cb.shape.join(", ")}] and SCB ${scb.dtype} [${scb.shape.join(", ")}]`);
-  const [n, k] = cb.shape;
-  const q = cb.view() as Int8Array;
-  const s = scb.view() as Float32Array;
-  const w = new Float32Array(n * k);
-  for (let i = 0; i < n; i++) {
-    const si = s[i];
-    for (let j = i * k, e = j + k; j < e; j++) w[j] = Math.fround(Math.fround(q[j] * si) * INV127);
-  }
-  return Tensor.fromArray(w, [n, k], "f32");
-}
+export { int8Dequantize };
 
 /** A 2-D (rows, last) view of t (t itself when already 2-D), collected in `keep` for disposal. */
 function rows(t: Tensor, keep: Tensor[]): Tensor {
@@ -100,6 +85,15 @@ export class LoraLinear8bitLt extends FusedLoraLayer {
     this.#bt.get(name)?.t.dispose();
     this.#bt.delete(name);
     super.removeAdapter(name);
+  }
+
+  /** DoRA over the int8 base: its result and dx come from the int8 kernels; xd·Wᵀ (dropout) from the dequantised W, as PEFT. */
+  protected override doraOps(): DoraOps & Disposable {
+    const base = this.baseLayer;
+    return denseDoraOps(base, {
+      baseOut: (x) => int8Linear(x, base.weight, base.SCB, null, base.threshold),
+      baseGrad: (dz, _x, wantDx) => (wantDx ? int8LinearGradInput(dz, base.weight, base.SCB) : null),
+    });
   }
 
   /** Whether the merged state keeps the original CB/SCB, so unmerge restores them exactly. */
@@ -214,21 +208,30 @@ export class LoraLinear8bitLt extends FusedLoraLayer {
       this.#dropOriginal();
       return -1;
     }
+    // DoRA adapters: the shared DoRA merge over the dequantised weight (readMergeWeight), requantised below.
+    if (names.some((n) => this.useDora[n])) return this.doraMerge(names, sign, safe, checkOnly);
     const keep: Tensor[] = [];
     try {
       const { deltas } = this.mergeOperands(names, keep);
       using w = int8Dequantize(base.weight, base.SCB);
       const bad = applyLoraDeltas(w, deltas, { sign, safe, checkOnly });
       if (bad >= 0 || checkOnly) return bad;
-      const [cb, scb] = int8Quantize(w);
-      using _cb = cb, _scb = scb;
-      if (sign > 0 && this.#exactRequested && !this.#original) this.#original = { cb: untrack(base.weight.to("i8")), scb: untrack(base.SCB.to("f32")) }; // copies
-      base.weight.copyFrom(cb);
-      base.SCB.copyFrom(scb);
+      this.writeMergeWeight(w);
       return -1;
     } finally {
       keep.forEach((t) => t.dispose());
     }
+  }
+
+  /** Requantises a merged f32 weight into CB/SCB (keeping the originals first when the merge asked for exactUnmerge). */
+  protected override writeMergeWeight(w: Tensor): void {
+    const base = this.baseLayer;
+    const [cb, scb] = int8Quantize(w);
+    using _cb = cb, _scb = scb;
+    // Only a merge sets #exactRequested (an unmerge with kept originals restores them before getting here).
+    if (this.#exactRequested && !this.#original) this.#original = { cb: untrack(base.weight.to("i8")), scb: untrack(base.SCB.to("f32")) }; // copies
+    base.weight.copyFrom(cb);
+    base.SCB.copyFrom(scb);
   }
 
   #dropOriginal(): void {

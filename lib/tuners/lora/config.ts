@@ -23,7 +23,6 @@ export type ModuleClass = new (...args: any[]) => unknown;
  * non-default value throws PeftError ERR_UNSUPPORTED), so configs written by PEFT load unchanged.
  */
 export interface UnsupportedLoraOptions {
-  useDora?: false;
   loraBias?: false;
   useQalora?: false;
   ensureWeightTying?: false;
@@ -53,6 +52,8 @@ export interface LoraConfigOptions extends PeftConfigOptions, UnsupportedLoraOpt
   useRslora?: boolean;
   initLoraWeights?: InitLoraWeights;
   fanInFanOut?: boolean;
+  /** DoRA (PEFT's use_dora): LoRA's direction with a trainable magnitude per output feature. */
+  useDora?: boolean;
   rankPattern?: Record<string, number>;
   alphaPattern?: Record<string, number>;
   /** Only used by Megatron layers (unsupported); kept for the file. */
@@ -88,6 +89,7 @@ const LORA_SPEC: ConfigSpec = {
     { key: "fan_in_fan_out", check: check.bool },
     { key: "bias", check: check.oneOf<LoraBias>(["none", "all", "lora_only"]) },
     { key: "use_rslora", check: check.bool },
+    { key: "use_dora", check: check.bool },
     { key: "modules_to_save", check: check.optModuleNames },
     { key: "init_lora_weights", check: checkInitLoraWeights },
     { key: "layers_to_transform", check: check.optLayerIndexes },
@@ -99,7 +101,6 @@ const LORA_SPEC: ConfigSpec = {
   ],
   // Defaults are what PEFT 0.19.1 writes (see the peft-lora-example fixture).
   unsupported: [
-    { key: "use_dora", default: false },
     { key: "lora_bias", default: false },
     { key: "use_qalora", default: false },
     { key: "ensure_weight_tying", default: false },
@@ -133,6 +134,7 @@ export class LoraConfig extends PeftConfigBase {
   fanInFanOut = false;
   bias: LoraBias = "none";
   useRslora = false;
+  useDora = false;
   modulesToSave: string[] | null = null;
   initLoraWeights: InitLoraWeights = true;
   layersToTransform: number | number[] | null = null;

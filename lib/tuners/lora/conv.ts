@@ -8,6 +8,9 @@ import { conv2d, conv2dBackward, geometryArray, type Conv2dGeometry } from "../.
 import { addInPlace, dropout, scaleInPlace } from "../../kernels.js";
 import { describe, peftError, typeError } from "../../errors.js";
 import { Conv2d, gradOf } from "../../nn/index.js";
+import { ew, reduceRaw } from "../../functional/raw.js";
+import { baseWeightF32 } from "./dora-weight.js";
+import type { DoraOps } from "./dora.js";
 import { FusedLoraLayer, initAdapter, warnOnce, type FusedResult, type LoraLayerOptions, type NativeAdapter } from "./layer.js";
 
 export class LoraConv2d extends FusedLoraLayer {
@@ -43,6 +46,68 @@ export class LoraConv2d extends FusedLoraLayer {
     initAdapter(A.weight, B.weight, r, init);
     this.loraA.set(name, A);
     this.loraB.set(name, B);
+  }
+
+  // ---- DoRA (PEFT's DoraConv2dLayer): the norm over each output channel's (in, kh, kw), a (1, out, 1, 1) magnitude ----
+
+  protected override doraRefusal(): string | null {
+    // PEFT's norm for grouped convolutions multiplies B.view(-1, r) by A.view(r, -1), which is not the
+    // grouped product its forward applies; refused here rather than reproduced.
+    return this.baseLayer.groups > 1 ? `DoRA on a Conv2d with groups=${this.baseLayer.groups} is not supported (its weight norm would not describe the grouped adapter)` : null;
+  }
+
+  protected override magnitudeShape(): number[] {
+    return [1, this.baseLayer.outChannels, 1, 1];
+  }
+
+  protected override doraWorking(t: Tensor, keep: Tensor[]): Tensor {
+    if (t.dtype === "f32") return t;
+    const c = t.to("f32");
+    keep.push(c);
+    return c;
+  }
+
+  protected override doraOutput(q: Tensor, x: Tensor): Tensor {
+    const bias = this.baseLayer.bias;
+    if (!bias) return q.to(x.dtype);
+    using b = bias.reshape([bias.shape[0], 1, 1]);
+    return ew("add", [q, b], x.dtype);
+  }
+
+  protected override doraBiasGrad(dy: Tensor): void {
+    const b = this.baseLayer.bias;
+    if (!b?.requiresGrad) return;
+    using s = reduceRaw("sum", dy, [0, 2, 3], false, "f32").values;
+    addInPlace(gradOf(b), s);
+  }
+
+  protected override doraOps(): DoraOps & Disposable {
+    const base = this.baseLayer, geom = base.geometry, aGeom = this.#aGeometry, bGeom = this.#bGeometry;
+    const bw = baseWeightF32(base);
+    const through = (x: Tensor) => conv2d(x, bw.weight, null, geom);
+    return {
+      reduceDims: () => [0, 2, 3],
+      baseOut: through,
+      weightOut: through,
+      baseGrad: (dz, x, wantDx) => {
+        const dW = base.weight.requiresGrad ? gradOf(base.weight) : null;
+        return conv2dBackward(dz, dW ? x : x.shape, bw.weight, geom, { wantDx, dW });
+      },
+      loraA: (x, A) => conv2d(x, A, null, aGeom),
+      loraB: (T, B) => conv2d(T, B, null, bGeom),
+      loraGrad: (du, xd, T, A, B, dA, dB, wantDx) => {
+        // u = B(T), T = A(xd): dB from (du, T), dT = Bᵀ(du), then dA from (dT, xd) and dxd = Aᵀ(dT).
+        if (!dA && !wantDx) {
+          if (dB) conv2dBackward(du, T, B, bGeom, { wantDx: false, dW: dB });
+          return null;
+        }
+        using dT = conv2dBackward(du, dB ? T : T.shape, B, bGeom, { dW: dB })!;
+        return conv2dBackward(dT, dA ? xd : xd.shape, A, aGeom, { wantDx, dW: dA });
+      },
+      [Symbol.dispose]() {
+        if (bw.owned) bw.weight.dispose();
+      },
+    };
   }
 
   protected override mergeRefusal(): string | null {

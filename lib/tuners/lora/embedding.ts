@@ -4,7 +4,8 @@
 import { Tensor } from "../../tensor.js";
 import { native } from "../../native.js";
 import { matmul } from "../../ops.js";
-import { addInPlace, embedding, embeddingBackward, scaleInPlace } from "../../kernels.js";
+import { addInPlace, embedding, embeddingBackward, scaleInPlace, sumRows } from "../../kernels.js";
+import { ew } from "../../functional/raw.js";
 import { describe, peftError, typeError } from "../../errors.js";
 import { Embedding, ParameterDict, gradOf, type BackwardOptions } from "../../nn/index.js";
 import { keepingRow } from "../../nn/embedding.js";
@@ -52,7 +53,12 @@ export class LoraEmbedding extends LoraLayer {
 
   override adapterStateEntries(name: string): [string, Tensor][] {
     const { A, B } = this.loraWeights(name);
-    return [["lora_embedding_A", A], ["lora_embedding_B", B]];
+    return this.withMagnitude(name, [["lora_embedding_A", A], ["lora_embedding_B", B]]);
+  }
+
+  /** PEFT's DoraEmbeddingVariant: the norm per embedding dimension, y = c ⊙ (y + s·u) (no dropout here). */
+  protected override doraRefusal(): string | null {
+    return null;
   }
 
   /** W (num, dim) += s·(B·A)ᵀ: W is the (K, N) layout of the product B (dim, r)·A (r, num). */
@@ -70,8 +76,11 @@ export class LoraEmbedding extends LoraLayer {
       return base.forward(ids);
     }
     base.releaseSaved();
-    const y = embedding(ids, base.weight);
-    {
+    if (adapters.some((n) => this.useDora[n])) this.requireDoraOnCpu(ids, base.weight);
+    let y = embedding(ids, base.weight);
+    // Per DoRA adapter the sum it rescaled and its norm (for the magnitude's gradient and dy's rescale).
+    const dora: Tensor[] = [];
+    try {
       using flat = ids.reshape([-1]);
       for (const n of adapters) {
         const { A, B } = this.loraWeights(n);
@@ -79,18 +88,31 @@ export class LoraEmbedding extends LoraLayer {
         using u = matmul(at, B, { transA: true, transB: true }); // (M, dim)
         using u2 = u.reshape(y.shape);
         addInPlace(y, u2, this.scaling[n]);
+        const m = this.doraMagnitude(n);
+        if (!m) continue;
+        // PEFT: result = m/‖W + s·(B·A)ᵀ‖ ⊙ (result + s·u), the norm per embedding dimension, detached.
+        const norm = this.doraNorm(n);
+        using c = ew("div", [m, norm], "f32");
+        dora.push(y, norm);
+        y = ew("mul", [y, c], y.dtype);
       }
+    } catch (e) {
+      y.dispose();
+      dora.forEach((t) => t.dispose());
+      throw e;
     }
     if (this.training) {
-      this.save(ids);
+      this.save(ids, ...dora);
       this.#forwardAdapters = adapters;
     } else {
       this.releaseSaved();
       this.#forwardAdapters = [];
     }
-    const lora = adapters.flatMap((n) => Object.values(this.loraWeights(n)));
-    if (wantsGrad(base.weight, ...lora))
-      record("LoraEmbeddingBackward", [], y, ([g], [idx]) => (g && this.#gradients(g, idx, adapters), []), [ids, base.weight, ...lora], { force: true });
+    const params = adapters.flatMap((n) => this.adapterParameters(n));
+    const k = dora.length;
+    if (wantsGrad(base.weight, ...params))
+      record("LoraEmbeddingBackward", [], y, ([g], saved) => (g && this.#gradients(g, saved[0], adapters, saved.slice(saved.length - k)), []), [ids, base.weight, ...params, ...dora], { force: true });
+    dora.forEach((t) => t.dispose());
     return y;
   }
 
@@ -99,35 +121,64 @@ export class LoraEmbedding extends LoraLayer {
     this.gradInput(dy, options);
     if (!this.#forwardAdapters.length) return this.baseLayer.backward(dy, options);
     if (this.merged) throw peftError("ERR_STATE", `${this.describe()}.backward: adapters are merged; unmerge them before training`);
-    const [ids] = this.saved();
-    this.#gradients(dy, ids, this.#forwardAdapters);
+    const [ids, ...dora] = this.saved();
+    this.#gradients(dy, ids, this.#forwardAdapters, dora);
     this.releaseSaved();
     this.#forwardAdapters = [];
     return null;
   }
 
-  #gradients(dy: Tensor, ids: Tensor, adapters: string[]): void {
+  /** `dora`: per DoRA adapter (in order) the sum it rescaled and its norm, as forward kept them. */
+  #gradients(dy: Tensor, ids: Tensor, adapters: string[], dora: Tensor[]): void {
     const base = this.baseLayer;
     const pad = base.paddingIdx;
-    if (base.weight.requiresGrad) keepingRow(gradOf(base.weight), pad, (g) => embeddingBackward(ids, dy, g));
     using flat = ids.reshape([-1]);
     using dy32 = dy.dtype === "f32" ? null : dy.to("f32");
-    using dy2 = (dy32 ?? dy).reshape([flat.shape[0], -1]); // (M, dim)
-    for (const n of adapters) {
-      const { A, B } = this.loraWeights(n);
-      const s = this.scaling[n];
-      if (B.requiresGrad) {
-        // dB += s·dyᵀ·Aᵀ[ids]
-        using at = new Tensor(native.indexSelect(Tensor.handle(A), 1, Tensor.handle(flat)));
-        using dB = matmul(dy2, at, { transA: true, transB: true });
-        addInPlace(gradOf(B), dB, s);
+    // dq: the gradient of the running result, walked back through the adapters (a DoRA adapter scaled it by c).
+    let dq = (dy32 ?? dy).reshape([flat.shape[0], -1]); // (M, dim)
+    let k = dora.length;
+    try {
+      for (let i = adapters.length - 1; i >= 0; i--) {
+        const n = adapters[i];
+        const { A, B } = this.loraWeights(n);
+        const s = this.scaling[n];
+        const m = this.doraMagnitude(n);
+        if (m) {
+          const [pre, norm] = [dora[k - 2], dora[k - 1]];
+          k -= 2;
+          if (m.requiresGrad) {
+            // dm += Σ_rows dq ⊙ pre / ‖…‖
+            using pre2 = pre.reshape(dq.shape);
+            using prod = ew("mul", [dq, pre2], "f32");
+            using sum = Tensor.zeros([dq.shape[1]]);
+            sumRows(prod, sum, { accumulate: false });
+            using dm = ew("div", [sum, norm], "f32");
+            addInPlace(gradOf(m), dm);
+          }
+          using c = ew("div", [m, norm], "f32");
+          const next = ew("mul", [dq, c], "f32");
+          dq.dispose();
+          dq = next;
+        }
+        if (B.requiresGrad) {
+          // dB += s·dqᵀ·Aᵀ[ids]
+          using at = new Tensor(native.indexSelect(Tensor.handle(A), 1, Tensor.handle(flat)));
+          using dB = matmul(dq, at, { transA: true, transB: true });
+          addInPlace(gradOf(B), dB, s);
+        }
+        if (A.requiresGrad) {
+          // dA[:, ids[m]] += s·(dq·B)[m] for every looked-up id; the padding column keeps what it had.
+          using g = matmul(B, dq, { transA: true, transB: true }); // (r, M)
+          scaleInPlace(g, s);
+          keepingColumn(gradOf(A), pad, (dA) => native.indexAdd(Tensor.handle(dA), 1, Tensor.handle(flat), Tensor.handle(g)));
+        }
       }
-      if (A.requiresGrad) {
-        // dA[:, ids[m]] += s·(dy·B)[m] for every looked-up id; the padding column keeps what it had.
-        using g = matmul(B, dy2, { transA: true, transB: true }); // (r, M)
-        scaleInPlace(g, s);
-        keepingColumn(gradOf(A), pad, (dA) => native.indexAdd(Tensor.handle(dA), 1, Tensor.handle(flat), Tensor.handle(g)));
+      if (base.weight.requiresGrad) {
+        using dq3 = dq.reshape(dy.shape);
+        keepingRow(gradOf(base.weight), pad, (g) => embeddingBackward(ids, dq3, g));
       }
+    } finally {
+      dq.dispose();
     }
   }
 }

@@ -95,6 +95,7 @@ export class LoraModel extends BaseTuner<LoraConfig> {
       useRslora: config.useRslora,
       initLoraWeights: config.initLoraWeights as LoraLayerOptions["initLoraWeights"],
       fanInFanOut: config.fanInFanOut,
+      useDora: config.useDora,
     };
     if (target instanceof LoraLayer) {
       target.updateLayer(opts);
