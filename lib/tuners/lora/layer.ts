@@ -129,6 +129,7 @@ export abstract class LoraLayer extends BaseTunerLayer {
 
   /** The magnitude of a DoRA adapter (PEFT's lora_magnitude_vector[name].weight), or null for plain LoRA. */
   doraMagnitude(name: string): Tensor | null {
+    if (typeof name !== "string") throw typeError(`${this.describe()}.doraMagnitude: name must be a string, got ${describe(name)}`);
     return this.useDora[name] ? (this.#magnitudes!.get(name) as DoraMagnitude).weight : null;
   }
 
@@ -177,6 +178,7 @@ export abstract class LoraLayer extends BaseTunerLayer {
    * once; a training step, whose optimizer writes A and B, once per step).
    */
   doraNorm(name: string): Tensor {
+    if (typeof name !== "string") throw typeError(`${this.describe()}.doraNorm: name must be a string, got ${describe(name)}`);
     const { A, B } = this.loraWeights(name);
     const tensors = [A, B, ...this.#weightTensors()];
     this.requireDoraOnCpu(...tensors);
