@@ -7,7 +7,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, describe, expect, it } from "vitest";
 import {
-  Linear, Linear4bit, LlamaForCausalLM, LoraConfig, LoraLinear4bit, Module, PeftError, Tensor, getPeftModel, noGrad, prepareModelForKbitTraining,
+  Linear, Linear4bit, LlamaForCausalLM, LoraConfig, LoraLinear4bit, PeftError, Sequential, Tensor, getPeftModel, noGrad, prepareModelForKbitTraining,
 } from "../lib/index.js";
 import { UNIT, expectClose, expectError, uniform } from "./helpers/numeric.js";
 import { tinyLlama, trainCausalLm, writeLlama } from "./helpers/llama-models.js";
@@ -18,17 +18,6 @@ afterAll(() => rmSync(dir, { recursive: true, force: true }));
 
 const rnd = (shape: number[], seed: number, dtype: "f32" | "bf16" = "f32", lo = -1, hi = 1) =>
   Tensor.fromArray(uniform(shape.reduce((a, b) => a * b, 1), lo, hi, seed), shape, dtype);
-
-class Net extends Module {
-  proj: Module;
-  constructor(proj: Module) {
-    super();
-    this.proj = this.registerModule("proj", proj);
-  }
-  forward(x: Tensor): Tensor {
-    return (this.proj as Linear).forward(x);
-  }
-}
 
 /** A 4-bit layer (K -> N) with a random adapter of rank r (B not zero). */
 function lora4(K: number, N: number, r: number, seed: number, quantType: "nf4" | "fp4" = "nf4") {
@@ -82,13 +71,13 @@ describe("LoraLinear4bit forward and backward", () => {
   });
 
   it("getPeftModel wraps Linear4bit targets with LoraLinear4bit; only the adapter trains", () => {
-    const net = new Net(Linear4bit.fromLinear(new Linear(17, 9, { seed: 1 }), { quantType: "nf4" }));
-    const peft = getPeftModel(net, new LoraConfig({ r: 4, targetModules: ["proj"] }));
-    expect(peft.baseModel.model.proj).toBeInstanceOf(LoraLinear4bit);
+    const net = new Sequential(Linear4bit.fromLinear(new Linear(17, 9, { seed: 1 }), { quantType: "nf4" }));
+    const peft = getPeftModel(net, new LoraConfig({ r: 4, targetModules: ["0"] }));
+    expect(peft.baseModel.model.getSubmodule("0")).toBeInstanceOf(LoraLinear4bit);
     const trainable = [...peft.namedParameters()].filter(([, p]) => p.requiresGrad).map(([n]) => n);
-    expect(trainable.sort()).toEqual(["base_model.model.proj.lora_A.default.weight", "base_model.model.proj.lora_B.default.weight"]);
-    const all = getPeftModel(new Net(Linear4bit.fromLinear(new Linear(17, 9, { seed: 1 }))), new LoraConfig({ r: 2, targetModules: "all-linear" }));
-    expect(all.targetedModuleNames).toEqual(["proj"]);
+    expect(trainable.sort()).toEqual(["base_model.model.0.lora_A.default.weight", "base_model.model.0.lora_B.default.weight"]);
+    const all = getPeftModel(new Sequential(Linear4bit.fromLinear(new Linear(17, 9, { seed: 1 })), new Linear(9, 3)), new LoraConfig({ r: 2, targetModules: "all-linear" }));
+    expect(all.targetedModuleNames).toEqual(["0", "1"]);
     peft.dispose(), all.dispose();
   });
 
@@ -130,9 +119,9 @@ describe("merge into 4 bits (PEFT: dequantise, add, requantise)", () => {
   });
 
   it("safeMerge refuses a NaN adapter and leaves the codes as they were; mergeAndUnload returns 4-bit layers", () => {
-    const net = new Net(Linear4bit.fromLinear(new Linear(32, 16, { seed: 3 }), { quantType: "nf4" }));
-    const peft = getPeftModel(net, new LoraConfig({ r: 2, targetModules: ["proj"], initLoraWeights: false }));
-    const layer = peft.baseModel.model.proj as LoraLinear4bit;
+    const net = new Sequential(Linear4bit.fromLinear(new Linear(32, 16, { seed: 3 }), { quantType: "nf4" }));
+    const peft = getPeftModel(net, new LoraConfig({ r: 2, targetModules: ["0"], initLoraWeights: false }));
+    const layer = peft.baseModel.model.getSubmodule("0") as LoraLinear4bit;
     const codes = Array.from(layer.baseLayer.weight.view() as Uint8Array);
     const B = layer.loraFactors("default").B;
     const saved = B.toFloat32Array();
@@ -141,8 +130,10 @@ describe("merge into 4 bits (PEFT: dequantise, add, requantise)", () => {
     expect(Array.from(layer.baseLayer.weight.view() as Uint8Array)).toEqual(codes);
     B.copyFrom(Tensor.fromArray(saved, B.shape));
     const merged = peft.mergeAndUnload();
-    expect((merged as Net).proj).toBeInstanceOf(Linear4bit);
-    expect(((merged as Net).proj as Linear4bit).forward(rnd([2, 32], 4)).shape).toEqual([2, 16]);
+    const base = merged.getSubmodule("0") as Linear4bit;
+    expect(base).toBeInstanceOf(Linear4bit);
+    expect(base.weight.requiresGrad).toBe(false);
+    expect(base.forward(rnd([2, 32], 4)).shape).toEqual([2, 16]);
   });
 });
 

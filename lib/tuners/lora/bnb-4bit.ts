@@ -5,12 +5,12 @@
 // requantise with the layer's own quant type, block size and statistics mode; unmerge subtracts the same way
 // (lossy: the requantisation rounds again), with PEFT's warnings.
 import { Tensor } from "../../tensor.js";
-import { linear, linearGradWeight, matmul } from "../../ops.js";
-import { addInPlace, dropout, scaleInPlace, sumRows } from "../../kernels.js";
+import { sumRows } from "../../kernels.js";
 import { describe, typeError } from "../../errors.js";
 import { Linear4bit, gradOf } from "../../nn/index.js";
 import { denseFanInFanOut, warnOnce } from "../tuner-layer.js";
 import { applyLoraDeltas } from "./delta.js";
+import { accumulateAdapterGrads, addAdapterOutputs } from "./side-adapters.js";
 import { FusedLoraLayer, type FusedResult, type LoraLayerOptions, type MergeOptions, type NativeAdapter } from "./layer.js";
 
 /** Collects what a call made for disposal; `f32` and `matrix` give views/copies without touching the originals. */
@@ -56,28 +56,15 @@ export class LoraLinear4bit extends FusedLoraLayer {
   }
 
   protected runForward(x: Tensor, adapters: NativeAdapter[]): FusedResult {
-    const saved: Tensor[] = [];
-    let y: Tensor | null = null;
     using s = new Scratch();
+    // The base's product as its own forward gives it (x's dtype), widened; adapters added in f32, y rounded once.
+    const base = this.baseLayer.product(x);
+    const y = base.dtype === "f32" ? base : s.own(base).to("f32");
     try {
-      // The base's product as its own forward gives it (x's dtype), widened; adapters added in f32.
-      const base = this.baseLayer.product(x);
-      y = base.dtype === "f32" ? base : s.own(base).to("f32");
-      const x2 = s.matrix(s.f32(x)), y2 = s.matrix(y);
-      for (const a of adapters) {
-        const { A, B } = this.loraWeights(a.name);
-        using xd = a.p > 0 ? dropout(x2, a.p, a.seed, a.stream) : null;
-        // U = s·drop(x)·Aᵀ (M, r) is what backward needs for dB.
-        const U = linear(xd ?? x2, A);
-        saved.push(U);
-        scaleInPlace(U, a.scale);
-        using delta = linear(U, B);
-        addInPlace(y2, delta);
-      }
+      const saved = addAdapterOutputs((n) => this.loraWeights(n), s.matrix(s.f32(x)), s.matrix(y), adapters);
       return { y: rounded(y, x.dtype), saved };
     } catch (e) {
-      y?.dispose();
-      saved.forEach((t) => t.dispose());
+      y.dispose();
       throw e;
     }
   }
@@ -86,30 +73,12 @@ export class LoraLinear4bit extends FusedLoraLayer {
     const base = this.baseLayer;
     if (base.bias?.requiresGrad) sumRows(dy, gradOf(base.bias), { accumulate: true });
     using s = new Scratch();
-    let dx: Tensor | null = null;
+    // dx summed in f32 (the base's W rounded to its compute dtype for x), rounded to dy's dtype once.
+    const dyf = s.f32(dy);
+    const dx = wantDx ? base.gradInput4bit(dyf, base.computeFor(x)) : null;
+    let xf: Tensor | null = null;
     try {
-      // dx summed in f32 (the base's W rounded to its compute dtype for x), rounded to dy's dtype once.
-      const dyf = s.f32(dy);
-      dx = wantDx ? base.gradInput4bit(dyf, base.computeFor(x)) : null;
-      const dy2 = s.matrix(dyf), dx2 = dx ? s.matrix(dx) : null;
-      adapters.forEach((a, i) => {
-        const { A, B } = this.loraWeights(a.name);
-        if (a.dB) linearGradWeight(dy2, saved[i], gradOf(B), { accumulate: true });
-        if (!a.dA && !dx2) return;
-        // G = s·dy·B (M, r): dA += Gᵀ·drop(x), dx += drop(G·A) (the mask of forward's dropout).
-        using G = matmul(dy2, B);
-        scaleInPlace(G, a.scale);
-        if (a.dA) {
-          const xf = s.matrix(s.f32(x));
-          using xd = a.p > 0 ? dropout(xf, a.p, a.seed, a.stream) : null;
-          linearGradWeight(G, xd ?? xf, gradOf(A), { accumulate: true });
-        }
-        if (dx2) {
-          using g = matmul(G, A);
-          using gd = a.p > 0 ? dropout(g, a.p, a.seed, a.stream) : null;
-          addInPlace(dx2, gd ?? g);
-        }
-      });
+      accumulateAdapterGrads((n) => this.loraWeights(n), s.matrix(dyf), () => (xf ??= s.matrix(s.f32(x))), saved, adapters, dx ? s.matrix(dx) : null);
       return dx ? rounded(dx, dy.dtype) : null;
     } catch (e) {
       dx?.dispose();
