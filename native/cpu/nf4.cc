@@ -115,6 +115,22 @@ struct Source {
   Quant4Weight w;
   const float* table = nullptr;
   std::shared_ptr<const PanelCodes> panels;  // forward, AVX-512: the cached panel form
+
+  explicit Source(const Quant4Weight& wt) : w(wt), table(quant4_table(wt.type)) { src.state = this; }
+  Source(const Source&) = delete;
+  Source& operator=(const Source&) = delete;
+
+  // C (M, N) = A (M, K, row-major) · B + bias, B read through the unpacker.
+  void product(int64_t M, int64_t N, int64_t K, const void* a, DType a_dt, void* c, DType c_dt, const void* bias, DType bias_dt) const {
+    GemmArgs g;
+    g.M = M, g.N = N, g.K = K;
+    g.A = mat_rows(a, a_dt, K);
+    g.B.dt = DType::F32;
+    g.b_src = &src;
+    g.C = c, g.c_dt = c_dt, g.ldc = N;
+    g.bias = bias, g.bias_dt = bias_dt;
+    gemm(g);
+  }
 };
 
 // Forward: B = Wᵀ, B[k][n] = W[n][k]. The portable path reads the codes where they are.
@@ -238,8 +254,7 @@ void quant4_dequantize(const Quant4Weight& w, void* out, DType out_dt) {
 void quant4_linear_cpu(const void* x, DType x_dt, int64_t M, const Quant4Weight& w, const void* bias, DType bias_dt, void* y,
                        DType y_dt) {
   if (M <= 0 || w.N <= 0) return;
-  Source src;
-  src.w = w, src.table = quant4_table(w.type), src.src.state = &src;
+  Source src(w);
   // The panel form needs chunks of at least 16 k-steps per scale (else its scales outweigh the codes).
   const int64_t g = std::gcd(w.K, w.blocksize);
   if (avx512_path() && g >= 16 && w.K > 0) {
@@ -248,28 +263,14 @@ void quant4_linear_cpu(const void* x, DType x_dt, int64_t M, const Quant4Weight&
   } else {
     src.src.unpack = unpack_t_scalar;
   }
-  GemmArgs a;
-  a.M = M, a.N = w.N, a.K = w.K;
-  a.A = mat_rows(x, x_dt, w.K);
-  a.B.dt = DType::F32;
-  a.b_src = &src.src;
-  a.C = y, a.c_dt = y_dt, a.ldc = w.N;
-  a.bias = bias, a.bias_dt = bias_dt;
-  gemm(a);
+  src.product(M, w.N, w.K, x, x_dt, y, y_dt, bias, bias_dt);
 }
 
 void quant4_linear_grad_input_cpu(const void* dy, DType dy_dt, int64_t M, const Quant4Weight& w, void* dx, DType dx_dt) {
   if (M <= 0 || w.K <= 0) return;
-  Source src;
-  src.w = w, src.table = quant4_table(w.type), src.src.state = &src;
+  Source src(w);
   src.src.unpack = avx512_path() && w.K % kPanel == 0 ? unpack_rows_fast : unpack_rows_scalar;
-  GemmArgs a;
-  a.M = M, a.N = w.K, a.K = w.N;
-  a.A = mat_rows(dy, dy_dt, w.N);
-  a.B.dt = DType::F32;
-  a.b_src = &src.src;
-  a.C = dx, a.c_dt = dx_dt, a.ldc = w.K;
-  gemm(a);
+  src.product(M, w.K, w.N, dy, dy_dt, dx, dx_dt, nullptr, DType::F32);
 }
 
 Quant4PackRegion quant4_cached_pack(Storage* s) {
