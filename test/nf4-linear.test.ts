@@ -80,6 +80,22 @@ describe("quant4Linear and quant4LinearGradInput", () => {
     });
   });
 
+  it("a weight quantised from f16/bf16 dequantises into that dtype first (QuantState.dtype), on every path", () => {
+    forEachIsa((isa) => {
+      const [M, K, N] = [3, 96, 48];
+      const q = quantized(N, K, "fp4", 32, 13);
+      for (const wdt of ["f16", "bf16"] as const)
+        for (const cdt of ["f32", "bf16"] as const) {
+          const x = rnd([M, K], 14, cdt);
+          const y = quant4Linear(x, { ...q.op(cdt), dtype: wdt }, null);
+          const w1 = Tensor.fromArray(q.wd, [N, K], wdt), w2 = w1.to(cdt);
+          const ref = linearRef(x.toFloat64Array(), w2.toFloat64Array(), null, M, K, N);
+          expectClose(y.toFloat64Array(), ref.y, bound(K, ref.mag, ref.y, cdt), `${isa} W ${wdt} compute ${cdt}`);
+          for (const t of [x, y, w1, w2]) t.dispose();
+        }
+    });
+  });
+
   it("empty batches, and inputs that do not fit the weight", () => {
     const q = quantized(9, 17, "nf4", 64, 1);
     expect(quant4Linear(Tensor.zeros([0, 17]), q.op(), null).shape).toEqual([0, 9]);

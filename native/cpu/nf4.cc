@@ -114,7 +114,8 @@ struct Source {
   GemmBSource src;
   Quant4Weight w;
   const float* table = nullptr;
-  std::shared_ptr<const PanelCodes> panels;  // forward, AVX-512: the cached panel form
+  std::shared_ptr<const PanelCodes> panels;  // forward, SIMD paths: the cached panel form
+  Isa isa = active_isa();                     // the path gemm() picks its kernels for (so their nr) in this call
 
   explicit Source(const Quant4Weight& wt) : w(wt), table(quant4_table(wt.type)) { src.state = this; }
   Source(const Source&) = delete;
@@ -147,7 +148,8 @@ void unpack_t_scalar(const GemmBSource& s, int64_t k0, int64_t kc, int64_t n0, i
 void unpack_t_panels(const GemmBSource& s, int64_t k0, int64_t kc, int64_t n0, int nr, float* dst) {
   const Source& src = *static_cast<const Source*>(s.state);
 #if PEFT_X86
-  if (nr == kPanel) return unpack_panel_avx512(*src.panels, src.table, src.w.wdt, src.w.cdt, k0, kc, n0, dst);
+  if (src.isa == Isa::Avx512 && nr == kPanel) return unpack_panel_avx512(*src.panels, src.table, src.w.wdt, src.w.cdt, k0, kc, n0, dst);
+  if (src.isa == Isa::Avx2 && nr == kPanel / 2) return unpack_panel_avx2(*src.panels, src.table, src.w.wdt, src.w.cdt, k0, kc, n0, dst);
 #endif
   unpack_t_scalar(s, k0, kc, n0, nr, dst);
 }
@@ -225,13 +227,8 @@ std::shared_ptr<const PanelCodes> panels_for(const Quant4Weight& w, int64_t g) {
   return build();
 }
 
-bool avx512_path() {
-#if PEFT_X86
-  return active_isa() == Isa::Avx512;
-#else
-  return false;
-#endif
-}
+bool avx512_path() { return PEFT_X86 && active_isa() == Isa::Avx512; }
+bool simd_path() { return PEFT_X86 && active_isa() != Isa::Scalar; }
 
 }  // namespace
 
@@ -257,7 +254,7 @@ void quant4_linear_cpu(const void* x, DType x_dt, int64_t M, const Quant4Weight&
   Source src(w);
   // The panel form needs chunks of at least 16 k-steps per scale (else its scales outweigh the codes).
   const int64_t g = std::gcd(w.K, w.blocksize);
-  if (avx512_path() && g >= 16 && w.K > 0) {
+  if (simd_path() && g >= 16 && w.K > 0) {
     src.panels = panels_for(w, g);
     src.src.unpack = unpack_t_panels;
   } else {

@@ -68,7 +68,9 @@ struct PanelCodes {
 constexpr int kPanel = 32;
 
 // AVX-512 unpackers (nf4_avx512.cc): the forward's from PanelCodes (nr = 32), the backward's from the row-major
-// codes (nr = 32, K % 32 == 0). Values rounded to wdt then cdt.
+// codes (nr = 32, K % 32 == 0); AVX2 (nf4_avx2.cc): the forward's from PanelCodes, 16 columns (half a panel) at a
+// time. Values rounded to wdt then cdt.
+void unpack_panel_avx2(const PanelCodes& pc, const float* table, DType wdt, DType cdt, int64_t k0, int64_t kc, int64_t n0, float* dst);
 void unpack_panel_avx512(const PanelCodes& pc, const float* table, DType wdt, DType cdt, int64_t k0, int64_t kc, int64_t n0, float* dst);
 void unpack_rows_avx512(const Quant4Weight& w, const float* table, int64_t k0, int64_t kc, int64_t n0, float* dst);
 
