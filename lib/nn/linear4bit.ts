@@ -348,7 +348,12 @@ export class Linear4bit extends Module {
       bias: this.bias !== null, dtype: this.bias?.dtype ?? this.quantDtype, quantType: this.quantType, blocksize: this.blocksize,
       compressStatistics: this.compressStatistics, computeDtype: this.computeDtype,
     });
-    copy.loadStateDict(this.stateDict());
+    const sd = this.stateDict();
+    try {
+      copy.loadStateDict(sd);
+    } finally {
+      for (const t of Object.values(sd)) t.dispose();
+    }
     copy.training = this.training;
     if (copy.bias && this.bias) copy.bias.requiresGrad = this.bias.requiresGrad;
     return copy;
