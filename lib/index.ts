@@ -12,7 +12,7 @@ export { configToJSONString, TASK_TYPES, type TaskType } from "./tuners/config.j
 export { checkTargetModuleExists, findTargetModules, type MatchReport } from "./matching.js";
 export { defaultTargetModules, defaultFeedforwardModules } from "./mappings.js";
 export { loadSafetensors, loadSafetensorsSync, saveSafetensors, saveSafetensorsSync, openSafetensors, type SafetensorsFile, loadShardedSafetensors, openSharded, type ShardedSafetensors } from "./io/index.js";
-export { Module, Linear, Conv1D, Embedding, Conv2d, type Conv2dOptions, Sequential, ModuleList, ModuleDict, ReLU, GELU, SiLU, LogSoftmax, Dropout, RMSNorm, type BackwardOptions, Linear8bitLt, type Linear8bitLtOptions } from "./nn/index.js";
+export { Module, Linear, Conv1D, Embedding, Conv2d, type Conv2dOptions, Sequential, ModuleList, ModuleDict, ReLU, GELU, SiLU, LogSoftmax, Dropout, RMSNorm, type BackwardOptions, Linear8bitLt, type Linear8bitLtOptions, Linear4bit, type Linear4bitOptions, type ComputeDtype4bit } from "./nn/index.js";
 export { AdamW, type AdamWOptions } from "./optim/adamw.js";
 export { LRScheduler, getLinearScheduleWithWarmup, getCosineScheduleWithWarmup, getConstantScheduleWithWarmup, type SchedulerState } from "./optim/schedule.js";
 export { clipGradNorm, type ClipGradNormOptions } from "./optim/clip.js";
@@ -23,6 +23,7 @@ export { noGrad, isGradEnabled, tidy, gradcheck, type GradcheckOptions } from ".
 export { LoraLayer, LoraLinear, FusedLoraLayer, type LoraLayerOptions, type MergeOptions } from "./tuners/lora/layer.js";
 export { LoraConv2d } from "./tuners/lora/conv.js";
 export { LoraLinear8bitLt, int8Dequantize } from "./tuners/lora/bnb.js";
+export { LoraLinear4bit } from "./tuners/lora/bnb-4bit.js";
 export { type WeightedAdapterOptions } from "./tuners/lora/weighted-adapter.js";
 export { type CombinationType } from "./tuners/lora/combine-layer.js";
 export { registerFactorLayout } from "./tuners/lora/factor-layout.js";

@@ -1,4 +1,4 @@
-// PEFT's prepare_model_for_kbit_training: before adapters are added to a model with an int8 base, every base
+// PEFT's prepare_model_for_kbit_training: before adapters are added to a model with an int8 or 4-bit base, every base
 // parameter is frozen, the floating ones that are not int8 (norms, embeddings, the output head, biases) are
 // widened to f32 so their use stays accurate in training, and gradient checkpointing is turned on.
 import { Module } from "./nn/index.js";
@@ -13,7 +13,7 @@ export interface KbitTrainingOptions {
 
 const KNOWN = new Set(["useGradientCheckpointing", "gradientCheckpointingKwargs"]);
 
-/** Freezes `model`, casts its f16/bf16 parameters to f32 (int8 weights and buffers stay) and returns it. */
+/** Freezes `model`, casts its f16/bf16 parameters to f32 (int8 and packed 4-bit weights and their buffers stay) and returns it. */
 export function prepareModelForKbitTraining<M extends Module>(model: M, options: KbitTrainingOptions = {}): M {
   const what = "prepareModelForKbitTraining";
   if (!(model instanceof Module)) throw typeError(`${what}: model must be a Module, got ${describe(model)}`);

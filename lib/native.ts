@@ -71,6 +71,12 @@ export interface NativeAddon {
   int8Quantize(w: NativeTensor): [NativeTensor, NativeTensor];
   int8Linear(x: NativeTensor, cb: NativeTensor, scb: NativeTensor, b: NativeTensor | null, threshold: number, u?: NativeTensor | null, bt?: NativeTensor | null): NativeTensor;
   int8LinearGradInput(dy: NativeTensor, cb: NativeTensor, scb: NativeTensor): NativeTensor;
+  // bitsandbytes' 4-bit weights (native/cpu/nf4.cc): W -> [packed codes u8 ((n+1)/2, 1), absmax f32 (blocks)]; the
+  // weight arguments after that are (packed, absmax, quantType, blocksize, out, in, weight dtype, compute dtype).
+  quant4Quantize(w: NativeTensor, quantType: string, blocksize: number): [NativeTensor, NativeTensor];
+  quant4Dequantize(packed: NativeTensor, absmax: NativeTensor, quantType: string, blocksize: number, out: number, inF: number, wdt: string, cdt: string, outDtype: string): NativeTensor;
+  quant4Linear(x: NativeTensor, packed: NativeTensor, absmax: NativeTensor, quantType: string, blocksize: number, out: number, inF: number, wdt: string, cdt: string, b: NativeTensor | null): NativeTensor;
+  quant4LinearGradInput(dy: NativeTensor, packed: NativeTensor, absmax: NativeTensor, quantType: string, blocksize: number, out: number, inF: number, wdt: string, cdt: string): NativeTensor;
   // x ← (I − tau·v·vᵀ)·x on columns c0..c1−1, rows row..row+below of a column-major Float64Array (ld rows).
   applyReflector(v: Float64Array, vo: number, below: number, tau: number, x: Float64Array, ld: number, row: number, c0: number, c1: number): void;
   activation(kind: string, x: NativeTensor): NativeTensor;

@@ -1,6 +1,6 @@
 // Dense ops over tensors. Each wrapper checks argument types here; the addon checks dtypes, shapes and
 // devices and throws PeftError with the op's name.
-import { native } from "./native.js";
+import { native, type NativeTensor } from "./native.js";
 import { Tensor, handleOf, optionalHandle, readShape } from "./tensor.js";
 import { optionsArg } from "./errors.js";
 
@@ -110,4 +110,48 @@ export function int8Linear(x: Tensor, cb: Tensor, scb: Tensor, bias: Tensor | nu
 export function int8LinearGradInput(dy: Tensor, cb: Tensor, scb: Tensor): Tensor {
   const op = "int8LinearGradInput";
   return new Tensor(native.int8LinearGradInput(handleOf(dy, op, "dy"), handleOf(cb, op, "CB"), handleOf(scb, op, "SCB")));
+}
+
+/** A 4-bit weight as the quant4 ops take it (see nn/quant-4bit.ts): codes, f32 absmax, and how to read them. */
+export interface Quant4Operand {
+  packed: Tensor;
+  absmax: Tensor;
+  quantType: "nf4" | "fp4";
+  blocksize: number;
+  /** (out, in) */
+  shape: readonly [number, number];
+  /** The dtype bitsandbytes dequantises into (the weight's when it was quantised): values are rounded to it. */
+  dtype: "f32" | "f16" | "bf16";
+  /** The compute dtype: values are then rounded to it. */
+  computeDtype: "f32" | "bf16";
+}
+
+function quant4Args(w: Quant4Operand, op: string): [NativeTensor, NativeTensor, string, number, number, number, string, string] {
+  return [handleOf(w.packed, op, "packed weight"), handleOf(w.absmax, op, "absmax"), w.quantType, w.blocksize, w.shape[0], w.shape[1], w.dtype, w.computeDtype];
+}
+
+/**
+ * bitsandbytes' quantize_4bit of any float tensor (its values in row-major order): [packed codes u8 ((n + 1) / 2, 1),
+ * absmax f32 (one per block)]. A NaN or infinite value is a RangeError naming it.
+ */
+export function quant4Quantize(weight: Tensor, quantType: "nf4" | "fp4", blocksize: number): [Tensor, Tensor] {
+  const [p, a] = native.quant4Quantize(handleOf(weight, "quant4Quantize", "weight"), quantType, blocksize);
+  return [new Tensor(p), new Tensor(a)];
+}
+
+/** The (out, in) weight as bitsandbytes' dequantize_4bit gives it (in w.dtype), stored in `dtype`. */
+export function quant4Dequantize(w: Quant4Operand, dtype: "f32" | "f16" | "bf16" = "f32"): Tensor {
+  return new Tensor(native.quant4Dequantize(...quant4Args(w, "quant4Dequantize"), dtype));
+}
+
+/** y = x·Wᵀ + b in x's dtype, W unpacked block by block into the GEMM's panels. */
+export function quant4Linear(x: Tensor, w: Quant4Operand, bias: Tensor | null): Tensor {
+  const op = "quant4Linear";
+  return new Tensor(native.quant4Linear(handleOf(x, op, "x"), ...quant4Args(w, op), optionalHandle(bias, op, "bias")));
+}
+
+/** dx = dy·W in dy's dtype. */
+export function quant4LinearGradInput(dy: Tensor, w: Quant4Operand): Tensor {
+  const op = "quant4LinearGradInput";
+  return new Tensor(native.quant4LinearGradInput(handleOf(dy, op, "dy"), ...quant4Args(w, op)));
 }

@@ -62,6 +62,7 @@ static Napi::Object Init(Napi::Env env, Napi::Object exports) {
   register_reduce_ops(env, exports);
   register_indexing_ops(env, exports);
   register_int8_ops(env, exports);
+  register_quant4_ops(env, exports);
   register_attention_ops(env, exports);
   register_share_ops(env, exports);
   register_rms_norm_ops(env, exports);

@@ -82,7 +82,7 @@ describe('buildModelFromCheckpoint({ quantize: "int8" })', () => {
 
   it("bad options", () => {
     expectError(() => buildModelFromCheckpoint(file, { quantize: "int8", threshold: -1 }), RangeError, "ERR_OUT_OF_RANGE", /threshold/);
-    expectError(() => buildModelFromCheckpoint(file, { quantize: "int4" as never }), TypeError, "ERR_INVALID_ARG_TYPE", /quantize must be "int8" or a function/);
+    expectError(() => buildModelFromCheckpoint(file, { quantize: "int4" as never }), TypeError, "ERR_INVALID_ARG_TYPE", /quantize must be "int8", "nf4", "fp4" or a function/);
     expectError(() => buildModelFromCheckpoint(file, { threshold: 6 }), PeftError, "ERR_CONFIG", /quantize: "int8" only/);
     expectError(() => buildModelFromCheckpoint(file, { quantize: "int8", skipModules: "lm_head" as never }), TypeError, "ERR_INVALID_ARG_TYPE", /skipModules/);
     const nan = join(tmp, "nan.safetensors");

@@ -147,8 +147,8 @@ describe("llama checkpoint errors", () => {
     expect(Math.sqrt(d / n)).toBeLessThan(0.1);
     full.dispose();
     q.dispose();
-    await expect(LlamaForCausalLM.fromPretrained(dir, { quantize: "int4" as never })).rejects.toThrow(/quantize must be "int8" or a function/);
-    await expectPeftAsync(LlamaForCausalLM.fromPretrained(dir, { threshold: 3 }), "ERR_CONFIG", /threshold and skipModules apply to quantize: "int8" only/);
+    await expect(LlamaForCausalLM.fromPretrained(dir, { quantize: "int4" as never })).rejects.toThrow(/quantize must be "int8", "nf4", "fp4" or a function/);
+    await expectPeftAsync(LlamaForCausalLM.fromPretrained(dir, { threshold: 3 }), "ERR_CONFIG", /threshold applies to quantize: "int8" only/);
     const m = await LlamaForCausalLM.fromPretrained(dir, { dtype: "bf16" });
     for (const [, p] of m.namedParameters()) expect(p.dtype).toBe("bf16");
     m.dispose();

@@ -56,11 +56,15 @@ export interface BuildOptions {
   dtype?: DType;
   onProgress?: (p: LoadProgress) => void;
   /** A hook, or "int8" (transformers' load_in_8bit: Linear layers quantised as they load; see LoadWeightsOptions). */
-  quantize?: QuantizeHook | "int8";
+  quantize?: QuantizeHook | "int8" | "nf4" | "fp4";
   /** Outlier threshold of the int8 layers (quantize: "int8" only; default 6.0). */
   threshold?: number;
-  /** Modules kept in full precision besides the output head (quantize: "int8" only). */
+  /** Modules kept in full precision besides the output head (quantize: "int8", "nf4" or "fp4"). */
   skipModules?: string[];
+  /** 4-bit options (quantize: "nf4" / "fp4" only; see LoadWeightsOptions). */
+  blocksize?: number;
+  compressStatistics?: boolean;
+  computeDtype?: "f32" | "bf16" | "f16";
 }
 
 export interface BuildAsyncOptions extends BuildOptions {

@@ -11,6 +11,7 @@ import { Tensor, transientBytes, type DType } from "../tensor.js";
 import { openCheckpointLayout, type CheckpointLayout, type TensorPlace } from "./checkpoint-layout.js";
 import { fdReader, readFully, readFullySync, runAsync, runSync, type IoPlan, type IoRequest } from "./file-io.js";
 import { int8QuantizeHook } from "./int8-quantize.js";
+import { QUANT4_OPTION_KEYS, quant4QuantizeHook, type Quant4LoadOptions } from "./nf4-quantize.js";
 import { native } from "../native.js";
 
 /** What onProgress is told after each tensor. */
@@ -46,13 +47,20 @@ export interface LoadWeightsOptions {
   onProgress?: (p: LoadProgress) => void;
   /**
    * A hook, or "int8": every Linear outside the skipped modules becomes a Linear8bitLt as soon as its weight
-   * is read (transformers' load_in_8bit), with `threshold` (default 6.0) and `skipModules` (besides lm_head).
+   * is read (transformers' load_in_8bit), with `threshold` (default 6.0) and `skipModules` (besides lm_head);
+   * "nf4" / "fp4": a Linear4bit instead (load_in_4bit), with `skipModules`, `blocksize`, `compressStatistics`, `computeDtype`.
    */
-  quantize?: QuantizeHook | "int8";
+  quantize?: QuantizeHook | "int8" | "nf4" | "fp4";
   /** Outlier threshold of the int8 layers (quantize: "int8" only; default 6.0). */
   threshold?: number;
-  /** Modules kept in full precision besides the output head (quantize: "int8" only). */
+  /** Modules kept in full precision besides the output head (quantize: "int8", "nf4" or "fp4"). */
   skipModules?: string[];
+  /** 4-bit block size (quantize: "nf4" / "fp4" only; default 64). */
+  blocksize?: Quant4LoadOptions["blocksize"];
+  /** Double quantisation of the 4-bit statistics (quantize: "nf4" / "fp4" only; default false). */
+  compressStatistics?: Quant4LoadOptions["compressStatistics"];
+  /** Compute dtype of the 4-bit layers (quantize: "nf4" / "fp4" only; default "f32"). */
+  computeDtype?: Quant4LoadOptions["computeDtype"];
 }
 
 export interface LoadWeightsAsyncOptions extends LoadWeightsOptions {
@@ -98,11 +106,15 @@ export function loadOptions<T extends LoadWeightsAsyncOptions>(options: T | unde
   const given = optionsArg(options, op);
   if (given.prefix !== undefined && typeof given.prefix !== "string") throw typeError(`${op}: prefix must be a string, got ${describe(given.prefix)}`);
   if (given.onProgress !== undefined && typeof given.onProgress !== "function") throw typeError(`${op}: onProgress must be a function, got ${describe(given.onProgress)}`);
-  if (given.quantize !== undefined && given.quantize !== "int8" && typeof given.quantize !== "function")
-    throw typeError(`${op}: quantize must be "int8" or a function, got ${describe(given.quantize)}`);
-  if (given.quantize !== "int8" && (given.threshold !== undefined || given.skipModules !== undefined))
-    throw peftError("ERR_CONFIG", `${op}: threshold and skipModules apply to quantize: "int8" only`);
-  const hook: QuantizeHook | undefined = given.quantize === "int8" ? int8QuantizeHook(given, op) : (given.quantize as QuantizeHook | undefined);
+  const q = given.quantize;
+  const four = q === "nf4" || q === "fp4";
+  if (q !== undefined && q !== "int8" && !four && typeof q !== "function")
+    throw typeError(`${op}: quantize must be "int8", "nf4", "fp4" or a function, got ${describe(q)}`);
+  if (q !== "int8" && given.threshold !== undefined) throw peftError("ERR_CONFIG", `${op}: threshold applies to quantize: "int8" only`);
+  if (q !== "int8" && !four && given.skipModules !== undefined) throw peftError("ERR_CONFIG", `${op}: skipModules applies to quantize: "int8", "nf4" or "fp4" only`);
+  for (const k of QUANT4_OPTION_KEYS)
+    if (!four && given[k] !== undefined) throw peftError("ERR_CONFIG", `${op}: ${k} applies to quantize: "nf4" or "fp4" only`);
+  const hook: QuantizeHook | undefined = q === "int8" ? int8QuantizeHook(given, op) : four ? quant4QuantizeHook(q, given, op) : (q as QuantizeHook | undefined);
   const opts = { ...given, quantize: hook } as Omit<Partial<T>, "quantize"> & { quantize?: QuantizeHook };
   if (opts.signal !== undefined && !(opts.signal instanceof AbortSignal)) throw typeError(`${op}: signal must be an AbortSignal, got ${describe(opts.signal)}`);
   return opts;

@@ -71,13 +71,18 @@ export interface PretrainedOptions {
   dtype?: DType;
   /**
    * "int8": every projection becomes a Linear8bitLt as its weight is read (transformers' load_in_8bit;
-   * lm_head and `skipModules` stay in `dtype`), or a loader hook replacing modules as they load.
+   * lm_head and `skipModules` stay in `dtype`); "nf4" / "fp4": a Linear4bit instead (load_in_4bit, with
+   * `blocksize`, `compressStatistics`, `computeDtype`); or a loader hook replacing modules as they load.
    */
-  quantize?: "int8" | QuantizeHook;
+  quantize?: "int8" | "nf4" | "fp4" | QuantizeHook;
   /** Outlier threshold of the int8 layers (quantize: "int8" only; default 6.0 as transformers'). */
   threshold?: number;
-  /** Modules kept in full precision besides lm_head (quantize: "int8" only; transformers' llm_int8_skip_modules). */
+  /** Modules kept in full precision besides lm_head (transformers' llm_int8_skip_modules). */
   skipModules?: string[];
+  /** 4-bit options (quantize: "nf4" / "fp4" only; transformers' defaults: 64, false, "f32"). */
+  blocksize?: number;
+  compressStatistics?: boolean;
+  computeDtype?: "f32" | "bf16" | "f16";
   /** "cpu" (the only device the model's ops run on). */
   device?: Device;
   signal?: AbortSignal;
@@ -153,8 +158,8 @@ export class LlamaForCausalLM extends Module {
     const config = await readLlamaConfig(dir);
     const model = skipInit(() => new LlamaForCausalLM(config, { dtype: opts.dtype ?? "f32" }));
     try {
-      const { quantize, threshold, skipModules } = opts;
-      const res = await loadModelWeightsAsync(model, dir, { strict: false, signal: opts.signal, onProgress: opts.onProgress, quantize, threshold, skipModules });
+      const { quantize, threshold, skipModules, blocksize, compressStatistics, computeDtype } = opts;
+      const res = await loadModelWeightsAsync(model, dir, { strict: false, signal: opts.signal, onProgress: opts.onProgress, quantize, threshold, skipModules, blocksize, compressStatistics, computeDtype });
       // Checkpoints may also hold the tied head under its own name, and older ones the rope buffers.
       const extra = res.unexpectedKeys.filter((k) => !(k === "lm_head.weight" && config.tieWordEmbeddings) && !/\.rotary_emb\.inv_freq$/.test(k));
       if (res.missingKeys.length || extra.length) {

@@ -270,8 +270,8 @@ export abstract class BaseTuner<C extends PeftConfigBase = PeftConfigBase> exten
       model.setSubmodule(path, replacement, { dispose: false });
       disposeDropped(m, replacement);
     }
-    // An int8 weight has no gradient (Linear8bitLt refuses one): it stays frozen.
-    for (const p of model.parameters()) p.requiresGrad = p.dtype !== "i8";
+    // An int8 or packed 4-bit weight (and a 4-bit layer's integer statistics) has no gradient: it stays frozen.
+    for (const p of model.parameters()) p.requiresGrad = p.dtype !== "i8" && p.dtype !== "u8";
     return model;
   }
 }

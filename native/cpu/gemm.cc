@@ -42,16 +42,18 @@ constexpr int64_t kAmxMinRows = 8;
 
 const KernelSet* select_kernels(const GemmArgs& g) {
   const KernelSet* ks = nullptr;
+  // A B unpacked per block (b_src) arrives as f32 panels.
+  const DType b_dt = g.b_src ? DType::F32 : g.B.dt;
   switch (active_isa()) {
 #if PEFT_X86
     case Isa::Avx512:
-      if (g.A.dt == DType::BF16 && g.B.dt == DType::BF16) {
+      if (g.A.dt == DType::BF16 && b_dt == DType::BF16) {
         if (amx_enabled() && g.M > kAmxMinRows) ks = amx_bf16_kernels();
         if (!ks && cpu_features().avx512_bf16) ks = avx512_bf16_kernels();
       }
-      if (!ks) ks = avx512_f32_kernels(g.B.dt);
+      if (!ks) ks = avx512_f32_kernels(b_dt);
       break;
-    case Isa::Avx2: ks = avx2_f32_kernels(g.B.dt); break;
+    case Isa::Avx2: ks = avx2_f32_kernels(b_dt); break;
 #endif
     default: break;
   }

@@ -18,6 +18,14 @@ struct GemmMat {
   const float* ks = nullptr;
 };
 
+// A B operand that is no matrix in memory (a 4-bit quantised weight): the GEMM has it unpacked into f32
+// panels block by block as the loop nest reaches them, so no f32 copy of the whole of B is ever made.
+struct GemmBSource {
+  // k-steps [k0, k0 + kc) of columns [n0, n0 + nr) as f32, k-step k at dst + (k - k0) * nr; zeros past K and N.
+  void (*unpack)(const GemmBSource& s, int64_t k0, int64_t kc, int64_t n0, int nr, float* dst) = nullptr;
+  const void* state = nullptr;
+};
+
 struct GemmArgs {
   int64_t M = 0, N = 0, K = 0;
   GemmMat A;  // M x K
@@ -39,6 +47,8 @@ struct GemmArgs {
   // When B is a weight that is reused across calls, its packed form is cached on this storage
   // (dropped when the storage's version changes). Null: pack per call.
   Storage* b_cache = nullptr;
+  // When set, B is read through this (f32 panels made per block) and the view `B` is ignored.
+  const GemmBSource* b_src = nullptr;
 };
 
 // A row-major matrix with row stride ld, and the transpose of one (the views every GEMM caller builds).

@@ -65,6 +65,10 @@ std::shared_ptr<const PackedB> packed_b(const GemmArgs& g, const KernelSet& ks, 
   auto pb = std::make_shared<PackedB>();
   describe(*pb, ks, g.B, g.K, g.N, Kp);
   const size_t bytes = std::max<size_t>(pb->panel_bytes * pb->panels, kAlign);
+  if (g.b_src) {
+    pb->source = g.b_src;
+    return pb;
+  }
   if (g.b_cache && g.b_cache->device == Device::CPU) {
     auto build = [&]() {
       auto built = std::make_shared<PackedB>();

@@ -52,6 +52,8 @@ struct PackedB {
   std::shared_ptr<Storage> mem;
   bool direct = false;
   PackBFn pack = nullptr;
+  // Unpacked per block by the thread that runs it (GemmArgs::b_src): nothing is packed up front.
+  const GemmBSource* source = nullptr;
 
   bool packed(int64_t p) const { return !direct || (p == panels - 1 && N % nr); }
   // Panel p's first k-step and the elements from one k-step to the next.

@@ -13,7 +13,7 @@ namespace peft {
 namespace gemm_detail {
 namespace {
 
-thread_local Scratch t_apack, t_a2pack, t_b2pack, t_partial, t_widen;
+thread_local Scratch t_apack, t_a2pack, t_b2pack, t_partial, t_widen, t_unpack;
 
 // In stream order with more row groups than this, B comes from L3 for all but the first group and the
 // hardware prefetcher keeps up: prefetching the next block as well cost about 3 % (M = 2048, K = 1024).
@@ -116,6 +116,13 @@ class Part {
   void panel_block(int64_t blk, int64_t p) {
     const int nr = ks_.nr;
     const int64_t pc = blk * pl_.kc, kcb = std::min(pl_.kc, pl_.Kp - pc);
+    if (pb_.source) {
+      // Unpacked here, once for every row group of this A block; the source prefetches its own bytes.
+      float* w = static_cast<float*>(t_unpack.get(sizeof(float) * std::max<int64_t>(kcb, 1) * nr));
+      pb_.source->unpack(*pb_.source, pc, kcb, p * nr, nr, w);
+      for (int64_t gi = 0; gi < groups_->n; gi++) tile(blk, p, gi, w, nr, {}, nullptr);
+      return;
+    }
     const int64_t ldb = pb_.ldb(p);
     const char* raw = pb_.panel(p) + pc * ldb * bsz_;
     const void* bp = raw;

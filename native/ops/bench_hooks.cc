@@ -4,6 +4,7 @@
 #include "../cpu/ceilings.h"
 #include "../cpu/gemm.h"
 #include "../cpu/int8.h"
+#include "../cpu/nf4.h"
 #include "../cpu/parallel.h"
 #include "../napi_util.h"
 #include "../tensor_handle.h"
@@ -41,6 +42,8 @@ Napi::Value Evict(const Napi::CallbackInfo& info) {
   if (pack.p) evict_lines(pack.p, pack.bytes);
   Int8PackRegion pack8 = int8_cached_pack(t.storage.get());
   if (pack8.p) evict_lines(pack8.p, pack8.bytes);
+  Quant4PackRegion pack4 = quant4_cached_pack(t.storage.get());
+  if (pack4.p) evict_lines(pack4.p, pack4.bytes);
   return Napi::Number::New(info.Env(), static_cast<double>(t.storage->bytes + pack.bytes + pack8.bytes));
 }
 

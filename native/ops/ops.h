@@ -20,6 +20,7 @@ void register_elementwise_ops(Napi::Env env, Napi::Object exports);
 void register_reduce_ops(Napi::Env env, Napi::Object exports);
 void register_indexing_ops(Napi::Env env, Napi::Object exports);
 void register_int8_ops(Napi::Env env, Napi::Object exports);
+void register_quant4_ops(Napi::Env env, Napi::Object exports);
 void register_attention_ops(Napi::Env env, Napi::Object exports);
 void register_rms_norm_ops(Napi::Env env, Napi::Object exports);
 void register_share_ops(Napi::Env env, Napi::Object exports);  // tensors handed between worker threads

@@ -1,6 +1,6 @@
 // The LoRA tuner model (PEFT's LoraModel): LoRA layers made through an ordered list of dispatchers, LoRA's
 // bias modes, addWeightedAdapter; injection and adapter management are the shared tuner's (tuner.ts).
-import { Module, Linear, Conv1D, Conv2d, Embedding, Linear8bitLt } from "../../nn/index.js";
+import { Module, Linear, Conv1D, Conv2d, Embedding, Linear8bitLt, Linear4bit } from "../../nn/index.js";
 import { peftError, typeError } from "../../errors.js";
 import { describe } from "../../tensor.js";
 import type { MatchOptions } from "../../matching.js";
@@ -11,6 +11,7 @@ import { LoraConfig, type ModuleClass } from "./config.js";
 import { LoraLayer, LoraLinear, type LoraLayerOptions } from "./layer.js";
 import { LoraConv2d } from "./conv.js";
 import { LoraLinear8bitLt } from "./bnb.js";
+import { LoraLinear4bit } from "./bnb-4bit.js";
 import { LoraEmbedding } from "./embedding.js";
 import { ModulesToSaveWrapper } from "../modules-to-save.js";
 import { addWeightedAdapter, type WeightedAdapterOptions } from "./weighted-adapter.js";
@@ -41,6 +42,11 @@ function int8Dispatcher(target: Module, opts: LoraLayerOptions): LoraLayer | nul
   return target instanceof Linear8bitLt ? new LoraLinear8bitLt(target, opts) : null;
 }
 
+// PEFT's dispatch_bnb_4bit: a 4-bit base gets the LoRA layer that keeps it 4-bit.
+function int4Dispatcher(target: Module, opts: LoraLayerOptions): LoraLayer | null {
+  return target instanceof Linear4bit ? new LoraLinear4bit(target, opts) : null;
+}
+
 function conv2dDispatcher(target: Module, opts: LoraLayerOptions): LoraLayer | null {
   return target instanceof Conv2d ? new LoraConv2d(target, opts) : null;
 }
@@ -50,10 +56,10 @@ function embeddingDispatcher(target: Module, opts: LoraLayerOptions): LoraLayer 
   return target instanceof Embedding ? new LoraEmbedding(target, { ...opts, fanInFanOut: undefined }) : null;
 }
 
-export const LORA_DISPATCHERS: readonly LoraDispatcher[] = [customDispatcher, int8Dispatcher, denseDispatcher, conv2dDispatcher, embeddingDispatcher];
+export const LORA_DISPATCHERS: readonly LoraDispatcher[] = [customDispatcher, int8Dispatcher, int4Dispatcher, denseDispatcher, conv2dDispatcher, embeddingDispatcher];
 
 /** The layer types LoRA adapts without a registration. */
-const BUILT_IN = [Linear, Conv1D, Linear8bitLt, Conv2d, Embedding];
+const BUILT_IN = [Linear, Conv1D, Linear8bitLt, Linear4bit, Conv2d, Embedding];
 
 function isCustom(m: unknown, config: LoraConfig): boolean {
   for (const [from] of config.customModules ?? []) if (m instanceof (from as ModuleClass)) return true;
@@ -62,7 +68,7 @@ function isCustom(m: unknown, config: LoraConfig): boolean {
 
 export function loraMatchOptions(config: LoraConfig): MatchOptions {
   return {
-    isLinearLike: (m) => m instanceof Linear || m instanceof Conv1D || m instanceof Linear8bitLt || m instanceof LoraLinear || m instanceof LoraLinear8bitLt,
+    isLinearLike: (m) => m instanceof Linear || m instanceof Conv1D || m instanceof Linear8bitLt || m instanceof Linear4bit || m instanceof LoraLinear || m instanceof LoraLinear8bitLt || m instanceof LoraLinear4bit,
     isSupported: (m) => m instanceof LoraLayer || BUILT_IN.some((c) => m instanceof c) || isCustom(m, config),
     typeName: (m) => (m as object)?.constructor?.name ?? typeof m,
     isTunerLayer: (m) => m instanceof LoraLayer || m instanceof ModulesToSaveWrapper,
@@ -105,7 +111,7 @@ export class LoraModel extends BaseTuner<LoraConfig> {
       const layer = dispatch(target, opts, config);
       if (layer) return layer;
     }
-    throw peftError("ERR_UNSUPPORTED", `Target module ${key} (${target.constructor.name}) is not supported: LoRA adapts Linear, Conv1D, Linear8bitLt, Conv2d and Embedding, or a type given to registerCustomModule`);
+    throw peftError("ERR_UNSUPPORTED", `Target module ${key} (${target.constructor.name}) is not supported: LoRA adapts Linear, Conv1D, Linear8bitLt, Linear4bit, Conv2d and Embedding, or a type given to registerCustomModule`);
   }
 
   /** A new adapter made from existing ones, as PEFT's add_weighted_adapter (see weighted-adapter.ts). */

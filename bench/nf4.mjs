@@ -1,0 +1,63 @@
+// 4-bit weights (native/cpu/nf4*.cc, bitsandbytes' NF4): the forward y = x·Wᵀ with W unpacked into the GEMM's
+// f32 panels block by block. M = 16 with the codes (and their cached panel form) flushed from every cache level
+// against the roofline of the 4-bit bytes (codes + f32 absmax) from DRAM, capped by the f32 FMA peak the
+// kernels run at, and against our f32 GEMM with its W evicted too; M = 512 against our f32 GEMM.
+import { Tensor, backend, linear } from "../dist/index.js";
+import { quant4Linear, quant4Quantize } from "../dist/ops.js";
+import { native } from "../dist/native.js";
+import { ceilingRate, computeCeilingOf, rooflineRate } from "./ceilings.mjs";
+
+const h = Tensor.handle;
+const amx = backend.features.includes("amx");
+
+function lazy(make) {
+  let v = null;
+  return { get: () => (v ??= make()), drop: () => { if (v) for (const t of Object.values(v)) t?.dispose?.(); v = null; } };
+}
+
+function inputs([M, K, N]) {
+  return lazy(() => {
+    const w = Tensor.randn([N, K], { seed: 2 });
+    const [packed, absmax] = quant4Quantize(w, "nf4", 64);
+    return { x: Tensor.randn([M, K], { seed: 1 }), w, packed, absmax };
+  });
+}
+
+const operand = (v, K, N) => ({ packed: v.packed, absmax: v.absmax, quantType: "nf4", blocksize: 64, shape: [N, K], dtype: "f32", computeDtype: "f32" });
+
+function forwardCase(shape, evict) {
+  const [M, K, N] = shape;
+  const flops = 2 * M * N * K;
+  const t = inputs(shape);
+  const kernel = native._benchGemmKernel("f32", "f32");
+  const compute = computeCeilingOf(kernel);
+  const ours = () => quant4Linear(t.get().x, operand(t.get(), K, N), null).dispose();
+  const f32 = () => linear(t.get().x, t.get().w).dispose();
+  const prepare = (which, run) => () => {
+    if (evict) native._benchEvict(h(t.get()[which]));
+    else run();
+    native._benchWake();
+  };
+  const bytes4 = (N * K) / 2 + (N * K / 64) * 4;
+  const baselines = [{ name: "our f32 GEMM", before: prepare("w", f32), run: f32 }];
+  if (evict) baselines.unshift({ name: "DRAM roofline (4-bit bytes)", rate: () => rooflineRate(flops, bytes4, compute) });
+  else baselines.unshift({ name: `${compute} peak`, rate: () => ceilingRate(compute) });
+  return {
+    name: `quant4Linear NF4 y=x·Wᵀ M=${M} K=${K} N=${N} x f32${evict ? " (W evicted)" : ""}`,
+    shape, dtype: "x f32, W nf4 (blocksize 64)", flops, kernel: `${kernel} + nf4 unpack`,
+    setup: () => { t.get(); }, teardown: t.drop,
+    before: prepare("packed", ours),
+    run: ours,
+    baselines,
+    // The issue's targets: >= 0.7x the 4-bit roofline and >= 1.6x our f32 at M = 16 (5x where AMX is used: the 4-bit
+    // path does not use AMX), >= 0.8x our f32 GEMM at M = 512.
+    target: evict ? { baseline: "DRAM roofline (4-bit bytes)", min: 0.7 } : { baseline: "our f32 GEMM", min: 0.8 },
+  };
+}
+
+function decodeRatioCase() {
+  const c = forwardCase([16, 4096, 4096], true);
+  return { ...c, name: `${c.name}, against f32`, target: { baseline: "our f32 GEMM", min: 1.6, note: amx ? "AMX present but unused by the 4-bit path (issue asks 5x there)" : undefined } };
+}
+
+export const cases = [forwardCase([16, 4096, 4096], true), decodeRatioCase(), forwardCase([512, 4096, 4096], false)];
