@@ -175,6 +175,8 @@ export class LlamaModel extends Module {
 
   /** The final hidden states [B, T, hidden] (after model.norm) of token ids, or of float input embeddings [B, T, hidden]. */
   forward(inputIds: Tensor, ctx: LayerContext): Tensor {
+    if (!(inputIds instanceof TensorClass)) throw typeError(`LlamaModel.forward: inputIds must be a Tensor (token ids, or input embeddings [B, T, hidden]), got ${describe(inputIds)}`);
+    checkContext(ctx, "LlamaModel.forward");
     // Embeddings get a handle of their own: the first layer's input is disposed below, the caller's is not.
     const embeds = inputIds.shape.length === 3 && inputIds.dtype !== "i32" && inputIds.dtype !== "i64";
     let h = embeds ? inputIds.reshape(inputIds.shape) : this.embed_tokens.forward(inputIds);

@@ -264,6 +264,7 @@ export class Linear4bit extends Module {
 
   /** y = x·Wᵀ + b as forward computes it (x and the bias cast to the compute dtype, y back in x's), outside autograd. */
   product(x: Tensor): Tensor {
+    if (!(x instanceof Tensor)) throw typeError(`${this.describe()}.product: x must be a Tensor, got ${describe(x)}`);
     const cdt = this.computeFor(x);
     const keep: Tensor[] = [];
     try {
@@ -300,6 +301,8 @@ export class Linear4bit extends Module {
 
   /** dx = dy·W with W rounded to `cdt` (dy cast to it first), in dy's dtype. */
   gradInput4bit(dy: Tensor, cdt: ComputeDtype4bit): Tensor {
+    if (!(dy instanceof Tensor)) throw typeError(`${this.describe()}.gradInput4bit: dy must be a Tensor, got ${describe(dy)}`);
+    if (cdt !== "f32" && cdt !== "bf16" && cdt !== "f16") throw typeError(`${this.describe()}.gradInput4bit: the compute dtype must be "f32", "bf16" or "f16", got ${shownValue(cdt)}`);
     const keep: Tensor[] = [];
     try {
       let dx = quant4LinearGradInput(inDtype(dy, cdt, keep), this.operand(cdt));

@@ -757,6 +757,7 @@ async function child(opts) {
     LlamaAttention: () => new lib.LlamaAttention(llamaCfg(), layerOpts()),
     LlamaMLP: () => new lib.LlamaMLP(llamaCfg(), layerOpts()),
     KVCache: () => new lib.KVCache(llamaCfg(), { batch: 1, maxLength: rng.pick([1, 8]), dtype: rng.pick(["f32", "bf16"]) }),
+    LoraLinear4bit: () => new lib.LoraLinear4bit(lib.Linear4bit.fromLinear(new lib.Linear(4, 3), { quantType: rng.pick(["nf4", "fp4"]), blocksize: rng.pick([32, 64]) }), { r: 2, loraAlpha: 4, loraDropout: rng.pick([0, 0.1]) }),
     LoraLinear8bitLt: () => new lib.LoraLinear8bitLt(lib.Linear8bitLt.fromLinear(new lib.Linear(4, 3), { threshold: rng.pick([0, 6]) }), { r: 2, loraAlpha: 4, loraDropout: rng.pick([0, 0.1]) }),
     Tokenizer: () => lib.Tokenizer.fromPretrained(join(ROOT, "test", "fixtures", "llama-tiny", "model")),
     Linear: () => new lib.Linear(rng.pick([4, 8, 3]), rng.pick([3, 4, 2]), { bias: rng.chance(0.7), dtype: rng.pick(FLOAT_DTYPES), seed: rng.int(100) }),
