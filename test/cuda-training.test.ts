@@ -101,27 +101,21 @@ describe("TF32 products (backend.cuda.allowTf32)", () => {
         for (let i = 0; i < want.length; i++)
           if (Math.abs(got[i] - want[i]) > rel * scale(i) + 1e-30) expect.fail(`${what} [${M},${K},${N}] ${i}: ${got[i]} vs ${want[i]}`);
       };
-      check(linear(x.to("cuda"), w.to("cuda")).to("cpu").toFloat64Array(), linear(x, w).toFloat64Array(), (i) => {
-        const m = Math.floor(i / N), n = i % N;
+      // Σ|a||b| of output i of C[rows, cols] = Σ_t a(r, t) b(t, c) over t < inner.
+      const absDot = (cols: number, inner: number, a: (r: number, t: number) => number, b: (t: number, c: number) => number) => (i: number) => {
+        const r = Math.floor(i / cols), c = i % cols;
         let s = 0;
-        for (let k = 0; k < K; k++) s += absx[m * K + k] * absw[n * K + k];
+        for (let t = 0; t < inner; t++) s += a(r, t) * b(t, c);
         return s;
-      }, "y");
-      check(linearGradInput(dy.to("cuda"), w.to("cuda")).to("cpu").toFloat64Array(), linearGradInput(dy, w).toFloat64Array(), (i) => {
-        const m = Math.floor(i / K), k = i % K;
-        let s = 0;
-        for (let n = 0; n < N; n++) s += absdy[m * N + n] * absw[n * K + k];
-        return s;
-      }, "dx");
+      };
+      check(linear(x.to("cuda"), w.to("cuda")).to("cpu").toFloat64Array(), linear(x, w).toFloat64Array(),
+        absDot(N, K, (m, k) => absx[m * K + k], (k, n) => absw[n * K + k]), "y");
+      check(linearGradInput(dy.to("cuda"), w.to("cuda")).to("cpu").toFloat64Array(), linearGradInput(dy, w).toFloat64Array(),
+        absDot(K, N, (m, n) => absdy[m * N + n], (n, k) => absw[n * K + k]), "dx");
       const dwc = Tensor.zeros([N, K]), dwd = Tensor.zeros([N, K], { device: "cuda" });
       linearGradWeight(dy, x, dwc, { accumulate: false });
       linearGradWeight(dy.to("cuda"), x.to("cuda"), dwd, { accumulate: false });
-      check(dwd.to("cpu").toFloat64Array(), dwc.toFloat64Array(), (i) => {
-        const n = Math.floor(i / K), k = i % K;
-        let s = 0;
-        for (let m = 0; m < M; m++) s += absdy[m * N + n] * absx[m * K + k];
-        return s;
-      }, "dW");
+      check(dwd.to("cpu").toFloat64Array(), dwc.toFloat64Array(), absDot(K, M, (n, m) => absdy[m * N + n], (m, k) => absx[m * K + k]), "dW");
     }
   });
 });

@@ -9,6 +9,7 @@
 // The epilogue depends on each element's position, so it runs on the tile stored to shared memory with
 // store_matrix_sync, never on fragment registers (their layout is unspecified, and differs when emulated).
 #include "gemm_common.cuh"
+#include "wmma_quadrant.cuh"
 
 namespace peft::PEFT_CUDA_NS {
 namespace {
@@ -72,20 +73,13 @@ PEFT_UNROLL
 PEFT_UNROLL
         for (int e = 0; e < fb[i].num_elements; ++e) fb[i].x[e] = wmma::__float_to_tf32(fb[i].x[e]);
       }
-PEFT_UNROLL
-      for (int i = 0; i < 2; ++i)
-PEFT_UNROLL
-        for (int j = 0; j < 2; ++j) wmma::mma_sync(acc[i][j], fa[i], fb[j], acc[i][j]);
+      mma_2x2(acc, fa, fb);
     }
     __syncthreads();  // every warp is done with the tiles before they are overwritten
   }
 
   // The output tile reuses the input tiles' shared memory: the loop's last barrier ended their use.
-PEFT_UNROLL
-  for (int i = 0; i < 2; ++i)
-PEFT_UNROLL
-    for (int j = 0; j < 2; ++j)
-      wmma::store_matrix_sync(&Cs[wm + i * 16][wn + j * 16], acc[i][j], kTfLdC, wmma::mem_row_major);
+  store_2x2(&Cs[0][0], kTfLdC, wm, wn, acc);
   __syncthreads();
   for (int e = tid; e < kTfBM * kTfBN; e += kTfThreads) {  // consecutive threads: consecutive columns
     const int r = e / kTfBN, c = e % kTfBN;

@@ -15,6 +15,7 @@
 #include <tuple>
 #include <vector>
 
+#include "../../core/dtype.h"
 #include "../../core/philox.h"
 #include "../compat.cuh"
 #include "../cuda_ops.h"
