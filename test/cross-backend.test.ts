@@ -177,6 +177,27 @@ const table: Row[] = [
     },
     tol: () => EXACT,
   },
+  {
+    // Operands of different float dtypes, as the CPU accepts them (each loaded as f32, the output in the
+    // op's documented dtype).
+    op: "mixed dtypes (activationBackward, logSoftmaxBackward, sumRows, addInPlace, mul)",
+    dtypes: ["bf16", "f16"],
+    shapes: [[1, 1], [7, 17], [33, 5]],
+    inputs: (dt, s) => [f(prod(s), 40, dt, s, 3), f(prod(s), 41, "f32", s), K.logSoftmax(f(prod(s), 42, "f32", s)), f(s[1], 43, "f32", [s[1]])],
+    run: ([x, dy, y, out]) => {
+      const a = K.activationBackward("silu", x, dy), b = K.logSoftmaxBackward(y, x);
+      K.sumRows(x, out);
+      K.addInPlace(dy, x, -0.5);
+      return [a, b, out, dy, K.mul(x, y)];
+    },
+    // |x| < 3, |dy|, |y|... < 1 (y = log-softmax of [-1, 1) values: |y| < 2 + log C): per output, the
+    // bound of its row above with those magnitudes; outputs 1 and 4 are in x's dtype, the rest f32.
+    tol: (dt, [R, C]) => (o, i, ref) => {
+      const err = [64 * 4 * F32 * (Math.abs(ref[i]) + 1), (C + 8) * F32 * (3 + 3 * C), 2 * (R + 2) * F32 * (3 * R + 1),
+        4 * F32 * (Math.abs(ref[i]) + 2), 4 * F32 * Math.abs(ref[i])][o];
+      return tolOut(o === 1 || o === 4 ? dt : "f32", ref[i], err);
+    },
+  },
   // Row-wise ops.
   {
     op: "logSoftmax",

@@ -31,6 +31,7 @@ __device__ __forceinline__ float act_forward(int act, float x) {
     case kRelu: return x < 0.0f ? 0.0f : x;  // NaN passes through, as in PyTorch
     case kGelu: return float(0.5 * double(x) * erfc(-double(x) * kInvSqrt2));
     case kGeluTanh: sigmoid_pair(2.0f * tanh_u(x), s, c); return x * s;
+    case kSilu:
     default: sigmoid_pair(x, s, c); return x * s;
   }
 }
@@ -48,6 +49,7 @@ __device__ __forceinline__ float act_backward(int act, float x, float dy) {
       const float du = kSqrt2OverPi * (1.0f + 3.0f * kKappa * x * x);
       return dy * (s + 2.0f * x * s * c * du);
     }
+    case kSilu:
     default: sigmoid_pair(x, s, c); return dy * (s * (1.0f + x * c));
   }
 }
