@@ -94,7 +94,8 @@ int cuda_gemm(const CudaGemm& g, std::string* err) {
   const bool nt = g.A.cs == 1 && g.A.rs == g.K && g.B.rs == 1 && g.B.cs == g.K && g.ldc == g.N;
   if (half && nt && g.alpha == 1.0f && !g.accumulate && !g.col_scale)
     return cuda_gemm_nt(g.A.p, g.B.p, g.bias, g.C, g.A.dt, g.bias_dt, g.c_dt, g.M, g.N, g.K, err);
-  if (g.allow_tf32 && g.A.dt == int(DType::F32) && g.B.dt == int(DType::F32))
+  // The TF32 kernel's 64-wide tiles reach N <= 65535 * 64; wider products stay on the SIMT kernel.
+  if (g.allow_tf32 && g.A.dt == int(DType::F32) && g.B.dt == int(DType::F32) && (g.N + kTf32TileN - 1) / kTf32TileN <= 65535)
     return finish("cuda_gemm (tf32)", launch_gemm_tf32(g), err);
   return finish(op, launch_gemm_simt(g), err);
 }
