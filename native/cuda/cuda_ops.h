@@ -80,8 +80,8 @@ struct CudaAdamWParam {
      bias: null or bias_dt F32/F16/BF16; out_dt: F32/F16/BF16. f32 accumulation. M, N or K may be 0. */          \
   int cuda_gemm_nt(const void* x, const void* w, const void* bias, void* y, int in_dt, int bias_dt, int out_dt, \
                    int64_t M, int64_t N, int64_t K, std::string* err);                                         \
-  /* The general product (see CudaGemm): the f32 SIMT kernel, TF32 tensor cores when allowed, the f16/bf16   \
-     tensor-core kernel when A and B are one 16-bit dtype in the x·Wᵀ layout. */                              \
+  /* The general product (see CudaGemm): tensor cores when A and B are one 16-bit dtype (the x·Wᵀ kernel,   \
+     else the strided one) or f32 with allow_tf32; otherwise the f32 SIMT kernel. */                          \
   int cuda_gemm(const CudaGemm& g, std::string* err);                                                          \
   /* Element-wise ops over n elements, computed in f32, rounded once into the output dtype (float dtypes).     \
      act: 0 relu, 1 gelu (erf), 2 gelu (tanh), 3 silu, as peft::Act. */                                          \

@@ -35,10 +35,11 @@ constexpr int64_t kGemmTileM = 64;
 cudaError_t launch_gemm_simt(const CudaGemm& g);
 constexpr int64_t kSimtTileM = 128;
 constexpr int64_t kSimtTileN = 128;
-// gemm_tf32.cu: the same product on TF32 tensor cores (f32 A and B, inputs rounded as cvt.rna.tf32.f32).
-cudaError_t launch_gemm_tf32(const CudaGemm& g);
-constexpr int64_t kTf32TileM = 64;
-constexpr int64_t kTf32TileN = 64;
+// gemm_tc.cu: the same product on tensor cores: A and B both f32 (TF32, inputs rounded as
+// cvt.rna.tf32.f32), both f16 or both bf16; N <= 65535 * 64.
+cudaError_t launch_gemm_tc(const CudaGemm& g);
+constexpr int64_t kTcTileM = 64;
+constexpr int64_t kTcTileN = 64;
 // activation.cu: element-wise activations and their backward; dropout; axpy / scale / mul; fill.
 cudaError_t launch_activation(int act, const void* x, DType xdt, void* y, DType ydt, int64_t n);
 cudaError_t launch_activation_backward(int act, const void* x, DType xdt, const void* dy, DType dydt, void* dx,

@@ -94,9 +94,10 @@ int cuda_gemm(const CudaGemm& g, std::string* err) {
   const bool nt = g.A.cs == 1 && g.A.rs == g.K && g.B.rs == 1 && g.B.cs == g.K && g.ldc == g.N;
   if (half && nt && g.alpha == 1.0f && !g.accumulate && !g.col_scale)
     return cuda_gemm_nt(g.A.p, g.B.p, g.bias, g.C, g.A.dt, g.bias_dt, g.c_dt, g.M, g.N, g.K, err);
-  // The TF32 kernel's 64-wide tiles reach N <= 65535 * 64; wider products stay on the SIMT kernel.
-  if (g.allow_tf32 && g.A.dt == int(DType::F32) && g.B.dt == int(DType::F32) && (g.N + kTf32TileN - 1) / kTf32TileN <= 65535)
-    return finish("cuda_gemm (tf32)", launch_gemm_tf32(g), err);
+  // The strided tensor-core kernel's 64-wide tiles reach N <= 65535 * 64; wider products go to SIMT.
+  const bool tc_grid = (g.N + kTcTileN - 1) / kTcTileN <= 65535;
+  const bool tf32 = g.allow_tf32 && g.A.dt == int(DType::F32) && g.B.dt == int(DType::F32);
+  if ((half || tf32) && tc_grid) return finish(tf32 ? "cuda_gemm (tf32)" : "cuda_gemm (tensor cores)", launch_gemm_tc(g), err);
   return finish(op, launch_gemm_simt(g), err);
 }
 

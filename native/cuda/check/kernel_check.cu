@@ -75,20 +75,22 @@ std::vector<uint16_t> to_bf16(const std::vector<float>& v) {
   return o;
 }
 
-// ---- GEMM: C = A·B (+ bias) for every transpose, f32 SIMT, TF32 and the bf16 tensor-core kernel ------
-void check_gemm(int64_t M, int64_t N, int64_t K, bool ta, bool tb, int mode /*0 f32, 1 tf32, 2 bf16 nt*/) {
+// ---- GEMM: C = A·B (+ bias) for every transpose: f32 SIMT, TF32, and bf16 on the x·Wᵀ tensor-core kernel
+// (mode 2) or the strided one (mode 3, every transpose) --------------------------------------------------
+void check_gemm(int64_t M, int64_t N, int64_t K, bool ta, bool tb, int mode /*0 f32, 1 tf32, 2 bf16 nt, 3 bf16*/) {
   std::vector<float> a = rand_f32(size_t(M * K), 1), b = rand_f32(size_t(K * N), 2), bias = rand_f32(size_t(N), 3);
-  if (mode == 2) {  // bf16 inputs: the reference uses the rounded values
+  const bool bf16 = mode >= 2;
+  if (bf16) {  // the reference uses the rounded values
     for (float& x : a) x = peft::bf16_to_f32(peft::f32_to_bf16(x));
     for (float& x : b) x = peft::bf16_to_f32(peft::f32_to_bf16(x));
-    ta = false, tb = true;
   }
+  if (mode == 2) ta = false, tb = true;
   // A(m, k) at m*rs + k*cs; B(k, n) likewise.
   const int64_t ars = ta ? 1 : K, acs = ta ? M : 1, brs = tb ? 1 : N, bcs = tb ? K : 1;
-  Buf da = mode == 2 ? Buf(to_bf16(a)) : Buf(a), db = mode == 2 ? Buf(to_bf16(b)) : Buf(b), dbias(bias), dc(size_t(M * N) * 4);
+  Buf da = bf16 ? Buf(to_bf16(a)) : Buf(a), db = bf16 ? Buf(to_bf16(b)) : Buf(b), dbias(bias), dc(size_t(M * N) * 4);
   peft::CudaGemm g;
   g.M = M, g.N = N, g.K = K;
-  const int in_dt = mode == 2 ? int(DType::BF16) : int(DType::F32);
+  const int in_dt = bf16 ? int(DType::BF16) : int(DType::F32);
   g.A = {da.p, in_dt, ars, acs};
   g.B = {db.p, in_dt, brs, bcs};
   g.C = dc.p, g.c_dt = int(DType::F32), g.ldc = N;
@@ -110,7 +112,7 @@ void check_gemm(int64_t M, int64_t N, int64_t K, bool ta, bool tb, int mode /*0 
       bad += std::fabs(c[size_t(m * N + n)] - s) > rel * mag + 1e-30;
     }
   char what[160];
-  std::snprintf(what, sizeof what, "gemm %s M=%lld N=%lld K=%lld transA=%d transB=%d: %d elements off", mode == 0 ? "f32" : mode == 1 ? "tf32" : "bf16",
+  std::snprintf(what, sizeof what, "gemm %s M=%lld N=%lld K=%lld transA=%d transB=%d: %d elements off", mode == 0 ? "f32" : mode == 1 ? "tf32" : mode == 2 ? "bf16 x·Wᵀ" : "bf16",
                 (long long)M, (long long)N, (long long)K, int(ta), int(tb), bad);
   check(bad == 0, what);
 }
@@ -194,7 +196,7 @@ void check_sum_rows(int64_t rows, int64_t cols) {
 }
 
 void run_checks() {
-  for (int mode = 0; mode < 3; ++mode)
+  for (int mode = 0; mode < 4; ++mode)
     for (auto [M, N, K] : {std::tuple<int64_t, int64_t, int64_t>{1, 1, 1}, {7, 17, 33}, {33, 7, 127}, {127, 129, 17}, {0, 5, 5}, {3, 4, 0}})
       for (int t = 0; t < (mode == 2 ? 1 : 4); ++t) check_gemm(M, N, K, t & 1, t & 2, mode);
   for (int64_t n : {1, 7, 4099}) check_dropout(n, 0.3, 11, 5);

@@ -12,7 +12,7 @@
 #include "../elementwise.cu"
 #include "../gemm_wmma.cu"
 #include "../gemm_simt.cu"
-#include "../gemm_tf32.cu"
+#include "../gemm_tc.cu"
 #include "../activation.cu"
 #include "../rows.cu"
 #include "../losses.cu"
