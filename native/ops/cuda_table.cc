@@ -80,8 +80,9 @@ void randn(void* dst, DType dt, int64_t n, uint64_t seed, uint64_t stream, float
 
 CudaMat device_mat(const GemmMat& m) { return {m.p, static_cast<int>(m.dt), m.rs, m.cs}; }
 
-// Every plain product: the f32 SIMT kernel, TF32 tensor cores when allowed, the f16/bf16 tensor-core kernel
-// for x·Wᵀ. The fused forms (LoRA's extra rank-R product, IA3's per-k input scale) have no cuda kernel.
+// Every plain product (cuda_gemm picks the kernel: tensor cores for f16/bf16 pairs and, when allowed, TF32;
+// the f32 SIMT kernel otherwise). The fused forms (LoRA's extra rank-R product, IA3's per-k input scale) have no
+// cuda kernel.
 void gemm(const GemmArgs& g) {
   if (g.R != 0 || g.A.ks)
     fail("ERR_NOT_ON_DEVICE", cat("linear on cuda: the fused ", g.R ? "LoRA (x·Wᵀ + x·A·B)" : "IA3 input-scaled",
