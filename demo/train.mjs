@@ -3,7 +3,16 @@ import cliProgress from "cli-progress";
 import { AdamW, F, noGrad, tidy } from "../dist/index.js";
 import { accuracy, batch } from "./data.mjs";
 
-export function train(model, train, test, { epochs = 4, batchSize = 64, lr = 1e-3, label = "train" } = {}) {
+// `device` ("cpu" or "cuda"): where the model already is; each batch is moved there.
+function onDevice(b, device) {
+  if (device === "cpu") return b;
+  const moved = { x: b.x.to(device), y: b.y.to(device) };
+  b.x.dispose();
+  b.y.dispose();
+  return moved;
+}
+
+export function train(model, train, test, { epochs = 4, batchSize = 64, lr = 1e-3, label = "train", device = "cpu" } = {}) {
   const params = [...model.parameters()].filter((p) => p.requiresGrad);
   const opt = new AdamW(params, { lr, weightDecay: 0 });
   const stepsPerEpoch = Math.floor(train.labels.length / batchSize);
@@ -15,7 +24,7 @@ export function train(model, train, test, { epochs = 4, batchSize = 64, lr = 1e-
   const t0 = performance.now();
   model.train();
   for (let step = 0; step < epochs * stepsPerEpoch; step++) {
-    const b = batch(train, (step % stepsPerEpoch) * batchSize, batchSize);
+    const b = onDevice(batch(train, (step % stepsPerEpoch) * batchSize, batchSize), device);
     // Autograd: each layer is one graph node running its fused backward; tidy frees the intermediates and
     // disposing the loss frees what the graph saved.
     const loss = tidy(() => F.nllLoss(model.forward(b.x), b.y));
@@ -28,7 +37,9 @@ export function train(model, train, test, { epochs = 4, batchSize = 64, lr = 1e-
   }
   bar.stop();
   model.eval();
-  const out = noGrad(() => model.forward(test.x));
+  const testX = device === "cpu" ? test.x : test.x.to(device);
+  const out = noGrad(() => model.forward(testX));
+  if (testX !== test.x) testX.dispose();
   const acc = accuracy(out, test.labels);
   out.dispose();
   return acc;

@@ -7,7 +7,36 @@ export interface CudaState {
   emulated: boolean;
   reason?: string;
   devices: string[];
+  /**
+   * Whether f32 products on the cuda device may run on TF32 tensor cores (inputs rounded to 10 mantissa
+   * bits, to nearest with ties away from zero). Off by default, as PyTorch's
+   * torch.backends.cuda.matmul.allow_tf32; assignable: `backend.cuda.allowTf32 = true`.
+   */
+  allowTf32: boolean;
 }
+
+// backend.cuda: the device's state read live, and the TF32 switch.
+const cudaState: CudaState = Object.freeze({
+  get available() {
+    return native.cudaState().available;
+  },
+  get emulated() {
+    return native.cudaState().emulated;
+  },
+  get reason() {
+    return native.cudaState().reason;
+  },
+  get devices() {
+    return native.cudaState().devices;
+  },
+  get allowTf32() {
+    return native.cudaState().allowTf32;
+  },
+  set allowTf32(allow: boolean) {
+    if (typeof allow !== "boolean") throw typeError("backend.cuda.allowTf32 must be a boolean");
+    native.setCudaAllowTf32(allow);
+  },
+});
 
 
 export const backend = {
@@ -51,9 +80,9 @@ export const backend = {
     if (typeof enabled !== "boolean") throw typeError("backend.setAmx: enabled must be a boolean");
     native.setAmx(enabled);
   },
-  /** Whether a cuda device exists (a GPU, or the CPU emulation with NODE_PEFT_CUDA=emu) and why not. */
+  /** Whether a cuda device exists (a GPU, or the CPU emulation with NODE_PEFT_CUDA=emu) and why not; the TF32 switch. */
   get cuda(): CudaState {
-    return native.cudaState();
+    return cudaState;
   },
   /** The emulated device's thread order: a correct kernel gives the same result in each. */
   setCudaEmulationOrder(order: "forward" | "reverse" | "random"): void {

@@ -120,7 +120,8 @@ export interface NativeAddon {
   scatterAdd(dst: NativeTensor, dim: number, index: NativeTensor, src: NativeTensor): void;
   matmulBatched(a: NativeTensor, b: NativeTensor, transA: boolean, transB: boolean): NativeTensor;
   backendInfo(): BackendInfo;
-  cudaState(): { available: boolean; emulated: boolean; reason?: string; devices: string[] };
+  cudaState(): { available: boolean; emulated: boolean; reason?: string; devices: string[]; allowTf32: boolean };
+  setCudaAllowTf32(allow: boolean): void;
   memoryInfo(): { tensors: number; storages: number; bytes: number };
   // A tensor registered under a number another worker thread of this process can wrap (same storage, no
   // copy) until it is released.

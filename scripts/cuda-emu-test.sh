@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Builds the CUDA emulator self-test with the host compiler (no CUDA toolkit needed) and runs it: every
 # kernel in native/cuda against plain CPU references, in forward, reverse and random scheduling order,
-# plus the emulator's own checks. Exits non-zero on any failure.
+# plus the emulator's own checks; then the standalone kernel check (native/cuda/check, what
+# scripts/gpu-check.sh runs on a GPU) in the three orders. Exits non-zero on any failure.
 #   --ucontext   use the portable ucontext switch instead of the x86-64 assembly one
 #   --asan       AddressSanitizer + UBSan build (the fiber switches are annotated for ASan)
 set -euo pipefail
@@ -21,20 +22,21 @@ done
 dir=build-emu/$variant
 mkdir -p "$dir"
 srcs=(native/cuda/emu/emu_runtime.cc native/cuda/emu/emu_memory.cc native/cuda/emu/kernels_emu.cc
-      native/cuda/emu/test/emu_selftest.cc native/cuda/emu/test/emu_runtime_test.cc)
+      native/cuda/emu/test/emu_selftest.cc native/cuda/emu/test/emu_runtime_test.cc native/cuda/check/kernel_check.cu)
 objs=()
 pids=()
 for src in "${srcs[@]}"; do
-  obj="$dir/$(basename "$src" .cc).o"
+  obj="$dir/$(basename "${src%.*}").o"
   objs+=("$obj")
-  nice -n 5 "$CXX" "${flags[@]}" -c "$src" -o "$obj" &
+  nice -n 5 "$CXX" "${flags[@]}" -x c++ -c "$src" -o "$obj" &
   pids+=($!)
   # Two at a time: the build machine has two cores.
   if [ ${#pids[@]} -ge 2 ]; then wait "${pids[0]}"; pids=("${pids[@]:1}"); fi
 done
 for pid in "${pids[@]}"; do wait "$pid"; done
-nice -n 5 "$CXX" "${flags[@]}" "${objs[@]}" -o "$dir/emu_selftest"
-echo "built $dir/emu_selftest ($variant)"
+nice -n 5 "$CXX" "${flags[@]}" "${objs[@]:0:5}" -o "$dir/emu_selftest"
+nice -n 5 "$CXX" "${flags[@]}" "${objs[@]:0:3}" "${objs[5]}" -o "$dir/kernel_check"
+echo "built $dir/emu_selftest and $dir/kernel_check ($variant)"
 
 # Plain __shared__ in a template must not compile: GCC would silently drop its section (no poisoning).
 probe="$dir/shared_in_template.cc"
@@ -47,3 +49,7 @@ if "$CXX" -std=c++20 -I. -fsyntax-only "$probe" 2>/dev/null; then
 fi
 echo "ok: __shared__ in a template is refused at compile time (use SMEM_ARRAY)"
 "$dir/emu_selftest"
+for order in forward reverse random; do
+  echo "kernel_check ($order order):"
+  EMU_ORDER=$order "$dir/kernel_check"
+done

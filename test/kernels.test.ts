@@ -556,30 +556,13 @@ describe("addInPlace, scaleInPlace, mul, fill", () => {
 });
 
 describe("device checks", () => {
-  it("every op refuses cuda operands with ERR_NOT_ON_DEVICE and mixed devices with ERR_DEVICE", () => {
+  // Each op runs on the cuda device too (test/cross-backend.test.ts compares it with the cpu); operands on
+  // two devices are refused naming both.
+  it("mixed devices are ERR_DEVICE", () => {
     expect(backend.cuda.available).toBe(true);
     const g = Tensor.zeros([2, 3], { device: "cuda" }), c = Tensor.zeros([2, 3]);
     const gi = Tensor.zeros([2], { dtype: "i64", device: "cuda" }), ci = Tensor.zeros([2], { dtype: "i64" });
     const opts = { step: 1, lr: 1e-3, beta1: 0.9, beta2: 0.999, eps: 1e-8, weightDecay: 0 };
-    const onDevice: [string, () => unknown][] = [
-      ["activation", () => F.activation("relu", g)],
-      ["activationBackward", () => F.activationBackward("gelu", g, g)],
-      ["logSoftmax", () => F.logSoftmax(g)],
-      ["logSoftmaxBackward", () => F.logSoftmaxBackward(g, g)],
-      ["dropout", () => F.dropout(g, 0.5, 1, 1)],
-      ["embedding", () => F.embedding(gi, Tensor.zeros([4, 3], { device: "cuda" }))],
-      ["embeddingBackward", () => F.embeddingBackward(gi, g, Tensor.zeros([4, 3], { device: "cuda" }))],
-      ["sumRows", () => F.sumRows(g, Tensor.zeros([3], { device: "cuda" }))],
-      ["addInPlace", () => F.addInPlace(g, g)],
-      ["scaleInPlace", () => F.scaleInPlace(g, 2)],
-      ["mul", () => F.mul(g, g)],
-      ["fill", () => F.fill(g, 1)],
-      ["nllLoss", () => F.nllLoss(g, gi)],
-      ["crossEntropy", () => F.crossEntropy(g, gi)],
-      ["mseLoss", () => F.mseLoss(g, g)],
-      ["adamwStep", () => F.adamwStep([g], [g], [Tensor.zeros([2, 3], { device: "cuda" })], [Tensor.zeros([2, 3], { device: "cuda" })], opts)],
-    ];
-    for (const [op, call] of onDevice) expectError(call, PeftError, "ERR_NOT_ON_DEVICE", new RegExp(`^${op}: no cuda kernel`));
     expectError(() => F.addInPlace(c, g), PeftError, "ERR_DEVICE", /addInPlace: a is on cpu but b is on cuda/);
     expectError(() => F.crossEntropy(c, gi), PeftError, "ERR_DEVICE", /crossEntropy: logits is on cpu but target is on cuda/);
     expectError(() => F.embedding(ci, Tensor.zeros([4, 3], { device: "cuda" })), PeftError, "ERR_DEVICE", /embedding: ids is on cpu but weight is on cuda/);

@@ -27,12 +27,12 @@ export function linear(x: Tensor, weight: Tensor, bias?: Tensor | null): Tensor 
     const dx = needX ? linearGradInput(g, w) : null;
     let dw: Tensor | null = null;
     if (needW) {
-      dw = Tensor.zeros(w.shape, { dtype: w.dtype });
+      dw = Tensor.zeros(w.shape, { dtype: w.dtype, device: w.device });
       linearGradWeight(g, xs, dw, { accumulate: false });
     }
     let db: Tensor | null = null;
     if (needB) {
-      db = Tensor.zeros([w.shape[0]], { dtype: bias!.dtype });
+      db = Tensor.zeros([w.shape[0]], { dtype: bias!.dtype, device: w.device });
       sumRows(g, db, { accumulate: false });
     }
     return [dx, dw, db];
@@ -88,7 +88,7 @@ export function embedding(ids: Tensor, weight: Tensor): Tensor {
   if (!wantsGrad(weight)) return y;
   return record("EmbeddingBackward", [weight], y, ([g], [idx, w]) => {
     if (!g) return [null];
-    const dw = Tensor.zeros(w.shape, { dtype: w.dtype });
+    const dw = Tensor.zeros(w.shape, { dtype: w.dtype, device: w.device });
     embeddingBackward(idx, g, dw);
     return [dw];
   }, [ids, weight]);

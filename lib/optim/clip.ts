@@ -44,13 +44,6 @@ function powerSum(v: ArrayLike<number>, p: number): number {
   return s;
 }
 
-// scaleInPlace has a cpu kernel only: a device gradient is scaled through a host copy.
-function scale(g: Tensor, coef: number): void {
-  if (g.device === "cpu") return scaleInPlace(g, coef);
-  using host = g.to("cpu");
-  scaleInPlace(host, coef);
-  g.copyFrom(host);
-}
 
 function pNorm(v: ArrayLike<number>, p: number): number {
   const s = powerSum(v, p);
@@ -79,6 +72,6 @@ export function clipGradNorm(params: Iterable<Tensor> | Tensor, maxNorm: number,
     throw peftError("ERR_CONFIG", `${op}: the total norm of order ${p} of the gradients is ${total}; set errorIfNonfinite: false to scale by it anyway`);
   const coef = Math.min(maxNorm / (total + 1e-6), 1);
   // A factor of 1 changes nothing; NaN (a NaN norm) is applied, as torch does.
-  if (!(coef >= 1)) for (const g of grads) scale(g, coef);
+  if (!(coef >= 1)) for (const g of grads) scaleInPlace(g, coef);
   return total;
 }

@@ -5,6 +5,13 @@
 #include <cmath>
 #include <cstdint>
 
+// The counter-based core is shared with the CUDA kernels (dropout masks equal to the CPU's, bit for bit).
+#if defined(__CUDACC__)
+#define PEFT_HOST_DEVICE __host__ __device__
+#else
+#define PEFT_HOST_DEVICE
+#endif
+
 namespace peft {
 
 // The functions are `static inline`: kernels built with AVX2/AVX-512 flags call them too, and an
@@ -14,7 +21,7 @@ struct Philox4x32 {
   uint32_t v[4];
 };
 
-static inline Philox4x32 philox4x32_10(uint64_t counter, uint32_t key0, uint32_t key1) {
+static inline PEFT_HOST_DEVICE Philox4x32 philox4x32_10(uint64_t counter, uint32_t key0, uint32_t key1) {
   constexpr uint32_t kM0 = 0xD2511F53u, kM1 = 0xCD9E8D57u, kW0 = 0x9E3779B9u, kW1 = 0xBB67AE85u;
   uint32_t c0 = static_cast<uint32_t>(counter), c1 = static_cast<uint32_t>(counter >> 32), c2 = 0, c3 = 0;
   uint32_t k0 = key0, k1 = key1;
@@ -34,14 +41,14 @@ static inline Philox4x32 philox4x32_10(uint64_t counter, uint32_t key0, uint32_t
 struct RngKey {
   uint32_t k0, k1;
 };
-static inline RngKey rng_key(uint64_t seed, uint64_t stream) {
+static inline PEFT_HOST_DEVICE RngKey rng_key(uint64_t seed, uint64_t stream) {
   uint64_t mixed = seed ^ (stream * 0x9E3779B97F4A7C15ull);
   // seed and stream both reach both key words
   return {static_cast<uint32_t>(mixed) ^ static_cast<uint32_t>(stream >> 32), static_cast<uint32_t>(mixed >> 32) ^ static_cast<uint32_t>(stream)};
 }
 
 // Uniform in (0, 1]: 24 random bits, never 0 (log is safe).
-static inline float u32_to_unit(uint32_t x) { return (static_cast<float>(x >> 8) + 1.0f) * (1.0f / 16777216.0f); }
+static inline PEFT_HOST_DEVICE float u32_to_unit(uint32_t x) { return (static_cast<float>(x >> 8) + 1.0f) * (1.0f / 16777216.0f); }
 
 // Four standard normals for the block of elements [4*block, 4*block + 4): Box–Muller on two pairs.
 static inline void normals4(RngKey key, uint64_t block, float out[4]) {

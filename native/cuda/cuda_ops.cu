@@ -3,69 +3,11 @@
 // (namespace cuda_emu, see emu/kernels_emu.cc).
 #include "cuda_ops.h"
 
-#include <cstdio>
-#include <string>
-
+#include "host_checks.cuh"
 #include "launch.cuh"
 
 namespace peft::PEFT_CUDA_NS {
-namespace {
-
-int reject(std::string* err, int code, std::string msg) {
-  if (err) *err = std::move(msg);
-  return code;
-}
-
-std::string fmt(const char* f, long long a = 0, long long b = 0, long long c = 0) {
-  char buf[256];
-  snprintf(buf, sizeof buf, f, a, b, c);
-  return buf;
-}
-
-const char* dt_name(int dt) { return (dt >= 0 && dt < kNumDTypes) ? dtype_name(static_cast<DType>(dt)) : "invalid"; }
-bool valid_dt(int dt) { return dt >= 0 && dt < kNumDTypes; }
-bool float_dt(int dt) { return valid_dt(dt) && dtype_is_float(static_cast<DType>(dt)); }
-
-// Byte size of n elements of dt, or -1 when it overflows.
-int64_t byte_size(int64_t n, int dt) {
-  int64_t bytes;
-  if (n < 0 || __builtin_mul_overflow(n, static_cast<int64_t>(dtype_size(static_cast<DType>(dt))), &bytes)) return -1;
-  return bytes;
-}
-
-// True when [a, a+an) and [b, b+bn) overlap without being the same range.
-bool partial_overlap(const void* a, int64_t an, const void* b, int64_t bn) {
-  auto x = reinterpret_cast<uintptr_t>(a), y = reinterpret_cast<uintptr_t>(b);
-  bool overlap = x < y + static_cast<uintptr_t>(bn) && y < x + static_cast<uintptr_t>(an);
-  return overlap && !(x == y && an == bn);
-}
-
-// The result of a compute call: the launch status, else the execution status a synchronise reports.
-int finish(const char* op, cudaError_t launched, std::string* err) {
-  cudaError_t synced = cudaDeviceSynchronize();  // always, so an execution error is not left for the next call
-  cudaError_t e = launched != cudaSuccess ? launched : synced;
-  if (e == cudaSuccess) return 0;
-  cudaGetLastError();  // clear it: the next call starts clean
-  std::string msg = std::string(op) + ": " + cudaGetErrorString(e);
-#if PEFT_CUDA_EMULATED
-  if (*emu::last_error_message()) msg = msg + " (" + emu::last_error_message() + ")";
-#endif
-  return reject(err, e, msg);
-}
-
-int api(const char* op, cudaError_t e, std::string* err) {
-  if (e == cudaSuccess) return 0;
-  cudaGetLastError();
-  std::string msg = std::string(op) + ": " + cudaGetErrorString(e);
-#if PEFT_CUDA_EMULATED
-  if (*emu::last_error_message()) msg = msg + " (" + emu::last_error_message() + ")";
-#endif
-  return reject(err, e, msg);
-}
-
-constexpr int kInvalid = cudaErrorInvalidValue;
-
-}  // namespace
+using namespace host_checks;
 
 int cuda_runtime_state(bool* available, bool* emulated, std::string* reason) {
 #if PEFT_CUDA_EMULATED

@@ -22,6 +22,44 @@
 #include <cstdint>
 #include <string>
 
+namespace peft {
+// A strided matrix view in device memory: element (i, j) at p + (i*rs + j*cs) elements of dtype dt.
+struct CudaMat {
+  const void* p = nullptr;
+  int dt = 0;
+  int64_t rs = 0, cs = 0;
+};
+// C[M,N] (=|+=) col_scale ⊙ (alpha · A[M,K]·B[K,N] + bias[N]), C row-major with row stride ldc. A and B:
+// f32/f16/bf16 in any mix; C and bias f32/f16/bf16; col_scale f32 (or null); f32 accumulation, C rounded
+// once. allow_tf32: f32 x f32 products may run on TF32 tensor cores (inputs rounded to 10 mantissa bits).
+struct CudaGemm {
+  int64_t M = 0, N = 0, K = 0;
+  CudaMat A, B;
+  void* C = nullptr;
+  int c_dt = 0;
+  int64_t ldc = 0;
+  float alpha = 1.0f;
+  bool accumulate = false;
+  const void* bias = nullptr;
+  int bias_dt = 0;
+  const float* col_scale = nullptr;
+  bool allow_tf32 = false;
+};
+// AdamW's per-step scalars (native/cpu/adamw.h derives them) and one parameter's device pointers.
+struct CudaAdamWScalars {
+  float decay, lerp_w, beta2, sq_w, bc2_sqrt, eps, neg_step;
+};
+struct CudaAdamWParam {
+  void* p;
+  int p_dt;
+  const void* g;
+  int g_dt;
+  float* m;
+  float* v;
+  int64_t n;
+};
+}  // namespace peft
+
 #define PEFT_CUDA_OPS_DECLARATIONS                                                                              \
   /* available: kernels can run; emulated: on the CPU; reason: why not, or what runs them. */                   \
   int cuda_runtime_state(bool* available, bool* emulated, std::string* reason);                                 \
@@ -41,7 +79,47 @@
   /* y[M,N] = x[M,K] * w[N,K]^T (+ bias[N]), row-major, contiguous. in_dt: F16 or BF16 (x and w);              \
      bias: null or bias_dt F32/F16/BF16; out_dt: F32/F16/BF16. f32 accumulation. M, N or K may be 0. */          \
   int cuda_gemm_nt(const void* x, const void* w, const void* bias, void* y, int in_dt, int bias_dt, int out_dt, \
-                   int64_t M, int64_t N, int64_t K, std::string* err);
+                   int64_t M, int64_t N, int64_t K, std::string* err);                                         \
+  /* The general product (see CudaGemm): tensor cores when A and B are one 16-bit dtype (the x·Wᵀ kernel,   \
+     else the strided one) or f32 with allow_tf32; otherwise the f32 SIMT kernel. */                          \
+  int cuda_gemm(const CudaGemm& g, std::string* err);                                                          \
+  /* Element-wise ops over n elements, computed in f32, rounded once into the output dtype (float dtypes).     \
+     act: 0 relu, 1 gelu (erf), 2 gelu (tanh), 3 silu, as peft::Act. */                                          \
+  int cuda_activation(int act, const void* x, int xdt, void* y, int ydt, int64_t n, std::string* err);         \
+  int cuda_activation_backward(int act, const void* x, int xdt, const void* dy, int dydt, void* dx, int dxdt,  \
+                               int64_t n, std::string* err);                                                   \
+  /* y = x * (u >= p) / (1 - p), u the Philox(seed, stream) uniform of each element; x null writes the mask. */ \
+  int cuda_dropout(const void* x, int xdt, void* y, int ydt, int64_t n, double p, uint64_t seed,              \
+                   uint64_t stream, std::string* err);                                                         \
+  int cuda_axpy(void* a, int adt, const void* b, int bdt, float alpha, int64_t n, std::string* err);           \
+  int cuda_scale_inplace(void* a, int adt, float alpha, int64_t n, std::string* err);                          \
+  int cuda_mul(const void* a, int adt, const void* b, int bdt, void* y, int ydt, int64_t n, std::string* err);   \
+  /* Every element of dst (n elements of elem_bytes = 1, 2, 4 or 8) set to the bytes at host pointer value. */ \
+  int cuda_fill(void* dst, const void* value, int elem_bytes, int64_t n, std::string* err);                   \
+  /* Row-wise over cols: log-softmax and its backward from the output y. */                                     \
+  int cuda_log_softmax(const void* x, int xdt, void* y, int ydt, int64_t rows, int64_t cols, std::string* err);  \
+  int cuda_log_softmax_backward(const void* y, int ydt, const void* dy, int dydt, void* dx, int dxdt,          \
+                                int64_t rows, int64_t cols, std::string* err);                                 \
+  /* out[c] (+)= sum over rows of x[r, c] in f32. */                                                           \
+  int cuda_sum_rows(const void* x, int xdt, int64_t rows, int64_t cols, void* out, int odt, bool accumulate,   \
+                    std::string* err);                                                                         \
+  /* ids (i32/i64, device, already range-checked): out[i, :] = w[ids[i], :] (rows of row_bytes); the       \
+     backward dW[ids[i], :] += dy[i, :], each destination row summing its sources in index order in f32. */   \
+  int cuda_embedding(const void* ids, int idt, int64_t n, const void* w, void* out, int64_t row_bytes,          \
+                     std::string* err);                                                                        \
+  int cuda_embedding_backward(const void* ids, int idt, int64_t n, const void* dy, int dydt, void* dw,         \
+                              int dwdt, int64_t dim, std::string* err);                                        \
+  /* Mean-reduced losses (native/cpu/losses.h semantics): *loss receives the loss (NaN when nothing counts), \
+     grad (zero-filled by the caller) the gradient. Targets are range-checked by the caller. */               \
+  int cuda_nll_loss(const void* logp, int ldt, const void* target, int tdt, int64_t rows, int64_t classes,     \
+                    int64_t ignore, void* grad, int gdt, double* loss, std::string* err);                      \
+  int cuda_cross_entropy(const void* logits, int ldt, const void* target, int tdt, int64_t rows,               \
+                         int64_t classes, int64_t ignore, double smoothing, void* grad, int gdt, double* loss,   \
+                         std::string* err);                                                                    \
+  int cuda_mse_loss(const void* y, int ydt, const void* t, int tdt, int64_t n, void* grad, int gdt,             \
+                    double* loss, std::string* err);                                                           \
+  /* One AdamW step over `count` parameters (moments f32). */                                                 \
+  int cuda_adamw(const CudaAdamWParam* params, int64_t count, const CudaAdamWScalars& s, std::string* err);
 
 namespace peft {
 namespace cuda_gpu {

@@ -11,6 +11,7 @@
 // holds is unspecified on the GPU (and different again in the emulator).
 #include "dtype.cuh"
 #include "launch.cuh"
+#include "wmma_quadrant.cuh"
 
 namespace peft::PEFT_CUDA_NS {
 namespace {
@@ -108,20 +109,13 @@ PEFT_UNROLL
       for (int i = 0; i < 2; ++i) wmma::load_matrix_sync(a[i], &xs[wm + i * 16][kk], kLdAB);
 PEFT_UNROLL
       for (int j = 0; j < 2; ++j) wmma::load_matrix_sync(b[j], &ws[wn + j * 16][kk], kLdAB);
-PEFT_UNROLL
-      for (int i = 0; i < 2; ++i)
-PEFT_UNROLL
-        for (int j = 0; j < 2; ++j) wmma::mma_sync(acc[i][j], a[i], b[j], acc[i][j]);
+      mma_2x2(acc, a, b);
     }
     __syncthreads();  // every warp is done with the tiles before they are overwritten
   }
 
   // The output tile reuses the input tiles' shared memory: the loop's last barrier ended their use.
-PEFT_UNROLL
-  for (int i = 0; i < 2; ++i)
-PEFT_UNROLL
-    for (int j = 0; j < 2; ++j)
-      wmma::store_matrix_sync(&ys[wm + i * 16][wn + j * 16], acc[i][j], kLdC, wmma::mem_row_major);
+  store_2x2(&ys[0][0], kLdC, wm, wn, acc);
   __syncthreads();
   // Consecutive threads write consecutive columns of a row (coalesced).
   for (int e = tid; e < kBM * kBN; e += kGemmThreads) {

@@ -53,7 +53,13 @@ Napi::Value CudaStateInfo(const Napi::CallbackInfo& info) {
   Napi::Array devs = Napi::Array::New(env);
   if (s.available) devs.Set(0u, s.emulated ? "cuda:0 (emulated on the CPU)" : "cuda:0");
   o.Set("devices", devs);
+  o.Set("allowTf32", cuda_allow_tf32());
   return o;
+}
+
+Napi::Value SetCudaAllowTf32(const Napi::CallbackInfo& info) {
+  set_cuda_allow_tf32(arg_bool(info[0], "setCudaAllowTf32", "allow"));
+  return info.Env().Undefined();
 }
 
 Napi::Value SetEmuOrder(const Napi::CallbackInfo& info) {
@@ -85,6 +91,7 @@ void register_backend_info(Napi::Env env, Napi::Object exports) {
   exports.Set("cudaState", Napi::Function::New<guarded<CudaStateInfo>>(env, "cudaState"));
   exports.Set("memoryInfo", Napi::Function::New<guarded<MemoryInfo>>(env, "memoryInfo"));
   exports.Set("setCudaEmulationOrder", Napi::Function::New<guarded<SetEmuOrder>>(env, "setCudaEmulationOrder"));
+  exports.Set("setCudaAllowTf32", Napi::Function::New<guarded<SetCudaAllowTf32>>(env, "setCudaAllowTf32"));
   exports.Set("setNumThreads", Napi::Function::New<guarded<SetNumThreads>>(env, "setNumThreads"));
   exports.Set("setIsa", Napi::Function::New<guarded<SetIsa>>(env, "setIsa"));
   exports.Set("setAmx", Napi::Function::New<guarded<SetAmx>>(env, "setAmx"));

@@ -17,4 +17,9 @@ const CudaState& cuda_state();
 // the same result in every order. RangeError for another name.
 void set_emu_order(const std::string& order);
 
+// Whether f32 products on the cuda device may use TF32 tensor cores (backend.cuda.allowTf32; default off,
+// as PyTorch's matmul default).
+void set_cuda_allow_tf32(bool allow);
+bool cuda_allow_tf32();
+
 }  // namespace peft

@@ -1,6 +1,7 @@
 // The CUDA device's op table: the real GPU when the addon was built with nvcc and a usable device is
 // present, or the emulated device (the same kernels run on the CPU through native/cuda/emu) when
 // NODE_PEFT_CUDA=emu. Chosen once, at the first use of the cuda device.
+#include <atomic>
 #include <cstdlib>
 #include <cstring>
 #include <mutex>
@@ -9,6 +10,7 @@
 
 #include "../core/errors.h"
 #include "../cpu/convert.h"
+#include "../cpu/nn_kernels.h"
 #include "../cuda/cuda_ops.h"
 #include "cuda_state.h"
 #include "op_table.h"
@@ -18,25 +20,16 @@
 namespace peft {
 namespace {
 
-// The two implementations behind one set of function pointers.
-struct CudaApi {
-  int (*malloc_)(void**, size_t, std::string*);
-  int (*free_)(void*, std::string*);
-  int (*h2d)(void*, const void*, size_t, std::string*);
-  int (*d2h)(void*, const void*, size_t, std::string*);
-  int (*memset_)(void*, int, size_t, std::string*);
-  int (*convert)(const void*, int, void*, int, int64_t, std::string*);
-  int (*gemm_nt)(const void*, const void*, const void*, void*, int, int, int, int64_t, int64_t, int64_t, std::string*);
-};
-
-const CudaApi kEmu = {cuda_emu::cuda_malloc, cuda_emu::cuda_free,    cuda_emu::cuda_memcpy_h2d, cuda_emu::cuda_memcpy_d2h,
-                      cuda_emu::cuda_memset, cuda_emu::cuda_convert, cuda_emu::cuda_gemm_nt};
+// The two implementations share signatures: CUDA(fn) is the one chosen at the first use of the device.
+[[maybe_unused]] bool g_use_gpu = false;  // used only in builds with the real CUDA kernels
 #ifdef PEFT_WITH_CUDA_GPU
-const CudaApi kGpu = {cuda_gpu::cuda_malloc, cuda_gpu::cuda_free,    cuda_gpu::cuda_memcpy_h2d, cuda_gpu::cuda_memcpy_d2h,
-                      cuda_gpu::cuda_memset, cuda_gpu::cuda_convert, cuda_gpu::cuda_gemm_nt};
+#define CUDA(fn) (g_use_gpu ? cuda_gpu::fn : cuda_emu::fn)
+#else
+#define CUDA(fn) cuda_emu::fn
 #endif
 
-const CudaApi* g_api = nullptr;
+bool g_chosen = false;  // a cuda device exists (GPU or emulated)
+std::atomic<bool> g_allow_tf32{false};
 CudaState g_state;
 
 void check(int rc, const std::string& err, const char* op) {
@@ -46,36 +39,36 @@ void check(int rc, const std::string& err, const char* op) {
 std::shared_ptr<Storage> dev_alloc(size_t bytes, bool zero) {
   void* p = nullptr;
   std::string err;
-  check(g_api->malloc_(&p, bytes ? bytes : 1, &err), err, "alloc");
+  check(CUDA(cuda_malloc)(&p, bytes ? bytes : 1, &err), err, "alloc");
   auto st = std::make_shared<Storage>();
   st->data = p;
   st->set_size(bytes);
   st->device = Device::CUDA;
-  const CudaApi* api = g_api;
-  st->release = [api](void* q) {
+  auto release = CUDA(cuda_free);
+  st->release = [release](void* q) {
     std::string ignored;
-    api->free_(q, &ignored);
+    release(q, &ignored);
   };
   err.clear();
-  if (zero) check(g_api->memset_(p, 0, bytes, &err), err, "alloc");
+  if (zero) check(CUDA(cuda_memset)(p, 0, bytes, &err), err, "alloc");
   return st;
 }
 
 void to_host(void* host, const void* dev, size_t bytes) {
   std::string err;
-  if (bytes) check(g_api->d2h(host, dev, bytes, &err), err, "copy to host");
+  if (bytes) check(CUDA(cuda_memcpy_d2h)(host, dev, bytes, &err), err, "copy to host");
 }
 
 void from_host(void* dev, const void* host, size_t bytes) {
   std::string err;
-  if (bytes) check(g_api->h2d(dev, host, bytes, &err), err, "copy from host");
+  if (bytes) check(CUDA(cuda_memcpy_h2d)(dev, host, bytes, &err), err, "copy from host");
 }
 
 void convert(const void* src, DType sdt, void* dst, DType ddt, int64_t n) {
   if (sdt != ddt && !(dtype_is_float(sdt) && dtype_is_float(ddt)))
     fail("ERR_NOT_ON_DEVICE", cat("convert ", dtype_name(sdt), " -> ", dtype_name(ddt), ": the cuda device converts between f32, f16 and bf16 only"));
   std::string err;
-  check(g_api->convert(src, static_cast<int>(sdt), dst, static_cast<int>(ddt), n, &err), err, "convert");
+  check(CUDA(cuda_convert)(src, static_cast<int>(sdt), dst, static_cast<int>(ddt), n, &err), err, "convert");
 }
 
 // Same numbers as the CPU for the same (seed, stream): drawn on the host, then uploaded.
@@ -85,28 +78,129 @@ void randn(void* dst, DType dt, int64_t n, uint64_t seed, uint64_t stream, float
   from_host(dst, host.data(), host.size());
 }
 
-// The tensor-core GEMM covers y = x·Wᵀ (+ b) with f16 or bf16 x and W of one dtype, contiguous.
+CudaMat device_mat(const GemmMat& m) { return {m.p, static_cast<int>(m.dt), m.rs, m.cs}; }
+
+// Every plain product (cuda_gemm picks the kernel: tensor cores for f16/bf16 pairs and, when allowed, TF32;
+// the f32 SIMT kernel otherwise). The fused forms (LoRA's extra rank-R product, IA3's per-k input scale) have no
+// cuda kernel.
 void gemm(const GemmArgs& g) {
-  bool nt = g.A.cs == 1 && g.A.rs == g.K && g.B.rs == 1 && g.B.cs == g.K && g.ldc == g.N;
-  bool half = (g.A.dt == DType::F16 || g.A.dt == DType::BF16) && g.B.dt == g.A.dt;
-  if (!nt || !half || g.R != 0 || g.accumulate || g.alpha != 1.0f)
-    fail("ERR_NOT_ON_DEVICE",
-         cat("linear on cuda: the tensor-core kernel takes f16 or bf16 x and weight of one dtype (y = x·Wᵀ + b); got x ",
-             dtype_name(g.A.dt), ", weight ", dtype_name(g.B.dt), (nt ? "" : ", a layout it does not cover"),
-             (g.R || g.accumulate || g.alpha != 1.0f ? ", a fused or accumulating form" : "")));
+  if (g.R != 0 || g.A.ks)
+    fail("ERR_NOT_ON_DEVICE", cat("linear on cuda: the fused ", g.R ? "LoRA (x·Wᵀ + x·A·B)" : "IA3 input-scaled",
+                                  " product has no cuda kernel; run the adapter on the cpu"));
+  CudaGemm c;
+  c.M = g.M, c.N = g.N, c.K = g.K;
+  c.A = device_mat(g.A);
+  c.B = device_mat(g.B);
+  c.C = g.C;
+  c.c_dt = static_cast<int>(g.c_dt);
+  c.ldc = g.ldc;
+  c.alpha = g.alpha;
+  c.accumulate = g.accumulate;
+  c.bias = g.bias;
+  c.bias_dt = static_cast<int>(g.bias_dt);
+  c.col_scale = g.col_scale;
+  c.allow_tf32 = g_allow_tf32.load();
   std::string err;
-  check(g_api->gemm_nt(g.A.p, g.B.p, g.bias, g.C, static_cast<int>(g.A.dt), static_cast<int>(g.bias_dt), static_cast<int>(g.c_dt), g.M,
-                       g.N, g.K, &err),
-        err, "linear");
+  check(CUDA(cuda_gemm)(c, &err), err, "gemm");
 }
 
-const OpTable kCudaOps = {"cuda", dev_alloc, to_host, from_host, convert, randn, gemm};
+// The training ops: the CPU kernels' signatures over the CUDA host API.
+void activation(Act a, const void* x, DType xdt, void* y, DType ydt, int64_t n) {
+  std::string err;
+  check(CUDA(cuda_activation)(static_cast<int>(a), x, int(xdt), y, int(ydt), n, &err), err, "activation");
+}
+void activation_backward(Act a, const void* x, DType xdt, const void* dy, DType dydt, void* dx, DType dxdt, int64_t n) {
+  std::string err;
+  check(CUDA(cuda_activation_backward)(static_cast<int>(a), x, int(xdt), dy, int(dydt), dx, int(dxdt), n, &err), err,
+        "activationBackward");
+}
+void log_softmax(const void* x, DType xdt, void* y, DType ydt, int64_t rows, int64_t cols) {
+  std::string err;
+  check(CUDA(cuda_log_softmax)(x, int(xdt), y, int(ydt), rows, cols, &err), err, "logSoftmax");
+}
+void log_softmax_backward(const void* y, DType ydt, const void* dy, DType dydt, void* dx, DType dxdt, int64_t rows,
+                          int64_t cols) {
+  std::string err;
+  check(CUDA(cuda_log_softmax_backward)(y, int(ydt), dy, int(dydt), dx, int(dxdt), rows, cols, &err), err,
+        "logSoftmaxBackward");
+}
+void dropout(const void* x, DType xdt, void* y, DType ydt, int64_t n, double p, uint64_t seed, uint64_t stream) {
+  std::string err;
+  check(CUDA(cuda_dropout)(x, int(xdt), y, int(ydt), n, p, seed, stream, &err), err, "dropout");
+}
+void embedding(const void* ids, DType idt, int64_t n, const void* w, void* out, size_t row_bytes) {
+  std::string err;
+  check(CUDA(cuda_embedding)(ids, int(idt), n, w, out, static_cast<int64_t>(row_bytes), &err), err, "embedding");
+}
+void embedding_backward(const void* ids, DType idt, int64_t n, const void* dy, DType dydt, void* dw, DType dwdt,
+                        int64_t dim) {
+  std::string err;
+  check(CUDA(cuda_embedding_backward)(ids, int(idt), n, dy, int(dydt), dw, int(dwdt), dim, &err), err,
+        "embeddingBackward");
+}
+void sum_rows(const void* x, DType xdt, int64_t rows, int64_t cols, void* out, DType odt, bool accumulate) {
+  std::string err;
+  check(CUDA(cuda_sum_rows)(x, int(xdt), rows, cols, out, int(odt), accumulate, &err), err, "sumRows");
+}
+void axpy(void* a, DType adt, const void* b, DType bdt, float alpha, int64_t n) {
+  std::string err;
+  check(CUDA(cuda_axpy)(a, int(adt), b, int(bdt), alpha, n, &err), err, "addInPlace");
+}
+void scale(void* a, DType adt, float alpha, int64_t n) {
+  std::string err;
+  check(CUDA(cuda_scale_inplace)(a, int(adt), alpha, n, &err), err, "scaleInPlace");
+}
+void mul(const void* a, DType adt, const void* b, DType bdt, void* y, DType ydt, int64_t n) {
+  std::string err;
+  check(CUDA(cuda_mul)(a, int(adt), b, int(bdt), y, int(ydt), n, &err), err, "mul");
+}
+// The element's bytes are made on the host by the CPU's fill (the same conversion), then replicated.
+void fill(void* a, DType dt, int64_t n, double value) {
+  alignas(8) unsigned char one[8] = {};
+  fill_cpu(one, dt, 1, value);
+  std::string err;
+  check(CUDA(cuda_fill)(a, one, static_cast<int>(dtype_size(dt)), n, &err), err, "fill");
+}
+double nll_loss(const void* logp, DType ldt, const void* target, DType tdt, int64_t rows, int64_t classes, int64_t ignore,
+                void* grad, DType gdt) {
+  std::string err;
+  double loss = 0;
+  check(CUDA(cuda_nll_loss)(logp, int(ldt), target, int(tdt), rows, classes, ignore, grad, int(gdt), &loss, &err), err,
+        "nllLoss");
+  return loss;
+}
+double cross_entropy(const void* logits, DType ldt, const void* target, DType tdt, int64_t rows, int64_t classes,
+                     int64_t ignore, double smoothing, void* grad, DType gdt) {
+  std::string err;
+  double loss = 0;
+  check(CUDA(cuda_cross_entropy)(logits, int(ldt), target, int(tdt), rows, classes, ignore, smoothing, grad, int(gdt),
+                                 &loss, &err),
+        err, "crossEntropy");
+  return loss;
+}
+double mse_loss(const void* y, DType ydt, const void* t, DType tdt, int64_t n, void* grad, DType gdt) {
+  std::string err;
+  double loss = 0;
+  check(CUDA(cuda_mse_loss)(y, int(ydt), t, int(tdt), n, grad, int(gdt), &loss, &err), err, "mseLoss");
+  return loss;
+}
+void adamw(const std::vector<AdamWParam>& params, const AdamWScalars& s) {
+  std::vector<CudaAdamWParam> dev;
+  for (const AdamWParam& p : params) dev.push_back({p.p, int(p.p_dt), p.g, int(p.g_dt), p.m, p.v, p.n});
+  const CudaAdamWScalars cs{s.decay, s.lerp_w, s.beta2, s.sq_w, s.bc2_sqrt, s.eps, s.neg_step};
+  std::string err;
+  check(CUDA(cuda_adamw)(dev.data(), static_cast<int64_t>(dev.size()), cs, &err), err, "adamwStep");
+}
+
+const OpTable kCudaOps = {"cuda", dev_alloc, to_host, from_host, convert, randn, gemm,
+                          activation, activation_backward, log_softmax, log_softmax_backward, dropout, embedding,
+                          embedding_backward, sum_rows, axpy, scale, mul, fill, nll_loss, cross_entropy, mse_loss, adamw};
 
 void choose() {
   const char* want = std::getenv("NODE_PEFT_CUDA");
   std::string mode = want ? want : "";
   if (mode == "emu") {
-    g_api = &kEmu;
+    g_chosen = true;
     g_state = {true, true, "emulated: CUDA kernels run on the CPU (NODE_PEFT_CUDA=emu)"};
   } else if (mode == "0" || mode == "off") {
     g_state = {false, false, "turned off by NODE_PEFT_CUDA=" + mode};
@@ -116,12 +210,12 @@ void choose() {
     std::string reason;
     cuda_gpu::cuda_runtime_state(&available, &emulated, &reason);
     g_state = {available, false, available ? "" : reason};
-    if (available) g_api = &kGpu;
+    g_chosen = g_use_gpu = available;
 #else
     g_state = {false, false, "this build has no CUDA backend (nvcc was not found at build time); NODE_PEFT_CUDA=emu runs the kernels on the CPU"};
 #endif
   }
-  if (g_api) register_op_table(Device::CUDA, &kCudaOps);
+  if (g_chosen) register_op_table(Device::CUDA, &kCudaOps);
 }
 
 std::once_flag g_once;
@@ -133,6 +227,9 @@ void set_emu_order(const std::string& order) {
   if (!emu::parse_order(order.c_str(), &o)) fail_range(cat("cuda emulation order must be forward, reverse or random, got \"", order, "\""));
   emu::set_order(o);
 }
+
+void set_cuda_allow_tf32(bool allow) { g_allow_tf32.store(allow); }
+bool cuda_allow_tf32() { return g_allow_tf32.load(); }
 
 const CudaState& cuda_state() {
   std::call_once(g_once, choose);

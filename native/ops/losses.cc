@@ -1,10 +1,11 @@
 // Mean-reduced losses returning { loss, grad }: nllLoss, crossEntropy (fused log-softmax + nll with
-// label smoothing) and mseLoss, with PyTorch's semantics. CPU kernels only.
+// label smoothing) and mseLoss, with PyTorch's semantics, on the operands' device.
 #include "../cpu/losses.h"
 #include "../cpu/nn_kernels.h"
 #include "../napi_util.h"
 #include "../tensor_handle.h"
 #include "check.h"
+#include "op_table.h"
 #include "ops.h"
 
 namespace peft {
@@ -22,6 +23,7 @@ struct ClassArgs {
   const Tensor* scores;
   const Tensor* target;
   int64_t rows, classes, ignore;
+  Device device;
 };
 ClassArgs class_args(const Napi::CallbackInfo& info, const char* op, const char* scores_name) {
   const Tensor& s = TensorHandle::From(info[0], op, scores_name);
@@ -34,20 +36,23 @@ ClassArgs class_args(const Napi::CallbackInfo& info, const char* op, const char*
   if (batched ? (t.ndim() != 1 || t.dim(0) != s.dim(0)) : t.ndim() != 0)
     fail("ERR_SHAPE", cat(op, ": target must have shape ", batched ? cat("[", s.dim(0), "]") : std::string("[]"), " for ",
                           scores_name, " of shape ", shape_str(s.shape), ", got ", shape_str(t.shape)));
-  require_cpu(op, {{scores_name, &s}, {"target", &t}});
+  Device d = same_device(op, {{scores_name, &s}, {"target", &t}});
   int64_t rows = batched ? s.dim(0) : 1, classes = s.dim(-1);
-  int64_t bad = first_bad_target(t.data(), t.dtype, rows, classes, ignore);
+  HostBytes th = host_bytes(t, op);
+  int64_t bad = first_bad_target(th.data, t.dtype, rows, classes, ignore);
   if (bad >= 0)
-    fail_range(cat(op, ": target[", bad, "] = ", load_id(t.data(), t.dtype, bad), " is out of range for ", classes,
+    fail_range(cat(op, ": target[", bad, "] = ", load_id(th.data, t.dtype, bad), " is out of range for ", classes,
                    " classes (expected 0 <= target < ", classes, " or ignoreIndex ", ignore, ")"));
-  return {&s, &t, rows, classes, ignore};
+  return {&s, &t, rows, classes, ignore, d};
 }
 
 // nllLoss(logProbs, target, ignoreIndex) -> { loss, grad }
 Napi::Value NllLoss(const Napi::CallbackInfo& info) {
-  ClassArgs a = class_args(info, "nllLoss", "logProbs");
-  Tensor grad = make_tensor(a.scores->dtype, a.scores->shape, Device::CPU, true);
-  double loss = nll_loss_cpu(a.scores->data(), a.scores->dtype, a.target->data(), a.target->dtype, a.rows, a.classes,
+  const char* op = "nllLoss";
+  ClassArgs a = class_args(info, op, "logProbs");
+  auto kernel = op_kernel(a.device, op, &OpTable::nll_loss);
+  Tensor grad = new_tensor(a.device, a.scores->dtype, a.scores->shape, op, true);
+  double loss = kernel(a.scores->data(), a.scores->dtype, a.target->data(), a.target->dtype, a.rows, a.classes,
                              a.ignore, grad.data(), grad.dtype);
   return loss_result(info.Env(), loss, grad);
 }
@@ -58,8 +63,9 @@ Napi::Value CrossEntropy(const Napi::CallbackInfo& info) {
   double eps = arg_number(info[3], op, "labelSmoothing");
   if (!(eps >= 0 && eps <= 1)) fail_range(cat(op, ": labelSmoothing must be in [0, 1], got ", eps));
   ClassArgs a = class_args(info, op, "logits");
-  Tensor grad = make_tensor(a.scores->dtype, a.scores->shape, Device::CPU, true);
-  double loss = cross_entropy_cpu(a.scores->data(), a.scores->dtype, a.target->data(), a.target->dtype, a.rows,
+  auto kernel = op_kernel(a.device, op, &OpTable::cross_entropy);
+  Tensor grad = new_tensor(a.device, a.scores->dtype, a.scores->shape, op, true);
+  double loss = kernel(a.scores->data(), a.scores->dtype, a.target->data(), a.target->dtype, a.rows,
                                   a.classes, a.ignore, eps, grad.data(), grad.dtype);
   return loss_result(info.Env(), loss, grad);
 }
@@ -72,9 +78,10 @@ Napi::Value MseLoss(const Napi::CallbackInfo& info) {
   require_float(y, op, "y");
   require_float(t, op, "target");
   require_same_shape(y, "y", t, "target", op);
-  require_cpu(op, {{"y", &y}, {"target", &t}});
-  Tensor grad = make_tensor(y.dtype, y.shape, Device::CPU, false);
-  double loss = mse_loss_cpu(y.data(), y.dtype, t.data(), t.dtype, y.numel(), grad.data(), grad.dtype);
+  Device d = same_device(op, {{"y", &y}, {"target", &t}});
+  auto kernel = op_kernel(d, op, &OpTable::mse_loss);
+  Tensor grad = new_tensor(d, y.dtype, y.shape, op, false);
+  double loss = kernel(y.data(), y.dtype, t.data(), t.dtype, y.numel(), grad.data(), grad.dtype);
   return loss_result(info.Env(), loss, grad);
 }
 

@@ -1,11 +1,13 @@
 // Elementwise and NN ops for tape-free training: activations, log-softmax, dropout, embedding, bias
-// gradients and in-place updates. CPU kernels only: operands elsewhere get ERR_NOT_ON_DEVICE.
+// gradients and in-place updates. Each runs on its operands' device through that device's op table
+// (ERR_NOT_ON_DEVICE naming the op where the device has no kernel).
 #include <cstring>
 
 #include "../cpu/nn_kernels.h"
 #include "../napi_util.h"
 #include "../tensor_handle.h"
 #include "check.h"
+#include "op_table.h"
 #include "ops.h"
 
 namespace peft {
@@ -41,9 +43,10 @@ DropoutArgs arg_dropout(const Napi::CallbackInfo& info, int at, const char* op) 
 
 // The first id outside [0, vocab) is a RangeError naming it, raised before anything is written.
 void check_ids(const Tensor& ids, int64_t vocab, const char* op) {
-  int64_t bad = first_bad_id(ids.data(), ids.dtype, ids.numel(), vocab);
+  HostBytes h = host_bytes(ids, op);
+  int64_t bad = first_bad_id(h.data, ids.dtype, ids.numel(), vocab);
   if (bad >= 0)
-    fail_range(cat(op, ": ids[", bad, "] = ", load_id(ids.data(), ids.dtype, bad), " is out of range for ", vocab,
+    fail_range(cat(op, ": ids[", bad, "] = ", load_id(h.data, ids.dtype, bad), " is out of range for ", vocab,
                    " embeddings (expected 0 <= id < ", vocab, ")"));
 }
 
@@ -53,9 +56,10 @@ Napi::Value Activation(const Napi::CallbackInfo& info) {
   Act a = arg_act(info[0], op);
   const Tensor& x = TensorHandle::From(info[1], op, "x");
   require_float(x, op, "x");
-  require_cpu(op, {{"x", &x}});
-  Tensor y = make_tensor(x.dtype, x.shape, Device::CPU, false);
-  activation_cpu(a, x.data(), x.dtype, y.data(), y.dtype, x.numel());
+  Device d = same_device(op, {{"x", &x}});
+  auto kernel = op_kernel(d, op, &OpTable::activation);
+  Tensor y = new_tensor(d, x.dtype, x.shape, op, false);
+  kernel(a, x.data(), x.dtype, y.data(), y.dtype, x.numel());
   return TensorHandle::Wrap(info.Env(), y);
 }
 
@@ -68,9 +72,10 @@ Napi::Value ActivationBackward(const Napi::CallbackInfo& info) {
   require_float(x, op, "x");
   require_float(dy, op, "dy");
   require_same_shape(x, "x", dy, "dy", op);
-  require_cpu(op, {{"x", &x}, {"dy", &dy}});
-  Tensor dx = make_tensor(dy.dtype, dy.shape, Device::CPU, false);
-  activation_backward_cpu(a, x.data(), x.dtype, dy.data(), dy.dtype, dx.data(), dx.dtype, x.numel());
+  Device d = same_device(op, {{"x", &x}, {"dy", &dy}});
+  auto kernel = op_kernel(d, op, &OpTable::activation_backward);
+  Tensor dx = new_tensor(d, dy.dtype, dy.shape, op, false);
+  kernel(a, x.data(), x.dtype, dy.data(), dy.dtype, dx.data(), dx.dtype, x.numel());
   return TensorHandle::Wrap(info.Env(), dx);
 }
 
@@ -79,9 +84,10 @@ Napi::Value LogSoftmax(const Napi::CallbackInfo& info) {
   const char* op = "logSoftmax";
   const Tensor& x = TensorHandle::From(info[0], op, "x");
   require_rows(x, op, "x");
-  require_cpu(op, {{"x", &x}});
-  Tensor y = make_tensor(x.dtype, x.shape, Device::CPU, false);
-  log_softmax_cpu(x.data(), x.dtype, y.data(), y.dtype, x.rows(), x.dim(-1));
+  Device d = same_device(op, {{"x", &x}});
+  auto kernel = op_kernel(d, op, &OpTable::log_softmax);
+  Tensor y = new_tensor(d, x.dtype, x.shape, op, false);
+  kernel(x.data(), x.dtype, y.data(), y.dtype, x.rows(), x.dim(-1));
   return TensorHandle::Wrap(info.Env(), y);
 }
 
@@ -93,9 +99,10 @@ Napi::Value LogSoftmaxBackward(const Napi::CallbackInfo& info) {
   require_rows(y, op, "y");
   require_rows(dy, op, "dy");
   require_same_shape(y, "y", dy, "dy", op);
-  require_cpu(op, {{"y", &y}, {"dy", &dy}});
-  Tensor dx = make_tensor(dy.dtype, dy.shape, Device::CPU, false);
-  log_softmax_backward_cpu(y.data(), y.dtype, dy.data(), dy.dtype, dx.data(), dx.dtype, y.rows(), y.dim(-1));
+  Device d = same_device(op, {{"y", &y}, {"dy", &dy}});
+  auto kernel = op_kernel(d, op, &OpTable::log_softmax_backward);
+  Tensor dx = new_tensor(d, dy.dtype, dy.shape, op, false);
+  kernel(y.data(), y.dtype, dy.data(), dy.dtype, dx.data(), dx.dtype, y.rows(), y.dim(-1));
   return TensorHandle::Wrap(info.Env(), dx);
 }
 
@@ -105,12 +112,13 @@ Napi::Value Dropout(const Napi::CallbackInfo& info) {
   const Tensor& x = TensorHandle::From(info[0], op, "x");
   DropoutArgs d = arg_dropout(info, 1, op);
   require_float(x, op, "x");
-  require_cpu(op, {{"x", &x}});
-  Tensor y = make_tensor(x.dtype, x.shape, Device::CPU, false);
+  Device dev = same_device(op, {{"x", &x}});
+  auto kernel = op_kernel(dev, op, &OpTable::dropout);
+  Tensor y = new_tensor(dev, x.dtype, x.shape, op, false);
   if (d.p == 0) {
-    if (x.nbytes()) std::memcpy(y.data(), x.data(), x.nbytes());
+    ops_for(dev, op).convert(x.data(), x.dtype, y.data(), y.dtype, x.numel());  // a copy
   } else {
-    dropout_cpu(x.data(), x.dtype, y.data(), y.dtype, x.numel(), d.p, d.seed, d.stream);
+    kernel(x.data(), x.dtype, y.data(), y.dtype, x.numel(), d.p, d.seed, d.stream);
   }
   return TensorHandle::Wrap(info.Env(), y);
 }
@@ -133,12 +141,13 @@ Napi::Value Embedding(const Napi::CallbackInfo& info) {
   require_index(ids, op, "ids");
   require_float(w, op, "weight");
   require_ndim(w, 2, 2, op, "weight");
-  require_cpu(op, {{"ids", &ids}, {"weight", &w}});
+  Device d = same_device(op, {{"ids", &ids}, {"weight", &w}});
+  auto kernel = op_kernel(d, op, &OpTable::embedding);
   check_ids(ids, w.dim(0), op);
   Shape os = ids.shape;
   os.push_back(w.dim(1));
-  Tensor out = make_tensor(w.dtype, os, Device::CPU, false);
-  embedding_cpu(ids.data(), ids.dtype, ids.numel(), w.data(), out.data(), static_cast<size_t>(w.dim(1)) * dtype_size(w.dtype));
+  Tensor out = new_tensor(d, w.dtype, os, op, false);
+  kernel(ids.data(), ids.dtype, ids.numel(), w.data(), out.data(), static_cast<size_t>(w.dim(1)) * dtype_size(w.dtype));
   return TensorHandle::Wrap(info.Env(), out);
 }
 
@@ -157,10 +166,11 @@ Napi::Value EmbeddingBackward(const Napi::CallbackInfo& info) {
   if (dy.shape != want)
     fail("ERR_SHAPE", cat(op, ": dy has shape ", shape_str(dy.shape), " but ids ", shape_str(ids.shape), " and dW ",
                           shape_str(dw.shape), " need ", shape_str(want)));
-  require_cpu(op, {{"ids", &ids}, {"dy", &dy}, {"dW", &dw}});
+  Device d = same_device(op, {{"ids", &ids}, {"dy", &dy}, {"dW", &dw}});
+  auto kernel = op_kernel(d, op, &OpTable::embedding_backward);
   check_ids(ids, dw.dim(0), op);
   begin_write(dw, op, "dW");
-  embedding_backward_cpu(ids.data(), ids.dtype, ids.numel(), dy.data(), dy.dtype, dw.data(), dw.dtype, dw.dim(1));
+  kernel(ids.data(), ids.dtype, ids.numel(), dy.data(), dy.dtype, dw.data(), dw.dtype, dw.dim(1));
   return info.Env().Undefined();
 }
 
@@ -175,9 +185,9 @@ Napi::Value SumRows(const Napi::CallbackInfo& info) {
   if (out.ndim() != 1 || out.dim(0) != dy.dim(-1))
     fail("ERR_SHAPE", cat(op, ": out must have shape [", dy.dim(-1), "] for dy of shape ", shape_str(dy.shape), ", got ",
                           shape_str(out.shape)));
-  require_cpu(op, {{"dy", &dy}, {"out", &out}});
+  Device d = same_device(op, {{"dy", &dy}, {"out", &out}});
   begin_write(out, op, "out");
-  sum_rows_cpu(dy.data(), dy.dtype, dy.rows(), dy.dim(-1), out.data(), out.dtype, acc);
+  op_kernel(d, op, &OpTable::sum_rows)(dy.data(), dy.dtype, dy.rows(), dy.dim(-1), out.data(), out.dtype, acc);
   return info.Env().Undefined();
 }
 
@@ -190,9 +200,9 @@ Napi::Value AddInPlace(const Napi::CallbackInfo& info) {
   require_float(a, op, "a");
   require_float(b, op, "b");
   require_same_shape(a, "a", b, "b", op);
-  require_cpu(op, {{"a", &a}, {"b", &b}});
+  Device d = same_device(op, {{"a", &a}, {"b", &b}});
   begin_write(a, op, "a");
-  axpy_cpu(a.data(), a.dtype, b.data(), b.dtype, alpha, a.numel());
+  op_kernel(d, op, &OpTable::axpy)(a.data(), a.dtype, b.data(), b.dtype, alpha, a.numel());
   return info.Env().Undefined();
 }
 
@@ -202,9 +212,9 @@ Napi::Value ScaleInPlace(const Napi::CallbackInfo& info) {
   const Tensor& a = TensorHandle::From(info[0], op, "a");
   float alpha = static_cast<float>(arg_number(info[1], op, "alpha"));
   require_float(a, op, "a");
-  require_cpu(op, {{"a", &a}});
+  Device d = same_device(op, {{"a", &a}});
   begin_write(a, op, "a");
-  scale_cpu(a.data(), a.dtype, alpha, a.numel());
+  op_kernel(d, op, &OpTable::scale)(a.data(), a.dtype, alpha, a.numel());
   return info.Env().Undefined();
 }
 
@@ -216,9 +226,10 @@ Napi::Value Mul(const Napi::CallbackInfo& info) {
   require_float(a, op, "a");
   require_float(b, op, "b");
   require_same_shape(a, "a", b, "b", op);
-  require_cpu(op, {{"a", &a}, {"b", &b}});
-  Tensor y = make_tensor(a.dtype, a.shape, Device::CPU, false);
-  mul_cpu(a.data(), a.dtype, b.data(), b.dtype, y.data(), y.dtype, a.numel());
+  Device d = same_device(op, {{"a", &a}, {"b", &b}});
+  auto kernel = op_kernel(d, op, &OpTable::mul);
+  Tensor y = new_tensor(d, a.dtype, a.shape, op, false);
+  kernel(a.data(), a.dtype, b.data(), b.dtype, y.data(), y.dtype, a.numel());
   return TensorHandle::Wrap(info.Env(), y);
 }
 
@@ -227,9 +238,9 @@ Napi::Value Fill(const Napi::CallbackInfo& info) {
   const char* op = "fill";
   const Tensor& a = TensorHandle::From(info[0], op, "a");
   double value = arg_number(info[1], op, "value");
-  require_cpu(op, {{"a", &a}});
+  Device d = same_device(op, {{"a", &a}});
   begin_write(a, op, "a");
-  fill_cpu(a.data(), a.dtype, a.numel(), value);
+  op_kernel(d, op, &OpTable::fill)(a.data(), a.dtype, a.numel(), value);
   return info.Env().Undefined();
 }
 

@@ -5,6 +5,7 @@
 
 #include "../core/errors.h"
 #include "../cpu/convert.h"
+#include "../cpu/losses.h"
 #include "cuda_state.h"
 
 namespace peft {
@@ -17,6 +18,9 @@ std::shared_ptr<Storage> host_alloc(size_t bytes, bool zero) { return alloc_host
 
 const OpTable kCpuOps = {
     "cpu", host_alloc, host_copy, host_copy, convert_cpu, randn_cpu, gemm,
+    activation_cpu, activation_backward_cpu, log_softmax_cpu, log_softmax_backward_cpu, dropout_cpu, embedding_cpu,
+    embedding_backward_cpu, sum_rows_cpu, axpy_cpu, scale_cpu, mul_cpu, fill_cpu, nll_loss_cpu, cross_entropy_cpu,
+    mse_loss_cpu, adamw_cpu,
 };
 
 std::atomic<const OpTable*> g_tables[2] = {&kCpuOps, nullptr};
@@ -32,6 +36,18 @@ Tensor new_tensor(Device d, DType dt, const Shape& shape, const char* op, bool z
   t.shape = shape;
   t.storage = d == Device::CPU && touch ? alloc_host(bytes, zero, true) : ops_for(d, op).alloc(bytes, zero);
   return t;
+}
+
+HostBytes host_bytes(const Tensor& t, const char* op) {
+  HostBytes h;
+  if (t.device() == Device::CPU) {
+    h.data = t.data();
+    return h;
+  }
+  h.copy.resize(t.nbytes());
+  ops_for(t.device(), op).to_host(h.copy.data(), t.data(), h.copy.size());
+  h.data = h.copy.data();
+  return h;
 }
 
 const OpTable& ops_for(Device d, const char* op) {

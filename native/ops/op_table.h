@@ -3,11 +3,15 @@
 #pragma once
 #include <cstdint>
 #include <memory>
+#include <vector>
 
 #include "../core/dtype.h"
+#include "../core/errors.h"
 #include "../core/storage.h"
 #include "../core/tensor.h"
+#include "../cpu/adamw.h"
 #include "../cpu/gemm.h"
+#include "../cpu/nn_kernels.h"
 
 namespace peft {
 
@@ -23,11 +27,52 @@ struct OpTable {
   void (*randn)(void* dst, DType dt, int64_t n, uint64_t seed, uint64_t stream, float mean, float std) = nullptr;
   // Dense products (layouts and dtypes described by GemmArgs).
   void (*gemm)(const GemmArgs& args) = nullptr;
+  // The training ops, with the CPU kernels' signatures and semantics (native/cpu/nn_kernels.h, losses.h,
+  // adamw.h). Integer ids and targets passed here are range-checked already.
+  void (*activation)(Act a, const void* x, DType xdt, void* y, DType ydt, int64_t n) = nullptr;
+  void (*activation_backward)(Act a, const void* x, DType xdt, const void* dy, DType dydt, void* dx, DType dxdt,
+                              int64_t n) = nullptr;
+  void (*log_softmax)(const void* x, DType xdt, void* y, DType ydt, int64_t rows, int64_t cols) = nullptr;
+  void (*log_softmax_backward)(const void* y, DType ydt, const void* dy, DType dydt, void* dx, DType dxdt, int64_t rows,
+                               int64_t cols) = nullptr;
+  void (*dropout)(const void* x, DType xdt, void* y, DType ydt, int64_t n, double p, uint64_t seed,
+                  uint64_t stream) = nullptr;
+  void (*embedding)(const void* ids, DType idt, int64_t n, const void* w, void* out, size_t row_bytes) = nullptr;
+  void (*embedding_backward)(const void* ids, DType idt, int64_t n, const void* dy, DType dydt, void* dw, DType dwdt,
+                             int64_t dim) = nullptr;
+  void (*sum_rows)(const void* x, DType xdt, int64_t rows, int64_t cols, void* out, DType odt, bool accumulate) = nullptr;
+  void (*axpy)(void* a, DType adt, const void* b, DType bdt, float alpha, int64_t n) = nullptr;
+  void (*scale)(void* a, DType adt, float alpha, int64_t n) = nullptr;
+  void (*mul)(const void* a, DType adt, const void* b, DType bdt, void* y, DType ydt, int64_t n) = nullptr;
+  void (*fill)(void* a, DType dt, int64_t n, double value) = nullptr;
+  double (*nll_loss)(const void* logp, DType ldt, const void* target, DType tdt, int64_t rows, int64_t classes,
+                     int64_t ignore, void* grad, DType gdt) = nullptr;
+  double (*cross_entropy)(const void* logits, DType ldt, const void* target, DType tdt, int64_t rows, int64_t classes,
+                          int64_t ignore, double smoothing, void* grad, DType gdt) = nullptr;
+  double (*mse_loss)(const void* y, DType ydt, const void* t, DType tdt, int64_t n, void* grad, DType gdt) = nullptr;
+  void (*adamw)(const std::vector<AdamWParam>& params, const AdamWScalars& s) = nullptr;
 };
 
 // The table for a device, or an ERR_NOT_ON_DEVICE error naming `op` when that device has none (or lacks `op`).
 const OpTable& ops_for(Device d, const char* op);
 void register_op_table(Device d, const OpTable* table);
+
+// The kernel `field` of device d's table, or an ERR_NOT_ON_DEVICE error naming `op` when it has none.
+template <class F>
+F op_kernel(Device d, const char* op, F OpTable::*field) {
+  const OpTable& t = ops_for(d, op);
+  F f = t.*field;
+  if (!f) fail("ERR_NOT_ON_DEVICE", cat(op, ": no ", t.name, " kernel; move the operands to the cpu"));
+  return f;
+}
+
+// A tensor's bytes where the host can read them: its own memory on the cpu, else a copy (small index
+// tensors checked before a device kernel runs).
+struct HostBytes {
+  std::vector<unsigned char> copy;
+  const void* data = nullptr;
+};
+HostBytes host_bytes(const Tensor& t, const char* op);
 
 // A new tensor on device `d` (shape checked): zero-filled unless `zero` is false (an output a kernel writes
 // in full); `touch` faults host pages in now on the pool's threads (before a single-threaded fill).

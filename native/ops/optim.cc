@@ -10,6 +10,7 @@
 #include "../napi_util.h"
 #include "../tensor_handle.h"
 #include "check.h"
+#include "op_table.h"
 #include "ops.h"
 
 namespace peft {
@@ -55,6 +56,7 @@ Napi::Value AdamWStep(const Napi::CallbackInfo& info) {
     std::optional<Tensor> g;
   };
   std::vector<Entry> entries;
+  Device dev = Device::CPU;
   std::unordered_map<const Storage*, std::string> written;
   auto claim = [&](const Tensor& t, const std::string& name) {
     auto [it, fresh] = written.emplace(t.storage.get(), name);
@@ -76,7 +78,11 @@ Napi::Value AdamWStep(const Napi::CallbackInfo& info) {
         fail("ERR_DTYPE", cat(op, ": ", *name, " must be f32 (AdamW keeps its moments in f32), got ", dtype_name(t->dtype)));
       require_same_shape(e.p, pn.c_str(), *t, name->c_str(), op);
     }
-    require_cpu(op, {{pn.c_str(), &e.p}, {gn.c_str(), e.g ? &*e.g : nullptr}, {mn.c_str(), &e.m}, {vn.c_str(), &e.v}});
+    // One step runs on one device: every tensor of every entry on the first parameter's.
+    Device d = same_device(op, {{pn.c_str(), &e.p}, {gn.c_str(), e.g ? &*e.g : nullptr}, {mn.c_str(), &e.m}, {vn.c_str(), &e.v}});
+    if (i == 0) dev = d;
+    else if (d != dev)
+      fail("ERR_DEVICE", cat(op, ": params[0] is on ", device_name(dev), " but ", pn, " is on ", device_name(d)));
     claim(e.p, pn);
     claim(e.m, mn);
     claim(e.v, vn);
@@ -94,7 +100,7 @@ Napi::Value AdamWStep(const Napi::CallbackInfo& info) {
   for (uint32_t i = 0; i < n; i++)
     if (const Entry& e = entries[i]; e.g)
       begin_write(e.p, op, cat("params[", i, "]")), begin_write(e.m, op, cat("expAvg[", i, "]")), begin_write(e.v, op, cat("expAvgSq[", i, "]"));
-  adamw_cpu(work, adamw_scalars(lr, beta1, beta2, eps, wd, step));
+  op_kernel(dev, op, &OpTable::adamw)(work, adamw_scalars(lr, beta1, beta2, eps, wd, step));
   return info.Env().Undefined();
 }
 

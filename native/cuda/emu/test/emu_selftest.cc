@@ -35,6 +35,38 @@ bool same_value(double a, double b) {
   return a == b && std::signbit(a) == std::signbit(b);
 }
 
+// ---- TF32 rounding (nvcuda::wmma::__float_to_tf32, the hardware's cvt.rna.tf32.f32) ---------------------------
+// The nearest value with 10 fraction bits at f32's exponents (subnormals at f32's spacing scaled up),
+// ties away from zero, computed in double; past f32's range it is infinity.
+double ref_tf32(float f) {
+  if (std::isnan(f) || std::isinf(f) || f == 0) return f;
+  int e = std::max(std::ilogb(f), -126);
+  double ulp = std::ldexp(1.0, e - 10);
+  double r = std::floor(std::fabs(double(f)) / ulp + 0.5) * ulp;  // + 0.5 then floor: ties go up in magnitude
+  return std::copysign(r > 0x1.fffffep127 ? INFINITY : r, double(f));
+}
+
+void test_tf32_rounding() {
+  const double u = std::ldexp(1.0, -10);
+  // Hand-picked: ties (away from zero, where nearest-even would differ), either side of a tie, subnormals.
+  const std::pair<float, double> hand[] = {
+      {float(1 + u / 2), 1 + u}, {float(-(1 + u / 2)), -(1 + u)}, {float(1 + 1.5 * u), 1 + 2 * u},
+      {float(1 + u / 2 - std::ldexp(1.0, -23)), 1}, {float(1 + u / 2 + std::ldexp(1.0, -23)), 1 + u},
+      {float(std::ldexp(1.0, -137)), std::ldexp(1.0, -136)}, {float(std::ldexp(3.0, -138)), std::ldexp(1.0, -136)},
+      {0.f, 0.0}, {-0.f, -0.0}, {1.f, 1.0}};
+  for (auto [in, want] : hand)
+    CHECK(same_value(nvcuda::wmma::__float_to_tf32(in), want), "__float_to_tf32(%a) = %a, expected %a", in, nvcuda::wmma::__float_to_tf32(in), want);
+  std::mt19937 rng(11);
+  int bad = 0;
+  for (int i = 0; i < 400000; ++i) {
+    float f = std::bit_cast<float>(static_cast<uint32_t>(rng()));
+    if (i % 2) f = std::bit_cast<float>((std::bit_cast<uint32_t>(f) & ~0x1fffu) | 0x1000u);  // an exact tie
+    if (!same_value(nvcuda::wmma::__float_to_tf32(f), ref_tf32(f)) && bad++ < 5)
+      CHECK(false, "__float_to_tf32(%a) = %a, expected %a", f, nvcuda::wmma::__float_to_tf32(f), ref_tf32(f));
+  }
+  CHECK(bad == 0, "%d tf32 roundings differ from the reference", bad);
+}
+
 void test_half_rounding() {
   std::mt19937 rng(7);
   std::vector<float> probes = {0.f, -0.f, 1.f, -1.f, INFINITY, -INFINITY, NAN, 65504.f, 65519.f, 65520.f, 1e-8f,
@@ -355,6 +387,7 @@ void test_host_threads() {
 int main() {
   std::printf("CUDA emulator self-test\n");
   section("f16/bf16 rounding vs double reference", test_half_rounding);
+  section("tf32 rounding (cvt.rna) vs double reference", test_tf32_rounding);
   for (emu::Order o : {emu::Order::Forward, emu::Order::Reverse, emu::Order::Random}) {
     emu::set_order(o);
     std::printf("scheduling order: %s\n", emu::order_name(o));
