@@ -7,7 +7,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, describe, expect, it } from "vitest";
 import {
-  Linear, Linear4bit, LlamaForCausalLM, LoraConfig, LoraLinear4bit, PeftError, Sequential, Tensor, getPeftModel, noGrad, prepareModelForKbitTraining,
+  Linear, Linear4bit, LlamaForCausalLM, LoraConfig, LoraLinear, LoraLinear4bit, PeftError, Sequential, Tensor, getPeftModel, noGrad, prepareModelForKbitTraining,
 } from "../lib/index.js";
 import { UNIT, expectClose, expectError, uniform } from "./helpers/numeric.js";
 import { tinyLlama, trainCausalLm, writeLlama } from "./helpers/llama-models.js";
@@ -158,5 +158,36 @@ describe("QLoRA on a tiny Llama loaded with quantize: \"nf4\"", () => {
     const { first, last } = trainCausalLm(peft, ids, 40);
     expect(last).toBeLessThan(0.7 * first);
     peft.dispose();
+  });
+});
+
+describe("DoRA over the 4-bit base", () => {
+  it("forward equals DoRA on a dense layer holding the dequantised weight; merge requantises that layer's merged weight", () => {
+    const [K, N, r] = [33, 17, 4];
+    const q = Linear4bit.fromLinear(new Linear(K, N, { seed: 5 }), { quantType: "nf4" });
+    const dense = new Linear(K, N, { seed: 6 });
+    noGrad(() => {
+      dense.weight.copyFrom(q.dequantizeWeight());
+      dense.bias!.copyFrom(q.bias!);
+    });
+    const opts = { r, loraAlpha: 2 * r, initLoraWeights: false, useDora: true };
+    const l4 = new LoraLinear4bit(q, opts), ld = new LoraLinear(dense, opts);
+    const f4 = l4.loraFactors("default"), fd = ld.loraFactors("default");
+    noGrad(() => {
+      fd.A.copyFrom(f4.A);
+      fd.B.copyFrom(f4.B);
+      ld.doraMagnitude("default")!.copyFrom(l4.doraMagnitude("default")!);
+    });
+    const x = rnd([7, K], 9);
+    const y4 = noGrad(() => l4.eval().forward(x)).toFloat64Array(), yd = noGrad(() => ld.eval().forward(x)).toFloat64Array();
+    // The same f32 weight and the same f32 ops; the 4-bit GEMM unpacks W as it packs it (same values).
+    expectClose(y4, yd, (i) => 64 * UNIT.f32 * (1 + Math.abs(yd[i])), "DoRA forward");
+    l4.merge();
+    ld.merge();
+    const requantised = Linear4bit.fromLinear(dense, { quantType: "nf4" }).dequantizeWeight();
+    expect(Array.from(q.dequantizeWeight().toFloat32Array())).toEqual(Array.from(requantised.toFloat32Array()));
+    expect(l4.merged).toBe(true);
+    l4.unmerge();
+    expect(l4.merged).toBe(false);
   });
 });

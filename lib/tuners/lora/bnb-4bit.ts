@@ -101,6 +101,8 @@ export class LoraLinear4bit extends FusedLoraLayer {
    */
   protected override applyMerge(names: string[], sign: 1 | -1, safe: boolean, checkOnly: boolean): number {
     const base = this.baseLayer;
+    // DoRA adapters: the shared DoRA merge over the dequantised weight, requantised by writeMergeWeight.
+    if (names.some((n) => this.useDora[n])) return this.doraMerge(names, sign, safe, checkOnly);
     if (safe || checkOnly) {
       using s = new Scratch();
       using w = base.dequantizeWeight();
@@ -114,5 +116,10 @@ export class LoraLinear4bit extends FusedLoraLayer {
       base.requantize(w);
     }
     return -1;
+  }
+
+  /** A DoRA merge's f32 result, requantised into the 4-bit codes and statistics. */
+  protected override writeMergeWeight(w: Tensor): void {
+    this.baseLayer.requantize(w);
   }
 }
