@@ -5,8 +5,8 @@
 // PEFT does; unmerge is PEFT's lossy requantisation unless the merge kept the original CB/SCB
 // (`exactUnmerge`), in which case unmerge restores them bit for bit.
 import { Tensor } from "../../tensor.js";
-import { int8LinearGradInput, int8Linear, int8Quantize, linear, linearGradWeight, matmul } from "../../ops.js";
-import { addInPlace, dropout, scaleInPlace, sumRows } from "../../kernels.js";
+import { int8LinearGradInput, int8Linear, int8Quantize, linear, linearGradWeight } from "../../ops.js";
+import { dropout, scaleInPlace, sumRows } from "../../kernels.js";
 import { describe, optionsArg, peftError, typeError } from "../../errors.js";
 import { Linear8bitLt, gradOf } from "../../nn/index.js";
 import { denseFanInFanOut, warnOnce } from "../tuner-layer.js";
@@ -14,6 +14,7 @@ import { applyLoraDeltas } from "./delta.js";
 import { untrack } from "../../autograd/scope.js";
 import { int8Dequantize } from "./int8-dequantize.js";
 import { denseDoraOps } from "./dora-ops.js";
+import { accumulateAdapterGrads } from "./side-adapters.js";
 import type { DoraOps } from "./dora.js";
 import { FusedLoraLayer, type FusedResult, type LoraLayerOptions, type MergeOptions, type NativeAdapter } from "./layer.js";
 
@@ -150,25 +151,9 @@ export class LoraLinear8bitLt extends FusedLoraLayer {
       dx = wantDx ? int8LinearGradInput(dyf, weight, base.SCB) : null;
       const dy2 = rows(dyf, keep);
       const dx2 = dx ? rows(dx, keep) : null;
+      // dB, dA and the adapters' share of dx, with G = s·dy·B and the same dropout mask as forward's.
       let xf: Tensor | null = null;
-      adapters.forEach((a, i) => {
-        const { A, B } = this.loraWeights(a.name);
-        if (a.dB) linearGradWeight(dy2, saved[i], gradOf(B), { accumulate: true });
-        if (!a.dA && !dx2) return;
-        // G = s·dy·B (M, r): dA += Gᵀ·drop(x), dx += drop(G·A) (the same mask as forward's).
-        using G = matmul(dy2, B);
-        scaleInPlace(G, a.scale);
-        if (a.dA) {
-          xf ??= asF32(rows(x, keep), keep);
-          using xd = a.p > 0 ? dropout(xf, a.p, a.seed, a.stream) : null;
-          linearGradWeight(G, xd ?? xf, gradOf(A), { accumulate: true });
-        }
-        if (dx2) {
-          using g = matmul(G, A);
-          using gd = a.p > 0 ? dropout(g, a.p, a.seed, a.stream) : null;
-          addInPlace(dx2, gd ?? g);
-        }
-      });
+      accumulateAdapterGrads((n) => this.loraWeights(n), dy2, () => (xf ??= asF32(rows(x, keep), keep)), saved, adapters, dx2);
       return dx ? inDtype(dx, dy.dtype) : null;
     } catch (e) {
       dx?.dispose();
