@@ -69,11 +69,7 @@ Napi::Value Int8Linear(const Napi::CallbackInfo& info) {
   Int8Weight w = weight_args(info, 1, op);
   require_input(x, w, w.K, op, "x");
   const Tensor* b = TensorHandle::FromOptional(info[3], op, "bias");
-  if (b) {
-    require_float(*b, op, "bias");
-    require_cpu(op, {{"bias", b}});
-    require_shape(*b, {w.N}, op, "bias");
-  }
+  require_bias(b, w.N, op);
   Int8LinearArgs a;
   a.threshold = threshold_arg(info[4], op);
   // Optional fused rank-r term: u (rows of x, r) and bt (r, N), f32.

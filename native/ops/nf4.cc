@@ -107,11 +107,7 @@ Napi::Value Quant4Linear(const Napi::CallbackInfo& info) {
   Quant4Weight w = weight_args(info, 1, op);
   require_input(x, w.K, w, op, "x");
   const Tensor* b = TensorHandle::FromOptional(info[9], op, "bias");
-  if (b) {
-    require_float(*b, op, "bias");
-    require_cpu(op, {{"bias", b}});
-    require_shape(*b, {w.N}, op, "bias");
-  }
+  require_bias(b, w.N, op);
   Shape ys = x.shape;
   ys.back() = w.N;
   Tensor y = make_tensor(x.dtype, ys, Device::CPU, false);
