@@ -93,6 +93,13 @@ struct Storage {
     cached_version = v;
     return obj;
   }
+
+  // The cached derived object when it is of `kind` (any version), or null; for benches that evict it.
+  template <typename T>
+  std::shared_ptr<const T> cached_of(int kind) {
+    std::lock_guard<std::mutex> lk(cache_mu);
+    return cached && cached_kind == kind ? std::static_pointer_cast<const T>(cached) : nullptr;
+  }
 };
 
 // Zero-filled, 64-byte aligned host storage. Throws std::bad_alloc when memory runs out. `touch` faults

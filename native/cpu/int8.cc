@@ -292,14 +292,8 @@ void int8_linear_grad_input_cpu(const void* dy, DType dy_dt, int64_t M, const In
 }
 
 Int8PackRegion int8_cached_pack(Storage* s) {
-  std::shared_ptr<void> obj;
-  {
-    std::lock_guard<std::mutex> lk(s->cache_mu);
-    if (s->cached_kind != kPackKind) return {};
-    obj = s->cached;
-  }
-  if (!obj) return {};
-  auto* p = static_cast<const Int8Pack*>(obj.get());
+  auto p = s->cached_of<Int8Pack>(kPackKind);
+  if (!p) return {};
   return {p->data, static_cast<size_t>(p->panels * p->Kp * kPanel)};
 }
 

@@ -271,14 +271,8 @@ void quant4_linear_grad_input_cpu(const void* dy, DType dy_dt, int64_t M, const 
 }
 
 Quant4PackRegion quant4_cached_pack(Storage* s) {
-  std::shared_ptr<void> obj;
-  {
-    std::lock_guard<std::mutex> lk(s->cache_mu);
-    if (s->cached_kind != kPanelKind) return {};
-    obj = s->cached;
-  }
-  if (!obj) return {};
-  auto* p = static_cast<const PanelPack*>(obj.get());
+  auto p = s->cached_of<PanelPack>(kPanelKind);
+  if (!p) return {};
   return {p->mem->data, p->mem->bytes};
 }
 
