@@ -274,7 +274,6 @@ void int8_linear_cpu(const Int8LinearArgs& a) {
       }
     }
   });
-
 }
 
 void int8_linear_grad_input_cpu(const void* dy, DType dy_dt, int64_t M, const Int8Weight& w, void* dx, DType dx_dt) {
