@@ -37,12 +37,17 @@ export function gemmRef(a: Mat, b: Mat, o: GemmRefOptions = {}): { value: Float6
   const R = o.a2 ? o.a2.cols : 0;
   const value = new Float64Array(M * N), mag = new Float64Array(M * N);
   const arow = new Float64Array(K);
+  // B's columns laid out contiguously once, so the inner loop walks two dense rows (the reference is the
+  // slowest part of the GEMM tests otherwise).
+  const bcols = new Float64Array(N * K);
+  for (let j = 0; j < N; j++) for (let k = 0; k < K; k++) bcols[j * K + k] = B(k, j);
   for (let i = 0; i < M; i++) {
     for (let k = 0; k < K; k++) arow[k] = A(i, k) * (o.aScale ? o.aScale[k] : 1);
     for (let j = 0; j < N; j++) {
       let s = 0, m = 0;
+      const col = j * K;
       for (let k = 0; k < K; k++) {
-        const p = arow[k] * B(k, j);
+        const p = arow[k] * bcols[col + k];
         s += p;
         m += Math.abs(p);
       }
