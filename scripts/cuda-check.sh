@@ -15,12 +15,24 @@ GENCODE=(-gencode arch=compute_80,code=sm_80 -gencode arch=compute_90,code=sm_90
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 
+# Two compiles at a time (the build machines have two cores), each into its own log; then one report.
+srcs=(native/cuda/*.cu)
+pids=()
+for src in "${srcs[@]}"; do
+  name=$(basename "$src")
+  ( nice -n 5 "$NVCC" -std=c++17 "${GENCODE[@]}" -Xptxas -v -c "$src" -o "$tmp/$name.o" >"$tmp/$name.log" 2>&1
+    echo $? >"$tmp/$name.rc" ) &
+  pids+=($!)
+  if [ ${#pids[@]} -ge 2 ]; then wait "${pids[0]}"; pids=("${pids[@]:1}"); fi
+done
+for pid in "${pids[@]}"; do wait "$pid"; done
+
 status=0
 printf '%-16s %-48s %-6s %5s %7s %6s %7s %7s\n' file kernel arch regs smem stack spill_st spill_ld
-for src in native/cuda/*.cu; do
+for src in "${srcs[@]}"; do
   name=$(basename "$src")
   log="$tmp/$name.log"
-  if ! nice -n 5 "$NVCC" -std=c++17 "${GENCODE[@]}" -Xptxas -v -c "$src" -o "$tmp/$name.o" >"$log" 2>&1; then
+  if [ "$(cat "$tmp/$name.rc")" != 0 ]; then
     echo "cuda-check: $src failed to compile:"
     cat "$log"
     status=1

@@ -83,7 +83,8 @@ export function evenShares(total, parts) {
 
 /**
  * Runs `node ...args` with its cwd in a fresh temp directory (prefix), passing each JSON line it writes to
- * fd 3 to onMessage(m, dir). Resolves with res, given code, signal, timedOut (killed after timeout seconds),
+ * fd 3 to onMessage(m, dir). Resolves with res, given code, signal, timedOut (killed after `timeout` seconds
+ * without a message: a hang is a call that makes no progress, so a slow but moving child on a loaded machine is not one),
  * the tails of stdout and stderr (stderr goes to this process's with inheritStderr) and, with keep, dir
  * (else the directory is removed once onClose(dir) has run).
  */
@@ -93,8 +94,18 @@ export function runChild({ args, res, prefix, timeout, keep = false, env = proce
     const cp = spawn(process.execPath, args, { cwd: dir, env, stdio: ["ignore", "pipe", inheritStderr ? "inherit" : "pipe", "pipe"] });
     Object.assign(res, { stderr: "", stdout: "", timedOut: false });
     let buf = "";
+    let timer;
+    const arm = () => {
+      clearTimeout(timer);
+      timer = setTimeout(() => {
+        res.timedOut = true;
+        cp.kill("SIGKILL");
+      }, timeout * 1000);
+    };
+    arm();
     cp.stdio[3].setEncoding("utf8");
     cp.stdio[3].on("data", (d) => {
+      arm();
       buf += d;
       let nl;
       while ((nl = buf.indexOf("\n")) >= 0) {
@@ -119,10 +130,6 @@ export function runChild({ args, res, prefix, timeout, keep = false, env = proce
         res.stderr = (res.stderr + d).slice(-6000);
       });
     }
-    const timer = setTimeout(() => {
-      res.timedOut = true;
-      cp.kill("SIGKILL");
-    }, timeout * 1000);
     cp.on("close", (code, signal) => {
       clearTimeout(timer);
       res.code = code;

@@ -19,7 +19,7 @@
 //   node scripts/fuzz/misuse.mjs --seed 1 --calls 3000 --only 3 --trace   # replay batch 3, printing each call
 //
 // Options: --seed N, --calls N, --long, --batch-size N (calls per child, default 400; 1000 above 20k calls), --jobs N (parallel
-// children, default: CPU count, at most 4), --timeout S (per child, default 60), --only B (run batch B only),
+// children, default: CPU count, at most 4), --timeout S (seconds a child may go without a message, default 60), --only B (run batch B only),
 // --until K (stop each child after step K), --trace (print every step to stderr), --json (summary as JSON
 // on stdout, the report on stderr), --keep (keep the children's temp directories), --internals (also call
 // members the declaration files mark protected, private or @internal), --tamper (also assign wrong-typed

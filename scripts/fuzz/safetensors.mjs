@@ -25,7 +25,7 @@
 //   node scripts/fuzz/safetensors.mjs --seed 1 --files 400 --only 2 --case 17 --keep   # one case again
 //
 // Options: --seed N, --files N, --long, --batch-size N (files per child, default 100), --jobs N,
-// --timeout S (per child, default 120), --cli-rate R (share of files given to the CLI, default 0.25; 0.5
+// --timeout S (seconds a child may go without a message, default 120), --cli-rate R (share of files given to the CLI, default 0.25; 0.5
 // with --long), --only B (batch B only), --case I (only case I of each batch run), --keep (keep the temp
 // directories), --json (summary as JSON on stdout, the report on stderr).
 //
