@@ -9,11 +9,20 @@ import { existsSync, statSync } from "node:fs";
 import { join } from "node:path";
 import { Command, CommanderError, InvalidArgumentError } from "commander";
 import cliProgress from "cli-progress";
-import { openCheckpoint } from "./io/checkpoint-source.js";
-import { readAdapterConfig, WEIGHTS_NAME } from "./io/peft-checkpoint.js";
-import { mergeCheckpoint } from "./io/merge-checkpoint.js";
-import { openSafetensors } from "./io/index.js";
 import { PeftError } from "./errors.js";
+
+/**
+ * The library's readers and the merge (and with them the native addon) load when a command runs, so
+ * `--version`, `--help` and usage errors answer at Node's start-up speed.
+ */
+async function loadIo() {
+  const [source, peft, merging, io] = await Promise.all([
+    import("./io/checkpoint-source.js"), import("./io/peft-checkpoint.js"), import("./io/merge-checkpoint.js"), import("./io/index.js"),
+  ]);
+  return { openCheckpoint: source.openCheckpoint, readAdapterConfig: peft.readAdapterConfig, WEIGHTS_NAME: peft.WEIGHTS_NAME,
+           mergeCheckpoint: merging.mergeCheckpoint, openSafetensors: io.openSafetensors };
+}
+type Io = Awaited<ReturnType<typeof loadIo>>;
 
 const { version } = createRequire(import.meta.url)("../package.json") as { version: string };
 
@@ -48,7 +57,7 @@ interface FileReport {
   metadata: Record<string, string> | null;
 }
 
-function readFile(path: string): FileReport {
+function readFile({ openCheckpoint, openSafetensors }: Io, path: string): FileReport {
   using f = openCheckpoint(path);
   const tensors: TensorRow[] = [];
   let totalBytes = 0;
@@ -105,16 +114,17 @@ const CONFIG_KEYS = ["task_type", "r", "init_r", "target_r", "total_step", "lora
 
 async function inspect(target: string, json: boolean, out: (s: string) => void): Promise<void> {
   if (!existsSync(target)) throw new UsageError(`${target}: no such file or directory`);
+  const io = await loadIo();
   if (!statSync(target).isDirectory()) {
-    const r = readFile(target);
+    const r = readFile(io, target);
     if (json) out(JSON.stringify(r));
     else printFile(r, out);
     return;
   }
-  const config = (await readAdapterConfig(target)).toJSON() as Record<string, unknown>;
-  const weights = join(target, WEIGHTS_NAME);
-  if (!existsSync(weights)) throw new PeftError("ERR_CHECKPOINT", `${target}: no ${WEIGHTS_NAME}`);
-  const r = readFile(weights);
+  const config = (await io.readAdapterConfig(target)).toJSON() as Record<string, unknown>;
+  const weights = join(target, io.WEIGHTS_NAME);
+  if (!existsSync(weights)) throw new PeftError("ERR_CHECKPOINT", `${target}: no ${io.WEIGHTS_NAME}`);
+  const r = readFile(io, weights);
   if (json) {
     out(JSON.stringify({ adapter: target, config, weights: r }));
     return;
@@ -136,6 +146,7 @@ interface MergeFlags {
 }
 
 async function merge(o: MergeFlags): Promise<void> {
+  const { mergeCheckpoint } = await loadIo();
   // A bar on stderr when it is a terminal (cli-progress writes nothing otherwise): stdout keeps the summary.
   const bar = new cliProgress.SingleBar({ format: "merging [{bar}] {value}/{total} tensors | {name}", stream: process.stderr, hideCursor: true }, cliProgress.Presets.shades_classic);
   let started = false;

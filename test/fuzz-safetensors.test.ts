@@ -23,9 +23,9 @@ const fuzz = (args: string[]) => runFuzzer<Summary>("safetensors", args);
 describe("safetensors mutation fuzzer", () => {
   it("every reader accepts the same files and refuses the rest with ERR_SAFETENSORS; the CLI exits 0 or 1 cleanly", async () => {
     expect(existsSync(distIndex), "dist/ is missing: run `npm run build:ts`").toBe(true);
-    const { status, summary, report } = await fuzz(["--seed", "1", "--files", "300", "--cli-rate", "0.15"]);
+    const { status, summary, report } = await fuzz(["--seed", "1", "--files", "300", "--cli-rate", "0.06"]);
     expect(summary.files).toBe(300);
-    expect(summary.cli).toBeGreaterThan(20); // about 45
+    expect(summary.cli).toBeGreaterThan(8); // about 18
     // The mutations both keep files valid and break them.
     expect(summary.accepted).toBeGreaterThan(10);
     expect(summary.rejected).toBeGreaterThan(150);
