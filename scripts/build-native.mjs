@@ -5,7 +5,7 @@
 // failure; progress is reported as files compile. The two builds write to different folders
 // (build-cmake/ and build/), so neither overwrites the other.
 import { spawn } from "node:child_process";
-import { createWriteStream, existsSync, readFileSync, readdirSync, renameSync, rmSync, mkdirSync } from "node:fs";
+import { createWriteStream, existsSync, readFileSync, readdirSync, renameSync, rmSync, mkdirSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join, relative } from "node:path";
 import { root, have, nodeDir, nodeGypCli, cmakeJsCli } from "./native-tools.mjs";
@@ -73,6 +73,18 @@ function clean(dir) {
   say(`node-peft: kept ${keep.map((f) => relative(root, f)).join(", ")}, removed the build's intermediate files`);
 }
 
+/**
+ * The CUDA compiles' ptxas lines (registers, spills per kernel), each file's under its "Building CUDA object"
+ * line, into <dir>/ptxas.log for scripts/cuda-check.sh --from-build. Ninja prints a command's status line and
+ * its output together when it finishes, so the lines stay with their file; under another generator the
+ * file is not written (cuda-check then compiles the kernels itself).
+ */
+function keepPtxasReport(dir) {
+  if (!existsSync(join(root, dir, "build.ninja"))) return;
+  const lines = readFileSync(log, "utf8").split("\n").filter((l) => /Building CUDA object|^ptxas info/.test(l));
+  writeFileSync(join(root, dir, "ptxas.log"), lines.join("\n") + "\n");
+}
+
 async function buildCmake() {
   if (!have("cmake")) {
     say("node-peft: cmake not found; skipping the cmake-js build");
@@ -86,6 +98,7 @@ async function buildCmake() {
   const cuda = process.env.NODE_PEFT_CUDA_BUILD === "1";
   const ok = await run(cuda ? "cmake-js (CPU + CUDA)" : "cmake-js", [process.execPath, cli, "build", "--out", "build-cmake", "--parallel", jobs], sourceCount(cuda));
   if (ok && args.has("--clean")) clean("build-cmake");
+  if (ok && cuda) keepPtxasReport("build-cmake");
   if (!ok && args.has("--clean")) rmSync(join(root, "build-cmake"), { recursive: true, force: true });
   return ok;
 }

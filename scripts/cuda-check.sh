@@ -2,8 +2,12 @@
 # Compiles every native/cuda/*.cu with nvcc for sm_80 and sm_90 (plus compute_90 PTX for newer GPUs),
 # prints ptxas's registers, shared memory, stack and spills per kernel and architecture, and fails on a
 # compile error or any register spill. Without nvcc it says so and succeeds (CPU-only machines).
+#   --from-build LOG   read the report from the addon's own CUDA build (build-cmake/ptxas.log, written by
+#                      scripts/build-native.mjs) instead of compiling again; compiles when LOG lacks a file.
 set -uo pipefail
 cd "$(dirname "$0")/.."
+from_build=
+if [ "${1:-}" = "--from-build" ]; then from_build=${2:?"--from-build needs the log file"}; fi
 
 NVCC=${NVCC:-nvcc}
 if ! command -v "$NVCC" >/dev/null 2>&1; then
@@ -15,10 +19,25 @@ GENCODE=(-gencode arch=compute_80,code=sm_80 -gencode arch=compute_90,code=sm_90
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 
-# Two compiles at a time (the build machines have two cores), each into its own log; then one report.
 srcs=(native/cuda/*.cu)
+# The build's report, split into one log per file at its "Building CUDA object .../<file>.cu.o" line.
+reused=0
+if [ -n "$from_build" ] && [ -s "$from_build" ]; then
+  reused=1
+  for src in "${srcs[@]}"; do
+    name=$(basename "$src")
+    awk -v obj="/$name.o" 'index($0, "Building CUDA object") { on = (substr($0, length($0) - length(obj) + 1) == obj); next } on' \
+      "$from_build" >"$tmp/$name.log"
+    grep -q "Building CUDA object .*/$name.o\$" "$from_build" || { reused=0; break; }
+    echo 0 >"$tmp/$name.rc"
+  done
+  if [ $reused = 1 ]; then echo "cuda-check: ptxas's report from the addon's build ($from_build)"; else echo "cuda-check: $from_build lacks a file; compiling"; fi
+fi
+
+# Two compiles at a time (the build machines have two cores), each into its own log; then one report.
 pids=()
 for src in "${srcs[@]}"; do
+  [ $reused = 1 ] && break
   name=$(basename "$src")
   ( nice -n 5 "$NVCC" -std=c++17 "${GENCODE[@]}" -Xptxas -v -c "$src" -o "$tmp/$name.o" >"$tmp/$name.log" 2>&1
     echo $? >"$tmp/$name.rc" ) &
