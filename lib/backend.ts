@@ -61,9 +61,11 @@ export const backend = {
   },
   /**
    * Native memory now: live (undisposed, uncollected) tensor handles, the storages behind them and their
-   * bytes on every device. A steady training loop keeps all three flat.
+   * bytes on every device; `gcReportedBytes`: the host bytes this thread's handles report to V8's garbage
+   * collector (each storage once, however many handles, views or autograd saves share it). A steady training
+   * loop keeps them flat.
    */
-  memory(): { tensors: number; storages: number; bytes: number } {
+  memory(): { tensors: number; storages: number; bytes: number; gcReportedBytes: number } {
     return native.memoryInfo();
   },
   setNumThreads(n: number): void {

@@ -122,7 +122,7 @@ export interface NativeAddon {
   backendInfo(): BackendInfo;
   cudaState(): { available: boolean; emulated: boolean; reason?: string; devices: string[]; allowTf32: boolean };
   setCudaAllowTf32(allow: boolean): void;
-  memoryInfo(): { tensors: number; storages: number; bytes: number };
+  memoryInfo(): { tensors: number; storages: number; bytes: number; gcReportedBytes: number };
   // A tensor registered under a number another worker thread of this process can wrap (same storage, no
   // copy) until it is released.
   shareTensor(t: NativeTensor): number;

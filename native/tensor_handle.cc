@@ -23,6 +23,19 @@ struct ViewHold {
 
 // Untracked (transient) holds by the address their buffer starts at, so releaseBytes can drop one before the
 // garbage collector finalizes its buffer. Never destroyed: finalizers may run while the process exits.
+// Live handles of this JS thread (one isolate each) per storage, with the bytes the first one reported to the
+// garbage collector: only the first handle on a storage reports it and the last takes it back, so reshapes,
+// detached copies and autograd's saved handles do not count a 64 MB weight again for every one (that made
+// V8 collect after every recorded forward). Never destroyed: finalizers may run while the thread exits.
+struct Reported {
+  int handles = 0;
+  int64_t bytes = 0;
+};
+std::unordered_map<const Storage*, Reported>& reported_storages() {
+  thread_local auto* m = new std::unordered_map<const Storage*, Reported>();
+  return *m;
+}
+
 std::mutex& transient_mu() {
   static auto* m = new std::mutex();
   return *m;
@@ -147,16 +160,24 @@ TensorHandle::TensorHandle(const Napi::CallbackInfo& info) : Napi::ObjectWrap<Te
   t_ = std::move(*info[0].As<Napi::External<Tensor>>().Data());
   live_handles().fetch_add(1, std::memory_order_relaxed);
   info.This().As<Napi::Object>().TypeTag(&kTensorTag);
-  reported_bytes_ = static_cast<int64_t>(t_.storage->bytes);
-  if (t_.device() == Device::CPU && reported_bytes_) {
-    int64_t ignored;
-    napi_adjust_external_memory(env, reported_bytes_, &ignored);
-  } else {
-    reported_bytes_ = 0;
+  if (t_.device() == Device::CPU && t_.storage->bytes) {
+    Reported& r = reported_storages()[t_.storage.get()];
+    if (r.handles++ == 0) {
+      r.bytes = static_cast<int64_t>(t_.storage->bytes);
+      int64_t ignored;
+      napi_adjust_external_memory(env, r.bytes, &ignored);
+    }
+    counted_ = true;
   }
 }
 
 TensorHandle::~TensorHandle() { Release(); }
+
+int64_t TensorHandle::gc_reported_bytes() {
+  int64_t n = 0;
+  for (const auto& [storage, r] : reported_storages()) n += r.bytes;
+  return n;
+}
 
 std::atomic<int64_t>& TensorHandle::live_handles() {
   static std::atomic<int64_t> n{0};
@@ -165,12 +186,17 @@ std::atomic<int64_t>& TensorHandle::live_handles() {
 
 void TensorHandle::Release() {
   if (!disposed_) live_handles().fetch_sub(1, std::memory_order_relaxed);
-  if (reported_bytes_) {
-    // Raw call, status ignored: this runs in the destructor (noexcept), also while a worker is being torn
-    // down, where the node-addon-api wrapper would throw.
-    int64_t ignored;
-    napi_adjust_external_memory(Env(), -reported_bytes_, &ignored);
-    reported_bytes_ = 0;
+  if (counted_) {
+    counted_ = false;
+    auto& all = reported_storages();
+    auto it = all.find(t_.storage.get());
+    if (it != all.end() && --it->second.handles == 0) {
+      // Raw call, status ignored: this runs in the destructor (noexcept), also while a worker is being torn
+      // down, where the node-addon-api wrapper would throw.
+      int64_t ignored;
+      napi_adjust_external_memory(Env(), -it->second.bytes, &ignored);
+      all.erase(it);
+    }
   }
   t_.storage.reset();
   disposed_ = true;

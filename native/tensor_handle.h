@@ -27,6 +27,8 @@ class TensorHandle : public Napi::ObjectWrap<TensorHandle> {
   static bool IsHandle(const Napi::Value& v);
   // Handles not yet disposed (or collected), across every JS environment of the process.
   static std::atomic<int64_t>& live_handles();
+  // Host bytes this thread's handles report to its isolate's garbage collector (each storage once).
+  static int64_t gc_reported_bytes();
 
   explicit TensorHandle(const Napi::CallbackInfo& info);
   ~TensorHandle() override;
@@ -50,7 +52,7 @@ class TensorHandle : public Napi::ObjectWrap<TensorHandle> {
 
   Tensor t_;
   bool disposed_ = false;
-  int64_t reported_bytes_ = 0;  // what this handle told the GC it holds
+  bool counted_ = false;  // counted in its storage's bytes reported to the GC (tensor_handle.cc)
 };
 
 // Drops a transient view's hold on its storage (a buffer from bytes(.., true)) and detaches the buffer, so the

@@ -1,5 +1,5 @@
 import { describe, expect, it } from "vitest";
-import { PeftError, Tensor, linear } from "../lib/index.js";
+import { PeftError, Tensor, backend, linear } from "../lib/index.js";
 import { errorCode } from "./helpers/errors.js";
 
 const code = errorCode;
@@ -102,6 +102,20 @@ describe("ownership", () => {
     );
     expect(r.stderr).toBe("");
     expect(Number(r.stdout.trim())).toBeLessThan(2048);
+  });
+  it("handles over one storage report its bytes to the GC once: reshapes and detached copies add none", () => {
+    const mib = () => backend.memory().gcReportedBytes / 2 ** 20;
+    const before = mib();
+    const w = Tensor.zeros([4096, 4096]); // 64 MiB
+    const one = mib() - before;
+    expect(one).toBeGreaterThan(63);
+    const handles = Array.from({ length: 20 }, (_, i) => (i % 2 ? w.detach() : w.reshape([4096 * 4096])));
+    expect(mib() - before).toBeLessThan(one + 1);
+    w.dispose();
+    handles.slice(1).forEach((t) => t.dispose());
+    expect(mib() - before).toBeGreaterThan(63); // one handle still holds the storage
+    handles[0].dispose();
+    expect(mib() - before).toBeLessThan(1);
   });
 });
 

@@ -33,13 +33,15 @@ Napi::Value BackendInfo(const Napi::CallbackInfo& info) {
   return o;
 }
 
-// Live tensor handles, and the storages behind them (views and saved tensors share one storage).
+// Live tensor handles, the storages behind them (views and saved tensors share one storage), and the host
+// bytes this thread reported to its garbage collector (each storage once, however many handles share it).
 Napi::Value MemoryInfo(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   Napi::Object o = Napi::Object::New(env);
   o.Set("tensors", static_cast<double>(TensorHandle::live_handles().load()));
   o.Set("storages", static_cast<double>(storage_stats().count.load()));
   o.Set("bytes", static_cast<double>(storage_stats().bytes.load()));
+  o.Set("gcReportedBytes", static_cast<double>(TensorHandle::gc_reported_bytes()));
   return o;
 }
 
