@@ -12,6 +12,7 @@
 #include "../cpu/convert.h"
 #include "../cpu/nn_kernels.h"
 #include "../cuda/cuda_ops.h"
+#include "../cuda/lora_ops.h"
 #include "cuda_state.h"
 #include "op_table.h"
 // Last: the emulator defines CUDA keyword macros that must not reach the standard headers.
@@ -192,9 +193,48 @@ void adamw(const std::vector<AdamWParam>& params, const AdamWScalars& s) {
   check(CUDA(cuda_adamw)(dev.data(), static_cast<int64_t>(dev.size()), cs, &err), err, "adamwStep");
 }
 
+// LoRA (lora_fused.cu): the CPU contracts' views as the CUDA host API's.
+CudaLoraBase lora_base(const DenseView& d) {
+  CudaLoraBase b;
+  b.M = d.M, b.K = d.K, b.N = d.N;
+  b.x = d.x, b.x_dt = int(d.x_dt);
+  b.W = d.W, b.w_dt = int(d.w_dt), b.w_in_out = d.w_in_out;
+  b.bias = d.bias, b.bias_dt = int(d.bias_dt);
+  b.allow_tf32 = g_allow_tf32.load();
+  return b;
+}
+std::vector<CudaLoraAdapter> lora_adapters(const std::vector<AdapterView>& ad) {
+  std::vector<CudaLoraAdapter> out;
+  for (const AdapterView& a : ad)
+    out.push_back({a.r, a.A, int(a.a_dt), a.B, int(a.b_dt), a.scale, a.p, a.seed, a.stream, a.dA, int(a.da_dt), a.dB, int(a.db_dt)});
+  return out;
+}
+void lora_forward(const DenseView& d, const std::vector<AdapterView>& ad, void* y, DType y_dt, float* T) {
+  const std::vector<CudaLoraAdapter> a = lora_adapters(ad);
+  std::string err;
+  check(CUDA(cuda_lora_forward)(lora_base(d), a.data(), int64_t(a.size()), y, int(y_dt), T, &err), err, "loraForward");
+}
+void lora_backward(const DenseView& d, const std::vector<AdapterView>& ad, const void* dy, DType dy_dt, const float* T, void* dx,
+                   DType dx_dt) {
+  const std::vector<CudaLoraAdapter> a = lora_adapters(ad);
+  std::string err;
+  check(CUDA(cuda_lora_backward)(lora_base(d), a.data(), int64_t(a.size()), dy, int(dy_dt), T, dx, int(dx_dt), &err), err,
+        "loraBackward");
+}
+int lora_merge(void* W, DType w_dt, int64_t N, int64_t K, bool w_in_out, const std::vector<AdapterView>& ad, float sign, bool safe,
+               bool commit) {
+  const std::vector<CudaLoraAdapter> a = lora_adapters(ad);
+  std::string err;
+  int bad = -1;
+  check(CUDA(cuda_lora_merge)(W, int(w_dt), N, K, w_in_out, a.data(), int64_t(a.size()), sign, safe, commit, &bad, &err), err,
+        "loraMerge");
+  return bad;
+}
+
 const OpTable kCudaOps = {"cuda", dev_alloc, to_host, from_host, convert, randn, gemm,
                           activation, activation_backward, log_softmax, log_softmax_backward, dropout, embedding,
-                          embedding_backward, sum_rows, axpy, scale, mul, fill, nll_loss, cross_entropy, mse_loss, adamw};
+                          embedding_backward, sum_rows, axpy, scale, mul, fill, nll_loss, cross_entropy, mse_loss, adamw,
+                          lora_forward, lora_backward, lora_merge};
 
 void choose() {
   const char* want = std::getenv("NODE_PEFT_CUDA");

@@ -11,11 +11,13 @@ namespace peft {
 struct Tensor;
 
 // info[wi], info[wi + 1], info[wi + 2]: the base layer's weight (N, K) or (K, N), optional bias (N) and the
-// weightInOut flag, checked against x (…, K); host tensors only.
-DenseView dense_args(const Napi::CallbackInfo& info, const Tensor& x, int wi, const char* op);
+// weightInOut flag, checked against x (…, K). Every tensor on `dev`, the device the op runs on (ops with CPU
+// kernels only keep the default: ERR_NOT_ON_DEVICE for tensors elsewhere).
+DenseView dense_args(const Napi::CallbackInfo& info, const Tensor& x, int wi, const char* op, Device dev = Device::CPU);
 
-// adapters[i] = {A (r, K), B (N, r), scale, p, seed, stream[, dA, dB when grads]}; ERR_SHAPE/ERR_DTYPE/RangeError
-// naming `op` and the adapter on bad input.
-std::vector<AdapterView> adapter_args(const Napi::Value& v, int64_t K, int64_t N, bool grads, const char* op);
+// adapters[i] = {A (r, K), B (N, r), scale, p, seed, stream[, dA, dB when grads]}, on `dev`; ERR_SHAPE/ERR_DTYPE/
+// RangeError naming `op` and the adapter on bad input.
+std::vector<AdapterView> adapter_args(const Napi::Value& v, int64_t K, int64_t N, bool grads, const char* op,
+                                      Device dev = Device::CPU);
 
 }  // namespace peft
