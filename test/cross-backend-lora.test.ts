@@ -21,7 +21,7 @@ import { errorCode } from "./helpers/errors.js";
 
 // [M, K, N, r1, r2]: r2 = 0 runs one adapter (the backward's rank-term path), else two (dropout on the
 // second: the backward's masked path).
-const SHAPES = [[1, 1, 1, 1, 0], [7, 17, 33, 3, 2], [33, 127, 7, 5, 0], [17, 33, 127, 4, 3], [0, 16, 16, 4, 2], [127, 7, 17, 2, 1]] as const;
+const SHAPES = [[1, 1, 1, 1, 0], [7, 17, 33, 3, 2], [33, 127, 7, 5, 0], [17, 129, 127, 4, 3], [0, 16, 16, 4, 2], [127, 7, 17, 2, 1]] as const;
 const SCALES = [0.5, 2], P2 = 0.25, SEED = 7, STREAM = 3;
 const h = (t: TensorT) => Tensor.handle(t);
 

@@ -29,11 +29,13 @@ struct CudaMat {
   int dt = 0;
   int64_t rs = 0, cs = 0;
 };
-// An extra rank-R product A2[M,R]·B2[R,N] (strided f32/f16/bf16 views) on a GEMM's output tile: fused LoRA's
-// adapters as R more k-steps (SIMT) or an f32 epilogue from shared memory (tensor cores). R = 0: none.
+// An extra rank-R product scale·A2[M,R]·B2[R,N] (strided f32/f16/bf16 views; scale applied to A2's values as
+// they are staged) on a GEMM's output tile: fused LoRA's adapters as R more k-steps (SIMT) or an f32 epilogue
+// from shared memory (tensor cores). R = 0: none.
 struct CudaRank {
   int64_t R = 0;
   CudaMat A2, B2;
+  float scale = 1.0f;
 };
 // C[M,N] (=|+=) col_scale ⊙ (alpha · (A[M,K]·B[K,N] + rank) + bias[N]), C row-major with row stride ldc. A
 // and B: f32/f16/bf16 in any mix; C and bias f32/f16/bf16; col_scale f32 (or null); f32 accumulation, C

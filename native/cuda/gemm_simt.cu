@@ -45,9 +45,10 @@ PEFT_UNROLL
     const CudaMat& a = main ? g.A : g.rank.A2;
     const CudaMat& b = main ? g.B : g.rank.B2;
     const int64_t k0 = (main ? kt : kt - main_tiles) * kSimtBK, kend = main ? g.K : g.rank.R;
+    const float as = main ? 1.0f : g.rank.scale;
 PEFT_UNROLL
     for (int s = 0; s < kSimtPerThread; ++s) {
-      ra[s] = load_view(a, m0 + slot_a(s).outer, k0 + slot_a(s).k, g.M, kend);
+      ra[s] = as * load_view(a, m0 + slot_a(s).outer, k0 + slot_a(s).k, g.M, kend);
       rb[s] = load_view(b, k0 + slot_b(s).k, n0 + slot_b(s).outer, kend, g.N);
     }
   };

@@ -1,7 +1,9 @@
 // The kernels of fused LoRA on the cuda device (lora_ops.cu runs them with the GEMMs):
 //  - lora_down: T = drop(x)·Aᵀ, the adapters' (M, r) projection kept for the backward, with the dropout
 //    mask made on the fly from the CPU's Philox stream (bit-equal masks: element i draws lane i % 4 of
-//    block i / 4, exactly as the dropout kernel and the CPU do);
+//    block i / 4, exactly as the dropout kernel and the CPU do). T is thin (r columns), so K is split
+//    over the grid to fill the GPU: each split's partial sums go to scratch and lora_sum_splits adds them
+//    in split order (deterministic);
 //  - lora_gather: adapters' factors concatenated, scaled and transposed into f32 matrices;
 //  - lora_merge: the in-place W += L·Rm streaming update (each element of W read and written once, the
 //    rank terms added in f32 in rank order, as the CPU's rank_update, and rounded once);
@@ -23,23 +25,26 @@ __device__ __forceinline__ float drop_factor(int64_t i, uint32_t k0, uint32_t k1
   return u32_to_unit(r.v[i % 4]) >= keep_from ? scale : 0.0f;
 }
 
-// A block: 32 rows x 16 ranks of T, walking K in steps of 32 through shared memory (x k-major, so a warp's
-// reads of one k are broadcasts); each thread owns one row and two ranks 8 apart.
+// A block: 32 rows x 16 ranks of T over k in [z·kchunk, (z+1)·kchunk) (z = blockIdx.z), walking it in steps
+// of 32 through shared memory (x k-major, so a warp's reads of one k are broadcasts); each thread owns one
+// row and two ranks 8 apart. Split z writes out + z·zstride (row stride ldo).
 __global__ void __launch_bounds__(kDownThreads) lora_down_kernel(const void* x, DType xdt, int64_t M, int64_t K,
-                                                                 const void* A, DType adt, int64_t r, float* T, int64_t ldt,
-                                                                 float keep_from, float scale, uint32_t k0, uint32_t k1) {
+                                                                 int64_t kchunk, const void* A, DType adt, int64_t r,
+                                                                 float* out, int64_t ldo, int64_t zstride, float keep_from,
+                                                                 float scale, uint32_t k0, uint32_t k1) {
   SMEM_ARRAY(float, xs, [kDownK][kDownRows + 1]);
   SMEM_ARRAY(float, as, [kDownK][kDownRanks + 1]);
   const int tid = threadIdx.x, row = tid / 8, rank = tid % 8;
   const int64_t m0 = int64_t(blockIdx.x) * kDownRows, j0 = int64_t(blockIdx.y) * kDownRanks;
+  const int64_t kbegin = int64_t(blockIdx.z) * kchunk, kend = kbegin + kchunk < K ? kbegin + kchunk : K;
   const bool drop = keep_from > 0.0f;
   float acc0 = 0.0f, acc1 = 0.0f;
-  for (int64_t kb = 0; kb < K; kb += kDownK) {
+  for (int64_t kb = kbegin; kb < kend; kb += kDownK) {
     for (int e = tid; e < kDownRows * kDownK; e += kDownThreads) {  // consecutive threads: consecutive k
       const int i = e / kDownK, k = e % kDownK;
       const int64_t m = m0 + i, kk = kb + k;
       float v = 0.0f;
-      if (m < M && kk < K) {
+      if (m < M && kk < kend) {
         v = load_f32(x, xdt, m * K + kk);
         if (drop) v *= drop_factor(m * K + kk, k0, k1, keep_from, scale);
       }
@@ -48,7 +53,7 @@ __global__ void __launch_bounds__(kDownThreads) lora_down_kernel(const void* x, 
     for (int e = tid; e < kDownRanks * kDownK; e += kDownThreads) {
       const int j = e / kDownK, k = e % kDownK;
       const int64_t jj = j0 + j, kk = kb + k;
-      as[k][j] = jj < r && kk < K ? load_f32(A, adt, jj * K + kk) : 0.0f;
+      as[k][j] = jj < r && kk < kend ? load_f32(A, adt, jj * K + kk) : 0.0f;
     }
     __syncthreads();  // staged before any thread reads
 PEFT_UNROLL
@@ -61,8 +66,19 @@ PEFT_UNROLL
   }
   const int64_t m = m0 + row;
   if (m >= M) return;
-  if (j0 + rank < r) gstore(T + m * ldt + j0 + rank, acc0);
-  if (j0 + rank + 8 < r) gstore(T + m * ldt + j0 + rank + 8, acc1);
+  float* o = out + int64_t(blockIdx.z) * zstride + m * ldo + j0;
+  if (j0 + rank < r) gstore(o + rank, acc0);
+  if (j0 + rank + 8 < r) gstore(o + rank + 8, acc1);
+}
+
+// T[m, j] (row stride ldt) = Σ_z P[z][m, j] over the splits in order; P (splits, M, r) contiguous.
+__global__ void __launch_bounds__(kEltThreads) lora_sum_splits_kernel(const float* P, int64_t splits, int64_t M, int64_t r,
+                                                                      float* T, int64_t ldt) {
+  PEFT_GRID_STRIDE(e, M * r) {
+    float s = 0.0f;
+    for (int64_t z = 0; z < splits; ++z) s += gload(P + z * M * r + e);
+    gstore(T + (e / r) * ldt + e % r, s);
+  }
 }
 
 __global__ void __launch_bounds__(kEltThreads) lora_gather_kernel(const void* src, DType sdt, int64_t rows, int64_t cols,
@@ -116,11 +132,26 @@ __global__ void __launch_bounds__(kEltThreads) flag_not_below_kernel(const float
 
 }  // namespace
 
+int64_t lora_down_splits(int64_t M, int64_t K, int64_t r) {
+  const int64_t tiles = ((M + kDownRows - 1) / kDownRows) * ((r + kDownRanks - 1) / kDownRanks);
+  int64_t splits = (K + kLoraDownChunk - 1) / kLoraDownChunk;
+  if (splits * tiles > kLoraDownBlocks) splits = kLoraDownBlocks / tiles;
+  return splits < 1 ? 1 : splits;
+}
+
 cudaError_t launch_lora_down(const void* x, DType xdt, int64_t M, int64_t K, const void* A, DType adt, int64_t r, float* T,
-                             int64_t ldt, float keep_from, float scale, uint64_t seed, uint64_t stream) {
+                             int64_t ldt, float* partials, float keep_from, float scale, uint64_t seed, uint64_t stream) {
   const RngKey key = rng_key(seed, stream);
-  const dim3 grid(unsigned((M + kDownRows - 1) / kDownRows), unsigned((r + kDownRanks - 1) / kDownRanks));
-  LAUNCH(grid, kDownThreads, 0, 0, lora_down_kernel)(x, xdt, M, K, A, adt, r, T, ldt, keep_from, scale, key.k0, key.k1);
+  const int64_t splits = lora_down_splits(M, K, r), kchunk = (K + splits - 1) / splits;
+  const dim3 grid(unsigned((M + kDownRows - 1) / kDownRows), unsigned((r + kDownRanks - 1) / kDownRanks), unsigned(splits));
+  if (splits == 1) {
+    LAUNCH(grid, kDownThreads, 0, 0, lora_down_kernel)(x, xdt, M, K, kchunk, A, adt, r, T, ldt, 0, keep_from, scale, key.k0, key.k1);
+    return cudaGetLastError();
+  }
+  LAUNCH(grid, kDownThreads, 0, 0, lora_down_kernel)(x, xdt, M, K, kchunk, A, adt, r, partials, r, M * r, keep_from, scale, key.k0,
+                                                     key.k1);
+  if (cudaError_t e = cudaGetLastError()) return e;
+  LAUNCH(elt_grid(M * r), kEltThreads, 0, 0, lora_sum_splits_kernel)(partials, splits, M, r, T, ldt);
   return cudaGetLastError();
 }
 

@@ -1,8 +1,10 @@
 // The host API of fused LoRA (lora_ops.h): the forward, backward and merge as the CPU backend does them
 // (native/cpu/lora.cc), on the cuda device's kernels. Forward: T = drop(x)·Aᵀ per adapter (lora_down, the
-// mask made in the kernel), then the base GEMM with T·(sB)ᵀ as its rank term, so y is written once. Backward:
+// mask made in the kernel), then the base GEMM with s·T·Bᵀ as its rank term, so y is written once. Backward:
 // G = dy·(sB) once; dB and dA as strided GEMMs; dx = dy·W with G·A as the rank term (with dropout each
 // adapter's part is masked and added in f32 before the one rounding). Merge: the streaming rank update.
+// One adapter (the common case) is read in place; several are gathered into f32 [s_1·B_1 | s_2·B_2 | …]
+// and [A_1; A_2; …] first.
 #include <cmath>
 #include <cstring>
 #include <initializer_list>
@@ -95,19 +97,27 @@ int cuda_lora_forward(const CudaLoraBase& d, const CudaLoraAdapter* ad, int64_t 
   if (d.M == 0 || d.N == 0) return 0;
   const int64_t R = total_rank(ad, count);
   if (!y || (d.K > 0 && (!d.x || !d.W)) || (R > 0 && !T)) return reject(err, kInvalid, std::string(op) + ": null pointer");
-  int64_t off = 0;
+  int64_t off = 0, most = 0;
+  for (int64_t i = 0; i < count; ++i) {
+    const int64_t splits = lora_down_splits(d.M, d.K, ad[i].r);
+    if (splits > 1 && splits * d.M * ad[i].r > most) most = splits * d.M * ad[i].r;
+  }
+  DeviceBuffer partials;  // the split-K scratch of the largest adapter
+  if (most && alloc(op, partials, size_t(most) * 4, err)) return kInvalid;
   for (int64_t i = 0; i < count; off += ad[i].r, ++i) {
     const CudaLoraAdapter& a = ad[i];
     if (a.r == 0) continue;
     const DropConsts dc = drop_consts(a.p);
-    if (int rc = api(op, launch_lora_down(d.x, DType(d.x_dt), d.M, d.K, a.A, DType(a.a_dt), a.r, T + off, R, dc.keep_from,
-                                          dc.scale, a.seed, a.stream),
+    if (int rc = api(op, launch_lora_down(d.x, DType(d.x_dt), d.M, d.K, a.A, DType(a.a_dt), a.r, T + off, R, partials.as<float>(),
+                                          dc.keep_from, dc.scale, a.seed, a.stream),
                      err))
       return rc;
   }
   DeviceBuffer bs;
-  if (int rc = alloc(op, bs, size_t(d.N * R) * 4, err)) return rc;
-  if (int rc = gather_b(op, ad, count, d.N, R, 1.0f, false, bs.as<float>(), err)) return rc;
+  if (count > 1) {
+    if (int rc = alloc(op, bs, size_t(d.N * R) * 4, err)) return rc;
+    if (int rc = gather_b(op, ad, count, d.N, R, 1.0f, false, bs.as<float>(), err)) return rc;
+  }
   CudaGemm g;
   g.M = d.M, g.N = d.N, g.K = d.K;
   g.A = rows_of(d.x, d.x_dt, d.K);
@@ -115,7 +125,9 @@ int cuda_lora_forward(const CudaLoraBase& d, const CudaLoraAdapter* ad, int64_t 
   g.C = y, g.c_dt = y_dt, g.ldc = d.N;
   g.bias = d.bias, g.bias_dt = d.bias_dt;
   g.allow_tf32 = d.allow_tf32;
-  if (R > 0) g.rank = {R, rows_of(T, int(DType::F32), R), cols_of(bs.p, int(DType::F32), R)};  // B2(j, n) = sB(n, j)
+  // B2(j, n) = B(n, j): one adapter's own B with its scale on T as staged, else the gathered sB.
+  if (count == 1 && R > 0) g.rank = {R, rows_of(T, int(DType::F32), R), cols_of(ad[0].B, ad[0].b_dt, R), ad[0].scale};
+  else if (R > 0) g.rank = {R, rows_of(T, int(DType::F32), R), cols_of(bs.p, int(DType::F32), R)};
   return cuda_gemm(g, err);
 }
 
@@ -131,13 +143,18 @@ int cuda_lora_backward(const CudaLoraBase& d, const CudaLoraAdapter* ad, int64_t
   DeviceBuffer bs, G;
   if (int rc = alloc(op, G, size_t(M * R) * 4, err)) return rc;
   if (M > 0 && R > 0) {
-    if (int rc = alloc(op, bs, size_t(N * R) * 4, err)) return rc;
-    if (int rc = gather_b(op, ad, count, N, R, 1.0f, false, bs.as<float>(), err)) return rc;
     CudaGemm g;
     g.M = M, g.N = R, g.K = N;
     g.A = rows_of(dy, dy_dt, N);
-    g.B = rows_of(bs.p, F32, R);
     g.C = G.p, g.c_dt = F32, g.ldc = R;
+    if (count == 1) {  // s·(dy·B), as the CPU scales it
+      g.B = rows_of(ad[0].B, ad[0].b_dt, R);
+      g.alpha = ad[0].scale;
+    } else {
+      if (int rc = alloc(op, bs, size_t(N * R) * 4, err)) return rc;
+      if (int rc = gather_b(op, ad, count, N, R, 1.0f, false, bs.as<float>(), err)) return rc;
+      g.B = rows_of(bs.p, F32, R);
+    }
     if (int rc = cuda_gemm(g, err)) return rc;
   }
   bool any_dropout = false;
@@ -187,7 +204,9 @@ int cuda_lora_backward(const CudaLoraBase& d, const CudaLoraAdapter* ad, int64_t
   g.B = weight_nk(d);
   g.C = out, g.c_dt = out_dt, g.ldc = K;
   g.allow_tf32 = d.allow_tf32;
-  if (!any_dropout && R > 0) {
+  if (!any_dropout && count == 1 && R > 0) {
+    g.rank = {R, rows_of(G.p, F32, R), rows_of(ad[0].A, ad[0].a_dt, K)};
+  } else if (!any_dropout && R > 0) {
     if (int rc = alloc(op, acat, size_t(R * K) * 4, err)) return rc;
     if (int rc = gather_a(op, ad, count, K, R, false, acat.as<float>(), err)) return rc;
     g.rank = {R, rows_of(G.p, F32, R), rows_of(acat.p, F32, K)};

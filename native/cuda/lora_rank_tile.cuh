@@ -20,7 +20,7 @@ __device__ __forceinline__ void add_rank_tile(float* tile, const CudaRank& rank,
   const int tid = threadIdx.x;
   for (int64_t j0 = 0; j0 < rank.R; j0 += kRankStep) {
     for (int e = tid; e < kBM * kRankStep; e += kThreads)
-      As[e / kRankStep][e % kRankStep] = load_view(rank.A2, m0 + e / kRankStep, j0 + e % kRankStep, M, rank.R);
+      As[e / kRankStep][e % kRankStep] = rank.scale * load_view(rank.A2, m0 + e / kRankStep, j0 + e % kRankStep, M, rank.R);
     for (int e = tid; e < kRankStep * kBN; e += kThreads)
       Bs[e / kBN][e % kBN] = load_view(rank.B2, j0 + e / kBN, n0 + e % kBN, rank.R, N);
     __syncthreads();  // staged before any thread reads
