@@ -4,10 +4,10 @@
 import { describe, expect, it } from "vitest";
 
 if (process.env.NODE_PEFT_CUDA === undefined && !process.env.NODE_PEFT_CUDA_REAL) process.env.NODE_PEFT_CUDA = "emu";
-const { Tensor, Module, Linear, ReLU, LogSoftmax, AdamW, F, LoraConfig, getPeftModel, manualSeed, tidy } = await import("../lib/index.js");
+const { Tensor, Module, Linear, ReLU, LogSoftmax, LoraConfig, getPeftModel, manualSeed } = await import("../lib/index.js");
 import type { Tensor as TensorT, PeftModel as PeftModelT } from "../lib/index.js";
-import { values } from "./helpers/nn-reference.js";
 import { UNIT } from "./helpers/numeric.js";
+import { adamwLosses } from "./helpers/device-training.js";
 
 class Net extends Module {
   fc1 = this.registerModule("fc1", new Linear(12, 32, { seed: 1 }));
@@ -27,22 +27,7 @@ function peftNet(device: "cpu" | "cuda"): PeftModelT {
 
 function trainLosses(device: "cpu" | "cuda", steps: number): { losses: number[]; model: PeftModelT } {
   const model = peftNet(device);
-  const x = Tensor.fromArray(values(33 * 12, 5), [33, 12]).to(device);
-  const y = Tensor.fromArray(values(33, 6).map((v) => Math.floor((v + 1) * 1.5)), [33], "i64").to(device);
-  const params = [...model.parameters()].filter((p) => p.requiresGrad);
-  for (const p of params) expect(p.device).toBe(device);
-  const opt = new AdamW(params, { lr: 2e-2, weightDecay: 0.01 });
-  const losses: number[] = [];
-  for (let s = 0; s < steps; s++) {
-    const loss = tidy(() => F.nllLoss(model.forward(x), y));
-    loss.backward();
-    for (const p of params) expect(p.grad?.device).toBe(device);
-    opt.step();
-    opt.zeroGrad();
-    losses.push(loss.toFloat64Array()[0]);
-    loss.dispose();
-  }
-  return { losses, model };
+  return { losses: adamwLosses(model, device, steps, 2e-2), model };
 }
 
 const weightsOf = (m: PeftModelT) => [...m.parameters()].map((p) => p.to("cpu").toFloat64Array());

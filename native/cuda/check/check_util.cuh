@@ -65,6 +65,25 @@ std::vector<uint16_t> to_bf16(const std::vector<float>& v) {
   return o;
 }
 
+// A program's main: the device's state, the checks, then with --bench (on a GPU only) the bench. Returns the
+// exit status: 0 when every check passed, 2 without a usable device.
+int check_program(int argc, char** argv, const char* what, void (*checks)(), void (*bench)()) {
+  bool want_bench = false;
+  for (int i = 1; i < argc; ++i) want_bench |= std::string(argv[i]) == "--bench";
+  bool available = false, emulated = false;
+  std::string reason;
+  api::cuda_runtime_state(&available, &emulated, &reason);
+  std::printf("%s: %s (%s)\n", what, emulated ? "emulated on the CPU" : available ? "GPU" : "no GPU", reason.c_str());
+  if (!available) return 2;
+  checks();
+  std::printf("%s checks: %d, failures: %d\n", what, g_checks, g_failures);
+  if (want_bench) {
+    if (emulated) std::printf("bench: skipped (emulated; bench/cuda-roofline.mjs gives the figures on paper)\n");
+    else bench();
+  }
+  return g_failures == 0 ? 0 : 1;
+}
+
 double seconds_of(int reps, const std::function<void()>& f) {
   f();  // warm-up
   std::string err;

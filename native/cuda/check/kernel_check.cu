@@ -192,18 +192,5 @@ void run_bench(int64_t n) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  bool bench = false;
-  for (int i = 1; i < argc; ++i) bench |= std::string(argv[i]) == "--bench";
-  bool available = false, emulated = false;
-  std::string reason;
-  api::cuda_runtime_state(&available, &emulated, &reason);
-  std::printf("cuda kernels: %s (%s)\n", emulated ? "emulated on the CPU" : available ? "GPU" : "no GPU", reason.c_str());
-  if (!available) return 2;
-  run_checks();
-  std::printf("checks: %d, failures: %d\n", g_checks, g_failures);
-  if (bench) {
-    if (emulated) std::printf("bench: skipped (emulated; bench/cuda-roofline.mjs gives the figures on paper)\n");
-    else run_bench(4096);
-  }
-  return g_failures == 0 ? 0 : 1;
+  return check_program(argc, argv, "cuda kernels", run_checks, [] { run_bench(4096); });
 }

@@ -196,16 +196,4 @@ void run_bench() {
 
 }  // namespace
 
-int main(int argc, char** argv) {
-  bool bench = false;
-  for (int i = 1; i < argc; ++i) bench |= std::string(argv[i]) == "--bench";
-  bool available = false, emulated = false;
-  std::string reason;
-  api::cuda_runtime_state(&available, &emulated, &reason);
-  std::printf("lora kernels: %s (%s)\n", emulated ? "emulated on the CPU" : available ? "GPU" : "no GPU", reason.c_str());
-  if (!available) return 2;
-  run_checks();
-  std::printf("lora checks: %d, failures: %d\n", g_checks, g_failures);
-  if (bench && !emulated) run_bench();
-  return g_failures == 0 ? 0 : 1;
-}
+int main(int argc, char** argv) { return check_program(argc, argv, "lora kernels", run_checks, run_bench); }
