@@ -192,9 +192,10 @@ describe("LoRA on cuda: bad input", () => {
     const A = Tensor.zeros([2, 3]), B = Tensor.zeros([4, 2], { device: "cuda" });
     const ad = [{ A: h(A), B: h(B), scale: 1, p: 0, seed: 0, stream: 0 }];
     expect(errorCode(() => native.loraForward(h(x), h(w), null, false, ad))).toBe("ERR_DEVICE");
-    expect(() => native.loraForward(h(x), h(w), null, false, ad)).toThrow(/loraForward: adapters\[0\]\.A is on cpu but the operands are on cuda/);
-    expect(() => native.loraForward(h(x), h(Tensor.zeros([4, 3])), null, false, ad)).toThrow(/loraForward: weight is on cpu but the operands are on cuda/);
-    expect(() => native.loraMerge(h(w), false, ad, 1, true)).toThrow(/loraMerge: adapters\[0\]\.A is on cpu but the operands are on cuda/);
+    expect(() => native.loraForward(h(x), h(w), null, false, ad)).toThrow(/loraForward: adapters\[0\]\.A is on cpu but x is on cuda/);
+    expect(() => native.loraForward(h(x), h(Tensor.zeros([4, 3])), null, false, ad)).toThrow(/loraForward: weight is on cpu but x is on cuda/);
+    expect(() => native.loraForward(h(Tensor.zeros([2, 3])), h(w), null, false, ad)).toThrow(/loraForward: weight is on cuda but x is on cpu/);
+    expect(() => native.loraMerge(h(w), false, ad, 1, true)).toThrow(/loraMerge: adapters\[0\]\.A is on cpu but weight is on cuda/);
   });
 
   it("safeMerge's finite check on the device names the same adapter as the cpu's and leaves W untouched", () => {

@@ -4,9 +4,10 @@
 import { describe, expect, it } from "vitest";
 
 if (process.env.NODE_PEFT_CUDA === undefined && !process.env.NODE_PEFT_CUDA_REAL) process.env.NODE_PEFT_CUDA = "emu";
-const { Tensor, Module, Linear, ReLU, LogSoftmax, LoraConfig, getPeftModel, manualSeed } = await import("../lib/index.js");
+const { Tensor, Module, Linear, ReLU, LogSoftmax, LoraConfig, LoraLinear, getPeftModel, manualSeed, backend, noGrad } = await import("../lib/index.js");
 import type { Tensor as TensorT, PeftModel as PeftModelT } from "../lib/index.js";
 import { UNIT } from "./helpers/numeric.js";
+import { values } from "./helpers/nn-reference.js";
 import { adamwLosses } from "./helpers/device-training.js";
 
 class Net extends Module {
@@ -73,5 +74,33 @@ describe("LoRA training on cuda", () => {
     expect(msgs.length).toBe(2);
     expect(msgs[1]).toBe(msgs[0]);
     expect(msgs[0]).toMatch(/^ERR_STATE NaNs detected in the merged weights/);
+  });
+
+  it("an f32 base on TF32 tensor cores (backend.cuda.allowTf32): within the inputs' TF32 rounding of the cpu's, the adapters in f32", () => {
+    const [M, K, N, r] = [17, 33, 65, 4];
+    const layer = new LoraLinear(new Linear(K, N, { seed: 3 }), { r, loraAlpha: 8, initLoraWeights: false });
+    const x = Tensor.fromArray(values(M * K, 9), [M, K]);
+    const want = noGrad(() => layer.forward(x)).toFloat64Array();
+    layer.to("cuda");
+    backend.cuda.allowTf32 = true;
+    let got: Float64Array;
+    try {
+      got = noGrad(() => layer.forward(x.to("cuda"))).to("cpu").toFloat64Array();
+    } finally {
+      backend.cuda.allowTf32 = false;
+    }
+    // Each base product within 2^-10 relative (both inputs rounded to TF32, 2^-11 each); the rank term and the
+    // sums in f32 on both sides: 2·(K + r + 8)·u of the magnitudes. |x|, |W|, |A|, |B| < 1 and s = 2.
+    expect(got.some((v, i) => Math.abs(v - want[i]) > 1e-5), "the base product ran on TF32").toBe(true);
+    const xa = x.toFloat64Array().map(Math.abs);
+    for (let m = 0; m < M; m++)
+      for (let n = 0; n < N; n++) {
+        let base = 1, rank = 0;
+        for (let k = 0; k < K; k++) base += xa[m * K + k];
+        for (let k = 0; k < K; k++) rank += xa[m * K + k] * r * 2;
+        const i = m * N + n, tol = 2 ** -10 * base + 2 * (K + r + 8) * UNIT.f32 * (base + rank);
+        if (!(Math.abs(got[i] - want[i]) <= tol)) expect.fail(`y[${m}, ${n}]: cuda ${got[i]} vs cpu ${want[i]} (tolerance ${tol})`);
+      }
+    layer.dispose();
   });
 });

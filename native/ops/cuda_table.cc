@@ -81,13 +81,14 @@ void randn(void* dst, DType dt, int64_t n, uint64_t seed, uint64_t stream, float
 
 CudaMat device_mat(const GemmMat& m) { return {m.p, static_cast<int>(m.dt), m.rs, m.cs}; }
 
-// Every plain product (cuda_gemm picks the kernel: tensor cores for f16/bf16 pairs and, when allowed, TF32;
-// the f32 SIMT kernel otherwise). The fused forms (LoRA's extra rank-R product, IA3's per-k input scale) have no
+// Every product (cuda_gemm picks the kernel: tensor cores for f16/bf16 pairs and, when allowed, TF32; the f32
+// SIMT kernel otherwise), with LoRA's extra rank-R product as the kernels' rank term. The CPU adds A2·B2
+// outside alpha and the device inside it, so a rank term takes alpha = 1 only; IA3's per-k input scale has no
 // cuda kernel.
 void gemm(const GemmArgs& g) {
-  if (g.R != 0 || g.A.ks)
-    fail("ERR_NOT_ON_DEVICE", cat("linear on cuda: the fused ", g.R ? "LoRA (x·Wᵀ + x·A·B)" : "IA3 input-scaled",
-                                  " product has no cuda kernel; run the adapter on the cpu"));
+  if (g.A.ks || (g.R != 0 && g.alpha != 1.0f))
+    fail("ERR_NOT_ON_DEVICE", cat("linear on cuda: the fused ", g.A.ks ? "IA3 input-scaled" : "LoRA product with alpha != 1",
+                                  " has no cuda kernel; run it on the cpu"));
   CudaGemm c;
   c.M = g.M, c.N = g.N, c.K = g.K;
   c.A = device_mat(g.A);
@@ -101,6 +102,7 @@ void gemm(const GemmArgs& g) {
   c.bias_dt = static_cast<int>(g.bias_dt);
   c.col_scale = g.col_scale;
   c.allow_tf32 = g_allow_tf32.load();
+  if (g.R != 0) c.rank = {g.R, device_mat(g.A2), device_mat(g.B2)};
   std::string err;
   check(CUDA(cuda_gemm)(c, &err), err, "gemm");
 }

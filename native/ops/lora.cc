@@ -16,19 +16,19 @@
 namespace peft {
 namespace {
 
-// t on `dev`, the device the op runs on (x's, or the merged weight's): ERR_NOT_ON_DEVICE when only the CPU has a
-// kernel, else ERR_DEVICE.
-void require_on(const Tensor& t, Device dev, const char* op, const std::string& name) {
-  if (t.device() == dev) return;
-  if (dev == Device::CPU)
+// t where `where` says: ERR_NOT_ON_DEVICE off the cpu for ops with CPU kernels only, else ERR_DEVICE off the
+// anchor's device.
+void require_on(const Tensor& t, const Placement& where, const char* op, const std::string& name) {
+  if (t.device() == where.dev) return;
+  if (where.cpu_only)
     fail("ERR_NOT_ON_DEVICE", cat(op, ": ", name, " is on ", device_name(t.device()), "; this op has a CPU kernel only"));
-  fail("ERR_DEVICE", cat(op, ": ", name, " is on ", device_name(t.device()), " but the operands are on ", device_name(dev)));
+  fail("ERR_DEVICE", cat(op, ": ", name, " is on ", device_name(t.device()), " but ", where.anchor, " is on ", device_name(where.dev)));
 }
 
 }  // namespace
 
 // The base layer: x (…, K), W (N, K) or (K, N), optional bias (N).
-DenseView dense_args(const Napi::CallbackInfo& info, const Tensor& x, int wi, const char* op, Device dev) {
+DenseView dense_args(const Napi::CallbackInfo& info, const Tensor& x, int wi, const char* op, const Placement& where) {
   const Tensor& w = TensorHandle::From(info[wi], op, "weight");
   const Tensor* b = TensorHandle::FromOptional(info[wi + 1], op, "bias");
   bool in_out = arg_bool(info[wi + 2], op, "weightInOut");
@@ -36,8 +36,8 @@ DenseView dense_args(const Napi::CallbackInfo& info, const Tensor& x, int wi, co
   require_float(w, op, "weight");
   require_ndim(x, 1, 16, op, "x");
   require_ndim(w, 2, 2, op, "weight");
-  require_on(x, dev, op, "x");
-  require_on(w, dev, op, "weight");
+  require_on(x, where, op, "x");
+  require_on(w, where, op, "weight");
   DenseView d;
   d.K = x.dim(-1);
   d.M = x.rows();
@@ -48,7 +48,7 @@ DenseView dense_args(const Napi::CallbackInfo& info, const Tensor& x, int wi, co
                           shape_str(w.shape), ")"));
   if (b) {
     require_float(*b, op, "bias");
-    require_on(*b, dev, op, "bias");
+    require_on(*b, where, op, "bias");
     require_shape(*b, {d.N}, op, "bias");
     d.bias = b->data(), d.bias_dt = b->dtype;
   }
@@ -58,7 +58,7 @@ DenseView dense_args(const Napi::CallbackInfo& info, const Tensor& x, int wi, co
 }
 
 // adapters[i] = {A (r, K), B (N, r), scale, p, seed, stream, dA?, dB?}
-std::vector<AdapterView> adapter_args(const Napi::Value& v, int64_t K, int64_t N, bool grads, const char* op, Device dev) {
+std::vector<AdapterView> adapter_args(const Napi::Value& v, int64_t K, int64_t N, bool grads, const char* op, const Placement& where) {
   if (!v.IsArray()) fail_type(cat(op, ": adapters must be an array"));
   Napi::Array arr = v.As<Napi::Array>();
   std::vector<AdapterView> out;
@@ -71,8 +71,8 @@ std::vector<AdapterView> adapter_args(const Napi::Value& v, int64_t K, int64_t N
     const Tensor& B = TensorHandle::From(o.Get("B"), op, (name + ".B").c_str());
     require_float(A, op, "A");
     require_float(B, op, "B");
-    require_on(A, dev, op, name + ".A");
-    require_on(B, dev, op, name + ".B");
+    require_on(A, where, op, name + ".A");
+    require_on(B, where, op, name + ".B");
     require_ndim(A, 2, 2, op, "A");
     int64_t r = A.dim(0);
     require_shape(A, {r, K}, op, name + ".A");
@@ -95,7 +95,7 @@ std::vector<AdapterView> adapter_args(const Napi::Value& v, int64_t K, int64_t N
         const Tensor& t = TensorHandle::From(g, op, (name + "." + key).c_str());
         const Tensor& like = key[1] == 'A' ? A : B;
         require_float(t, op, key);
-        require_on(t, dev, op, name + "." + key);
+        require_on(t, where, op, name + "." + key);
         require_shape(t, like.shape, op, name + "." + key);
         begin_write(t, op, name + "." + key);
         if (key[1] == 'A') a.dA = t.data(), a.da_dt = t.dtype;
@@ -113,9 +113,10 @@ namespace {
 Napi::Value LoraForward(const Napi::CallbackInfo& info) {
   const char* op = "loraForward";
   const Tensor& x = TensorHandle::From(info[0], op, "x");
-  const Device dev = x.device();
-  DenseView d = dense_args(info, x, 1, op, dev);
-  std::vector<AdapterView> ad = adapter_args(info[4], d.K, d.N, false, op, dev);
+  const Placement where = on_device_of(x, "x");
+  const Device dev = where.dev;
+  DenseView d = dense_args(info, x, 1, op, where);
+  std::vector<AdapterView> ad = adapter_args(info[4], d.K, d.N, false, op, where);
   const auto forward = op_kernel(dev, op, &OpTable::lora_forward);
   Shape ys = x.shape;
   ys.back() = d.N;
@@ -133,18 +134,19 @@ Napi::Value LoraBackward(const Napi::CallbackInfo& info) {
   const char* op = "loraBackward";
   const Tensor& dy = TensorHandle::From(info[0], op, "dy");
   const Tensor& x = TensorHandle::From(info[1], op, "x");
-  const Device dev = x.device();
-  DenseView d = dense_args(info, x, 2, op, dev);
+  const Placement where = on_device_of(x, "x");
+  const Device dev = where.dev;
+  DenseView d = dense_args(info, x, 2, op, where);
   require_float(dy, op, "dy");
-  require_on(dy, dev, op, "dy");
+  require_on(dy, where, op, "dy");
   Shape ys = x.shape;
   ys.back() = d.N;
   require_shape(dy, ys, op, "dy");
   const Tensor& T = TensorHandle::From(info[6], op, "T");
   bool want_dx = arg_bool(info[7], op, "wantDx");
-  std::vector<AdapterView> ad = adapter_args(info[5], d.K, d.N, true, op, dev);
+  std::vector<AdapterView> ad = adapter_args(info[5], d.K, d.N, true, op, where);
   if (T.dtype != DType::F32) fail("ERR_DTYPE", cat(op, ": T must be f32 (as loraForward made it), got ", dtype_name(T.dtype)));
-  require_on(T, dev, op, "T");
+  require_on(T, where, op, "T");
   require_shape(T, {d.M, total_rank(ad)}, op, "T");
   const auto backward = op_kernel(dev, op, &OpTable::lora_backward);
   if (!want_dx) {
@@ -162,10 +164,11 @@ Napi::Value LoraMerge(const Napi::CallbackInfo& info) {
   const Tensor& w = TensorHandle::From(info[0], op, "weight");
   require_float(w, op, "weight");
   require_ndim(w, 2, 2, op, "weight");
-  const Device dev = w.device();
+  const Placement where = on_device_of(w, "weight");
+  const Device dev = where.dev;
   bool in_out = arg_bool(info[1], op, "weightInOut");
   int64_t N = in_out ? w.dim(1) : w.dim(0), K = in_out ? w.dim(0) : w.dim(1);
-  std::vector<AdapterView> ad = adapter_args(info[2], K, N, false, op, dev);
+  std::vector<AdapterView> ad = adapter_args(info[2], K, N, false, op, where);
   double sign = arg_number(info[3], op, "sign");
   if (sign != 1 && sign != -1) fail_range(cat(op, ": sign must be 1 or -1, got ", sign));
   bool safe = arg_bool(info[4], op, "safe");

@@ -4,6 +4,7 @@
 // both weight layouts, with and without dropout (the host's Philox masks); with --bench on a GPU, the fused
 // forward against the base GEMM alone at (512, 4096, 4096) bf16 (target <= 1.05x) and the merge against the
 // measured copy bandwidth (target >= 0.8x).
+#include <array>
 #include <cmath>
 #include <cstdio>
 #include <cstring>
@@ -159,10 +160,8 @@ void run_checks() {
   for (bool bf16 : {false, true})
     for (bool in_out : {false, true})
       for (double p : {0.0, 0.3})
-        for (Case c : {Case{1, 1, 1, 1}, Case{7, 17, 33, 3}, Case{33, 127, 7, 5}, Case{0, 5, 5, 2}, Case{17, 33, 65, 16}}) {
-          c.bf16 = bf16, c.in_out = in_out, c.p = p;
-          check_lora(c);
-        }
+        for (auto [M, K, N, r] : {std::array<int64_t, 4>{1, 1, 1, 1}, {7, 17, 33, 3}, {33, 127, 7, 5}, {0, 5, 5, 2}, {17, 33, 65, 16}})
+          check_lora({M, K, N, r, bf16, in_out, p});
   check_safe_merge_overflow();
 }
 
