@@ -18,6 +18,7 @@ namespace {
 
 constexpr int kDownRows = 32, kDownRanks = 16, kDownK = 32, kDownThreads = 256;
 static_assert(kDownThreads == kDownRows * kDownRanks / 2, "two outputs per thread");
+static_assert(kLoraMaxRank == 65535 * kDownRanks, "the rank limit is the grid's");
 
 // The CPU's dropout factor of element i: scale when its Philox uniform is >= keep_from, else 0.
 __device__ __forceinline__ float drop_factor(int64_t i, uint32_t k0, uint32_t k1, float keep_from, float scale) {

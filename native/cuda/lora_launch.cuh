@@ -8,7 +8,7 @@ namespace peft::PEFT_CUDA_NS {
 // each x element is multiplied by the CPU's Philox dropout mask (scale or 0) of (seed, stream) before use.
 // K is split lora_down_splits(M, K, r) ways (chunks of kLoraDownChunk, at most about kLoraDownBlocks blocks);
 // with more than one split, `partials` holds splits·M·r floats of scratch.
-constexpr int64_t kLoraDownChunk = 64, kLoraDownBlocks = 1024;
+constexpr int64_t kLoraDownChunk = 64, kLoraDownBlocks = 1024, kLoraMaxRank = 65535 * 16;
 int64_t lora_down_splits(int64_t M, int64_t K, int64_t r);
 cudaError_t launch_lora_down(const void* x, DType xdt, int64_t M, int64_t K, const void* A, DType adt, int64_t r, float* T,
                              int64_t ldt, float* partials, float keep_from, float scale, uint64_t seed, uint64_t stream);

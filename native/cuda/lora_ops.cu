@@ -82,6 +82,8 @@ int check_base(const char* op, const CudaLoraBase& d, const CudaLoraAdapter* ad,
     const CudaLoraAdapter& a = ad[i];
     if (a.r < 0 || !float_dt(a.a_dt) || !float_dt(a.b_dt) || (a.dA && !float_dt(a.da_dt)) || (a.dB && !float_dt(a.db_dt)))
       return reject(err, kInvalid, std::string(op) + fmt(": adapter %lld has an invalid rank or dtype", i));
+    if (a.r > kLoraMaxRank)  // lora_down's grid takes 16 ranks per block row
+      return reject(err, kInvalid, std::string(op) + fmt(": adapter %lld has rank %lld; the cuda kernels take r <= %lld", i, a.r, kLoraMaxRank));
     if (a.r > 0 && (!a.A || !a.B)) return reject(err, kInvalid, std::string(op) + fmt(": adapter %lld: null factor", i));
   }
   return 0;
