@@ -133,17 +133,19 @@ __global__ void __launch_bounds__(kEltThreads) flag_not_below_kernel(const float
 
 }  // namespace
 
-int64_t lora_down_splits(int64_t M, int64_t K, int64_t r) {
+int64_t lora_down_splits(int64_t M, int64_t K, int64_t r, int64_t scratch_floats) {
   const int64_t tiles = ((M + kDownRows - 1) / kDownRows) * ((r + kDownRanks - 1) / kDownRanks);
   int64_t splits = (K + kLoraDownChunk - 1) / kLoraDownChunk;
   if (splits * tiles > kLoraDownBlocks) splits = kLoraDownBlocks / tiles;
+  if (M * r > 0 && splits > scratch_floats / (M * r)) splits = scratch_floats / (M * r);
   return splits < 1 ? 1 : splits;
 }
 
 cudaError_t launch_lora_down(const void* x, DType xdt, int64_t M, int64_t K, const void* A, DType adt, int64_t r, float* T,
-                             int64_t ldt, float* partials, float keep_from, float scale, uint64_t seed, uint64_t stream) {
+                             int64_t ldt, float* partials, int64_t partial_floats, float keep_from, float scale, uint64_t seed,
+                             uint64_t stream) {
   const RngKey key = rng_key(seed, stream);
-  const int64_t splits = lora_down_splits(M, K, r), kchunk = (K + splits - 1) / splits;
+  const int64_t splits = lora_down_splits(M, K, r, partials ? partial_floats : 0), kchunk = (K + splits - 1) / splits;
   const dim3 grid(unsigned((M + kDownRows - 1) / kDownRows), unsigned((r + kDownRanks - 1) / kDownRanks), unsigned(splits));
   if (splits == 1) {
     LAUNCH(grid, kDownThreads, 0, 0, lora_down_kernel)(x, xdt, M, K, kchunk, A, adt, r, T, ldt, 0, keep_from, scale, key.k0, key.k1);

@@ -6,12 +6,13 @@ namespace peft::PEFT_CUDA_NS {
 
 // T[m, j] (row stride ldt) = Σ_k drop(x)[m, k]·A[j, k] for one adapter: x (M, K), A (r, K). With keep_from > 0
 // each x element is multiplied by the CPU's Philox dropout mask (scale or 0) of (seed, stream) before use.
-// K is split lora_down_splits(M, K, r) ways (chunks of kLoraDownChunk, at most about kLoraDownBlocks blocks);
-// with more than one split, `partials` holds splits·M·r floats of scratch.
+// K is split lora_down_splits(M, K, r, partial_floats) ways: chunks of kLoraDownChunk, at most about
+// kLoraDownBlocks blocks, the splits' partial sums (splits·M·r floats) fitting the scratch `partials`.
 constexpr int64_t kLoraDownChunk = 64, kLoraDownBlocks = 1024, kLoraMaxRank = 65535 * 16;
-int64_t lora_down_splits(int64_t M, int64_t K, int64_t r);
+int64_t lora_down_splits(int64_t M, int64_t K, int64_t r, int64_t scratch_floats);
 cudaError_t launch_lora_down(const void* x, DType xdt, int64_t M, int64_t K, const void* A, DType adt, int64_t r, float* T,
-                             int64_t ldt, float* partials, float keep_from, float scale, uint64_t seed, uint64_t stream);
+                             int64_t ldt, float* partials, int64_t partial_floats, float keep_from, float scale, uint64_t seed,
+                             uint64_t stream);
 // dst[i * ld + j] = f · src[i * rs + j * cs] (f32) for i < rows, j < cols: adapters' factors concatenated,
 // scaled and transposed into the f32 matrices the fused products read.
 cudaError_t launch_lora_gather(const void* src, DType sdt, int64_t rows, int64_t cols, int64_t rs, int64_t cs, float f,

@@ -3,8 +3,9 @@
 // mask made in the kernel), then the base GEMM with s·T·Bᵀ as its rank term, so y is written once. Backward:
 // G = dy·(sB) once; dB and dA as strided GEMMs; dx = dy·W with G·A as the rank term (with dropout each
 // adapter's part is masked and added in f32 before the one rounding). Merge: the streaming rank update.
-// One adapter (the common case) is read in place; several are gathered into f32 [s_1·B_1 | s_2·B_2 | …]
-// and [A_1; A_2; …] first.
+// One adapter (the common case) is read in place, and the forward allocates nothing (T's split-K partials use
+// y's memory before the GEMM writes y); several are gathered into f32 [s_1·B_1 | s_2·B_2 | …] and
+// [A_1; A_2; …] first.
 #include <cmath>
 #include <cstring>
 #include <initializer_list>
@@ -99,19 +100,16 @@ int cuda_lora_forward(const CudaLoraBase& d, const CudaLoraAdapter* ad, int64_t 
   if (d.M == 0 || d.N == 0) return 0;
   const int64_t R = total_rank(ad, count);
   if (!y || (d.K > 0 && (!d.x || !d.W)) || (R > 0 && !T)) return reject(err, kInvalid, std::string(op) + ": null pointer");
-  int64_t off = 0, most = 0;
-  for (int64_t i = 0; i < count; ++i) {
-    const int64_t splits = lora_down_splits(d.M, d.K, ad[i].r);
-    if (splits > 1 && splits * d.M * ad[i].r > most) most = splits * d.M * ad[i].r;
-  }
-  DeviceBuffer partials;  // the split-K scratch of the largest adapter
-  if (most && alloc(op, partials, size_t(most) * 4, err)) return kInvalid;
+  // T's split-K partial sums go to y's memory: the base GEMM writes all of y only after T is complete (one
+  // stream), so no scratch is allocated. y is at least M·N·2 bytes; the split count adapts to it.
+  const int64_t y_floats = d.M * d.N * int64_t(dtype_size(DType(y_dt))) / 4;
+  int64_t off = 0;
   for (int64_t i = 0; i < count; off += ad[i].r, ++i) {
     const CudaLoraAdapter& a = ad[i];
     if (a.r == 0) continue;
     const DropConsts dc = drop_consts(a.p);
-    if (int rc = api(op, launch_lora_down(d.x, DType(d.x_dt), d.M, d.K, a.A, DType(a.a_dt), a.r, T + off, R, partials.as<float>(),
-                                          dc.keep_from, dc.scale, a.seed, a.stream),
+    if (int rc = api(op, launch_lora_down(d.x, DType(d.x_dt), d.M, d.K, a.A, DType(a.a_dt), a.r, T + off, R, static_cast<float*>(y),
+                                          y_floats, dc.keep_from, dc.scale, a.seed, a.stream),
                      err))
       return rc;
   }

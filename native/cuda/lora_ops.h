@@ -42,7 +42,8 @@ struct CudaLoraAdapter {
 
 #define PEFT_CUDA_LORA_DECLARATIONS                                                                            \
   /* y (M, N) in y_dt = x·Wᵀ + bias + Σ scale·T_i·B_iᵀ, T (M, R) f32 (zero-filled by the caller) receiving      \
-     T_i = drop(x)·A_iᵀ side by side (R = Σ r_i), for the backward. */                                         \
+     T_i = drop(x)·A_iᵀ side by side (R = Σ r_i), for the backward. y is scratch until it is written, so it     \
+     must not overlap any input. */                                                                            \
   int cuda_lora_forward(const CudaLoraBase& d, const CudaLoraAdapter* ad, int64_t count, void* y, int y_dt,     \
                         float* T, std::string* err);                                                           \
   /* dA_i += (dy·B_i·scale_i)ᵀ·drop(x), dB_i += scale_i·dyᵀ·T_i; dx (M, K) = dy·W + Σ drop(G_i·A_i) when       \

@@ -160,7 +160,7 @@ void run_checks() {
   for (bool bf16 : {false, true})
     for (bool in_out : {false, true})
       for (double p : {0.0, 0.3})
-        for (auto [M, K, N, r] : {std::array<int64_t, 4>{1, 1, 1, 1}, {7, 17, 33, 3}, {33, 127, 7, 5}, {0, 5, 5, 2}, {17, 33, 65, 16}})
+        for (auto [M, K, N, r] : {std::array<int64_t, 4>{1, 1, 1, 1}, {7, 17, 33, 3}, {33, 127, 7, 5}, {0, 5, 5, 2}, {17, 33, 65, 16}, {9, 200, 40, 3}})
           check_lora({M, K, N, r, bf16, in_out, p});
   check_safe_merge_overflow();
 }
