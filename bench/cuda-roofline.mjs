@@ -12,6 +12,8 @@ const PEAKS = {
 };
 
 const n = 4096, E = 1 << 26, R = 4096, V = 32000;
+// Fused LoRA at a 7B-class projection: 512 tokens, 4096 -> 4096, rank 16.
+const Ml = 512, rl = 16;
 const fmtB = (b) => `${(b / 1e9).toFixed(1)} GB`;
 // flops, bytes, the compute peak it runs against, and a note on the bytes.
 const kernels = [
@@ -27,6 +29,16 @@ const kernels = [
   { name: "cross-entropy f32 4096x32000", flops: 5 * R * V, bytes: 4 * R * V * 4, peak: "f32", note: "3 reads of logits + grad write" },
   { name: "sumRows f32 4096x4096", flops: n * n, bytes: 4 * n * n, peak: "f32", note: "one read" },
   { name: "AdamW f32 2^26", flops: 14 * E, bytes: 28 * E, peak: "f32", note: "read p g m v, write p m v" },
+  // LoRA (lora_fused.cu). The fused forward is the base GEMM plus T = x·Aᵀ (a small SIMT kernel reading x
+  // once more) and the rank term T·(sB)ᵀ on each output tile (f32, from shared memory): against the base
+  // GEMM alone it adds 2·M·K·r + 2·M·N·r flops and one read of x; target <= 1.05x the base GEMM's time.
+  { name: "gemm bf16 WMMA (512, 4096, 4096)", flops: 2 * Ml * n * n, bytes: 2 * (Ml * n + n * n + Ml * n), peak: "bf16", note: "the base alone" },
+  { name: "lora T = x·Aᵀ f32 (512, 4096, r 16)", flops: 2 * Ml * n * rl, bytes: 2 * Ml * n + 4 * rl * n + 4 * Ml * rl, peak: "f32", note: "x read again; A from L2" },
+  { name: "lora forward bf16 (512, 4096, 4096) r16", flops: 2 * Ml * n * n + 2 * Ml * n * rl + 2 * Ml * rl * n, bytes: 2 * (2 * Ml * n + n * n + Ml * n) + 4 * (2 * rl * n + Ml * rl),
+    peak: "bf16", note: "base + T kernel + the f32 rank epilogue on each tile (CUDA cores)" },
+  // The merge streams W once (read, write) with the r rank terms per element: memory-bound; target >= 0.8x copy.
+  { name: "lora merge bf16 4096x4096 r16", flops: 2 * n * n * rl, bytes: 2 * 2 * n * n + 4 * rl * 2 * n, peak: "f32", note: "W read+written once; A rows from L2 (32 rows of W per load)" },
+  { name: "copy bf16 4096x4096", flops: 0, bytes: 2 * 2 * n * n, peak: "f32", note: "the merge's bandwidth reference" },
 ];
 
 const fmt = (x, unit) => (x >= 1e9 ? `${(x / 1e9).toFixed(2)} G${unit}` : x >= 1e6 ? `${(x / 1e6).toFixed(1)} M${unit}` : `${x.toFixed(0)} ${unit}`);
@@ -43,4 +55,5 @@ const rows = kernels.map((k) => {
 });
 console.table(rows);
 console.log("Targets when a GPU is lent: f32 SIMT GEMM >= 0.6x the measured FMA ceiling, f16/bf16 WMMA >= 0.5x the mma");
-console.log("ceiling at 4096³, element-wise >= 0.8x copy bandwidth (scripts/gpu-check.sh measures both).");
+console.log("ceiling at 4096³, element-wise >= 0.8x copy bandwidth (scripts/gpu-check.sh measures both); fused LoRA");
+console.log("forward <= 1.05x the base GEMM at (512, 4096, 4096) bf16, LoRA merge >= 0.8x copy bandwidth (peft_lora_check --bench).");

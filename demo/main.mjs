@@ -1,9 +1,9 @@
 // npm run demo: what the backend runs on, then PEFT's custom-model MLP trained on a synthetic task, fully
 // and with LoRA through getPeftModel.
-//   --device cuda   full fine-tuning on the cuda device (a GPU, or NODE_PEFT_CUDA=emu: the CUDA kernels
-//                   emulated on the CPU, where the MLP's hidden size defaults to 64 to keep it quick)
+//   --device cuda   full fine-tuning and LoRA training on the cuda device (a GPU, or NODE_PEFT_CUDA=emu:
+//                   the CUDA kernels emulated on the CPU, where the MLP's hidden size defaults to 64 to keep
+//                   it quick); the trained LoRA model comes back to the cpu to be saved, reloaded and merged
 //   --hidden N      the MLP's hidden size (default 2000)
-// LoRA runs on the cpu either way.
 import { spawnSync } from "node:child_process";
 import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
@@ -44,10 +44,11 @@ full.dispose();
 // LoRA (r = 8) on seq.0 and seq.2, the head seq.4 trained as a saved module, everything else frozen.
 manualSeed(0);
 const config = new LoraConfig({ r: 8, loraAlpha: 16, targetModules: ["seq.0", "seq.2"], modulesToSave: ["seq.4"] });
-const model = getPeftModel(new MLP(hidden), config);
+const model = getPeftModel(new MLP(hidden), config).to(device);
 model.printTrainableParameters();
-const loraAcc = train(model, trainSet, testSet, { epochs: 8, lr: 3e-3, label: "LoRA r=8        " });
-console.log(`LoRA r=8: test accuracy ${(loraAcc * 100).toFixed(1)} % (full fine-tuning: ${(fullAcc * 100).toFixed(1)} %)`);
+const loraAcc = train(model, trainSet, testSet, { epochs: 8, lr: 3e-3, label: `LoRA r=8 (${device})`, device });
+console.log(`LoRA r=8 on ${device}: test accuracy ${(loraAcc * 100).toFixed(1)} % (full fine-tuning: ${(fullAcc * 100).toFixed(1)} %)`);
+model.to("cpu");
 
 // Save the adapter in PEFT's format, reload it into a fresh copy of the base model and compare outputs.
 const dir = mkdtempSync(join(tmpdir(), "node-peft-demo-"));

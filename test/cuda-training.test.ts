@@ -4,11 +4,12 @@
 import { afterEach, describe, expect, it } from "vitest";
 
 if (process.env.NODE_PEFT_CUDA === undefined && !process.env.NODE_PEFT_CUDA_REAL) process.env.NODE_PEFT_CUDA = "emu";
-const { Tensor, backend, linear, linearGradInput, linearGradWeight, manualSeed, Sequential, Linear, ReLU, GELU, LogSoftmax, AdamW, F, tidy } =
+const { Tensor, backend, linear, linearGradInput, linearGradWeight, manualSeed, Sequential, Linear, ReLU, GELU, LogSoftmax } =
   await import("../lib/index.js");
 import type { Tensor as TensorT, Module as ModuleT } from "../lib/index.js";
 import { values } from "./helpers/nn-reference.js";
 import { UNIT } from "./helpers/numeric.js";
+import { adamwLosses } from "./helpers/device-training.js";
 
 afterEach(() => {
   backend.cuda.allowTf32 = false;
@@ -22,21 +23,7 @@ function mlp(): ModuleT {
 // Losses of `steps` AdamW steps on a fixed batch, the model on `device`.
 function trainLosses(device: "cpu" | "cuda", steps: number): number[] {
   const model = mlp().to(device);
-  const x = Tensor.fromArray(values(33 * 12, 5), [33, 12]).to(device);
-  const y = Tensor.fromArray(values(33, 6).map((v) => Math.floor((v + 1) * 1.5)), [33], "i64").to(device);
-  const params = [...model.parameters()];
-  for (const p of params) expect(p.device).toBe(device);
-  const opt = new AdamW(params, { lr: 1e-2, weightDecay: 0.01 });
-  const losses: number[] = [];
-  for (let s = 0; s < steps; s++) {
-    const loss = tidy(() => F.nllLoss(model.forward(x), y));
-    loss.backward();
-    for (const p of params) expect(p.grad?.device).toBe(device);
-    opt.step();
-    opt.zeroGrad();
-    losses.push(loss.toFloat64Array()[0]);
-    loss.dispose();
-  }
+  const losses = adamwLosses(model, device, steps, 1e-2);
   model.dispose();
   return losses;
 }

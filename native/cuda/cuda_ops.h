@@ -29,9 +29,18 @@ struct CudaMat {
   int dt = 0;
   int64_t rs = 0, cs = 0;
 };
-// C[M,N] (=|+=) col_scale ⊙ (alpha · A[M,K]·B[K,N] + bias[N]), C row-major with row stride ldc. A and B:
-// f32/f16/bf16 in any mix; C and bias f32/f16/bf16; col_scale f32 (or null); f32 accumulation, C rounded
-// once. allow_tf32: f32 x f32 products may run on TF32 tensor cores (inputs rounded to 10 mantissa bits).
+// An extra rank-R product scale·A2[M,R]·B2[R,N] (strided f32/f16/bf16 views; scale applied to A2's values as
+// they are staged) on a GEMM's output tile: fused LoRA's adapters as R more k-steps (SIMT) or an f32 epilogue
+// from shared memory (tensor cores). R = 0: none.
+struct CudaRank {
+  int64_t R = 0;
+  CudaMat A2, B2;
+  float scale = 1.0f;
+};
+// C[M,N] (=|+=) col_scale ⊙ (alpha · (A[M,K]·B[K,N] + rank) + bias[N]), C row-major with row stride ldc. A
+// and B: f32/f16/bf16 in any mix; C and bias f32/f16/bf16; col_scale f32 (or null); f32 accumulation, C
+// rounded once. allow_tf32: f32 x f32 products may run on TF32 tensor cores (inputs rounded to 10 mantissa
+// bits; the rank product stays f32).
 struct CudaGemm {
   int64_t M = 0, N = 0, K = 0;
   CudaMat A, B;
@@ -44,6 +53,7 @@ struct CudaGemm {
   int bias_dt = 0;
   const float* col_scale = nullptr;
   bool allow_tf32 = false;
+  CudaRank rank;
 };
 // AdamW's per-step scalars (native/cpu/adamw.h derives them) and one parameter's device pointers.
 struct CudaAdamWScalars {

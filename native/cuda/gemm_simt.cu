@@ -8,7 +8,8 @@
 // walked in steps of 8: the A tile is stored k-major (As[k][m]) and B as Bs[k][n], so the inner loop reads
 // 8 values of each per k and does 64 FMAs. Each thread fetches the next k-tile into registers while the
 // current one is multiplied. Out-of-range rows, columns and k are zero-filled at staging, so the inner loop
-// needs no masks; the epilogue masks the stores.
+// needs no masks; the epilogue masks the stores. A fused LoRA's rank-R term (g.rank) is ceil(R / 8) more
+// k-tiles, staged from A2 and B2 after A's and B's, into the same accumulators.
 #include "gemm_common.cuh"
 
 namespace peft::PEFT_CUDA_NS {
@@ -37,16 +38,22 @@ PEFT_UNROLL
   auto slot_a = [&](int s) { return tile_slot<kSimtBM, kSimtBK>(tid + s * kSimtThreads, a_kc); };
   auto slot_b = [&](int s) { return tile_slot<kSimtBN, kSimtBK>(tid + s * kSimtThreads, b_kc); };
   float ra[kSimtPerThread], rb[kSimtPerThread];
-  auto fetch = [&](int64_t k0) {
+  const int64_t main_tiles = (g.K + kSimtBK - 1) / kSimtBK;
+  const int64_t ktiles = main_tiles + (g.rank.R + kSimtBK - 1) / kSimtBK;
+  auto fetch = [&](int64_t kt) {
+    const bool main = kt < main_tiles;
+    const CudaMat& a = main ? g.A : g.rank.A2;
+    const CudaMat& b = main ? g.B : g.rank.B2;
+    const int64_t k0 = (main ? kt : kt - main_tiles) * kSimtBK, kend = main ? g.K : g.rank.R;
+    const float as = main ? 1.0f : g.rank.scale;
 PEFT_UNROLL
     for (int s = 0; s < kSimtPerThread; ++s) {
-      ra[s] = load_view(g.A, m0 + slot_a(s).outer, k0 + slot_a(s).k, g.M, g.K);
-      rb[s] = load_view(g.B, k0 + slot_b(s).k, n0 + slot_b(s).outer, g.K, g.N);
+      ra[s] = as * load_view(a, m0 + slot_a(s).outer, k0 + slot_a(s).k, g.M, kend);
+      rb[s] = load_view(b, k0 + slot_b(s).k, n0 + slot_b(s).outer, kend, g.N);
     }
   };
-  fetch(0);
+  if (ktiles > 0) fetch(0);
 
-  const int64_t ktiles = (g.K + kSimtBK - 1) / kSimtBK;
   for (int64_t kt = 0; kt < ktiles; ++kt) {
 PEFT_UNROLL
     for (int s = 0; s < kSimtPerThread; ++s) {
@@ -54,7 +61,7 @@ PEFT_UNROLL
       Bs[slot_b(s).k][slot_b(s).outer] = rb[s];
     }
     __syncthreads();  // the tiles are complete before any thread reads them
-    if (kt + 1 < ktiles) fetch((kt + 1) * kSimtBK);
+    if (kt + 1 < ktiles) fetch(kt + 1);
 PEFT_UNROLL
     for (int k = 0; k < kSimtBK; ++k) {
       float av[8], bv[8];

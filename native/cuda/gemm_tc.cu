@@ -10,9 +10,11 @@
 // A block computes a 64x64 tile of C with 4 warps, each owning a 32x32 quadrant (2x2 fragments), walking K
 // in steps of 16 through shared memory (A as [m][k], B as [k][n], zero-padded at the edges, staged
 // element by element from any strides, so global reads coalesce along whichever dimension is contiguous).
+// A fused LoRA's rank-R term (g.rank) is added in f32 to the stored tile (lora_rank_tile.cuh).
 // The epilogue depends on each element's position, so it runs on the tile stored to shared memory with
 // store_matrix_sync, never on fragment registers (their layout is unspecified, and differs when emulated).
 #include "gemm_common.cuh"
+#include "lora_rank_tile.cuh"
 #include "wmma_quadrant.cuh"
 
 namespace peft::PEFT_CUDA_NS {
@@ -110,6 +112,7 @@ PEFT_UNROLL
   // The output tile reuses the input tiles' shared memory: the loop's last barrier ended their use.
   store_2x2(&Cs[0][0], kTcLdC, wm, wn, acc);
   __syncthreads();
+  add_rank_tile<kTcBM, kTcBN, kTcLdC, kTcThreads>(&Cs[0][0], g.rank, m0, n0, g.M, g.N);
   for (int e = tid; e < kTcBM * kTcBN; e += kTcThreads) {  // consecutive threads: consecutive columns
     const int r = e / kTcBN, c = e % kTcBN;
     if (m0 + r < g.M && n0 + c < g.N) gemm_epilogue(g, m0 + r, n0 + c, Cs[r][c]);

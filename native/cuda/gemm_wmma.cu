@@ -6,11 +6,13 @@
 // vector when K % 8 == 0 and the pointers are aligned); chunks that cross an edge of x or W are
 // zero-filled, so the MMA never sees out-of-range data and no fragment needs masking. The next k-tile
 // is fetched into registers while the current one is multiplied.
+// A fused LoRA's rank-R term (rank) is added in f32 to the stored tile (lora_rank_tile.cuh).
 // The epilogue (bias, conversion, edge masking) depends on each element's position, so it runs on the
 // tile stored to shared memory with store_matrix_sync, never on fragment registers: which element a lane
 // holds is unspecified on the GPU (and different again in the emulator).
 #include "dtype.cuh"
 #include "launch.cuh"
+#include "lora_rank_tile.cuh"
 #include "wmma_quadrant.cuh"
 
 namespace peft::PEFT_CUDA_NS {
@@ -57,7 +59,7 @@ template <class T>
 __global__ void __launch_bounds__(kGemmThreads) gemm_nt_kernel(const T* __restrict__ x, const T* __restrict__ w,
                                                               const void* __restrict__ bias, DType bias_dt,
                                                               void* __restrict__ y, DType out_dt, int64_t M,
-                                                              int64_t N, int64_t K) {
+                                                              int64_t N, int64_t K, CudaRank rank) {
   SMEM_ARRAY(unsigned char, smem, [kSmemBytes]);
   T(*xs)[kLdAB] = reinterpret_cast<T(*)[kLdAB]>(smem);
   T(*ws)[kLdAB] = reinterpret_cast<T(*)[kLdAB]>(smem + kBM * kLdAB * sizeof(T));
@@ -117,6 +119,7 @@ PEFT_UNROLL
   // The output tile reuses the input tiles' shared memory: the loop's last barrier ended their use.
   store_2x2(&ys[0][0], kLdC, wm, wn, acc);
   __syncthreads();
+  add_rank_tile<kBM, kBN, kLdC, kGemmThreads>(&ys[0][0], rank, m0, n0, M, N);
   // Consecutive threads write consecutive columns of a row (coalesced).
   for (int e = tid; e < kBM * kBN; e += kGemmThreads) {
     const int r = e / kBN, c = e % kBN;
@@ -132,15 +135,15 @@ PEFT_UNROLL
 }  // namespace
 
 cudaError_t launch_gemm_nt(const void* x, const void* w, const void* bias, DType bias_dt, void* y, DType in_dt,
-                           DType out_dt, int64_t M, int64_t N, int64_t K) {
+                           DType out_dt, int64_t M, int64_t N, int64_t K, const CudaRank& rank) {
   const dim3 grid(unsigned((M + kBM - 1) / kBM), unsigned((N + kBN - 1) / kBN));
   if (in_dt == DType::F16)
     LAUNCH(grid, kGemmThreads, 0, 0, gemm_nt_kernel<__half>)(static_cast<const __half*>(x), static_cast<const __half*>(w),
-                                                              bias, bias_dt, y, out_dt, M, N, K);
+                                                              bias, bias_dt, y, out_dt, M, N, K, rank);
   else
     LAUNCH(grid, kGemmThreads, 0, 0, gemm_nt_kernel<__nv_bfloat16>)(static_cast<const __nv_bfloat16*>(x),
                                                                      static_cast<const __nv_bfloat16*>(w), bias, bias_dt,
-                                                                     y, out_dt, M, N, K);
+                                                                     y, out_dt, M, N, K, rank);
   return cudaGetLastError();
 }
 

@@ -26,9 +26,9 @@ cudaError_t launch_copy(const void* src, void* dst, int64_t bytes);
 // elementwise.cu: out = a + b; y = alpha*x + beta*y (y not read when beta == 0).
 cudaError_t launch_add(const void* a, const void* b, void* out, DType dt, int64_t n);
 cudaError_t launch_axpby(float alpha, const void* x, float beta, void* y, DType dt, int64_t n);
-// gemm_wmma.cu: y[M,N] = x[M,K] * w[N,K]^T (+ bias[N]); in_dt f16 or bf16; N <= 65535 * 64.
+// gemm_wmma.cu: y[M,N] = x[M,K] * w[N,K]^T (+ rank) (+ bias[N]); in_dt f16 or bf16; N <= 65535 * 64.
 cudaError_t launch_gemm_nt(const void* x, const void* w, const void* bias, DType bias_dt, void* y, DType in_dt,
-                           DType out_dt, int64_t M, int64_t N, int64_t K);
+                           DType out_dt, int64_t M, int64_t N, int64_t K, const CudaRank& rank = {});
 constexpr int64_t kGemmTileN = 64;
 constexpr int64_t kGemmTileM = 64;
 // gemm_simt.cu: the f32 SIMT GEMM (any strides, f32/f16/bf16 operands); M <= 2^31 * 128, N <= 65535 * 128.

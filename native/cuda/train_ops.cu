@@ -17,20 +17,6 @@ using namespace host_checks;
 
 namespace {
 
-// Device scratch memory for one call, freed when it goes out of scope.
-struct DeviceBuffer {
-  void* p = nullptr;
-  ~DeviceBuffer() {
-    if (p) cudaFree(p);
-  }
-  template <class T>
-  T* as() const { return static_cast<T*>(p); }
-};
-
-int alloc(const char* op, DeviceBuffer& b, size_t bytes, std::string* err) {
-  return api(op, cudaMalloc(&b.p, bytes ? bytes : 1), err);
-}
-
 // The integer ids (i32/i64) at device pointer `ids`, copied to the host as int64.
 int read_ids(const char* op, const void* ids, int idt, int64_t n, std::vector<int64_t>& out, std::string* err) {
   out.assign(size_t(n), 0);
@@ -90,12 +76,21 @@ int cuda_gemm(const CudaGemm& g, std::string* err) {
   if ((g.N + kSimtTileN - 1) / kSimtTileN > 65535 || (g.M + kSimtTileM - 1) / kSimtTileM > 0x7fffffff)
     return reject(err, kInvalid, fmt("cuda_gemm: shape M=%lld N=%lld is beyond the grid limits (N <= 8388480)", g.M, g.N));
   if (!g.C || (g.K > 0 && (!g.A.p || !g.B.p))) return reject(err, kInvalid, "cuda_gemm: null pointer");
+  if (g.rank.R < 0 || (g.rank.R > 0 && (!g.rank.A2.p || !g.rank.B2.p)))
+    return reject(err, kInvalid, fmt("cuda_gemm: invalid rank term R=%lld (A2 and B2 needed when R > 0)", g.rank.R));
+  if (g.rank.R > 0 && check_floats(op, {g.rank.A2.dt, g.rank.B2.dt}, err)) return kInvalid;
   const bool half = (g.A.dt == int(DType::F16) || g.A.dt == int(DType::BF16)) && g.B.dt == g.A.dt;
   const bool nt = g.A.cs == 1 && g.A.rs == g.K && g.B.rs == 1 && g.B.cs == g.K && g.ldc == g.N;
-  if (half && nt && g.alpha == 1.0f && !g.accumulate && !g.col_scale)
-    return cuda_gemm_nt(g.A.p, g.B.p, g.bias, g.C, g.A.dt, g.bias_dt, g.c_dt, g.M, g.N, g.K, err);
-  // The strided tensor-core kernel's 64-wide tiles reach N <= 65535 * 64; wider products go to SIMT.
+  // The tensor-core kernels' 64-wide tiles reach N <= 65535 * 64; wider products go to SIMT.
   const bool tc_grid = (g.N + kTcTileN - 1) / kTcTileN <= 65535;
+  if (half && nt && g.alpha == 1.0f && !g.accumulate && !g.col_scale) {
+    if (g.rank.R == 0) return cuda_gemm_nt(g.A.p, g.B.p, g.bias, g.C, g.A.dt, g.bias_dt, g.c_dt, g.M, g.N, g.K, err);
+    if (tc_grid)
+      return finish("cuda_gemm (tensor cores, rank term)",
+                    launch_gemm_nt(g.A.p, g.B.p, g.bias, g.bias ? DType(g.bias_dt) : DType::F32, g.C, DType(g.A.dt),
+                                   DType(g.c_dt), g.M, g.N, g.K, g.rank),
+                    err);
+  }
   const bool tf32 = g.allow_tf32 && g.A.dt == int(DType::F32) && g.B.dt == int(DType::F32);
   if ((half || tf32) && tc_grid) return finish(tf32 ? "cuda_gemm (tf32)" : "cuda_gemm (tensor cores)", launch_gemm_tc(g), err);
   return finish(op, launch_gemm_simt(g), err);

@@ -12,6 +12,7 @@
 #include "../cpu/convert.h"
 #include "../cpu/nn_kernels.h"
 #include "../cuda/cuda_ops.h"
+#include "../cuda/lora_ops.h"
 #include "cuda_state.h"
 #include "op_table.h"
 // Last: the emulator defines CUDA keyword macros that must not reach the standard headers.
@@ -80,13 +81,14 @@ void randn(void* dst, DType dt, int64_t n, uint64_t seed, uint64_t stream, float
 
 CudaMat device_mat(const GemmMat& m) { return {m.p, static_cast<int>(m.dt), m.rs, m.cs}; }
 
-// Every plain product (cuda_gemm picks the kernel: tensor cores for f16/bf16 pairs and, when allowed, TF32;
-// the f32 SIMT kernel otherwise). The fused forms (LoRA's extra rank-R product, IA3's per-k input scale) have no
+// Every product (cuda_gemm picks the kernel: tensor cores for f16/bf16 pairs and, when allowed, TF32; the f32
+// SIMT kernel otherwise), with LoRA's extra rank-R product as the kernels' rank term. The CPU adds A2·B2
+// outside alpha and the device inside it, so a rank term takes alpha = 1 only; IA3's per-k input scale has no
 // cuda kernel.
 void gemm(const GemmArgs& g) {
-  if (g.R != 0 || g.A.ks)
-    fail("ERR_NOT_ON_DEVICE", cat("linear on cuda: the fused ", g.R ? "LoRA (x·Wᵀ + x·A·B)" : "IA3 input-scaled",
-                                  " product has no cuda kernel; run the adapter on the cpu"));
+  if (g.A.ks || (g.R != 0 && g.alpha != 1.0f))
+    fail("ERR_NOT_ON_DEVICE", cat("linear on cuda: the fused ", g.A.ks ? "IA3 input-scaled" : "LoRA product with alpha != 1",
+                                  " has no cuda kernel; run it on the cpu"));
   CudaGemm c;
   c.M = g.M, c.N = g.N, c.K = g.K;
   c.A = device_mat(g.A);
@@ -100,6 +102,7 @@ void gemm(const GemmArgs& g) {
   c.bias_dt = static_cast<int>(g.bias_dt);
   c.col_scale = g.col_scale;
   c.allow_tf32 = g_allow_tf32.load();
+  if (g.R != 0) c.rank = {g.R, device_mat(g.A2), device_mat(g.B2)};
   std::string err;
   check(CUDA(cuda_gemm)(c, &err), err, "gemm");
 }
@@ -192,9 +195,48 @@ void adamw(const std::vector<AdamWParam>& params, const AdamWScalars& s) {
   check(CUDA(cuda_adamw)(dev.data(), static_cast<int64_t>(dev.size()), cs, &err), err, "adamwStep");
 }
 
+// LoRA (lora_fused.cu): the CPU contracts' views as the CUDA host API's.
+CudaLoraBase lora_base(const DenseView& d) {
+  CudaLoraBase b;
+  b.M = d.M, b.K = d.K, b.N = d.N;
+  b.x = d.x, b.x_dt = int(d.x_dt);
+  b.W = d.W, b.w_dt = int(d.w_dt), b.w_in_out = d.w_in_out;
+  b.bias = d.bias, b.bias_dt = int(d.bias_dt);
+  b.allow_tf32 = g_allow_tf32.load();
+  return b;
+}
+std::vector<CudaLoraAdapter> lora_adapters(const std::vector<AdapterView>& ad) {
+  std::vector<CudaLoraAdapter> out;
+  for (const AdapterView& a : ad)
+    out.push_back({a.r, a.A, int(a.a_dt), a.B, int(a.b_dt), a.scale, a.p, a.seed, a.stream, a.dA, int(a.da_dt), a.dB, int(a.db_dt)});
+  return out;
+}
+void lora_forward(const DenseView& d, const std::vector<AdapterView>& ad, void* y, DType y_dt, float* T) {
+  const std::vector<CudaLoraAdapter> a = lora_adapters(ad);
+  std::string err;
+  check(CUDA(cuda_lora_forward)(lora_base(d), a.data(), int64_t(a.size()), y, int(y_dt), T, &err), err, "loraForward");
+}
+void lora_backward(const DenseView& d, const std::vector<AdapterView>& ad, const void* dy, DType dy_dt, const float* T, void* dx,
+                   DType dx_dt) {
+  const std::vector<CudaLoraAdapter> a = lora_adapters(ad);
+  std::string err;
+  check(CUDA(cuda_lora_backward)(lora_base(d), a.data(), int64_t(a.size()), dy, int(dy_dt), T, dx, int(dx_dt), &err), err,
+        "loraBackward");
+}
+int lora_merge(void* W, DType w_dt, int64_t N, int64_t K, bool w_in_out, const std::vector<AdapterView>& ad, float sign, bool safe,
+               bool commit) {
+  const std::vector<CudaLoraAdapter> a = lora_adapters(ad);
+  std::string err;
+  int bad = -1;
+  check(CUDA(cuda_lora_merge)(W, int(w_dt), N, K, w_in_out, a.data(), int64_t(a.size()), sign, safe, commit, &bad, &err), err,
+        "loraMerge");
+  return bad;
+}
+
 const OpTable kCudaOps = {"cuda", dev_alloc, to_host, from_host, convert, randn, gemm,
                           activation, activation_backward, log_softmax, log_softmax_backward, dropout, embedding,
-                          embedding_backward, sum_rows, axpy, scale, mul, fill, nll_loss, cross_entropy, mse_loss, adamw};
+                          embedding_backward, sum_rows, axpy, scale, mul, fill, nll_loss, cross_entropy, mse_loss, adamw,
+                          lora_forward, lora_backward, lora_merge};
 
 void choose() {
   const char* want = std::getenv("NODE_PEFT_CUDA");

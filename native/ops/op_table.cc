@@ -21,6 +21,7 @@ const OpTable kCpuOps = {
     activation_cpu, activation_backward_cpu, log_softmax_cpu, log_softmax_backward_cpu, dropout_cpu, embedding_cpu,
     embedding_backward_cpu, sum_rows_cpu, axpy_cpu, scale_cpu, mul_cpu, fill_cpu, nll_loss_cpu, cross_entropy_cpu,
     mse_loss_cpu, adamw_cpu,
+    lora_forward_cpu, lora_backward_cpu, lora_merge_cpu,
 };
 
 std::atomic<const OpTable*> g_tables[2] = {&kCpuOps, nullptr};

@@ -11,6 +11,7 @@
 #include "../core/tensor.h"
 #include "../cpu/adamw.h"
 #include "../cpu/gemm.h"
+#include "../cpu/lora.h"
 #include "../cpu/nn_kernels.h"
 
 namespace peft {
@@ -51,6 +52,14 @@ struct OpTable {
                           int64_t ignore, double smoothing, void* grad, DType gdt) = nullptr;
   double (*mse_loss)(const void* y, DType ydt, const void* t, DType tdt, int64_t n, void* grad, DType gdt) = nullptr;
   void (*adamw)(const std::vector<AdamWParam>& params, const AdamWScalars& s) = nullptr;
+
+  // LoRA (lora_fused.cu): the fused dense forward, backward and in-place merge with native/cpu/lora.h's
+  // contracts (lora_forward_cpu, lora_backward_cpu, lora_merge_cpu), every pointer in this device's memory.
+  void (*lora_forward)(const DenseView& d, const std::vector<AdapterView>& ad, void* y, DType y_dt, float* T) = nullptr;
+  void (*lora_backward)(const DenseView& d, const std::vector<AdapterView>& ad, const void* dy, DType dy_dt, const float* T,
+                        void* dx, DType dx_dt) = nullptr;
+  int (*lora_merge)(void* W, DType w_dt, int64_t N, int64_t K, bool w_in_out, const std::vector<AdapterView>& ad, float sign,
+                    bool safe, bool commit) = nullptr;
 };
 
 // The table for a device, or an ERR_NOT_ON_DEVICE error naming `op` when that device has none (or lacks `op`).

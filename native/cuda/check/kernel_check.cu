@@ -20,60 +20,11 @@
 #include "../compat.cuh"
 #include "../cuda_ops.h"
 #include "ceilings.cuh"
+#include "check_util.cuh"
 
-namespace api = peft::PEFT_CUDA_NS;
 using peft::DType;
 
 namespace {
-
-int g_checks = 0, g_failures = 0;
-void check(bool ok, const std::string& what) {
-  ++g_checks;
-  if (!ok && ++g_failures <= 40) std::printf("  FAIL %s\n", what.c_str());
-}
-void must(int rc, const std::string& err, const char* what) {
-  if (rc != 0) {
-    std::printf("  FAIL %s: %s\n", what, err.c_str());
-    ++g_failures;
-  }
-}
-
-// Device memory holding a host vector's bytes.
-struct Buf {
-  void* p = nullptr;
-  size_t bytes = 0;
-  explicit Buf(size_t n) : bytes(n) {
-    std::string err;
-    must(api::cuda_malloc(&p, n ? n : 1, &err), err, "cuda_malloc");
-  }
-  template <class T>
-  explicit Buf(const std::vector<T>& v) : Buf(v.size() * sizeof(T)) {
-    std::string err;
-    must(api::cuda_memcpy_h2d(p, v.data(), bytes, &err), err, "cuda_memcpy_h2d");
-  }
-  ~Buf() { api::cuda_free(p, nullptr); }
-  Buf(const Buf&) = delete;
-  template <class T>
-  std::vector<T> get() const {
-    std::vector<T> v(bytes / sizeof(T));
-    std::string err;
-    must(api::cuda_memcpy_d2h(v.data(), p, bytes, &err), err, "cuda_memcpy_d2h");
-    return v;
-  }
-};
-
-std::vector<float> rand_f32(size_t n, uint32_t seed, float lo = -1.f, float hi = 1.f) {
-  std::mt19937 g(seed);
-  std::uniform_real_distribution<float> d(lo, hi);
-  std::vector<float> v(n);
-  for (float& x : v) x = d(g);
-  return v;
-}
-std::vector<uint16_t> to_bf16(const std::vector<float>& v) {
-  std::vector<uint16_t> o(v.size());
-  for (size_t i = 0; i < v.size(); ++i) o[i] = peft::f32_to_bf16(v[i]);
-  return o;
-}
 
 // ---- GEMM: C = A·B (+ bias) for every transpose: f32 SIMT, TF32, and bf16 on the x·Wᵀ tensor-core kernel
 // (mode 2) or the strided one (mode 3, every transpose) --------------------------------------------------
@@ -208,13 +159,6 @@ void run_checks() {
 }
 
 // ---- bench ------------------------------------------------------------------------------------------
-double seconds_of(int reps, const std::function<void()>& f) {
-  f();  // warm-up
-  auto t0 = std::chrono::steady_clock::now();
-  for (int i = 0; i < reps; ++i) f();
-  return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count() / reps;
-}
-
 void run_bench(int64_t n) {
   std::string err;
   const api::Ceilings c = api::measure_ceilings();
@@ -248,18 +192,5 @@ void run_bench(int64_t n) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  bool bench = false;
-  for (int i = 1; i < argc; ++i) bench |= std::string(argv[i]) == "--bench";
-  bool available = false, emulated = false;
-  std::string reason;
-  api::cuda_runtime_state(&available, &emulated, &reason);
-  std::printf("cuda kernels: %s (%s)\n", emulated ? "emulated on the CPU" : available ? "GPU" : "no GPU", reason.c_str());
-  if (!available) return 2;
-  run_checks();
-  std::printf("checks: %d, failures: %d\n", g_checks, g_failures);
-  if (bench) {
-    if (emulated) std::printf("bench: skipped (emulated; bench/cuda-roofline.mjs gives the figures on paper)\n");
-    else run_bench(4096);
-  }
-  return g_failures == 0 ? 0 : 1;
+  return check_program(argc, argv, "cuda kernels", run_checks, [] { run_bench(4096); });
 }

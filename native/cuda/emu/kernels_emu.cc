@@ -20,3 +20,5 @@
 #include "../adamw.cu"
 #include "../cuda_ops.cu"
 #include "../train_ops.cu"
+#include "../lora_fused.cu"
+#include "../lora_ops.cu"
