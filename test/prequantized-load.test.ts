@@ -147,3 +147,14 @@ describe("pre-quantized int8 checkpoints (weight i8 + SCB + weight_format)", () 
     q.dispose();
   });
 });
+
+describe("generation with a 4-bit model", () => {
+  it("off the main thread (the worker rebuilds the 4-bit layers over the shared codes) equals on it", async () => {
+    const m = await LlamaForCausalLM.fromPretrained(join(tmp, "nf4-1"));
+    const off = await m.generate([1, 5, 9], { maxNewTokens: 4, eosTokenId: null });
+    const on = await m.generate([1, 5, 9], { maxNewTokens: 4, eosTokenId: null, offThread: false });
+    expect(off.tokens).toEqual(on.tokens);
+    expect(off.tokens.length).toBe(4);
+    m.dispose();
+  });
+});
