@@ -9,7 +9,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, describe, expect, it } from "vitest";
 import {
-  Linear, Linear4bit, Linear8bitLt, LlamaForCausalLM, PeftError, Tensor, buildModelFromCheckpoint, loadSafetensors, saveSafetensorsSync, type Module,
+  Linear, Linear4bit, Linear8bitLt, LlamaForCausalLM, LoraConfig, PeftError, getPeftModel, Tensor, buildModelFromCheckpoint, loadSafetensors, saveSafetensorsSync, type Module,
 } from "../lib/index.js";
 import { tinyLlama, writeLlama } from "./helpers/llama-models.js";
 
@@ -155,6 +155,10 @@ describe("generation with a 4-bit model", () => {
     const on = await m.generate([1, 5, 9], { maxNewTokens: 4, eosTokenId: null, offThread: false });
     expect(off.tokens).toEqual(on.tokens);
     expect(off.tokens.length).toBe(4);
-    m.dispose();
+    // With LoRA over the 4-bit layers (QLoRA), the adapters' B not zero so they change the logits.
+    const peft = getPeftModel(m, new LoraConfig({ r: 4, targetModules: ["q_proj", "down_proj"], initLoraWeights: false }));
+    const offLora = await peft.generate([1, 5, 9], { maxNewTokens: 4, eosTokenId: null });
+    expect(offLora.tokens).toEqual((await peft.generate([1, 5, 9], { maxNewTokens: 4, eosTokenId: null, offThread: false })).tokens);
+    peft.dispose();
   });
 });
