@@ -5,7 +5,7 @@ import { generateText, type GenerateTextOptions } from "./generation/generate-te
 import type { ChatMessage } from "./tokenizer/tokenizer.js";
 import { Tensor } from "./tensor.js";
 import { describe, optionsArg, peftError, shownValue, typeError } from "./errors.js";
-import { Module, type BackwardOptions } from "./nn/index.js";
+import { Module, Linear4bit, type BackwardOptions } from "./nn/index.js";
 import { PeftConfigBase } from "./tuners/config.js";
 import type { PeftConfig } from "./tuners/peft-config.js";
 import { BaseTuner, mixedTypesError } from "./tuners/tuner.js";
@@ -195,12 +195,18 @@ export class PeftModel extends Module {
     return checkpoint.loadAdapter(this, dir, adapterName, opts);
   }
 
-  /** [trainable, all] parameter counts (PEFT's get_nb_trainable_parameters). */
+  /**
+   * [trainable, all] parameter counts as PEFT's get_nb_trainable_parameters gives them: torch's parameters only
+   * (a quantized layer's scales and quant state are not parameters there), and a 4-bit weight (Params4bit)
+   * counted as twice its packed bytes, so a QLoRA model's total is its unquantised parameter count.
+   */
   getNbTrainableParameters(): [number, number] {
     let trainable = 0, all = 0;
-    for (const p of this.parameters()) {
-      all += p.numel;
-      if (p.requiresGrad) trainable += p.numel;
+    for (const [, p, owner] of this.namedStateTensors()) {
+      if (owner.isBuffer(p)) continue;
+      const n = owner instanceof Linear4bit && p === owner.weight ? 2 * p.numel : p.numel;
+      all += n;
+      if (p.requiresGrad) trainable += n;
     }
     return [trainable, all];
   }

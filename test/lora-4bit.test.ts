@@ -161,6 +161,27 @@ describe("QLoRA on a tiny Llama loaded with quantize: \"nf4\"", () => {
   });
 });
 
+describe("parameter counts of a quantized base (PEFT's get_nb_trainable_parameters)", () => {
+  it("a 4-bit weight counts twice its packed bytes, scales and quant states not at all: totals equal the f32 model's", async () => {
+    const path = join(dir, "bf16");
+    const config = new LoraConfig({ r: 4, loraAlpha: 8, targetModules: ["q_proj", "v_proj", "down_proj"] });
+    const f32 = getPeftModel(await LlamaForCausalLM.fromPretrained(path), config);
+    const want = f32.getNbTrainableParameters();
+    // 2 layers of q (64x64), v (32x64), down (64x128) adapters at r = 4, and every weight of the model.
+    expect(want[0]).toBe(2 * 4 * (64 + 64 + 64 + 32 + 128 + 64));
+    let all = 0;
+    for (const p of f32.parameters()) all += p.numel;
+    expect(want[1]).toBe(all);
+    for (const quantize of ["nf4", "fp4", "int8"] as const) {
+      const q = getPeftModel(await LlamaForCausalLM.fromPretrained(path, { quantize, ...(quantize === "int8" ? {} : { compressStatistics: true }) }), config);
+      expect(q.getNbTrainableParameters(), quantize).toEqual(want);
+      expect(q.printTrainableParameters()).toBe(f32.printTrainableParameters());
+      q.dispose();
+    }
+    f32.dispose();
+  });
+});
+
 describe("DoRA over the 4-bit base", () => {
   it("forward equals DoRA on a dense layer holding the dequantised weight; merge requantises that layer's merged weight", () => {
     const [K, N, r] = [33, 17, 4];

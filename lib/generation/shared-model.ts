@@ -8,6 +8,8 @@ import { peftError } from "../errors.js";
 import { skipInit } from "../init-mode.js";
 import type { Module } from "../nn/module.js";
 import { Linear8bitLt } from "../nn/linear8bit.js";
+import { Linear4bit, type ComputeDtype4bit } from "../nn/linear4bit.js";
+import { packQuantState } from "../nn/quant-4bit.js";
 import { LlamaForCausalLM } from "../models/llama.js";
 import { llamaConfigToJSON, parseLlamaConfig } from "../models/llama-config.js";
 import { BaseTunerLayer } from "../tuners/tuner-layer.js";
@@ -35,6 +37,8 @@ export interface SharedModel {
   prompt?: { active: string; disabled: boolean } | null;
   /** The int8 projections (paths in the bare model), rebuilt as empty Linear8bitLt before the tensors are adopted. */
   int8: { path: string; inFeatures: number; outFeatures: number; bias: boolean; threshold: number }[];
+  /** The 4-bit projections: their quant state's bytes, rebuilt as empty Linear4bit of that state likewise. */
+  fourBit?: { path: string; state: number[]; bias: boolean; computeDtype: ComputeDtype4bit | undefined }[];
   /** Parameter name (as model.namedParameters gives it) -> shared tensor id. */
   params: [string, number][];
 }
@@ -57,6 +61,13 @@ export function shareModel(model: Module, lm: LlamaForCausalLM): SharedModel {
       const q = m as Linear8bitLt;
       return { path: path.replace(/\.base_layer$/, ""), inFeatures: q.inFeatures, outFeatures: q.outFeatures, bias: q.bias !== null, threshold: q.threshold };
     });
+  const fourBit = [...lm.namedModules()]
+    .filter(([, m]) => m instanceof Linear4bit)
+    .map(([path, m]) => {
+      const q = m as Linear4bit;
+      using state = packQuantState(q.quantState);
+      return { path: path.replace(/\.base_layer$/, ""), state: Array.from(state.view() as Uint8Array), bias: q.bias !== null, computeDtype: q.computeDtype };
+    });
   const params: [string, number][] = [];
   try {
     for (const [name, p] of model.namedParameters()) params.push([name, native.shareTensor(handleOf(p, "shareModel", name))]);
@@ -73,6 +84,7 @@ export function shareModel(model: Module, lm: LlamaForCausalLM): SharedModel {
     layers,
     prompt: peft?.baseModel instanceof PromptLearningModel ? { active: peft.activeAdapter, disabled: peft.baseModel.adaptersDisabled } : null,
     int8,
+    fourBit,
     params,
   };
 }
@@ -97,6 +109,11 @@ export function adoptModel(desc: SharedModel): { model: LlamaForCausalLM | PeftM
   for (const q of desc.int8) {
     // Placeholders: every tensor of theirs is replaced by the shared one below.
     lm.setSubmodule(q.path, Linear8bitLt.empty(q.inFeatures, q.outFeatures, { bias: q.bias, threshold: q.threshold }));
+  }
+  for (const q of desc.fourBit ?? []) {
+    const state = Tensor.fromArray(q.state, [q.state.length], "u8");
+    lm.setSubmodule(q.path, Linear4bit.fromQuantState(state, { bias: q.bias, biasDtype: desc.dtype, computeDtype: q.computeDtype }));
+    state.dispose();
   }
   let model: LlamaForCausalLM | PeftModel = lm;
   if (desc.adapters) {

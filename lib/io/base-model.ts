@@ -6,6 +6,7 @@ import { clip, peftError, typeError } from "../errors.js";
 import { Tensor, describe, isDType, type DType } from "../tensor.js";
 import { Embedding, Linear, Linear8bitLt, Module } from "../nn/index.js";
 import { int8Threshold } from "./int8-quantize.js";
+import { emptyLinear4bitFor, fourBitLayers } from "./prequantized.js";
 import { skipInit } from "../init-mode.js";
 import { openCheckpointLayout, type CheckpointLayout } from "./checkpoint-layout.js";
 import { abortError, loadOptions, runLoadAsync, runLoadSync, type LoadProgress, type QuantizeHook } from "./model-loader.js";
@@ -116,7 +117,15 @@ export async function buildModelFromCheckpointAsync(path: string, options: Build
 /** The tree with every parameter allocated but not filled. */
 function emptyTree(src: CheckpointLayout, dtype: DType | undefined, int8Threshold: number): Module {
   const groups = new Map<string, Map<string, { dtype: DType; shape: number[] }>>();
+  // bitsandbytes' 4-bit layers: their keys ("weight.absmax", ...) hold dots, so they are not grouped by the last one.
+  const fourBit = fourBitLayers(src);
+  const ofFourBit = (k: string) => {
+    for (const suffix of [".bias", ".weight"]) if (k.endsWith(suffix) && fourBit.has(k.slice(0, -suffix.length))) return true;
+    for (let at = k.indexOf(".weight."); at >= 0; at = k.indexOf(".weight.", at + 1)) if (fourBit.has(k.slice(0, at))) return true;
+    return false;
+  };
   for (const k of src.keys()) {
+    if (fourBit.size && ofFourBit(k)) continue;
     const cut = k.lastIndexOf(".");
     const mod = cut < 0 ? "" : k.slice(0, cut);
     const info = src.info(k);
@@ -129,6 +138,12 @@ function emptyTree(src: CheckpointLayout, dtype: DType | undefined, int8Threshol
   try {
     skipInit(() => {
       const kids: Children = new Map();
+      for (const [p, qsKey] of fourBit) {
+        const bias = src.place(`${p}.bias`) ? src.info(`${p}.bias`) : null;
+        const biasDtype = bias?.tensorDType ?? undefined;
+        const q = emptyLinear4bitFor(src, p, qsKey, { bias: bias !== null, biasDtype: dtype && biasDtype ? dtype : biasDtype });
+        attach(root, p, q, kids);
+      }
       for (const [mod, params] of groups) {
         const w = params.get("weight");
         let m: Module;

@@ -12,6 +12,7 @@ import { openCheckpointLayout, type CheckpointLayout, type TensorPlace } from ".
 import { fdReader, readFully, readFullySync, runAsync, runSync, type IoPlan, type IoRequest } from "./file-io.js";
 import { int8QuantizeHook } from "./int8-quantize.js";
 import { QUANT4_OPTION_KEYS, quant4QuantizeHook, type Quant4LoadOptions } from "./nf4-quantize.js";
+import { adoptPrequantized, type PrequantizedKind, type PrequantizedOptions } from "./prequantized.js";
 import { native } from "../native.js";
 
 /** What onProgress is told after each tensor. */
@@ -61,6 +62,12 @@ export interface LoadWeightsOptions {
   compressStatistics?: Quant4LoadOptions["compressStatistics"];
   /** Compute dtype of the 4-bit layers (quantize: "nf4" / "fp4" only; default "f32"). */
   computeDtype?: Quant4LoadOptions["computeDtype"];
+  /**
+   * Settings of the layers a pre-quantized checkpoint holds (always loaded as such: a Linear stored as a
+   * bitsandbytes 4-bit or int8 layer becomes a Linear4bit / Linear8bitLt before its codes are read; see
+   * io/prequantized.ts). With such layers present, `quantize` must name their kind (it then changes nothing).
+   */
+  prequantized?: PrequantizedOptions;
 }
 
 export interface LoadWeightsAsyncOptions extends LoadWeightsOptions {
@@ -91,8 +98,8 @@ interface Job {
   opts: LoadOpts;
 }
 
-/** The options once checked: quantize is a hook ("int8" made into one). */
-export type LoadOpts = Omit<Partial<LoadWeightsAsyncOptions>, "quantize"> & { quantize?: QuantizeHook };
+/** The options once checked: quantize is a hook ("int8" made into one; quantizeKind keeps the name). */
+export type LoadOpts = Omit<Partial<LoadWeightsAsyncOptions>, "quantize"> & { quantize?: QuantizeHook; quantizeKind?: PrequantizedKind };
 
 interface ReadRequest extends IoRequest {
   fd: number;
@@ -102,7 +109,7 @@ interface ReadRequest extends IoRequest {
 const list = (ks: string[]) => ks.slice(0, 8).join(", ") + (ks.length > 8 ? `, … (${ks.length} in all)` : "");
 
 /** The options, each checked for its type; quantize: "int8" becomes its hook. */
-export function loadOptions<T extends LoadWeightsAsyncOptions>(options: T | undefined, op: string): Omit<Partial<T>, "quantize"> & { quantize?: QuantizeHook } {
+export function loadOptions<T extends LoadWeightsAsyncOptions>(options: T | undefined, op: string): Omit<Partial<T>, "quantize"> & { quantize?: QuantizeHook; quantizeKind?: PrequantizedKind } {
   const given = optionsArg(options, op);
   if (given.prefix !== undefined && typeof given.prefix !== "string") throw typeError(`${op}: prefix must be a string, got ${describe(given.prefix)}`);
   if (given.onProgress !== undefined && typeof given.onProgress !== "function") throw typeError(`${op}: onProgress must be a function, got ${describe(given.onProgress)}`);
@@ -115,7 +122,8 @@ export function loadOptions<T extends LoadWeightsAsyncOptions>(options: T | unde
   for (const k of QUANT4_OPTION_KEYS)
     if (!four && given[k] !== undefined) throw peftError("ERR_CONFIG", `${op}: ${k} applies to quantize: "nf4" or "fp4" only`);
   const hook: QuantizeHook | undefined = q === "int8" ? int8QuantizeHook(given, op) : four ? quant4QuantizeHook(q, given, op) : (q as QuantizeHook | undefined);
-  const opts = { ...given, quantize: hook } as Omit<Partial<T>, "quantize"> & { quantize?: QuantizeHook };
+  const quantizeKind = typeof q === "string" ? (q as PrequantizedKind) : undefined;
+  const opts = { ...given, quantize: hook, quantizeKind } as Omit<Partial<T>, "quantize"> & { quantize?: QuantizeHook; quantizeKind?: PrequantizedKind };
   if (opts.signal !== undefined && !(opts.signal instanceof AbortSignal)) throw typeError(`${op}: signal must be an AbortSignal, got ${describe(opts.signal)}`);
   return opts;
 }
@@ -126,10 +134,11 @@ function prepare(model: Module, src: CheckpointLayout, opts: LoadOpts): Job {
   const wanted = new Map<string, { param: Tensor; owner: Module; ownerPath: string }>();
   const seen = new Set<Tensor>();
   for (const [path, m] of model.namedModules()) {
-    for (const [name, param] of m.namedParameters(path, { recurse: false })) {
+    for (const [name, param] of m.namedParameters("", { recurse: false })) {
       if (seen.has(param)) continue; // a tied weight loads once, under its first name
       seen.add(param);
-      wanted.set(prefix + name, { param, owner: m, ownerPath: path });
+      const key = m.stateKey(name);
+      wanted.set(prefix + (path ? `${path}.${key}` : key), { param, owner: m, ownerPath: path });
     }
   }
   const keys = src.keys();
@@ -233,6 +242,22 @@ export function abortError(signal: AbortSignal, what: string): Error {
   return Object.assign(new Error(`${what}: the operation was aborted`, { cause: signal.reason }), { name: "AbortError", code: "ABORT_ERR" });
 }
 
+/**
+ * Puts the checkpoint's pre-quantized layers in place. A quantize option naming their kind then has nothing
+ * left to do (the layers the checkpoint keeps in full precision stay so, as transformers loads them, with a
+ * warning); another kind is an ERR_CONFIG.
+ */
+export function withPrequantized(model: Module, src: CheckpointLayout, opts: LoadOpts, op: string): LoadOpts {
+  const found = adoptPrequantized(model, src, opts.prefix ?? "", opts.prequantized);
+  const kinds = (Object.keys(found) as PrequantizedKind[]).filter((k) => found[k] > 0);
+  if (!kinds.length || opts.quantizeKind === undefined) return opts;
+  const held = kinds.map((k) => `${found[k]} ${k} layer(s)`).join(" and ");
+  if (kinds.length > 1 || kinds[0] !== opts.quantizeKind)
+    throw peftError("ERR_CONFIG", `${op}: quantize: "${opts.quantizeKind}" but ${src.path} is already quantized (${held}); drop the quantize option`);
+  process.emitWarning(`${op}: ${src.path} is already quantized (${held}); quantize: "${opts.quantizeKind}" leaves the layers it keeps in full precision as they are`, { code: "PEFT_PREQUANTIZED_CHECKPOINT" });
+  return { ...opts, quantize: undefined };
+}
+
 /** Runs the plan with synchronous reads. */
 export function runLoadSync(model: Module, src: CheckpointLayout, opts: LoadOpts): LoadResult {
   const plan = loadPlan(prepare(model, src, opts));
@@ -260,7 +285,7 @@ export function loadModelWeights(model: Module, path: string, options: LoadWeigh
   if (!(model instanceof Module)) throw typeError(`loadModelWeights: model must be a Module, got ${describe(model)}`);
   const opts = loadOptions(options, "loadModelWeights");
   using src = openCheckpointLayout(path, "loadModelWeights");
-  return runLoadSync(model, src, opts);
+  return runLoadSync(model, src, withPrequantized(model, src, opts, "loadModelWeights"));
 }
 
 /** loadModelWeights with asynchronous reads, an AbortSignal and progress reports. */
@@ -269,5 +294,5 @@ export async function loadModelWeightsAsync(model: Module, path: string, options
   const opts = loadOptions(options, "loadModelWeightsAsync");
   if (opts.signal?.aborted) throw abortError(opts.signal, "loadModelWeightsAsync");
   using src = openCheckpointLayout(path, "loadModelWeightsAsync");
-  return await runLoadAsync(model, src, opts, "loadModelWeightsAsync");
+  return await runLoadAsync(model, src, withPrequantized(model, src, opts, "loadModelWeightsAsync"), "loadModelWeightsAsync");
 }

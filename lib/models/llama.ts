@@ -13,7 +13,10 @@ import { tidy } from "../autograd/tidy.js";
 import * as F from "../functional/index.js";
 import { causalLMLoss } from "./causal-lm-loss.js";
 import { ropeInvFreq, ropeTables } from "./rope.js";
-import { checkLayerArgs, readLlamaConfig, type LlamaConfig } from "./llama-config.js";
+import { CONFIG_NAME, checkLayerArgs, readLlamaConfig, type LlamaConfig } from "./llama-config.js";
+import { join } from "node:path";
+import { readJsonObject } from "../io/json-file.js";
+import { prequantizedOptionsOf } from "../io/prequantized.js";
 import { LlamaModel } from "./llama-layers.js";
 import { KVCache } from "./kv-cache.js";
 import { readGenerationDefaults, type GenerationDefaults } from "../generation/generation-config.js";
@@ -156,10 +159,15 @@ export class LlamaForCausalLM extends Module {
     if (opts.device !== undefined && opts.device !== "cpu")
       throw peftError("ERR_NOT_ON_DEVICE", `${op}: device ${describe(opts.device)}: the Llama ops (attention, rotary embedding, RMSNorm) run on the CPU only`);
     const config = await readLlamaConfig(dir);
+    // A pre-quantized checkpoint's layer settings (bnb_4bit_compute_dtype, llm_int8_threshold) and the kind it must hold.
+    const configFile = join(dir, CONFIG_NAME);
+    const prequantized = prequantizedOptionsOf(await readJsonObject(configFile, "model config", "ERR_CONFIG"), configFile);
     const model = skipInit(() => new LlamaForCausalLM(config, { dtype: opts.dtype ?? "f32" }));
     try {
       const { quantize, threshold, skipModules, blocksize, compressStatistics, computeDtype } = opts;
-      const res = await loadModelWeightsAsync(model, dir, { strict: false, signal: opts.signal, onProgress: opts.onProgress, quantize, threshold, skipModules, blocksize, compressStatistics, computeDtype });
+      const res = await loadModelWeightsAsync(model, dir, {
+        strict: false, signal: opts.signal, onProgress: opts.onProgress, quantize, threshold, skipModules, blocksize, compressStatistics, computeDtype, prequantized,
+      });
       // Checkpoints may also hold the tied head under its own name, and older ones the rope buffers.
       const extra = res.unexpectedKeys.filter((k) => !(k === "lm_head.weight" && config.tieWordEmbeddings) && !/\.rotary_emb\.inv_freq$/.test(k));
       if (res.missingKeys.length || extra.length) {

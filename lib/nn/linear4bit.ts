@@ -43,6 +43,8 @@ interface Parts {
   bias: Tensor | null;
   info: QuantStateInfo;
   computeDtype: ComputeDtype4bit | undefined;
+  /** The packed quant state as a file holds it (else packed from info). */
+  state?: Tensor;
 }
 
 // The parts the next construction takes instead of initialising (fromLinear / fromStateDict / empty).
@@ -122,7 +124,7 @@ export class Linear4bit extends Module {
       this.registerBuffer("nested_absmax", parts.stats.nested.absmax);
       this.registerBuffer("nested_quant_map", parts.stats.nested.code);
     }
-    this.registerBuffer("quant_state", packQuantState(parts.info));
+    this.registerBuffer("quant_state", parts.state ?? packQuantState(parts.info));
   }
 
   get quantType(): QuantType4 {
@@ -240,6 +242,30 @@ export class Linear4bit extends Module {
     return new Linear4bit(0, 0);
   }
 
+  /**
+   * A layer of the quant state a checkpoint holds (the u8 JSON tensor bitsandbytes packs; shared, not copied),
+   * its codes, statistics and bias zeros of the sizes that state implies, for the checkpoint to be read into
+   * (nothing is quantised). `what` names the tensor in errors.
+   */
+  static fromQuantState(state: Tensor, options: { bias?: boolean; biasDtype?: DType; computeDtype?: ComputeDtype4bit; what?: string } = {}): Linear4bit {
+    const what = options.what ?? "Linear4bit.fromQuantState";
+    if (!(state instanceof Tensor)) throw typeError(`${what}: the quant state must be a Tensor, got ${describe(state)}`);
+    const opts = checkOptions({ computeDtype: options.computeDtype }, what);
+    const info = unpackQuantState(state, what);
+    const n = info.shape[0] * info.shape[1], blocks = Math.ceil(n / info.blocksize);
+    const nested = info.nested;
+    const stats: Quant4Stats = {
+      absmax: Tensor.zeros([blocks], { dtype: nested ? "u8" : "f32" }),
+      nested: nested ? { absmax: Tensor.zeros([Math.ceil(blocks / nested.blocksize)]), code: Tensor.zeros([256]), ...nested } : null,
+    };
+    const bias = options.bias ? Tensor.zeros([info.shape[0]], { dtype: options.biasDtype ?? info.dtype }) : null;
+    assembling = {
+      packed: Tensor.zeros([Math.ceil(n / 2), 1], { dtype: "u8" }), stats, quantMap: Tensor.zeros([16]), bias, info,
+      computeDtype: opts.computeDtype, state: retain(state),
+    };
+    return new Linear4bit(0, 0);
+  }
+
   /** A layer holding zeros for a checkpoint to be loaded into (the quant state comes with it). */
   static empty(inFeatures: number, outFeatures: number, options: Omit<Linear4bitOptions, "seed"> = {}): Linear4bit {
     const opts = checkOptions(options, "Linear4bit.empty");
@@ -317,11 +343,9 @@ export class Linear4bit extends Module {
     }
   }
 
-  /** transformers' keys (see the file's header). */
-  override stateDict(): Record<string, Tensor> {
-    const out: Record<string, Tensor> = {};
-    for (const [name, t] of Object.entries(super.stateDict())) out[externalKey(name, this.quantType)] = t;
-    return out;
+  /** transformers' keys (see the file's header): state dicts and the checkpoint loaders use them. */
+  override stateKey(name: string): string {
+    return externalKey(name, this.quantType);
   }
 
   /**

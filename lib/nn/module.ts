@@ -262,10 +262,36 @@ export abstract class Module implements Disposable {
     }
   }
 
-  /** Handles sharing the live storage, by dotted name; disposing them never frees the model's weights. */
+  /**
+   * The key the tensor registered here as `name` has in state dicts and checkpoint files: the name itself,
+   * unless the layer's file keys hold dots (a 4-bit layer's "weight.absmax", registered as "absmax").
+   */
+  stateKey(name: string): string {
+    return name;
+  }
+
+  /** Whether `t` is one of this module's own buffers (frozen state beside the weight, not a parameter as torch counts them). */
+  isBuffer(t: Tensor): boolean {
+    return this.#buffers.has(t);
+  }
+
+  /** Every tensor once, by its state-dict key (dotted path + stateKey), with the module that holds it. */
+  *namedStateTensors(prefix = ""): Iterable<[string, Tensor, Module]> {
+    const seen = new Set<Tensor>();
+    for (const [path, m] of this.namedModules(prefix)) {
+      for (const [name, t] of m.#params) {
+        if (!t || seen.has(t)) continue;
+        seen.add(t);
+        const key = m.stateKey(name);
+        yield [path ? `${path}.${key}` : key, t, m];
+      }
+    }
+  }
+
+  /** Handles sharing the live storage, by state-dict key; disposing them never frees the model's weights. */
   stateDict(): Record<string, Tensor> {
     const out: Record<string, Tensor> = {};
-    for (const [name, t] of this.namedParameters()) out[name] = retain(t);
+    for (const [key, t] of this.namedStateTensors()) out[key] = retain(t);
     return out;
   }
 
@@ -276,7 +302,7 @@ export abstract class Module implements Disposable {
   loadStateDict(record: Record<string, Tensor>, options: { strict?: boolean } = {}): { missingKeys: string[]; unexpectedKeys: string[] } {
     const opts = optionsArg(options, "loadStateDict");
     const sd = tensorEntries(record, "loadStateDict");
-    const own = new Map(this.namedParameters());
+    const own = new Map([...this.namedStateTensors()].map(([k, t]) => [k, t]));
     const missing = [...own.keys()].filter((k) => !sd.has(k));
     const unexpected = [...sd.keys()].filter((k) => !own.has(k));
     const fmt = (k: string, t: unknown) => `${clip(k)} ${t instanceof Tensor ? `[${t.shape.join(", ")}] ${t.dtype}` : t === undefined ? "" : `(${describe(t)})`}`.trim();

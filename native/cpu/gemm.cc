@@ -75,12 +75,18 @@ void plan_k(Plan& pl, const CpuFeatures& cf) {
   pl.kc = round_up(ceil_div(pl.Kp, pl.nblocks), ks.kc_align);
 }
 
-// Threads and their grid: enough work per thread to pay for waking it; the tm x tn split that gives the
-// busiest thread the fewest micro-tiles, ties going to splitting N (each thread then streams only its
-// share of B, which is what bounds small M).
+// Threads and their grid: enough work per thread to pay for waking it, counted as FLOPs (4 MFLOP, ~16 µs
+// of FMAs) or as bytes of B streamed (256 KiB, ~16 µs of one core's DRAM read), whichever is more: with few
+// rows (decoding a token) a product is a read of the weight, and by FLOPs alone every projection of a
+// ~100M-parameter model ran on one thread at M = 1, reading at one core's bandwidth instead of the
+// machine's. The tm x tn split that gives the busiest thread the fewest micro-tiles, ties going to
+// splitting N (each thread then streams only its share of B, which is what bounds small M).
 void plan_threads(Plan& pl, const GemmArgs& g) {
   double flops = 2.0 * g.M * g.N * (g.K + g.R);
-  int t = static_cast<int>(std::min<double>(num_threads(), std::max(1.0, flops / 4e6)));
+  // A B unpacked per block (4-bit) costs like the f32 panels it becomes.
+  double bytes = static_cast<double>(g.N) * pl.Kp * (g.b_src ? 4.0 : static_cast<double>(blayout_size(pl.ks->b)));
+  double work = std::max(flops / 4e6, bytes / (256.0 * 1024));
+  int t = static_cast<int>(std::min<double>(num_threads(), std::max(1.0, work)));
   pl.threads = 1, pl.tm = 1, pl.tn = 1;
   int64_t best = -1;
   for (int tm = 1; tm <= t; tm++) {
