@@ -103,7 +103,7 @@ describe("headers of 200,000 tensors", () => {
   const sizedPath = join(tmp.dir, "sized-200k.safetensors");
   writeFileSync(sizedPath, manyTensors(N, { sized: true, reversed: true }));
 
-  it("opens and loads 200,000 zero-size tensors (each well under 10 s)", async () => {
+  it("opens and loads 200,000 zero-size tensors (each in linear time: under 30 s, where a pass quadratic in the count takes hours)", async () => {
     let t0 = performance.now();
     const f = openSafetensors(zeroPath);
     const openMs = performance.now() - t0;
@@ -133,9 +133,9 @@ describe("headers of 200,000 tensors", () => {
       for (const t of Object.values(out)) t.dispose();
     }
     console.log(`200k zero-size tensors: open ${openMs.toFixed(0)} ms, loadSync ${syncMs.toFixed(0)} ms, load ${asyncMs.toFixed(0)} ms`);
-    expect(openMs).toBeLessThan(10_000);
-    expect(syncMs).toBeLessThan(10_000);
-    expect(asyncMs).toBeLessThan(10_000);
+    expect(openMs).toBeLessThan(30_000);
+    expect(syncMs).toBeLessThan(30_000);
+    expect(asyncMs).toBeLessThan(30_000);
   });
 
   it("reads 200,000 tensors whose header order is the reverse of their data order", async () => {
