@@ -286,7 +286,7 @@ describe("memory bound (a ~1 GiB bf16 checkpoint, in a child process)", () => {
       expect(r.status, r.stderr).toBe(0);
       const { name, memory } = JSON.parse(r.stdout.trim().split("\n").at(-1)!);
       expect(name).toBe("AbortError");
-      expect(memory).toEqual({ tensors: 0, storages: 0, bytes: 0 });
+      expect(memory).toEqual({ tensors: 0, storages: 0, bytes: 0, gcReportedBytes: 0 });
     } finally {
       rmSync(file, { force: true });
     }
