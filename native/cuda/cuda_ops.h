@@ -30,7 +30,7 @@ struct CudaMat {
   int64_t rs = 0, cs = 0;
 };
 // C[M,N] (=|+=) col_scale ⊙ (alpha · A[M,K]·B[K,N] + bias[N]), C row-major with row stride ldc. A and B:
-// f32/f16/bf16 in any mix; C and bias f32/f16/bf16; col_scale f32 (or null); f32 accumulation, C rounded
+// f32/f16/bf16 in any mix (B also i8 on the f32 SIMT kernel); C and bias f32/f16/bf16; col_scale f32 (or null); f32 accumulation, C rounded
 // once. allow_tf32: f32 x f32 products may run on TF32 tensor cores (inputs rounded to 10 mantissa bits).
 struct CudaGemm {
   int64_t M = 0, N = 0, K = 0;
@@ -44,6 +44,9 @@ struct CudaGemm {
   int bias_dt = 0;
   const float* col_scale = nullptr;
   bool allow_tf32 = false;
+  // Per-k scale of A (f32, K values, or null): A(i, k)·a_ks[k], applied as A's tiles are staged (IA3's
+  // input-side scale; the int8 weight gradient's dequantisation). B may then also be i8 (CB, widened exactly).
+  const float* a_ks = nullptr;
 };
 // AdamW's per-step scalars (native/cpu/adamw.h derives them) and one parameter's device pointers.
 struct CudaAdamWScalars {

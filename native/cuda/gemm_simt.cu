@@ -1,6 +1,6 @@
 // The full-f32 GEMM on the CUDA cores (PyTorch's default matmul precision):
 //   C[M,N] (=|+=) col_scale ⊙ (alpha · A[M,K]·B[K,N] + bias[N])
-// with A and B strided views (any transposes) in f32, f16 or bf16, each element widened to f32 exactly as
+// with A and B strided views (any transposes) in f32, f16 or bf16 (B also i8), A optionally scaled per k, each element widened to f32 exactly as
 // it is staged into shared memory, f32 FMA accumulation in k order, and C (f32/f16/bf16) rounded once.
 //
 // A block computes a 128x128 tile of C with 256 threads, each owning an 8x8 register block (two 4-row by
@@ -40,7 +40,7 @@ PEFT_UNROLL
   auto fetch = [&](int64_t k0) {
 PEFT_UNROLL
     for (int s = 0; s < kSimtPerThread; ++s) {
-      ra[s] = load_view(g.A, m0 + slot_a(s).outer, k0 + slot_a(s).k, g.M, g.K);
+      ra[s] = load_a(g, m0 + slot_a(s).outer, k0 + slot_a(s).k);
       rb[s] = load_view(g.B, k0 + slot_b(s).k, n0 + slot_b(s).outer, g.K, g.N);
     }
   };

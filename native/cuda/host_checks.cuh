@@ -57,4 +57,18 @@ inline int finish(const char* op, cudaError_t launched, std::string* err) {
 
 constexpr int kInvalid = cudaErrorInvalidValue;
 
+// Device scratch memory for one call, freed when it goes out of scope.
+struct DeviceBuffer {
+  void* p = nullptr;
+  ~DeviceBuffer() {
+    if (p) cudaFree(p);
+  }
+  template <class T>
+  T* as() const { return static_cast<T*>(p); }
+};
+
+inline int alloc(const char* op, DeviceBuffer& b, size_t bytes, std::string* err) {
+  return api(op, cudaMalloc(&b.p, bytes ? bytes : 1), err);
+}
+
 }  // namespace peft::PEFT_CUDA_NS::host_checks

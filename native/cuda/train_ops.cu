@@ -17,20 +17,6 @@ using namespace host_checks;
 
 namespace {
 
-// Device scratch memory for one call, freed when it goes out of scope.
-struct DeviceBuffer {
-  void* p = nullptr;
-  ~DeviceBuffer() {
-    if (p) cudaFree(p);
-  }
-  template <class T>
-  T* as() const { return static_cast<T*>(p); }
-};
-
-int alloc(const char* op, DeviceBuffer& b, size_t bytes, std::string* err) {
-  return api(op, cudaMalloc(&b.p, bytes ? bytes : 1), err);
-}
-
 // The integer ids (i32/i64) at device pointer `ids`, copied to the host as int64.
 int read_ids(const char* op, const void* ids, int idt, int64_t n, std::vector<int64_t>& out, std::string* err) {
   out.assign(size_t(n), 0);
@@ -82,7 +68,8 @@ int check_rows(const char* op, int64_t rows, int64_t cols, std::string* err) {
 
 int cuda_gemm(const CudaGemm& g, std::string* err) {
   const char* op = "cuda_gemm";
-  if (int rc = check_floats(op, {g.A.dt, g.B.dt, g.c_dt}, err)) return rc;
+  if (int rc = check_floats(op, {g.A.dt, g.c_dt}, err)) return rc;
+  if (!(g.B.dt == int(DType::I8) && g.a_ks) && check_floats(op, {g.B.dt}, err)) return kInvalid;  // i8 B: the int8 gradient
   if (g.bias && check_floats(op, {g.bias_dt}, err)) return kInvalid;
   if (g.M < 0 || g.N < 0 || g.K < 0 || g.ldc < g.N)
     return reject(err, kInvalid, fmt("cuda_gemm: invalid shape M=%lld N=%lld K=%lld", g.M, g.N, g.K) + fmt(" ldc=%lld", g.ldc));
@@ -92,7 +79,7 @@ int cuda_gemm(const CudaGemm& g, std::string* err) {
   if (!g.C || (g.K > 0 && (!g.A.p || !g.B.p))) return reject(err, kInvalid, "cuda_gemm: null pointer");
   const bool half = (g.A.dt == int(DType::F16) || g.A.dt == int(DType::BF16)) && g.B.dt == g.A.dt;
   const bool nt = g.A.cs == 1 && g.A.rs == g.K && g.B.rs == 1 && g.B.cs == g.K && g.ldc == g.N;
-  if (half && nt && g.alpha == 1.0f && !g.accumulate && !g.col_scale)
+  if (half && nt && g.alpha == 1.0f && !g.accumulate && !g.col_scale && !g.a_ks)
     return cuda_gemm_nt(g.A.p, g.B.p, g.bias, g.C, g.A.dt, g.bias_dt, g.c_dt, g.M, g.N, g.K, err);
   // The strided tensor-core kernel's 64-wide tiles reach N <= 65535 * 64; wider products go to SIMT.
   const bool tc_grid = (g.N + kTcTileN - 1) / kTcTileN <= 65535;

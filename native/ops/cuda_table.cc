@@ -12,6 +12,7 @@
 #include "../cpu/convert.h"
 #include "../cpu/nn_kernels.h"
 #include "../cuda/cuda_ops.h"
+#include "../cuda/int8_ops.h"
 #include "cuda_state.h"
 #include "op_table.h"
 // Last: the emulator defines CUDA keyword macros that must not reach the standard headers.
@@ -192,9 +193,42 @@ void adamw(const std::vector<AdamWParam>& params, const AdamWScalars& s) {
   check(CUDA(cuda_adamw)(dev.data(), static_cast<int64_t>(dev.size()), cs, &err), err, "adamwStep");
 }
 
-const OpTable kCudaOps = {"cuda", dev_alloc, to_host, from_host, convert, randn, gemm,
-                          activation, activation_backward, log_softmax, log_softmax_backward, dropout, embedding,
-                          embedding_backward, sum_rows, axpy, scale, mul, fill, nll_loss, cross_entropy, mse_loss, adamw};
+// IA3 and LLM.int8 (ia3_scale.cu, int8_matmul.cu).
+int64_t int8_quantize(const void* w, DType dt, int64_t rows, int64_t cols, int8_t* cb, float* scb) {
+  std::string err;
+  int64_t bad = -1;
+  check(CUDA(cuda_int8_quantize)(w, int(dt), rows, cols, cb, scb, &bad, &err), err, "int8Quantize");
+  return bad;
+}
+void int8_linear(const Int8LinearArgs& a) {
+  CudaInt8Linear c;
+  c.M = a.M, c.N = a.w.N, c.K = a.w.K;
+  c.x = a.x, c.x_dt = int(a.x_dt), c.cb = a.w.cb, c.scb = a.w.scb;
+  c.bias = a.bias, c.bias_dt = int(a.bias_dt), c.threshold = a.threshold;
+  c.y = a.y, c.y_dt = int(a.y_dt), c.raw = a.raw;
+  c.u = a.u, c.bt = a.bt, c.r = a.r;
+  std::string err;
+  check(CUDA(cuda_int8_linear)(c, &err), err, "int8Linear");
+}
+void int8_linear_grad_input(const void* dy, DType dy_dt, int64_t M, const Int8Weight& w, void* dx, DType dx_dt) {
+  std::string err;
+  check(CUDA(cuda_int8_linear_grad_input)(dy, int(dy_dt), M, w.cb, w.scb, w.N, w.K, dx, int(dx_dt), &err), err,
+        "int8LinearGradInput");
+}
+void add_int8_ia3_ops(OpTable& t) {
+  t.int8_quantize = int8_quantize;
+  t.int8_linear = int8_linear;
+  t.int8_linear_grad_input = int8_linear_grad_input;
+}
+
+OpTable cuda_ops() {
+  OpTable t = {"cuda", dev_alloc, to_host, from_host, convert, randn, gemm,
+               activation, activation_backward, log_softmax, log_softmax_backward, dropout, embedding,
+               embedding_backward, sum_rows, axpy, scale, mul, fill, nll_loss, cross_entropy, mse_loss, adamw};
+  add_int8_ia3_ops(t);
+  return t;
+}
+const OpTable kCudaOps = cuda_ops();
 
 void choose() {
   const char* want = std::getenv("NODE_PEFT_CUDA");

@@ -11,6 +11,7 @@
 #include "../core/tensor.h"
 #include "../cpu/adamw.h"
 #include "../cpu/gemm.h"
+#include "../cpu/int8.h"
 #include "../cpu/nn_kernels.h"
 
 namespace peft {
@@ -51,6 +52,13 @@ struct OpTable {
                           int64_t ignore, double smoothing, void* grad, DType gdt) = nullptr;
   double (*mse_loss)(const void* y, DType ydt, const void* t, DType tdt, int64_t n, void* grad, DType gdt) = nullptr;
   void (*adamw)(const std::vector<AdamWParam>& params, const AdamWScalars& s) = nullptr;
+
+  // IA3 and LLM.int8 (ia3_scale.cu, int8_matmul.cu): the CPU kernels' signatures and semantics
+  // (native/cpu/int8.h, ia3.h) over device pointers; Int8Weight::cache is the host's packing cache, unused
+  // elsewhere. The host runs these ops through the CPU functions directly.
+  int64_t (*int8_quantize)(const void* w, DType dt, int64_t rows, int64_t cols, int8_t* cb, float* scb) = nullptr;
+  void (*int8_linear)(const Int8LinearArgs& a) = nullptr;
+  void (*int8_linear_grad_input)(const void* dy, DType dy_dt, int64_t M, const Int8Weight& w, void* dx, DType dx_dt) = nullptr;
 };
 
 // The table for a device, or an ERR_NOT_ON_DEVICE error naming `op` when that device has none (or lacks `op`).

@@ -20,3 +20,5 @@
 #include "../adamw.cu"
 #include "../cuda_ops.cu"
 #include "../train_ops.cu"
+#include "../int8_matmul.cu"
+#include "../ia3_scale.cu"

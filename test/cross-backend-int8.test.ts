@@ -1,0 +1,121 @@
+// LLM.int8 and IA3 rows of the cross-backend table (test/helpers/cross-backend.ts): each op on the cpu and on the
+// cuda device (the emulator without a GPU) with the same inputs. The cuda kernels do the CPU's operations in
+// its order (native/cuda/int8_matmul.cu): quantised values, scales and int32 products must be equal bit for
+// bit, and so must the dequantised outputs (the same f32 products and sums, unfused, rounded once). Only the
+// input gradient, a float GEMM summed in another order, gets a bound from the arithmetic.
+import { afterAll, describe, expect, it } from "vitest";
+
+if (process.env.NODE_PEFT_CUDA === undefined && !process.env.NODE_PEFT_CUDA_REAL) process.env.NODE_PEFT_CUDA = "emu";
+const { Tensor, backend } = await import("../lib/index.js");
+const ops = await import("../lib/ops.js");
+const { native } = await import("../lib/native.js");
+import type { Tensor as TensorT } from "../lib/index.js";
+import { FLOATS, type FloatDType } from "./helpers/numeric.js";
+import { values } from "./helpers/nn-reference.js";
+import { errorCode } from "./helpers/errors.js";
+import { EXACT, absDot, compare, dotTol, type Row } from "./helpers/cross-backend.js";
+
+const f = (n: number, seed: number, dt: FloatDType, shape: readonly number[], scale = 1) =>
+  Tensor.fromArray(values(n, seed).map((v) => v * scale), shape, dt);
+
+// Threshold of the outlier rows, and x with planted outlier columns: every 5th column from 2 holds values up to
+// 4 in every 3rd row (|x| >= 2 makes the column an outlier), the rest lie in [-1, 1].
+const THRESHOLD = 2;
+function xWithOutliers(M: number, Kd: number, seed: number, dt: FloatDType): TensorT {
+  const v = values(M * Kd, seed);
+  for (let m = 0; m < M; m += 3) for (let k = 2; k < Kd; k += 5) v[m * Kd + k] *= 4;
+  return Tensor.fromArray(v, [M, Kd], dt);
+}
+
+// [M, K, N]: M 1 and 7 take the __dp4a kernel, 17 and more the tensor-core one; K 127 crosses a 64-wide k-tile
+// with a ragged end, K 16 and 64 take the 16-byte vector loads.
+const SHAPES = [[1, 1, 1], [7, 17, 33], [17, 33, 7], [33, 127, 17], [127, 64, 16], [0, 16, 5], [3, 0, 4]] as const;
+
+const table: Row[] = [
+  {
+    op: "int8Quantize",
+    dtypes: FLOATS,
+    shapes: [[1, 1], [7, 17], [33, 127], [127, 7], [0, 5]],
+    // Row 0 is zero (SCB 0, CB 0); the others span [-3, 3], ties of the round-half-even included.
+    inputs: (dt, [N, Kd]) => [Tensor.fromArray(values(N * Kd, 1).map((v, i) => (i < Kd ? 0 : v * 3)), [N, Kd], dt)],
+    run: ([w]) => ops.int8Quantize(w),
+    tol: () => EXACT,
+  },
+  ...[0, THRESHOLD].map((threshold): Row => ({
+    op: `_int8Test (raw int32 products, threshold ${threshold})`,
+    dtypes: FLOATS,
+    shapes: SHAPES,
+    inputs: (dt, [M, Kd, N]) => [xWithOutliers(M, Kd, 2, dt), f(N * Kd, 3, "f32", [N, Kd])],
+    run: ([x, w]) => {
+      const [cb, scb] = ops.int8Quantize(w);
+      return [new Tensor(native._int8Test(Tensor.handle(x), Tensor.handle(cb), Tensor.handle(scb), threshold))];
+    },
+    tol: () => EXACT,
+  })),
+  ...[0, THRESHOLD].map((threshold): Row => ({
+    op: `int8Linear (bias, threshold ${threshold})`,
+    dtypes: FLOATS,
+    shapes: SHAPES,
+    inputs: (dt, [M, Kd, N]) => [xWithOutliers(M, Kd, 4, dt), f(N * Kd, 5, "f32", [N, Kd]), f(N, 6, dt, [N])],
+    run: ([x, w, b]) => {
+      const [cb, scb] = ops.int8Quantize(w);
+      return [ops.int8Linear(x, cb, scb, b, threshold)];
+    },
+    tol: () => EXACT,
+  })),
+  {
+    op: "int8Linear (fused rank term u·bt, outliers)",
+    dtypes: ["f32", "bf16"],
+    shapes: [[7, 17, 33], [33, 127, 17]],
+    inputs: (dt, [M, Kd, N]) => [xWithOutliers(M, Kd, 7, dt), f(N * Kd, 8, "f32", [N, Kd]), f(M * 3, 9, "f32", [M, 3]), f(3 * N, 10, "f32", [3, N])],
+    run: ([x, w, u, bt]) => {
+      const [cb, scb] = ops.int8Quantize(w);
+      return [ops.int8Linear(x, cb, scb, null, THRESHOLD, { u, bt })];
+    },
+    tol: () => EXACT,
+  },
+  {
+    op: "int8LinearGradInput",
+    dtypes: FLOATS,
+    shapes: [[1, 1, 1], [7, 17, 33], [33, 127, 7], [17, 33, 127], [0, 4, 4]],
+    inputs: (dt, [M, Kd, N]) => [f(M * N, 11, dt, [M, N]), f(N * Kd, 12, "f32", [N, Kd])],
+    run: ([dy, w]) => {
+      const [cb, scb] = ops.int8Quantize(w);
+      return [ops.int8LinearGradInput(dy, cb, scb)];
+    },
+    // dx = Σ_n dy·(SCB/127)·CB: the same f32 terms (|CB·SCB/127| <= the row's absmax <= 1), summed in two orders.
+    tol: (dt, [M, Kd, N]) => dotTol(dt, N, 0, ([dy, w]) => absDot(M, Kd, N, (m, n) => dy[m * N + n], () => 1)),
+  },
+];
+
+afterAll(() => {
+  if (backend.cuda.emulated) backend.setCudaEmulationOrder("forward");
+});
+
+describe("cpu vs cuda: LLM.int8", () => {
+  it("the cuda device is available (emulated without a GPU)", () => expect(backend.cuda.available).toBe(true));
+  for (const row of table)
+    it(row.op, () => {
+      for (const dt of row.dtypes) for (const shape of row.shapes) compare(row, dt, shape);
+    });
+
+  it.runIf(backend.cuda.emulated)("the int8 kernels give the same bits in reverse and random thread order", () => {
+    const subset = table.filter((r) => /^(_int8Test \(raw int32 products, threshold 2|int8Linear \(bias, threshold 2)/.test(r.op));
+    expect(subset.length).toBe(2);
+    for (const order of ["reverse", "random"] as const) {
+      backend.setCudaEmulationOrder(order);
+      for (const row of subset) for (const shape of [[7, 17, 33], [33, 127, 17]]) compare(row, "f32", shape);
+    }
+    backend.setCudaEmulationOrder("forward");
+  });
+
+  it("bad input on the device is a clear error", () => {
+    const x = Tensor.zeros([2, 3], { device: "cuda" });
+    const [cb, scb] = ops.int8Quantize(Tensor.zeros([4, 3], { device: "cuda" }));
+    expect(cb.device).toBe("cuda");
+    expect(() => ops.int8Linear(x.to("cpu"), cb, scb, null, 0)).toThrow(/int8Linear: x is on cpu but CB is on cuda/);
+    expect(errorCode(() => ops.int8Linear(x, cb, scb, Tensor.zeros([4]), 0))).toBe("ERR_DEVICE");
+    expect(() => ops.int8Linear(Tensor.zeros([2, 5], { device: "cuda" }), cb, scb, null, 0)).toThrow(/int8Linear: x has 5 features/);
+    expect(() => ops.int8Quantize(Tensor.fromArray([0, Number.NaN, 1, 2], [2, 2]).to("cuda"))).toThrow(/int8Quantize: weight row 0 holds a value that is not finite/);
+  });
+});
