@@ -6,7 +6,7 @@
 import { afterAll, describe, expect, it } from "vitest";
 
 if (process.env.NODE_PEFT_CUDA === undefined && !process.env.NODE_PEFT_CUDA_REAL) process.env.NODE_PEFT_CUDA = "emu";
-const { Tensor, backend } = await import("../lib/index.js");
+const { Tensor, backend, Linear, Linear8bitLt, LoraConfig, Module, AdamW, F, getPeftModel, manualSeed, tidy } = await import("../lib/index.js");
 const ops = await import("../lib/ops.js");
 const { native } = await import("../lib/native.js");
 import type { Tensor as TensorT } from "../lib/index.js";
@@ -117,5 +117,62 @@ describe("cpu vs cuda: LLM.int8", () => {
     expect(errorCode(() => ops.int8Linear(x, cb, scb, Tensor.zeros([4]), 0))).toBe("ERR_DEVICE");
     expect(() => ops.int8Linear(Tensor.zeros([2, 5], { device: "cuda" }), cb, scb, null, 0)).toThrow(/int8Linear: x has 5 features/);
     expect(() => ops.int8Quantize(Tensor.fromArray([0, Number.NaN, 1, 2], [2, 2]).to("cuda"))).toThrow(/int8Quantize: weight row 0 holds a value that is not finite/);
+  });
+});
+
+// A module wrapping one layer under the name LoRA targets.
+class Net extends Module {
+  proj: InstanceType<typeof Linear8bitLt>;
+  constructor(proj: InstanceType<typeof Linear8bitLt>) {
+    super();
+    this.proj = this.registerModule("proj", proj);
+  }
+  forward(x: TensorT): TensorT {
+    return this.proj.forward(x);
+  }
+}
+const int8Layer = () => Linear8bitLt.fromLinear(new Linear(17, 9, { seed: 1 }), { threshold: THRESHOLD });
+
+describe("int8 modules on cuda", () => {
+  it("Linear8bitLt.to('cuda'): the forward's bytes and the backward's dx as on the cpu", () => {
+    const run = (device: "cpu" | "cuda") => {
+      const q = int8Layer().to(device);
+      const x = xWithOutliers(7, 17, 13, "f32").to(device);
+      x.requiresGrad = true;
+      const y = q.forward(x);
+      y.backward(f(7 * 9, 14, "f32", [7, 9]).to(device));
+      expect([q.weight.device, y.device, x.grad?.device]).toEqual([device, device, device]);
+      return { y: y.to("cpu").toFloat64Array(), dx: x.grad!.to("cpu").toFloat64Array() };
+    };
+    const cpu = run("cpu"), dev = run("cuda");
+    expect(Array.from(dev.y)).toEqual(Array.from(cpu.y));
+    // dx: 9 f32 terms dy·(SCB/127)·CB (each below 1 in magnitude) summed in two orders.
+    for (let i = 0; i < cpu.dx.length; i++) expect(Math.abs(dev.dx[i] - cpu.dx[i])).toBeLessThanOrEqual(2 * 9 * 2 ** -24 * 9);
+  });
+
+  it("LoRA on the int8 base trains on cuda: AdamW's losses follow the cpu run's step for step", () => {
+    const losses = (device: "cpu" | "cuda") => {
+      manualSeed(0);
+      const model = getPeftModel(new Net(int8Layer()), new LoraConfig({ r: 4, targetModules: ["proj"], initLoraWeights: false })).to(device);
+      const x = xWithOutliers(7, 17, 15, "f32").to(device), target = f(7 * 9, 16, "f32", [7, 9]).to(device);
+      const params = [...model.parameters()].filter((p) => p.requiresGrad);
+      const opt = new AdamW(params, { lr: 1e-2 });
+      const out: number[] = [];
+      for (let s = 0; s < 4; s++) {
+        const loss = tidy(() => F.mseLoss(model.forward(x), target));
+        loss.backward();
+        for (const p of params) expect(p.grad?.device).toBe(device);
+        opt.step();
+        opt.zeroGrad();
+        out.push(loss.toFloat64Array()[0]);
+        loss.dispose();
+      }
+      model.dispose();
+      return out;
+    };
+    const cpu = losses("cpu"), dev = losses("cuda");
+    expect(dev[3]).toBeLessThan(dev[0]);
+    // The adapters' f32 GEMMs sum in other orders on the device: a few ulps per step.
+    for (let s = 0; s < cpu.length; s++) expect(Math.abs(dev[s] - cpu[s]), `step ${s}`).toBeLessThan(1e-5 * (1 + cpu[s]));
   });
 });
