@@ -6,14 +6,15 @@
 import { afterAll, describe, expect, it } from "vitest";
 
 if (process.env.NODE_PEFT_CUDA === undefined && !process.env.NODE_PEFT_CUDA_REAL) process.env.NODE_PEFT_CUDA = "emu";
-const { Tensor, backend, Linear, Linear8bitLt, LoraConfig, Module, AdamW, F, getPeftModel, manualSeed, tidy } = await import("../lib/index.js");
+const { Tensor, backend, Linear, Linear8bitLt, LoraConfig, IA3Config, Module, AdamW, F, getPeftModel, manualSeed, tidy } = await import("../lib/index.js");
+const { Gpt2Like } = await import("./helpers/ia3-models.js");
 const ops = await import("../lib/ops.js");
 const { native } = await import("../lib/native.js");
 import type { Tensor as TensorT } from "../lib/index.js";
-import { FLOATS, type FloatDType } from "./helpers/numeric.js";
+import { FLOATS, UNIT, type FloatDType } from "./helpers/numeric.js";
 import { values } from "./helpers/nn-reference.js";
 import { errorCode } from "./helpers/errors.js";
-import { EXACT, absDot, compare, dotTol, type Row } from "./helpers/cross-backend.js";
+import { EXACT, F32, absDot, compare, dotTol, tolOut, type Row } from "./helpers/cross-backend.js";
 
 const f = (n: number, seed: number, dt: FloatDType, shape: readonly number[], scale = 1) =>
   Tensor.fromArray(values(n, seed).map((v) => v * scale), shape, dt);
@@ -87,6 +88,55 @@ const table: Row[] = [
     tol: (dt, [M, Kd, N]) => dotTol(dt, N, 0, ([dy, w]) => absDot(M, Kd, N, (m, n) => dy[m * N + n], () => 1)),
   },
 ];
+
+// IA3 (native ia3Forward / ia3Backward / ia3Scale; native/cuda/ia3_scale.cu): both sides × both weight layouts.
+// [M, K, N]; l spans [0, 2].
+const IA3_SHAPES = [[1, 1, 1], [7, 17, 33], [33, 127, 7], [0, 5, 3]] as const;
+const h = Tensor.handle;
+const ia3Case = (dt: FloatDType, [M, Kd, N]: readonly number[], input: boolean, inOut: boolean) => [
+  f(M * Kd, 20, dt, [M, Kd]), f(N * Kd, 21, dt, inOut ? [Kd, N] : [N, Kd]), f(N, 22, dt, [N]),
+  Tensor.fromArray(values(input ? Kd : N, 23).map((v) => v + 1), [input ? Kd : N], "f32"), f(M * N, 24, dt, [M, N]),
+];
+for (const input of [true, false])
+  for (const inOut of [false, true])
+    table.push({
+      op: `ia3 ${input ? "input" : "output"} side (weight ${inOut ? "(in, out)" : "(out, in)"}): y, dx, dW, db, dl`,
+      dtypes: FLOATS,
+      shapes: IA3_SHAPES,
+      inputs: (dt, shape) => ia3Case(dt, shape, input, inOut),
+      run: ([x, w, b, l, dy]) => {
+        const out = native.ia3Forward(h(x), h(w), h(b), inOut, h(l), input, !input);
+        const [y, y0] = Array.isArray(out) ? out.map((t) => new Tensor(t)) : [new Tensor(out), null];
+        const dW = Tensor.zeros(w.shape, { dtype: "f32", device: x.device }), db = Tensor.zeros([b.shape[0]], { device: x.device });
+        const dl = Tensor.zeros(l.shape, { device: x.device });
+        const dx = new Tensor(native.ia3Backward(h(dy), h(x), h(w), null, inOut, h(l), input, y0 ? h(y0) : null, true, h(dW), h(db), h(dl))!);
+        return [y, dx, dW, db, dl];
+      },
+      // Each output is an f32 sum of `len` products of inputs (|x|, |W|, |b|, |dy| <= 1, l in [0, 2], so each term
+      // <= 2) summed in two orders: at most 2·(len + 4)·u·2·len apart before one rounding (tolOut). The output side
+      // rounds y0 into x's dtype before y = y0 ⊙ l and dl = Σ dy ⊙ y0, so there one ulp of y0 (<= K + 1) adds in.
+      tol: (dt, [M, Kd, N]) => (o, i, ref) => {
+        const sum = (len: number, mag: number) => 2 * (len + 4) * F32 * mag;
+        const y0ulp = input ? 0 : 2 * UNIT[dt] * (Kd + 1);
+        const err = [sum(Kd, 2 * (Kd + 1)) + 2 * y0ulp, sum(N, 2 * N), sum(M, 2 * M), sum(M, 2 * M),
+          input ? M * sum(N, N) : M * (sum(Kd, Kd + 1) + y0ulp)][o];
+        return tolOut(o < 2 ? dt : "f32", ref[i], err);
+      },
+    });
+table.push({
+  op: "ia3Scale (merge, then the unmerge's 1 / (l + 1e-8)), each rounded once into W",
+  dtypes: FLOATS,
+  shapes: [[1, 1], [7, 17], [33, 4]],
+  inputs: (dt, [N, Kd]) => [f(N * Kd, 25, dt, [N, Kd], 2), Tensor.fromArray(values(Kd, 26).map((v) => v + 1.5), [Kd], "f32")],
+  run: ([w, l]) => {
+    const v = [1, w.shape[0], w.shape[1]], merged = w.to(w.dtype);
+    expect(native.ia3Scale(h(merged), [w.shape[0], w.shape[1], 1], [h(l.reshape([w.shape[1]]))], false, true, false)).toBe(-1);
+    expect(native.ia3Scale(h(w), [v[0] * v[1], v[2], 1], [h(l)], true, false, false)).toBe(-1);
+    return [merged, w];
+  },
+  // The factors are combined in f64 on the host and each product rounded once: the same bits.
+  tol: () => EXACT,
+});
 
 afterAll(() => {
   if (backend.cuda.emulated) backend.setCudaEmulationOrder("forward");
@@ -174,5 +224,58 @@ describe("int8 modules on cuda", () => {
     expect(dev[3]).toBeLessThan(dev[0]);
     // The adapters' f32 GEMMs sum in other orders on the device: a few ulps per step.
     for (let s = 0; s < cpu.length; s++) expect(Math.abs(dev[s] - cpu[s]), `step ${s}`).toBeLessThan(1e-5 * (1 + cpu[s]));
+  });
+});
+
+describe("IA3 on cuda", () => {
+  // A GPT-2-like stack: c_attn and c_proj (Conv1D, W (in, out)) scaled on the output and input side, head (Linear).
+  const model = (device: "cpu" | "cuda") => {
+    manualSeed(0);
+    const m = getPeftModel(new Gpt2Like(), new IA3Config({ targetModules: ["c_attn", "c_proj", "head"], feedforwardModules: ["c_proj"], initIa3Weights: false }));
+    return m.to(device);
+  };
+  const batch = (device: "cpu" | "cuda") => [f(7 * 8, 30, "f32", [7, 8]).to(device), f(7 * 3, 31, "f32", [7, 3]).to(device)];
+
+  it("IA3 layers train on cuda: AdamW's losses follow the cpu run's step for step", () => {
+    const losses = (device: "cpu" | "cuda") => {
+      const m = model(device);
+      const [x, target] = batch(device);
+      const params = [...m.parameters()].filter((p) => p.requiresGrad);
+      expect(params.length).toBe(3);
+      const opt = new AdamW(params, { lr: 1e-2 });
+      const out: number[] = [];
+      for (let s = 0; s < 4; s++) {
+        const loss = tidy(() => F.mseLoss(m.forward(x), target));
+        loss.backward();
+        for (const p of params) expect(p.grad?.device).toBe(device);
+        opt.step();
+        opt.zeroGrad();
+        out.push(loss.toFloat64Array()[0]);
+        loss.dispose();
+      }
+      m.dispose();
+      return out;
+    };
+    const cpu = losses("cpu"), dev = losses("cuda");
+    expect(dev[3]).toBeLessThan(dev[0]);
+    for (let s = 0; s < cpu.length; s++) expect(Math.abs(dev[s] - cpu[s]), `step ${s}`).toBeLessThan(1e-5 * (1 + cpu[s]));
+  });
+
+  it("merge and unmerge on cuda scale the weights as on the cpu (same bits)", () => {
+    const weights = (device: "cpu" | "cuda") => {
+      const m = model(device);
+      const [x] = batch(device);
+      m.mergeAdapter();
+      const merged = [...m.namedParameters()].map(([n, p]) => [n, Array.from(p.to("cpu").toFloat64Array())] as const);
+      const y = m.forward(x).to("cpu").toFloat64Array();
+      m.unmergeAdapter();
+      const back = [...m.namedParameters()].map(([, p]) => Array.from(p.to("cpu").toFloat64Array()));
+      m.dispose();
+      return { merged, y, back };
+    };
+    const cpu = weights("cpu"), dev = weights("cuda");
+    expect(dev.merged).toEqual(cpu.merged);
+    expect(dev.back).toEqual(cpu.back);
+    for (let i = 0; i < cpu.y.length; i++) expect(Math.abs(dev.y[i] - cpu.y[i])).toBeLessThan(1e-5 * (1 + Math.abs(cpu.y[i])));
   });
 });

@@ -78,8 +78,8 @@ PEFT_UNROLL
   for (int64_t k0 = 0; k0 < g.K; k0 += kTcBK) {
 PEFT_UNROLL
     for (int s = 0; s < kTcPerThread; ++s) {
-      // f16/bf16 inputs were widened exactly by load_view; from_f32 narrows them back exactly (a per-k
-      // scale of A is applied in f32 first, and the product rounded once to the input dtype).
+      // f16/bf16 inputs were widened exactly by load_view; from_f32 narrows them back exactly (cuda_gemm
+      // sends products with a per-k scale of A to the SIMT kernel; with TF32 the scaled value is rounded as any).
       const TileSlot a = tile_slot<kTcBM, kTcBK>(tid + s * kTcThreads, a_kc);
       const TileSlot b = tile_slot<kTcBN, kTcBK>(tid + s * kTcThreads, b_kc);
       As[a.outer][a.k] = from_f32<T>(load_a(g, m0 + a.outer, k0 + a.k));

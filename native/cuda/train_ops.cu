@@ -77,9 +77,11 @@ int cuda_gemm(const CudaGemm& g, std::string* err) {
   if ((g.N + kSimtTileN - 1) / kSimtTileN > 65535 || (g.M + kSimtTileM - 1) / kSimtTileM > 0x7fffffff)
     return reject(err, kInvalid, fmt("cuda_gemm: shape M=%lld N=%lld is beyond the grid limits (N <= 8388480)", g.M, g.N));
   if (!g.C || (g.K > 0 && (!g.A.p || !g.B.p))) return reject(err, kInvalid, "cuda_gemm: null pointer");
-  const bool half = (g.A.dt == int(DType::F16) || g.A.dt == int(DType::BF16)) && g.B.dt == g.A.dt;
+  // A per-k scale of A stays on the f32 SIMT kernel: on tensor cores each scaled 16-bit input would be rounded
+  // back to 16 bits (the CPU multiplies in f32).
+  const bool half = (g.A.dt == int(DType::F16) || g.A.dt == int(DType::BF16)) && g.B.dt == g.A.dt && !g.a_ks;
   const bool nt = g.A.cs == 1 && g.A.rs == g.K && g.B.rs == 1 && g.B.cs == g.K && g.ldc == g.N;
-  if (half && nt && g.alpha == 1.0f && !g.accumulate && !g.col_scale && !g.a_ks)
+  if (half && nt && g.alpha == 1.0f && !g.accumulate && !g.col_scale)
     return cuda_gemm_nt(g.A.p, g.B.p, g.bias, g.C, g.A.dt, g.bias_dt, g.c_dt, g.M, g.N, g.K, err);
   // The strided tensor-core kernel's 64-wide tiles reach N <= 65535 * 64; wider products go to SIMT.
   const bool tc_grid = (g.N + kTcTileN - 1) / kTcTileN <= 65535;

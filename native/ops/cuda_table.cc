@@ -12,6 +12,7 @@
 #include "../cpu/convert.h"
 #include "../cpu/nn_kernels.h"
 #include "../cuda/cuda_ops.h"
+#include "../cuda/ia3_ops.h"
 #include "../cuda/int8_ops.h"
 #include "cuda_state.h"
 #include "op_table.h"
@@ -82,12 +83,11 @@ void randn(void* dst, DType dt, int64_t n, uint64_t seed, uint64_t stream, float
 CudaMat device_mat(const GemmMat& m) { return {m.p, static_cast<int>(m.dt), m.rs, m.cs}; }
 
 // Every plain product (cuda_gemm picks the kernel: tensor cores for f16/bf16 pairs and, when allowed, TF32;
-// the f32 SIMT kernel otherwise). The fused forms (LoRA's extra rank-R product, IA3's per-k input scale) have no
-// cuda kernel.
+// the f32 SIMT kernel otherwise), with IA3's per-k input scale applied as A is staged. The fused LoRA form
+// (the extra rank-R product) has no cuda kernel here.
 void gemm(const GemmArgs& g) {
-  if (g.R != 0 || g.A.ks)
-    fail("ERR_NOT_ON_DEVICE", cat("linear on cuda: the fused ", g.R ? "LoRA (x·Wᵀ + x·A·B)" : "IA3 input-scaled",
-                                  " product has no cuda kernel; run the adapter on the cpu"));
+  if (g.R != 0)
+    fail("ERR_NOT_ON_DEVICE", "linear on cuda: the fused LoRA (x·Wᵀ + x·A·B) product has no cuda kernel; run the adapter on the cpu");
   CudaGemm c;
   c.M = g.M, c.N = g.N, c.K = g.K;
   c.A = device_mat(g.A);
@@ -100,6 +100,7 @@ void gemm(const GemmArgs& g) {
   c.bias = g.bias;
   c.bias_dt = static_cast<int>(g.bias_dt);
   c.col_scale = g.col_scale;
+  c.a_ks = g.A.ks;  // device memory, as every pointer here
   c.allow_tf32 = g_allow_tf32.load();
   std::string err;
   check(CUDA(cuda_gemm)(c, &err), err, "gemm");
@@ -215,10 +216,40 @@ void int8_linear_grad_input(const void* dy, DType dy_dt, int64_t M, const Int8We
   check(CUDA(cuda_int8_linear_grad_input)(dy, int(dy_dt), M, w.cb, w.scb, w.N, w.K, dx, int(dx_dt), &err), err,
         "int8LinearGradInput");
 }
+CudaDense device_dense(const DenseView& d) {
+  CudaDense c;
+  c.M = d.M, c.K = d.K, c.N = d.N;
+  c.x = d.x, c.x_dt = int(d.x_dt), c.W = d.W, c.w_dt = int(d.w_dt), c.w_in_out = d.w_in_out;
+  c.bias = d.bias, c.bias_dt = int(d.bias_dt);
+  return c;
+}
+void ia3_forward(const DenseView& d, const Ia3Scale& s, void* y, DType y_dt, void* y0, DType y0_dt) {
+  std::string err;
+  check(CUDA(cuda_ia3_forward)(device_dense(d), s.l, s.input_side, y, int(y_dt), y0, int(y0_dt), &err), err, "ia3Forward");
+}
+void ia3_backward(const DenseView& d, const Ia3Scale& s, const void* dy, DType dy_dt, const void* y0, DType y0_dt, void* dx,
+                  DType dx_dt, void* dW, DType dW_dt, void* db, DType db_dt, float* dl) {
+  std::string err;
+  check(CUDA(cuda_ia3_backward)(device_dense(d), s.l, s.input_side, dy, int(dy_dt), y0, int(y0_dt), dx, int(dx_dt), dW,
+                                int(dW_dt), db, int(db_dt), dl, &err),
+        err, "ia3Backward");
+}
+bool ia3_scale(void* W, DType dt, int64_t outer, int64_t mid, int64_t inner, const float* f, bool safe, bool commit) {
+  std::shared_ptr<Storage> factors = dev_alloc(sizeof(float) * static_cast<size_t>(mid), false);
+  from_host(factors->data, f, sizeof(float) * static_cast<size_t>(mid));
+  std::string err;
+  bool finite = true;
+  check(CUDA(cuda_ia3_scale)(W, int(dt), outer, mid, inner, static_cast<const float*>(factors->data), safe, commit, &finite, &err),
+        err, "ia3Scale");
+  return finite;
+}
 void add_int8_ia3_ops(OpTable& t) {
   t.int8_quantize = int8_quantize;
   t.int8_linear = int8_linear;
   t.int8_linear_grad_input = int8_linear_grad_input;
+  t.ia3_forward = ia3_forward;
+  t.ia3_backward = ia3_backward;
+  t.ia3_scale = ia3_scale;
 }
 
 OpTable cuda_ops() {

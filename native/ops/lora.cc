@@ -23,7 +23,7 @@ void require_cpu(const Tensor& t, const char* op, const char* name) {
 }  // namespace
 
 // The base layer: x (…, K), W (N, K) or (K, N), optional bias (N).
-DenseView dense_args(const Napi::CallbackInfo& info, const Tensor& x, int wi, const char* op) {
+DenseView dense_args(const Napi::CallbackInfo& info, const Tensor& x, int wi, const char* op, bool any_device) {
   const Tensor& w = TensorHandle::From(info[wi], op, "weight");
   const Tensor* b = TensorHandle::FromOptional(info[wi + 1], op, "bias");
   bool in_out = arg_bool(info[wi + 2], op, "weightInOut");
@@ -31,8 +31,12 @@ DenseView dense_args(const Napi::CallbackInfo& info, const Tensor& x, int wi, co
   require_float(w, op, "weight");
   require_ndim(x, 1, 16, op, "x");
   require_ndim(w, 2, 2, op, "weight");
-  require_cpu(x, op, "x");
-  require_cpu(w, op, "weight");
+  if (any_device) {
+    same_device(op, {{"x", &x}, {"weight", &w}, {"bias", b}});
+  } else {
+    require_cpu(x, op, "x");
+    require_cpu(w, op, "weight");
+  }
   DenseView d;
   d.K = x.dim(-1);
   d.M = x.rows();
@@ -43,7 +47,7 @@ DenseView dense_args(const Napi::CallbackInfo& info, const Tensor& x, int wi, co
                           shape_str(w.shape), ")"));
   if (b) {
     require_float(*b, op, "bias");
-    require_cpu(*b, op, "bias");
+    if (!any_device) require_cpu(*b, op, "bias");
     require_shape(*b, {d.N}, op, "bias");
     d.bias = b->data(), d.bias_dt = b->dtype;
   }
