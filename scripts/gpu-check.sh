@@ -13,7 +13,7 @@ cd "$(dirname "$0")/.."
 if [ "${1:-}" = "--emu" ]; then
   out=build-gpu-check/emu
   mkdir -p "$out"
-  nice -n 5 "${CXX:-g++}" -std=c++20 -O2 -fvisibility=hidden -pthread -x c++ native/cuda/check/kernel_check.cu -x none \
+  nice -n 5 "${CXX:-g++}" -std=c++20 -O2 -fvisibility=hidden -pthread -x c++ native/cuda/check/kernel_check.cu native/cuda/check/int8_check.cu -x none \
     native/cuda/emu/emu_runtime.cc native/cuda/emu/emu_memory.cc native/cuda/emu/kernels_emu.cc -o "$out/peft_cuda_check"
   exec "$out/peft_cuda_check"
 fi
@@ -32,7 +32,7 @@ if command -v cmake >/dev/null 2>&1; then
 else
   mkdir -p build-gpu-check/nvcc
   "$NVCC" -std=c++17 -O3 -lineinfo -gencode arch=compute_80,code=sm_80 -gencode arch=compute_90,code=sm_90 \
-    native/cuda/check/kernel_check.cu native/cuda/*.cu -o build-gpu-check/nvcc/peft_cuda_check
+    native/cuda/check/kernel_check.cu native/cuda/check/int8_check.cu native/cuda/*.cu -o build-gpu-check/nvcc/peft_cuda_check
   bin=build-gpu-check/nvcc/peft_cuda_check
 fi
 echo "gpu-check: built in $(($(date +%s) - start)) s"
