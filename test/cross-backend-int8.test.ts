@@ -181,6 +181,31 @@ class Net extends Module {
     return this.proj.forward(x);
   }
 }
+/** AdamW losses of 4 steps of mse(model(x), target) over the model's trainable parameters (nParams of them), all on `device`. */
+function trainLosses(model: InstanceType<typeof Module>, x: TensorT, target: TensorT, device: "cpu" | "cuda", nParams: number): number[] {
+  const params = [...model.parameters()].filter((p) => p.requiresGrad);
+  expect(params.length).toBe(nParams);
+  const opt = new AdamW(params, { lr: 1e-2 });
+  const out: number[] = [];
+  for (let s = 0; s < 4; s++) {
+    const loss = tidy(() => F.mseLoss(model.forward(x), target));
+    loss.backward();
+    for (const p of params) expect(p.grad?.device).toBe(device);
+    opt.step();
+    opt.zeroGrad();
+    out.push(loss.toFloat64Array()[0]);
+    loss.dispose();
+  }
+  model.dispose();
+  return out;
+}
+// The same training on the cpu and on cuda: the loss falls, and each step's loss is the cpu run's within a few
+// ulps per step (the f32 GEMMs sum in other orders on the device).
+function expectSameTraining(losses: (device: "cpu" | "cuda") => number[]) {
+  const cpu = losses("cpu"), dev = losses("cuda");
+  expect(dev[3]).toBeLessThan(dev[0]);
+  for (let s = 0; s < cpu.length; s++) expect(Math.abs(dev[s] - cpu[s]), `step ${s}`).toBeLessThan(1e-5 * (1 + cpu[s]));
+}
 const int8Layer = () => Linear8bitLt.fromLinear(new Linear(17, 9, { seed: 1 }), { threshold: THRESHOLD });
 
 describe("int8 modules on cuda", () => {
@@ -200,31 +225,12 @@ describe("int8 modules on cuda", () => {
     for (let i = 0; i < cpu.dx.length; i++) expect(Math.abs(dev.dx[i] - cpu.dx[i])).toBeLessThanOrEqual(2 * 9 * 2 ** -24 * 9);
   });
 
-  it("LoRA on the int8 base trains on cuda: AdamW's losses follow the cpu run's step for step", () => {
-    const losses = (device: "cpu" | "cuda") => {
+  it("LoRA on the int8 base trains on cuda: AdamW's losses follow the cpu run's step for step", () =>
+    expectSameTraining((device) => {
       manualSeed(0);
       const model = getPeftModel(new Net(int8Layer()), new LoraConfig({ r: 4, targetModules: ["proj"], initLoraWeights: false })).to(device);
-      const x = xWithOutliers(7, 17, 15, "f32").to(device), target = f(7 * 9, 16, "f32", [7, 9]).to(device);
-      const params = [...model.parameters()].filter((p) => p.requiresGrad);
-      const opt = new AdamW(params, { lr: 1e-2 });
-      const out: number[] = [];
-      for (let s = 0; s < 4; s++) {
-        const loss = tidy(() => F.mseLoss(model.forward(x), target));
-        loss.backward();
-        for (const p of params) expect(p.grad?.device).toBe(device);
-        opt.step();
-        opt.zeroGrad();
-        out.push(loss.toFloat64Array()[0]);
-        loss.dispose();
-      }
-      model.dispose();
-      return out;
-    };
-    const cpu = losses("cpu"), dev = losses("cuda");
-    expect(dev[3]).toBeLessThan(dev[0]);
-    // The adapters' f32 GEMMs sum in other orders on the device: a few ulps per step.
-    for (let s = 0; s < cpu.length; s++) expect(Math.abs(dev[s] - cpu[s]), `step ${s}`).toBeLessThan(1e-5 * (1 + cpu[s]));
-  });
+      return trainLosses(model, xWithOutliers(7, 17, 15, "f32").to(device), f(7 * 9, 16, "f32", [7, 9]).to(device), device, 2);
+    }));
 });
 
 describe("IA3 on cuda", () => {
@@ -236,30 +242,11 @@ describe("IA3 on cuda", () => {
   };
   const batch = (device: "cpu" | "cuda") => [f(7 * 8, 30, "f32", [7, 8]).to(device), f(7 * 3, 31, "f32", [7, 3]).to(device)];
 
-  it("IA3 layers train on cuda: AdamW's losses follow the cpu run's step for step", () => {
-    const losses = (device: "cpu" | "cuda") => {
-      const m = model(device);
+  it("IA3 layers train on cuda: AdamW's losses follow the cpu run's step for step", () =>
+    expectSameTraining((device) => {
       const [x, target] = batch(device);
-      const params = [...m.parameters()].filter((p) => p.requiresGrad);
-      expect(params.length).toBe(3);
-      const opt = new AdamW(params, { lr: 1e-2 });
-      const out: number[] = [];
-      for (let s = 0; s < 4; s++) {
-        const loss = tidy(() => F.mseLoss(m.forward(x), target));
-        loss.backward();
-        for (const p of params) expect(p.grad?.device).toBe(device);
-        opt.step();
-        opt.zeroGrad();
-        out.push(loss.toFloat64Array()[0]);
-        loss.dispose();
-      }
-      m.dispose();
-      return out;
-    };
-    const cpu = losses("cpu"), dev = losses("cuda");
-    expect(dev[3]).toBeLessThan(dev[0]);
-    for (let s = 0; s < cpu.length; s++) expect(Math.abs(dev[s] - cpu[s]), `step ${s}`).toBeLessThan(1e-5 * (1 + cpu[s]));
-  });
+      return trainLosses(model(device), x, target, device, 3);
+    }));
 
   it("merge and unmerge on cuda scale the weights as on the cpu (same bits)", () => {
     const weights = (device: "cpu" | "cuda") => {

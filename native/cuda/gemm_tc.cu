@@ -70,10 +70,7 @@ __global__ void __launch_bounds__(kTcThreads) gemm_tc_kernel(CudaGemm g) {
   const bool a_kc = a_k_contiguous(g), b_kc = b_k_contiguous(g);
 
   wmma::fragment<wmma::accumulator, 16, 16, kK, float> acc[2][2];
-PEFT_UNROLL
-  for (int i = 0; i < 2; ++i)
-PEFT_UNROLL
-    for (int j = 0; j < 2; ++j) wmma::fill_fragment(acc[i][j], 0.0f);
+  zero_2x2(acc);
 
   for (int64_t k0 = 0; k0 < g.K; k0 += kTcBK) {
 PEFT_UNROLL

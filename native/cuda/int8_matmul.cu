@@ -169,10 +169,7 @@ __global__ void __launch_bounds__(kI8Threads) i8_gemm_wmma_kernel(const int8_t* 
   const bool vec = K % 16 == 0 && reinterpret_cast<uintptr_t>(xq) % 16 == 0 && reinterpret_cast<uintptr_t>(cb) % 16 == 0;
 
   wmma::fragment<wmma::accumulator, 16, 16, 16, int> acc[2][2];
-PEFT_UNROLL
-  for (int i = 0; i < 2; ++i)
-PEFT_UNROLL
-    for (int j = 0; j < 2; ++j) wmma::fill_fragment(acc[i][j], 0);
+  zero_2x2(acc);
 
   // Chunk c of a tile: row c / kI8Slabs, k-slab c % kI8Slabs.
   uint4 rx[kI8Chunks], rw[kI8Chunks];
@@ -210,11 +207,7 @@ PEFT_UNROLL
 
   // The accumulator tile reuses the input tiles' memory (the loop's last barrier ended their use); the
   // epilogue depends on each element's position, so it reads the stored tile, never fragment registers.
-PEFT_UNROLL
-  for (int i = 0; i < 2; ++i)
-PEFT_UNROLL
-    for (int j = 0; j < 2; ++j)
-      wmma::store_matrix_sync(&cs[wm + i * 16][wn + j * 16], acc[i][j], kI8LdC, wmma::mem_row_major);
+  store_2x2(&cs[0][0], kI8LdC, wm, wn, acc);
   __syncthreads();
   for (int t = tid; t < kI8BM * kI8BN; t += kI8Threads) {  // consecutive threads: consecutive columns
     const int r = t / kI8BN, c = t % kI8BN;
@@ -314,7 +307,8 @@ int cuda_int8_linear(const CudaInt8Linear& a, std::string* err) {
   if (!a.x || !a.cb || !a.scb || !(a.raw || a.y)) return reject(err, kInvalid, std::string(op) + ": null pointer");
 
   // Outlier columns: marked on the device, listed on the host (their count sizes the rank term).
-  DeviceBuffer mask, cols, ou, obt, xq, scx;
+  DeviceBuffer mask, cols, ou, obt;
+  thread_local ScratchBuffer xq, scx;
   std::vector<int> host_cols;
   if (a.threshold > 0.f) {
     if (int rc = alloc(op, mask, size_t(a.K), err)) return rc;
@@ -340,8 +334,8 @@ int cuda_int8_linear(const CudaInt8Linear& a, std::string* err) {
     if (int rc = finish(op, cudaGetLastError(), err)) return rc;
   }
   // x quantised per row (outlier columns zero).
-  if (int rc = alloc(op, xq, size_t(a.M * a.K), err)) return rc;
-  if (int rc = alloc(op, scx, size_t(a.M) * 4, err)) return rc;
+  if (int rc = xq.reserve(op, size_t(a.M * a.K), err)) return rc;
+  if (int rc = scx.reserve(op, size_t(a.M) * 4, err)) return rc;
   LAUNCH(unsigned(a.M), kQuantThreads, 0, 0, quant_rows_kernel)(a.x, DType(a.x_dt), a.K, a.threshold,
                                                                  R > 0 ? mask.as<unsigned char>() : nullptr, xq.as<int8_t>(),
                                                                  scx.as<float>());
@@ -375,8 +369,8 @@ int cuda_int8_linear_grad_input(const void* dy, int dy_dt, int64_t M, const int8
   if (!dy || !cb || !scb || !dx) return reject(err, kInvalid, std::string(op) + ": null pointer");
   // dx = dy·(CB·SCB/127): SCB/127 per output column of the forward is a per-k scale of this product, applied
   // to dy as its tiles are staged; CB is widened exactly as it is staged (no dequantised copy of W).
-  DeviceBuffer s;
-  if (int rc = alloc(op, s, size_t(N) * 4, err)) return rc;
+  thread_local ScratchBuffer s;
+  if (int rc = s.reserve(op, size_t(N) * 4, err)) return rc;
   if (N > 0) {
     LAUNCH(elt_grid(N), kEltThreads, 0, 0, dequant_scale_kernel)(scb, s.as<float>(), N);
     if (int rc = finish(op, cudaGetLastError(), err)) return rc;

@@ -75,6 +75,6 @@ inline double seconds_of(int reps, const std::function<void()>& f) {
 
 // int8_check.cu: LLM.int8 and IA3 against host references; the int8 GEMM's bench (int8 mma ceiling, f16 GEMM).
 void run_int8_checks();
-void run_int8_bench(double f16_mma_tflops, int64_t n);  // n³ products; the f16 mma ceiling measured by main
+void run_int8_bench(double int8_mma_tops, int64_t n);  // n³ products, against the int8 mma ceiling
 
 }  // namespace check_util

@@ -1,6 +1,6 @@
 // The standalone check program's LLM.int8 and IA3 part (kernel_check.cu calls it): the kernels of
 // int8_matmul.cu and ia3_scale.cu against plain host references on odd shapes, and, with --bench on a GPU,
-// the int8 GEMM at n³ against an int8 mma ceiling measured here and against the f16 tensor-core GEMM.
+// the int8 GEMM at n³ against the int8 mma ceiling (ceilings.cuh) and against the f16 tensor-core GEMM.
 #include <cmath>
 #include <cstdint>
 #include <tuple>
@@ -154,26 +154,6 @@ void check_ia3(int64_t M, int64_t N, int64_t K, bool input_side) {
                       std::to_string(N) + "x" + std::to_string(K) + ": " + std::to_string(bad) + " off");
 }
 
-// ---- bench: the int8 mma ceiling (WMMA s8 m16n16k16 on fragments in registers) and the int8 GEMM at n³ ----
-constexpr int kI8MmaIters = 2048;
-__global__ void __launch_bounds__(128) i8_mma_loop(int* out) {
-  namespace wmma = nvcuda::wmma;
-  wmma::fragment<wmma::matrix_a, 16, 16, 16, signed char, wmma::row_major> a;
-  wmma::fragment<wmma::matrix_b, 16, 16, 16, signed char, wmma::col_major> b;
-  wmma::fragment<wmma::accumulator, 16, 16, 16, int> acc[4];
-  wmma::fill_fragment(a, (signed char)1);
-  wmma::fill_fragment(b, (signed char)1);
-PEFT_UNROLL
-  for (int j = 0; j < 4; ++j) wmma::fill_fragment(acc[j], 0);
-  for (int i = 0; i < kI8MmaIters; ++i)
-PEFT_UNROLL
-    for (int j = 0; j < 4; ++j) wmma::mma_sync(acc[j], a, b, acc[j]);
-  for (int j = 1; j < 4; ++j)
-    for (int e = 0; e < acc[0].num_elements; ++e) acc[0].x[e] += acc[j].x[e];
-  const int warp = (blockIdx.x * blockDim.x + threadIdx.x) / 32;
-  wmma::store_matrix_sync(out + warp * 256, acc[0], 16, wmma::mem_row_major);
-}
-
 }  // namespace
 
 void run_int8_checks() {
@@ -188,20 +168,8 @@ void run_int8_checks() {
     for (auto [M, N, K] : {std::tuple<int64_t, int64_t, int64_t>{1, 1, 1}, {7, 17, 33}, {33, 7, 127}}) check_ia3(M, N, K, input_side);
 }
 
-void run_int8_bench(double f16_mma_tflops, int64_t n) {
+void run_int8_bench(double int8_mma_tops, int64_t n) {
   std::string err;
-  int sms = 1;
-#if !PEFT_CUDA_EMULATED
-  cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, 0);
-#endif
-  const int blocks = sms * 32;
-  Buf out(size_t(blocks) * 4 * 256 * 4);
-  const double i8_mma = 2.0 * 16 * 16 * 16 * 4 * kI8MmaIters * double(blocks) * 4 /
-                        seconds_of(5, [&] {
-                          LAUNCH(dim3(blocks), 128, 0, 0, i8_mma_loop)(static_cast<int*>(out.p));
-                          cudaDeviceSynchronize();
-                        }) / 1e12;
-  std::printf("ceiling: int8 mma %.1f TOP/s (f16 mma %.1f TFLOP/s)\n", i8_mma, f16_mma_tflops);
   Buf x(size_t(n * n) * 2), w(size_t(n * n)), scb(size_t(n) * 4), y(size_t(n * n) * 2);
   api::cuda_memset(x.p, 0, x.bytes, &err);
   api::cuda_memset(w.p, 1, w.bytes, &err);
@@ -213,7 +181,7 @@ void run_int8_bench(double f16_mma_tflops, int64_t n) {
   const double sf16 = seconds_of(3, [&] { api::cuda_gemm_nt(x.p, x.p, nullptr, y.p, int(DType::F16), 0, int(DType::F16), n, n, n, &err); });
   const double tops = 2.0 * double(n) * n * n / si8 / 1e12;
   std::printf("%-28s %10.3f %9.1f TO %8.2f  (f16 GEMM %.3f ms: int8 %.2fx faster)\n", "int8 linear (wmma s8)", si8 * 1e3, tops,
-              tops / i8_mma, sf16 * 1e3, sf16 / si8);
+              tops / int8_mma_tops, sf16 * 1e3, sf16 / si8);
 }
 
 }  // namespace check_util

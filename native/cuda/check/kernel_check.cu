@@ -163,7 +163,8 @@ void run_checks() {
 void run_bench(int64_t n) {
   std::string err;
   const api::Ceilings c = api::measure_ceilings();
-  std::printf("ceilings: copy %.0f GB/s, f32 FMA %.1f TFLOP/s, f16 mma %.1f TFLOP/s\n", c.copy_gbs, c.fma_tflops, c.mma_tflops);
+  std::printf("ceilings: copy %.0f GB/s, f32 FMA %.1f TFLOP/s, f16 mma %.1f TFLOP/s, int8 mma %.1f TOP/s\n", c.copy_gbs,
+              c.fma_tflops, c.mma_tflops, c.int8_tops);
   std::printf("%-28s %10s %12s %8s\n", "kernel", "ms", "rate", "ratio");
   auto gemm = [&](int mode) {
     Buf a(size_t(n * n) * 4), b(size_t(n * n) * 4), cc(size_t(n * n) * 4);
@@ -188,7 +189,7 @@ void run_bench(int64_t n) {
   const double s = seconds_of(5, [&] { api::cuda_axpy(y.p, 0, x.p, 0, 0.5f, e, &err); });
   const double gbs = 3.0 * 4 * double(e) / s / 1e9;  // read x, read and write y
   std::printf("%-28s %10.3f %8.0f GB/s %8.2f\n", "axpy f32 (2^26)", s * 1e3, gbs, gbs / c.copy_gbs);
-  run_int8_bench(c.mma_tflops, n);
+  run_int8_bench(c.int8_tops, n);
 }
 
 }  // namespace
