@@ -22,7 +22,8 @@ done
 dir=build-emu/$variant
 mkdir -p "$dir"
 srcs=(native/cuda/emu/emu_runtime.cc native/cuda/emu/emu_memory.cc native/cuda/emu/kernels_emu.cc
-      native/cuda/emu/test/emu_selftest.cc native/cuda/emu/test/emu_runtime_test.cc native/cuda/check/kernel_check.cu)
+      native/cuda/emu/test/emu_selftest.cc native/cuda/emu/test/emu_runtime_test.cc native/cuda/check/kernel_check.cu
+      native/cuda/check/int8_check.cu)
 objs=()
 pids=()
 for src in "${srcs[@]}"; do
@@ -35,7 +36,7 @@ for src in "${srcs[@]}"; do
 done
 for pid in "${pids[@]}"; do wait "$pid"; done
 nice -n 5 "$CXX" "${flags[@]}" "${objs[@]:0:5}" -o "$dir/emu_selftest"
-nice -n 5 "$CXX" "${flags[@]}" "${objs[@]:0:3}" "${objs[5]}" -o "$dir/kernel_check"
+nice -n 5 "$CXX" "${flags[@]}" "${objs[@]:0:3}" "${objs[@]:5:2}" -o "$dir/kernel_check"
 echo "built $dir/emu_selftest and $dir/kernel_check ($variant)"
 
 # Plain __shared__ in a template must not compile: GCC would silently drop its section (no poisoning).
