@@ -149,9 +149,9 @@ describe("cpu vs cuda: LLM.int8", () => {
       for (const dt of row.dtypes) for (const shape of row.shapes) compare(row, dt, shape);
     });
 
-  it.runIf(backend.cuda.emulated)("the int8 kernels give the same bits in reverse and random thread order", () => {
-    const subset = table.filter((r) => /^(_int8Test \(raw int32 products, threshold 2|int8Linear \(bias, threshold 2)/.test(r.op));
-    expect(subset.length).toBe(2);
+  it.runIf(backend.cuda.emulated)("the int8 and IA3 kernels give the same results in reverse and random thread order", () => {
+    const subset = table.filter((r) => /^(_int8Test \(raw int32 products, threshold 2|int8Linear \(bias, threshold 2|ia3 input side \(weight \(out, in\)\))/.test(r.op));
+    expect(subset.length).toBe(3);
     for (const order of ["reverse", "random"] as const) {
       backend.setCudaEmulationOrder(order);
       for (const row of subset) for (const shape of [[7, 17, 33], [33, 127, 17]]) compare(row, "f32", shape);
@@ -167,6 +167,14 @@ describe("cpu vs cuda: LLM.int8", () => {
     expect(errorCode(() => ops.int8Linear(x, cb, scb, Tensor.zeros([4]), 0))).toBe("ERR_DEVICE");
     expect(() => ops.int8Linear(Tensor.zeros([2, 5], { device: "cuda" }), cb, scb, null, 0)).toThrow(/int8Linear: x has 5 features/);
     expect(() => ops.int8Quantize(Tensor.fromArray([0, Number.NaN, 1, 2], [2, 2]).to("cuda"))).toThrow(/int8Quantize: weight row 0 holds a value that is not finite/);
+  });
+
+  it("IA3 operands on two devices are ERR_DEVICE naming them", () => {
+    const [x, w, b, l, dy] = ia3Case("f32", [2, 3, 4], true, false).map((t) => t.to("cuda"));
+    expect(() => native.ia3Forward(h(x), h(w), h(b), false, h(l.to("cpu")), true, false)).toThrow(/ia3Forward: x is on cuda but l is on cpu/);
+    expect(errorCode(() => native.ia3Forward(h(x), h(w.to("cpu")), h(b), false, h(l), true, false))).toBe("ERR_DEVICE");
+    const dl = Tensor.zeros([3]);
+    expect(() => native.ia3Backward(h(dy), h(x), h(w), null, false, h(l), true, null, true, null, null, h(dl))).toThrow(/ia3Backward: x is on cuda but dl is on cpu/);
   });
 });
 
