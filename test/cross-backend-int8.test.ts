@@ -6,7 +6,7 @@
 import { afterAll, describe, expect, it } from "vitest";
 
 if (process.env.NODE_PEFT_CUDA === undefined && !process.env.NODE_PEFT_CUDA_REAL) process.env.NODE_PEFT_CUDA = "emu";
-const { Tensor, backend, Linear, Linear8bitLt, LoraConfig, IA3Config, Module, AdamW, F, getPeftModel, manualSeed, tidy } = await import("../lib/index.js");
+const { Tensor, backend, Linear, Linear8bitLt, LoraConfig, IA3Config, Module, AdamW, F, getPeftModel, int8Dequantize, manualSeed, tidy } = await import("../lib/index.js");
 const { Gpt2Like } = await import("./helpers/ia3-models.js");
 const ops = await import("../lib/ops.js");
 const { native } = await import("../lib/native.js");
@@ -231,6 +231,13 @@ describe("int8 modules on cuda", () => {
     expect(Array.from(dev.y)).toEqual(Array.from(cpu.y));
     // dx: 9 f32 terms dy·(SCB/127)·CB (each below 1 in magnitude) summed in two orders.
     for (let i = 0; i < cpu.dx.length; i++) expect(Math.abs(dev.dx[i] - cpu.dx[i])).toBeLessThanOrEqual(2 * 9 * 2 ** -24 * 9);
+  });
+
+  it("int8Dequantize (what merging into the int8 base reads) of device CB/SCB: the cpu's values, on the device", () => {
+    const q = int8Layer();
+    const host = int8Dequantize(q.weight, q.SCB), dev = int8Dequantize(q.weight.to("cuda"), q.SCB.to("cuda"));
+    expect(dev.device).toBe("cuda");
+    expect(Array.from(dev.to("cpu").bytes())).toEqual(Array.from(host.bytes()));
   });
 
   it("LoRA on the int8 base trains on cuda: AdamW's losses follow the cpu run's step for step", () =>
