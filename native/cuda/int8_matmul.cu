@@ -128,19 +128,21 @@ __device__ __forceinline__ void epilogue_store(const Epilogue& e, int64_t m, int
 // ---- int8 products on tensor cores ------------------------------------------------------------------------
 
 // A block computes a 64x64 tile with 4 warps, each a 32x32 quadrant (2x2 s8 fragments, int accumulators),
-// walking K in steps of 64. Shared tiles are stored as four 16-byte-wide k-slabs ([slab][row][16]), so every
-// fragment pointer is 32-byte aligned (a 16-byte k offset inside one row would not be). Chunks of 16 bytes that
+// walking K in steps of 64. Shared tiles are stored as four 16-byte-wide k-slabs ([slab][row][16], slabs 32 bytes
+// apart beyond their rows, so a quarter-warp's eight 16-byte stores land on distinct banks), so every fragment
+// pointer is 32-byte aligned (a 16-byte k offset inside one row would not be). Chunks of 16 bytes that
 // cross an edge of x or CB are zero-filled (zeros add nothing to the integer sums); the next k-tile is fetched
 // into registers while the current one is multiplied.
 constexpr int kI8BM = 64, kI8BN = 64, kI8BK = 64, kI8Slabs = kI8BK / 16;
 constexpr int kI8Threads = 128;
 constexpr int kI8Chunks = kI8BM * kI8Slabs / kI8Threads;  // 16-byte chunks per thread per operand
 constexpr int kI8LdC = kI8BN + 4;                        // ints
-constexpr int kI8SmemAB = 2 * kI8Slabs * kI8BM * 16;
+constexpr int kI8SlabStride = kI8BM * 16 + 32;           // bytes
+constexpr int kI8SmemAB = 2 * kI8Slabs * kI8SlabStride;
 constexpr int kI8SmemC = kI8BM * kI8LdC * 4;
 constexpr int kI8SmemBytes = kI8SmemAB > kI8SmemC ? kI8SmemAB : kI8SmemC;
 static_assert(kI8Chunks * kI8Threads == kI8BM * kI8Slabs && kI8BM == kI8BN, "tile shape");
-static_assert((16 * kI8LdC * 4) % 32 == 0, "accumulator tile rows 32-byte aligned");
+static_assert((16 * kI8LdC * 4) % 32 == 0 && kI8SlabStride % 32 == 0, "tile rows and slabs 32-byte aligned");
 
 // Bytes [k, k + 16) of row r of a (rows, K) int8 matrix, zero where r or k is out of range.
 __device__ __forceinline__ uint4 load_i8_chunk(const int8_t* __restrict__ base, int64_t rows, int64_t K, int64_t r,
@@ -159,8 +161,9 @@ PEFT_UNROLL
 __global__ void __launch_bounds__(kI8Threads) i8_gemm_wmma_kernel(const int8_t* __restrict__ xq,
                                                                    const int8_t* __restrict__ cb, int64_t K, Epilogue e) {
   SMEM_ARRAY(unsigned char, smem, [kI8SmemBytes]);
-  int8_t(*xs)[kI8BM][16] = reinterpret_cast<int8_t(*)[kI8BM][16]>(smem);
-  int8_t(*ws)[kI8BN][16] = reinterpret_cast<int8_t(*)[kI8BN][16]>(smem + kI8Slabs * kI8BM * 16);
+  // Row r of k-slab s: xs + s * kI8SlabStride + r * 16 (and ws).
+  signed char* xs = reinterpret_cast<signed char*>(smem);
+  signed char* ws = xs + kI8Slabs * kI8SlabStride;
   int(*cs)[kI8LdC] = reinterpret_cast<int(*)[kI8LdC]>(smem);
 
   const int tid = threadIdx.x, warp = tid / 32;
@@ -187,8 +190,8 @@ PEFT_UNROLL
 PEFT_UNROLL
     for (int i = 0; i < kI8Chunks; ++i) {
       const int c = tid + i * kI8Threads, row = c / kI8Slabs, slab = c % kI8Slabs;
-      store_vec(&xs[slab][row][0], rx[i]);
-      store_vec(&ws[slab][row][0], rw[i]);
+      store_vec(xs + slab * kI8SlabStride + row * 16, rx[i]);
+      store_vec(ws + slab * kI8SlabStride + row * 16, rw[i]);
     }
     __syncthreads();  // tiles complete before any warp reads them
     if (kt + 1 < ktiles) fetch((kt + 1) * kI8BK);
@@ -197,9 +200,9 @@ PEFT_UNROLL
       wmma::fragment<wmma::matrix_a, 16, 16, 16, signed char, wmma::row_major> a[2];
       wmma::fragment<wmma::matrix_b, 16, 16, 16, signed char, wmma::col_major> b[2];  // CB rows are B's columns
 PEFT_UNROLL
-      for (int i = 0; i < 2; ++i) wmma::load_matrix_sync(a[i], reinterpret_cast<const signed char*>(&xs[s][wm + i * 16][0]), 16);
+      for (int i = 0; i < 2; ++i) wmma::load_matrix_sync(a[i], xs + s * kI8SlabStride + (wm + i * 16) * 16, 16);
 PEFT_UNROLL
-      for (int j = 0; j < 2; ++j) wmma::load_matrix_sync(b[j], reinterpret_cast<const signed char*>(&ws[s][wn + j * 16][0]), 16);
+      for (int j = 0; j < 2; ++j) wmma::load_matrix_sync(b[j], ws + s * kI8SlabStride + (wn + j * 16) * 16, 16);
       mma_2x2(acc, a, b);
     }
     __syncthreads();  // every warp is done with the tiles before they are overwritten
