@@ -14,10 +14,8 @@ import type { Tensor as TensorT } from "../lib/index.js";
 import { FLOATS, UNIT, type FloatDType } from "./helpers/numeric.js";
 import { values } from "./helpers/nn-reference.js";
 import { errorCode } from "./helpers/errors.js";
-import { EXACT, F32, absDot, compare, dotTol, tolOut, type Row } from "./helpers/cross-backend.js";
+import { EXACT, F32, absDot, compare, dotTol, f, tolOut, type Row } from "./helpers/cross-backend.js";
 
-const f = (n: number, seed: number, dt: FloatDType, shape: readonly number[], scale = 1) =>
-  Tensor.fromArray(values(n, seed).map((v) => v * scale), shape, dt);
 
 // Threshold of the outlier rows, and x with planted outlier columns: every 5th column from 2 holds values up to
 // 4 in every 3rd row (|x| >= 2 makes the column an outlier), the rest lie in [-1, 1].

@@ -12,12 +12,10 @@ const K = await import("../lib/kernels.js");
 const ops = await import("../lib/ops.js");
 import type { Tensor as TensorT } from "../lib/index.js";
 import { FLOATS, UNIT, type FloatDType } from "./helpers/numeric.js";
-import { EXACT, F32, absDot, compare, dotTol, tolOut, type Row, type Tol } from "./helpers/cross-backend.js";
+import { EXACT, F32, absDot, compare, dotTol, f, tolOut, type Row, type Tol } from "./helpers/cross-backend.js";
 import { values } from "./helpers/nn-reference.js";
 import { errorCode } from "./helpers/errors.js";
 
-const f = (n: number, seed: number, dt: FloatDType, shape: readonly number[], scale = 1) =>
-  Tensor.fromArray(values(n, seed).map((v) => v * scale), shape, dt);
 const ids = (n: number, vocab: number, seed: number, shape: readonly number[] = [n]) =>
   Tensor.fromArray(values(n, seed).map((v) => Math.floor(((v + 1) / 2) * vocab)), shape, "i64");
 const prod = (s: readonly number[]) => s.reduce((a, b) => a * b, 1);

@@ -2,8 +2,9 @@
 // cuda device with the same inputs, its outputs compared element by element within a bound derived from the
 // arithmetic (0: the bytes must be equal).
 import { expect } from "vitest";
-import type { Tensor as TensorT } from "../../lib/index.js";
+import { Tensor, type Tensor as TensorT } from "../../lib/index.js";
 import { ABS, UNIT, type FloatDType } from "./numeric.js";
+import { values } from "./nn-reference.js";
 
 export type Dev = "cpu" | "cuda";
 export type Out = TensorT | number;
@@ -21,6 +22,8 @@ export interface Row {
 }
 
 export const EXACT: Tol = () => 0;
+export const f = (n: number, seed: number, dt: FloatDType, shape: readonly number[], scale = 1) =>
+  Tensor.fromArray(values(n, seed).map((v) => v * scale), shape, dt);
 export const F32 = UNIT.f32;
 
 // Σ_k |a(m,k)| |b(k,n)| for C = A·B with A [M,K] and B [K,N] given as accessors: the scale of a dot
