@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Builds the CUDA emulator self-test with the host compiler (no CUDA toolkit needed) and runs it: every
 # kernel in native/cuda against plain CPU references, in forward, reverse and random scheduling order,
-# plus the emulator's own checks; then the standalone kernel check (native/cuda/check, what
+# plus the emulator's own checks; then the standalone kernel checks (native/cuda/check, what
 # scripts/gpu-check.sh runs on a GPU) in the three orders. Exits non-zero on any failure.
 #   --ucontext   use the portable ucontext switch instead of the x86-64 assembly one
 #   --asan       AddressSanitizer + UBSan build (the fiber switches are annotated for ASan)
@@ -36,8 +36,9 @@ for src in "${srcs[@]}"; do
 done
 for pid in "${pids[@]}"; do wait "$pid"; done
 nice -n 5 "$CXX" "${flags[@]}" "${objs[@]:0:5}" -o "$dir/emu_selftest"
-nice -n 5 "$CXX" "${flags[@]}" "${objs[@]:0:3}" "${objs[@]:5:2}" -o "$dir/kernel_check"
-echo "built $dir/emu_selftest and $dir/kernel_check ($variant)"
+nice -n 5 "$CXX" "${flags[@]}" "${objs[@]:0:3}" "${objs[5]}" -o "$dir/kernel_check"
+nice -n 5 "$CXX" "${flags[@]}" "${objs[@]:0:3}" "${objs[6]}" -o "$dir/int8_check"
+echo "built $dir/emu_selftest, $dir/kernel_check and $dir/int8_check ($variant)"
 
 # Plain __shared__ in a template must not compile: GCC would silently drop its section (no poisoning).
 probe="$dir/shared_in_template.cc"
@@ -51,6 +52,8 @@ fi
 echo "ok: __shared__ in a template is refused at compile time (use SMEM_ARRAY)"
 "$dir/emu_selftest"
 for order in forward reverse random; do
-  echo "kernel_check ($order order):"
-  EMU_ORDER=$order "$dir/kernel_check"
+  for prog in kernel_check int8_check; do
+    echo "$prog ($order order):"
+    EMU_ORDER=$order "$dir/$prog"
+  done
 done

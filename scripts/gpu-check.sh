@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Builds and runs the CUDA kernels' standalone test-and-bench program (native/cuda/check), no Node needed:
+# Builds and runs the CUDA kernels' standalone test-and-bench programs (native/cuda/check: kernel_check for the
+# training kernels, int8_check for LLM.int8 and IA3), no Node needed:
 #   scripts/gpu-check.sh          on a GPU machine: nvcc build (CMake when present, else nvcc directly) for
 #                                 sm_80/sm_90, every kernel checked against host references, then the bench
 #                                 (the device's ceilings measured, each kernel's time and ratio to them)
@@ -13,9 +14,18 @@ cd "$(dirname "$0")/.."
 if [ "${1:-}" = "--emu" ]; then
   out=build-gpu-check/emu
   mkdir -p "$out"
-  nice -n 5 "${CXX:-g++}" -std=c++20 -O2 -fvisibility=hidden -pthread -x c++ native/cuda/check/kernel_check.cu native/cuda/check/int8_check.cu -x none \
-    native/cuda/emu/emu_runtime.cc native/cuda/emu/emu_memory.cc native/cuda/emu/kernels_emu.cc -o "$out/peft_cuda_check"
-  exec "$out/peft_cuda_check"
+  flags=(-std=c++20 -O2 -fvisibility=hidden -pthread)
+  objs=()
+  for src in native/cuda/emu/emu_runtime.cc native/cuda/emu/emu_memory.cc native/cuda/emu/kernels_emu.cc; do
+    objs+=("$out/$(basename "${src%.*}").o")
+    nice -n 5 "${CXX:-g++}" "${flags[@]}" -c "$src" -o "${objs[-1]}"
+  done
+  status=0
+  for prog in kernel_check:peft_cuda_check int8_check:peft_int8_check; do
+    nice -n 5 "${CXX:-g++}" "${flags[@]}" -x c++ "native/cuda/check/${prog%%:*}.cu" -x none "${objs[@]}" -o "$out/${prog##*:}"
+    "$out/${prog##*:}" || status=1
+  done
+  exit $status
 fi
 
 NVCC=${NVCC:-$(command -v nvcc || echo /usr/local/cuda/bin/nvcc)}
@@ -28,12 +38,17 @@ start=$(date +%s)
 if command -v cmake >/dev/null 2>&1; then
   cmake -S native/cuda/check -B build-gpu-check/cmake -DCMAKE_CUDA_COMPILER="$NVCC" >/dev/null
   cmake --build build-gpu-check/cmake -j "$(nproc)"
-  bin=build-gpu-check/cmake/peft_cuda_check
+  bins=(build-gpu-check/cmake/peft_cuda_check build-gpu-check/cmake/peft_int8_check)
 else
   mkdir -p build-gpu-check/nvcc
-  "$NVCC" -std=c++17 -O3 -lineinfo -gencode arch=compute_80,code=sm_80 -gencode arch=compute_90,code=sm_90 \
-    native/cuda/check/kernel_check.cu native/cuda/check/int8_check.cu native/cuda/*.cu -o build-gpu-check/nvcc/peft_cuda_check
-  bin=build-gpu-check/nvcc/peft_cuda_check
+  bins=()
+  for prog in kernel_check:peft_cuda_check int8_check:peft_int8_check; do
+    "$NVCC" -std=c++17 -O3 -lineinfo -gencode arch=compute_80,code=sm_80 -gencode arch=compute_90,code=sm_90 \
+      "native/cuda/check/${prog%%:*}.cu" native/cuda/*.cu -o "build-gpu-check/nvcc/${prog##*:}"
+    bins+=("build-gpu-check/nvcc/${prog##*:}")
+  done
 fi
 echo "gpu-check: built in $(($(date +%s) - start)) s"
-timeout 240 "$bin" --bench
+status=0
+for bin in "${bins[@]}"; do timeout 120 "$bin" --bench || status=1; done
+exit $status

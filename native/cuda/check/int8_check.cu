@@ -1,6 +1,6 @@
-// The standalone check program's LLM.int8 and IA3 part (kernel_check.cu calls it): the kernels of
-// int8_matmul.cu and ia3_scale.cu against plain host references on odd shapes, and, with --bench on a GPU,
-// the int8 GEMM at n³ against the int8 mma ceiling (ceilings.cuh) and against the f16 tensor-core GEMM.
+// The LLM.int8 and IA3 kernels' standalone check (no Node; scripts/gpu-check.sh builds and runs it): the kernels
+// of int8_matmul.cu and ia3_scale.cu against plain host references on odd shapes, and, with --bench on a GPU,
+// the int8 GEMM at 4096³ against the int8 mma ceiling (ceilings.cuh) and against the f16 tensor-core GEMM.
 #include <cmath>
 #include <cstdint>
 #include <tuple>
@@ -9,9 +9,11 @@
 
 #include "../ia3_ops.h"
 #include "../int8_ops.h"
+#include "ceilings.cuh"
 #include "check_util.cuh"
 
-namespace check_util {
+using peft::DType;
+
 namespace {
 
 constexpr float kDequant = 6.200124e-05f, kInv127 = 7.874015718698502e-3f;  // bitsandbytes' constants
@@ -44,18 +46,23 @@ std::vector<float> x_with_outliers(int64_t M, int64_t K, uint32_t seed) {
   return x;
 }
 
-void check_quantize(int64_t N, int64_t K) {
+// CB/SCB from f32 or bf16 weights (bf16: the host reference reads the same rounded values).
+void check_quantize(int64_t N, int64_t K, bool bf16) {
   std::vector<float> w = rand_f32(size_t(N * K), 41, -3, 3);
+  const std::vector<uint16_t> wb = to_bf16(w);
+  if (bf16)
+    for (size_t i = 0; i < w.size(); ++i) w[i] = peft::bf16_to_f32(wb[i]);
   std::vector<int8_t> cb(w.size());
   std::vector<float> scb(static_cast<size_t>(N));
   for (int64_t n = 0; n < N; ++n) scb[size_t(n)] = quant_row(&w[size_t(n * K)], K, 0, {}, &cb[size_t(n * K)]);
-  Buf dw(w), dcb(w.size()), dscb(size_t(N) * 4);
+  Buf dw32(w), dw16(wb), dcb(w.size()), dscb(size_t(N) * 4);
   std::string err;
   int64_t bad = 0;
-  must(api::cuda_int8_quantize(dw.p, int(DType::F32), N, K, static_cast<int8_t*>(dcb.p), static_cast<float*>(dscb.p), &bad, &err),
+  must(api::cuda_int8_quantize(bf16 ? dw16.p : dw32.p, int(bf16 ? DType::BF16 : DType::F32), N, K, static_cast<int8_t*>(dcb.p),
+                               static_cast<float*>(dscb.p), &bad, &err),
        err, "cuda_int8_quantize");
   check(dcb.get<int8_t>() == cb && dscb.get<float>() == scb && bad == -1,
-        "int8 quantize " + std::to_string(N) + "x" + std::to_string(K));
+        std::string("int8 quantize ") + (bf16 ? "bf16 " : "f32 ") + std::to_string(N) + "x" + std::to_string(K));
 }
 
 // y = x·dequant(CB)ᵀ + bias with outliers, on the __dp4a (path 1) or tensor-core (path 2) kernel: the int32
@@ -154,10 +161,9 @@ void check_ia3(int64_t M, int64_t N, int64_t K, bool input_side) {
                       std::to_string(N) + "x" + std::to_string(K) + ": " + std::to_string(bad) + " off");
 }
 
-}  // namespace
-
-void run_int8_checks() {
-  for (auto [N, K] : {std::pair<int64_t, int64_t>{1, 1}, {7, 17}, {33, 127}, {0, 5}}) check_quantize(N, K);
+void run_checks() {
+  for (bool bf16 : {false, true})
+    for (auto [N, K] : {std::pair<int64_t, int64_t>{1, 1}, {7, 17}, {33, 127}, {0, 5}}) check_quantize(N, K, bf16);
   for (float threshold : {0.f, 2.f})
     for (int path : {1, 2})
       for (auto [M, N, K] : {std::tuple<int64_t, int64_t, int64_t>{1, 1, 1}, {7, 17, 33}, {8, 33, 127}, {3, 5, 0}}) check_linear(M, N, K, threshold, path);
@@ -168,7 +174,10 @@ void run_int8_checks() {
     for (auto [M, N, K] : {std::tuple<int64_t, int64_t, int64_t>{1, 1, 1}, {7, 17, 33}, {33, 7, 127}}) check_ia3(M, N, K, input_side);
 }
 
-void run_int8_bench(double int8_mma_tops, int64_t n) {
+void run_bench() {
+  const int64_t n = 4096;
+  const double int8_mma_tops = api::measure_ceilings().int8_tops;
+  std::printf("ceiling: int8 mma %.1f TOP/s\n", int8_mma_tops);
   std::string err;
   Buf x(size_t(n * n) * 2), w(size_t(n * n)), scb(size_t(n) * 4), y(size_t(n * n) * 2);
   api::cuda_memset(x.p, 0, x.bytes, &err);
@@ -184,4 +193,6 @@ void run_int8_bench(double int8_mma_tops, int64_t n) {
               tops / int8_mma_tops, sf16 * 1e3, sf16 / si8);
 }
 
-}  // namespace check_util
+}  // namespace
+
+int main(int argc, char** argv) { return check_program(argc, argv, "int8/IA3 kernels", run_checks, run_bench); }

@@ -20,11 +20,60 @@
 #include "../compat.cuh"
 #include "../cuda_ops.h"
 #include "ceilings.cuh"
-#include "check_util.cuh"
 
-using namespace check_util;
+namespace api = peft::PEFT_CUDA_NS;
+using peft::DType;
 
 namespace {
+
+int g_checks = 0, g_failures = 0;
+void check(bool ok, const std::string& what) {
+  ++g_checks;
+  if (!ok && ++g_failures <= 40) std::printf("  FAIL %s\n", what.c_str());
+}
+void must(int rc, const std::string& err, const char* what) {
+  if (rc != 0) {
+    std::printf("  FAIL %s: %s\n", what, err.c_str());
+    ++g_failures;
+  }
+}
+
+// Device memory holding a host vector's bytes.
+struct Buf {
+  void* p = nullptr;
+  size_t bytes = 0;
+  explicit Buf(size_t n) : bytes(n) {
+    std::string err;
+    must(api::cuda_malloc(&p, n ? n : 1, &err), err, "cuda_malloc");
+  }
+  template <class T>
+  explicit Buf(const std::vector<T>& v) : Buf(v.size() * sizeof(T)) {
+    std::string err;
+    must(api::cuda_memcpy_h2d(p, v.data(), bytes, &err), err, "cuda_memcpy_h2d");
+  }
+  ~Buf() { api::cuda_free(p, nullptr); }
+  Buf(const Buf&) = delete;
+  template <class T>
+  std::vector<T> get() const {
+    std::vector<T> v(bytes / sizeof(T));
+    std::string err;
+    must(api::cuda_memcpy_d2h(v.data(), p, bytes, &err), err, "cuda_memcpy_d2h");
+    return v;
+  }
+};
+
+std::vector<float> rand_f32(size_t n, uint32_t seed, float lo = -1.f, float hi = 1.f) {
+  std::mt19937 g(seed);
+  std::uniform_real_distribution<float> d(lo, hi);
+  std::vector<float> v(n);
+  for (float& x : v) x = d(g);
+  return v;
+}
+std::vector<uint16_t> to_bf16(const std::vector<float>& v) {
+  std::vector<uint16_t> o(v.size());
+  for (size_t i = 0; i < v.size(); ++i) o[i] = peft::f32_to_bf16(v[i]);
+  return o;
+}
 
 // ---- GEMM: C = A·B (+ bias) for every transpose: f32 SIMT, TF32, and bf16 on the x·Wᵀ tensor-core kernel
 // (mode 2) or the strided one (mode 3, every transpose) --------------------------------------------------
@@ -156,15 +205,20 @@ void run_checks() {
     check_sum_rows(r * 11, c);
   }
   for (double eps : {0.0, 0.1}) check_cross_entropy(33, 17, eps);
-  run_int8_checks();
 }
 
 // ---- bench ------------------------------------------------------------------------------------------
+double seconds_of(int reps, const std::function<void()>& f) {
+  f();  // warm-up
+  auto t0 = std::chrono::steady_clock::now();
+  for (int i = 0; i < reps; ++i) f();
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count() / reps;
+}
+
 void run_bench(int64_t n) {
   std::string err;
   const api::Ceilings c = api::measure_ceilings();
-  std::printf("ceilings: copy %.0f GB/s, f32 FMA %.1f TFLOP/s, f16 mma %.1f TFLOP/s, int8 mma %.1f TOP/s\n", c.copy_gbs,
-              c.fma_tflops, c.mma_tflops, c.int8_tops);
+  std::printf("ceilings: copy %.0f GB/s, f32 FMA %.1f TFLOP/s, f16 mma %.1f TFLOP/s\n", c.copy_gbs, c.fma_tflops, c.mma_tflops);
   std::printf("%-28s %10s %12s %8s\n", "kernel", "ms", "rate", "ratio");
   auto gemm = [&](int mode) {
     Buf a(size_t(n * n) * 4), b(size_t(n * n) * 4), cc(size_t(n * n) * 4);
@@ -189,7 +243,6 @@ void run_bench(int64_t n) {
   const double s = seconds_of(5, [&] { api::cuda_axpy(y.p, 0, x.p, 0, 0.5f, e, &err); });
   const double gbs = 3.0 * 4 * double(e) / s / 1e9;  // read x, read and write y
   std::printf("%-28s %10.3f %8.0f GB/s %8.2f\n", "axpy f32 (2^26)", s * 1e3, gbs, gbs / c.copy_gbs);
-  run_int8_bench(c.int8_tops, n);
 }
 
 }  // namespace
