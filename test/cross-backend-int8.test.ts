@@ -6,7 +6,7 @@
 import { afterAll, describe, expect, it } from "vitest";
 
 if (process.env.NODE_PEFT_CUDA === undefined && !process.env.NODE_PEFT_CUDA_REAL) process.env.NODE_PEFT_CUDA = "emu";
-const { Tensor, backend, Linear, Linear8bitLt, LoraLinear8bitLt, LoraConfig, IA3Config, Module, AdamW, F, getPeftModel, int8Dequantize, manualSeed, tidy } = await import("../lib/index.js");
+const { Tensor, backend, Linear, Linear8bitLt, LoraLinear8bitLt, LoraConfig, IA3Config, Module, F, getPeftModel, int8Dequantize, manualSeed } = await import("../lib/index.js");
 const { Gpt2Like } = await import("./helpers/ia3-models.js");
 const ops = await import("../lib/ops.js");
 const { native } = await import("../lib/native.js");
@@ -15,6 +15,7 @@ import { FLOATS, UNIT, type FloatDType } from "./helpers/numeric.js";
 import { values } from "./helpers/nn-reference.js";
 import { errorCode } from "./helpers/errors.js";
 import { EXACT, F32, absDot, compare, dotTol, f, tolOut, type Row } from "./helpers/cross-backend.js";
+import { adamwSteps } from "./helpers/device-training.js";
 
 
 // Threshold of the outlier rows, and x with planted outlier columns: every 5th column from 2 holds values up to
@@ -189,19 +190,8 @@ class Net extends Module {
 }
 /** AdamW losses of 4 steps of mse(model(x), target) over the model's trainable parameters (nParams of them), all on `device`. */
 function trainLosses(model: InstanceType<typeof Module>, x: TensorT, target: TensorT, device: "cpu" | "cuda", nParams: number): number[] {
-  const params = [...model.parameters()].filter((p) => p.requiresGrad);
-  expect(params.length).toBe(nParams);
-  const opt = new AdamW(params, { lr: 1e-2 });
-  const out: number[] = [];
-  for (let s = 0; s < 4; s++) {
-    const loss = tidy(() => F.mseLoss(model.forward(x), target));
-    loss.backward();
-    for (const p of params) expect(p.grad?.device).toBe(device);
-    opt.step();
-    opt.zeroGrad();
-    out.push(loss.toFloat64Array()[0]);
-    loss.dispose();
-  }
+  expect([...model.parameters()].filter((p) => p.requiresGrad).length).toBe(nParams);
+  const out = adamwSteps(model, device, 4, { lr: 1e-2 }, () => F.mseLoss(model.forward(x), target));
   model.dispose();
   return out;
 }
