@@ -3,7 +3,7 @@
 // its order (native/cuda/int8_matmul.cu): quantised values, scales and int32 products must be equal bit for
 // bit, and so must the dequantised outputs (the same f32 products and sums, unfused, rounded once). Only the
 // input gradient, a float GEMM summed in another order, gets a bound from the arithmetic.
-import { afterAll, describe, expect, it } from "vitest";
+import { describe, expect, it } from "vitest";
 
 if (process.env.NODE_PEFT_CUDA === undefined && !process.env.NODE_PEFT_CUDA_REAL) process.env.NODE_PEFT_CUDA = "emu";
 const { Tensor, backend, Linear, Linear8bitLt, LoraLinear8bitLt, LoraConfig, IA3Config, Module, F, getPeftModel, int8Dequantize, manualSeed } = await import("../lib/index.js");
@@ -14,7 +14,7 @@ import type { Tensor as TensorT } from "../lib/index.js";
 import { FLOATS, UNIT, type FloatDType } from "./helpers/numeric.js";
 import { values } from "./helpers/nn-reference.js";
 import { errorCode } from "./helpers/errors.js";
-import { EXACT, F32, absDot, compare, dotTol, f, tolOut, type Row } from "./helpers/cross-backend.js";
+import { EXACT, F32, absDot, compare, dotTol, f, orderTest, rowTests, tolOut, type Row } from "./helpers/cross-backend.js";
 import { adamwSteps } from "./helpers/device-training.js";
 
 
@@ -137,25 +137,14 @@ table.push({
   tol: () => EXACT,
 });
 
-afterAll(() => {
-  if (backend.cuda.emulated) backend.setCudaEmulationOrder("forward");
-});
-
 describe("cpu vs cuda: LLM.int8", () => {
   it("the cuda device is available (emulated without a GPU)", () => expect(backend.cuda.available).toBe(true));
-  for (const row of table)
-    it(row.op, () => {
-      for (const dt of row.dtypes) for (const shape of row.shapes) compare(row, dt, shape);
-    });
+  rowTests(table);
 
-  it.runIf(backend.cuda.emulated)("the int8 and IA3 kernels give the same results in reverse and random thread order", () => {
+  orderTest("the int8 and IA3 kernels give the same results in reverse and random thread order", () => {
     const subset = table.filter((r) => /^(_int8Test \(raw int32 products, threshold 2|int8Linear \(bias, threshold 2|ia3 input side \(weight \(out, in\)\))/.test(r.op));
     expect(subset.length).toBe(3);
-    for (const order of ["reverse", "random"] as const) {
-      backend.setCudaEmulationOrder(order);
-      for (const row of subset) for (const shape of [[7, 17, 33], [33, 127, 17]]) compare(row, "f32", shape);
-    }
-    backend.setCudaEmulationOrder("forward");
+    for (const row of subset) for (const shape of [[7, 17, 33], [33, 127, 17]]) compare(row, "f32", shape);
   });
 
   it("bad input on the device is a clear error", () => {
