@@ -5,10 +5,11 @@
 // kernel's ratio to them instead.
 //   node bench/cuda-roofline.mjs
 // Peaks (dense, SXM parts, NVIDIA's data sheets): f32 CUDA-core FMA 67 TFLOP/s on both; TF32 tensor cores
-// 494.7; bf16/f16 tensor cores 989.4; HBM 4.8 TB/s (H200, HBM3e) and 3.35 TB/s (H100, HBM3).
+// 494.7; bf16/f16 tensor cores 989.4; int8 tensor cores 1978.9 TOP/s; HBM 4.8 TB/s (H200, HBM3e) and 3.35 TB/s
+// (H100, HBM3).
 const PEAKS = {
-  H200: { f32: 67e12, tf32: 494.7e12, bf16: 989.4e12, hbm: 4.8e12 },
-  H100: { f32: 67e12, tf32: 494.7e12, bf16: 989.4e12, hbm: 3.35e12 },
+  H200: { f32: 67e12, tf32: 494.7e12, bf16: 989.4e12, int8: 1978.9e12, hbm: 4.8e12 },
+  H100: { f32: 67e12, tf32: 494.7e12, bf16: 989.4e12, int8: 1978.9e12, hbm: 3.35e12 },
 };
 
 const n = 4096, E = 1 << 26, R = 4096, V = 32000;
@@ -22,6 +23,12 @@ const kernels = [
   { name: "gemm f32 SIMT 4096³", flops: 2 * n ** 3, bytes: 3 * 4 * n * n, peak: "f32", note: `128x128 tiles: ${fmtB(8 * n * n * (n / 128))} from L2` },
   { name: "gemm tf32 WMMA 4096³", flops: 2 * n ** 3, bytes: 3 * 4 * n * n, peak: "tf32", note: `64x64 tiles: ${fmtB(8 * n * n * (n / 64))} from L2` },
   { name: "gemm bf16 WMMA 4096³", flops: 2 * n ** 3, bytes: 2 * 2 * n * n + 4 * n * n, peak: "bf16", note: `64x64 tiles: ${fmtB(4 * n * n * (n / 64))} from L2` },
+  // LLM.int8 (int8_matmul.cu) at 4096³, f16 x: quantising x (read f16, write int8 + a scale per row), then the
+  // int8 GEMM (x_q and CB read once, f16 y written): half the f16 GEMM's operand bytes and twice its peak.
+  { name: "int8 linear WMMA s8 4096³", flops: 2 * n ** 3, bytes: 2 * n * n + n * n + 2 * n * n + 2 * n * n, peak: "int8", note: `quantise x + 64x64 tiles: ${fmtB(2 * n * n * (n / 64))} from L2` },
+  { name: "int8 linear __dp4a 8x4096x4096", flops: 2 * 8 * n * n, bytes: n * n, peak: "f32", note: "decode step: CB read once (dp4a: 4 MACs/instruction)" },
+  { name: "int8 grad input 4096³ (SIMT)", flops: 2 * n ** 3, bytes: 4 * n * n + n * n + 4 * n * n, peak: "f32", note: "dy·(CB·SCB/127): f32 SIMT, CB widened as staged" },
+  { name: "IA3 scale columns f32 4096²", flops: n * n, bytes: 8 * n * n, peak: "f32", note: "y = y0 ⊙ l (output side, training)" },
   { name: "axpy / add f32 2^26", flops: 2 * E, bytes: 12 * E, peak: "f32", note: "read a, b; write a" },
   { name: "activation (gelu) f32 2^26", flops: 20 * E, bytes: 8 * E, peak: "f32", note: "erf form in double: ~20 flops" },
   { name: "dropout f32 2^26", flops: 25 * E, bytes: 8 * E, peak: "f32", note: "Philox: ~100 integer ops per 4 elements" },
@@ -56,4 +63,5 @@ const rows = kernels.map((k) => {
 console.table(rows);
 console.log("Targets when a GPU is lent: f32 SIMT GEMM >= 0.6x the measured FMA ceiling, f16/bf16 WMMA >= 0.5x the mma");
 console.log("ceiling at 4096³, element-wise >= 0.8x copy bandwidth (scripts/gpu-check.sh measures both); fused LoRA");
-console.log("forward <= 1.05x the base GEMM at (512, 4096, 4096) bf16, LoRA merge >= 0.8x copy bandwidth (peft_lora_check --bench).");
+console.log("forward <= 1.05x the base GEMM at (512, 4096, 4096) bf16, LoRA merge >= 0.8x copy bandwidth (peft_lora_check --bench);");
+console.log("int8 GEMM >= 0.5x the int8 mma ceiling at 4096³ and faster than the f16 GEMM (peft_int8_check --bench).");

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Builds and runs the CUDA kernels' standalone test-and-bench programs (native/cuda/check: kernel_check for
-# the training kernels, lora_check for fused LoRA), no Node needed:
+# the training kernels, lora_check for fused LoRA, int8_check for LLM.int8 and IA3), no Node needed:
 #   scripts/gpu-check.sh          on a GPU machine: nvcc build (CMake when present, else nvcc directly) for
 #                                 sm_80/sm_90, every kernel checked against host references, then the bench
 #                                 (the device's ceilings measured, each kernel's time and ratio to them)
@@ -21,7 +21,7 @@ if [ "${1:-}" = "--emu" ]; then
     nice -n 5 "${CXX:-g++}" "${flags[@]}" -c "$src" -o "${objs[-1]}"
   done
   status=0
-  for prog in kernel_check:peft_cuda_check lora_check:peft_lora_check; do
+  for prog in kernel_check:peft_cuda_check lora_check:peft_lora_check int8_check:peft_int8_check; do
     nice -n 5 "${CXX:-g++}" "${flags[@]}" -x c++ "native/cuda/check/${prog%%:*}.cu" -x none "${objs[@]}" -o "$out/${prog##*:}"
     "$out/${prog##*:}" || status=1
   done
@@ -43,12 +43,16 @@ else
   bin=build-gpu-check/nvcc
   mkdir -p "$bin"
   gen=(-std=c++17 -O3 -lineinfo -gencode arch=compute_80,code=sm_80 -gencode arch=compute_90,code=sm_90)
-  "$NVCC" "${gen[@]}" native/cuda/check/kernel_check.cu native/cuda/*.cu -o "$bin/peft_cuda_check" &
-  "$NVCC" "${gen[@]}" native/cuda/check/lora_check.cu native/cuda/*.cu -o "$bin/peft_lora_check"
-  wait $!
+  pids=()
+  for prog in kernel_check:peft_cuda_check lora_check:peft_lora_check int8_check:peft_int8_check; do
+    "$NVCC" "${gen[@]}" "native/cuda/check/${prog%%:*}.cu" native/cuda/*.cu -o "$bin/${prog##*:}" &
+    pids+=($!)
+  done
+  for pid in "${pids[@]}"; do wait "$pid"; done
 fi
 echo "gpu-check: built in $(($(date +%s) - start)) s"
 status=0
 timeout 240 "$bin/peft_cuda_check" --bench || status=1
 timeout 60 "$bin/peft_lora_check" --bench || status=1
+timeout 120 "$bin/peft_int8_check" --bench || status=1
 exit $status

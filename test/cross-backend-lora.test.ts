@@ -9,14 +9,14 @@
 // |W|, |A|, |B|, dropout masks replaced by their scale 1/(1-p)), so the two are within 2·(L + 8)·u of each
 // other in those units (8: the bias, the scales and the final additions), plus one rounding into the
 // output dtype each (tolOut).
-import { afterAll, describe, expect, it } from "vitest";
+import { describe, expect, it } from "vitest";
 
 if (process.env.NODE_PEFT_CUDA === undefined && !process.env.NODE_PEFT_CUDA_REAL) process.env.NODE_PEFT_CUDA = "emu";
 const { Tensor, backend } = await import("../lib/index.js");
 const { native } = await import("../lib/native.js");
 import type { Tensor as TensorT } from "../lib/index.js";
 import { FLOATS, UNIT, type FloatDType } from "./helpers/numeric.js";
-import { F32, compare, f, tolOut, type Row, type Tol } from "./helpers/cross-backend.js";
+import { F32, compare, f, orderTest, rowTests, tolOut, type Row, type Tol } from "./helpers/cross-backend.js";
 import { errorCode } from "./helpers/errors.js";
 
 // [M, K, N, r1, r2]: r2 = 0 runs one adapter (the backward's rank-term path), else two (dropout on the
@@ -167,22 +167,10 @@ function rows(inOut: boolean, shapes: readonly (readonly number[])[], dtypes: re
 
 const table: Row[] = [...rows(false, SHAPES, FLOATS), ...rows(true, [SHAPES[1], SHAPES[3]], ["f32", "bf16"])];
 
-afterAll(() => {
-  if (backend.cuda.emulated) backend.setCudaEmulationOrder("forward");
-});
-
 describe("LoRA: cpu vs cuda, op × dtype × shape", () => {
-  for (const row of table)
-    it(row.op, () => {
-      for (const dt of row.dtypes) for (const shape of row.shapes) compare(row, dt, shape);
-    });
-
-  it.runIf(backend.cuda.emulated)("the same results in the emulator's reverse and random thread orders", () => {
-    for (const order of ["reverse", "random"] as const) {
-      backend.setCudaEmulationOrder(order);
-      for (const row of table.slice(0, 3)) compare(row, row.op.startsWith("loraMerge") ? "bf16" : "f32", SHAPES[1]);
-    }
-    backend.setCudaEmulationOrder("forward");
+  rowTests(table);
+  orderTest("the same results in the emulator's reverse and random thread orders", () => {
+    for (const row of table.slice(0, 3)) compare(row, row.op.startsWith("loraMerge") ? "bf16" : "f32", SHAPES[1]);
   });
 });
 

@@ -4,7 +4,7 @@
 // two f32 evaluation orders' error (bounded from the operands' magnitudes) plus one ulp of the output
 // dtype; ops whose two implementations do the same f32 operations in the same order must agree bit for bit.
 // Every op that gains a cuda kernel adds its rows here; ops without one are ERR_NOT_ON_DEVICE naming it.
-import { afterAll, describe, expect, it } from "vitest";
+import { describe, expect, it } from "vitest";
 
 if (process.env.NODE_PEFT_CUDA === undefined && !process.env.NODE_PEFT_CUDA_REAL) process.env.NODE_PEFT_CUDA = "emu";
 const { Tensor, backend, F: Fn } = await import("../lib/index.js");
@@ -13,7 +13,7 @@ const ops = await import("../lib/ops.js");
 import { FLOATS, type FloatDType } from "./helpers/numeric.js";
 import { values } from "./helpers/nn-reference.js";
 import { errorCode } from "./helpers/errors.js";
-import { EXACT, F32, absDot, compare, dotTol, f, ids, prod, tolOut, type Row } from "./helpers/cross-backend.js";
+import { EXACT, F32, absDot, compare, dotTol, f, ids, orderTest, prod, rowTests, tolOut, type Row } from "./helpers/cross-backend.js";
 
 // Activation terms: both backends evaluate the same formula with f32 (or double) transcendental
 // functions a few ulps apart; the error is relative to the sum of the magnitudes of the formula's terms.
@@ -235,27 +235,15 @@ const table: Row[] = [
   },
 ];
 
-afterAll(() => {
-  if (backend.cuda.emulated) backend.setCudaEmulationOrder("forward");
-});
-
 describe("cpu vs cuda, op × dtype × shape", () => {
   it("the cuda device is available (emulated without a GPU)", () => expect(backend.cuda.available).toBe(true));
-  for (const row of table)
-    it(row.op, () => {
-      for (const dt of row.dtypes) for (const shape of row.shapes) compare(row, dt, shape);
-    });
+  rowTests(table);
 
-  // A correct kernel gives the same result whichever order the emulator runs threads and blocks in: the
-  // reductions and the GEMMs again in reverse and random order (a subset, to keep the emulator cheap).
-  it.runIf(backend.cuda.emulated)("reductions and products are the same in reverse and random thread order", () => {
+  // The reductions and the GEMMs again in reverse and random order (a subset, to keep the emulator cheap).
+  orderTest("reductions and products are the same in reverse and random thread order", () => {
     const subset = table.filter((r) => /^(linear \(weight f32\)|linearGradWeight \(accumulate true\)|sumRows|logSoftmax$|crossEntropy \(labelSmoothing 0.1|mseLoss|embedding)/.test(r.op));
     expect(subset.length).toBe(7);
-    for (const order of ["reverse", "random"] as const) {
-      backend.setCudaEmulationOrder(order);
-      for (const row of subset) compare(row, "f32", row.shapes[Math.min(2, row.shapes.length - 1)]);
-    }
-    backend.setCudaEmulationOrder("forward");
+    for (const row of subset) compare(row, "f32", row.shapes[Math.min(2, row.shapes.length - 1)]);
   });
 });
 

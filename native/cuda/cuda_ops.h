@@ -29,6 +29,24 @@ struct CudaMat {
   int dt = 0;
   int64_t rs = 0, cs = 0;
 };
+// Views of a matrix at p: row-major with row stride ld, and column-major with column stride ld.
+inline CudaMat rows_of(const void* p, int dt, int64_t ld) { return {p, dt, ld, 1}; }
+inline CudaMat cols_of(const void* p, int dt, int64_t ld) { return {p, dt, 1, ld}; }
+// A dense layer's operands (native/cpu/lora.h's DenseView over device memory): x (M, K); W (N, K), or (K, N)
+// when w_in_out (GPT-2's Conv1D); bias (N) or null.
+struct CudaDense {
+  int64_t M = 0, K = 0, N = 0;
+  const void* x = nullptr;
+  int x_dt = 0;
+  const void* W = nullptr;
+  int w_dt = 0;
+  bool w_in_out = false;
+  const void* bias = nullptr;
+  int bias_dt = 0;
+};
+// W as the (K, N) operand of the forward product x·Wᵀ, and as the (N, K) one of the input gradient dy·W.
+inline CudaMat weight_kn(const CudaDense& d) { return d.w_in_out ? rows_of(d.W, d.w_dt, d.N) : cols_of(d.W, d.w_dt, d.K); }
+inline CudaMat weight_nk(const CudaDense& d) { return d.w_in_out ? cols_of(d.W, d.w_dt, d.N) : rows_of(d.W, d.w_dt, d.K); }
 // An extra rank-R product scale·A2[M,R]·B2[R,N] (strided f32/f16/bf16 views; scale applied to A2's values as
 // they are staged) on a GEMM's output tile: fused LoRA's adapters as R more k-steps (SIMT) or an f32 epilogue
 // from shared memory (tensor cores). R = 0: none.
@@ -38,9 +56,9 @@ struct CudaRank {
   float scale = 1.0f;
 };
 // C[M,N] (=|+=) col_scale ⊙ (alpha · (A[M,K]·B[K,N] + rank) + bias[N]), C row-major with row stride ldc. A
-// and B: f32/f16/bf16 in any mix; C and bias f32/f16/bf16; col_scale f32 (or null); f32 accumulation, C
-// rounded once. allow_tf32: f32 x f32 products may run on TF32 tensor cores (inputs rounded to 10 mantissa
-// bits; the rank product stays f32).
+// and B: f32/f16/bf16 in any mix (B also i8 on the f32 SIMT kernel); C and bias f32/f16/bf16; col_scale f32
+// (or null); f32 accumulation, C rounded once. allow_tf32: f32 x f32 products may run on TF32 tensor cores
+// (inputs rounded to 10 mantissa bits; the rank product stays f32).
 struct CudaGemm {
   int64_t M = 0, N = 0, K = 0;
   CudaMat A, B;
@@ -54,6 +72,9 @@ struct CudaGemm {
   const float* col_scale = nullptr;
   bool allow_tf32 = false;
   CudaRank rank;
+  // Per-k scale of A (f32, K values, or null): A(i, k)·a_ks[k], applied as A's tiles are staged (IA3's
+  // input-side scale; the int8 weight gradient's dequantisation). B may then also be i8 (CB, widened exactly).
+  const float* a_ks = nullptr;
 };
 // AdamW's per-step scalars (native/cpu/adamw.h derives them) and one parameter's device pointers.
 struct CudaAdamWScalars {

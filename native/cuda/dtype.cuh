@@ -24,6 +24,7 @@ __device__ __forceinline__ float load_f32(const void* p, DType dt, int64_t i) {
   switch (dt) {
     case DType::F16: return to_f32(gload(static_cast<const __half*>(p) + i));
     case DType::BF16: return to_f32(gload(static_cast<const __nv_bfloat16*>(p) + i));
+    case DType::I8: return float(gload(static_cast<const int8_t*>(p) + i));  // int8 weights, exact in f32
     default: return gload(static_cast<const float*>(p) + i);
   }
 }

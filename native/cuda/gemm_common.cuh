@@ -13,6 +13,12 @@ __device__ __forceinline__ float load_view(const CudaMat& v, int64_t i, int64_t 
   return load_f32(v.p, DType(v.dt), i * v.rs + j * v.cs);
 }
 
+// Element (i, k) of A as staged: times the per-k scale a_ks[k] when there is one (one f32 product, rounded once).
+__device__ __forceinline__ float load_a(const CudaGemm& g, int64_t i, int64_t k) {
+  const float v = load_view(g.A, i, k, g.M, g.K);
+  return g.a_ks && k < g.K ? v * gload(g.a_ks + k) : v;
+}
+
 // Which (outer, k) of a tile with kOuter rows of A (or columns of B) and kK k-steps the block's staged
 // element e is. Consecutive threads take consecutive addresses along the view's unit-stride dimension, so
 // global reads coalesce for either layout (the choice is uniform across the block).

@@ -1,7 +1,8 @@
 // The full-f32 GEMM on the CUDA cores (PyTorch's default matmul precision):
 //   C[M,N] (=|+=) col_scale ⊙ (alpha · A[M,K]·B[K,N] + bias[N])
-// with A and B strided views (any transposes) in f32, f16 or bf16, each element widened to f32 exactly as
-// it is staged into shared memory, f32 FMA accumulation in k order, and C (f32/f16/bf16) rounded once.
+// with A and B strided views (any transposes) in f32, f16 or bf16 (B also i8), A optionally scaled per k
+// (g.a_ks), each element widened to f32 exactly as it is staged into shared memory, f32 FMA accumulation in k
+// order, and C (f32/f16/bf16) rounded once.
 //
 // A block computes a 128x128 tile of C with 256 threads, each owning an 8x8 register block (two 4-row by
 // two 4-column groups 64 apart, so a warp's shared-memory reads are conflict-free float4 runs). K is
@@ -41,14 +42,14 @@ PEFT_UNROLL
   const int64_t main_tiles = (g.K + kSimtBK - 1) / kSimtBK;
   const int64_t ktiles = main_tiles + (g.rank.R + kSimtBK - 1) / kSimtBK;
   auto fetch = [&](int64_t kt) {
+    // Uniform across the block: A's and B's k-tiles first (A with its per-k scale), then the rank term's.
     const bool main = kt < main_tiles;
-    const CudaMat& a = main ? g.A : g.rank.A2;
     const CudaMat& b = main ? g.B : g.rank.B2;
     const int64_t k0 = (main ? kt : kt - main_tiles) * kSimtBK, kend = main ? g.K : g.rank.R;
-    const float as = main ? 1.0f : g.rank.scale;
 PEFT_UNROLL
     for (int s = 0; s < kSimtPerThread; ++s) {
-      ra[s] = as * load_view(a, m0 + slot_a(s).outer, k0 + slot_a(s).k, g.M, kend);
+      const int64_t m = m0 + slot_a(s).outer, k = k0 + slot_a(s).k;
+      ra[s] = main ? load_a(g, m, k) : g.rank.scale * load_view(g.rank.A2, m, k, g.M, g.rank.R);
       rb[s] = load_view(b, k0 + slot_b(s).k, n0 + slot_b(s).outer, kend, g.N);
     }
   };

@@ -72,18 +72,16 @@ __global__ void __launch_bounds__(kTcThreads) gemm_tc_kernel(CudaGemm g) {
   const bool a_kc = a_k_contiguous(g), b_kc = b_k_contiguous(g);
 
   wmma::fragment<wmma::accumulator, 16, 16, kK, float> acc[2][2];
-PEFT_UNROLL
-  for (int i = 0; i < 2; ++i)
-PEFT_UNROLL
-    for (int j = 0; j < 2; ++j) wmma::fill_fragment(acc[i][j], 0.0f);
+  zero_2x2(acc);
 
   for (int64_t k0 = 0; k0 < g.K; k0 += kTcBK) {
 PEFT_UNROLL
     for (int s = 0; s < kTcPerThread; ++s) {
-      // f16/bf16 inputs were widened exactly by load_view; from_f32 narrows them back exactly.
+      // f16/bf16 inputs were widened exactly by load_view; from_f32 narrows them back exactly (cuda_gemm
+      // sends products with a per-k scale of A to the SIMT kernel; with TF32 the scaled value is rounded as any).
       const TileSlot a = tile_slot<kTcBM, kTcBK>(tid + s * kTcThreads, a_kc);
       const TileSlot b = tile_slot<kTcBN, kTcBK>(tid + s * kTcThreads, b_kc);
-      As[a.outer][a.k] = from_f32<T>(load_view(g.A, m0 + a.outer, k0 + a.k, g.M, g.K));
+      As[a.outer][a.k] = from_f32<T>(load_a(g, m0 + a.outer, k0 + a.k));
       Bs[b.k][b.outer] = from_f32<T>(load_view(g.B, k0 + b.k, n0 + b.outer, g.K, g.N));
     }
     __syncthreads();  // tiles complete before any warp reads them

@@ -71,10 +71,7 @@ __global__ void __launch_bounds__(kGemmThreads) gemm_nt_kernel(const T* __restri
   const bool vec = K % 8 == 0 && reinterpret_cast<uintptr_t>(x) % 16 == 0 && reinterpret_cast<uintptr_t>(w) % 16 == 0;
 
   wmma::fragment<wmma::accumulator, 16, 16, 16, float> acc[2][2];
-PEFT_UNROLL
-  for (int i = 0; i < 2; ++i)
-PEFT_UNROLL
-    for (int j = 0; j < 2; ++j) wmma::fill_fragment(acc[i][j], 0.0f);
+  zero_2x2(acc);
 
   // This thread's chunks: chunk c covers row c / kChunksPerRow, columns (c % kChunksPerRow) * 8 + [0, 8).
   uint4 rx[kChunks], rw[kChunks];

@@ -74,4 +74,28 @@ inline int alloc(const char* op, DeviceBuffer& b, size_t bytes, std::string* err
   return api(op, cudaMalloc(&b.p, bytes ? bytes : 1), err);
 }
 
+// Device scratch kept between calls (a thread_local per use) and grown when a call needs more: a cudaMalloc and
+// cudaFree per call would cost more than a small kernel and synchronise the device. Calls are synchronous, so
+// the next call may reuse the memory.
+struct ScratchBuffer {
+  void* p = nullptr;
+  size_t bytes = 0;
+  ScratchBuffer() = default;
+  ScratchBuffer(const ScratchBuffer&) = delete;
+  ScratchBuffer& operator=(const ScratchBuffer&) = delete;
+  ~ScratchBuffer() {
+    if (p) cudaFree(p);
+  }
+  int reserve(const char* op, size_t n, std::string* err) {
+    if (n <= bytes && p) return 0;
+    if (p) cudaFree(p);
+    p = nullptr, bytes = 0;
+    if (int rc = api(op, cudaMalloc(&p, n ? n : 1), err)) return rc;
+    bytes = n;
+    return 0;
+  }
+  template <class T>
+  T* as() const { return static_cast<T*>(p); }
+};
+
 }  // namespace peft::PEFT_CUDA_NS::host_checks

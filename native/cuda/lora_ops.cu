@@ -64,16 +64,6 @@ int gather_a(const char* op, const CudaLoraAdapter* ad, int64_t count, int64_t K
   return 0;
 }
 
-// The base weight as the product's B (K, N), and as (N, K) for dy·W.
-CudaMat weight_kn(const CudaLoraBase& d) {
-  return d.w_in_out ? CudaMat{d.W, d.w_dt, d.N, 1} : CudaMat{d.W, d.w_dt, 1, d.K};
-}
-CudaMat weight_nk(const CudaLoraBase& d) {
-  return d.w_in_out ? CudaMat{d.W, d.w_dt, 1, d.N} : CudaMat{d.W, d.w_dt, d.K, 1};
-}
-CudaMat rows_of(const void* p, int dt, int64_t ld) { return {p, dt, ld, 1}; }
-CudaMat cols_of(const void* p, int dt, int64_t ld) { return {p, dt, 1, ld}; }
-
 int check_base(const char* op, const CudaLoraBase& d, const CudaLoraAdapter* ad, int64_t count, std::string* err) {
   if (d.M < 0 || d.K < 0 || d.N < 0 || count < 0 || (count > 0 && !ad))
     return reject(err, kInvalid, std::string(op) + fmt(": invalid shape M=%lld K=%lld N=%lld", d.M, d.K, d.N));

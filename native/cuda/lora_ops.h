@@ -9,17 +9,9 @@
 #include "cuda_ops.h"
 
 namespace peft {
-// The base product y = x·Wᵀ (+ bias): x (M, K); W (N, K), or (K, N) when w_in_out (GPT-2's Conv1D).
-// allow_tf32: f32 bases may run on TF32 tensor cores (the adapters' products stay f32).
-struct CudaLoraBase {
-  int64_t M = 0, K = 0, N = 0;
-  const void* x = nullptr;
-  int x_dt = 0;
-  const void* W = nullptr;
-  int w_dt = 0;
-  bool w_in_out = false;
-  const void* bias = nullptr;
-  int bias_dt = 0;
+// The base product y = x·Wᵀ (+ bias) over the dense operands; allow_tf32: f32 bases may run on TF32 tensor
+// cores (the adapters' products stay f32).
+struct CudaLoraBase : CudaDense {
   bool allow_tf32 = false;
 };
 // One adapter: A (r, K), B (N, r); y += scale · drop(x)·Aᵀ·Bᵀ with dropout p on Philox (seed, stream); dA, dB

@@ -68,7 +68,8 @@ int check_rows(const char* op, int64_t rows, int64_t cols, std::string* err) {
 
 int cuda_gemm(const CudaGemm& g, std::string* err) {
   const char* op = "cuda_gemm";
-  if (int rc = check_floats(op, {g.A.dt, g.B.dt, g.c_dt}, err)) return rc;
+  if (int rc = check_floats(op, {g.A.dt, g.c_dt}, err)) return rc;
+  if (!(g.B.dt == int(DType::I8) && g.a_ks) && check_floats(op, {g.B.dt}, err)) return kInvalid;  // i8 B: the int8 gradient
   if (g.bias && check_floats(op, {g.bias_dt}, err)) return kInvalid;
   if (g.M < 0 || g.N < 0 || g.K < 0 || g.ldc < g.N)
     return reject(err, kInvalid, fmt("cuda_gemm: invalid shape M=%lld N=%lld K=%lld", g.M, g.N, g.K) + fmt(" ldc=%lld", g.ldc));
@@ -79,7 +80,9 @@ int cuda_gemm(const CudaGemm& g, std::string* err) {
   if (g.rank.R < 0 || (g.rank.R > 0 && (!g.rank.A2.p || !g.rank.B2.p)))
     return reject(err, kInvalid, fmt("cuda_gemm: invalid rank term R=%lld (A2 and B2 needed when R > 0)", g.rank.R));
   if (g.rank.R > 0 && check_floats(op, {g.rank.A2.dt, g.rank.B2.dt}, err)) return kInvalid;
-  const bool half = (g.A.dt == int(DType::F16) || g.A.dt == int(DType::BF16)) && g.B.dt == g.A.dt;
+  // A per-k scale of A stays on the f32 SIMT kernel: on tensor cores each scaled 16-bit input would be rounded
+  // back to 16 bits (the CPU multiplies in f32).
+  const bool half = (g.A.dt == int(DType::F16) || g.A.dt == int(DType::BF16)) && g.B.dt == g.A.dt && !g.a_ks;
   const bool nt = g.A.cs == 1 && g.A.rs == g.K && g.B.rs == 1 && g.B.cs == g.K && g.ldc == g.N;
   // The tensor-core kernels' 64-wide tiles reach N <= 65535 * 64; wider products go to SIMT.
   const bool tc_grid = (g.N + kTcTileN - 1) / kTcTileN <= 65535;

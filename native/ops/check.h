@@ -67,11 +67,11 @@ inline void require_cpu(const char* op, std::initializer_list<std::pair<const ch
   if (d != Device::CPU) fail("ERR_NOT_ON_DEVICE", cat(op, ": no ", device_name(d), " kernel; move the operands to the cpu"));
 }
 
-// An optional bias of an op with CPU kernels only: a float [n] on the cpu, or null.
-inline void require_bias(const Tensor* b, int64_t n, const char* op) {
+// An optional bias: a float [n] on device d (the cpu for ops with CPU kernels only), or null.
+inline void require_bias(const Tensor* b, int64_t n, const char* op, Device d = Device::CPU) {
   if (!b) return;
   require_float(*b, op, "bias");
-  require_cpu(op, {{"bias", b}});
+  if (d == Device::CPU) require_cpu(op, {{"bias", b}});
   require_shape(*b, {n}, op, "bias");
 }
 

@@ -12,6 +12,8 @@
 #include "../cpu/convert.h"
 #include "../cpu/nn_kernels.h"
 #include "../cuda/cuda_ops.h"
+#include "../cuda/ia3_ops.h"
+#include "../cuda/int8_ops.h"
 #include "../cuda/lora_ops.h"
 #include "cuda_state.h"
 #include "op_table.h"
@@ -82,13 +84,12 @@ void randn(void* dst, DType dt, int64_t n, uint64_t seed, uint64_t stream, float
 CudaMat device_mat(const GemmMat& m) { return {m.p, static_cast<int>(m.dt), m.rs, m.cs}; }
 
 // Every product (cuda_gemm picks the kernel: tensor cores for f16/bf16 pairs and, when allowed, TF32; the f32
-// SIMT kernel otherwise), with LoRA's extra rank-R product as the kernels' rank term. The CPU adds A2·B2
-// outside alpha and the device inside it, so a rank term takes alpha = 1 only; IA3's per-k input scale has no
-// cuda kernel.
+// SIMT kernel otherwise), with IA3's per-k input scale applied as A is staged and LoRA's extra rank-R product
+// as the kernels' rank term. The CPU adds A2·B2 outside alpha and the device inside it, so a rank term takes
+// alpha = 1 only.
 void gemm(const GemmArgs& g) {
-  if (g.A.ks || (g.R != 0 && g.alpha != 1.0f))
-    fail("ERR_NOT_ON_DEVICE", cat("linear on cuda: the fused ", g.A.ks ? "IA3 input-scaled" : "LoRA product with alpha != 1",
-                                  " has no cuda kernel; run it on the cpu"));
+  if (g.R != 0 && g.alpha != 1.0f)
+    fail("ERR_NOT_ON_DEVICE", "linear on cuda: the fused LoRA product with alpha != 1 has no cuda kernel; run it on the cpu");
   CudaGemm c;
   c.M = g.M, c.N = g.N, c.K = g.K;
   c.A = device_mat(g.A);
@@ -101,6 +102,7 @@ void gemm(const GemmArgs& g) {
   c.bias = g.bias;
   c.bias_dt = static_cast<int>(g.bias_dt);
   c.col_scale = g.col_scale;
+  c.a_ks = g.A.ks;  // device memory, as every pointer here
   c.allow_tf32 = g_allow_tf32.load();
   if (g.R != 0) c.rank = {g.R, device_mat(g.A2), device_mat(g.B2)};
   std::string err;
@@ -196,12 +198,16 @@ void adamw(const std::vector<AdamWParam>& params, const AdamWScalars& s) {
 }
 
 // LoRA (lora_fused.cu): the CPU contracts' views as the CUDA host API's.
+CudaDense device_dense(const DenseView& d) {
+  CudaDense c;
+  c.M = d.M, c.K = d.K, c.N = d.N;
+  c.x = d.x, c.x_dt = int(d.x_dt), c.W = d.W, c.w_dt = int(d.w_dt), c.w_in_out = d.w_in_out;
+  c.bias = d.bias, c.bias_dt = int(d.bias_dt);
+  return c;
+}
 CudaLoraBase lora_base(const DenseView& d) {
   CudaLoraBase b;
-  b.M = d.M, b.K = d.K, b.N = d.N;
-  b.x = d.x, b.x_dt = int(d.x_dt);
-  b.W = d.W, b.w_dt = int(d.w_dt), b.w_in_out = d.w_in_out;
-  b.bias = d.bias, b.bias_dt = int(d.bias_dt);
+  static_cast<CudaDense&>(b) = device_dense(d);
   b.allow_tf32 = g_allow_tf32.load();
   return b;
 }
@@ -233,10 +239,66 @@ int lora_merge(void* W, DType w_dt, int64_t N, int64_t K, bool w_in_out, const s
   return bad;
 }
 
-const OpTable kCudaOps = {"cuda", dev_alloc, to_host, from_host, convert, randn, gemm,
-                          activation, activation_backward, log_softmax, log_softmax_backward, dropout, embedding,
-                          embedding_backward, sum_rows, axpy, scale, mul, fill, nll_loss, cross_entropy, mse_loss, adamw,
-                          lora_forward, lora_backward, lora_merge};
+// IA3 and LLM.int8 (ia3_scale.cu, int8_matmul.cu).
+int64_t int8_quantize(const void* w, DType dt, int64_t rows, int64_t cols, int8_t* cb, float* scb) {
+  std::string err;
+  int64_t bad = -1;
+  check(CUDA(cuda_int8_quantize)(w, int(dt), rows, cols, cb, scb, &bad, &err), err, "int8Quantize");
+  return bad;
+}
+void int8_linear(const Int8LinearArgs& a) {
+  CudaInt8Linear c;
+  c.M = a.M, c.N = a.w.N, c.K = a.w.K;
+  c.x = a.x, c.x_dt = int(a.x_dt), c.cb = a.w.cb, c.scb = a.w.scb;
+  c.bias = a.bias, c.bias_dt = int(a.bias_dt), c.threshold = a.threshold;
+  c.y = a.y, c.y_dt = int(a.y_dt), c.raw = a.raw;
+  c.u = a.u, c.bt = a.bt, c.r = a.r;
+  std::string err;
+  check(CUDA(cuda_int8_linear)(c, &err), err, "int8Linear");
+}
+void int8_linear_grad_input(const void* dy, DType dy_dt, int64_t M, const Int8Weight& w, void* dx, DType dx_dt) {
+  std::string err;
+  check(CUDA(cuda_int8_linear_grad_input)(dy, int(dy_dt), M, w.cb, w.scb, w.N, w.K, dx, int(dx_dt), &err), err,
+        "int8LinearGradInput");
+}
+void ia3_forward(const DenseView& d, const Ia3Scale& s, void* y, DType y_dt, void* y0, DType y0_dt) {
+  std::string err;
+  check(CUDA(cuda_ia3_forward)(device_dense(d), s.l, s.input_side, y, int(y_dt), y0, int(y0_dt), &err), err, "ia3Forward");
+}
+void ia3_backward(const DenseView& d, const Ia3Scale& s, const void* dy, DType dy_dt, const void* y0, DType y0_dt, void* dx,
+                  DType dx_dt, void* dW, DType dW_dt, void* db, DType db_dt, float* dl) {
+  std::string err;
+  check(CUDA(cuda_ia3_backward)(device_dense(d), s.l, s.input_side, dy, int(dy_dt), y0, int(y0_dt), dx, int(dx_dt), dW,
+                                int(dW_dt), db, int(db_dt), dl, &err),
+        err, "ia3Backward");
+}
+bool ia3_scale(void* W, DType dt, int64_t outer, int64_t mid, int64_t inner, const float* f, bool safe, bool commit) {
+  std::shared_ptr<Storage> factors = dev_alloc(sizeof(float) * static_cast<size_t>(mid), false);
+  from_host(factors->data, f, sizeof(float) * static_cast<size_t>(mid));
+  std::string err;
+  bool finite = true;
+  check(CUDA(cuda_ia3_scale)(W, int(dt), outer, mid, inner, static_cast<const float*>(factors->data), safe, commit, &finite, &err),
+        err, "ia3Scale");
+  return finite;
+}
+void add_int8_ia3_ops(OpTable& t) {
+  t.int8_quantize = int8_quantize;
+  t.int8_linear = int8_linear;
+  t.int8_linear_grad_input = int8_linear_grad_input;
+  t.ia3_forward = ia3_forward;
+  t.ia3_backward = ia3_backward;
+  t.ia3_scale = ia3_scale;
+}
+
+OpTable cuda_ops() {
+  OpTable t = {"cuda", dev_alloc, to_host, from_host, convert, randn, gemm,
+               activation, activation_backward, log_softmax, log_softmax_backward, dropout, embedding,
+               embedding_backward, sum_rows, axpy, scale, mul, fill, nll_loss, cross_entropy, mse_loss, adamw,
+               lora_forward, lora_backward, lora_merge};
+  add_int8_ia3_ops(t);
+  return t;
+}
+const OpTable kCudaOps = cuda_ops();
 
 void choose() {
   const char* want = std::getenv("NODE_PEFT_CUDA");

@@ -11,6 +11,8 @@
 #include "../core/tensor.h"
 #include "../cpu/adamw.h"
 #include "../cpu/gemm.h"
+#include "../cpu/ia3.h"
+#include "../cpu/int8.h"
 #include "../cpu/lora.h"
 #include "../cpu/nn_kernels.h"
 
@@ -60,6 +62,17 @@ struct OpTable {
                         void* dx, DType dx_dt) = nullptr;
   int (*lora_merge)(void* W, DType w_dt, int64_t N, int64_t K, bool w_in_out, const std::vector<AdapterView>& ad, float sign,
                     bool safe, bool commit) = nullptr;
+  // IA3 and LLM.int8 (ia3_scale.cu, int8_matmul.cu): the CPU kernels' signatures and semantics
+  // (native/cpu/int8.h, ia3.h) over device pointers; Int8Weight::cache is the host's packing cache, unused
+  // elsewhere. The host runs these ops through the CPU functions directly.
+  int64_t (*int8_quantize)(const void* w, DType dt, int64_t rows, int64_t cols, int8_t* cb, float* scb) = nullptr;
+  void (*int8_linear)(const Int8LinearArgs& a) = nullptr;
+  void (*int8_linear_grad_input)(const void* dy, DType dy_dt, int64_t M, const Int8Weight& w, void* dx, DType dx_dt) = nullptr;
+  void (*ia3_forward)(const DenseView& d, const Ia3Scale& s, void* y, DType y_dt, void* y0, DType y0_dt) = nullptr;
+  void (*ia3_backward)(const DenseView& d, const Ia3Scale& s, const void* dy, DType dy_dt, const void* y0, DType y0_dt,
+                       void* dx, DType dx_dt, void* dW, DType dW_dt, void* db, DType db_dt, float* dl) = nullptr;
+  // f: `mid` host floats (the merge's combined factors).
+  bool (*ia3_scale)(void* W, DType dt, int64_t outer, int64_t mid, int64_t inner, const float* f, bool safe, bool commit) = nullptr;
 };
 
 // The table for a device, or an ERR_NOT_ON_DEVICE error naming `op` when that device has none (or lacks `op`).

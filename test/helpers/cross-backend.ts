@@ -1,8 +1,8 @@
 // The cross-backend tables' machinery (test/cross-backend*.test.ts): a row is an op × dtypes × shapes run on
 // the cpu and on the cuda device with the same inputs, every output compared element by element within a
 // bound derived from the arithmetic (0: the bytes must be equal).
-import { expect } from "vitest";
-import { Tensor, type Tensor as TensorT } from "../../lib/index.js";
+import { afterAll, expect, it } from "vitest";
+import { Tensor, backend, type Tensor as TensorT } from "../../lib/index.js";
 import { ABS, UNIT, type FloatDType } from "./numeric.js";
 import { values } from "./nn-reference.js";
 
@@ -86,5 +86,30 @@ export function compare(row: Row, dt: FloatDType, shape: readonly number[]) {
       const ok = Object.is(dev[i], ref[i]) || (Number.isNaN(ref[i]) ? Number.isNaN(dev[i]) : Math.abs(dev[i] - ref[i]) <= t);
       if (!ok) expect.fail(`${label} output ${o}[${i}]: cuda ${dev[i]} vs cpu ${ref[i]} (tolerance ${t})`);
     }
+  });
+}
+
+/** One test per row of the table, each comparing every dtype and shape; the emulator's order is forward after. */
+export function rowTests(table: readonly Row[]) {
+  afterAll(() => {
+    if (backend.cuda.emulated) backend.setCudaEmulationOrder("forward");
+  });
+  for (const row of table)
+    it(row.op, () => {
+      for (const dt of row.dtypes) for (const shape of row.shapes) compare(row, dt, shape);
+    });
+}
+
+/**
+ * A test (emulated device only) running `cases` again in the emulator's reverse and random thread orders: a
+ * correct kernel gives the same results whichever order threads and blocks run in.
+ */
+export function orderTest(name: string, cases: () => void) {
+  it.runIf(backend.cuda.emulated)(name, () => {
+    for (const order of ["reverse", "random"] as const) {
+      backend.setCudaEmulationOrder(order);
+      cases();
+    }
+    backend.setCudaEmulationOrder("forward");
   });
 }

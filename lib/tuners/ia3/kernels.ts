@@ -110,14 +110,15 @@ function composedMerge(t: Tensor, scales: readonly Tensor[], opts: { divide?: bo
   }
 }
 
-// ---- the fused native kernels (native/cpu/ia3.cc): one scale side, host tensors; anything else composes ----
+// ---- the fused native kernels (native/cpu/ia3.cc, native/cuda/ia3_scale.cu): one scale side, on x's device;
+// anything else composes ----
 
 /** The one scale and its side, as the f32 vector the kernels take, or null when they cannot run this call. */
 function fusedScale(x: Tensor, opts: Ia3LinearOptions, keep: Tensor[]): { l: Tensor; input: boolean } | null {
   const { inScale, outScale } = opts;
-  if ((inScale === null) === (outScale === null) || x.device !== "cpu") return null;
+  if ((inScale === null) === (outScale === null)) return null;
   const s = (inScale ?? outScale)!;
-  if (s.device !== "cpu") return null;
+  if (s.device !== x.device) return null;
   let l = s.shape.length === 1 ? s : s.reshape([-1]);
   if (l !== s) keep.push(l);
   if (l.dtype !== "f32") keep.push((l = l.to("f32")));
@@ -181,8 +182,8 @@ export function ia3LinearBackward(dy: Tensor, x: Tensor, weight: Tensor, opts: I
  * (with safe) never writes. Returns the index of the first scale that makes t non-finite, or -1.
  */
 export function ia3MergeInPlace(t: Tensor, scales: readonly Tensor[], opts: { divide?: boolean; safe?: boolean; checkOnly?: boolean } = {}): number {
-  const view = scales.length && t.device === "cpu" ? axisView(t.shape, scales[0].shape) : null;
-  if (!view || scales.some((s) => s.shape.join() !== scales[0].shape.join() || s.device !== "cpu")) return composedMerge(t, scales, opts);
+  const view = scales.length ? axisView(t.shape, scales[0].shape) : null;
+  if (!view || scales.some((s) => s.shape.join() !== scales[0].shape.join() || s.device !== t.device)) return composedMerge(t, scales, opts);
   const keep: Tensor[] = [];
   try {
     const flat = scales.map((s) => {

@@ -36,8 +36,17 @@ function asF32(t: Tensor, keep: Tensor[]): Tensor {
   return c;
 }
 
-/** The transpose of a 2-D f32 tensor (for the adapters' small factors and T, never activations of size M·K). */
+/**
+ * The transpose of a 2-D f32 tensor (for the adapters' small factors and T, never activations of size M·K), on
+ * t's device: a device tensor goes through the host (there is no strided copy on the cuda device; these are r
+ * rows, and Bᵀ is made once per version of B).
+ */
 function transposed(t: Tensor): Tensor {
+  if (t.device !== "cpu") {
+    using host = t.to("cpu");
+    using tt = transposed(host);
+    return tt.to(t.device);
+  }
   const [r, c] = t.shape;
   const v = t.view() as Float32Array;
   const out = new Float32Array(r * c);

@@ -12,6 +12,12 @@ export function int8Dequantize(cb: Tensor, scb: Tensor): Tensor {
     if (!(t instanceof Tensor)) throw typeError(`int8Dequantize: ${n} must be a Tensor, got ${describe(t)}`);
   if (cb.dtype !== "i8" || scb.dtype !== "f32" || cb.shape.length !== 2 || scb.shape.length !== 1 || scb.shape[0] !== cb.shape[0])
     throw peftError("ERR_SHAPE", `int8Dequantize: expected CB i8 (out, in) and SCB f32 (out), got CB ${cb.dtype} [${cb.shape.join(", ")}] and SCB ${scb.dtype} [${scb.shape.join(", ")}]`);
+  if (cb.device !== "cpu" || scb.device !== "cpu") {
+    // A merge's rare read of a device weight: dequantised on the host, then moved back to CB's device.
+    using c = cb.to("cpu"), s = scb.to("cpu");
+    using w = int8Dequantize(c, s);
+    return w.to(cb.device);
+  }
   const [n, k] = cb.shape;
   const q = cb.view() as Int8Array;
   const s = scb.view() as Float32Array;

@@ -1,5 +1,5 @@
 // The device's ceilings, measured by the bench itself: copy bandwidth (a device-to-device copy of 1 GiB),
-// an f32 FMA loop (registers only) and an f16 mma loop (WMMA m16n16k16 on fragments in registers).
+// an f32 FMA loop (registers only) and f16 and int8 mma loops (WMMA m16n16k16 on fragments in registers).
 #pragma once
 #include <chrono>
 
@@ -9,7 +9,7 @@
 namespace peft::PEFT_CUDA_NS {
 
 struct Ceilings {
-  double copy_gbs = 0, fma_tflops = 0, mma_tflops = 0;
+  double copy_gbs = 0, fma_tflops = 0, mma_tflops = 0, int8_tops = 0;
 };
 
 namespace ceiling_kernels {
@@ -30,16 +30,17 @@ PEFT_UNROLL
   gstore(out + blockIdx.x * blockDim.x + threadIdx.x, s);
 }
 
-// Each warp chains 4 independent accumulators through kMmaIters m16n16k16 MMAs.
-__global__ void __launch_bounds__(128) mma_loop(float* out) {
+// Each warp chains 4 independent accumulators through kMmaIters m16n16k16 MMAs of In inputs (every one v).
+template <class In, class Acc>
+__global__ void __launch_bounds__(128) mma_loop(Acc* out, In v) {
   namespace wmma = nvcuda::wmma;
-  wmma::fragment<wmma::matrix_a, 16, 16, 16, __half, wmma::row_major> a;
-  wmma::fragment<wmma::matrix_b, 16, 16, 16, __half, wmma::col_major> b;
-  wmma::fragment<wmma::accumulator, 16, 16, 16, float> acc[4];
-  wmma::fill_fragment(a, __float2half(0.001f));
-  wmma::fill_fragment(b, __float2half(0.001f));
+  wmma::fragment<wmma::matrix_a, 16, 16, 16, In, wmma::row_major> a;
+  wmma::fragment<wmma::matrix_b, 16, 16, 16, In, wmma::col_major> b;
+  wmma::fragment<wmma::accumulator, 16, 16, 16, Acc> acc[4];
+  wmma::fill_fragment(a, v);
+  wmma::fill_fragment(b, v);
 PEFT_UNROLL
-  for (int j = 0; j < 4; ++j) wmma::fill_fragment(acc[j], 0.0f);
+  for (int j = 0; j < 4; ++j) wmma::fill_fragment(acc[j], Acc(0));
   for (int i = 0; i < kMmaIters; ++i)
 PEFT_UNROLL
     for (int j = 0; j < 4; ++j) wmma::mma_sync(acc[j], a, b, acc[j]);
@@ -80,7 +81,9 @@ inline Ceilings measure_ceilings() {
                  timed(5, [&] { LAUNCH(dim3(fma_blocks), 256, 0, 0, fma_loop)(out, 0.999f, 0.001f); }) / 1e12;
   const int mma_blocks = sms * 16;  // 4 warps each
   c.mma_tflops = 2.0 * 16 * 16 * 16 * 4 * double(kMmaIters) * mma_blocks * 4 /
-                 timed(5, [&] { LAUNCH(dim3(mma_blocks), 128, 0, 0, mma_loop)(out); }) / 1e12;
+                 timed(5, [&] { LAUNCH(dim3(mma_blocks), 128, 0, 0, mma_loop<__half, float>)(out, __float2half(0.001f)); }) / 1e12;
+  c.int8_tops = 2.0 * 16 * 16 * 16 * 4 * double(kMmaIters) * mma_blocks * 4 /
+                timed(5, [&] { LAUNCH(dim3(mma_blocks), 128, 0, 0, mma_loop<signed char, int>)(reinterpret_cast<int*>(out), (signed char)1); }) / 1e12;
   cudaFree(src);
   cudaFree(dst);
   cudaFree(out);

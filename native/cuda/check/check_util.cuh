@@ -1,4 +1,4 @@
-// What the standalone kernel checks share (kernel_check.cu, lora_check.cu): pass/fail counting, device
+// What the standalone kernel checks share (kernel_check.cu, lora_check.cu, int8_check.cu): pass/fail counting, device
 // buffers holding host vectors, seeded inputs, bf16 rounding, and timing for the bench.
 #pragma once
 #include <chrono>

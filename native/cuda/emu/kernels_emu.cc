@@ -22,3 +22,5 @@
 #include "../train_ops.cu"
 #include "../lora_fused.cu"
 #include "../lora_ops.cu"
+#include "../int8_matmul.cu"
+#include "../ia3_scale.cu"

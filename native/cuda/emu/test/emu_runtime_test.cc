@@ -588,8 +588,30 @@ void check_wmma(const char* name, std::mt19937& rng, bool misalign = false) {
   }
 }
 
+// The int8 MMA at its extremes, exact in int32: every product -128·-128 (or 255·255 for u8) over k = 16 added to an
+// accumulator that ends exactly at INT32_MAX, and 127·-128 down to INT32_MIN + 1.
+template <class T>
+void check_wmma_int_extremes(const char* name, T va, T vb, int32_t c0) {
+  std::vector<T> a(256, va), b(256, vb);
+  std::vector<int> c(256, c0);
+  DevBuf da(256 * sizeof(T)), db(256 * sizeof(T)), dc(256 * 4), dd(256 * 4);
+  da.upload(a.data(), 256 * sizeof(T));
+  db.upload(b.data(), 256 * sizeof(T));
+  dc.upload(c.data(), 256 * 4);
+  LAUNCH(1, 32, 0, 0, wmma_tile_kernel<T, int, nvcuda::wmma::col_major>)(da.as<T>(), db.as<T>(), dc.as<int>(), dd.as<int>(), 0);
+  Outcome o = outcome();
+  CHECK(o.code == cudaSuccess, "wmma %s: %s", name, o.msg.c_str());
+  const int64_t want = int64_t(c0) + 16 * int64_t(va) * int64_t(vb);
+  int bad = 0;
+  for (int v : dd.get<int>(256)) bad += v != want;
+  CHECK(bad == 0, "wmma %s: %d of 256 not %lld", name, bad, static_cast<long long>(want));
+}
+
 void test_wmma() {
   namespace wmma = nvcuda::wmma;
+  check_wmma_int_extremes<signed char>("s8 -128·-128 to INT32_MAX", -128, -128, INT32_MAX - 16 * 128 * 128);
+  check_wmma_int_extremes<signed char>("s8 127·-128 to INT32_MIN + 1", 127, -128, INT32_MIN + 1 + 16 * 127 * 128);
+  check_wmma_int_extremes<unsigned char>("u8 255·255 to INT32_MAX", 255, 255, INT32_MAX - 16 * 255 * 255);
   std::mt19937 rng(29);
   check_wmma<__half, float, wmma::col_major>("f16 A row, B col", rng);
   check_wmma<__half, float, wmma::row_major>("f16 A row, B row", rng);
