@@ -247,10 +247,16 @@ Napi::Value TensorHandle::MetaInto(const Napi::CallbackInfo& info) {
   TensorHandle* h = Live(info[0]);
   if (!h) fail("ERR_DISPOSED", "meta: tensor has been disposed");
   const Tensor& t = h->t_;
-  if (!info[1].IsTypedArray() || info[1].As<Napi::TypedArray>().TypedArrayType() != napi_float64_array ||
-      info[1].As<Napi::Float64Array>().ElementLength() < 2 + t.shape.size())
+  // One query for type, length and data (each Napi::TypedArray accessor asks V8 again).
+  napi_typedarray_type type = napi_int8_array;
+  size_t length = 0;
+  void* data = nullptr;
+  bool typed = false;
+  if (napi_is_typedarray(env, info[1], &typed) != napi_ok || !typed ||
+      napi_get_typedarray_info(env, info[1], &type, &length, &data, nullptr, nullptr) != napi_ok || type != napi_float64_array ||
+      length < 2 + t.shape.size())
     fail_type(cat("tensorMeta: expected a Float64Array of at least ", 2 + t.shape.size(), " elements"));
-  double* out = info[1].As<Napi::Float64Array>().Data();
+  double* out = static_cast<double*>(data);
   out[0] = static_cast<double>(t.dtype);
   out[1] = static_cast<double>(t.device());
   for (size_t i = 0; i < t.shape.size(); i++) out[2 + i] = static_cast<double>(t.shape[i]);
