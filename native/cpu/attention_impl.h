@@ -210,13 +210,20 @@ inline float elw(const void* base, int64_t at) {
   else return static_cast<const float*>(base)[at];
 }
 
+// The sum of the lanes, halving the vector with constant shuffles (indices built in a loop, as hmax's, are not
+// folded here and cost more than the dot product).
+typedef float vf4 __attribute__((vector_size(16)));
 inline float hsum(vf v) {
-  for (int step = kL / 2; step > 0; step /= 2) {
-    vi idx;
-    for (int l = 0; l < kL; l++) idx[l] = l ^ step;
-    v += __builtin_shuffle(v, idx);
-  }
-  return v[0];
+#if ATTN_VECTOR_BYTES == 64
+  typedef float vf8 __attribute__((vector_size(32)));
+  const vf8 h8 = __builtin_shufflevector(v, v, 0, 1, 2, 3, 4, 5, 6, 7) + __builtin_shufflevector(v, v, 8, 9, 10, 11, 12, 13, 14, 15);
+  const vf4 h = __builtin_shufflevector(h8, h8, 0, 1, 2, 3) + __builtin_shufflevector(h8, h8, 4, 5, 6, 7);
+#elif ATTN_VECTOR_BYTES == 32
+  const vf4 h = __builtin_shufflevector(v, v, 0, 1, 2, 3) + __builtin_shufflevector(v, v, 4, 5, 6, 7);
+#else
+  const vf4 h = v;
+#endif
+  return (h[0] + h[2]) + (h[1] + h[3]);
 }
 
 // q·k over D elements (k widened from `at`): two vector accumulators, then the tail.
