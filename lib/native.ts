@@ -8,8 +8,6 @@ import { PeftError } from "./errors.js";
 
 /** The native tensor handle (a type-tagged object owned by the addon). */
 export interface NativeTensor {
-  /** [dtype index (DTYPES order), device index (0 cpu, 1 cuda), ...dims]. */
-  meta(): Float64Array;
   disposed(): boolean;
   dispose(): void;
   toFloat32Array(): Float32Array;
@@ -35,6 +33,8 @@ export interface BackendInfo {
 export interface NativeAddon {
   setErrorClass(ctor: typeof PeftError): void;
   isTensorHandle(v: unknown): boolean;
+  /** Writes [dtype index (DTYPES order), device index (0 cpu, 1 cuda), ...dims] into `into`; the number of dims, -1 for no handle. */
+  tensorMeta(handle: unknown, into: Float64Array): number;
   /** Detaches the ArrayBuffer under a transient view once the read/write through it is done (frees its hold on the storage). */
   releaseBytes(view: Uint8Array): void;
   zeros(shape: readonly number[], dtype: string, device: string, touch?: boolean): NativeTensor;

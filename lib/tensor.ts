@@ -86,6 +86,10 @@ function inferDim(dims: number[], numel: number, op: string): number[] {
 
 const handleKey = Symbol("node-peft.handle");
 
+// Where the addon writes a new tensor's dtype, device and dims (at most 16): one buffer reused by every
+// construction instead of a typed array allocated per tensor. Read at once, before any other JS runs.
+const metaScratch = new Float64Array(2 + 16);
+
 export class Tensor implements Disposable {
   readonly shape: readonly number[];
   readonly dtype: DType;
@@ -110,12 +114,14 @@ export class Tensor implements Disposable {
 
   /** Wraps a native handle; users make tensors with the static factories. */
   constructor(handle: NativeTensor) {
-    if (!native.isTensorHandle(handle)) throw typeError("Tensor: use Tensor.fromArray, Tensor.zeros or Tensor.randn");
+    const ndim = native.tensorMeta(handle, metaScratch);
+    if (ndim < 0) throw typeError("Tensor: use Tensor.fromArray, Tensor.zeros or Tensor.randn");
     this[handleKey] = handle;
-    const meta = handle.meta();
-    this.dtype = DTYPES[meta[0]];
-    this.device = meta[1] === 0 ? "cpu" : "cuda";
-    this.shape = Object.freeze(Array.from(meta.subarray(2)));
+    this.dtype = DTYPES[metaScratch[0]];
+    this.device = metaScratch[1] === 0 ? "cpu" : "cuda";
+    const shape = new Array<number>(ndim);
+    for (let i = 0; i < ndim; i++) shape[i] = metaScratch[2 + i];
+    this.shape = Object.freeze(shape);
     track(this);
   }
 

@@ -42,6 +42,7 @@ static Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("TensorHandle", ctor);
   exports.Set("setErrorClass", Napi::Function::New<guarded<SetErrorClass>>(env, "setErrorClass"));
   exports.Set("isTensorHandle", Napi::Function::New(env, IsTensorHandle, "isTensorHandle"));
+  exports.Set("tensorMeta", Napi::Function::New<guarded<TensorHandle::MetaInto>>(env, "tensorMeta"));
   exports.Set("releaseBytes", Napi::Function::New<guarded<ReleaseBytes>>(env, "releaseBytes"));
   // A worker's environment going away first lets any job in the shared pool finish.
   napi_add_env_cleanup_hook(env, [](void*) { drain_pool(); }, nullptr);

@@ -135,7 +135,6 @@ Napi::Function TensorHandle::Init(Napi::Env env) {
   auto method = [&](const char* name, Napi::Value (*fn)(const Napi::CallbackInfo&)) {
     proto.Set(name, Napi::Function::New(env, fn, name));
   };
-  method("meta", &guarded<Meta>);
   method("disposed", &guarded<Disposed>);
   method("dispose", &guarded<Dispose>);
   method("toFloat32Array", &guarded<ToFloat32Array>);
@@ -238,17 +237,30 @@ const Tensor& TensorHandle::From(const Napi::Value& v, const char* op, const cha
 }
 
 
-// [dtype index, device index, ...dims] in one typed array: the JS Tensor reads it once when it is made (one
-// native call and one allocation instead of an array, two strings and three calls per tensor).
-Napi::Value TensorHandle::Meta(const Napi::CallbackInfo& info) {
-  TensorHandle* h = Live(info.This());
+// tensorMeta(handle, into): [dtype index, device index, ...dims] written into the caller's Float64Array (at
+// least 2 + 16 long), returning the number of dims; -1 when the value is no tensor handle. The JS Tensor reads
+// it once when it is made: one native call and no allocation per tensor (a fresh typed array per tensor cost
+// about half of making one).
+Napi::Value TensorHandle::MetaInto(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (info.Length() < 2 || !IsHandle(info[0])) return Napi::Number::New(env, -1);
+  TensorHandle* h = Live(info[0]);
   if (!h) fail("ERR_DISPOSED", "meta: tensor has been disposed");
   const Tensor& t = h->t_;
-  Napi::Float64Array out = Napi::Float64Array::New(info.Env(), 2 + t.shape.size());
+  // One query for type, length and data (each Napi::TypedArray accessor asks V8 again).
+  napi_typedarray_type type = napi_int8_array;
+  size_t length = 0;
+  void* data = nullptr;
+  bool typed = false;
+  if (napi_is_typedarray(env, info[1], &typed) != napi_ok || !typed ||
+      napi_get_typedarray_info(env, info[1], &type, &length, &data, nullptr, nullptr) != napi_ok || type != napi_float64_array ||
+      length < 2 + t.shape.size())
+    fail_type(cat("tensorMeta: expected a Float64Array of at least ", 2 + t.shape.size(), " elements"));
+  double* out = static_cast<double*>(data);
   out[0] = static_cast<double>(t.dtype);
   out[1] = static_cast<double>(t.device());
   for (size_t i = 0; i < t.shape.size(); i++) out[2 + i] = static_cast<double>(t.shape[i]);
-  return out;
+  return Napi::Number::New(env, static_cast<double>(t.shape.size()));
 }
 Napi::Value TensorHandle::Disposed(const Napi::CallbackInfo& info) {
   return Napi::Boolean::New(info.Env(), Live(info.This()) == nullptr);

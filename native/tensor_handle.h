@@ -25,6 +25,9 @@ class TensorHandle : public Napi::ObjectWrap<TensorHandle> {
     return v.IsNull() || v.IsUndefined() ? nullptr : &From(v, op, name);
   }
   static bool IsHandle(const Napi::Value& v);
+  // tensorMeta(handle, into: Float64Array): the handle's dtype, device and dims written into `into`; the
+  // number of dims, or -1 for a value that is no handle (tensor_handle.cc).
+  static Napi::Value MetaInto(const Napi::CallbackInfo& info);
   // Handles not yet disposed (or collected), across every JS environment of the process.
   static std::atomic<int64_t>& live_handles();
   // Host bytes this thread's handles report to its isolate's garbage collector (each storage once).
@@ -37,7 +40,6 @@ class TensorHandle : public Napi::ObjectWrap<TensorHandle> {
   // The handle behind a JS value, or null when it is not one or has been disposed.
   static TensorHandle* Live(const Napi::Value& v);
   void Release();
-  static Napi::Value Meta(const Napi::CallbackInfo& info);
   static Napi::Value Disposed(const Napi::CallbackInfo& info);
   static Napi::Value Dispose(const Napi::CallbackInfo& info);
   static Napi::Value ToFloat32Array(const Napi::CallbackInfo& info);

@@ -70,6 +70,20 @@ function randomMask(B: number, S: number, seed: number, fullyMaskedRow: boolean)
   return r.map((x, i) => (fullyMaskedRow && i < S ? 0 : x < 0.25 ? 0 : 1));
 }
 
+/** Bound of one result element from the float64 reference (`r`) and the magnitude run (`m`). */
+function tolerance(d: Dims, dtype: "f32" | "bf16", maxScore: number) {
+  const { S, D } = d;
+  // Each score is a D-term f32 dot product (relative error ≤ D·u of Σ|q·k|, ≤ maxScore); exp turns that absolute
+  // error into a relative error of every probability, and the online softmax's rescalings and the S-term sums
+  // over keys add S·u. Everything is accumulated in f32 (u = 2^-24), bf16 results rounded once at the end.
+  const u = UNIT.f32;
+  // The backward's row term Σ dO·O reads the stored output, already rounded to bf16 (as flash attention
+  // does): one more bf16 rounding relative to the magnitude the reference's |dS| terms carry.
+  const rel = u * (4 * D * (1 + maxScore) + 4 * S + 64) + (dtype === "bf16" ? 2 * UNIT.bf16 : 0);
+  const out = UNIT[dtype];
+  return (m: Float64Array, r: Float64Array) => (i: number) => rel * m[i] + out * Math.abs(r[i]) + 1e-30;
+}
+
 function check(d: Dims, dtype: "f32" | "bf16", opts: { causal?: boolean; mask?: number[] | null; seed?: number; scale?: number }, what: string) {
   const { B, T, S, Hq, Hkv, D } = d;
   const seed = opts.seed ?? 1;
@@ -87,15 +101,7 @@ function check(d: Dims, dtype: "f32" | "bf16", opts: { causal?: boolean; mask?: 
   y.backward(g.t);
   const ref = reference(d, q.v, k.v, v.v, g.v, mask, causal, scale);
   const mag = reference(d, q.v.map(Math.abs), k.v.map(Math.abs), v.v.map(Math.abs), g.v.map(Math.abs), mask, causal, scale, true);
-  // Each score is a D-term f32 dot product (relative error ≤ D·u of Σ|q·k|, ≤ maxScore); exp turns that absolute
-  // error into a relative error of every probability, and the online softmax's rescalings and the S-term sums
-  // over keys add S·u. Everything is accumulated in f32 (u = 2^-24), bf16 results rounded once at the end.
-  const u = UNIT.f32;
-  // The backward's row term Σ dO·O reads the stored output, already rounded to bf16 (as flash attention
-  // does): one more bf16 rounding relative to the magnitude the reference's |dS| terms carry.
-  const rel = u * (4 * D * (1 + ref.maxScore) + 4 * S + 64) + (dtype === "bf16" ? 2 * UNIT.bf16 : 0);
-  const out = UNIT[dtype];
-  const tol = (m: Float64Array, r: Float64Array) => (i: number) => rel * m[i] + out * Math.abs(r[i]) + 1e-30;
+  const tol = tolerance(d, dtype, ref.maxScore);
   expectClose(y.toFloat64Array(), ref.o, tol(mag.o, ref.o), `${what} out`);
   expectClose(q.t.grad!.toFloat64Array(), ref.dq, tol(mag.dq, ref.dq), `${what} dq`);
   expectClose(k.t.grad!.toFloat64Array(), ref.dk, tol(mag.dk, ref.dk), `${what} dk`);
@@ -182,6 +188,33 @@ describe("scaledDotProductAttention", () => {
             want.dispose(), got.dispose();
           }
           for (const t of [q, kb, vb, k, v, mask]) t?.dispose();
+        }
+    });
+  });
+
+  it("decode shapes (T ≤ 4) read an f32/bf16 cache in place: odd sizes with keyLength < capacity match the float64 reference", () => {
+    forEachIsa((isa) => {
+      for (const dtype of ["f32", "bf16"] as const)
+        for (const [T, S, D] of [[1, 1, 7], [1, 7, 17], [1, 17, 64], [1, 33, 33], [1, 127, 20], [3, 17, 7], [4, 33, 64], [2, 0, 17]]) {
+          const [B, Hq, Hkv, L] = [2, 6, 2, S + 5];
+          const d = { B, T, S, Hq, Hkv, D };
+          // Cache buffers of L positions per batch row whose first S are the keys; the rest must not leak.
+          const buf = uniform(B * L * Hkv * D, -1, 1, S + D), vbuf = uniform(buf.length, -1, 1, S + D + 1);
+          const firstS = (a: Float64Array) => Float64Array.from(Array.from({ length: B }, (_, b) => Array.from(a.subarray(b * L * Hkv * D, (b * L + S) * Hkv * D))).flat());
+          const q = tensorOf(uniform(B * T * Hq * D, -1, 1, T + D), [B, T, Hq, D], dtype);
+          const [kb, vb] = [tensorOf(buf, [B, L, Hkv, D], dtype), tensorOf(vbuf, [B, L, Hkv, D], dtype)];
+          const [kv, vv] = [firstS(kb.v), firstS(vb.v)];
+          const maskArr = S ? randomMask(B, S, S + T, true) : null;
+          const mask = maskArr ? Tensor.fromArray(maskArr, [B, S], "u8") : null;
+          for (const opts of [{ causal: true }, { causal: T <= S, attentionMask: mask }]) {
+            const got = F.scaledDotProductAttention(q.t, kb.t, vb.t, { ...opts, keyLength: S });
+            const m = opts.attentionMask ? Float64Array.from(maskArr!) : null, g = new Float64Array(q.v.length);
+            const ref = reference(d, q.v, kv, vv, g, m, opts.causal, 1 / Math.sqrt(D));
+            const mag = reference(d, q.v.map(Math.abs), kv.map(Math.abs), vv.map(Math.abs), g, m, opts.causal, 1 / Math.sqrt(D), true);
+            expectClose(got.toFloat64Array(), ref.o, tolerance(d, dtype, ref.maxScore)(mag.o, ref.o), `${isa} ${dtype} T=${T} S=${S} D=${D} mask=${!!opts.attentionMask}`);
+            got.dispose();
+          }
+          for (const t of [q.t, kb.t, vb.t, mask]) t?.dispose();
         }
     });
   });

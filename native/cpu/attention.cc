@@ -102,9 +102,41 @@ class Packed {
   int64_t L_, H_, Dp_, nt_;
 };
 
+// Query rows per call up to which the forward reads K and V in place (AttentionTiles::direct) instead of
+// packing them: a decode step's one query row would otherwise convert the whole cache on every call.
+constexpr int64_t kDirectMaxT = 4;
+
+// The forward for few query rows and f32/bf16 K/V: one job per (batch, kv head, query), whose `group` query
+// heads share the job's K/V rows.
+void attention_forward_direct(const AttentionShape& a, const void* q, const void* k, const void* v, DType dt, void* out, float* lse) {
+  const int64_t D = a.D, group = a.Hq / a.Hkv, Ls = a.kv_rows ? a.kv_rows : a.S, stride = a.Hkv * D;
+  const AttentionTiles& kt = attention_tiles();
+  // A job reads about 2·S·D elements per query head: under ~64 K multiply-adds a thread's share is not worth
+  // waking the pool for.
+  const int64_t work = std::max<int64_t>(1, 2 * a.S * D * group);
+  parallel_for(a.B * a.Hkv * a.T, std::max<int64_t>(1, (int64_t{1} << 16) / work), [&](int64_t jb, int64_t je) {
+    std::vector<float> Q(group * D), O(group * D), P(std::max<int64_t>(a.S, 1)), z(group);
+    for (int64_t job = jb; job < je; job++) {
+      const int64_t b = job / (a.Hkv * a.T), hk = job / a.T % a.Hkv, i = job % a.T;
+      for (int64_t g = 0; g < group; g++) load_row(q, dt, ((b * a.T + i) * a.Hq + hk * group + g) * D, Q.data() + g * D, D);
+      // Causal: query i sees keys j <= S − T + i.
+      const int64_t n = a.causal ? std::clamp<int64_t>(a.S - a.T + i + 1, 0, a.S) : a.S;
+      const size_t at = static_cast<size_t>((b * Ls * a.Hkv + hk) * D) * dtype_size(dt);
+      kt.direct(Q.data(), static_cast<int>(group), static_cast<const char*>(k) + at, static_cast<const char*>(v) + at, dt == DType::BF16, stride, n,
+                static_cast<int>(D), a.scale, a.key_ok ? a.key_ok + b * a.S : nullptr, P.data(), O.data(), z.data());
+      for (int64_t g = 0; g < group; g++) {
+        const int64_t h = hk * group + g;
+        store_row(O.data() + g * D, out, dt, ((b * a.T + i) * a.Hq + h) * D, D);
+        lse[(b * a.Hq + h) * a.T + i] = z[g];
+      }
+    }
+  });
+}
+
 }  // namespace
 
 void attention_forward_cpu(const AttentionShape& a, const void* q, const void* k, const void* v, DType dt, void* out, float* lse) {
+  if (a.T <= kDirectMaxT && (dt == DType::F32 || dt == DType::BF16)) return attention_forward_direct(a, q, k, v, dt, out, lse);
   const int64_t D = a.D, Dp = padded(D), group = a.Hq / a.Hkv, nqt = tiles(a.T, kBQ);
   const int dp = static_cast<int>(Dp);
   const int64_t Ls = a.kv_rows ? a.kv_rows : a.S;

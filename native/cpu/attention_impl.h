@@ -187,7 +187,120 @@ void accum_impl(const float* P, int po, int pt, int outs, int n, const float* X,
   for (; o < outs; o++) accum_rows<1>(P + static_cast<int64_t>(o) * po, po, pt, n, X, Dp, acc + static_cast<int64_t>(o) * Dp);
 }
 
-const AttentionTiles kAttentionTiles = {scores_impl, softmax_step_impl, probs_impl, dscores_impl, accum_impl};
+// ---- The decode shape: K and V read in place, widened as loaded ----
+
+typedef uint16_t vh __attribute__((vector_size(ATTN_VECTOR_BYTES / 2)));
+typedef uint32_t vu __attribute__((vector_size(ATTN_VECTOR_BYTES)));
+
+// kL elements from `at`: f32 as they are, bf16 widened (a bf16 is the top 16 bits of an f32, so widening is
+// exact).
+template <bool BF16>
+inline vf ldw(const void* base, int64_t at) {
+  if constexpr (BF16) {
+    vh h;
+    __builtin_memcpy(&h, static_cast<const uint16_t*>(base) + at, sizeof h);
+    return __builtin_bit_cast(vf, __builtin_convertvector(h, vu) << 16);
+  } else {
+    return ld(static_cast<const float*>(base) + at);
+  }
+}
+template <bool BF16>
+inline float elw(const void* base, int64_t at) {
+  if constexpr (BF16) return __builtin_bit_cast(float, static_cast<uint32_t>(static_cast<const uint16_t*>(base)[at]) << 16);
+  else return static_cast<const float*>(base)[at];
+}
+
+// The sum of the lanes, halving the vector with constant shuffles (indices built in a loop, as hmax's, are not
+// folded here and cost more than the dot product).
+typedef float vf4 __attribute__((vector_size(16)));
+inline float hsum(vf v) {
+#if ATTN_VECTOR_BYTES == 64
+  typedef float vf8 __attribute__((vector_size(32)));
+  const vf8 h8 = __builtin_shufflevector(v, v, 0, 1, 2, 3, 4, 5, 6, 7) + __builtin_shufflevector(v, v, 8, 9, 10, 11, 12, 13, 14, 15);
+  const vf4 h = __builtin_shufflevector(h8, h8, 0, 1, 2, 3) + __builtin_shufflevector(h8, h8, 4, 5, 6, 7);
+#elif ATTN_VECTOR_BYTES == 32
+  const vf4 h = __builtin_shufflevector(v, v, 0, 1, 2, 3) + __builtin_shufflevector(v, v, 4, 5, 6, 7);
+#else
+  const vf4 h = v;
+#endif
+  return (h[0] + h[2]) + (h[1] + h[3]);
+}
+
+// q·k over D elements (k widened from `at`): two vector accumulators, then the tail.
+template <bool BF16>
+inline float dot_row(const float* q, const void* K, int64_t at, int D) {
+  vf c0 = {}, c1 = {};
+  int d = 0;
+  for (; d + 2 * kL <= D; d += 2 * kL) {
+    c0 += ld(q + d) * ldw<BF16>(K, at + d);
+    c1 += ld(q + d + kL) * ldw<BF16>(K, at + d + kL);
+  }
+  if (d + kL <= D) {
+    c0 += ld(q + d) * ldw<BF16>(K, at + d);
+    d += kL;
+  }
+  float s = hsum(c0 + c1);
+  for (; d < D; d++) s += q[d] * elw<BF16>(K, at + d);
+  return s;
+}
+
+// o[0, W·kL) = inv · Σ_j P[j]·V[j][d0, d0 + W·kL): W accumulator vectors held over all keys.
+template <bool BF16, int W>
+inline void pv_block(const float* P, int64_t n, const void* V, int64_t stride, int d0, float inv, float* o) {
+  vf a[W] = {};
+  for (int64_t j = 0; j < n; j++) {
+    const float p = P[j];
+    if (p == 0.0f) continue;  // masked keys
+#pragma GCC unroll 4
+    for (int w = 0; w < W; w++) a[w] += p * ldw<BF16>(V, j * stride + d0 + w * kL);
+  }
+#pragma GCC unroll 4
+  for (int w = 0; w < W; w++) st(o + d0 + w * kL, a[w] * inv);
+}
+
+template <bool BF16>
+void direct_rows(const float* Q, int rows, const void* K, const void* V, int64_t stride, int64_t n, int D, float scale,
+                 const uint8_t* keep, float* P, float* out, float* lse) {
+  for (int r = 0; r < rows; r++) {
+    const float* q = Q + static_cast<int64_t>(r) * D;
+    float* o = out + static_cast<int64_t>(r) * D;
+    float mx = kNegInf;
+    for (int64_t j = 0; j < n; j++) {
+      const float s = !keep || keep[j] ? dot_row<BF16>(q, K, j * stride, D) * scale : kNegInf;
+      P[j] = s;
+      mx = s > mx ? s : mx;
+    }
+    if (mx == kNegInf) {  // no key kept
+      for (int d = 0; d < D; d++) o[d] = 0.0f;
+      lse[r] = __builtin_inff();
+      continue;
+    }
+    float sum = 0.0f;
+    for (int64_t j = 0; j < n; j++) {
+      const float p = vsel(P[j] != kNegInf, exp_softmax(P[j] - mx), 0.0f);
+      P[j] = p;
+      sum += p;
+    }
+    const float inv = 1.0f / sum;
+    int d = 0;
+    for (; d + 4 * kL <= D; d += 4 * kL) pv_block<BF16, 4>(P, n, V, stride, d, inv, o);
+    for (; d + kL <= D; d += kL) pv_block<BF16, 1>(P, n, V, stride, d, inv, o);
+    for (; d < D; d++) {
+      float a = 0.0f;
+      for (int64_t j = 0; j < n; j++) a += P[j] * elw<BF16>(V, j * stride + d);
+      o[d] = a * inv;
+    }
+    lse[r] = mx + __builtin_logf(sum);
+  }
+}
+
+void direct_impl(const float* Q, int rows, const void* K, const void* V, bool bf16, int64_t stride, int64_t n, int D, float scale,
+                 const uint8_t* keep, float* P, float* out, float* lse) {
+  if (bf16) direct_rows<true>(Q, rows, K, V, stride, n, D, scale, keep, P, out, lse);
+  else direct_rows<false>(Q, rows, K, V, stride, n, D, scale, keep, P, out, lse);
+}
+
+const AttentionTiles kAttentionTiles = {scores_impl, softmax_step_impl, probs_impl, dscores_impl, accum_impl, direct_impl};
 
 }  // namespace
 }  // namespace peft

@@ -30,6 +30,13 @@ struct AttentionTiles {
   // acc[o][:] += Σ_{t < n} P[o·po + t·pt]·X[t][:] for o < outs (acc [outs][Dp], X [n][Dp]): P·X with
   // (po, pt) = (kAttnKeys, 1), Pᵀ·X with (1, kAttnKeys).
   void (*accum)(const float* P, int po, int pt, int outs, int n, const float* X, int Dp, float* acc);
+  // The decode shape, reading K and V in place (no packing): out[r][:] = softmax_j(scale · Q[r]·K[j]) · V
+  // over keys j < n with keep[j] != 0 (keep null: all), for `rows` f32 query rows Q [rows][D]; K and V are
+  // f32 or (bf16) bf16 rows of D elements, `stride` elements apart, widened to f32 as they are loaded.
+  // out [rows][D] f32, normalised; lse[r] = the row's logsumexp (+inf and a zero row when no key is kept).
+  // P: scratch of n floats.
+  void (*direct)(const float* Q, int rows, const void* K, const void* V, bool bf16, int64_t stride, int64_t n, int D, float scale,
+                 const uint8_t* keep, float* P, float* out, float* lse);
 };
 
 // The build for the active ISA (backend.setIsa / NODE_PEFT_ISA).

@@ -1,5 +1,7 @@
-// Process-wide thread pool: one job runs at a time (callers from several threads queue on a mutex),
-// the caller works as thread 0, workers spin briefly for the next job and then sleep.
+// Process-wide thread pool: one job runs at a time (callers from several threads queue on a mutex), split
+// into parts that the caller and the workers claim one at a time; workers spin briefly for the next job and
+// then sleep. The caller claims parts too, so it never waits for a worker that has not woken yet: it waits
+// only for parts already running.
 #include "parallel.h"
 
 #include <algorithm>
@@ -14,9 +16,20 @@
 #include <vector>
 
 #include "../core/errors.h"
+#include "isa.h"
 
 namespace peft {
 namespace {
+
+// A spin-wait hint (x86 `pause`, arm64 `yield`): the polling core backs off, leaving the memory pipeline and a
+// sibling hyper-thread to the work it waits for. A compiler builtin needs no ISA flags (SSE2 is part of x86-64).
+inline void cpu_relax() {
+#if PEFT_X86
+  __builtin_ia32_pause();
+#elif defined(__aarch64__)
+  asm volatile("yield");
+#endif
+}
 
 thread_local bool t_in_job = false;  // nested regions run inline
 
@@ -54,26 +67,43 @@ class Pool {
     }
     ensure_workers(n - 1);
     error_ = nullptr;
-    pending_.store(n - 1, std::memory_order_release);
+    done_.store(0, std::memory_order_relaxed);
+    uint64_t gen;
     {
       // The job's parameters change only together with the generation, under mu_, so a worker that
       // wakes late reads one consistent job.
       std::lock_guard<std::mutex> lk(mu_);
       fn_ = &fn;
       job_threads_ = n;
-      generation_.fetch_add(1, std::memory_order_acq_rel);
+      gen = generation_.fetch_add(1, std::memory_order_acq_rel) + 1;
+      next_.store(gen << 32, std::memory_order_release);
     }
     cv_.notify_all();
-    run_part(&fn, 0, n);
-    // Wait for the workers: spin first (jobs are short), then yield.
+    run_parts(&fn, gen, n);
+    // Wait for the parts workers took: spin first (jobs are short), then yield.
     auto start = std::chrono::steady_clock::now();
-    while (pending_.load(std::memory_order_acquire) != 0) {
+    while (done_.load(std::memory_order_acquire) != n) {
+      cpu_relax();
       if (std::chrono::steady_clock::now() - start > std::chrono::microseconds(200)) std::this_thread::yield();
     }
     if (error_) std::rethrow_exception(error_);
   }
 
  private:
+  // Claims and runs parts of job `gen` (n parts) until none is left. next_ holds the generation in its high
+  // half and the next unclaimed part in its low half, so a worker that read a finished job's parameters
+  // claims nothing of the next job.
+  void run_parts(const std::function<void(int, int)>* fn, uint64_t gen, int n) {
+    uint64_t cur = next_.load(std::memory_order_acquire);
+    for (;;) {
+      if (cur >> 32 != (gen & 0xffffffffu) || static_cast<int>(cur & 0xffffffffu) >= n) return;
+      if (!next_.compare_exchange_weak(cur, cur + 1, std::memory_order_acq_rel, std::memory_order_acquire)) continue;
+      run_part(fn, static_cast<int>(cur & 0xffffffffu), n);
+      done_.fetch_add(1, std::memory_order_acq_rel);
+      cur = next_.load(std::memory_order_acquire);
+    }
+  }
+
   void run_part(const std::function<void(int, int)>* fn, int tid, int n) {
     t_in_job = true;
     try {
@@ -85,11 +115,12 @@ class Pool {
     t_in_job = false;
   }
 
-  void worker(int index, uint64_t seen) {
+  void worker(uint64_t seen) {
     for (;;) {
       // Spin for the next job briefly (a training step issues ops back to back), then sleep.
       auto start = std::chrono::steady_clock::now();
       while (generation_.load(std::memory_order_acquire) == seen && !quit_.load()) {
+        cpu_relax();
         if (std::chrono::steady_clock::now() - start > std::chrono::microseconds(100)) {
           std::unique_lock<std::mutex> lk(mu_);
           cv_.wait(lk, [&] { return generation_.load() != seen || quit_.load(); });
@@ -105,19 +136,14 @@ class Pool {
         fn = fn_;
         nt = job_threads_;
       }
-      int tid = index + 1;
-      if (tid < nt) {
-        run_part(fn, tid, nt);
-        pending_.fetch_sub(1, std::memory_order_acq_rel);
-      }
+      run_parts(fn, seen, nt);
     }
   }
 
   void ensure_workers(int want) {
     while (static_cast<int>(workers_.size()) < want) {
-      int idx = static_cast<int>(workers_.size());
       uint64_t seen = generation_.load();
-      workers_.emplace_back([this, idx, seen] { worker(idx, seen); });
+      workers_.emplace_back([this, seen] { worker(seen); });
     }
   }
 
@@ -136,7 +162,8 @@ class Pool {
   std::mutex mu_;
   std::condition_variable cv_;
   std::atomic<uint64_t> generation_{0};
-  std::atomic<int> pending_{0};
+  std::atomic<uint64_t> next_{0};  // (generation << 32) | next unclaimed part
+  std::atomic<int> done_{0};       // parts of the current job finished
   std::atomic<bool> quit_{false};
   std::atomic<int> nthreads_{1};
   int job_threads_ = 0;

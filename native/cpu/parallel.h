@@ -11,8 +11,10 @@ namespace peft {
 // fn are rethrown on the caller (the first one wins).
 void parallel_for(int64_t n, int64_t grain, const std::function<void(int64_t, int64_t)>& fn);
 
-// Runs fn(tid, nthreads) once on each of `nthreads` threads (nthreads <= num_threads()); for kernels that
-// partition work themselves (GEMM splits by M or N).
+// Runs fn(tid, nthreads) once for each tid < nthreads (nthreads <= num_threads()); for kernels that
+// partition work themselves (GEMM splits by M or N). The parts are claimed by whichever pool thread is free:
+// usually one per thread, but a part a sleeping worker has not yet claimed runs on a thread that is done
+// with its own, after it. Parts must not wait on each other.
 void parallel_run(int nthreads, const std::function<void(int, int)>& fn);
 
 // Runs fn(r0, r1, c0, c1) on a tm x tn grid of threads, each taking an even share of [0, rows) x [0, cols),
