@@ -93,5 +93,5 @@ describe("the cuda device", () => {
     if (r.status !== 0) console.log(r.stdout.slice(-4000), r.stderr.slice(-4000));
     expect(r.status).toBe(0);
     expect(r.stdout).toMatch(/missing __syncthreads/i);
-  }, 300_000); // it compiles the emulator and three check programs first: over two minutes on a loaded 2-core machine
+  }, 300_000); // it compiles the emulator, its self-test and three check programs first: over two minutes on a loaded 2-core machine
 });
