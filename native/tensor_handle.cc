@@ -21,8 +21,6 @@ struct ViewHold {
   bool tracked;
 };
 
-// Untracked (transient) holds by the address their buffer starts at, so releaseBytes can drop one before the
-// garbage collector finalizes its buffer. Never destroyed: finalizers may run while the process exits.
 // Live handles of this JS thread (one isolate each) per storage, with the bytes the first one reported to the
 // garbage collector: only the first handle on a storage reports it and the last takes it back, so reshapes,
 // detached copies and autograd's saved handles do not count a 64 MB weight again for every one (that made
@@ -36,6 +34,8 @@ std::unordered_map<const Storage*, Reported>& reported_storages() {
   return *m;
 }
 
+// Untracked (transient) holds by the address their buffer starts at, so releaseBytes can drop one before the
+// garbage collector finalizes its buffer. Never destroyed: finalizers may run while the process exits.
 std::mutex& transient_mu() {
   static auto* m = new std::mutex();
   return *m;

@@ -112,7 +112,10 @@ double ceiling_measure(const std::string& name, int threads, double seconds) {
   if (!e || !e->usable()) fail_range(cat("ceiling \"", name, "\" is not available on this CPU"));
   threads = std::max(1, std::min(threads, num_threads()));
   float* buf = e->memory ? stream_buffer() : nullptr;
-  std::vector<double> work(threads, 0.0), took(threads, 0.0);
+  std::vector<double> work(threads, 0.0);
+  // The rate over the whole run's wall time, not each part's own: the pool may run two parts one after the
+  // other on one thread (a worker that did not wake), and per-part times would then count that time twice.
+  const auto start = Clock::now();
   parallel_run(threads, [&](int tid, int nt) {
     auto t0 = Clock::now();
     double done = 0;
@@ -128,10 +131,11 @@ double ceiling_measure(const std::string& name, int threads, double seconds) {
       do done += e->work(100000);
       while (seconds_since(t0) < seconds);
     }
-    work[tid] = done, took[tid] = seconds_since(t0);
+    work[tid] = done;
   });
-  double total = 0, wall = 0;
-  for (int t = 0; t < threads; t++) total += work[t], wall = std::max(wall, took[t]);
+  const double wall = seconds_since(start);
+  double total = 0;
+  for (int t = 0; t < threads; t++) total += work[t];
   return total / wall / 1e9;
 }
 
