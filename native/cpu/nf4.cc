@@ -8,6 +8,7 @@
 #include <algorithm>
 #include <atomic>
 #include <cmath>
+#include <cstdlib>
 #include <cstring>
 #include <limits>
 #include <memory>
@@ -230,6 +231,34 @@ std::shared_ptr<const PanelCodes> panels_for(const Quant4Weight& w, int64_t g) {
 bool avx512_path() { return PEFT_X86 && active_isa() == Isa::Avx512; }
 bool simd_path() { return PEFT_X86 && active_isa() != Isa::Scalar; }
 
+#if PEFT_X86
+// Small M (decode, short prompts): the GEMM's f32 panels cost more than the products they feed (each value is
+// unpacked, stored and loaded again for at most two row groups), so the kernel dequantises in registers and
+// multiplies at once. x is laid out k-major first, in f32 (exact for every input dtype).
+void direct_forward(const void* x, DType x_dt, int64_t M, const Quant4Weight& w, const PanelCodes& pc, const void* bias,
+                    DType bias_dt, void* y, DType y_dt) {
+  const int64_t K = w.K, N = w.N;
+  std::unique_ptr<float, decltype(&std::free)> xt_mem(static_cast<float*>(std::aligned_alloc(64, sizeof(float) * 16 * K)), &std::free);
+  if (!xt_mem) throw std::bad_alloc();
+  float* xt = xt_mem.get();
+  parallel_for(K, 1024, [&](int64_t k0, int64_t k1) {
+    for (int64_t m = 0; m < M; m++)
+      for (int64_t k = k0; k < k1; k++) xt[k * 16 + m] = load_f32(x, x_dt, m * K + k);
+  });
+  const float* table = quant4_table(w.type);
+  parallel_for(pc.panels, 1, [&](int64_t p0, int64_t p1) {
+    alignas(64) float tile[kDirectRows * kPanel];
+    for (int64_t pn = p0; pn < p1; pn++) {
+      direct_panel_avx512(pc, table, w.wdt, w.cdt, xt, M, pn, tile);
+      const int64_t n0 = pn * kPanel, cols = std::min<int64_t>(kPanel, N - n0);
+      for (int64_t m = 0; m < M; m++)
+        for (int64_t j = 0; j < cols; j++)
+          store_f32(y, y_dt, m * N + n0 + j, tile[m * kPanel + j] + (bias ? load_f32(bias, bias_dt, n0 + j) : 0.0f));
+    }
+  });
+}
+#endif
+
 }  // namespace
 
 const float* quant4_table(Quant4 t) { return t == Quant4::NF4 ? kNf4 : kFp4; }
@@ -254,6 +283,10 @@ void quant4_linear_cpu(const void* x, DType x_dt, int64_t M, const Quant4Weight&
   Source src(w);
   // The panel form needs chunks of at least 16 k-steps per scale (else its scales outweigh the codes).
   const int64_t g = std::gcd(w.K, w.blocksize);
+#if PEFT_X86
+  if (avx512_path() && g >= 16 && w.K > 0 && M <= kDirectRows)
+    return direct_forward(x, x_dt, M, w, *panels_for(w, g), bias, bias_dt, y, y_dt);
+#endif
   if (simd_path() && g >= 16 && w.K > 0) {
     src.panels = panels_for(w, g);
     src.src.unpack = unpack_t_panels;

@@ -72,6 +72,11 @@ constexpr int kPanel = 32;
 // time. Values rounded to wdt then cdt.
 void unpack_panel_avx2(const PanelCodes& pc, const float* table, DType wdt, DType cdt, int64_t k0, int64_t kc, int64_t n0, float* dst);
 void unpack_panel_avx512(const PanelCodes& pc, const float* table, DType wdt, DType cdt, int64_t k0, int64_t kc, int64_t n0, float* dst);
+// The small-M forward (M <= kDirectRows, AVX-512): panel pn of y = x·Wᵀ for M rows, into tile (M rows of 32
+// f32, row m at tile + 32·m), straight from the panel form; xt is x k-major (K steps of 16 f32, rows past M
+// unused), already in f32. Values rounded to wdt then cdt as the unpackers round them.
+constexpr int kDirectRows = 16;
+void direct_panel_avx512(const PanelCodes& pc, const float* table, DType wdt, DType cdt, const float* xt, int64_t M, int64_t pn, float* tile);
 void unpack_rows_avx512(const Quant4Weight& w, const float* table, int64_t k0, int64_t kc, int64_t n0, float* dst);
 
 }  // namespace quant4_detail

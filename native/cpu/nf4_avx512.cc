@@ -5,6 +5,8 @@
 #include <immintrin.h>
 
 #include <algorithm>
+#include <array>
+#include <utility>
 
 #include "nf4.h"
 
@@ -61,7 +63,67 @@ void panel_run(const PanelCodes& pc, const float* table, DType wdt, DType cdt, i
   }
 }
 
+// The small-M forward's pass over one panel: H halves of it (16 columns each, from h0) for M rows of x, the
+// codes dequantised in registers and used at once (no f32 panel is written). xt holds x k-major, 16 floats
+// a k-step, so each k-step's broadcasts come from one cache line; each output sums its k in order.
+template <int M, int H, int h0, bool Round>
+void direct_pass(const PanelCodes& pc, __m512 tab, DType wdt, DType cdt, const float* xt, int64_t pn, float* tile) {
+  const int64_t chunks = pc.K / pc.g;
+  const uint8_t* codes = pc.codes + pn * pc.K * (kPanel / 2);
+  const float* scales = pc.scales + pn * chunks * kPanel;
+  __m512 acc[H][M];
+  for (int h = 0; h < H; h++)
+    for (int m = 0; m < M; m++) acc[h][m] = _mm512_setzero_ps();
+  for (int64_t c = 0; c < chunks; c++) {
+    __m512 s[H];
+    for (int h = 0; h < H; h++) s[h] = _mm512_loadu_ps(scales + c * kPanel + (h0 + h) * 16);
+    const int64_t kend = (c + 1) * pc.g;
+    for (int64_t k = c * pc.g; k < kend; k++) {
+      // The codes stream from memory once per half: ask for them 1 KiB ahead (past the end is harmless).
+      if ((k & 3) == 0) _mm_prefetch(reinterpret_cast<const char*>(codes + (k + 64) * 16), _MM_HINT_T0);
+      const __m512i v = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(codes + k * 16)));
+      const float* xk = xt + k * 16;
+      for (int h = 0; h < H; h++) {
+        // vpermps reads the index's low 4 bits: the low nibble needs no mask.
+        const __m512i idx = h0 + h ? _mm512_srli_epi32(v, 4) : v;
+        __m512 w = _mm512_mul_ps(_mm512_permutexvar_ps(idx, tab), s[h]);
+        if (Round) w = round_to(round_to(w, wdt), cdt);
+        for (int m = 0; m < M; m++) acc[h][m] = _mm512_fmadd_ps(w, _mm512_set1_ps(xk[m]), acc[h][m]);
+      }
+    }
+  }
+  for (int h = 0; h < H; h++)
+    for (int m = 0; m < M; m++) _mm512_storeu_ps(tile + m * kPanel + (h0 + h) * 16, acc[h][m]);
+}
+
+// Up to 8 rows take both halves in one pass (their broadcasts shared); more rows one half a pass, so the
+// accumulators stay within the 32 registers.
+template <int M, bool Round>
+void direct_panel(const PanelCodes& pc, __m512 tab, DType wdt, DType cdt, const float* xt, int64_t pn, float* tile) {
+  if constexpr (M <= 8) {
+    direct_pass<M, 2, 0, Round>(pc, tab, wdt, cdt, xt, pn, tile);
+  } else {
+    direct_pass<M, 1, 0, Round>(pc, tab, wdt, cdt, xt, pn, tile);
+    direct_pass<M, 1, 1, Round>(pc, tab, wdt, cdt, xt, pn, tile);
+  }
+}
+
+using DirectFn = void (*)(const PanelCodes&, __m512, DType, DType, const float*, int64_t, float*);
+
+template <bool Round, std::size_t... I>
+constexpr auto direct_table(std::index_sequence<I...>) {
+  return std::array<DirectFn, sizeof...(I)>{&direct_panel<static_cast<int>(I) + 1, Round>...};
+}
+
 }  // namespace
+
+void direct_panel_avx512(const PanelCodes& pc, const float* table, DType wdt, DType cdt, const float* xt, int64_t M, int64_t pn,
+                         float* tile) {
+  static constexpr auto exact = direct_table<false>(std::make_index_sequence<kDirectRows>());
+  static constexpr auto rounded = direct_table<true>(std::make_index_sequence<kDirectRows>());
+  const bool round = wdt != DType::F32 || cdt != DType::F32;
+  (round ? rounded : exact)[M - 1](pc, _mm512_loadu_ps(table), wdt, cdt, xt, pn, tile);
+}
 
 void unpack_panel_avx512(const PanelCodes& pc, const float* table, DType wdt, DType cdt, int64_t k0, int64_t kc, int64_t n0, float* dst) {
   if (wdt == DType::F32 && cdt == DType::F32) panel_run<false>(pc, table, wdt, cdt, k0, kc, n0, dst);
