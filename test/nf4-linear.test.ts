@@ -5,7 +5,7 @@ import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, describe, expect, it } from "vitest";
-import { Linear, Linear4bit, Module, PeftError, Tensor, loadModelWeights, saveSafetensorsSync } from "../lib/index.js";
+import { Linear, Linear4bit, Module, PeftError, Tensor, backend, loadModelWeights, saveSafetensorsSync } from "../lib/index.js";
 import { quant4Linear, quant4LinearGradInput, quant4Quantize, type Quant4Operand } from "../lib/ops.js";
 import { UNIT, expectClose, expectError, forEachIsa, uniform } from "./helpers/numeric.js";
 import { dequantize, gradInputRef, linearRef, type QT } from "./helpers/nf4-ref.js";
@@ -96,33 +96,42 @@ describe("quant4Linear and quant4LinearGradInput", () => {
     });
   });
 
-  it("the small-batch path (M <= 16 on AVX-512): every row count, chunks of 16/32/64 k-steps, partial panels, rounded weights", () => {
+  it("the small-batch path (M <= 16 on AVX-512; bf16 compute on AMX): every row count, chunks of 16/32/64 k-steps, partial panels, rounded weights", () => {
     // M <= 8 takes both halves of a 32-column panel in one pass, 9..16 one half a pass; M = 17 is the GEMM path.
-    // K = 48 with blocks of 64: a block spans rows, chunks of gcd(48, 64) = 16 k-steps; K = 96 / bs 32: chunks of 32.
+    // K = 48 with blocks of 64: a block spans rows, chunks of gcd(48, 64) = 16 k-steps; K = 96 / bs 32: chunks of
+    // 32. bf16 x with bf16 compute takes the AMX tiles where K % 32 == 0 (and AMX is on), else the FMA kernel.
+    const amxOn = backend.features.includes("amx");
+    const amxPaths = amxOn ? [true, false] : [false];
     forEachIsa((isa) => {
-      for (const [K, N, bs] of [[48, 33, 64], [96, 70, 32], [192, 64, 64]] as const) {
-        const q = quantized(N, K, "nf4", bs, K + N);
-        const b = rnd([N], 7);
-        for (let M = 1; M <= 17; M++) {
-          const x = rnd([M, K], M + K);
-          const y = quant4Linear(x, q.op(), M % 2 ? b : null);
-          const ref = linearRef(x.toFloat64Array(), q.wd, M % 2 ? b.toFloat64Array() : null, M, K, N);
-          expectClose(y.toFloat64Array(), ref.y, bound(K, ref.mag, ref.y, "f32"), `${isa} M=${M} K=${K} N=${N}`);
-          x.dispose(), y.dispose();
+      for (const amx of amxPaths) {
+        backend.setAmx(amx);
+        for (const [K, N, bs] of [[48, 33, 64], [96, 70, 32], [192, 64, 64]] as const) {
+          const q = quantized(N, K, "nf4", bs, K + N);
+          const b = rnd([N], 7);
+          const wb = Tensor.fromArray(q.wd, [N, K], "bf16");
+          for (let M = 1; M <= 17; M++)
+            for (const cdt of ["f32", "bf16"] as const) {
+              const x = rnd([M, K], M + K, cdt);
+              const y = quant4Linear(x, q.op(cdt), M % 2 ? b : null);
+              const ref = linearRef(x.toFloat64Array(), cdt === "f32" ? q.wd : wb.toFloat64Array(), M % 2 ? b.toFloat64Array() : null, M, K, N);
+              expectClose(y.toFloat64Array(), ref.y, bound(K, ref.mag, ref.y, cdt), `${isa} amx ${amx} ${cdt} M=${M} K=${K} N=${N}`);
+              x.dispose(), y.dispose();
+            }
+          b.dispose(), wb.dispose();
         }
-        b.dispose();
+        // Weights dequantised into f16 and computed in bf16 (two roundings), on both pass shapes.
+        const [K, N] = [64, 45];
+        const q = quantized(N, K, "fp4", 64, 21);
+        for (const M of [4, 13]) {
+          const x = rnd([M, K], M, "bf16");
+          const y = quant4Linear(x, { ...q.op("bf16"), dtype: "f16" }, null);
+          const w1 = Tensor.fromArray(q.wd, [N, K], "f16"), w2 = w1.to("bf16");
+          const ref = linearRef(x.toFloat64Array(), w2.toFloat64Array(), null, M, K, N);
+          expectClose(y.toFloat64Array(), ref.y, bound(K, ref.mag, ref.y, "bf16"), `${isa} amx ${amx} M=${M} W f16 compute bf16`);
+          for (const t of [x, y, w1, w2]) t.dispose();
+        }
       }
-      // Weights dequantised into f16 and computed in bf16 (two roundings), on both pass shapes, with bf16 x and y.
-      const [K, N] = [64, 45];
-      const q = quantized(N, K, "fp4", 64, 21);
-      for (const M of [4, 13]) {
-        const x = rnd([M, K], M, "bf16");
-        const y = quant4Linear(x, { ...q.op("bf16"), dtype: "f16" }, null);
-        const w1 = Tensor.fromArray(q.wd, [N, K], "f16"), w2 = w1.to("bf16");
-        const ref = linearRef(x.toFloat64Array(), w2.toFloat64Array(), null, M, K, N);
-        expectClose(y.toFloat64Array(), ref.y, bound(K, ref.mag, ref.y, "bf16"), `${isa} M=${M} W f16 compute bf16`);
-        for (const t of [x, y, w1, w2]) t.dispose();
-      }
+      backend.setAmx(amxOn);
     });
   });
 

@@ -233,28 +233,39 @@ bool simd_path() { return PEFT_X86 && active_isa() != Isa::Scalar; }
 
 #if PEFT_X86
 // Small M (decode, short prompts): the GEMM's f32 panels cost more than the products they feed (each value is
-// unpacked, stored and loaded again for at most two row groups), so the kernel dequantises in registers and
-// multiplies at once. x is laid out k-major first, in f32 (exact for every input dtype).
+// unpacked, stored and loaded again for at most two row groups), so the kernels dequantise in registers and
+// multiply at once. With bf16 x and bf16 compute on AMX, x is one A tile (rows past M zero); otherwise x is
+// laid out k-major in f32 (exact for every input dtype) for the FMA kernel.
 void direct_forward(const void* x, DType x_dt, int64_t M, const Quant4Weight& w, const PanelCodes& pc, const void* bias,
                     DType bias_dt, void* y, DType y_dt) {
   const int64_t K = w.K, N = w.N;
-  std::unique_ptr<float, decltype(&std::free)> xt_mem(static_cast<float*>(std::aligned_alloc(64, sizeof(float) * 16 * K)), &std::free);
-  if (!xt_mem) throw std::bad_alloc();
-  float* xt = xt_mem.get();
+  const bool amx = amx_enabled() && x_dt == DType::BF16 && w.cdt == DType::BF16 && K % 32 == 0;
+  std::unique_ptr<float, decltype(&std::free)> staged(static_cast<float*>(std::aligned_alloc(64, sizeof(float) * 16 * K)), &std::free);
+  if (!staged) throw std::bad_alloc();
+  float* xt = staged.get();
+  uint16_t* xs = reinterpret_cast<uint16_t*>(xt);
   parallel_for(K, 1024, [&](int64_t k0, int64_t k1) {
+    if (amx) {
+      for (int64_t m = 0; m < 16; m++)
+        for (int64_t k = k0; k < k1; k++) xs[m * K + k] = m < M ? static_cast<const uint16_t*>(x)[m * K + k] : 0;
+      return;
+    }
     for (int64_t m = 0; m < M; m++)
       for (int64_t k = k0; k < k1; k++) xt[k * 16 + m] = load_f32(x, x_dt, m * K + k);
   });
   const float* table = quant4_table(w.type);
   parallel_for(pc.panels, 1, [&](int64_t p0, int64_t p1) {
     alignas(64) float tile[kDirectRows * kPanel];
+    if (amx) direct_amx_begin();
     for (int64_t pn = p0; pn < p1; pn++) {
-      direct_panel_avx512(pc, table, w.wdt, w.cdt, xt, M, pn, tile);
+      if (amx) direct_panel_amx(pc, table, w.wdt, xs, pn, tile);
+      else direct_panel_avx512(pc, table, w.wdt, w.cdt, xt, M, pn, tile);
       const int64_t n0 = pn * kPanel, cols = std::min<int64_t>(kPanel, N - n0);
       for (int64_t m = 0; m < M; m++)
         for (int64_t j = 0; j < cols; j++)
           store_f32(y, y_dt, m * N + n0 + j, tile[m * kPanel + j] + (bias ? load_f32(bias, bias_dt, n0 + j) : 0.0f));
     }
+    if (amx) direct_amx_end();
   });
 }
 #endif
