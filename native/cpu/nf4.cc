@@ -232,9 +232,19 @@ bool avx512_path() { return PEFT_X86 && active_isa() == Isa::Avx512; }
 bool simd_path() { return PEFT_X86 && active_isa() != Isa::Scalar; }
 
 #if PEFT_X86
+// n f32 values into out[at..] in dt, rounded as store_f32 rounds them.
+void store_row(const float* v, void* out, DType dt, int64_t at, int64_t n) {
+  if (dt == DType::F32) return (void)std::memcpy(static_cast<float*>(out) + at, v, sizeof(float) * n);
+  uint16_t* o = static_cast<uint16_t*>(out) + at;
+  if (dt == DType::BF16)
+    for (int64_t j = 0; j < n; j++) o[j] = f32_to_bf16(v[j]);
+  else
+    for (int64_t j = 0; j < n; j++) o[j] = f32_to_f16(v[j]);
+}
+
 // Small M (decode, short prompts): the GEMM's f32 panels cost more than the products they feed (each value is
 // unpacked, stored and loaded again for at most two row groups), so the kernels dequantise in registers and
-// multiply at once. With bf16 x and bf16 compute on AMX, x is one A tile (rows past M zero); otherwise x is
+// multiply at once. With bf16 x and bf16 compute on AMX, x is a row of A tiles (rows past M zero); otherwise x is
 // laid out k-major in f32 (exact for every input dtype) for the FMA kernel.
 void direct_forward(const void* x, DType x_dt, int64_t M, const Quant4Weight& w, const PanelCodes& pc, const void* bias,
                     DType bias_dt, void* y, DType y_dt) {
@@ -244,15 +254,21 @@ void direct_forward(const void* x, DType x_dt, int64_t M, const Quant4Weight& w,
   if (!staged) throw std::bad_alloc();
   float* xt = staged.get();
   uint16_t* xs = reinterpret_cast<uint16_t*>(xt);
-  parallel_for(K, 1024, [&](int64_t k0, int64_t k1) {
-    if (amx) {
-      for (int64_t m = 0; m < 16; m++)
-        for (int64_t k = k0; k < k1; k++) xs[m * K + k] = m < M ? static_cast<const uint16_t*>(x)[m * K + k] : 0;
-      return;
-    }
-    for (int64_t m = 0; m < M; m++)
-      for (int64_t k = k0; k < k1; k++) xt[k * 16 + m] = load_f32(x, x_dt, m * K + k);
-  });
+  if (amx) {
+    parallel_for(K / 32, 8, [&](int64_t b0, int64_t b1) {
+      for (int64_t kb = b0; kb < b1; kb++)
+        for (int64_t m = 0; m < 16; m++) {
+          uint16_t* d = xs + kb * 512 + m * 32;
+          if (m < M) std::memcpy(d, static_cast<const uint16_t*>(x) + m * K + kb * 32, 64);
+          else std::memset(d, 0, 64);
+        }
+    });
+  } else {
+    parallel_for(K, 1024, [&](int64_t k0, int64_t k1) {
+      for (int64_t m = 0; m < M; m++)
+        for (int64_t k = k0; k < k1; k++) xt[k * 16 + m] = load_f32(x, x_dt, m * K + k);
+    });
+  }
   const float* table = quant4_table(w.type);
   parallel_for(pc.panels, 1, [&](int64_t p0, int64_t p1) {
     alignas(64) float tile[kDirectRows * kPanel];
@@ -261,9 +277,14 @@ void direct_forward(const void* x, DType x_dt, int64_t M, const Quant4Weight& w,
       if (amx) direct_panel_amx(pc, table, w.wdt, xs, pn, tile);
       else direct_panel_avx512(pc, table, w.wdt, w.cdt, xt, M, pn, tile);
       const int64_t n0 = pn * kPanel, cols = std::min<int64_t>(kPanel, N - n0);
-      for (int64_t m = 0; m < M; m++)
-        for (int64_t j = 0; j < cols; j++)
-          store_f32(y, y_dt, m * N + n0 + j, tile[m * kPanel + j] + (bias ? load_f32(bias, bias_dt, n0 + j) : 0.0f));
+      float b[kPanel] = {};
+      if (bias)
+        for (int64_t j = 0; j < cols; j++) b[j] = load_f32(bias, bias_dt, n0 + j);
+      for (int64_t m = 0; m < M; m++) {
+        float* row = tile + m * kPanel;
+        for (int j = 0; j < kPanel; j++) row[j] += b[j];
+        store_row(row, y, y_dt, m * N + n0, cols);
+      }
     }
     if (amx) direct_amx_end();
   });

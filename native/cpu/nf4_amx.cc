@@ -37,13 +37,20 @@ void direct_panel_amx(const PanelCodes& pc, const float* table, DType wdt, const
   const __m512 tab = _mm512_loadu_ps(table);
   const bool f16 = wdt == DType::F16;
   const __m512i pairs = _mm512_load_si512(kInterleave);
-  alignas(64) uint16_t b[2][16 * 32];  // two B tiles: 16 rows of k-pairs x 16 columns x 2
+  // Two B tiles (16 rows of k-pairs x 16 columns x 2) per step, in two sets used in turn, so one step's stores
+  // need not wait for the previous step's tile loads.
+  alignas(64) uint16_t bufs[2][2][16 * 32];
   _tile_zero(0);
   _tile_zero(1);
   for (int64_t k0 = 0; k0 < pc.K; k0 += 32) {
+    uint16_t(*b)[16 * 32] = bufs[(k0 / 32) & 1];
+    // The codes stream from memory once (512 bytes a step): ask for them 4 KiB ahead (past the end is harmless).
+    for (int l = 0; l < 8; l++) _mm_prefetch(reinterpret_cast<const char*>(codes + (k0 + 256) * 16 + l * 64), _MM_HINT_T0);
+    // K % 32 == 0 makes chunks of 32 or 64 k-steps: one pair of scale vectors covers the whole step.
+    const int64_t c = k0 / pc.g;
+    const __m512 s0 = _mm512_loadu_ps(scales + c * kPanel), s1 = _mm512_loadu_ps(scales + c * kPanel + 16);
     for (int64_t r = 0; r < 16; r++) {
-      const int64_t k = k0 + 2 * r, c = k / pc.g;  // a chunk holds >= 16 k-steps, so k and k + 1 share it
-      const __m512 s0 = _mm512_loadu_ps(scales + c * kPanel), s1 = _mm512_loadu_ps(scales + c * kPanel + 16);
+      const int64_t k = k0 + 2 * r;
       __m512 lo0, hi0, lo1, hi1;
       step_values(codes + k * 16, tab, s0, s1, f16, lo0, hi0);
       step_values(codes + (k + 1) * 16, tab, s0, s1, f16, lo1, hi1);
@@ -52,7 +59,7 @@ void direct_panel_amx(const PanelCodes& pc, const float* table, DType wdt, const
       _mm512_store_si512(b[0] + r * 32, lo);
       _mm512_store_si512(b[1] + r * 32, hi);
     }
-    _tile_loadd(4, xs + k0, static_cast<long>(pc.K * 2));
+    _tile_loadd(4, xs + k0 * 16, 64);
     _tile_loadd(6, b[0], 64);
     _tile_loadd(7, b[1], 64);
     _tile_dpbf16ps(0, 4, 6);
