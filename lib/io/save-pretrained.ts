@@ -71,8 +71,8 @@ export function parseShardSize(v: unknown, op: string): number {
   return bytes;
 }
 
-/** The modules kept in float among the model's linear layers, as short as matching stays exact: "lm_head", not its path. */
-function skippedModules(plain: string[], all: string[]): string[] {
+/** The modules kept in float among the linear layers (paths), as short as matching stays exact: "lm_head", not its path. */
+export function skippedModules(plain: string[], all: string[]): string[] {
   const last = (p: string) => p.slice(p.lastIndexOf(".") + 1);
   const out: string[] = [];
   for (const p of plain) {
@@ -84,9 +84,40 @@ function skippedModules(plain: string[], all: string[]): string[] {
   return out;
 }
 
+/** What a BitsAndBytesConfig holds (the defaults are its own: fp4, no double quantisation, float32, 6.0). */
+export interface BnbSettings {
+  kind: "4bit" | "int8";
+  quantType?: "nf4" | "fp4";
+  doubleQuant?: boolean;
+  computeDtype?: DType;
+  threshold?: number;
+  /** llm_int8_skip_modules: the module names kept in float (null: transformers' default, the output head). */
+  skipModules: string[] | null;
+}
+
+/** transformers' BitsAndBytesConfig.to_dict(): every key it writes, in its spelling. */
+export function bitsAndBytesConfigDict(s: BnbSettings): Record<string, unknown> {
+  const four = s.kind === "4bit";
+  return {
+    _load_in_4bit: four,
+    _load_in_8bit: !four,
+    bnb_4bit_compute_dtype: torchDtypeName(s.computeDtype ?? "f32"),
+    bnb_4bit_quant_storage: "uint8",
+    bnb_4bit_quant_type: s.quantType ?? "fp4",
+    bnb_4bit_use_double_quant: s.doubleQuant ?? false,
+    llm_int8_enable_fp32_cpu_offload: false,
+    llm_int8_has_fp16_weight: false,
+    llm_int8_skip_modules: s.skipModules,
+    llm_int8_threshold: s.threshold ?? 6.0,
+    load_in_4bit: four,
+    load_in_8bit: !four,
+    quant_method: "bitsandbytes",
+  };
+}
+
 /**
- * transformers' BitsAndBytesConfig.to_dict() for the quantised layers `model` holds (every key it writes), or
- * null for a model without any. Layers whose settings the config cannot express together are refused.
+ * The quantization_config for the quantised layers `model` holds, or null for a model without any. Layers
+ * whose settings one config cannot express together are refused.
  */
 export function quantizationConfigOf(model: Module, op: string): Record<string, unknown> | null {
   const four: [string, Linear4bit][] = [], eight: [string, Linear8bitLt][] = [], plain: string[] = [];
@@ -103,34 +134,22 @@ export function quantizationConfigOf(model: Module, op: string): Record<string, 
     const other = layers.find(([, l]) => get(l) !== first);
     if (other) throw peftError("ERR_UNSUPPORTED", `${op}: ${layers[0][0]} has ${what} ${String(first)} but ${other[0]} has ${String(get(other[1]))}; a quantization_config gives every layer one`);
   };
-  let fourBit = { type: "fp4", doubleQuant: false, computeDtype: "float32" }; // BitsAndBytesConfig's defaults
-  let threshold = 6.0;
-  if (four.length) {
-    same(four, "quant type", (l) => l.quantType);
-    same(four, "double quantisation", (l) => l.compressStatistics);
-    same(four, "compute dtype", (l) => l.computeDtype ?? "f32");
-    const l = four[0][1];
-    fourBit = { type: l.quantType, doubleQuant: l.compressStatistics, computeDtype: torchDtypeName(l.computeDtype ?? "f32") };
-  } else {
-    same(eight, "threshold", (l) => l.threshold);
-    threshold = eight[0][1].threshold;
-  }
   const all = [...four.map(([p]) => p), ...eight.map(([p]) => p), ...plain];
-  return {
-    _load_in_4bit: four.length > 0,
-    _load_in_8bit: eight.length > 0,
-    bnb_4bit_compute_dtype: fourBit.computeDtype,
-    bnb_4bit_quant_storage: "uint8",
-    bnb_4bit_quant_type: fourBit.type,
-    bnb_4bit_use_double_quant: fourBit.doubleQuant,
-    llm_int8_enable_fp32_cpu_offload: false,
-    llm_int8_has_fp16_weight: false,
-    llm_int8_skip_modules: plain.length ? skippedModules(plain, all) : null,
-    llm_int8_threshold: threshold,
-    load_in_4bit: four.length > 0,
-    load_in_8bit: eight.length > 0,
-    quant_method: "bitsandbytes",
-  };
+  const skipModules = plain.length ? skippedModules(plain, all) : null;
+  if (eight.length) {
+    same(eight, "threshold", (l) => l.threshold);
+    return bitsAndBytesConfigDict({ kind: "int8", threshold: eight[0][1].threshold, skipModules });
+  }
+  same(four, "quant type", (l) => l.quantType);
+  same(four, "double quantisation", (l) => l.compressStatistics);
+  same(four, "compute dtype", (l) => l.computeDtype ?? "f32");
+  const l = four[0][1];
+  return bitsAndBytesConfigDict({ kind: "4bit", quantType: l.quantType, doubleQuant: l.compressStatistics, computeDtype: l.computeDtype ?? "f32", skipModules });
+}
+
+/** config.json text as transformers writes it (sorted keys, indent 2, Python's floats, a final newline). */
+export function configJSONText(config: Record<string, unknown>): string {
+  return pyJSONDumps(config, { floatKeys: FLOAT_KEYS }) + "\n";
 }
 
 /** config.json text: the source's keys, the model's config over them, torch_dtype and quantization_config. */
@@ -140,7 +159,7 @@ export function pretrainedConfigText(base: Record<string, unknown>, model: Modul
   delete out.quantization_config;
   const qc = quantizationConfigOf(model, op);
   if (qc) out.quantization_config = qc;
-  return pyJSONDumps(out, { floatKeys: FLOAT_KEYS }) + "\n";
+  return configJSONText(out);
 }
 
 /** huggingface_hub's split: tensors in order, a new shard when the next would pass `max`; one over it alone. */
