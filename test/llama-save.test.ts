@@ -8,7 +8,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, describe, expect, it } from "vitest";
 import {
-  Linear, Linear4bit, Linear8bitLt, LlamaForCausalLM, LoraConfig, PeftError, Tensor, getPeftModel, mergeCheckpoint, openSafetensors, type Module,
+  Linear, Linear4bit, Linear8bitLt, LlamaForCausalLM, LoraConfig, PeftError, Tensor, getPeftModel, llamaConfigToJSON, mergeCheckpoint, openSafetensors, type Module,
 } from "../lib/index.js";
 import { LLAMA_TINY_ADAPTER, LLAMA_TINY_MODEL } from "./helpers/llama-fixture.js";
 import { tinyLlama, writeLlama } from "./helpers/llama-models.js";
@@ -151,6 +151,10 @@ describe("LlamaForCausalLM.savePretrained", () => {
     const tied = tinyLlama({ vocabSize: 97, hiddenSize: 66, intermediateSize: 97, numHiddenLayers: 1, numAttentionHeads: 3, numKeyValueHeads: 1, tieWordEmbeddings: true }, 3);
     writeLlama(tied, src);
     writeFileSync(join(src, "generation_config.json"), JSON.stringify({ eos_token_id: 2, max_new_tokens: 5 }));
+    // A model built in memory has no source directory: config.json is its config alone.
+    await tied.savePretrained(join(tmp, "tied-fresh"));
+    expect(json(join(tmp, "tied-fresh"), "config.json")).toEqual(llamaConfigToJSON(tied.config));
+    expect(readdirSync(join(tmp, "tied-fresh")).sort()).toEqual(["config.json", "model.safetensors"]);
     tied.dispose();
     const m = await LlamaForCausalLM.fromPretrained(src);
     const dir = join(tmp, "tied");
@@ -172,6 +176,7 @@ describe("LlamaForCausalLM.savePretrained", () => {
     await expectPeftAsync(m.savePretrained(dir, { maxShardSize: "5XB" }), "ERR_CONFIG", /maxShardSize "5XB" is not a size/);
     await expectPeftAsync(m.savePretrained(dir, { maxShardSize: 0 }), "ERR_CONFIG", /maxShardSize must be a positive whole number of bytes, got 0/);
     await expectPeftAsync(m.savePretrained(dir, { maxShardSize: true as never }), "ERR_INVALID_ARG_TYPE", /maxShardSize must be a number of bytes or a string/);
+    await expectPeftAsync(m.savePretrained(dir, null as never), "ERR_INVALID_ARG_TYPE", /options must be an object, got null/);
     await expectPeftAsync(m.savePretrained(dir, { shards: 2 } as never), "ERR_CONFIG", /unknown option "shards"/);
     const file = join(tmp, "a-file");
     writeFileSync(file, "x");

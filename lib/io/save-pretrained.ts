@@ -154,8 +154,9 @@ export function configJSONText(config: Record<string, unknown>): string {
 
 /** config.json text: the source's keys, the model's config over them, torch_dtype and quantization_config. */
 export function pretrainedConfigText(base: Record<string, unknown>, model: Module, src: Pick<PretrainedSource, "config" | "dtype">, op: string): string {
-  const out: Record<string, unknown> = { ...base, ...src.config, torch_dtype: torchDtypeName(src.dtype) };
-  if (Object.hasOwn(base, "dtype")) out.dtype = out.torch_dtype; // transformers 5 spells it so
+  // transformers 5 writes "dtype" where earlier versions wrote "torch_dtype": the source's spelling is kept.
+  const dtypeKey = Object.hasOwn(base, "dtype") && !Object.hasOwn(base, "torch_dtype") ? "dtype" : "torch_dtype";
+  const out: Record<string, unknown> = { ...base, ...src.config, [dtypeKey]: torchDtypeName(src.dtype) };
   delete out.quantization_config;
   const qc = quantizationConfigOf(model, op);
   if (qc) out.quantization_config = qc;
@@ -203,7 +204,7 @@ async function sameDir(a: string, b: string): Promise<boolean> {
 /** Saves `model` (its stateDict keys are transformers') into `dir` as save_pretrained does. */
 export async function savePretrainedModel(model: Module, dir: unknown, options: SavePretrainedOptions | undefined, src: PretrainedSource, op: string): Promise<void> {
   if (typeof dir !== "string" || !dir) throw typeError(`${op}: dir must be a non-empty string, got ${dir === "" ? "an empty string" : describe(dir)}`);
-  const opts = optionsArg(options ?? {}, op);
+  const opts = optionsArg(options, op);
   const unknown = Object.keys(opts).filter((k) => k !== "maxShardSize");
   if (unknown.length) throw peftError("ERR_CONFIG", `${op}: unknown option ${unknown.map((k) => JSON.stringify(k)).join(", ")} (maxShardSize is the one option)`);
   const maxShard = parseShardSize(opts.maxShardSize, op);
