@@ -191,6 +191,19 @@ describe("LlamaForCausalLM.savePretrained", () => {
     await expectPeftAsync(m2.savePretrained(dir), "ERR_UNSUPPORTED", /adapter layers \("model\.layers\.0\.self_attn\.q_proj\.base_layer\.weight"\); merge them first/);
     expect(existsSync(dir)).toBe(false);
     peft.dispose();
+    // A file that fails mid-save (a source's tokenizer.json that is a directory): no temporary file stays, and
+    // the directories the save made go again.
+    const src = join(tmp, "odd-src");
+    mkdirSync(join(src, "tokenizer.json"), { recursive: true });
+    for (const f of ["config.json", "model.safetensors"]) writeFileSync(join(src, f), readFileSync(join(LLAMA_TINY_MODEL, f)));
+    const m3 = await LlamaForCausalLM.fromPretrained(src);
+    await expectPeftAsync(m3.savePretrained(join(dir, "deep")), "ERR_CHECKPOINT", /savePretrained: cannot write .*tokenizer\.json.*EISDIR/);
+    expect(existsSync(dir)).toBe(false);
+    const existing = join(tmp, "existing");
+    mkdirSync(existing);
+    await expectPeftAsync(m3.savePretrained(existing), "ERR_CHECKPOINT");
+    expect(readdirSync(existing)).toEqual([]);
+    m3.dispose();
   });
 });
 

@@ -6,8 +6,8 @@
 // (weights first, config.json last), so a failure leaves the directory as it was; weight files of an earlier
 // save that the new one does not list are removed afterwards (as transformers cleans the folder).
 import { constants } from "node:fs";
-import { copyFile, mkdir, open, readdir, realpath, rename, unlink } from "node:fs/promises";
-import { join } from "node:path";
+import { copyFile, mkdir, open, readdir, realpath, rename, rmdir, unlink } from "node:fs/promises";
+import { dirname, join, resolve } from "node:path";
 import { describe, optionsArg, peftError, typeError } from "../errors.js";
 import { Linear } from "../nn/linear.js";
 import { Linear4bit } from "../nn/linear4bit.js";
@@ -220,8 +220,9 @@ export async function savePretrainedModel(model: Module, dir: unknown, options: 
     const n = shards.length;
     const names = n === 1 ? [SAFE_WEIGHTS_NAME] : shards.map((_, i) => `model-${String(i + 1).padStart(5, "0")}-of-${String(n).padStart(5, "0")}.safetensors`);
     const companions = src.sourceDir && !(await sameDir(src.sourceDir, dir)) ? COMPANION_FILES : [];
+    let made: string | undefined, renamed = false;
     try {
-      await mkdir(dir, { recursive: true });
+      made = await mkdir(dir, { recursive: true });
       const stage = (name: string) => {
         const f = { tmp: tempPath(join(dir, name)), dest: join(dir, name) };
         pending.push(f);
@@ -244,6 +245,7 @@ export async function savePretrainedModel(model: Module, dir: unknown, options: 
       }
       await writeTextDurable(stage(CONFIG_NAME), configText);
       // Weights, then the index and the other files, config.json last.
+      renamed = true;
       while (pending.length) {
         await rename(pending[0].tmp, pending[0].dest);
         pending.shift();
@@ -255,6 +257,11 @@ export async function savePretrainedModel(model: Module, dir: unknown, options: 
         if (stale) await unlink(join(dir, name));
       }
     } catch (e) {
+      // Directories this save created go again while empty (rmdir never removes a file), deepest first.
+      if (made !== undefined && !renamed) {
+        await Promise.all(pending.map((f) => unlink(f.tmp).catch(() => {})));
+        for (let d = resolve(dir); ; d = dirname(d)) if (!(await rmdir(d).then(() => true, () => false)) || d === resolve(made) || d === dirname(d)) break;
+      }
       throw fileSystemFailure(e, dir);
     }
   } finally {
