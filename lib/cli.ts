@@ -196,7 +196,7 @@ async function merge(o: MergeFlags): Promise<void> {
     });
     if (started) bar.stop();
     console.log(`wrote ${o.out}: ${summary.tensors} tensors, ${summary.merged.length} merged, ${summary.replaced.length} replaced from the adapter`);
-    if (summary.config) console.log(`wrote ${summary.config}: the base's config.json with the int8 quantization_config`);
+    if (summary.config) console.log(`config: ${summary.config} (the base's config.json with the int8 quantization_config)`);
   } catch (e) {
     if (started) bar.stop();
     throw e;

@@ -221,9 +221,23 @@ describe("node-peft merge into int8: the output's config.json", () => {
     expect(m.getSubmodule("model.layers.0.mlp.up_proj")).toBeInstanceOf(Linear8bitLt);
     expect(m.lm_head).toBeInstanceOf(Linear);
     m.dispose();
-    // An existing config.json there is replaced only with force; a float merge writes none.
-    await expectPeftAsync(mergeCheckpoint({ ...opts, force: true, out: join(out, "again.safetensors") }).then(() => mergeCheckpoint({ ...opts, out: join(out, "third.safetensors") })),
-      "ERR_CHECKPOINT", /config\.json exists and the int8 output needs its own config\.json there; pass --force/);
+    // The same config.json there already is fine; another one is replaced only with force; a float merge writes none.
+    expect((await mergeCheckpoint({ ...opts, out: join(out, "again.safetensors") })).config).toBe(join(out, "config.json"));
+    writeFileSync(join(out, "config.json"), "{}");
+    await expectPeftAsync(mergeCheckpoint({ ...opts, out: join(out, "third.safetensors") }), "ERR_CHECKPOINT",
+      /config\.json exists and the int8 output needs its own config\.json there; pass --force/);
+    expect(existsSync(join(out, "third.safetensors"))).toBe(false);
+    await mergeCheckpoint({ ...opts, out: join(out, "third.safetensors"), force: true });
+    expect(json(out, "config.json").quantization_config.load_in_8bit).toBe(true);
+    // An int8 base saved with its quantization_config (threshold 4): the output keeps that config.
+    const q = await LlamaForCausalLM.fromPretrained(LLAMA_TINY_MODEL, { quantize: "int8", threshold: 4 });
+    const int8Base = join(tmp, "int8-base");
+    await q.savePretrained(int8Base);
+    q.dispose();
+    const int8Out = join(tmp, "merged-from-int8");
+    mkdirSync(int8Out);
+    expect((await mergeCheckpoint({ base: join(int8Base, "model.safetensors"), adapter: LLAMA_TINY_ADAPTER, out: join(int8Out, "model.safetensors") })).merged.length).toBeGreaterThan(0);
+    expect(readFileSync(join(int8Out, "config.json"), "utf8")).toBe(readFileSync(join(int8Base, "config.json"), "utf8"));
     const floatOut = join(tmp, "merged-f32");
     mkdirSync(floatOut);
     expect((await mergeCheckpoint({ ...opts, dtype: undefined, out: join(floatOut, "model.safetensors") })).config).toBeNull();

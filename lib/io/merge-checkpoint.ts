@@ -20,7 +20,7 @@ import { loadSafetensorsSync, openSharded } from "./index.js";
 import { SafetensorsStreamWriter, type TensorSpec } from "./safetensors-stream.js";
 import { int8Quantize } from "../ops.js";
 import { int8BasePath, linearPath, mergeInt8, quantizedPath, rowFormat } from "./merge-int8.js";
-import { checkMergedConfigTarget, mergedConfigTarget, writeMergedConfig } from "./merge-config.js";
+import { mergedConfigTarget, mergedConfigText, writeMergedConfig } from "./merge-config.js";
 
 const PREFIX = "base_model.model.";
 const FLOATS = new Set(["f32", "f16", "bf16"]);
@@ -40,7 +40,10 @@ export interface MergeSummary {
   tensors: number;
   merged: string[];
   replaced: string[];
-  /** The config.json written beside an int8 output (from the base directory's, with its quantization_config), else null. */
+  /**
+   * The config.json beside an int8 output that describes it (the base directory's, with the int8
+   * quantization_config): written by this merge, or already there with that content. Else null.
+   */
   config: string | null;
 }
 
@@ -193,12 +196,12 @@ export async function mergeCheckpoint(options: MergeCheckpointOptions): Promise<
     for (const t of Object.values(adapterTensors)) t.dispose();
   }
   const { configFor, ...summary } = done;
-  if (configFor) await writeMergedConfig(configFor.target, configFor.linears, configFor.kept);
-  return { ...summary, config: configFor?.target.to ?? null };
+  if (configFor?.text) await writeMergedConfig(configFor.to, configFor.text);
+  return { ...summary, config: configFor?.to ?? null };
 }
 
-/** A summary, and what an int8 output's config.json is written from. */
-type Merged = Omit<MergeSummary, "config"> & { configFor: { target: { from: string; to: string }; linears: string[]; kept: string[] } | null };
+/** A summary, and the config.json an int8 output has beside it (text null: the one there says the same). */
+type Merged = Omit<MergeSummary, "config"> & { configFor: { to: string; text: string | null } | null };
 
 function runMerge(opts: MergeCheckpointOptions, config: LoraConfig | IA3Config | AdaLoraConfig, adapterTensors: Record<string, Tensor>): Merged {
   const noIa3 = { scales: new Map(), required: [] };
@@ -247,7 +250,7 @@ function writeMerged(opts: MergeCheckpointOptions, config: LoraConfig | IA3Confi
   const linears = specs.flatMap((s) => (s.dtype === "i8" || FLOATS.has(s.dtype) ? (linearPath(s.name, s.shape) ?? []) : []));
   const int8 = new Set(specs.filter((s) => s.name.endsWith(".SCB")).map((s) => s.name.slice(0, -".SCB".length)));
   const target = int8.size ? mergedConfigTarget(opts.base, opts.out) : null;
-  checkMergedConfigTarget(target, opts.force === true);
+  const configFor = target && { to: target.to, text: mergedConfigText(target, linears, linears.filter((p) => !int8.has(p)), opts.force === true) };
   const inOut = config.fanInFanOut;
   // Tensors made ahead of their turn (an int8 layer's SCB or CB, the new SCB and weight_format) until written.
   const pending = new Map<string, Tensor>();
@@ -255,9 +258,7 @@ function writeMerged(opts: MergeCheckpointOptions, config: LoraConfig | IA3Confi
     if (storedInOut(k, shape, d, inOut) || d.embedding) throw peftError("ERR_UNSUPPORTED", `"${k}": an int8 weight is stored (out, in); this adapter's delta is (in, out)`);
   };
   const writer = new SafetensorsStreamWriter(opts.out, specs);
-  const summary: Merged = {
-    tensors: specs.length, merged: [], replaced: [], configFor: target && { target, linears, kept: linears.filter((p) => !int8.has(p)) },
-  };
+  const summary: Merged = { tensors: specs.length, merged: [], replaced: [], configFor };
   try {
     specs.forEach((spec, i) => {
       const k = spec.name;

@@ -2,12 +2,10 @@
 // base, or `--dtype int8`) writes the base directory's config.json into the output's directory with the
 // quantization_config transformers would write for it, so the directory loads as the int8 model it holds
 // (here and in transformers). Float outputs leave config.json alone: their base's config already fits them.
-import { existsSync } from "node:fs";
+import { existsSync, readFileSync, realpathSync } from "node:fs";
 import { rename, unlink } from "node:fs/promises";
 import { dirname, join, resolve } from "node:path";
-import { realpathSync } from "node:fs";
 import { peftError } from "../errors.js";
-import { readJsonObject } from "./json-file.js";
 import { writeTextDurable } from "./peft-checkpoint.js";
 import { tempPath } from "./safetensors-write.js";
 import { bitsAndBytesConfigDict, configJSONText, skippedModules } from "./save-pretrained.js";
@@ -32,26 +30,41 @@ export function mergedConfigTarget(base: string, out: string): { from: string; t
   return { from, to: join(dirname(out), CONFIG_NAME) };
 }
 
-/** Refuses, before any merging, to replace an existing config.json beside the output without `force`. */
-export function checkMergedConfigTarget(target: { to: string } | null, force: boolean): void {
-  if (target && existsSync(target.to) && !force)
-    throw peftError("ERR_CHECKPOINT", `${target.to} exists and the int8 output needs its own config.json there; pass --force to overwrite it`);
-}
-
 /**
- * Writes `target.to`: the base's config.json, its quantization_config kept when the base was int8 already, else
- * one for int8 layers with the output's threshold (6.0) and the linear weights it kept in float (`kept`, out of
- * `linears`: module paths).
+ * The output's config.json text: the base's config.json, its quantization_config kept when the base was int8
+ * already, else one for int8 layers with the output's threshold (6.0) and the linear weights it kept in float
+ * (`kept`, out of `linears`: module paths). Refused before any merging when another config.json is there
+ * and `force` is not given; null when the one there already says the same.
  */
-export async function writeMergedConfig(target: { from: string; to: string }, linears: string[], kept: string[]): Promise<void> {
-  const config = await readJsonObject(target.from, "base model's config", "ERR_CONFIG");
+export function mergedConfigText(target: { from: string; to: string }, linears: string[], kept: string[], force: boolean): string | null {
+  const config = readJsonSync(target.from);
   const qc = config.quantization_config as Record<string, unknown> | undefined;
   if (!(qc && typeof qc === "object" && qc.load_in_8bit === true))
     config.quantization_config = bitsAndBytesConfigDict({ kind: "int8", skipModules: kept.length ? skippedModules(kept, linears) : null });
-  const tmp = tempPath(target.to);
+  const text = configJSONText(config);
+  if (!existsSync(target.to)) return text;
+  if (readFileSync(target.to, "utf8") === text) return null;
+  if (!force) throw peftError("ERR_CHECKPOINT", `${target.to} exists and the int8 output needs its own config.json there; pass --force to overwrite it`);
+  return text;
+}
+
+function readJsonSync(file: string): Record<string, unknown> {
+  let v: unknown;
   try {
-    await writeTextDurable(tmp, configJSONText(config));
-    await rename(tmp, target.to);
+    v = JSON.parse(readFileSync(file, "utf8"));
+  } catch (e) {
+    throw peftError("ERR_CONFIG", `${file}: cannot read the base model's config (${(e as Error).message})`);
+  }
+  if (v === null || typeof v !== "object" || Array.isArray(v)) throw peftError("ERR_CONFIG", `${file}: expected a JSON object`);
+  return v as Record<string, unknown>;
+}
+
+/** Writes config.json text atomically (a temporary file renamed over `to`). */
+export async function writeMergedConfig(to: string, text: string): Promise<void> {
+  const tmp = tempPath(to);
+  try {
+    await writeTextDurable(tmp, text);
+    await rename(tmp, to);
   } catch (e) {
     await unlink(tmp).catch(() => {});
     throw e;
