@@ -16,11 +16,11 @@ import { PeftError } from "./errors.js";
  * `--version`, `--help` and usage errors answer at Node's start-up speed.
  */
 async function loadIo() {
-  const [source, peft, merging, io] = await Promise.all([
-    import("./io/checkpoint-source.js"), import("./io/peft-checkpoint.js"), import("./io/merge-checkpoint.js"), import("./io/index.js"),
+  const [source, peft, merging, io, quant4] = await Promise.all([
+    import("./io/checkpoint-source.js"), import("./io/peft-checkpoint.js"), import("./io/merge-checkpoint.js"), import("./io/index.js"), import("./nn/quant-4bit.js"),
   ]);
   return { openCheckpoint: source.openCheckpoint, readAdapterConfig: peft.readAdapterConfig, WEIGHTS_NAME: peft.WEIGHTS_NAME,
-           mergeCheckpoint: merging.mergeCheckpoint, openSafetensors: io.openSafetensors };
+           mergeCheckpoint: merging.mergeCheckpoint, openSafetensors: io.openSafetensors, unpackQuantState: quant4.unpackQuantState };
 }
 type Io = Awaited<ReturnType<typeof loadIo>>;
 
@@ -47,6 +47,11 @@ interface TensorRow {
   bytes: number;
   /** An LLM.int8 weight (I8 with a sibling SCB, as bitsandbytes saves it): its row scales' tensor and range. */
   scales?: { name: string; min: number; max: number };
+  /**
+   * A bitsandbytes 4-bit weight (U8 codes with a sibling `.quant_state.bitsandbytes__<type>`): what its quant
+   * state says (the logical shape and dtype), or why that state cannot be read.
+   */
+  fourBit?: { quantState: string; quantType: string; shape: number[]; dtype: string; blocksize: number; doubleQuantised: boolean } | { quantState: string; malformed: string };
 }
 
 interface FileReport {
@@ -57,7 +62,8 @@ interface FileReport {
   metadata: Record<string, string> | null;
 }
 
-function readFile({ openCheckpoint, openSafetensors }: Io, path: string): FileReport {
+function readFile(io: Io, path: string): FileReport {
+  const { openCheckpoint, openSafetensors } = io;
   using f = openCheckpoint(path);
   const tensors: TensorRow[] = [];
   let totalBytes = 0;
@@ -82,12 +88,38 @@ function readFile({ openCheckpoint, openSafetensors }: Io, path: string): FileRe
       s.dispose();
     }
   }
+  // bitsandbytes' 4-bit layers: `<path>.weight` U8 beside `<path>.weight.quant_state.bitsandbytes__<nf4|fp4>` (JSON bytes).
+  for (const t of tensors) {
+    if (t.dtype !== "U8" || !t.name.endsWith(".weight")) continue;
+    const type = ["nf4", "fp4"].find((q) => names.has(`${t.name}.quant_state.bitsandbytes__${q}`));
+    if (type === undefined) continue;
+    const quantState = `${t.name}.quant_state.bitsandbytes__${type}`;
+    const s = f.get(quantState);
+    try {
+      const info = io.unpackQuantState(s, quantState);
+      t.fourBit = info.quantType !== type
+        ? { quantState, malformed: `${quantState}: holds quant_type ${info.quantType}, its key says ${type}` }
+        : { quantState, quantType: info.quantType, shape: info.shape, dtype: info.dtype, blocksize: info.blocksize, doubleQuantised: info.nested !== null };
+    } catch (e) {
+      if (!(e instanceof PeftError)) throw e;
+      t.fourBit = { quantState, malformed: e.message };
+    } finally {
+      s.dispose();
+    }
+  }
   let metadata: Record<string, string> | null = null;
   if (!path.endsWith(".json")) {
     using s = openSafetensors(path);
     metadata = s.metadata();
   }
   return { path, tensors, totalBytes, metadata };
+}
+
+/** A 4-bit weight as what it is: "nf4 (4096, 4096) from bf16, blocksize 64, double-quantised". */
+function fourBitText(q: TensorRow["fourBit"]): string {
+  if (!q) return "";
+  if ("malformed" in q) return `  4-bit weight, malformed quant state: ${q.malformed}`;
+  return `  ${q.quantType} (${q.shape.join(", ")}) from ${q.dtype}, blocksize ${q.blocksize}${q.doubleQuantised ? ", double-quantised" : ""}`;
 }
 
 function printFile(r: FileReport, out: (s: string) => void): void {
@@ -101,7 +133,7 @@ function printFile(r: FileReport, out: (s: string) => void): void {
   for (let i = 0; i < r.tensors.length; i++) {
     const t = r.tensors[i];
     const int8 = t.scales ? `  int8 rows, scales ${t.scales.name} (absmax ${t.scales.min.toPrecision(4)} .. ${t.scales.max.toPrecision(4)})` : "";
-    out(`${t.name.padEnd(w)}  ${t.dtype.padEnd(5)}  ${shapes[i].padEnd(ws)}  ${human(t.bytes)}${int8}`);
+    out(`${t.name.padEnd(w)}  ${t.dtype.padEnd(5)}  ${shapes[i].padEnd(ws)}  ${human(t.bytes)}${int8}${fourBitText(t.fourBit)}`);
   }
   out(`${r.tensors.length} tensors, ${human(r.totalBytes)}`);
   if (r.metadata) {
@@ -164,6 +196,7 @@ async function merge(o: MergeFlags): Promise<void> {
     });
     if (started) bar.stop();
     console.log(`wrote ${o.out}: ${summary.tensors} tensors, ${summary.merged.length} merged, ${summary.replaced.length} replaced from the adapter`);
+    if (summary.config) console.log(`config: ${summary.config} (the base's config.json with the int8 quantization_config)`);
   } catch (e) {
     if (started) bar.stop();
     throw e;
@@ -209,7 +242,7 @@ function program(stdout: LineWriter): Command {
     .requiredOption("--adapter <dir>", "a PEFT adapter directory (adapter_config.json + adapter_model.safetensors)")
     .requiredOption("--out <file>", "the merged .safetensors file to write")
     .option("--dtype <dtype>", "output dtype of floating tensors: f32, f16, bf16, or int8 (linear weights quantised in bitsandbytes' layout: weight i8 + SCB + weight_format; the head, embeddings and norms kept) (default: as in the base; an int8 base stays int8)", dtypeArg)
-    .option("--force", "overwrite --out if it exists")
+    .option("--force", "overwrite --out if it exists (and the config.json an int8 output writes beside it, from the base's directory)")
     .addHelpText("after", `\n${EXIT_CODES}`)
     .action((o: MergeFlags) => merge(o));
   return p;

@@ -6,8 +6,9 @@
 
 export interface PyJSONOptions {
   /**
-   * Top-level keys whose numbers are Python floats: written with Python's float repr even when integral
-   * (0 -> "0.0"). JS numbers carry no int/float distinction, so the writer needs to be told.
+   * Keys whose numbers are Python floats: written with Python's float repr even when integral (0 -> "0.0").
+   * JS numbers carry no int/float distinction, so the writer needs to be told. A top-level key is named as
+   * is, a nested one by its dotted path ("quantization_config.llm_int8_threshold").
    */
   floatKeys?: ReadonlySet<string>;
   /** Indent width; Python's default for PEFT files is 2. */
@@ -18,12 +19,12 @@ export interface PyJSONOptions {
 export function pyJSONDumps(value: unknown, opts: PyJSONOptions = {}): string {
   const indent = opts.indent ?? 2;
   const floatKeys = opts.floatKeys ?? new Set<string>();
-  return write(value, 0, indent, false, (key, depth) => depth === 0 && floatKeys.has(key));
+  return write(value, 0, indent, false, (path) => floatKeys.has(path), "");
 }
 
-type FloatKeyTest = (key: string, depth: number) => boolean;
+type FloatKeyTest = (path: string) => boolean;
 
-function write(v: unknown, depth: number, indent: number, asFloat: boolean, isFloatKey: FloatKeyTest): string {
+function write(v: unknown, depth: number, indent: number, asFloat: boolean, isFloatKey: FloatKeyTest, path: string): string {
   if (v === null || v === undefined) return "null";
   if (typeof v === "boolean") return v ? "true" : "false";
   if (typeof v === "number") return asFloat || !Number.isInteger(v) ? pyFloatRepr(v) : pyIntRepr(v);
@@ -32,7 +33,7 @@ function write(v: unknown, depth: number, indent: number, asFloat: boolean, isFl
   const end = " ".repeat(indent * depth);
   if (Array.isArray(v)) {
     if (v.length === 0) return "[]";
-    const items = v.map((x) => pad + write(x, depth + 1, indent, asFloat, isFloatKey));
+    const items = v.map((x) => pad + write(x, depth + 1, indent, asFloat, isFloatKey, path));
     return "[\n" + items.join(",\n") + "\n" + end + "]";
   }
   if (typeof v === "object") {
@@ -44,7 +45,7 @@ function write(v: unknown, depth: number, indent: number, asFloat: boolean, isFl
         pad +
         pyString(k) +
         ": " +
-        write((v as Record<string, unknown>)[k], depth + 1, indent, isFloatKey(k, depth), isFloatKey),
+        write((v as Record<string, unknown>)[k], depth + 1, indent, isFloatKey(path ? `${path}.${k}` : k), isFloatKey, path ? `${path}.${k}` : k),
     );
     return "{\n" + items.join(",\n") + "\n" + end + "}";
   }

@@ -3,7 +3,7 @@ import { spawnSync } from "node:child_process";
 import { mkdtempSync, readFileSync, rmSync, writeFileSync, copyFileSync, mkdirSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { Conv1D, Conv2d, Embedding, Linear, LoraConfig, Module, Tensor, getPeftModel, loadSafetensors, saveSafetensors, type BackwardOptions } from "../lib/index.js";
+import { Conv1D, Conv2d, Embedding, Linear, Linear4bit, LoraConfig, Module, Tensor, getPeftModel, loadSafetensors, saveSafetensors, type BackwardOptions } from "../lib/index.js";
 import { root } from "./helpers/child.js";
 import { expectClose } from "./helpers/nn-reference.js";
 import { FIXTURE_DIR } from "./helpers/fixtures.js";
@@ -220,6 +220,36 @@ describe("node-peft inspect", () => {
     expect(d.config.peft_type).toBe("LORA");
     expect(d.config.target_modules).toEqual(["q_proj", "k_proj", "v_proj", "o_proj"]);
     expect(d.weights.tensors.length).toBeGreaterThan(0);
+  });
+
+  it("shows a bitsandbytes 4-bit weight as its quant state describes it; a malformed quant state as such", async () => {
+    // 17 x 33 = 561 values: 281 bytes of codes, stored [281, 1] as bitsandbytes packs them.
+    const nf4 = Linear4bit.fromLinear(new Linear(33, 17, { seed: 5, dtype: "bf16" }), { quantType: "nf4", compressStatistics: true });
+    const fp4 = Linear4bit.fromLinear(new Linear(33, 17, { seed: 6 }), { quantType: "fp4", compressStatistics: false, blocksize: 128 });
+    const tensors: Record<string, Tensor> = {};
+    for (const [p, l] of [["a", nf4], ["b", fp4]] as const) for (const [k, t] of Object.entries(l.stateDict())) tensors[`${p}.${k}`] = t;
+    const bytes = (s: string) => Tensor.fromArray(new TextEncoder().encode(s), [s.length], "u8");
+    Object.assign(tensors, {
+      "c.weight": tensors["b.weight"], "c.weight.quant_state.bitsandbytes__nf4": bytes("{quant_type: nf4"),
+      "d.weight": tensors["b.weight"], "d.weight.quant_state.bitsandbytes__nf4": tensors["b.weight.quant_state.bitsandbytes__fp4"],
+    });
+    const file = join(tmp, "four-bit.safetensors");
+    await saveSafetensors(file, tensors);
+    const r = cli("inspect", file);
+    expect(r.stderr).toBe("");
+    expect(r.code).toBe(0);
+    const row = (name: string) => r.stdout.split("\n").find((l) => l.startsWith(name + " ")) ?? "";
+    expect(row("a.weight")).toMatch(/U8\s+\[281, 1\]\s+281 B\s+nf4 \(17, 33\) from bf16, blocksize 64, double-quantised$/);
+    expect(row("b.weight")).toMatch(/ fp4 \(17, 33\) from f32, blocksize 128$/);
+    expect(row("c.weight")).toMatch(/ 4-bit weight, malformed quant state: c\.weight\.quant_state\.bitsandbytes__nf4: the quant_state tensor is not JSON/);
+    expect(row("d.weight")).toMatch(/ 4-bit weight, malformed quant state: .*holds quant_type fp4, its key says nf4$/);
+    const j = JSON.parse(cli("inspect", "--json", file).stdout);
+    const at = (name: string) => j.tensors.find((t: { name: string }) => t.name === name).fourBit;
+    expect(at("a.weight")).toEqual({ quantState: "a.weight.quant_state.bitsandbytes__nf4", quantType: "nf4", shape: [17, 33], dtype: "bf16", blocksize: 64, doubleQuantised: true });
+    expect(at("c.weight").malformed).toMatch(/not JSON/);
+    expect(at("a.weight.absmax")).toBeUndefined();
+    nf4.dispose();
+    fp4.dispose();
   });
 
   it("mergeCheckpoint is the same merge from code", async () => {

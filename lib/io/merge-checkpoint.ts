@@ -1,7 +1,8 @@
 // Merging a PEFT LoRA, AdaLoRA or IA3 adapter into a base checkpoint, tensor by tensor (memory bounded by the largest
 // tensor): W' = W + scale·B·A (transposed for fan_in_fan_out) for LoRA targets (AdaLoRA's as B·(A ⊙ E)), W' = W ⊙ l (columns of
 // feed-forward modules, rows and bias of the others) for IA3 targets; saved modules and saved biases replace
-// their base tensors, everything else is copied; the output is one safetensors file.
+// their base tensors, everything else is copied; the output is one safetensors file (with, for an int8 output,
+// a config.json beside it: merge-config.ts).
 import { existsSync, realpathSync, statSync } from "node:fs";
 import { join } from "node:path";
 import { describe, optionsArg, peftError, typeError } from "../errors.js";
@@ -18,7 +19,8 @@ import { CONFIG_NAME } from "../tuners/config.js";
 import { loadSafetensorsSync, openSharded } from "./index.js";
 import { SafetensorsStreamWriter, type TensorSpec } from "./safetensors-stream.js";
 import { int8Quantize } from "../ops.js";
-import { int8BasePath, mergeInt8, quantizedPath, rowFormat } from "./merge-int8.js";
+import { int8BasePath, linearPath, mergeInt8, quantizedPath, rowFormat } from "./merge-int8.js";
+import { mergedConfigTarget, mergedConfigText, writeMergedConfig } from "./merge-config.js";
 
 const PREFIX = "base_model.model.";
 const FLOATS = new Set(["f32", "f16", "bf16"]);
@@ -38,6 +40,11 @@ export interface MergeSummary {
   tensors: number;
   merged: string[];
   replaced: string[];
+  /**
+   * The config.json beside an int8 output that describes it (the base directory's, with the int8
+   * quantization_config): written by this merge, or already there with that content. Else null.
+   */
+  config: string | null;
 }
 
 /** One LoRA delta: A (r, K) and B (N, r) as matrices; `embedding` when W is the (K, N) layout (lora_embedding_A/B). */
@@ -182,14 +189,21 @@ export async function mergeCheckpoint(options: MergeCheckpointOptions): Promise<
   const weightsPath = join(opts.adapter, WEIGHTS_NAME);
   if (!existsSync(weightsPath)) throw peftError("ERR_CHECKPOINT", `${opts.adapter}: no ${WEIGHTS_NAME}`);
   const adapterTensors = loadSafetensorsSync(weightsPath);
+  let done: Merged;
   try {
-    return runMerge(opts, config, adapterTensors);
+    done = runMerge(opts, config, adapterTensors);
   } finally {
     for (const t of Object.values(adapterTensors)) t.dispose();
   }
+  const { configFor, ...summary } = done;
+  if (configFor?.text) await writeMergedConfig(configFor.to, configFor.text);
+  return { ...summary, config: configFor?.to ?? null };
 }
 
-function runMerge(opts: MergeCheckpointOptions, config: LoraConfig | IA3Config | AdaLoraConfig, adapterTensors: Record<string, Tensor>): MergeSummary {
+/** A summary, and the config.json an int8 output has beside it (text null: the one there says the same). */
+type Merged = Omit<MergeSummary, "config"> & { configFor: { to: string; text: string | null } | null };
+
+function runMerge(opts: MergeCheckpointOptions, config: LoraConfig | IA3Config | AdaLoraConfig, adapterTensors: Record<string, Tensor>): Merged {
   const noIa3 = { scales: new Map(), required: [] };
   const plan: Plan =
     config instanceof LoraConfig
@@ -204,7 +218,7 @@ function runMerge(opts: MergeCheckpointOptions, config: LoraConfig | IA3Config |
   }
 }
 
-function writeMerged(opts: MergeCheckpointOptions, config: LoraConfig | IA3Config | AdaLoraConfig, plan: Plan): MergeSummary {
+function writeMerged(opts: MergeCheckpointOptions, config: LoraConfig | IA3Config | AdaLoraConfig, plan: Plan): Merged {
   using src = openCheckpoint(opts.base);
   const keys = src.keys();
   const have = new Set(keys);
@@ -232,6 +246,11 @@ function writeMerged(opts: MergeCheckpointOptions, config: LoraConfig | IA3Confi
   for (const [k, t] of plan.replace)
     if (t.shape.join() !== src.info(k).shape.join())
       throw peftError("ERR_SHAPE", `${opts.adapter}: saved "${k}" has shape [${t.shape}] but the base has [${src.info(k).shape}]`);
+  // An int8 output gets its own config.json (checked now: nothing is merged into a file that cannot be completed).
+  const linears = specs.flatMap((s) => (s.dtype === "i8" || FLOATS.has(s.dtype) ? (linearPath(s.name, s.shape) ?? []) : []));
+  const int8 = new Set(specs.filter((s) => s.name.endsWith(".SCB")).map((s) => s.name.slice(0, -".SCB".length)));
+  const target = int8.size ? mergedConfigTarget(opts.base, opts.out) : null;
+  const configFor = target && { to: target.to, text: mergedConfigText(target, linears, linears.filter((p) => !int8.has(p)), opts.force === true) };
   const inOut = config.fanInFanOut;
   // Tensors made ahead of their turn (an int8 layer's SCB or CB, the new SCB and weight_format) until written.
   const pending = new Map<string, Tensor>();
@@ -239,7 +258,7 @@ function writeMerged(opts: MergeCheckpointOptions, config: LoraConfig | IA3Confi
     if (storedInOut(k, shape, d, inOut) || d.embedding) throw peftError("ERR_UNSUPPORTED", `"${k}": an int8 weight is stored (out, in); this adapter's delta is (in, out)`);
   };
   const writer = new SafetensorsStreamWriter(opts.out, specs);
-  const summary: MergeSummary = { tensors: specs.length, merged: [], replaced: [] };
+  const summary: Merged = { tensors: specs.length, merged: [], replaced: [], configFor };
   try {
     specs.forEach((spec, i) => {
       const k = spec.name;

@@ -17,12 +17,17 @@ export function int8BasePath(key: string, dtypeOf: (k: string) => string | undef
   return dtypeOf(`${path}.weight`) === "I8" && dtypeOf(`${path}.SCB`) !== undefined ? path : null;
 }
 
+/** `X` when `X.weight` is a linear layer's weight (2-D, not an embedding's), else null. */
+export function linearPath(key: string, shape: readonly number[]): string | null {
+  if (shape.length !== 2 || !key.endsWith(".weight")) return null;
+  const path = key.slice(0, -".weight".length);
+  return /(^|\.)(embed[^.]*|wte|wpe)$/.test(path) ? null : path;
+}
+
 /** `X` when `X.weight` (2-D, floating) is one `--dtype int8` quantises: not the output head nor an embedding. */
 export function quantizedPath(key: string, shape: readonly number[], floating: boolean): string | null {
-  if (!floating || shape.length !== 2 || !key.endsWith(".weight")) return null;
-  const path = key.slice(0, -".weight".length);
-  if (skipped(path, INT8_DEFAULT_SKIP) || /(^|\.)(embed[^.]*|wte|wpe)$/.test(path)) return null;
-  return path;
+  const path = floating ? linearPath(key, shape) : null;
+  return path === null || skipped(path, INT8_DEFAULT_SKIP) ? null : path;
 }
 
 /** PEFT's int8 merge of one base layer: the requantised [CB, SCB] of dequant(CB, SCB) + s·B·A. */

@@ -86,7 +86,8 @@ function modelCard(config: PeftConfig): string {
 }
 
 
-async function writeTextDurable(path: string, text: string): Promise<void> {
+/** Writes `text` to a new file (refused if `path` exists) and fsyncs it. */
+export async function writeTextDurable(path: string, text: string): Promise<void> {
   const h = await open(path, "wx");
   try {
     await h.writeFile(text, "utf8");
@@ -159,7 +160,7 @@ export async function savePretrained(m: AdapterHost, dir: string, opts: { adapte
 }
 
 /** A file-system error while saving becomes ERR_CHECKPOINT naming the path that failed (else the directory). */
-function fileSystemFailure(e: unknown, dir: string): unknown {
+export function fileSystemFailure(e: unknown, dir: string): unknown {
   const err = e as NodeJS.ErrnoException;
   if (!(e instanceof Error) || typeof err.syscall !== "string") return e;
   const path = typeof err.path === "string" ? err.path : dir;

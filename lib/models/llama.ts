@@ -13,7 +13,8 @@ import { tidy } from "../autograd/tidy.js";
 import * as F from "../functional/index.js";
 import { causalLMLoss } from "./causal-lm-loss.js";
 import { ropeInvFreq, ropeTables } from "./rope.js";
-import { CONFIG_NAME, checkLayerArgs, readLlamaConfig, type LlamaConfig } from "./llama-config.js";
+import { CONFIG_NAME, checkLayerArgs, llamaConfigToJSON, readLlamaConfig, type LlamaConfig } from "./llama-config.js";
+import { savePretrainedModel, type SavePretrainedOptions } from "../io/save-pretrained.js";
 import { join } from "node:path";
 import { readJsonObject } from "../io/json-file.js";
 import { prequantizedOptionsOf } from "../io/prequantized.js";
@@ -185,6 +186,17 @@ export class LlamaForCausalLM extends Module {
     model.nameOrPath = dir;
     model.generationDefaults = readGenerationDefaults(dir);
     return model;
+  }
+
+  /**
+   * Writes the model as transformers' save_pretrained does (config.json with the quantization_config of its
+   * 4-bit or int8 layers, model.safetensors or shards above maxShardSize, the tokenizer files of the directory
+   * it was loaded from): fromPretrained(dir) reads it back as it is, quantised layers included.
+   */
+  savePretrained(dir: string, options?: SavePretrainedOptions): Promise<void> {
+    const config = llamaConfigToJSON(this.config);
+    delete config.torch_dtype; // the model's own dtype, not the one it was read from
+    return savePretrainedModel(this, dir, options, { config, dtype: this.dtype, sourceDir: this.nameOrPath }, "LlamaForCausalLM.savePretrained");
   }
 
   /** transformers' model_type ("llama", "mistral", "qwen2"): PEFT's default target modules follow it. */
