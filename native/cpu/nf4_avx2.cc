@@ -27,6 +27,9 @@ inline __m256 round_to(__m256 v, DType dt) {
   return v;
 }
 
+// A value rounded to the weight's dtype and then to the compute dtype: once when they are the same.
+inline __m256 round_weight(__m256 v, DType wdt, DType cdt) { return round_to(wdt == cdt ? v : round_to(v, wdt), cdt); }
+
 // table[idx] for 8 codes in 0..15.
 inline __m256 lookup(__m256i idx, __m256 lo, __m256 hi) {
   __m256 a = _mm256_permutevar8x32_ps(lo, idx), b = _mm256_permutevar8x32_ps(hi, idx);
@@ -57,8 +60,8 @@ void unpack_panel_avx2(const PanelCodes& pc, const float* table, DType wdt, DTyp
       v1 = _mm256_and_si256(_mm256_srli_epi32(v1, shift), mask);
       __m256 a = _mm256_mul_ps(lookup(v0, lo, hi), s0), d = _mm256_mul_ps(lookup(v1, lo, hi), s1);
       if (round) {
-        a = round_to(round_to(a, wdt), cdt);
-        d = round_to(round_to(d, wdt), cdt);
+        a = round_weight(a, wdt, cdt);
+        d = round_weight(d, wdt, cdt);
       }
       float* o = dst + (k - k0) * nr;
       _mm256_storeu_ps(o, a);

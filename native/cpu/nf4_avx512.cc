@@ -30,6 +30,9 @@ inline __m512 round_to(__m512 v, DType dt) {
   return v;
 }
 
+// A value rounded to the weight's dtype and then to the compute dtype: once when they are the same.
+inline __m512 round_weight(__m512 v, DType wdt, DType cdt) { return round_to(wdt == cdt ? v : round_to(v, wdt), cdt); }
+
 // The 32 values of one k-step from the panel form, times the chunk's scales.
 template <bool Round>
 inline void panel_step(const uint8_t* codes, __m512 tab, __m512 s0, __m512 s1, DType wdt, DType cdt, float* d) {
@@ -37,8 +40,8 @@ inline void panel_step(const uint8_t* codes, __m512 tab, __m512 s0, __m512 s1, D
   __m512 a = _mm512_mul_ps(_mm512_permutexvar_ps(_mm512_and_si512(v, _mm512_set1_epi32(15)), tab), s0);
   __m512 b = _mm512_mul_ps(_mm512_permutexvar_ps(_mm512_srli_epi32(v, 4), tab), s1);
   if (Round) {
-    a = round_to(round_to(a, wdt), cdt);
-    b = round_to(round_to(b, wdt), cdt);
+    a = round_weight(a, wdt, cdt);
+    b = round_weight(b, wdt, cdt);
   }
   _mm512_store_ps(d, a);
   _mm512_store_ps(d + 16, b);
@@ -87,7 +90,7 @@ void direct_pass(const PanelCodes& pc, __m512 tab, DType wdt, DType cdt, const f
         // vpermps reads the index's low 4 bits: the low nibble needs no mask.
         const __m512i idx = h0 + h ? _mm512_srli_epi32(v, 4) : v;
         __m512 w = _mm512_mul_ps(_mm512_permutexvar_ps(idx, tab), s[h]);
-        if (Round) w = round_to(round_to(w, wdt), cdt);
+        if (Round) w = round_weight(w, wdt, cdt);
         for (int m = 0; m < M; m++) acc[h][m] = _mm512_fmadd_ps(w, _mm512_set1_ps(xk[m]), acc[h][m]);
       }
     }
@@ -151,8 +154,8 @@ void unpack_rows_avx512(const Quant4Weight& w, const float* table, int64_t k0, i
     __m512 a = _mm512_mul_ps(_mm512_permutex2var_ps(even, lo_half, odd), s);
     __m512 b = _mm512_mul_ps(_mm512_permutex2var_ps(even, hi_half, odd), s);
     if (round) {
-      a = round_to(round_to(a, w.wdt), w.cdt);
-      b = round_to(round_to(b, w.wdt), w.cdt);
+      a = round_weight(a, w.wdt, w.cdt);
+      b = round_weight(b, w.wdt, w.cdt);
     }
     _mm512_store_ps(d, a);
     _mm512_store_ps(d + 16, b);
