@@ -96,8 +96,9 @@ describe("quant4Linear and quant4LinearGradInput", () => {
     });
   });
 
-  it("the small-batch path (M <= 16 on AVX-512; bf16 compute on AMX): every row count, chunks of 16/32/64 k-steps, partial panels, rounded weights", () => {
-    // M <= 8 takes both halves of a 32-column panel in one pass, 9..16 one half a pass; M = 17 is the GEMM path.
+  it("the small-batch path (M <= 16 on AVX-512; any M with bf16 compute on AMX): every row count, chunks of 16/32/64 k-steps, partial panels, rounded weights", () => {
+    // M <= 8 takes both halves of a 32-column panel in one pass, 9..16 one half a pass; from M = 17 the GEMM path,
+    // or on AMX row tiles in pairs (33 and 47: a pair and a single tile) over a panel dequantised once.
     // K = 48 with blocks of 64: a block spans rows, chunks of gcd(48, 64) = 16 k-steps; K = 96 / bs 32: chunks of
     // 32. bf16 x with bf16 compute takes the AMX tiles where K % 32 == 0 (and AMX is on), else the FMA kernel.
     const amxOn = backend.features.includes("amx");
@@ -109,7 +110,7 @@ describe("quant4Linear and quant4LinearGradInput", () => {
           const q = quantized(N, K, "nf4", bs, K + N);
           const b = rnd([N], 7);
           const wb = Tensor.fromArray(q.wd, [N, K], "bf16");
-          for (let M = 1; M <= 17; M++)
+          for (const M of [...Array.from({ length: 17 }, (_, i) => i + 1), 33, 47])
             for (const cdt of ["f32", "bf16"] as const) {
               const x = rnd([M, K], M + K, cdt);
               const y = quant4Linear(x, q.op(cdt), M % 2 ? b : null);

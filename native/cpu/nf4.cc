@@ -244,21 +244,35 @@ void store_row(const float* v, void* out, DType dt, int64_t at, int64_t n) {
 
 // Small M (decode, short prompts): the GEMM's f32 panels cost more than the products they feed (each value is
 // unpacked, stored and loaded again for at most two row groups), so the kernels dequantise in registers and
-// multiply at once. With bf16 x and bf16 compute on AMX, x is a row of A tiles (rows past M zero); otherwise x is
-// laid out k-major in f32 (exact for every input dtype) for the FMA kernel.
+// multiply at once; x is laid out k-major in f32 (exact for every input dtype) for the FMA kernel. With bf16 x
+// and bf16 compute on AMX (any M), x is staged as rows of A tiles and the codes become bf16 B tiles directly.
+bool direct_amx(DType x_dt, const Quant4Weight& w) {
+  return amx_enabled() && x_dt == DType::BF16 && w.cdt == DType::BF16 && w.K % 32 == 0;
+}
+
+template <typename T>
+using Buffer = std::unique_ptr<T, decltype(&std::free)>;
+
+template <typename T>
+Buffer<T> buffer(int64_t n) {
+  Buffer<T> b(static_cast<T*>(std::aligned_alloc(64, (sizeof(T) * static_cast<size_t>(n) + 63) / 64 * 64)), &std::free);
+  if (!b) throw std::bad_alloc();
+  return b;
+}
+
 void direct_forward(const void* x, DType x_dt, int64_t M, const Quant4Weight& w, const PanelCodes& pc, const void* bias,
                     DType bias_dt, void* y, DType y_dt) {
   const int64_t K = w.K, N = w.N;
-  const bool amx = amx_enabled() && x_dt == DType::BF16 && w.cdt == DType::BF16 && K % 32 == 0;
-  std::unique_ptr<float, decltype(&std::free)> staged(static_cast<float*>(std::aligned_alloc(64, sizeof(float) * 16 * K)), &std::free);
-  if (!staged) throw std::bad_alloc();
-  float* xt = staged.get();
-  uint16_t* xs = reinterpret_cast<uint16_t*>(xt);
+  const bool amx = direct_amx(x_dt, w);
+  const int64_t mtiles = amx ? (M + 15) / 16 : 1, kb_n = K / 32;
+  Buffer<uint16_t> xs = buffer<uint16_t>(amx ? mtiles * 16 * K : 0);
+  Buffer<float> xt = buffer<float>(amx ? 0 : 16 * K);
   if (amx) {
-    parallel_for(K / 32, 8, [&](int64_t b0, int64_t b1) {
-      for (int64_t kb = b0; kb < b1; kb++)
-        for (int64_t m = 0; m < 16; m++) {
-          uint16_t* d = xs + kb * 512 + m * 32;
+    parallel_for(mtiles * kb_n, 8, [&](int64_t t0, int64_t t1) {
+      for (int64_t t = t0; t < t1; t++)
+        for (int64_t r = 0; r < 16; r++) {
+          const int64_t m = t / kb_n * 16 + r, kb = t % kb_n;
+          uint16_t* d = xs.get() + t * 512 + r * 32;
           if (m < M) std::memcpy(d, static_cast<const uint16_t*>(x) + m * K + kb * 32, 64);
           else std::memset(d, 0, 64);
         }
@@ -266,22 +280,23 @@ void direct_forward(const void* x, DType x_dt, int64_t M, const Quant4Weight& w,
   } else {
     parallel_for(K, 1024, [&](int64_t k0, int64_t k1) {
       for (int64_t m = 0; m < M; m++)
-        for (int64_t k = k0; k < k1; k++) xt[k * 16 + m] = load_f32(x, x_dt, m * K + k);
+        for (int64_t k = k0; k < k1; k++) xt.get()[k * 16 + m] = load_f32(x, x_dt, m * K + k);
     });
   }
   const float* table = quant4_table(w.type);
   parallel_for(pc.panels, 1, [&](int64_t p0, int64_t p1) {
-    alignas(64) float tile[kDirectRows * kPanel];
+    Buffer<float> out = buffer<float>(mtiles * 16 * kPanel);
+    Buffer<uint16_t> bpanel = buffer<uint16_t>(amx && mtiles > 1 ? K * 32 : 0);
     if (amx) direct_amx_begin();
     for (int64_t pn = p0; pn < p1; pn++) {
-      if (amx) direct_panel_amx(pc, table, w.wdt, xs, pn, tile);
-      else direct_panel_avx512(pc, table, w.wdt, w.cdt, xt, M, pn, tile);
+      if (amx) direct_panel_amx(pc, table, w.wdt, xs.get(), mtiles, pn, bpanel.get(), out.get());
+      else direct_panel_avx512(pc, table, w.wdt, w.cdt, xt.get(), M, pn, out.get());
       const int64_t n0 = pn * kPanel, cols = std::min<int64_t>(kPanel, N - n0);
       float b[kPanel] = {};
       if (bias)
         for (int64_t j = 0; j < cols; j++) b[j] = load_f32(bias, bias_dt, n0 + j);
       for (int64_t m = 0; m < M; m++) {
-        float* row = tile + m * kPanel;
+        float* row = out.get() + m * kPanel;
         for (int j = 0; j < kPanel; j++) row[j] += b[j];
         store_row(row, y, y_dt, m * N + n0, cols);
       }
@@ -316,7 +331,7 @@ void quant4_linear_cpu(const void* x, DType x_dt, int64_t M, const Quant4Weight&
   // The panel form needs chunks of at least 16 k-steps per scale (else its scales outweigh the codes).
   const int64_t g = std::gcd(w.K, w.blocksize);
 #if PEFT_X86
-  if (avx512_path() && g >= 16 && w.K > 0 && M <= kDirectRows)
+  if (avx512_path() && g >= 16 && w.K > 0 && (M <= kDirectRows || direct_amx(x_dt, w)))
     return direct_forward(x, x_dt, M, w, *panels_for(w, g), bias, bias_dt, y, y_dt);
 #endif
   if (simd_path() && g >= 16 && w.K > 0) {

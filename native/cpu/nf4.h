@@ -77,9 +77,12 @@ void unpack_panel_avx512(const PanelCodes& pc, const float* table, DType wdt, DT
 // unused), already in f32. Values rounded to wdt then cdt as the unpackers round them.
 constexpr int kDirectRows = 16;
 void direct_panel_avx512(const PanelCodes& pc, const float* table, DType wdt, DType cdt, const float* xt, int64_t M, int64_t pn, float* tile);
-// The same with bf16 compute on AMX (nf4_amx.cc; K % 32 == 0): xs holds x in bf16 as K / 32 A tiles of 16 rows x
-// 32 (1 KiB each, contiguous, rows past M zero), tile gets 16 rows of 32. Each thread configures the tiles first (direct_amx_begin) and releases them after.
-void direct_panel_amx(const PanelCodes& pc, const float* table, DType wdt, const uint16_t* xs, int64_t pn, float* tile);
+// y = x·Wᵀ for any M with bf16 compute on AMX (nf4_amx.cc; K % 32 == 0), panel pn: xs holds x in bf16 as
+// `mtiles` row tiles, each K / 32 A tiles of 16 rows x 32 (1 KiB each, contiguous, rows past M zero); out gets
+// mtiles·16 rows of 32 f32. bpanel: K·32 uint16 of scratch (used when mtiles > 1). Each thread configures the
+// tiles first (direct_amx_begin) and releases them after (direct_amx_end).
+void direct_panel_amx(const PanelCodes& pc, const float* table, DType wdt, const uint16_t* xs, int64_t mtiles, int64_t pn,
+                      uint16_t* bpanel, float* out);
 void direct_amx_begin();
 void direct_amx_end();
 void unpack_rows_avx512(const Quant4Weight& w, const float* table, int64_t k0, int64_t kc, int64_t n0, float* dst);
