@@ -42,8 +42,8 @@ constexpr int64_t kAmxMinRows = 8;
 
 const KernelSet* select_kernels(const GemmArgs& g) {
   const KernelSet* ks = nullptr;
-  // A B unpacked per block (b_src) arrives as f32 panels.
-  const DType b_dt = g.b_src ? DType::F32 : g.B.dt;
+  // A B unpacked per block (b_src) arrives in the source's dtype.
+  const DType b_dt = g.b_src ? g.b_src->dt : g.B.dt;
   switch (active_isa()) {
 #if PEFT_X86
     case Isa::Avx512:
@@ -57,7 +57,10 @@ const KernelSet* select_kernels(const GemmArgs& g) {
 #endif
     default: break;
   }
-  return ks ? ks : scalar_f32_kernels();
+  if (!ks) ks = scalar_f32_kernels();
+  if (g.b_src && g.b_src->dt == DType::BF16 && ks->b != BLayout::BF16Pairs)
+    throw std::logic_error("gemm: a bf16 B source needs the bf16 pair kernels (bf16 A, AVX-512 BF16)");
+  return ks;
 }
 
 // K blocks: one block when a whole-K B micro-panel fits in an eighth of L2 (C is then written once,
@@ -83,8 +86,8 @@ void plan_k(Plan& pl, const CpuFeatures& cf) {
 // splitting N (each thread then streams only its share of B, which is what bounds small M).
 void plan_threads(Plan& pl, const GemmArgs& g) {
   double flops = 2.0 * g.M * g.N * (g.K + g.R);
-  // A B unpacked per block (4-bit) costs like the f32 panels it becomes.
-  double bytes = static_cast<double>(g.N) * pl.Kp * (g.b_src ? 4.0 : static_cast<double>(blayout_size(pl.ks->b)));
+  // A B unpacked per block (4-bit) costs like the panels it becomes.
+  double bytes = static_cast<double>(g.N) * pl.Kp * static_cast<double>(blayout_size(pl.ks->b));
   double work = std::max(flops / 4e6, bytes / (256.0 * 1024));
   int t = static_cast<int>(std::min<double>(num_threads(), std::max(1.0, work)));
   pl.threads = 1, pl.tm = 1, pl.tn = 1;

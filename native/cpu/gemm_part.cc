@@ -118,7 +118,7 @@ class Part {
     const int64_t pc = blk * pl_.kc, kcb = std::min(pl_.kc, pl_.Kp - pc);
     if (pb_.source) {
       // Unpacked here, once for every row group of this A block; the source prefetches its own bytes.
-      float* w = static_cast<float*>(t_unpack.get(sizeof(float) * std::max<int64_t>(kcb, 1) * nr));
+      void* w = t_unpack.get(blayout_size(ks_.b) * std::max<int64_t>(kcb, 1) * nr);
       pb_.source->unpack(*pb_.source, pc, kcb, p * nr, nr, w);
       for (int64_t gi = 0; gi < groups_->n; gi++) tile(blk, p, gi, w, nr, {}, nullptr);
       return;

@@ -127,7 +127,7 @@ struct Source {
     GemmArgs g;
     g.M = M, g.N = N, g.K = K;
     g.A = mat_rows(a, a_dt, K);
-    g.B.dt = DType::F32;
+    g.B.dt = src.dt;
     g.b_src = &src;
     g.C = c, g.c_dt = c_dt, g.ldc = N;
     g.bias = bias, g.bias_dt = bias_dt;
@@ -136,7 +136,8 @@ struct Source {
 };
 
 // Forward: B = Wᵀ, B[k][n] = W[n][k]. The portable path reads the codes where they are.
-void unpack_t_scalar(const GemmBSource& s, int64_t k0, int64_t kc, int64_t n0, int nr, float* dst) {
+void unpack_t_scalar(const GemmBSource& s, int64_t k0, int64_t kc, int64_t n0, int nr, void* out) {
+  float* dst = static_cast<float*>(out);
   const Source& src = *static_cast<const Source*>(s.state);
   const Quant4Weight& w = src.w;
   for (int j = 0; j < nr; j++) {
@@ -146,7 +147,8 @@ void unpack_t_scalar(const GemmBSource& s, int64_t k0, int64_t kc, int64_t n0, i
   }
 }
 
-void unpack_t_panels(const GemmBSource& s, int64_t k0, int64_t kc, int64_t n0, int nr, float* dst) {
+void unpack_t_panels(const GemmBSource& s, int64_t k0, int64_t kc, int64_t n0, int nr, void* out) {
+  float* dst = static_cast<float*>(out);
   const Source& src = *static_cast<const Source*>(s.state);
 #if PEFT_X86
   if (src.isa == Isa::Avx512 && nr == kPanel) return unpack_panel_avx512(*src.panels, src.table, src.w.wdt, src.w.cdt, k0, kc, n0, dst);
@@ -155,8 +157,17 @@ void unpack_t_panels(const GemmBSource& s, int64_t k0, int64_t kc, int64_t n0, i
   unpack_t_scalar(s, k0, kc, n0, nr, dst);
 }
 
+#if PEFT_X86
+// Forward with bf16 x and bf16 compute on AVX-512 BF16 (AMX or vdpbf16ps kernels): bf16 pairs, no f32 panel.
+void unpack_t_pairs(const GemmBSource& s, int64_t k0, int64_t kc, int64_t n0, int, void* out) {
+  const Source& src = *static_cast<const Source*>(s.state);
+  unpack_pairs_avx512bf16(*src.panels, src.table, src.w.wdt, k0, kc, n0, static_cast<uint16_t*>(out));
+}
+#endif
+
 // Backward: B = W, B[k][n] = W[k][n]: each k-step is a run of one row's codes.
-void unpack_rows_scalar(const GemmBSource& s, int64_t k0, int64_t kc, int64_t n0, int nr, float* dst) {
+void unpack_rows_scalar(const GemmBSource& s, int64_t k0, int64_t kc, int64_t n0, int nr, void* out) {
+  float* dst = static_cast<float*>(out);
   const Source& src = *static_cast<const Source*>(s.state);
   const Quant4Weight& w = src.w;
   for (int64_t k = k0; k < k0 + kc; k++) {
@@ -165,7 +176,8 @@ void unpack_rows_scalar(const GemmBSource& s, int64_t k0, int64_t kc, int64_t n0
   }
 }
 
-void unpack_rows_fast(const GemmBSource& s, int64_t k0, int64_t kc, int64_t n0, int nr, float* dst) {
+void unpack_rows_fast(const GemmBSource& s, int64_t k0, int64_t kc, int64_t n0, int nr, void* out) {
+  float* dst = static_cast<float*>(out);
   const Source& src = *static_cast<const Source*>(s.state);
 #if PEFT_X86
   if (nr == kPanel && n0 + nr <= src.w.K) return unpack_rows_avx512(src.w, src.table, k0, kc, n0, dst);
@@ -229,6 +241,12 @@ std::shared_ptr<const PanelCodes> panels_for(const Quant4Weight& w, int64_t g) {
 }
 
 bool avx512_path() { return PEFT_X86 && active_isa() == Isa::Avx512; }
+// bf16 x with bf16 compute multiplies bf16 values exactly as the bf16 kernels do, so on AMX W is unpacked
+// straight into their bf16 pair layout (32-deep k-blocks). Not for vdpbf16ps alone: on Sapphire Rapids it runs
+// at half the f32 FMA rate, and (512, 4096, 4096) took 1.5x the f32 panels' time there.
+bool bf16_pairs(DType x_dt, const Quant4Weight& w) {
+  return avx512_path() && amx_enabled() && x_dt == DType::BF16 && w.cdt == DType::BF16 && w.K % 32 == 0;
+}
 bool simd_path() { return PEFT_X86 && active_isa() != Isa::Scalar; }
 
 #if PEFT_X86
@@ -244,35 +262,21 @@ void store_row(const float* v, void* out, DType dt, int64_t at, int64_t n) {
 
 // Small M (decode, short prompts): the GEMM's f32 panels cost more than the products they feed (each value is
 // unpacked, stored and loaded again for at most two row groups), so the kernels dequantise in registers and
-// multiply at once; x is laid out k-major in f32 (exact for every input dtype) for the FMA kernel. With bf16 x
-// and bf16 compute on AMX (any M), x is staged as rows of A tiles and the codes become bf16 B tiles directly.
-bool direct_amx(DType x_dt, const Quant4Weight& w) {
-  return amx_enabled() && x_dt == DType::BF16 && w.cdt == DType::BF16 && w.K % 32 == 0;
-}
-
-template <typename T>
-using Buffer = std::unique_ptr<T, decltype(&std::free)>;
-
-template <typename T>
-Buffer<T> buffer(int64_t n) {
-  Buffer<T> b(static_cast<T*>(std::aligned_alloc(64, (sizeof(T) * static_cast<size_t>(n) + 63) / 64 * 64)), &std::free);
-  if (!b) throw std::bad_alloc();
-  return b;
-}
-
+// multiply at once. x is laid out k-major in f32 (exact for every input dtype) for the FMA kernel, or with bf16
+// x and bf16 compute on AMX as a row of A tiles (rows past M zero).
 void direct_forward(const void* x, DType x_dt, int64_t M, const Quant4Weight& w, const PanelCodes& pc, const void* bias,
                     DType bias_dt, void* y, DType y_dt) {
   const int64_t K = w.K, N = w.N;
-  const bool amx = direct_amx(x_dt, w);
-  const int64_t mtiles = amx ? (M + 15) / 16 : 1, kb_n = K / 32;
-  Buffer<uint16_t> xs = buffer<uint16_t>(amx ? mtiles * 16 * K : 0);
-  Buffer<float> xt = buffer<float>(amx ? 0 : 16 * K);
+  const bool amx = bf16_pairs(x_dt, w);
+  std::unique_ptr<float, decltype(&std::free)> staged(static_cast<float*>(std::aligned_alloc(64, sizeof(float) * 16 * K)), &std::free);
+  if (!staged) throw std::bad_alloc();
+  float* xt = staged.get();
+  uint16_t* xs = reinterpret_cast<uint16_t*>(xt);
   if (amx) {
-    parallel_for(mtiles * kb_n, 8, [&](int64_t t0, int64_t t1) {
-      for (int64_t t = t0; t < t1; t++)
-        for (int64_t r = 0; r < 16; r++) {
-          const int64_t m = t / kb_n * 16 + r, kb = t % kb_n;
-          uint16_t* d = xs.get() + t * 512 + r * 32;
+    parallel_for(K / 32, 8, [&](int64_t b0, int64_t b1) {
+      for (int64_t kb = b0; kb < b1; kb++)
+        for (int64_t m = 0; m < 16; m++) {
+          uint16_t* d = xs + kb * 512 + m * 32;
           if (m < M) std::memcpy(d, static_cast<const uint16_t*>(x) + m * K + kb * 32, 64);
           else std::memset(d, 0, 64);
         }
@@ -280,23 +284,22 @@ void direct_forward(const void* x, DType x_dt, int64_t M, const Quant4Weight& w,
   } else {
     parallel_for(K, 1024, [&](int64_t k0, int64_t k1) {
       for (int64_t m = 0; m < M; m++)
-        for (int64_t k = k0; k < k1; k++) xt.get()[k * 16 + m] = load_f32(x, x_dt, m * K + k);
+        for (int64_t k = k0; k < k1; k++) xt[k * 16 + m] = load_f32(x, x_dt, m * K + k);
     });
   }
   const float* table = quant4_table(w.type);
   parallel_for(pc.panels, 1, [&](int64_t p0, int64_t p1) {
-    Buffer<float> out = buffer<float>(mtiles * 16 * kPanel);
-    Buffer<uint16_t> bpanel = buffer<uint16_t>(amx && mtiles > 1 ? K * 32 : 0);
+    alignas(64) float tile[kDirectRows * kPanel];
     if (amx) direct_amx_begin();
     for (int64_t pn = p0; pn < p1; pn++) {
-      if (amx) direct_panel_amx(pc, table, w.wdt, xs.get(), mtiles, pn, bpanel.get(), out.get());
-      else direct_panel_avx512(pc, table, w.wdt, w.cdt, xt.get(), M, pn, out.get());
+      if (amx) direct_panel_amx(pc, table, w.wdt, xs, pn, tile);
+      else direct_panel_avx512(pc, table, w.wdt, w.cdt, xt, M, pn, tile);
       const int64_t n0 = pn * kPanel, cols = std::min<int64_t>(kPanel, N - n0);
       float b[kPanel] = {};
       if (bias)
         for (int64_t j = 0; j < cols; j++) b[j] = load_f32(bias, bias_dt, n0 + j);
       for (int64_t m = 0; m < M; m++) {
-        float* row = out.get() + m * kPanel;
+        float* row = tile + m * kPanel;
         for (int j = 0; j < kPanel; j++) row[j] += b[j];
         store_row(row, y, y_dt, m * N + n0, cols);
       }
@@ -331,8 +334,13 @@ void quant4_linear_cpu(const void* x, DType x_dt, int64_t M, const Quant4Weight&
   // The panel form needs chunks of at least 16 k-steps per scale (else its scales outweigh the codes).
   const int64_t g = std::gcd(w.K, w.blocksize);
 #if PEFT_X86
-  if (avx512_path() && g >= 16 && w.K > 0 && (M <= kDirectRows || direct_amx(x_dt, w)))
-    return direct_forward(x, x_dt, M, w, *panels_for(w, g), bias, bias_dt, y, y_dt);
+  if (avx512_path() && g >= 16 && w.K > 0 && M <= kDirectRows) return direct_forward(x, x_dt, M, w, *panels_for(w, g), bias, bias_dt, y, y_dt);
+  if (g >= 16 && bf16_pairs(x_dt, w)) {
+    src.panels = panels_for(w, g);
+    src.src.unpack = unpack_t_pairs;
+    src.src.dt = DType::BF16;
+    return src.product(M, w.N, w.K, x, x_dt, y, y_dt, bias, bias_dt);
+  }
 #endif
   if (simd_path() && g >= 16 && w.K > 0) {
     src.panels = panels_for(w, g);

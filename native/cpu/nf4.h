@@ -77,14 +77,16 @@ void unpack_panel_avx512(const PanelCodes& pc, const float* table, DType wdt, DT
 // unused), already in f32. Values rounded to wdt then cdt as the unpackers round them.
 constexpr int kDirectRows = 16;
 void direct_panel_avx512(const PanelCodes& pc, const float* table, DType wdt, DType cdt, const float* xt, int64_t M, int64_t pn, float* tile);
-// y = x·Wᵀ for any M with bf16 compute on AMX (nf4_amx.cc; K % 32 == 0), panel pn: xs holds x in bf16 as
-// `mtiles` row tiles, each K / 32 A tiles of 16 rows x 32 (1 KiB each, contiguous, rows past M zero); out gets
-// mtiles·16 rows of 32 f32. bpanel: K·32 uint16 of scratch (used when mtiles > 1). Each thread configures the
-// tiles first (direct_amx_begin) and releases them after (direct_amx_end).
-void direct_panel_amx(const PanelCodes& pc, const float* table, DType wdt, const uint16_t* xs, int64_t mtiles, int64_t pn,
-                      uint16_t* bpanel, float* out);
+// The same with bf16 compute on AMX (nf4_amx.cc; K % 32 == 0): xs holds x in bf16 as K / 32 A tiles of 16 rows
+// x 32 (1 KiB each, contiguous, rows past M zero), tile gets 16 rows of 32. Each thread configures the tiles
+// first (direct_amx_begin) and releases them after (direct_amx_end).
+void direct_panel_amx(const PanelCodes& pc, const float* table, DType wdt, const uint16_t* xs, int64_t pn, float* tile);
 void direct_amx_begin();
 void direct_amx_end();
+// The bf16 GEMM kernels' B (AVX-512 BF16: BLayout::BF16Pairs, 32 columns) from PanelCodes: k-steps [k0, k0 + kc)
+// (multiples of 32, K % 32 == 0) of the panel at n0, k-pair q of the block at dst + 64·q. Values rounded to wdt
+// (f16) and then to bf16.
+void unpack_pairs_avx512bf16(const PanelCodes& pc, const float* table, DType wdt, int64_t k0, int64_t kc, int64_t n0, uint16_t* dst);
 void unpack_rows_avx512(const Quant4Weight& w, const float* table, int64_t k0, int64_t kc, int64_t n0, float* dst);
 
 }  // namespace quant4_detail
