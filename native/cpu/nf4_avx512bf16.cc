@@ -11,19 +11,13 @@ namespace peft {
 namespace quant4_detail {
 namespace {
 
-// Pairs (k, k+1) of one column in each dword.
-alignas(64) const uint16_t kInterleave[32] = {0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23,
-                                               8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31};
+inline __m512 round_f16(__m512 v) { return _mm512_cvtph_ps(_mm512_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC)); }
 
-// One k-step's 32 values (both halves of the panel) in f32.
-inline void step_values(const uint8_t* codes, __m512 tab, __m512 s0, __m512 s1, bool f16, __m512& lo, __m512& hi) {
-  const __m512i v = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(codes)));
-  lo = _mm512_mul_ps(_mm512_permutexvar_ps(v, tab), s0);  // vpermps reads the index's low 4 bits
-  hi = _mm512_mul_ps(_mm512_permutexvar_ps(_mm512_srli_epi32(v, 4), tab), s1);
-  if (f16) {
-    lo = _mm512_cvtph_ps(_mm512_cvtps_ph(lo, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
-    hi = _mm512_cvtph_ps(_mm512_cvtps_ph(hi, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
-  }
+// 16 values in pair order (column j's k and k + 1 in lanes 2j, 2j + 1): the codes (low or high nibbles of the
+// interleaved bytes) looked up and scaled, rounded to f16 first when that is the weight's dtype.
+inline __m512 pair_values(__m512i idx, __m512 tab, __m512 s, bool f16) {
+  const __m512 v = _mm512_mul_ps(_mm512_permutexvar_ps(idx, tab), s);  // vpermps reads the index's low 4 bits
+  return f16 ? round_f16(v) : v;
 }
 
 }  // namespace
@@ -33,22 +27,32 @@ void unpack_pairs_avx512bf16(const PanelCodes& pc, const float* table, DType wdt
   const uint8_t* codes = pc.codes + pn * pc.K * (kPanel / 2);
   const float* scales = pc.scales + pn * chunks * kPanel;
   const __m512 tab = _mm512_loadu_ps(table);
-  const __m512i pairs = _mm512_load_si512(kInterleave);
   const bool f16 = wdt == DType::F16;
+  // Each column's scale in both lanes of its pair: columns 0-7 and 8-15 of a 16-column half.
+  const __m512i dup_lo = _mm512_setr_epi32(0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5, 6, 6, 7, 7);
+  const __m512i dup_hi = _mm512_setr_epi32(8, 8, 9, 9, 10, 10, 11, 11, 12, 12, 13, 13, 14, 14, 15, 15);
   for (int64_t ks = k0; ks < k0 + kc; ks += 32) {
     // The codes stream from memory once (512 bytes a step): ask for them 4 KiB ahead (past the end is harmless).
     for (int l = 0; l < 8; l++) _mm_prefetch(reinterpret_cast<const char*>(codes + (ks + 256) * 16 + l * 64), _MM_HINT_T0);
-    // K % 32 == 0 makes chunks of 32 or 64 k-steps: one pair of scale vectors covers the 32 steps.
+    // K % 32 == 0 makes chunks of 32 or 64 k-steps: one set of scales covers the 32 steps.
     const int64_t c = ks / pc.g;
     const __m512 s0 = _mm512_loadu_ps(scales + c * kPanel), s1 = _mm512_loadu_ps(scales + c * kPanel + 16);
+    const __m512 s0a = _mm512_permutexvar_ps(dup_lo, s0), s0b = _mm512_permutexvar_ps(dup_hi, s0);
+    const __m512 s1a = _mm512_permutexvar_ps(dup_lo, s1), s1b = _mm512_permutexvar_ps(dup_hi, s1);
     uint16_t* d = dst + (ks - k0) / 2 * 64;
     for (int64_t r = 0; r < 16; r++) {
       const int64_t k = ks + 2 * r;
-      __m512 lo0, hi0, lo1, hi1;
-      step_values(codes + k * 16, tab, s0, s1, f16, lo0, hi0);
-      step_values(codes + (k + 1) * 16, tab, s0, s1, f16, lo1, hi1);
-      _mm512_store_si512(d + r * 64, _mm512_permutexvar_epi16(pairs, reinterpret_cast<__m512i>(_mm512_cvtne2ps_pbh(lo1, lo0))));
-      _mm512_store_si512(d + r * 64 + 32, _mm512_permutexvar_epi16(pairs, reinterpret_cast<__m512i>(_mm512_cvtne2ps_pbh(hi1, hi0))));
+      // Byte j of a k-step holds column j (low nibble) and column 16 + j (high nibble): interleaving the bytes
+      // of k and k + 1 puts each column's pair side by side, so the bf16 conversion lands in pair order.
+      const __m128i ck = _mm_loadu_si128(reinterpret_cast<const __m128i*>(codes + k * 16));
+      const __m128i ck1 = _mm_loadu_si128(reinterpret_cast<const __m128i*>(codes + (k + 1) * 16));
+      const __m512i va = _mm512_cvtepu8_epi32(_mm_unpacklo_epi8(ck, ck1));  // columns 0-7 and 16-23
+      const __m512i vb = _mm512_cvtepu8_epi32(_mm_unpackhi_epi8(ck, ck1));  // columns 8-15 and 24-31
+      const __m512 lo_a = pair_values(va, tab, s0a, f16), lo_b = pair_values(vb, tab, s0b, f16);
+      const __m512 hi_a = pair_values(_mm512_srli_epi32(va, 4), tab, s1a, f16);
+      const __m512 hi_b = pair_values(_mm512_srli_epi32(vb, 4), tab, s1b, f16);
+      _mm512_store_si512(d + r * 64, reinterpret_cast<__m512i>(_mm512_cvtne2ps_pbh(lo_b, lo_a)));
+      _mm512_store_si512(d + r * 64 + 32, reinterpret_cast<__m512i>(_mm512_cvtne2ps_pbh(hi_b, hi_a)));
     }
   }
 }
