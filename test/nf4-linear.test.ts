@@ -136,6 +136,29 @@ describe("quant4Linear and quant4LinearGradInput", () => {
     });
   });
 
+  it("gives the same bits on 1, 2 and 5 threads (each output sums its k in one order), small and large batches", () => {
+    const threads = backend.threads;
+    const [K, N] = [128, 200];
+    const q = quantized(N, K, "nf4", 64, 5);
+    try {
+      for (const [M, cdt] of [[3, "f32"], [16, "f32"], [40, "f32"], [5, "bf16"], [40, "bf16"]] as const) {
+        const x = rnd([M, K], M, cdt);
+        const runs = [1, 2, 5].map((t) => {
+          backend.setNumThreads(t);
+          const y = quant4Linear(x, q.op(cdt), null);
+          const v = Array.from(y.toFloat64Array());
+          y.dispose();
+          return v;
+        });
+        expect(runs[1], `${M} ${cdt} 2 threads`).toEqual(runs[0]);
+        expect(runs[2], `${M} ${cdt} 5 threads`).toEqual(runs[0]);
+        x.dispose();
+      }
+    } finally {
+      backend.setNumThreads(threads);
+    }
+  });
+
   it("empty batches, and inputs that do not fit the weight", () => {
     const q = quantized(9, 17, "nf4", 64, 1);
     expect(quant4Linear(Tensor.zeros([0, 17]), q.op(), null).shape).toEqual([0, 9]);
