@@ -241,15 +241,17 @@ std::shared_ptr<const PanelCodes> panels_for(const Quant4Weight& w, int64_t g) {
 }
 
 bool avx512_path() { return PEFT_X86 && active_isa() == Isa::Avx512; }
+
+bool simd_path() { return PEFT_X86 && active_isa() != Isa::Scalar; }
+
+#if PEFT_X86
 // bf16 x with bf16 compute multiplies bf16 values exactly as the bf16 kernels do, so on AMX W is unpacked
 // straight into their bf16 pair layout (32-deep k-blocks). Not for vdpbf16ps alone: on Sapphire Rapids it runs
 // at half the f32 FMA rate, and (512, 4096, 4096) took 1.5x the f32 panels' time there.
 bool bf16_pairs(DType x_dt, const Quant4Weight& w) {
   return avx512_path() && amx_enabled() && x_dt == DType::BF16 && w.cdt == DType::BF16 && w.K % 32 == 0;
 }
-bool simd_path() { return PEFT_X86 && active_isa() != Isa::Scalar; }
 
-#if PEFT_X86
 // n f32 values into out[at..] in dt, rounded as store_f32 rounds them.
 void store_row(const float* v, void* out, DType dt, int64_t at, int64_t n) {
   if (dt == DType::F32) return (void)std::memcpy(static_cast<float*>(out) + at, v, sizeof(float) * n);
