@@ -136,6 +136,26 @@ describe("quant4Linear and quant4LinearGradInput", () => {
     });
   });
 
+  it("dx with bf16 dy and bf16 compute (AMX reads W's rows as bf16 pairs above 16 rows): rows past a k-pair, f16 weights", () => {
+    const amxOn = backend.features.includes("amx");
+    forEachIsa((isa) => {
+      for (const amx of amxOn ? [true, false] : [false]) {
+        backend.setAmx(amx);
+        for (const [M, K, N, bs, wdt] of [[17, 64, 45, 64, "f32"], [33, 96, 70, 32, "f32"], [40, 128, 33, 128, "f16"], [9, 64, 20, 64, "f32"]] as const) {
+          const q = quantized(N, K, "nf4", bs, M + N);
+          const w1 = Tensor.fromArray(q.wd, [N, K], wdt), w2 = w1.to("bf16");
+          const dy = rnd([M, N], M + 1, "bf16");
+          const dx = quant4LinearGradInput(dy, { ...q.op("bf16"), dtype: wdt });
+          expect(dx.dtype).toBe("bf16");
+          const ref = gradInputRef(dy.toFloat64Array(), w2.toFloat64Array(), M, K, N);
+          expectClose(dx.toFloat64Array(), ref.dx, bound(N, ref.mag, ref.dx, "bf16"), `${isa} amx ${amx} dx ${M}x${K}x${N} W ${wdt}`);
+          for (const t of [w1, w2, dy, dx]) t.dispose();
+        }
+      }
+      backend.setAmx(amxOn);
+    });
+  });
+
   it("gives the same bits on 1, 2 and 5 threads (each output sums its k in one order), small and large batches", () => {
     const threads = backend.threads;
     const [K, N] = [128, 200];

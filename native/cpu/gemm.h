@@ -23,8 +23,8 @@ struct GemmMat {
 struct GemmBSource {
   // k-steps [k0, k0 + kc) of columns [n0, n0 + nr): with dt F32 as f32, k-step k at dst + (k - k0) * nr, zeros
   // past K and N; with dt BF16 in the bf16 kernels' pair layout (BLayout::BF16Pairs: k-pair q at
-  // dst + (q - k0 / 2) * 2 * nr, each column's two values in 32 bits), for A in bf16 on a machine with AVX-512
-  // BF16 only (those kernels read it), K a multiple of 32.
+  // dst + (q - k0 / 2) * 2 * nr, each column's two values in 32 bits, zeros past K), for A in bf16 on a machine
+  // with AVX-512 BF16 only (those kernels read it).
   void (*unpack)(const GemmBSource& s, int64_t k0, int64_t kc, int64_t n0, int nr, void* dst) = nullptr;
   const void* state = nullptr;
   DType dt = DType::F32;

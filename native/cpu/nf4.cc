@@ -185,6 +185,14 @@ void unpack_rows_fast(const GemmBSource& s, int64_t k0, int64_t kc, int64_t n0, 
   unpack_rows_scalar(s, k0, kc, n0, nr, dst);
 }
 
+#if PEFT_X86
+// Backward with bf16 dy and bf16 compute on AMX: bf16 pairs of rows, no f32 panel.
+void unpack_rows_pairs(const GemmBSource& s, int64_t k0, int64_t kc, int64_t n0, int, void* out) {
+  const Source& src = *static_cast<const Source*>(s.state);
+  unpack_rows_pairs_avx512bf16(src.w, src.table, k0, kc, n0, static_cast<uint16_t*>(out));
+}
+#endif
+
 // The derived-object kind of the panel form on the codes' storage.
 constexpr int kPanelKind = 0x4e463401;
 
@@ -356,6 +364,13 @@ void quant4_linear_cpu(const void* x, DType x_dt, int64_t M, const Quant4Weight&
 void quant4_linear_grad_input_cpu(const void* dy, DType dy_dt, int64_t M, const Quant4Weight& w, void* dx, DType dx_dt) {
   if (M <= 0 || w.K <= 0) return;
   Source src(w);
+#if PEFT_X86
+  if (M > kDirectRows && bf16_pairs(dy_dt, w)) {
+    src.src.unpack = unpack_rows_pairs;
+    src.src.dt = DType::BF16;
+    return src.product(M, w.K, w.N, dy, dy_dt, dx, dx_dt, nullptr, DType::F32);
+  }
+#endif
   src.src.unpack = avx512_path() && w.K % kPanel == 0 ? unpack_rows_fast : unpack_rows_scalar;
   src.product(M, w.K, w.N, dy, dy_dt, dx, dx_dt, nullptr, DType::F32);
 }

@@ -87,6 +87,9 @@ void direct_amx_end();
 // (multiples of 32, K % 32 == 0) of the panel at n0, k-pair q of the block at dst + 64·q. Values rounded to wdt
 // (f16) and then to bf16.
 void unpack_pairs_avx512bf16(const PanelCodes& pc, const float* table, DType wdt, int64_t k0, int64_t kc, int64_t n0, uint16_t* dst);
+// The backward's B (= W, row-major codes) in the same pair layout: k-steps [k0, k0 + kc) are rows of W (rows past
+// N zero), columns [n0, n0 + 32) (K % 32 == 0).
+void unpack_rows_pairs_avx512bf16(const Quant4Weight& w, const float* table, int64_t k0, int64_t kc, int64_t n0, uint16_t* dst);
 void unpack_rows_avx512(const Quant4Weight& w, const float* table, int64_t k0, int64_t kc, int64_t n0, float* dst);
 
 }  // namespace quant4_detail

@@ -57,5 +57,34 @@ void unpack_pairs_avx512bf16(const PanelCodes& pc, const float* table, DType wdt
   }
 }
 
+void unpack_rows_pairs_avx512bf16(const Quant4Weight& w, const float* table, int64_t k0, int64_t kc, int64_t n0, uint16_t* dst) {
+  const __m512 tab = _mm512_loadu_ps(table);
+  const bool f16 = w.wdt == DType::F16;
+  // Even and odd columns' pairs (64 bits each) back in column order: columns 0-7, then 8-15.
+  const __m512i first = _mm512_setr_epi64(0, 8, 1, 9, 2, 10, 3, 11), second = _mm512_setr_epi64(4, 12, 5, 13, 6, 14, 7, 15);
+  auto scale = [&](int64_t k) { return k < w.N ? w.absmax[(k * w.K + n0) / w.blocksize] : 0.0f; };
+  auto codes = [&](int64_t k) {
+    return k < w.N ? _mm_loadu_si128(reinterpret_cast<const __m128i*>(w.packed + (k * w.K + n0) / 2)) : _mm_setzero_si128();
+  };
+  for (int64_t k = k0; k < k0 + kc; k += 2) {
+    uint16_t* d = dst + (k - k0) / 2 * 64;
+    // Rows k and k + 1 (a row past N reads as zero): 32 columns each, in one block (blocks hold >= 32 values and
+    // n0, K are multiples of 32); byte i of a row holds columns 2i (high nibble) and 2i + 1.
+    const float sk = scale(k), sk1 = scale(k + 1);
+    const __m512 s = _mm512_castsi512_ps(_mm512_set1_epi64(static_cast<long long>(
+        static_cast<uint64_t>(__builtin_bit_cast(uint32_t, sk)) | static_cast<uint64_t>(__builtin_bit_cast(uint32_t, sk1)) << 32)));
+    const __m128i ck = codes(k), ck1 = codes(k + 1);
+    for (int half = 0; half < 2; half++) {
+      const __m512i v = _mm512_cvtepu8_epi32(half ? _mm_unpackhi_epi8(ck, ck1) : _mm_unpacklo_epi8(ck, ck1));
+      __m512 even = _mm512_mul_ps(_mm512_permutexvar_ps(_mm512_srli_epi32(v, 4), tab), s);
+      __m512 odd = _mm512_mul_ps(_mm512_permutexvar_ps(v, tab), s);
+      if (f16) even = round_f16(even), odd = round_f16(odd);
+      const __m512 a = _mm512_castpd_ps(_mm512_permutex2var_pd(_mm512_castps_pd(even), first, _mm512_castps_pd(odd)));
+      const __m512 b = _mm512_castpd_ps(_mm512_permutex2var_pd(_mm512_castps_pd(even), second, _mm512_castps_pd(odd)));
+      _mm512_store_si512(d + half * 32, reinterpret_cast<__m512i>(_mm512_cvtne2ps_pbh(b, a)));
+    }
+  }
+}
+
 }  // namespace quant4_detail
 }  // namespace peft
