@@ -4,8 +4,8 @@
 // (codes + f32 absmax) from DRAM capped by the compute peak the kernel runs at, and against our f32 GEMM with its
 // W evicted too; M = 512 (W unpacked block by block into the GEMM's f32 panels, or its bf16 AMX pairs) against
 // our f32 GEMM.
-import { Tensor, backend, linear } from "../dist/index.js";
-import { quant4Linear, quant4Quantize } from "../dist/ops.js";
+import { Tensor, backend, linear, linearGradInput } from "../dist/index.js";
+import { quant4Linear, quant4LinearGradInput, quant4Quantize } from "../dist/ops.js";
 import { native } from "../dist/native.js";
 import { ceilingRate, computeCeilingOf, rooflineRate } from "./ceilings.mjs";
 
@@ -74,7 +74,28 @@ function bf16RatioCase() {
   return { ...c, name: `${c.name}, against f32`, target: { baseline: "our f32 GEMM", min: amx ? 5 : 1.6 } };
 }
 
+// dx = dy·W (QLoRA's backward through the frozen 4-bit base) at M = 512 against our f32 dx GEMM: f32, or bf16 dy
+// with bf16 compute (the AMX GEMM reading W's rows as bf16 pairs).
+function gradInputCase([M, K, N], cdt) {
+  const t = lazy(() => {
+    const v = inputs([M, K, N], cdt).get();
+    const dy = Tensor.randn([M, N], { seed: 5 });
+    return { ...v, dy, dyc: cdt === "f32" ? null : dy.to(cdt) };
+  });
+  const ours = () => quant4LinearGradInput(t.get().dyc ?? t.get().dy, operand(t.get(), K, N, cdt)).dispose();
+  const f32 = () => linearGradInput(t.get().dy, t.get().w).dispose();
+  return {
+    name: `quant4LinearGradInput NF4 dx=dy·W M=${M} K=${K} N=${N} dy ${cdt}`,
+    shape: [M, K, N], dtype: `dy ${cdt}, W nf4 (blocksize 64), compute ${cdt}`, flops: 2 * M * N * K,
+    kernel: cdt === "bf16" && amx ? "amx-bf16 + nf4 row unpack" : `${native._benchGemmKernel("f32", "f32")} + nf4 row unpack`,
+    setup: () => { t.get(); }, teardown: t.drop,
+    run: ours,
+    baselines: [{ name: "our f32 dx GEMM", run: f32 }],
+  };
+}
+
 export const cases = [
   forwardCase([16, 4096, 4096], true), decodeRatioCase(), forwardCase([16, 4096, 4096], true, "bf16"), bf16RatioCase(),
   forwardCase([512, 4096, 4096], false), forwardCase([512, 4096, 4096], false, "bf16"),
+  gradInputCase([512, 4096, 4096], "f32"), gradInputCase([512, 4096, 4096], "bf16"),
 ];
