@@ -196,6 +196,41 @@ describe("LoraLinear backward", () => {
     });
   }
 
+  it("T = x·Aᵀ from the packed x (small batches) or as a product first (many rows and a long K; bf16 tiles): y and dB match float64", () => {
+    // [300, 2500]: each thread's rows exceed what it packs with all of K at once, so T is a product of its own;
+    // [12, 300]: T from the x the base GEMM packed. dB = s·dyᵀ·T checks the T kept for backward.
+    for (const [M, K, N, r] of [[300, 2500, 40, 8], [12, 300, 40, 8]] as const) {
+      const l = layer(K, N, { r });
+      l.baseLayer.weight.requiresGrad = false;
+      l.baseLayer.bias!.requiresGrad = false;
+      const x = values(M * K, 3), dy = values(M * N, 4);
+      const y = l.forward(Tensor.fromArray(x, [M, K]));
+      const ref = refForward(l, x, M);
+      expectClose(y.toFloat32Array(), ref.y, tolF32(K + r, ref.scale), `y ${M}x${K}`);
+      l.backward(Tensor.fromArray(dy, [M, N]));
+      const a = (l.loraA.get("default") as Linear).weight.toFloat64Array(), s = l.scaling.default;
+      const dB = new Float64Array(N * r), dBabs = new Float64Array(N * r);
+      for (let m = 0; m < M; m++)
+        for (let j = 0; j < r; j++) {
+          let t = 0, ta = 0;
+          for (let k = 0; k < K; k++) (t += x[m * K + k] * a[j * K + k]), (ta += Math.abs(x[m * K + k] * a[j * K + k]));
+          for (let n = 0; n < N; n++) (dB[n * r + j] += s * dy[m * N + n] * t), (dBabs[n * r + j] += Math.abs(s * dy[m * N + n]) * ta);
+        }
+      const grad = (l.loraB.get("default") as Linear).weight.grad!.toFloat32Array();
+      expectClose(grad, dB, (i) => (M + K + 8) * EPS.f32 * dBabs[i] + 1e-30, `dB ${M}x${K}`);
+    }
+    // bf16 x and W: the bf16 kernels pack x in their own layout, so T is a product first; y rounded to bf16 once.
+    const [M, K, N] = [24, 64, 40];
+    const base = new Linear(K, N, { seed: 3, dtype: "bf16" });
+    const l = new LoraLinear(base, { r: 4, loraAlpha: 8 });
+    randomizeAdapter(l, "default", 3);
+    const x = Tensor.fromArray(values(M * K, 5), [M, K], "bf16");
+    const y = l.forward(x);
+    expect(y.dtype).toBe("bf16");
+    const ref = refForward(l, x.toFloat64Array(), M);
+    expectClose(y.toFloat32Array(), ref.y, (i) => tolF32(K + 4, ref.scale)(i) + EPS.bf16 * Math.abs(ref.y[i]), "bf16 y");
+  });
+
   it("two active adapters: gradients of both agree with finite differences of the float64 forward", () => {
     const [M, K, N] = [3, 7, 5];
     const l = layer(K, N, { r: 2 });

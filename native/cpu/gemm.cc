@@ -3,6 +3,8 @@
 // lives in the micro-kernels (gemm_<isa>.cc).
 #include <algorithm>
 #include <cstdlib>
+#include <cstring>
+#include <vector>
 
 #include "elem.h"
 #include "gemm.h"
@@ -102,6 +104,23 @@ void plan_threads(Plan& pl, const GemmArgs& g) {
   pl.threads = pl.tm * pl.tn;
 }
 
+// A2 = (A·t_b)·diag(t_scale) as a product of its own first (when the threads cannot take it from their packed A).
+void gemm_rank_first(const GemmArgs& g) {
+  std::vector<float> t(static_cast<size_t>(g.M * g.R));
+  GemmArgs sub;
+  sub.M = g.M, sub.N = g.R, sub.K = g.K;
+  sub.A = g.A, sub.B = g.t_b;
+  sub.C = t.data(), sub.c_dt = DType::F32, sub.ldc = g.R;
+  gemm(sub);
+  if (g.t_out) std::memcpy(g.t_out, t.data(), sizeof(float) * t.size());
+  for (int64_t i = 0; i < g.M; i++)
+    for (int64_t j = 0; j < g.R; j++) t[i * g.R + j] *= g.t_scale[j];
+  GemmArgs h = g;
+  h.t_b = {}, h.t_scale = nullptr, h.t_out = nullptr;
+  h.A2 = mat_rows(t.data(), DType::F32, g.R);
+  gemm(h);
+}
+
 }  // namespace
 
 const char* gemm_kernel_name(DType a, DType b) {
@@ -135,6 +154,7 @@ void gemm(const GemmArgs& g) {
   pl.panels = ceil_div(g.N, ks.nr);
   plan_k(pl, cf);
   plan_threads(pl, g);
+  if (g.t_b.p && g.R > 0 && !rank_from_packed_a(pl, g, cf)) return gemm_rank_first(g);
 
   std::shared_ptr<const PackedB> pb = packed_b(g, ks, pl.Kp);
 

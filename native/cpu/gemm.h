@@ -48,6 +48,12 @@ struct GemmArgs {
   int64_t R = 0;
   GemmMat A2;  // M x R
   GemmMat B2;  // R x N
+  // LoRA's A2 from x itself: with t_b set (K x R), A2 = (A·t_b)·diag(t_scale) and A2 is not read. Each thread
+  // computes its rows' product from the A it packed (one x pass, no pool dispatch of its own) when it packs
+  // all of K at once, else with a product of its own; t_out (M x R f32, row stride R), when set, receives A·t_b.
+  GemmMat t_b;
+  const float* t_scale = nullptr;
+  float* t_out = nullptr;
   // When B is a weight that is reused across calls, its packed form is cached on this storage
   // (dropped when the storage's version changes). Null: pack per call.
   Storage* b_cache = nullptr;

@@ -1,6 +1,7 @@
 // The GEMM driver's pieces (gemm.cc plans, gemm_bpack.cc packs and caches B, gemm_part.cc runs one
 // thread's share of the loop nest). Internal to the CPU backend.
 #pragma once
+#include <algorithm>
 #include <cstdlib>
 #include <memory>
 #include <new>
@@ -81,6 +82,20 @@ struct Plan {
   const float* bias = nullptr;          // f32, padded to whole panels
   const float* col_scale = nullptr;     // f32, padded to whole panels
 };
+
+// Rows of A a thread packs with all of K at once (stream order: the whole-K block fits half of L2).
+inline int64_t stream_rows(const Plan& pl, const CpuFeatures& cf) {
+  const int mr = pl.ks->mr;
+  return std::max<int64_t>(mr, cf.l2_bytes / 2 / std::max<int64_t>(1, pl.Kp * static_cast<int64_t>(pl.asz)) / mr * mr);
+}
+
+// Whether each thread can take A2 = (A·t_b)·diag(t_scale) from the A block it packs (GemmArgs::t_b): every
+// part runs in stream order on the f32 kernels, and t_b's R columns fit one panel.
+inline bool rank_from_packed_a(const Plan& pl, const GemmArgs& g, const CpuFeatures& cf) {
+  const KernelSet& ks = *pl.ks;
+  const int64_t part_rows = ceil_div(pl.groups, pl.tm) * ks.mr;
+  return ks.a == ALayout::F32 && ks.b == BLayout::F32 && g.R <= ks.nr && (pl.nblocks == 1 || part_rows <= stream_rows(pl, cf));
+}
 
 // One thread's share: row groups [g0, g1) and panels [p0, p1) of C.
 void run_part(const Plan& pl, const GemmArgs& g, const PackedB& pb, int64_t g0, int64_t g1, int64_t p0, int64_t p1);

@@ -6,6 +6,7 @@
 // L2 and every B micro-panel block is read from memory once (prefetched a block ahead) and reused by all
 // row groups; C tiles are revisited once per K block (the kernels prefetch them).
 #include <algorithm>
+#include <cstring>
 
 #include "gemm_driver.h"
 
@@ -13,7 +14,7 @@ namespace peft {
 namespace gemm_detail {
 namespace {
 
-thread_local Scratch t_apack, t_a2pack, t_b2pack, t_partial, t_widen, t_unpack;
+thread_local Scratch t_apack, t_a2pack, t_b2pack, t_partial, t_widen, t_unpack, t_tpack, t_trows;
 
 // In stream order with more row groups than this, B comes from L3 for all but the first group and the
 // hardware prefetcher keeps up: prefetching the next block as well cost about 3 % (M = 2048, K = 1024).
@@ -54,7 +55,7 @@ class Part {
     const int64_t rows = m_end_ - m_begin_;
     // Rows per A block: in stream order the whole-K block fits half of L2; in block order one K block of
     // it does.
-    int64_t mc_stream = std::max<int64_t>(mr, cf.l2_bytes / 2 / std::max<int64_t>(1, pl_.Kp * pl_.asz) / mr * mr);
+    int64_t mc_stream = stream_rows(pl_, cf);
     stream_ = rows <= mc_stream || pl_.nblocks == 1;
     int64_t mc = stream_ ? mc_stream : std::max<int64_t>(mr, cf.l2_bytes / 2 / (pl_.kc * pl_.asz) / mr * mr);
     if (blocking_override().mc > 0) mc = round_up(blocking_override().mc, mr);
@@ -88,14 +89,18 @@ class Part {
     Groups gr(mcb, ks_.mr, ks_.pad_groups);
     groups_ = &gr;
     ic_ = ic;
+    // In stream order the whole-K A block is packed first, so the rank term from x can use it.
+    if (stream_) pack_a(0, pl_.Kp);
     if (g_.R > 0) {
       a2p_ = static_cast<float*>(t_a2pack.get(sizeof(float) * gr.n * ks_.mr * g_.R));
+      GemmMat a2 = g_.A2;
+      int64_t a2_row0 = ic;
+      if (g_.t_b.p) a2 = rank_from_x(ic, mcb), a2_row0 = 0;  // stream order here (gemm() checked)
       for (int64_t gi = 0; gi < gr.n; gi++)
-        pack_a_group(ALayout::F32, g_.A2, ic + gr.start(gi), gr.rows(gi), gr.stride(gi), g_.R, g_.R, a2p_ + gr.start(gi) * g_.R);
+        pack_a_group(ALayout::F32, a2, a2_row0 + gr.start(gi), gr.rows(gi), gr.stride(gi), g_.R, g_.R, a2p_ + gr.start(gi) * g_.R);
     }
     if (use_partial_) part_ = static_cast<float*>(t_partial.get(sizeof(float) * mcb * ncols_));
     if (stream_) {
-      pack_a(0, pl_.Kp);
       for (int64_t p = p0_; p < p1_; p++)
         for (int64_t blk = 0; blk < pl_.nblocks; blk++) panel_block(blk, p);
     } else {
@@ -104,6 +109,35 @@ class Part {
         for (int64_t p = p0_; p < p1_; p++) panel_block(blk, p);
       }
     }
+  }
+
+  // Rows [ic, ic + mcb) of A·t_b (into t_out when set, by the thread holding the first panels), scaled by
+  // t_scale: the A2 these rows use, row-major (mcb x R), from the packed whole-K A block (gemm() checked that
+  // every part has one: rank_from_packed_a), one micro-kernel call per row group over an R-column panel of t_b.
+  GemmMat rank_from_x(int64_t ic, int64_t mcb) {
+    const int64_t R = g_.R;
+    float* t = static_cast<float*>(t_trows.get(sizeof(float) * mcb * R));
+    // t_b packed as wide as the kernel variant reads it (half a panel for R <= nr / 2): each thread packs its own.
+    const int w = R <= ks_.nr / 2 ? ks_.nr / 2 : ks_.nr;
+    float* tb = static_cast<float*>(t_tpack.get(sizeof(float) * pl_.Kp * w));
+    pack_b_panels(BLayout::F32, w, g_.t_b, g_.K, R, pl_.Kp, 0, 1, tb);
+    const Groups& gr = *groups_;
+    for (int64_t gi = 0; gi < gr.n; gi++) {
+      Tile k;
+      k.kc = pl_.Kp;
+      k.a = ap_ + pl_.asz * gr.start(gi) * pl_.Kp;
+      k.b = tb, k.ldb = w;
+      k.c = t + gr.start(gi) * R, k.ldc = R, k.c_dt = DType::F32;
+      k.p = static_cast<float*>(k.c), k.ldp = R;
+      k.m = gr.rows(gi), k.n = static_cast<int>(R);
+      k.flags = kFirst | kLast;
+      k.pf = static_cast<const char*>(k.b);
+      ks_.kernel[k.m - 1][w < ks_.nr ? 0 : 1](k);
+    }
+    if (g_.t_out && p0_ == 0) std::memcpy(g_.t_out + ic * R, t, sizeof(float) * static_cast<size_t>(mcb * R));
+    for (int64_t i = 0; i < mcb; i++)
+      for (int64_t j = 0; j < R; j++) t[i * R + j] *= g_.t_scale[j];
+    return mat_rows(t, DType::F32, R);
   }
 
   // One B micro-panel block under every row group. A 16-bit B the set widens to f32 is widened first:

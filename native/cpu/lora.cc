@@ -84,24 +84,11 @@ int64_t total_rank(const std::vector<AdapterView>& ad) {
 void lora_forward_cpu(const DenseView& d, const std::vector<AdapterView>& ad, void* y, DType y_dt, float* T) {
   const int64_t M = d.M, K = d.K, N = d.N, R = total_rank(ad);
   if (M == 0 || N == 0) return;
-  // T = drop(x)·Aᵀ per adapter, side by side: cheap (R columns) and needed again by backward.
-  int64_t off = 0;
-  for (const AdapterView& a : ad) {
-    Scratch xd(a.p > 0 ? M * K : 0);
-    GemmArgs g;
-    g.M = M, g.N = a.r, g.K = K;
-    g.A = dropped_x(d, a, &xd);
-    g.B = mat_cols(a.A, a.a_dt, K);
-    g.C = T + off, g.c_dt = DType::F32, g.ldc = R;
-    gemm(g);
-    off += a.r;
-  }
-  // The scales go on T (M x R, tiny) so B is used as it is: no per-call (N x R) copy for one adapter.
-  Scratch ts(M * R), bcat(ad.size() > 1 ? N * R : 0);
-  std::memcpy(ts.get(), T, sizeof(float) * static_cast<size_t>(M * R));
-  scale_blocks(ad, ts.get(), M, R);
-  GemmMat B = b_cat(ad, N, R, &bcat);
-  // y = x·Wᵀ + b + (sT)·Bᵀ: the adapters are R extra k-steps on the base GEMM's tile.
+  bool dropout = false;
+  for (const AdapterView& a : ad) dropout = dropout || a.p > 0;
+  // y = x·Wᵀ + b + (sT)·Bᵀ: the adapters are R extra k-steps on the base GEMM's tile, with T = drop(x)·Aᵀ per
+  // adapter side by side (needed again by backward) and the scales on T (M x R, tiny), so B is used as it is.
+  Scratch ts(dropout ? M * R : 0), bcat(ad.size() > 1 ? N * R : 0), acat(!dropout && ad.size() > 1 ? R * K : 0), scales(R);
   GemmArgs g;
   g.M = M, g.N = N, g.K = K;
   g.A = mat_rows(d.x, d.x_dt, K);
@@ -110,8 +97,35 @@ void lora_forward_cpu(const DenseView& d, const std::vector<AdapterView>& ad, vo
   g.C = y, g.c_dt = y_dt, g.ldc = N;
   g.bias = d.bias, g.bias_dt = d.bias_dt;
   g.R = R;
-  g.A2 = mat_rows(ts.get(), DType::F32, R);
+  GemmMat B = b_cat(ad, N, R, &bcat);
   g.B2 = {B.p, B.dt, 1, R};  // B2(j, n) = B(n, j)
+  if (!dropout) {
+    // T from the x the base GEMM packs (each thread its rows): no second pass over x, no product of its own.
+    int64_t off = 0;
+    for (const AdapterView& a : ad) {
+      for (int64_t j = 0; j < a.r; j++) scales.get()[off + j] = a.scale;
+      off += a.r;
+    }
+    if (ad.size() > 1) a_cat(ad, K, acat.get());
+    g.t_b = ad.size() > 1 ? mat_cols(acat.get(), DType::F32, K) : mat_cols(ad[0].A, ad[0].a_dt, K);
+    g.t_scale = scales.get(), g.t_out = T;
+    gemm(g);
+    return;
+  }
+  int64_t off = 0;
+  for (const AdapterView& a : ad) {
+    Scratch xd(a.p > 0 ? M * K : 0);
+    GemmArgs t;
+    t.M = M, t.N = a.r, t.K = K;
+    t.A = dropped_x(d, a, &xd);
+    t.B = mat_cols(a.A, a.a_dt, K);
+    t.C = T + off, t.c_dt = DType::F32, t.ldc = R;
+    gemm(t);
+    off += a.r;
+  }
+  std::memcpy(ts.get(), T, sizeof(float) * static_cast<size_t>(M * R));
+  scale_blocks(ad, ts.get(), M, R);
+  g.A2 = mat_rows(ts.get(), DType::F32, R);
   gemm(g);
 }
 
