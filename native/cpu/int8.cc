@@ -84,13 +84,15 @@ std::shared_ptr<const Int8Pack> packed(const Int8Weight& w) {
 }
 
 // M: rows of x; AMX tiles take 32 rows a block, so fewer rows (a decode step) go to vpdpbusd, which wastes
-// none and is bound by reading CB anyway. M < 0: the set for large M (what int8_kernel_name reports).
+// none and is bound by reading CB anyway; 13..16 rows take the 16 x 16 VNNI blocks (one group: CB read
+// once). M < 0: the set for large M (what int8_kernel_name reports).
 const KernelSet& select_kernels(int64_t M = -1) {
   const KernelSet* ks = nullptr;
   switch (active_isa()) {
 #if PEFT_X86
     case Isa::Avx512:
       if (amx_enabled() && cpu_features().amx_int8 && (M < 0 || M >= 32)) ks = amx_int8_kernels();
+      if (!ks && M > 12 && M <= 16) ks = vnni16_int8_kernels();
       if (!ks) ks = vnni_int8_kernels();
       if (!ks) ks = avx2_int8_kernels();
       break;
@@ -184,10 +186,10 @@ uint8_t* interleave_groups(const uint8_t* xq, int64_t groups, int mr, int64_t Kp
     for (int64_t g = g0; g < g1; g++) {
       const uint8_t* src = xq + g * mr * Kp;
       uint32_t* dst = reinterpret_cast<uint32_t*>(xi + g * mr * Kp);
-      for (int i = 0; i < mr; i++) {
-        const uint8_t* row = src + i * Kp;
-        for (int64_t q = 0; q < Kp / 4; q++) std::memcpy(dst + q * mr + i, row + q * 4, 4);
-      }
+      // Quad by quad (the mr source rows read side by side, the destination written in order): row by row
+      // would store every 4 bytes to another line, Kp / 16 lines per row, more than L1 holds at large K.
+      for (int64_t q = 0; q < Kp / 4; q++)
+        for (int i = 0; i < mr; i++) std::memcpy(dst + q * mr + i, src + i * Kp + q * 4, 4);
     }
   });
   return xi;
@@ -208,9 +210,9 @@ void int8_linear_cpu(const Int8LinearArgs& a) {
   std::vector<int64_t> cols;
   if (a.threshold > 0.0f) cols = outlier_columns(a.x, a.x_dt, M, K, a.threshold, mask);
 
-  // x quantised straight into the kernels' row layout (rows padded past the last group and to 32 for AMX
-  // tiles, zeros past K).
-  const int64_t Mp = round_up(M, 32) + 32;
+  // x quantised straight into the kernels' row layout (rows padded to whole groups, which for AMX are the
+  // 32 rows of its tiles; zeros past K). Kernels read no row past their group.
+  const int64_t Mp = round_up(M, ks.mr);
   uint8_t* xq = static_cast<uint8_t*>(t_xq.get(static_cast<size_t>(Mp * Kp)));
   float* scx = static_cast<float*>(t_scx.get(sizeof(float) * M));
   const int offset = ks.a_offset ? 128 : 0;

@@ -73,6 +73,7 @@ struct KernelSet {
 const KernelSet* scalar_int8_kernels();
 const KernelSet* avx2_int8_kernels();
 const KernelSet* vnni_int8_kernels();  // null when the CPU lacks AVX-512 VNNI
+const KernelSet* vnni16_int8_kernels();  // 16 x 16 blocks for 13..16 rows; null without AVX-512 VNNI
 const KernelSet* amx_int8_kernels();
 
 // Quantises one row of n values (f32/f16/bf16, rounded to f16 first as bitsandbytes does) into dst:
