@@ -78,12 +78,12 @@ const KernelSet* amx_int8_kernels();
 
 // Quantises one row of n values (f32/f16/bf16, rounded to f16 first as bitsandbytes does) into dst:
 // absmax over the values not skipped (skip: |v| >= threshold when threshold > 0), q = rint(v·127/absmax),
-// q = 0 where mask[k] (outlier columns; mask may be null), + offset (0 or 128) stored as a byte. Returns
-// the absmax (NaN when a kept value is NaN; 0 for an empty/zero row, which quantises to 0).
-using QuantRowFn = float (*)(const void* src, DType dt, int64_t n, float threshold, const uint8_t* mask, int offset,
-                             uint8_t* dst);
-float quant_row_scalar(const void* src, DType dt, int64_t n, float threshold, const uint8_t* mask, int offset, uint8_t* dst);
-float quant_row_avx512(const void* src, DType dt, int64_t n, float threshold, const uint8_t* mask, int offset, uint8_t* dst);
+// q = 0 where skipped, + offset (0 or 128) stored as a byte. Where `seen` is given, seen[k] is set to 1 for
+// each skipped (outlier) element, so the outlier columns come out of the same pass over x. Returns the
+// absmax (NaN when a kept value is NaN; 0 for an empty/zero row, which quantises to 0).
+using QuantRowFn = float (*)(const void* src, DType dt, int64_t n, float threshold, int offset, uint8_t* dst, uint8_t* seen);
+float quant_row_scalar(const void* src, DType dt, int64_t n, float threshold, int offset, uint8_t* dst, uint8_t* seen);
+float quant_row_avx512(const void* src, DType dt, int64_t n, float threshold, int offset, uint8_t* dst, uint8_t* seen);
 // The row quantiser of the active ISA path.
 QuantRowFn quant_row_kernel();
 

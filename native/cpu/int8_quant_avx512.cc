@@ -26,7 +26,7 @@ inline __mmask16 tail(int64_t left) { return left >= 16 ? 0xffff : static_cast<_
 
 }  // namespace
 
-float quant_row_avx512(const void* src, DType dt, int64_t n, float threshold, const uint8_t* mask, int offset, uint8_t* dst) {
+float quant_row_avx512(const void* src, DType dt, int64_t n, float threshold, int offset, uint8_t* dst, uint8_t* seen) {
   const __m512 absm = _mm512_castsi512_ps(_mm512_set1_epi32(0x7fffffff));
   const __m512 thr = _mm512_set1_ps(threshold);
   const bool use_thr = threshold > 0.0f;
@@ -36,6 +36,8 @@ float quant_row_avx512(const void* src, DType dt, int64_t n, float threshold, co
     __mmask16 m = tail(n - k);
     __m512 a = _mm512_and_ps(load16(src, dt, k, m), absm);
     __mmask16 keep = use_thr ? _mm512_mask_cmp_ps_mask(m, a, thr, _CMP_NGE_UQ) : m;  // NaN is kept, as in the scalar path
+    if (seen)  // outliers are rare (bitsandbytes' premise): one byte store each
+      for (unsigned o = m & ~keep; o; o &= o - 1) seen[k + __builtin_ctz(o)] = 1;
     nan |= _mm512_mask_cmp_ps_mask(keep, a, a, _CMP_UNORD_Q);
     amax = _mm512_mask_max_ps(amax, keep, amax, a);
   }
@@ -49,7 +51,6 @@ float quant_row_avx512(const void* src, DType dt, int64_t n, float threshold, co
     __m512 p = _mm512_mul_ps(v, s);
     __mmask16 ok = _mm512_cmp_ps_mask(p, p, _CMP_ORD_Q);
     if (use_thr) ok &= _mm512_cmp_ps_mask(_mm512_and_ps(v, absm), thr, _CMP_LT_OQ);
-    if (mask) ok &= _mm512_test_epi32_mask(_mm512_cvtepu8_epi32(_mm_maskz_loadu_epi8(m, mask + k)), _mm512_set1_epi32(0xff)) ^ 0xffff;
     // cvtps rounds half to even (MXCSR default); out-of-range products saturate to INT_MIN, clamped after.
     __m512i q = _mm512_cvtps_epi32(p);
     q = _mm512_min_epi32(_mm512_max_epi32(q, lo), hi);
