@@ -298,6 +298,43 @@ describe("decode-step rows and rank terms beside the tile products", () => {
   });
 });
 
+describe("int8Linear with down: u = scale·x·downᵀ computed as x is quantised (fused LoRA A)", () => {
+  it("u within f32 dot-product rounding of float64, y bit-equal to passing that u, odd sizes, k chunks of 512", () => {
+    // Rows: a whole 4-row block, blocks plus 1..3 rows; K within one 512-column chunk and across two and three.
+    for (const M of [1, 5, 13])
+      for (const [K, N, R] of [[7, 17, 1], [513, 33, 5], [1030, 7, 17]]) {
+        const x = mat(M, K, M + K + 2, "f32", -2, 2), w = mat(N, K, N + K + 3, "f32"), a = mat(R, K, R + K, "f32", -0.1, 0.1);
+        const bt = mat(R, N, R + N + 5, "f32", -0.1, 0.1);
+        const [cb, scb] = int8Quantize(w.t);
+        const scale = 0.75;
+        for (const isa of ISAS) {
+          const was = backend.isa;
+          backend.setIsa(isa);
+          try {
+            const u = Tensor.zeros([M, R]);
+            const y = int8Linear(x.t, cb, scb, null, 0, { u, bt: bt.t, down: a.t, scale });
+            const uv = u.toFloat64Array();
+            // Σ_k in f32 (any order): each of the K roundings at most UNIT.f32 of the running magnitude, then the
+            // sum and its product with scale rounded once each.
+            for (let m = 0; m < M; m++)
+              for (let r = 0; r < R; r++) {
+                let s = 0, mag = 0;
+                for (let k = 0; k < K; k++) (s += x.v[m * K + k] * a.v[r * K + k]), (mag += Math.abs(x.v[m * K + k] * a.v[r * K + k]));
+                const want = s * scale, tol = (K + 2) * UNIT.f32 * mag * scale + 1e-30;
+                expect(Math.abs(uv[m * R + r] - want), `${isa} u[${m}][${r}] M=${M} K=${K} R=${R}`).toBeLessThanOrEqual(tol);
+              }
+            const again = int8Linear(x.t, cb, scb, null, 0, { u, bt: bt.t });
+            expect(Array.from(y.toFloat64Array()), `${isa} y M=${M} K=${K} N=${N} R=${R}`).toEqual(Array.from(again.toFloat64Array()));
+            for (const t of [u, y, again]) t.dispose();
+          } finally {
+            backend.setIsa(was);
+          }
+        }
+        for (const t of [x.t, w.t, a.t, bt.t, cb, scb]) t.dispose();
+      }
+  });
+});
+
 describe("int8LinearGradInput: dx = dy·dequant(W)", () => {
   it("matches float64 on odd sizes, empty batches, f32/bf16 dy", () => {
     for (const dt of ["f32", "bf16"] as const)
@@ -380,6 +417,13 @@ describe("bad input", () => {
     expectError(() => int8Linear(x, cb, scb, null, 0, { u: Tensor.zeros([2, 2]), bt: Tensor.zeros([3, 4]) }), PeftError, "ERR_SHAPE", /int8Linear: bt must have shape \[2, 4\]/);
     expectError(() => int8Linear(x, cb, scb, null, 0, { u: Tensor.zeros([2, 2], { dtype: "bf16" }), bt: Tensor.zeros([2, 4]) }), PeftError, "ERR_SHAPE", /int8Linear: u must be a 2-D f32 tensor/);
     expectError(() => native.int8Linear(h(x), h(cb), h(scb), null, 0, h(Tensor.zeros([2, 2])), null), PeftError, "ERR_SHAPE", /u and bt come together/);
+    // down (u written as scale·x·downᵀ): needs u and bt, f32 x, down (r, in) f32, a numeric scale.
+    const u = Tensor.zeros([2, 2]), bt = Tensor.zeros([2, 4]);
+    expectError(() => native.int8Linear(h(x), h(cb), h(scb), null, 0, null, null, h(Tensor.zeros([2, 6])), 1), PeftError, "ERR_SHAPE", /down .* needs u and bt/);
+    expectError(() => int8Linear(Tensor.zeros([2, 6], { dtype: "bf16" }), cb, scb, null, 0, { u, bt, down: Tensor.zeros([2, 6]), scale: 1 }), PeftError, "ERR_DTYPE", /int8Linear: down needs x in f32, got bf16/);
+    expectError(() => int8Linear(x, cb, scb, null, 0, { u, bt, down: Tensor.zeros([2, 5]), scale: 1 }), PeftError, "ERR_SHAPE", /int8Linear: down must have shape \[2, 6\]/);
+    expectError(() => int8Linear(x, cb, scb, null, 0, { u, bt, down: Tensor.zeros([2, 6], { dtype: "bf16" }), scale: 1 }), PeftError, "ERR_SHAPE", /down must be a 2-D f32 tensor/);
+    expectError(() => native.int8Linear(h(x), h(cb), h(scb), null, 0, h(u), h(bt), h(Tensor.zeros([2, 6])), "2" as unknown as number), PeftError, "ERR_TYPE", /scale must be a number/);
   });
   it("NaN in x gives NaN in that row, not a wrong number", () => {
     const x = Tensor.fromArray([1, 2, NaN, 4, 5, 6, 1, 1, 1, 1, 1, 1], [2, 6]);

@@ -103,7 +103,7 @@ const KernelSet& select_kernels(int64_t M = -1) {
   return ks ? *ks : *scalar_int8_kernels();
 }
 
-thread_local gemm_detail::Scratch t_xq, t_xi, t_scx, t_cols, t_rank, t_outl_u, t_outl_b;
+thread_local gemm_detail::Scratch t_xq, t_xi, t_scx, t_cols, t_rank, t_outl_u, t_outl_b, t_down;
 
 // A rank term's bt in panels of kRankPanel columns, [N / kRankPanel][R][kRankPanel] with bt[r][j] = value(r, j)
 // and zeros past N: the epilogue reads each panel's R rows contiguously (rows of a plain (R, N) bt lie N floats
@@ -162,6 +162,20 @@ RankTerm outlier_term(const Int8LinearArgs& a, const Int8Pack& pk, const std::ve
   return {u, bt, R};
 }
 
+// LoRA's A (R, K) in the down kernels' layout: chunks of kDownK columns, each chunk's R rows together.
+const float* pack_down(const float* a, int64_t R, int64_t K) {
+  const int64_t chunks = ceil_div(K, kDownK);
+  float* p = static_cast<float*>(t_down.get(sizeof(float) * std::max<int64_t>(1, chunks * R * kDownK)));
+  parallel_for(chunks * R, 8, [&](int64_t q0, int64_t q1) {
+    for (int64_t q = q0; q < q1; q++) {
+      const int64_t c = q / R, r = q % R, k0 = c * kDownK, kn = std::min(kDownK, K - k0);
+      std::copy(a + r * K + k0, a + r * K + k0 + kn, p + q * kDownK);
+      std::fill(p + q * kDownK + kn, p + (q + 1) * kDownK, 0.0f);
+    }
+  });
+  return p;
+}
+
 // Each group of mr rows (row stride Kp) rewritten quad-interleaved: quad q of row i at (q * mr + i) * 4.
 uint8_t* interleave_groups(const uint8_t* xq, int64_t groups, int mr, int64_t Kp) {
   uint8_t* xi = static_cast<uint8_t*>(t_xi.get(static_cast<size_t>(groups * mr * Kp)));
@@ -201,8 +215,12 @@ void int8_linear_cpu(const Int8LinearArgs& a) {
   const bool find = a.threshold > 0.0f;
   std::vector<uint8_t> mask(find ? K : 0, 0);
   std::mutex mu;
+  DownRowsFn down = a.down ? down_rows_kernel() : nullptr;
+  const float* down_a = a.down ? pack_down(a.down, a.r, K) : nullptr;
+  constexpr int64_t kDownRows = 4;  // rows of x quantised, then projected while still in L1/L2
   parallel_for(Mp, std::max<int64_t>(1, 16384 / Kp), [&](int64_t r0, int64_t r1) {
     std::vector<uint8_t> seen(find ? K : 0, 0);
+    int64_t pending = r0;  // first row not yet projected by `down`
     for (int64_t r = r0; r < r1; r++) {
       uint8_t* row = xq + r * Kp;
       if (r >= M) {
@@ -211,6 +229,10 @@ void int8_linear_cpu(const Int8LinearArgs& a) {
       }
       scx[r] = quant(static_cast<const char*>(a.x) + r * K * esz, a.x_dt, K, a.threshold, offset, row, find ? seen.data() : nullptr);
       std::fill(row + K, row + Kp, uint8_t(offset));  // times zero weights: any value works; kept exact
+      if (down && (r + 1 - pending == kDownRows || r + 1 == std::min(r1, M))) {
+        down(static_cast<const float*>(a.x) + pending * K, r + 1 - pending, K, down_a, a.r, a.down_scale, a.u_out + pending * a.r);
+        pending = r + 1;
+      }
     }
     if (!find || std::find(seen.begin(), seen.end(), uint8_t(1)) == seen.end()) return;
     std::lock_guard<std::mutex> lk(mu);
@@ -242,7 +264,8 @@ void int8_linear_cpu(const Int8LinearArgs& a) {
   fin.scx = scx, fin.scb = scb, fin.bias = bias;
   fin.y = a.y, fin.y_dt = a.y_dt, fin.ldy = N, fin.raw = a.raw;
   if (!cols.empty() && !a.raw) fin.outliers = outlier_term(a, *pk, cols);
-  if (a.u && a.r > 0) fin.lora = {a.u, pack_panels(t_rank, a.r, N, [&](int64_t r, int64_t n) { return a.bt[r * N + n]; }), a.r};
+  const float* u = a.down ? a.u_out : a.u;
+  if (u && a.r > 0) fin.lora = {u, pack_panels(t_rank, a.r, N, [&](int64_t r, int64_t n) { return a.bt[r * N + n]; }), a.r};
 
   // Thread grid: split N (each thread streams its share of CB once) unless there are too few blocks.
   const int64_t groups = ceil_div(M, ks.mr), blocks = ceil_div(N, ks.nr);

@@ -84,6 +84,15 @@ const KernelSet* amx_int8_kernels();
 using QuantRowFn = float (*)(const void* src, DType dt, int64_t n, float threshold, int offset, uint8_t* dst, uint8_t* seen);
 float quant_row_scalar(const void* src, DType dt, int64_t n, float threshold, int offset, uint8_t* dst, uint8_t* seen);
 float quant_row_avx512(const void* src, DType dt, int64_t n, float threshold, int offset, uint8_t* dst, uint8_t* seen);
+// u (rows, R) = scale · x·aᵀ for rows of x (row stride K, f32) and a (R, K) f32 given in chunks of kDownK
+// columns ([ceil(K / kDownK)][R][kDownK], zero past K: pack_down): each sum in f32 (order unspecified), then
+// times scale (rounded twice, as a product followed by a scaling). A chunk's R rows lie together: rows of a
+// plain (R, K) a at K = 4096 lie 16 KiB apart, all on one L1 set with the rows of x.
+constexpr int64_t kDownK = 512;
+using DownRowsFn = void (*)(const float* x, int64_t rows, int64_t K, const float* a, int64_t R, float scale, float* u);
+void down_rows_scalar(const float* x, int64_t rows, int64_t K, const float* a, int64_t R, float scale, float* u);
+void down_rows_avx512(const float* x, int64_t rows, int64_t K, const float* a, int64_t R, float scale, float* u);
+DownRowsFn down_rows_kernel();
 // The row quantiser of the active ISA path.
 QuantRowFn quant_row_kernel();
 
