@@ -216,7 +216,15 @@ void int8_linear_cpu(const Int8LinearArgs& a) {
   std::vector<uint8_t> mask(find ? K : 0, 0);
   std::mutex mu;
   DownRowsFn down = a.down ? down_rows_kernel() : nullptr;
-  const float* down_a = a.down ? pack_down(a.down, a.r, K) : nullptr;
+  const float* down_a = down ? pack_down(a.down, a.r, K) : nullptr;
+  if (a.down && !down) {  // no kernel on this path: u = scale·x·downᵀ by the f32 GEMM
+    GemmArgs g;
+    g.M = M, g.N = a.r, g.K = K;
+    g.A = mat_rows(a.x, DType::F32, K);
+    g.B = mat_cols(a.down, DType::F32, K);
+    g.C = a.u_out, g.c_dt = DType::F32, g.ldc = a.r, g.alpha = a.down_scale;
+    gemm(g);
+  }
   constexpr int64_t kDownRows = 4;  // rows of x quantised, then projected while still in L1/L2
   parallel_for(Mp, std::max<int64_t>(1, 16384 / Kp), [&](int64_t r0, int64_t r1) {
     std::vector<uint8_t> seen(find ? K : 0, 0);

@@ -90,8 +90,8 @@ float quant_row_avx512(const void* src, DType dt, int64_t n, float threshold, in
 // plain (R, K) a at K = 4096 lie 16 KiB apart, all on one L1 set with the rows of x.
 constexpr int64_t kDownK = 512;
 using DownRowsFn = void (*)(const float* x, int64_t rows, int64_t K, const float* a, int64_t R, float scale, float* u);
-void down_rows_scalar(const float* x, int64_t rows, int64_t K, const float* a, int64_t R, float scale, float* u);
 void down_rows_avx512(const float* x, int64_t rows, int64_t K, const float* a, int64_t R, float scale, float* u);
+// Null where the active path has none (the driver then runs the f32 GEMM before quantising x).
 DownRowsFn down_rows_kernel();
 // The row quantiser of the active ISA path.
 QuantRowFn quant_row_kernel();

@@ -42,20 +42,11 @@ float quant_row_scalar(const void* src, DType dt, int64_t n, float threshold, in
   return amax;
 }
 
-void down_rows_scalar(const float* x, int64_t rows, int64_t K, const float* a, int64_t R, float scale, float* u) {
-  for (int64_t i = 0; i < rows; i++)
-    for (int64_t r = 0; r < R; r++) {
-      float s = 0.0f;
-      for (int64_t k = 0; k < K; k++) s += x[i * K + k] * a[(k / kDownK * R + r) * kDownK + k % kDownK];
-      u[i * R + r] = s * scale;
-    }
-}
-
 DownRowsFn down_rows_kernel() {
 #if PEFT_X86
   if (active_isa() == Isa::Avx512) return down_rows_avx512;
 #endif
-  return down_rows_scalar;
+  return nullptr;
 }
 
 QuantRowFn quant_row_kernel() {
