@@ -69,7 +69,7 @@ export interface NativeAddon {
   // LLM.int8 (bitsandbytes semantics, native/cpu/int8.cc): W -> [CB i8 (N, K), SCB f32 (N)]; y = x·dequant(W)ᵀ + b
   // with outlier columns (|x| >= threshold > 0) in floating point, in x's dtype; dx = dy·dequant(W).
   int8Quantize(w: NativeTensor): [NativeTensor, NativeTensor];
-  int8Linear(x: NativeTensor, cb: NativeTensor, scb: NativeTensor, b: NativeTensor | null, threshold: number, u?: NativeTensor | null, bt?: NativeTensor | null): NativeTensor;
+  int8Linear(x: NativeTensor, cb: NativeTensor, scb: NativeTensor, b: NativeTensor | null, threshold: number, u?: NativeTensor | null, bt?: NativeTensor | null, down?: NativeTensor | null, scale?: number): NativeTensor;
   int8LinearGradInput(dy: NativeTensor, cb: NativeTensor, scb: NativeTensor): NativeTensor;
   // bitsandbytes' 4-bit weights (native/cpu/nf4.cc): W -> [packed codes u8 ((n+1)/2, 1), absmax f32 (blocks)]; the
   // weight arguments after that are (packed, absmax, quantType, blocksize, out, in, weight dtype, compute dtype).

@@ -98,12 +98,15 @@ export function int8Quantize(weight: Tensor): [Tensor, Tensor] {
 
 /**
  * y = x·dequant(CB, SCB)ᵀ + b (+ u·bt) in x's dtype; input columns with any |x| >= threshold (> 0) in floating
- * point. `rank` adds u (rows of x, r) · bt (r, out), both f32, in the kernel's epilogue (fused LoRA).
+ * point. `rank` adds u (rows of x, r) · bt (r, out), both f32, in the kernel's epilogue (fused LoRA). With
+ * `rank.down` (LoRA's A, (r, in) f32; CPU, x f32) u is written instead of read: u = scale·x·downᵀ, computed in
+ * the pass that quantises x.
  */
-export function int8Linear(x: Tensor, cb: Tensor, scb: Tensor, bias: Tensor | null, threshold: number, rank?: { u: Tensor; bt: Tensor }): Tensor {
+export function int8Linear(x: Tensor, cb: Tensor, scb: Tensor, bias: Tensor | null, threshold: number, rank?: { u: Tensor; bt: Tensor; down?: Tensor; scale?: number }): Tensor {
   const op = "int8Linear";
   const u = rank ? handleOf(rank.u, op, "u") : null, bt = rank ? handleOf(rank.bt, op, "bt") : null;
-  return new Tensor(native.int8Linear(handleOf(x, op, "x"), handleOf(cb, op, "CB"), handleOf(scb, op, "SCB"), optionalHandle(bias, op, "bias"), threshold, u, bt));
+  const down = rank?.down ? handleOf(rank.down, op, "down") : null;
+  return new Tensor(native.int8Linear(handleOf(x, op, "x"), handleOf(cb, op, "CB"), handleOf(scb, op, "SCB"), optionalHandle(bias, op, "bias"), threshold, u, bt, down, rank?.scale ?? 1));
 }
 
 /** dx = dy·dequant(CB, SCB) in dy's dtype (the int8 weight is widened as the GEMM packs it). */

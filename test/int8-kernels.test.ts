@@ -7,7 +7,7 @@ import { PeftError, Tensor, backend } from "../lib/index.js";
 import { native } from "../lib/native.js";
 import { int8Linear, int8LinearGradInput, int8Quantize } from "../lib/ops.js";
 import { ISAS, UNIT, expectClose, expectError, roundTo, uniform } from "./helpers/numeric.js";
-import { dequant, dequantWeight, int32Product, outlierColumns, quantRows } from "./helpers/int8-ref.js";
+import { dequant, dequantWeight, fmaF32, int32Product, outlierColumns, quantRows } from "./helpers/int8-ref.js";
 
 const h = Tensor.handle;
 const SIZES = [1, 7, 17, 33, 127];
@@ -132,22 +132,6 @@ describe("int8Linear: int32 products exact on every path", () => {
   });
 });
 
-/**
- * fma in f32: a·b + c rounded once. a·b of two f32 values is exact in float64; their sum s is off the exact
- * value by e (two-sum), which decides only when s falls exactly between two f32 values.
- */
-function fmaF32(a: number, b: number, c: number): number {
-  const p = a * b, s = p + c, bv = s - p, e = p - (s - bv) + (c - bv);
-  const r = Math.fround(s);
-  if (r === s || e === 0) return r;
-  const bits = new Float32Array([r]), i32 = new Int32Array(bits.buffer);
-  if (r === 0) bits[0] = Math.sign(s) * 2 ** -149;
-  else i32[0] += (s > r) === (r > 0) ? 1 : -1;
-  const other = bits[0];
-  if (s - r !== other - s) return r; // not a tie: float64 already rounded to the nearer one
-  return (other > r) === (e > 0) ? other : r;
-}
-
 describe("int8Linear: y in bitsandbytes' order of rounding", () => {
   it("threshold 0: y is bit-exact to int8_mm_dequant (f32) and within the quantisation bound of float64 x·Wᵀ", () => {
     for (const M of [0, 1, 7, 17])
@@ -251,6 +235,106 @@ describe("int8Linear: y in bitsandbytes' order of rounding", () => {
   });
 });
 
+describe("decode-step rows and rank terms beside the tile products", () => {
+  it("13..16 rows (one 16 x 16 VNNI group, CB prefetched ahead): int32 products and y exact, outliers included", () => {
+    for (const M of [13, 16])
+      for (const K of [1, 127, 300])
+        for (const N of [1, 17, 47]) {
+          const xv = Array.from(mat(M, K, M * 5 + K + N, "f32", -2, 2).v);
+          for (let m = 0; m < M; m += 4) xv[m * K + ((m * 7) % K)] = m % 8 ? -7 : 6.5; // planted outlier columns
+          const x = Tensor.fromArray(xv, [M, K]), w = mat(N, K, N + 2 * K, "f32"), b = mat(1, N, N + 3, "f32");
+          const [cb, scb] = int8Quantize(w.t);
+          const cbv = cb.view() as Int8Array;
+          for (const threshold of [0, 6]) {
+            const ref = expected(x.toFloat64Array(), cbv, M, K, N, threshold);
+            const want = dequant(ref.acc, ref.xq.s, scb.toFloat64Array(), b.v, M, N);
+            onEachPath((p) => {
+              const raw = new Tensor(native._int8Test(h(x), h(cb), h(scb), threshold));
+              expect(Array.from(raw.view() as Int32Array), `${p} M=${M} K=${K} N=${N} t=${threshold}`).toEqual(Array.from(ref.acc));
+              raw.dispose();
+              if (threshold > 0) return;
+              const y = int8Linear(x, cb, scb, b.t.reshape([N]), 0);
+              expect(Array.from(y.toFloat64Array()), `${p} y M=${M} K=${K} N=${N}`).toEqual(Array.from(want));
+              y.dispose();
+            });
+          }
+          for (const t of [x, w.t, b.t, cb, scb]) t.dispose();
+        }
+  });
+
+  it("outlier and LoRA rank terms together: the same bits on every path (AMX sums whole 8-row groups between its tile products)", () => {
+    // Rows: whole 8-row groups only, groups plus a remainder, a 32-row block plus a partial one; columns: whole
+    // 32-column blocks and a last block of 15 (one panel: summed after the tiles).
+    for (const M of [8, 13, 40, 64])
+      for (const [K, N, R] of [[64, 32, 1], [130, 47, 17], [33, 80, 3]]) {
+        const xv = Array.from(mat(M, K, M + 3 * K, "f32", -2, 2).v);
+        for (let m = 0; m < M; m += 3) xv[m * K + ((m * 11) % K)] = (m % 2 ? -1 : 1) * (6 + (m % 5)); // outliers
+        const x = Tensor.fromArray(xv, [M, K]), w = mat(N, K, 2 * N + K, "f32");
+        const u = mat(M, R, M + R + 1, "f32"), bt = mat(R, N, R + N + 1, "f32", -0.1, 0.1);
+        const [cb, scb] = int8Quantize(w.t);
+        for (const threshold of [0, 6]) {
+          let first: number[] | null = null;
+          onEachPath((p) => {
+            const y = int8Linear(x, cb, scb, null, threshold, { u: u.t, bt: bt.t });
+            const got = Array.from(y.toFloat64Array());
+            y.dispose();
+            if (!first) first = got;
+            else expect(got, `${p} M=${M} K=${K} N=${N} r=${R} t=${threshold}`).toEqual(first);
+          });
+          if (threshold > 0) continue;
+          // And the LoRA sums as the epilogue orders them (f32 fused multiply-adds in order of r, then + base).
+          const ref = expected(x.toFloat64Array(), cb.view() as Int8Array, M, K, N, 0);
+          const base = dequant(ref.acc, ref.xq.s, scb.toFloat64Array(), null, M, N);
+          const want = base.map((yv, i) => {
+            const m = Math.floor(i / N), n = i % N;
+            let lo = 0;
+            for (let r = 0; r < R; r++) lo = fmaF32(u.v[m * R + r], bt.v[r * N + n], lo);
+            return Math.fround(yv + lo);
+          });
+          expect(first, `reference M=${M} K=${K} N=${N} r=${R}`).toEqual(Array.from(want));
+        }
+        for (const t of [x, w.t, u.t, bt.t, cb, scb]) t.dispose();
+      }
+  });
+});
+
+describe("int8Linear with down: u = scale·x·downᵀ computed as x is quantised (fused LoRA A)", () => {
+  it("u within f32 dot-product rounding of float64, y bit-equal to passing that u, odd sizes, k chunks of 512", () => {
+    // Rows: a whole 4-row block, blocks plus 1..3 rows; K within one 512-column chunk and across two and three.
+    for (const M of [1, 5, 13])
+      for (const [K, N, R] of [[7, 17, 1], [513, 33, 5], [1030, 7, 17]]) {
+        const x = mat(M, K, M + K + 2, "f32", -2, 2), w = mat(N, K, N + K + 3, "f32"), a = mat(R, K, R + K, "f32", -0.1, 0.1);
+        const bt = mat(R, N, R + N + 5, "f32", -0.1, 0.1);
+        const [cb, scb] = int8Quantize(w.t);
+        const scale = 0.75;
+        for (const isa of ISAS) {
+          const was = backend.isa;
+          backend.setIsa(isa);
+          try {
+            const u = Tensor.zeros([M, R]);
+            const y = int8Linear(x.t, cb, scb, null, 0, { u, bt: bt.t, down: a.t, scale });
+            const uv = u.toFloat64Array();
+            // Σ_k in f32 (any order): each of the K roundings at most UNIT.f32 of the running magnitude, then the
+            // sum and its product with scale rounded once each.
+            for (let m = 0; m < M; m++)
+              for (let r = 0; r < R; r++) {
+                let s = 0, mag = 0;
+                for (let k = 0; k < K; k++) (s += x.v[m * K + k] * a.v[r * K + k]), (mag += Math.abs(x.v[m * K + k] * a.v[r * K + k]));
+                const want = s * scale, tol = (K + 2) * UNIT.f32 * mag * scale + 1e-30;
+                expect(Math.abs(uv[m * R + r] - want), `${isa} u[${m}][${r}] M=${M} K=${K} R=${R}`).toBeLessThanOrEqual(tol);
+              }
+            const again = int8Linear(x.t, cb, scb, null, 0, { u, bt: bt.t });
+            expect(Array.from(y.toFloat64Array()), `${isa} y M=${M} K=${K} N=${N} R=${R}`).toEqual(Array.from(again.toFloat64Array()));
+            for (const t of [u, y, again]) t.dispose();
+          } finally {
+            backend.setIsa(was);
+          }
+        }
+        for (const t of [x.t, w.t, a.t, bt.t, cb, scb]) t.dispose();
+      }
+  });
+});
+
 describe("int8LinearGradInput: dx = dy·dequant(W)", () => {
   it("matches float64 on odd sizes, empty batches, f32/bf16 dy", () => {
     for (const dt of ["f32", "bf16"] as const)
@@ -333,6 +417,13 @@ describe("bad input", () => {
     expectError(() => int8Linear(x, cb, scb, null, 0, { u: Tensor.zeros([2, 2]), bt: Tensor.zeros([3, 4]) }), PeftError, "ERR_SHAPE", /int8Linear: bt must have shape \[2, 4\]/);
     expectError(() => int8Linear(x, cb, scb, null, 0, { u: Tensor.zeros([2, 2], { dtype: "bf16" }), bt: Tensor.zeros([2, 4]) }), PeftError, "ERR_SHAPE", /int8Linear: u must be a 2-D f32 tensor/);
     expectError(() => native.int8Linear(h(x), h(cb), h(scb), null, 0, h(Tensor.zeros([2, 2])), null), PeftError, "ERR_SHAPE", /u and bt come together/);
+    // down (u written as scale·x·downᵀ): needs u and bt, f32 x, down (r, in) f32, a numeric scale.
+    const u = Tensor.zeros([2, 2]), bt = Tensor.zeros([2, 4]);
+    expectError(() => native.int8Linear(h(x), h(cb), h(scb), null, 0, null, null, h(Tensor.zeros([2, 6])), 1), PeftError, "ERR_SHAPE", /down .* needs u and bt/);
+    expectError(() => int8Linear(Tensor.zeros([2, 6], { dtype: "bf16" }), cb, scb, null, 0, { u, bt, down: Tensor.zeros([2, 6]), scale: 1 }), PeftError, "ERR_DTYPE", /int8Linear: down needs x in f32, got bf16/);
+    expectError(() => int8Linear(x, cb, scb, null, 0, { u, bt, down: Tensor.zeros([2, 5]), scale: 1 }), PeftError, "ERR_SHAPE", /int8Linear: down must have shape \[2, 6\]/);
+    expectError(() => int8Linear(x, cb, scb, null, 0, { u, bt, down: Tensor.zeros([2, 6], { dtype: "bf16" }), scale: 1 }), PeftError, "ERR_SHAPE", /down must be a 2-D f32 tensor/);
+    expectError(() => native.int8Linear(h(x), h(cb), h(scb), null, 0, h(u), h(bt), h(Tensor.zeros([2, 6])), "2" as unknown as number), PeftError, "ERR_TYPE", /scale must be a number/);
   });
   it("NaN in x gives NaN in that row, not a wrong number", () => {
     const x = Tensor.fromArray([1, 2, NaN, 4, 5, 6, 1, 1, 1, 1, 1, 1], [2, 6]);

@@ -1,6 +1,6 @@
-// The int8 linear driver: picks the kernel set, keeps CB packed per weight version, quantises x into
-// its packed rows (one pass per row: absmax, then the int8 values), runs the blocks over the pool, and
-// adds outlier columns in floating point through the f32 GEMM.
+// The int8 linear driver: picks the kernel set, keeps CB packed per weight version, quantises x into its
+// packed rows (one pass over x: per row the absmax and the outlier elements, then the int8 values), runs the
+// blocks over the pool, and adds the outlier columns in floating point as a rank term in the epilogue.
 //
 // Order of rounding, as bitsandbytes (MatMul8bitLt with int8_vectorwise_quant, int8_scaled_mm,
 // int8_mixed_scaled_mm):
@@ -84,13 +84,15 @@ std::shared_ptr<const Int8Pack> packed(const Int8Weight& w) {
 }
 
 // M: rows of x; AMX tiles take 32 rows a block, so fewer rows (a decode step) go to vpdpbusd, which wastes
-// none and is bound by reading CB anyway. M < 0: the set for large M (what int8_kernel_name reports).
+// none and is bound by reading CB anyway; 13..16 rows take the 16 x 16 VNNI blocks (one group: CB read
+// once). M < 0: the set for large M (what int8_kernel_name reports).
 const KernelSet& select_kernels(int64_t M = -1) {
   const KernelSet* ks = nullptr;
   switch (active_isa()) {
 #if PEFT_X86
     case Isa::Avx512:
       if (amx_enabled() && cpu_features().amx_int8 && (M < 0 || M >= 32)) ks = amx_int8_kernels();
+      if (!ks && M > 12 && M <= 16) ks = vnni16_int8_kernels();
       if (!ks) ks = vnni_int8_kernels();
       if (!ks) ks = avx2_int8_kernels();
       break;
@@ -101,46 +103,7 @@ const KernelSet& select_kernels(int64_t M = -1) {
   return ks ? *ks : *scalar_int8_kernels();
 }
 
-// The smallest non-negative f32 whose f16 rounding is >= threshold: |x16| >= threshold exactly when
-// |x| >= this bound (rounding is monotonic), so outliers are found on x itself, without converting it.
-float f16_threshold_bound(float threshold) {
-  uint32_t lo = 0, hi = 0x7f800000u;  // +0 .. +inf
-  while (lo < hi) {
-    uint32_t mid = lo + (hi - lo) / 2;
-    if (f16_to_f32(f32_to_f16(bits_f32(mid))) >= threshold) hi = mid;
-    else lo = mid + 1;
-  }
-  return bits_f32(lo);
-}
-
-template <typename T, typename Widen>
-void mark_outliers(const T* x, int64_t r0, int64_t r1, int64_t K, float bound, uint8_t* local, Widen widen) {
-  for (int64_t r = r0; r < r1; r++) {
-    const T* row = x + r * K;
-    for (int64_t k = 0; k < K; k++) local[k] |= static_cast<uint8_t>(std::fabs(widen(row[k])) >= bound);
-  }
-}
-
-// Columns of x holding any |x16| >= threshold (x rounded to f16, as the quantiser sees it).
-std::vector<int64_t> outlier_columns(const void* x, DType dt, int64_t M, int64_t K, float threshold, std::vector<uint8_t>& mask) {
-  mask.assign(K, 0);
-  std::mutex mu;
-  const float bound = f16_threshold_bound(threshold);
-  parallel_for(M, std::max<int64_t>(1, 16384 / std::max<int64_t>(K, 1)), [&](int64_t r0, int64_t r1) {
-    std::vector<uint8_t> local(K, 0);
-    if (dt == DType::F32) mark_outliers(static_cast<const float*>(x), r0, r1, K, bound, local.data(), [](float v) { return v; });
-    else if (dt == DType::BF16) mark_outliers(static_cast<const uint16_t*>(x), r0, r1, K, bound, local.data(), bf16_to_f32);
-    else mark_outliers(static_cast<const uint16_t*>(x), r0, r1, K, bound, local.data(), f16_to_f32);
-    std::lock_guard<std::mutex> lk(mu);
-    for (int64_t k = 0; k < K; k++) mask[k] |= local[k];
-  });
-  std::vector<int64_t> cols;
-  for (int64_t k = 0; k < K; k++)
-    if (mask[k]) cols.push_back(k);
-  return cols;
-}
-
-thread_local gemm_detail::Scratch t_xq, t_xi, t_scx, t_cols, t_rank, t_outl_u, t_outl_b;
+thread_local gemm_detail::Scratch t_xq, t_xi, t_scx, t_cols, t_rank, t_outl_u, t_outl_b, t_down;
 
 // A rank term's bt in panels of kRankPanel columns, [N / kRankPanel][R][kRankPanel] with bt[r][j] = value(r, j)
 // and zeros past N: the epilogue reads each panel's R rows contiguously (rows of a plain (R, N) bt lie N floats
@@ -161,8 +124,13 @@ const float* pack_panels(gemm_detail::Scratch& buf, int64_t R, int64_t N, Value 
 }
 
 // The outlier columns as a rank term: u = x[:, cols] and bt = the dequantised weight's columns, both in x's
-// dtype as bitsandbytes multiplies them (its f32 dequantisation CB·SCB·(1/127), rounded to x's dtype).
-RankTerm outlier_term(const Int8LinearArgs& a, const std::vector<int64_t>& cols) {
+// dtype as bitsandbytes multiplies them (its f32 dequantisation CB·SCB·(1/127), rounded to x's dtype). The
+// weight's columns are read from the pack, whose panels are the rank term's panels: column k of a panel's
+// 16 rows is one line there (CB[:, k] would touch a line and a page per row). The pack is mostly in DRAM
+// and these reads have no order a prefetcher follows: a panel's lines are requested ahead (the next
+// panel's while this one is converted), so their misses overlap.
+RankTerm outlier_term(const Int8LinearArgs& a, const Int8Pack& pk, const std::vector<int64_t>& cols) {
+  static_assert(kPanel == kRankPanel, "a pack panel is a rank-term panel");
   const int64_t M = a.M, N = a.w.N, K = a.w.K, R = static_cast<int64_t>(cols.size());
   const DType dt = a.x_dt;
   float* u = static_cast<float*>(t_outl_u.get(sizeof(float) * std::max<int64_t>(1, M * R)));
@@ -170,11 +138,42 @@ RankTerm outlier_term(const Int8LinearArgs& a, const std::vector<int64_t>& cols)
     for (int64_t m = r0; m < r1; m++)
       for (int64_t j = 0; j < R; j++) u[m * R + j] = load_f32(a.x, dt, m * K + cols[j]);
   });
-  const float* bt = pack_panels(t_outl_b, R, N, [&](int64_t r, int64_t n) {
-    float v = static_cast<float>(a.w.cb[n * K + cols[r]]) * a.w.scb[n];
-    return round_through(v * kInv127, dt);
+  const int64_t panels = ceil_div(N, kRankPanel);
+  float* bt = static_cast<float*>(t_outl_b.get(sizeof(float) * std::max<int64_t>(1, panels * R * kRankPanel)));
+  auto line = [&](int64_t q, int64_t r) { return pk.data + q * pk.Kp * kPanel + (cols[r] >> 2) * 64 + (cols[r] & 3); };
+  parallel_for(panels, 16, [&](int64_t q0, int64_t q1) {
+    for (int64_t r = 0; r < R; r++) __builtin_prefetch(line(q0, r));
+    for (int64_t q = q0; q < q1; q++) {
+      if (q + 1 < q1)
+        for (int64_t r = 0; r < R; r++) __builtin_prefetch(line(q + 1, r));
+      const int cn = static_cast<int>(std::min<int64_t>(kRankPanel, N - q * kRankPanel));
+      const float* scb = a.w.scb + q * kRankPanel;
+      for (int64_t r = 0; r < R; r++) {
+        const int8_t* cb = line(q, r);
+        float* dst = bt + (q * R + r) * kRankPanel;
+        for (int c = 0; c < kRankPanel; c++) dst[c] = c < cn ? static_cast<float>(cb[c * 4]) * scb[c] * kInv127 : 0.0f;
+        if (dt == DType::BF16)
+          for (int c = 0; c < kRankPanel; c++) dst[c] = bf16_to_f32(f32_to_bf16(dst[c]));
+        else if (dt == DType::F16)
+          for (int c = 0; c < kRankPanel; c++) dst[c] = f16_to_f32(f32_to_f16(dst[c]));
+      }
+    }
   });
   return {u, bt, R};
+}
+
+// LoRA's A (R, K) in the down kernels' layout: chunks of kDownK columns, each chunk's R rows together.
+const float* pack_down(const float* a, int64_t R, int64_t K) {
+  const int64_t chunks = ceil_div(K, kDownK);
+  float* p = static_cast<float*>(t_down.get(sizeof(float) * std::max<int64_t>(1, chunks * R * kDownK)));
+  parallel_for(chunks * R, 8, [&](int64_t q0, int64_t q1) {
+    for (int64_t q = q0; q < q1; q++) {
+      const int64_t c = q / R, r = q % R, k0 = c * kDownK, kn = std::min(kDownK, K - k0);
+      std::copy(a + r * K + k0, a + r * K + k0 + kn, p + q * kDownK);
+      std::fill(p + q * kDownK + kn, p + (q + 1) * kDownK, 0.0f);
+    }
+  });
+  return p;
 }
 
 // Each group of mr rows (row stride Kp) rewritten quad-interleaved: quad q of row i at (q * mr + i) * 4.
@@ -184,10 +183,10 @@ uint8_t* interleave_groups(const uint8_t* xq, int64_t groups, int mr, int64_t Kp
     for (int64_t g = g0; g < g1; g++) {
       const uint8_t* src = xq + g * mr * Kp;
       uint32_t* dst = reinterpret_cast<uint32_t*>(xi + g * mr * Kp);
-      for (int i = 0; i < mr; i++) {
-        const uint8_t* row = src + i * Kp;
-        for (int64_t q = 0; q < Kp / 4; q++) std::memcpy(dst + q * mr + i, row + q * 4, 4);
-      }
+      // Quad by quad (the mr source rows read side by side, the destination written in order): row by row
+      // would store every 4 bytes to another line, Kp / 16 lines per row, more than L1 holds at large K.
+      for (int64_t q = 0; q < Kp / 4; q++)
+        for (int i = 0; i < mr; i++) std::memcpy(dst + q * mr + i, src + i * Kp + q * 4, 4);
     }
   });
   return xi;
@@ -204,32 +203,58 @@ void int8_linear_cpu(const Int8LinearArgs& a) {
   std::shared_ptr<const Int8Pack> pk = packed(a.w);
   const int64_t Kp = pk->Kp;
 
-  std::vector<uint8_t> mask;
-  std::vector<int64_t> cols;
-  if (a.threshold > 0.0f) cols = outlier_columns(a.x, a.x_dt, M, K, a.threshold, mask);
-
-  // x quantised straight into the kernels' row layout (rows padded past the last group and to 32 for AMX
-  // tiles, zeros past K).
-  const int64_t Mp = round_up(M, 32) + 32;
+  // x quantised straight into the kernels' row layout (rows padded to whole groups, which for AMX are the
+  // 32 rows of its tiles; zeros past K). Kernels read no row past their group. With a threshold the same
+  // pass marks the outlier columns (the columns holding any outlier element).
+  const int64_t Mp = round_up(M, ks.mr);
   uint8_t* xq = static_cast<uint8_t*>(t_xq.get(static_cast<size_t>(Mp * Kp)));
   float* scx = static_cast<float*>(t_scx.get(sizeof(float) * M));
   const int offset = ks.a_offset ? 128 : 0;
   QuantRowFn quant = quant_row_kernel();
   const size_t esz = dtype_size(a.x_dt);
-  // bitsandbytes zeroes outlier columns only when there is more than one row; with one row every element
-  // of such a column is itself an outlier, so the mask changes nothing there.
-  const uint8_t* mk = cols.empty() ? nullptr : mask.data();
+  const bool find = a.threshold > 0.0f;
+  std::vector<uint8_t> mask(find ? K : 0, 0);
+  std::mutex mu;
+  DownRowsFn down = a.down ? down_rows_kernel() : nullptr;
+  const float* down_a = down ? pack_down(a.down, a.r, K) : nullptr;
+  if (a.down && !down) {  // no kernel on this path: u = scale·x·downᵀ by the f32 GEMM
+    GemmArgs g;
+    g.M = M, g.N = a.r, g.K = K;
+    g.A = mat_rows(a.x, DType::F32, K);
+    g.B = mat_cols(a.down, DType::F32, K);
+    g.C = a.u_out, g.c_dt = DType::F32, g.ldc = a.r, g.alpha = a.down_scale;
+    gemm(g);
+  }
+  constexpr int64_t kDownRows = 4;  // rows of x quantised, then projected while still in L1/L2
   parallel_for(Mp, std::max<int64_t>(1, 16384 / Kp), [&](int64_t r0, int64_t r1) {
+    std::vector<uint8_t> seen(find ? K : 0, 0);
+    int64_t pending = r0;  // first row not yet projected by `down`
     for (int64_t r = r0; r < r1; r++) {
       uint8_t* row = xq + r * Kp;
       if (r >= M) {
         std::fill(row, row + Kp, uint8_t(offset));
         continue;
       }
-      scx[r] = quant(static_cast<const char*>(a.x) + r * K * esz, a.x_dt, K, a.threshold, mk, offset, row);
+      scx[r] = quant(static_cast<const char*>(a.x) + r * K * esz, a.x_dt, K, a.threshold, offset, row, find ? seen.data() : nullptr);
       std::fill(row + K, row + Kp, uint8_t(offset));  // times zero weights: any value works; kept exact
+      if (down && (r + 1 - pending == kDownRows || r + 1 == std::min(r1, M))) {
+        down(static_cast<const float*>(a.x) + pending * K, r + 1 - pending, K, down_a, a.r, a.down_scale, a.u_out + pending * a.r);
+        pending = r + 1;
+      }
     }
+    if (!find || std::find(seen.begin(), seen.end(), uint8_t(1)) == seen.end()) return;
+    std::lock_guard<std::mutex> lk(mu);
+    for (int64_t k = 0; k < K; k++) mask[k] |= seen[k];
   });
+  std::vector<int64_t> cols;
+  for (int64_t k = 0; k < static_cast<int64_t>(mask.size()); k++)
+    if (mask[k]) cols.push_back(k);
+  // The outlier columns are 0 in x_q, in every row (the quantiser zeroed only the outlier elements; the
+  // absmax already left out exactly those). bitsandbytes zeroes them only when x has more than one row;
+  // with one row every element of such a column is itself an outlier, so this changes nothing there.
+  if (!cols.empty())
+    for (int64_t r = 0; r < M; r++)
+      for (int64_t k : cols) xq[r * Kp + k] = static_cast<uint8_t>(offset);
 
   if (ks.a_quads) xq = interleave_groups(xq, ceil_div(M, ks.mr), ks.mr, Kp);
 
@@ -246,8 +271,9 @@ void int8_linear_cpu(const Int8LinearArgs& a) {
   fin.corr = ks.a_offset ? pk->corr : nullptr;
   fin.scx = scx, fin.scb = scb, fin.bias = bias;
   fin.y = a.y, fin.y_dt = a.y_dt, fin.ldy = N, fin.raw = a.raw;
-  if (!cols.empty() && !a.raw) fin.outliers = outlier_term(a, cols);
-  if (a.u && a.r > 0) fin.lora = {a.u, pack_panels(t_rank, a.r, N, [&](int64_t r, int64_t n) { return a.bt[r * N + n]; }), a.r};
+  if (!cols.empty() && !a.raw) fin.outliers = outlier_term(a, *pk, cols);
+  const float* u = a.down ? a.u_out : a.u;
+  if (u && a.r > 0) fin.lora = {u, pack_panels(t_rank, a.r, N, [&](int64_t r, int64_t n) { return a.bt[r * N + n]; }), a.r};
 
   // Thread grid: split N (each thread streams its share of CB once) unless there are too few blocks.
   const int64_t groups = ceil_div(M, ks.mr), blocks = ceil_div(N, ks.nr);

@@ -40,6 +40,13 @@ struct Int8LinearArgs {
   const float* u = nullptr;
   const float* bt = nullptr;
   int64_t r = 0;
+  // Optional: u computed here instead of read, u_out (M, r) = down_scale · x·downᵀ with down (r, K) f32 (LoRA's
+  // A, x f32), in the pass that quantises x, so x is read once for both (a separate x·Aᵀ reads and packs
+  // all of x again: 7 % of the int8 forward at (512, 4096, 4096)); on paths without AVX-512, by the f32
+  // GEMM before that pass. u is then u_out.
+  const float* down = nullptr;
+  float down_scale = 1.0f;
+  float* u_out = nullptr;
 };
 
 // y = x · dequant(W)ᵀ + bias, in bitsandbytes' order of rounding (see int8.cc).

@@ -90,13 +90,12 @@ inline void finish_row(const int32_t* acc, const Finish& f, int64_t i, int64_t j
 }
 #pragma GCC pop_options
 
-// Rows [i0, i0 + m) and columns [j0, j0 + n) (n <= 64) from acc (row stride ld).
+// Rows [i0, i0 + m) and columns [j0, j0 + n) (n <= 64) from acc (row stride ld), with the rank terms' sums
+// for them already in outl and rank (row stride kRankRow; null for a term that is absent).
 constexpr int kMaxBlockRows = 32;  // the largest mr of any kernel set
-inline void finish_block(const int32_t* acc, int ld, const Finish& f, int64_t i0, int m, int64_t j0, int n) {
-  alignas(64) float outl[kMaxBlockRows * kRankRow], rank[kMaxBlockRows * kRankRow];
-  const bool has_outl = f.outliers.u && !f.raw, has_rank = f.lora.u && !f.raw;
-  if (has_outl) rank_block(f.outliers, i0, m, j0, n, outl);
-  if (has_rank) rank_block(f.lora, i0, m, j0, n, rank);
+inline void finish_rows(const int32_t* acc, int ld, const Finish& f, int64_t i0, int m, int64_t j0, int n, const float* outl,
+                        const float* rank) {
+  const bool has_outl = outl && !f.raw, has_rank = rank && !f.raw;
   for (int i = 0; i < m; i++) {
     const int32_t* a = acc + i * ld;
     const float* ol = has_outl ? outl + i * kRankRow : nullptr;
@@ -107,6 +106,15 @@ inline void finish_block(const int32_t* acc, int ld, const Finish& f, int64_t i0
       default: finish_row<DType::F32>(a, f, i0 + i, j0, n, ol, rk); break;
     }
   }
+}
+
+// As finish_rows, the rank terms summed here first.
+inline void finish_block(const int32_t* acc, int ld, const Finish& f, int64_t i0, int m, int64_t j0, int n) {
+  alignas(64) float outl[kMaxBlockRows * kRankRow], rank[kMaxBlockRows * kRankRow];
+  const bool has_outl = f.outliers.u && !f.raw, has_rank = f.lora.u && !f.raw;
+  if (has_outl) rank_block(f.outliers, i0, m, j0, n, outl);
+  if (has_rank) rank_block(f.lora, i0, m, j0, n, rank);
+  finish_rows(acc, ld, f, i0, m, j0, n, has_outl ? outl : nullptr, has_rank ? rank : nullptr);
 }
 
 // A kernel set's BlockFn: kernel K into an mr x nr stack block, then the epilogue.

@@ -73,16 +73,26 @@ struct KernelSet {
 const KernelSet* scalar_int8_kernels();
 const KernelSet* avx2_int8_kernels();
 const KernelSet* vnni_int8_kernels();  // null when the CPU lacks AVX-512 VNNI
+const KernelSet* vnni16_int8_kernels();  // 16 x 16 blocks for 13..16 rows; null without AVX-512 VNNI
 const KernelSet* amx_int8_kernels();
 
 // Quantises one row of n values (f32/f16/bf16, rounded to f16 first as bitsandbytes does) into dst:
 // absmax over the values not skipped (skip: |v| >= threshold when threshold > 0), q = rint(v·127/absmax),
-// q = 0 where mask[k] (outlier columns; mask may be null), + offset (0 or 128) stored as a byte. Returns
-// the absmax (NaN when a kept value is NaN; 0 for an empty/zero row, which quantises to 0).
-using QuantRowFn = float (*)(const void* src, DType dt, int64_t n, float threshold, const uint8_t* mask, int offset,
-                             uint8_t* dst);
-float quant_row_scalar(const void* src, DType dt, int64_t n, float threshold, const uint8_t* mask, int offset, uint8_t* dst);
-float quant_row_avx512(const void* src, DType dt, int64_t n, float threshold, const uint8_t* mask, int offset, uint8_t* dst);
+// q = 0 where skipped, + offset (0 or 128) stored as a byte. Where `seen` is given, seen[k] is set to 1 for
+// each skipped (outlier) element, so the outlier columns come out of the same pass over x. Returns the
+// absmax (NaN when a kept value is NaN; 0 for an empty/zero row, which quantises to 0).
+using QuantRowFn = float (*)(const void* src, DType dt, int64_t n, float threshold, int offset, uint8_t* dst, uint8_t* seen);
+float quant_row_scalar(const void* src, DType dt, int64_t n, float threshold, int offset, uint8_t* dst, uint8_t* seen);
+float quant_row_avx512(const void* src, DType dt, int64_t n, float threshold, int offset, uint8_t* dst, uint8_t* seen);
+// u (rows, R) = scale · x·aᵀ for rows of x (row stride K, f32) and a (R, K) f32 given in chunks of kDownK
+// columns ([ceil(K / kDownK)][R][kDownK], zero past K: pack_down): each sum in f32 (order unspecified), then
+// times scale (rounded twice, as a product followed by a scaling). A chunk's R rows lie together: rows of a
+// plain (R, K) a at K = 4096 lie 16 KiB apart, all on one L1 set with the rows of x.
+constexpr int64_t kDownK = 512;
+using DownRowsFn = void (*)(const float* x, int64_t rows, int64_t K, const float* a, int64_t R, float scale, float* u);
+void down_rows_avx512(const float* x, int64_t rows, int64_t K, const float* a, int64_t R, float scale, float* u);
+// Null where the active path has none (the driver then runs the f32 GEMM before quantising x).
+DownRowsFn down_rows_kernel();
 // The row quantiser of the active ISA path.
 QuantRowFn quant_row_kernel();
 

@@ -16,12 +16,15 @@ namespace {
 inline float f16_round(const void* src, DType dt, int64_t k) { return f16_to_f32(f32_to_f16(load_f32(src, dt, k))); }
 }  // namespace
 
-float quant_row_scalar(const void* src, DType dt, int64_t n, float threshold, const uint8_t* mask, int offset, uint8_t* dst) {
+float quant_row_scalar(const void* src, DType dt, int64_t n, float threshold, int offset, uint8_t* dst, uint8_t* seen) {
   float amax = 0.0f;
   bool nan = false;
   for (int64_t k = 0; k < n; k++) {
     float v = std::fabs(f16_round(src, dt, k));
-    if (threshold > 0.0f && v >= threshold) continue;  // an outlier element: left out of the absmax
+    if (threshold > 0.0f && v >= threshold) {  // an outlier element: left out of the absmax
+      if (seen) seen[k] = 1;
+      continue;
+    }
     if (v != v) nan = true;
     else if (v > amax) amax = v;
   }
@@ -31,12 +34,19 @@ float quant_row_scalar(const void* src, DType dt, int64_t n, float threshold, co
   for (int64_t k = 0; k < n; k++) {
     float v = f16_round(src, dt, k);
     int q = 0;
-    bool skip = (mask && mask[k]) || (threshold > 0.0f && std::fabs(v) >= threshold);
+    bool skip = threshold > 0.0f && std::fabs(v) >= threshold;
     float r = std::nearbyint(v * scale);  // round half to even (the default rounding mode)
     if (!skip && r == r) q = r > 127.0f ? 127 : r < -127.0f ? -127 : static_cast<int>(r);
     dst[k] = static_cast<uint8_t>(q + offset);
   }
   return amax;
+}
+
+DownRowsFn down_rows_kernel() {
+#if PEFT_X86
+  if (active_isa() == Isa::Avx512) return down_rows_avx512;
+#endif
+  return nullptr;
 }
 
 QuantRowFn quant_row_kernel() {
@@ -55,8 +65,8 @@ int64_t int8_quantize_rows(const void* w, DType dt, int64_t rows, int64_t cols, 
   std::atomic<int64_t> bad{-1};
   parallel_for(rows, std::max<int64_t>(1, 65536 / std::max<int64_t>(cols, 1)), [&](int64_t r0, int64_t r1) {
     for (int64_t r = r0; r < r1; r++) {
-      float amax = fn(static_cast<const char*>(w) + r * cols * esz, dt, cols, 0.0f, nullptr, 0,
-                      reinterpret_cast<uint8_t*>(cb + r * cols));
+      float amax = fn(static_cast<const char*>(w) + r * cols * esz, dt, cols, 0.0f, 0, reinterpret_cast<uint8_t*>(cb + r * cols),
+                      nullptr);
       scb[r] = amax;
       if (!std::isfinite(amax)) {
         int64_t cur = bad.load();

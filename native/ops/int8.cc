@@ -64,7 +64,7 @@ Napi::Value Int8Quantize(const Napi::CallbackInfo& info) {
   return out;
 }
 
-// int8Linear(x[..., K], CB, SCB, bias[N] | null, threshold) -> y[..., N] in x's dtype
+// int8Linear(x[..., K], CB, SCB, bias[N] | null, threshold[, u, bt[, down, scale]]) -> y[..., N] in x's dtype
 Napi::Value Int8Linear(const Napi::CallbackInfo& info) {
   const char* op = "int8Linear";
   const Tensor& x = TensorHandle::From(info[0], op, "x");
@@ -86,6 +86,21 @@ Napi::Value Int8Linear(const Napi::CallbackInfo& info) {
     require_shape(*u, {x.rows(), u->dim(1)}, op, "u");
     require_shape(*bt, {u->dim(1), w.N}, op, "bt");
     a.u = u->ptr<float>(), a.bt = bt->ptr<float>(), a.r = u->dim(1);
+  }
+  // Optional down-projection (LoRA's A, r x K, f32) with its scale: u is then written, u = scale·x·Aᵀ,
+  // computed as x is quantised (CPU, x f32).
+  const Tensor* down = info.Length() > 7 ? TensorHandle::FromOptional(info[7], op, "down") : nullptr;
+  if (down) {
+    if (!u) fail("ERR_SHAPE", cat(op, ": down (x·downᵀ written into u) needs u and bt"));
+    if (d != Device::CPU) fail("ERR_NOT_ON_DEVICE", cat(op, ": no ", device_name(d), " kernel for down; compute u = scale·x·downᵀ apart there"));
+    if (x.dtype != DType::F32) fail("ERR_DTYPE", cat(op, ": down needs x in f32, got ", dtype_name(x.dtype)));
+    if (down->dtype != DType::F32 || down->ndim() != 2) fail("ERR_SHAPE", cat(op, ": down must be a 2-D f32 tensor, got ", dtype_name(down->dtype), " ", shape_str(down->shape)));
+    same_device(op, {{"x", &x}, {"down", down}});
+    require_shape(*down, {a.r, w.K}, op, "down");
+    if (!info[8].IsNumber()) fail("ERR_TYPE", cat(op, ": down's scale must be a number"));
+    a.down = down->ptr<float>(), a.down_scale = info[8].As<Napi::Number>().FloatValue();
+    begin_write(*u, op, "u");
+    a.u_out = const_cast<float*>(a.u);  // written: u is this call's output for the rank term
   }
   Shape ys = x.shape;
   ys.back() = w.N;

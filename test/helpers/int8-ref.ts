@@ -75,3 +75,19 @@ export function dequantWeight(cb: ArrayLike<number>, scb: ArrayLike<number>, N: 
   for (let n = 0; n < N; n++) for (let k = 0; k < K; k++) out[n * K + k] = f(f(cb[n * K + k] * scb[n]) * c);
   return out;
 }
+
+/**
+ * fma in f32: a·b + c rounded once. a·b of two f32 values is exact in float64; their sum s is off the exact
+ * value by e (two-sum), which decides only when s falls exactly between two f32 values.
+ */
+export function fmaF32(a: number, b: number, c: number): number {
+  const p = a * b, s = p + c, bv = s - p, e = p - (s - bv) + (c - bv);
+  const r = Math.fround(s);
+  if (r === s || e === 0) return r;
+  const bits = new Float32Array([r]), i32 = new Int32Array(bits.buffer);
+  if (r === 0) bits[0] = Math.sign(s) * 2 ** -149;
+  else i32[0] += (s > r) === (r > 0) ? 1 : -1;
+  const other = bits[0];
+  if (s - r !== other - s) return r; // not a tie: float64 already rounded to the nearer one
+  return (other > r) === (e > 0) ? other : r;
+}

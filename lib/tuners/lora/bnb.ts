@@ -121,18 +121,22 @@ export class LoraLinear8bitLt extends FusedLoraLayer {
       // base and adapters are summed in f32 and y is rounded to x's dtype once.
       const xf = asF32(x, keep);
       const x2 = rows(xf, keep);
-      // U = s·drop(x)·Aᵀ (M, r) per adapter: what backward needs for dB.
-      for (const a of adapters) {
+      // U = s·drop(x)·Aᵀ (M, r) per adapter: what backward needs for dB. Without dropout on the CPU, the first
+      // adapter's U is computed by the int8 kernel as it quantises x (x read once for both).
+      const first = adapters[0];
+      const fuseDown = first !== undefined && first.p === 0 && x2.device === "cpu" && this.loraWeights(first.name).A.dtype === "f32";
+      adapters.forEach((a, i) => {
         const { A } = this.loraWeights(a.name);
+        if (i === 0 && fuseDown) return void saved.push(Tensor.zeros([x2.shape[0], A.shape[0]]));
         using xd = a.p > 0 ? dropout(x2, a.p, a.seed, a.stream) : null;
         const U = linear(xd ?? x2, A);
         saved.push(U);
         scaleInPlace(U, a.scale);
-      }
+      });
       // The first adapter's U·Bᵀ is added in the int8 kernel's epilogue (no pass over y of its own); any
       // further adapter's runs as an accumulating GEMM over the r rows of Uᵀ and Bᵀ.
-      const first = adapters[0];
-      const rank = first ? { u: saved[0], bt: this.#transposedB(first.name, this.loraWeights(first.name).B) } : undefined;
+      const down = fuseDown ? { down: this.loraWeights(first.name).A, scale: first.scale } : {};
+      const rank = first ? { u: saved[0], bt: this.#transposedB(first.name, this.loraWeights(first.name).B), ...down } : undefined;
       y = int8Linear(xf, base.weight, base.SCB, base.bias, base.threshold, rank);
       const y2 = rows(y, keep);
       adapters.slice(1).forEach((a, i) => {
