@@ -1,5 +1,6 @@
 // Row quantisation for int8 with AVX-512 (+F16C): the same results as quant_row_scalar, 16 values a step; and
 // the LoRA down-projection of the same rows (down_rows), done while they are in cache.
+#pragma GCC diagnostic ignored "-Wignored-attributes"  // std containers of __m512 (its may_alias dropped)
 #include <immintrin.h>
 
 #include <algorithm>

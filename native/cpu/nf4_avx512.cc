@@ -2,6 +2,7 @@
 // up in the 16-entry table held in one zmm (vpermps), scaled by their blocks' absmax (f32 multiply, as
 // bitsandbytes' dequantize_4bit) and rounded to the dequantisation and compute dtypes when those are 16-bit.
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#pragma GCC diagnostic ignored "-Wignored-attributes"  // a table of kernels taking __m512 (its may_alias dropped)
 #include <immintrin.h>
 
 #include <algorithm>
