@@ -423,7 +423,7 @@ describe("bad input", () => {
     expectError(() => int8Linear(Tensor.zeros([2, 6], { dtype: "bf16" }), cb, scb, null, 0, { u, bt, down: Tensor.zeros([2, 6]), scale: 1 }), PeftError, "ERR_DTYPE", /int8Linear: down needs x in f32, got bf16/);
     expectError(() => int8Linear(x, cb, scb, null, 0, { u, bt, down: Tensor.zeros([2, 5]), scale: 1 }), PeftError, "ERR_SHAPE", /int8Linear: down must have shape \[2, 6\]/);
     expectError(() => int8Linear(x, cb, scb, null, 0, { u, bt, down: Tensor.zeros([2, 6], { dtype: "bf16" }), scale: 1 }), PeftError, "ERR_SHAPE", /down must be a 2-D f32 tensor/);
-    expectError(() => native.int8Linear(h(x), h(cb), h(scb), null, 0, h(u), h(bt), h(Tensor.zeros([2, 6])), "2" as unknown as number), PeftError, "ERR_TYPE", /scale must be a number/);
+    expectError(() => native.int8Linear(h(x), h(cb), h(scb), null, 0, h(u), h(bt), h(Tensor.zeros([2, 6])), "2" as unknown as number), TypeError, "ERR_INVALID_ARG_TYPE", /scale must be a number/);
   });
   it("NaN in x gives NaN in that row, not a wrong number", () => {
     const x = Tensor.fromArray([1, 2, NaN, 4, 5, 6, 1, 1, 1, 1, 1, 1], [2, 6]);

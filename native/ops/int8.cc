@@ -97,8 +97,7 @@ Napi::Value Int8Linear(const Napi::CallbackInfo& info) {
     if (down->dtype != DType::F32 || down->ndim() != 2) fail("ERR_SHAPE", cat(op, ": down must be a 2-D f32 tensor, got ", dtype_name(down->dtype), " ", shape_str(down->shape)));
     same_device(op, {{"x", &x}, {"down", down}});
     require_shape(*down, {a.r, w.K}, op, "down");
-    if (!info[8].IsNumber()) fail("ERR_TYPE", cat(op, ": down's scale must be a number"));
-    a.down = down->ptr<float>(), a.down_scale = info[8].As<Napi::Number>().FloatValue();
+    a.down = down->ptr<float>(), a.down_scale = static_cast<float>(arg_number(info[8], op, "down's scale"));
     begin_write(*u, op, "u");
     a.u_out = const_cast<float*>(a.u);  // written: u is this call's output for the rank term
   }
