@@ -298,10 +298,13 @@ void direct_forward(const void* x, DType x_dt, int64_t M, const Quant4Weight& w,
     });
   }
   const float* table = quant4_table(w.type);
-  parallel_for(pc.panels, 1, [&](int64_t p0, int64_t p1) {
+  // Panels are claimed one at a time, so a thread slowed by others on its core does not hold up the call (each
+  // panel's sums are the same on any thread).
+  std::atomic<int64_t> next{0};
+  parallel_run(static_cast<int>(std::min<int64_t>(num_threads(), pc.panels)), [&](int, int) {
     alignas(64) float tile[kDirectRows * kPanel];
     if (amx) direct_amx_begin();
-    for (int64_t pn = p0; pn < p1; pn++) {
+    for (int64_t pn; (pn = next.fetch_add(1, std::memory_order_relaxed)) < pc.panels;) {
       if (amx) direct_panel_amx(pc, table, w.wdt, xs, pn, tile);
       else direct_panel_avx512(pc, table, w.wdt, w.cdt, xt, M, pn, tile);
       const int64_t n0 = pn * kPanel, cols = std::min<int64_t>(kPanel, N - n0);
