@@ -3,7 +3,6 @@
 // lives in the micro-kernels (gemm_<isa>.cc).
 #include <algorithm>
 #include <cstdlib>
-#include <cstring>
 #include <vector>
 
 #include "elem.h"
@@ -112,9 +111,7 @@ void gemm_rank_first(const GemmArgs& g) {
   sub.A = g.A, sub.B = g.t_b;
   sub.C = t.data(), sub.c_dt = DType::F32, sub.ldc = g.R;
   gemm(sub);
-  if (g.t_out) std::memcpy(g.t_out, t.data(), sizeof(float) * t.size());
-  for (int64_t i = 0; i < g.M; i++)
-    for (int64_t j = 0; j < g.R; j++) t[i * g.R + j] *= g.t_scale[j];
+  rank_rows_out(t.data(), g.M, g.R, g.t_out, g.t_scale);
   GemmArgs h = g;
   h.t_b = {}, h.t_scale = nullptr, h.t_out = nullptr;
   h.A2 = mat_rows(t.data(), DType::F32, g.R);

@@ -3,6 +3,7 @@
 #pragma once
 #include <algorithm>
 #include <cstdlib>
+#include <cstring>
 #include <memory>
 #include <new>
 
@@ -95,6 +96,14 @@ inline bool rank_from_packed_a(const Plan& pl, const GemmArgs& g, const CpuFeatu
   const KernelSet& ks = *pl.ks;
   const int64_t part_rows = ceil_div(pl.groups, pl.tm) * ks.mr;
   return ks.a == ALayout::F32 && ks.b == BLayout::F32 && g.R <= ks.nr && (pl.nblocks == 1 || part_rows <= stream_rows(pl, cf));
+}
+
+// The rank term's rows t (rows x R, row-major) = A·t_b: handed out unscaled to `out` when set (backward needs
+// them), then scaled in place column by column into the A2 the product uses.
+inline void rank_rows_out(float* t, int64_t rows, int64_t R, float* out, const float* scale) {
+  if (out) std::memcpy(out, t, sizeof(float) * static_cast<size_t>(rows * R));
+  for (int64_t i = 0; i < rows; i++)
+    for (int64_t j = 0; j < R; j++) t[i * R + j] *= scale[j];
 }
 
 // One thread's share: row groups [g0, g1) and panels [p0, p1) of C.

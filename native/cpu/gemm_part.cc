@@ -6,7 +6,6 @@
 // L2 and every B micro-panel block is read from memory once (prefetched a block ahead) and reused by all
 // row groups; C tiles are revisited once per K block (the kernels prefetch them).
 #include <algorithm>
-#include <cstring>
 
 #include "gemm_driver.h"
 
@@ -134,9 +133,7 @@ class Part {
       k.pf = static_cast<const char*>(k.b);
       ks_.kernel[k.m - 1][w < ks_.nr ? 0 : 1](k);
     }
-    if (g_.t_out && p0_ == 0) std::memcpy(g_.t_out + ic * R, t, sizeof(float) * static_cast<size_t>(mcb * R));
-    for (int64_t i = 0; i < mcb; i++)
-      for (int64_t j = 0; j < R; j++) t[i * R + j] *= g_.t_scale[j];
+    rank_rows_out(t, mcb, R, g_.t_out && p0_ == 0 ? g_.t_out + ic * R : nullptr, g_.t_scale);
     return mat_rows(t, DType::F32, R);
   }
 

@@ -49,15 +49,21 @@ GemmMat b_cat(const std::vector<AdapterView>& ad, int64_t N, int64_t R, Scratch*
   return mat_rows(buf->get(), DType::F32, R);
 }
 
+// Each of the R = Σ r columns' scale: its adapter's.
+void column_scales(const std::vector<AdapterView>& ad, float* out) {
+  int64_t off = 0;
+  for (const AdapterView& a : ad) {
+    for (int64_t j = 0; j < a.r; j++) out[off + j] = a.scale;
+    off += a.r;
+  }
+}
+
 // Multiplies each adapter's column block of an (M, R) f32 matrix by its scale.
 void scale_blocks(const std::vector<AdapterView>& ad, float* m, int64_t M, int64_t R) {
-  for (int64_t i = 0; i < M; i++) {
-    int64_t off = 0;
-    for (const AdapterView& a : ad) {
-      for (int64_t j = 0; j < a.r; j++) m[i * R + off + j] *= a.scale;
-      off += a.r;
-    }
-  }
+  Scratch s(R);
+  column_scales(ad, s.get());
+  for (int64_t i = 0; i < M; i++)
+    for (int64_t j = 0; j < R; j++) m[i * R + j] *= s.get()[j];
 }
 
 // [A_1; A_2; …] as one (R, K) f32 matrix.
@@ -101,11 +107,7 @@ void lora_forward_cpu(const DenseView& d, const std::vector<AdapterView>& ad, vo
   g.B2 = {B.p, B.dt, 1, R};  // B2(j, n) = B(n, j)
   if (!dropout) {
     // T from the x the base GEMM packs (each thread its rows): no second pass over x, no product of its own.
-    int64_t off = 0;
-    for (const AdapterView& a : ad) {
-      for (int64_t j = 0; j < a.r; j++) scales.get()[off + j] = a.scale;
-      off += a.r;
-    }
+    column_scales(ad, scales.get());
     if (ad.size() > 1) a_cat(ad, K, acat.get());
     g.t_b = ad.size() > 1 ? mat_cols(acat.get(), DType::F32, K) : mat_cols(ad[0].A, ad[0].a_dt, K);
     g.t_scale = scales.get(), g.t_out = T;

@@ -19,6 +19,7 @@
 #include "gemm.h"
 #include "isa.h"
 #include "parallel.h"
+#include "rows.h"
 
 namespace peft {
 
@@ -260,16 +261,6 @@ bool bf16_pairs(DType x_dt, const Quant4Weight& w) {
   return avx512_path() && amx_enabled() && x_dt == DType::BF16 && w.cdt == DType::BF16 && w.K % 32 == 0;
 }
 
-// n f32 values into out[at..] in dt, rounded as store_f32 rounds them.
-void store_row(const float* v, void* out, DType dt, int64_t at, int64_t n) {
-  if (dt == DType::F32) return (void)std::memcpy(static_cast<float*>(out) + at, v, sizeof(float) * n);
-  uint16_t* o = static_cast<uint16_t*>(out) + at;
-  if (dt == DType::BF16)
-    for (int64_t j = 0; j < n; j++) o[j] = f32_to_bf16(v[j]);
-  else
-    for (int64_t j = 0; j < n; j++) o[j] = f32_to_f16(v[j]);
-}
-
 // Small M (decode, short prompts): the GEMM's f32 panels cost more than the products they feed (each value is
 // unpacked, stored and loaded again for at most two row groups), so the kernels dequantise in registers and
 // multiply at once. x is laid out k-major in f32 (exact for every input dtype) for the FMA kernel, or with bf16
@@ -309,8 +300,7 @@ void direct_forward(const void* x, DType x_dt, int64_t M, const Quant4Weight& w,
       else direct_panel_avx512(pc, table, w.wdt, w.cdt, xt, M, pn, tile);
       const int64_t n0 = pn * kPanel, cols = std::min<int64_t>(kPanel, N - n0);
       float b[kPanel] = {};
-      if (bias)
-        for (int64_t j = 0; j < cols; j++) b[j] = load_f32(bias, bias_dt, n0 + j);
+      if (bias) load_row(bias, bias_dt, n0, b, cols);
       for (int64_t m = 0; m < M; m++) {
         float* row = tile + m * kPanel;
         for (int j = 0; j < kPanel; j++) row[j] += b[j];
@@ -347,12 +337,14 @@ void quant4_linear_cpu(const void* x, DType x_dt, int64_t M, const Quant4Weight&
   // The panel form needs chunks of at least 16 k-steps per scale (else its scales outweigh the codes).
   const int64_t g = std::gcd(w.K, w.blocksize);
 #if PEFT_X86
-  if (avx512_path() && g >= 16 && w.K > 0 && M <= kDirectRows) return direct_forward(x, x_dt, M, w, *panels_for(w, g), bias, bias_dt, y, y_dt);
-  if (g >= 16 && bf16_pairs(x_dt, w)) {
-    src.panels = panels_for(w, g);
-    src.src.unpack = unpack_t_pairs;
-    src.src.dt = DType::BF16;
-    return src.product(M, w.N, w.K, x, x_dt, y, y_dt, bias, bias_dt);
+  if (avx512_path() && g >= 16 && w.K > 0) {
+    if (M <= kDirectRows) return direct_forward(x, x_dt, M, w, *panels_for(w, g), bias, bias_dt, y, y_dt);
+    if (bf16_pairs(x_dt, w)) {
+      src.panels = panels_for(w, g);
+      src.src.unpack = unpack_t_pairs;
+      src.src.dt = DType::BF16;
+      return src.product(M, w.N, w.K, x, x_dt, y, y_dt, bias, bias_dt);
+    }
   }
 #endif
   if (simd_path() && g >= 16 && w.K > 0) {

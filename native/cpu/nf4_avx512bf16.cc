@@ -70,9 +70,7 @@ void unpack_rows_pairs_avx512bf16(const Quant4Weight& w, const float* table, int
     uint16_t* d = dst + (k - k0) / 2 * 64;
     // Rows k and k + 1 (a row past N reads as zero): 32 columns each, in one block (blocks hold >= 32 values and
     // n0, K are multiples of 32); byte i of a row holds columns 2i (high nibble) and 2i + 1.
-    const float sk = scale(k), sk1 = scale(k + 1);
-    const __m512 s = _mm512_castsi512_ps(_mm512_set1_epi64(static_cast<long long>(
-        static_cast<uint64_t>(__builtin_bit_cast(uint32_t, sk)) | static_cast<uint64_t>(__builtin_bit_cast(uint32_t, sk1)) << 32)));
+    const __m512 s = _mm512_unpacklo_ps(_mm512_set1_ps(scale(k)), _mm512_set1_ps(scale(k + 1)));  // lanes alternate
     const __m128i ck = codes(k), ck1 = codes(k + 1);
     for (int half = 0; half < 2; half++) {
       const __m512i v = _mm512_cvtepu8_epi32(half ? _mm_unpackhi_epi8(ck, ck1) : _mm_unpacklo_epi8(ck, ck1));
