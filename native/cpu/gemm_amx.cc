@@ -3,6 +3,15 @@
 // (16 k-pairs x 16 columns, read straight from the k-pair panel layout with a 128-byte row stride).
 // The accumulators leave the tiles once, through a stack block, into the shared AVX-512 epilogue, which
 // also applies the fused extra k-steps before C is written. Only used when amx_enabled().
+//
+// Where the time goes (Sapphire Rapids, (512, 4096, 4096)): the samples sit on the tile loads, the A and B
+// tiles coming from L2, not on the products or the epilogue (< 1 %). A blocking that kept both in L1 was
+// measured against this one and lost: K blocks of 128-288 (one A group and one B block in L1), columns in
+// L2-sized chunks with every K block inside, the partials kept in the accumulator tiles' layout (loaded and
+// stored as tiles, in a buffer of the chunk's width), A packed block-major and prefetched into L1 a chunk
+// or two ahead: 0.9-1.2x this kernel's time over interleaved runs, never a clear gain. The machine's two
+// vCPUs share one tile unit (two processes each get half the one-thread tile-only peak), and with the
+// operands in L1 a bare load-and-multiply loop reached 0.3-0.9x of that peak as the neighbour's load varied.
 #include "amx_tiles.h"
 #include "gemm_avx512_tile.h"
 
