@@ -4,14 +4,14 @@
 // The accumulators leave the tiles once, through a stack block, into the shared AVX-512 epilogue, which
 // also applies the fused extra k-steps before C is written. Only used when amx_enabled().
 //
-// Where the time goes (Sapphire Rapids, (512, 4096, 4096)): the samples sit on the tile loads, the A and B
-// tiles coming from L2, not on the products or the epilogue (< 1 %). A blocking that kept both in L1 was
-// measured against this one and lost: K blocks of 128-288 (one A group and one B block in L1), columns in
-// L2-sized chunks with every K block inside, the partials kept in the accumulator tiles' layout (loaded and
-// stored as tiles, in a buffer of the chunk's width), A packed block-major and prefetched into L1 a chunk
-// or two ahead: 0.9-1.2x this kernel's time over interleaved runs, never a clear gain. The machine's two
-// vCPUs share one tile unit (two processes each get half the one-thread tile-only peak), and with the
-// operands in L1 a bare load-and-multiply loop reached 0.3-0.9x of that peak as the neighbour's load varied.
+// Where the time goes (Sapphire Rapids, (512, 4096, 4096)): the samples sat on the tile loads, the A and B
+// tiles coming from L2, not on the products or the epilogue (< 1 %). Each k chunk therefore first asks L1
+// for the next chunk of both operands (past the end: the next group's A and the next panel, contiguous in
+// the packed layouts): 0.73-0.78x the time at that shape, 0.92x at (2048, 1024, 1024), 0.76-0.78x at
+// M = 64, in interleaved runs. A blocking that kept both operands in L1 lost to it (0.92-0.95x against
+// 0.77x): K blocks of 128-288, columns in L2-sized chunks with every K block inside, the partials held in
+// the accumulator tiles' layout between blocks, A packed block-major. The machine's two vCPUs share one
+// tile unit (two processes each get half the one-thread tile-only peak), and likely its L1.
 #include "amx_tiles.h"
 #include "gemm_avx512_tile.h"
 
@@ -30,6 +30,8 @@ void amx_kernel(const Tile& t) {
   for (int64_t k = 0; k < t.kc; k += 32) {
     const uint16_t* ac = a + k * kMr;
     const uint16_t* bc = b + k * kZmmNr;
+    for (int l = 0; l < 32; l++) prefetch_l1(reinterpret_cast<const char*>(ac) + 2048 + l * 64);
+    for (int l = 0; l < 32; l++) prefetch_l1(reinterpret_cast<const char*>(bc) + 2048 + l * 64);
     _tile_loadd(4, ac, 64);
     _tile_loadd(5, ac + 16 * 32, 64);
     _tile_loadd(6, bc, 128);

@@ -207,7 +207,10 @@ void int8_linear_cpu(const Int8LinearArgs& a) {
   // 32 rows of its tiles; zeros past K). Kernels read no row past their group. With a threshold the same
   // pass marks the outlier columns (the columns holding any outlier element).
   const int64_t Mp = round_up(M, ks.mr);
-  uint8_t* xq = static_cast<uint8_t*>(t_xq.get(static_cast<size_t>(Mp * Kp)));
+  // Row-major x_q rows lie ldx apart, one line more than Kp: at Kp = 4096 all 16 rows of an AMX A tile sat on
+  // one L1 set (12 ways for the 32 lines of a k chunk's two tiles), and every tile load missed.
+  const int64_t ldx = ks.a_quads ? Kp : Kp + 64;
+  uint8_t* xq = static_cast<uint8_t*>(t_xq.get(static_cast<size_t>(Mp * ldx)));
   float* scx = static_cast<float*>(t_scx.get(sizeof(float) * M));
   const int offset = ks.a_offset ? 128 : 0;
   QuantRowFn quant = quant_row_kernel();
@@ -230,7 +233,7 @@ void int8_linear_cpu(const Int8LinearArgs& a) {
     std::vector<uint8_t> seen(find ? K : 0, 0);
     int64_t pending = r0;  // first row not yet projected by `down`
     for (int64_t r = r0; r < r1; r++) {
-      uint8_t* row = xq + r * Kp;
+      uint8_t* row = xq + r * ldx;
       if (r >= M) {
         std::fill(row, row + Kp, uint8_t(offset));
         continue;
@@ -254,7 +257,7 @@ void int8_linear_cpu(const Int8LinearArgs& a) {
   // with one row every element of such a column is itself an outlier, so this changes nothing there.
   if (!cols.empty())
     for (int64_t r = 0; r < M; r++)
-      for (int64_t k : cols) xq[r * Kp + k] = static_cast<uint8_t>(offset);
+      for (int64_t k : cols) xq[r * ldx + k] = static_cast<uint8_t>(offset);
 
   if (ks.a_quads) xq = interleave_groups(xq, ceil_div(M, ks.mr), ks.mr, Kp);
 
@@ -288,8 +291,8 @@ void int8_linear_cpu(const Int8LinearArgs& a) {
       int64_t c1 = std::min(b1, c0 + chunk);
       for (int64_t gi = g0; gi < g1; gi++) {
         Tile t;
-        t.a = xq + gi * ks.mr * Kp;
-        t.lda = Kp;
+        t.a = xq + gi * ks.mr * ldx;
+        t.lda = ldx;
         t.Kp = Kp;
         t.m = static_cast<int>(std::min<int64_t>(ks.mr, M - gi * ks.mr));
         for (int64_t bj = c0; bj < c1; bj++) {

@@ -16,9 +16,16 @@ namespace {
 
 constexpr int kMr = 32, kNr = 32;
 
-// The four tdpbssd of k chunk c (64 deep).
+inline void prefetch_l1(const void* p) { __asm__ volatile("prefetcht0 (%0)" : : "r"(p)); }
+
+// The four tdpbssd of k chunk c (64 deep), after asking L1 for chunk c + 1 of both operands (past the end:
+// the next row's and the next panel's first lines, which come next). The tile loads of a chunk stall on L2
+// otherwise: prefetching took 15-20 % off (512, 4096, 4096) in interleaved runs; K blocks sized for L1,
+// with the sums kept between blocks, gained nothing over it.
 inline void tile_chunk(const Tile& t, const int8_t* b1, int64_t c) {
   const int64_t k = c * 64;
+  for (int i = 0; i < 32; i++) prefetch_l1(t.a + i * t.lda + k + 64);
+  for (int l = 0; l < 16; l++) prefetch_l1(t.b + (k + 64) * 16 + l * 64), prefetch_l1(b1 + (k + 64) * 16 + l * 64);
   _tile_loadd(4, t.a + k, t.lda);
   _tile_loadd(5, t.a + 16 * t.lda + k, t.lda);
   _tile_loadd(6, t.b + k * 16, 64);  // chunk c of a panel: 16 quads of 64 bytes

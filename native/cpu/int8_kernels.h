@@ -21,7 +21,7 @@ constexpr int kKAlign = 64;
 
 struct Tile {
   const uint8_t* a = nullptr;  // first row of the group (its interleaved block with a_quads)
-  int64_t lda = 0;             // = Kp (row stride of the row-major layout)
+  int64_t lda = 0;             // row stride of the row-major layout (>= Kp)
   const int8_t* b = nullptr;   // first panel (the next one follows at Kp * 16 bytes)
   int64_t Kp = 0;
   int m = 0;                   // valid rows (1..mr)
