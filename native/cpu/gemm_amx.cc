@@ -62,7 +62,7 @@ void amx_kernel(const Tile& t) {
 }
 
 constexpr KernelSet kAmx = [] {
-  KernelSet s{"amx-bf16", kMr, kZmmNr, BLayout::BF16Pairs, ALayout::BF16Rows32, true, kZmmNr * 2, 32, {}, &amx_thread_begin, &amx_thread_end, nullptr, nullptr, false};
+  KernelSet s{"amx-bf16", kMr, kZmmNr, BLayout::BF16Pairs, ALayout::BF16Rows32, true, kZmmNr * 2, 32, {}, &amx_thread_begin, &amx_thread_end, &pack_a_group_avx512, nullptr, false};
   for (int i = 0; i < kMr; i++) s.kernel[i][0] = s.kernel[i][1] = &amx_kernel;
   return with_pack_b(s);
 }();

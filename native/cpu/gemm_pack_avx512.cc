@@ -80,7 +80,22 @@ void transpose_rows(const char* base, int64_t stride, int rows, DType dt, bool p
 
 }  // namespace
 
+// AMX's A layout from bf16 rows contiguous in k: per 32-k chunk each row's 64 bytes, copied as they are
+// (the element-wise packer took 8 % of a bf16-mode training step).
+void pack_a_rows32(const GemmMat& a, int64_t i0, int m, int ms, int64_t K, int64_t Kp, uint16_t* dst) {
+  const uint16_t* s = static_cast<const uint16_t*>(a.p) + i0 * a.rs;
+  for (int64_t c = 0; c < Kp / 32; c++) {
+    const int64_t left = K - c * 32;
+    const __mmask32 k = left >= 32 ? ~0u : left > 0 ? (1u << left) - 1 : 0u;
+    uint16_t* d = dst + c * ms * 32;
+    for (int i = 0; i < m; i++) _mm512_storeu_si512(d + i * 32, _mm512_maskz_loadu_epi16(k, s + i * a.rs + c * 32));
+    for (int i = m; i < ms; i++) _mm512_storeu_si512(d + i * 32, _mm512_setzero_si512());
+  }
+}
+
 void pack_a_group_avx512(ALayout l, const GemmMat& a, int64_t i0, int m, int ms, int64_t K, int64_t Kp, void* dst) {
+  if (l == ALayout::BF16Rows32 && a.dt == DType::BF16 && a.cs == 1 && !a.ks)
+    return pack_a_rows32(a, i0, m, ms, K, Kp, static_cast<uint16_t*>(dst));
   bool pairs = l == ALayout::BF16Pairs;
   bool ok = a.cs == 1 && ms <= 16 && (l == ALayout::F32 || (pairs && a.dt == DType::BF16 && !a.ks));
   if (!ok) return pack_a_group(l, a, i0, m, ms, K, Kp, dst);
@@ -92,8 +107,31 @@ void pack_a_group_avx512(ALayout l, const GemmMat& a, int64_t i0, int m, int ms,
 // B with columns contiguous in k (a weight W[n][k] used as Wᵀ): each 32-column panel is two 16-row
 // transposes of W. A weight is repacked after every write to it (each training step), so this runs
 // at memory speed rather than element by element.
+// The pairs layout from bf16 rows contiguous in n (W itself as B, for dx = dy·W): each pair of k-rows is two
+// 64-byte loads interleaved word by word (the element-wise packer took 7 % of a bf16-mode training step).
+void pack_b_pairs_rows(int nr, const GemmMat& b, int64_t K, int64_t N, int64_t Kp, int64_t p0, int64_t p1, uint16_t* dst) {
+  alignas(64) static const uint16_t kLo[32] = {0, 32, 1, 33, 2, 34, 3, 35, 4, 36, 5, 37, 6, 38, 7, 39,
+                                               8, 40, 9, 41, 10, 42, 11, 43, 12, 44, 13, 45, 14, 46, 15, 47};
+  const __m512i lo = _mm512_load_si512(kLo), hi = _mm512_add_epi16(lo, _mm512_set1_epi16(16));
+  const uint16_t* s = static_cast<const uint16_t*>(b.p);
+  for (int64_t p = p0; p < p1; p++) {
+    const int64_t j0 = p * nr, jn = std::min<int64_t>(nr, N - j0);
+    const __mmask32 cols = jn >= 32 ? ~0u : (1u << jn) - 1;
+    uint16_t* d = dst + (p - p0) * Kp * nr;
+    for (int64_t q = 0; q < Kp / 2; q++) {
+      const int64_t k = 2 * q;
+      const __m512i r0 = k < K ? _mm512_maskz_loadu_epi16(cols, s + k * b.rs + j0) : _mm512_setzero_si512();
+      const __m512i r1 = k + 1 < K ? _mm512_maskz_loadu_epi16(cols, s + (k + 1) * b.rs + j0) : _mm512_setzero_si512();
+      _mm512_storeu_si512(d + q * 2 * nr, _mm512_permutex2var_epi16(r0, lo, r1));
+      _mm512_storeu_si512(d + q * 2 * nr + 32, _mm512_permutex2var_epi16(r0, hi, r1));
+    }
+  }
+}
+
 void pack_b_panels_avx512(BLayout l, int nr, const GemmMat& b, int64_t K, int64_t N, int64_t Kp, int64_t p0, int64_t p1,
                           void* dst) {
+  if (l == BLayout::BF16Pairs && b.dt == DType::BF16 && b.cs == 1 && b.rs != 1 && nr == 32)
+    return pack_b_pairs_rows(nr, b, K, N, Kp, p0, p1, static_cast<uint16_t*>(dst));
   bool pairs = l == BLayout::BF16Pairs;
   bool ok = b.rs == 1 && nr == 32 && ((l == BLayout::F32 && b.dt == DType::F32) || (pairs && b.dt == DType::BF16));
   if (!ok) return pack_b_panels(l, nr, b, K, N, Kp, p0, p1, dst);
