@@ -515,6 +515,15 @@ describe("addInPlace, scaleInPlace, mul, fill", () => {
       }
     });
 
+  it("a bf16 result rounds half to even and keeps NaN quiet, every kernel path (the staged narrowing)", () => forEachIsa((isa) => {
+    // f32 sums that fall exactly between two bf16 values, with an odd and an even lower neighbour, and a NaN
+    // whose low bits would carry into the payload if it were rounded like a number.
+    const a = Tensor.fromBits(new Uint16Array([0x3f81, 0x3f80, 0xbf81, 0x0000]), [4], "bf16");
+    const b = Tensor.fromArray(new Float32Array(new Uint32Array([0x3b800000, 0x3b800000, 0xbb800000, 0x7f80ffff]).buffer), [4]);
+    F.addInPlace(a, b);
+    expect(Array.from(a.view() as Uint16Array), isa).toEqual([0x3f82, 0x3f80, 0xbf82, 0x7fc0]);
+  }));
+
   it("addInPlace defaults alpha to 1 and handles a aliased with b", () => {
     const a = Tensor.fromArray([1, 2, 3], [3]);
     F.addInPlace(a, Tensor.fromArray([10, 20, 30], [3]));

@@ -7,6 +7,7 @@
 
 #include "../core/dtype.h"
 #include "parallel.h"
+#include "vec_kernels.h"
 
 namespace peft {
 
@@ -18,7 +19,7 @@ inline const float* stage_in(const void* src, DType dt, int64_t off, int64_t n, 
   if (dt == DType::F32) return static_cast<const float*>(src) + off;
   const uint16_t* s = static_cast<const uint16_t*>(src) + off;
   if (dt == DType::BF16) {
-    for (int64_t i = 0; i < n; i++) buf[i] = bf16_to_f32(s[i]);
+    vec_kernels().widen_bf16(s, buf, n);
   } else {
     for (int64_t i = 0; i < n; i++) buf[i] = f16_to_f32(s[i]);
   }
@@ -42,7 +43,7 @@ inline void stage_out(void* dst, DType dt, int64_t off, int64_t n, const float* 
   if (dt == DType::F32) return;
   uint16_t* d = static_cast<uint16_t*>(dst) + off;
   if (dt == DType::BF16) {
-    for (int64_t i = 0; i < n; i++) d[i] = f32_to_bf16(v[i]);
+    vec_kernels().narrow_bf16(v, d, n);
   } else {
     for (int64_t i = 0; i < n; i++) d[i] = f32_to_f16(v[i]);
   }

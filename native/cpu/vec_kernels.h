@@ -19,6 +19,10 @@ struct VecKernels {
   void (*dropout_mask)(RngKey key, uint64_t first_block, int64_t blocks, float keep_from, float scale, float* mask);
   // One AdamW update of n f32 elements (p already widened to f32).
   void (*adamw)(float* p, const float* g, float* m, float* v, int64_t n, const AdamWScalars& s);
+  // bf16 <-> f32 over a block (staging of bf16 operands): widening is exact, narrowing rounds to nearest
+  // even with NaN kept quiet, as dtype.h's f32_to_bf16.
+  void (*widen_bf16)(const uint16_t* s, float* d, int64_t n);
+  void (*narrow_bf16)(const float* v, uint16_t* d, int64_t n);
 };
 
 // The build for the active ISA (backend.setIsa / NODE_PEFT_ISA).
