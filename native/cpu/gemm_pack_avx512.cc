@@ -109,21 +109,32 @@ void pack_a_group_avx512(ALayout l, const GemmMat& a, int64_t i0, int m, int ms,
 // at memory speed rather than element by element.
 // The pairs layout from bf16 rows contiguous in n (W itself as B, for dx = dy·W): each pair of k-rows is two
 // 64-byte loads interleaved word by word (the element-wise packer took 7 % of a bf16-mode training step).
+// A partial last panel reads only its columns (masked).
 void pack_b_pairs_rows(int nr, const GemmMat& b, int64_t K, int64_t N, int64_t Kp, int64_t p0, int64_t p1, uint16_t* dst) {
   alignas(64) static const uint16_t kLo[32] = {0, 32, 1, 33, 2, 34, 3, 35, 4, 36, 5, 37, 6, 38, 7, 39,
                                                8, 40, 9, 41, 10, 42, 11, 43, 12, 44, 13, 45, 14, 46, 15, 47};
   const __m512i lo = _mm512_load_si512(kLo), hi = _mm512_add_epi16(lo, _mm512_set1_epi16(16));
   const uint16_t* s = static_cast<const uint16_t*>(b.p);
-  for (int64_t p = p0; p < p1; p++) {
-    const int64_t j0 = p * nr, jn = std::min<int64_t>(nr, N - j0);
-    const __mmask32 cols = jn >= 32 ? ~0u : (1u << jn) - 1;
-    uint16_t* d = dst + (p - p0) * Kp * nr;
+  // Panel by panel, each k-row gave one 64-byte line, rows thousands of bytes apart: a stride the prefetchers
+  // do not follow, so every load waited on DRAM. kGroup panels side by side read kGroup lines of a row in
+  // turn, and the rows kAhead further on are asked for meanwhile (a (512, 1024, 2816) dx: 0.86x the time).
+  constexpr int64_t kGroup = 16, kAhead = 8;
+  for (int64_t g0 = p0; g0 < p1; g0 += kGroup) {
+    const int64_t g1 = std::min(p1, g0 + kGroup);
     for (int64_t q = 0; q < Kp / 2; q++) {
       const int64_t k = 2 * q;
-      const __m512i r0 = k < K ? _mm512_maskz_loadu_epi16(cols, s + k * b.rs + j0) : _mm512_setzero_si512();
-      const __m512i r1 = k + 1 < K ? _mm512_maskz_loadu_epi16(cols, s + (k + 1) * b.rs + j0) : _mm512_setzero_si512();
-      _mm512_storeu_si512(d + q * 2 * nr, _mm512_permutex2var_epi16(r0, lo, r1));
-      _mm512_storeu_si512(d + q * 2 * nr + 32, _mm512_permutex2var_epi16(r0, hi, r1));
+      if (k + kAhead + 1 < K)
+        for (int64_t p = g0; p < g1; p++)
+          for (int64_t r = k + kAhead; r < k + kAhead + 2; r++) _mm_prefetch(reinterpret_cast<const char*>(s + r * b.rs + p * nr), _MM_HINT_T0);
+      for (int64_t p = g0; p < g1; p++) {
+        const int64_t j0 = p * nr, jn = std::min<int64_t>(nr, N - j0);
+        const __mmask32 cols = jn >= 32 ? ~0u : (1u << jn) - 1;
+        uint16_t* d = dst + (p - p0) * Kp * nr;
+        const __m512i r0 = k < K ? _mm512_maskz_loadu_epi16(cols, s + k * b.rs + j0) : _mm512_setzero_si512();
+        const __m512i r1 = k + 1 < K ? _mm512_maskz_loadu_epi16(cols, s + (k + 1) * b.rs + j0) : _mm512_setzero_si512();
+        _mm512_storeu_si512(d + q * 2 * nr, _mm512_permutex2var_epi16(r0, lo, r1));
+        _mm512_storeu_si512(d + q * 2 * nr + 32, _mm512_permutex2var_epi16(r0, hi, r1));
+      }
     }
   }
 }
