@@ -107,33 +107,45 @@ void pack_a_group_avx512(ALayout l, const GemmMat& a, int64_t i0, int m, int ms,
 // B with columns contiguous in k (a weight W[n][k] used as Wᵀ): each 32-column panel is two 16-row
 // transposes of W. A weight is repacked after every write to it (each training step), so this runs
 // at memory speed rather than element by element.
-// The pairs layout from bf16 rows contiguous in n (W itself as B, for dx = dy·W): each pair of k-rows is two
-// 64-byte loads interleaved word by word (the element-wise packer took 7 % of a bf16-mode training step).
-// A partial last panel reads only its columns (masked).
-void pack_b_pairs_rows(int nr, const GemmMat& b, int64_t K, int64_t N, int64_t Kp, int64_t p0, int64_t p1, uint16_t* dst) {
+// B with rows contiguous in n (W itself as B, for dx = dy·W), into the f32 layout (f32 W: each k-row's 32
+// values copied) or the pairs layout (bf16 W: each pair of k-rows, two 64-byte loads interleaved word by
+// word). The element-wise packer took 7 % of a bf16-mode training step. Panel by panel, each k-row gave one
+// or two lines, rows thousands of bytes apart: a stride the prefetchers do not follow, so every load waited
+// on DRAM. kGroup panels side by side read kGroup lines of a row in turn, and the rows kAhead further on are
+// asked for meanwhile (a (512, 1024, 2816) bf16 dx: 0.86x the time). A partial last panel reads only its
+// columns (masked).
+void pack_b_rows(bool pairs, int nr, const GemmMat& b, int64_t K, int64_t N, int64_t Kp, int64_t p0, int64_t p1, void* dst) {
   alignas(64) static const uint16_t kLo[32] = {0, 32, 1, 33, 2, 34, 3, 35, 4, 36, 5, 37, 6, 38, 7, 39,
                                                8, 40, 9, 41, 10, 42, 11, 43, 12, 44, 13, 45, 14, 46, 15, 47};
   const __m512i lo = _mm512_load_si512(kLo), hi = _mm512_add_epi16(lo, _mm512_set1_epi16(16));
-  const uint16_t* s = static_cast<const uint16_t*>(b.p);
-  // Panel by panel, each k-row gave one 64-byte line, rows thousands of bytes apart: a stride the prefetchers
-  // do not follow, so every load waited on DRAM. kGroup panels side by side read kGroup lines of a row in
-  // turn, and the rows kAhead further on are asked for meanwhile (a (512, 1024, 2816) dx: 0.86x the time).
+  const int64_t esz = pairs ? 2 : 4, per = pairs ? 2 : 1, units = Kp / per;  // k-rows per stored row of 128 bytes
+  const char* s = static_cast<const char*>(b.p);
   constexpr int64_t kGroup = 16, kAhead = 8;
   for (int64_t g0 = p0; g0 < p1; g0 += kGroup) {
     const int64_t g1 = std::min(p1, g0 + kGroup);
-    for (int64_t q = 0; q < Kp / 2; q++) {
-      const int64_t k = 2 * q;
-      if (k + kAhead + 1 < K)
+    for (int64_t u = 0; u < units; u++) {
+      const int64_t k = u * per;
+      if (k + kAhead + per <= K)
         for (int64_t p = g0; p < g1; p++)
-          for (int64_t r = k + kAhead; r < k + kAhead + 2; r++) _mm_prefetch(reinterpret_cast<const char*>(s + r * b.rs + p * nr), _MM_HINT_T0);
+          for (int64_t r = k + kAhead; r < k + kAhead + per; r++)
+            for (int64_t l = 0; l < nr * esz; l += 64) _mm_prefetch(s + (r * b.rs + p * nr) * esz + l, _MM_HINT_T0);
       for (int64_t p = g0; p < g1; p++) {
         const int64_t j0 = p * nr, jn = std::min<int64_t>(nr, N - j0);
-        const __mmask32 cols = jn >= 32 ? ~0u : (1u << jn) - 1;
-        uint16_t* d = dst + (p - p0) * Kp * nr;
-        const __m512i r0 = k < K ? _mm512_maskz_loadu_epi16(cols, s + k * b.rs + j0) : _mm512_setzero_si512();
-        const __m512i r1 = k + 1 < K ? _mm512_maskz_loadu_epi16(cols, s + (k + 1) * b.rs + j0) : _mm512_setzero_si512();
-        _mm512_storeu_si512(d + q * 2 * nr, _mm512_permutex2var_epi16(r0, lo, r1));
-        _mm512_storeu_si512(d + q * 2 * nr + 32, _mm512_permutex2var_epi16(r0, hi, r1));
+        char* d = static_cast<char*>(dst) + ((p - p0) * Kp * nr + u * per * nr) * esz;
+        const char* row = s + (k * b.rs + j0) * esz;
+        if (pairs) {
+          const __mmask32 cols = jn >= 32 ? ~0u : (1u << jn) - 1;
+          const __m512i r0 = k < K ? _mm512_maskz_loadu_epi16(cols, row) : _mm512_setzero_si512();
+          const __m512i r1 = k + 1 < K ? _mm512_maskz_loadu_epi16(cols, row + b.rs * esz) : _mm512_setzero_si512();
+          _mm512_storeu_si512(d, _mm512_permutex2var_epi16(r0, lo, r1));
+          _mm512_storeu_si512(d + 64, _mm512_permutex2var_epi16(r0, hi, r1));
+        } else {
+          for (int h = 0; h < 2; h++) {
+            const int64_t n = std::clamp<int64_t>(jn - 16 * h, 0, 16);
+            const __mmask16 cols = static_cast<__mmask16>((1u << n) - 1);
+            _mm512_storeu_si512(d + 64 * h, k < K ? _mm512_maskz_loadu_epi32(cols, row + 64 * h) : _mm512_setzero_si512());
+          }
+        }
       }
     }
   }
@@ -141,8 +153,8 @@ void pack_b_pairs_rows(int nr, const GemmMat& b, int64_t K, int64_t N, int64_t K
 
 void pack_b_panels_avx512(BLayout l, int nr, const GemmMat& b, int64_t K, int64_t N, int64_t Kp, int64_t p0, int64_t p1,
                           void* dst) {
-  if (l == BLayout::BF16Pairs && b.dt == DType::BF16 && b.cs == 1 && b.rs != 1 && nr == 32)
-    return pack_b_pairs_rows(nr, b, K, N, Kp, p0, p1, static_cast<uint16_t*>(dst));
+  const bool pairs_src = l == BLayout::BF16Pairs && b.dt == DType::BF16, f32_src = l == BLayout::F32 && b.dt == DType::F32;
+  if ((pairs_src || f32_src) && b.cs == 1 && b.rs != 1 && nr == 32) return pack_b_rows(pairs_src, nr, b, K, N, Kp, p0, p1, dst);
   bool pairs = l == BLayout::BF16Pairs;
   bool ok = b.rs == 1 && nr == 32 && ((l == BLayout::F32 && b.dt == DType::F32) || (pairs && b.dt == DType::BF16));
   if (!ok) return pack_b_panels(l, nr, b, K, N, Kp, p0, p1, dst);
