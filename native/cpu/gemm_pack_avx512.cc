@@ -93,9 +93,29 @@ void pack_a_rows32(const GemmMat& a, int64_t i0, int m, int ms, int64_t K, int64
   }
 }
 
+// The f32 layout from an A whose rows are contiguous along i (a transposed operand: dyᵀ in dW = dyᵀ·x, or in
+// LoRA's dB): each k-step's m values are already side by side, widened and copied with one masked load and
+// store (the element-wise packer took 3 % of a bf16-mode training step).
+void pack_a_columns(const GemmMat& a, int64_t i0, int m, int ms, int64_t K, int64_t Kp, float* dst) {
+  const int64_t esz = static_cast<int64_t>(dtype_size(a.dt));
+  const char* s = static_cast<const char*>(a.p) + i0 * esz;
+  const __mmask16 all = static_cast<__mmask16>((1u << ms) - 1);
+  for (int64_t k = 0; k < Kp; k++) {
+    if (k >= K) {
+      _mm512_mask_storeu_ps(dst + k * ms, all, _mm512_setzero_ps());
+      continue;
+    }
+    __m512 v = _mm512_castsi512_ps(load_units(s + k * a.cs * esz, a.dt, false, 0, m));
+    if (a.ks) v = _mm512_mul_ps(v, _mm512_set1_ps(a.ks[k]));
+    _mm512_mask_storeu_ps(dst + k * ms, all, v);  // lanes past m are zero (load_units)
+  }
+}
+
 void pack_a_group_avx512(ALayout l, const GemmMat& a, int64_t i0, int m, int ms, int64_t K, int64_t Kp, void* dst) {
   if (l == ALayout::BF16Rows32 && a.dt == DType::BF16 && a.cs == 1 && !a.ks)
     return pack_a_rows32(a, i0, m, ms, K, Kp, static_cast<uint16_t*>(dst));
+  if (l == ALayout::F32 && a.rs == 1 && a.cs != 1 && ms <= 16 && a.dt != DType::I8)
+    return pack_a_columns(a, i0, m, ms, K, Kp, static_cast<float*>(dst));
   bool pairs = l == ALayout::BF16Pairs;
   bool ok = a.cs == 1 && ms <= 16 && (l == ALayout::F32 || (pairs && a.dt == DType::BF16 && !a.ks));
   if (!ok) return pack_a_group(l, a, i0, m, ms, K, Kp, dst);
