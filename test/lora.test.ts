@@ -1,5 +1,5 @@
 import { afterEach, describe, expect, it, vi } from "vitest";
-import { Conv1D, Linear, LoraLinear, Tensor, backend, manualSeed } from "../lib/index.js";
+import { AdamW, Conv1D, Linear, LoraLinear, Tensor, backend, manualSeed } from "../lib/index.js";
 import { EPS, expectClose, numericGrad, values } from "./helpers/nn-reference.js";
 import { errorCode } from "./helpers/errors.js";
 
@@ -229,6 +229,27 @@ describe("LoraLinear backward", () => {
     expect(y.dtype).toBe("bf16");
     const ref = refForward(l, x.toFloat64Array(), M);
     expectClose(y.toFloat32Array(), ref.y, (i) => tolF32(K + 4, ref.scale)(i) + EPS.bf16 * Math.abs(ref.y[i]), "bf16 y");
+  });
+
+  it("the rank term from x follows every write to A (its packed form is kept with A between calls)", () => {
+    const [M, K, N, r] = [12, 300, 40, 8];
+    const l = layer(K, N, { r });
+    const x = values(M * K, 3);
+    const A = (l.loraA.get("default") as Linear).weight;
+    const check = (what: string) => {
+      const ref = refForward(l, x, M);
+      expectClose(l.forward(Tensor.fromArray(x, [M, K])).toFloat32Array(), ref.y, tolF32(K + r, ref.scale), what);
+    };
+    check("first call");
+    check("second call (the kept pack)");
+    A.copyFrom(Tensor.fromArray(values(r * K, 9), [r, K]));
+    check("after copyFrom");
+    l.backward(Tensor.fromArray(values(M * N, 4), [M, N]));
+    new AdamW([A], { lr: 0.1 }).step();
+    check("after an AdamW step");
+    const v = A.view() as Float32Array;
+    v[0] += 1;
+    check("after a write through view()");
   });
 
   it("two active adapters: gradients of both agree with finite differences of the float64 forward", () => {

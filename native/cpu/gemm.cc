@@ -152,6 +152,11 @@ void gemm(const GemmArgs& g) {
   plan_k(pl, cf);
   plan_threads(pl, g);
   if (g.t_b.p && g.R > 0 && !rank_from_packed_a(pl, g, cf)) return gemm_rank_first(g);
+  if (g.t_b.p && g.R > 0) {
+    // t_b packed as wide as the kernel variant reads it (half a panel for R <= nr / 2), once for all threads.
+    pl.t_width = g.R <= ks.nr / 2 ? ks.nr / 2 : ks.nr;
+    pl.t_pack = packed_rank_b(g, ks, pl.Kp, pl.t_width);
+  }
 
   std::shared_ptr<const PackedB> pb = packed_b(g, ks, pl.Kp);
 

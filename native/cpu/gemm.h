@@ -52,6 +52,8 @@ struct GemmArgs {
   // computes its rows' product from the A it packed (one x pass, no pool dispatch of its own) when it packs
   // all of K at once, else with a product of its own; t_out (M x R f32, row stride R), when set, receives A·t_b.
   GemmMat t_b;
+  // Where t_b's packed form is kept (LoRA's A: packed once per version, not by every thread on every call).
+  Storage* t_b_cache = nullptr;
   const float* t_scale = nullptr;
   float* t_out = nullptr;
   // When B is a weight that is reused across calls, its packed form is cached on this storage

@@ -59,7 +59,39 @@ int cache_kind(const PackedB& pb, const void* base) {
   return kind ? kind : 1;
 }
 
+// B packed into host memory the pack owns (kept with a storage, or handed to every thread of one call).
+std::shared_ptr<PackedB> owned_pack(const GemmArgs& g, const KernelSet& ks, int64_t Kp) {
+  auto built = std::make_shared<PackedB>();
+  describe(*built, ks, g.B, g.K, g.N, Kp);
+  built->mem = alloc_host(std::max<size_t>(built->panel_bytes * built->panels, kAlign), false);
+  built->data = static_cast<char*>(built->mem->data);
+  fill(*built);
+  std::lock_guard<std::mutex> lk(live_mu());
+  live().insert(built.get());
+  return built;
+}
+
+// The pack kept with storage s for the view `want` describes (g's B for ks; built on first use and after each
+// write), or null where s keeps none (no storage, not host memory, a colliding kind).
+std::shared_ptr<const PackedB> kept_pack(Storage* s, const PackedB& want, const GemmArgs& g, const KernelSet& ks, int64_t Kp) {
+  if (!s || s->device != Device::CPU) return nullptr;
+  auto cached = s->derived<PackedB>(cache_kind(want, s->data), [&]() { return owned_pack(g, ks, Kp); });
+  return same(*cached, want) ? cached : nullptr;
+}
+
 }  // namespace
+
+std::shared_ptr<const PackedB> packed_rank_b(const GemmArgs& g, const KernelSet& ks, int64_t Kp, int width) {
+  KernelSet f32 = ks;  // one f32 panel of `width` columns, whatever the product's own layout
+  f32.nr = width, f32.b = BLayout::F32, f32.pack_b = nullptr;
+  GemmArgs t;
+  t.M = g.M, t.N = g.R, t.K = g.K;
+  t.B = g.t_b;
+  PackedB want;
+  describe(want, f32, t.B, t.K, t.N, Kp);
+  if (auto kept = kept_pack(g.t_b_cache, want, t, f32, Kp)) return kept;
+  return owned_pack(t, f32, Kp);
+}
 
 std::shared_ptr<const PackedB> packed_b(const GemmArgs& g, const KernelSet& ks, int64_t Kp) {
   auto pb = std::make_shared<PackedB>();
@@ -69,20 +101,7 @@ std::shared_ptr<const PackedB> packed_b(const GemmArgs& g, const KernelSet& ks, 
     pb->source = g.b_src;
     return pb;
   }
-  if (g.b_cache && g.b_cache->device == Device::CPU) {
-    auto build = [&]() {
-      auto built = std::make_shared<PackedB>();
-      describe(*built, ks, g.B, g.K, g.N, Kp);
-      built->mem = alloc_host(bytes, false);
-      built->data = static_cast<char*>(built->mem->data);
-      fill(*built);
-      std::lock_guard<std::mutex> lk(live_mu());
-      live().insert(built.get());
-      return built;
-    };
-    auto cached = g.b_cache->derived<PackedB>(cache_kind(*pb, g.b_cache->data), build);
-    if (same(*cached, *pb)) return cached;
-  }
+  if (auto kept = kept_pack(g.b_cache, *pb, g, ks, Kp)) return kept;
   // Reading B in place saves the copy, which only pays while few row groups reuse each panel: every k-step
   // of a row-major B is a new row (a new page once N >= 1024), so each reuse walks K rows through the TLB
   // and L2. Measured on Sapphire Rapids, 2 threads: packed dx = dy·W at (512, 4096, 4096) ran 2.4x the

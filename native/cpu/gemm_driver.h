@@ -74,6 +74,11 @@ struct PackedB {
 // use, dropped by the storage when its version moves), else packed now into the caller's scratch.
 std::shared_ptr<const PackedB> packed_b(const GemmArgs& g, const KernelSet& ks, int64_t Kp);
 
+// t_b (K x R, R <= one panel) as one f32 panel `width` columns wide (rank_from_packed_a's products read it):
+// the cached form when g.t_b_cache holds one, else packed now into memory of its own (the caller's B may be
+// in the shared scratch).
+std::shared_ptr<const PackedB> packed_rank_b(const GemmArgs& g, const KernelSet& ks, int64_t Kp, int width);
+
 struct Plan {
   const KernelSet* ks = nullptr;
   int64_t Kp = 0, kc = 0, nblocks = 1;  // K padded, K block size, number of K blocks
@@ -82,6 +87,9 @@ struct Plan {
   size_t asz = 4, csz = 4;              // packed A and C element sizes
   const float* bias = nullptr;          // f32, padded to whole panels
   const float* col_scale = nullptr;     // f32, padded to whole panels
+  // The rank term from x (rank_from_packed_a): t_b packed once for every thread, t_width columns wide.
+  std::shared_ptr<const PackedB> t_pack;
+  int t_width = 0;
 };
 
 // Rows of A a thread packs with all of K at once (stream order: the whole-K block fits half of L2).

@@ -13,7 +13,7 @@ namespace peft {
 namespace gemm_detail {
 namespace {
 
-thread_local Scratch t_apack, t_a2pack, t_b2pack, t_partial, t_widen, t_unpack, t_tpack, t_trows;
+thread_local Scratch t_apack, t_a2pack, t_b2pack, t_partial, t_widen, t_unpack, t_trows;
 
 // In stream order with more row groups than this, B comes from L3 for all but the first group and the
 // hardware prefetcher keeps up: prefetching the next block as well cost about 3 % (M = 2048, K = 1024).
@@ -116,10 +116,8 @@ class Part {
   GemmMat rank_from_x(int64_t ic, int64_t mcb) {
     const int64_t R = g_.R;
     float* t = static_cast<float*>(t_trows.get(sizeof(float) * mcb * R));
-    // t_b packed as wide as the kernel variant reads it (half a panel for R <= nr / 2): each thread packs its own.
-    const int w = R <= ks_.nr / 2 ? ks_.nr / 2 : ks_.nr;
-    float* tb = static_cast<float*>(t_tpack.get(sizeof(float) * pl_.Kp * w));
-    pack_b_panels(BLayout::F32, w, g_.t_b, g_.K, R, pl_.Kp, 0, 1, tb);
+    const int w = pl_.t_width;
+    const float* tb = reinterpret_cast<const float*>(pl_.t_pack->panel(0));
     const Groups& gr = *groups_;
     for (int64_t gi = 0; gi < gr.n; gi++) {
       Tile k;

@@ -110,6 +110,7 @@ void lora_forward_cpu(const DenseView& d, const std::vector<AdapterView>& ad, vo
     column_scales(ad, scales.get());
     if (ad.size() > 1) a_cat(ad, K, acat.get());
     g.t_b = ad.size() > 1 ? mat_cols(acat.get(), DType::F32, K) : mat_cols(ad[0].A, ad[0].a_dt, K);
+    g.t_b_cache = ad.size() > 1 ? nullptr : ad[0].a_cache;
     g.t_scale = scales.get(), g.t_out = T;
     gemm(g);
     return;

@@ -28,6 +28,7 @@ struct AdapterView {
   int64_t r = 0;
   const void* A = nullptr;
   DType a_dt = DType::F32;
+  Storage* a_cache = nullptr;  // where A's packed form for the rank term from x is kept
   const void* B = nullptr;
   DType b_dt = DType::F32;
   float scale = 1;

@@ -79,7 +79,7 @@ std::vector<AdapterView> adapter_args(const Napi::Value& v, int64_t K, int64_t N
     require_shape(B, {N, r}, op, name + ".B");
     AdapterView a;
     a.r = r;
-    a.A = A.data(), a.a_dt = A.dtype;
+    a.A = A.data(), a.a_dt = A.dtype, a.a_cache = A.storage.get();
     a.B = B.data(), a.b_dt = B.dtype;
     double s = arg_number(o.Get("scale"), op, "scale");
     if (!std::isfinite(s)) fail_range(cat(op, ": ", name, ".scale must be finite, got ", s));
