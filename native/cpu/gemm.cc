@@ -151,8 +151,8 @@ void gemm(const GemmArgs& g) {
   pl.panels = ceil_div(g.N, ks.nr);
   plan_k(pl, cf);
   plan_threads(pl, g);
-  if (g.t_b.p && g.R > 0 && !rank_from_packed_a(pl, g, cf)) return gemm_rank_first(g);
   if (g.t_b.p && g.R > 0) {
+    if (!rank_from_packed_a(pl, g, cf)) return gemm_rank_first(g);
     // t_b packed as wide as the kernel variant reads it (half a panel for R <= nr / 2), once for all threads.
     pl.t_width = g.R <= ks.nr / 2 ? ks.nr / 2 : ks.nr;
     pl.t_pack = packed_rank_b(g, ks, pl.Kp, pl.t_width);

@@ -16,6 +16,7 @@
 #include <cstdint>
 
 #include "gemm.h"
+#include "prefetch.h"
 
 namespace peft {
 namespace gemm_detail {
@@ -76,13 +77,6 @@ using PackAFn = void (*)(ALayout l, const GemmMat& a, int64_t i0, int m, int ms,
 using PackBFn = void (*)(BLayout l, int nr, const GemmMat& b, int64_t K, int64_t N, int64_t Kp, int64_t p0, int64_t p1, void* dst);
 
 constexpr int kMaxMr = 32;
-
-// Software prefetches as volatile asm: GCC treats a function holding only __builtin_prefetch calls as
-// pure and deletes calls to it, so the intrinsic silently vanished from the helpers that issue them.
-// The address goes in as a register, not a memory operand: a memory operand makes the compiler store
-// every accumulator whose address escapes before each prefetch (28 stores per k-step in a kernel loop).
-static inline void prefetch_l1(const void* p) { __asm__ volatile("prefetcht0 (%0)" : : "r"(p)); }
-static inline void prefetch_l2(const void* p) { __asm__ volatile("prefetcht1 (%0)" : : "r"(p)); }
 
 struct KernelSet {
   const char* name;

@@ -124,9 +124,6 @@ void pack_a_group_avx512(ALayout l, const GemmMat& a, int64_t i0, int m, int ms,
                  static_cast<uint32_t*>(dst), ms, static_cast<__mmask16>((1u << ms) - 1), a.ks);
 }
 
-// B with columns contiguous in k (a weight W[n][k] used as Wᵀ): each 32-column panel is two 16-row
-// transposes of W. A weight is repacked after every write to it (each training step), so this runs
-// at memory speed rather than element by element.
 // B with rows contiguous in n (W itself as B, for dx = dy·W), into the f32 layout (f32 W: each k-row's 32
 // values copied) or the pairs layout (bf16 W: each pair of k-rows, two 64-byte loads interleaved word by
 // word). The element-wise packer took 7 % of a bf16-mode training step. Panel by panel, each k-row gave one
@@ -171,6 +168,9 @@ void pack_b_rows(bool pairs, int nr, const GemmMat& b, int64_t K, int64_t N, int
   }
 }
 
+// B with columns contiguous in k (a weight W[n][k] used as Wᵀ): each 32-column panel is two 16-row
+// transposes of W. A weight is repacked after every write to it (each training step), so this runs
+// at memory speed rather than element by element. B with rows contiguous in n goes to pack_b_rows.
 void pack_b_panels_avx512(BLayout l, int nr, const GemmMat& b, int64_t K, int64_t N, int64_t Kp, int64_t p0, int64_t p1,
                           void* dst) {
   const bool pairs_src = l == BLayout::BF16Pairs && b.dt == DType::BF16, f32_src = l == BLayout::F32 && b.dt == DType::F32;

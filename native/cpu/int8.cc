@@ -151,11 +151,7 @@ RankTerm outlier_term(const Int8LinearArgs& a, const Int8Pack& pk, const std::ve
       for (int64_t r = 0; r < R; r++) {
         const int8_t* cb = line(q, r);
         float* dst = bt + (q * R + r) * kRankPanel;
-        for (int c = 0; c < kRankPanel; c++) dst[c] = c < cn ? static_cast<float>(cb[c * 4]) * scb[c] * kInv127 : 0.0f;
-        if (dt == DType::BF16)
-          for (int c = 0; c < kRankPanel; c++) dst[c] = bf16_to_f32(f32_to_bf16(dst[c]));
-        else if (dt == DType::F16)
-          for (int c = 0; c < kRankPanel; c++) dst[c] = f16_to_f32(f32_to_f16(dst[c]));
+        for (int c = 0; c < kRankPanel; c++) dst[c] = c < cn ? round_through(static_cast<float>(cb[c * 4]) * scb[c] * kInv127, dt) : 0.0f;
       }
     }
   });

@@ -9,14 +9,13 @@
 // (same runs); the samples stay on the tile loads and products, so the two share more than the issue ports.
 #include "amx_tiles.h"
 #include "int8_epilogue.h"
+#include "prefetch.h"
 
 namespace peft {
 namespace int8_detail {
 namespace {
 
 constexpr int kMr = 32, kNr = 32;
-
-inline void prefetch_l1(const void* p) { __asm__ volatile("prefetcht0 (%0)" : : "r"(p)); }
 
 // The four tdpbssd of k chunk c (64 deep), after asking L1 for chunk c + 1 of both operands (past the end:
 // the next row's and the next panel's first lines, which come next). The tile loads of a chunk stall on L2
